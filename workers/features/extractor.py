@@ -1,0 +1,115 @@
+"""The feature extractor: decoded mono signal in, named and versioned vector out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from previewvec.errors import InvalidSignal
+from workers.features import loudness, rhythm, spectral, tonal
+from workers.features.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, VECTOR_DIM
+
+DESCRIPTOR_KEYS: tuple[str, ...] = (
+    "tempo_bpm",
+    "key",
+    "mode",
+    "key_strength",
+    "loudness_lufs",
+    "energy",
+    "danceability",
+    "onset_rate",
+    "duration_s",
+)
+
+
+@dataclass(frozen=True)
+class Features:
+    """One clip's features: human descriptors, the full vector and per-stage timings."""
+
+    descriptors: dict[str, float | str]
+    vector: np.ndarray
+    timings_s: dict[str, float] = field(default_factory=dict)
+    feature_version: str = FEATURE_VERSION
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def extract_features(
+    y: np.ndarray, sr: int, *, channels: np.ndarray | None = None
+) -> Features:
+    """Compute every feature of a mono float32 signal.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,), finite mono signal at ``sr``
+    channels : np.ndarray, shape (n_channels, n), optional, for BS.1770 loudness
+
+    Raises
+    ------
+    InvalidSignal
+        If any value would be NaN or infinite; a degenerate clip is an error, never a
+        NaN vector.
+    """
+    if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y)):
+        raise InvalidSignal("signal must be a non-empty finite mono array")
+    watch = _Stopwatch()
+    duration_s = y.size / sr
+    spectra = spectral.compute_spectra(y, sr)
+    watch.lap("spectra")
+    frames = spectral.fma_frames(y, spectra)
+    fma = spectral.fma_block(frames)
+    watch.lap("fma")
+    envelope = rhythm.onset_envelope(spectra.mel_power, sr)
+    beat = rhythm.analyze_rhythm(envelope, sr, duration_s)
+    dance = rhythm.danceability(y, sr)
+    watch.lap("rhythm")
+    key = tonal.estimate_key(spectra.cqt)
+    key_sin, key_cos = tonal.fifths_position(key.tonic, key.mode)
+    watch.lap("tonal")
+    lufs = loudness.integrated_loudness(y, sr, channels)
+    energy = loudness.energy_score(lufs, beat.onset_rate, frames["rmse"])
+    watch.lap("loudness")
+
+    tail = {
+        "rhythm.tempo_bpm": beat.tempo_bpm,
+        "rhythm.beat_confidence": beat.beat_confidence,
+        "rhythm.onset_rate": beat.onset_rate,
+        "rhythm.danceability": dance,
+        "tonal.key_pc": float(key.tonic),
+        "tonal.mode_major": 1.0 if key.mode == "major" else 0.0,
+        "tonal.key_strength": key.strength,
+        "tonal.key_fifths_sin": key_sin,
+        "tonal.key_fifths_cos": key_cos,
+        "loudness.integrated_lufs": lufs,
+        "loudness.energy": energy,
+        "meta.duration_s": duration_s,
+    }
+    vector = np.concatenate([fma, [tail[name] for name in DESCRIPTOR_DIMENSIONS]])
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if bad.size:
+        raise InvalidSignal(f"{bad.size} feature values are not finite (degenerate signal)")
+    assert vector.size == VECTOR_DIM
+    descriptors: dict[str, float | str] = {
+        "tempo_bpm": round(beat.tempo_bpm, 2),
+        "key": tonal.PITCH_CLASSES[key.tonic],
+        "mode": key.mode,
+        "key_strength": round(key.strength, 4),
+        "loudness_lufs": round(lufs, 2),
+        "energy": round(energy, 4),
+        "danceability": round(dance, 4),
+        "onset_rate": round(beat.onset_rate, 3),
+        "duration_s": round(duration_s, 3),
+    }
+    return Features(descriptors=descriptors, vector=vector.astype(np.float32),
+                    timings_s=dict(watch.laps))
