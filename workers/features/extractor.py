@@ -71,7 +71,7 @@ def extract_features(
     fma = spectral.fma_block(frames)
     watch.lap("fma")
     envelope = rhythm.onset_envelope(spectra.mel_power, sr)
-    beat = rhythm.analyze_rhythm(envelope, sr, duration_s)
+    beat = rhythm.analyze_rhythm(spectra.mel_power, envelope, sr, duration_s)
     dance = rhythm.danceability(y, sr)
     watch.lap("rhythm")
     key = tonal.estimate_key(spectra.cqt)

@@ -1,0 +1,416 @@
+"""Decode and encode audio in memory with PyAV — the only module that imports ``av``.
+
+:func:`decode_audio` turns untrusted bytes (or a path) into a mono float32 analysis
+signal, resampled once, capped, and checked; every failure is a typed
+:mod:`previewvec.errors` error. :func:`encode_audio` makes real encoded files for tests
+and demo songs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from previewvec.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
+
+# Everything PyAV/FFmpeg may raise on hostile input. av.FFmpegError covers the
+# av.error.* family; the builtins cover PyAV's own checks and Python-side file-object I/O.
+_AV_ERRORS: tuple[type[BaseException], ...] = (
+    av.FFmpegError,
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    MemoryError,
+)
+
+# -80 dBFS: below the quietest real recording, above float rounding noise.
+SILENCE_PEAK = 10 ** (-80 / 20)
+# -90 dBFS RMS is ±1 LSB of 16-bit audio: a few stray ticks in digital silence.
+SILENCE_RMS = 10 ** (-90 / 20)
+# Packet-level decode errors tolerated in a row before the rest of the stream is given up
+# (FFmpeg itself skips isolated corrupt packets; a run of them means garbage).
+_MAX_CONSECUTIVE_BAD_PACKETS = 16
+# BS.1770 defines channel weights for up to 5 channels.
+_MAX_LOUDNESS_CHANNELS = 5
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Decoded analysis audio and what provenance needs to know about its source."""
+
+    samples: np.ndarray
+    """Mono float32, shape (n,), at :attr:`sr`, C-contiguous, finite."""
+    sr: int
+    channels: np.ndarray | None
+    """Float32 (n_channels, n) at :attr:`sr` for 2..5-channel sources, else None."""
+    source_sr: int
+    source_channels: int
+    codec: str
+    container: str
+    duration_s: float
+    truncated: bool
+    """True when more audio existed than ``max_duration_s`` and it was cut."""
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+
+def decode_audio(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str],
+    *,
+    sr: int = 22050,
+    max_duration_s: float = 30.0,
+    min_duration_s: float = 5.0,
+    max_input_bytes: int = 20_000_000,
+) -> DecodedAudio:
+    """Decode the best audio stream of ``source`` to mono float32 at ``sr``.
+
+    ``source`` is encoded bytes, or a path that is size-checked and then read into memory.
+    Decoding stops once ``max_duration_s`` of output exists.
+
+    Raises
+    ------
+    EmptyInput, TooLarge, Undecodable, NoAudioStream, TooShort, Silent
+        For the input's faults (see :mod:`previewvec.errors`).
+    OSError
+        Only when a *path* cannot be stat'ed or read (the CLI reports ``unreadable``).
+    """
+    if not isinstance(sr, int | np.integer) or sr <= 0:
+        raise ValueError(f"sr must be a positive int, got {sr!r}")
+    sr = int(sr)
+    if not (0 < max_duration_s < math.inf and min_duration_s >= 0 and max_input_bytes > 0):
+        raise ValueError("max_duration_s, max_input_bytes must be positive; min_duration_s >= 0")
+    data = _read_source(source, max_input_bytes)
+    target = round(max_duration_s * sr)
+
+    try:
+        container = av.open(
+            io.BytesIO(data),
+            mode="r",
+            metadata_errors="replace",
+            # No protocol at all for nested opens: playlist-like demuxers (ffconcat, HLS,
+            # MOV external references) must not read files or URLs named in the bytes.
+            container_options={"protocol_whitelist": "none"},
+        )
+    except _AV_ERRORS as exc:
+        raise Undecodable(f"not a recognised audio/video file ({_describe(exc)})") from None
+    try:
+        with container:
+            raw = _decode_stream(container, sr, target)
+    except _AV_ERRORS as exc:
+        raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
+
+    mat, truncated = raw.mat, raw.total > target
+    if truncated:
+        mat = mat[:, :target]
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    # Same arithmetic as librosa.to_mono on `channels` (float32 mean over axis 0).
+    samples = np.ascontiguousarray(mat[0] if mat.shape[0] == 1 else mat.mean(axis=0))
+    if not (np.isfinite(mat).all() and np.isfinite(samples).all()):
+        raise Undecodable("non-finite samples (NaN or infinity) in decoded audio")
+
+    n = samples.shape[0]
+    duration_s = n / sr
+    if n < round(min_duration_s * sr):
+        raise TooShort(
+            f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
+        )
+    peak = float(np.max(np.abs(samples)))
+    rms = math.sqrt(float(np.dot(samples, samples.astype(np.float64))) / n)
+    if peak < SILENCE_PEAK or rms < SILENCE_RMS:
+        raise Silent(
+            f"audio is digitally silent (peak {_dbfs(peak):.1f} dBFS, RMS {_dbfs(rms):.1f} dBFS)"
+        )
+
+    n_ch = mat.shape[0]
+    return DecodedAudio(
+        samples=samples,
+        sr=sr,
+        channels=mat if 2 <= n_ch <= _MAX_LOUDNESS_CHANNELS else None,
+        source_sr=raw.source_sr,
+        source_channels=raw.source_channels,
+        codec=raw.codec,
+        container=raw.container,
+        duration_s=duration_s,
+        truncated=truncated,
+    )
+
+
+@dataclass
+class _Raw:
+    mat: np.ndarray
+    total: int
+    source_sr: int
+    source_channels: int
+    codec: str
+    container: str
+
+
+def _read_source(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str], max_input_bytes: int
+) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        size = memoryview(source).nbytes
+        if size == 0:
+            raise EmptyInput("input has 0 bytes")
+        if size > max_input_bytes:
+            raise TooLarge(f"input has {size} bytes; the limit is {max_input_bytes}")
+        return bytes(source)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"source must be bytes or a path, got {type(source).__name__}")
+    path = os.fspath(source)
+    st = os.stat(path)
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size == 0:
+            raise EmptyInput(f"{path}: file has 0 bytes")
+        if st.st_size > max_input_bytes:
+            raise TooLarge(f"{path}: file has {st.st_size} bytes; the limit is {max_input_bytes}")
+    with open(path, "rb") as fh:
+        # Bounded read: a growing file or a device must not be slurped whole.
+        data = fh.read(max_input_bytes + 1)
+    if not data:
+        raise EmptyInput(f"{path}: file has 0 bytes")
+    if len(data) > max_input_bytes:
+        raise TooLarge(f"{path}: file has more than {max_input_bytes} bytes")
+    return data
+
+
+def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+    stream = container.streams.best("audio")
+    if stream is None:
+        if len(container.streams) > 0:
+            kinds = sorted({s.type for s in container.streams})
+            raise NoAudioStream(f"the file has no audio stream (only {', '.join(kinds)})")
+        raise Undecodable("not a recognised audio/video file (no media streams)")
+    ctx = stream.codec_context
+    if ctx is None:
+        raise Undecodable("the audio codec is not supported")
+    codec = ctx.codec.canonical_name
+
+    chunks: list[np.ndarray] = []
+    total = 0
+    resampler: av.AudioResampler | None = None
+    in_key: tuple[str, str, int] | None = None
+    out_layout = ""
+    source_sr = source_channels = 0
+    bad_in_a_row = 0
+
+    def drain(frames: list[av.AudioFrame]) -> None:
+        nonlocal total
+        for out in frames:
+            # A zero-copy view of the interleaved plane (it keeps the frame alive); the
+            # single concatenate below does the only copy.
+            count = out.samples * out.layout.nb_channels
+            chunks.append(np.frombuffer(out.planes[0], dtype=np.float32, count=count))
+            total += out.samples
+
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except _AV_ERRORS:
+                bad_in_a_row += 1
+                if bad_in_a_row > _MAX_CONSECUTIVE_BAD_PACKETS:
+                    break
+                continue
+            bad_in_a_row = 0
+            for frame in frames:
+                n_ch = frame.layout.nb_channels
+                if frame.sample_rate <= 0 or n_ch <= 0 or frame.samples <= 0:
+                    continue
+                key = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if resampler is None:
+                    source_sr, source_channels = frame.sample_rate, n_ch
+                    out_layout = _output_layout(frame.layout)
+                elif key != in_key:
+                    # Mid-stream format change (e.g. chained streams): finish the old
+                    # resampler and map the new input onto the original output layout.
+                    drain(resampler.resample(None))
+                    resampler = None
+                if resampler is None:
+                    # Packed "flt", not planar "fltp": PyAV's AudioFrame.planes reads past
+                    # the 8 inline data pointers of an 8-channel planar frame (segfault).
+                    resampler = av.AudioResampler(format="flt", layout=out_layout, rate=sr)
+                    in_key = key
+                drain(resampler.resample(frame))
+            if total > target:
+                break
+    except _AV_ERRORS:
+        pass  # a demux error mid-stream (e.g. a truncated file): keep what decoded so far
+    if resampler is not None and total <= target:
+        with contextlib.suppress(*_AV_ERRORS):
+            drain(resampler.resample(None))
+    if not chunks:
+        raise Undecodable(f"no audio could be decoded from the {codec} stream")
+    interleaved = np.concatenate(chunks)
+    out_channels = av.AudioLayout(out_layout).nb_channels
+    return _Raw(
+        mat=interleaved.reshape(-1, out_channels).T,
+        total=total,
+        source_sr=source_sr,
+        source_channels=source_channels,
+        codec=codec,
+        container=container.format.name,
+    )
+
+
+def _output_layout(layout: av.AudioLayout) -> str:
+    """The input layout, or the default one for its channel count if its order is unknown."""
+    if all(ch.name != "NONE" for ch in layout.channels):
+        return layout.name
+    try:
+        return av.AudioLayout(f"{layout.nb_channels}c").name
+    except _AV_ERRORS:
+        return layout.name  # no default layout for this many channels: keep them unordered
+
+
+def _describe(exc: BaseException) -> str:
+    # FFmpeg errors stringify as "[Errno -n] text: '<none>'"; the text is the useful part.
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text or type(exc).__name__
+
+
+def _dbfs(x: float) -> float:
+    return 20 * math.log10(x) if x > 0 else -math.inf
+
+
+# --- encoding ------------------------------------------------------------------------
+
+# fmt -> (muxer, encoder, default bit rate for lossy encoders)
+_ENCODERS: dict[str, tuple[str, str, int | None]] = {
+    "m4a": ("ipod", "aac", 128_000),  # "ipod" writes an iTunes-style M4A (brand 'M4A ')
+    "mp3": ("mp3", "libmp3lame", 128_000),
+    "ogg": ("ogg", "vorbis", None),
+    "flac": ("flac", "flac", None),
+    "wav": ("wav", "pcm_s16le", None),
+}
+_MAX_CHANNELS = {"mp3": 2, "ogg": 2}
+_ENCODE_BLOCK = 1 << 16
+
+
+def encode_audio(samples: np.ndarray, sr: int, fmt: str, *, bitrate: int | None = None) -> bytes:
+    """Encode float samples in [-1, 1] (shape (n,) or (channels, n)) to file bytes.
+
+    ``fmt`` is one of :data:`SUPPORTED_FORMATS`: m4a (AAC in iTunes-style MP4), mp3
+    (LAME), ogg (Vorbis), flac, wav (16-bit PCM). Values are clipped to [-1, 1].
+    ``bitrate`` (bit/s) applies to m4a and mp3; Vorbis here is quality-based and the
+    lossless formats have none. FFmpeg's native Vorbis encoder only does stereo, so mono
+    is written as two identical channels; mp3 and ogg take at most two channels, the
+    others at most eight.
+    """
+    if fmt not in _ENCODERS:
+        raise ValueError(f"unsupported format {fmt!r}; expected one of {SUPPORTED_FORMATS}")
+    muxer, codec_name, default_bitrate = _ENCODERS[fmt]
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[np.newaxis, :]
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"samples must have shape (n,) or (channels, n), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("samples must be finite")
+    if not isinstance(sr, int) or sr <= 0:
+        raise ValueError(f"sr must be a positive int, got {sr!r}")
+    if fmt == "ogg" and x.shape[0] == 1:
+        x = np.repeat(x, 2, axis=0)
+    if x.shape[0] > _MAX_CHANNELS.get(fmt, 8):
+        raise ValueError(f"{fmt} cannot hold {x.shape[0]} channels")
+    codec = av.Codec(codec_name, "w")
+    if codec.audio_rates and sr not in codec.audio_rates:
+        raise ValueError(f"{codec_name} cannot encode at {sr} Hz; use one of {codec.audio_rates}")
+    x = np.clip(x, -1.0, 1.0)
+    layout = av.AudioLayout(f"{x.shape[0]}c").name
+
+    buf = io.BytesIO()
+    try:
+        with av.open(buf, mode="w", format=muxer) as out:
+            stream = out.add_stream(codec_name, rate=sr, layout=layout)
+            if fmt == "ogg":
+                # The native encoder is flagged experimental (libvorbis is not in PyAV's
+                # FFmpeg build); without this avcodec_open2 refuses it.
+                stream.codec_context.options = {"strict": "experimental"}
+            if default_bitrate is not None:
+                stream.bit_rate = bitrate or default_bitrate
+            time_base = Fraction(1, sr)
+            for start in range(0, x.shape[1], _ENCODE_BLOCK):
+                # Interleaved, for the same 8-channel planar bug as in decoding.
+                block = np.ascontiguousarray(x[:, start : start + _ENCODE_BLOCK].T)
+                frame = av.AudioFrame.from_ndarray(
+                    block.reshape(1, -1), format="flt", layout=layout
+                )
+                frame.sample_rate = sr
+                # Timestamps let the MP4 muxer write the edit list that hides AAC priming.
+                frame.pts = start
+                frame.time_base = time_base
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+    except av.FFmpegError as exc:
+        raise ValueError(f"cannot encode {fmt}: {_describe(exc)}") from exc
+    return _mp4_faststart(buf.getvalue()) if fmt == "m4a" else buf.getvalue()
+
+
+def _mp4_faststart(data: bytes) -> bytes:
+    """Move the ``moov`` atom in front of ``mdat``, as store previews are laid out.
+
+    FFmpeg's own ``+faststart`` re-reads its output through a file and so cannot work on
+    an in-memory buffer. With ``moov`` first, a cut-off download is still decodable.
+    """
+    top = {kind: (pos, size) for kind, pos, _, size in _mp4_atoms(data, 0, len(data))}
+    if b"moov" not in top or b"mdat" not in top or top[b"moov"][0] < top[b"mdat"][0]:
+        return data
+    moov_pos, moov_size = top[b"moov"]
+    moov = bytearray(data[moov_pos : moov_pos + moov_size])
+    try:
+        _shift_chunk_offsets(moov, 0, moov_size, moov_size)
+    except OverflowError:
+        return data  # 32-bit chunk offsets would wrap (a >4 GB file): leave it as muxed
+    cut = top[b"ftyp"][0] + top[b"ftyp"][1] if b"ftyp" in top else 0
+    return b"".join((data[:cut], moov, data[cut:moov_pos], data[moov_pos + moov_size :]))
+
+
+def _mp4_atoms(buf: bytes | bytearray, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
+    """(type, position, header size, total size) of the atoms in ``buf[start:end]``."""
+    atoms = []
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", buf, pos)
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", buf, pos + 8)
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise ValueError(f"malformed MP4 atom {kind!r} at {pos}")
+        atoms.append((kind, pos, header, size))
+        pos += size
+    return atoms
+
+
+def _shift_chunk_offsets(moov: bytearray, start: int, end: int, delta: int) -> None:
+    for kind, pos, header, size in _mp4_atoms(moov, start, end):
+        if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+            _shift_chunk_offsets(moov, pos + header, pos + size, delta)
+        elif kind in (b"stco", b"co64"):
+            (count,) = struct.unpack_from(">I", moov, pos + header + 4)
+            dtype = ">u4" if kind == b"stco" else ">u8"
+            first = pos + header + 8
+            last = first + count * np.dtype(dtype).itemsize
+            offsets = np.frombuffer(moov[first:last], dtype=dtype) + np.uint64(delta)
+            if kind == b"stco" and offsets.size and int(offsets.max()) > 0xFFFFFFFF:
+                raise OverflowError("stco offset beyond 32 bits")
+            moov[first:last] = offsets.astype(dtype).tobytes()
