@@ -17,10 +17,10 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+from previewvec.songs.dataset import build_set, eval_specs
 
 from previewvec.mirex import key_score, tempo_correct, tempo_correct_any_octave
 from previewvec.settings import Settings
-from previewvec.songs.dataset import build_set, eval_specs
 from workers.analysis import analyze
 from workers.audio import decode_audio
 from workers.features.tonal import _PROFILES, PITCH_CLASSES
@@ -80,10 +80,14 @@ def summarize(results: list[dict], prefix: str) -> dict[str, float]:
         "tempo_octave": share(
             results, lambda r: tempo_correct_any_octave(r["tempo_bpm"], r[f"{prefix}_tempo"])
         ),
-        "key_mirex": float(np.mean([
-            key_score(r["tonic"], r["mode"], r[f"{prefix}_tonic"], r[f"{prefix}_mode"])
-            for r in results
-        ])),
+        "key_mirex": float(
+            np.mean(
+                [
+                    key_score(r["tonic"], r["mode"], r[f"{prefix}_tonic"], r[f"{prefix}_mode"])
+                    for r in results
+                ]
+            )
+        ),
     }
 
 
@@ -103,15 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         Path(args.dump).write_text("".join(json.dumps(r) + "\n" for r in results))
     n_drums = sum(r["drums"] for r in results)
-    print(f"{len(results)} songs ({n_drums} with drums), renderer={rows[0].get('renderer')}, "
-          f"seed={args.seed}")
-    print(f"{'method':<12}{'tempo ±4% (drums)':>20}{'tempo ±4% (all)':>18}"
-          f"{'± octave (all)':>16}{'MIREX key':>12}")
+    print(
+        f"{len(results)} songs ({n_drums} with drums), renderer={rows[0].get('renderer')}, "
+        f"seed={args.seed}"
+    )
+    print(
+        f"{'method':<12}{'tempo ±4% (drums)':>20}{'tempo ±4% (all)':>18}"
+        f"{'± octave (all)':>16}{'MIREX key':>12}"
+    )
     methods = [("previewvec", "est")] + ([] if args.no_naive else [("naive", "naive")])
     for label, prefix in methods:
         s = summarize(results, prefix)
-        print(f"{label:<12}{s['tempo_drums']:>20.3f}{s['tempo_all']:>18.3f}"
-              f"{s['tempo_octave']:>16.3f}{s['key_mirex']:>12.3f}")
+        print(
+            f"{label:<12}{s['tempo_drums']:>20.3f}{s['tempo_all']:>18.3f}"
+            f"{s['tempo_octave']:>16.3f}{s['key_mirex']:>12.3f}"
+        )
     return 0
 
 

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="data/demo", help="where generated songs go")
     p.add_argument(
-        "--renderer", default="auto", choices=("auto", "fluidsynth", "synth"),
+        "--renderer",
+        default="auto",
+        choices=("auto", "fluidsynth", "synth"),
         help="fluidsynth (General MIDI soundfont) when installed, else the built-in synth",
     )
     p.set_defaults(handler=cmd_demo)

@@ -45,8 +45,10 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
     if not digest:
         digest = _file_sha256(os.fspath(source))  # type: ignore[arg-type]
     features = extract_features(audio.samples, audio.sr, channels=audio.channels)
-    timings = {"decode": decoded - started, **{f"extract.{k}": v for k, v in
-                                               features.timings_s.items()}}
+    timings = {
+        "decode": decoded - started,
+        **{f"extract.{k}": v for k, v in features.timings_s.items()},
+    }
     return Analysis(features=features, audio=audio, audio_sha256=digest, timings_s=timings)
 
 

@@ -17,8 +17,9 @@ def test_fma_block_has_518_names_in_fma_order():
     names = fma_names()
     assert len(names) == FMA_DIM == 518
     assert len(set(names)) == 518
-    assert all(re.fullmatch(r"[a-z_]+\.(mean|std|skew|kurtosis|median|min|max)\.\d\d", n)
-               for n in names)
+    assert all(
+        re.fullmatch(r"[a-z_]+\.(mean|std|skew|kurtosis|median|min|max)\.\d\d", n) for n in names
+    )
     # FMA's features.csv columns are sorted (feature, statistic, number) tuples.
     assert names[0] == "chroma_cens.kurtosis.01"
     assert names[-1] == "zcr.std.01"

@@ -21,8 +21,7 @@ def signal():
 
 
 def test_zero_crossing_rate_matches_librosa(signal):
-    expected = librosa.feature.zero_crossing_rate(signal, frame_length=N_FFT,
-                                                  hop_length=HOP_LENGTH)
+    expected = librosa.feature.zero_crossing_rate(signal, frame_length=N_FFT, hop_length=HOP_LENGTH)
     ours = zero_crossing_rate(signal, expected.shape[1])
     np.testing.assert_array_equal(ours, expected)
 
@@ -30,10 +29,12 @@ def test_zero_crossing_rate_matches_librosa(signal):
 def test_spectral_shape_matches_librosa(signal):
     magnitude = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=HOP_LENGTH))
     centroid, bandwidth, rolloff = spectral_shape(magnitude, SR)
-    np.testing.assert_allclose(centroid, librosa.feature.spectral_centroid(S=magnitude, sr=SR),
-                               rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(bandwidth, librosa.feature.spectral_bandwidth(S=magnitude, sr=SR),
-                               rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(
+        centroid, librosa.feature.spectral_centroid(S=magnitude, sr=SR), rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        bandwidth, librosa.feature.spectral_bandwidth(S=magnitude, sr=SR), rtol=1e-3, atol=1e-2
+    )
     np.testing.assert_allclose(rolloff, librosa.feature.spectral_rolloff(S=magnitude, sr=SR))
 
 

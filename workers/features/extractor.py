@@ -45,9 +45,7 @@ class _Stopwatch:
         self._last = now
 
 
-def extract_features(
-    y: np.ndarray, sr: int, *, channels: np.ndarray | None = None
-) -> Features:
+def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None) -> Features:
     """Compute every feature of a mono float32 signal.
 
     Parameters
@@ -111,5 +109,6 @@ def extract_features(
         "onset_rate": round(beat.onset_rate, 3),
         "duration_s": round(duration_s, 3),
     }
-    return Features(descriptors=descriptors, vector=vector.astype(np.float32),
-                    timings_s=dict(watch.laps))
+    return Features(
+        descriptors=descriptors, vector=vector.astype(np.float32), timings_s=dict(watch.laps)
+    )

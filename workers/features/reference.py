@@ -28,7 +28,10 @@ def fma_reference(y: np.ndarray, sr: int) -> np.ndarray:
     cqt = np.abs(
         librosa.cqt(y, sr=sr, hop_length=512, bins_per_octave=12, n_bins=7 * 12, tuning=None)
     )
-    feature_stats("chroma_cqt", librosa.feature.chroma_cqt(C=cqt, n_chroma=12, n_octaves=7, bins_per_octave=12))
+    feature_stats(
+        "chroma_cqt",
+        librosa.feature.chroma_cqt(C=cqt, n_chroma=12, n_octaves=7, bins_per_octave=12),
+    )
     cens = librosa.feature.chroma_cens(C=cqt, n_chroma=12, n_octaves=7, bins_per_octave=12)
     feature_stats("chroma_cens", cens)
     feature_stats("tonnetz", librosa.feature.tonnetz(chroma=cens))

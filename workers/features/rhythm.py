@@ -80,9 +80,9 @@ def base_period(envelope: np.ndarray, sr: int) -> tuple[float, float]:
     lo, hi = 60.0 * fps / BASE_MAX_BPM, 60.0 * fps / BASE_MIN_BPM
     acf = autocorrelation(envelope, min(int(4 * hi) + 4, envelope.size - 1))
     periods = np.arange(lo, hi + 1e-9, 0.25)
-    comb = np.array([
-        _at(acf, p) + _at(acf, 2 * p) + _at(acf, 4 * p) + 0.5 * _at(acf, p / 2) for p in periods
-    ])
+    comb = np.array(
+        [_at(acf, p) + _at(acf, 2 * p) + _at(acf, 4 * p) + 0.5 * _at(acf, p / 2) for p in periods]
+    )
     best = int(np.argmax(comb))
     return float(periods[best]), float(np.clip(comb[best] / 3.5, 0.0, 1.0))
 
@@ -101,7 +101,7 @@ def _cross(a: np.ndarray, b: np.ndarray, lag: float) -> float:
     best = 0.0
     for signed in (lag, -lag):
         for d in (-1, 0, 1):
-            k = int(round(signed)) + d
+            k = round(signed) + d
             v = np.mean(a[: a.size - k] * b[k:]) if k >= 0 else np.mean(a[-k:] * b[: b.size + k])
             best = max(best, float(v))
     return best
@@ -134,8 +134,9 @@ def octave_features(
 
 def faster_level_probability(features: dict[str, float]) -> float:
     """Probability that the beat is twice the base tempo, by the fitted logistic rule."""
-    z = OCTAVE_BIAS + sum(w * features[name] for name, w in zip(OCTAVE_FEATURES,
-                                                                 OCTAVE_WEIGHTS, strict=True))
+    z = OCTAVE_BIAS + sum(
+        w * features[name] for name, w in zip(OCTAVE_FEATURES, OCTAVE_WEIGHTS, strict=True)
+    )
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
@@ -175,13 +176,21 @@ def analyze_rhythm(
         period /= 2
     bpm, beat_times = refine_tempo(envelope, sr, 60.0 * fps / period)
     return Rhythm(
-        tempo_bpm=float(bpm), beat_confidence=confidence, onset_rate=rate,
+        tempo_bpm=float(bpm),
+        beat_confidence=confidence,
+        onset_rate=rate,
         beat_times_s=beat_times,
     )
 
 
-def danceability(y: np.ndarray, sr: int, *, min_tau_s: float = 0.31, max_tau_s: float = 8.8,
-                 tau_multiplier: float = 1.1) -> float:
+def danceability(
+    y: np.ndarray,
+    sr: int,
+    *,
+    min_tau_s: float = 0.31,
+    max_tau_s: float = 8.8,
+    tau_multiplier: float = 1.1,
+) -> float:
     """Danceability in [0, 1] by detrended fluctuation analysis (Streich & Herrera 2005).
 
     The amplitude envelope (standard deviation of 10 ms frames) is integrated; for each
@@ -191,7 +200,7 @@ def danceability(y: np.ndarray, sr: int, *, min_tau_s: float = 0.31, max_tau_s: 
     The raw score is the mean of 1/α as in Essentia (range ~0-3); we report it / 3,
     clipped to [0, 1].
     """
-    frame = max(int(round(0.01 * sr)), 1)
+    frame = max(round(0.01 * sr), 1)
     n_frames = y.size // frame
     if n_frames < 8:
         return 0.0

@@ -130,8 +130,12 @@ def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarr
 def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
     """Frame-level series of every FMA feature family, each shape (size, n_frames)."""
     sr, n = spectra.sr, spectra.n_frames
-    chroma_cqt = librosa.feature.chroma_cqt(C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12)
-    chroma_cens = librosa.feature.chroma_cens(C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12)
+    chroma_cqt = librosa.feature.chroma_cqt(
+        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12
+    )
+    chroma_cens = librosa.feature.chroma_cens(
+        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12
+    )
     centroid, bandwidth, rolloff = spectral_shape(spectra.magnitude, sr)
     frames = {
         "chroma_stft": librosa.feature.chroma_stft(

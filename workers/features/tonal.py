@@ -47,12 +47,27 @@ _PROFILES: dict[str, tuple[list[float], list[float]]] = {
 
 # Chord function weights: (root interval above the tonic in semitones, minor triad?) → weight.
 _MAJOR_KEY_CHORDS = {
-    (0, False): 1.0, (7, False): 0.6, (5, False): 0.6, (9, True): 0.35, (2, True): 0.35,
-    (4, True): 0.25, (7, True): 0.05, (10, False): 0.1, (2, False): 0.1, (4, False): 0.1,
+    (0, False): 1.0,
+    (7, False): 0.6,
+    (5, False): 0.6,
+    (9, True): 0.35,
+    (2, True): 0.35,
+    (4, True): 0.25,
+    (7, True): 0.05,
+    (10, False): 0.1,
+    (2, False): 0.1,
+    (4, False): 0.1,
 }
 _MINOR_KEY_CHORDS = {
-    (0, True): 1.0, (7, False): 0.6, (7, True): 0.45, (5, True): 0.6, (8, False): 0.4,
-    (3, False): 0.35, (10, False): 0.4, (5, False): 0.1, (0, False): 0.05,
+    (0, True): 1.0,
+    (7, False): 0.6,
+    (7, True): 0.45,
+    (5, True): 0.6,
+    (8, False): 0.4,
+    (3, False): 0.35,
+    (10, False): 0.4,
+    (5, False): 0.1,
+    (0, False): 0.05,
 }
 PROFILE_WEIGHT = 0.5
 HARD_CHORD_WEIGHT = 1.0
@@ -142,11 +157,12 @@ def estimate_key(cqt: np.ndarray, sr: int = 22050, hop_length: int = 512) -> Key
         axis=0,
     )
 
-    seg = max(int(round(SEGMENT_S * sr / hop_length)), 1)
+    seg = max(round(SEGMENT_S * sr / hop_length), 1)
     n_seg = chroma.shape[1] // seg
     if n_seg == 0:
         hard = soft = opening = np.zeros(24)
     else:
+
         def segments(x: np.ndarray) -> np.ndarray:
             return x[:, : n_seg * seg].reshape(12, n_seg, seg).mean(axis=2)
 
