@@ -55,3 +55,10 @@ def test_summary_statistics_are_fmas():
     np.testing.assert_allclose(summary["kurtosis"], stats.kurtosis(frames, axis=1))
     np.testing.assert_allclose(summary["std"], np.std(frames, axis=1))
     np.testing.assert_allclose(summary["median"], np.median(frames, axis=1))
+
+
+def test_constant_series_has_zero_skew_and_kurtosis_not_nan():
+    frames = np.vstack([np.full(50, 0.25), np.linspace(0, 1, 50)])
+    summary = summarize(frames)
+    assert summary["skew"][0] == 0.0 and summary["kurtosis"][0] == 0.0
+    assert all(np.all(np.isfinite(v)) for v in summary.values())

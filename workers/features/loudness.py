@@ -26,23 +26,18 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     return lufs if np.isfinite(lufs) else LUFS_FLOOR
 
 
-def energy_score(loudness_lufs: float, onset_rate: float, rms_frames: np.ndarray) -> float:
-    """Perceived intensity in [0, 1].
+def energy_score(loudness_lufs: float, onset_rate: float, centroid_frames: np.ndarray) -> float:
+    """Perceived intensity in [0, 1]: loud, busy and bright reads as energetic.
 
     The mean of three bounded parts, each 0 at "calm" and 1 at "intense":
 
     - loudness: ``(LUFS + 35) / 30`` clipped (−35 LUFS → 0, −5 LUFS → 1);
     - activity: ``1 − exp(−onset_rate / 4)`` (onsets per second);
-    - density: 1 minus the crest of the frame RMS in dB over 20 dB (sustained level
-      rather than sparse peaks reads as energetic), clipped.
+    - brightness: ``log2(median spectral centroid / 500 Hz) / 3`` clipped
+      (500 Hz → 0, 4 kHz → 1); distorted guitars, cymbals and noise are bright.
     """
-    loud = np.clip((loudness_lufs + 35.0) / 30.0, 0.0, 1.0)
-    activity = 1.0 - np.exp(-max(onset_rate, 0.0) / 4.0)
-    rms = np.asarray(rms_frames, dtype=np.float64).ravel()
-    peak = float(rms.max()) if rms.size else 0.0
-    if peak > 0:
-        median_db = 20 * np.log10(max(float(np.median(rms)), 1e-12) / peak)
-        density = float(np.clip(1.0 + median_db / 20.0, 0.0, 1.0))
-    else:
-        density = 0.0
-    return float((loud + activity + density) / 3.0)
+    loud = float(np.clip((loudness_lufs + 35.0) / 30.0, 0.0, 1.0))
+    activity = float(1.0 - np.exp(-max(onset_rate, 0.0) / 4.0))
+    centroid = float(np.median(np.asarray(centroid_frames, dtype=np.float64)))
+    brightness = float(np.clip(np.log2(max(centroid, 1.0) / 500.0) / 3.0, 0.0, 1.0))
+    return (loud + activity + brightness) / 3.0

@@ -156,9 +156,21 @@ def refine_tempo(envelope: np.ndarray, sr: int, bpm: float) -> tuple[float, np.n
     return refined, times
 
 
+# An onset must raise the mean mel band level by this many dB per frame: librosa's
+# default peak picking normalises the envelope, which turns the flutter of a steady tone
+# into "onsets".
+MIN_ONSET_FLUX_DB = 1.0
+
+
 def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
     """Detected onsets per second."""
-    onsets = librosa.onset.onset_detect(onset_envelope=envelope, sr=sr, hop_length=HOP_LENGTH)
+    onsets = librosa.onset.onset_detect(
+        onset_envelope=envelope,
+        sr=sr,
+        hop_length=HOP_LENGTH,
+        normalize=False,
+        delta=MIN_ONSET_FLUX_DB,
+    )
     return float(len(onsets) / duration_s) if duration_s > 0 else 0.0
 
 
