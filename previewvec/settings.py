@@ -49,6 +49,34 @@ class Settings:
     max_input_bytes: int = 20_000_000
     cache_dir: Path = field(default_factory=_default_cache_dir)
 
+    # Pipeline: broker, store, index.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    store: str = "./data/store"  # a folder, or s3://bucket/prefix
+    index: str = "./data/index"  # a folder (embedded LanceDB), or vectorize://<index-name>
+    # Preview fetching: only these hosts (suffix match on a dot boundary); private,
+    # loopback and link-local addresses are refused unless their host is listed here.
+    allowed_audio_hosts: tuple[str, ...] = (
+        "audio-ssl.itunes.apple.com",
+        "audio.itunes.apple.com",
+        "is1-ssl.mzstatic.com",
+        "mzstatic.com",
+        "p.scdn.co",
+        "cdns-preview-0.dzcdn.net",
+        "dzcdn.net",
+    )
+    fetch_connect_timeout_s: float = 5.0
+    fetch_read_timeout_s: float = 10.0
+    fetch_total_timeout_s: float = 30.0
+    fetch_max_bytes: int = 10_000_000
+    fetch_max_redirects: int = 3
+    fetch_retries: int = 4
+    # Cloudflare Vectorize (when index is vectorize://NAME).
+    vectorize_account_id: str = ""
+    vectorize_api_token: str = ""
+    vectorize_base_url: str = "https://api.cloudflare.com/client/v4"
+    # Reducer.
+    reduce_batch_size: int = 1000
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``PREVIEWVEC_<FIELD>`` variables (upper-case field names) over the defaults."""
