@@ -72,7 +72,7 @@ class Settings:
     fetch_retries: int = 4
     # Cloudflare Vectorize (when index is vectorize://NAME).
     vectorize_account_id: str = ""
-    vectorize_api_token: str = ""
+    vectorize_api_token: str = field(default="", repr=False)  # a secret: never logged
     vectorize_base_url: str = "https://api.cloudflare.com/client/v4"
     # Reducer.
     reduce_batch_size: int = 1000

@@ -678,7 +678,10 @@ class _Generator:
                         pitch += 12 if pitch < pcs_line[-1] else -12
                 pcs_line.append(pitch)
             for k, pitch in enumerate(pcs_line):
-                pitch = _clamp(pitch, 28, 55)
+                while pitch < 28:
+                    pitch += 12
+                while pitch > 55:
+                    pitch -= 12
                 vel = self._vel(96 if k == 0 else 86)
                 notes.append(Note(t + k, 0.9, pitch, vel))
             prev = pcs_line[-1]
