@@ -30,6 +30,7 @@ import numpy as np
 HOP_LENGTH = 512
 BASE_MIN_BPM = 60.0
 BASE_MAX_BPM = 120.0
+MAX_TACTUS_BPM = 200.0
 KICK_BAND_HZ = (0.0, 120.0)
 SNARE_BAND_HZ = (1000.0, 4000.0)
 # Logistic octave rule: P(faster level) = sigmoid(w · features + bias); see module doc.
@@ -217,7 +218,8 @@ def analyze_rhythm(
         return Rhythm(0.0, 0.0, rate, np.empty(0))
     period, confidence = base_period(envelope, sr)
     features = octave_features(mel_power, envelope, sr, period, duration_s)
-    if faster_level_probability(features) > 0.5:
+    # Beats faster than MAX_TACTUS_BPM are rarely what listeners tap.
+    if faster_level_probability(features) > 0.5 and 120.0 * fps / period <= MAX_TACTUS_BPM:
         period /= 2
     bpm, beat_times = refine_tempo(envelope, sr, 60.0 * fps / period)
     return Rhythm(
