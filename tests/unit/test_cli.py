@@ -1,0 +1,92 @@
+"""The ``previewvec`` command line, run as a real subprocess on real encoded audio."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from previewvec.songs import SongSpec, generate_song, render_synth
+from workers.audio import SUPPORTED_FORMATS, encode_audio
+from workers.features.layout import VECTOR_DIM, feature_names
+
+SR = 44100
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "previewvec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """One 8 s generated song encoded in every supported format, plus bad inputs."""
+    folder = tmp_path_factory.mktemp("cli")
+    spec = SongSpec(7, 9, "minor", 110.0, True, "pop")
+    score = generate_song(spec.seed, tonic=spec.tonic, mode=spec.mode,
+                          tempo_bpm=spec.tempo_bpm, drums=spec.drums, duration_s=8.0,
+                          style=spec.style)
+    audio = render_synth(score, sr=SR)
+    paths = {}
+    for fmt in SUPPORTED_FORMATS:
+        path = folder / f"song.{fmt}"
+        path.write_bytes(encode_audio(audio, SR, fmt))
+        paths[fmt] = path
+    (folder / "empty.m4a").write_bytes(b"")
+    (folder / "page.m4a").write_bytes(b"<html><body>404 Not Found</body></html>")
+    short = audio[:, : SR * 2]
+    (folder / "short.wav").write_bytes(encode_audio(short, SR, "wav"))
+    (folder / "silent.flac").write_bytes(encode_audio(np.zeros((2, SR * 8)), SR, "flac"))
+    return folder, paths
+
+
+def test_extract_prints_one_json_line_per_input_for_every_format(clips):
+    folder, paths = clips
+    result = run_cli("extract", *[str(p) for p in paths.values()])
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines] == [str(p) for p in paths.values()]
+    for line in lines:
+        assert line["ok"] is True
+        assert line["feature_version"] == "pv1"
+        assert set(line["descriptors"]) == {
+            "tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
+            "danceability", "onset_rate", "duration_s",
+        }
+        assert len(line["vector"]) == VECTOR_DIM
+        assert all(np.isfinite(line["vector"]))
+
+
+def test_bad_inputs_get_their_codes_and_the_rest_still_run(clips):
+    folder, paths = clips
+    inputs = [
+        folder / "empty.m4a", paths["m4a"], folder / "page.m4a", folder / "short.wav",
+        folder / "silent.flac", folder / "missing.mp3",
+    ]
+    result = run_cli("extract", *[str(p) for p in inputs])
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    codes = [line["error"]["code"] if not line["ok"] else "ok" for line in lines]
+    assert codes == ["empty_input", "ok", "undecodable", "too_short", "silent", "unreadable"]
+    for line in lines:
+        if not line["ok"]:
+            assert line["error"]["message"]
+    assert "Traceback" not in result.stderr
+
+
+def test_features_lists_every_dimension_in_order():
+    result = run_cli("features")
+    assert result.returncode == 0
+    assert tuple(result.stdout.split()) == feature_names()
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["features"], ["demo"]])
+def test_help_everywhere(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
