@@ -7,8 +7,10 @@ Two renderers:
   noise/sine drums, panning, a light reverb). No external binary; used where fluidsynth is
   not installed, e.g. by ``previewvec demo``.
 
-Both return float32 arrays of shape ``(2, n)`` with ``n = round(score.duration_s * sr)``,
-peak-normalised to about -1 dBFS.
+Both render every track as a separate stem and mix the stems at the tracks' ``level_db``
+(so the balance holds whatever the instrument or SoundFont), and return float32 arrays of
+shape ``(2, n)`` with ``n = round(score.duration_s * sr)`` (release tails past the end are
+cut, with a 30 ms fade), peak-normalised to about -1 dBFS.
 """
 
 from __future__ import annotations
@@ -107,7 +109,11 @@ def fluidsynth_available() -> bool:
 
 
 def render_fluidsynth(score: Score, sr: int = 44100) -> np.ndarray:
-    """Render with the ``fluidsynth`` command and a GM SoundFont: float32 ``(2, n)``."""
+    """Render with the ``fluidsynth`` command and a GM SoundFont: float32 ``(2, n)``.
+
+    One fluidsynth run renders all tracks one after another (see :func:`_stem_layout`);
+    raises ``RuntimeError`` with fluidsynth's messages if it fails.
+    """
     import soundfile as sf
 
     exe = shutil.which("fluidsynth")
@@ -130,12 +136,17 @@ def render_fluidsynth(score: Score, sr: int = 44100) -> np.ndarray:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_FLUIDSYNTH_TIMEOUT_S,
                               check=False, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0 or not wav_path.is_file():
+        # fluidsynth exits 0 even when it cannot load the SoundFont (it then falls back to
+        # its default one, or plays nothing): its error messages count as failure too.
+        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+        if proc.returncode != 0 or errors or not wav_path.is_file():
             raise RuntimeError(f"fluidsynth failed (exit {proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
         data, file_sr = sf.read(str(wav_path), dtype="float32", always_2d=True)
     if file_sr != sr:
         raise RuntimeError(f"fluidsynth wrote {file_sr} Hz audio, expected {sr} Hz")
+    if not data.size or float(np.max(np.abs(data))) < 1e-6:
+        raise RuntimeError(f"fluidsynth rendered silence with {sf2}: {proc.stderr.strip()}")
     audio = data.T if data.shape[1] >= 2 else np.repeat(data.T, 2, axis=0)
     n = _n_samples(score, sr)
     mix = np.zeros((2, n), dtype=np.float32)
@@ -298,7 +309,7 @@ class _NumpySynth:
         fam = _FAMILIES[fam_name]
         sr = self.sr
         dur_q = round(dur_s * 50) / 50  # 20 ms buckets keep the cache effective
-        key = (fam_name, program in (81, 30), pitch, dur_q)
+        key = (fam_name, pitch, dur_q)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

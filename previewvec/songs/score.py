@@ -181,7 +181,7 @@ _STYLES: dict[str, _Style] = {
         two_chords_prob=0.6, jazz_harmony=True, reverb=45,
     ),
     "waltz": _Style(
-        tempo=(80, 160), weight=(0.8, 1.2), drums=("waltz",), kits=(0, 40, 48),
+        tempo=(80, 150), weight=(0.8, 1.2), drums=("waltz",), kits=(0, 40, 48),
         bass=("waltz",), bass_programs=(32, 43, 33, 58),
         comp=("waltz", "arpeggio", "waltz"), comp_programs=(21, 0, 48, 46, 24, 45),
         leads=(40, 73, 71, 21, 68, 22, 74, 11),
@@ -232,12 +232,12 @@ _PROGRESSIONS: dict[str, tuple[tuple[str, float], ...]] = {
     "major": (
         ("0 4 5 3", 4), ("0 3 4 0", 3), ("0 5 3 4", 3), ("0 3 5 4", 2), ("0 2 3 4", 1),
         ("0 3 0 4", 2), ("0 4 5 2 3 0 3 4", 1.5), ("0 1 3 4", 1), ("0 5 1 4", 2),
-        ("5 3 0 4", 1), ("1 4 0 0", 1), ("0 4 3 4", 1), ("0 3 1 4", 1), ("0 0 3 4", 1),
+        ("5 3 0 4", 1), ("0 4 3 4", 1), ("0 3 1 4", 1), ("0 0 3 4", 1),
     ),
     "minor": (
         ("0 5 2 6", 3), ("0 3 4 0", 1), ("0 3 4h 0", 3), ("0 6 5 4h", 3), ("0 5 3 4h", 2),
         ("0 5 6 0", 2), ("0 3 6 2", 1), ("0 6 5 6", 1), ("0 3 0 4h", 2), ("0 4 5 3", 1),
-        ("1 4h 0 0", 1), ("0 2 3 4h", 1), ("0 3 5 4h", 1.5), ("0 0 5 6", 1),
+        ("0 2 3 4h", 1), ("0 3 5 4h", 1.5), ("0 0 5 6", 1),
     ),
 }
 _JAZZ_PROGRESSIONS: dict[str, tuple[tuple[str, float], ...]] = {
@@ -413,7 +413,7 @@ class _Generator:
         self.style_name = style
         self.st = _STYLES[style]
         rng = self.rng
-        self.bpb = 3 if rng.random() < self.st.waltz_prob and 70 <= tempo <= 170 else 4
+        self.bpb = 3 if rng.random() < self.st.waltz_prob and 75 <= tempo <= 150 else 4
         self.n_beats = tempo * duration_s / 60.0
         self.n_bars = math.ceil(self.n_beats / self.bpb - 1e-9)
         self.swing = rng.choice(self.st.swing)
@@ -470,8 +470,8 @@ class _Generator:
             for i, (deg, harm) in enumerate(seq):
                 seventh, sus, inv = decorations[label][i]
                 t0 = start + i * slot_beats
-                if deg in (0,) and i == len(seq) - 1:
-                    sus, inv = 0, 0  # land cleanly on the tonic
+                if i == 0 or (deg == 0 and i == len(seq) - 1):
+                    sus, inv = 0, 0  # start phrases and land on the tonic in root position
                 if sus and slot_beats in (2, 4):
                     ch_sus = _make_chord(self.tonic, self.mode, deg, harmonic=harm, sus=sus)
                     ch = _make_chord(self.tonic, self.mode, deg, harmonic=harm, seventh=seventh)
@@ -1142,6 +1142,11 @@ def _mix_level(program: int, role: str, level_db: float) -> int:
     return _clamp(round(100 * 10 ** (db / 40)), 20, 127)
 
 
+def _slow_attack(program: int) -> bool:
+    """Bowed strings, ensembles, choirs and pads: soft onsets that cannot carry a pulse."""
+    return 40 <= program <= 44 or 48 <= program <= 54 or 88 <= program <= 95
+
+
 def generate_song(
     seed: int, *, tonic: int, mode: str, tempo_bpm: float, drums: bool,
     duration_s: float = 30.0, style: str | None = None,
@@ -1191,6 +1196,10 @@ def generate_song(
         comp_program = rng.choice((25, 24, 27))
     if comp_kind == "power":
         comp_program = rng.choice((29, 30, 29))
+    if not drums and _slow_attack(comp_program) and comp_kind not in ("pad", "pad_pulse"):
+        # Without a kit the comping carries the pulse: it needs clear attacks.
+        comp_program = rng.choice([p for p in st.comp_programs if not _slow_attack(p)]
+                                  or [0, 46, 24])
     add("comp", comp_program, gen.comp_track(comp_program, comp_kind), "comp", pans[0])
 
     if st.pads and (rng.random() < st.pad_prob
