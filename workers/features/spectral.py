@@ -21,8 +21,8 @@ N_FFT = 2048
 HOP_LENGTH = 512
 CQT_BINS = 84
 CQT_BINS_PER_OCTAVE = 12
-# piptrack over every 2nd frame estimates the same global tuning at half the cost.
-TUNING_FRAME_STRIDE = 2
+# Every frame: subsampling shifted the estimate by up to 0.1 semitone on short clips.
+TUNING_FRAME_STRIDE = 1
 
 
 @dataclass(frozen=True)
