@@ -64,6 +64,108 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, out_dir=Path(args.out), renderer=args.renderer)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--loglevel", args.loglevel, "--concurrency", str(args.concurrency),
+        "--queues", args.queues, "--prefetch-multiplier", "1", "--events",
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.queue import enqueue_catalog
+
+    with open(args.catalog, "rb") as handle:
+        report = enqueue_catalog(handle, settings, queue=args.queue, force=args.force,
+                                 source=os.path.basename(args.catalog))
+    print(report.run_id)
+    print(f"queued {report.queued}, invalid lines {report.invalid}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.progress import watch_status
+
+    return watch_status(settings, args.run_id, watch=args.watch, interval_s=args.interval)
+
+
+def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.runs import Runs
+
+    runs = Runs.from_url(settings.broker_url)
+    if not runs.exists(args.run_id):
+        print(f"no such run: {args.run_id}", file=sys.stderr)
+        return 2
+    for recording_id, entry in sorted(runs.failures(args.run_id)):
+        print(json.dumps({"recording_id": recording_id, "code": entry["code"],
+                          "message": entry["message"]}, ensure_ascii=False))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.jobs import InvalidJob, Job
+    from previewvec.runs import Runs
+    from producers.queue import publish
+
+    runs = Runs.from_url(settings.broker_url)
+    jobs = []
+    for _, entry in runs.failures(args.run_id):
+        if entry.get("job"):
+            try:
+                jobs.append(Job.from_dict(entry["job"]))
+            except InvalidJob:
+                continue
+    queue = args.queue or runs.status(args.run_id).meta.get("queue", "batch")
+    report = publish(jobs, runs, settings, run_id=args.run_id, queue=queue)
+    print(f"re-enqueued {report.queued} failed jobs of {args.run_id}")
+    return 0
+
+
+def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.reducer import Reducer
+
+    reducer = Reducer.build(settings)
+    if args.follow:
+        reducer.follow(args.batch_size)
+        return 0
+    n = reducer.drain(args.batch_size)
+    reducer.index.wait_for_writes()
+    print(f"reduced {n} ready records; index holds {reducer.index.count()} vectors")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.reducer import Reducer
+
+    reducer = Reducer.build(settings)
+    n = reducer.reindex(args.batch_size, refit=args.refit)
+    reducer.index.wait_for_writes()
+    print(f"reindexed {n} records; index holds {reducer.index.count()} vectors")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.reducer import Reducer
+
+    reducer = Reducer.build(settings)
+    try:
+        matches = reducer.similar(args.recording_id, args.k)
+    except FileNotFoundError:
+        print(f"no stored record for {args.recording_id}", file=sys.stderr)
+        return 1
+    for match in matches:
+        print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
+                          "score": round(match.score, 4), "descriptors": {
+                              k: v for k, v in match.metadata.items()
+                              if k not in ("recording_id", "normalizer")}},
+                         ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="previewvec",
@@ -101,6 +203,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="fluidsynth (General MIDI soundfont) when installed, else the built-in synth",
     )
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("worker", help="start a Celery worker (featurize jobs)",
+                       description="Start a Celery worker on the broker at "
+                       "PREVIEWVEC_BROKER_URL; same as `celery -A workers.app worker`.")
+    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--queues", default="ondemand,batch",
+                   help="comma-separated, in priority order (default: ondemand,batch)")
+    p.add_argument("--hostname", default=None, help="Celery node name, e.g. w1@%%h")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="enqueue a JSON Lines catalog of jobs; prints the run id",
+                       description="Validate every line (bad lines are recorded as failures "
+                       "of the run with their line number) and enqueue the valid jobs.")
+    p.add_argument("catalog", help="JSON Lines file, one job per line")
+    p.add_argument("--queue", choices=("batch", "ondemand"), default="batch")
+    p.add_argument("--force", action="store_true", help="recompute even if a record exists")
+    p.set_defaults(handler=cmd_enqueue)
+
+    p = sub.add_parser("status", help="show a run's progress",
+                       description="Queued/done/skipped/failed counts with a progress bar.")
+    p.add_argument("run_id")
+    p.add_argument("--watch", action="store_true", help="refresh until the run finishes")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("failures", help="list a run's failures (JSON Lines)",
+                       description="One line per failed recording: id, error code, message.")
+    p.add_argument("run_id")
+    p.set_defaults(handler=cmd_failures)
+
+    p = sub.add_parser("retry", help="re-enqueue a run's failed jobs",
+                       description="Re-enqueue every failed job of the run (invalid catalog "
+                       "lines cannot be retried).")
+    p.add_argument("run_id")
+    p.add_argument("--queue", choices=("batch", "ondemand"), default=None)
+    p.set_defaults(handler=cmd_retry)
+
+    p = sub.add_parser("reduce", help="load ready records into the vector index",
+                       description="Normalise ready records and upsert them into the index "
+                       "in batches; once (default) or --follow.")
+    p.add_argument("--follow", action="store_true", help="keep running")
+    p.add_argument("--batch-size", type=int, default=None, help="<= 5000")
+    p.set_defaults(handler=cmd_reduce)
+
+    p = sub.add_parser("reindex", help="rebuild the vector index from the feature store",
+                       description="Upsert every stored record of the current feature "
+                       "version; --refit fits the normaliser again first.")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--refit", action="store_true")
+    p.set_defaults(handler=cmd_reindex)
+
+    p = sub.add_parser("similar", help="tracks that sound like RECORDING_ID",
+                       description="Nearest neighbours in the index with scores and "
+                       "descriptors (JSON Lines).")
+    p.add_argument("recording_id")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(handler=cmd_similar)
     return parser
 
 

@@ -1,0 +1,47 @@
+"""``previewvec status``: a run's counts, a progress bar and the processing rate."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from previewvec.runs import Runs, RunStatus
+from previewvec.settings import Settings
+
+BAR_WIDTH = 30
+
+
+def format_status(status: RunStatus, rate_per_s: float | None = None) -> str:
+    c = status.counts
+    total = max(status.total, 1)
+    filled = round(BAR_WIDTH * status.finished / total)
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    rate = f"  {rate_per_s:.1f}/s" if rate_per_s is not None else ""
+    return (f"{status.run_id} [{bar}] {status.finished}/{status.total}  "
+            f"queued {c['queued']}  done {c['done']}  skipped {c['skipped']}  "
+            f"failed {c['failed']}{rate}")
+
+
+def watch_status(settings: Settings, run_id: str, *, watch: bool = False,
+                 interval_s: float = 2.0) -> int:
+    runs = Runs.from_url(settings.broker_url)
+    if not runs.exists(run_id):
+        print(f"no such run: {run_id}", file=sys.stderr)
+        return 2
+    previous: tuple[float, int] | None = None
+    while True:
+        status = runs.status(run_id)
+        now = time.monotonic()
+        rate = None
+        if previous is not None and now > previous[0]:
+            rate = (status.finished - previous[1]) / (now - previous[0])
+        previous = (now, status.finished)
+        line = format_status(status, rate)
+        if not watch:
+            print(line)
+            return 0
+        print("\r" + line, end="", flush=True)
+        if status.counts["queued"] == 0:
+            print()
+            return 0
+        time.sleep(interval_s)

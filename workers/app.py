@@ -1,0 +1,61 @@
+"""The Celery application: broker, serialisation, acknowledgement and queue policy.
+
+``celery -A workers.app worker`` and ``previewvec worker`` both start workers from here.
+"""
+
+from __future__ import annotations
+
+import os
+
+# BLAS and numba threads would oversubscribe cores under prefork (one process per core).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from celery import Celery  # noqa: E402
+from kombu import Queue  # noqa: E402
+
+from previewvec.settings import Settings  # noqa: E402
+
+QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
+VISIBILITY_TIMEOUT_S = 3600
+TASK_SOFT_TIME_LIMIT_S = 240
+TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
+MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
+MAX_TASKS_PER_CHILD = 2000
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    settings.numba_cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.numba_cache_dir))
+    app = Celery("previewvec", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # pickle refused: a broker message must never run code
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,  # ack after the work: a killed worker's job is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "queue_order_strategy": "priority",  # BRPOP keys in order: ondemand before batch
+        },
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="batch",
+        task_routes={"previewvec.featurize": {"queue": "batch"}},
+        worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KB,
+        worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        task_track_started=True,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,136 @@
+"""The featurize stage as a plain function: job in, stored record and an outcome out.
+
+The Celery task (``workers/tasks.py``) only handles arguments, retries and
+acknowledgement; everything here runs without a broker, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from previewvec.errors import PreviewvecError
+from previewvec.jobs import InvalidJob, Job
+from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
+from previewvec.runs import Runs
+from previewvec.settings import Settings
+from workers.analysis import analyze
+from workers.features.layout import FEATURE_VERSION
+from workers.fetch import fetch_preview, make_session
+from workers.store import FeatureStore, StoreUnavailable, open_store
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process builds once and reuses for every task."""
+
+    settings: Settings
+    store: FeatureStore
+    runs: Runs
+    session: requests.Session
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        return cls(
+            settings=settings,
+            store=open_store(settings.store, settings),
+            runs=Runs.from_url(settings.broker_url),
+            session=make_session(settings),
+        )
+
+
+@dataclass
+class Outcome:
+    """What happened to one job; small and JSON-ready (it is the task's result in Flower)."""
+
+    recording_id: str
+    run_id: str | None
+    status: str  # done | skipped | failed
+    error_code: str | None = None
+    error_message: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
+
+
+def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
+    """Skip, or fetch → decode → extract → store, and account for the result in the run.
+
+    Raises
+    ------
+    StoreUnavailable
+        The store could not be reached: the caller retries the whole job later (nothing
+        was recorded as failed).
+    """
+    try:
+        job = Job.from_dict(job_data)
+    except InvalidJob as exc:
+        recording_id = str(job_data.get("recording_id", "?"))[:64] if isinstance(
+            job_data, dict) else "?"
+        run_id = job_data.get("run_id") if isinstance(job_data, dict) else None
+        outcome = Outcome(recording_id, run_id if isinstance(run_id, str) else None,
+                          "failed", exc.code, exc.message)
+        _account(ctx, outcome, job_data if isinstance(job_data, dict) else None)
+        return outcome
+
+    key = record_key(FEATURE_VERSION, job.recording_id)
+    started = time.perf_counter()
+    if not job.force and ctx.store.exists(key):
+        if not ctx.runs.is_indexed(FEATURE_VERSION, job.recording_id):
+            ctx.runs.push_ready(key)
+        outcome = Outcome(job.recording_id, job.run_id, "skipped",
+                          timings_s={"check": time.perf_counter() - started})
+        _account(ctx, outcome, job.to_dict())
+        return outcome
+
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        fetched = fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
+        timings["fetch"] = time.perf_counter() - t0
+        analysis = analyze(fetched.data, ctx.settings)
+        timings.update(analysis.timings_s)
+    except StoreUnavailable:
+        raise
+    except PreviewvecError as exc:
+        outcome = Outcome(job.recording_id, job.run_id, "failed", exc.code, exc.message,
+                          timings)
+        _account(ctx, outcome, job.to_dict())
+        return outcome
+
+    record = FeatureRecord(
+        recording_id=job.recording_id,
+        vector=[float(v) for v in analysis.features.vector],
+        descriptors=dict(analysis.features.descriptors),
+        provenance=make_provenance(
+            preview_url=job.preview_url,
+            audio_sha256=analysis.audio_sha256,
+            source=job.source or "",
+            run_id=job.run_id or "",
+            isrc=job.isrc,
+            artist=job.artist,
+            title=job.title,
+        ),
+        timings_s=timings,
+    )
+    t0 = time.perf_counter()
+    ctx.store.put(key, encode_record(record))
+    timings["store"] = time.perf_counter() - t0
+    ctx.runs.push_ready(key)
+    outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings)
+    _account(ctx, outcome, job.to_dict())
+    return outcome
+
+
+def _account(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any] | None) -> None:
+    if not outcome.run_id:
+        return
+    if outcome.status == "failed":
+        ctx.runs.fail(outcome.run_id, outcome.recording_id, outcome.error_code or "error",
+                      outcome.error_message or "", job)
+    else:
+        ctx.runs.succeed(outcome.run_id, outcome.recording_id, outcome.status)

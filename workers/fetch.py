@@ -1,0 +1,680 @@
+"""Download preview clips: the only module that fetches URLs, SSRF-safe by construction.
+
+:func:`fetch_preview` returns the raw bytes of one preview or raises a typed
+:class:`FetchError`. The rules, checked on the first URL and again on every redirect hop:
+
+* **Scheme and host.** http/https only; the host must equal an entry of
+  ``settings.allowed_audio_hosts`` or be a subdomain of one on a dot boundary
+  (case-insensitive, IDNA/UTS 46 A-labels, trailing dot ignored). URLs with credentials,
+  whitespace, control characters or backslashes are refused (parser disagreements about
+  those are the classic filter bypass).
+* **Addresses.** The host is resolved and *every* address must be public: private,
+  loopback, link-local (169.254.169.254 included), multicast, reserved, unspecified,
+  shared (100.64/10), site-local, Teredo, and IPv4-mapped / 6to4 / NAT64 forms of those
+  are refused. A host listed *exactly* in the allowlist is exempt (tests list
+  ``127.0.0.1``); a suffix match is not. Matching is by name, so ``localhost`` is refused
+  unless ``localhost`` itself is listed, whatever it resolves to.
+* **DNS pinning.** Resolution and the address check happen inside the connection's
+  ``_new_conn`` (urllib3's only socket factory), which connects to exactly the addresses
+  it checked: there is no second lookup a rebinding DNS server could answer differently.
+  The URL is not rewritten to an IP, so the Host header, SNI and certificate checks still
+  use the name. The connection also re-checks the *name* against the allowlist, so a URL
+  parser disagreement between this module and urllib3 cannot reach an unlisted host.
+  Pooled keep-alive connections stay bound to their checked address. Proxies, ``.netrc``
+  and other environment settings are disabled (``trust_env = False``), since a proxy
+  would do its own resolution.
+* **Limits.** Connect and read timeouts per socket operation, plus a total wall-clock
+  budget (``fetch_total_timeout_s``) for the whole call, retries and backoff included. It
+  is enforced between reads and by a watchdog timer that shuts the active socket down at
+  the deadline, so slow-drip headers or bodies cannot hold a worker. ``fetch_max_bytes`` is
+  checked against Content-Length up front and against bytes received while streaming.
+* **No decompression.** Requests send ``Accept-Encoding: identity`` and bodies are read
+  raw (``decode_content=False``). A response that still declares a Content-Encoding
+  other than identity is refused at its headers (``fetch_failed``, "compressed response
+  refused") before any body byte is read, so a gzip bomb is never inflated; any bytes
+  that were read would be counted compressed, as received.
+* **Retries.** ``settings.fetch_retries`` is the total number of attempts. Timeouts,
+  connection errors, 429 and 5xx are retried with exponential backoff and full jitter
+  (``uniform(0, min(cap, base * 2**(attempt-1)))``, base 0.5 s, cap 8 s) or
+  ``Retry-After`` (seconds or HTTP date, capped); other 4xx never are. A retry restarts
+  from the original URL. No sleep goes past the total budget.
+
+Error codes (stable): ``fetch_failed``, ``host_not_allowed``, ``too_large`` and
+``http_<status>`` (e.g. ``http_404``, ``http_503``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import ipaddress
+import random
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, ClassVar
+from urllib.parse import urljoin, urlsplit
+
+import idna
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+
+from previewvec import __version__
+from previewvec.errors import PreviewvecError, TooLarge
+from previewvec.settings import Settings
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 8.0
+CHUNK_BYTES = 64 * 1024
+MAX_URL_CHARS = 2048
+USER_AGENT = f"previewvec/{__version__}"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+FETCH_ERROR_CODES: tuple[str, ...] = ("fetch_failed", "host_not_allowed", "too_large")
+"""Fixed codes; ``http_<status>`` codes come on top."""
+
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: embeds an IPv4 address
+
+# Seams for tests: resolution and sleeping.
+_getaddrinfo = socket.getaddrinfo
+_sleep = time.sleep
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class FetchError(PreviewvecError):
+    """A preview could not be fetched. ``url`` is the failing hop; ``attempts`` counts tries;
+    ``retryable`` says whether trying again later may help (see :func:`is_retryable`)."""
+
+    code = "fetch_failed"
+
+    def __init__(
+        self, reason: str, *, url: str, retryable: bool = False, attempts: int = 1
+    ) -> None:
+        self.reason = reason
+        self.url = url
+        self.retryable = retryable
+        self.attempts = attempts
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        shown = self.url if len(self.url) <= 300 else self.url[:297] + "..."
+        text = f"{self.reason}: {shown}"
+        if self.attempts > 1:
+            text += f" (after {self.attempts} attempts)"
+        return text
+
+    def _set_attempts(self, attempts: int) -> None:
+        self.attempts = attempts
+        self.message = self._format()
+        self.args = (self.message,)
+
+
+class FetchFailed(FetchError):
+    """Network failure, timeout or budget exhausted (after retries), or an unusable body."""
+
+    code = "fetch_failed"
+
+
+class HostNotAllowed(FetchError):
+    """Scheme, host or resolved address refused by the SSRF policy."""
+
+    code = "host_not_allowed"
+
+
+class ResponseTooLarge(FetchError, TooLarge):
+    """The body is (or declares itself) larger than ``fetch_max_bytes``."""
+
+    code = "too_large"
+
+
+class HTTPStatusError(FetchError):
+    """An HTTP error status; ``code`` is ``http_<status>``. 429 and 5xx are retryable."""
+
+    code = "http_error"  # placeholder: each instance carries http_<status>
+
+    def __init__(
+        self, status: int, *, url: str, retry_after: float | None = None, attempts: int = 1
+    ) -> None:
+        self.status = status
+        self.code = f"http_{status}"
+        self.retry_after = retry_after
+        retryable = status == 429 or status >= 500
+        super().__init__(f"HTTP {status}", url=url, retryable=retryable, attempts=attempts)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed fetch is worth retrying later (for the Celery task's own retries)."""
+    if isinstance(exc, FetchError):
+        return exc.retryable
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return isinstance(exc, requests.Timeout | requests.ConnectionError)
+
+
+# --------------------------------------------------------------------------- host policy
+
+
+def normalize_host(host: str) -> str:
+    """Canonical host for matching: IP literals in standard form; names lower-case IDNA
+    A-labels without a trailing dot. Raises ``ValueError`` for anything else."""
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    name = name.rstrip(".")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise ValueError(f"invalid host name {host!r}: {exc}") from None
+    name = name.lower()
+    if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"invalid host name {host!r}")
+    return name
+
+
+def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for globally routable unicast addresses (see the module docstring)."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public_address(ip.ipv4_mapped)
+        if ip in _NAT64:  # DNS64 networks reach public IPv4 this way; judge the embedded v4
+            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and not is_public_address(ip.sixtofour):
+            return False
+        if ip.teredo is not None or ip.is_site_local:
+            return False
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class HostPolicy:
+    """The allowlist, normalised once; decides names and resolved addresses."""
+
+    def __init__(self, allowed_hosts: Iterable[str]) -> None:
+        self.allowed: tuple[str, ...] = tuple(normalize_host(h) for h in allowed_hosts)
+
+    def check_name(self, host: str, url: str) -> bool:
+        """Raise :class:`HostNotAllowed` unless allowed; return whether listed exactly."""
+        try:
+            name = normalize_host(host)
+        except ValueError as exc:
+            raise HostNotAllowed(str(exc), url=url) from None
+        if name in self.allowed:
+            return True
+        if not _is_ip(name) and any(
+            name.endswith("." + entry) for entry in self.allowed if not _is_ip(entry)
+        ):
+            return False
+        raise HostNotAllowed(f"host {name!r} is not in allowed_audio_hosts", url=url)
+
+    def resolve(self, host: str, port: int, dns_host: str | None = None) -> list[Any]:
+        """Check the name, resolve it once and check every address; return getaddrinfo
+        entries to connect to. Raises :class:`HostNotAllowed` or ``socket.gaierror``."""
+        where = f"//{host}:{port}"
+        exact = self.check_name(host, where)
+        lookup = (dns_host or host).strip("[]")  # as urllib3 does for IPv6 literals
+        infos = _getaddrinfo(lookup, port, allowed_gai_family(), socket.SOCK_STREAM)
+        if not exact:
+            for info in infos:
+                address = str(info[4][0])
+                # Refuse if *any* answer is non-public: a mixed answer is an attack signal.
+                if not is_public_address(address):
+                    raise HostNotAllowed(
+                        f"host {host!r} resolves to non-public address {address}", url=where
+                    )
+        return infos
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_url(url: str, policy: HostPolicy) -> None:
+    """Static checks on one hop's URL (before any network I/O)."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
+        raise FetchFailed(f"invalid URL (empty or over {MAX_URL_CHARS} chars)", url=str(url))
+    if _URL_FORBIDDEN.search(url):
+        raise FetchFailed("invalid URL (whitespace, control character or backslash)", url=url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise FetchFailed(f"invalid URL ({exc})", url=url) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise HostNotAllowed(f"scheme {scheme!r} is not allowed (http/https only)", url=url)
+    if "@" in parts.netloc:
+        raise HostNotAllowed("URL with credentials refused", url=url)
+    if not parts.hostname:
+        raise FetchFailed("invalid URL (no host)", url=url)
+    policy.check_name(parts.hostname, url)
+
+
+# --------------------------------------------------------------------------- watchdog
+
+_WATCHDOG: ContextVar[_Watchdog | None] = ContextVar("previewvec_fetch_watchdog", default=None)
+
+
+class _Watchdog:
+    """Enforces the total budget on blocking socket reads: at the deadline it shuts down the
+    socket currently in use, so whatever read is blocked returns at once."""
+
+    def __init__(self, deadline: float) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired and sock is not None:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sock = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # The plain-socket method even for TLS sockets: it only touches the fd, never the SSL
+    # object another thread is blocked in.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watch(sock: socket.socket | None) -> None:
+    watchdog = _WATCHDOG.get()
+    if watchdog is not None:
+        watchdog.watch(sock)
+
+
+# --------------------------------------------------------------------------- pinned session
+
+
+class _PinnedConnectionMixin:
+    """Resolve, check and connect in one place (see "DNS pinning" in the module docstring)."""
+
+    policy: ClassVar[HostPolicy]
+    # Provided by urllib3's HTTPConnection:
+    host: str
+    port: int
+    timeout: Any
+    source_address: tuple[str, int] | None
+    socket_options: Any
+    sock: socket.socket | None
+    _dns_host: str
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            infos = self.policy.resolve(self.host, self.port, self._dns_host)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        error: OSError | None = None
+        for family, socktype, proto, _canon, sockaddr in infos:
+            sock = None
+            try:
+                sock = socket.socket(family, socktype, proto)
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                if isinstance(self.timeout, int | float):
+                    sock.settimeout(self.timeout)
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect(sockaddr)  # the address just checked, never a fresh lookup
+            except OSError as exc:
+                error = exc
+                if sock is not None:
+                    sock.close()
+                continue
+            sys.audit("http.client.connect", self, self.host, self.port)
+            _watch(sock)
+            return sock
+        if isinstance(error, TimeoutError):
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out (connect timeout={self.timeout})"
+            ) from error
+        raise NewConnectionError(  # type: ignore[arg-type]
+            self, f"Failed to establish a new connection: {error or 'no addresses'}"
+        ) from error
+
+    def getresponse(self) -> Any:
+        _watch(self.sock)  # reused keep-alive connections never pass through _new_conn
+        return super().getresponse()  # type: ignore[misc]
+
+
+def _pool_classes(policy: HostPolicy) -> dict[str, type[HTTPConnectionPool]]:
+    attrs = {"policy": policy}
+    http_conn = type("PinnedHTTPConnection", (_PinnedConnectionMixin, HTTPConnection), attrs)
+    https_conn = type("PinnedHTTPSConnection", (_PinnedConnectionMixin, HTTPSConnection), attrs)
+    http_pool = type(
+        "PinnedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}
+    )
+    https_pool = type(
+        "PinnedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}
+    )
+    return {"http": http_pool, "https": https_pool}
+
+
+class _PinnedAdapter(HTTPAdapter):
+    __attrs__: ClassVar[list[str]] = [*HTTPAdapter.__attrs__, "policy"]
+
+    def __init__(self, policy: HostPolicy, **kwargs: Any) -> None:
+        self.policy = policy  # before super().__init__, which builds the pool manager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.policy)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # A proxy resolves names itself, which would bypass the address checks: fail closed.
+        raise HostNotAllowed("proxies are not allowed for preview fetching", url=proxy)
+
+
+def make_session(settings: Settings) -> requests.Session:
+    """A pooled session that enforces the host/address policy on every connection.
+
+    Build one per worker process and pass it to :func:`fetch_preview`.
+    """
+    policy = HostPolicy(settings.allowed_audio_hosts)
+    session = requests.Session()
+    session.trust_env = False  # no proxies, .netrc credentials or CA overrides from env
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # stateless fetches
+    session.headers.update(
+        {
+            "User-Agent": USER_AGENT,
+            "Accept": "audio/*, application/octet-stream;q=0.9, */*;q=0.5",
+            "Accept-Encoding": "identity",
+        }
+    )
+    session.adapters.clear()
+    adapter = _PinnedAdapter(policy, pool_connections=8, pool_maxsize=8, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _check_session(session: requests.Session, policy: HostPolicy) -> None:
+    for prefix in ("http://", "https://"):
+        adapter = session.adapters.get(prefix)
+        if not isinstance(adapter, _PinnedAdapter) or len(session.adapters) != 2:
+            raise TypeError("session must come from workers.fetch.make_session()")
+        if adapter.policy.allowed != policy.allowed:
+            raise ValueError("session was made with different allowed_audio_hosts")
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    data: bytes = field(repr=False)
+    final_url: str
+    content_type: str
+    elapsed_s: float
+    attempts: int
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+    retry_after_s: float | None = None,
+) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): Retry-After if given,
+    else full jitter; never more than ``cap_s``."""
+    if retry_after_s is not None:
+        return min(cap_s, max(0.0, retry_after_s))
+    return random.uniform(0.0, min(cap_s, base_s * 2.0 ** min(attempt - 1, 60)))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP date); ``None`` if absent or junk."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value) if len(value) <= 9 else 1e9
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def fetch_preview(
+    url: str,
+    settings: Settings,
+    *,
+    session: requests.Session | None = None,
+    backoff_base_s: float = BACKOFF_BASE_S,
+    backoff_cap_s: float = BACKOFF_CAP_S,
+) -> FetchResult:
+    """Download one preview under the SSRF policy, limits and retries of the module docstring.
+
+    ``session`` should be the worker's :func:`make_session` (same settings); without one a
+    throw-away session is used. Raises :class:`FetchError` subclasses only.
+    """
+    policy = HostPolicy(settings.allowed_audio_hosts)
+    _check_url(url, policy)  # refuse bad URLs before building anything
+    own_session = session is None
+    if session is None:
+        session = make_session(settings)
+    else:
+        _check_session(session, policy)
+    start = time.monotonic()
+    deadline = start + settings.fetch_total_timeout_s
+    max_attempts = max(1, settings.fetch_retries)
+    watchdog = _Watchdog(deadline)
+    token = _WATCHDOG.set(watchdog)
+    try:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data, final_url, content_type = _attempt(
+                    url, session, policy, settings, deadline, watchdog
+                )
+            except FetchError as exc:
+                retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+                delay = backoff_delay(
+                    attempt, base_s=backoff_base_s, cap_s=backoff_cap_s, retry_after_s=retry_after
+                )
+                if (
+                    not exc.retryable
+                    or attempt >= max_attempts
+                    or time.monotonic() + delay >= deadline
+                ):
+                    exc._set_attempts(attempt)
+                    raise
+                _sleep(delay)
+                continue
+            return FetchResult(
+                data=data,
+                final_url=final_url,
+                content_type=content_type,
+                elapsed_s=time.monotonic() - start,
+                attempts=attempt,
+            )
+    finally:
+        watchdog.cancel()
+        _WATCHDOG.reset(token)
+        if own_session:
+            session.close()
+
+
+def _attempt(
+    url: str,
+    session: requests.Session,
+    policy: HostPolicy,
+    settings: Settings,
+    deadline: float,
+    watchdog: _Watchdog,
+) -> tuple[bytes, str, str]:
+    """One try: follow up to ``fetch_max_redirects`` redirects by hand, then read the body."""
+    current = url
+    redirects = 0
+    while True:
+        _check_url(current, policy)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or watchdog.expired:
+            raise _budget_exceeded(current, settings)
+        try:
+            response = session.get(
+                current,
+                stream=True,
+                allow_redirects=False,
+                timeout=(
+                    min(settings.fetch_connect_timeout_s, remaining),
+                    min(settings.fetch_read_timeout_s, remaining),
+                ),
+            )
+        except HostNotAllowed as exc:  # raised by the pinned connection; name the real URL
+            raise HostNotAllowed(exc.reason, url=current) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _network_error(exc, current, settings, watchdog) from exc
+        try:
+            status = response.status_code
+            if status in REDIRECT_STATUSES:
+                redirects += 1
+                if redirects > settings.fetch_max_redirects:
+                    raise FetchFailed(
+                        f"more than {settings.fetch_max_redirects} redirects", url=current
+                    )
+                location = response.headers.get("Location", "").strip()
+                if not location:
+                    raise FetchFailed(f"HTTP {status} redirect without Location", url=current)
+                current = urljoin(current, location)
+                continue
+            if status >= 300:
+                raise HTTPStatusError(
+                    status,
+                    url=current,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+            if status not in (200, 203):
+                raise FetchFailed(f"unexpected HTTP {status}", url=current)
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                raise FetchFailed(
+                    f"compressed response refused (Content-Encoding: {encoding[:40]})",
+                    url=current,
+                )
+            data = _read_body(response, current, settings, deadline, watchdog)
+            return data, current, response.headers.get("Content-Type", "")
+        finally:
+            response.close()  # drops the connection unless the body was read to the end
+            watchdog.watch(None)
+
+
+def _read_body(
+    response: requests.Response,
+    url: str,
+    settings: Settings,
+    deadline: float,
+    watchdog: _Watchdog,
+) -> bytes:
+    cap = settings.fetch_max_bytes
+    declared = response.headers.get("Content-Length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise FetchFailed(f"invalid Content-Length {declared[:40]!r}", url=url) from None
+        if size > cap:
+            raise ResponseTooLarge(f"Content-Length {size} exceeds {cap} bytes", url=url)
+    body = bytearray()
+    try:
+        while True:
+            if watchdog.expired or time.monotonic() >= deadline:
+                raise _budget_exceeded(url, settings)
+            # read1: return what has arrived rather than wait for a full chunk, so the
+            # budget is checked at the pace bytes arrive; raw bytes, never decoded.
+            chunk = response.raw.read1(CHUNK_BYTES, decode_content=False)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > cap:
+                raise ResponseTooLarge(f"body exceeds {cap} bytes", url=url)
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise _network_error(exc, url, settings, watchdog) from exc
+    if watchdog.expired:  # an EOF forced by the watchdog is not a complete body
+        raise _budget_exceeded(url, settings)
+    if not body:
+        raise FetchFailed("empty body", url=url)
+    return bytes(body)
+
+
+def _budget_exceeded(url: str, settings: Settings) -> FetchFailed:
+    return FetchFailed(
+        f"total time budget of {settings.fetch_total_timeout_s:g} s exceeded",
+        url=url,
+        retryable=True,
+    )
+
+
+def _network_error(
+    exc: BaseException, url: str, settings: Settings, watchdog: _Watchdog
+) -> FetchFailed:
+    if watchdog.expired:
+        return _budget_exceeded(url, settings)
+    detail = f"{type(exc).__name__}: {exc}"
+    detail = detail if len(detail) <= 200 else detail[:197] + "..."
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
+        return FetchFailed(f"TLS failure ({detail})", url=url)  # certificates do not heal
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError | TimeoutError):
+        return FetchFailed(f"timed out ({detail})", url=url, retryable=True)
+    if isinstance(
+        exc,
+        requests.ConnectionError
+        | requests.exceptions.ChunkedEncodingError
+        | urllib3.exceptions.ProtocolError,
+    ):
+        return FetchFailed(f"connection failed ({detail})", url=url, retryable=True)
+    # Checked before OSError: every requests exception is an OSError (IOError) too.
+    if isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError):
+        return FetchFailed(f"request failed ({detail})", url=url)
+    return FetchFailed(f"connection failed ({detail})", url=url, retryable=True)

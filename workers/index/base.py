@@ -1,0 +1,282 @@
+"""The vector index contract, shared validation, and the metadata filter language.
+
+Two backends implement :class:`VectorIndex`: an embedded LanceDB folder and Cloudflare
+Vectorize. Both enforce Vectorize's limits (id ≤ 64 bytes, metadata ≤ 10 KiB, dimension
+≤ 1536) so that what works locally also works in production.
+
+Filters mirror Vectorize's metadata filter: ``{"mode": "minor", "tempo_bpm": {"$gte": 90,
+"$lte": 110}}`` — a bare value means ``$eq``; several fields or operators are ANDed; the
+operators are ``$eq $ne $gt $gte $lt $lte $in $nin``; only :data:`FILTER_FIELDS` can be
+filtered (they are the embedded table's columns and Vectorize's metadata indexes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from previewvec.errors import PreviewvecError
+
+if TYPE_CHECKING:
+    from previewvec.settings import Settings
+
+MAX_ID_BYTES = 64
+MAX_METADATA_BYTES = 10 * 1024
+MAX_DIMENSIONS = 1536
+
+FieldKind = Literal["number", "string"]
+# The descriptor fields that can be filtered on: ≤ 10, Vectorize's metadata-index limit.
+FILTER_FIELDS: dict[str, FieldKind] = {
+    "tempo_bpm": "number",
+    "key": "string",
+    "mode": "string",
+    "energy": "number",
+    "danceability": "number",
+    "loudness_lufs": "number",
+    "key_strength": "number",
+    "onset_rate": "number",
+    "duration_s": "number",
+}
+FILTER_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
+
+
+class VectorIndexError(PreviewvecError):
+    """Base of vector index failures."""
+
+    code = "index_error"
+
+
+class InvalidIndexItem(VectorIndexError):
+    """An item breaks the index limits; raised before anything is sent or written."""
+
+    code = "invalid_index_item"
+
+
+class InvalidFilter(VectorIndexError):
+    """A filter uses an unknown field or operator, or a value of the wrong type."""
+
+    code = "invalid_filter"
+
+
+class IndexRejected(VectorIndexError):
+    """The backend refused the request (4xx other than 429); retrying will not help."""
+
+    code = "index_rejected"
+
+
+class IndexUnavailable(VectorIndexError):
+    """The backend stayed unreachable/overloaded after retries, or a wait timed out."""
+
+    code = "index_unavailable"
+
+
+@dataclass
+class IndexItem:
+    """One vector: ``id`` ≤ 64 UTF-8 bytes, ``metadata`` ≤ 10 KiB as compact JSON."""
+
+    id: str
+    values: list[float] | np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A query result; ``score`` is cosine similarity (1 = same direction)."""
+
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Cosine-similarity vector index keyed by id."""
+
+    dim: int
+
+    def upsert(self, items: Sequence[IndexItem]) -> None:
+        """Insert or fully replace items by id (never duplicates)."""
+        ...
+
+    def query(
+        self, vector: Sequence[float] | np.ndarray, k: int, *, filter: dict | None = None
+    ) -> list[Match]:
+        """The ``k`` most similar items, best first, optionally filtered on metadata."""
+        ...
+
+    def get(self, ids: Sequence[str]) -> list[IndexItem]:
+        """Stored items for ``ids`` in the order asked, missing ids skipped."""
+        ...
+
+    def count(self) -> int:
+        """How many items the index holds (for Vectorize: as of the last processed write)."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove ``ids``; missing ids are ignored."""
+        ...
+
+    def wait_for_writes(self, timeout_s: float = 60.0) -> None:
+        """Block until every write made through this object is visible to queries."""
+        ...
+
+
+# --- validation shared by both backends -------------------------------------------------
+
+
+def check_id(item_id: object) -> str:
+    """A non-empty string of at most 64 UTF-8 bytes."""
+    if not isinstance(item_id, str) or not item_id:
+        raise InvalidIndexItem("id must be a non-empty string")
+    if len(item_id.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidIndexItem(f"id {item_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
+    return item_id
+
+
+def check_vector(values: Sequence[float] | np.ndarray, dim: int, what: str) -> np.ndarray:
+    """float32 ``(dim,)``, finite and non-zero (cosine is undefined for a zero vector)."""
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidIndexItem(f"{what}: values are not numbers") from None
+    if arr.shape != (dim,):
+        raise InvalidIndexItem(f"{what}: expected {dim} dimensions, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidIndexItem(f"{what}: values must be finite (float32)")
+    if not np.any(arr):
+        raise InvalidIndexItem(f"{what}: zero vector has no cosine similarity")
+    return arr
+
+
+def metadata_json(metadata: Mapping[str, Any], what: str) -> str:
+    """Validate metadata (Vectorize's key rules, 10 KiB, filter-field types); its JSON."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidIndexItem(f"{what}: metadata must be a mapping")
+    for key in metadata:
+        # Vectorize's rules: keys are non-empty and have no ".", no '"', no leading "$".
+        if not isinstance(key, str) or not key or "." in key or '"' in key or key[0] == "$":
+            raise InvalidIndexItem(f"{what}: invalid metadata key {key!r}")
+    for name, kind in FILTER_FIELDS.items():
+        value = metadata.get(name)
+        if value is None:
+            continue
+        if kind == "string" and not isinstance(value, str):
+            raise InvalidIndexItem(f"{what}: metadata {name!r} must be a string")
+        if kind == "number" and not _is_number(value):
+            raise InvalidIndexItem(f"{what}: metadata {name!r} must be a finite number")
+    try:
+        text = json.dumps(
+            dict(metadata), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidIndexItem(f"{what}: metadata is not finite JSON: {exc}") from None
+    size = len(text.encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidIndexItem(f"{what}: metadata is {size} bytes, limit {MAX_METADATA_BYTES}")
+    return text
+
+
+@dataclass(frozen=True)
+class CheckedItem:
+    """A validated item: float32 values and the metadata's compact JSON."""
+
+    id: str
+    values: np.ndarray
+    metadata: dict[str, Any]
+    metadata_json: str
+
+
+def check_items(items: Sequence[IndexItem], dim: int) -> list[CheckedItem]:
+    """Validate every item before any I/O; for repeated ids the last one wins."""
+    checked: dict[str, CheckedItem] = {}
+    for item in items:
+        item_id = check_id(item.id)
+        what = f"item {item_id!r}"
+        values = check_vector(item.values, dim, what)
+        text = metadata_json(item.metadata or {}, what)
+        checked.pop(item_id, None)  # re-insert so order follows the last occurrence
+        checked[item_id] = CheckedItem(item_id, values, dict(item.metadata or {}), text)
+    return list(checked.values())
+
+
+def check_k(k: int, limit: int | None = None) -> int:
+    """A positive int (bool excluded), at most ``limit`` if given."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError("k must be a positive integer")
+    if limit is not None and k > limit:
+        raise ValueError(f"k must be at most {limit}")
+    return k
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+Condition = tuple[str, str, Any]  # (field, op, value)
+
+
+def normalize_filter(filter: Mapping[str, Any] | None) -> list[Condition]:
+    """Validate a filter dict into ``(field, op, value)`` conditions (ANDed)."""
+    if filter is None:
+        return []
+    if not isinstance(filter, Mapping):
+        raise InvalidFilter("filter must be a dict")
+    conditions: list[Condition] = []
+    for name, spec in filter.items():
+        kind = FILTER_FIELDS.get(name)
+        if kind is None:
+            raise InvalidFilter(f"cannot filter on {name!r}; known: {sorted(FILTER_FIELDS)}")
+        ops = spec if isinstance(spec, Mapping) else {"$eq": spec}
+        if not ops:
+            raise InvalidFilter(f"empty condition for {name!r}")
+        for op, value in ops.items():
+            if op not in FILTER_OPS:
+                raise InvalidFilter(f"unknown operator {op!r} for {name!r}")
+            if op in ("$in", "$nin"):
+                if not isinstance(value, list | tuple):
+                    raise InvalidFilter(f"{name} {op} needs a list")
+                for v in value:
+                    _check_filter_value(name, kind, op, v)
+                conditions.append((name, op, list(value)))
+            else:
+                _check_filter_value(name, kind, op, value)
+                conditions.append((name, op, value))
+    return conditions
+
+
+def _check_filter_value(name: str, kind: FieldKind, op: str, value: object) -> None:
+    if kind == "string" and not isinstance(value, str):
+        raise InvalidFilter(f"{name} {op} needs a string, got {value!r}")
+    if kind == "string" and "\x00" in value:  # type: ignore[operator]
+        raise InvalidFilter(f"{name} {op}: NUL in string")
+    if kind == "number" and not _is_number(value):
+        raise InvalidFilter(f"{name} {op} needs a finite number, got {value!r}")
+
+
+def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
+    """A folder path → :class:`EmbeddedIndex`; ``vectorize://NAME`` → :class:`VectorizeIndex`."""
+    if url.startswith("vectorize://"):
+        from workers.index.vectorize import VectorizeIndex
+
+        name = url[len("vectorize://") :].strip("/")
+        return VectorizeIndex(
+            name,
+            account_id=settings.vectorize_account_id,
+            api_token=settings.vectorize_api_token,
+            dim=dim,
+            base_url=settings.vectorize_base_url,
+        )
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(f"unsupported index url scheme: {url!r}")
+    from workers.index.embedded import EmbeddedIndex
+
+    return EmbeddedIndex(url.removeprefix("file://"), dim)

@@ -1,0 +1,171 @@
+"""The reducer: ready records → normalised vectors → the vector index, in batches.
+
+Idempotent by construction: entries leave the ready queue only after their batch was
+upserted, and upserts replace by id. A reducer killed mid-batch leaves the batch queued;
+the next run upserts it again, which changes nothing. A Redis lock keeps one reducer
+active at a time, so the queue is consumed in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from previewvec.jobs import vector_id
+from previewvec.records import FeatureRecord, decode_record, record_key
+from previewvec.runs import PREFIX, Runs
+from previewvec.settings import Settings
+from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
+from workers.index import IndexItem, VectorIndex, open_index
+from workers.normalize import Normalizer, normalizer_key
+from workers.store import FeatureStore, open_store
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = f"{PREFIX}:reducer:lock"
+LOCK_TTL_S = 120
+FIT_MAX_RECORDS = 20_000
+METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
+                   "danceability", "onset_rate", "duration_s")
+
+
+@dataclass
+class Reducer:
+    settings: Settings
+    store: FeatureStore
+    index: VectorIndex
+    runs: Runs
+    _normalizer: Normalizer | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Reducer:
+        return cls(
+            settings=settings,
+            store=open_store(settings.store, settings),
+            index=open_index(settings.index, settings, VECTOR_DIM),
+            runs=Runs.from_url(settings.broker_url),
+        )
+
+    # --- normaliser ---------------------------------------------------------------------
+    def normalizer(self, *, refit: bool = False) -> Normalizer:
+        """The stored normaliser, fitted from stored records the first time it is needed."""
+        if self._normalizer is not None and not refit:
+            return self._normalizer
+        key = normalizer_key(FEATURE_VERSION)
+        if not refit:
+            with contextlib.suppress(FileNotFoundError):
+                self._normalizer = Normalizer.from_json(self.store.get(key))
+                return self._normalizer
+        vectors = [rec.vector_array() for rec in self._iter_records(limit=FIT_MAX_RECORDS)]
+        if not vectors:
+            raise RuntimeError("no stored records to fit a normaliser on")
+        self._normalizer = Normalizer.fit(np.stack(vectors), FEATURE_VERSION)
+        self.store.put(key, self._normalizer.to_json())
+        log.info("fitted normaliser %s on %d records", self._normalizer.version, len(vectors))
+        return self._normalizer
+
+    def _iter_records(self, limit: int | None = None) -> Iterator[FeatureRecord]:
+        prefix = f"features/{FEATURE_VERSION}/"
+        for n, key in enumerate(self.store.iter_keys(prefix)):
+            if limit is not None and n >= limit:
+                return
+            try:
+                yield decode_record(self.store.get(key))
+            except FileNotFoundError:
+                continue
+
+    # --- batches ------------------------------------------------------------------------
+    def items_for(self, records: list[FeatureRecord]) -> list[IndexItem]:
+        normalizer = self.normalizer()
+        values = normalizer.apply(np.stack([r.vector_array() for r in records]))
+        items = []
+        for record, vector in zip(records, values, strict=True):
+            metadata = {k: record.descriptors[k] for k in METADATA_FIELDS
+                        if k in record.descriptors}
+            metadata.update({
+                "recording_id": record.recording_id,
+                "normalizer": normalizer.version,
+                **{k: record.provenance[k] for k in ("artist", "title", "isrc", "run_id")
+                   if record.provenance.get(k)},
+            })
+            items.append(IndexItem(vector_id(record.recording_id), vector, metadata))
+        return items
+
+    def reduce_once(self, batch_size: int | None = None) -> int:
+        """Upsert up to one batch of ready records; returns how many entries were consumed."""
+        size = min(batch_size or self.settings.reduce_batch_size, 5000)
+        if not self.runs.redis.set(LOCK_KEY, "1", nx=True, ex=LOCK_TTL_S):
+            return 0  # another reducer is working; its batch will be consumed by it
+        try:
+            keys = self.runs.peek_ready(size)
+            if not keys:
+                return 0
+            records: dict[str, FeatureRecord] = {}
+            for key in dict.fromkeys(keys):  # a key may be queued twice (redelivery)
+                try:
+                    record = decode_record(self.store.get(key))
+                except FileNotFoundError:
+                    log.warning("ready record %s is missing from the store; skipped", key)
+                    continue
+                records[record.recording_id] = record
+            if records:
+                self.index.upsert(self.items_for(list(records.values())))
+                self.runs.mark_indexed(FEATURE_VERSION, records)
+            self.runs.drop_ready(len(keys))
+            return len(keys)
+        finally:
+            self.runs.redis.delete(LOCK_KEY)
+
+    def drain(self, batch_size: int | None = None) -> int:
+        """Reduce until the ready queue is empty; returns entries consumed."""
+        total = 0
+        while True:
+            n = self.reduce_once(batch_size)
+            if n == 0:
+                if self.runs.ready_depth() == 0:
+                    return total
+                time.sleep(0.2)  # another reducer holds the lock
+                continue
+            total += n
+
+    def follow(self, batch_size: int | None = None, idle_sleep_s: float = 1.0,
+               stop_after_s: float | None = None) -> None:
+        """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty."""
+        started = time.monotonic()
+        while stop_after_s is None or time.monotonic() - started < stop_after_s:
+            if self.reduce_once(batch_size) == 0:
+                time.sleep(idle_sleep_s)
+
+    def reindex(self, batch_size: int | None = None, *, refit: bool = False) -> int:
+        """Rebuild the index from every stored record of the current feature version."""
+        self.normalizer(refit=refit)
+        size = min(batch_size or self.settings.reduce_batch_size, 5000)
+        batch: list[FeatureRecord] = []
+        total = 0
+        for record in self._iter_records():
+            batch.append(record)
+            if len(batch) >= size:
+                total += self._upsert(batch)
+                batch = []
+        if batch:
+            total += self._upsert(batch)
+        return total
+
+    def _upsert(self, records: list[FeatureRecord]) -> int:
+        self.index.upsert(self.items_for(records))
+        self.runs.mark_indexed(FEATURE_VERSION, [r.recording_id for r in records])
+        return len(records)
+
+    # --- queries ------------------------------------------------------------------------
+    def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
+        """Neighbours of a stored recording (itself excluded), best first."""
+        record = decode_record(self.store.get(record_key(FEATURE_VERSION, recording_id)))
+        vector = self.normalizer().apply(record.vector_array())
+        own = vector_id(recording_id)
+        matches = self.index.query(vector, k + 1, filter=filter)
+        return [m for m in matches if m.id != own][:k]

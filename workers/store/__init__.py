@@ -1,0 +1,19 @@
+"""Feature store: where feature records live (a local folder or an S3/R2 bucket)."""
+
+from workers.store.base import (
+    FeatureStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+    parse_s3_url,
+    validate_key,
+)
+
+__all__ = [
+    "FeatureStore",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+    "parse_s3_url",
+    "validate_key",
+]

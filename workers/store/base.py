@@ -1,0 +1,90 @@
+"""The feature store contract: a flat key → bytes namespace (a folder or an S3/R2 prefix)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from previewvec.errors import PreviewvecError
+
+if TYPE_CHECKING:
+    from previewvec.settings import Settings
+
+
+class StoreError(PreviewvecError):
+    """A permanent store failure (access denied, missing bucket, disk error…)."""
+
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """A transient backend failure (connection refused, timeout, 5xx, throttling): retry."""
+
+    code = "store_unavailable"
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Keys are relative ``/``-separated paths such as ``features/pv1/ab/id.json``."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``; ``FileNotFoundError`` if there are none."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` atomically (readers see all or nothing); overwriting is allowed."""
+        ...
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key starting with ``prefix``, in ascending byte order, streamed page by page."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the store root or collide with temp files.
+
+    Raises ``ValueError``: a bad key is a programming error, not a backend failure.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("store key must be a non-empty string")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid store key {key!r}")
+    for part in key.split("/"):
+        # "." prefixes are reserved for LocalStore's temp files; ".."/"" would escape or alias.
+        if not part or part.startswith("."):
+            raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")`` (prefix may be empty)."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"not an s3:// url: {url!r}")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 url has no bucket: {url!r}")
+    return bucket, prefix.strip("/")
+
+
+def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
+    """A plain path (or ``file://path``) → :class:`LocalStore`; ``s3://bucket/prefix`` →
+    :class:`S3Store` configured from the standard AWS environment variables."""
+    del settings  # reserved: both backends read everything they need from url/env today
+    if url.startswith("s3://"):
+        from workers.store.s3 import S3Store
+
+        bucket, prefix = parse_s3_url(url)
+        return S3Store(bucket, prefix)
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(f"unsupported store url scheme: {url!r}")
+    from workers.store.local import LocalStore
+
+    return LocalStore(url.removeprefix("file://"))
