@@ -116,7 +116,11 @@ class EmbeddedIndex:
         self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
         self._schema = _schema(dim)
         self._write_lock = threading.Lock()  # one writer per process: no commit conflicts
-        self._table = self._db.create_table(TABLE_NAME, schema=self._schema, exist_ok=True)
+        try:
+            self._table = self._db.open_table(TABLE_NAME)
+        except ValueError:  # LanceDB's "table not found"
+            # exist_ok: another process may create it between our open and create.
+            self._table = self._db.create_table(TABLE_NAME, schema=self._schema, exist_ok=True)
         existing = self._table.schema.field("vector").type
         if existing != self._schema.field("vector").type:
             raise IndexRejected(
@@ -214,13 +218,14 @@ class EmbeddedIndex:
         """Writes are synchronous here: nothing to wait for."""
         del timeout_s
 
-    def optimize(self) -> None:
-        """Compact the many small fragments merge_insert leaves and prune old versions.
+    def optimize(self, keep_versions_for: timedelta = timedelta(hours=1)) -> None:
+        """Compact the small fragments merge_insert leaves; drop versions older than
+        ``keep_versions_for`` (replaced rows stay on disk until their version is dropped).
 
         Call now and then (e.g. after a reduce run); it rewrites data, so not per batch.
         """
         with self._write_lock:
-            self._table.optimize(cleanup_older_than=timedelta(0))
+            self._table.optimize(cleanup_older_than=keep_versions_for)
 
     def create_ann_index(self, **options: Any) -> None:
         """Build an approximate (IVF) cosine index; worthwhile beyond ~100k vectors.
