@@ -41,16 +41,19 @@ VECTOR_ID_MAX_BYTES = 64  # Cloudflare Vectorize's id limit
 MAX_CATALOG_LINE_CHARS = 65_536  # a valid job is < 20 KB even fully \u-escaped
 
 # Patterns shared by the code (with re.fullmatch) and JOB_SCHEMA (ECMA-262 compatible).
+# They end in "$(?!\n)": Python's "$" (used by jsonschema) also matches before a final
+# newline, ECMA's does not; the lookahead makes both engines mean "end of string".
 _CONTROL = r"\x00-\x1f\x7f-\x9f"  # Unicode category Cc: C0, DEL, C1
-RECORDING_ID_PATTERN = rf"^[^{_CONTROL}/]+$"
-ISRC_PATTERN = r"^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$"  # after normalisation
-ISRC_INPUT_PATTERN = r"^-*(?:[A-Za-z]-*){2}(?:[A-Za-z0-9]-*){3}(?:[0-9]-*){7}$"
-TOKEN_PATTERN = r"^[A-Za-z0-9._-]+$"  # source, run_id
+_END = r"$(?!\n)"
+RECORDING_ID_PATTERN = rf"^[^{_CONTROL}/]+{_END}"
+ISRC_PATTERN = rf"^[A-Z]{{2}}[A-Z0-9]{{3}}[0-9]{{7}}{_END}"  # after normalisation
+ISRC_INPUT_PATTERN = rf"^-*(?:[A-Za-z]-*){{2}}(?:[A-Za-z0-9]-*){{3}}(?:[0-9]-*){{7}}{_END}"
+TOKEN_PATTERN = rf"^[A-Za-z0-9._-]+{_END}"  # source, run_id
 PREVIEW_URL_PATTERN = (
     r"^[Hh][Tt][Tt][Pp][Ss]?://"
     rf"(?:\[[0-9A-Fa-f:.]+\]|[^{_CONTROL} /?#@\\:\[\]]+)"  # host: no userinfo ("@")
     r"(?::[0-9]{0,5})?"
-    rf"(?:[/?#][^{_CONTROL} \\]*)?$"
+    rf"(?:[/?#][^{_CONTROL} \\]*)?{_END}"
 )
 # Whitespace, control characters and backslashes are refused anywhere in a URL: URL parsers
 # disagree about them (WHATWG reads "\" as "/"), and such disagreements are how SSRF

@@ -474,7 +474,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value) if len(value) <= 9 else 1e9
     try:
         when = email.utils.parsedate_to_datetime(value)
