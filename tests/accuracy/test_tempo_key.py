@@ -54,9 +54,13 @@ def _naive_key(y: np.ndarray) -> tuple[int, str]:
 def results():
     if not fluidsynth_available():
         if os.environ.get("CI"):
-            pytest.fail("fluidsynth + fluid-soundfont-gm are required in CI (.ci/run installs them)")
-        pytest.skip("fluidsynth + a GM soundfont are not installed (apt-get install fluidsynth "
-                    "fluid-soundfont-gm)")
+            pytest.fail(
+                "fluidsynth + fluid-soundfont-gm are required in CI (.ci/run installs them)"
+            )
+        pytest.skip(
+            "fluidsynth + a GM soundfont are not installed (apt-get install fluidsynth "
+            "fluid-soundfont-gm)"
+        )
     folder = _cache_dir()
     rows = build_set(eval_specs(N_SONGS, seed=SEED), folder, fmt="m4a", renderer="fluidsynth")
     settings = Settings()
@@ -67,13 +71,15 @@ def results():
         y = decode_audio(path).samples
         naive_tempo = float(np.atleast_1d(librosa.beat.beat_track(y=y, sr=SR)[0])[0])
         naive_tonic, naive_mode = _naive_key(y)
-        out.append({
-            **row,
-            "est_tempo": float(d["tempo_bpm"]),
-            "est_key": (PITCH_CLASSES.index(str(d["key"])), str(d["mode"])),
-            "naive_tempo": naive_tempo,
-            "naive_key": (naive_tonic, naive_mode),
-        })
+        out.append(
+            {
+                **row,
+                "est_tempo": float(d["tempo_bpm"]),
+                "est_key": (PITCH_CLASSES.index(str(d["key"])), str(d["mode"])),
+                "naive_tempo": naive_tempo,
+                "naive_key": (naive_tonic, naive_mode),
+            }
+        )
     return out
 
 
@@ -96,8 +102,11 @@ def test_key_mirex_score_meets_target_and_beats_naive(results):
 
 def test_tempo_is_right_up_to_octave_on_every_song(results):
     share = _tempo_share(results, "est_tempo", octave=True)
-    misses = [(r["file"], r["tempo_bpm"], round(r["est_tempo"], 1)) for r in results
-              if not tempo_correct_any_octave(r["tempo_bpm"], r["est_tempo"])]
+    misses = [
+        (r["file"], r["tempo_bpm"], round(r["est_tempo"], 1))
+        for r in results
+        if not tempo_correct_any_octave(r["tempo_bpm"], r["est_tempo"])
+    ]
     assert share >= TEMPO_OCTAVE_TARGET, misses
 
 
@@ -105,18 +114,26 @@ def test_tempo_beats_naive_librosa(results):
     for drums in (True, None):
         ours = _tempo_share(results, "est_tempo", drums=drums)
         naive = _tempo_share(results, "naive_tempo", drums=drums)
-        print(f"tempo ±4% ({'drums' if drums else 'all'}): previewvec {ours:.3f}, naive {naive:.3f}")
+        print(
+            f"tempo ±4% ({'drums' if drums else 'all'}): previewvec {ours:.3f}, naive {naive:.3f}"
+        )
         assert ours >= naive
 
 
 def test_tempo_within_4_percent_on_all_songs(results):
     share = _tempo_share(results, "est_tempo")
-    misses = [(r["file"], r["style"], r["tempo_bpm"], round(r["est_tempo"], 1)) for r in results
-              if not tempo_correct(r["tempo_bpm"], r["est_tempo"])]
+    misses = [
+        (r["file"], r["style"], r["tempo_bpm"], round(r["est_tempo"], 1))
+        for r in results
+        if not tempo_correct(r["tempo_bpm"], r["est_tempo"])
+    ]
     assert share >= TEMPO_ALL_TARGET, misses
 
 
 def test_tempo_within_4_percent_on_every_song_with_drums(results):
-    misses = [(r["file"], r["style"], r["tempo_bpm"], round(r["est_tempo"], 1)) for r in results
-              if r["drums"] and not tempo_correct(r["tempo_bpm"], r["est_tempo"])]
+    misses = [
+        (r["file"], r["style"], r["tempo_bpm"], round(r["est_tempo"], 1))
+        for r in results
+        if r["drums"] and not tempo_correct(r["tempo_bpm"], r["est_tempo"])
+    ]
     assert not misses

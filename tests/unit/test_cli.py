@@ -28,9 +28,15 @@ def clips(tmp_path_factory):
     """One 8 s generated song encoded in every supported format, plus bad inputs."""
     folder = tmp_path_factory.mktemp("cli")
     spec = SongSpec(7, 9, "minor", 110.0, True, "pop")
-    score = generate_song(spec.seed, tonic=spec.tonic, mode=spec.mode,
-                          tempo_bpm=spec.tempo_bpm, drums=spec.drums, duration_s=8.0,
-                          style=spec.style)
+    score = generate_song(
+        spec.seed,
+        tonic=spec.tonic,
+        mode=spec.mode,
+        tempo_bpm=spec.tempo_bpm,
+        drums=spec.drums,
+        duration_s=8.0,
+        style=spec.style,
+    )
     audio = render_synth(score, sr=SR)
     paths = {}
     for fmt in SUPPORTED_FORMATS:
@@ -46,7 +52,7 @@ def clips(tmp_path_factory):
 
 
 def test_extract_prints_one_json_line_per_input_for_every_format(clips):
-    folder, paths = clips
+    _folder, paths = clips
     result = run_cli("extract", *[str(p) for p in paths.values()])
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -55,8 +61,15 @@ def test_extract_prints_one_json_line_per_input_for_every_format(clips):
         assert line["ok"] is True
         assert line["feature_version"] == "pv1"
         assert set(line["descriptors"]) == {
-            "tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
-            "danceability", "onset_rate", "duration_s",
+            "tempo_bpm",
+            "key",
+            "mode",
+            "key_strength",
+            "loudness_lufs",
+            "energy",
+            "danceability",
+            "onset_rate",
+            "duration_s",
         }
         assert len(line["vector"]) == VECTOR_DIM
         assert all(np.isfinite(line["vector"]))
@@ -65,8 +78,12 @@ def test_extract_prints_one_json_line_per_input_for_every_format(clips):
 def test_bad_inputs_get_their_codes_and_the_rest_still_run(clips):
     folder, paths = clips
     inputs = [
-        folder / "empty.m4a", paths["m4a"], folder / "page.m4a", folder / "short.wav",
-        folder / "silent.flac", folder / "missing.mp3",
+        folder / "empty.m4a",
+        paths["m4a"],
+        folder / "page.m4a",
+        folder / "short.wav",
+        folder / "silent.flac",
+        folder / "missing.mp3",
     ]
     result = run_cli("extract", *[str(p) for p in inputs])
     assert result.returncode == 1
