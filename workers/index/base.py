@@ -153,6 +153,19 @@ def check_vector(values: Sequence[float] | np.ndarray, dim: int, what: str) -> n
     return arr
 
 
+def _numpy_scalar(value: object) -> object:
+    # Descriptors computed with numpy often arrive as np.float32/np.int64 scalars.
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# Built once: json.dumps with non-default options constructs an encoder on every call.
+_METADATA_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_numpy_scalar
+)
+
+
 def metadata_json(metadata: Mapping[str, Any], what: str) -> str:
     """Validate metadata (Vectorize's key rules, 10 KiB, filter-field types); its JSON."""
     if not isinstance(metadata, Mapping):
@@ -161,47 +174,84 @@ def metadata_json(metadata: Mapping[str, Any], what: str) -> str:
         # Vectorize's rules: keys are non-empty and have no ".", no '"', no leading "$".
         if not isinstance(key, str) or not key or "." in key or '"' in key or key[0] == "$":
             raise InvalidIndexItem(f"{what}: invalid metadata key {key!r}")
-    for name, kind in FILTER_FIELDS.items():
-        value = metadata.get(name)
+        kind = FILTER_FIELDS.get(key)
+        if kind is None:
+            continue
+        value = metadata[key]
         if value is None:
             continue
         if kind == "string" and not isinstance(value, str):
-            raise InvalidIndexItem(f"{what}: metadata {name!r} must be a string")
+            raise InvalidIndexItem(f"{what}: metadata {key!r} must be a string")
         if kind == "number" and not _is_number(value):
-            raise InvalidIndexItem(f"{what}: metadata {name!r} must be a finite number")
+            raise InvalidIndexItem(f"{what}: metadata {key!r} must be a finite number")
     try:
-        text = json.dumps(
-            dict(metadata), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = _METADATA_ENCODER.encode(dict(metadata))
     except (TypeError, ValueError) as exc:
-        raise InvalidIndexItem(f"{what}: metadata is not finite JSON: {exc}") from None
-    size = len(text.encode("utf-8"))
-    if size > MAX_METADATA_BYTES:
-        raise InvalidIndexItem(f"{what}: metadata is {size} bytes, limit {MAX_METADATA_BYTES}")
+        raise InvalidIndexItem(f"{what}: metadata must be finite JSON values: {exc}") from None
+    # UTF-8 is at most 4 bytes per character: only long texts need the exact count.
+    if len(text) * 4 > MAX_METADATA_BYTES:
+        size = len(text.encode("utf-8"))
+        if size > MAX_METADATA_BYTES:
+            raise InvalidIndexItem(
+                f"{what}: metadata is {size} bytes, limit {MAX_METADATA_BYTES}"
+            )
     return text
 
 
 @dataclass(frozen=True)
-class CheckedItem:
-    """A validated item: float32 values and the metadata's compact JSON."""
+class CheckedBatch:
+    """Validated items, column-wise: ids, an ``(n, dim)`` float32 matrix, metadata."""
 
-    id: str
+    ids: list[str]
     values: np.ndarray
-    metadata: dict[str, Any]
-    metadata_json: str
+    metadata: list[dict[str, Any]]
+    metadata_json: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def slice(self, start: int, stop: int) -> CheckedBatch:
+        """Rows ``start:stop``."""
+        return CheckedBatch(
+            self.ids[start:stop],
+            self.values[start:stop],
+            self.metadata[start:stop],
+            self.metadata_json[start:stop],
+        )
 
 
-def check_items(items: Sequence[IndexItem], dim: int) -> list[CheckedItem]:
-    """Validate every item before any I/O; for repeated ids the last one wins."""
-    checked: dict[str, CheckedItem] = {}
-    for item in items:
-        item_id = check_id(item.id)
-        what = f"item {item_id!r}"
-        values = check_vector(item.values, dim, what)
-        text = metadata_json(item.metadata or {}, what)
-        checked.pop(item_id, None)  # re-insert so order follows the last occurrence
-        checked[item_id] = CheckedItem(item_id, values, dict(item.metadata or {}), text)
-    return list(checked.values())
+def check_items(items: Sequence[IndexItem], dim: int) -> CheckedBatch:
+    """Validate every item before any I/O; for repeated ids the last one wins.
+
+    Vectors are checked as one matrix (per-item numpy calls would cost more than the
+    database write); the per-item path only runs to name the offending item.
+    """
+    last: dict[str, int] = {}
+    for position, item in enumerate(items):
+        last[check_id(item.id)] = position
+    keep = sorted(last.values())
+    chosen = [items[i] for i in keep]
+    if not chosen:
+        return CheckedBatch([], np.zeros((0, dim), np.float32), [], [])
+    try:
+        matrix = np.array([item.values for item in chosen], dtype=np.float32)
+    except (TypeError, ValueError):
+        matrix = None  # ragged or non-numeric: find the culprit below
+    if matrix is None or matrix.shape != (len(chosen), dim):
+        for item in chosen:
+            check_vector(item.values, dim, f"item {item.id!r}")
+        raise InvalidIndexItem(f"vectors must all have {dim} dimensions")  # pragma: no cover
+    matrix = matrix.reshape(len(chosen), dim)
+    bad = ~np.isfinite(matrix).all(axis=1) | ~matrix.any(axis=1)
+    if bad.any():
+        culprit = chosen[int(np.argmax(bad))]
+        check_vector(culprit.values, dim, f"item {culprit.id!r}")
+    metadata = [dict(item.metadata or {}) for item in chosen]
+    texts = [
+        metadata_json(meta, f"item {item.id!r}")
+        for item, meta in zip(chosen, metadata, strict=True)
+    ]
+    return CheckedBatch([item.id for item in chosen], matrix, metadata, texts)
 
 
 def check_k(k: int, limit: int | None = None) -> int:
@@ -215,7 +265,7 @@ def check_k(k: int, limit: int | None = None) -> int:
 
 def _is_number(value: object) -> bool:
     return (
-        isinstance(value, int | float)
+        isinstance(value, int | float | np.integer | np.floating)
         and not isinstance(value, bool)
         and math.isfinite(value)
     )

@@ -23,7 +23,7 @@ import pyarrow as pa
 from workers.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
-    CheckedItem,
+    CheckedBatch,
     Condition,
     IndexItem,
     IndexRejected,
@@ -130,17 +130,18 @@ class EmbeddedIndex:
     def __repr__(self) -> str:
         return f"EmbeddedIndex({str(self.path)!r}, dim={self.dim})"
 
-    def _arrow(self, items: Sequence[CheckedItem]) -> pa.Table:
-        # Build columns from numpy in one go: per-row Python lists would dominate the cost.
-        flat = np.stack([item.values for item in items]).reshape(-1)
+    def _arrow(self, batch: CheckedBatch) -> pa.Table:
+        # Vectors go in straight from the numpy matrix: per-row Python lists would
+        # dominate the cost of an upsert.
+        flat = np.ascontiguousarray(batch.values).reshape(-1)
         columns: list[pa.Array] = [
-            pa.array([item.id for item in items], pa.string()),
+            pa.array(batch.ids, pa.string()),
             pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), self.dim),
         ]
         for name, kind in FILTER_FIELDS.items():
-            values = [item.metadata.get(name) for item in items]
+            values = [meta.get(name) for meta in batch.metadata]
             columns.append(pa.array(values, pa.float64() if kind == "number" else pa.string()))
-        columns.append(pa.array([item.metadata_json for item in items], pa.string()))
+        columns.append(pa.array(batch.metadata_json, pa.string()))
         return pa.Table.from_arrays(columns, schema=self._schema)
 
     def upsert(self, items: Sequence[IndexItem]) -> None:
@@ -148,7 +149,7 @@ class EmbeddedIndex:
         checked = check_items(items, self.dim)
         with self._write_lock:
             for start in range(0, len(checked), WRITE_BATCH):
-                batch = self._arrow(checked[start : start + WRITE_BATCH])
+                batch = self._arrow(checked.slice(start, start + WRITE_BATCH))
                 (
                     self._table.merge_insert("id")
                     .when_matched_update_all()

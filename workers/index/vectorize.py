@@ -30,7 +30,7 @@ import requests
 from workers.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
-    CheckedItem,
+    CheckedBatch,
     IndexItem,
     IndexRejected,
     IndexUnavailable,
@@ -172,7 +172,11 @@ class VectorizeIndex:
                 response = self._session.request(
                     method, url, data=body, headers=headers, timeout=self._timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 problem = type(exc).__name__
             else:
                 status = response.status_code
@@ -240,13 +244,20 @@ class VectorizeIndex:
         """
         existing = self.list_metadata_indexes()
         for name, kind in FILTER_FIELDS.items():
-            if name not in existing:
+            if name in existing:
+                continue
+            try:
                 result = self._request(
                     "POST",
                     "metadata_index/create",
                     json_body={"propertyName": name, "indexType": kind},
                 )
-                self._record_mutation(result)
+            except IndexRejected:
+                # Another worker may have created it since we listed: that is fine.
+                if name not in self.list_metadata_indexes():
+                    raise
+                continue
+            self._record_mutation(result)
         self._metadata_indexes_ready = True
 
     def _before_write(self) -> None:
@@ -259,18 +270,18 @@ class VectorizeIndex:
     # --- VectorIndex ----------------------------------------------------------------------
 
     @staticmethod
-    def _ndjson_line(item: CheckedItem) -> bytes:
-        values = ",".join(map(_FORMAT_F32, item.values.tolist()))
-        head = json.dumps({"id": item.id}, ensure_ascii=False)[:-1]
-        return f'{head},"values":[{values}],"metadata":{item.metadata_json}}}\n'.encode()
+    def _ndjson_line(item_id: str, values: np.ndarray, metadata_json: str) -> bytes:
+        numbers = ",".join(map(_FORMAT_F32, values.tolist()))
+        head = json.dumps({"id": item_id}, ensure_ascii=False)[:-1]
+        return f'{head},"values":[{numbers}],"metadata":{metadata_json}}}\n'.encode()
 
-    def _upsert_bodies(self, items: Sequence[CheckedItem]) -> list[bytes]:
+    def _upsert_bodies(self, batch: CheckedBatch) -> list[bytes]:
         """NDJSON bodies of ≤ 5 000 vectors and ≤ MAX_UPLOAD_BYTES each."""
         bodies: list[bytes] = []
         lines: list[bytes] = []
         size = 0
-        for item in items:
-            line = self._ndjson_line(item)
+        for row, item_id in enumerate(batch.ids):
+            line = self._ndjson_line(item_id, batch.values[row], batch.metadata_json[row])
             full = len(lines) >= MAX_VECTORS_PER_UPSERT or size + len(line) > MAX_UPLOAD_BYTES
             if lines and full:
                 bodies.append(b"".join(lines))

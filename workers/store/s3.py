@@ -58,7 +58,7 @@ class S3Store:
         bucket: str,
         prefix: str = "",
         *,
-        max_attempts: int = 5,
+        max_retries: int = 5,
         connect_timeout: float = 5,
         read_timeout: float = 30,
         max_pool_connections: int = 32,
@@ -72,7 +72,8 @@ class S3Store:
             # operation requires one.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # botocore's legacy key: retries after the first attempt (so 6 tries in all).
+            retries={"max_attempts": max_retries, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
