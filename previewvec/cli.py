@@ -152,8 +152,17 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     from workers.reducer import Reducer
 
     reducer = Reducer.build(settings)
+    where: dict[str, object] = {}
+    tempo = {op: v for op, v in (("$gte", args.tempo_min), ("$lte", args.tempo_max))
+             if v is not None}
+    if tempo:
+        where["tempo_bpm"] = tempo
+    if args.key:
+        where["key"] = args.key
+    if args.mode:
+        where["mode"] = args.mode
     try:
-        matches = reducer.similar(args.recording_id, args.k)
+        matches = reducer.similar(args.recording_id, args.k, filter=where or None)
     except FileNotFoundError:
         print(f"no stored record for {args.recording_id}", file=sys.stderr)
         return 1
@@ -260,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "descriptors (JSON Lines).")
     p.add_argument("recording_id")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
+    p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
+    p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
+    p.add_argument("--mode", choices=("major", "minor"), default=None)
     p.set_defaults(handler=cmd_similar)
     return parser
 

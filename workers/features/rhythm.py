@@ -42,6 +42,7 @@ KICK_BAND_HZ = (0.0, 120.0)
 SNARE_BAND_HZ = (1000.0, 4000.0)
 BASS_BAND_HZ = (0.0, 250.0)
 HARMONY_BAND_HZ = (80.0, 2000.0)
+HARMONY_MEDIAN_FRAMES = 17  # ~0.4 s: removes drum hits, keeps chord steps
 # Logistic octave rule: P(faster level) = sigmoid(w · features + bias); see module doc.
 OCTAVE_FEATURES = (
     "onsets_per_beat",
@@ -51,8 +52,8 @@ OCTAVE_FEATURES = (
     "bass_per_beat",
     "harmony_change",
 )
-OCTAVE_WEIGHTS = (1.179, -2.461, 0.805, 1.823, 1.889, -1.592)
-OCTAVE_BIAS = -1.272
+OCTAVE_WEIGHTS = (1.189, -2.542, 0.808, 1.820, 1.904, -1.190)
+OCTAVE_BIAS = -1.386
 ONSETS_PER_BEAT_PIVOT = 2.7
 
 
@@ -158,7 +159,8 @@ def octave_features(
 def harmony_change(mel_db: np.ndarray, sr: int, period: float) -> float:
     """Autocorrelation at one base beat of the harmonic-change novelty curve.
 
-    The 80-2000 Hz mel bands are median-filtered over 9 frames (suppressing drum hits),
+    The 80-2000 Hz mel bands are median-filtered over 17 frames (~0.4 s; this removes
+    drum hits but keeps chord and bass-note steps that last at least half of that),
     centred per frame, smoothed over half a beat, and the novelty is the cosine distance
     between the spectra half a beat apart. Chords and bass notes that change on every
     base beat make it periodic at P; changes once per 2 or 4 base beats do not.
@@ -168,7 +170,7 @@ def harmony_change(mel_db: np.ndarray, sr: int, period: float) -> float:
     k = max(int(period / 2), 2)
     if rows.shape[0] == 0 or rows.shape[1] <= 2 * k + 4:
         return 0.0
-    smooth = median_filter(rows, size=(1, 9))
+    smooth = median_filter(rows, size=(1, HARMONY_MEDIAN_FRAMES))
     smooth = uniform_filter1d(smooth - smooth.mean(axis=0, keepdims=True), k, axis=1)
     a, b = smooth[:, :-k], smooth[:, k:]
     norms = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0) + 1e-9
