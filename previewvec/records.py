@@ -65,9 +65,7 @@ def _check_recording_id(recording_id: str) -> None:
 
 
 def _escape_key_part(text: str) -> str:
-    return "".join(
-        chr(b) if b in _SAFE_KEY_BYTES else f"%{b:02X}" for b in text.encode("utf-8")
-    )
+    return "".join(chr(b) if b in _SAFE_KEY_BYTES else f"%{b:02X}" for b in text.encode("utf-8"))
 
 
 def record_key(feature_version: str, recording_id: str) -> str:
@@ -251,9 +249,7 @@ def decode_record(data: bytes) -> FeatureRecord:
     floats = [float(x) for x in vector]
     if not all(math.isfinite(x) for x in floats):
         raise CorruptRecord("vector holds non-finite numbers")
-    if not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()
-    ):
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()):
         raise CorruptRecord("timings_s holds non-numbers")
     return FeatureRecord(
         recording_id=recording_id,

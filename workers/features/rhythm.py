@@ -6,20 +6,21 @@ Tempo is estimated in three steps (details and figures in docs/features.md):
    over one octave of beat periods (60-120 BPM) scores each period P by the
    autocorrelation at P, 2P and 4P (beat, half bar, bar) plus half weight at P/2. This
    picks the metrical family reliably; what remains is the octave (P or P/2).
-2. **Octave decision.** A logistic rule over six measurements decides between the base
+2. **Octave decision.** A logistic rule over five measurements decides between the base
    tempo b = 60/P and 2b: onsets per base beat (dense subdivisions mean the faster
    level is the beat), how far b is from 100 BPM (a broad prior), the kick-to-snare
    interval (cross-correlation of the <120 Hz and 1-4 kHz flux at P/2 versus P: a
-   backbeat alternates kick and snare once per beat), the snare band's own periodicity
-   at P/2 versus P, bass-register (<250 Hz) onsets per base beat (bass lines and kicks
-   mostly mark beats, rarely subdivisions), and the periodicity of harmonic change at P
+   backbeat alternates kick and snare once per beat), bass-register (<250 Hz) onsets
+   per base beat (bass lines and kicks mostly mark beats, rarely subdivisions), and
+   the periodicity of harmonic change at P
    (autocorrelation of a spectral novelty curve of the drum-suppressed 80-2000 Hz bands:
    chords and bass notes changing every base beat mean the base beat is a half bar,
    i.e. the true beat is 2b). Outside the tactus range (66-188 BPM) the other level is
    taken whatever the rule says. The weights were fitted (L2-regularised logistic
    regression, Newton's method) on rendered songs of two generators (two sets each) and
    validated leave-one-generator-out and on two further held-out sets; features that
-   only helped within one generator (e.g. drum-pattern repetition) were left out.
+   only helped within one generator (drum-pattern repetition, the 1-4 kHz band's own
+   periodicity) were left out.
 3. **Refinement.** Beats are tracked by dynamic programming at that tempo; the tempo is
    the slope of a least-squares line through beat times (lag resolution alone is ±4 %
    at 180 BPM with a 512-sample hop).
@@ -48,12 +49,11 @@ OCTAVE_FEATURES = (
     "onsets_per_beat",
     "tempo_prior",
     "kick_snare",
-    "snare",
     "bass_per_beat",
     "harmony_change",
 )
-OCTAVE_WEIGHTS = (1.189, -2.542, 0.808, 1.820, 1.904, -1.190)
-OCTAVE_BIAS = -1.386
+OCTAVE_WEIGHTS = (1.326, -2.787, 1.281, 1.959, -1.418)
+OCTAVE_BIAS = -1.723
 ONSETS_PER_BEAT_PIVOT = 2.7
 
 

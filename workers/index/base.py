@@ -192,9 +192,7 @@ def metadata_json(metadata: Mapping[str, Any], what: str) -> str:
     if len(text) * 4 > MAX_METADATA_BYTES:
         size = len(text.encode("utf-8"))
         if size > MAX_METADATA_BYTES:
-            raise InvalidIndexItem(
-                f"{what}: metadata is {size} bytes, limit {MAX_METADATA_BYTES}"
-            )
+            raise InvalidIndexItem(f"{what}: metadata is {size} bytes, limit {MAX_METADATA_BYTES}")
     return text
 
 

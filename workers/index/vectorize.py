@@ -194,16 +194,18 @@ class VectorizeIndex:
                         problem = f"HTTP {status} with a non-JSON body"
                     else:
                         if isinstance(payload, dict) and payload.get("success") is False:
-                            raise IndexRejected(
-                                f"Vectorize {op} failed: {_api_errors(response)}"
-                            )
+                            raise IndexRejected(f"Vectorize {op} failed: {_api_errors(response)}")
                         return payload.get("result") if isinstance(payload, dict) else None
             if attempt == self.max_attempts:
                 break
             delay = self._backoff(attempt, retry_after)
             log.warning(
                 "vectorize %s: %s; retry %d/%d in %.2fs",
-                op, problem, attempt, self.max_attempts - 1, delay,
+                op,
+                problem,
+                attempt,
+                self.max_attempts - 1,
+                delay,
             )
             time.sleep(delay)
         raise IndexUnavailable(
@@ -304,9 +306,7 @@ class VectorizeIndex:
         bodies = self._upsert_bodies(checked)
         self._before_write()
         for body in bodies:
-            result = self._request(
-                "POST", "upsert", data=body, content_type="application/x-ndjson"
-            )
+            result = self._request("POST", "upsert", data=body, content_type="application/x-ndjson")
             self._record_mutation(result)
 
     def query(
@@ -332,8 +332,7 @@ class VectorizeIndex:
             for match in matches:
                 match["metadata"] = fetched.get(match["id"], {})
         return [
-            Match(str(m["id"]), float(m["score"]), dict(m.get("metadata") or {}))
-            for m in matches
+            Match(str(m["id"]), float(m["score"]), dict(m.get("metadata") or {})) for m in matches
         ]
 
     def get(self, ids: Sequence[str]) -> list[IndexItem]:

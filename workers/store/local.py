@@ -52,9 +52,7 @@ class LocalStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent
-            )
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         except OSError as exc:
             raise StoreError(f"cannot write {key}: {exc}") from exc
         try:

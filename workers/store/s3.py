@@ -159,9 +159,7 @@ class S3Store:
         )
         yield from self._stream(iter(pages), prefix, strip)
 
-    def _stream(
-        self, iterator: Iterator[dict[str, Any]], prefix: str, strip: int
-    ) -> Iterator[str]:
+    def _stream(self, iterator: Iterator[dict[str, Any]], prefix: str, strip: int) -> Iterator[str]:
         while True:
             # Each page is fetched lazily inside next(); map its errors, not the consumer's.
             with self._errors("list", prefix or "/"):

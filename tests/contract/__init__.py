@@ -1,0 +1,1 @@
+"""Local stand-ins that speak external services' documented APIs (for contract tests)."""

@@ -1,0 +1,249 @@
+"""Feature store: the same contract tests on a local folder and on a real S3 API (moto)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from previewvec.records import (
+    FeatureRecord,
+    decode_record,
+    encode_record,
+    make_provenance,
+    record_key,
+)
+from tests.conftest import free_port
+from workers.features.layout import VECTOR_DIM
+from workers.store import FeatureStore, StoreUnavailable, open_store
+from workers.store.local import LocalStore
+from workers.store.s3 import S3Store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeatureStore]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "store")
+        return
+    request.getfixturevalue("aws_test_env")
+    import boto3
+
+    bucket = f"pv-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    # A small page size so pagination is exercised with ~1000 keys.
+    yield S3Store(bucket, "runs/test", page_size=300)
+
+
+def test_put_get_exists_overwrite_delete(store: FeatureStore) -> None:
+    key = "features/pv1/ab/one.json"
+    assert not store.exists(key)
+    store.put(key, b"first")
+    assert store.exists(key)
+    assert store.get(key) == b"first"
+    store.put(key, b"second, longer value")  # overwrite
+    assert store.get(key) == b"second, longer value"
+    store.put(key, b"second, longer value")  # idempotent
+    assert store.get(key) == b"second, longer value"
+    store.delete(key)
+    assert not store.exists(key)
+    store.delete(key)  # deleting a missing key is fine
+
+
+def test_missing_key_is_file_not_found(store: FeatureStore) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.get("features/pv1/00/missing.json")
+
+
+def test_bad_keys_are_refused(store: FeatureStore) -> None:
+    for key in ("", "/abs", "a/../b", "a//b", "a/.hidden", "a\\b"):
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+
+
+def test_iter_keys_paginates_and_sorts(store: FeatureStore) -> None:
+    keys = [f"features/pv1/{i % 7:02x}/rec-{i:05d}.json" for i in range(1010)]
+    others = ["features/pv2/00/x.json", "features/pv1-old/00/y.json", "runs/r1.json"]
+    with ThreadPoolExecutor(8) as pool:  # also exercises one client shared by threads
+        list(pool.map(lambda k: store.put(k, k.encode()), keys + others))
+
+    listed = list(store.iter_keys("features/pv1/"))
+    assert listed == sorted(keys)  # exactly the prefix, ascending, no duplicates
+    assert list(store.iter_keys("features/pv1")) == sorted([*keys, others[1]])
+    assert list(store.iter_keys("features/pv1/03/")) == sorted(k for k in keys if "/03/" in k)
+    assert len(list(store.iter_keys())) == len(keys) + len(others)
+    assert list(store.iter_keys("nothing/here/")) == []
+
+
+def test_record_round_trip(store: FeatureStore) -> None:
+    rng = np.random.default_rng(7)
+    record = FeatureRecord(
+        recording_id="mb:1b2c3d4e ünï~code",
+        vector=rng.standard_normal(VECTOR_DIM).astype(np.float32).tolist(),
+        descriptors={"tempo_bpm": 121.5, "key": "F#", "mode": "minor", "energy": 0.61},
+        provenance=make_provenance(
+            preview_url="https://audio-ssl.itunes.apple.com/x.m4a",
+            audio_sha256="0" * 64,
+            source="itunes",
+            run_id="run-1",
+            isrc="USRC17607839",
+            artist="Artist",
+            title="Title",
+        ),
+        timings_s={"decode": 0.05, "spectra": 0.4},
+    )
+    key = record.key
+    assert key == record_key("pv1", record.recording_id)
+    store.put(key, encode_record(record))
+    decoded = decode_record(store.get(key))
+    assert decoded == record
+    assert list(store.iter_keys("features/pv1/")) == [key]
+
+
+def test_record_keys_are_sharded_and_safe() -> None:
+    import hashlib
+
+    key = record_key("pv1", "mb:1b2c ünï~code")
+    shard = hashlib.sha1("mb:1b2c ünï~code".encode()).hexdigest()[:2]
+    assert key == f"features/pv1/{shard}/mb%3A1b2c%20%C3%BCn%C3%AF%7Ecode.json"
+    assert record_key("pv1", "abc-DEF_1.2").endswith("/abc-DEF_1.2.json")
+    for bad in ("", "a/b", "x" * 65):
+        with pytest.raises(ValueError):
+            record_key("pv1", bad)
+
+
+def test_corrupt_and_incompatible_records_are_typed() -> None:
+    import json
+
+    from previewvec.records import CorruptRecord, IncompatibleRecord
+
+    record = FeatureRecord("rec-1", [0.5] * VECTOR_DIM, {}, {"source": "test"})
+    good = json.loads(encode_record(record))
+    for data in (
+        b"",
+        b"\xff\xfe",
+        b"[1, 2]",
+        encode_record(record)[:-10],  # truncated write
+        json.dumps({**good, "vector": [*good["vector"][:-1], True]}).encode(),
+        json.dumps({**good, "vector": [*good["vector"][:-1], 1e999]}).encode(),
+        json.dumps({**good, "vector": [*good["vector"][:-1], "NaN"]}).encode(),
+        json.dumps({k: v for k, v in good.items() if k != "provenance"}).encode(),
+    ):
+        with pytest.raises(CorruptRecord):
+            decode_record(data)
+    for change in ({"names_hash": "0" * 64}, {"feature_version": "pv0"}, {"vector": [1.0]}):
+        with pytest.raises(IncompatibleRecord):
+            decode_record(json.dumps({**good, **change}).encode())
+    with pytest.raises(ValueError):
+        encode_record(FeatureRecord("rec-1", [float("nan")] * VECTOR_DIM, {}, {}))
+    with pytest.raises(ValueError):
+        encode_record(FeatureRecord("rec-1", [0.0] * VECTOR_DIM, {"energy": float("inf")}, {}))
+    assert b" " not in encode_record(record)  # compact
+    assert encode_record(record) == encode_record(decode_record(encode_record(record)))
+
+
+def test_local_writes_are_atomic_under_concurrency(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    key = "features/pv1/aa/contended.json"
+    payloads = [bytes([65 + i]) * 1_000_000 for i in range(6)]  # 1 MB each: not one write()
+    store.put(key, payloads[0])
+    stop = threading.Event()
+    torn: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = store.get(key)
+            if data not in payloads:
+                torn.append(len(data))
+
+    def writer(payload: bytes) -> None:
+        for _ in range(10):
+            store.put(key, payload)
+
+    reading = threading.Thread(target=reader)
+    reading.start()
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        list(pool.map(writer, payloads))
+    stop.set()
+    reading.join()
+
+    assert torn == []  # a reader never saw a partial or mixed value
+    assert store.get(key) in payloads
+    leftovers = [p.name for p in (tmp_path / "store").rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+    assert list(store.iter_keys()) == [key]
+
+
+def test_open_store_dispatches(tmp_path: Path, aws_test_env: str) -> None:
+    assert isinstance(open_store(str(tmp_path / "s")), LocalStore)
+    s3 = open_store("s3://some-bucket/a/prefix/")
+    assert isinstance(s3, S3Store)
+    assert (s3.bucket, s3.prefix) == ("some-bucket", "a/prefix")
+    with pytest.raises(ValueError):
+        open_store("gs://bucket/x")
+
+
+def test_s3_endpoint_down_is_store_unavailable(aws_test_env: str, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # closed
+    store = S3Store("bucket", max_retries=0, connect_timeout=1, read_timeout=1)
+    with pytest.raises(StoreUnavailable) as info:
+        store.get("features/pv1/00/x.json")
+    assert info.value.code == "store_unavailable"
+    with pytest.raises(StoreUnavailable):
+        store.put("features/pv1/00/x.json", b"x")
+    with pytest.raises(StoreUnavailable):
+        list(store.iter_keys("features/"))
+    assert "testing-secret-key" not in str(info.value)
+
+
+class _SlowDownHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request like a throttling S3/R2 endpoint."""
+
+    protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue" at once
+    served = 0
+
+    def _reply(self) -> None:
+        type(self).served += 1
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>"
+        )
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.send_response(503)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = _reply
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_s3_throttling_is_store_unavailable(aws_test_env: str, monkeypatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowDownHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_port}")
+        store = S3Store("bucket", max_retries=1, connect_timeout=1, read_timeout=2)
+        _SlowDownHandler.served = 0
+        with pytest.raises(StoreUnavailable, match=r"SlowDown|503"):
+            store.get("features/pv1/00/x.json")
+        assert _SlowDownHandler.served == 2  # botocore retried once, then we mapped it
+        impatient = S3Store("bucket", max_retries=0, connect_timeout=1, read_timeout=2)
+        with pytest.raises(StoreUnavailable):
+            impatient.put("features/pv1/00/x.json", b"x")
+        with pytest.raises(StoreUnavailable):
+            impatient.exists("features/pv1/00/x.json")
+    finally:
+        server.shutdown()
+        server.server_close()
