@@ -76,6 +76,9 @@ class Settings:
     vectorize_base_url: str = "https://api.cloudflare.com/client/v4"
     # Reducer.
     reduce_batch_size: int = 1000
+    # Broker: seconds before Redis hands an unacknowledged job to another worker (how long
+    # a hard-killed worker's job stays invisible). Task time limits scale below it.
+    visibility_timeout_s: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

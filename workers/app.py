@@ -17,7 +17,7 @@ from kombu import Queue  # noqa: E402
 from previewvec.settings import Settings  # noqa: E402
 
 QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
-VISIBILITY_TIMEOUT_S = 3600
+VISIBILITY_TIMEOUT_S = 3600  # the default of Settings.visibility_timeout_s
 TASK_SOFT_TIME_LIMIT_S = 240
 TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
 MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
@@ -29,6 +29,22 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings.numba_cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.numba_cache_dir))
     app = Celery("previewvec", broker=settings.broker_url, include=["workers.tasks"])
+    # The visibility timeout is a trade-off. Redis hands a job that stayed unacknowledged
+    # that long to another worker, even while a live worker is still running it. Long
+    # (1 h, production): a worker that dies hard (SIGKILL, OOM, lost node) leaves its job
+    # invisible for up to an hour before a worker restores it. Short (seconds, tests):
+    # such jobs come back quickly, but any job running longer would run twice, so the
+    # time limits are scaled to stay below it (75 % hard, 60 % soft).
+    visibility_s = max(1, settings.visibility_timeout_s)
+    transport_options: dict[str, object] = {
+        "visibility_timeout": visibility_s,
+        "queue_order_strategy": "priority",  # BRPOP keys in order: ondemand before batch
+    }
+    if visibility_s < VISIBILITY_TIMEOUT_S:
+        # Sweep for expired jobs often enough that a short timeout takes effect
+        # (kombu's default sweep runs about every 100 s).
+        transport_options["unacked_restore_interval"] = max(1, visibility_s // 10)
+        transport_options["unacked_restore_throttle"] = 1
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],  # pickle refused: a broker message must never run code
@@ -38,12 +54,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,  # ack after the work: a killed worker's job is redelivered
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
-        task_time_limit=TASK_TIME_LIMIT_S,
-        broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
-            "queue_order_strategy": "priority",  # BRPOP keys in order: ondemand before batch
-        },
+        task_soft_time_limit=min(TASK_SOFT_TIME_LIMIT_S, 0.6 * visibility_s),
+        task_time_limit=min(TASK_TIME_LIMIT_S, 0.75 * visibility_s),
+        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="batch",

@@ -120,11 +120,6 @@ def test_tempo_beats_naive_librosa(results):
         assert ours >= naive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 0.83 of these songs within 4 % (target 0.85); octave decisions on "
-    "slow drumless and swung songs. Strict: remove this mark once it passes.",
-)
 def test_tempo_within_4_percent_on_all_songs(results):
     share = _tempo_share(results, "est_tempo")
     misses = [
@@ -135,11 +130,6 @@ def test_tempo_within_4_percent_on_all_songs(results):
     assert share >= TEMPO_ALL_TARGET, misses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: ~0.9 of drum songs within 4 % (target: all); doubled funk and "
-    "hip-hop grooves, halved bossa. Strict: remove this mark once it passes.",
-)
 def test_tempo_within_4_percent_on_every_song_with_drums(results):
     misses = [
         (r["file"], r["style"], r["tempo_bpm"], round(r["est_tempo"], 1))
