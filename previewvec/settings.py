@@ -80,6 +80,19 @@ class Settings:
     # a hard-killed worker's job stays invisible). Task time limits scale below it.
     visibility_timeout_s: int = 3600
 
+    # Producers: MusicBrainz and iTunes resolution.
+    mb_contact: str = ""  # required for MusicBrainz: an email or URL for the User-Agent
+    musicbrainz_url: str = "https://musicbrainz.org"
+    itunes_url: str = "https://itunes.apple.com"
+    itunes_country: str = "US"
+    mb_rate_per_s: float = 1.0  # shared by every producer process (through Redis)
+    itunes_rate_per_min: float = 20.0  # shared by every producer process (through Redis)
+    match_threshold: float = 0.75  # below this match confidence, no job
+    queue_high_water: int = 10_000  # backpressure: producers wait above this queue depth
+    # HTTP submission API.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)  # secrets: never logged
+    api_max_body_bytes: int = 1_000_000
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``PREVIEWVEC_<FIELD>`` variables (upper-case field names) over the defaults."""
