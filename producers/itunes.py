@@ -1,0 +1,170 @@
+"""iTunes Search API client (``/search``, ``/lookup``), paced by the shared limiter.
+
+Apple documents roughly 20 calls per minute; the limiter (``settings.itunes_rate_per_min``)
+is shared by every producer process through Redis. Over the limit Apple answers
+**403 with an empty body**: that is throttling, never "no results" — the client
+penalises the shared limiter and retries with backoff, and gives up with
+``upstream_unavailable`` rather than ever returning an empty result for it. Bodies may
+start with blank lines; they are stripped before JSON parsing.
+
+Responses are cached (:class:`RedisResponseCache`: one Redis string per request URL,
+with a TTL, shared by all producers) so a re-run of the same catalog makes no calls.
+Only successful answers are cached — including genuine empty results, which are stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import requests
+
+from previewvec import __version__
+from previewvec.settings import Settings
+from producers.musicbrainz import UpstreamRejected, UpstreamUnavailable
+from producers.ratelimit import Backoff, RateLimiter
+
+MAX_SEARCH_LIMIT = 200
+DEFAULT_CACHE_TTL_S = 7 * 86_400
+
+
+class ResponseCache(Protocol):
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def set(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+class RedisResponseCache:
+    """Decoded JSON answers keyed by request URL (SHA-1 of it), expiring after ``ttl_s``."""
+
+    def __init__(self, redis_client, ttl_s: int = DEFAULT_CACHE_TTL_S,
+                 prefix: str = "pv:itunes:cache:") -> None:
+        self.redis = redis_client
+        self.ttl_s = int(ttl_s)
+        self.prefix = prefix
+
+    def _key(self, url: str) -> str:
+        return self.prefix + hashlib.sha1(url.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(key))
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        self.redis.set(self._key(key), json.dumps(value, separators=(",", ":")),
+                       ex=self.ttl_s)
+
+
+@dataclass(frozen=True)
+class CollectionLookup:
+    """``/lookup?id=<collectionId>&entity=song``: the collection row, then its songs."""
+
+    collection: dict[str, Any] | None
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ITunesClient:
+    def __init__(self, settings: Settings, limiter: RateLimiter,
+                 session: requests.Session | None = None, cache: ResponseCache | None = None,
+                 *, max_retries: int = 5, backoff: Backoff | None = None,
+                 timeout: tuple[float, float] = (5.0, 30.0),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = settings.itunes_url.rstrip("/")
+        self.country = settings.itunes_country
+        self.limiter = limiter
+        self.session = session or requests.Session()
+        self.session.headers.update({"User-Agent": f"previewvec/{__version__}",
+                                     "Accept": "application/json"})
+        self.cache = cache
+        self.max_retries = max_retries
+        self.backoff = backoff or Backoff(base_s=3.0, cap_s=120.0)
+        self.timeout = timeout
+        self._sleep = sleep
+        self.stats = {"requests": 0, "retries": 0, "throttled": 0, "cache_hits": 0}
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests actually sent (retries included; cache hits excluded)."""
+        return self.stats["requests"]
+
+    def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/{path}?{urlencode(params)}"
+        if self.cache is not None:
+            hit = self.cache.get(url)
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                return hit
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+            self.limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                resp = self.session.get(url, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = f"network error: {exc.__class__.__name__}: {exc}"
+                self._sleep(self.backoff.delay(attempt))
+                continue
+            status = resp.status_code
+            body = resp.content.strip()
+            if status == 200:
+                try:
+                    data = json.loads(body.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise UpstreamUnavailable(f"iTunes {path}: malformed JSON ({exc})") from None
+                if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+                    raise UpstreamUnavailable(f"iTunes {path}: no 'results' list in the answer")
+                if self.cache is not None:
+                    self.cache.set(url, data)
+                return data
+            if (status == 403 and not body) or status == 429:
+                # Apple's throttling answer: back off for everyone, never "no results".
+                self.stats["throttled"] += 1
+                self.limiter.penalize(self.backoff.delay(attempt))
+                last = f"HTTP {status} (throttled)"
+                continue
+            if status >= 500:
+                last = f"HTTP {status}"
+                self.limiter.penalize(self.backoff.delay(attempt))
+                continue
+            raise UpstreamRejected(f"iTunes {path}: HTTP {status}", status)
+        raise UpstreamUnavailable(
+            f"iTunes {path}: gave up after {self.max_retries + 1} attempts ({last})")
+
+    def search(self, term: str, entity: str = "song", limit: int = 50,
+               country: str | None = None) -> list[dict[str, Any]]:
+        """Result rows of ``/search`` (``entity`` "song" or "album")."""
+        if entity not in ("song", "album"):
+            raise ValueError("entity must be 'song' or 'album'")
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_SEARCH_LIMIT}")
+        data = self._get("search", {"term": term, "media": "music", "entity": entity,
+                                    "limit": limit, "country": country or self.country})
+        return [r for r in data["results"] if isinstance(r, dict)]
+
+    def lookup_collection(self, collection_id: int | str) -> CollectionLookup:
+        """The collection row and every song of it (``/lookup?id=..&entity=song&limit=200``)."""
+        data = self._get("lookup", {"id": collection_id, "entity": "song", "limit": 200,
+                                    "country": self.country})
+        collection = None
+        tracks: list[dict[str, Any]] = []
+        for row in data["results"]:
+            if not isinstance(row, dict):
+                continue
+            if row.get("wrapperType") == "collection" and collection is None:
+                collection = row
+            elif row.get("wrapperType") == "track" and row.get("kind", "song") == "song":
+                tracks.append(row)
+        return CollectionLookup(collection, tracks)

@@ -1,0 +1,242 @@
+"""MusicBrainz JSON web service v2 client (``/ws/2/...?fmt=json``), paced by the shared
+:class:`~producers.ratelimit.RateLimiter`.
+
+MusicBrainz asks every client for a meaningful User-Agent with contact information; this
+client sends ``previewvec/<version> ( <PREVIEWVEC_MB_CONTACT> )`` and refuses to start
+(:class:`MbContactMissing`, code ``mb_contact_missing``) without a contact.
+
+Failures are typed (also used by :mod:`producers.itunes`):
+
+* 503 (MusicBrainz's "slow down"), 429, other 5xx and network errors are retried with
+  exponential backoff + jitter; a 503/429 also *penalises the shared limiter* so every
+  producer process backs off. When retries run out: :class:`UpstreamUnavailable`
+  (``upstream_unavailable``).
+* any other non-200 status: :class:`UpstreamRejected` (``upstream_rejected``, ``.status``).
+
+``new_releases`` searches releases by their ``date`` field (the release event date), not
+``firstreleasedate`` (a release-group field): a reissue dated in the window *is* a new
+release to resolve, and its tracks usually point at recordings already known, which the
+store skips cheaply. Partial dates ("1977", "1977-05") are valid MusicBrainz dates; see
+:func:`partial_date_key`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import date
+from typing import Any
+
+import requests
+
+from previewvec import __version__
+from previewvec.errors import PreviewvecError
+from previewvec.settings import Settings
+from producers.ratelimit import Backoff, RateLimiter
+
+MAX_SEARCH_LIMIT = 100
+RECORDING_INC = "isrcs+artist-credits+releases"
+RELEASE_INC = "recordings+isrcs+artist-credits"
+ISRC_INC = "artist-credits+releases"
+
+
+class MbContactMissing(PreviewvecError):
+    code = "mb_contact_missing"
+
+
+class UpstreamUnavailable(PreviewvecError):
+    """The upstream kept failing (5xx, throttling, network) after every retry."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamRejected(PreviewvecError):
+    """The upstream answered a non-retryable error status (4xx): ``status`` says which."""
+
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "status": str(self.status)}
+
+
+def user_agent(contact: str) -> str:
+    return f"previewvec/{__version__} ( {contact} )"
+
+
+def partial_date_key(value: str | None) -> tuple[int, int, int]:
+    """Sort key for MusicBrainz partial dates: "1977" < "1977-05" < "1977-05-08";
+    missing or malformed dates sort last."""
+    if not value:
+        return (9999, 99, 99)
+    parts = value.split("-")
+    out = []
+    for part in parts[:3]:
+        try:
+            out.append(int(part))
+        except ValueError:
+            return (9999, 99, 99)
+    while len(out) < 3:
+        out.append(0)
+    return (out[0], out[1], out[2])
+
+
+def artist_credit_names(credit: list[dict[str, Any]] | None) -> list[str]:
+    """Every credited artist name (credited name and canonical name), in order."""
+    names: list[str] = []
+    for part in credit or []:
+        for name in (part.get("name"), (part.get("artist") or {}).get("name")):
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def artist_credit_string(credit: list[dict[str, Any]] | None) -> str:
+    """The credit as printed: names joined by their join phrases ("A feat. B")."""
+    return "".join(f"{p.get('name') or ''}{p.get('joinphrase') or ''}"
+                   for p in credit or []).strip()
+
+
+class MusicBrainzClient:
+    """``MusicBrainzClient(settings, limiter)``; ``session`` is injectable (tests)."""
+
+    def __init__(self, settings: Settings, limiter: RateLimiter,
+                 session: requests.Session | None = None, *, max_retries: int = 5,
+                 backoff: Backoff | None = None, timeout: tuple[float, float] = (5.0, 30.0),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        contact = (settings.mb_contact or "").strip()
+        if not contact:
+            raise MbContactMissing(
+                "PREVIEWVEC_MB_CONTACT is empty: MusicBrainz requires a meaningful "
+                "User-Agent with contact information. Set PREVIEWVEC_MB_CONTACT to an "
+                "email address or URL where you can be reached (e.g. you@example.org).")
+        self.base_url = settings.musicbrainz_url.rstrip("/") + "/ws/2"
+        self.limiter = limiter
+        self.session = session or requests.Session()
+        self.user_agent = user_agent(contact)
+        self.session.headers.update({"User-Agent": self.user_agent,
+                                     "Accept": "application/json"})
+        self.max_retries = max_retries
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self._sleep = sleep
+        self.stats = {"requests": 0, "retries": 0, "throttled": 0}
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests actually sent (retries included)."""
+        return self.stats["requests"]
+
+    # -- transport ---------------------------------------------------------------------
+    def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        params = {**params, "fmt": "json"}
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+            self.limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                resp = self.session.get(url, params=params, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = f"network error: {exc.__class__.__name__}: {exc}"
+                self._sleep(self.backoff.delay(attempt))
+                continue
+            status = resp.status_code
+            if status == 200:
+                try:
+                    data = json.loads(resp.content.decode("utf-8").strip())
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise UpstreamUnavailable(
+                        f"MusicBrainz {path}: malformed JSON body ({exc})") from None
+                if not isinstance(data, dict):
+                    raise UpstreamUnavailable(f"MusicBrainz {path}: body is not an object")
+                return data
+            if status in (429, 503):
+                self.stats["throttled"] += 1
+                delay = self.backoff.delay(attempt)
+                retry_after = resp.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    delay = max(delay, float(retry_after))
+                self.limiter.penalize(delay)  # every process backs off
+                last = f"HTTP {status}"
+                continue
+            if status >= 500:
+                last = f"HTTP {status}"
+                self._sleep(self.backoff.delay(attempt))
+                continue
+            raise UpstreamRejected(f"MusicBrainz {path}: HTTP {status}", status)
+        raise UpstreamUnavailable(
+            f"MusicBrainz {path}: gave up after {self.max_retries + 1} attempts ({last})")
+
+    # -- lookups -----------------------------------------------------------------------
+    def recording(self, mbid: str) -> dict[str, Any]:
+        return self._get(f"recording/{mbid}", {"inc": RECORDING_INC})
+
+    def release(self, mbid: str) -> dict[str, Any]:
+        return self._get(f"release/{mbid}", {"inc": RELEASE_INC})
+
+    def isrc(self, isrc: str) -> dict[str, Any]:
+        """``{"isrc": ..., "recordings": [...]}``; an unknown ISRC is HTTP 404 upstream,
+        returned here as an empty recordings list."""
+        try:
+            return self._get(f"isrc/{isrc}", {"inc": ISRC_INC})
+        except UpstreamRejected as exc:
+            if exc.status == 404:
+                return {"isrc": isrc, "recordings": []}
+            raise
+
+    # -- searches ----------------------------------------------------------------------
+    def _search(self, entity: str, lucene: str, limit: int, offset: int) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_SEARCH_LIMIT}")
+        return self._get(entity, {"query": lucene, "limit": limit, "offset": offset})
+
+    def _iter_search(self, entity: str, key: str, lucene: str, max_results: int | None,
+                     page_size: int) -> Iterator[dict[str, Any]]:
+        offset = seen = 0
+        while True:
+            page = self._search(entity, lucene, page_size, offset)
+            items = page.get(key) or []
+            for item in items:
+                yield item
+                seen += 1
+                if max_results is not None and seen >= max_results:
+                    return
+            offset += len(items)
+            if not items or offset >= int(page.get("count") or 0):
+                return
+
+    def search_recordings(self, lucene: str, limit: int = 25,
+                          offset: int = 0) -> dict[str, Any]:
+        """One page: ``{"count", "offset", "recordings": [...]}``."""
+        return self._search("recording", lucene, limit, offset)
+
+    def iter_search_recordings(self, lucene: str, max_results: int | None = None, *,
+                               page_size: int = MAX_SEARCH_LIMIT) -> Iterator[dict[str, Any]]:
+        return self._iter_search("recording", "recordings", lucene, max_results, page_size)
+
+    def search_releases(self, lucene: str, limit: int = 25, offset: int = 0) -> dict[str, Any]:
+        return self._search("release", lucene, limit, offset)
+
+    def iter_search_releases(self, lucene: str, max_results: int | None = None, *,
+                             page_size: int = MAX_SEARCH_LIMIT) -> Iterator[dict[str, Any]]:
+        return self._iter_search("release", "releases", lucene, max_results, page_size)
+
+    def new_releases(self, since: date, until: date | None = None, *,
+                     max_results: int | None = None,
+                     page_size: int = MAX_SEARCH_LIMIT) -> Iterator[dict[str, Any]]:
+        """Releases whose release date lies in [since, until] (open-ended if ``until`` is
+        None), as release search results (no tracks: look each one up)."""
+        lucene = new_releases_query(since, until)
+        return self.iter_search_releases(lucene, max_results, page_size=page_size)
+
+
+def new_releases_query(since: date, until: date | None = None) -> str:
+    end = until.isoformat() if until else "*"
+    return f"date:[{since.isoformat()} TO {end}]"

@@ -1,0 +1,360 @@
+"""Producers against RECORDED upstream answers (tests/fixtures/upstream) served on
+127.0.0.1 by tests/upstream_server.py; Redis is a private LocalRedis. No internet."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import itertools
+import json
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+import redis
+
+from previewvec.localredis import LocalRedis
+from previewvec.settings import Settings
+from producers import dumps
+from producers.itunes import ITunesClient, RedisResponseCache
+from producers.musicbrainz import (
+    MbContactMissing,
+    MusicBrainzClient,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    new_releases_query,
+    partial_date_key,
+)
+from producers.ratelimit import Backoff, RateLimiter, RateLimitTimeout
+from producers.resolve import Resolver, pick_release
+from tests.upstream_server import FIXTURES, UpstreamServer
+
+ROOT = Path(__file__).resolve().parents[2]
+R1 = "a3f0c9e2-5b7d-4c1e-9f2a-1d8e6b4c7a01"
+R2 = "b4e1d0f3-6c8e-4d2f-a03b-2e9f7c5d8b12"
+REC_A2 = "22222222-a2a2-4a2a-8a2a-a2a2a2a2a2a2"
+CONTACT = "previewvec-tests@example.org"
+FAST = Backoff(base_s=0.02, cap_s=0.1)
+
+
+@pytest.fixture(scope="module")
+def local_redis() -> Iterator[LocalRedis]:
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture
+def r(local_redis: LocalRedis, upstream: UpstreamServer) -> redis.Redis:
+    client = redis.Redis.from_url(local_redis.url)
+    client.flushdb()
+    upstream.clear()
+    return client
+
+
+@pytest.fixture
+def settings(upstream: UpstreamServer, local_redis: LocalRedis) -> Settings:
+    return Settings(mb_contact=CONTACT, musicbrainz_url=upstream.url, itunes_url=upstream.url,
+                    broker_url=local_redis.url)
+
+
+def make_resolver(settings: Settings, r: redis.Redis, *, cache: bool = True,
+                  retries: int = 5) -> Resolver:
+    mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), max_retries=retries,
+                           backoff=FAST)
+    it = ITunesClient(settings, RateLimiter(r, "itunes", 500),
+                      cache=RedisResponseCache(r) if cache else None, max_retries=retries,
+                      backoff=FAST)
+    return Resolver(settings, mb, it)
+
+
+# -- album-first resolution and the cache ----------------------------------------------
+def test_album_first_uses_two_itunes_calls_and_a_rerun_uses_none(
+        settings: Settings, r: redis.Redis, upstream: UpstreamServer) -> None:
+    resolver = make_resolver(settings, r)
+    results = list(resolver.resolve_release(R1))
+    assert [res.error_code for res in results] == [None] * 5
+    assert resolver.calls == {"musicbrainz": 1, "itunes": 2, "itunes_cache_hits": 0}
+    itunes = [q for q in upstream.requests if not q.path.startswith("/ws/2/")]
+    assert [(q.path, q.query.get("entity")) for q in itunes] == [("/search", "album"),
+                                                                ("/lookup", "song")]
+    assert itunes[1].query["id"] == "1440001001"  # the studio remaster, not the live album
+    by_title = {res.job.title: res for res in results if res.job}
+    lumiere = by_title["Lumière"]  # length null upstream: duration neutral in the score,
+    assert "duration ?" in lumiere.reason  # and the job takes the store's duration
+    assert lumiere.job.duration_ms == 215000
+    assert lumiere.job.artist == "Zoé Varga feat. Ana Ruiz"
+    cafe = by_title["Café noir"].job
+    assert cafe.to_dict() == {
+        "recording_id": "44444444-a4a4-4a4a-8a4a-a4a4a4a4a4a4",
+        "preview_url": "https://audio-ssl.itunes.apple.com/itunes-assets/AudioPreview115/v4/"
+                       "50/30/4c/mzaf_1440001104.plus.aac.p.m4a",
+        "isrc": "FRZ017900004", "artist": "Zoé Varga", "title": "Café noir",
+        "duration_ms": 198000, "release_id": R1, "source": "itunes", "force": False}
+    assert by_title["Outro"].reason.endswith("track 5/5 album=1.00")
+
+    again = make_resolver(settings, r)  # a re-run (new process): the cache answers
+    rerun = list(again.resolve_release(R1))
+    assert again.calls["itunes"] == 0 and again.calls["itunes_cache_hits"] == 2
+    assert [x.job for x in rerun] == [x.job for x in results]
+
+
+def test_album_fallbacks_live_edit_and_no_preview(settings: Settings, r: redis.Redis) -> None:
+    resolver = make_resolver(settings, r)
+    got = {res.recording_id[:8]: res for res in resolver.resolve_release(R2)}
+    assert got["66666666"].job is not None  # in the album
+    assert got["77777777"].job is not None  # missing from the store album: song search
+    assert got["77777777"].reason.endswith("via song search")
+    assert got["77777777"].job.preview_url.endswith("mzaf_1550003102.plus.aac.p.m4a")
+    # MB live recording (disambiguation "live, ...") must not take the studio track.
+    assert got["88888888"].error_code == "no_confident_match"
+    assert "version live≠studio" in got["88888888"].reason
+    # Only a "(Radio Edit)" in the album; the matching album track has no preview.
+    assert got["99999999"].error_code == "no_preview"
+    assert resolver.calls["itunes"] == 5  # album search + lookup + 3 song searches
+
+
+def test_recording_isrcs_query_and_new_releases(settings: Settings, r: redis.Redis,
+                                                upstream: UpstreamServer) -> None:
+    resolver = make_resolver(settings, r)
+    one = resolver.resolve_recording(REC_A2)
+    assert one.job is not None and one.job.release_id == R1  # official + earliest (1979-05)
+    assert one.job.preview_url.endswith("mzaf_1440001102.plus.aac.p.m4a")  # not the live one
+
+    isrc_results = list(resolver.resolve_isrcs(["FRZ017900002", "frz-017900004",
+                                                "USXX10000001"]))
+    codes = {x.recording_id: x.error_code for x in isrc_results}
+    assert codes == {"isrc:USXX10000001": "isrc_unknown", REC_A2: None,
+                     "44444444-a4a4-4a4a-8a4a-a4a4a4a4a4a4": None}
+    assert {x.job.isrc for x in isrc_results if x.job} == {"FRZ017900002", "FRZ017900004"}
+
+    upstream.clear()
+    query = list(resolver.resolve_query('artist:"Zoé Varga"', page_size=2))
+    assert len(query) == 3
+    offsets = [q.query["offset"] for q in upstream.requests if q.path == "/ws/2/recording"]
+    assert offsets == ["0", "2"]
+
+    new = list(resolver.resolve_new_releases(date(2024, 1, 1), date(2024, 1, 31)))
+    assert len(new) == 5 and all(x.ok for x in new)
+
+
+def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: redis.Redis,
+                                                    upstream: UpstreamServer) -> None:
+    make_resolver(settings, r).mb.release(R1)
+    assert upstream.requests_to("/ws/2/")[0].user_agent == f"previewvec/0.1.0 ( {CONTACT} )"
+    for contact in ("", "   "):
+        bad = Settings(mb_contact=contact, musicbrainz_url=upstream.url)
+        with pytest.raises(MbContactMissing) as info:
+            MusicBrainzClient(bad, RateLimiter(r, "musicbrainz", 10))
+        assert info.value.code == "mb_contact_missing"
+        assert "PREVIEWVEC_MB_CONTACT" in str(info.value)
+        with pytest.raises(MbContactMissing):
+            Resolver.build(bad, redis_client=r)
+
+
+# -- throttling and failures -----------------------------------------------------------
+def test_503_is_retried_and_penalises_every_process(settings: Settings, r: redis.Redis,
+                                                    upstream: UpstreamServer) -> None:
+    slow = Backoff(base_s=0.2, cap_s=0.2)  # penalty 0.1..0.2 s per 503
+    mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), backoff=slow)
+    upstream.fail_next(2, 503, b"<html>slow down</html>", path_prefix="/ws/2/")
+    assert mb.release(R1)["id"] == R1
+    assert mb.stats["throttled"] == 2 and mb.calls == 3
+    times = [q.t for q in upstream.requests_to("/ws/2/")]
+    assert [q.status for q in upstream.requests_to("/ws/2/")] == [503, 503, 200]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.09
+
+    # The penalty lives in Redis: another process's limiter (same name) must wait too.
+    RateLimiter(r, "musicbrainz", 500).penalize(0.3)
+    other = RateLimiter(r, "musicbrainz", 500)
+    started = time.monotonic()
+    other.acquire()
+    assert time.monotonic() - started >= 0.25
+
+    upstream.fail_next(100, 503, path_prefix="/ws/2/")
+    resolver = make_resolver(settings, r, retries=2)
+    results = list(resolver.resolve_release(R1))
+    assert [(x.recording_id, x.error_code) for x in results] == [
+        (f"release:{R1}", "upstream_unavailable")]
+    upstream.clear()
+    with pytest.raises(UpstreamRejected) as info:  # 404 release: typed, not retried
+        resolver.mb.release("00000000-0000-4000-8000-000000000000")
+    assert info.value.status == 404 and info.value.code == "upstream_rejected"
+
+
+def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: redis.Redis,
+                                                         upstream: UpstreamServer) -> None:
+    assert (FIXTURES / "itunes/search_album_r1.json").read_bytes().startswith(b"\n\n")
+    resolver = make_resolver(settings, r, cache=False, retries=3)
+    upstream.fail_next(2, 403, b"", path_prefix="/search")
+    rows = resolver.itunes.search("Zoé Varga Électrique nuit", entity="album")
+    assert len(rows) == 3  # retried until the real answer; blank lines stripped
+    assert resolver.itunes.stats["throttled"] == 2
+    assert RateLimiter(r, "itunes", 500).penalize(0) >= 0  # limiter state exists in Redis
+    upstream.fail_next(100, 403, b"", path_prefix="/search")
+    with pytest.raises(UpstreamUnavailable):
+        resolver.itunes.search("Zoé Varga Nuit blanche")
+    res = resolver.resolve_recording(REC_A2)
+    assert res.error_code == "upstream_unavailable" and res.job is None
+    upstream.clear()
+    upstream.fail_next(1, 403, b'{"errorMessage": "Invalid value(s) for key(s): [country]"}',
+                       path_prefix="/search")
+    with pytest.raises(UpstreamRejected) as info:  # a 403 WITH a body is a real refusal
+        resolver.itunes.search("x")
+    assert info.value.status == 403
+
+
+# -- the shared rate limiter ----------------------------------------------------------
+WORKER = textwrap.dedent("""
+    import sys, redis, requests
+    from producers.ratelimit import RateLimiter
+    url, redis_url, n, rate, tag = sys.argv[1:6]
+    n, rate = int(n), float(rate)
+    limiter = RateLimiter(redis.Redis.from_url(redis_url), "shared-test", rate)
+    session = requests.Session()
+    session.headers["User-Agent"] = tag
+    session.get(url + "/ping?warmup=1").raise_for_status()  # connect before the clock runs
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(n):
+        limiter.acquire()
+        session.get(url + "/ping", params={"i": i}).raise_for_status()
+""")
+
+
+def test_rate_limit_holds_across_two_processes(local_redis: LocalRedis, r: redis.Redis,
+                                               upstream: UpstreamServer) -> None:
+    n, rate, burst = 12, 10.0, 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, upstream.url, local_redis.url,
+                               str(n), str(rate), tag], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env, text=True)
+             for tag in ("proc-a", "proc-b")]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:  # both start hammering at the same moment
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    hits = [q for q in upstream.requests if q.path == "/ping" and "i" in q.query]
+    assert len(hits) == 2 * n
+    assert {q.user_agent for q in hits} == {"proc-a", "proc-b"}
+    times = sorted(q.t for q in hits)
+    slack = 0.03  # scheduling/network jitter between the grant and the server's clock
+    for i in range(len(times)):
+        for j in range(i + 1, len(times)):
+            assert j - i <= burst + rate * (times[j] - times[i] + slack), (i, j, times)
+    assert times[-1] - times[0] >= (2 * n - burst) / rate - 0.1
+
+
+def test_limiter_burst_timeout_and_no_busy_loop(r: redis.Redis) -> None:
+    sleeps: list[float] = []
+    limiter = RateLimiter(r, "unit", rate_per_s=2.0, burst=3, sleep=sleeps.append)
+    for _ in range(3):
+        assert limiter.acquire() == 0.0  # the burst goes straight through
+    wait = limiter.acquire()  # then one sleep of the computed wait, no polling
+    assert 0.4 <= wait <= 0.5 and sleeps == [wait]
+    with pytest.raises(RateLimitTimeout) as info:
+        limiter.acquire(timeout_s=0.1)
+    assert info.value.code == "rate_limited"
+    assert len(sleeps) == 1  # a refused acquire reserves nothing and does not sleep
+
+
+# -- helpers ----------------------------------------------------------------------------
+def test_partial_dates_and_release_choice() -> None:
+    assert partial_date_key("1977") < partial_date_key("1977-05") < partial_date_key(
+        "1977-05-08") < partial_date_key(None)
+    releases = [{"id": "bootleg", "status": "Bootleg", "date": "1970"},
+                {"id": "late", "status": "Official", "date": "1990-01-01"},
+                {"id": "early", "status": "Official", "date": "1977"},
+                {"id": "undated", "status": "Official"}]
+    assert pick_release(releases)["id"] == "early"
+    assert new_releases_query(date(2024, 1, 1)) == "date:[2024-01-01 TO *]"
+
+
+# -- dumps ------------------------------------------------------------------------------
+def _dump_lines() -> list[bytes]:
+    release = (FIXTURES / "mb/release_r1.json").read_text("utf-8")
+    recording = (FIXTURES / "mb/recording_a2.json").read_text("utf-8")
+    return [json.dumps(json.loads(release), ensure_ascii=False).encode() + b"\n",
+            b"{not json\n",
+            b"\n",
+            json.dumps(json.loads(recording), ensure_ascii=False).encode() + b"\n",
+            b"[1, 2]\n",
+            b"\xff\xfe\n"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".xz", ".bz2", ".tar.xz"])
+def test_dump_reader_formats_errors_and_resume(tmp_path: Path, suffix: str) -> None:
+    data = b"".join(_dump_lines())
+    path = tmp_path / f"release{suffix}"
+    if suffix == ".tar.xz":
+        with tarfile.open(path, "w:xz") as tar:
+            for name, payload in (("TIMESTAMP", b"2024-06-01"), ("mbdump/release", data)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    else:
+        opener = {"": open, ".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}[suffix]
+        with opener(path, "wb") as fh:
+            fh.write(data)
+    items = list(dumps.iter_dump(path))
+    assert [n for n, _ in items] == [1, 2, 4, 5, 6]  # the blank line 3 is skipped
+    kinds = [x.code if isinstance(x, dumps.DumpError) else dumps.entity_type(x)
+             for _, x in items]
+    assert kinds == ["release", "invalid_json", "recording", "not_an_object", "not_utf8"]
+    assert [n for n, _ in dumps.iter_dump(path, start_line=4)] == [4, 5, 6]
+
+
+def test_dump_reader_is_lazy() -> None:
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def readline(self, size: int | None = -1) -> bytes:
+            line = super().readline(size)
+            Counting.read_bytes += len(line)
+            return line
+
+    line = json.dumps({"id": "x", "title": "t" * 100, "length": None}).encode() + b"\n"
+    stream = Counting(line * 5000)
+    it = dumps.iter_lines(stream)
+    first = [next(it) for _ in range(3)]
+    assert [n for n, _ in first] == [1, 2, 3]
+    assert Counting.read_bytes == 3 * len(line)
+
+
+def test_resolve_dump_release_album_first_and_resume(settings: Settings, r: redis.Redis,
+                                                     tmp_path: Path) -> None:
+    path = tmp_path / "dump.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"".join(_dump_lines()))
+    resolver = make_resolver(settings, r)
+    out = list(resolver.resolve_dump(path))
+    assert [n for n, _ in out] == [1] * 5 + [2, 4, 5, 6]
+    assert all(res.ok for n, res in out if n == 1)
+    assert resolver.calls["musicbrainz"] == 0  # the dump entity has everything
+    assert resolver.calls["itunes"] == 3  # album search + lookup, then one song search
+    assert out[5][1].recording_id == "line:2" and out[5][1].error_code == "invalid_json"
+    assert out[6][1].recording_id == REC_A2 and out[6][1].ok
+    resumed = list(resolver.resolve_dump(path, start_line=4))
+    assert [n for n, _ in resumed] == [4, 5, 6]
