@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from previewvec.errors import PreviewvecError
@@ -77,13 +78,124 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.runs import Runs, new_run_id
     from producers.queue import enqueue_catalog
+    from producers.submit import record_unresolved_line, unwrap_resolution_lines
+
+    # `previewvec resolve` output is accepted too: {"job": {...}} lines are unwrapped,
+    # {"job": null} lines become failures of the run (with the resolver's error code).
+    run_id = new_run_id()
+    runs = Runs.from_url(settings.broker_url)
+    unresolved = 0
+
+    def on_unresolved(line_no: int, obj: dict) -> None:
+        nonlocal unresolved
+        unresolved += 1
+        record_unresolved_line(runs, run_id, line_no, obj)
 
     with open(args.catalog, "rb") as handle:
-        report = enqueue_catalog(handle, settings, queue=args.queue, force=args.force,
+        report = enqueue_catalog(unwrap_resolution_lines(handle, on_unresolved), settings,
+                                 queue=args.queue, force=args.force, run_id=run_id,
                                  source=os.path.basename(args.catalog))
     print(report.run_id)
-    print(f"queued {report.queued}, invalid lines {report.invalid}", file=sys.stderr)
+    extra = f", unresolved {unresolved}" if unresolved else ""
+    print(f"queued {report.queued}, invalid lines {report.invalid}{extra}", file=sys.stderr)
+    return 0
+
+
+def _resolve_input(args: argparse.Namespace) -> tuple[str, object]:
+    """The one input flag given to ``resolve`` / ``submit`` as ``(kind, value)``."""
+    if args.release:
+        return "release", args.release
+    if args.isrc:
+        return "isrcs", args.isrc
+    if args.query:
+        return "query", args.query
+    if args.new_releases:
+        return "new_releases", (args.since, args.until)
+    return "dump", args.dump
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.submit import build_resolver, iter_resolutions, resolution_line
+
+    kind, value = _resolve_input(args)
+    try:
+        resolver = build_resolver(settings)
+    except PreviewvecError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    resolved = unresolved = 0
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for item in iter_resolutions(resolver, kind, value):
+            res = item[1] if kind == "dump" else item
+            if res.job is None:
+                unresolved += 1
+            else:
+                resolved += 1
+            out.write(resolution_line(res) + "\n")
+        out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"resolved {resolved}, unresolved {unresolved}", file=sys.stderr)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    import redis
+
+    from producers.submit import (
+        build_resolver,
+        default_queue,
+        dump_cursor_name,
+        iter_resolutions,
+        reset_cursor,
+        resume_line,
+        submit,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    kind, value = _resolve_input(args)
+    queue = args.queue or default_queue(kind)
+    try:
+        resolver = build_resolver(settings)
+    except PreviewvecError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    cursor = start = None
+    if kind == "dump":
+        cursor = args.cursor or dump_cursor_name(str(value))
+        client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        if args.restart:
+            reset_cursor(client, cursor)
+        start = resume_line(client, cursor)
+        if start:
+            print(f"resuming dump at line {start} (cursor {cursor})", file=sys.stderr)
+    items = iter_resolutions(resolver, kind, value, start_line=start or 0)
+    report = submit(items, settings, queue=queue, force=args.force, cursor_name=cursor,
+                    meta={"input": kind, "source": str(value)[:200] if kind != "new_releases"
+                          else "new_releases"})
+    print(report.run_id)
+    print(f"resolved {report.resolved}, unresolved {report.unresolved}, "
+          f"skipped (stored) {report.skipped}, queued {report.queued}", file=sys.stderr)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.api_tokens:
+        print("PREVIEWVEC_API_TOKENS is not set: every request would be refused "
+              "(comma-separated bearer tokens)", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from producers.api import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=args.loglevel, proxy_headers=False)
     return 0
 
 
@@ -225,11 +337,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="enqueue a JSON Lines catalog of jobs; prints the run id",
                        description="Validate every line (bad lines are recorded as failures "
-                       "of the run with their line number) and enqueue the valid jobs.")
-    p.add_argument("catalog", help="JSON Lines file, one job per line")
+                       "of the run with their line number) and enqueue the valid jobs. "
+                       "`previewvec resolve` output is accepted too: {\"job\": {...}, ...} "
+                       "lines are unwrapped, {\"job\": null, ...} lines are recorded as "
+                       "failures with their error_code.")
+    p.add_argument("catalog", help="JSON Lines file, one job (or resolve result) per line")
     p.add_argument("--queue", choices=("batch", "ondemand"), default="batch")
     p.add_argument("--force", action="store_true", help="recompute even if a record exists")
     p.set_defaults(handler=cmd_enqueue)
+
+    for name, help_, description in (
+        ("resolve", "resolve MusicBrainz input to jobs (JSON Lines), without enqueueing",
+         "Resolve a release, ISRCs, a search query, new releases or a dump to preview "
+         "jobs. Writes one JSON line per recording: {\"job\": {...} | null, "
+         "\"recording_id\", \"match_score\", \"match_reason\", \"error_code\"}; "
+         "`previewvec enqueue` accepts this file as a catalog."),
+        ("submit", "resolve input and enqueue the jobs; prints the run id",
+         "Resolve, skip recordings already stored at the current feature version (unless "
+         "--force), record unresolvable ones as failures, and enqueue the rest with "
+         "backpressure (waits while the queue holds more than PREVIEWVEC_QUEUE_HIGH_WATER). "
+         "Dump runs are resumable: rerunning the same command continues after the last "
+         "published line."),
+    ):
+        p = sub.add_parser(name, help=help_, description=description)
+        group = p.add_mutually_exclusive_group(required=True)
+        group.add_argument("--release", metavar="MBID", help="a MusicBrainz release id")
+        group.add_argument("--isrc", nargs="+", metavar="ISRC", help="one or more ISRCs")
+        group.add_argument("--query", metavar="LUCENE", help="a MusicBrainz recording search")
+        group.add_argument("--new-releases", action="store_true",
+                           help="releases dated --since .. --until")
+        group.add_argument("--dump", metavar="FILE", help="a MusicBrainz JSON dump file")
+        p.add_argument("--since", type=_date, metavar="YYYY-MM-DD")
+        p.add_argument("--until", type=_date, metavar="YYYY-MM-DD")
+        if name == "resolve":
+            p.add_argument("--out", required=True, metavar="FILE", help="JSON Lines; - = stdout")
+            p.set_defaults(handler=cmd_resolve)
+        else:
+            p.add_argument("--queue", choices=("batch", "ondemand"), default=None,
+                           help="default: ondemand for --release/--isrc/--new-releases, "
+                           "batch for --query/--dump")
+            p.add_argument("--force", action="store_true",
+                           help="recompute even if a record exists")
+            p.add_argument("--cursor", metavar="NAME", default=None,
+                           help="dump runs: the resume cursor's name (default: from the "
+                           "dump's path)")
+            p.add_argument("--restart", action="store_true",
+                           help="dump runs: forget the cursor and start at line 0")
+            p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("api", help="serve the HTTP submission API (uvicorn)",
+                       description="POST /v1/jobs, GET /v1/runs/{id}, /v1/recordings/{id}, "
+                       "/v1/similar/{id}; bearer tokens from PREVIEWVEC_API_TOKENS; "
+                       "OpenAPI docs at /docs.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(handler=cmd_api)
 
     p = sub.add_parser("status", help="show a run's progress",
                        description="Queued/done/skipped/failed counts with a progress bar.")
@@ -277,9 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "new_releases", False) and args.since is None:
+        parser.error("--new-releases needs --since YYYY-MM-DD")
+    if getattr(args, "since", None) is not None and not getattr(args, "new_releases", False):
+        parser.error("--since/--until only go with --new-releases")
     try:
         settings = Settings.from_env()
     except ValueError as exc:

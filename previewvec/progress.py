@@ -11,15 +11,46 @@ from previewvec.settings import Settings
 BAR_WIDTH = 30
 
 
+RESOLUTION_COUNTERS = ("resolved", "unresolved", "skipped_existing")
+# Resolution states (run meta "resolution_state", written by producers.submit) in which more
+# jobs may still arrive: a run in one of them is not finished even with nothing queued.
+RESOLVING_STATES = ("pending", "running")
+
+
+def resolution_progress(status: RunStatus) -> dict[str, int | str] | None:
+    """The run's resolution counters and state, or None for a plain catalog run."""
+    meta = status.meta
+    if "resolution_state" not in meta and not any(k in meta for k in RESOLUTION_COUNTERS):
+        return None
+    out: dict[str, int | str] = {}
+    for name in RESOLUTION_COUNTERS:
+        try:
+            out[name] = int(meta.get(name, 0))
+        except ValueError:
+            out[name] = 0
+    out["state"] = meta.get("resolution_state", "")
+    return out
+
+
+def still_resolving(status: RunStatus) -> bool:
+    return status.meta.get("resolution_state") in RESOLVING_STATES
+
+
 def format_status(status: RunStatus, rate_per_s: float | None = None) -> str:
     c = status.counts
     total = max(status.total, 1)
     filled = round(BAR_WIDTH * status.finished / total)
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
     rate = f"  {rate_per_s:.1f}/s" if rate_per_s is not None else ""
-    return (f"{status.run_id} [{bar}] {status.finished}/{status.total}  "
+    line = (f"{status.run_id} [{bar}] {status.finished}/{status.total}  "
             f"queued {c['queued']}  done {c['done']}  skipped {c['skipped']}  "
             f"failed {c['failed']}{rate}")
+    res = resolution_progress(status)
+    if res is not None:
+        state = f" ({res['state']})" if res["state"] else ""
+        line += (f"  | resolution{state}: resolved {res['resolved']}  "
+                 f"unresolved {res['unresolved']}  skipped_existing {res['skipped_existing']}")
+    return line
 
 
 def watch_status(settings: Settings, run_id: str, *, watch: bool = False,
@@ -41,7 +72,7 @@ def watch_status(settings: Settings, run_id: str, *, watch: bool = False,
             print(line)
             return 0
         print("\r" + line, end="", flush=True)
-        if status.counts["queued"] == 0:
+        if status.counts["queued"] == 0 and not still_resolving(status):
             print()
             return 0
         time.sleep(interval_s)

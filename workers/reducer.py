@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 
 from previewvec.jobs import vector_id
 from previewvec.records import FeatureRecord, decode_record, record_key
-from previewvec.runs import PREFIX, Runs
+from previewvec.runs import PREFIX, READY_QUEUE, Runs
 from previewvec.settings import Settings
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 from workers.index import IndexItem, VectorIndex, open_index
@@ -29,6 +30,20 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = f"{PREFIX}:reducer:lock"
 LOCK_TTL_S = 120
+# The lock holds a random token. A reducer whose lock expired mid-batch (slow upsert, long
+# normaliser fit) must not trim the queue, whose head may already be another reducer's
+# batch, nor delete that reducer's lock: both only happen while the token is still ours.
+# KEYS: lock, ready queue. ARGV: token, entries to drop.
+_TRIM_IF_OWNER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('LTRIM', KEYS[2], ARGV[2], -1)
+return 1
+"""
+# KEYS: lock. ARGV: token.
+_RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 FIT_MAX_RECORDS = 20_000
 METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
                    "danceability", "onset_rate", "duration_s")
@@ -99,7 +114,8 @@ class Reducer:
     def reduce_once(self, batch_size: int | None = None) -> int:
         """Upsert up to one batch of ready records; returns how many entries were consumed."""
         size = min(batch_size or self.settings.reduce_batch_size, 5000)
-        if not self.runs.redis.set(LOCK_KEY, "1", nx=True, ex=LOCK_TTL_S):
+        token = secrets.token_hex(16)
+        if not self.runs.redis.set(LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
             return 0  # another reducer is working; its batch will be consumed by it
         try:
             keys = self.runs.peek_ready(size)
@@ -116,10 +132,14 @@ class Reducer:
             if records:
                 self.index.upsert(self.items_for(list(records.values())))
                 self.runs.mark_indexed(FEATURE_VERSION, records)
-            self.runs.drop_ready(len(keys))
+            if not self.runs.redis.eval(_TRIM_IF_OWNER, 2, LOCK_KEY, READY_QUEUE, token,
+                                        len(keys)):
+                log.warning("reducer lock expired during a batch; its entries stay queued "
+                            "(upserting them again is harmless)")
+                return 0
             return len(keys)
         finally:
-            self.runs.redis.delete(LOCK_KEY)
+            self.runs.redis.eval(_RELEASE_IF_OWNER, 1, LOCK_KEY, token)
 
     def drain(self, batch_size: int | None = None) -> int:
         """Reduce until the ready queue is empty; returns entries consumed."""
