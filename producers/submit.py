@@ -1,0 +1,404 @@
+"""Resolved recordings → jobs on the broker: skip what is stored, bound the queue, resume.
+
+:func:`submit` consumes :class:`~producers.resolve.Resolution` objects (or plain
+:class:`~previewvec.jobs.Job` objects, or ``(line_no, Resolution)`` pairs from a dump) and,
+for each one:
+
+- **unresolved** (``job is None``): recorded as a failure of the run under its
+  ``recording_id`` with the resolver's ``error_code`` and ``reason``; counted
+  ``unresolved``;
+- **already stored** (a record exists at the current ``FEATURE_VERSION``, and not
+  ``force``): marked ``skipped`` in the run without publishing (pushed to the reducer's
+  ready queue if it was never indexed, as a worker would); counted ``skipped_existing``;
+- otherwise buffered and **published in batches** through :func:`producers.queue.publish`.
+
+Resolution progress lives in the run's meta hash (``resolved``, ``unresolved``,
+``skipped_existing``, ``resolution_state``), next to the processing counters, so
+``previewvec status`` and ``GET /v1/runs/{id}`` show both.
+
+**Backpressure.** Before each batch is published the broker queue's depth is read
+(``LLEN`` of the kombu Redis list, plus its priority-suffixed siblings); while it is
+above ``settings.queue_high_water`` the producer sleeps and polls. The queue therefore
+never holds more than the mark plus one batch because of this producer.
+
+**Resumable dump runs.** With ``cursor_name``, the last dump line whose jobs were all
+published is written to ``pv:cursor:<name>`` after every batch (and the run id to
+``pv:cursor:<name>:run``). One dump line (a release) can yield many resolutions, so
+batches are cut at line boundaries only and the cursor never names a half-done line. A
+restarted run resolves from ``cursor + 1`` (:func:`resume_line`) into the same run. When
+the input breaks off with an exception, the complete lines are published and the cursor
+moved before the error surfaces; on a hard stop the unpublished tail is simply redone.
+Publishing is *at-least-once*: a crash between publishing a batch and moving the cursor
+republishes that one batch on restart. That is harmless: run state is per recording (the
+queued/done/failed counters do not double), a worker skips a recording whose record is
+already stored, and this function skips it before publishing. Only the resolution
+counters in the run meta (``resolved`` …) may count the redone lines twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from previewvec.jobs import Job
+from previewvec.runs import PREFIX, Runs, new_run_id
+from previewvec.settings import Settings
+from producers.queue import PUBLISH_CHUNK, QUEUES, publish
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps one list per queue and priority step: the queue name for
+# priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+BACKPRESSURE_POLL_S = 1.0
+# A dump cursor moves at least this often (in input items) even when nothing is published,
+# e.g. through a long stretch of already-stored recordings.
+CURSOR_EVERY_ITEMS = 5_000
+# Inputs that a person asked for go to the fast lane; bulk inputs to the batch queue.
+DEFAULT_QUEUES = {
+    "release": "ondemand",
+    "isrcs": "ondemand",
+    "new_releases": "ondemand",
+    "jobs": "ondemand",
+    "query": "batch",
+    "dump": "batch",
+}
+
+
+class ResolutionLike(Protocol):
+    recording_id: str
+    job: Job | None
+    score: float
+    reason: str
+    error_code: str | None
+
+
+@dataclass
+class SubmitReport:
+    run_id: str
+    resolved: int = 0
+    unresolved: int = 0
+    skipped: int = 0  # already stored at the current feature version
+    queued: int = 0
+    cursor: int | None = None  # last dump line fully published (dump runs)
+    waited_s: float = 0.0  # time spent waiting on backpressure
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def meta_key(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}:meta"
+
+
+def cursor_key(name: str) -> str:
+    return f"{PREFIX}:cursor:{name}"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for ``queue`` (one per priority step)."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
+            for step in KOMBU_PRIORITY_STEPS]
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in ``queue`` (not counting ones a worker has already taken)."""
+    pipe = client.pipeline(transaction=False)
+    for key in queue_keys(queue):
+        pipe.llen(key)
+    return int(sum(pipe.execute()))
+
+
+def read_cursor(client: redis.Redis, name: str) -> int | None:
+    raw = client.get(cursor_key(name))
+    return None if raw is None else int(raw)
+
+
+def resume_line(client: redis.Redis, name: str) -> int:
+    """The first dump line still to do: the stored cursor + 1, or 0 for a new cursor."""
+    cursor = read_cursor(client, name)
+    return 0 if cursor is None else cursor + 1
+
+
+def cursor_run(client: redis.Redis, name: str) -> str | None:
+    """The run a cursor belongs to (so a resumed dump keeps counting in the same run)."""
+    raw = client.get(cursor_key(name) + ":run")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    return None if raw is None else str(raw)
+
+
+def reset_cursor(client: redis.Redis, name: str) -> None:
+    client.delete(cursor_key(name), cursor_key(name) + ":run")
+
+
+def default_queue(kind: str) -> str:
+    return DEFAULT_QUEUES.get(kind, "batch")
+
+
+def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
+                  poll_s: float = BACKPRESSURE_POLL_S,
+                  sleep: Callable[[float], None] = time.sleep) -> float:
+    """Block while ``queue`` holds more than ``high_water`` messages; returns seconds waited."""
+    started = time.monotonic()
+    depth = queue_depth(client, queue)
+    logged = False
+    while depth > high_water:
+        if not logged:
+            log.info("queue %s holds %d > %d messages: waiting for workers", queue, depth,
+                     high_water)
+            logged = True
+        sleep(poll_s)
+        depth = queue_depth(client, queue)
+    waited = time.monotonic() - started
+    if logged:
+        log.info("queue %s down to %d after %.1f s: publishing", queue, depth, waited)
+    return waited
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def _split(item: Any) -> tuple[int | None, Any]:
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
+        return item[0], item[1]
+    return None, item
+
+
+def _previous_complete(line: int, cursor: int | None) -> int | None:
+    """The cursor for "every line before ``line`` is done" (never moving it backwards)."""
+    if line == 0:
+        return cursor
+    return line - 1 if cursor is None else max(cursor, line - 1)
+
+
+def _open_store(settings: Settings):
+    from workers.store import open_store
+
+    return open_store(settings.store, settings)
+
+
+def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLike]],
+           settings: Settings, *, queue: str, force: bool = False, run_id: str | None = None,
+           cursor_name: str | None = None, runs: Runs | None = None, store: Any = None,
+           batch_size: int = PUBLISH_CHUNK, poll_s: float = BACKPRESSURE_POLL_S,
+           meta: dict[str, str | int] | None = None) -> SubmitReport:
+    """Record, skip or publish every resolution (see the module docstring); returns counts.
+
+    ``run_id`` names an existing or new run (default: the cursor's run when resuming a
+    dump, else a new id). ``cursor_name`` enables the resumable dump cursor; pass items as
+    ``(line_no, resolution)`` pairs then. The store is only opened when ``force`` is false.
+    """
+    if queue not in QUEUES:
+        raise ValueError(f"queue must be one of {QUEUES}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    runs = runs or Runs.from_url(settings.broker_url)
+    client = runs.redis
+    if run_id is None and cursor_name is not None:
+        run_id = cursor_run(client, cursor_name)
+    run_id = run_id or new_run_id()
+    fields: dict[str, str | int] = {"queue": queue, "resolution_state": "running",
+                                    **(meta or {})}
+    if cursor_name is not None:
+        fields["cursor"] = cursor_name
+    if runs.exists(run_id):
+        client.hset(meta_key(run_id), mapping=fields)
+        client.hdel(meta_key(run_id), "resolution_error")
+    else:
+        runs.create(run_id, **fields)
+    if cursor_name is not None:
+        client.set(cursor_key(cursor_name) + ":run", run_id)
+
+    if store is None and not force:
+        store = _open_store(settings)
+    from previewvec.records import record_key
+    from workers.features.layout import FEATURE_VERSION
+
+    report = SubmitReport(run_id, cursor=read_cursor(client, cursor_name)
+                          if cursor_name is not None else None)
+    pending: list[Job] = []
+    # Dump items come as (line_no, resolution); one line (a release) may yield many. A line
+    # is complete once an item of a later line arrives (or the input ends), so batches are
+    # cut at line boundaries and the cursor only ever names complete lines.
+    line: int | None = None  # the line of the latest item
+    line_start = 0  # index in `pending` where that line's jobs begin
+    since_flush = 0
+
+    def flush(upto: int, cursor: int | None) -> None:
+        """Publish pending[:upto]; then move the cursor to ``cursor`` (a complete line)."""
+        nonlocal pending, since_flush, line_start
+        if upto:
+            report.waited_s += wait_for_room(client, queue, settings.queue_high_water,
+                                             poll_s=poll_s)
+            published = publish(pending[:upto], runs, settings, run_id=run_id, queue=queue,
+                                 force=force)
+            report.queued += published.queued
+            pending = pending[upto:]
+            line_start = max(0, line_start - upto)
+        if cursor_name is not None and cursor is not None and cursor != report.cursor:
+            client.set(cursor_key(cursor_name), cursor)
+            report.cursor = cursor
+        since_flush = 0
+
+    def due() -> bool:
+        return len(pending) >= batch_size or since_flush >= CURSOR_EVERY_ITEMS
+
+    def count(name: str) -> None:
+        client.hincrby(meta_key(run_id), name, 1)
+
+    try:
+        for n, item in enumerate(resolutions):
+            line_no, res = _split(item)
+            if line_no is not None and line_no != line:
+                if line is not None and due():  # `line` is complete: a safe place to cut
+                    flush(len(pending), line)
+                line, line_start = line_no, len(pending)
+            job = res if isinstance(res, Job) else res.job
+            if job is None:
+                report.unresolved += 1
+                fallback = f"line:{line_no}" if line_no is not None else f"unresolved:{n}"
+                recording_id = str(getattr(res, "recording_id", "") or fallback)
+                runs.fail(run_id, recording_id[:200],
+                          getattr(res, "error_code", None) or "no_confident_match",
+                          getattr(res, "reason", "") or "not resolvable")
+                count("unresolved")
+            else:
+                report.resolved += 1
+                count("resolved")
+                key = record_key(FEATURE_VERSION, job.recording_id)
+                if not force and store.exists(key):
+                    report.skipped += 1
+                    runs.succeed(run_id, job.recording_id, "skipped")
+                    if not runs.is_indexed(FEATURE_VERSION, job.recording_id):
+                        runs.push_ready(key)
+                    count("skipped_existing")
+                else:
+                    pending.append(job)
+            since_flush += 1
+            if line_no is None and due():
+                flush(len(pending), None)
+        flush(len(pending), line)  # the input ended: its last line is complete too
+    except Exception as exc:
+        # The input broke off (e.g. upstream failure): publish what was resolved except the
+        # line in progress (it may be incomplete; a resumed run redoes it), move the cursor
+        # to the last complete line, then let the error surface. Best effort: Redis may be
+        # the cause.
+        try:
+            if line is None:
+                flush(len(pending), None)
+            else:
+                flush(line_start, _previous_complete(line, report.cursor))
+        except Exception:
+            log.exception("could not publish the last batch after an error")
+        client.hset(meta_key(run_id), mapping={
+            "resolution_state": "failed",
+            "resolution_error": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
+    client.hset(meta_key(run_id), "resolution_state", "finished")
+    return report
+
+
+# --------------------------------------------------------------------------- resolve output
+
+
+def resolution_line(res: ResolutionLike) -> str:
+    """One line of ``previewvec resolve`` output (also accepted by ``previewvec enqueue``)."""
+    return json.dumps({
+        "job": res.job.to_dict() if res.job is not None else None,
+        "recording_id": res.recording_id,
+        "match_score": round(float(res.score), 4),
+        "match_reason": res.reason,
+        "error_code": res.error_code,
+    }, ensure_ascii=False, separators=(",", ":"))
+
+
+def unwrap_resolution_lines(
+        lines: Iterable[str | bytes],
+        on_unresolved: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Iterator[str | bytes]:
+    """Turn ``previewvec resolve`` output lines into plain catalog lines.
+
+    A line that is a JSON object with a ``"job"`` key is unwrapped to that job; the job
+    schema refuses unknown fields, so a plain job line never has one and the two formats
+    cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
+    numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
+    line passes through untouched for :func:`previewvec.jobs.parse_catalog` to judge.
+    """
+    for line_no, raw in enumerate(lines, start=1):
+        marker = b'"job"' if isinstance(raw, bytes) else '"job"'
+        if marker not in raw:  # type: ignore[operator]
+            yield raw
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):  # also bad UTF-8: parse_catalog reports it
+            yield raw
+            continue
+        if not isinstance(obj, dict) or "job" not in obj:
+            yield raw
+            continue
+        if obj["job"] is None:
+            if on_unresolved is not None:
+                on_unresolved(line_no, obj)
+            yield ""
+            continue
+        yield json.dumps(obj["job"], ensure_ascii=False)
+
+
+def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str, Any]) -> None:
+    """Record a ``"job": null`` resolve-output line as a failure of the run."""
+    rid = obj.get("recording_id")
+    recording_id = rid[:200] if isinstance(rid, str) and rid else f"line:{line_no}"
+    code = obj.get("error_code")
+    reason = obj.get("match_reason")
+    runs.fail(run_id, recording_id, code if isinstance(code, str) and code else
+              "no_confident_match", reason if isinstance(reason, str) else "not resolvable")
+    runs.redis.hincrby(meta_key(run_id), "unresolved", 1)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+INPUT_KINDS = ("release", "isrcs", "query", "new_releases", "dump")
+
+
+def build_resolver(settings: Settings) -> Any:
+    from producers.resolve import Resolver  # lazy: network clients only when resolving
+
+    return Resolver.build(settings)
+
+
+def iter_resolutions(resolver: Any, kind: str, value: Any, *,
+                     start_line: int = 0) -> Iterator[Any]:
+    """Dispatch one input to the resolver. ``value`` per kind: release → MBID, isrcs → list,
+    query → Lucene string, new_releases → ``(since, until | None)`` dates, dump → path (the
+    items are then ``(line_no, Resolution)`` pairs, from ``start_line``)."""
+    if kind == "release":
+        return resolver.resolve_release(value)
+    if kind == "isrcs":
+        return resolver.resolve_isrcs(list(value))
+    if kind == "query":
+        return resolver.resolve_query(value)
+    if kind == "new_releases":
+        since, until = value
+        return resolver.resolve_new_releases(since, until)
+    if kind == "dump":
+        return resolver.resolve_dump(value, start_line=start_line)
+    raise ValueError(f"unknown input kind {kind!r}; known: {INPUT_KINDS}")
+
+
+def dump_cursor_name(path: str) -> str:
+    """Default cursor name for a dump: its file name plus a hash of its absolute path."""
+    absolute = os.path.abspath(path)
+    digest = hashlib.sha1(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{os.path.basename(absolute)}-{digest}"

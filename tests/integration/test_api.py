@@ -1,0 +1,388 @@
+"""The HTTP API (producers.api) through FastAPI's TestClient, against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from previewvec.jobs import JOB_FIELDS, Job
+from previewvec.localredis import LocalRedis, free_port
+from previewvec.records import FeatureRecord, encode_record, make_provenance
+from previewvec.runs import Runs
+from previewvec.settings import Settings
+from producers.api import create_app
+from workers.features.layout import VECTOR_DIM
+from workers.store import open_store
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 20_000
+RELEASE = "6f7c1a52-3b4e-4c0e-9a57-2f7d3c1e9b10"
+
+
+@dataclass(frozen=True)
+class FakeResolution:
+    recording_id: str
+    job: Job | None
+    score: float
+    reason: str
+    error_code: str | None
+
+
+class FakeResolver:
+    """Resolves every input to three recordings, the last one unresolvable."""
+
+    def _three(self, tag: str) -> Iterator[FakeResolution]:
+        for i in range(3):
+            rid = f"{tag}-{i}"
+            if i == 2:
+                yield FakeResolution(rid, None, 0.2, "title=0.20", "no_confident_match")
+            else:
+                job = Job(recording_id=rid, preview_url=f"https://p.scdn.co/{rid}")
+                yield FakeResolution(rid, job, 0.99, "title=1.00", None)
+
+    def resolve_release(self, mbid: str):
+        return self._three("rel")
+
+    def resolve_isrcs(self, isrcs: list[str]):
+        return self._three("isrc")
+
+    def resolve_query(self, lucene: str):
+        return self._three("q")
+
+    def resolve_new_releases(self, since, until=None):
+        return self._three("new")
+
+
+class BrokenResolver(FakeResolver):
+    def resolve_release(self, mbid: str):
+        raise ConnectionError("musicbrainz unreachable")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("api")
+    return Settings(broker_url=redis_url, store=str(root / "store"), index=str(root / "index"),
+                    api_tokens=(TOKEN, "another-token"), api_max_body_bytes=MAX_BODY)
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings):
+    return create_app(settings, resolver_factory=lambda s: FakeResolver())
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Iterator[TestClient]:
+    # raise_server_exceptions: any unhandled error fails the test outright.
+    with TestClient(app, raise_server_exceptions=True) as c:
+        yield c
+    app.state.background.join()
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def post(client: TestClient, body: bytes | str, headers: dict | None = None):
+    return client.post("/v1/jobs", content=body,
+                       headers={"Content-Type": "application/json", **AUTH, **(headers or {})})
+
+
+def wait_run(client: TestClient, app, run_id: str) -> dict:
+    app.state.background.join()
+    resp = client.get(f"/v1/runs/{run_id}", headers=AUTH)
+    assert resp.status_code == 200
+    return resp.json()
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def test_healthz_and_docs(client: TestClient, settings: Settings) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "redis": "ok"}
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/jobs", "/v1/runs/{run_id}", "/v1/recordings/{recording_id}",
+            "/v1/similar/{recording_id}", "/healthz"} <= set(spec["paths"])
+    down = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens=(TOKEN,))
+    with TestClient(create_app(down)) as c:
+        assert c.get("/healthz").status_code == 503
+        # A dead broker is a 503 for the client, not a 500.
+        assert c.get("/v1/runs/x", headers=AUTH).status_code == 503
+
+
+# --------------------------------------------------------------------------- auth, limits
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+    {"Authorization": TOKEN}, {"Authorization": "Bearer "},
+    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer \u00e9\u00e9".encode()},
+])
+def test_auth_required(client: TestClient, headers: dict) -> None:
+    for method, path in (("post", "/v1/jobs"), ("get", "/v1/runs/x"),
+                         ("get", "/v1/recordings/x"), ("get", "/v1/similar/x")):
+        resp = client.request(method, path, headers=headers, content=b'{"release": "x"}')
+        assert resp.status_code == 401, (method, path)
+        assert resp.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in resp.text
+
+
+def test_second_token_works(client: TestClient) -> None:
+    resp = client.get("/v1/runs/nope", headers={"Authorization": "Bearer another-token"})
+    assert resp.status_code == 404
+
+
+def test_body_limit(client: TestClient) -> None:
+    big = json.dumps({"query": "a" * MAX_BODY})
+    assert post(client, big).status_code == 413  # declared Content-Length
+
+    def chunks():  # no Content-Length: counted while streaming
+        for _ in range(30):
+            yield b"x" * 1000
+
+    resp = client.post("/v1/jobs", content=chunks(), headers=AUTH)
+    assert resp.status_code == 413
+    assert post(client, b"{}", {"Content-Length": "abc"}).status_code == 400
+
+
+# --------------------------------------------------------------------------- input
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"", 400), (b"{", 400), (b"\xff\xfe", 400), (b"[" * 15_000, 400), (b"1" * 5000, 400),
+    (b"NaN", 422), (b"[]", 422), (b'"x"', 422), (b"{}", 422),
+    (b'{"release": "not-a-uuid"}', 422), (b'{"isrcs": []}', 422), (b'{"isrcs": ["nope"]}', 422),
+    (b'{"query": ""}', 422), (b'{"query": "\\ud800"}', 422), (b'{"query": 5}', 422),
+    (b'{"new_releases": {"since": "2024-13-01"}}', 422),
+    (b'{"new_releases": {"since": "20240101"}}', 422),
+    (b'{"new_releases": {"since": "2024-02-01", "until": "2024-01-01"}}', 422),
+    (b'{"new_releases": {"until": "2024-01-01"}}', 422),
+    (b'{"jobs": []}', 422), (b'{"jobs": {}}', 422), (b'{"jobs": [null]}', 422),
+    (b'{"release": "6f7c1a52-3b4e-4c0e-9a57-2f7d3c1e9b10", "query": "x"}', 422),
+    (b'{"query": "x", "queue": "fast"}', 422), (b'{"query": "x", "force": "yes"}', 422),
+    (b'{"query": "x", "\\ud800": 1}', 422),
+    (b'{"jobs": [{"recording_id": "\\ud800", "preview_url": "https://p.scdn.co/x"}]}', 422),
+])
+def test_malformed_input(client: TestClient, body: bytes, status: int) -> None:
+    resp = post(client, body)
+    assert resp.status_code == status, resp.text
+    assert "detail" in resp.json()
+
+
+def test_invalid_job_field_errors(client: TestClient) -> None:
+    jobs = [{"recording_id": "a", "preview_url": "https://p.scdn.co/a"},
+            {"recording_id": "b"},
+            {"recording_id": "c", "preview_url": "ftp://x/c"},
+            {"recording_id": "d", "preview_url": "https://p.scdn.co/d", "colour": "red"}]
+    resp = post(client, json.dumps({"jobs": jobs}))
+    assert resp.status_code == 422
+    locs = [e["loc"] for e in resp.json()["detail"]]
+    assert locs == [["body", "jobs", 1, "preview_url"], ["body", "jobs", 2, "preview_url"],
+                    ["body", "jobs", 3, "colour"]]
+    assert all(e["type"] == "invalid_job" for e in resp.json()["detail"])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_jobs_are_accepted_and_published(client: TestClient, app, r: redis.Redis) -> None:
+    jobs = [{"recording_id": f"api-job-{i}", "preview_url": f"https://p.scdn.co/{i}",
+             "isrc": "us-rc1-76-07839"} for i in range(5)]
+    resp = post(client, json.dumps({"jobs": jobs}))
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["accepted"] == 5 and out["queue"] == "ondemand"
+    run_id = out["run_id"]
+    assert client.get(out["status_url"], headers=AUTH).status_code == 200  # visible at once
+    run = wait_run(client, app, run_id)
+    assert run["counts"]["queued"] == 5 and run["submitted"] == 5
+    assert run["resolution"]["state"] == "finished" and run["resolution"]["resolved"] == 5
+    queued = [json.loads(m) for m in r.lrange("ondemand", 0, -1)]
+    assert sum(run_id in json.dumps(m) for m in queued) == 5
+
+
+def test_resolved_inputs_run_in_background(client: TestClient, app) -> None:
+    for body in ({"release": RELEASE}, {"isrcs": ["USRC17607839"]},
+                 {"query": 'artist:"Nina Simone"', "force": True},
+                 {"new_releases": {"since": "2024-01-01", "until": None}}):
+        resp = post(client, json.dumps(body))
+        assert resp.status_code == 202, resp.text
+        expected_queue = "batch" if "query" in body else "ondemand"
+        assert resp.json()["queue"] == expected_queue
+        run = wait_run(client, app, resp.json()["run_id"])
+        assert run["resolution"] == {"resolved": 2, "unresolved": 1, "skipped_existing": 0,
+                                     "state": "finished"}
+        assert run["counts"]["queued"] == 2 and run["counts"]["failed"] == 1
+        (failure,) = run["failures"]
+        assert failure["code"] == "no_confident_match" and failure["message"] == "title=0.20"
+
+
+def test_resolver_failure_is_reported(settings: Settings) -> None:
+    app = create_app(settings, resolver_factory=lambda s: BrokenResolver())
+    with TestClient(app) as c:
+        resp = post(c, json.dumps({"release": RELEASE}))
+        assert resp.status_code == 202
+        run = wait_run(c, app, resp.json()["run_id"])
+    assert run["resolution"]["state"] == "failed"
+    assert "musicbrainz unreachable" in run["resolution"]["error"]
+
+
+def test_unconfigured_resolution_is_503(settings: Settings) -> None:
+    from previewvec.errors import PreviewvecError
+
+    class Unconfigured(PreviewvecError):
+        code = "mb_contact_missing"
+
+    def factory(_: Settings):
+        raise Unconfigured("PREVIEWVEC_MB_CONTACT is empty")
+
+    with TestClient(create_app(settings, resolver_factory=factory)) as c:
+        resp = post(c, json.dumps({"query": "x"}))
+        assert resp.status_code == 503 and "mb_contact_missing" in resp.json()["detail"]
+        assert post(c, json.dumps({"jobs": [{"recording_id": "u1",  # needs no resolver
+                                             "preview_url": "https://p.scdn.co/u"}]})
+                    ).status_code == 202
+
+
+def test_run_failures_paginate(client: TestClient, redis_url: str) -> None:
+    runs = Runs.from_url(redis_url)
+    runs.create("paged-run", queue="batch")
+    for i in range(250):
+        runs.fail("paged-run", f"rec-{i}", "fetch_failed", "boom")
+    seen: list[str] = []
+    cursor = 0
+    for _ in range(100):
+        page = client.get("/v1/runs/paged-run", params={"cursor": cursor, "limit": 100},
+                          headers=AUTH).json()
+        seen += [f["recording_id"] for f in page["failures"]]
+        cursor = page["failures_next"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(f"rec-{i}" for i in range(250))
+    assert client.get("/v1/runs/paged-run", params={"limit": 0},
+                      headers=AUTH).status_code == 422
+    assert client.get("/v1/runs/no-such-run", headers=AUTH).status_code == 404
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_recordings(client: TestClient, settings: Settings) -> None:
+    assert client.get("/v1/recordings/absent", headers=AUTH).status_code == 404
+    assert client.get("/v1/recordings/..", headers=AUTH).status_code == 404
+    assert client.get("/v1/recordings/" + "x" * 100, headers=AUTH).status_code == 404
+    record = FeatureRecord(
+        recording_id="stored-1", vector=[0.5] * VECTOR_DIM,
+        descriptors={"tempo_bpm": 120.0, "key": "A", "mode": "minor"},
+        provenance=make_provenance(preview_url="https://p.scdn.co/1", audio_sha256="ab" * 32,
+                                   source="spotify", run_id="r1", decoder="test"))
+    open_store(settings.store).put(record.key, encode_record(record))
+    got = client.get("/v1/recordings/stored-1", headers=AUTH).json()
+    assert got["descriptors"]["tempo_bpm"] == 120.0
+    assert got["provenance"]["preview_url"] == "https://p.scdn.co/1"
+    assert "vector" not in got
+    with_vector = client.get("/v1/recordings/stored-1?vector=true", headers=AUTH).json()
+    assert len(with_vector["vector"]) == VECTOR_DIM
+
+
+@pytest.mark.parametrize("query", ["k=0", "k=101", "k=x", "mode=dorian", "key=H",
+                                   "tempo_min=nan", "tempo_max=-5", "tempo_min=inf"])
+def test_similar_bad_query(client: TestClient, query: str) -> None:
+    assert client.get(f"/v1/similar/absent?{query}", headers=AUTH).status_code == 422
+
+
+def test_similar(client: TestClient, settings: Settings) -> None:
+    resp = client.get("/v1/similar/absent?k=5&key=F%23&mode=minor&tempo_min=90",
+                      headers=AUTH)
+    assert resp.status_code == 404
+    from workers.reducer import Reducer
+
+    rng = random.Random(7)
+    store = open_store(settings.store)
+    for i, key in enumerate(("A", "A", "C", "A")):
+        record = FeatureRecord(
+            recording_id=f"sim-{i}", vector=[rng.random() for _ in range(VECTOR_DIM)],
+            descriptors={"tempo_bpm": 100.0 + i, "key": key, "mode": "minor"},
+            provenance=make_provenance(preview_url="https://p.scdn.co/s", audio_sha256="cd" * 32,
+                                       source="spotify", run_id="r1", decoder="test"))
+        store.put(record.key, encode_record(record))
+    Reducer.build(settings).reindex(refit=True)
+    resp = client.get("/v1/similar/sim-0?k=5&key=A&tempo_min=100&tempo_max=110", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    ids = [m["recording_id"] for m in resp.json()["matches"]]
+    assert sorted(ids) == ["sim-1", "sim-3"]  # itself and the C-key track are left out
+    assert all(m["descriptors"]["key"] == "A" for m in resp.json()["matches"])
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+            | st.text(max_size=20))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_keys = st.sampled_from(["release", "isrcs", "query", "new_releases", "jobs", "queue",
+                         "force", "since", "until"]) | st.text(max_size=6)
+_job = st.dictionaries(st.sampled_from([*JOB_FIELDS, "extra"]),
+                       _json | st.sampled_from(["https://p.scdn.co/x", "USRC17607839", "a"]),
+                       max_size=6)
+_bodies = st.one_of(
+    st.binary(max_size=200),
+    _json.map(json.dumps),
+    st.dictionaries(_keys, _json, max_size=4).map(json.dumps),
+    st.fixed_dictionaries({"jobs": st.lists(_job, max_size=4)}).map(json.dumps),
+    st.fixed_dictionaries({"new_releases": st.dictionaries(_keys, _json | st.dates().map(str),
+                                                           max_size=3)}).map(json.dumps),
+    st.fixed_dictionaries({"isrcs": st.lists(st.text(max_size=14), max_size=3),
+                           "queue": st.sampled_from(["ondemand", "batch", "x"])}).map(json.dumps),
+)
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(body=_bodies)
+def test_fuzz_never_500(client: TestClient, body: bytes | str) -> None:
+    resp = post(client, body)
+    assert resp.status_code in (202, 400, 413, 422), (resp.status_code, resp.text)
+    resp.json()  # always a JSON answer
+
+
+@hsettings(max_examples=150, deadline=None, derandomize=True,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ident=st.text(min_size=1, max_size=80),
+       endpoint=st.sampled_from(["runs", "recordings", "similar"]),
+       query=st.dictionaries(st.sampled_from(["k", "cursor", "limit", "vector", "tempo_min",
+                                              "key", "mode", "x"]),
+                             st.text(max_size=8), max_size=3))
+def test_fuzz_get_never_500(client: TestClient, ident: str, endpoint: str,
+                            query: dict[str, str]) -> None:
+    path = f"/v1/{endpoint}/" + urllib.parse.quote(ident, safe="")
+    resp = client.get(path, params=query, headers=AUTH)
+    assert resp.status_code in (200, 404, 422), (resp.status_code, resp.text)
+    resp.json()
+
+
+def test_settle(app) -> None:
+    """Let background submissions from the tests above finish before Redis goes away."""
+    app.state.background.join()
+
+
+def test_tokens_never_in_openapi(client: TestClient) -> None:
+    assert TOKEN not in client.get("/openapi.json").text

@@ -1,0 +1,334 @@
+"""producers.submit against a real Redis: skipping, backpressure, the resumable dump cursor."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from previewvec.jobs import Job
+from previewvec.localredis import LocalRedis
+from previewvec.records import record_key
+from previewvec.runs import Runs
+from previewvec.settings import Settings
+from producers import submit as submit_mod
+from producers.submit import (
+    queue_depth,
+    queue_keys,
+    read_cursor,
+    resume_line,
+    submit,
+    unwrap_resolution_lines,
+)
+from workers.features.layout import FEATURE_VERSION
+from workers.store import open_store
+
+
+@dataclass(frozen=True)
+class FakeResolution:
+    """Same shape as producers.resolve.Resolution."""
+
+    recording_id: str
+    job: Job | None
+    score: float
+    reason: str
+    error_code: str | None
+
+
+def rid(i: int) -> str:
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+def resolution(i: int) -> FakeResolution:
+    """Every 7th recording is unresolvable; the others get a job."""
+    if i % 7 == 3:
+        return FakeResolution(rid(i), None, 0.4, "title=0.40", "no_confident_match")
+    job = Job(recording_id=rid(i), preview_url=f"https://audio-ssl.itunes.apple.com/{i}.m4a",
+              source="itunes")
+    return FakeResolution(rid(i), job, 0.98, "title=1.00 artist=0.95", None)
+
+
+def tracks(line: int) -> list[int]:
+    """Recording numbers a dump line resolves to: every 4th line is a 3-track release."""
+    return [line * 10 + k for k in range(3 if line % 4 == 0 else 1)]
+
+
+class FakeResolver:
+    """A dump of ``n`` lines; optionally breaks off after ``fail_after`` resolutions (which
+    may be in the middle of a release's tracks)."""
+
+    def __init__(self, n: int, *, fail_after: int | None = None,
+                 error: type[BaseException] = RuntimeError) -> None:
+        self.n = n
+        self.fail_after = fail_after
+        self.error = error
+        self.calls: list[int] = []
+
+    def resolve_dump(self, path: str, start_line: int = 0) -> Iterator[tuple[int, FakeResolution]]:
+        self.calls.append(start_line)
+        count = 0
+        for line in range(start_line, self.n):
+            for i in tracks(line):
+                if self.fail_after is not None and count >= self.fail_after:
+                    raise self.error("upstream went away")
+                count += 1
+                yield line, resolution(i)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    settings = Settings(broker_url=redis_url, store=str(tmp_path / "store"),
+                        queue_high_water=100_000)
+    yield settings, Runs.from_url(redis_url), client
+    client.close()
+
+
+def decode_message(raw: str) -> dict:
+    """The job dict inside one kombu/Celery (protocol 2) message on a Redis list."""
+    envelope = json.loads(raw)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    args = body[0]
+    return args[0]
+
+
+def drain_all(client: redis.Redis, queue: str) -> list[dict]:
+    out = []
+    for key in queue_keys(queue):
+        out += [decode_message(m) for m in client.lrange(key, 0, -1)]
+    return out
+
+
+def test_unresolved_skipped_and_published(env) -> None:
+    settings, runs, client = env
+    store = open_store(settings.store)
+    for i in (1, 2):  # already analysed at the current feature version
+        store.put(record_key(FEATURE_VERSION, rid(i)), b"{}")
+    report = submit([resolution(i) for i in range(10)], settings, queue="ondemand")
+    # 10 inputs: 3 is unresolvable; 1 and 2 are stored.
+    assert (report.resolved, report.unresolved, report.skipped, report.queued) == (9, 1, 2, 7)
+    published = drain_all(client, "ondemand")
+    assert sorted(m["recording_id"] for m in published) == sorted(
+        rid(i) for i in range(10) if i not in (1, 2, 3))
+    assert all(m["run_id"] == report.run_id for m in published)
+    status = runs.status(report.run_id)
+    assert status.counts == {"queued": 7, "done": 0, "skipped": 2, "failed": 1}
+    assert status.meta["resolved"] == "9" and status.meta["unresolved"] == "1"
+    assert status.meta["skipped_existing"] == "2"
+    assert status.meta["resolution_state"] == "finished"
+    failures = dict(runs.failures(report.run_id))
+    assert failures[rid(3)]["code"] == "no_confident_match"
+    assert failures[rid(3)]["message"] == "title=0.40"
+    # Stored but never indexed: handed to the reducer, as a worker would.
+    assert set(runs.peek_ready(10)) == {record_key(FEATURE_VERSION, rid(i)) for i in (1, 2)}
+
+    from previewvec.progress import format_status
+
+    line = format_status(status)
+    assert "resolved 9" in line and "unresolved 1" in line and "skipped_existing 2" in line
+
+    # --force publishes the stored ones too.
+    forced = submit([resolution(i) for i in (1, 2)], settings, queue="batch", force=True)
+    assert (forced.skipped, forced.queued) == (0, 2)
+    assert all(m["force"] for m in drain_all(client, "batch"))
+
+
+def test_backpressure_keeps_queue_under_high_water(env) -> None:
+    settings, _, _ = env
+    high_water, batch = 60, 25
+    settings = replace(settings, queue_high_water=high_water)
+    n = 600
+    stop = threading.Event()
+    consumed: list[str] = []
+    max_depth = 0
+
+    def monitor() -> None:
+        nonlocal max_depth
+        mon = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        while not stop.is_set():
+            max_depth = max(max_depth, queue_depth(mon, "batch"))
+
+    def consumer() -> None:
+        con = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        while not stop.is_set():
+            raw = con.lpop("batch")
+            if raw is None:
+                time.sleep(0.002)
+                continue
+            consumed.append(decode_message(raw)["recording_id"])
+            time.sleep(0.0005)  # workers are slower than the producer
+
+    threads = [threading.Thread(target=monitor), threading.Thread(target=consumer)]
+    for t in threads:
+        t.start()
+    try:
+        jobs = (Job(recording_id=rid(i), preview_url=f"https://p.scdn.co/{i}")
+                for i in range(n))
+        report = submit(jobs, settings, queue="batch", batch_size=batch, poll_s=0.005,
+                        force=True)
+        deadline = time.monotonic() + 20
+        while len(consumed) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert report.queued == n
+    assert sorted(consumed) == sorted(rid(i) for i in range(n))
+    assert report.waited_s > 0, "the producer never had to wait: the test proves nothing"
+    assert 0 < max_depth <= high_water + batch
+
+
+class HardStop(BaseException):
+    """Like KeyboardInterrupt or SIGTERM: not an ``Exception``, so nothing is flushed."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, HardStop])
+@pytest.mark.parametrize("fail_after", [96, 97, 99])  # before, inside, after a release
+def test_interrupted_dump_resumes_from_cursor(env, error: type[BaseException],
+                                              fail_after: int) -> None:
+    """RuntimeError: the input broke off (submit publishes the complete lines it had, then
+    re-raises). HardStop: the process stops without flushing its buffered batch."""
+    settings, runs, client = env
+    store = open_store(settings.store)
+    store.put(record_key(FEATURE_VERSION, rid(41)), b"{}")
+    n, batch = 230, 20
+    first = FakeResolver(n, fail_after=fail_after, error=error)
+    with pytest.raises(error):
+        submit(first.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+               settings, queue="batch", cursor_name="dump", batch_size=batch)
+    cursor = read_cursor(client, "dump")
+    assert cursor is not None
+    done_items = sum(len(tracks(line)) for line in range(cursor + 1))
+    assert done_items <= fail_after
+    if error is RuntimeError:  # every complete line before the break was published
+        assert sum(len(tracks(line)) for line in range(cursor + 2)) >= fail_after
+    run_id = client.get("pv:cursor:dump:run")
+    assert runs.status(run_id).meta["resolution_state"] in ("running", "failed")
+
+    second = FakeResolver(n)
+    report = submit(second.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+                    settings, queue="batch", cursor_name="dump", batch_size=batch)
+    assert second.calls == [cursor + 1]
+    assert report.run_id == run_id  # the resumed dump keeps counting in the same run
+    assert read_cursor(client, "dump") == n - 1
+
+    per_recording = Counter(m["recording_id"] for m in drain_all(client, "batch"))
+    every = [i for line in range(n) for i in tracks(line)]
+    expected = {rid(i) for i in every if i % 7 != 3 and i != 41}
+    assert set(per_recording) == expected, "a job was lost"
+    assert max(per_recording.values()) == 1, "a job was published twice"
+    status = runs.status(run_id)
+    assert status.counts["queued"] == len(expected)
+    assert status.counts["failed"] == len([i for i in every if i % 7 == 3])
+    assert status.counts["skipped"] == 1
+    assert status.meta["resolution_state"] == "finished"
+
+    # Run again over a finished cursor: nothing left to do, nothing published.
+    third = FakeResolver(n)
+    again = submit(third.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+                   settings, queue="batch", cursor_name="dump", batch_size=batch)
+    assert again.queued == 0 and third.calls == [n]
+
+
+def test_unwrap_resolution_lines(env) -> None:
+    _, runs, _ = env
+    ok = resolution(1)
+    bad = resolution(3)
+    plain = resolution(2).job.to_json()
+    lines = [submit_mod.resolution_line(ok) + "\n", submit_mod.resolution_line(bad).encode(),
+             plain, '{"job": 5}', "not json", ""]
+    seen: list[tuple[int, dict]] = []
+    out = list(unwrap_resolution_lines(lines, on_unresolved=lambda n, o: seen.append((n, o))))
+    assert Job.from_json(out[0]) == ok.job
+    assert out[1] == "" and seen[0][0] == 2 and seen[0][1]["error_code"] == "no_confident_match"
+    assert out[2:] == [plain, "5", "not json", ""]
+
+    run_id = "unwrap-test"
+    runs.create(run_id)
+    submit_mod.record_unresolved_line(runs, run_id, *seen[0])
+    failures = dict(runs.failures(run_id))
+    assert failures[rid(3)]["code"] == "no_confident_match"
+
+
+def test_cli_enqueue_accepts_resolve_output_and_submit_resumes(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from previewvec import cli
+
+    settings, runs, client = env
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
+    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+
+    # `previewvec resolve` output (and a plain job line) → `previewvec enqueue`.
+    catalog = tmp_path / "resolved.jsonl"
+    catalog.write_text("\n".join([submit_mod.resolution_line(resolution(i)) for i in range(5)]
+                                 + [resolution(9).job.to_json(), "{broken"]) + "\n")
+    assert cli.main(["enqueue", str(catalog), "--queue", "ondemand"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    status = runs.status(run_id)
+    assert status.counts["queued"] == 5  # 0, 1, 2, 4 and the plain line 9
+    assert status.counts["failed"] == 2  # unresolved 3, the broken line
+    failures = dict(runs.failures(run_id))
+    assert failures[rid(3)]["code"] == "no_confident_match"
+    assert failures["line:7"]["code"] == "invalid_job"
+
+    # `previewvec submit --dump`: interrupted, then rerun with the same command.
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text("")
+    resolvers = iter([FakeResolver(40, fail_after=13), FakeResolver(40)])
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: next(resolvers))
+    with pytest.raises(RuntimeError):
+        cli.main(["submit", "--dump", str(dump)])
+    capsys.readouterr()
+    assert cli.main(["submit", "--dump", str(dump)]) == 0
+    out = capsys.readouterr()
+    run_id = out.out.strip()
+    assert "resuming dump at line" in out.err
+    per_recording = Counter(m["recording_id"] for m in drain_all(client, "batch"))
+    assert max(per_recording.values()) == 1
+    assert len(per_recording) == len([i for line in range(40) for i in tracks(line)
+                                      if i % 7 != 3])
+    assert runs.status(run_id).meta["resolution_state"] == "finished"
+
+
+def test_cli_resolve_writes_enqueueable_lines(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from previewvec import cli
+
+    settings, runs, _ = env
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: FakeResolver(8))
+    out = tmp_path / "resolved.jsonl"
+    assert cli.main(["resolve", "--dump", "x.jsonl", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    every = [i for line in range(8) for i in tracks(line)]
+    assert [line["recording_id"] for line in lines] == [rid(i) for i in every]
+    assert set(lines[0]) == {"job", "recording_id", "match_score", "match_reason", "error_code"}
+    unresolved = [line for line in lines if line["job"] is None]
+    assert unresolved and all(u["error_code"] == "no_confident_match" for u in unresolved)
+    capsys.readouterr()
+    assert cli.main(["enqueue", str(out)]) == 0
+    status = runs.status(capsys.readouterr().out.strip())
+    assert status.counts["queued"] == len(lines) - len(unresolved)
+    assert status.counts["failed"] == len(unresolved)
+    with pytest.raises(SystemExit):
+        cli.main(["resolve", "--new-releases", "--out", str(out)])  # needs --since
