@@ -1,0 +1,110 @@
+"""Container health check for every previewvec role (the image's HEALTHCHECK).
+
+    python /opt/previewvec/healthcheck.py [worker|reducer|api|flower|broker]
+
+Without an argument the role is read from the container's command line (PID 1 is
+``tini -- <command>``). Exit 0 healthy, 1 unhealthy; one line of explanation on stdout.
+
+- worker: the Celery node ``celery@<hostname>`` answers a broadcast ping (the same check
+  as ``celery -A workers.app inspect ping -d celery@$HOSTNAME``);
+- flower: ``GET /healthcheck`` returns ``OK``;
+- api: ``GET /healthz`` (the broker is reachable) returns 200 on ``--port`` (default 8000);
+- reducer and anything else: the broker (PREVIEWVEC_BROKER_URL) answers PING.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TIMEOUT_S = 10.0
+
+
+def detect_role(argv: list[str]) -> str:
+    if "flower" in argv:
+        return "flower"
+    if "worker" in argv:
+        return "worker"
+    if "api" in argv:
+        return "api"
+    if "reduce" in argv:
+        return "reducer"
+    return "broker"
+
+
+def command_line() -> list[str]:
+    try:
+        raw = Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def option(argv: list[str], name: str, default: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def check_worker(argv: list[str]) -> tuple[bool, str]:
+    from workers.app import app
+
+    node = option(argv, "--hostname", "celery@%h").replace("%h", socket.gethostname())
+    replies = app.control.ping(destination=[node], timeout=TIMEOUT_S / 2)
+    return bool(replies), f"{node}: {replies or 'no reply'}"
+
+
+def check_flower(argv: list[str]) -> tuple[bool, str]:
+    port = option(argv, "--port", os.environ.get("FLOWER_PORT", "5555"))
+    status = http_status(f"http://127.0.0.1:{port}/healthcheck")
+    return status == 200, f"flower /healthcheck: {status}"
+
+
+def check_api(argv: list[str]) -> tuple[bool, str]:
+    port = option(argv, "--port", "8000")
+    status = http_status(f"http://127.0.0.1:{port}/healthz")
+    return status == 200, f"api /healthz on :{port}: HTTP {status}"
+
+
+def check_broker(argv: list[str]) -> tuple[bool, str]:
+    import redis
+
+    from previewvec.settings import Settings
+
+    client = redis.Redis.from_url(Settings.from_env().broker_url,
+                                  socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    return bool(client.ping()), "broker answers PING"
+
+
+CHECKS = {"worker": check_worker, "flower": check_flower, "api": check_api,
+          "reducer": check_broker, "broker": check_broker}
+
+
+def main(args: list[str]) -> int:
+    argv = command_line()
+    role = args[0] if args else detect_role(argv)
+    try:
+        ok, detail = CHECKS[role](argv)
+    except Exception as exc:  # any failure to check is unhealthy, with its reason
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    print(f"{role}: {'healthy' if ok else 'UNHEALTHY'} — {detail}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
