@@ -21,10 +21,13 @@ READY_QUEUE = f"{PREFIX}:ready"
 RUNS_INDEX = f"{PREFIX}:runs"
 
 # KEYS: state hash, counters hash. ARGV: recording id, new state.
-# Moves the recording to its new state and keeps the counters consistent.
+# Moves the recording to its new state and keeps the counters consistent. "done" is never
+# downgraded to "skipped": that is a redelivered job (its worker died after storing the
+# record, before the ack) finding the record this run already computed.
 _TRANSITION = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old == ARGV[2] then return 0 end
+if old == 'done' and ARGV[2] == 'skipped' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if old then redis.call('HINCRBY', KEYS[2], old, -1) end
