@@ -12,7 +12,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")
 
 from celery import Celery  # noqa: E402
-from kombu import Queue  # noqa: E402
+from kombu import Exchange, Queue  # noqa: E402
 
 from previewvec.settings import Settings  # noqa: E402
 
@@ -58,7 +58,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_time_limit=min(TASK_TIME_LIMIT_S, 0.75 * visibility_s),
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(name) for name in QUEUES],
+        # One exchange per queue: nothing published for one queue can land in the other.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_default_queue="batch",
         task_routes={"previewvec.featurize": {"queue": "batch"}},
         worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KB,

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from previewvec.jobs import vector_id
-from previewvec.records import FeatureRecord, decode_record, record_key
+from previewvec.records import (
+    CorruptRecord,
+    FeatureRecord,
+    IncompatibleRecord,
+    decode_record,
+    record_key,
+)
 from previewvec.runs import PREFIX, READY_QUEUE, Runs
 from previewvec.settings import Settings
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
@@ -29,6 +35,7 @@ from workers.store import FeatureStore, open_store
 log = logging.getLogger(__name__)
 
 LOCK_KEY = f"{PREFIX}:reducer:lock"
+DEAD_LETTER_QUEUE = f"{PREFIX}:ready:dead"
 LOCK_TTL_S = 120
 # The lock holds a random token. A reducer whose lock expired mid-batch (slow upsert, long
 # normaliser fit) must not trim the queue, whose head may already be another reducer's
@@ -127,6 +134,14 @@ class Reducer:
                     record = decode_record(self.store.get(key))
                 except FileNotFoundError:
                     log.warning("ready record %s is missing from the store; skipped", key)
+                    continue
+                except (CorruptRecord, IncompatibleRecord) as exc:
+                    # Parked, not dropped: one bad record must not stall the queue, and
+                    # `pv:ready:dead` keeps it visible (e.g. another feature version
+                    # written during a rolling deploy; `previewvec reindex` recovers it).
+                    log.error("ready record %s cannot be indexed (%s); parked in %s", key,
+                              exc.code, DEAD_LETTER_QUEUE)
+                    self.runs.redis.rpush(DEAD_LETTER_QUEUE, key)
                     continue
                 records[record.recording_id] = record
             if records:

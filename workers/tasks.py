@@ -1,4 +1,11 @@
-"""Celery tasks: thin wrappers that handle retries and acknowledgement, nothing else."""
+"""Celery tasks: thin wrappers that handle retries and acknowledgement, nothing else.
+
+Every way a job can end is accounted for in its run: the stage records typed failures
+itself; here, store outages are retried with backoff and then recorded as
+``store_unavailable``, a time limit as ``timeout``, a permanent store error as
+``store_error`` and anything unexpected as ``internal_error`` — so no job stays "queued"
+forever and no exception kills the worker.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ import logging
 import random
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from previewvec.errors import PreviewvecError
 from previewvec.settings import Settings
 from workers.app import app
 from workers.store import StoreUnavailable
@@ -38,19 +47,44 @@ def _warm_child(**_: Any) -> None:
     log.info("extractor warmed in %.1f s", warm_up())
 
 
+def _record_failure(job: Any, code: str, message: str) -> dict[str, Any]:
+    job = job if isinstance(job, dict) else {}
+    recording_id = str(job.get("recording_id") or "?")[:64]
+    run_id = job.get("run_id") if isinstance(job.get("run_id"), str) else None
+    if run_id:
+        try:
+            context().runs.fail(run_id, recording_id, code, message, job)
+        except Exception:  # Redis down too: the log line is all that is left
+            log.exception("could not record failure %s of %s in run %s", code, recording_id, run_id)
+    return {
+        "recording_id": recording_id,
+        "run_id": run_id,
+        "status": "failed",
+        "error_code": code,
+        "error_message": message,
+    }
+
+
 @app.task(name="previewvec.featurize", bind=True, acks_late=True, reject_on_worker_lost=True)
 def featurize_task(self, job: dict[str, Any]) -> dict[str, Any]:
     """Featurize one job; the result (shown in Flower) is the outcome with stage timings."""
     from workers.featurize import featurize
 
-    ctx = context()
     try:
-        return featurize(job, ctx).to_dict()
+        return featurize(job, context()).to_dict()
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
-            ctx.runs.fail(job.get("run_id", ""), job.get("recording_id", "?"), exc.code,
-                          exc.message, job)
-            return {"recording_id": job.get("recording_id"), "run_id": job.get("run_id"),
-                    "status": "failed", "error_code": exc.code, "error_message": exc.message}
-        delay = random.uniform(0, min(STORE_BACKOFF_CAP_S, 2.0 ** self.request.retries))
+            return _record_failure(job, exc.code, exc.message)
+        delay = random.uniform(0, min(STORE_BACKOFF_CAP_S, 2.0**self.request.retries))
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
+    except SoftTimeLimitExceeded:
+        return _record_failure(
+            job,
+            "timeout",
+            f"the job exceeded its {app.conf.task_soft_time_limit} s time limit",
+        )
+    except PreviewvecError as exc:  # e.g. a permanent store error (store_error)
+        return _record_failure(job, exc.code, exc.message)
+    except Exception as exc:
+        log.exception("unexpected failure featurizing %r", job)
+        return _record_failure(job, "internal_error", f"{type(exc).__name__}: {exc}")
