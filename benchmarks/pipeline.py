@@ -1,0 +1,586 @@
+"""Pipeline throughput: the full queue → workers → store → reducer path against its floor.
+
+In one run, on the same N generated clips (AAC .m4a, 44.1 kHz stereo, served over HTTP
+from 127.0.0.1), this measures clips/s and CPU seconds per clip for
+
+  (a) floor: ``workers.analysis.analyze(bytes)`` in one process (decode + extract; no
+      queue, network or store);
+  (b) real path: ``producers.queue.publish`` → private Redis (``LocalRedis``) → W
+      ``celery -A workers.app worker --concurrency 1`` processes (fetch over HTTP, decode,
+      extract, store to a moto S3 server, or the folder store with ``--store local``) →
+      ``Reducer.drain()`` into the embedded LanceDB index; with W = 2 (and W = 1 for the
+      scaling line);
+  (c) naive baseline: ``librosa.load(path)`` + FMA's feature calls (``fma_reference``)
+      in a ``multiprocessing.Pool(2)``. librosa cannot read AAC without ffmpeg, so the
+      naive loop gets WAV copies of the clips (written from the same rendered audio).
+
+plus the enqueue rate (20 000 tiny valid jobs through ``publish``) with Redis memory per
+queued job, and the reduce rate (50 000 random 530-d vectors upserted into a fresh
+``EmbeddedIndex`` in batches of 5 000).
+
+    python benchmarks/pipeline.py                         # 200 × 30 s clips, ~6 minutes
+    python benchmarks/pipeline.py --clips 60 --json pipeline.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from previewvec.settings import Settings
+
+# Single-threaded per process (as in benchmarks/extract.py), before numpy is imported;
+# the worker subprocesses inherit these too.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS")
+if "numpy" in sys.modules:  # pragma: no cover
+    raise SystemExit("benchmarks/pipeline.py must set thread counts before numpy is imported")
+for _var in _THREAD_VARS:
+    os.environ[_var] = "1"
+_NUMBA_CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR") or str(Settings.from_env().numba_cache_dir)
+os.makedirs(_NUMBA_CACHE_DIR, exist_ok=True)
+os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE_DIR
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from previewvec.demo import serve_folder  # noqa: E402
+from previewvec.localredis import LocalRedis, free_port  # noqa: E402
+
+NATIVE_SR = 44100
+TARGET_FLOOR_FRACTION = 0.90
+TARGET_VS_NAIVE = 4.0
+TARGET_ENQUEUE = 5000.0
+TARGET_REDUCE = 20000.0
+ENQUEUE_JOBS = 20_000
+REDUCE_VECTORS = 50_000
+REDUCE_BATCH = 5_000
+CACHE_ROOT = (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+              / "previewvec" / "bench-clips")
+CLIP_FORMAT_VERSION = "v1"
+TASK_LINE = re.compile(r"Task previewvec\.featurize\[[^\]]+\] succeeded in ([0-9.eE+-]+)s")
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def _clip_dir(seed: int, seconds: float) -> Path:
+    return CACHE_ROOT / f"{CLIP_FORMAT_VERSION}-synth-seed{seed}-{seconds:g}s"
+
+
+def _make_one(args: tuple[int, int, float, str]) -> None:
+    i, seed, seconds, folder = args
+    from previewvec.songs.render import render_synth
+    from previewvec.songs.score import MODES, STYLES, generate_song, styles_for
+    from workers.audio import encode_audio
+
+    rng = random.Random(seed * 100_003 + i)
+    tempo = round(rng.uniform(66, 172), 1)
+    candidates = styles_for(tempo) or STYLES
+    score = generate_song(seed + i, tonic=rng.randrange(12), mode=MODES[i % 2], tempo_bpm=tempo,
+                          drums=i % 4 != 3, duration_s=seconds,
+                          style=candidates[i % len(candidates)])
+    audio = render_synth(score, NATIVE_SR)[:, : round(seconds * NATIVE_SR)]
+    out = Path(folder)
+    tmp = out / f".{i:05d}.tmp"
+    tmp.write_bytes(encode_audio(audio, NATIVE_SR, "wav"))
+    tmp.rename(out / f"{i:05d}.wav")
+    tmp.write_bytes(encode_audio(audio, NATIVE_SR, "m4a"))
+    tmp.rename(out / f"{i:05d}.m4a")
+
+
+def ensure_clips(n: int, seed: int, seconds: float) -> tuple[Path, float]:
+    """Generate (or reuse) clips 0..n-1; returns the folder and the generation wall time."""
+    folder = _clip_dir(seed, seconds)
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [i for i in range(n) if not (folder / f"{i:05d}.m4a").exists()]
+    started = time.perf_counter()
+    if missing:
+        print(f"generating {len(missing)} clips in {folder} ...", flush=True)
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(_make_one, [(i, seed, seconds, str(folder)) for i in missing], chunksize=4)
+    return folder, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- (a) floor
+
+
+def measure_floor(folder: Path, n: int) -> dict:
+    from workers.analysis import analyze
+    from workers.features.extractor import warm_up
+
+    settings = Settings()
+    warm_up()
+    blobs = [(folder / f"{i:05d}.m4a").read_bytes() for i in range(n)]
+    stages: dict[str, float] = defaultdict(float)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for data in blobs:
+        for k, v in analyze(data, settings).timings_s.items():
+            stages[k] += v
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"clips": n, "wall_s": wall, "cpu_s": cpu, "clips_per_s": n / wall,
+            "cpu_s_per_clip": cpu / n, "stage_s_per_clip": {k: v / n for k, v in stages.items()}}
+
+
+# --------------------------------------------------------------------------- (c) naive
+
+
+def _naive_one(path: str) -> float:
+    import librosa
+
+    from workers.features.reference import fma_reference
+
+    c0 = time.process_time()
+    y, sr = librosa.load(path)  # what a user writes: 22.05 kHz mono, soxr resampling
+    fma_reference(y, sr)
+    return time.process_time() - c0
+
+
+def measure_naive(folder: Path, n: int) -> dict:
+    paths = [str(folder / f"{i:05d}.wav") for i in range(n)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_naive_one, paths[:2])  # imports + numba JIT in both children, untimed
+        wall0 = time.perf_counter()
+        cpus = pool.map(_naive_one, paths, chunksize=1)
+        wall = time.perf_counter() - wall0
+    return {"clips": n, "wall_s": wall, "cpu_s": sum(cpus), "clips_per_s": n / wall,
+            "cpu_s_per_clip": sum(cpus) / n, "processes": 2}
+
+
+# --------------------------------------------------------------------------- (b) real path
+
+
+class MotoServer:
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log = open(log_dir / "moto.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start; see moto.log") from None
+                time.sleep(0.1)
+        self.env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{self.port}",
+                    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL_S3"],
+                              aws_access_key_id="bench", aws_secret_access_key="bench",
+                              region_name="us-east-1")
+        client.create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """user+sys CPU seconds of each worker main process and its live pool children."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def _child_pids(pids: list[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    return out
+
+
+def _wait_ready(logs: list[Path], procs: list[subprocess.Popen], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if all(" ready." in p.read_text(errors="replace") for p in logs):
+            return
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not become ready; see {logs}")
+        time.sleep(0.2)
+
+
+def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path,
+                 moto: MotoServer | None, tag: str) -> dict:
+    from previewvec.jobs import Job
+    from previewvec.records import decode_record, record_key
+    from previewvec.runs import Runs, new_run_id
+    from producers.queue import publish
+    from workers.features.layout import FEATURE_VERSION
+    from workers.reducer import Reducer
+
+    run_dir = work / tag
+    run_dir.mkdir(parents=True)
+    if store_kind == "s3":
+        assert moto is not None
+        bucket = f"bench-{tag}"
+        moto.create_bucket(bucket)
+        store = f"s3://{bucket}/x"
+        os.environ.update(moto.env)
+    else:
+        store = str(run_dir / "store")
+    with LocalRedis() as local_redis, serve_folder(folder) as base_url:
+        settings = dataclasses.replace(Settings(), broker_url=local_redis.url, store=store,
+                                       index=str(run_dir / "index"),
+                                       allowed_audio_hosts=("127.0.0.1",))
+        env = {**os.environ, **(moto.env if moto else {}),
+               "PREVIEWVEC_BROKER_URL": local_redis.url, "PREVIEWVEC_STORE": store,
+               "PREVIEWVEC_INDEX": settings.index, "PREVIEWVEC_ALLOWED_AUDIO_HOSTS": "127.0.0.1"}
+        logs, procs = [], []
+        for i in range(workers):
+            log_path = run_dir / f"worker-{i + 1}.log"
+            logs.append(log_path)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--concurrency",
+                 "1", "--hostname", f"bench{i + 1}@%h", "--queues", "ondemand,batch",
+                 "--loglevel", "info", "--prefetch-multiplier", "1", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat"],
+                env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT))  # noqa: SIM115
+        try:
+            started_boot = time.perf_counter()
+            _wait_ready(logs, procs)
+            time.sleep(1.0)  # let the warm-up of the pool children settle
+            boot_s = time.perf_counter() - started_boot
+            pids = [p.pid for p in procs]
+            children_before = _child_pids(pids)
+            runs = Runs.from_url(local_redis.url)
+            run_id = new_run_id()
+            runs.create(run_id, queue="batch", source="bench")
+            jobs = [Job(recording_id=f"bench-{i:05d}", preview_url=f"{base_url}/{i:05d}.m4a",
+                        source="bench") for i in range(n)]
+            cpu0 = _tree_cpu(pids)
+            t0 = time.perf_counter()
+            publish(jobs, runs, settings, run_id=run_id, queue="batch")
+            t_published = time.perf_counter()
+            deadline = t0 + 60 + 10 * n
+            while runs.status(run_id).counts["queued"] > 0:
+                if time.perf_counter() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"run did not finish; see logs in {run_dir}")
+                time.sleep(0.05)
+            t_featurized = time.perf_counter()
+            cpu_workers = _tree_cpu(pids) - cpu0
+            status = runs.status(run_id).counts
+            if _child_pids(pids) != children_before:
+                print(f"  warning: pool children were replaced during {tag}; CPU undercounted")
+            red_cpu0 = time.process_time()
+            reducer = Reducer.build(settings)
+            reduced = reducer.drain()
+            reducer.index.wait_for_writes()
+            t_indexed = time.perf_counter()
+            red_cpu = time.process_time() - red_cpu0
+            indexed = reducer.index.count()
+            # stage timings from the stored records
+            stages: dict[str, float] = defaultdict(float)
+            sizes = []
+            for i in range(n):
+                raw = reducer.store.get(record_key(FEATURE_VERSION, f"bench-{i:05d}"))
+                sizes.append(len(raw))
+                for k, v in decode_record(raw).timings_s.items():
+                    stages[k] += v
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    task_walls = []
+    for log_path in logs:
+        task_walls += [float(m) for m in TASK_LINE.findall(log_path.read_text(errors="replace"))]
+    feat_wall = t_featurized - t0
+    total_wall = t_indexed - t0
+    stage_total = sum(stages.values())
+    task_total = sum(task_walls)
+    return {
+        "workers": workers, "clips": n, "store": store_kind, "worker_boot_s": boot_s,
+        "publish_s": t_published - t0, "featurize_wall_s": feat_wall,
+        "reduce_wall_s": t_indexed - t_featurized, "reduce_cpu_s": red_cpu,
+        "wall_s": total_wall, "clips_per_s": n / total_wall,
+        "featurize_clips_per_s": n / feat_wall,
+        "worker_cpu_s": cpu_workers, "cpu_s_per_clip": cpu_workers / n,
+        "counts": status, "reduced": reduced, "indexed": indexed,
+        "stage_s_per_clip": {k: v / n for k, v in sorted(stages.items())},
+        "stages_sum_s_per_clip": stage_total / n,
+        "tasks_logged": len(task_walls),
+        "task_wall_s_per_clip": task_total / len(task_walls) if task_walls else None,
+        # inside the worker: task wall (Celery's "succeeded in") minus the recorded stages
+        # (exists check, run accounting, ready push, result serialisation)
+        "in_task_overhead_s": (task_total - stage_total) / n if task_walls else None,
+        # outside the task: worker-seconds of wall not spent inside a task (broker
+        # round-trips, ack, prefetch gaps, tail when one worker idles)
+        "between_task_overhead_s": ((feat_wall * workers - task_total) / n
+                                    if task_walls else None),
+        "overhead_estimate_s": (feat_wall * workers - stage_total) / n,
+        "record_bytes_mean": sum(sizes) / len(sizes), "record_bytes_max": max(sizes),
+    }
+
+
+# --------------------------------------------------------------------------- enqueue / reduce
+
+
+def measure_enqueue(n: int) -> dict:
+    from previewvec.jobs import Job
+    from previewvec.runs import Runs, new_run_id
+    from producers.queue import publish
+
+    with LocalRedis() as local_redis:
+        settings = dataclasses.replace(Settings(), broker_url=local_redis.url)
+        runs = Runs.from_url(local_redis.url)
+        run_id = new_run_id()
+        runs.create(run_id, queue="batch", source="bench")
+        jobs = [Job(recording_id=f"enqueue-{i:06d}",
+                    preview_url=f"https://audio-ssl.itunes.apple.com/itunes-assets/x/{i}.m4a",
+                    source="bench") for i in range(n)]
+        publish(jobs[:10], runs, settings, run_id=new_run_id(), queue="ondemand")  # connect
+        runs.redis.delete("ondemand")
+        mem0 = int(runs.redis.info("memory")["used_memory"])
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        report = publish(jobs, runs, settings, run_id=run_id, queue="batch")
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        mem1 = int(runs.redis.info("memory")["used_memory"])
+        depth = int(runs.redis.llen("batch"))
+        message = runs.redis.lindex("batch", 0) or b""
+        msg_bytes = len(message)
+        # Upper bound for a batched publisher: the same message bytes LPUSHed in pipelines
+        # of PUBLISH_CHUNK (what Celery's per-message send_task costs on top of Redis).
+        runs.redis.delete("bench-raw")
+        t1 = time.perf_counter()
+        for start in range(0, n, 500):
+            pipe = runs.redis.pipeline(transaction=False)
+            for _ in range(min(500, n - start)):
+                pipe.lpush("bench-raw", message)
+            pipe.execute()
+        raw_wall = time.perf_counter() - t1
+    return {"jobs": report.queued, "queue_depth": depth, "wall_s": wall, "cpu_s": cpu,
+            "jobs_per_s": report.queued / wall,
+            "redis_bytes_per_job": (mem1 - mem0) / report.queued, "message_bytes": msg_bytes,
+            "raw_pipelined_per_s": n / raw_wall}
+
+
+def measure_reduce(n: int, batch: int, work: Path) -> dict:
+    from workers.features.layout import VECTOR_DIM
+    from workers.index import IndexItem
+    from workers.index.embedded import EmbeddedIndex
+
+    rng = np.random.default_rng(7)
+    index = EmbeddedIndex(work / "reduce-index", VECTOR_DIM)
+    batches = []
+    for start in range(0, n, batch):
+        values = rng.standard_normal((min(batch, n - start), VECTOR_DIM)).astype(np.float32)
+        batches.append([IndexItem(f"vec-{start + j:07d}", values[j],
+                                  {"recording_id": f"vec-{start + j:07d}",
+                                   "tempo_bpm": float(100 + j % 60), "key": "C", "mode": "major"})
+                        for j in range(len(values))])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    per_batch = []
+    for items in batches:
+        b0 = time.perf_counter()
+        index.upsert(items)
+        per_batch.append(time.perf_counter() - b0)
+    index.wait_for_writes()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    count = index.count()
+    return {"vectors": n, "batch": batch, "count": count, "wall_s": wall, "cpu_s": cpu,
+            "vectors_per_s": n / wall, "first_batch_s": per_batch[0],
+            "last_batch_s": per_batch[-1], "dim": VECTOR_DIM}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "BELOW"
+
+
+def report(args: argparse.Namespace, res: dict) -> str:
+    a, b, c = res["floor"], res["path"], res.get("naive")
+    b1 = res.get("path_1worker")
+    cores = b["workers"]
+    cmd = "python benchmarks/pipeline.py " + " ".join(shlex.quote(x) for x in args.argv)
+    out = [f"```sh\n{cmd.strip()}\n```", "",
+           f"{_machine()}; {b['clips']} clips × {args.seconds:g} s AAC .m4a (synth renderer), "
+           f"store {b['store']}, {cores} worker processes × concurrency 1; load average "
+           f"before the run {res['load_average_before'][0]:.2f} (shared machine).", "",
+           "| measurement | clips/s (or rate) | CPU-s per clip | ratio | target | result |",
+           "|---|---:|---:|---:|---|---|"]
+    floor_x = a["clips_per_s"] * cores
+    r1 = b["clips_per_s"] / floor_x
+    eff = a["cpu_s_per_clip"] / b["cpu_s_per_clip"]
+    out.append(f"| (a) floor: analyze(bytes), 1 process | {a['clips_per_s']:.2f} | "
+               f"{a['cpu_s_per_clip']:.3f} | — | — | — |")
+    out.append(f"| (b) real path, {cores} workers (publish → indexed) | {b['clips_per_s']:.2f} | "
+               f"{b['cpu_s_per_clip']:.3f} | {r1:.2f} of (a)×{cores} | ≥ 0.90 | "
+               f"{_mark(r1 >= TARGET_FLOOR_FRACTION)} |")
+    out.append(f"| (b) CPU efficiency: (a) CPU-s ÷ (b) worker CPU-s per clip | — | — | "
+               f"{eff:.2f} | ≥ 0.90 | {_mark(eff >= TARGET_FLOOR_FRACTION)} |")
+    r1f = b["featurize_clips_per_s"] / floor_x
+    out.append(f"| (b) workers only (publish → last record stored) | "
+               f"{b['featurize_clips_per_s']:.2f} | — | {r1f:.2f} of (a)×{cores} | (info) | — |")
+    if c:
+        r2 = b["clips_per_s"] / c["clips_per_s"]
+        out.append(f"| (c) naive librosa.load(WAV) + FMA calls, Pool(2) | {c['clips_per_s']:.2f} | "
+                   f"{c['cpu_s_per_clip']:.3f} | (b)/(c) = {r2:.1f}× | ≥ 4× | "
+                   f"{_mark(r2 >= TARGET_VS_NAIVE)} |")
+    if b1:
+        sc = b["clips_per_s"] / b1["clips_per_s"]
+        out.append(f"| scaling: real path, 1 worker ({b1['clips']} clips) | "
+                   f"{b1['clips_per_s']:.2f} | {b1['cpu_s_per_clip']:.3f} | "
+                   f"2 workers / 1 = {sc:.2f}× | (info; ideal 2×) | — |")
+    e, r = res.get("enqueue"), res.get("reduce")
+    if e:
+        out.append(f"| enqueue: publish {e['jobs']} jobs | {e['jobs_per_s']:.0f} jobs/s | — | "
+                   f"{e['jobs_per_s'] / TARGET_ENQUEUE:.2f} of target | ≥ 5 000/s | "
+                   f"{_mark(e['jobs_per_s'] >= TARGET_ENQUEUE)} |")
+        out.append(f"| (info) same messages, raw pipelined LPUSH ×500 | "
+                   f"{e['raw_pipelined_per_s']:.0f} msgs/s | — | — | — | — |")
+        out.append(f"| Redis memory per queued job | {e['redis_bytes_per_job']:.0f} B "
+                   f"(message {e['message_bytes']} B) | — | — | — | — |")
+    if r:
+        out.append(f"| reduce: upsert {r['vectors']} × {r['dim']}-d, batches of {r['batch']} | "
+                   f"{r['vectors_per_s']:.0f} vectors/s | — | "
+                   f"{r['vectors_per_s'] / TARGET_REDUCE:.2f} of target | ≥ 20 000/s | "
+                   f"{_mark(r['vectors_per_s'] >= TARGET_REDUCE)} |")
+    out += ["", f"Real path, {cores} workers, per clip (from the stored records' `timings_s`, "
+            "Celery's task wall from the worker logs):", "",
+            "| stage | ms per clip | (a) floor ms |", "|---|---:|---:|"]
+    for k, v in b["stage_s_per_clip"].items():
+        fv = a["stage_s_per_clip"].get(k)
+        out.append(f"| {k} | {1000 * v:.1f} | {'' if fv is None else f'{1000 * fv:.1f}'} |")
+    out.append(f"| **sum of stages** | **{1000 * b['stages_sum_s_per_clip']:.1f}** | "
+               f"**{1000 * sum(a['stage_s_per_clip'].values()):.1f}** |")
+    if b["task_wall_s_per_clip"] is not None:
+        out.append(f"| task wall inside the worker (Celery) | "
+                   f"{1000 * b['task_wall_s_per_clip']:.1f} | |")
+        out.append(f"| in-task overhead (task wall − stages) | "
+                   f"{1000 * b['in_task_overhead_s']:.1f} | |")
+        out.append(f"| between-task overhead ((featurize wall × workers − Σ task wall)/n) | "
+                   f"{1000 * b['between_task_overhead_s']:.1f} | |")
+    out.append(f"| overhead estimate ((featurize wall × workers − Σ stages)/n) | "
+               f"{1000 * b['overhead_estimate_s']:.1f} | |")
+    out += ["", f"Wall: publish {b['publish_s']:.2f} s, featurize {b['featurize_wall_s']:.1f} s, "
+            f"reduce (drain after the run, normaliser fit included) {b['reduce_wall_s']:.2f} s "
+            f"({b['reduce_cpu_s']:.2f} CPU-s); outcome counts {b['counts']}, indexed "
+            f"{b['indexed']}; stored record {b['record_bytes_mean']:.0f} B mean, "
+            f"{b['record_bytes_max']} B max. Worker CPU = user+sys of each worker main process "
+            "and its pool child (psutil), from first publish to last record stored."]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--store", choices=("s3", "local"), default="s3")
+    parser.add_argument("--scaling-clips", type=int, default=None,
+                        help="clips for the 1-worker run (default: --clips); 0 skips it")
+    parser.add_argument("--naive-clips", type=int, default=None,
+                        help="clips for the naive baseline (default: --clips); 0 skips it")
+    parser.add_argument("--enqueue-jobs", type=int, default=ENQUEUE_JOBS)
+    parser.add_argument("--reduce-vectors", type=int, default=REDUCE_VECTORS)
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if not 12 <= args.seconds <= 30:
+        parser.error("--seconds must be 12..30")
+
+    folder, gen_s = ensure_clips(args.clips, args.seed, args.seconds)
+    res: dict = {"clip_generation_s": gen_s, "clip_dir": str(folder), "machine": _machine(),
+                 "load_average_before": os.getloadavg()}
+    work = Path(tempfile.mkdtemp(prefix="previewvec-bench-"))
+    moto = MotoServer(work) if args.store == "s3" else None
+    try:
+        print(f"(b) real path, {args.workers} workers ...", flush=True)
+        res["path"] = measure_path(folder, args.clips, args.workers, args.store, work, moto,
+                                   f"w{args.workers}")
+        print(f"    {res['path']['clips_per_s']:.2f} clips/s", flush=True)
+        n1 = args.clips if args.scaling_clips is None else min(args.scaling_clips, args.clips)
+        if n1 and args.workers != 1:
+            print(f"(b) real path, 1 worker, {n1} clips ...", flush=True)
+            res["path_1worker"] = measure_path(folder, n1, 1, args.store, work, moto, "w1")
+            print(f"    {res['path_1worker']['clips_per_s']:.2f} clips/s", flush=True)
+    finally:
+        if moto:
+            moto.stop()
+    print("(a) floor ...", flush=True)
+    res["floor"] = measure_floor(folder, args.clips)
+    print(f"    {res['floor']['clips_per_s']:.2f} clips/s", flush=True)
+    nn = args.clips if args.naive_clips is None else min(args.naive_clips, args.clips)
+    if nn:
+        print(f"(c) naive, {nn} clips ...", flush=True)
+        res["naive"] = measure_naive(folder, nn)
+        print(f"    {res['naive']['clips_per_s']:.2f} clips/s", flush=True)
+    if args.enqueue_jobs:
+        print("enqueue ...", flush=True)
+        res["enqueue"] = measure_enqueue(args.enqueue_jobs)
+    if args.reduce_vectors:
+        print("reduce ...", flush=True)
+        res["reduce"] = measure_reduce(args.reduce_vectors, REDUCE_BATCH, work)
+    shutil.rmtree(work, ignore_errors=True)
+    text = report(args, res)
+    print()
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
