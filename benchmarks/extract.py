@@ -22,20 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
+from _percore import THREAD_VARS as _THREAD_VARS
+from _percore import pin_one_thread
+
 from previewvec.settings import Settings
 
-# Single-threaded per process, set before numpy / scipy / numba are imported (they read
-# these once): the figures are per core. numba's JIT cache persists across runs so a
-# fresh process does not recompile librosa's kernels.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS")
-if "numpy" in sys.modules:  # pragma: no cover - only if something imported numpy early
-    raise SystemExit("benchmarks/extract.py must set thread counts before numpy is imported")
-for _var in _THREAD_VARS:
-    os.environ[_var] = "1"
-_NUMBA_CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR") or str(Settings.from_env().numba_cache_dir)
-os.makedirs(_NUMBA_CACHE_DIR, exist_ok=True)
-os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE_DIR
+_NUMBA_CACHE_DIR = pin_one_thread("benchmarks/extract.py")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402

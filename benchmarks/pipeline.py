@@ -27,19 +27,11 @@ from __future__ import annotations
 import os
 import sys
 
+from _percore import pin_one_thread
+
 from previewvec.settings import Settings
 
-# Single-threaded per process (as in benchmarks/extract.py), before numpy is imported;
-# the worker subprocesses inherit these too.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS")
-if "numpy" in sys.modules:  # pragma: no cover
-    raise SystemExit("benchmarks/pipeline.py must set thread counts before numpy is imported")
-for _var in _THREAD_VARS:
-    os.environ[_var] = "1"
-_NUMBA_CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR") or str(Settings.from_env().numba_cache_dir)
-os.makedirs(_NUMBA_CACHE_DIR, exist_ok=True)
-os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE_DIR
+_NUMBA_CACHE_DIR = pin_one_thread("benchmarks/pipeline.py")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
