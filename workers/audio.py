@@ -129,10 +129,21 @@ def decode_audio(
             f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
         )
     peak = float(np.max(np.abs(samples)))
-    rms = math.sqrt(float(np.dot(samples, samples.astype(np.float64))) / n)
+    mean_square = float(np.dot(samples, samples.astype(np.float64))) / n
+    rms = math.sqrt(mean_square)
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
         raise Silent(
             f"audio is digitally silent (peak {_dbfs(peak):.1f} dBFS, RMS {_dbfs(rms):.1f} dBFS)"
+        )
+    # A constant (DC) level is inaudible and carries no features: judged around its mean,
+    # it is silence too. The AC RMS comes from the sums above (no second full pass).
+    dc = float(np.mean(samples, dtype=np.float64))
+    ac_peak = max(float(samples.max()) - dc, dc - float(samples.min()))
+    ac_rms = math.sqrt(max(0.0, mean_square - dc * dc))
+    if ac_peak < SILENCE_PEAK or ac_rms < SILENCE_RMS:
+        raise Silent(
+            f"audio holds only a constant DC level ({dc:+.3f}; AC peak {_dbfs(ac_peak):.1f} "
+            f"dBFS, RMS {_dbfs(ac_rms):.1f} dBFS)"
         )
 
     n_ch = mat.shape[0]
