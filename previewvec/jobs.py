@@ -326,6 +326,28 @@ def parse_catalog(lines: Iterable[str | bytes]) -> Iterator[CatalogLine]:
             yield CatalogLine(line_no, error=exc)
 
 
+def failure_ids(data: object) -> tuple[str, str | None]:
+    """``(recording id, run id)`` to record an *invalid* job's failure under.
+
+    Whatever the job holds, the recording id is safe to use as a Redis field and in logs:
+    its own id with lone surrogates backslash-escaped, cut to
+    :data:`RECORDING_ID_MAX_BYTES` bytes of UTF-8 on a character boundary, or ``"?"``
+    when absent. The run id is returned only when it is well-formed: a malformed one
+    names no run a producer created.
+    """
+    if not isinstance(data, dict):
+        return "?", None
+    raw = data.get("recording_id")
+    text = "?" if raw is None or raw == "" else str(raw)
+    encoded = text.encode("utf-8", "backslashreplace")[:RECORDING_ID_MAX_BYTES]
+    recording_id = encoded.decode("utf-8", "ignore") or "?"
+    run_id = data.get("run_id")
+    if not (isinstance(run_id, str) and len(run_id) <= RUN_ID_MAX_CHARS
+            and re.fullmatch(TOKEN_PATTERN, run_id)):
+        run_id = None
+    return recording_id, run_id
+
+
 def vector_id(recording_id: str) -> str:
     """The index id for a recording, at most 64 bytes of UTF-8.
 

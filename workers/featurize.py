@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from previewvec.errors import PreviewvecError
-from previewvec.jobs import InvalidJob, Job
+from previewvec.jobs import InvalidJob, Job, failure_ids
 from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
 from previewvec.runs import Runs
 from previewvec.settings import Settings
@@ -69,11 +69,9 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     try:
         job = Job.from_dict(job_data)
     except InvalidJob as exc:
-        recording_id = str(job_data.get("recording_id", "?"))[:64] if isinstance(
-            job_data, dict) else "?"
-        run_id = job_data.get("run_id") if isinstance(job_data, dict) else None
-        outcome = Outcome(recording_id, run_id if isinstance(run_id, str) else None,
-                          "failed", exc.code, exc.message)
+        # Ids safe to account under: the job's own may not even encode (lone surrogates).
+        recording_id, run_id = failure_ids(job_data)
+        outcome = Outcome(recording_id, run_id, "failed", exc.code, exc.message)
         _account(ctx, outcome, job_data if isinstance(job_data, dict) else None)
         return outcome
 
