@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -226,7 +226,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in schema field order; ``None`` fields are omitted."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Not asdict(): every field is a scalar, and its deep copy dominated publishing.
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
     @classmethod
     def from_dict(cls, data: object) -> Job:
