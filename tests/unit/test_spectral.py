@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workers.features.spectral import HOP_LENGTH, N_FFT, spectral_shape, zero_crossing_rate
+from previewvec.songs.render import render
+from previewvec.songs.score import generate_song
+from workers.audio import decode_audio, encode_audio
+from workers.features.spectral import (
+    HOP_LENGTH,
+    N_FFT,
+    estimate_tuning,
+    spectral_shape,
+    stft_magnitude,
+    zero_crossing_rate,
+)
 from workers.features.stats import summarize
 
 SR = 22050
@@ -18,6 +28,43 @@ def signal():
     y = 0.4 * np.sin(2 * np.pi * 440 * t) * (t % 0.5 < 0.3) + 0.05 * rng.standard_normal(t.size)
     y[SR : SR + 3000] = 0.0  # a silent stretch: frames with no energy
     return y.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def detuned_songs() -> list[np.ndarray]:
+    """Real encoded songs, in tune and detuned (rendered at one rate, declared at another)."""
+    songs = []
+    for seed, cents in ((11, 0.0), (12, 31.0), (13, -17.0), (14, 48.0)):
+        score = generate_song(seed, tonic=seed % 12, mode="major" if seed % 2 else "minor",
+                              tempo_bpm=96.0 + 10 * (seed % 4), drums=seed % 2 == 0,
+                              duration_s=8.0, style=None)
+        # Played back at 44.1 kHz, audio rendered at a lower rate sounds `cents` higher.
+        render_sr = round(44100 / 2 ** (cents / 1200))
+        data = encode_audio(render(score, render_sr, "synth"), 44100, "m4a")
+        songs.append(decode_audio(data, sr=SR).samples)
+    return songs
+
+
+def test_tuning_estimate_equals_librosas(detuned_songs):
+    estimates = []
+    for y in detuned_songs:
+        for signal in (y, y[: 3 * SR], 1e-3 * y):
+            magnitude = stft_magnitude(signal)
+            expected = librosa.estimate_tuning(S=magnitude, sr=SR, n_fft=N_FFT, bins_per_octave=12)
+            assert estimate_tuning(magnitude, SR) == expected
+            estimates.append(expected)
+    assert len(set(estimates)) >= 4  # the songs really span several tunings
+
+
+def test_tuning_of_silence_and_of_a_single_tone():
+    assert estimate_tuning(np.zeros((1 + N_FFT // 2, 20), dtype=np.float32), SR) == 0.0
+    t = np.arange(2 * SR) / SR
+    tone = np.sin(2 * np.pi * 440 * 2 ** (0.25 / 12) * t).astype(np.float32)
+    magnitude = stft_magnitude(tone)
+    assert estimate_tuning(magnitude, SR) == librosa.estimate_tuning(
+        S=magnitude, sr=SR, n_fft=N_FFT, bins_per_octave=12
+    )
+    assert abs(estimate_tuning(magnitude, SR) - 0.25) <= 0.02
 
 
 def test_zero_crossing_rate_matches_librosa(signal):
