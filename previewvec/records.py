@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata as _metadata
 from typing import Any
 
@@ -82,6 +83,7 @@ def record_key(feature_version: str, recording_id: str) -> str:
     return f"features/{version}/{shard}/{name}.json"
 
 
+@cache  # a process's installed versions do not change; the lookup scans sys.path
 def _version(dist: str) -> str:
     try:
         return _metadata.version(dist)
@@ -89,6 +91,7 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+@cache
 def decoder_version() -> str:
     """E.g. ``"pyav 18.1.0 / ffmpeg 8.1.2"``; imports PyAV lazily (records stay pure)."""
     try:
@@ -135,10 +138,11 @@ def make_provenance(
 
 @dataclass
 class FeatureRecord:
-    """One clip's stored features. ``vector`` follows ``layout.feature_names()``."""
+    """One clip's stored features. ``vector`` follows ``layout.feature_names()``; a
+    float32 array encodes to the shortest decimals that round-trip it (decoded: floats)."""
 
     recording_id: str
-    vector: list[float]
+    vector: list[float] | np.ndarray
     descriptors: dict[str, Any]
     provenance: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)

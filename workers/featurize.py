@@ -51,7 +51,12 @@ class Outcome:
     status: str  # done | skipped | failed
     error_code: str | None = None
     error_message: str | None = None
+    # Stage timings: the record's (check, fetch, decode, extract.*) plus what happens
+    # after the record is sealed: encode (record → JSON), store (the write) and account
+    # (ready push and run bookkeeping).
     timings_s: dict[str, float] = field(default_factory=dict)
+    started_at: float | None = None  # UNIX time the stage began (queue wait, gaps)
+    wall_s: float | None = None  # the whole stage; Celery's task wall minus this is Celery's
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
@@ -75,17 +80,16 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         _account(ctx, outcome, job_data if isinstance(job_data, dict) else None)
         return outcome
 
+    started_at, started = time.time(), time.perf_counter()
     key = record_key(FEATURE_VERSION, job.recording_id)
-    started = time.perf_counter()
-    if not job.force and ctx.store.exists(key):
+    skip = not job.force and ctx.store.exists(key)
+    timings: dict[str, float] = {"check": time.perf_counter() - started}
+    if skip:
         if not ctx.runs.is_indexed(FEATURE_VERSION, job.recording_id):
             ctx.runs.push_ready(key)
-        outcome = Outcome(job.recording_id, job.run_id, "skipped",
-                          timings_s={"check": time.perf_counter() - started})
-        _account(ctx, outcome, job.to_dict())
-        return outcome
+        outcome = Outcome(job.recording_id, job.run_id, "skipped", timings_s=timings)
+        return _finish(ctx, outcome, job.to_dict(), started_at, started)
 
-    timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
         fetched = fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
@@ -97,12 +101,14 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     except PreviewvecError as exc:
         outcome = Outcome(job.recording_id, job.run_id, "failed", exc.code, exc.message,
                           timings)
-        _account(ctx, outcome, job.to_dict())
-        return outcome
+        return _finish(ctx, outcome, job.to_dict(), started_at, started)
 
     record = FeatureRecord(
         recording_id=job.recording_id,
-        vector=[float(v) for v in analysis.features.vector],
+        # The float32 array, not a list of Python floats: the record then holds the
+        # shortest decimals that round-trip float32 (≈ 6 KB instead of ≈ 11 KB of float64
+        # noise digits), which the store writes and the reducer parses.
+        vector=analysis.features.vector,
         descriptors=dict(analysis.features.descriptors),
         provenance=make_provenance(
             preview_url=job.preview_url,
@@ -113,14 +119,29 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
             artist=job.artist,
             title=job.title,
         ),
-        timings_s=timings,
+        # A record can only hold what happened before it was sealed; its own encoding and
+        # write are in the outcome (the task's result, logged by the worker).
+        timings_s=dict(timings),
     )
     t0 = time.perf_counter()
-    ctx.store.put(key, encode_record(record))
-    timings["store"] = time.perf_counter() - t0
+    data = encode_record(record)
+    t1 = time.perf_counter()
+    ctx.store.put(key, data)
+    t2 = time.perf_counter()
+    timings.update(encode=t1 - t0, store=t2 - t1)
     ctx.runs.push_ready(key)
     outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings)
-    _account(ctx, outcome, job.to_dict())
+    return _finish(ctx, outcome, job.to_dict(), started_at, started)
+
+
+def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any], started_at: float,
+            started: float) -> Outcome:
+    """Account for the outcome in its run, then stamp the stage's start and wall time."""
+    t0 = time.perf_counter()
+    _account(ctx, outcome, job)
+    done = time.perf_counter()
+    outcome.timings_s["account"] = done - t0
+    outcome.started_at, outcome.wall_s = started_at, done - started
     return outcome
 
 
