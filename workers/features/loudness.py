@@ -1,16 +1,37 @@
-"""Integrated loudness (ITU-R BS.1770 via pyloudnorm) and a documented energy score."""
+"""Integrated loudness (ITU-R BS.1770-4, pyloudnorm's filters) and a documented energy score."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pyloudnorm
+from scipy.signal import sosfilt
 
 # Below BS.1770's absolute gate everything reads as -70 LUFS; we report that floor.
 LUFS_FLOOR = -70.0
+# pyloudnorm.Meter's "K-weighting" stages (type, gain dB, Q, centre/cut-off Hz), in order.
+K_WEIGHTING = (("high_shelf", 4.0, 1 / np.sqrt(2), 1500.0), ("high_pass", 0.0, 0.5, 38.0))
+BLOCK_S = 0.400  # gating block
+BLOCK_OVERLAP = 0.75
+ABSOLUTE_GATE_LUFS = -70.0
+RELATIVE_GATE_LU = -10.0
+CHANNEL_GAINS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs
+
+
+@lru_cache(maxsize=8)
+def k_weighting_sos(sr: int) -> np.ndarray:
+    """pyloudnorm's K-weighting biquads at ``sr`` as second-order sections, shape (2, 6)."""
+    sections = []
+    for kind, gain_db, q, fc in K_WEIGHTING:
+        stage = pyloudnorm.IIRfilter(gain_db, q, fc, sr, kind)
+        b, a = stage.generate_coefficients()
+        sections.append(np.concatenate([stage.passband_gain * np.asarray(b), a]))
+    return np.array(sections)
 
 
 def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = None) -> float:
-    """Integrated loudness in LUFS.
+    """Integrated loudness in LUFS, equal to ``pyloudnorm.Meter(sr).integrated_loudness``.
 
     Parameters
     ----------
@@ -18,11 +39,53 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     channels : np.ndarray, shape (n_channels, n), optional
         The per-channel signal at the same rate. BS.1770 sums channel energies, so a
         stereo original is measured as stereo (a dual-mono mixdown would read 3 LU low).
+
+    pyloudnorm runs its two biquads as separate ``lfilter`` passes per channel and
+    measures the ~300 overlapping 400 ms blocks of a 30 s clip in a Python loop (together
+    about 30 ms per clip). Here the same biquads (pyloudnorm's own coefficients) run as
+    one ``sosfilt`` cascade over all channels, block energies come from one cumulative sum
+    at pyloudnorm's block boundaries, and the two gates are array operations: about a third
+    of the time, and the same LUFS to ~1e-9 LU (``tests/unit/test_features.py`` compares
+    with pyloudnorm on real clips).
     """
-    meter = pyloudnorm.Meter(sr)
-    data = y if channels is None or channels.shape[0] > 5 else channels.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lufs = float(meter.integrated_loudness(np.asarray(data, dtype=np.float64)))
+    data = y[np.newaxis] if channels is None or channels.shape[0] > 5 else channels
+    x = np.asarray(data, dtype=np.float64)
+    # Same input checks (and ValueError) as the meter: float data, at least one block.
+    pyloudnorm.util.valid_audio(x.T, sr, BLOCK_S)
+    n = x.shape[1]
+    filtered = sosfilt(k_weighting_sos(sr), x, axis=1)
+
+    step = 1.0 - BLOCK_OVERLAP
+    n_blocks = int(np.round((n / sr - BLOCK_S) / (BLOCK_S * step))) + 1
+    j = np.arange(n_blocks)
+    # pyloudnorm's block bounds, float expression for float expression.
+    lower = (BLOCK_S * (j * step) * sr).astype(np.int64)
+    upper = np.minimum((BLOCK_S * (j * step + 1) * sr).astype(np.int64), n)
+    # Overlapping blocks share segments between consecutive bounds: sum each segment once.
+    edges = np.unique(np.concatenate([lower, upper]))
+    squared = filtered * filtered
+    if edges[-1] == n:
+        segments = np.add.reduceat(squared, edges[:-1], axis=1)
+    else:
+        segments = np.add.reduceat(squared, edges, axis=1)[:, :-1]
+    cumulative = np.zeros((x.shape[0], edges.size))
+    np.cumsum(segments, axis=1, out=cumulative[:, 1:])
+    block_energy = (cumulative[:, np.searchsorted(edges, upper)]
+                    - cumulative[:, np.searchsorted(edges, lower)])
+    z = (1.0 / (BLOCK_S * sr)) * block_energy  # mean square, shape (channels, blocks)
+
+    gains = np.asarray(CHANNEL_GAINS[: x.shape[0]])
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(gains @ z)
+    above_absolute = block_lufs >= ABSOLUTE_GATE_LUFS
+    if not above_absolute.any():
+        return LUFS_FLOOR  # pyloudnorm: NaN gate, no block passes, -inf
+    relative_gate = (-0.691 + 10.0 * np.log10(gains @ z[:, above_absolute].mean(axis=1))
+                     + RELATIVE_GATE_LU)
+    gated = (block_lufs > relative_gate) & (block_lufs > ABSOLUTE_GATE_LUFS)
+    if not gated.any():
+        return LUFS_FLOOR
+    lufs = float(-0.691 + 10.0 * np.log10(gains @ z[:, gated].mean(axis=1)))
     return lufs if np.isfinite(lufs) else LUFS_FLOOR
 
 
