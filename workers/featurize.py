@@ -57,6 +57,7 @@ class Outcome:
     timings_s: dict[str, float] = field(default_factory=dict)
     started_at: float | None = None  # UNIX time the stage began (queue wait, gaps)
     wall_s: float | None = None  # the whole stage; Celery's task wall minus this is Celery's
+    cpu_s: float | None = None  # this process's CPU over the stage; wall − CPU = waiting
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
@@ -80,7 +81,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         _account(ctx, outcome, job_data if isinstance(job_data, dict) else None)
         return outcome
 
-    started_at, started = time.time(), time.perf_counter()
+    started_at, started, started_cpu = time.time(), time.perf_counter(), time.process_time()
     key = record_key(FEATURE_VERSION, job.recording_id)
     skip = not job.force and ctx.store.exists(key)
     timings: dict[str, float] = {"check": time.perf_counter() - started}
@@ -88,7 +89,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         if not ctx.runs.is_indexed(FEATURE_VERSION, job.recording_id):
             ctx.runs.push_ready(key)
         outcome = Outcome(job.recording_id, job.run_id, "skipped", timings_s=timings)
-        return _finish(ctx, outcome, job.to_dict(), started_at, started)
+        return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
 
     try:
         t0 = time.perf_counter()
@@ -101,7 +102,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     except PreviewvecError as exc:
         outcome = Outcome(job.recording_id, job.run_id, "failed", exc.code, exc.message,
                           timings)
-        return _finish(ctx, outcome, job.to_dict(), started_at, started)
+        return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
 
     record = FeatureRecord(
         recording_id=job.recording_id,
@@ -131,17 +132,19 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     timings.update(encode=t1 - t0, store=t2 - t1)
     ctx.runs.push_ready(key)
     outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings)
-    return _finish(ctx, outcome, job.to_dict(), started_at, started)
+    return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
 
 
-def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any], started_at: float,
-            started: float) -> Outcome:
-    """Account for the outcome in its run, then stamp the stage's start and wall time."""
+def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any],
+            start: tuple[float, float, float]) -> Outcome:
+    """Account for the outcome in its run, then stamp the stage's start, wall and CPU
+    (``start``: ``time.time()``, ``perf_counter()``, ``process_time()`` at the start)."""
     t0 = time.perf_counter()
     _account(ctx, outcome, job)
     done = time.perf_counter()
     outcome.timings_s["account"] = done - t0
-    outcome.started_at, outcome.wall_s = started_at, done - started
+    outcome.started_at, outcome.wall_s = start[0], done - start[1]
+    outcome.cpu_s = time.process_time() - start[2]
     return outcome
 
 

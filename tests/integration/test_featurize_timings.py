@@ -61,7 +61,8 @@ def test_record_and_outcome_time_every_stage(setup: tuple[WorkerContext, str]) -
     assert outcome.wall_s is not None and outcome.started_at is not None
     assert outcome.wall_s >= sum(outcome.timings_s.values())
     assert before <= outcome.started_at <= after
-    assert {"started_at", "wall_s", "timings_s"} <= set(outcome.to_dict())
+    assert outcome.cpu_s is not None and outcome.cpu_s > 0
+    assert {"started_at", "wall_s", "cpu_s", "timings_s"} <= set(outcome.to_dict())
     # The float32 vector is stored as the shortest decimals that round-trip it.
     assert all(float(str(np.float32(v))) == v for v in record.vector)
 
