@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from kombu.utils.url import maybe_sanitize_url
+
 ENV_PREFIX = "PREVIEWVEC_"
 
 
@@ -26,6 +28,13 @@ def _parse_bool(raw: str) -> bool:
 
 def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _masked(value: object) -> object:
+    """``value`` with any password in a URL replaced by ``**``."""
+    if isinstance(value, str) and "://" in value and "@" in value:  # only with credentials
+        return maybe_sanitize_url(value)
+    return value
 
 
 # Field annotations are strings under `from __future__ import annotations`.
@@ -92,6 +101,13 @@ class Settings:
     # HTTP submission API.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)  # secrets: never logged
     api_max_body_bytes: int = 1_000_000
+
+    def __repr__(self) -> str:
+        # Safe to log or show in a traceback: secret fields (repr=False) are left out and
+        # passwords in URLs (PREVIEWVEC_BROKER_URL=redis://:pw@host) are masked.
+        shown = ", ".join(f"{f.name}={_masked(getattr(self, f.name))!r}"
+                          for f in fields(self) if f.repr)
+        return f"{type(self).__name__}({shown})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
