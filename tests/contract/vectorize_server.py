@@ -10,7 +10,9 @@ For contract tests only — not the real service. It models what clients must co
   ``processedUpToMutation`` can jump past a given mutation;
 - filters work only on properties that had a metadata index when the vector was written;
 - ``topK`` ≤ 100, and ≤ 20 when values or metadata are returned;
-- fault injection: the next N requests answer 429/503 (optionally with Retry-After).
+- fault injection: the next N requests, or every request for T seconds, answer 429/5xx
+  (optionally with Retry-After); upserts can be held before they are applied, so a client
+  can be killed mid-upsert (the write still lands, as when a client dies waiting).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class _Fault:
     remaining: int = 0
     status: int = 503
     retry_after: str | None = None
+    until: float = 0.0  # time.monotonic() deadline of a timed outage
 
 
 @dataclass
@@ -83,6 +86,9 @@ class VectorizeContractServer:
     calls: collections.Counter = field(default_factory=collections.Counter)
     vectors: dict[str, _Vector] = field(default_factory=dict)
     metadata_indexes: dict[str, str] = field(default_factory=dict)
+    # id → number of upserted lines carrying it (re-upserts are visible here, not in
+    # ``vectors``, which is keyed by id like the real index).
+    writes: collections.Counter = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -91,6 +97,8 @@ class VectorizeContractServer:
         self._processed_at: str | None = None
         self._paused = False
         self._fault = _Fault()
+        self._upsert_hold_s = 0.0
+        self.upsert_received = threading.Event()  # set when a held upsert arrives
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -134,6 +142,19 @@ class VectorizeContractServer:
         """The next ``n`` requests answer ``status`` (e.g. 429, 503) without effect."""
         with self._lock:
             self._fault = _Fault(n, status, retry_after)
+
+    def fail_for(self, seconds: float, status: int = 503, retry_after: str | None = None) -> None:
+        """Every request for the next ``seconds`` answers ``status`` without effect (an
+        outage or a throttling period rather than a count of failures)."""
+        with self._lock:
+            self._fault = _Fault(0, status, retry_after, time.monotonic() + seconds)
+
+    def hold_upserts(self, seconds: float) -> None:
+        """Hold each upsert ``seconds`` after its body arrived, before it is applied and
+        answered (0 ends it). Sets :attr:`upsert_received` when one arrives."""
+        with self._lock:
+            self._upsert_hold_s = seconds
+            self.upsert_received.clear()
 
     def pause_apply(self) -> None:
         """Hold queued mutations (to observe not-yet-visible writes)."""
@@ -193,8 +214,10 @@ class VectorizeContractServer:
         op = match["op"] if match else "unknown"
         with self._lock:
             self.calls[op] += 1  # every request, faulted or not
-            if self._fault.remaining > 0:
-                self._fault.remaining -= 1
+            timed = time.monotonic() < self._fault.until
+            if self._fault.remaining > 0 or timed:
+                if not timed:
+                    self._fault.remaining -= 1
                 self.calls["fault"] += 1
                 extra = {"Retry-After": self._fault.retry_after} if self._fault.retry_after else {}
                 status = self._fault.status
@@ -217,6 +240,11 @@ class VectorizeContractServer:
             }.get((method, op))
             if route is None:
                 raise ApiError(404, 7003, f"No route for {method} {op}")
+            with self._lock:
+                hold_s = self._upsert_hold_s if op == "upsert" else 0.0
+            if hold_s:
+                self.upsert_received.set()
+                time.sleep(hold_s)
             with self._lock:
                 result = route(headers, body)
         except ApiError as err:
@@ -278,6 +306,7 @@ class VectorizeContractServer:
             if len(json.dumps(metadata, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
                 raise ApiError(400, 40004, f"line {number}: metadata over 10 KiB")
             parsed.append((vid, values, metadata))
+        self.writes.update(vid for vid, _, _ in parsed)
         return self._enqueue("upsert", parsed)
 
     def _query(self, headers: Any, body: bytes) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""Fixtures of the fault scenarios, and the table of their figures.
+
+``pytest -m faults tests/faults/test_scenarios.py`` ends with a markdown table (one row
+per scenario) in the terminal summary: that table is what docs/reliability.md shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.faults.fault_harness import FaultyClipServer, Row, markdown_table
+from tests.integration.pipeline_helpers import Clip, make_clips, warm_numba_cache
+
+N_CLIPS = 24  # distinct songs, reused under distinct recording ids and URLs
+CLIP_DURATION_S = 6.0  # above the 5 s minimum, short enough for 200-job batches
+
+ROWS = pytest.StashKey[list[Row]]()
+
+
+@dataclass(frozen=True)
+class FaultAssets:
+    clips: list[Clip]
+    cache_dir: Path  # PREVIEWVEC_CACHE_DIR of every worker (numba's compiled extractor)
+
+
+@pytest.fixture(scope="session")
+def fault_assets(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultAssets]:
+    """Short clips rendered once, and numba's cache compiled once, in the same folder the
+    integration tests use (``.pytest_cache``; ``PREVIEWVEC_TEST_CACHE_DIR`` overrides)."""
+    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
+    if override:
+        cache_dir = Path(override)
+    elif getattr(request.config, "cache", None) is not None:
+        cache_dir = Path(request.config.cache.mkdir("previewvec-worker-cache"))
+    else:
+        cache_dir = tmp_path_factory.mktemp("worker-cache")
+    warm = warm_numba_cache(cache_dir)  # compiles while the clips render
+    try:
+        clips = make_clips(N_CLIPS, duration_s=CLIP_DURATION_S)
+        output, _ = warm.communicate(timeout=400)
+        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
+    finally:
+        if warm.poll() is None:
+            os.killpg(warm.pid, signal.SIGKILL)
+            warm.wait()
+    yield FaultAssets(clips, cache_dir)
+
+
+@pytest.fixture
+def clip_host(fault_assets: FaultAssets) -> Iterator[FaultyClipServer]:
+    """The preview host of one scenario (healthy until the scenario says otherwise)."""
+    server = FaultyClipServer(fault_assets.clips).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_rows(request: pytest.FixtureRequest) -> list[Row]:
+    """Scenarios append their row here; the terminal summary prints the table."""
+    return request.config.stash.setdefault(ROWS, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    rows = config.stash.get(ROWS, [])
+    if rows:
+        terminalreporter.section("fault scenarios")
+        terminalreporter.write_line(markdown_table(rows))

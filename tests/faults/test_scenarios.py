@@ -1,0 +1,423 @@
+"""Fault scenarios: a 200-job batch through the real pipeline while something breaks.
+
+Every scenario runs 200 jobs (24 generated clips under 200 distinct recording ids and
+URLs, served from 127.0.0.1) through a private Redis (AOF on), two ``celery worker``
+processes, a real S3 API (moto's server, reached through a TCP proxy that can take it
+down) and ``previewvec reduce --follow`` into an index (embedded LanceDB, or the Vectorize
+contract server), injects its faults mid-batch, and then audits store and index: every
+recording exactly once in both, or recorded as failed with its code; nothing lost,
+nothing duplicated (tests/faults/fault_harness.py: :func:`audit`).
+
+Each scenario adds a row to the table printed at the end of the session (conftest.py),
+the table of docs/reliability.md. "Time to recover" runs from the end of the last fault
+to the moment the run has no queued recording and the index holds every completed one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
+from tests.contract.vectorize_server import VectorizeContractServer
+from tests.faults.conftest import FaultAssets
+from tests.faults.fault_harness import (
+    RECORD_PREFIX,
+    Audit,
+    FaultPipeline,
+    FaultyClipServer,
+    Row,
+    TcpProxy,
+    audit,
+    batch_catalog,
+    lance_ids,
+    row_from,
+    s3_listing,
+)
+from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
+
+pytestmark = pytest.mark.faults
+
+JOBS = 200
+STORE_PREFIX = "pv"
+
+
+@pytest.fixture
+def s3_proxy(moto_endpoint: str) -> Iterator[TcpProxy]:
+    """The workers' and the reducer's S3 endpoint: a proxy in front of the session's moto
+    server, so the endpoint can go down and come back on the same port with its objects."""
+    proxy = TcpProxy(int(moto_endpoint.rsplit(":", 1)[1])).start()
+    yield proxy
+    proxy.close()
+
+
+@dataclass
+class Batch:
+    """One scenario's pipeline, its batch and the ways to look at store and index."""
+
+    name: str
+    pipeline: FaultPipeline
+    s3: object  # boto3 S3 client straight to moto (not through the proxy)
+    bucket: str
+    run_id: str
+    ids: list[str]
+    index_env: dict[str, str]
+
+    def read_record(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=f"{STORE_PREFIX}/{key}")["Body"].read()
+
+    def store_keys(self) -> list[str]:
+        return s3_listing(self.s3, self.bucket, f"{STORE_PREFIX}/{RECORD_PREFIX}")
+
+    def status(self) -> dict[str, int]:
+        return self.pipeline.runs.status(self.run_id).counts
+
+    def complete(self) -> bool:
+        """No recording queued, and every completed one indexed (nothing left to reduce)."""
+        counts = self.status()
+        runs = self.pipeline.runs
+        return (sum(counts.values()) == len(self.ids) and counts["queued"] == 0
+                and runs.ready_depth() == 0
+                and runs.indexed_count(FEATURE_VERSION) >= counts["done"] + counts["skipped"])
+
+    def wait_done(self, n: int, timeout_s: float = 120) -> None:
+        self.pipeline.wait_for(lambda: self.status()["done"] >= n, timeout_s=timeout_s,
+                               what=f"{n} jobs of {self.name} done")
+
+    def wait_complete(self, timeout_s: float = 180) -> float:
+        """Until :meth:`complete`; returns when (``time.monotonic()``)."""
+        self.pipeline.wait_for(self.complete, timeout_s=timeout_s,
+                               what=f"{self.name} to complete (now {self.status()})")
+        return time.monotonic()
+
+
+def start_batch(name: str, root: Path, assets: FaultAssets, host: FaultyClipServer,
+                proxy: TcpProxy, moto_endpoint: str, *, index_env: dict[str, str] | None = None,
+                extra_env: dict[str, str] | None = None, workers: int = 2) -> Batch:
+    """Bucket, Redis, workers (warm), a following reducer, and the 200 jobs enqueued."""
+    import boto3
+
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=moto_endpoint, region_name=MOTO_REGION,
+        aws_access_key_id=MOTO_ACCESS_KEY, aws_secret_access_key=MOTO_SECRET_KEY)
+    bucket = f"faults-{name.replace('_', '-')}"
+    s3.create_bucket(Bucket=bucket)
+    env = {
+        "AWS_ACCESS_KEY_ID": MOTO_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET_KEY,
+        "AWS_DEFAULT_REGION": MOTO_REGION, "AWS_ENDPOINT_URL_S3": proxy.url,
+        **(extra_env or {}),
+    }
+    pipeline = FaultPipeline(root, cache_dir=assets.cache_dir,
+                             store=f"s3://{bucket}/{STORE_PREFIX}", extra_env=env)
+    try:
+        started = [pipeline.start_worker(f"{name}-{i}") for i in range(workers)]
+        index_env = index_env or {"PREVIEWVEC_INDEX": str(root / "index")}
+        pipeline.start_reducer(index_env)
+        for worker in started:
+            worker.wait_warm()
+        ids, lines = batch_catalog(host, assets.clips, name, JOBS)
+        report = pipeline.enqueue(lines)
+        assert (report.queued, report.invalid) == (JOBS, 0)
+    except BaseException:
+        pipeline.close()
+        raise
+    return Batch(name, pipeline, s3, bucket, report.run_id, ids, index_env)
+
+
+def check(batch: Batch, result: Audit, *, allowed_codes: frozenset[str] = frozenset()) -> None:
+    """The invariant: nothing lost, nothing duplicated; failures only with expected codes."""
+    assert result.problems == [], "\n".join(result.problems[:20])
+    assert result.lost == 0 and result.duplicates == 0
+    assert set(result.failed) <= allowed_codes, result.failed
+    completed = result.jobs - sum(result.failed.values())
+    assert result.in_store == result.in_index == completed
+    assert batch.pipeline.runs.redis.llen("pv:ready:dead") == 0
+
+
+def lance_audit(batch: Batch) -> Audit:
+    return audit(batch.pipeline, batch.run_id, batch.ids, batch.store_keys(),
+                 lance_ids(Path(batch.index_env["PREVIEWVEC_INDEX"])), batch.read_record)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.1f} s"
+
+
+# --------------------------------------------------------------------------- workers
+
+
+VISIBILITY_TIMEOUT_S = 12  # how soon a hard-killed worker's job comes back
+
+
+@pytest.mark.timeout(300)
+def test_sigkilled_workers_and_pool_children(tmp_path: Path, fault_assets: FaultAssets,
+                                            clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                            moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """Six SIGKILLs mid-batch, alternating: a pool child (its job is requeued at once by
+    reject_on_worker_lost), then a whole worker, main process and child together (its job
+    stays unacknowledged until the visibility timeout; a fresh worker replaces it)."""
+    batch = start_batch("kill", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
+    pipeline = batch.pipeline
+    rng = random.Random(6)
+    try:
+        batch.wait_done(20)
+        children = workers = 0
+        for round_ in range(6):
+            target = rng.choice(pipeline.live_workers())
+            if round_ % 2 == 0:
+                pipeline.wait_for(lambda t=target: bool(t.pool_children()), timeout_s=30,
+                                  what=f"a pool child of {target.name}")
+                target.kill_pool_child()
+                children += 1
+            else:
+                target.kill_hard()
+                workers += 1
+                pipeline.start_worker(f"kill-r{round_}").wait_warm()
+            done = batch.status()["done"]
+            batch.wait_done(done + 8)  # the next kill lands on running jobs again
+        last_kill = time.monotonic()
+        assert batch.status()["queued"] > 0, "the kills came too late to be mid-batch"
+        finished = batch.wait_complete()
+        result = lance_audit(batch)
+        check(batch, result)
+        fault_rows.append(row_from(
+            "SIGKILL workers", result,
+            f"{children} pool children + {workers} whole workers SIGKILLed "
+            f"(visibility timeout {VISIBILITY_TIMEOUT_S} s)",
+            seconds(finished - last_kill)))
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+REDIS_DOWN_S = 3.0
+
+
+@pytest.mark.timeout(300)
+def test_redis_restarts_with_aof(tmp_path: Path, fault_assets: FaultAssets,
+                                 clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                 moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """Redis (the broker and all run state, AOF fsynced every second) is restarted twice
+    mid-batch, down for 3 s each time; workers and reducer reconnect and carry on."""
+    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
+    pipeline = batch.pipeline
+    try:
+        for done in (30, 100):
+            batch.wait_done(done)
+            pipeline.restart_redis(REDIS_DOWN_S)
+        restarted = time.monotonic()
+        assert batch.status()["queued"] > 0, "the restarts came too late to be mid-batch"
+        finished = batch.wait_complete()
+        result = lance_audit(batch)
+        check(batch, result)
+        fault_rows.append(row_from(
+            "Redis restart (AOF)", result,
+            f"2 restarts, {REDIS_DOWN_S:g} s down each", seconds(finished - restarted)))
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- S3
+
+
+S3_DOWN_S = 30.0
+
+
+@pytest.mark.timeout(300)
+def test_s3_endpoint_down_for_30_s(tmp_path: Path, fault_assets: FaultAssets,
+                                   clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                   moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """The S3 endpoint refuses connections for 30 s mid-batch (open connections reset),
+    then comes back on the same address: store_unavailable retries carry every job."""
+    batch = start_batch("s3", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
+    pipeline = batch.pipeline
+    try:
+        batch.wait_done(30)
+        s3_proxy.down()
+        time.sleep(S3_DOWN_S)
+        during = batch.status()
+        s3_proxy.up()
+        back = time.monotonic()
+        assert during["queued"] > 0
+        finished = batch.wait_complete()
+        result = lance_audit(batch)
+        check(batch, result)
+        retried = sum(w.log().count("Retry in") for w in pipeline.workers)
+        fault_rows.append(row_from(
+            "S3 endpoint down", result,
+            f"1 outage of {S3_DOWN_S:g} s (connections refused); {retried} task retries",
+            seconds(finished - back)))
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- reducer, index
+
+
+@pytest.fixture
+def vectorize() -> Iterator[VectorizeContractServer]:
+    """The Vectorize contract server (tests/contract/vectorize_server.py), not the service."""
+    with VectorizeContractServer(index_name="faults", dimensions=VECTOR_DIM) as server:
+        yield server
+
+
+def vectorize_env(server: VectorizeContractServer) -> dict[str, str]:
+    return {"PREVIEWVEC_INDEX": f"vectorize://{server.index_name}",
+            "PREVIEWVEC_VECTORIZE_ACCOUNT_ID": server.account_id,
+            "PREVIEWVEC_VECTORIZE_API_TOKEN": server.token,
+            "PREVIEWVEC_VECTORIZE_BASE_URL": server.base_url}
+
+
+def vectorize_audit(batch: Batch, server: VectorizeContractServer) -> Audit:
+    batch.pipeline.wait_for(lambda: server.pending_mutations == 0, timeout_s=30,
+                            what="the contract server to apply every mutation")
+    return audit(batch.pipeline, batch.run_id, batch.ids, batch.store_keys(),
+                 list(server.vectors), batch.read_record)
+
+
+UPSERT_HOLD_S = 3.0
+REDUCER_KILLS = 3
+
+
+@pytest.mark.timeout(300)
+def test_reducer_killed_mid_upsert(tmp_path: Path, fault_assets: FaultAssets,
+                                   clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                   moto_endpoint: str, vectorize: VectorizeContractServer,
+                                   fault_rows: list[Row]) -> None:
+    """``previewvec reduce --follow`` is SIGKILLed three times while an upsert is in flight
+    (the index holds each upsert 3 s; the killed one still lands, unanswered) and
+    restarted each time: the batch it was writing stays queued and is upserted again."""
+    vectorize.hold_upserts(UPSERT_HOLD_S)
+    env = vectorize_env(vectorize)
+    batch = start_batch("reducer", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        index_env=env)
+    pipeline = batch.pipeline
+    try:
+        for _ in range(REDUCER_KILLS):
+            pipeline.wait_for(vectorize.upsert_received.is_set, timeout_s=120,
+                              what="an upsert in flight")
+            pipeline.reducers[-1].kill_hard()
+            vectorize.hold_upserts(UPSERT_HOLD_S)  # re-arms upsert_received
+            pipeline.start_reducer(env)
+        last_kill = time.monotonic()
+        vectorize.hold_upserts(0)
+        finished = batch.wait_complete()
+        result = vectorize_audit(batch, vectorize)
+        check(batch, result)
+        rewritten = sum(1 for n in vectorize.writes.values() if n > 1)
+        assert rewritten > 0, "no killed upsert was written again"
+        assert all(r.proc.returncode == -9 for r in pipeline.reducers[:-1])
+        fault_rows.append(row_from(
+            "reducer killed mid-upsert (Vectorize)", result,
+            f"{REDUCER_KILLS} SIGKILLs of `reduce --follow` during an upsert, each restarted; "
+            f"{rewritten} vectors upserted again (same id)", seconds(finished - last_kill)))
+    finally:
+        pipeline.close()
+
+
+THROTTLE_S = 20.0
+OUTAGE_5XX_S = 15.0
+
+
+@pytest.mark.timeout(300)
+def test_index_answers_429_then_503(tmp_path: Path, fault_assets: FaultAssets,
+                                    clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                    moto_endpoint: str, vectorize: VectorizeContractServer,
+                                    fault_rows: list[Row]) -> None:
+    """Mid-batch the index answers every request 429 (Retry-After: 2) for 20 s, then 503
+    for 15 s: the client's retries run out, the reducer keeps the batch queued and backs
+    off, and catches up when the index answers again."""
+    env = vectorize_env(vectorize)
+    batch = start_batch("index", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        index_env=env)
+    pipeline = batch.pipeline
+    try:
+        pipeline.wait_for(lambda: len(vectorize.vectors) >= 20, timeout_s=120,
+                          what="the first vectors in the index")
+        vectorize.fail_for(THROTTLE_S, status=429, retry_after="2")
+        time.sleep(THROTTLE_S)
+        vectorize.fail_for(OUTAGE_5XX_S, status=503)
+        time.sleep(OUTAGE_5XX_S)
+        back = time.monotonic()
+        faulted = vectorize.calls["fault"]
+        assert faulted > 0 and batch.status()["queued"] > 0
+        finished = batch.wait_complete()
+        result = vectorize_audit(batch, vectorize)
+        check(batch, result)
+        gave_up = sum(r.log_tail(10_000).count("batch stays queued") for r in pipeline.reducers)
+        fault_rows.append(row_from(
+            "index 429 / 503", result,
+            f"{THROTTLE_S:g} s of 429 + {OUTAGE_5XX_S:g} s of 503: {faulted} requests "
+            f"refused, the client gave up {gave_up}×", seconds(finished - back)))
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- preview host
+
+
+FLAP_S = 10.0
+SLOW_S = 10.0
+SLOW_RESPONSE_S = 2.5
+FETCH_ENV = {  # short fetch limits: the slow host's 2.5 s is over the 1 s read timeout
+    "PREVIEWVEC_FETCH_CONNECT_TIMEOUT_S": "1",
+    "PREVIEWVEC_FETCH_READ_TIMEOUT_S": "1",
+    "PREVIEWVEC_FETCH_TOTAL_TIMEOUT_S": "4",
+    "PREVIEWVEC_FETCH_RETRIES": "2",
+}
+
+
+@pytest.mark.timeout(300)
+def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAssets,
+                                         clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                         moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """The preview host flaps for 10 s (connection reset, 503, a good answer, in turn),
+    then answers slower than the read timeout for 10 s, then recovers. Jobs succeed
+    through the fetch's retries or fail with a typed code without holding a worker;
+    ``previewvec retry`` completes the failed ones, exactly once."""
+    batch = start_batch("host", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        extra_env=FETCH_ENV)
+    pipeline = batch.pipeline
+    try:
+        batch.wait_done(20)
+        clip_host.set_mode("flap")
+        time.sleep(FLAP_S)
+        clip_host.set_mode("slow", slow_s=SLOW_RESPONSE_S)
+        time.sleep(SLOW_S)
+        clip_host.set_mode("ok")
+        healthy = time.monotonic()
+        first_pass = batch.wait_complete()
+        first = lance_audit(batch)
+        check(batch, first, allowed_codes=frozenset({"fetch_failed", "http_503"}))
+        assert first.failed, "no job failed: the faults did not bite"
+        assert clip_host.hits["slow"] > 0 and clip_host.hits["flap"] > 0
+
+        retried = pipeline.cli("retry", batch.run_id)
+        assert retried.returncode == 0, retried.stderr
+        n_failed = sum(first.failed.values())
+        assert f"re-enqueued {n_failed} failed jobs" in retried.stdout
+        retry_started = time.monotonic()
+        pipeline.wait_for(lambda: batch.status()["failed"] == 0, timeout_s=120,
+                          what="the retried jobs")
+        finished = batch.wait_complete()
+        final = lance_audit(batch)
+        check(batch, final)
+        assert final.failed == {}
+        fault_rows.append(Row(
+            "preview host flapping, then slow", final.jobs,
+            f"{FLAP_S:g} s flapping (reset / 503 / ok) + {SLOW_S:g} s slow "
+            f"({SLOW_RESPONSE_S:g} s > 1 s read timeout); "
+            f"{clip_host.hits['flap'] + clip_host.hits['slow']} requests hit",
+            final.in_store, final.in_index, final.duplicates, final.lost,
+            f"{first.failed_text()} → 0 after `previewvec retry`",
+            f"{seconds(first_pass - healthy)}; retry {seconds(finished - retry_started)}"))
+    finally:
+        pipeline.close()
