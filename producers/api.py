@@ -103,6 +103,20 @@ def _field_error(loc: list[Any], msg: str, type_: str = "value_error") -> dict[s
             "msg": _safe(msg), "type": type_}
 
 
+class _NoQueryStrings(logging.Filter):
+    """Drops query strings from uvicorn's access log lines: a client that puts a token in
+    the URL (``?token=...``) is refused, and its secret must not land in the log either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+ACCESS_LOG_FILTER = _NoQueryStrings()
+
+
 # --------------------------------------------------------------------------- body limit
 
 
@@ -410,6 +424,10 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
 
                 lazy["reducer"] = Reducer.build(settings)
             return lazy["reducer"]
+
+    access_log = logging.getLogger("uvicorn.access")
+    if ACCESS_LOG_FILTER not in access_log.filters:
+        access_log.addFilter(ACCESS_LOG_FILTER)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
