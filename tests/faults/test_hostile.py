@@ -25,9 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import signal
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -43,8 +41,9 @@ import pytest
 from previewvec.records import decode_record, record_key
 from previewvec.settings import Settings
 from producers.queue import TASK_NAME, make_client
+from tests.faults.harness import worker_cache_dir
 from tests.faults.hostile_server import Behaviour, HostileServer
-from tests.integration.pipeline_helpers import Pipeline, warm_numba_cache
+from tests.integration.pipeline_helpers import Pipeline
 from workers.app import MAX_MEMORY_PER_CHILD_KB
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
@@ -355,24 +354,8 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def cache_dir(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """numba's compiled extractor, shared with tests/integration (compiled once)."""
-    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
-    if override:
-        path = Path(override)
-    elif getattr(request.config, "cache", None) is not None:
-        path = Path(request.config.cache.mkdir("previewvec-worker-cache"))
-    else:
-        path = tmp_path_factory.mktemp("worker-cache")
-    warm = warm_numba_cache(path)
-    try:
-        output, _ = warm.communicate(timeout=400)
-        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
-    finally:
-        if warm.poll() is None:
-            os.killpg(warm.pid, signal.SIGKILL)
-            warm.wait()
-    yield path
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return worker_cache_dir(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
