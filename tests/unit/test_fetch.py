@@ -680,3 +680,151 @@ def test_https_pinned_address_keeps_sni_and_certificate_name(
     with pytest.raises(FetchFailed, match="TLS failure") as info:
         fetch_preview(f"https://other.test:{srv.port}/audio", settings, session=session)
     assert not info.value.retryable and info.value.attempts == 1
+
+
+# --------------------------------------------------------------------------- SSRF: other spellings
+
+# Loopback, link-local and metadata addresses spelt every way URL parsers and resolvers
+# accept: decimal, hex and octal integers, short dotted forms, IPv4-mapped IPv6, zone ids,
+# Unicode full stops (UTS 46 maps them to "."), upper case and trailing dots. Only the
+# exact spelling "127.0.0.1" is listed; none of these may reach it or anything else.
+_ADDRESS_SPELLINGS = [
+    "http://2130706433/a.m4a",  # 127.0.0.1 as one decimal integer
+    "http://0x7f000001/a.m4a",
+    "http://017700000001/a.m4a",
+    "http://0177.0.0.1/a.m4a",
+    "http://0x7f.0.0.1/a.m4a",
+    "http://127.1/a.m4a",
+    "http://127.0.0.01/a.m4a",
+    "http://[::1]/a.m4a",
+    "http://[::ffff:127.0.0.1]/a.m4a",
+    "http://[0:0:0:0:0:ffff:7f00:1]/a.m4a",
+    "http://[::127.0.0.1]/a.m4a",
+    "http://[fe80::1]/a.m4a",
+    "http://[fe80::1%25lo]/a.m4a",
+    "http://0.0.0.0/a.m4a",
+    "http://[::]/a.m4a",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://2852039166/latest/meta-data/",  # 169.254.169.254 in decimal
+    "http://0xa9fea9fe/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://[fd00:ec2::254]/latest/meta-data/",  # AWS's IPv6 metadata endpoint
+    "http://169。254。169。254/latest/meta-data/",
+    "http://１６９.２５４.１６９.２５４/latest/meta-data/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://localhost/a.m4a",
+    "http://LOCALHOST./a.m4a",
+    "http://localhost.localdomain/a.m4a",
+]
+
+
+@pytest.mark.parametrize("url", _ADDRESS_SPELLINGS)
+def test_other_spellings_of_private_addresses_are_refused_unresolved(
+    lookups: list[str], url: str
+) -> None:
+    with pytest.raises(HostNotAllowed) as info:
+        fetch_preview(url, _settings())
+    assert info.value.code == "host_not_allowed" and not info.value.retryable
+    assert lookups == []  # refused on the name, before any resolution or connection
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:/etc/passwd",
+        "file://localhost/etc/passwd",
+        "FILE:///etc/passwd",
+        "data:audio/mp4;base64,AAAAIGZ0eXBNNEEg",
+        "dict://127.0.0.1:11211/stats",
+        "ldap://127.0.0.1/",
+        "sftp://127.0.0.1/a.m4a",
+        "tftp://127.0.0.1/a.m4a",
+        "jar:http://127.0.0.1/a.jar!/",
+        "netdoc:///etc/passwd",
+        "gopher://127.0.0.1:6379/_FLUSHALL",
+        "//127.0.0.1/a.m4a",  # scheme-relative
+        "127.0.0.1/a.m4a",
+    ],
+)
+def test_non_http_schemes_are_refused(lookups: list[str], url: str) -> None:
+    with pytest.raises(HostNotAllowed, match="scheme"):
+        fetch_preview(url, _settings())
+    assert lookups == []
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["::ffff:127.0.0.1"],
+        ["::ffff:169.254.169.254"],
+        ["fe80::1"],
+        ["fd12:3456::1"],
+        ["0.0.0.0"],
+        ["100.64.0.1"],
+        ["64:ff9b::a9fe:a9fe"],  # NAT64 of the metadata address
+        ["224.0.0.1"],
+        ["93.184.216.34", "169.254.169.254"],  # one bad answer among good ones
+    ],
+)
+def test_allowed_name_resolving_to_other_private_forms_is_refused(
+    monkeypatch: pytest.MonkeyPatch, addresses: list[str]
+) -> None:
+    seen = _fake_dns(monkeypatch, {"edge.cdn.test": addresses})
+    with pytest.raises(HostNotAllowed, match="non-public address"):
+        fetch_preview("http://edge.cdn.test/x.m4a", _settings(allowed_audio_hosts=("cdn.test",)))
+    assert seen == ["edge.cdn.test"]
+
+
+@pytest.mark.parametrize(
+    ("name", "addresses"),
+    [
+        ("meta.cdn.test", ["169.254.169.254"]),
+        ("intranet.cdn.test", ["10.1.2.3"]),
+        ("loop.cdn.test", ["127.0.0.1"]),
+        ("v6.cdn.test", ["::1"]),
+        ("mixed.cdn.test", ["93.184.216.34", "192.168.0.10"]),
+    ],
+)
+def test_redirect_to_allowed_name_resolving_to_private_address_is_refused(
+    server: _Server, monkeypatch: pytest.MonkeyPatch, name: str, addresses: list[str]
+) -> None:
+    """The first hop is allowed; the redirect target is an allowed *name* that resolves to
+    a private address: refused at resolution, before any connection to it."""
+    seen = _fake_dns(monkeypatch, {name: addresses})
+    target = f"http://{name}:{server.port}/latest/meta-data/"
+    settings = _settings(allowed_audio_hosts=("127.0.0.1", "cdn.test"))
+    with pytest.raises(HostNotAllowed, match="non-public address") as info:
+        fetch_preview(server.url(f"/to?u={quote(target, safe='')}"), settings)
+    assert info.value.url == target
+    assert seen == ["127.0.0.1", name]  # each hop resolved once; the bad one not retried
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[fe80::1%25eth0]/",
+        "http://169%2e254%2e169%2e254/latest/meta-data/",  # percent-encoded dots
+        "//169.254.169.254/latest/meta-data/",  # scheme-relative Location
+        "data:audio/mp4;base64,AAAA",
+    ],
+)
+def test_redirect_to_other_spellings_is_refused(
+    server: _Server, lookups: list[str], target: str
+) -> None:
+    with pytest.raises(HostNotAllowed):
+        fetch_preview(server.url(f"/to?u={quote(target, safe='')}"), _settings())
+    assert lookups == ["127.0.0.1"]  # only the first hop was ever resolved
+
+
+def test_exactly_listed_private_address_is_the_explicit_exception(server: _Server) -> None:
+    """Listing an address exactly is the (documented) way to allow a private host: tests
+    list 127.0.0.1. The same server under another spelling stays refused."""
+    assert fetch_preview(server.url("/audio"), _settings()).data == AUDIO
+    with pytest.raises(HostNotAllowed):
+        fetch_preview(server.url("/audio"), _settings(allowed_audio_hosts=("mzstatic.com",)))
+    with pytest.raises(HostNotAllowed):
+        fetch_preview(f"http://2130706433:{server.port}/audio", _settings())
