@@ -2,7 +2,8 @@
 
 Normalisation (:func:`normalize`): NFKD + strip combining marks ("Zoé" → "zoe"),
 case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" → "dont"), other punctuation
-→ space, whitespace collapsed. Artists also lose a leading "the".
+→ space, whitespace collapsed; letters and digits of every script are kept ("Кино" →
+"кино", "東京事変" stays). Artists also lose a leading "the".
 
 Titles (:func:`parse_title`) are split into a core, *version tags* and featured artists:
 
@@ -82,12 +83,22 @@ _ARTIST_SPLIT = re.compile(
     r"\s*(?:,|&|\+|\band\b|\bfeat\b\.?|\bft\b\.?|\bfeaturing\b|\bwith\b|\bvs\b\.?)\s*",
     re.IGNORECASE)
 _APOSTROPHES = re.compile(r"['’`´]")
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_SPACES = re.compile(r"\s+")
+# Word characters: letters and digits of every script, and spacing marks (Devanagari and
+# other Indic vowel signs sit inside words). Keeping only [a-z0-9] would normalise a
+# Japanese or Russian title to "", which never matches anything.
+_WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Nl", "No", "Mc"})
 
 
 def strip_accents(text: str) -> str:
+    """NFKD, then drop non-spacing and enclosing marks (accents, the grapheme joiner)."""
     decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return "".join(ch for ch in decomposed if unicodedata.category(ch) not in ("Mn", "Me"))
+
+
+def _words_only(text: str) -> str:
+    kept = "".join(ch if unicodedata.category(ch) in _WORD_CATEGORIES else " " for ch in text)
+    return _SPACES.sub(" ", kept).strip()
 
 
 def normalize(text: str | None) -> str:
@@ -99,7 +110,7 @@ def normalize(text: str | None) -> str:
     text = text.replace("ł", "l").replace("đ", "d")
     text = re.sub(r"\s*[&+]\s*", " and ", text)
     text = _APOSTROPHES.sub("", text)
-    return _NON_ALNUM.sub(" ", text).strip()
+    return _words_only(text)
 
 
 def normalize_artist(text: str | None) -> str:
