@@ -88,6 +88,9 @@ class Settings:
     # Broker: seconds before Redis hands an unacknowledged job to another worker (how long
     # a hard-killed worker's job stays invisible). Task time limits scale below it.
     visibility_timeout_s: int = 3600
+    # Worker memory: every N tasks a pool child hands freed heap back to the OS with
+    # glibc's malloc_trim(0); 0 turns it off (measured in benchmarks/soak.py).
+    malloc_trim_every: int = 0
 
     # Producers: MusicBrainz and iTunes resolution.
     mb_contact: str = ""  # required for MusicBrainz: an email or URL for the User-Agent

@@ -9,12 +9,15 @@ forever and no exception kills the worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, worker_process_init
 
 from previewvec.errors import PreviewvecError
 from previewvec.settings import Settings
@@ -45,6 +48,35 @@ def _warm_child(**_: Any) -> None:
 
     context()
     log.info("extractor warmed in %.1f s", warm_up())
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_trim = _malloc_trim()
+_tasks_since_trim = 0
+
+
+@task_postrun.connect
+def _trim_heap(**_: Any) -> None:
+    """Every ``malloc_trim_every`` tasks, return the freed heap to the OS.
+
+    Each task allocates and frees tens of MB (decoded audio, spectrograms) and glibc may
+    keep freed arena pages mapped; benchmarks/soak.py measures whether that matters.
+    """
+    global _tasks_since_trim
+    every = context().settings.malloc_trim_every
+    if every <= 0 or _trim is None:
+        return
+    _tasks_since_trim += 1
+    if _tasks_since_trim >= every:
+        _tasks_since_trim = 0
+        _trim(0)
 
 
 def _record_failure(job: Any, code: str, message: str) -> dict[str, Any]:
