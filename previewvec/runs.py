@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 PREFIX = "pv"
 STATES = ("queued", "done", "skipped", "failed")
 READY_QUEUE = f"{PREFIX}:ready"
 RUNS_INDEX = f"{PREFIX}:runs"
+# Retries of a Redis command on connection errors: 0.05 s doubling to 1 s, ≈ 30 s in all.
+REDIS_RETRIES = 35
+REDIS_RETRY_CAP_S = 1.0
 
 # KEYS: state hash, counters hash. ARGV: recording id, new state.
 # Moves the recording to its new state and keeps the counters consistent. "done" is never
@@ -68,7 +73,13 @@ class Runs:
 
     @classmethod
     def from_url(cls, url: str) -> Runs:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+        # Ride out a Redis restart (seconds): a worker that cannot record "done" or push
+        # its record key would otherwise ack a job whose bookkeeping is lost. Every command
+        # here is idempotent or harmless when repeated (a ready key pushed twice is
+        # deduplicated by the reducer).
+        retry = Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_S, base=0.05), REDIS_RETRIES)
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                        retry=retry))
 
     def create(self, run_id: str, **meta: str | int) -> None:
         self.redis.hset(_key(run_id, "meta"), mapping={"created_at": time.time(), **meta})

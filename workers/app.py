@@ -22,6 +22,9 @@ TASK_SOFT_TIME_LIMIT_S = 240
 TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
 MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
 MAX_TASKS_PER_CHILD = 2000
+# A new pool child warms the extractor (numba) in worker_process_init, before it reports
+# up; Celery's default 4 s wait kills it on a busy machine, and its replacement, and so on.
+PROC_ALIVE_TIMEOUT_S = 120.0
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -64,6 +67,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_routes={"previewvec.featurize": {"queue": "batch"}},
         worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KB,
         worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
+        worker_proc_alive_timeout=PROC_ALIVE_TIMEOUT_S,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import redis
 
 from previewvec.jobs import vector_id
 from previewvec.records import (
@@ -28,15 +30,18 @@ from previewvec.records import (
 from previewvec.runs import PREFIX, READY_QUEUE, Runs
 from previewvec.settings import Settings
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
-from workers.index import IndexItem, VectorIndex, open_index
+from workers.index import IndexItem, IndexUnavailable, VectorIndex, open_index
 from workers.normalize import Normalizer, normalizer_key
-from workers.store import FeatureStore, open_store
+from workers.store import FeatureStore, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = f"{PREFIX}:reducer:lock"
 DEAD_LETTER_QUEUE = f"{PREFIX}:ready:dead"
-LOCK_TTL_S = 120
+# Short, and renewed every LOCK_TTL_S / 3 while a batch is in progress: a reducer that
+# dies (SIGKILL, lost node) blocks the next one for at most this long, while a slow batch
+# (Vectorize upserts with retries, a normaliser fit) keeps its lock as long as it lives.
+LOCK_TTL_S = 15
 # The lock holds a random token. A reducer whose lock expired mid-batch (slow upsert, long
 # normaliser fit) must not trim the queue, whose head may already be another reducer's
 # batch, nor delete that reducer's lock: both only happen while the token is still ours.
@@ -46,12 +51,18 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('LTRIM', KEYS[2], ARGV[2], -1)
 return 1
 """
+# KEYS: lock. ARGV: token, TTL in ms.
+_RENEW_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 # KEYS: lock. ARGV: token.
 _RELEASE_IF_OWNER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 FIT_MAX_RECORDS = 20_000
+OUTAGE_BACKOFF_CAP_S = 30.0
 METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
                    "danceability", "onset_rate", "duration_s")
 
@@ -124,6 +135,9 @@ class Reducer:
         token = secrets.token_hex(16)
         if not self.runs.redis.set(LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
             return 0  # another reducer is working; its batch will be consumed by it
+        stop_renewing = threading.Event()
+        threading.Thread(target=self._renew_lock, args=(token, stop_renewing), daemon=True,
+                         name="reducer-lock").start()
         try:
             keys = self.runs.peek_ready(size)
             if not keys:
@@ -154,7 +168,18 @@ class Reducer:
                 return 0
             return len(keys)
         finally:
+            stop_renewing.set()
             self.runs.redis.eval(_RELEASE_IF_OWNER, 1, LOCK_KEY, token)
+
+    def _renew_lock(self, token: str, stop: threading.Event) -> None:
+        """Keep our lock alive until ``stop``; give up once it is no longer ours."""
+        while not stop.wait(LOCK_TTL_S / 3):
+            try:
+                if not self.runs.redis.eval(_RENEW_IF_OWNER, 1, LOCK_KEY, token,
+                                            int(LOCK_TTL_S * 1000)):
+                    return
+            except redis.RedisError:
+                log.warning("could not renew the reducer lock", exc_info=True)
 
     def drain(self, batch_size: int | None = None) -> int:
         """Reduce until the ready queue is empty; returns entries consumed."""
@@ -170,10 +195,26 @@ class Reducer:
 
     def follow(self, batch_size: int | None = None, idle_sleep_s: float = 1.0,
                stop_after_s: float | None = None) -> None:
-        """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty."""
+        """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty.
+
+        An index, store or Redis outage that outlasts the clients' own retries does not end
+        the loop: the batch stays queued (nothing was trimmed) and is tried again after a
+        pause that doubles up to ``OUTAGE_BACKOFF_CAP_S``.
+        """
         started = time.monotonic()
+        pause_s = 0.0
         while stop_after_s is None or time.monotonic() - started < stop_after_s:
-            if self.reduce_once(batch_size) == 0:
+            try:
+                consumed = self.reduce_once(batch_size)
+            except (IndexUnavailable, StoreUnavailable, redis.ConnectionError,
+                    redis.TimeoutError) as exc:
+                pause_s = min(OUTAGE_BACKOFF_CAP_S, max(1.0, 2 * pause_s))
+                log.warning("reduce failed (%s: %s); batch stays queued, retry in %.0f s",
+                            type(exc).__name__, exc, pause_s)
+                time.sleep(pause_s)
+                continue
+            pause_s = 0.0
+            if consumed == 0:
                 time.sleep(idle_sleep_s)
 
     def reindex(self, batch_size: int | None = None, *, refit: bool = False) -> int:
