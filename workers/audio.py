@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import soxr
 
 from previewvec.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
 
@@ -211,23 +212,15 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
         raise Undecodable("the audio codec is not supported")
     codec = ctx.codec.canonical_name
 
-    chunks: list[np.ndarray] = []
-    total = 0
-    resampler: av.AudioResampler | None = None
-    in_key: tuple[str, str, int] | None = None
+    # Frames are collected at the source rate and resampled once per run of same-format
+    # frames: FFmpeg's swresample called per ~1024-sample frame cost more than decoding
+    # the AAC itself; one soxr call on the whole run costs a few milliseconds.
+    pieces: list[np.ndarray] = []
+    segment: _Segment | None = None
     out_layout = ""
     source_sr = source_channels = 0
+    total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
     bad_in_a_row = 0
-
-    def drain(frames: list[av.AudioFrame]) -> None:
-        nonlocal total
-        for out in frames:
-            # A zero-copy view of the interleaved plane (it keeps the frame alive); the
-            # single concatenate below does the only copy.
-            count = out.samples * out.layout.nb_channels
-            chunks.append(np.frombuffer(out.planes[0], dtype=np.float32, count=count))
-            total += out.samples
-
     try:
         for packet in container.demux(stream):
             try:
@@ -242,40 +235,95 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
                 n_ch = frame.layout.nb_channels
                 if frame.sample_rate <= 0 or n_ch <= 0 or frame.samples <= 0:
                     continue
-                key = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if resampler is None:
+                if segment is None:
                     source_sr, source_channels = frame.sample_rate, n_ch
                     out_layout = _output_layout(frame.layout)
-                elif key != in_key:
-                    # Mid-stream format change (e.g. chained streams): finish the old
-                    # resampler and map the new input onto the original output layout.
-                    drain(resampler.resample(None))
-                    resampler = None
-                if resampler is None:
-                    # Packed "flt", not planar "fltp": PyAV's AudioFrame.planes reads past
-                    # the 8 inline data pointers of an 8-channel planar frame (segfault).
-                    resampler = av.AudioResampler(format="flt", layout=out_layout, rate=sr)
-                    in_key = key
-                drain(resampler.resample(frame))
+                elif not segment.accepts(frame):
+                    # Mid-stream format change (e.g. chained streams): finish the old run
+                    # and map the new input onto the original output layout.
+                    pieces.append(segment.finish(sr))
+                    segment = None
+                if segment is None:
+                    segment = _Segment(frame, out_layout)
+                segment.add(frame)
+                total += frame.samples * sr / frame.sample_rate
             if total > target:
                 break
     except _AV_ERRORS:
         pass  # a demux error mid-stream (e.g. a truncated file): keep what decoded so far
-    if resampler is not None and total <= target:
-        with contextlib.suppress(*_AV_ERRORS):
-            drain(resampler.resample(None))
-    if not chunks:
+    if segment is not None:
+        pieces.append(segment.finish(sr))
+    pieces = [piece for piece in pieces if piece.shape[1]]
+    if not pieces:
         raise Undecodable(f"no audio could be decoded from the {codec} stream")
-    interleaved = np.concatenate(chunks)
-    out_channels = av.AudioLayout(out_layout).nb_channels
+    mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
-        mat=interleaved.reshape(-1, out_channels).T,
-        total=total,
+        mat=mat,
+        total=int(mat.shape[1]),
         source_sr=source_sr,
         source_channels=source_channels,
         codec=codec,
         container=container.format.name,
     )
+
+
+# Float sample formats PyAV can hand over without conversion. Planar frames with many
+# channels go through swresample instead: PyAV's AudioFrame.planes reads past the 8
+# inline data pointers of a planar frame with more than 8 channels (segfault).
+_DIRECT_FORMATS = frozenset({"flt", "fltp"})
+_MAX_DIRECT_CHANNELS = 8
+
+
+class _Segment:
+    """A run of decoded frames with one format, layout and rate, gathered in an AudioFifo."""
+
+    def __init__(self, first: av.AudioFrame, out_layout: str) -> None:
+        self.key = (first.format.name, first.layout.name, first.sample_rate)
+        self.rate = first.sample_rate
+        self.n_channels = av.AudioLayout(out_layout).nb_channels
+        direct = (
+            first.format.name in _DIRECT_FORMATS
+            and first.layout.name == out_layout
+            and first.layout.nb_channels <= _MAX_DIRECT_CHANNELS
+        )
+        # Otherwise only the sample format and channel layout are converted (to packed
+        # float, safe for any channel count); the rate is left to the one resampling.
+        self.converter = (
+            None if direct else av.AudioResampler(format="flt", layout=out_layout, rate=self.rate)
+        )
+        self.fifo = av.AudioFifo()
+
+    def accepts(self, frame: av.AudioFrame) -> bool:
+        return (frame.format.name, frame.layout.name, frame.sample_rate) == self.key
+
+    def add(self, frame: av.AudioFrame) -> None:
+        frames = [frame] if self.converter is None else self.converter.resample(frame)
+        for out in frames:
+            out.pts = None  # the fifo checks timestamp continuity; gaps are not our concern
+            self.fifo.write(out)
+
+    def finish(self, sr: int) -> np.ndarray:
+        """All samples of the run as float32, shape (channels, n), resampled to ``sr``."""
+        if self.converter is not None:
+            with contextlib.suppress(*_AV_ERRORS):
+                for out in self.converter.resample(None):
+                    out.pts = None
+                    self.fifo.write(out)
+        frame = self.fifo.read()
+        if frame is None:
+            return np.zeros((self.n_channels, 0), dtype=np.float32)
+        n = frame.samples
+        if frame.format.is_planar:
+            # Zero-copy views of the channel planes (at most _MAX_DIRECT_CHANNELS of them).
+            channels = [np.frombuffer(plane, dtype=np.float32, count=n) for plane in frame.planes]
+        else:
+            packed = np.frombuffer(frame.planes[0], dtype=np.float32, count=n * self.n_channels)
+            channels = list(packed.reshape(n, self.n_channels).T)
+        if self.rate == sr:
+            return np.stack(channels)
+        # soxr "HQ" is librosa's default resampler (res_type="soxr_hq"); one call per channel
+        # reads the planes in place.
+        return np.stack([soxr.resample(channel, self.rate, sr, "HQ") for channel in channels])
 
 
 def _output_layout(layout: av.AudioLayout) -> str:

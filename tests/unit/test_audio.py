@@ -194,6 +194,20 @@ def test_8k_mono_wav_is_upsampled() -> None:
     assert abs(float(np.sqrt(np.mean(audio.samples**2))) - 0.3 / np.sqrt(2)) < 0.01
 
 
+def test_rate_and_layout_change_mid_stream() -> None:
+    # Concatenated MP3s (44.1 kHz stereo, then 22.05 kHz mono): each run of frames is
+    # resampled on its own and mapped onto the first run's stereo layout.
+    first, second = _music(6.0, seed=2), _music(6.0, sr=22_050, seed=3)[0]
+    audio = decode_audio(encode_audio(first, SR, "mp3") + encode_audio(second, 22_050, "mp3"))
+    assert (audio.source_sr, audio.source_channels) == (SR, 2)
+    assert audio.channels is not None and audio.channels.shape == (2, audio.n_samples)
+    assert abs(audio.duration_s - 12.0) < 0.1  # encoder padding only
+    tail = audio.channels[:, -5 * ANALYSIS_SR :]
+    np.testing.assert_array_equal(tail[0], tail[1])  # the mono run fills both channels
+    level = float(np.sqrt(np.mean(tail[0] ** 2)) / np.sqrt(np.mean(second[-5 * 22_050 :] ** 2)))
+    assert 0.6 < level < 0.8  # FFmpeg's upmix puts a mono centre at -3 dB (0.71) per side
+
+
 def test_cap_stops_at_exactly_max_duration() -> None:
     long = encode_audio(_music(40.0, seed=1), SR, "flac")
     audio = decode_audio(long, max_duration_s=30.0)
