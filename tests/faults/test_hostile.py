@@ -510,8 +510,10 @@ def test_hostile_corpus_ends_in_typed_outcomes(pipeline: Pipeline, server: Hosti
 
     print("\n" + markdown_table(cases, outcomes))
     peak = max(rss.peak.values())
+    cpu = sum(sum(p.cpu_times()[:2]) for p in (rss.main, *rss.main.children()))
     print(f"\npeak pool-child RSS: {peak / 2**20:.0f} MiB over {len(rss.peak)} children "
-          f"(cap {RSS_CAP_BYTES / 2**20:.0f} MiB)")
+          f"(cap {RSS_CAP_BYTES / 2**20:.0f} MiB); worker CPU (main + children, "
+          f"warm-up included): {cpu:.1f} s for {len(cases) + 1} jobs")
 
     mismatched = {c.name: (c.expect, outcomes[c.name].status, outcomes[c.name].code,
                            outcomes[c.name].message)
