@@ -3,7 +3,7 @@
 import librosa
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import ndimage, stats
 
 from previewvec.songs.render import render
 from previewvec.songs.score import generate_song
@@ -16,7 +16,7 @@ from workers.features.spectral import (
     stft_magnitude,
     zero_crossing_rate,
 )
-from workers.features.stats import summarize
+from workers.features.stats import running_median, summarize
 
 SR = 22050
 
@@ -109,3 +109,14 @@ def test_constant_series_has_zero_skew_and_kurtosis_not_nan():
     summary = summarize(frames)
     assert summary["skew"][0] == 0.0 and summary["kurtosis"][0] == 0.0
     assert all(np.all(np.isfinite(v)) for v in summary.values())
+
+
+@pytest.mark.parametrize("mode", ["reflect", "nearest", "mirror"])
+@pytest.mark.parametrize("width", [1, 9, 17])
+def test_running_median_equals_scipys_median_filter(signal, mode, width):
+    spectrogram = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=HOP_LENGTH))[:60]
+    for frames in (spectrogram, spectrogram[:, :width + 1], spectrogram[:5, :3]):
+        if mode != "nearest" and frames.shape[1] <= width // 2:
+            continue  # numpy and scipy extend differently once the pad exceeds the signal
+        expected = ndimage.median_filter(frames, size=(1, width), mode=mode)
+        np.testing.assert_array_equal(running_median(frames, width, mode=mode), expected)

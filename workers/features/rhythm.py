@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
-from scipy.ndimage import median_filter, uniform_filter1d
+from scipy.ndimage import uniform_filter1d
+
+from workers.features.stats import running_median
 
 HOP_LENGTH = 512
 BASE_MIN_BPM = 60.0
@@ -170,7 +172,7 @@ def harmony_change(mel_db: np.ndarray, sr: int, period: float) -> float:
     k = max(int(period / 2), 2)
     if rows.shape[0] == 0 or rows.shape[1] <= 2 * k + 4:
         return 0.0
-    smooth = median_filter(rows, size=(1, HARMONY_MEDIAN_FRAMES))
+    smooth = running_median(rows, HARMONY_MEDIAN_FRAMES)
     smooth = uniform_filter1d(smooth - smooth.mean(axis=0, keepdims=True), k, axis=1)
     a, b = smooth[:, :-k], smooth[:, k:]
     norms = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0) + 1e-9

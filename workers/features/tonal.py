@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
-from scipy.ndimage import median_filter
+
+from workers.features.stats import running_median
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -146,7 +147,7 @@ def _unit_columns(x: np.ndarray) -> np.ndarray:
 
 def estimate_key(cqt: np.ndarray, sr: int = 22050, hop_length: int = 512) -> Key:
     """Key of a clip from its CQT magnitude (84 bins from C1, 12 per octave)."""
-    harmonic = median_filter(cqt, size=(1, HARMONIC_FILTER_FRAMES), mode="nearest")
+    harmonic = running_median(cqt, HARMONIC_FILTER_FRAMES, mode="nearest")
     treble = harmonic.copy()
     treble[:TREBLE_FROM_BIN] = 0.0
     chroma = librosa.util.normalize(fold_chroma(treble), norm=np.inf, axis=0)
