@@ -269,6 +269,7 @@ def test_secrets_never_leave_settings(cache_dir: Path, server: HostileServer,
         worker_name = next(iter(requests.get(f"{base}/api/workers?refresh=1", auth=auth,
                                              timeout=30).json()))
         tasks = requests.get(f"{base}/api/tasks", auth=auth, timeout=10).json()
+        assert len(tasks) == 4
         paths = ["/api/workers?refresh=1", "/api/tasks", "/api/task/types",
                  "/api/queues/length", "/", "/workers", "/tasks", "/broker", "/metrics",
                  f"/worker/{worker_name}"]
