@@ -11,6 +11,7 @@ from workers.audio import decode_audio, encode_audio
 from workers.features.spectral import (
     HOP_LENGTH,
     N_FFT,
+    cqt_magnitude,
     estimate_tuning,
     spectral_shape,
     stft_magnitude,
@@ -54,6 +55,24 @@ def test_tuning_estimate_equals_librosas(detuned_songs):
             assert estimate_tuning(magnitude, SR) == expected
             estimates.append(expected)
     assert len(set(estimates)) >= 4  # the songs really span several tunings
+
+
+def test_cqt_equals_librosas_for_any_tuning(detuned_songs):
+    # The cached filter bases must be the ones librosa.cqt builds, whatever the tuning.
+    for y, tuning in zip(detuned_songs, (0.0, 0.31, -0.18, 0.48), strict=True):
+        for signal in (y, y[: 5 * SR + 123]):
+            for _ in range(2):  # built, then from the cache
+                expected = np.abs(librosa.cqt(signal, sr=SR, hop_length=HOP_LENGTH, n_bins=84,
+                                              bins_per_octave=12, tuning=tuning))
+                ours = cqt_magnitude(signal, SR, tuning)
+                assert ours.shape == expected.shape and ours.dtype == expected.dtype
+                np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    # At 44.1 kHz librosa first halves the rate ("early downsampling"); so must we.
+    y44 = librosa.resample(detuned_songs[1][: 4 * SR], orig_sr=SR, target_sr=2 * SR)
+    expected = np.abs(librosa.cqt(y44, sr=2 * SR, hop_length=HOP_LENGTH, n_bins=84,
+                                  bins_per_octave=12, tuning=0.31))
+    np.testing.assert_allclose(cqt_magnitude(y44, 2 * SR, 0.31), expected, rtol=1e-5,
+                               atol=1e-6 * expected.max())
 
 
 def test_tuning_of_silence_and_of_a_single_tone():
