@@ -103,7 +103,11 @@ def _idle_child(main: psutil.Process, timeout_s: float = 30.0) -> psutil.Process
     deadline = time.monotonic() + timeout_s
     last: tuple[int, float] | None = None
     while True:
-        children = main.children()
+        children = []
+        for c in main.children():  # a recycled child lingers as a zombie until reaped
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if c.status() != psutil.STATUS_ZOMBIE:
+                    children.append(c)
         if len(children) == 1:
             child = children[0]
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -122,9 +126,10 @@ def _sample(main: psutil.Process, processed: int) -> Sample:
         child = _idle_child(main)
         try:
             mem = child.memory_full_info()
-            break
         except psutil.NoSuchProcess:  # recycled between the two calls: take the new one
             continue
+        if mem.rss:  # 0 once the child has exited
+            break
     return Sample(processed, child.pid, mem.rss / MB, mem.uss / MB,
                   main.memory_info().rss / MB, _tree_cpu_s(main))
 
@@ -316,20 +321,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if moto:
             moto.stop()
+    ordered = [results[m] for m in mitigations if m in results]
+    if ordered:
+        print()
+        print(report(args, ordered, load_before))
     if errors:
         for m, exc in errors.items():
-            print(f"{m}: {exc!r}", file=sys.stderr)
+            print(f"{m}: FAILED: {exc}", file=sys.stderr)
         print(f"logs kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work, ignore_errors=True)
-    ordered = [results[m] for m in mitigations]
-    print()
-    print(report(args, ordered, load_before))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": _machine(), "args": vars(args),
-                                               "results": ordered}, indent=2, default=str))
-    complete = all(r["counts"].get("done") == args.jobs and not r["counts"].get("failed")
-                   for r in ordered)
+                                               "results": ordered,
+                                               "errors": {m: str(e) for m, e in errors.items()}},
+                                              indent=2, default=str))
+    complete = not errors and all(
+        r["counts"].get("done") == args.jobs and not r["counts"].get("failed") for r in ordered)
     if not complete:
         print("not every job was done: see the counts above", file=sys.stderr)
     return 0 if complete else 1
