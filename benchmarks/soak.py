@@ -30,7 +30,7 @@ each, so they see the same machine load):
 from __future__ import annotations
 
 # pipeline pins BLAS/numba threads when imported, so it goes before anything loads numpy
-from pipeline import MotoServer, _machine, _wait_ready, ensure_clips  # isort: skip
+from pipeline import MotoServer, _machine, _wait_warm, ensure_clips  # isort: skip
 
 # isort: split
 import argparse
@@ -168,7 +168,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
                  "--without-heartbeat", *extra_args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready([log_path], [proc])
+            _wait_warm([log_path], [proc])
             main = psutil.Process(proc.pid)
             runs = Runs.from_url(local_redis.url)
             run_id = new_run_id()
@@ -261,16 +261,17 @@ def report(args: argparse.Namespace, results: list[dict], load_before: float) ->
             f"end = at {args.jobs}; max = largest sample from start on. Target: end and max "
             f"≤ +{TARGET_GROWTH:.0%} of start.", "",
             "| configuration | start RSS | middle | end | max | end/start | max/start | "
-            "slope MB/1 000 jobs | end/start USS | pool children | CPU-s/job | done/failed "
-            "| result |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+            "slope MB/1 000 jobs | end/start USS | main process RSS start → end | pool children "
+            "| CPU-s/job | done/failed | result |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         c = r["counts"]
         out.append(
             f"| {r['mitigation']} | {r['start']['rss_mb']:.1f} | {r['middle']['rss_mb']:.1f} | "
             f"{r['end']['rss_mb']:.1f} | {r['max_rss_mb']:.1f} | {r['end_over_start']:.3f} | "
             f"{r['max_over_start']:.3f} | {r['slope_mb_per_1000_jobs']:+.1f} | "
-            f"{r['uss_end_over_start']:.3f} | {len(r['children'])} | {r['cpu_s_per_job']:.3f} | "
+            f"{r['uss_end_over_start']:.3f} | {r['start']['main_rss_mb']:.1f} → "
+            f"{r['end']['main_rss_mb']:.1f} | {len(r['children'])} | {r['cpu_s_per_job']:.3f} | "
             f"{c.get('done', 0)}/{c.get('failed', 0)} | {'PASS' if _flat(r) else 'FAIL'} |")
     return "\n".join(out)
 
