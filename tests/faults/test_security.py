@@ -88,7 +88,8 @@ def test_broker_refuses_pickle_messages(cache_dir: Path, server: HostileServer,
                                         tmp_path: Path) -> None:
     """Given a worker, when a pickle-serialised task arrives (with a payload that would
     run code on loading), then it is refused unloaded, acknowledged (the queue does not
-    block) and logged; a JSON job published after it completes."""
+    block) and logged; so are JSON calls with the wrong arguments; a JSON job published
+    after them completes."""
     pipeline = Pipeline(tmp_path / "pipe", cache_dir=cache_dir, store=str(tmp_path / "store"))
     try:
         marker = tmp_path / "unpickled-here"
@@ -101,6 +102,9 @@ def test_broker_refuses_pickle_messages(cache_dir: Path, server: HostileServer,
         client.send_task(TASK_NAME, args=[job], queue="batch", serializer="pickle")
         raw = json.loads(pipeline.runs.redis.lindex("batch", 0))
         assert raw["content-type"] == "application/x-python-serialize"  # it is a pickle
+        # JSON, but not a call the task can take: no arguments, or one too many.
+        bad_calls = [client.send_task(TASK_NAME, args=[], queue="batch").id,
+                     client.send_task(TASK_NAME, args=[{}, {}], queue="batch").id]
 
         worker = pipeline.start_worker("pickle")
         worker.wait_warm()
@@ -119,6 +123,10 @@ def test_broker_refuses_pickle_messages(cache_dir: Path, server: HostileServer,
         pipeline.wait_until(lambda: not pipeline.runs.redis.hlen("unacked"), timeout_s=30,
                             what="the refused message to be acknowledged")
         assert pipeline.queue_depth("batch") == 0
+        # The malformed calls fail inside Celery (TypeError, logged) and are acknowledged;
+        # they name no run, so the log is their only record.
+        for task_id in bad_calls:
+            assert f"Task previewvec.featurize[{task_id}] raised unexpected: TypeError" in log
         assert worker.alive()
     finally:
         pipeline.close()
