@@ -118,6 +118,7 @@ def warm_up(sr: int = 22_050) -> float:
     """Run the extractor once on a synthetic clip so JIT compilation and filter caches
     are paid before the first real clip. Returns the seconds it took."""
     started = time.perf_counter()
+    spectral.prepare_cqt(sr)
     t = np.arange(int(6 * sr)) / sr
     rng = np.random.default_rng(0)
     tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))

@@ -31,6 +31,9 @@ TUNING_FRAME_STRIDE = 1
 PIPTRACK_FMIN_HZ = 150.0
 PIPTRACK_FMAX_HZ = 4000.0
 PIPTRACK_THRESHOLD = 0.1
+TUNING_RESOLUTION = 0.01  # librosa.estimate_tuning's histogram bin, in bins
+# CQT bases built at worker start-up: tunings within ±0.1 bin (10 cents) of A440.
+PREPARED_TUNING_RANGE = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
     pitches = ((k + lo + 1) + shift) * float(sr) / N_FFT
     threshold = np.median(mags)
     tuning = float(
-        librosa.pitch_tuning(pitches[mags >= threshold].astype(sample.dtype), bins_per_octave=12)
+        librosa.pitch_tuning(pitches[mags >= threshold].astype(sample.dtype),
+                             resolution=TUNING_RESOLUTION, bins_per_octave=12)
     )
     return tuning if np.isfinite(tuning) else 0.0
 
@@ -147,6 +151,21 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float) -> np.ndarray:
     out = np.concatenate([response[:, :n_frames] for response in responses[::-1]])
     out /= plan.sqrt_lengths[:, np.newaxis]
     return np.abs(out)
+
+
+def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
+    """Build the CQT filter bases for the common tunings ahead of the first clip.
+
+    ``librosa.pitch_tuning`` returns a left edge of its 0.01-bin histogram (100 values from
+    -0.5 to 0.49). Bases for tunings within ``max_abs_tuning`` (most recordings are within
+    10 cents of A440) are built here, ~10 ms of CPU each; any other tuning is built by the
+    first clip that needs it and cached from then on. Returns how many bases were built.
+    """
+    edges = np.linspace(-0.5, 0.5, int(np.ceil(1.0 / TUNING_RESOLUTION)) + 1)[:-1]
+    chosen = edges[np.abs(edges) <= max_abs_tuning + 1e-9]
+    for tuning in chosen:
+        _cqt_plan(sr, float(tuning))
+    return int(chosen.size)
 
 
 @dataclass(frozen=True)
