@@ -81,9 +81,10 @@ class Batch:
         """No recording queued, and every completed one indexed (nothing left to reduce)."""
         counts = self.status()
         runs = self.pipeline.runs
-        return (sum(counts.values()) == len(self.ids) and counts["queued"] == 0
-                and runs.ready_depth() == 0
-                and runs.indexed_count(FEATURE_VERSION) >= counts["done"] + counts["skipped"])
+        if sum(counts.values()) != len(self.ids) or counts["queued"] or runs.ready_depth():
+            return False
+        indexed = runs.redis.smismember(f"pv:indexed:{FEATURE_VERSION}", self.ids)
+        return sum(map(bool, indexed)) >= counts["done"] + counts["skipped"]
 
     def wait_done(self, n: int, timeout_s: float = 120) -> None:
         self.pipeline.wait_for(lambda: self.status()["done"] >= n, timeout_s=timeout_s,
@@ -98,7 +99,8 @@ class Batch:
 
 def start_batch(name: str, root: Path, assets: FaultAssets, host: FaultyClipServer,
                 proxy: TcpProxy, moto_endpoint: str, *, index_env: dict[str, str] | None = None,
-                extra_env: dict[str, str] | None = None, workers: int = 2) -> Batch:
+                extra_env: dict[str, str] | None = None, workers: int = 2,
+                appendonly: bool = True) -> Batch:
     """Bucket, Redis, workers (warm), a following reducer, and the 200 jobs enqueued."""
     import boto3
 
@@ -113,7 +115,8 @@ def start_batch(name: str, root: Path, assets: FaultAssets, host: FaultyClipServ
         **(extra_env or {}),
     }
     pipeline = FaultPipeline(root, cache_dir=assets.cache_dir,
-                             store=f"s3://{bucket}/{STORE_PREFIX}", extra_env=env)
+                             store=f"s3://{bucket}/{STORE_PREFIX}", extra_env=env,
+                             appendonly=appendonly)
     try:
         started = [pipeline.start_worker(f"{name}-{i}") for i in range(workers)]
         index_env = index_env or {"PREVIEWVEC_INDEX": str(root / "index")}
@@ -323,8 +326,8 @@ def test_reducer_killed_mid_upsert(tmp_path: Path, fault_assets: FaultAssets,
         pipeline.close()
 
 
-THROTTLE_S = 20.0
-OUTAGE_5XX_S = 15.0
+THROTTLE_S = 15.0
+OUTAGE_5XX_S = 10.0
 
 
 @pytest.mark.timeout(300)
@@ -332,8 +335,8 @@ def test_index_answers_429_then_503(tmp_path: Path, fault_assets: FaultAssets,
                                     clip_host: FaultyClipServer, s3_proxy: TcpProxy,
                                     moto_endpoint: str, vectorize: VectorizeContractServer,
                                     fault_rows: list[Row]) -> None:
-    """Mid-batch the index answers every request 429 (Retry-After: 2) for 20 s, then 503
-    for 15 s: the client's retries run out, the reducer keeps the batch queued and backs
+    """Mid-batch the index answers every request 429 (Retry-After: 2) for 15 s, then 503
+    for 10 s: the client's retries run out, the reducer keeps the batch queued and backs
     off, and catches up when the index answers again."""
     env = vectorize_env(vectorize)
     batch = start_batch("index", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
@@ -366,8 +369,8 @@ def test_index_answers_429_then_503(tmp_path: Path, fault_assets: FaultAssets,
 # --------------------------------------------------------------------------- preview host
 
 
-FLAP_S = 10.0
-SLOW_S = 10.0
+FLAP_S = 8.0
+SLOW_S = 8.0
 SLOW_RESPONSE_S = 2.5
 FETCH_ENV = {  # short fetch limits: the slow host's 2.5 s is over the 1 s read timeout
     "PREVIEWVEC_FETCH_CONNECT_TIMEOUT_S": "1",
@@ -381,8 +384,8 @@ FETCH_ENV = {  # short fetch limits: the slow host's 2.5 s is over the 1 s read 
 def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAssets,
                                          clip_host: FaultyClipServer, s3_proxy: TcpProxy,
                                          moto_endpoint: str, fault_rows: list[Row]) -> None:
-    """The preview host flaps for 10 s (connection reset, 503, a good answer, in turn),
-    then answers slower than the read timeout for 10 s, then recovers. Jobs succeed
+    """The preview host flaps for 8 s (connection reset, 503, a good answer, in turn),
+    then answers slower than the read timeout for 8 s, then recovers. Jobs succeed
     through the fetch's retries or fail with a typed code without holding a worker;
     ``previewvec retry`` completes the failed ones, exactly once."""
     batch = start_batch("host", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
@@ -421,5 +424,59 @@ def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAsse
             final.in_store, final.in_index, final.duplicates, final.lost,
             f"{first.failed_text()} → 0 after `previewvec retry`",
             f"{seconds(first_pass - healthy)}; retry {seconds(finished - retry_started)}"))
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- no persistence
+
+
+def redis_footprint(pipeline: FaultPipeline, run_id: str) -> dict[str, int]:
+    """What Redis holds of the pipeline's state right now."""
+    r = pipeline.runs.redis
+    return {"queued messages": int(r.llen("batch")), "unacked": int(r.hlen("unacked")),
+            "run states": int(r.hlen(f"pv:run:{run_id}:state")),
+            "ready keys": int(r.llen("pv:ready")),
+            "indexed ids": int(r.scard(f"pv:indexed:{FEATURE_VERSION}"))}
+
+
+@pytest.mark.timeout(300)
+def test_redis_restart_without_persistence(tmp_path: Path, fault_assets: FaultAssets,
+                                           clip_host: FaultyClipServer, s3_proxy: TcpProxy,
+                                           moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """What a Redis restart *without* persistence loses, and how it is recovered: the
+    queued jobs, the run's bookkeeping, the ready queue and the indexed set are gone;
+    re-enqueueing the catalog skips every stored record (pushing it to the reducer again,
+    since the indexed set is gone too) and computes the rest. Exactly once again."""
+    batch = start_batch("volatile", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        appendonly=False)
+    pipeline = batch.pipeline
+    try:
+        batch.wait_done(60)
+        before = redis_footprint(pipeline, batch.run_id)
+        pipeline.restart_redis(1.0)
+        after = redis_footprint(pipeline, batch.run_id)
+        restarted = time.monotonic()
+        assert before["queued messages"] > 0 and before["run states"] == JOBS
+        assert after["queued messages"] == after["indexed ids"] == 0
+        assert after["run states"] <= 4  # at most the jobs in flight, written after restart
+        # Workers re-declare their queues when they reconnect; publish after that.
+        pipeline.wait_for(lambda: pipeline.runs.redis.exists("_kombu.binding.batch"),
+                          timeout_s=60, what="workers to reconnect")
+        stored = len(batch.store_keys())
+        report = pipeline.enqueue(batch_catalog(clip_host, fault_assets.clips, "volatile",
+                                                JOBS)[1])
+        again = Batch(batch.name, pipeline, batch.s3, batch.bucket, report.run_id, batch.ids,
+                      batch.index_env)
+        finished = again.wait_complete()
+        result = lance_audit(again)
+        check(again, result)
+        counts = again.status()
+        assert counts["skipped"] >= stored - 4 and counts["done"] + counts["skipped"] == JOBS
+        lost = ", ".join(f"{k} {before[k]} → {after[k]}" for k in before)
+        fault_rows.append(row_from(
+            "Redis restart **without** persistence, then the catalog re-enqueued", result,
+            f"1 restart (no AOF): {lost}; re-enqueued: {counts['skipped']} skipped "
+            f"(stored), {counts['done']} computed", seconds(finished - restarted)))
     finally:
         pipeline.close()
