@@ -74,6 +74,7 @@ class Reducer:
     index: VectorIndex
     runs: Runs
     _normalizer: Normalizer | None = None
+    lock_ttl_s: float = LOCK_TTL_S
 
     @classmethod
     def build(cls, settings: Settings) -> Reducer:
@@ -133,7 +134,8 @@ class Reducer:
         """Upsert up to one batch of ready records; returns how many entries were consumed."""
         size = min(batch_size or self.settings.reduce_batch_size, 5000)
         token = secrets.token_hex(16)
-        if not self.runs.redis.set(LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
+        if not self.runs.redis.set(LOCK_KEY, token, nx=True,
+                                   px=int(self.lock_ttl_s * 1000)):
             return 0  # another reducer is working; its batch will be consumed by it
         stop_renewing = threading.Event()
         threading.Thread(target=self._renew_lock, args=(token, stop_renewing), daemon=True,
@@ -173,10 +175,10 @@ class Reducer:
 
     def _renew_lock(self, token: str, stop: threading.Event) -> None:
         """Keep our lock alive until ``stop``; give up once it is no longer ours."""
-        while not stop.wait(LOCK_TTL_S / 3):
+        while not stop.wait(self.lock_ttl_s / 3):
             try:
                 if not self.runs.redis.eval(_RENEW_IF_OWNER, 1, LOCK_KEY, token,
-                                            int(LOCK_TTL_S * 1000)):
+                                            int(self.lock_ttl_s * 1000)):
                     return
             except redis.RedisError:
                 log.warning("could not renew the reducer lock", exc_info=True)

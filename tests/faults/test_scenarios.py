@@ -480,3 +480,57 @@ def test_redis_restart_without_persistence(tmp_path: Path, fault_assets: FaultAs
             f"(stored), {counts['done']} computed", seconds(finished - restarted)))
     finally:
         pipeline.close()
+
+
+# --------------------------------------------------------------------------- lock renewal
+
+
+@pytest.mark.timeout(60)
+def test_reducer_lock_is_renewed_through_a_slow_upsert(
+        tmp_path: Path, vectorize: VectorizeContractServer) -> None:
+    """Given a reducer lock of 1 s and an index that holds the upsert 3 s, the lock stays
+    the first reducer's for the whole batch (renewed), a second reducer stays out, and
+    the lock is released when the batch is done. (The short TTL is what lets a SIGKILLed
+    reducer's successor in quickly: test_reducer_killed_mid_upsert.)"""
+    import dataclasses
+    import threading
+
+    import numpy as np
+
+    from previewvec.localredis import LocalRedis
+    from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
+    from previewvec.settings import Settings
+    from workers.reducer import LOCK_KEY, Reducer
+
+    rng = np.random.default_rng(7)
+    with LocalRedis(data_dir=tmp_path / "redis") as server:
+        settings = Settings.from_env({"PREVIEWVEC_BROKER_URL": server.url,
+                                      "PREVIEWVEC_STORE": str(tmp_path / "store"),
+                                      **vectorize_env(vectorize)})
+        first = dataclasses.replace(Reducer.build(settings), lock_ttl_s=1.0)
+        second = Reducer.build(settings)
+        for i in range(5):
+            record = FeatureRecord(
+                f"lock-{i}", rng.normal(size=VECTOR_DIM).astype(np.float32).tolist(),
+                {"tempo_bpm": 100.0 + i}, make_provenance(
+                    preview_url="http://127.0.0.1/x", audio_sha256="0" * 64, source="test",
+                    run_id="r"))
+            key = record_key(FEATURE_VERSION, record.recording_id)
+            first.store.put(key, encode_record(record))
+            first.runs.push_ready(key)
+        first.normalizer()  # fitted before the clock starts: only the upsert is slow
+        vectorize.hold_upserts(3.0)
+        consumed: list[int] = []
+        worker = threading.Thread(target=lambda: consumed.append(first.reduce_once()))
+        worker.start()
+        assert vectorize.upsert_received.wait(10)
+        token = first.runs.redis.get(LOCK_KEY)
+        since = time.monotonic()
+        while worker.is_alive():  # 3 s of hold against a 1 s TTL: renewed, never lost
+            assert first.runs.redis.get(LOCK_KEY) == token
+            assert second.reduce_once() == 0
+            worker.join(timeout=0.1)
+        assert time.monotonic() - since >= 2.0, "the upsert was not held past the TTL"
+        assert consumed == [5]
+        assert first.runs.redis.get(LOCK_KEY) is None
+        assert first.runs.ready_depth() == 0
