@@ -49,6 +49,7 @@ from previewvec.songs.render import find_soundfont, render, resolve_renderer  # 
 from previewvec.songs.score import MODES, NOTE_NAMES, STYLES, generate_song, styles_for  # noqa: E402
 from workers.analysis import analyze  # noqa: E402
 from workers.audio import decode_audio, encode_audio  # noqa: E402
+from workers.features.extractor import warm_up  # noqa: E402
 from workers.features.layout import FMA_DIM, FMA_FEATURE_SIZES, fma_names  # noqa: E402
 from workers.features.reference import fma_reference  # noqa: E402
 
@@ -150,9 +151,12 @@ FUNCTIONS: dict[str, Callable[[bytes], tuple[np.ndarray, dict[str, float]]]] = {
 def measure(clips: list[Clip]) -> dict[str, list[Run]]:
     """Warm every method on the first clip, then time each on every clip.
 
-    The order of the methods rotates from clip to clip so that none always runs right
-    after another (cache state, CPU frequency).
+    previewvec is first warmed as a worker process warms itself at start
+    (``extractor.warm_up()``: numba's kernels, the CQT bases of common tunings; its cost is
+    the cold-start figure). The order of the methods rotates from clip to clip so that
+    none always runs right after another (cache state, CPU frequency).
     """
+    warm_up()
     for name in FUNCTIONS:
         FUNCTIONS[name](clips[0].data)
     runs: dict[str, list[Run]] = {name: [] for name in FUNCTIONS}
