@@ -66,6 +66,7 @@ TARGET_VS_NAIVE = 4.0
 TARGET_ENQUEUE = 5000.0
 TARGET_REDUCE = 20000.0
 ENQUEUE_JOBS = 20_000
+IDLE_SAMPLE_S = 5.0
 REDUCE_VECTORS = 50_000
 REDUCE_BATCH = 5_000
 CACHE_ROOT = (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -327,6 +328,14 @@ def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path
             runs.create(run_id, queue="batch", source="bench")
             jobs = [Job(recording_id=f"bench-{i:05d}", preview_url=f"{base_url}/{i:05d}.m4a",
                         source="bench") for i in range(n)]
+            # Idle sample: the same processes and status polling with no jobs, so the CPU
+            # per clip below can be split into per-job work and time-based idle cost.
+            idle0, idle_t0 = _role_cpu(roles), time.perf_counter()
+            while time.perf_counter() - idle_t0 < IDLE_SAMPLE_S:
+                runs.status(run_id)
+                time.sleep(0.05)
+            idle1, idle_wall = _role_cpu(roles), time.perf_counter() - idle_t0
+            idle_rate = {k: (idle1[k] - idle0[k]) / idle_wall for k in roles}
             cpu0 = _role_cpu(roles)
             t0_epoch, t0 = time.time(), time.perf_counter()
             publish(jobs, runs, settings, run_id=run_id, queue="batch")
@@ -409,6 +418,7 @@ def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path
         "featurize_clips_per_s": n / feat_wall,
         "worker_cpu_s": cpu_workers, "cpu_s_per_clip": cpu_workers / n,
         "cpu_by_process_s": cpu_roles,
+        "idle_cpu_per_s": idle_rate,
         "counts": status, "reduced": reduced, "indexed": indexed,
         "tasks_logged": len(tasks),
         "stage_s_per_clip": {k: v / nd for k, v in sorted(stages.items())},
@@ -644,13 +654,19 @@ def report(args: argparse.Namespace, res: dict) -> str:
         out.append(f"| {k} | {1000 * v:.1f} | {100 * v / window:.1f} % |")
 
     out += ["", "CPU by process during the featurize window (publish → last record stored), "
-            "then the reduce:", "", "| process | CPU-s | CPU-ms per clip |", "|---|---:|---:|"]
+            "then the reduce; the idle CPU of the same processes (measured for "
+            f"{IDLE_SAMPLE_S:g} s before the run, same status polling) is subtracted in the "
+            "last column:", "",
+            "| process | CPU-s | CPU-ms per clip | of which idle-rate CPU-ms | per-job CPU-ms |",
+            "|---|---:|---:|---:|---:|"]
     for k, v in b["cpu_by_process_s"].items():
-        out.append(f"| {k} | {v:.1f} | {1000 * v / b['clips']:.1f} |")
+        idle = b["idle_cpu_per_s"][k] * b["featurize_wall_s"]
+        out.append(f"| {k} | {v:.1f} | {1000 * v / b['clips']:.1f} | "
+                   f"{1000 * idle / b['clips']:.1f} | {1000 * (v - idle) / b['clips']:.1f} |")
     out.append(f"| reducer (drain: GETs, decode, normaliser, LanceDB upsert) | "
-               f"{b['reduce_cpu_s']:.1f} | {1000 * b['reduce_cpu_s'] / b['clips']:.1f} |")
+               f"{b['reduce_cpu_s']:.1f} | {1000 * b['reduce_cpu_s'] / b['clips']:.1f} | | |")
     out.append(f"| redis-server + S3 server during the reduce | {b['reduce_cpu_s_servers']:.1f} | "
-               f"{1000 * b['reduce_cpu_s_servers'] / b['clips']:.1f} |")
+               f"{1000 * b['reduce_cpu_s_servers'] / b['clips']:.1f} | | |")
     qw = b.get("queue_wait_s") or {}
     out += ["", f"Worker start-up, not counted above: {b['worker_boot_s']:.1f} s wall, "
             f"{b['worker_startup_cpu_s']:.1f} CPU-s per worker (main process + pool child: "
