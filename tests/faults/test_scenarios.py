@@ -172,7 +172,9 @@ def test_sigkilled_workers_and_pool_children(tmp_path: Path, fault_assets: Fault
         batch.wait_done(20)
         children = workers = 0
         for round_ in range(6):
-            target = rng.choice(pipeline.live_workers())
+            # A worker that has been running jobs (a replacement may still be starting).
+            target = rng.choice([w for w in pipeline.live_workers()
+                                 if "extractor warmed" in w.log()])
             if round_ % 2 == 0:
                 pipeline.wait_for(lambda t=target: bool(t.pool_children()), timeout_s=30,
                                   what=f"a pool child of {target.name}")
@@ -181,9 +183,9 @@ def test_sigkilled_workers_and_pool_children(tmp_path: Path, fault_assets: Fault
             else:
                 target.kill_hard()
                 workers += 1
-                pipeline.start_worker(f"kill-r{round_}").wait_warm()
+                pipeline.start_worker(f"kill-r{round_}")  # joins while the batch runs
             done = batch.status()["done"]
-            batch.wait_done(done + 8)  # the next kill lands on running jobs again
+            batch.wait_done(done + 6)  # the next kill lands on running jobs again
         last_kill = time.monotonic()
         assert batch.status()["queued"] > 0, "the kills came too late to be mid-batch"
         finished = batch.wait_complete()
