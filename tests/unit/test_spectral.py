@@ -13,6 +13,7 @@ from workers.features.spectral import (
     N_FFT,
     cqt_magnitude,
     estimate_tuning,
+    mel_basis,
     spectral_shape,
     stft_magnitude,
     zero_crossing_rate,
@@ -73,6 +74,15 @@ def test_cqt_equals_librosas_for_any_tuning(detuned_songs):
                                   bins_per_octave=12, tuning=0.31))
     np.testing.assert_allclose(cqt_magnitude(y44, 2 * SR, 0.31), expected, rtol=1e-5,
                                atol=1e-6 * expected.max())
+
+
+def test_mel_spectrogram_equals_librosas(signal, detuned_songs):
+    for y in (signal, detuned_songs[0]):
+        power = stft_magnitude(y) ** 2
+        expected = librosa.feature.melspectrogram(sr=SR, S=power)
+        ours = mel_basis(SR) @ power
+        assert ours.shape == expected.shape and ours.dtype == expected.dtype
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
 def test_tuning_of_silence_and_of_a_single_tone():

@@ -222,13 +222,24 @@ def _cqt_plan(sr: int, tuning: float) -> _CqtPlan:
     return _CqtPlan(tuple(bases), np.sqrt(lengths), downsample)
 
 
+@lru_cache(maxsize=8)
+def mel_basis(sr: int) -> scipy.sparse.csr_matrix:
+    """``librosa.filters.mel(sr=sr, n_fft=N_FFT)`` (128 bands, Slaney), as a sparse matrix.
+
+    ``librosa.feature.melspectrogram(S=power)`` multiplies by the dense (128, 1025) basis;
+    each FFT bin feeds at most two triangular filters (~2 000 non-zeros of 131 200), so the
+    sparse product is the same mel spectrogram (float32 rounding) in about half the time.
+    """
+    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=N_FFT))
+
+
 def compute_spectra(y: np.ndarray, sr: int) -> Spectra:
     """One STFT, one tuning estimate, one CQT and the mel spectrogram of ``y``."""
     magnitude = stft_magnitude(y)
     power = magnitude**2
     tuning = estimate_tuning(magnitude, sr)
     cqt = cqt_magnitude(y, sr, tuning)
-    mel_power = librosa.feature.melspectrogram(sr=sr, S=power)
+    mel_power = mel_basis(sr) @ power
     n = min(magnitude.shape[1], cqt.shape[1])
     return Spectra(magnitude[:, :n], power[:, :n], cqt[:, :n], mel_power[:, :n], tuning, sr)
 
