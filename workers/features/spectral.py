@@ -137,9 +137,7 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float) -> np.ndarray:
         my_hop //= plan.downsample
     responses = []
     for octave, (basis, n_fft) in enumerate(plan.bases):
-        stft = librosa.stft(my_y, n_fft=n_fft, hop_length=my_hop, window="ones",
-                            pad_mode="constant", dtype=dtype)
-        responses.append(basis.dot(stft))
+        responses.append(basis.dot(_boxcar_stft(my_y, n_fft, my_hop).astype(dtype, copy=False)))
         if octave + 1 < len(plan.bases):
             if my_hop % 2:
                 raise ValueError(f"hop length {HOP_LENGTH} cannot be halved {octave + 1} times")
@@ -166,6 +164,16 @@ def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
     for tuning in chosen:
         _cqt_plan(sr, float(tuning))
     return int(chosen.size)
+
+
+def _boxcar_stft(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """``librosa.stft(y, n_fft, hop_length, window="ones", pad_mode="constant")``, shape
+    (n_fft // 2 + 1, n_frames): the same frames and FFT without librosa's per-call input
+    validation and windowing of an all-ones window (~2x faster on the CQT's short FFTs)."""
+    padded = np.pad(y, n_fft // 2)
+    n_frames = 1 + (padded.size - n_fft) // hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
+    return np.fft.rfft(frames, axis=1).T
 
 
 @dataclass(frozen=True)
