@@ -98,11 +98,19 @@ def _tree_cpu_s(main: psutil.Process) -> float:
     return total
 
 
-def _idle_child(main: psutil.Process, timeout_s: float = 30.0) -> psutil.Process:
-    """The pool child once it has stopped using CPU (its task and post-run hooks done)."""
+def _idle_child(main: psutil.Process, log_path: Path, seen: set[int],
+                timeout_s: float = 300.0) -> psutil.Process:
+    """The pool child once it is warmed and idle (its task and post-run hooks done).
+
+    Warmed: the worker log holds an "extractor warmed" line for every child seen so far (a
+    recycled child's replacement warms up before its first task). Idle: the same CPU time
+    at three checks 0.1 s apart; one is not enough on a loaded machine, where a runnable
+    process that is not scheduled uses no CPU either.
+    """
     deadline = time.monotonic() + timeout_s
     last: tuple[int, float] | None = None
-    while True:
+    same = 0
+    while time.monotonic() < deadline:
         children = []
         for c in main.children():  # a recycled child lingers as a zombie until reaped
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -110,20 +118,22 @@ def _idle_child(main: psutil.Process, timeout_s: float = 30.0) -> psutil.Process
                     children.append(c)
         if len(children) == 1:
             child = children[0]
+            seen.add(child.pid)
             with contextlib.suppress(psutil.NoSuchProcess):
                 t = child.cpu_times()
                 now = (child.pid, t.user + t.system)
-                if now == last or time.monotonic() > deadline:
-                    return child
+                same = same + 1 if now == last else 0
                 last = now
-        elif time.monotonic() > deadline:
-            raise RuntimeError(f"worker {main.pid} has {len(children)} pool children")
+                if same >= 3 and log_path.read_text(errors="replace").count(
+                        "extractor warmed") >= len(seen):
+                    return child
         time.sleep(0.1)
+    raise RuntimeError(f"worker {main.pid}: no warmed, idle pool child in {timeout_s:g} s")
 
 
-def _sample(main: psutil.Process, processed: int) -> Sample:
+def _sample(main: psutil.Process, processed: int, log_path: Path, seen: set[int]) -> Sample:
     while True:
-        child = _idle_child(main)
+        child = _idle_child(main, log_path, seen)
         try:
             mem = child.memory_full_info()
         except psutil.NoSuchProcess:  # recycled between the two calls: take the new one
@@ -151,6 +161,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
     else:
         store = str(run_dir / "store")
     samples: list[Sample] = []
+    seen: set[int] = set()  # pool children so far
     with LocalRedis() as local_redis:
         settings = dataclasses.replace(Settings(), broker_url=local_redis.url, store=store,
                                        allowed_audio_hosts=("127.0.0.1",))
@@ -173,7 +184,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
             runs = Runs.from_url(local_redis.url)
             run_id = new_run_id()
             runs.create(run_id, queue="batch", source="soak")
-            samples.append(_sample(main, 0))
+            samples.append(_sample(main, 0, log_path, seen))
             for start in range(0, args.jobs, args.every):
                 block = [Job(recording_id=f"soak-{i:06d}",
                              preview_url=f"{base_url}/{i % args.clips:05d}.m4a", source="soak")
@@ -186,7 +197,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
                         raise RuntimeError(f"{mitigation}: stuck before {target} jobs; "
                                            f"see {log_path}")
                     time.sleep(0.05)
-                samples.append(_sample(main, target))
+                samples.append(_sample(main, target, log_path, seen))
                 if args.progress:
                     s = samples[-1]
                     print(f"  {mitigation:>8} {target:>6} jobs  RSS {s.rss_mb:7.1f} MB  "
