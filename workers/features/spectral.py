@@ -277,13 +277,16 @@ def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarr
     Uses moments (matrix-vector products) instead of librosa's broadcast deviation matrix.
     """
     freq = librosa.fft_frequencies(sr=sr, n_fft=N_FFT)
-    s = magnitude.astype(np.float64)
-    total = s.sum(axis=0)
+    # Zeroth, first and second moments in one float64 product (the bandwidth is a
+    # difference of two moments, which float32 would cancel away).
+    total, first, second = np.stack([np.ones_like(freq), freq, freq**2]) @ magnitude.astype(
+        np.float64
+    )
     safe_total = np.where(total > 0, total, 1.0)
-    centroid = (freq @ s) / safe_total
-    second = ((freq**2) @ s) / safe_total
-    bandwidth = np.sqrt(np.maximum(second - centroid**2, 0.0))
-    cumulative = np.cumsum(s, axis=0)
+    centroid = first / safe_total
+    bandwidth = np.sqrt(np.maximum(second / safe_total - centroid**2, 0.0))
+    # Rolloff as librosa computes it: cumulative sums in the spectrogram's own precision.
+    cumulative = np.cumsum(magnitude, axis=0)
     reached = cumulative >= 0.85 * cumulative[-1]
     rolloff = freq[np.argmax(reached, axis=0)]
     centroid[total <= 0] = 0.0
