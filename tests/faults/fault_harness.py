@@ -11,7 +11,6 @@ SIGKILLed, and the exactly-once audit of store and index that every scenario end
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -427,12 +426,7 @@ def row_from(scenario: str, result: Audit, faults: str, recover: str) -> Row:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(Row.HEADER) + " |",
-             "|" + "|".join(["---"] + ["---:"] * 1 + ["---"] + ["---:"] * 4 + ["---", "---"])
-             + "|"]
+    align = ("---", "---:", "---", "---:", "---:", "---:", "---:", "---", "---")
+    lines = ["| " + " | ".join(Row.HEADER) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def dump_rows(rows: list[Row]) -> str:
-    return json.dumps([row.__dict__ for row in rows])
