@@ -20,7 +20,7 @@ from previewvec.records import (
     record_key,
 )
 from tests.conftest import free_port
-from workers.features.layout import VECTOR_DIM
+from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 from workers.store import FeatureStore, StoreUnavailable, open_store
 from workers.store.local import LocalStore
 from workers.store.s3 import S3Store
@@ -98,11 +98,11 @@ def test_record_round_trip(store: FeatureStore) -> None:
         timings_s={"decode": 0.05, "spectra": 0.4},
     )
     key = record.key
-    assert key == record_key("pv1", record.recording_id)
+    assert key == record_key(FEATURE_VERSION, record.recording_id)
     store.put(key, encode_record(record))
     decoded = decode_record(store.get(key))
     assert decoded == record
-    assert list(store.iter_keys("features/pv1/")) == [key]
+    assert list(store.iter_keys(f"features/{FEATURE_VERSION}/")) == [key]
 
 
 def test_record_keys_are_sharded_and_safe() -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 
-FEATURE_VERSION = "pv1"
+# pv2: decoding resamples with soxr HQ instead of swresample (docs/features.md).
+FEATURE_VERSION = "pv2"
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
