@@ -446,7 +446,10 @@ def _parse_tasks(log: str) -> list[dict]:
     task wall Celery measured (``task_wall_s``)."""
     out = []
     for wall, result in TASK_LINE.findall(log):
-        outcome = ast.literal_eval(result)
+        try:
+            outcome = ast.literal_eval(result)
+        except (ValueError, SyntaxError):  # a result Celery truncated in its log line
+            continue
         if isinstance(outcome, dict) and "wall_s" in outcome:
             out.append({**outcome, "task_wall_s": float(wall)})
     return out
