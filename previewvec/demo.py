@@ -150,7 +150,7 @@ def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> in
                 print(f"{rid:<24} (failed: see `previewvec failures {report.run_id}`)")
                 continue
             d, t = rec.descriptors, rec.timings_s
-            busy = 1000 * sum(v for k, v in t.items() if k != "store")
+            busy = 1000 * sum(v for k, v in t.items() if k not in ("store", "check"))
             print(f"{rid:<24}{row['tempo_bpm']:>8.1f} {row['key']:>13}{d['tempo_bpm']:>8.1f}"
                   f"{d['key'] + ' ' + d['mode'][:3]:>10}{d['loudness_lufs']:>7.1f}"
                   f"{d['energy']:>8.2f}{d['danceability']:>7.2f}{busy:>18.0f}")
