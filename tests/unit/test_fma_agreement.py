@@ -11,7 +11,8 @@ Only the tuning estimate. FMA estimates tuning twice: ``librosa.cqt(tuning=None)
 ``estimate_tuning(y=y)`` (piptrack on |STFT|, every frame) and
 ``chroma_stft(S=|STFT|**2, tuning=None)`` runs ``estimate_tuning(S=power)`` (piptrack on
 the *power* spectrum, which keeps fewer, louder peaks). We estimate once, on |STFT| over
-every 2nd frame (``TUNING_FRAME_STRIDE``), and use that value for both the CQT and
+every ``TUNING_FRAME_STRIDE``-th frame (every frame: the value
+``librosa.estimate_tuning(S=|STFT|)`` gives), and use that value for both the CQT and
 chroma_stft. Each estimate is the argmax of a histogram at 0.01-bin resolution, so on a
 10 s clip the values can differ by a few hundredths of a semitone. Everything else is the
 same computation, which the first two tests pin down exactly:
