@@ -61,16 +61,31 @@ def _comparable(message: dict) -> dict:
             "body": json.loads(base64.b64decode(message["body"]))}
 
 
+SHAPE_JOBS = {
+    "plain": Job(recording_id="shape-0", preview_url="https://audio-ssl.itunes.apple.com/z.m4a",
+                 artist="Björk & Ñandú", title="Ça va (2024 remaster)", duration_ms=29_000,
+                 source="itunes"),
+    "metadata": Job(recording_id="shape-1", preview_url="https://audio-ssl.itunes.apple.com/a.m4a",
+                    isrc="USRC17607839", artist="Ünïcode 'quoted'", title="T",
+                    duration_ms=30000, source="test", force=True),
+    "escapes": Job(recording_id="shape-2", preview_url="https://audio-ssl.itunes.apple.com/b.m4a",
+                   artist='both \'quotes\' "and" \\ backslash\ttab 🎵', title="line\nbreak"),
+    # longer than Celery's argsrepr cap: Celery abbreviates it the same way in both
+    "long": Job(recording_id="shape-3", preview_url="https://audio-ssl.itunes.apple.com/c.m4a",
+                artist="a" * 500, title="t" * 500),
+}
+
+
 @pytest.mark.parametrize("queue", ["batch", "ondemand"])
-def test_batched_message_equals_send_task_message(redis_url: str, queue: str) -> None:
+@pytest.mark.parametrize("kind", sorted(SHAPE_JOBS))
+def test_batched_message_equals_send_task_message(redis_url: str, queue: str,
+                                                  kind: str) -> None:
     """Given one job, when it is published by ``publish`` and by a plain ``send_task``,
     expect the same message (but for its ids) on the same, default-priority list."""
     runs = Runs.from_url(redis_url)
     runs.redis.flushdb()
     settings = Settings(broker_url=redis_url)
-    job = Job(recording_id="shape-1", preview_url="https://audio-ssl.itunes.apple.com/a.m4a",
-              isrc="USRC17607839", artist="Ünïcode 'quoted'", title="T", duration_ms=30000,
-              source="test")
+    job = SHAPE_JOBS[kind]
     run_id = new_run_id()
     runs.create(run_id)
 
@@ -78,6 +93,7 @@ def test_batched_message_equals_send_task_message(redis_url: str, queue: str) ->
     batched = _messages(runs, queue)
     runs.redis.delete(*queue_keys(queue))
     payload = replace(job, run_id=run_id).to_dict()
+    assert job.force == payload["force"]
     make_client(settings).send_task(TASK_NAME, args=[payload], queue=queue)
     plain = _messages(runs, queue)
 
