@@ -25,7 +25,7 @@ class StoreUnavailable(StoreError):
 
 @runtime_checkable
 class FeatureStore(Protocol):
-    """Keys are relative ``/``-separated paths such as ``features/pv1/ab/id.json``."""
+    """Keys are relative ``/``-separated paths such as ``features/pv2/ab/id.json``."""
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
