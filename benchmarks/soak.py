@@ -23,7 +23,7 @@ each, so they see the same machine load):
   recycle   a fresh pool child every ``--recycle-tasks`` tasks (``--max-tasks-per-child``)
   shipped   the worker exactly as ``workers/app.py`` and the default settings configure it
 
-    python benchmarks/soak.py                      # none vs trim, 2 000 jobs × 10 s clips
+    python benchmarks/soak.py                      # none vs trim, 2 000 × 10 s clips, ~4 min
     python benchmarks/soak.py --mitigation none,trim,arena2,recycle --jobs 3000
 """
 
