@@ -6,8 +6,6 @@ per scenario) in the terminal summary: that table is what docs/reliability.md sh
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.faults.fault_harness import FaultyClipServer, Row, markdown_table
-from tests.integration.pipeline_helpers import Clip, make_clips, warm_numba_cache
+from tests.integration.pipeline_helpers import (
+    Clip,
+    make_clips,
+    numba_cache_warmed,
+    worker_cache_location,
+)
 
 N_CLIPS = 24  # distinct songs, reused under distinct recording ids and URLs
 CLIP_DURATION_S = 6.0  # above the 5 s minimum, short enough for 200-job batches
@@ -34,22 +37,9 @@ def fault_assets(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultAssets]:
     """Short clips rendered once, and numba's cache compiled once, in the same folder the
     integration tests use (``.pytest_cache``; ``PREVIEWVEC_TEST_CACHE_DIR`` overrides)."""
-    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
-    if override:
-        cache_dir = Path(override)
-    elif getattr(request.config, "cache", None) is not None:
-        cache_dir = Path(request.config.cache.mkdir("previewvec-worker-cache"))
-    else:
-        cache_dir = tmp_path_factory.mktemp("worker-cache")
-    warm = warm_numba_cache(cache_dir)  # compiles while the clips render
-    try:
+    cache_dir = worker_cache_location(request, tmp_path_factory)
+    with numba_cache_warmed(cache_dir):  # compiles while the clips render
         clips = make_clips(N_CLIPS, duration_s=CLIP_DURATION_S)
-        output, _ = warm.communicate(timeout=400)
-        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
-    finally:
-        if warm.poll() is None:
-            os.killpg(warm.pid, signal.SIGKILL)
-            warm.wait()
     yield FaultAssets(clips, cache_dir)
 
 

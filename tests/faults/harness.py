@@ -7,8 +7,6 @@ HTTP service to answer.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import urllib.error
 import urllib.request
@@ -16,28 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline_helpers import warm_numba_cache
+from tests.integration.pipeline_helpers import numba_cache_warmed, worker_cache_location
 
 
 def worker_cache_dir(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Path:
     """numba's compiled extractor, in the same place tests/integration keeps it (compiled
     once across sessions; ``PREVIEWVEC_TEST_CACHE_DIR`` overrides), warmed before use."""
-    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
-    if override:
-        path = Path(override)
-    elif getattr(request.config, "cache", None) is not None:
-        path = Path(request.config.cache.mkdir("previewvec-worker-cache"))
-    else:
-        path = tmp_path_factory.mktemp("worker-cache")
-    warm = warm_numba_cache(path)
-    try:
-        output, _ = warm.communicate(timeout=400)
-        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
-    finally:
-        if warm.poll() is None:
-            os.killpg(warm.pid, signal.SIGKILL)
-            warm.wait()
+    path = worker_cache_location(request, tmp_path_factory)
+    with numba_cache_warmed(path):
+        pass
     return path
 
 

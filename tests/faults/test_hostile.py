@@ -22,7 +22,6 @@ docs/reliability.md.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -30,7 +29,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from producers.queue import TASK_NAME, make_client
 from tests.faults.harness import worker_cache_dir
 from tests.faults.hostile_server import Behaviour, HostileServer
 from tests.integration.pipeline_helpers import Pipeline
+from tests.media import mp4_video
 from workers.app import MAX_MEMORY_PER_CHILD_KB
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
@@ -109,29 +108,6 @@ def float_wav(x: np.ndarray, sr: int, *, data_size: int | None = None) -> bytes:
     riff = min(0xFFFFFFFF, 36 + declared)
     return b"".join((b"RIFF", struct.pack("<I", riff), b"WAVEfmt ", fmt,
                      b"data", struct.pack("<I", declared), data))
-
-
-def mp4_video(audio: np.ndarray | None) -> bytes:
-    """A small MPEG-4 video (2 s at 4 fps), with an AAC track when ``audio`` is given."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        video = out.add_stream("mpeg4", rate=4)
-        video.width = video.height = 64
-        video.pix_fmt = "yuv420p"
-        sound = out.add_stream("aac", rate=SR, layout="stereo") if audio is not None else None
-        for i in range(8):
-            image = np.full((64, 64, 3), 30 * i, dtype=np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(video.encode(None))
-        if sound is not None:
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(audio.T).reshape(1, -1), format="flt", layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = SR, 0, Fraction(1, SR)
-            out.mux(sound.encode(frame))
-            out.mux(sound.encode(None))
-    return buf.getvalue()
 
 
 def mp4_atom(data: bytes, kind: bytes) -> int:
@@ -275,9 +251,9 @@ def build_cases(media: Media) -> list[Case]:
         Case("id3-only-mp3", "an ID3v2 tag and no MPEG frames", "undecodable",
              _body(id3_only(), "audio/mpeg"), served_ext="mp3"),
         Case("video-no-audio", "an MPEG-4 video without an audio track", "no_audio_stream",
-             _body(mp4_video(None), "video/mp4"), served_ext="mp4"),
+             _body(mp4_video(None, SR), "video/mp4"), served_ext="mp4"),
         Case("video-with-audio", "an MPEG-4 video with an 8 s AAC track", "done",
-             _body(mp4_video(song), "video/mp4"), served_ext="mp4"),
+             _body(mp4_video(song, SR), "video/mp4"), served_ext="mp4"),
         Case("wrong-extension", "MP3 bytes served as .m4a / audio/mp4", "done",
              _body(media.mp3)),
         Case("wav-huge-declared", "WAV whose RIFF/data sizes declare 4 GB (8 s present)",

@@ -108,6 +108,33 @@ def warm_numba_cache(cache_dir: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def worker_cache_location(request: Any, tmp_path_factory: Any) -> Path:
+    """Where every test session keeps numba's compiled extractor: pytest's cache folder
+    (``.pytest_cache``), so later sessions skip the ~60 s compilation (numba recompiles by
+    itself when the source changes); ``PREVIEWVEC_TEST_CACHE_DIR`` overrides it."""
+    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
+    if override:
+        return Path(override)
+    if getattr(request.config, "cache", None) is not None:
+        return Path(request.config.cache.mkdir("previewvec-worker-cache"))
+    return Path(tmp_path_factory.mktemp("worker-cache"))
+
+
+@contextlib.contextmanager
+def numba_cache_warmed(cache_dir: Path, timeout_s: float = 400.0) -> Iterator[None]:
+    """Compile the extractor into ``cache_dir`` while the body runs (e.g. renders clips);
+    on exit, wait for the compilation and fail loudly if it failed."""
+    warm = warm_numba_cache(cache_dir)
+    try:
+        yield
+        output, _ = warm.communicate(timeout=timeout_s)
+        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
+    finally:
+        if warm.poll() is None:
+            os.killpg(warm.pid, signal.SIGKILL)
+            warm.wait()
+
+
 # --------------------------------------------------------------------------- HTTP
 
 

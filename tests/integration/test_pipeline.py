@@ -19,8 +19,6 @@ Workers load numba's compiled extractor from a cache directory shared by the ses
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +35,9 @@ from tests.integration.pipeline_helpers import (
     Pipeline,
     catalog_line,
     make_clips,
+    numba_cache_warmed,
     parse_status_line,
-    warm_numba_cache,
+    worker_cache_location,
 )
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
@@ -76,22 +75,9 @@ def assets(request: pytest.FixtureRequest,
     the ~60 s compilation too; numba re-compiles by itself when the source changes.
     ``PREVIEWVEC_TEST_CACHE_DIR`` overrides the location.
     """
-    override = os.environ.get("PREVIEWVEC_TEST_CACHE_DIR")
-    if override:
-        cache_dir = Path(override)
-    elif getattr(request.config, "cache", None) is not None:
-        cache_dir = Path(request.config.cache.mkdir("previewvec-worker-cache"))
-    else:
-        cache_dir = tmp_path_factory.mktemp("worker-cache")
-    warm = warm_numba_cache(cache_dir)  # compiles in parallel with clip rendering
-    try:
+    cache_dir = worker_cache_location(request, tmp_path_factory)
+    with numba_cache_warmed(cache_dir):  # compiles while the clips render
         clips = make_clips(N_CLIPS)
-        output, _ = warm.communicate(timeout=400)
-        assert warm.returncode == 0, f"extractor warm-up failed:\n{output.decode()}"
-    finally:
-        if warm.poll() is None:
-            os.killpg(warm.pid, signal.SIGKILL)
-            warm.wait()
     assert len({c.data for c in clips}) == N_CLIPS
     yield Assets(clips, cache_dir)
 

@@ -1,16 +1,14 @@
 """In-memory decoding with PyAV: round trips, odd sources, caps and every typed error."""
 
-import io
 import struct
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import librosa
 import numpy as np
 import pytest
 
 from previewvec.errors import PreviewvecError, TooShort, Undecodable
+from tests.media import mp4_video
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio, encode_audio
 
 SR = 44100
@@ -48,28 +46,6 @@ def _float_wav(x: np.ndarray, sr: int) -> bytes:
     fmt = struct.pack("<IHHIIHH", 16, 3, n_ch, sr, sr * 4 * n_ch, 4 * n_ch, 32)
     riff = struct.pack("<I", 36 + len(data))
     return b"".join((b"RIFF", riff, b"WAVEfmt ", fmt, b"data", struct.pack("<I", len(data)), data))
-
-
-def _mp4_with_video(audio: np.ndarray | None) -> bytes:
-    """A small MPEG-4 video (8 frames), with an AAC track when ``audio`` is given."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        video = out.add_stream("mpeg4", rate=4)
-        video.width = video.height = 64
-        video.pix_fmt = "yuv420p"
-        sound = out.add_stream("aac", rate=SR, layout="stereo") if audio is not None else None
-        for i in range(8):
-            image = np.full((64, 64, 3), 30 * i, dtype=np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(video.encode(None))
-        if sound is not None:
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(audio.T).reshape(1, -1), format="flt", layout="stereo"
-            )
-            frame.sample_rate, frame.pts, frame.time_base = SR, 0, Fraction(1, SR)
-            out.mux(sound.encode(frame))
-            out.mux(sound.encode(None))
-    return buf.getvalue()
 
 
 def _code(source: object, **kwargs: object) -> str:
@@ -218,7 +194,7 @@ def test_cap_stops_at_exactly_max_duration() -> None:
 
 
 def test_video_with_an_audio_track_decodes_its_audio(music: np.ndarray) -> None:
-    audio = decode_audio(_mp4_with_video(music))
+    audio = decode_audio(mp4_video(music, SR))
     assert audio.codec == "aac" and audio.source_channels == 2
     assert abs(audio.duration_s - DURATION_S) < 0.1
 
@@ -263,7 +239,7 @@ def test_not_media_is_undecodable(data: bytes) -> None:
 
 
 def test_video_without_audio_has_no_audio_stream() -> None:
-    assert _code(_mp4_with_video(None)) == "no_audio_stream"
+    assert _code(mp4_video(None, SR)) == "no_audio_stream"
 
 
 def test_too_short_reports_both_durations() -> None:
