@@ -17,6 +17,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
+from workers.features.kernels import rolloff_bins
 from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
@@ -31,6 +32,7 @@ TUNING_FRAME_STRIDE = 1
 PIPTRACK_FMIN_HZ = 150.0
 PIPTRACK_FMAX_HZ = 4000.0
 PIPTRACK_THRESHOLD = 0.1
+ROLLOFF_FRACTION = 0.85  # librosa.feature.spectral_rolloff's roll_percent
 TUNING_RESOLUTION = 0.01  # librosa.estimate_tuning's histogram bin, in bins
 # CQT bases built at worker start-up: tunings within ±0.1 bin (10 cents) of A440.
 PREPARED_TUNING_RANGE = 0.1
@@ -274,7 +276,8 @@ def zero_crossing_rate(y: np.ndarray, n_frames: int) -> np.ndarray:
 def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroid, bandwidth (p=2) and 85 % rolloff per frame, as librosa defines them.
 
-    Uses moments (matrix-vector products) instead of librosa's broadcast deviation matrix.
+    Uses moments (matrix-vector products) instead of librosa's broadcast deviation matrix,
+    and a streaming rolloff (:func:`~workers.features.kernels.rolloff_bins`).
     """
     freq = librosa.fft_frequencies(sr=sr, n_fft=N_FFT)
     # Zeroth, first and second moments in one float64 product (the bandwidth is a
@@ -286,9 +289,7 @@ def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarr
     centroid = first / safe_total
     bandwidth = np.sqrt(np.maximum(second / safe_total - centroid**2, 0.0))
     # Rolloff as librosa computes it: cumulative sums in the spectrogram's own precision.
-    cumulative = np.cumsum(magnitude, axis=0)
-    reached = cumulative >= 0.85 * cumulative[-1]
-    rolloff = freq[np.argmax(reached, axis=0)]
+    rolloff = freq[rolloff_bins(magnitude, ROLLOFF_FRACTION)]
     centroid[total <= 0] = 0.0
     bandwidth[total <= 0] = 0.0
     return centroid[np.newaxis], bandwidth[np.newaxis], rolloff[np.newaxis]

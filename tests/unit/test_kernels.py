@@ -1,0 +1,86 @@
+"""The compiled kernels equal the numpy/scipy computations they replace, on real audio."""
+
+import itertools
+
+import librosa
+import numpy as np
+import pytest
+from scipy.signal import sosfilt
+
+from previewvec.songs.render import render
+from previewvec.songs.score import generate_song
+from workers.audio import decode_audio, encode_audio
+from workers.features.kernels import filtered_segment_energy, rolloff_bins
+from workers.features.loudness import k_weighting_sos
+from workers.features.spectral import stft_magnitude
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def stereo_clip() -> np.ndarray:
+    score = generate_song(5, tonic=2, mode="major", tempo_bpm=124.0, drums=True,
+                          duration_s=6.0, style="rock")
+    audio = decode_audio(encode_audio(render(score, 44100, "synth"), 44100, "m4a"), sr=SR)
+    assert audio.channels is not None
+    return audio.channels
+
+
+def _reference_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    filtered = sosfilt(sos, np.asarray(x, dtype=np.float64), axis=1)
+    return np.stack(
+        [np.sum(filtered[:, a:b] ** 2, axis=1) for a, b in itertools.pairwise(edges)],
+        axis=1,
+    )
+
+
+@pytest.mark.parametrize("n_channels", [1, 2, 3, 5])
+def test_filtered_segment_energy_equals_sosfilt_then_sums(stereo_clip, n_channels):
+    x = np.vstack([stereo_clip, stereo_clip[::-1] * 0.5, stereo_clip[:1]])[:n_channels]
+    sos = k_weighting_sos(SR)
+    rng = np.random.default_rng(n_channels)
+    # Uneven segments, a late first edge (the filter still runs from sample 0) and an
+    # end short of the signal.
+    inner = np.sort(rng.choice(np.arange(1000, x.shape[1] - 500), 40, replace=False))
+    edges = np.concatenate([[317], inner, [x.shape[1] - 100]])
+    ours = filtered_segment_energy(x, sos, edges)
+    expected = _reference_segment_energy(x, sos, edges)
+    assert ours.shape == (n_channels, edges.size - 1)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=0)
+
+
+def test_filtered_segment_energy_accepts_any_float_layout(stereo_clip):
+    sos = k_weighting_sos(SR)
+    edges = np.array([0, 4410, 8820])
+    expected = _reference_segment_energy(stereo_clip, sos, edges)
+    for x in (stereo_clip.astype(np.float64), np.asfortranarray(stereo_clip), stereo_clip[:, ::1]):
+        np.testing.assert_allclose(filtered_segment_energy(x, sos, edges), expected, rtol=1e-12)
+
+
+def test_filtered_segment_energy_rejects_bad_arguments(stereo_clip):
+    sos = k_weighting_sos(SR)
+    with pytest.raises(ValueError):
+        filtered_segment_energy(stereo_clip, sos, np.array([0]))
+    with pytest.raises(ValueError):
+        filtered_segment_energy(stereo_clip, sos, np.array([0, stereo_clip.shape[1] + 1]))
+    with pytest.raises(ValueError):
+        filtered_segment_energy(stereo_clip, sos, np.array([0, 10, 10]))
+    with pytest.raises(ValueError):
+        filtered_segment_energy(stereo_clip, sos * 2, np.array([0, 10]))
+
+
+def test_rolloff_bins_are_librosas(stereo_clip):
+    y = stereo_clip.mean(axis=0)
+    magnitude = stft_magnitude(y)
+    magnitude[:, 3] = 0.0  # a silent frame
+    magnitude[:, 4] = 0.0
+    magnitude[700, 4] = 1.0  # all energy in one bin
+    freq = librosa.fft_frequencies(sr=SR, n_fft=2048)
+    for fraction in (0.85, 0.5, 0.99):
+        expected = librosa.feature.spectral_rolloff(S=magnitude, sr=SR, roll_percent=fraction)[0]
+        bins = rolloff_bins(magnitude, fraction)
+        np.testing.assert_array_equal(freq[bins], expected)
+    assert rolloff_bins(magnitude, 0.85)[3] == 0
+    assert rolloff_bins(magnitude, 0.85)[4] == 700
+    with pytest.raises(ValueError):
+        rolloff_bins(np.zeros((0, 3), dtype=np.float32))

@@ -1,0 +1,144 @@
+"""Compiled (numba) loops for the few steps numpy can only do in several full passes.
+
+Each kernel reproduces a library computation operation for operation (same float types,
+same order of additions), so its results equal the library's; the tests in
+``tests/unit/test_kernels.py`` compare them. numba is already a dependency (librosa's);
+kernels are cached in ``NUMBA_CACHE_DIR`` and compiled by the worker's warm-up, and each is
+called with one set of argument types only (the wrappers convert), so a real clip never
+triggers a compilation.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def _biquad_pair_segment_energy(
+    x: np.ndarray, sos: np.ndarray, edges: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled; exercised through its wrapper
+    n_channels = x.shape[0]
+    out = np.zeros((n_channels, edges.size - 1))
+    b00, b01, b02, a01, a02 = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
+    b10, b11, b12, a11, a12 = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
+    # Two channels per pass: each biquad is a serial recurrence, and running two
+    # independent ones side by side keeps the FPU busy while each waits on its last value.
+    for first in range(0, n_channels, 2):
+        second = min(first + 1, n_channels - 1)
+        p1 = p2 = p3 = p4 = 0.0  # first channel: section 0 (z1, z2), section 1 (z1, z2)
+        q1 = q2 = q3 = q4 = 0.0  # second channel
+        sum_p = sum_q = 0.0
+        segment = -1  # samples before edges[0] only warm the filters up
+        boundary = edges[0]
+        for i in range(edges[-1]):
+            if i == boundary:
+                if segment >= 0:
+                    out[first, segment] = sum_p
+                    out[second, segment] = sum_q
+                sum_p = sum_q = 0.0
+                segment += 1
+                boundary = edges[segment + 1]
+            u = x[first, i]
+            v = x[second, i]
+            # scipy.signal.sosfilt's transposed direct form II, section by section.
+            w = b00 * u + p1
+            p1 = b01 * u - a01 * w + p2
+            p2 = b02 * u - a02 * w
+            u = w
+            w = b00 * v + q1
+            q1 = b01 * v - a01 * w + q2
+            q2 = b02 * v - a02 * w
+            v = w
+            w = b10 * u + p3
+            p3 = b11 * u - a11 * w + p4
+            p4 = b12 * u - a12 * w
+            u = w
+            w = b10 * v + q3
+            q3 = b11 * v - a11 * w + q4
+            q4 = b12 * v - a12 * w
+            v = w
+            sum_p += u * u
+            sum_q += v * v
+        if segment >= 0:
+            out[first, segment] = sum_p
+            out[second, segment] = sum_q
+    return out
+
+
+def filtered_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Energy of each channel of ``x`` filtered by a two-section IIR cascade, per segment.
+
+    Equal (to float64 summation order) to::
+
+        f = scipy.signal.sosfilt(sos, x, axis=1)
+        [np.sum(f[:, a:b] ** 2, axis=1) for a, b in zip(edges[:-1], edges[1:])]
+
+    in one pass, without the filtered signal in memory.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n_channels, n)
+    sos : np.ndarray, shape (2, 6), second-order sections with ``a0 == 1``
+    edges : np.ndarray, increasing sample indices, ``edges[-1] <= n``, at least two
+
+    Returns
+    -------
+    np.ndarray, shape (n_channels, len(edges) - 1), float64
+    """
+    data = np.ascontiguousarray(x, dtype=np.float64)
+    coefficients = np.ascontiguousarray(sos, dtype=np.float64)
+    bounds = np.ascontiguousarray(edges, dtype=np.int64)
+    if data.ndim != 2 or coefficients.shape != (2, 6) or not np.all(coefficients[:, 3] == 1.0):
+        raise ValueError("expected x of shape (channels, n) and two normalised sections")
+    if bounds.ndim != 1 or bounds.size < 2 or bounds[0] < 0 or bounds[-1] > data.shape[1]:
+        raise ValueError("edges must be at least two sample indices within the signal")
+    if np.any(np.diff(bounds) <= 0):
+        raise ValueError("edges must be strictly increasing")
+    if data.shape[0] == 0:
+        return np.zeros((0, bounds.size - 1))
+    return _biquad_pair_segment_energy(data, coefficients, bounds)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rolloff_bins(magnitude: np.ndarray, fraction: np.float32) -> np.ndarray:  # pragma: no cover
+    n_bins, n_frames = magnitude.shape
+    running = np.zeros(n_frames, dtype=np.float32)
+    for k in range(n_bins):
+        for t in range(n_frames):
+            running[t] += magnitude[k, t]
+    threshold = running * fraction
+    first = np.full(n_frames, -1, dtype=np.int64)
+    running[:] = 0.0
+    left = n_frames
+    for k in range(n_bins):
+        for t in range(n_frames):
+            running[t] += magnitude[k, t]
+            if first[t] < 0 and running[t] >= threshold[t]:
+                first[t] = k
+                left -= 1
+        if left == 0:
+            break
+    return first
+
+
+def rolloff_bins(magnitude: np.ndarray, fraction: float = 0.85) -> np.ndarray:
+    """Per frame, the first frequency bin at which the cumulative magnitude reaches
+    ``fraction`` of the frame's total: the bin ``librosa.feature.spectral_rolloff`` reports.
+
+    The cumulative sums are librosa's ``np.cumsum(S, axis=0)`` in float32 (sequential,
+    bin by bin), but in two streaming passes instead of a strided cumulative sum over the
+    whole spectrogram, which cost more than the rest of the spectral-shape features.
+
+    Parameters
+    ----------
+    magnitude : np.ndarray, shape (n_bins, n_frames), non-negative
+
+    Returns
+    -------
+    np.ndarray of int64, shape (n_frames,)
+    """
+    data = np.ascontiguousarray(magnitude, dtype=np.float32)
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise ValueError("magnitude must have shape (n_bins, n_frames) with n_bins > 0")
+    return _rolloff_bins(data, np.float32(fraction))
