@@ -78,9 +78,10 @@ def test_rolloff_bins_are_librosas(stereo_clip):
     freq = librosa.fft_frequencies(sr=SR, n_fft=2048)
     for fraction in (0.85, 0.5, 0.99):
         expected = librosa.feature.spectral_rolloff(S=magnitude, sr=SR, roll_percent=fraction)[0]
-        bins = rolloff_bins(magnitude, fraction)
-        np.testing.assert_array_equal(freq[bins], expected)
-    assert rolloff_bins(magnitude, 0.85)[3] == 0
-    assert rolloff_bins(magnitude, 0.85)[4] == 700
+        for layout in (magnitude, np.ascontiguousarray(magnitude), np.asfortranarray(magnitude)):
+            np.testing.assert_array_equal(freq[rolloff_bins(layout, fraction)], expected)
+    for layout in (np.ascontiguousarray(magnitude), np.asfortranarray(magnitude)):
+        assert rolloff_bins(layout, 0.85)[3] == 0
+        assert rolloff_bins(layout, 0.85)[4] == 700
     with pytest.raises(ValueError):
         rolloff_bins(np.zeros((0, 3), dtype=np.float32))

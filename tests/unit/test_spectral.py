@@ -76,6 +76,14 @@ def test_cqt_equals_librosas_for_any_tuning(detuned_songs):
                                atol=1e-6 * expected.max())
 
 
+def test_stft_magnitude_is_librosas_bit_for_bit(signal, detuned_songs):
+    for y in (signal, detuned_songs[2], signal[: 3 * SR + 77], signal[:1500]):
+        expected = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP_LENGTH))
+        ours = stft_magnitude(y)
+        assert ours.dtype == expected.dtype and ours.flags.f_contiguous
+        np.testing.assert_array_equal(ours, expected)
+
+
 def test_mel_spectrogram_equals_librosas(signal, detuned_songs):
     for y in (signal, detuned_songs[0]):
         power = stft_magnitude(y) ** 2

@@ -122,6 +122,26 @@ def _rolloff_bins(magnitude: np.ndarray, fraction: np.float32) -> np.ndarray:  #
     return first
 
 
+@numba.njit(cache=True, nogil=True)
+def _rolloff_bins_frame_major(
+    frames: np.ndarray, fraction: np.float32
+) -> np.ndarray:  # pragma: no cover - compiled
+    n_frames, n_bins = frames.shape
+    first = np.zeros(n_frames, dtype=np.int64)
+    for t in range(n_frames):
+        total = np.float32(0.0)
+        for k in range(n_bins):
+            total += frames[t, k]
+        threshold = total * fraction
+        running = np.float32(0.0)
+        for k in range(n_bins):
+            running += frames[t, k]
+            if running >= threshold:
+                first[t] = k
+                break
+    return first
+
+
 def rolloff_bins(magnitude: np.ndarray, fraction: float = 0.85) -> np.ndarray:
     """Per frame, the first frequency bin at which the cumulative magnitude reaches
     ``fraction`` of the frame's total: the bin ``librosa.feature.spectral_rolloff`` reports.
@@ -138,7 +158,9 @@ def rolloff_bins(magnitude: np.ndarray, fraction: float = 0.85) -> np.ndarray:
     -------
     np.ndarray of int64, shape (n_frames,)
     """
-    data = np.ascontiguousarray(magnitude, dtype=np.float32)
-    if data.ndim != 2 or data.shape[0] == 0:
+    if magnitude.ndim != 2 or magnitude.shape[0] == 0:
         raise ValueError("magnitude must have shape (n_bins, n_frames) with n_bins > 0")
-    return _rolloff_bins(data, np.float32(fraction))
+    if magnitude.dtype == np.float32 and magnitude.flags.f_contiguous:
+        # librosa's (and stft_magnitude's) layout: each frame's bins are contiguous.
+        return _rolloff_bins_frame_major(magnitude.T, np.float32(fraction))
+    return _rolloff_bins(np.ascontiguousarray(magnitude, dtype=np.float32), np.float32(fraction))
