@@ -10,7 +10,7 @@ from scipy.signal import sosfilt
 from previewvec.songs.render import render
 from previewvec.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
-from workers.features.kernels import filtered_segment_energy, rolloff_bins
+from workers.features.kernels import filtered_segment_energy, rolloff_bins, sliding_median
 from workers.features.loudness import k_weighting_sos
 from workers.features.spectral import stft_magnitude
 
@@ -85,3 +85,24 @@ def test_rolloff_bins_are_librosas(stereo_clip):
         assert rolloff_bins(layout, 0.85)[4] == 700
     with pytest.raises(ValueError):
         rolloff_bins(np.zeros((0, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("width", [1, 3, 9, 17])
+def test_sliding_median_equals_numpys_median(stereo_clip, width):
+    rng = np.random.default_rng(width)
+    smooth = stft_magnitude(stereo_clip[0])[:40]
+    cases = [
+        smooth,
+        rng.integers(0, 4, size=(6, 200)).astype(np.float32),  # mostly ties
+        np.zeros((2, width), dtype=np.float32),
+        -rng.standard_normal((3, 64)).astype(np.float32),
+    ]
+    for x in cases:
+        expected = np.median(np.lib.stride_tricks.sliding_window_view(x, width, axis=1), axis=-1)
+        ours = sliding_median(x, width)
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, expected)
+    with pytest.raises(ValueError):
+        sliding_median(smooth, 4)
+    with pytest.raises(ValueError):
+        sliding_median(smooth[:, :2], 3)

@@ -164,3 +164,61 @@ def rolloff_bins(magnitude: np.ndarray, fraction: float = 0.85) -> np.ndarray:
         # librosa's (and stft_magnitude's) layout: each frame's bins are contiguous.
         return _rolloff_bins_frame_major(magnitude.T, np.float32(fraction))
     return _rolloff_bins(np.ascontiguousarray(magnitude, dtype=np.float32), np.float32(fraction))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sliding_median(padded: np.ndarray, width: int) -> np.ndarray:  # pragma: no cover
+    n_rows, n_padded = padded.shape
+    n_out = n_padded - width + 1
+    half = width // 2
+    out = np.empty((n_rows, n_out), dtype=padded.dtype)
+    window = np.empty(width, dtype=padded.dtype)
+    for r in range(n_rows):
+        row = padded[r]
+        # The window kept sorted: each step removes the value leaving and inserts the one
+        # entering, O(width) moves instead of a selection over the whole window.
+        for i in range(width):
+            window[i] = row[i]
+        window.sort()
+        out[r, 0] = window[half]
+        for t in range(1, n_out):
+            leaving = row[t - 1]
+            entering = row[t + width - 1]
+            j = 0
+            while window[j] != leaving:
+                j += 1
+            if entering >= leaving:
+                while j + 1 < width and window[j + 1] < entering:
+                    window[j] = window[j + 1]
+                    j += 1
+            else:
+                while j > 0 and window[j - 1] > entering:
+                    window[j] = window[j - 1]
+                    j -= 1
+            window[j] = entering
+            out[r, t] = window[half]
+    return out
+
+
+def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
+    """Median of each run of ``width`` (odd) consecutive values along the rows of ``padded``.
+
+    Equal to ``np.median(sliding_window_view(padded, width, axis=1), axis=-1)``: for an odd
+    width the median is one of the window's values, so no rounding is involved. Rows must
+    be finite (NaN never compares equal to itself).
+
+    Parameters
+    ----------
+    padded : np.ndarray, shape (n_rows, n), float32
+    width : int, odd, at most n
+
+    Returns
+    -------
+    np.ndarray, shape (n_rows, n - width + 1), float32
+    """
+    if width < 1 or width % 2 != 1:
+        raise ValueError(f"width must be a positive odd number, got {width}")
+    data = np.ascontiguousarray(padded, dtype=np.float32)
+    if data.ndim != 2 or data.shape[1] < width:
+        raise ValueError(f"expected rows of at least {width} values, got shape {data.shape}")
+    return _sliding_median(data, np.int64(width))
