@@ -10,7 +10,11 @@ from scipy.signal import sosfilt
 from previewvec.songs.render import render
 from previewvec.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
-from workers.features.kernels import filtered_segment_energy, rolloff_bins, sliding_median
+from workers.features.kernels import (
+    filtered_segment_energy,
+    sliding_median,
+    spectral_moments_and_rolloff,
+)
 from workers.features.loudness import k_weighting_sos
 from workers.features.spectral import stft_magnitude
 
@@ -49,11 +53,13 @@ def test_filtered_segment_energy_equals_sosfilt_then_sums(stereo_clip, n_channel
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=0)
 
 
-def test_filtered_segment_energy_accepts_any_float_layout(stereo_clip):
+def test_filtered_segment_energy_accepts_any_layout_and_number_type(stereo_clip):
     sos = k_weighting_sos(SR)
     edges = np.array([0, 4410, 8820])
-    expected = _reference_segment_energy(stereo_clip, sos, edges)
-    for x in (stereo_clip.astype(np.float64), np.asfortranarray(stereo_clip), stereo_clip[:, ::1]):
+    quantised = np.round(stereo_clip * 2**15).astype(np.int16)
+    for x in (stereo_clip, stereo_clip.astype(np.float64), np.asfortranarray(stereo_clip),
+              stereo_clip[:, ::2], quantised):
+        expected = _reference_segment_energy(x, sos, edges)
         np.testing.assert_allclose(filtered_segment_energy(x, sos, edges), expected, rtol=1e-12)
 
 
@@ -69,22 +75,28 @@ def test_filtered_segment_energy_rejects_bad_arguments(stereo_clip):
         filtered_segment_energy(stereo_clip, sos * 2, np.array([0, 10]))
 
 
-def test_rolloff_bins_are_librosas(stereo_clip):
+def test_moments_and_rolloff_are_librosas(stereo_clip):
     y = stereo_clip.mean(axis=0)
     magnitude = stft_magnitude(y)
     magnitude[:, 3] = 0.0  # a silent frame
     magnitude[:, 4] = 0.0
     magnitude[700, 4] = 1.0  # all energy in one bin
     freq = librosa.fft_frequencies(sr=SR, n_fft=2048)
-    for fraction in (0.85, 0.5, 0.99):
-        expected = librosa.feature.spectral_rolloff(S=magnitude, sr=SR, roll_percent=fraction)[0]
-        for layout in (magnitude, np.ascontiguousarray(magnitude), np.asfortranarray(magnitude)):
-            np.testing.assert_array_equal(freq[rolloff_bins(layout, fraction)], expected)
-    for layout in (np.ascontiguousarray(magnitude), np.asfortranarray(magnitude)):
-        assert rolloff_bins(layout, 0.85)[3] == 0
-        assert rolloff_bins(layout, 0.85)[4] == 700
+    wide = magnitude.astype(np.float64)
+    for layout in (magnitude, np.ascontiguousarray(magnitude), wide):
+        for fraction in (0.85, 0.5, 0.99):
+            total, first, second, bins = spectral_moments_and_rolloff(layout, freq, fraction)
+            expected = librosa.feature.spectral_rolloff(S=magnitude, sr=SR, roll_percent=fraction)
+            np.testing.assert_array_equal(freq[bins], expected[0])
+        np.testing.assert_allclose(total, wide.sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(first, freq @ wide, rtol=1e-12)
+        np.testing.assert_allclose(second, freq**2 @ wide, rtol=1e-12)
+        assert bins[3] == 0 and total[3] == 0.0
+        assert bins[4] == 700 and first[4] == freq[700]
     with pytest.raises(ValueError):
-        rolloff_bins(np.zeros((0, 3), dtype=np.float32))
+        spectral_moments_and_rolloff(np.zeros((0, 3), dtype=np.float32), freq[:0])
+    with pytest.raises(ValueError):
+        spectral_moments_and_rolloff(magnitude, freq[:-1])
 
 
 @pytest.mark.parametrize("width", [1, 3, 9, 17])

@@ -3,9 +3,8 @@
 Each kernel reproduces a library computation operation for operation (same float types,
 same order of additions), so its results equal the library's; the tests in
 ``tests/unit/test_kernels.py`` compare them. numba is already a dependency (librosa's);
-kernels are cached in ``NUMBA_CACHE_DIR`` and compiled by the worker's warm-up, and each is
-called with one set of argument types only (the wrappers convert), so a real clip never
-triggers a compilation.
+kernels are cached in ``NUMBA_CACHE_DIR`` and compiled by the worker's warm-up for the
+float32 arrays the extractor passes, so a real clip never triggers a compilation.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ def _biquad_pair_segment_energy(
                 sum_p = sum_q = 0.0
                 segment += 1
                 boundary = edges[segment + 1]
-            u = x[first, i]
-            v = x[second, i]
+            u = np.float64(x[first, i])
+            v = np.float64(x[second, i])
             # scipy.signal.sosfilt's transposed direct form II, section by section.
             w = b00 * u + p1
             p1 = b01 * u - a01 * w + p2
@@ -74,7 +73,8 @@ def filtered_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -
         f = scipy.signal.sosfilt(sos, x, axis=1)
         [np.sum(f[:, a:b] ** 2, axis=1) for a, b in zip(edges[:-1], edges[1:])]
 
-    in one pass, without the filtered signal in memory.
+    in one pass, without the filtered signal in memory. The arithmetic is float64
+    whatever the input's float type (float32 input is not copied).
 
     Parameters
     ----------
@@ -86,7 +86,9 @@ def filtered_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -
     -------
     np.ndarray, shape (n_channels, len(edges) - 1), float64
     """
-    data = np.ascontiguousarray(x, dtype=np.float64)
+    data = np.ascontiguousarray(x)
+    if data.dtype not in (np.float32, np.float64):
+        data = data.astype(np.float64)
     coefficients = np.ascontiguousarray(sos, dtype=np.float64)
     bounds = np.ascontiguousarray(edges, dtype=np.int64)
     if data.ndim != 2 or coefficients.shape != (2, 6) or not np.all(coefficients[:, 3] == 1.0):
@@ -101,69 +103,64 @@ def filtered_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -
 
 
 @numba.njit(cache=True, nogil=True)
-def _rolloff_bins(magnitude: np.ndarray, fraction: np.float32) -> np.ndarray:  # pragma: no cover
-    n_bins, n_frames = magnitude.shape
-    running = np.zeros(n_frames, dtype=np.float32)
-    for k in range(n_bins):
-        for t in range(n_frames):
-            running[t] += magnitude[k, t]
-    threshold = running * fraction
-    first = np.full(n_frames, -1, dtype=np.int64)
-    running[:] = 0.0
-    left = n_frames
-    for k in range(n_bins):
-        for t in range(n_frames):
-            running[t] += magnitude[k, t]
-            if first[t] < 0 and running[t] >= threshold[t]:
-                first[t] = k
-                left -= 1
-        if left == 0:
-            break
-    return first
-
-
-@numba.njit(cache=True, nogil=True)
-def _rolloff_bins_frame_major(
-    frames: np.ndarray, fraction: np.float32
-) -> np.ndarray:  # pragma: no cover - compiled
+def _spectral_moments_and_rolloff(
+    frames: np.ndarray, freq: np.ndarray, freq_squared: np.ndarray, fraction: np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     n_frames, n_bins = frames.shape
-    first = np.zeros(n_frames, dtype=np.int64)
+    total = np.zeros(n_frames)
+    first = np.zeros(n_frames)
+    second = np.zeros(n_frames)
+    rolloff = np.zeros(n_frames, dtype=np.int64)
     for t in range(n_frames):
-        total = np.float32(0.0)
+        running = np.float32(0.0)
+        m0 = m1 = m2 = 0.0
         for k in range(n_bins):
-            total += frames[t, k]
-        threshold = total * fraction
+            value = frames[t, k]
+            running += value
+            wide = np.float64(value)
+            m0 += wide
+            m1 += freq[k] * wide
+            m2 += freq_squared[k] * wide
+        total[t], first[t], second[t] = m0, m1, m2
+        threshold = running * fraction
         running = np.float32(0.0)
         for k in range(n_bins):
             running += frames[t, k]
             if running >= threshold:
-                first[t] = k
+                rolloff[t] = k
                 break
-    return first
+    return total, first, second, rolloff
 
 
-def rolloff_bins(magnitude: np.ndarray, fraction: float = 0.85) -> np.ndarray:
-    """Per frame, the first frequency bin at which the cumulative magnitude reaches
-    ``fraction`` of the frame's total: the bin ``librosa.feature.spectral_rolloff`` reports.
+def spectral_moments_and_rolloff(
+    magnitude: np.ndarray, freq: np.ndarray, fraction: float = 0.85
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: the zeroth, first and second moments of the spectrum over ``freq``, and
+    the rolloff bin, in one pass over a frame-major spectrogram.
 
-    The cumulative sums are librosa's ``np.cumsum(S, axis=0)`` in float32 (sequential,
-    bin by bin), but in two streaming passes instead of a strided cumulative sum over the
-    whole spectrogram, which cost more than the rest of the spectral-shape features.
+    The moments are float64 sums (``[1, f, f**2] @ S``). The rolloff bin is the first bin
+    at which the cumulative magnitude reaches ``fraction`` of the frame's total, with the
+    cumulative sums in float32, bin by bin, as ``librosa.feature.spectral_rolloff``'s
+    ``np.cumsum(S, axis=0)`` computes them, so it reports the same bin.
 
     Parameters
     ----------
-    magnitude : np.ndarray, shape (n_bins, n_frames), non-negative
+    magnitude : np.ndarray, shape (n_bins, n_frames), non-negative; fastest when
+        F-contiguous float32 (librosa's and ``stft_magnitude``'s layout: no copy)
+    freq : np.ndarray, shape (n_bins,)
 
     Returns
     -------
-    np.ndarray of int64, shape (n_frames,)
+    total, first, second : np.ndarray of float64, shape (n_frames,)
+    rolloff : np.ndarray of int64, shape (n_frames,)
     """
     if magnitude.ndim != 2 or magnitude.shape[0] == 0:
         raise ValueError("magnitude must have shape (n_bins, n_frames) with n_bins > 0")
-    if magnitude.dtype == np.float32 and magnitude.flags.f_contiguous:
-        # librosa's (and stft_magnitude's) layout: each frame's bins are contiguous.
-        return _rolloff_bins_frame_major(magnitude.T, np.float32(fraction))
-    return _rolloff_bins(np.ascontiguousarray(magnitude, dtype=np.float32), np.float32(fraction))
+    centres = np.ascontiguousarray(freq, dtype=np.float64)
+    if centres.shape != (magnitude.shape[0],):
+        raise ValueError(f"freq has shape {freq.shape}; expected ({magnitude.shape[0]},)")
+    frames = np.ascontiguousarray(magnitude.T, dtype=np.float32)
+    return _spectral_moments_and_rolloff(frames, centres, centres**2, np.float32(fraction))
 
 
 @numba.njit(cache=True, nogil=True)

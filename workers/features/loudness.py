@@ -51,7 +51,9 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     compares with pyloudnorm on real clips).
     """
     data = y[np.newaxis] if channels is None or channels.shape[0] > 5 else channels
-    x = np.asarray(data, dtype=np.float64)
+    x = np.asarray(data)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     # Same input checks (and ValueError) as the meter: float data, at least one block.
     pyloudnorm.util.valid_audio(x.T, sr, BLOCK_S)
     n = x.shape[1]

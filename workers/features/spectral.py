@@ -17,7 +17,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from workers.features.kernels import rolloff_bins
+from workers.features.kernels import spectral_moments_and_rolloff
 from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
@@ -302,20 +302,19 @@ def zero_crossing_rate(y: np.ndarray, n_frames: int) -> np.ndarray:
 def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroid, bandwidth (p=2) and 85 % rolloff per frame, as librosa defines them.
 
-    Uses moments (matrix-vector products) instead of librosa's broadcast deviation matrix,
-    and a streaming rolloff (:func:`~workers.features.kernels.rolloff_bins`).
+    Uses moments instead of librosa's broadcast deviation matrix, and one compiled pass
+    for moments and rolloff (:func:`~workers.features.kernels.spectral_moments_and_rolloff`).
     """
     freq = librosa.fft_frequencies(sr=sr, n_fft=N_FFT)
-    # Zeroth, first and second moments in one float64 product (the bandwidth is a
-    # difference of two moments, which float32 would cancel away).
-    total, first, second = np.stack([np.ones_like(freq), freq, freq**2]) @ magnitude.astype(
-        np.float64
+    # Zeroth, first and second moments as float64 sums (the bandwidth is a difference of
+    # two moments, which float32 would cancel away); rolloff as librosa computes it.
+    total, first, second, rolloff_bin = spectral_moments_and_rolloff(
+        magnitude, freq, ROLLOFF_FRACTION
     )
     safe_total = np.where(total > 0, total, 1.0)
     centroid = first / safe_total
     bandwidth = np.sqrt(np.maximum(second / safe_total - centroid**2, 0.0))
-    # Rolloff as librosa computes it: cumulative sums in the spectrogram's own precision.
-    rolloff = freq[rolloff_bins(magnitude, ROLLOFF_FRACTION)]
+    rolloff = freq[rolloff_bin]
     centroid[total <= 0] = 0.0
     bandwidth[total <= 0] = 0.0
     return centroid[np.newaxis], bandwidth[np.newaxis], rolloff[np.newaxis]
