@@ -74,8 +74,8 @@ def test_degenerate_signal_is_a_typed_error_not_nan():
 def test_tempo_of_a_backbeat_click_track(bpm):
     y = click_track(bpm)
     spectra = compute_spectra(y, SR)
-    envelope = rhythm.onset_envelope(spectra.mel_power, SR)
-    result = rhythm.analyze_rhythm(spectra.mel_power, envelope, SR, y.size / SR)
+    envelope = rhythm.onset_envelope(spectra.mel_db, SR)
+    result = rhythm.analyze_rhythm(spectra.mel_db, envelope, SR, y.size / SR)
     assert abs(result.tempo_bpm - bpm) / bpm < 0.04
 
 

@@ -69,9 +69,9 @@ class Rhythm:
     beat_times_s: np.ndarray
 
 
-def onset_envelope(mel_power: np.ndarray, sr: int) -> np.ndarray:
-    """Spectral-flux onset strength from a mel power spectrogram, shape (n_frames,)."""
-    return librosa.onset.onset_strength(S=librosa.power_to_db(mel_power), sr=sr, lag=1)
+def onset_envelope(mel_db: np.ndarray, sr: int) -> np.ndarray:
+    """Spectral-flux onset strength from a mel spectrogram in dB, shape (n_frames,)."""
+    return librosa.onset.onset_strength(S=mel_db, sr=sr, lag=1)
 
 
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
@@ -86,10 +86,16 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
 
 def _at(acf: np.ndarray, lag: float) -> float:
     """Autocorrelation near a fractional lag, tolerant of ±1 frame of tempo drift."""
-    if lag < 1 or lag >= acf.size - 2:
-        return 0.0
-    lo = int(np.floor(lag))
-    return float(max(acf[max(lo - 1, 0) : lo + 3].max(), 0.0))
+    return float(_at_lags(acf, np.array([lag]))[0])
+
+
+def _at_lags(acf: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """:func:`_at` for many lags at once: the largest of ``acf`` at floor(lag) - 1 ..
+    floor(lag) + 2, at least 0; 0 where that window would leave ``acf``."""
+    valid = (lags >= 1) & (lags < acf.size - 2)
+    lo = np.where(valid, np.floor(lags), 1).astype(np.int64)
+    window = acf[lo[:, np.newaxis] + np.arange(-1, 3)]
+    return np.where(valid, np.maximum(window.max(axis=1), 0.0), 0.0)
 
 
 def base_period(envelope: np.ndarray, sr: int) -> tuple[float, float]:
@@ -101,9 +107,8 @@ def base_period(envelope: np.ndarray, sr: int) -> tuple[float, float]:
     lo, hi = 60.0 * fps / BASE_MAX_BPM, 60.0 * fps / BASE_MIN_BPM
     acf = autocorrelation(envelope, min(int(4 * hi) + 4, envelope.size - 1))
     periods = np.arange(lo, hi + 1e-9, 0.25)
-    comb = np.array(
-        [_at(acf, p) + _at(acf, 2 * p) + _at(acf, 4 * p) + 0.5 * _at(acf, p / 2) for p in periods]
-    )
+    comb = (_at_lags(acf, periods) + _at_lags(acf, 2 * periods) + _at_lags(acf, 4 * periods)
+            + 0.5 * _at_lags(acf, periods / 2))
     best = int(np.argmax(comb))
     return float(periods[best]), float(np.clip(comb[best] / 3.5, 0.0, 1.0))
 
@@ -129,14 +134,13 @@ def _cross(a: np.ndarray, b: np.ndarray, lag: float) -> float:
 
 
 def octave_features(
-    mel_power: np.ndarray, envelope: np.ndarray, sr: int, period: float, duration_s: float
+    mel_db: np.ndarray, envelope: np.ndarray, sr: int, period: float, duration_s: float
 ) -> dict[str, float]:
     """The measurements the octave rule weighs, for base period ``period`` (frames)."""
     fps = sr / HOP_LENGTH
     base_bpm = 60.0 * fps / period
     onsets = librosa.onset.onset_detect(onset_envelope=envelope, sr=sr, hop_length=HOP_LENGTH)
     per_beat = max(len(onsets) / max(duration_s, 1e-9) * 60.0 / base_bpm, 1e-3)
-    mel_db = librosa.power_to_db(mel_power)
     kick = _band_flux(mel_db, sr, KICK_BAND_HZ)
     snare = _band_flux(mel_db, sr, SNARE_BAND_HZ)
     acf = autocorrelation(envelope, min(int(period) + 4, envelope.size - 1))
@@ -224,7 +228,7 @@ def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
 
 
 def analyze_rhythm(
-    mel_power: np.ndarray, envelope: np.ndarray, sr: int, duration_s: float
+    mel_db: np.ndarray, envelope: np.ndarray, sr: int, duration_s: float
 ) -> Rhythm:
     """Tempo, beat confidence, onset rate and beat times."""
     fps = sr / HOP_LENGTH
@@ -232,7 +236,7 @@ def analyze_rhythm(
     if not np.any(envelope > 0):
         return Rhythm(0.0, 0.0, rate, np.empty(0))
     period, confidence = base_period(envelope, sr)
-    features = octave_features(mel_power, envelope, sr, period, duration_s)
+    features = octave_features(mel_db, envelope, sr, period, duration_s)
     # Beats outside MIN_TACTUS_BPM-MAX_TACTUS_BPM are rarely what listeners tap.
     base_bpm = 60.0 * fps / period
     faster = faster_level_probability(features) > 0.5

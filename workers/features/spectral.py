@@ -48,6 +48,8 @@ class Spectra:
     power : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     cqt : np.ndarray, shape (84, n_frames), CQT magnitude from C1
     mel_power : np.ndarray, shape (128, n_frames)
+    mel_db : np.ndarray, shape (128, n_frames), ``librosa.power_to_db(mel_power)``, shared by
+        the MFCCs and the rhythm features
     tuning : float, estimated deviation from A440 in fractions of a bin
     sr : int
     """
@@ -56,6 +58,7 @@ class Spectra:
     power: np.ndarray
     cqt: np.ndarray
     mel_power: np.ndarray
+    mel_db: np.ndarray
     tuning: float
     sr: int
 
@@ -290,7 +293,9 @@ def compute_spectra(y: np.ndarray, sr: int) -> Spectra:
     cqt = cqt_magnitude(y, sr, tuning)
     mel_power = mel_basis(sr) @ power
     n = min(magnitude.shape[1], cqt.shape[1])
-    return Spectra(magnitude[:, :n], power[:, :n], cqt[:, :n], mel_power[:, :n], tuning, sr)
+    mel_power = mel_power[:, :n]
+    return Spectra(magnitude[:, :n], power[:, :n], cqt[:, :n], mel_power,
+                   librosa.power_to_db(mel_power), tuning, sr)
 
 
 def zero_crossing_rate(y: np.ndarray, n_frames: int) -> np.ndarray:
@@ -350,7 +355,7 @@ def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
         "chroma_cqt": chroma_cqt,
         "chroma_cens": chroma_cens,
         "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens),
-        "mfcc": librosa.feature.mfcc(S=librosa.power_to_db(spectra.mel_power), n_mfcc=20),
+        "mfcc": librosa.feature.mfcc(S=spectra.mel_db, n_mfcc=20),
         "rmse": librosa.feature.rms(S=spectra.magnitude, frame_length=N_FFT),
         "zcr": zero_crossing_rate(y, n),
         "spectral_centroid": centroid,
