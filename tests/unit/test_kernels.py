@@ -14,6 +14,7 @@ from workers.features.kernels import (
     filtered_segment_energy,
     sliding_median,
     spectral_moments_and_rolloff,
+    zero_crossing_counts,
 )
 from workers.features.loudness import k_weighting_sos
 from workers.features.spectral import stft_magnitude
@@ -118,3 +119,18 @@ def test_sliding_median_equals_numpys_median(stereo_clip, width):
         sliding_median(smooth, 4)
     with pytest.raises(ValueError):
         sliding_median(smooth[:, :2], 3)
+
+
+@pytest.mark.parametrize(
+    ("frame_length", "hop_length"), [(2048, 512), (1000, 300), (64, 64), (9, 1)]
+)
+def test_zero_crossing_counts_equal_librosas_framing(stereo_clip, frame_length, hop_length):
+    y = stereo_clip[0, :20_000]
+    expected = librosa.feature.zero_crossing_rate(y, frame_length=frame_length,
+                                                  hop_length=hop_length)[0] * frame_length
+    counts = zero_crossing_counts(y, expected.size, frame_length, hop_length)
+    np.testing.assert_array_equal(counts, np.round(expected))
+    with pytest.raises(ValueError):
+        zero_crossing_counts(y, 3, 100, 101)
+    with pytest.raises(ValueError):
+        zero_crossing_counts(y[:0], 3, 100, 10)

@@ -105,9 +105,13 @@ def test_tuning_of_silence_and_of_a_single_tone():
 
 
 def test_zero_crossing_rate_matches_librosa(signal):
-    expected = librosa.feature.zero_crossing_rate(signal, frame_length=N_FFT, hop_length=HOP_LENGTH)
-    ours = zero_crossing_rate(signal, expected.shape[1])
-    np.testing.assert_array_equal(ours, expected)
+    rng = np.random.default_rng(2)
+    near_zero = (rng.choice([-2e-10, -1e-10, 0.0, 1e-10, 3e-10], 9000)).astype(np.float32)
+    for y in (signal, signal[:700], signal[: 3 * SR + 5], near_zero, -np.abs(signal[:5000]),
+              np.zeros(3000, dtype=np.float32)):
+        expected = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP_LENGTH)
+        ours = zero_crossing_rate(y, expected.shape[1])
+        np.testing.assert_array_equal(ours, expected)
 
 
 def test_spectral_shape_matches_librosa(signal):

@@ -219,3 +219,60 @@ def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
     if data.ndim != 2 or data.shape[1] < width:
         raise ValueError(f"expected rows of at least {width} values, got shape {data.shape}")
     return _sliding_median(data, np.int64(width))
+
+
+@numba.njit(cache=True, nogil=True)
+def _zero_crossing_counts(
+    y: np.ndarray, n_frames: int, frame_length: int, hop_length: int, threshold: np.float32
+) -> np.ndarray:  # pragma: no cover - compiled
+    n = y.size
+    half = frame_length // 2
+    padded_size = n + 2 * half
+    counts = np.zeros(n_frames, dtype=np.int64)
+    count = 0
+    low = high = 1  # crossings at indices low..high-1 are in `count`
+
+    # A crossing at padded index i: the sign differs between samples i-1 and i, with values
+    # within the threshold of zero counting as positive.
+    def crossing(i: int) -> int:
+        a = y[min(max(i - 1 - half, 0), n - 1)] < -threshold
+        b = y[min(max(i - half, 0), n - 1)] < -threshold
+        return 1 if a != b else 0
+
+    for f in range(n_frames):
+        start = f * hop_length
+        first, stop = start + 1, min(start + frame_length, padded_size)
+        while high < stop:
+            count += crossing(high)
+            high += 1
+        while low < min(first, high):
+            count -= crossing(low)
+            low += 1
+        counts[f] = count
+    return counts
+
+
+def zero_crossing_counts(
+    y: np.ndarray, n_frames: int, frame_length: int, hop_length: int, threshold: float = 1e-10
+) -> np.ndarray:
+    """Zero crossings inside each centred, edge-padded frame of ``y``, as
+    ``librosa.feature.zero_crossing_rate`` counts them (values with ``|y| <= threshold``
+    are zero and zero is positive; pairs of adjacent samples within the frame), in one
+    pass with a sliding count and no padded copy of the signal.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,), float32, n >= 1
+    hop_length : int, at most ``frame_length``
+
+    Returns
+    -------
+    np.ndarray of int64, shape (n_frames,)
+    """
+    signal = np.ascontiguousarray(y, dtype=np.float32)
+    if signal.ndim != 1 or signal.size == 0:
+        raise ValueError("y must be a non-empty mono signal")
+    if not 0 < hop_length <= frame_length:
+        raise ValueError("need 0 < hop_length <= frame_length")
+    return _zero_crossing_counts(signal, np.int64(n_frames), np.int64(frame_length),
+                                 np.int64(hop_length), np.float32(threshold))

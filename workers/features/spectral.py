@@ -17,7 +17,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from workers.features.kernels import spectral_moments_and_rolloff
+from workers.features.kernels import spectral_moments_and_rolloff, zero_crossing_counts
 from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
@@ -122,19 +122,22 @@ def stft_magnitude(y: np.ndarray) -> np.ndarray:
 
     librosa's arithmetic (centred zero-padded frames, the float64 periodic Hann window,
     float64 FFTs rounded to complex64) and its memory layout (frames contiguous), but in
-    blocks of 64 frames rather than librosa's ~31, with no per-call validation.
+    blocks of 64 frames rather than librosa's ~31, with no per-call validation, and with
+    the magnitude taken block by block (no full complex spectrogram in memory).
     """
     x = np.asarray(y)
-    if x.ndim != 1:
-        raise ValueError(f"expected a mono signal, got shape {x.shape}")
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"expected a floating-point mono signal, got {x.dtype} {x.shape}")
     padded = np.pad(x, N_FFT // 2, mode="constant")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     window = _hann_window()
-    spectrum = np.empty((frames.shape[0], N_FFT // 2 + 1), dtype=librosa.util.dtype_r2c(x.dtype))
+    complex_type = librosa.util.dtype_r2c(x.dtype)
+    magnitude = np.empty((frames.shape[0], N_FFT // 2 + 1), dtype=x.dtype)
     for start in range(0, frames.shape[0], _STFT_BLOCK_FRAMES):
         block = slice(start, start + _STFT_BLOCK_FRAMES)
-        spectrum[block] = scipy.fft.rfft(window * frames[block], axis=1)
-    return np.abs(spectrum).T
+        spectrum = scipy.fft.rfft(window * frames[block], axis=1).astype(complex_type)
+        np.abs(spectrum, out=magnitude[block])
+    return magnitude.T
 
 
 _STFT_BLOCK_FRAMES = 64  # 64 x 2048 float64 frames: 1 MB, stays in cache
@@ -299,21 +302,12 @@ def compute_spectra(y: np.ndarray, sr: int) -> Spectra:
 
 
 def zero_crossing_rate(y: np.ndarray, n_frames: int) -> np.ndarray:
-    """``librosa.feature.zero_crossing_rate(y, 2048, 512)`` in O(n) with a running sum.
+    """``librosa.feature.zero_crossing_rate(y, 2048, 512)``, shape (1, n_frames), in O(n).
 
     Same definition: edge-padded centred frames, |y| <= 1e-10 counts as zero (positive),
     crossings between adjacent samples inside a frame, divided by the frame length.
     """
-    half = N_FFT // 2
-    padded = np.pad(y, (half, half), mode="edge")
-    negative = padded < -1e-10
-    crossing = np.empty(padded.size, dtype=np.int64)
-    crossing[0] = 0
-    crossing[1:] = negative[1:] != negative[:-1]
-    running = np.concatenate(([0], np.cumsum(crossing)))
-    starts = np.arange(n_frames) * HOP_LENGTH
-    # Pairs (i-1, i) for i in start+1 .. start+N_FFT-1 lie inside frame [start, start+N_FFT).
-    counts = running[np.minimum(starts + N_FFT, padded.size)] - running[starts + 1]
+    counts = zero_crossing_counts(y, n_frames, N_FFT, HOP_LENGTH)
     return (counts / N_FFT)[np.newaxis, :]
 
 
