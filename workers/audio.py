@@ -22,6 +22,7 @@ import numpy as np
 import soxr
 
 from previewvec.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
+from workers.features.kernels import signal_levels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
 
@@ -114,14 +115,15 @@ def decode_audio(
     except _AV_ERRORS as exc:
         raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
 
-    mat, truncated = raw.mat, raw.total > target
-    if truncated:
-        mat = mat[:, :target]
+    mat, truncated = raw.mat[:, :target], raw.total > target
     mat = np.ascontiguousarray(mat, dtype=np.float32)
     # Same arithmetic as librosa.to_mono on `channels` (float32 mean over axis 0).
     samples = np.ascontiguousarray(mat[0] if mat.shape[0] == 1 else mat.mean(axis=0))
+    if samples.size == 0:
+        raise TooShort(f"decoded no audio; at least {min_duration_s:.2f} s is required")
     # A NaN or infinity in any channel makes its mean non-finite too, so one check covers both.
-    if not np.isfinite(samples).all():
+    levels = signal_levels(samples)
+    if not levels.finite:
         raise Undecodable("non-finite samples (NaN or infinity) in decoded audio")
 
     n = samples.shape[0]
@@ -130,17 +132,16 @@ def decode_audio(
         raise TooShort(
             f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
         )
-    peak = float(np.max(np.abs(samples)))
-    mean_square = float(np.dot(samples, samples.astype(np.float64))) / n
+    peak, mean_square = levels.peak, levels.mean_square
     rms = math.sqrt(mean_square)
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
         raise Silent(
             f"audio is digitally silent (peak {_dbfs(peak):.1f} dBFS, RMS {_dbfs(rms):.1f} dBFS)"
         )
     # A constant (DC) level is inaudible and carries no features: judged around its mean,
-    # it is silence too. The AC RMS comes from the sums above (no second full pass).
-    dc = float(np.mean(samples, dtype=np.float64))
-    ac_peak = max(float(samples.max()) - dc, dc - float(samples.min()))
+    # it is silence too. The AC RMS comes from the same pass's sums.
+    dc = levels.mean
+    ac_peak = max(levels.maximum - dc, dc - levels.minimum)
     ac_rms = math.sqrt(max(0.0, mean_square - dc * dc))
     if ac_peak < SILENCE_PEAK or ac_rms < SILENCE_RMS:
         raise Silent(
@@ -221,6 +222,7 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
     out_layout = ""
     source_sr = source_channels = 0
     total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
+    full_length = 0  # samples at `sr` before any cut at `target`
     bad_in_a_row = 0
     try:
         for packet in container.demux(stream):
@@ -242,7 +244,8 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
                 elif not segment.accepts(frame):
                     # Mid-stream format change (e.g. chained streams): finish the old run
                     # and map the new input onto the original output layout.
-                    pieces.append(segment.finish(sr))
+                    pieces.append(segment.finish(sr, target))
+                    full_length += segment.resampled_length
                     segment = None
                 if segment is None:
                     still_needed = max(target - total, 0.0) * frame.sample_rate / sr
@@ -254,14 +257,15 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
     except _AV_ERRORS:
         pass  # a demux error mid-stream (e.g. a truncated file): keep what decoded so far
     if segment is not None:
-        pieces.append(segment.finish(sr))
+        pieces.append(segment.finish(sr, target))
+        full_length += segment.resampled_length
     pieces = [piece for piece in pieces if piece.shape[1]]
     if not pieces:
         raise Undecodable(f"no audio could be decoded from the {codec} stream")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,
-        total=int(mat.shape[1]),
+        total=full_length,
         source_sr=source_sr,
         source_channels=source_channels,
         codec=codec,
@@ -307,6 +311,7 @@ class _Segment:
         capacity = max(1, min(expected_samples, _INITIAL_BUFFER_VALUES // self.n_channels))
         self.samples = np.empty((self.n_channels, capacity), dtype=np.float32)
         self.length = 0
+        self.resampled_length = 0
 
     def accepts(self, frame: av.AudioFrame) -> bool:
         return (frame.format.name, frame.layout.name, frame.sample_rate) == self.key
@@ -336,18 +341,23 @@ class _Segment:
             self.samples[:, start:end] = packed.reshape(n, self.n_channels).T
         self.length = end
 
-    def finish(self, sr: int) -> np.ndarray:
-        """All samples of the run as float32, shape (channels, n), resampled to ``sr``."""
+    def finish(self, sr: int, limit: int) -> np.ndarray:
+        """The run's samples as float32, shape (channels, n), resampled to ``sr`` and
+        cut at ``limit``; :attr:`resampled_length` is ``n`` before the cut."""
         if self.converter is not None:
             with contextlib.suppress(*_AV_ERRORS):
                 for out in self.converter.resample(None):
                     self._copy(out)
         samples = self.samples[:, : self.length]
+        self.resampled_length = self.length
         if self.rate == sr or self.length == 0:
             return samples
         # soxr "HQ" is librosa's default resampler (res_type="soxr_hq"); one call per
         # channel, on the contiguous rows.
-        return np.stack([soxr.resample(channel, self.rate, sr, "HQ") for channel in samples])
+        resampled = [soxr.resample(channel, self.rate, sr, "HQ") for channel in samples]
+        self.resampled_length = resampled[0].shape[0]
+        # Only what can be used is stacked: the result is then C-contiguous as it is.
+        return np.stack([channel[:limit] for channel in resampled])
 
 
 def _output_layout(layout: av.AudioLayout) -> str:

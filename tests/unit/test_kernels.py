@@ -12,6 +12,7 @@ from previewvec.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
 from workers.features.kernels import (
     filtered_segment_energy,
+    signal_levels,
     sliding_median,
     spectral_moments_and_rolloff,
     zero_crossing_counts,
@@ -134,3 +135,20 @@ def test_zero_crossing_counts_equal_librosas_framing(stereo_clip, frame_length, 
         zero_crossing_counts(y, 3, 100, 101)
     with pytest.raises(ValueError):
         zero_crossing_counts(y[:0], 3, 100, 10)
+
+
+def test_signal_levels_equal_numpys(stereo_clip):
+    for y in (stereo_clip[0], stereo_clip[1] + 0.25, np.full(7, -0.5, dtype=np.float32)):
+        wide = y.astype(np.float64)
+        levels = signal_levels(y)
+        assert levels.finite
+        assert levels.peak == np.max(np.abs(wide))
+        assert levels.minimum == wide.min() and levels.maximum == wide.max()
+        assert levels.mean == pytest.approx(wide.mean(), rel=1e-12, abs=1e-15)
+        assert levels.mean_square == pytest.approx(np.mean(wide**2), rel=1e-12)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = stereo_clip[0].copy()
+        y[1234] = bad
+        assert not signal_levels(y).finite
+    with pytest.raises(ValueError):
+        signal_levels(np.zeros(0, dtype=np.float32))

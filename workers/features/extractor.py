@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from previewvec.errors import InvalidSignal
-from workers.features import loudness, rhythm, spectral, tonal
+from workers.features import kernels, loudness, rhythm, spectral, tonal
 from workers.features.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, VECTOR_DIM
 
 DESCRIPTOR_KEYS: tuple[str, ...] = (
@@ -115,8 +115,8 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
 
 
 def warm_up(sr: int = 22_050) -> float:
-    """Run the extractor once on a synthetic clip so JIT compilation and filter caches
-    are paid before the first real clip. Returns the seconds it took."""
+    """Run the extractor on a synthetic clip, mono and as stereo, so JIT compilation and
+    filter caches are paid before the first real clip. Returns the seconds it took."""
     started = time.perf_counter()
     spectral.prepare_cqt(sr)
     t = np.arange(int(6 * sr)) / sr
@@ -124,5 +124,7 @@ def warm_up(sr: int = 22_050) -> float:
     tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
     clicks = (np.sin(2 * np.pi * 2 * t) > 0.95).astype(float) * rng.standard_normal(t.size)
     y = (0.1 * tones + 0.3 * clicks).astype(np.float32)
+    kernels.signal_levels(y)  # the decoder's level check
     extract_features(y, sr)
+    extract_features(y, sr, channels=np.stack([y, -y]))
     return time.perf_counter() - started

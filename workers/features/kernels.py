@@ -9,6 +9,8 @@ float32 arrays the extractor passes, so a real clip never triggers a compilation
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -276,3 +278,41 @@ def zero_crossing_counts(
         raise ValueError("need 0 < hop_length <= frame_length")
     return _zero_crossing_counts(signal, np.int64(n_frames), np.int64(frame_length),
                                  np.int64(hop_length), np.float32(threshold))
+
+
+class SignalLevels(NamedTuple):
+    """Summary levels of a signal, from one pass (sums in float64)."""
+
+    finite: bool
+    """False if any sample is NaN or infinite; the other fields are then 0."""
+    peak: float
+    mean: float
+    mean_square: float
+    minimum: float
+    maximum: float
+
+
+@numba.njit(cache=True, nogil=True)
+def _signal_levels(
+    y: np.ndarray,
+) -> tuple[bool, float, float, float, float, float]:  # pragma: no cover - compiled
+    total = squares = 0.0
+    low = high = np.float64(y[0])
+    for i in range(y.size):
+        value = np.float64(y[i])
+        if not np.isfinite(value):
+            return False, 0.0, 0.0, 0.0, 0.0, 0.0
+        total += value
+        squares += value * value
+        low = min(low, value)
+        high = max(high, value)
+    return True, max(high, -low), total / y.size, squares / y.size, low, high
+
+
+def signal_levels(y: np.ndarray) -> SignalLevels:
+    """Peak, mean, mean square, minimum and maximum of a non-empty float32 signal, and
+    whether it is finite, in one pass with no temporary arrays."""
+    signal = np.ascontiguousarray(y, dtype=np.float32)
+    if signal.ndim != 1 or signal.size == 0:
+        raise ValueError("y must be a non-empty 1-D signal")
+    return SignalLevels(*_signal_levels(signal))
