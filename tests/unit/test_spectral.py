@@ -11,6 +11,7 @@ from workers.audio import decode_audio, encode_audio
 from workers.features.spectral import (
     HOP_LENGTH,
     N_FFT,
+    chroma_stft,
     cqt_magnitude,
     estimate_tuning,
     mel_basis,
@@ -82,6 +83,14 @@ def test_stft_magnitude_is_librosas_bit_for_bit(signal, detuned_songs):
         ours = stft_magnitude(y)
         assert ours.dtype == expected.dtype and ours.flags.f_contiguous
         np.testing.assert_array_equal(ours, expected)
+
+
+def test_chroma_stft_is_librosas_bit_for_bit(signal, detuned_songs):
+    for y in (signal, detuned_songs[1]):
+        power = stft_magnitude(y) ** 2
+        for tuning in (0.0, -0.13, 0.31, 0.0):  # the last one from the cache
+            expected = librosa.feature.chroma_stft(S=power, sr=SR, n_chroma=12, tuning=tuning)
+            np.testing.assert_array_equal(chroma_stft(power, SR, tuning), expected)
 
 
 def test_mel_spectrogram_equals_librosas(signal, detuned_songs):

@@ -301,6 +301,20 @@ def compute_spectra(y: np.ndarray, sr: int) -> Spectra:
                    librosa.power_to_db(mel_power), tuning, sr)
 
 
+def chroma_stft(power: np.ndarray, sr: int, tuning: float) -> np.ndarray:
+    """``librosa.feature.chroma_stft(S=power, sr=sr, n_chroma=12, tuning=tuning)``, the same
+    arithmetic, with the chroma filter bank built once per (rate, tuning) and kept."""
+    raw = np.einsum("cf,...ft->...ct", _chroma_filters(sr, float(tuning)), power, optimize=True)
+    return librosa.util.normalize(raw, norm=np.inf, axis=-2)
+
+
+@lru_cache(maxsize=256)
+def _chroma_filters(sr: int, tuning: float) -> np.ndarray:
+    filters = librosa.filters.chroma(sr=sr, n_fft=N_FFT, tuning=tuning, n_chroma=12)
+    filters.flags.writeable = False
+    return filters
+
+
 def zero_crossing_rate(y: np.ndarray, n_frames: int) -> np.ndarray:
     """``librosa.feature.zero_crossing_rate(y, 2048, 512)``, shape (1, n_frames), in O(n).
 
@@ -343,9 +357,7 @@ def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
     )
     centroid, bandwidth, rolloff = spectral_shape(spectra.magnitude, sr)
     frames = {
-        "chroma_stft": librosa.feature.chroma_stft(
-            S=spectra.power, sr=sr, n_chroma=12, tuning=spectra.tuning
-        ),
+        "chroma_stft": chroma_stft(spectra.power, sr, spectra.tuning),
         "chroma_cqt": chroma_cqt,
         "chroma_cens": chroma_cens,
         "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens),
