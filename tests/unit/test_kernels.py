@@ -15,6 +15,7 @@ from workers.features.kernels import (
     signal_levels,
     sliding_median,
     spectral_moments_and_rolloff,
+    spectral_peaks,
     zero_crossing_counts,
 )
 from workers.features.loudness import k_weighting_sos
@@ -152,3 +153,21 @@ def test_signal_levels_equal_numpys(stereo_clip):
         assert not signal_levels(y).finite
     with pytest.raises(ValueError):
         signal_levels(np.zeros(0, dtype=np.float32))
+
+
+def test_spectral_peaks_are_piptracks(stereo_clip):
+    magnitude = stft_magnitude(stereo_clip[0])
+    freqs = librosa.fft_frequencies(sr=SR, n_fft=2048)
+    pitches, mags = librosa.piptrack(S=magnitude, sr=SR, n_fft=2048, fmin=150.0, fmax=4000.0,
+                                     threshold=0.1)
+    band = np.flatnonzero((freqs >= 150.0) & (freqs < 4000.0))
+    ours_mags, ours_pitches = spectral_peaks(magnitude, slice(band[0] - 1, band[-1] + 2), 0.1,
+                                             SR, 2048)
+    found = mags > 0
+    assert ours_mags.size == found.sum() > 100
+    # Same peaks, same interpolated values (piptrack's float32 pitches are our float64 ones
+    # rounded); compare as sorted multisets, since the scan orders differ.
+    np.testing.assert_array_equal(np.sort(ours_mags), np.sort(mags[found]))
+    np.testing.assert_array_equal(np.sort(ours_pitches.astype(np.float32)), np.sort(pitches[found]))
+    with pytest.raises(ValueError):
+        spectral_peaks(magnitude.astype(np.float64), slice(10, 20), 0.1, SR, 2048)

@@ -316,3 +316,68 @@ def signal_levels(y: np.ndarray) -> SignalLevels:
     if signal.ndim != 1 or signal.size == 0:
         raise ValueError("y must be a non-empty 1-D signal")
     return SignalLevels(*_signal_levels(signal))
+
+
+@numba.njit(cache=True, nogil=True)
+def _spectral_peaks(
+    frames: np.ndarray,
+    peak_levels: np.ndarray,
+    lo: int,
+    hi: int,
+    threshold_ratio: np.float32,
+    sr: float,
+    n_fft: float,
+) -> tuple[np.ndarray, np.ndarray, int]:  # pragma: no cover - compiled
+    n_frames = frames.shape[0]
+    capacity = max(n_frames * ((hi - lo) // 2 + 1), 1)
+    mags = np.empty(capacity, dtype=np.float32)
+    pitches = np.empty(capacity, dtype=np.float64)
+    found = 0
+    half = np.float32(0.5)
+    two = np.float32(2.0)
+    for t in range(n_frames):
+        row = frames[t]
+        floor = threshold_ratio * peak_levels[t]
+        # Rows lo..hi-1 hold the band plus one neighbour on each side; values at or below
+        # the floor count as 0, as piptrack's thresholded copy of the spectrum.
+        for k in range(lo + 1, hi - 1):
+            below, centre, above = row[k - 1], row[k], row[k + 1]
+            x_below = below if below > floor else np.float32(0.0)
+            x_centre = centre if centre > floor else np.float32(0.0)
+            x_above = above if above > floor else np.float32(0.0)
+            if not (x_centre > x_below and x_centre >= x_above):
+                continue
+            a = np.float64(above + below) - 2.0 * np.float64(centre)
+            b = np.float64(above - below) / 2.0
+            shift = np.float32(0.0) if abs(b) >= abs(a) else np.float32(-b / a)
+            gradient = (above - below) / two
+            mags[found] = centre + half * gradient * shift
+            pitches[found] = (k + np.float64(shift)) * sr / n_fft
+            found += 1
+    return mags, pitches, found
+
+
+def spectral_peaks(
+    magnitude: np.ndarray, rows: slice, threshold_ratio: float, sr: float, n_fft: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local spectral peaks inside ``rows`` with piptrack's parabolic interpolation.
+
+    For each frame, bins ``k`` in ``rows`` (excluding its first and last row, which serve
+    as neighbours) that are local maxima of the spectrum thresholded at ``threshold_ratio``
+    times the frame's maximum (strictly above the lower neighbour, at least the upper one:
+    ``librosa.util.localmax``), with librosa's float types throughout.
+
+    Returns
+    -------
+    mags : np.ndarray of float32, the interpolated peak magnitudes
+    pitches : np.ndarray of float64, ``(k + shift) * sr / n_fft`` in Hz
+    """
+    if magnitude.ndim != 2 or magnitude.shape[0] == 0 or magnitude.dtype != np.float32:
+        raise ValueError("magnitude must be a float32 array of shape (n_bins, n_frames)")
+    start, stop, _ = rows.indices(magnitude.shape[0])
+    frames = np.ascontiguousarray(magnitude.T)
+    # numpy's vectorised max, per frame (a compiled loop would compare one value at a time).
+    mags, pitches, found = _spectral_peaks(frames, frames.max(axis=1), np.int64(start),
+                                           np.int64(stop),
+                                           np.float32(threshold_ratio), float(sr), float(n_fft))
+    return mags[:found], pitches[:found]

@@ -17,7 +17,11 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from workers.features.kernels import spectral_moments_and_rolloff, zero_crossing_counts
+from workers.features.kernels import (
+    spectral_moments_and_rolloff,
+    spectral_peaks,
+    zero_crossing_counts,
+)
 from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
@@ -75,9 +79,10 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
     computed in a fraction of the time. ``librosa.piptrack`` evaluates a gradient and a
     parabolic interpolation on all 1025 bins of every frame (a numba kernel per element)
     and then keeps only the local maxima between 150 and 4000 Hz, about 2 % of the
-    elements. Here the local maxima are found first, on the 150-4000 Hz rows only, and the
-    same interpolation formulas are evaluated at those peaks alone, with piptrack's float
-    types. The histogram step is librosa's own :func:`librosa.pitch_tuning`.
+    elements. Here one compiled pass finds the local maxima on the 150-4000 Hz rows only
+    and evaluates the same interpolation formulas at those peaks alone, with piptrack's
+    float types (:func:`~workers.features.kernels.spectral_peaks`). The histogram step is
+    librosa's own :func:`librosa.pitch_tuning`.
 
     Parameters
     ----------
@@ -90,27 +95,14 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
         return 0.0
     # The band's rows plus one neighbour on each side (bin 0 is below and bin N_FFT/2, the
     # Nyquist bin, above any band) for the local-maximum test and the stencils.
-    lo, hi = int(band[0]) - 1, int(band[-1]) + 2
-    s = sample[lo:hi]
-    # piptrack's threshold: PIPTRACK_THRESHOLD * np.max(S, axis=-2), in S's dtype.
-    x = s * (s > PIPTRACK_THRESHOLD * sample.max(axis=0))
-    # util.localmax: strictly above the lower neighbour, at least the upper one.
-    peak = (x[1:-1] > x[:-2]) & (x[1:-1] >= x[2:])
-    k, t = np.nonzero(peak)
-    if k.size == 0:
+    rows = slice(int(band[0]) - 1, int(band[-1]) + 2)
+    mags, pitches = spectral_peaks(sample.astype(np.float32, copy=False), rows,
+                                   PIPTRACK_THRESHOLD, sr, N_FFT)
+    if mags.size == 0:
         return 0.0
-    below, centre, above = s[k, t], s[k + 1, t], s[k + 2, t]
-    # librosa's numba stencil promotes the integer constants to float64; match it.
-    a = (above + below).astype(np.float64) - 2 * centre.astype(np.float64)
-    b = (above - below).astype(np.float64) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a).astype(sample.dtype)
-    gradient = (above - below) / sample.dtype.type(2.0)  # np.gradient, interior rows
-    mags = centre + 0.5 * gradient * shift
-    pitches = ((k + lo + 1) + shift) * float(sr) / N_FFT
     threshold = np.median(mags)
     tuning = float(
-        librosa.pitch_tuning(pitches[mags >= threshold].astype(sample.dtype),
+        librosa.pitch_tuning(pitches[mags >= threshold].astype(np.float32),
                              resolution=TUNING_RESOLUTION, bins_per_octave=12)
     )
     return tuning if np.isfinite(tuning) else 0.0
