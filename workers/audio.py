@@ -235,11 +235,11 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
                 continue
             bad_in_a_row = 0
             for frame in frames:
-                n_ch = frame.layout.nb_channels
-                if frame.sample_rate <= 0 or n_ch <= 0 or frame.samples <= 0:
+                rate, n = frame.sample_rate, frame.samples
+                if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
                     continue
                 if segment is None:
-                    source_sr, source_channels = frame.sample_rate, n_ch
+                    source_sr, source_channels = rate, frame.layout.nb_channels
                     out_layout = _output_layout(frame.layout)
                 elif not segment.accepts(frame):
                     # Mid-stream format change (e.g. chained streams): finish the old run
@@ -248,10 +248,10 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
                     full_length += segment.resampled_length
                     segment = None
                 if segment is None:
-                    still_needed = max(target - total, 0.0) * frame.sample_rate / sr
+                    still_needed = max(target - total, 0.0) * rate / sr
                     segment = _Segment(frame, out_layout, math.ceil(still_needed) + 4 * 4096)
                 segment.add(frame)
-                total += frame.samples * sr / frame.sample_rate
+                total += n * sr / rate
             if total > target:
                 break
     except _AV_ERRORS:
@@ -283,12 +283,13 @@ _INITIAL_BUFFER_VALUES = 1 << 22
 
 
 class _Segment:
-    """A run of decoded frames with one format, layout and rate, copied into one array.
+    """A run of decoded frames with one format, layout and rate, copied into flat arrays.
 
-    Each frame is copied out as it arrives, so FFmpeg recycles its buffers: keeping the
-    frames (or views of them) alive, ``AudioFifo.write`` and ``AudioFrame.to_ndarray``
-    each cost more per ~1024-sample frame than the copy, together about half as much
-    again as decoding the AAC itself.
+    Each frame is copied out as it arrives (a bytes-level memoryview copy per plane), so
+    FFmpeg recycles its buffers. Keeping the frames (or numpy views of them) alive,
+    ``AudioFifo.write``, ``AudioFrame.to_ndarray`` and numpy slice assignment all cost
+    more per ~1024-sample frame; together they once came to half as much again as
+    decoding the AAC itself.
     """
 
     def __init__(self, first: av.AudioFrame, out_layout: str, expected_samples: int) -> None:
@@ -305,16 +306,25 @@ class _Segment:
         self.converter = (
             None if direct else av.AudioResampler(format="flt", layout=out_layout, rate=self.rate)
         )
-        self.planar = direct and first.format.is_planar
+        planar = direct and first.format.is_planar
+        # Planar: one array per channel; packed: one interleaved array.
+        self.values_per_sample = 1 if planar else self.n_channels
         # Sized for the expected length, but never more than the buffer cap up front: a
-        # header may claim any rate; only decoded samples make the array grow.
+        # header may claim any rate; only decoded samples make the arrays grow.
         capacity = max(1, min(expected_samples, _INITIAL_BUFFER_VALUES // self.n_channels))
-        self.samples = np.empty((self.n_channels, capacity), dtype=np.float32)
+        self.buffer = np.empty(
+            (self.n_channels if planar else 1, capacity * self.values_per_sample), np.float32
+        )
+        self.views = [memoryview(row).cast("B") for row in self.buffer]
         self.length = 0
         self.resampled_length = 0
 
     def accepts(self, frame: av.AudioFrame) -> bool:
-        return (frame.format.name, frame.layout.name, frame.sample_rate) == self.key
+        return (
+            frame.sample_rate == self.rate
+            and frame.format.name == self.key[0]
+            and frame.layout.name == self.key[1]
+        )
 
     def add(self, frame: av.AudioFrame) -> None:
         if self.converter is None:
@@ -324,22 +334,33 @@ class _Segment:
                 self._copy(out)
 
     def _copy(self, frame: av.AudioFrame) -> None:
-        n = frame.samples
-        start, end = self.length, self.length + n
-        if end > self.samples.shape[1]:
-            grown = np.empty((self.n_channels, max(2 * self.samples.shape[1], end)), np.float32)
-            grown[:, :start] = self.samples[:, :start]
-            self.samples = grown
         planes = frame.planes
-        if self.planar:
-            if len(planes) != self.n_channels:
-                raise ValueError(f"frame has {len(planes)} planes for {self.n_channels} channels")
-            for channel, plane in enumerate(planes):
-                self.samples[channel, start:end] = np.frombuffer(plane, np.float32, count=n)
-        else:
-            packed = np.frombuffer(planes[0], np.float32, count=n * self.n_channels)
-            self.samples[:, start:end] = packed.reshape(n, self.n_channels).T
-        self.length = end
+        if len(planes) != len(self.views):
+            raise ValueError(f"frame has {len(planes)} planes; expected {len(self.views)}")
+        width = 4 * self.values_per_sample  # bytes per sample and plane
+        start, end = self.length * width, (self.length + frame.samples) * width
+        if end > len(self.views[0]):
+            self._grow(end // 4)
+        for view, plane in zip(self.views, planes, strict=True):
+            # Raises ValueError if the plane holds fewer bytes than the frame claims.
+            view[start:end] = memoryview(plane)[: end - start]
+        self.length += frame.samples
+
+    def _grow(self, values: int) -> None:
+        used = self.length * self.values_per_sample
+        rows, size = self.buffer.shape
+        grown = np.empty((rows, max(2 * size, values)), dtype=np.float32)
+        grown[:, :used] = self.buffer[:, :used]
+        self.views = []
+        self.buffer = grown
+        self.views = [memoryview(row).cast("B") for row in self.buffer]
+
+    def channels(self) -> list[np.ndarray]:
+        """Each channel's samples so far, as float32 arrays of the same length."""
+        if self.values_per_sample == 1:
+            return list(self.buffer[:, : self.length])
+        packed = self.buffer[0, : self.length * self.n_channels]
+        return list(packed.reshape(self.length, self.n_channels).T)
 
     def finish(self, sr: int, limit: int) -> np.ndarray:
         """The run's samples as float32, shape (channels, n), resampled to ``sr`` and
@@ -348,16 +369,15 @@ class _Segment:
             with contextlib.suppress(*_AV_ERRORS):
                 for out in self.converter.resample(None):
                     self._copy(out)
-        samples = self.samples[:, : self.length]
-        self.resampled_length = self.length
-        if self.rate == sr or self.length == 0:
-            return samples
-        # soxr "HQ" is librosa's default resampler (res_type="soxr_hq"); one call per
-        # channel, on the contiguous rows.
-        resampled = [soxr.resample(channel, self.rate, sr, "HQ") for channel in samples]
-        self.resampled_length = resampled[0].shape[0]
+        channels = self.channels()
+        self.views = []  # the arrays may now be handed out
+        if self.rate != sr and self.length > 0:
+            # soxr "HQ" is librosa's default resampler (res_type="soxr_hq"); one call per
+            # channel.
+            channels = [soxr.resample(channel, self.rate, sr, "HQ") for channel in channels]
+        self.resampled_length = channels[0].shape[0]
         # Only what can be used is stacked: the result is then C-contiguous as it is.
-        return np.stack([channel[:limit] for channel in resampled])
+        return np.stack([channel[:limit] for channel in channels])
 
 
 def _output_layout(layout: av.AudioLayout) -> str:
