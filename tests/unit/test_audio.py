@@ -108,6 +108,19 @@ def test_path_and_bytes_inputs_agree_and_decoding_is_deterministic(
             np.testing.assert_array_equal(decode_audio(source).samples, first)
 
 
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_buffers_that_must_grow_give_the_same_samples(
+    fmt: str, encoded: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header may claim any rate, so decoding starts with a bounded buffer and grows it;
+    # growing many times over (planar and packed frames) must not change a sample.
+    expected = decode_audio(encoded[fmt])
+    monkeypatch.setattr("workers.audio._INITIAL_BUFFER_VALUES", 2000)
+    grown = decode_audio(encoded[fmt])
+    np.testing.assert_array_equal(grown.samples, expected.samples)
+    np.testing.assert_array_equal(grown.channels, expected.channels)
+
+
 def test_float_wav_at_the_analysis_rate_is_bit_exact() -> None:
     x = _music(6.0, sr=ANALYSIS_SR)
     audio = decode_audio(_float_wav(x, ANALYSIS_SR))
