@@ -14,6 +14,7 @@ from workers.features.spectral import (
     chroma_stft,
     cqt_magnitude,
     estimate_tuning,
+    halve_rate,
     mel_basis,
     spectral_shape,
     stft_magnitude,
@@ -91,6 +92,14 @@ def test_chroma_stft_is_librosas_bit_for_bit(signal, detuned_songs):
         for tuning in (0.0, -0.13, 0.31, 0.0):  # the last one from the cache
             expected = librosa.feature.chroma_stft(S=power, sr=SR, n_chroma=12, tuning=tuning)
             np.testing.assert_array_equal(chroma_stft(power, SR, tuning), expected)
+
+
+def test_halve_rate_is_librosas_resample_bit_for_bit(signal, detuned_songs):
+    for y in (signal, signal[:12345], signal[:3], detuned_songs[0].astype(np.float64)):
+        expected = librosa.resample(y, orig_sr=2, target_sr=1, res_type="soxr_hq", scale=True)
+        ours = halve_rate(y)
+        assert ours.dtype == expected.dtype
+        np.testing.assert_array_equal(ours, expected)
 
 
 def test_mel_spectrogram_equals_librosas(signal, detuned_songs):
