@@ -183,9 +183,15 @@ def _sliding_median(padded: np.ndarray, width: int) -> np.ndarray:  # pragma: no
         for t in range(1, n_out):
             leaving = row[t - 1]
             entering = row[t + width - 1]
-            j = 0
-            while window[j] != leaving:
-                j += 1
+            # Binary search for a slot holding the leaving value (any of equal ones will do).
+            lo, hi = 0, width - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if window[mid] < leaving:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
             if entering >= leaving:
                 while j + 1 < width and window[j + 1] < entering:
                     window[j] = window[j + 1]
@@ -199,12 +205,49 @@ def _sliding_median(padded: np.ndarray, width: int) -> np.ndarray:  # pragma: no
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _sliding_median9(padded: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    n_rows, n_padded = padded.shape
+    n_out = n_padded - 8
+    out = np.empty((n_rows, n_out), dtype=padded.dtype)
+    for r in range(n_rows):
+        row = padded[r]
+        # Devillard's "opt_med9" network: after these 19 compare-exchanges p4 holds the
+        # median of nine. Branch-free and independent across t, so the loop vectorises.
+        for t in range(n_out):
+            p0, p1, p2 = row[t], row[t + 1], row[t + 2]
+            p3, p4, p5 = row[t + 3], row[t + 4], row[t + 5]
+            p6, p7, p8 = row[t + 6], row[t + 7], row[t + 8]
+            p1, p2 = min(p1, p2), max(p1, p2)
+            p4, p5 = min(p4, p5), max(p4, p5)
+            p7, p8 = min(p7, p8), max(p7, p8)
+            p0, p1 = min(p0, p1), max(p0, p1)
+            p3, p4 = min(p3, p4), max(p3, p4)
+            p6, p7 = min(p6, p7), max(p6, p7)
+            p1, p2 = min(p1, p2), max(p1, p2)
+            p4, p5 = min(p4, p5), max(p4, p5)
+            p7, p8 = min(p7, p8), max(p7, p8)
+            p0, p3 = min(p0, p3), max(p0, p3)
+            p5, p8 = min(p5, p8), max(p5, p8)
+            p4, p7 = min(p4, p7), max(p4, p7)
+            p3, p6 = min(p3, p6), max(p3, p6)
+            p1, p4 = min(p1, p4), max(p1, p4)
+            p2, p5 = min(p2, p5), max(p2, p5)
+            p4, p7 = min(p4, p7), max(p4, p7)
+            p4, p2 = min(p4, p2), max(p4, p2)
+            p6, p4 = min(p6, p4), max(p6, p4)
+            p4, p2 = min(p4, p2), max(p4, p2)
+            out[r, t] = p4
+    return out
+
+
 def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
     """Median of each run of ``width`` (odd) consecutive values along the rows of ``padded``.
 
     Equal to ``np.median(sliding_window_view(padded, width, axis=1), axis=-1)``: for an odd
     width the median is one of the window's values, so no rounding is involved. Rows must
-    be finite (NaN never compares equal to itself).
+    be finite (NaN never compares equal to itself). Width 9 (the key's harmonic filter)
+    runs a vectorised median-of-nine exchange network, other widths a sorted window.
 
     Parameters
     ----------
@@ -220,6 +263,8 @@ def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
     data = np.ascontiguousarray(padded, dtype=np.float32)
     if data.ndim != 2 or data.shape[1] < width:
         raise ValueError(f"expected rows of at least {width} values, got shape {data.shape}")
+    if width == 9:
+        return _sliding_median9(data)
     return _sliding_median(data, np.int64(width))
 
 
@@ -229,29 +274,34 @@ def _zero_crossing_counts(
 ) -> np.ndarray:  # pragma: no cover - compiled
     n = y.size
     half = frame_length // 2
-    padded_size = n + 2 * half
-    counts = np.zeros(n_frames, dtype=np.int64)
+    last = n + 2 * half - 1  # last index of the edge-padded signal
+    # Frame f counts crossings at padded indices f*hop+1 .. min(f*hop+frame_length, last+1)-1,
+    # i.e. prefix(end_f) - prefix(f*hop), where prefix(i) counts crossings at 1..i. One pass
+    # records the prefix at every frame's start and end.
+    at_start = np.zeros(n_frames, dtype=np.int64)
+    at_end = np.zeros(n_frames, dtype=np.int64)
+    next_start = next_end = 0
     count = 0
-    low = high = 1  # crossings at indices low..high-1 are in `count`
-
-    # A crossing at padded index i: the sign differs between samples i-1 and i, with values
-    # within the threshold of zero counting as positive.
-    def crossing(i: int) -> int:
-        a = y[min(max(i - 1 - half, 0), n - 1)] < -threshold
-        b = y[min(max(i - half, 0), n - 1)] < -threshold
-        return 1 if a != b else 0
-
-    for f in range(n_frames):
-        start = f * hop_length
-        first, stop = start + 1, min(start + frame_length, padded_size)
-        while high < stop:
-            count += crossing(high)
-            high += 1
-        while low < min(first, high):
-            count -= crossing(low)
-            low += 1
-        counts[f] = count
-    return counts
+    previous = y[0] < -threshold  # padded index 0 (edge padding repeats y[0])
+    for i in range(0, last + 1):
+        if i > 0:
+            # Values within the threshold of zero count as zero, and zero as positive.
+            negative = y[min(max(i - half, 0), n - 1)] < -threshold
+            if negative != previous:
+                count += 1
+            previous = negative
+        while next_start < n_frames and next_start * hop_length == i:
+            at_start[next_start] = count
+            next_start += 1
+        while next_end < n_frames and min(next_end * hop_length + frame_length - 1, last) == i:
+            at_end[next_end] = count
+            next_end += 1
+        if next_start == n_frames and next_end == n_frames:
+            break
+    # Frames starting past the signal's end (more than it has) hold no crossings.
+    at_start[next_start:] = count
+    at_end[next_end:] = count
+    return at_end - at_start
 
 
 def zero_crossing_counts(
