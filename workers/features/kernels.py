@@ -269,39 +269,26 @@ def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _zero_crossing_counts(
-    y: np.ndarray, n_frames: int, frame_length: int, hop_length: int, threshold: np.float32
+def _crossings_up_to(
+    y: np.ndarray, positions: np.ndarray, threshold: np.float32
 ) -> np.ndarray:  # pragma: no cover - compiled
-    n = y.size
-    half = frame_length // 2
-    last = n + 2 * half - 1  # last index of the edge-padded signal
-    # Frame f counts crossings at padded indices f*hop+1 .. min(f*hop+frame_length, last+1)-1,
-    # i.e. prefix(end_f) - prefix(f*hop), where prefix(i) counts crossings at 1..i. One pass
-    # records the prefix at every frame's start and end.
-    at_start = np.zeros(n_frames, dtype=np.int64)
-    at_end = np.zeros(n_frames, dtype=np.int64)
-    next_start = next_end = 0
+    # out[k]: sign changes between y[j - 1] and y[j] for j = 1 .. positions[k] (ascending).
+    out = np.zeros(positions.size, dtype=np.int64)
+    k = 0
+    while k < positions.size and positions[k] <= 0:
+        k += 1
     count = 0
-    previous = y[0] < -threshold  # padded index 0 (edge padding repeats y[0])
-    for i in range(0, last + 1):
-        if i > 0:
-            # Values within the threshold of zero count as zero, and zero as positive.
-            negative = y[min(max(i - half, 0), n - 1)] < -threshold
-            if negative != previous:
-                count += 1
-            previous = negative
-        while next_start < n_frames and next_start * hop_length == i:
-            at_start[next_start] = count
-            next_start += 1
-        while next_end < n_frames and min(next_end * hop_length + frame_length - 1, last) == i:
-            at_end[next_end] = count
-            next_end += 1
-        if next_start == n_frames and next_end == n_frames:
-            break
-    # Frames starting past the signal's end (more than it has) hold no crossings.
-    at_start[next_start:] = count
-    at_end[next_end:] = count
-    return at_end - at_start
+    previous = y[0] < -threshold
+    for j in range(1, y.size):
+        # Values within the threshold of zero count as zero, and zero as positive.
+        negative = y[j] < -threshold
+        count += negative != previous
+        previous = negative
+        while k < positions.size and positions[k] == j:
+            out[k] = count
+            k += 1
+    out[k:] = count
+    return out
 
 
 def zero_crossing_counts(
@@ -326,8 +313,18 @@ def zero_crossing_counts(
         raise ValueError("y must be a non-empty mono signal")
     if not 0 < hop_length <= frame_length:
         raise ValueError("need 0 < hop_length <= frame_length")
-    return _zero_crossing_counts(signal, np.int64(n_frames), np.int64(frame_length),
-                                 np.int64(hop_length), np.float32(threshold))
+    # Frame f spans padded indices f*hop .. f*hop + frame_length - 1; it counts crossings
+    # between neighbours inside it. Edge padding repeats the end samples, so crossings only
+    # happen between neighbours of y itself: frame f counts those between y positions
+    # clip(f*hop - half) and clip(f*hop + frame_length - 1 - half).
+    n, half = signal.size, frame_length // 2
+    starts = np.arange(n_frames, dtype=np.int64) * hop_length
+    ends = np.minimum(starts + frame_length - 1, n + 2 * half - 1)
+    positions = np.clip(np.concatenate([starts, ends]) - half, 0, n - 1)
+    order = np.argsort(positions, kind="stable")
+    counts = np.empty(positions.size, dtype=np.int64)
+    counts[order] = _crossings_up_to(signal, positions[order], np.float32(threshold))
+    return counts[n_frames:] - counts[:n_frames]
 
 
 class SignalLevels(NamedTuple):
