@@ -15,14 +15,25 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always")
+def _biquad(
+    x: float, section: tuple, z1: float, z2: float
+) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """One sample through one section in scipy.signal.sosfilt's transposed direct form II:
+    returns the output and the section's new state."""
+    b0, b1, b2, a1, a2 = section
+    y = b0 * x + z1
+    return y, b1 * x - a1 * y + z2, b2 * x - a2 * y
+
+
 @numba.njit(cache=True, nogil=True)
 def _biquad_pair_segment_energy(
     x: np.ndarray, sos: np.ndarray, edges: np.ndarray
 ) -> np.ndarray:  # pragma: no cover - compiled; exercised through its wrapper
     n_channels = x.shape[0]
     out = np.zeros((n_channels, edges.size - 1))
-    b00, b01, b02, a01, a02 = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
-    b10, b11, b12, a11, a12 = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
+    s0 = (sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5])
+    s1 = (sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5])
     # Two channels per pass: each biquad is a serial recurrence, and running two
     # independent ones side by side keeps the FPU busy while each waits on its last value.
     for first in range(0, n_channels, 2):
@@ -40,25 +51,10 @@ def _biquad_pair_segment_energy(
                 sum_p = sum_q = 0.0
                 segment += 1
                 boundary = edges[segment + 1]
-            u = np.float64(x[first, i])
-            v = np.float64(x[second, i])
-            # scipy.signal.sosfilt's transposed direct form II, section by section.
-            w = b00 * u + p1
-            p1 = b01 * u - a01 * w + p2
-            p2 = b02 * u - a02 * w
-            u = w
-            w = b00 * v + q1
-            q1 = b01 * v - a01 * w + q2
-            q2 = b02 * v - a02 * w
-            v = w
-            w = b10 * u + p3
-            p3 = b11 * u - a11 * w + p4
-            p4 = b12 * u - a12 * w
-            u = w
-            w = b10 * v + q3
-            q3 = b11 * v - a11 * w + q4
-            q4 = b12 * v - a12 * w
-            v = w
+            u, p1, p2 = _biquad(np.float64(x[first, i]), s0, p1, p2)
+            v, q1, q2 = _biquad(np.float64(x[second, i]), s0, q1, q2)
+            u, p3, p4 = _biquad(u, s1, p3, p4)
+            v, q3, q4 = _biquad(v, s1, q3, q4)
             sum_p += u * u
             sum_q += v * v
         if segment >= 0:
