@@ -87,7 +87,7 @@ class Settings:
     reduce_batch_size: int = 1000
     # Broker: seconds before Redis hands an unacknowledged job to another worker (how long
     # a hard-killed worker's job stays invisible). Task time limits scale below it.
-    visibility_timeout_s: int = 3600
+    visibility_timeout_s: int = 900
     # Worker memory: every N tasks a pool child hands freed heap back to the OS with
     # glibc's malloc_trim(0); 0 turns it off (measured in benchmarks/soak.py).
     malloc_trim_every: int = 0

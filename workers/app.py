@@ -17,7 +17,7 @@ from kombu import Exchange, Queue  # noqa: E402
 from previewvec.settings import Settings  # noqa: E402
 
 QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
-VISIBILITY_TIMEOUT_S = 3600  # the default of Settings.visibility_timeout_s
+VISIBILITY_TIMEOUT_S = 900  # the default of Settings.visibility_timeout_s
 TASK_SOFT_TIME_LIMIT_S = 240
 TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
 MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
@@ -33,11 +33,13 @@ def make_app(settings: Settings | None = None) -> Celery:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.numba_cache_dir))
     app = Celery("previewvec", broker=settings.broker_url, include=["workers.tasks"])
     # The visibility timeout is a trade-off. Redis hands a job that stayed unacknowledged
-    # that long to another worker, even while a live worker is still running it. Long
-    # (1 h, production): a worker that dies hard (SIGKILL, OOM, lost node) leaves its job
-    # invisible for up to an hour before a worker restores it. Short (seconds, tests):
-    # such jobs come back quickly, but any job running longer would run twice, so the
-    # time limits are scaled to stay below it (75 % hard, 60 % soft).
+    # that long to another worker, even while a live worker is still running it. Long:
+    # a worker that dies hard (SIGKILL, OOM, lost node), or a job delivered in the instant
+    # the broker restarts (Celery drops it on reconnect), stays invisible that long before
+    # a worker restores it. Short (seconds, tests): such jobs come back quickly, but any
+    # job running longer would run twice, so the time limits are scaled to stay below it
+    # (75 % hard, 60 % soft). The default, 15 min, is three times the 300 s hard limit
+    # (Celery's own default, 1 h, left such jobs late by up to an hour).
     visibility_s = max(1, settings.visibility_timeout_s)
     transport_options: dict[str, object] = {
         "visibility_timeout": visibility_s,

@@ -236,13 +236,16 @@ class FaultPipeline(Pipeline):
         self.reducers.append(reducer)
         return reducer
 
-    def wait_for(self, condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    def wait_for(self, condition: Callable[[], bool], *, timeout_s: float,
+                 what: str | Callable[[], str]) -> None:
         """Poll ``condition`` with a deadline (no live-worker requirement, unlike
-        :meth:`Pipeline.wait_until`: some scenarios have none for a while)."""
+        :meth:`Pipeline.wait_until`: some scenarios have none for a while). ``what`` may
+        be a callable, to describe the state at the moment of the timeout."""
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n"
+                described = what() if callable(what) else what
+                raise AssertionError(f"timed out after {timeout_s:g} s waiting for {described}\n"
                                      f"{self.logs()}\n{self.reducer_logs()}")
             time.sleep(0.2)
 

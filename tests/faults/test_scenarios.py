@@ -93,7 +93,9 @@ class Batch:
     def wait_complete(self, timeout_s: float = 180) -> float:
         """Until :meth:`complete`; returns when (``time.monotonic()``)."""
         self.pipeline.wait_for(self.complete, timeout_s=timeout_s,
-                               what=f"{self.name} to complete (now {self.status()})")
+                               what=lambda: f"{self.name} to complete (now {self.status()}, "
+                                            f"{self.pipeline.runs.redis.hlen('unacked')} "
+                                            "deliveries unacknowledged)")
         return time.monotonic()
 
 
@@ -211,8 +213,14 @@ def test_redis_restarts_with_aof(tmp_path: Path, fault_assets: FaultAssets,
                                  clip_host: FaultyClipServer, s3_proxy: TcpProxy,
                                  moto_endpoint: str, fault_rows: list[Row]) -> None:
     """Redis (the broker and all run state, AOF fsynced every second) is restarted twice
-    mid-batch, down for 3 s each time; workers and reducer reconnect and carry on."""
-    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
+    mid-batch, down for 3 s each time; workers and reducer reconnect and carry on.
+
+    A job delivered to a worker in the instant the broker goes away (received, not yet
+    running) is dropped by Celery on reconnect and stays in kombu's ``unacked`` hash,
+    like a hard-killed worker's job, until the visibility timeout restores it: shortened
+    here as in the SIGKILL scenario, so that such a job is seen to come back."""
+    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
+                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
     pipeline = batch.pipeline
     try:
         for done in (30, 100):
