@@ -459,7 +459,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     _prepare_runtime(settings)
+    # `reduce --follow` is the long-running service: it waits out outages by design.
+    if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
+        problem = _broker_problem(settings)
+        if problem:
+            print(f"previewvec: {problem}", file=sys.stderr)
+            return 3
     return int(args.handler(args, settings))
+
+
+# Commands that keep run state in Redis. Their Redis client rides out a restart by
+# retrying for ~30 s, which is right once a run is under way; when Redis cannot be reached
+# at all the command should say so at once instead of retrying and then printing a
+# traceback.
+_BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
+                              cmd_reduce})
+BROKER_CONNECT_TIMEOUT_S = 3.0
+
+
+def _broker_problem(settings: Settings) -> str:
+    """Why Redis at ``settings.broker_url`` cannot be used, or "" if it answers PING."""
+    import redis
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        client = redis.Redis.from_url(settings.broker_url,
+                                      socket_connect_timeout=BROKER_CONNECT_TIMEOUT_S,
+                                      socket_timeout=BROKER_CONNECT_TIMEOUT_S)
+        client.ping()
+        client.close()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.AuthenticationError, ValueError) as exc:
+        return (f"cannot reach Redis at {maybe_sanitize_url(settings.broker_url)} "
+                f"(PREVIEWVEC_BROKER_URL): {exc}")
+    return ""
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The ``previewvec`` command line, run as a real subprocess on real encoded audio."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from previewvec.localredis import free_port
 from previewvec.songs import SongSpec, generate_song, render_synth
 from workers.audio import SUPPORTED_FORMATS, encode_audio
 from workers.features.extractor import DESCRIPTOR_KEYS
@@ -98,3 +100,30 @@ def test_help_everywhere(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status", "some-run"], ["failures", "some-run"], ["retry", "some-run"],
+     ["reduce"], ["enqueue", "-"]],
+)
+def test_commands_needing_redis_say_at_once_when_it_cannot_be_reached(command):
+    # A closed loopback port: the command must not ride out ~30 s of reconnects and then
+    # print a traceback; it names the URL (password masked) and exits 3.
+    env = {**os.environ,
+           "PREVIEWVEC_BROKER_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", *command], input="",
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach Redis at redis://:**@127.0.0.1:" in result.stderr
+    assert "PREVIEWVEC_BROKER_URL" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_reduce_follow_waits_for_redis_instead_of_exiting():
+    # The long-running reducer rides out outages, a broker not up yet included.
+    env = {**os.environ, "PREVIEWVEC_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-m", "previewvec.cli", "reduce", "--follow"],
+                       capture_output=True, text=True, timeout=8, env=env)
