@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.local_http import serve_in_background, stop_server
+
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 
 
@@ -66,7 +68,6 @@ class UpstreamServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -74,13 +75,11 @@ class UpstreamServer:
         return f"http://{host}:{port}"
 
     def start(self) -> UpstreamServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
+        serve_in_background(self.httpd)
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_server(self.httpd)
 
     def __enter__(self) -> UpstreamServer:
         return self.start()

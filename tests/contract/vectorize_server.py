@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.local_http import serve_in_background, stop_server
+
 MAX_VECTORS_PER_UPSERT = 5_000
 MAX_ID_BYTES = 64
 MAX_METADATA_BYTES = 10 * 1024
@@ -109,21 +111,14 @@ class VectorizeContractServer:
         handler = type("Handler", (_Handler,), {"api": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._threads = [
-            threading.Thread(
-                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            ),
-            threading.Thread(target=self._apply_loop, daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        applier = threading.Thread(target=self._apply_loop, daemon=True)
+        applier.start()
+        self._threads = [serve_in_background(self._httpd, poll_interval=0.05), applier]
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        stop_server(self._httpd)
         for thread in self._threads:
             thread.join(timeout=5)
 

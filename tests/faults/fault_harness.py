@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from previewvec.localredis import LocalRedis
 from previewvec.records import decode_record, record_key
 from tests.integration.pipeline_helpers import REPO, Clip, Pipeline, catalog_line
+from tests.local_http import start_server, stop_server
 from workers.features.layout import FEATURE_VERSION
 
 RECORD_PREFIX = f"features/{FEATURE_VERSION}/"
@@ -193,16 +194,12 @@ class FaultyClipServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._httpd = start_server(Handler)
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        stop_server(self._httpd)
+        self._httpd = None
 
 
 # --------------------------------------------------------------------------- pipeline

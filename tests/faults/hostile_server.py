@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from tests.local_http import serve_in_background, stop_server
+
 MAX_STREAM_S = 30.0  # an endless behaviour gives up after this long even if nobody hangs up
 CHUNK = 16 * 1024
 
@@ -181,21 +183,17 @@ class HostileServer:
 
     def __init__(self) -> None:
         self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> HostileServer:
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.routes, httpd.hits, httpd.lock = {}, Counter(), threading.Lock()
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        self._thread.start()
+        serve_in_background(httpd)
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        stop_server(self._httpd)
+        self._httpd = None
 
     def __enter__(self) -> HostileServer:
         return self.start()

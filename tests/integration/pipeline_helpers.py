@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from previewvec.localredis import LocalRedis
 from previewvec.runs import READY_QUEUE, Runs, RunStatus
 from previewvec.settings import Settings
+from tests.local_http import start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_FORMATS = ("m4a", "mp3", "ogg", "flac", "wav")
@@ -157,7 +158,6 @@ class ClipServer:
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def add(self, path: str, body: bytes, content_type: str, status: int = 200) -> str:
         with self._lock:
@@ -207,17 +207,12 @@ class ClipServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._httpd = start_server(Handler)
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        stop_server(self._httpd)
+        self._httpd = None
 
 
 # --------------------------------------------------------------------------- processes

@@ -20,6 +20,7 @@ from previewvec.records import (
     record_key,
 )
 from tests.conftest import free_port
+from tests.local_http import start_server, stop_server
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 from workers.store import FeatureStore, StoreUnavailable, open_store
 from workers.store.local import LocalStore
@@ -229,9 +230,7 @@ class _SlowDownHandler(http.server.BaseHTTPRequestHandler):
 
 
 def test_s3_throttling_is_store_unavailable(aws_test_env: str, monkeypatch) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowDownHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = start_server(_SlowDownHandler)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_port}")
         store = S3Store("bucket", max_retries=1, connect_timeout=1, read_timeout=2)
@@ -245,5 +244,4 @@ def test_s3_throttling_is_store_unavailable(aws_test_env: str, monkeypatch) -> N
         with pytest.raises(StoreUnavailable):
             impatient.exists("features/pv1/00/x.json")
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_server(server)

@@ -24,6 +24,7 @@ import requests
 from previewvec import __version__
 from previewvec.errors import PreviewvecError, TooLarge
 from previewvec.settings import Settings
+from tests.local_http import serve_in_background, stop_server
 from workers import fetch
 from workers.fetch import (
     FetchError,
@@ -161,8 +162,7 @@ class _Server:
         self.handler = handler
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        serve_in_background(self.httpd)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -174,8 +174,7 @@ class _Server:
         return next(h for p, h in reversed(self.handler.seen) if p == path)
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_server(self.httpd)
 
 
 @pytest.fixture(scope="module")
