@@ -14,15 +14,6 @@ from previewvec.errors import PreviewvecError
 from previewvec.settings import Settings
 
 
-def _prepare_runtime(settings: Settings) -> None:
-    """Persist numba's JIT cache so a fresh process skips ~20 s of compilation.
-
-    Must run before librosa (and so numba) is imported.
-    """
-    settings.numba_cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.numba_cache_dir))
-
-
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
     from workers.analysis import analyze
 
@@ -43,6 +34,12 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import jitcache
+
+    # numba's compile cache, safely shared with concurrent processes; a cold one is
+    # compiled once under its lock (before librosa, and so numba, is imported).
+    if not jitcache.is_warm(settings):
+        jitcache.warm(settings)
     failed = 0
     for path in args.paths:
         record = _extract_one(path, settings)
@@ -458,7 +455,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
-    _prepare_runtime(settings)
     # `reduce --follow` is the long-running service: it waits out outages by design.
     if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
         problem = _broker_problem(settings)

@@ -11,6 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from previewvec.settings import Settings
+from workers import jitcache
+
+# Before any test imports numba: this process uses the product's keyed, lock-protected
+# compile cache too (and so loads what the demo or an earlier session compiled).
+jitcache.prepare(Settings.from_env())
+
 MOTO_ACCESS_KEY = "testing-access-key"
 MOTO_SECRET_KEY = "testing-secret-key"  # moto accepts any credentials
 MOTO_REGION = "us-east-1"

@@ -15,6 +15,7 @@ from celery import Celery  # noqa: E402
 from kombu import Exchange, Queue  # noqa: E402
 
 from previewvec.settings import Settings  # noqa: E402
+from workers import jitcache  # noqa: E402
 
 QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
 VISIBILITY_TIMEOUT_S = 900  # the default of Settings.visibility_timeout_s
@@ -22,15 +23,15 @@ TASK_SOFT_TIME_LIMIT_S = 240
 TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
 MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
 MAX_TASKS_PER_CHILD = 2000
-# A new pool child warms the extractor (numba) in worker_process_init, before it reports
-# up; Celery's default 4 s wait kills it on a busy machine, and its replacement, and so on.
+# A pool child builds its clients in worker_process_init before it reports up (the
+# extractor was warmed in the main process before the fork); Celery's default 4 s wait can
+# kill it on a busy machine, and its replacement, and so on.
 PROC_ALIVE_TIMEOUT_S = 120.0
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    settings.numba_cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.numba_cache_dir))
+    jitcache.prepare(settings)  # before librosa imports numba
     app = Celery("previewvec", broker=settings.broker_url, include=["workers.tasks"])
     # The visibility timeout is a trade-off. Redis hands a job that stayed unacknowledged
     # that long to another worker, even while a live worker is still running it. Long:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_postrun, worker_process_init
+from celery.signals import task_postrun, worker_init, worker_process_init
 
 from previewvec.errors import PreviewvecError
 from previewvec.settings import Settings
@@ -41,13 +41,32 @@ def context():  # -> WorkerContext, built lazily once per process
     return _context
 
 
-@worker_process_init.connect
-def _warm_child(**_: Any) -> None:
-    """Each pool child builds its clients and pays numba's JIT before its first task."""
-    from workers.features.extractor import warm_up
+@worker_init.connect
+def _warm_main(**_: Any) -> None:
+    """The worker's main process compiles (or loads) the extractor once, under the compile
+    cache's lock, before the pool forks: every pool child, and every replacement of one,
+    inherits the compiled code, so no child compiles and none races another for the cache."""
+    from workers import jitcache
 
-    context()
-    log.info("extractor warmed in %.1f s", warm_up())
+    log.warning("warming the extractor")  # at warning: the demo and ops see this phase
+    try:
+        seconds = jitcache.warm(Settings.from_env())
+    except Exception as exc:
+        # Celery logs and ignores a worker_init handler's exception, and would start
+        # children that then compile (or wait for the cache lock) one by one: stop instead.
+        log.critical("cannot warm the extractor, stopping: %s: %s", type(exc).__name__, exc)
+        raise SystemExit(1) from exc
+    log.warning("extractor warm in %.1f s", seconds)
+
+
+@worker_process_init.connect
+def _start_child(**_: Any) -> None:
+    """Each pool child builds its clients before its first task (a no-op warm-up when the
+    code was inherited from the main process; a real one under pools that do not fork)."""
+    from workers import jitcache
+
+    seconds = jitcache.warm(context().settings)
+    log.info("extractor warmed in %.1f s; pool child ready", seconds)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

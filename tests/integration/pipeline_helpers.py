@@ -95,15 +95,16 @@ def make_clips(n: int, *, duration_s: float = 10.0, sr: int = 22_050) -> list[Cl
 
 
 def warm_numba_cache(cache_dir: Path) -> subprocess.Popen[bytes]:
-    """Start a process that compiles the extractor once into ``cache_dir/numba`` (numba's
-    on-disk cache), so every worker of the session loads compiled code instead of paying
-    the JIT (~60 s cold). Returns the process; the caller waits for it."""
+    """Start a process that compiles the extractor once into the compile cache below
+    ``cache_dir`` (``PREVIEWVEC_CACHE_DIR``), the way workers do, so every worker of the
+    session loads compiled code instead of paying the JIT (~60 s cold). Returns the
+    process; the caller waits for it."""
     env = clean_env()
-    env.update({"PREVIEWVEC_CACHE_DIR": str(cache_dir),
-                "NUMBA_CACHE_DIR": str(cache_dir / "numba")})
+    env["PREVIEWVEC_CACHE_DIR"] = str(cache_dir)
     return subprocess.Popen(
         [sys.executable, "-c",
-         "from workers.features.extractor import warm_up; print(round(warm_up(), 1))"],
+         "from previewvec.settings import Settings; from workers import jitcache; "
+         "print(round(jitcache.warm(Settings.from_env()), 1))"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -345,7 +346,6 @@ class Pipeline:
             "PREVIEWVEC_FETCH_RETRIES": "2",
             "PREVIEWVEC_FETCH_MAX_BYTES": str(FETCH_MAX_BYTES),
             "PREVIEWVEC_CACHE_DIR": str(cache_dir),
-            "NUMBA_CACHE_DIR": str(cache_dir / "numba"),
             "PYTHONUNBUFFERED": "1",
             # Never pick up a developer's real AWS configuration.
             "AWS_CONFIG_FILE": "/dev/null",

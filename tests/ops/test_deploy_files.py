@@ -182,14 +182,15 @@ def test_dockerfile_structure() -> None:
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert "NUMBA_CACHE_DIR=/app/.cache/numba" in text
+    # numba's cache location is derived (keyed) by workers/jitcache.py, never set apart.
+    assert "NUMBA_CACHE_DIR" not in text
     assert "PREVIEWVEC_CACHE_DIR=/app/.cache" in text
-    assert "from workers.features.extractor import warm_up" in text
+    assert "jitcache.warm(Settings.from_env())" in text
     assert re.search(r"^HEALTHCHECK .*\n?.*healthcheck\.py", text, re.M)
     assert 'ENTRYPOINT ["tini", "--"]' in text
     # The warm-up runs after USER (the cache belongs to the runtime user) and the
-    # settings agree with the CLI: PREVIEWVEC_CACHE_DIR/numba is numba's cache.
-    assert text.index("warm_up()") > text.rindex("USER ")
+    # settings agree with the CLI: PREVIEWVEC_CACHE_DIR/numba holds numba's caches.
+    assert text.index("jitcache.warm(") > text.rindex("USER ")
     assert Settings.from_env({"PREVIEWVEC_CACHE_DIR": "/app/.cache"}).numba_cache_dir == Path(
         "/app/.cache/numba")
 
