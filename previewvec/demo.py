@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from previewvec.localredis import LocalRedis
+from previewvec.runs import Runs
 from previewvec.settings import Settings
 
 DEMO_FORMATS = ("m4a", "mp3", "ogg", "flac", "wav")
 N_WORKERS = 2
 RUN_TIMEOUT_S = 600
+PROGRESS_EVERY_S = 10.0
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -73,6 +76,55 @@ def _start_workers(env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[
     return procs
 
 
+# Billiard's line when a pool child dies: "Process 'ForkPoolWorker-1' pid:123 exited with
+# 'signal 11 (SIGSEGV)'".
+_CHILD_DIED = re.compile(r"exited with 'signal (\d+) \((\w+)\)'")
+WARMING, WARM = "warming the extractor", "extractor warm in"  # workers/tasks.py logs these
+
+
+class WorkerWatch:
+    """Says at once why demo workers cannot finish: a worker process gone, or a pool child
+    killed by a signal, and in which phase (warming the extractor, or running jobs)."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+        self.procs, self.logs = procs, logs
+
+    def _log(self, i: int) -> str:
+        try:
+            return self.logs[i].read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def phase(self, i: int) -> str:
+        text = self._log(i)
+        if WARM in text:
+            return "while running jobs"
+        return "while warming the extractor" if WARMING in text else "while starting"
+
+    def problem(self) -> str | None:
+        """The first fault seen, as one sentence naming its log, or None."""
+        for i, proc in enumerate(self.procs):
+            name = f"worker demo{i + 1}"
+            code = proc.poll()
+            if code is not None:
+                how = (f"killed by {signal.Signals(-code).name}" if code < 0
+                       else f"exited with status {code}")
+                return f"{name} {how} {self.phase(i)} (log: {self.logs[i]})"
+            died = _CHILD_DIED.search(self._log(i))
+            if died:
+                return (f"{name}: pool child killed by {died.group(2)} (signal "
+                        f"{died.group(1)}) {self.phase(i)} (log: {self.logs[i]})")
+        return None
+
+    def tail(self, lines: int = 8) -> str:
+        """The last lines of every worker log, indented, for the report of a fault."""
+        parts = []
+        for i in range(len(self.procs)):
+            last = self._log(i).splitlines()[-lines:]
+            parts.append("\n".join(f"   | {line}" for line in last))
+        return "\n".join(parts)
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -85,10 +137,32 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def _wait_for_run(runs: Runs, run_id: str, watch: WorkerWatch) -> bool:
+    """Wait until no job of the run is queued; stop at the first worker fault (within a
+    second) or at the deadline, saying which. Prints progress every few seconds."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    next_report = time.monotonic() + PROGRESS_EVERY_S
+    while True:
+        status = runs.status(run_id)
+        if status.counts["queued"] == 0:
+            return True
+        problem = watch.problem()
+        if problem is None and time.monotonic() > deadline:
+            problem = (f"the run did not finish within {RUN_TIMEOUT_S} s "
+                       f"({status.finished}/{status.total} jobs finished)")
+        if problem:
+            print(f"   stopped: {problem}\n{watch.tail()}", file=sys.stderr)
+            return False
+        if time.monotonic() >= next_report:
+            print(f"   {status.finished}/{status.total} finished; worker demo1 "
+                  f"{watch.phase(0).removeprefix('while ')}", flush=True)
+            next_report += PROGRESS_EVERY_S
+        time.sleep(0.5)
+
+
 def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> int:
     """Run the full pipeline on generated songs and print what came out."""
     from previewvec.records import decode_record, record_key
-    from previewvec.runs import Runs
     from previewvec.songs import resolve_renderer
     from producers.queue import enqueue_catalog
     from workers.features.layout import FEATURE_VERSION
@@ -110,6 +184,7 @@ def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> in
         print(f"2. private Redis at {local_redis.url}; songs served at {base_url}")
         print(f"3. starting {N_WORKERS} worker processes (logs in {out_dir})")
         workers = _start_workers(env, out_dir)
+        watch = WorkerWatch(workers, [out_dir / f"worker-{i + 1}.log" for i in range(N_WORKERS)])
         try:
             catalog = [
                 json.dumps({"recording_id": f"demo-{fmt}-{Path(name).stem}",
@@ -120,15 +195,13 @@ def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> in
             report = enqueue_catalog(catalog, demo_settings, source="demo")
             print(f"4. enqueued {report.queued} jobs as run {report.run_id}")
             runs = Runs.from_url(local_redis.url)
-            deadline = time.monotonic() + RUN_TIMEOUT_S
-            while runs.status(report.run_id).counts["queued"] > 0:
-                if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-                    print("   workers stopped or timed out; see the worker logs")
-                    return 1
-                time.sleep(0.5)
+            if not _wait_for_run(runs, report.run_id, watch):
+                return 1
             status = runs.status(report.run_id)
             print(f"   done {status.counts['done']}, skipped {status.counts['skipped']}, "
                   f"failed {status.counts['failed']}")
+            for recording_id, failure in runs.failures(report.run_id):
+                print(f"   failed {recording_id}: {failure['code']}: {failure['message']}")
             reducer = Reducer.build(demo_settings)
             reduced = reducer.drain()
             reducer.index.wait_for_writes()
