@@ -41,7 +41,8 @@ DEFAULT_RUN_TTL_S = 7 * 24 * 3600
 RUN_SETTLE_S = 300.0
 # Resolution states (run meta, written by producers) in which a producer may still add
 # recordings: such a run is only closed once it has been quiet for the whole TTL (an
-# abandoned producer). "failed" with a dump cursor may be resumed into the same run.
+# abandoned producer). So is a "failed" dump run (meta `cursor`): it may be resumed into
+# the same run, redoing the line it broke off in.
 PRODUCER_ACTIVE_STATES = ("pending", "running")
 # Retries of a Redis command on connection errors: 0.05 s doubling to 1 s, ≈ 30 s in all.
 REDIS_RETRIES = 35
@@ -286,7 +287,7 @@ class Runs:
         now = time.time() if now is None else now
         report = Housekeeping()
         run_ids = [run_id for run_id, _ in self.redis.zscan_iter(RUNS_INDEX, count=_SCAN_CHUNK)]
-        fields = ("created_at", "changed_at", "closed_at", "resolution_state")
+        fields = ("created_at", "changed_at", "closed_at", "resolution_state", "cursor")
         for start in range(0, len(run_ids), _SCAN_CHUNK):
             chunk = run_ids[start:start + _SCAN_CHUNK]
             pipe = self.redis.pipeline(transaction=False)
@@ -296,7 +297,7 @@ class Runs:
             replies = pipe.execute()
             gone = []
             for i, run_id in enumerate(chunk):
-                created_at, changed_at, closed_at, resolution = replies[2 * i]
+                created_at, changed_at, closed_at, resolution, cursor = replies[2 * i]
                 queued = int(replies[2 * i + 1] or 0)
                 if created_at is None and changed_at is None:
                     gone.append(run_id)  # meta expired (or deleted): the run is gone
@@ -305,7 +306,8 @@ class Runs:
                     continue
                 quiet_s = now - float(changed_at or created_at or now)
                 abandoned = ttl_s > 0 and quiet_s >= ttl_s
-                producing = resolution in PRODUCER_ACTIVE_STATES
+                producing = resolution in PRODUCER_ACTIVE_STATES or (
+                    resolution == "failed" and cursor is not None)
                 if queued == 0 and (abandoned or (not producing and quiet_s >= settle_s)):
                     if self.close(run_id, ttl_s=ttl_s, changed_at=changed_at or ""):
                         report.closed.append(run_id)

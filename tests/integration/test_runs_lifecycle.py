@@ -86,19 +86,21 @@ def test_runs_are_not_closed_while_they_may_still_change(runs: Runs) -> None:
     runs.succeed("busy", "a", "done")
     runs.create("resolving", resolution_state="running")
     runs.fail("resolving", "x", "no_confident_match", "title=0.1")
-    runs.create("fresh")
+    runs.create("dump", resolution_state="failed", cursor="nightly")  # may be resumed
+    runs.fail("dump", "line:7", "upstream_unavailable", "503")
+    runs.create("fresh", resolution_state="finished")
     runs.mark_many_queued("fresh", ["c"])
     runs.succeed("fresh", "c", "done")
 
     report = runs.close_finished(ttl_s=TTL_S, settle_s=60)
-    assert report.closed == [] and report.open == 3
+    assert report.closed == [] and report.open == 4
     # Settled: only the run with nothing queued and no producer is closed.
     report = runs.close_finished(ttl_s=TTL_S, settle_s=0)
-    assert report.closed == ["fresh"] and report.open == 2
+    assert report.closed == ["fresh"] and report.open == 3
     # A run quiet for a whole TTL is abandoned: it expires, compacted only when nothing
     # is queued (the producer's run), as it is otherwise (its queued job never ended).
     report = runs.close_finished(ttl_s=TTL_S, settle_s=0, now=time.time() + TTL_S + 5)
-    assert sorted(report.closed) == ["resolving"] and report.abandoned == ["busy"]
+    assert sorted(report.closed) == ["dump", "resolving"] and report.abandoned == ["busy"]
     assert runs.redis.hlen("pv:run:busy:state") == 2
     assert 0 < runs.redis.ttl("pv:run:busy:state") <= TTL_S
     assert not runs.redis.exists("pv:run:resolving:state")
