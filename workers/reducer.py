@@ -3,7 +3,12 @@
 Idempotent by construction: entries leave the ready queue only after their batch was
 upserted, and upserts replace by id. A reducer killed mid-batch leaves the batch queued;
 the next run upserts it again, which changes nothing. A Redis lock keeps one reducer
-active at a time, so the queue is consumed in order.
+active at a time, so the queue is consumed in order. Entries marked "if absent" (records
+found already stored) are upserted only when the index does not hold them yet: the index
+itself, not a set in Redis, says what is indexed.
+
+The reducer is also the runs' housekeeper: it closes finished runs (their state shrinks
+to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 """
 
 from __future__ import annotations
