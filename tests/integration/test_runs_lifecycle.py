@@ -289,3 +289,22 @@ def test_reducer_upserts_if_absent_entries_only_when_the_index_lacks_them(
     everything = indexed | {r.recording_id for r in records[8:]}
     assert reducer.index.contains(sorted(everything)) == everything
     assert reducer.index.count() == len(records)
+
+
+def test_the_reducer_closes_settled_runs_with_the_configured_ttl(
+        tmp_path: Path, local_redis: LocalRedis) -> None:
+    settings = Settings(broker_url=local_redis.url, store=str(tmp_path / "store"),
+                        index=str(tmp_path / "index"), cache_dir=tmp_path / "cache",
+                        run_ttl_s=1234)
+    reducer = Reducer.build(settings)
+    runs = reducer.runs
+    finished_run(runs, "settled")
+    finished_run(runs, "recent")
+    quiet_since = int(time.time()) - 400  # longer ago than RUN_SETTLE_S
+    runs.redis.hset("pv:run:settled:meta", "changed_at", quiet_since)
+    runs.redis.sadd("pv:indexed:pv2", "rec-003")  # left by an earlier version
+    assert reducer.drain() == 0
+    assert not runs.redis.exists("pv:run:settled:state", "pv:indexed:pv2")
+    assert all(1200 <= ttl <= 1234 for ttl in keys_of(runs, "settled").values())
+    assert runs.redis.hlen("pv:run:recent:state") == 10  # not settled yet: untouched
+    assert all(ttl == -1 for ttl in keys_of(runs, "recent").values())
