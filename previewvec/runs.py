@@ -32,9 +32,9 @@ RUNS_INDEX = f"{PREFIX}:runs"
 # unless the worker that stored it died before pushing its key). "?" cannot start a
 # record key ("features/…").
 IF_ABSENT = "?"
-# The keys of one run; all of them expire together once the run is closed.
-RUN_PARTS = ("meta", "state", "counts", "failures")
-DEFAULT_RUN_TTL_S = 7 * 24 * 3600
+# The keys of one run (pv:run:<id>:<part>), in the order the close script takes them;
+# all of them expire together once the run is closed. A new per-run key belongs here.
+RUN_PARTS = ("meta", "counts", "state", "failures")
 # A run with nothing queued is closed once none of its recordings changed state for this
 # long: a producer still adding to it, or republishing a batch after a crash, does so
 # into an open run (exact per-recording state), not into a closed one.
@@ -145,8 +145,8 @@ def _key(run_id: str, part: str) -> str:
 
 
 def _run_keys(run_id: str) -> list[str]:
-    """The run's keys in the order the scripts expect (meta, counts, state, failures)."""
-    return [_key(run_id, part) for part in ("meta", "counts", "state", "failures")]
+    """The run's keys in the order the close script expects (:data:`RUN_PARTS`)."""
+    return [_key(run_id, part) for part in RUN_PARTS]
 
 
 @dataclass(frozen=True)
