@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata as _metadata
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -81,6 +82,16 @@ def record_key(feature_version: str, recording_id: str) -> str:
     shard = hashlib.sha1(recording_id.encode("utf-8")).hexdigest()[:2]
     version, name = _escape_key_part(feature_version), _escape_key_part(recording_id)
     return f"features/{version}/{shard}/{name}.json"
+
+
+def recording_id_of_key(key: str) -> str:
+    """The recording id a :func:`record_key` was made from (its exact inverse)."""
+    name = key.rsplit("/", 1)[-1]
+    if not key.startswith("features/") or not name.endswith(".json") or len(name) == 5:
+        raise ValueError(f"not a record key: {key!r}")
+    recording_id = unquote(name[: -len(".json")], errors="strict")
+    _check_recording_id(recording_id)
+    return recording_id
 
 
 @cache  # a process's installed versions do not change; the lookup scans sys.path

@@ -85,6 +85,9 @@ class Settings:
     vectorize_base_url: str = "https://api.cloudflare.com/client/v4"
     # Reducer.
     reduce_batch_size: int = 1000
+    # Runs: a finished run's keys (counts, meta, failures) expire this long after the
+    # reducer closed it; 0 keeps them (runs are still compacted).
+    run_ttl_s: int = 7 * 24 * 3600
     # Broker: seconds before Redis hands an unacknowledged job to another worker (how long
     # a hard-killed worker's job stays invisible). Task time limits scale below it.
     visibility_timeout_s: int = 900

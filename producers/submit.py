@@ -9,7 +9,8 @@ for each one:
   ``unresolved``;
 - **already stored** (a record exists at the current ``FEATURE_VERSION``, and not
   ``force``): marked ``skipped`` in the run without publishing (pushed to the reducer's
-  ready queue if it was never indexed, as a worker would); counted ``skipped_existing``;
+  ready queue to be upserted only if the index lacks it, as a worker would); counted
+  ``skipped_existing``;
 - otherwise buffered and **published in batches** through :func:`producers.queue.publish`.
 
 Resolution progress lives in the run's meta hash (``resolved``, ``unresolved``,
@@ -278,9 +279,8 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
                 key = record_key(FEATURE_VERSION, job.recording_id)
                 if not force and store.exists(key):
                     report.skipped += 1
-                    runs.succeed(run_id, job.recording_id, "skipped")
-                    if not runs.is_indexed(FEATURE_VERSION, job.recording_id):
-                        runs.push_ready(key)
+                    runs.succeed(run_id, job.recording_id, "skipped", delivered=False)
+                    runs.push_ready_if_absent(key)  # indexed unless its writer died
                     count("skipped_existing")
                 else:
                     pending.append(job)

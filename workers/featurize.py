@@ -86,8 +86,9 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     skip = not job.force and ctx.store.exists(key)
     timings: dict[str, float] = {"check": time.perf_counter() - started}
     if skip:
-        if not ctx.runs.is_indexed(FEATURE_VERSION, job.recording_id):
-            ctx.runs.push_ready(key)
+        # The reducer upserts it only if the index lacks it: its writer may have died
+        # between storing it and pushing its key.
+        ctx.runs.push_ready_if_absent(key)
         outcome = Outcome(job.recording_id, job.run_id, "skipped", timings_s=timings)
         return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
 
@@ -151,8 +152,10 @@ def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any],
 def _account(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any] | None) -> None:
     if not outcome.run_id:
         return
+    # delivered: a recording a compacted run no longer lists already succeeded in it, so
+    # this is a redelivery and must not count again.
     if outcome.status == "failed":
         ctx.runs.fail(outcome.run_id, outcome.recording_id, outcome.error_code or "error",
-                      outcome.error_message or "", job)
+                      outcome.error_message or "", job, delivered=True)
     else:
-        ctx.runs.succeed(outcome.run_id, outcome.recording_id, outcome.status)
+        ctx.runs.succeed(outcome.run_id, outcome.recording_id, outcome.status, delivered=True)

@@ -3,7 +3,12 @@
 Idempotent by construction: entries leave the ready queue only after their batch was
 upserted, and upserts replace by id. A reducer killed mid-batch leaves the batch queued;
 the next run upserts it again, which changes nothing. A Redis lock keeps one reducer
-active at a time, so the queue is consumed in order.
+active at a time, so the queue is consumed in order. Entries marked "if absent" (records
+found already stored) are upserted only when the index does not hold them yet: the index
+itself, not a set in Redis, says what is indexed.
+
+The reducer is also the runs' housekeeper: it closes finished runs (their state shrinks
+to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from previewvec.records import (
     IncompatibleRecord,
     decode_record,
     record_key,
+    recording_id_of_key,
 )
-from previewvec.runs import PREFIX, READY_QUEUE, Runs
+from previewvec.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
 from previewvec.settings import Settings
 from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 from workers.index import IndexItem, IndexUnavailable, VectorIndex, open_index
@@ -62,6 +68,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 FIT_MAX_RECORDS = 20_000
+# How often `reduce --follow` closes finished runs and prunes expired ones (a pass costs
+# one Redis round trip per 500 runs).
+HOUSEKEEPING_EVERY_S = 60.0
 OUTAGE_BACKOFF_CAP_S = 30.0
 METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
                    "danceability", "onset_rate", "duration_s")
@@ -75,6 +84,7 @@ class Reducer:
     runs: Runs
     _normalizer: Normalizer | None = None
     lock_ttl_s: float = LOCK_TTL_S
+    _legacy_sets_dropped: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Reducer:
@@ -145,7 +155,7 @@ class Reducer:
             if not keys:
                 return 0
             records: dict[str, FeatureRecord] = {}
-            for key in dict.fromkeys(keys):  # a key may be queued twice (redelivery)
+            for key in self._to_upsert(keys):
                 try:
                     record = decode_record(self.store.get(key))
                 except FileNotFoundError:
@@ -162,7 +172,6 @@ class Reducer:
                 records[record.recording_id] = record
             if records:
                 self.index.upsert(self.items_for(list(records.values())))
-                self.runs.mark_indexed(FEATURE_VERSION, records)
             if not self.runs.redis.eval(_TRIM_IF_OWNER, 2, LOCK_KEY, READY_QUEUE, token,
                                         len(keys)):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
@@ -172,6 +181,49 @@ class Reducer:
         finally:
             stop_renewing.set()
             self.runs.redis.eval(_RELEASE_IF_OWNER, 1, LOCK_KEY, token)
+
+    def _to_upsert(self, entries: list[str]) -> list[str]:
+        """The record keys of a batch of ready entries to read and upsert, in queue order.
+
+        Every plain entry (a record just written) is upserted. An if-absent entry (a
+        skipped job's record) is upserted only when the index does not hold its vector,
+        asked in one :meth:`~workers.index.VectorIndex.contains` call per batch: that
+        covers a worker that died between storing a record and pushing its key, without
+        a list of indexed ids in Redis. A key queued twice is read once.
+        """
+        always: dict[str, None] = {}
+        if_absent: dict[str, None] = {}
+        for entry in entries:
+            key, only_if_absent = parse_ready_entry(entry)
+            (if_absent if only_if_absent else always)[key] = None
+        maybe: dict[str, str] = {}  # record key → vector id
+        for key in if_absent:
+            if key in always:
+                continue
+            try:
+                maybe[key] = vector_id(recording_id_of_key(key))
+            except ValueError:
+                log.error("ready entry %r is not a record key; parked in %s", key,
+                          DEAD_LETTER_QUEUE)
+                self.runs.redis.rpush(DEAD_LETTER_QUEUE, key)
+        present = self.index.contains(list(maybe.values())) if maybe else set()
+        wanted = {key for key, vid in maybe.items() if vid not in present}
+        return [key for key in dict.fromkeys(parse_ready_entry(e)[0] for e in entries)
+                if key in always or key in wanted]
+
+    def housekeeping(self) -> Housekeeping:
+        """Close finished runs, prune expired ones (see :meth:`Runs.close_finished`)."""
+        if not self._legacy_sets_dropped:
+            dropped = self.runs.drop_legacy_indexed_sets()
+            if dropped:
+                log.info("deleted %d pv:indexed:* set(s) of an earlier version", dropped)
+            self._legacy_sets_dropped = True
+        report = self.runs.close_finished(ttl_s=self.settings.run_ttl_s)
+        if report.closed or report.abandoned or report.pruned:
+            log.info("runs: closed %d, abandoned %d (expiring), pruned %d expired; %d open",
+                     len(report.closed), len(report.abandoned), len(report.pruned),
+                     report.open)
+        return report
 
     def _renew_lock(self, token: str, stop: threading.Event) -> None:
         """Keep our lock alive until ``stop``; give up once it is no longer ours."""
@@ -190,6 +242,7 @@ class Reducer:
             n = self.reduce_once(batch_size)
             if n == 0:
                 if self.runs.ready_depth() == 0:
+                    self.housekeeping()
                     return total
                 time.sleep(0.2)  # another reducer holds the lock
                 continue
@@ -205,8 +258,13 @@ class Reducer:
         """
         started = time.monotonic()
         pause_s = 0.0
+        housekept_at: float | None = None
         while stop_after_s is None or time.monotonic() - started < stop_after_s:
             try:
+                if housekept_at is None or time.monotonic() - housekept_at >= \
+                        HOUSEKEEPING_EVERY_S:
+                    housekept_at = time.monotonic()
+                    self.housekeeping()
                 consumed = self.reduce_once(batch_size)
             except (IndexUnavailable, StoreUnavailable, redis.ConnectionError,
                     redis.TimeoutError) as exc:
@@ -236,7 +294,6 @@ class Reducer:
 
     def _upsert(self, records: list[FeatureRecord]) -> int:
         self.index.upsert(self.items_for(records))
-        self.runs.mark_indexed(FEATURE_VERSION, [r.recording_id for r in records])
         return len(records)
 
     # --- queries ------------------------------------------------------------------------

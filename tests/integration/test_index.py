@@ -99,6 +99,16 @@ def test_upsert_get_count(index: VectorIndex) -> None:
     assert got[1].metadata == items[3].metadata
 
 
+def test_contains_answers_which_ids_are_held(index: VectorIndex) -> None:
+    """What the reducer asks for a skipped job's record instead of a set in Redis."""
+    assert index.contains(["rec-00001"]) == set()  # empty index
+    index.upsert(make_items(60))
+    index.wait_for_writes(10)
+    asked = [f"rec-{i:05d}" for i in range(0, 120, 3)] + ["rec-00003", "other"]
+    assert index.contains(asked) == {f"rec-{i:05d}" for i in range(0, 60, 3)}
+    assert index.contains([]) == set()
+
+
 def test_reupsert_replaces_and_never_duplicates(index: VectorIndex) -> None:
     index.upsert(make_items(100, seed=1))
     index.wait_for_writes(10)
@@ -417,3 +427,14 @@ def test_embedded_upsert_throughput(tmp_path: Path, capsys: pytest.CaptureFixtur
             f"update {update_rate:,.0f} vec/s; filtered exact query over {total:,}: "
             f"{query_ms:.0f} ms"
         )
+
+
+def test_embedded_id_index_keeps_contains_exact(tmp_path: Path) -> None:
+    """create_ann_index also builds the B-tree on id; rows written after it still count."""
+    index = EmbeddedIndex(tmp_path / "index", DIM)
+    index.upsert(make_items(300))
+    index.create_ann_index(num_partitions=2, num_sub_vectors=2)
+    assert {i.name for i in index._table.list_indices()} >= {"id_idx"}
+    index.upsert(make_items(5, seed=3, prefix="late"))
+    asked = ["rec-00000", "rec-00299", "late-00004", "rec-00300", "nope"]
+    assert index.contains(asked) == {"rec-00000", "rec-00299", "late-00004"}

@@ -255,7 +255,7 @@ class TestS3Store:
         reducer = batch.pipeline.reducer(batch.index_path)
         assert_index_holds_exactly(batch.index_path, batch.ids, reducer)
         assert batch.pipeline.runs.ready_depth() == 0
-        assert batch.pipeline.runs.indexed_count(FEATURE_VERSION) == N_CLIPS
+        assert batch.pipeline.runs.redis.keys("pv:indexed:*") == []  # the index is asked
         assert_similar(reducer, "s3-00", batch.ids)
 
     def test_reenqueue_does_no_new_work(self, s3_batch: S3Batch) -> None:
@@ -273,9 +273,19 @@ class TestS3Store:
 
         # Nothing was rewritten: same keys, same bytes, same ETags and LastModified.
         assert s3_snapshot(batch.endpoint, "catalog/") == before
-        # Every record was already indexed, so nothing was pushed to the ready queue.
-        assert pipeline.runs.ready_depth() == 0
-        assert reducer.drain() == 0
+        # Every skipped record was handed to the reducer "if absent", and every one was
+        # already indexed: the reducer asks the index and upserts nothing.
+        assert pipeline.runs.ready_depth() == N_CLIPS
+        upserted: list[str] = []
+        upsert = reducer.index.upsert
+
+        def counting_upsert(items):
+            upserted.extend(item.id for item in items)
+            upsert(items)
+
+        reducer.index.upsert = counting_upsert  # type: ignore[method-assign]
+        assert reducer.drain() == N_CLIPS
+        assert upserted == [] and pipeline.runs.ready_depth() == 0
         assert reducer.index.count() == count_before == N_CLIPS
         assert_index_holds_exactly(batch.index_path, batch.ids, reducer)
 

@@ -17,7 +17,7 @@ import redis
 from previewvec.jobs import Job
 from previewvec.localredis import LocalRedis
 from previewvec.records import record_key
-from previewvec.runs import Runs
+from previewvec.runs import IF_ABSENT, Runs
 from previewvec.settings import Settings
 from producers import submit as submit_mod
 from producers.submit import (
@@ -134,8 +134,9 @@ def test_unresolved_skipped_and_published(env) -> None:
     failures = dict(runs.failures(report.run_id))
     assert failures[rid(3)]["code"] == "no_confident_match"
     assert failures[rid(3)]["message"] == "title=0.40"
-    # Stored but never indexed: handed to the reducer, as a worker would.
-    assert set(runs.peek_ready(10)) == {record_key(FEATURE_VERSION, rid(i)) for i in (1, 2)}
+    # Stored: handed to the reducer to upsert if the index lacks them, as a worker would.
+    assert set(runs.peek_ready(10)) == {
+        IF_ABSENT + record_key(FEATURE_VERSION, rid(i)) for i in (1, 2)}
 
     from previewvec.progress import format_status
 

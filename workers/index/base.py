@@ -113,6 +113,11 @@ class VectorIndex(Protocol):
         """Stored items for ``ids`` in the order asked, missing ids skipped."""
         ...
 
+    def contains(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the index holds (for Vectorize: as of the last processed
+        write). The reducer asks this instead of keeping its own list of indexed ids."""
+        ...
+
     def count(self) -> int:
         """How many items the index holds (for Vectorize: as of the last processed write)."""
         ...

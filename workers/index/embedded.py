@@ -19,6 +19,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import BTree
 
 from workers.index.base import (
     FILTER_FIELDS,
@@ -204,6 +205,23 @@ class EmbeddedIndex:
                 found[item_id] = IndexItem(item_id, vectors[row].copy(), json.loads(meta))
         return [found[i] for i in wanted if i in found]
 
+    def contains(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that have a row: a filtered scan of the ``id`` column only
+        (fast with the scalar index :meth:`create_ann_index` also builds)."""
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
+        found: set[str] = set()
+        for start in range(0, len(unique), ID_BATCH):
+            chunk = unique[start : start + ID_BATCH]
+            table = (
+                self._table.search()
+                .where(_ids_sql(chunk))
+                .select(["id"])
+                .limit(len(chunk))
+                .to_arrow()
+            )
+            found.update(table.column("id").to_pylist())
+        return found
+
     def count(self) -> int:
         """Rows in the table."""
         return int(self._table.count_rows())
@@ -232,9 +250,12 @@ class EmbeddedIndex:
         """Build an approximate (IVF) cosine index; worthwhile beyond ~100k vectors.
 
         Without it every query scans all vectors exactly. ``options`` go to LanceDB's
-        ``create_index`` (e.g. ``num_partitions``, ``num_sub_vectors``).
+        ``create_index`` (e.g. ``num_partitions``, ``num_sub_vectors``). Also builds a
+        B-tree on ``id``, which upserts (``merge_insert`` joins on it) and the reducer's
+        :meth:`contains` checks use instead of scanning the column.
         """
         with self._write_lock:
             self._table.create_index(
                 metric="cosine", vector_column_name="vector", replace=True, **options
             )
+            self._table.create_index("id", config=BTree(), replace=True)

@@ -351,6 +351,14 @@ class VectorizeIndex:
                 )
         return [found[i] for i in wanted if i in found]
 
+    def contains(self, ids: Sequence[str]) -> set[str]:
+        """``get_by_ids`` in batches, keeping only the ids (the API has no lighter call).
+
+        Vectors written but not yet processed are not found: the caller upserts those
+        again, which replaces them with the same values.
+        """
+        return {item.id for item in self.get(ids)}
+
     def delete(self, ids: Sequence[str]) -> None:
         """``delete_by_ids`` in batches (async, like upserts)."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
