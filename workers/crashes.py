@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.utils.serialization import get_pickled_exception
 from celery.worker import state
 from celery.worker.request import Request
@@ -102,8 +102,25 @@ class CrashCappedRequest(Request):
         lost = isinstance(exc, WorkerLostError) and not state.should_terminate
         if lost and self.task.acks_late and self._give_up(exc):
             return None
+        if isinstance(exc, TimeLimitExceeded) and not state.should_terminate:
+            # The hard limit killed the child (the soft one could not stop it, e.g. in
+            # native code). Celery acknowledges that job: without this it would stay
+            # "queued" in its run for ever.
+            self._record_hard_timeout(exc)
         return super().on_failure(exc_info, send_failed_event=send_failed_event,
                                   return_ok=return_ok)
+
+    def _record_hard_timeout(self, exc: TimeLimitExceeded) -> None:
+        from workers.tasks import record_failure
+
+        try:
+            runs, _ = _main_runs()
+            limit = exc.args[0] if exc.args else "?"
+            record_failure(self.args[0] if self.args else None, "timeout",
+                           f"killed at the hard time limit ({limit} s)", runs=runs)
+            runs.attempts_over(self.id)
+        except Exception:  # the failure is in the log only
+            log.exception("%s[%s]: could not record the hard time limit", self.name, self.id)
 
     def _give_up(self, exc: BaseException) -> bool:
         """Count the crash; past the cap, record it and acknowledge. True if it gave up."""

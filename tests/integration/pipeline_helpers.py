@@ -145,9 +145,10 @@ class _Route:
     status: int
     body: bytes
     content_type: str
-    # A route that SIGKILLs whoever fetches it: given the peer's pid, returns the pid or
-    # process group to kill (negative: a group), or None to refuse (answers 500).
+    # A route that signals whoever fetches it: given the peer's pid, returns the pid or
+    # process group to signal (negative: a group), or None to refuse (answers 500).
     killer: Callable[[int], int | None] | None = None
+    signal: int = signal.SIGKILL
 
 
 def peer_pid(conn: socket.socket) -> int | None:
@@ -173,7 +174,7 @@ class ClipServer:
     def __init__(self) -> None:
         self._routes: dict[str, _Route] = {}
         self.hits: Counter[str] = Counter()
-        self.killed: list[int] = []  # what killer routes SIGKILLed (negative: a group)
+        self.killed: list[int] = []  # what killer routes signalled (negative: a group)
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -185,12 +186,14 @@ class ClipServer:
     def add_clip(self, clip: Clip) -> str:
         return self.add(f"/clips/{clip.name}", clip.data, clip.content_type)
 
-    def add_killer(self, path: str, target: Callable[[int], int | None]) -> str:
+    def add_killer(self, path: str, target: Callable[[int], int | None],
+                   sig: int = signal.SIGKILL) -> str:
         """A preview whose fetch SIGKILLs the fetching process (a job that crashes native
-        code every time). ``target(peer pid)`` picks what to kill: the pid itself, a
-        negative process-group id, or None to refuse (then the fetch gets a 500)."""
+        code every time), or sends it ``sig`` (SIGSTOP: a job stuck beyond any time
+        limit). ``target(peer pid)`` picks whom: the pid itself, a negative process-group
+        id, or None to refuse (then the fetch gets a 500)."""
         with self._lock:
-            self._routes[path] = _Route(500, b"refused to kill\n", "text/plain", target)
+            self._routes[path] = _Route(500, b"refused to kill\n", "text/plain", target, sig)
         return self.url(path)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
@@ -228,9 +231,9 @@ class ClipServer:
                         with server._lock:
                             server.killed.append(victim)
                         if victim < 0:
-                            os.killpg(-victim, signal.SIGKILL)
+                            os.killpg(-victim, route.signal)
                         else:
-                            os.kill(victim, signal.SIGKILL)
+                            os.kill(victim, route.signal)
                         self.close_connection = True
                         return
                 if route is None:

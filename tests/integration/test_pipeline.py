@@ -19,6 +19,7 @@ Workers load numba's compiled extractor from a cache directory shared by the ses
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -721,5 +722,39 @@ def test_job_that_kills_its_whole_worker_ends_as_a_listed_failure(
         assert clip_server.hits[path] == 2
         assert not _no_crash_counts_left(pipeline)
         assert "gave up at its start" in "".join(w.log() for w in pipeline.workers)
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(300)
+def test_job_killed_at_the_hard_time_limit_is_a_recorded_timeout(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """A preview whose fetch freezes the fetching pool child (SIGSTOP: stuck in native
+    code, where the soft limit cannot interrupt it). The hard limit kills the child and
+    Celery acknowledges the job; it is recorded as ``timeout``, not left "queued"."""
+    pipeline = Pipeline(tmp_path / "pipe", cache_dir=assets.cache_dir,
+                        store=str(tmp_path / "store"),
+                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
+    try:
+        def freeze_pool_child(pid: int) -> int | None:
+            return pid if _pool_child_of(pipeline, pid) else None
+
+        path = f"/freeze/{tmp_path.name}.m4a"
+        frozen_url = clip_server.add_killer(path, freeze_pool_child, signal.SIGSTOP)
+        pipeline.start_worker("ta").wait_warm()
+        clips = assets.clips[10:12]
+        lines = [*catalog(clip_server, clips, "limit"), catalog_line("limit-frozen", frozen_url)]
+        run = pipeline.enqueue(lines)
+        status = pipeline.wait_run(run.run_id, expected_total=len(lines), timeout_s=180)
+        assert status.counts == {"queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
+        failure = _listed_failures(pipeline, run.run_id)["limit-frozen"]
+        assert failure["code"] == "timeout", failure
+        hard_limit_s = 0.75 * VISIBILITY_TIMEOUT_S  # workers/app.py
+        assert f"hard time limit ({hard_limit_s} s)" in failure["message"], failure
+        pipeline.wait_until(lambda: not pipeline.unacked() and pipeline.queue_depth("batch") == 0,
+                            timeout_s=30, what="every delivery to be acknowledged")
+        assert clip_server.hits[path] == 1
+        assert not _no_crash_counts_left(pipeline)
     finally:
         pipeline.close()
