@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -174,7 +174,8 @@ class ClipServer:
     def __init__(self) -> None:
         self._routes: dict[str, _Route] = {}
         self.hits: Counter[str] = Counter()
-        self.killed: list[int] = []  # what killer routes signalled (negative: a group)
+        # path → what its killer route signalled (negative: a process group)
+        self.killed: defaultdict[str, list[int]] = defaultdict(list)
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -229,7 +230,7 @@ class ClipServer:
                     victim = route.killer(pid) if pid is not None else None
                     if victim is not None:
                         with server._lock:
-                            server.killed.append(victim)
+                            server.killed[parts.path].append(victim)
                         if victim < 0:
                             os.killpg(-victim, route.signal)
                         else:

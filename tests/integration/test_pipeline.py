@@ -635,8 +635,10 @@ def test_job_that_kills_its_pool_child_ends_as_a_listed_failure(
         b.wait_warm()
         clips = assets.clips[:6]
         lines = [*catalog(clip_server, clips, "cap"), catalog_line("cap-crash", killer_url)]
+        enqueued_at = time.time()
         run = pipeline.enqueue(lines)
         status = pipeline.wait_run(run.run_id, expected_total=len(lines), timeout_s=240)
+        finished_at = time.time()
         assert status.counts == {"queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
 
         def check_failure(deliveries: int) -> None:
@@ -652,18 +654,22 @@ def test_job_that_kills_its_pool_child_ends_as_a_listed_failure(
                                 and pipeline.queue_depth("batch") == 0,
                                 timeout_s=30, what="every delivery to be acknowledged")
             assert clip_server.hits[path] == deliveries, clip_server.hits[path]
-            assert len(clip_server.killed) == deliveries
+            assert len(clip_server.killed[path]) == deliveries
             assert not _no_crash_counts_left(pipeline)
             assert pipeline.runs.status(run.run_id).counts["failed"] == 1
 
         check_failure(cap + 1)
+        recorded_at = dict(pipeline.runs.failures(run.run_id))["cap-crash"]["at"]
+        print(f"pool-child crash cap: {cap + 1} deliveries, worker_crashed recorded "
+              f"{recorded_at - enqueued_at:.1f} s after the enqueue; run of {len(lines)} "
+              f"finished after {finished_at - enqueued_at:.1f} s")
         logs = a.log() + b.log()
         assert logs.count("gave up: pool child killed by SIGKILL") == 1, pipeline.logs()
 
         retried = pipeline.cli("retry", run.run_id)
         assert retried.returncode == 0, retried.stderr
         assert f"re-enqueued 1 failed jobs of {run.run_id}" in retried.stdout
-        pipeline.wait_until(lambda: len(clip_server.killed) >= 2 * (cap + 1)
+        pipeline.wait_until(lambda: len(clip_server.killed[path]) >= 2 * (cap + 1)
                             and pipeline.runs.status(run.run_id).counts["queued"] == 0,
                             timeout_s=180, what="the retried job to crash and give up again")
         check_failure(2 * (cap + 1))
@@ -696,6 +702,7 @@ def test_job_that_kills_its_whole_worker_ends_as_a_listed_failure(
             pipeline.start_worker(name).wait_warm()
         clips = assets.clips[6:10]
         lines = [*catalog(clip_server, clips, "whole"), catalog_line("whole-crash", killer_url)]
+        enqueued_at = time.time()
         run = pipeline.enqueue(lines)
 
         # Keep two workers running, as a supervisor (Kubernetes) would.
@@ -715,13 +722,17 @@ def test_job_that_kills_its_whole_worker_ends_as_a_listed_failure(
         failure = _listed_failures(pipeline, run.run_id)["whole-crash"]
         assert failure["code"] == "worker_crashed", failure
         assert "2 crashes" in failure["message"], failure
-        assert clip_server.hits[path] == 2 and len(clip_server.killed) == 2
-        assert all(victim < 0 for victim in clip_server.killed)
+        assert clip_server.hits[path] == 2 and len(clip_server.killed[path]) == 2
+        assert all(victim < 0 for victim in clip_server.killed[path])
         pipeline.wait_until(lambda: not pipeline.unacked() and pipeline.queue_depth("batch") == 0,
                             timeout_s=30, what="every delivery to be acknowledged")
         assert clip_server.hits[path] == 2
         assert not _no_crash_counts_left(pipeline)
         assert "gave up at its start" in "".join(w.log() for w in pipeline.workers)
+        recorded_at = dict(pipeline.runs.failures(run.run_id))["whole-crash"]["at"]
+        print(f"whole-worker crash cap (cap 1, visibility timeout {VISIBILITY_TIMEOUT_S} s): "
+              f"worker_crashed recorded {recorded_at - enqueued_at:.1f} s after the enqueue, "
+              f"{started} workers started in all")
     finally:
         pipeline.close()
 
