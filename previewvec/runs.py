@@ -202,7 +202,6 @@ class Runs:
     def indexed_count(self, feature_version: str) -> int:
         return int(self.redis.scard(self._indexed_key(feature_version)))
 
-
     # Crash counts of deliveries (workers/crashes.py): shared by every worker, so a job
     # that kills whichever worker runs it is still counted once per crash.
     def _crash_key(self, task_id: str) -> str:

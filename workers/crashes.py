@@ -50,7 +50,7 @@ def describe_exit(exc: BaseException) -> str:
     """How a pool child died, from billiard's WorkerLostError (or the child's SystemExit)."""
     if isinstance(exc, SystemExit):
         return f"pool child exited with {exc.code!r}"
-    text = str(exc)
+    text = str(exc) or type(exc).__name__
     if match := _SIGNAL_RE.search(text):
         number, name = match.groups()
         return f"pool child killed by {name or 'signal'} (signal {number})"
@@ -98,8 +98,11 @@ class CrashCappedRequest(Request):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
-        # A shutdown terminating its children is not the job's fault (Celery requeues).
-        lost = isinstance(exc, WorkerLostError) and not state.should_terminate
+        # Celery treats a child's SystemExit as a lost worker too, unless it was revoked or
+        # cancelled. A shutdown terminating its children is not the job's fault (requeue).
+        exited = isinstance(exc, (SystemExit, KeyboardInterrupt)) and not (
+            getattr(self, "_already_cancelled", False) or getattr(self, "_already_revoked", False))
+        lost = (isinstance(exc, WorkerLostError) or exited) and not state.should_terminate
         if lost and self.task.acks_late and self._give_up(exc):
             return None
         if isinstance(exc, TimeLimitExceeded) and not state.should_terminate:

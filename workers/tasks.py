@@ -10,7 +10,6 @@ or is redelivered forever, and no exception kills the worker.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -22,6 +21,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_process_init
 
 from previewvec.errors import PreviewvecError
+from previewvec.runs import Runs
 from previewvec.settings import Settings
 from workers import crashes
 from workers.app import app
@@ -83,7 +83,7 @@ def _trim_heap(**_: Any) -> None:
         _trim(0)
 
 
-def record_failure(job: Any, code: str, message: str, *, runs: Any = None,
+def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = None,
                    raise_errors: bool = False) -> dict[str, Any]:
     """Record ``job`` as a failure of its run (when it names one); returns the outcome.
 
@@ -117,7 +117,9 @@ def featurize_task(self, job: dict[str, Any]) -> dict[str, Any]:
     if task_id:
         capped = _start_attempt(task_id)
         if capped:  # crashed too often: record it instead of crashing once more
-            return record_failure(job, crashes.CODE, capped)
+            result = record_failure(job, crashes.CODE, capped)
+            _end_attempt(task_id, retried=False)
+            return result
     ended = "crash"  # what the finally sees if this process dies first: nothing
     try:
         result = _featurize(self, job)
@@ -145,8 +147,6 @@ def _start_attempt(task_id: str) -> str | None:
     capped = crashes.over_cap(count, ctx.settings.max_crash_redeliveries)
     if capped:
         log.error("task %s gave up at its start: %s", task_id, capped)
-        with contextlib.suppress(Exception):
-            ctx.runs.attempts_over(task_id)
     return capped
 
 

@@ -101,6 +101,8 @@ def test_counts_expire_and_are_forgotten_when_the_job_ends(runs: Runs) -> None:
     (WorkerLostError("Worker exited prematurely: exitcode 70 Job: 1."),
      "pool child exited with code 70"),
     (WorkerLostError("gone"), "pool child lost (gone)"),
+    (SystemExit(3), "pool child exited with 3"),
+    (KeyboardInterrupt(), "pool child lost (KeyboardInterrupt)"),
 ])
 def test_describe_exit(exc: BaseException, how: str) -> None:
     assert crashes.describe_exit(exc) == how
