@@ -48,6 +48,10 @@ PRODUCER_ACTIVE_STATES = ("pending", "running")
 REDIS_RETRIES = 35
 REDIS_RETRY_CAP_S = 1.0
 _SCAN_CHUNK = 500
+# How long a job's crash count outlives its last delivery: longer than any wait for a
+# redelivery (a requeued job behind a backlog, a visibility timeout), short enough that
+# the count of a job whose message vanished (a hard time limit acks it) goes away.
+CRASH_COUNT_TTL_S = 7 * 86_400
 
 # KEYS: state, counts, meta, failures of the run.
 # ARGV: recording id, new state, delivered ("1": the outcome of a delivered job, "0": a
@@ -135,6 +139,44 @@ return 1
 """
 
 
+# Crash counts, one hash per task id (redeliveries keep the id; `retry` publishes a new
+# one, so a retried job starts from zero). Fields: starts (attempts begun and not yet
+# ended normally: incremented by the pool child as it starts the job, decremented or
+# deleted when the job returns), lost (pool-child deaths the worker's main process saw),
+# how (the last death, e.g. "pool child killed by SIGKILL (signal 9)").
+# KEYS: crash hash. ARGV: TTL s. Returns {starts, lost, how} after counting this start.
+_ATTEMPT_STARTED = """
+local starts = redis.call('HINCRBY', KEYS[1], 'starts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local lost = tonumber(redis.call('HGET', KEYS[1], 'lost') or '0')
+return {starts, lost, redis.call('HGET', KEYS[1], 'how') or ''}
+"""
+# KEYS: crash hash. ARGV: TTL s, how. Returns the crashes so far, this one included.
+_ATTEMPT_LOST = """
+local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
+redis.call('HSET', KEYS[1], 'how', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local starts = tonumber(redis.call('HGET', KEYS[1], 'starts') or '0')
+return math.max(lost, starts)
+"""
+# KEYS: crash hash. An attempt that ended normally but will run again (a retry): it was
+# no crash, but earlier crashes still count. Never creates the hash (no TTL-less key).
+_ATTEMPT_RETRIED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'starts', -1)
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class CrashCount:
+    """A job's crashes before the attempt now starting, and how the last one happened."""
+
+    crashes: int
+    how: str  # "" when no worker's main process saw a crash (the whole worker died)
+
+
 def new_run_id() -> str:
     """Sortable, unique: UTC time plus randomness."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -181,6 +223,9 @@ class Runs:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
         self._close = client.register_script(_CLOSE)
+        self._attempt_started = client.register_script(_ATTEMPT_STARTED)
+        self._attempt_lost = client.register_script(_ATTEMPT_LOST)
+        self._attempt_retried = client.register_script(_ATTEMPT_RETRIED)
 
     @classmethod
     def from_url(cls, url: str) -> Runs:
@@ -349,6 +394,35 @@ class Runs:
 
     def ready_depth(self) -> int:
         return int(self.redis.llen(READY_QUEUE))
+
+    # Crash counts of deliveries (workers/crashes.py): shared by every worker, so a job
+    # that kills whichever worker runs it is still counted once per crash.
+    def _crash_key(self, task_id: str) -> str:
+        return f"{PREFIX}:crash:{task_id}"
+
+    def attempt_started(self, task_id: str) -> CrashCount:
+        """Count an attempt beginning; returns the crashes of the attempts before it.
+
+        A crash is an attempt that began and never ended normally, whether only its pool
+        child died (then the main process also counted it, see :meth:`attempt_lost`) or
+        the whole worker did (then nothing but this start count remembers it).
+        """
+        starts, lost, how = self._attempt_started(keys=[self._crash_key(task_id)],
+                                                  args=[CRASH_COUNT_TTL_S])
+        return CrashCount(max(int(starts) - 1, int(lost)), str(how))
+
+    def attempt_lost(self, task_id: str, how: str) -> int:
+        """Count a pool child's death while running the job; returns its crashes so far."""
+        return int(self._attempt_lost(keys=[self._crash_key(task_id)],
+                                      args=[CRASH_COUNT_TTL_S, how]))
+
+    def attempt_retried(self, task_id: str) -> None:
+        """The attempt ended normally but the job runs again (a store-outage retry)."""
+        self._attempt_retried(keys=[self._crash_key(task_id)])
+
+    def attempts_over(self, task_id: str) -> None:
+        """The job ended for good (an outcome was accounted): forget its crash count."""
+        self.redis.delete(self._crash_key(task_id))
 
 
 def parse_ready_entry(entry: str) -> tuple[str, bool]:

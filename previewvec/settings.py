@@ -94,6 +94,9 @@ class Settings:
     # Worker memory: every N tasks a pool child hands freed heap back to the OS with
     # glibc's malloc_trim(0); 0 turns it off (measured in benchmarks/soak.py).
     malloc_trim_every: int = 0
+    # A job whose worker dies while running it (a signal, the OOM killer) is redelivered
+    # at most this often; the next crash records it as a `worker_crashed` failure.
+    max_crash_redeliveries: int = 3
 
     # Producers: MusicBrainz and iTunes resolution.
     mb_contact: str = ""  # required for MusicBrainz: an email or URL for the User-Agent

@@ -3,8 +3,9 @@
 Every way a job can end is accounted for in its run: the stage records typed failures
 itself; here, store outages are retried with backoff and then recorded as
 ``store_unavailable``, a time limit as ``timeout``, a permanent store error as
-``store_error`` and anything unexpected as ``internal_error`` — so no job stays "queued"
-forever and no exception kills the worker.
+``store_error``, anything unexpected as ``internal_error`` and a job that keeps killing
+its worker as ``worker_crashed`` (workers/crashes.py) — so no job stays "queued" forever
+or is redelivered forever, and no exception kills the worker.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
 from previewvec.errors import PreviewvecError
+from previewvec.runs import Runs
 from previewvec.settings import Settings
+from workers import crashes
 from workers.app import app
+from workers.crashes import CrashCappedRequest
 from workers.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -98,14 +102,22 @@ def _trim_heap(**_: Any) -> None:
         _trim(0)
 
 
-def _record_failure(job: Any, code: str, message: str) -> dict[str, Any]:
+def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = None,
+                   raise_errors: bool = False) -> dict[str, Any]:
+    """Record ``job`` as a failure of its run (when it names one); returns the outcome.
+
+    ``runs`` defaults to this process's context; a Redis error is logged and swallowed
+    unless ``raise_errors`` (then the caller falls back to redelivery).
+    """
     job = job if isinstance(job, dict) else {}
     recording_id = str(job.get("recording_id") or "?")[:64]
     run_id = job.get("run_id") if isinstance(job.get("run_id"), str) else None
     if run_id:
         try:
-            context().runs.fail(run_id, recording_id, code, message, job)
+            (runs or context().runs).fail(run_id, recording_id, code, message, job)
         except Exception:  # Redis down too: the log line is all that is left
+            if raise_errors:
+                raise
             log.exception("could not record failure %s of %s in run %s", code, recording_id, run_id)
     return {
         "recording_id": recording_id,
@@ -116,26 +128,75 @@ def _record_failure(job: Any, code: str, message: str) -> dict[str, Any]:
     }
 
 
-@app.task(name="previewvec.featurize", bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(name="previewvec.featurize", bind=True, acks_late=True, reject_on_worker_lost=True,
+          Request=CrashCappedRequest)
 def featurize_task(self, job: dict[str, Any]) -> dict[str, Any]:
     """Featurize one job; the result (shown in Flower) is the outcome with stage timings."""
+    task_id = self.request.id  # None when called directly (tests): nothing to count
+    if task_id:
+        capped = _start_attempt(task_id)
+        if capped:  # crashed too often: record it instead of crashing once more
+            result = record_failure(job, crashes.CODE, capped)
+            _end_attempt(task_id, retried=False)
+            return result
+    ended = "crash"  # what the finally sees if this process dies first: nothing
+    try:
+        result = _featurize(self, job)
+        ended = "over"
+        return result
+    except Retry:
+        ended = "retry"
+        raise
+    except Exception:
+        ended = "over"
+        raise
+    finally:
+        if task_id and ended != "crash":
+            _end_attempt(task_id, retried=ended == "retry")
+
+
+def _start_attempt(task_id: str) -> str | None:
+    """Count this attempt's start; the failure message if earlier ones crashed too often."""
+    ctx = context()
+    try:
+        count = ctx.runs.attempt_started(task_id)
+    except Exception:  # Redis away: run the job uncounted rather than not at all
+        log.exception("could not count the start of %s", task_id)
+        return None
+    capped = crashes.over_cap(count, ctx.settings.max_crash_redeliveries)
+    if capped:
+        log.error("task %s gave up at its start: %s", task_id, capped)
+    return capped
+
+
+def _end_attempt(task_id: str, *, retried: bool) -> None:
+    try:
+        if retried:
+            context().runs.attempt_retried(task_id)
+        else:
+            context().runs.attempts_over(task_id)
+    except Exception:  # at worst a later crash counts one too many; the key expires
+        log.exception("could not end the crash count of %s", task_id)
+
+
+def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     from workers.featurize import featurize
 
     try:
         return featurize(job, context()).to_dict()
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
-            return _record_failure(job, exc.code, exc.message)
+            return record_failure(job, exc.code, exc.message)
         delay = random.uniform(0, min(STORE_BACKOFF_CAP_S, 2.0**self.request.retries))
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:
-        return _record_failure(
+        return record_failure(
             job,
             "timeout",
             f"the job exceeded its {app.conf.task_soft_time_limit} s time limit",
         )
     except PreviewvecError as exc:  # e.g. a permanent store error (store_error)
-        return _record_failure(job, exc.code, exc.message)
+        return record_failure(job, exc.code, exc.message)
     except Exception as exc:
         log.exception("unexpected failure featurizing %r", job)
-        return _record_failure(job, "internal_error", f"{type(exc).__name__}: {exc}")
+        return record_failure(job, "internal_error", f"{type(exc).__name__}: {exc}")

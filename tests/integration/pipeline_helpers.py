@@ -17,11 +17,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,6 +146,23 @@ class _Route:
     status: int
     body: bytes
     content_type: str
+    # A route that signals whoever fetches it: given the peer's pid, returns the pid or
+    # process group to signal (negative: a group), or None to refuse (answers 500).
+    killer: Callable[[int], int | None] | None = None
+    signal: int = signal.SIGKILL
+
+
+def peer_pid(conn: socket.socket) -> int | None:
+    """The pid of the process at the other end of an accepted 127.0.0.1 connection: the
+    one holding a TCP socket whose own address is this connection's peer address."""
+    import psutil
+
+    peer, me = conn.getpeername()[:2], conn.getsockname()[:2]
+    for found in psutil.net_connections(kind="tcp"):
+        if (found.pid and found.pid != os.getpid() and found.laddr and found.raddr
+                and tuple(found.laddr) == tuple(peer) and tuple(found.raddr) == tuple(me)):
+            return int(found.pid)
+    return None
 
 
 class ClipServer:
@@ -157,6 +175,8 @@ class ClipServer:
     def __init__(self) -> None:
         self._routes: dict[str, _Route] = {}
         self.hits: Counter[str] = Counter()
+        # path → what its killer route signalled (negative: a process group)
+        self.killed: defaultdict[str, list[int]] = defaultdict(list)
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -167,6 +187,16 @@ class ClipServer:
 
     def add_clip(self, clip: Clip) -> str:
         return self.add(f"/clips/{clip.name}", clip.data, clip.content_type)
+
+    def add_killer(self, path: str, target: Callable[[int], int | None],
+                   sig: int = signal.SIGKILL) -> str:
+        """A preview whose fetch SIGKILLs the fetching process (a job that crashes native
+        code every time), or sends it ``sig`` (SIGSTOP: a job stuck beyond any time
+        limit). ``target(peer pid)`` picks whom: the pid itself, a negative process-group
+        id, or None to refuse (then the fetch gets a 500)."""
+        with self._lock:
+            self._routes[path] = _Route(500, b"refused to kill\n", "text/plain", target, sig)
+        return self.url(path)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         assert self._httpd is not None, "start() first"
@@ -196,6 +226,18 @@ class ClipServer:
                     route = server._routes.get(parts.path)
                 if delay_ms:
                     time.sleep(delay_ms / 1000)
+                if route is not None and route.killer is not None:
+                    pid = peer_pid(self.connection)
+                    victim = route.killer(pid) if pid is not None else None
+                    if victim is not None:
+                        with server._lock:
+                            server.killed[parts.path].append(victim)
+                        if victim < 0:
+                            os.killpg(-victim, route.signal)
+                        else:
+                            os.kill(victim, route.signal)
+                        self.close_connection = True
+                        return
                 if route is None:
                     route = _Route(404, b"not found\n", "text/plain")
                 self.send_response(route.status)

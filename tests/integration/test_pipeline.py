@@ -19,6 +19,7 @@ Workers load numba's compiled extractor from a cache directory shared by the ses
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ import pytest
 
 from previewvec.records import decode_record, record_key
 from previewvec.runs import RunStatus
+from previewvec.settings import Settings
 from tests.integration.pipeline_helpers import (
     FETCH_MAX_BYTES,
     Clip,
     ClipServer,
     Pipeline,
+    WorkerProcess,
     catalog_line,
     make_clips,
     numba_cache_warmed,
@@ -598,5 +601,181 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path, assets: As
         assert pipeline.runs.ready_depth() == 0
         print(f"run finished {finished_after_s:.1f} s after the kills; B's job "
               f"{orphan_id} written {written_after_s:.1f} s after its first delivery")
+    finally:
+        pipeline.close()
+
+
+# --------------------------------------------------------------------------- crash cap
+
+
+def _pool_child_of(pipeline: Pipeline, pid: int) -> WorkerProcess | None:
+    """The pipeline's worker whose pool child ``pid`` is (only those may be killed)."""
+    return next((w for w in pipeline.workers if w.alive() and pid in w.pool_children()), None)
+
+
+def _listed_failures(pipeline: Pipeline, run_id: str) -> dict[str, dict]:
+    listed = pipeline.cli("failures", run_id)
+    assert listed.returncode == 0, listed.stderr
+    return {row["recording_id"]: row for row in map(json.loads, listed.stdout.splitlines())}
+
+
+def _no_crash_counts_left(pipeline: Pipeline) -> list[str]:
+    return list(pipeline.runs.redis.scan_iter("pv:crash:*"))
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(420)
+def test_job_that_kills_its_pool_child_ends_as_a_listed_failure(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """A preview whose fetch SIGKILLs the fetching pool child, every time, in a batch of
+    good ones. With the default cap (3 redeliveries) it runs 4 times, then is recorded as
+    ``worker_crashed`` (signal and count in the message) and acknowledged; the rest of
+    the run completes and nothing loops. ``retry`` runs it again on purpose (4 more)."""
+    cap = Settings().max_crash_redeliveries
+    pipeline = Pipeline(tmp_path / "pipe", cache_dir=assets.cache_dir,
+                        store=str(tmp_path / "store"))
+    try:
+        def kill_pool_child(pid: int) -> int | None:
+            return pid if _pool_child_of(pipeline, pid) else None
+
+        path = f"/crash/{tmp_path.name}.m4a"
+        killer_url = clip_server.add_killer(path, kill_pool_child)
+        a, b = pipeline.start_worker("ca"), pipeline.start_worker("cb")
+        a.wait_warm()
+        b.wait_warm()
+        clips = assets.clips[:6]
+        lines = [*catalog(clip_server, clips, "cap"), catalog_line("cap-crash", killer_url)]
+        enqueued_at = time.time()
+        run = pipeline.enqueue(lines)
+        status = pipeline.wait_run(run.run_id, expected_total=len(lines), timeout_s=240)
+        finished_at = time.time()
+        assert status.counts == {"queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
+
+        def check_failure(deliveries: int) -> None:
+            failures = _listed_failures(pipeline, run.run_id)
+            assert set(failures) == {"cap-crash"}, failures
+            failure = failures["cap-crash"]
+            assert failure["code"] == "worker_crashed", failure
+            assert "SIGKILL (signal 9)" in failure["message"], failure
+            assert f"{cap + 1} crashes" in failure["message"], failure
+            # Acknowledged, not requeued: nothing is left to deliver, and it stays at
+            # 1 + cap deliveries (no loop), each one a killed child.
+            pipeline.wait_until(lambda: not pipeline.unacked()
+                                and pipeline.queue_depth("batch") == 0,
+                                timeout_s=30, what="every delivery to be acknowledged")
+            assert clip_server.hits[path] == deliveries, clip_server.hits[path]
+            assert len(clip_server.killed[path]) == deliveries
+            assert not _no_crash_counts_left(pipeline)
+            assert pipeline.runs.status(run.run_id).counts["failed"] == 1
+
+        check_failure(cap + 1)
+        recorded_at = dict(pipeline.runs.failures(run.run_id))["cap-crash"]["at"]
+        print(f"pool-child crash cap: {cap + 1} deliveries, worker_crashed recorded "
+              f"{recorded_at - enqueued_at:.1f} s after the enqueue; run of {len(lines)} "
+              f"finished after {finished_at - enqueued_at:.1f} s")
+        logs = a.log() + b.log()
+        assert logs.count("gave up: pool child killed by SIGKILL") == 1, pipeline.logs()
+
+        retried = pipeline.cli("retry", run.run_id)
+        assert retried.returncode == 0, retried.stderr
+        assert f"re-enqueued 1 failed jobs of {run.run_id}" in retried.stdout
+        pipeline.wait_until(lambda: len(clip_server.killed[path]) >= 2 * (cap + 1)
+                            and pipeline.runs.status(run.run_id).counts["queued"] == 0,
+                            timeout_s=180, what="the retried job to crash and give up again")
+        check_failure(2 * (cap + 1))
+        assert pipeline.runs.status(run.run_id).counts == {
+            "queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(420)
+def test_job_that_kills_its_whole_worker_ends_as_a_listed_failure(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """A preview whose fetch SIGKILLs the fetching worker's whole process group: no
+    process is left to see the death, the job comes back by the visibility timeout. The
+    starts counted in Redis still end it: with a cap of 1, it is killed twice and its
+    third delivery records ``worker_crashed`` before fetching anything."""
+    pipeline = Pipeline(
+        tmp_path / "pipe", cache_dir=assets.cache_dir, store=str(tmp_path / "store"),
+        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+                   "PREVIEWVEC_MAX_CRASH_REDELIVERIES": "1"})
+    try:
+        def kill_whole_worker(pid: int) -> int | None:
+            worker = _pool_child_of(pipeline, pid)
+            return -worker.pid if worker else None
+
+        path = f"/crash/{tmp_path.name}.m4a"
+        killer_url = clip_server.add_killer(path, kill_whole_worker)
+        for name in ("wa", "wb"):
+            pipeline.start_worker(name).wait_warm()
+        clips = assets.clips[6:10]
+        lines = [*catalog(clip_server, clips, "whole"), catalog_line("whole-crash", killer_url)]
+        enqueued_at = time.time()
+        run = pipeline.enqueue(lines)
+
+        # Keep two workers running, as a supervisor (Kubernetes) would.
+        deadline = time.monotonic() + 300
+        started = 2
+        while True:
+            status = pipeline.runs.status(run.run_id)
+            if status.total == len(lines) and status.counts["queued"] == 0:
+                break
+            assert time.monotonic() < deadline, f"run stuck at {status.counts}\n{pipeline.logs()}"
+            while len(pipeline.live_workers()) < 2:
+                started += 1
+                pipeline.start_worker(f"w{started}")
+            time.sleep(0.5)
+
+        assert status.counts == {"queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
+        failure = _listed_failures(pipeline, run.run_id)["whole-crash"]
+        assert failure["code"] == "worker_crashed", failure
+        assert "2 crashes" in failure["message"], failure
+        assert clip_server.hits[path] == 2 and len(clip_server.killed[path]) == 2
+        assert all(victim < 0 for victim in clip_server.killed[path])
+        pipeline.wait_until(lambda: not pipeline.unacked() and pipeline.queue_depth("batch") == 0,
+                            timeout_s=30, what="every delivery to be acknowledged")
+        assert clip_server.hits[path] == 2
+        assert not _no_crash_counts_left(pipeline)
+        assert "gave up at its start" in "".join(w.log() for w in pipeline.workers)
+        recorded_at = dict(pipeline.runs.failures(run.run_id))["whole-crash"]["at"]
+        print(f"whole-worker crash cap (cap 1, visibility timeout {VISIBILITY_TIMEOUT_S} s): "
+              f"worker_crashed recorded {recorded_at - enqueued_at:.1f} s after the enqueue, "
+              f"{started} workers started in all")
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(300)
+def test_job_killed_at_the_hard_time_limit_is_a_recorded_timeout(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """A preview whose fetch freezes the fetching pool child (SIGSTOP: stuck in native
+    code, where the soft limit cannot interrupt it). The hard limit kills the child and
+    Celery acknowledges the job; it is recorded as ``timeout``, not left "queued"."""
+    pipeline = Pipeline(tmp_path / "pipe", cache_dir=assets.cache_dir,
+                        store=str(tmp_path / "store"),
+                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
+    try:
+        def freeze_pool_child(pid: int) -> int | None:
+            return pid if _pool_child_of(pipeline, pid) else None
+
+        path = f"/freeze/{tmp_path.name}.m4a"
+        frozen_url = clip_server.add_killer(path, freeze_pool_child, signal.SIGSTOP)
+        pipeline.start_worker("ta").wait_warm()
+        clips = assets.clips[10:12]
+        lines = [*catalog(clip_server, clips, "limit"), catalog_line("limit-frozen", frozen_url)]
+        run = pipeline.enqueue(lines)
+        status = pipeline.wait_run(run.run_id, expected_total=len(lines), timeout_s=180)
+        assert status.counts == {"queued": 0, "done": len(clips), "skipped": 0, "failed": 1}
+        failure = _listed_failures(pipeline, run.run_id)["limit-frozen"]
+        assert failure["code"] == "timeout", failure
+        hard_limit_s = 0.75 * VISIBILITY_TIMEOUT_S  # workers/app.py
+        assert f"hard time limit ({hard_limit_s} s)" in failure["message"], failure
+        pipeline.wait_until(lambda: not pipeline.unacked() and pipeline.queue_depth("batch") == 0,
+                            timeout_s=30, what="every delivery to be acknowledged")
+        assert clip_server.hits[path] == 1
+        assert not _no_crash_counts_left(pipeline)
     finally:
         pipeline.close()
