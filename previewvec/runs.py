@@ -157,3 +157,27 @@ class Runs:
     def indexed_count(self, feature_version: str) -> int:
         return int(self.redis.scard(self._indexed_key(feature_version)))
 
+
+    # Resume cursors of producers: the last input line whose jobs are all published, and
+    # the run that line belongs to (`pv:cursor:<name>`, `pv:cursor:<name>:run`).
+    def cursor(self, name: str) -> int | None:
+        raw = self.redis.get(f"{PREFIX}:cursor:{name}")
+        return None if raw is None else int(raw)
+
+    def cursor_run(self, name: str) -> str | None:
+        raw = self.redis.get(f"{PREFIX}:cursor:{name}:run")
+        return None if raw is None else str(raw)
+
+    def clear_cursor(self, name: str) -> None:
+        self.redis.delete(f"{PREFIX}:cursor:{name}", f"{PREFIX}:cursor:{name}:run")
+
+    def chunk_published(self, run_id: str, n: int, *, cursor_name: str | None = None,
+                        line: int | None = None) -> None:
+        """Count ``n`` more published jobs in the run's ``submitted`` and, with a cursor,
+        move it to ``line``, in one transaction: the count and the cursor always agree."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(_key(run_id, "meta"), "submitted", n)
+        if cursor_name is not None and line is not None:
+            pipe.set(f"{PREFIX}:cursor:{cursor_name}", line)
+            pipe.set(f"{PREFIX}:cursor:{cursor_name}:run", run_id)
+        pipe.execute()
