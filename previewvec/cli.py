@@ -69,16 +69,6 @@ def _say(message: str) -> None:
     print("previewvec: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
 
 
-def _readable(path: str, what: str) -> None:
-    """Raise :class:`InputUnreadable` unless ``path`` is a file we can open for reading."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise InputUnreadable(f"cannot read {what} {path!r}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
-
-
 def _check_store(store: object) -> None:
     """Probe the store (S3: HEAD the bucket) so a misconfiguration fails now, typed."""
     check = getattr(store, "check", None)
@@ -198,8 +188,6 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     from producers.submit import build_resolver, iter_resolutions, resolution_line
 
     kind, value = _resolve_input(args)
-    if kind == "dump":
-        _readable(str(value), "dump")
     resolver = build_resolver(settings)
     resolved = unresolved = 0
     try:
@@ -241,8 +229,6 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kind, value = _resolve_input(args)
     queue = args.queue or default_queue(kind)
-    if kind == "dump":
-        _readable(str(value), "dump")
     resolver = build_resolver(settings)
     store = None
     if not args.force:  # stored recordings are skipped: the store must answer
