@@ -69,6 +69,15 @@ def _say(message: str) -> None:
     print("previewvec: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
 
 
+def _log_progress() -> None:
+    """Long producer commands log their progress (INFO); libraries only their warnings."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "celery", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _check_store(store: object) -> None:
     """Probe the store (S3: HEAD the bucket) so a misconfiguration fails now, typed."""
     check = getattr(store, "check", None)
@@ -144,13 +153,10 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     from previewvec.runs import Runs
     from producers.queue import enqueue_file, plan_enqueue
 
-    # The backpressure waits are logged ("queue batch holds N > M messages: waiting").
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_progress()  # the backpressure waits ("queue batch holds N > M messages: waiting")
     # SIGTERM (a stopped container, `kill`) ends the enqueue like Ctrl-C: between chunks,
     # with the resume hint, instead of dying silently.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -212,7 +218,6 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
 
     import redis
 
@@ -226,7 +231,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         submit,
     )
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_progress()
     kind, value = _resolve_input(args)
     queue = args.queue or default_queue(kind)
     resolver = build_resolver(settings)

@@ -171,8 +171,11 @@ def test_s3_wrong_credentials(base_env, checking_moto) -> None:
 
 
 def test_s3_missing_bucket(base_env, bucket) -> None:
-    env = {**base_env, "PREVIEWVEC_STORE": "s3://no-such-bucket-here/p"}
-    for command in (["reduce"], ["reindex"], ["similar", "x"]):
+    env = {**base_env, "PREVIEWVEC_STORE": "s3://no-such-bucket-here/p",
+           "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    # submit checks the store before resolving anything (it skips stored recordings).
+    for command in (["reduce"], ["reindex"], ["similar", "x"],
+                    ["submit", "--isrc", "USRC17607839"]):
         expect_fault(env, command, EXIT_STORE, "bucket 'no-such-bucket-here' does not exist")
 
 
@@ -220,6 +223,8 @@ def test_empty_index(base_env) -> None:
         store.put(record.key, encode_record(record))
     expect_fault(base_env, ["similar", "stored-1"], EXIT_NOT_FOUND,
                  "the vector index holds no vectors", "previewvec reduce")
+    expect_fault(base_env, ["similar", "stored-1", "--tempo-min", "nan"], EXIT_USAGE,
+                 "tempo_bpm")
 
 
 @pytest.mark.parametrize("command", ["status", "failures", "retry"])
@@ -270,3 +275,15 @@ def test_missing_mb_contact(base_env) -> None:
     expect_fault(base_env, ["submit", "--isrc", "USRC17607839"], EXIT_USAGE,
                  "PREVIEWVEC_MB_CONTACT")
 
+
+
+def test_every_exit_status_is_documented() -> None:
+    """The README's exit-status table lists exactly the statuses the CLI uses."""
+    from previewvec import cli
+
+    used = {v for k, v in vars(cli).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("**Exit status.**", 1)[1].split("\n\n", 2)[1]
+    documented = {int(line.split("|")[1]) for line in table.splitlines()
+                  if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    assert documented == used | {0}
