@@ -218,7 +218,6 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-
     import redis
 
     from producers.submit import (
@@ -351,8 +350,17 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.records import record_key
+    from workers.features.layout import FEATURE_VERSION
     from workers.reducer import Reducer
+    from workers.store import validate_key
 
+    missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
+                       f"({settings.store})")
+    try:
+        validate_key(record_key(FEATURE_VERSION, args.recording_id))
+    except ValueError:  # an id that can never be stored
+        raise missing from None
     reducer = Reducer.build(settings)
     _check_store(reducer.store)
     where: dict[str, object] = {}
@@ -366,9 +374,8 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         where["mode"] = args.mode
     try:
         matches = reducer.similar(args.recording_id, args.k, filter=where or None)
-    except (FileNotFoundError, ValueError):  # ValueError: an id that can never be stored
-        raise NotFound(f"no stored record for {args.recording_id!r} in the feature store "
-                       f"({settings.store})") from None
+    except FileNotFoundError:
+        raise missing from None
     if not matches and reducer.index.count() == 0:
         raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
                             "(or `previewvec reindex`) first")

@@ -208,6 +208,7 @@ def test_empty_store(base_env) -> None:
     expect_fault(base_env, ["reindex"], EXIT_NOT_FOUND, "holds no records")
     expect_fault(base_env, ["similar", "never-stored"], EXIT_NOT_FOUND,
                  "no stored record for 'never-stored'")
+    expect_fault(base_env, ["similar", ".."], EXIT_NOT_FOUND, "no stored record for '..'")
 
 
 def test_empty_index(base_env) -> None:
