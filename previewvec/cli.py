@@ -5,13 +5,84 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from previewvec.errors import PreviewvecError
+from previewvec.errors import (
+    ConfigError,
+    InputUnreadable,
+    NotFound,
+    NothingStored,
+    PreviewvecError,
+    StoreError,
+    UnknownRun,
+    UpstreamError,
+    VectorIndexError,
+)
 from previewvec.settings import Settings
+
+# Exit statuses: one per family of expected operational fault (README "Commands").
+EXIT_FAILED_INPUTS = 1  # extract: some inputs failed; also any other typed failure
+EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
+EXIT_REDIS = 3  # Redis (PREVIEWVEC_BROKER_URL) unreachable
+EXIT_STORE = 4  # the feature store is down, refuses the credentials, or has no bucket
+EXIT_INDEX = 5  # the vector index is unreachable or refuses the request
+EXIT_NOT_FOUND = 6  # unknown run id, recording not stored, empty store or index
+EXIT_INPUT_FILE = 7  # a file named on the command line cannot be read (or written)
+EXIT_UPSTREAM = 8  # MusicBrainz / iTunes unavailable or refusing
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+class Interrupted(PreviewvecError):
+    """The user interrupted a command (Ctrl-C); the message says how to continue."""
+
+    code = "interrupted"
+
+
+# Most specific first; a typed failure of no listed family exits 1.
+EXIT_FAMILIES: tuple[tuple[type[PreviewvecError], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (StoreError, EXIT_STORE),
+    (VectorIndexError, EXIT_INDEX),
+    (NotFound, EXIT_NOT_FOUND),
+    (InputUnreadable, EXIT_INPUT_FILE),
+    (UpstreamError, EXIT_UPSTREAM),
+    (Interrupted, EXIT_INTERRUPTED),
+)
+
+
+def exit_status(exc: PreviewvecError) -> int:
+    """The documented exit status for a typed failure."""
+    if exc.code == "invalid_filter":  # built from the command's own options
+        return EXIT_USAGE
+    for family, status in EXIT_FAMILIES:
+        if isinstance(exc, family):
+            return status
+    return EXIT_FAILED_INPUTS
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("previewvec: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+
+
+def _log_progress() -> None:
+    """Long producer commands log their progress (INFO); libraries only their warnings."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "celery", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _check_store(store: object) -> None:
+    """Probe the store (S3: HEAD the bucket) so a misconfiguration fails now, typed."""
+    check = getattr(store, "check", None)
+    if check is not None:
+        check()
 
 
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
@@ -74,28 +145,31 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs, new_run_id
-    from producers.queue import enqueue_catalog
-    from producers.submit import record_unresolved_line, unwrap_resolution_lines
+    from previewvec.runs import Runs
+    from producers.queue import enqueue_file, plan_enqueue
 
-    # `previewvec resolve` output is accepted too: {"job": {...}} lines are unwrapped,
-    # {"job": null} lines become failures of the run (with the resolver's error code).
-    run_id = new_run_id()
+    _log_progress()  # the backpressure waits ("queue batch holds N > M messages: waiting")
+    # SIGTERM (a stopped container, `kill`) ends the enqueue like Ctrl-C: between chunks,
+    # with the resume hint, instead of dying silently.
+    signal.signal(signal.SIGTERM, _interrupt)
     runs = Runs.from_url(settings.broker_url)
-    unresolved = 0
-
-    def on_unresolved(line_no: int, obj: dict) -> None:
-        nonlocal unresolved
-        unresolved += 1
-        record_unresolved_line(runs, run_id, line_no, obj)
-
-    with open(args.catalog, "rb") as handle:
-        report = enqueue_catalog(unwrap_resolution_lines(handle, on_unresolved), settings,
-                                 queue=args.queue, force=args.force, run_id=run_id,
-                                 source=os.path.basename(args.catalog))
-    print(report.run_id)
-    extra = f", unresolved {unresolved}" if unresolved else ""
+    plan = plan_enqueue(args.catalog, runs, restart=args.restart)
+    print(plan.run_id, flush=True)  # at once: `status` can follow a long enqueue
+    if plan.resume_after:
+        print(f"resuming run {plan.run_id} after catalog line {plan.resume_after} "
+              "(--restart starts a new run)", file=sys.stderr)
+    try:
+        report = enqueue_file(args.catalog, plan, settings, runs=runs, queue=args.queue,
+                              force=args.force)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: run the same command again to continue run "
+                          f"{plan.run_id} (--restart starts over)") from None
+    extra = f", unresolved {report.unresolved}" if report.unresolved else ""
     print(f"queued {report.queued}, invalid lines {report.invalid}{extra}", file=sys.stderr)
     return 0
 
@@ -117,13 +191,13 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     from producers.submit import build_resolver, iter_resolutions, resolution_line
 
     kind, value = _resolve_input(args)
-    try:
-        resolver = build_resolver(settings)
-    except PreviewvecError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+    resolver = build_resolver(settings)
     resolved = unresolved = 0
-    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {args.out!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
     try:
         for item in iter_resolutions(resolver, kind, value):
             res = item[1] if kind == "dump" else item
@@ -141,8 +215,6 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     import redis
 
     from producers.submit import (
@@ -155,14 +227,16 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         submit,
     )
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_progress()
     kind, value = _resolve_input(args)
     queue = args.queue or default_queue(kind)
-    try:
-        resolver = build_resolver(settings)
-    except PreviewvecError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+    resolver = build_resolver(settings)
+    store = None
+    if not args.force:  # stored recordings are skipped: the store must answer
+        from workers.store import open_store
+
+        store = open_store(settings.store, settings)
+        _check_store(store)
     cursor = start = None
     if kind == "dump":
         cursor = args.cursor or dump_cursor_name(str(value))
@@ -173,9 +247,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if start:
             print(f"resuming dump at line {start} (cursor {cursor})", file=sys.stderr)
     items = iter_resolutions(resolver, kind, value, start_line=start or 0)
+    source = str(value)[:200] if kind != "new_releases" else "new_releases"
     report = submit(items, settings, queue=queue, force=args.force, cursor_name=cursor,
-                    meta={"input": kind, "source": str(value)[:200] if kind != "new_releases"
-                          else "new_releases"})
+                    store=store, meta={"input": kind, "source": source})
     print(report.run_id)
     print(f"resolved {report.resolved}, unresolved {report.unresolved}, "
           f"skipped (stored) {report.skipped}, queued {report.queued}", file=sys.stderr)
@@ -184,9 +258,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.api_tokens:
-        print("PREVIEWVEC_API_TOKENS is not set: every request would be refused "
-              "(comma-separated bearer tokens)", file=sys.stderr)
-        return 2
+        raise ConfigError("PREVIEWVEC_API_TOKENS is not set: every request would be "
+                          "refused (comma-separated bearer tokens)")
+    _check_listen(args.host, args.port)
     import uvicorn
 
     from producers.api import create_app
@@ -194,6 +268,22 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=args.loglevel, proxy_headers=False)
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one line now if ``host:port`` cannot be listened on (in use, bad host),
+    instead of uvicorn's log lines and its exit status 3 (ours for Redis)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,8 +297,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
     runs = Runs.from_url(settings.broker_url)
     if not runs.exists(args.run_id):
-        print(f"no such run: {args.run_id}", file=sys.stderr)
-        return 2
+        raise UnknownRun(f"no such run: {args.run_id}")
     for recording_id, entry in sorted(runs.failures(args.run_id)):
         print(json.dumps({"recording_id": recording_id, "code": entry["code"],
                           "message": entry["message"]}, ensure_ascii=False))
@@ -216,21 +305,19 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.jobs import InvalidJob, Job
     from previewvec.runs import Runs
-    from producers.queue import publish
+    from producers.queue import retry_run
 
     runs = Runs.from_url(settings.broker_url)
-    jobs = []
-    for _, entry in runs.failures(args.run_id):
-        if entry.get("job"):
-            try:
-                jobs.append(Job.from_dict(entry["job"]))
-            except InvalidJob:
-                continue
-    queue = args.queue or runs.status(args.run_id).meta.get("queue", "batch")
-    report = publish(jobs, runs, settings, run_id=args.run_id, queue=queue)
+    report = retry_run(args.run_id, runs, settings, queue=args.queue, everything=args.all)
     print(f"re-enqueued {report.queued} failed jobs of {args.run_id}")
+    if report.permanent:
+        codes = ", ".join(f"{code} {n}" for code, n in sorted(report.permanent.items()))
+        print(f"skipped {sum(report.permanent.values())} permanent failures ({codes}); "
+              "--all re-runs them too")
+    if report.no_job:
+        print(f"{report.no_job} failures have no job to re-run (invalid catalog lines, "
+              "unresolved recordings)")
     return 0
 
 
@@ -238,9 +325,10 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
     from workers.reducer import Reducer
 
     reducer = Reducer.build(settings)
-    if args.follow:
+    if args.follow:  # waits out store and index outages itself
         reducer.follow(args.batch_size)
         return 0
+    _check_store(reducer.store)
     n = reducer.drain(args.batch_size)
     reducer.index.wait_for_writes()
     print(f"reduced {n} ready records; index holds {reducer.index.count()} vectors")
@@ -251,6 +339,7 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from workers.reducer import Reducer
 
     reducer = Reducer.build(settings)
+    _check_store(reducer.store)
     n = reducer.reindex(args.batch_size, refit=args.refit)
     reducer.index.wait_for_writes()
     print(f"reindexed {n} records; index holds {reducer.index.count()} vectors")
@@ -258,9 +347,19 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.records import record_key
+    from workers.features.layout import FEATURE_VERSION
     from workers.reducer import Reducer
+    from workers.store import validate_key
 
+    missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
+                       f"({settings.store})")
+    try:
+        validate_key(record_key(FEATURE_VERSION, args.recording_id))
+    except ValueError:  # an id that can never be stored
+        raise missing from None
     reducer = Reducer.build(settings)
+    _check_store(reducer.store)
     where: dict[str, object] = {}
     tempo = {op: v for op, v in (("$gte", args.tempo_min), ("$lte", args.tempo_max))
              if v is not None}
@@ -273,8 +372,10 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     try:
         matches = reducer.similar(args.recording_id, args.k, filter=where or None)
     except FileNotFoundError:
-        print(f"no stored record for {args.recording_id}", file=sys.stderr)
-        return 1
+        raise missing from None
+    if not matches and reducer.index.count() == 0:
+        raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
+                            "(or `previewvec reindex`) first")
     for match in matches:
         print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
                           "score": round(match.score, 4), "descriptors": {
@@ -334,13 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="enqueue a JSON Lines catalog of jobs; prints the run id",
                        description="Validate every line (bad lines are recorded as failures "
-                       "of the run with their line number) and enqueue the valid jobs. "
+                       "of the run with their line number) and enqueue the valid jobs, "
+                       "waiting while the queue holds more than PREVIEWVEC_QUEUE_HIGH_WATER. "
+                       "Resumable: after an interruption, the same command continues the "
+                       "same run after the last published line (--restart starts over). "
                        "`previewvec resolve` output is accepted too: {\"job\": {...}, ...} "
                        "lines are unwrapped, {\"job\": null, ...} lines are recorded as "
                        "failures with their error_code.")
     p.add_argument("catalog", help="JSON Lines file, one job (or resolve result) per line")
     p.add_argument("--queue", choices=("batch", "ondemand"), default="batch")
     p.add_argument("--force", action="store_true", help="recompute even if a record exists")
+    p.add_argument("--restart", action="store_true",
+                   help="forget an interrupted enqueue of this catalog and start a new run")
     p.set_defaults(handler=cmd_enqueue)
 
     for name, help_, description in (
@@ -403,11 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.set_defaults(handler=cmd_failures)
 
-    p = sub.add_parser("retry", help="re-enqueue a run's failed jobs",
-                       description="Re-enqueue every failed job of the run (invalid catalog "
-                       "lines cannot be retried).")
+    p = sub.add_parser("retry", help="re-enqueue a run's transient failures",
+                       description="Re-enqueue the run's failed jobs whose cause may be gone "
+                       "(network, 5xx/429, timeouts, store outages, crashed workers, internal "
+                       "errors); permanent ones (http_404, undecodable, ...) only with --all. "
+                       "Invalid catalog lines and unresolved recordings have no job to "
+                       "re-run. Waits while the queue is above PREVIEWVEC_QUEUE_HIGH_WATER.")
     p.add_argument("run_id")
     p.add_argument("--queue", choices=("batch", "ondemand"), default=None)
+    p.add_argument("--all", action="store_true",
+                   help="re-run every failure with a job, permanent ones too")
     p.set_defaults(handler=cmd_retry)
 
     p = sub.add_parser("reduce", help="load ready records into the vector index",
@@ -454,14 +565,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ValueError as exc:
-        parser.error(str(exc))
+        _say(str(exc))
+        return EXIT_USAGE
     # `reduce --follow` is the long-running service: it waits out outages by design.
     if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
         problem = _broker_problem(settings)
         if problem:
-            print(f"previewvec: {problem}", file=sys.stderr)
-            return 3
-    return int(args.handler(args, settings))
+            _say(problem)
+            return EXIT_REDIS
+    return run_handler(args, settings)
+
+
+def run_handler(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command; an expected operational fault becomes one line and its exit status.
+
+    Anything else (a bug) keeps its traceback.
+    """
+    import redis
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        return int(args.handler(args, settings))
+    except PreviewvecError as exc:
+        _say(exc.message)
+        return exit_status(exc)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Redis answered at the start and went away for longer than the client's retries.
+        _say(f"lost Redis at {maybe_sanitize_url(settings.broker_url)} "
+             f"(PREVIEWVEC_BROKER_URL): {exc}")
+        return EXIT_REDIS
 
 
 # Commands that keep run state in Redis. Their Redis client rides out a restart by
@@ -469,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # at all the command should say so at once instead of retrying and then printing a
 # traceback.
 _BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
-                              cmd_reduce})
+                              cmd_reduce, cmd_reindex})
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 

@@ -71,3 +71,113 @@ ERROR_CODES: tuple[str, ...] = (
     TooLarge.code,
     InvalidSignal.code,
 )
+
+
+# --- operational faults ------------------------------------------------------------------
+# Families a user meets in normal operation (bad configuration, a backend that is down or
+# refuses us, a run that does not exist). The CLI turns each family into one line on stderr
+# and its own exit status (previewvec/cli.py, EXIT_STATUS); workers record their codes.
+
+
+class ConfigError(PreviewvecError, ValueError):
+    """A setting is malformed or names something unusable (an unknown URL scheme, an s3://
+    URL without a bucket, a missing required value). A ValueError too, for older callers."""
+
+    code = "bad_config"
+
+
+class InputUnreadable(PreviewvecError):
+    """A file the user named cannot be read (or written): missing, a folder, no permission."""
+
+    code = "input_unreadable"
+
+
+class NotFound(PreviewvecError):
+    """The thing asked for does not exist: an unknown run id, an unstored recording."""
+
+    code = "not_found"
+
+
+class UnknownRun(NotFound):
+    code = "unknown_run"
+
+
+class NothingStored(NotFound):
+    """The feature store or the vector index is empty where the command needs records."""
+
+    code = "nothing_stored"
+
+
+class StoreError(PreviewvecError):
+    """A permanent feature-store failure (access denied, missing bucket, disk error…)."""
+
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """A transient backend failure (connection refused, timeout, 5xx, throttling): retry."""
+
+    code = "store_unavailable"
+
+
+class StoreAccessDenied(StoreError):
+    """No credentials, unknown or wrong credentials, or a policy that refuses the request."""
+
+    code = "store_access_denied"
+
+
+class StoreBucketMissing(StoreError):
+    """The bucket the store URL names does not exist."""
+
+    code = "store_bucket_missing"
+
+
+class VectorIndexError(PreviewvecError):
+    """Base of vector index failures."""
+
+    code = "index_error"
+
+
+class IndexRejected(VectorIndexError):
+    """The backend refused the request (4xx other than 429); retrying will not help."""
+
+    code = "index_rejected"
+
+
+class IndexUnavailable(VectorIndexError):
+    """The backend stayed unreachable/overloaded after retries, or a wait timed out."""
+
+    code = "index_unavailable"
+
+
+class UpstreamError(PreviewvecError):
+    """Base of failures of the services jobs are resolved from (MusicBrainz, iTunes)."""
+
+    code = "upstream_error"
+
+
+# --- which failures are worth running again ----------------------------------------------
+# Failure codes (of recordings in a run) whose cause may be gone on a later try: network
+# trouble, overload, a store that was down, a crashed or timed-out worker, a bug since
+# fixed. `previewvec retry RUN` re-runs these; the rest (http_404, undecodable,
+# invalid_job, …) fail the same way again and are only re-run with `--all`.
+TRANSIENT_CODES: frozenset[str] = frozenset({
+    "fetch_failed",        # timeouts and connection errors (after the fetch's own retries)
+    "http_408",
+    "http_425",
+    "http_429",
+    "timeout",             # the task's time limit
+    "worker_crashed",      # the pool child died (signal, OOM) more often than the cap
+    "internal_error",      # an unexpected exception: maybe a bug fixed since
+    StoreUnavailable.code,
+    IndexUnavailable.code,
+    "upstream_unavailable",
+    "rate_limited",
+})
+
+
+def is_transient(code: str) -> bool:
+    """Whether a failure with ``code`` may succeed when run again (5xx statuses included)."""
+    if code in TRANSIENT_CODES:
+        return True
+    return code.startswith("http_5") and code[5:].isdigit() and len(code) == 8

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
+from previewvec.errors import UnknownRun
 from previewvec.runs import Runs, RunStatus
 from previewvec.settings import Settings
 
@@ -57,8 +57,7 @@ def watch_status(settings: Settings, run_id: str, *, watch: bool = False,
                  interval_s: float = 2.0) -> int:
     runs = Runs.from_url(settings.broker_url)
     if not runs.exists(run_id):
-        print(f"no such run: {run_id}", file=sys.stderr)
-        return 2
+        raise UnknownRun(f"no such run: {run_id}")
     previous: tuple[float, int] | None = None
     while True:
         status = runs.status(run_id)

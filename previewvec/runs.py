@@ -241,6 +241,13 @@ class Runs:
         self.redis.hset(_key(run_id, "meta"), mapping={"created_at": time.time(), **meta})
         self.redis.zadd(RUNS_INDEX, {run_id: time.time()})
 
+    def set_producing(self, run_id: str, producing: bool) -> None:
+        """Say whether a producer is still adding jobs to the run (its meta
+        ``resolution_state``): a run being added to is never closed by housekeeping, so an
+        interrupted ``enqueue`` can be resumed into the same, uncompacted run."""
+        self.redis.hset(_key(run_id, "meta"), "resolution_state",
+                        "running" if producing else "finished")
+
     def exists(self, run_id: str) -> bool:
         return bool(self.redis.exists(_key(run_id, "meta")))
 
@@ -423,6 +430,30 @@ class Runs:
     def attempts_over(self, task_id: str) -> None:
         """The job ended for good (an outcome was accounted): forget its crash count."""
         self.redis.delete(self._crash_key(task_id))
+
+    # Resume cursors of producers: the last input line whose jobs are all published, and
+    # the run that line belongs to (`pv:cursor:<name>`, `pv:cursor:<name>:run`).
+    def cursor(self, name: str) -> int | None:
+        raw = self.redis.get(f"{PREFIX}:cursor:{name}")
+        return None if raw is None else int(raw)
+
+    def cursor_run(self, name: str) -> str | None:
+        raw = self.redis.get(f"{PREFIX}:cursor:{name}:run")
+        return None if raw is None else str(raw)
+
+    def clear_cursor(self, name: str) -> None:
+        self.redis.delete(f"{PREFIX}:cursor:{name}", f"{PREFIX}:cursor:{name}:run")
+
+    def chunk_published(self, run_id: str, n: int, *, cursor_name: str | None = None,
+                        line: int | None = None) -> None:
+        """Count ``n`` more published jobs in the run's ``submitted`` and, with a cursor,
+        move it to ``line``, in one transaction: the count and the cursor always agree."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(_key(run_id, "meta"), "submitted", n)
+        if cursor_name is not None and line is not None:
+            pipe.set(f"{PREFIX}:cursor:{cursor_name}", line)
+            pipe.set(f"{PREFIX}:cursor:{cursor_name}:run", run_id)
+        pipe.execute()
 
 
 def parse_ready_entry(entry: str) -> tuple[str, bool]:

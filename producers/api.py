@@ -5,7 +5,9 @@ auth except ``/healthz`` and the docs):
 
 - ``POST /v1/jobs`` — one of ``{"release": MBID}``, ``{"isrcs": [...]}``, ``{"query":
   LUCENE}``, ``{"new_releases": {"since": DATE, "until": DATE}}``, ``{"jobs": [Job...]}``,
-  plus optional ``queue`` and ``force``. Answers 202 with the run id at once; resolution
+  plus optional ``queue`` and ``force``. Answers 429 (with ``Retry-After``) while the
+  target queue holds more than ``settings.queue_high_water`` jobs, else 202 with the run
+  id at once; resolution
   and publishing (:func:`producers.submit.submit`, with its backpressure) run in a
   background thread, so upstream rate limits never hold a request.
 - ``GET /v1/runs/{run_id}`` — counts, resolution progress, failures (cursor-paginated).
@@ -47,7 +49,7 @@ from previewvec.errors import PreviewvecError
 from previewvec.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
 from previewvec.runs import Runs, new_run_id
 from previewvec.settings import Settings
-from producers.queue import QUEUES
+from producers.queue import QUEUES, queue_depth
 from producers.submit import (
     default_queue,
     iter_resolutions,
@@ -63,6 +65,9 @@ MAX_JOBS = 10_000
 MAX_QUERY_CHARS = 1_000
 MAX_ERRORS = 50  # field errors reported per 422
 BACKGROUND_WORKERS = 4
+# Retry-After of a 429 when the target queue is above PREVIEWVEC_QUEUE_HIGH_WATER: about
+# how long a few workers take to work a full chunk off.
+QUEUE_FULL_RETRY_AFTER_S = 30
 INPUT_KEYS = ("release", "isrcs", "query", "new_releases", "jobs")
 OPTION_KEYS = ("queue", "force")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -527,6 +532,15 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
                 "resolution_error": _safe(f"{type(exc).__name__}: {exc}")[:500]})
 
     def _accept(sub: Submission) -> dict[str, Any]:
+        # Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
+        # goes to is above the mark, rather than pile it up in the background threads.
+        depth = queue_depth(runs.redis, sub.queue)
+        if depth > settings.queue_high_water:
+            raise HTTPException(
+                429, f"queue {sub.queue!r} holds {depth} jobs, more than its high-water "
+                f"mark of {settings.queue_high_water}: try again in "
+                f"{QUEUE_FULL_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
         resolver = None
         if sub.kind != "jobs":
             try:  # no network: only clients are built, so misconfiguration shows up now
@@ -553,6 +567,8 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
               responses={202: {"description": "accepted; follow the run at status_url"},
                          400: {"description": "not JSON"}, 401: {"description": "no token"},
                          413: {"description": "body too large"},
+                         429: {"description": "the target queue is above its high-water "
+                               "mark; retry after Retry-After seconds"},
                          422: {"description": "field errors"}})
     async def post_jobs(request: Request) -> SafeJSONResponse:
         body = await request.body()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from previewvec.errors import InputUnreadable
+
 MAX_LINE_BYTES = 50_000_000  # one release with thousands of tracks is a few MB
 _METADATA_FILES = frozenset({"COPYING", "README", "SCHEMA_SEQUENCE", "TIMESTAMP",
                              "REPLICATION_SEQUENCE", "JSON_DUMPS_SCHEMA_NUMBER"})
@@ -63,6 +65,12 @@ def open_dump(path: str | Path, member: str | None = None) -> Iterator[IO[bytes]
     archive metadata (COPYING, README, TIMESTAMP, ...). Tar archives are read in
     streaming mode (no seeking, nothing extracted to disk)."""
     path = Path(path)
+    try:  # a missing, unreadable or folder path: the user's to fix, say so plainly
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputUnreadable(f"cannot read dump {str(path)!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
     if not _is_tar(path):
         with _open_compressed(path) as fh:
             yield fh

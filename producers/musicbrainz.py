@@ -31,7 +31,7 @@ from typing import Any
 import requests
 
 from previewvec import __version__
-from previewvec.errors import PreviewvecError
+from previewvec.errors import ConfigError, UpstreamError
 from previewvec.settings import Settings
 from producers.ratelimit import Backoff, RateLimiter
 
@@ -41,17 +41,17 @@ RELEASE_INC = "recordings+isrcs+artist-credits"
 ISRC_INC = "artist-credits+releases"
 
 
-class MbContactMissing(PreviewvecError):
+class MbContactMissing(ConfigError):
     code = "mb_contact_missing"
 
 
-class UpstreamUnavailable(PreviewvecError):
+class UpstreamUnavailable(UpstreamError):
     """The upstream kept failing (5xx, throttling, network) after every retry."""
 
     code = "upstream_unavailable"
 
 
-class UpstreamRejected(PreviewvecError):
+class UpstreamRejected(UpstreamError):
     """The upstream answered a non-retryable error status (4xx): ``status`` says which."""
 
     code = "upstream_rejected"

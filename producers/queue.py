@@ -1,23 +1,126 @@
-"""Publishing jobs to the broker by task name: producers never import worker code."""
+"""Publishing jobs to the broker by task name: producers never import worker code.
+
+**Backpressure.** Every producer (``enqueue``, ``retry``, ``submit``, the API) publishes in
+chunks and, before each chunk, reads the queue's depth (``LLEN`` of the kombu Redis list
+plus its priority-suffixed siblings); while it is above ``settings.queue_high_water`` it
+sleeps and polls (:func:`wait_for_room`). A chunk is at most the mark (and at most
+:data:`PUBLISH_CHUNK`), so one producer never takes the queue past twice the mark.
+
+**Resumable catalogs.** :func:`enqueue_file` keys a cursor on the catalog's content hash:
+after every published chunk the last catalog line it covers is stored with the run id, in
+the same Redis transaction as the run's ``submitted`` counter. Running the same command
+again after an interruption continues that run after that line; the cursor is dropped once
+the whole catalog is published (so a later ``enqueue`` of the same file is a new run).
+SIGINT and SIGTERM are held while a chunk is published and its cursor moved, so Ctrl-C
+never leaves a chunk published without its cursor; only a hard kill (SIGKILL) in that
+instant republishes one chunk, which is harmless (jobs and run transitions are
+idempotent).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
 from uuid import uuid4
 
+import redis
 from celery import Celery
 from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
-from previewvec.jobs import CatalogLine, Job, parse_catalog
+from previewvec.errors import InputUnreadable, UnknownRun, is_transient
+from previewvec.jobs import CatalogLine, InvalidJob, Job, parse_catalog
 from previewvec.runs import Runs, new_run_id
 from previewvec.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "previewvec.featurize"
 QUEUES = ("ondemand", "batch")
 PUBLISH_CHUNK = 500
+BACKPRESSURE_POLL_S = 1.0
+# kombu's Redis transport keeps one list per queue and priority step: the queue name for
+# priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for ``queue`` (one per priority step)."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
+            for step in KOMBU_PRIORITY_STEPS]
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in ``queue`` (not counting ones a worker has already taken)."""
+    pipe = client.pipeline(transaction=False)
+    for key in queue_keys(queue):
+        pipe.llen(key)
+    return int(sum(pipe.execute()))
+
+
+def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
+                  poll_s: float = BACKPRESSURE_POLL_S,
+                  sleep: Callable[[float], None] = time.sleep) -> float:
+    """Block while ``queue`` holds more than ``high_water`` messages; returns seconds waited."""
+    started = time.monotonic()
+    depth = queue_depth(client, queue)
+    logged = False
+    while depth > high_water:
+        if not logged:
+            log.info("queue %s holds %d > %d messages: waiting for workers", queue, depth,
+                     high_water)
+            logged = True
+        sleep(poll_s)
+        depth = queue_depth(client, queue)
+    waited = time.monotonic() - started
+    if logged:
+        log.info("queue %s down to %d after %.1f s: publishing", queue, depth, waited)
+    return waited
+
+
+def chunk_size(high_water: int | None) -> int:
+    """Jobs per published chunk: at most the high-water mark, so a small mark holds."""
+    if high_water is None:
+        return PUBLISH_CHUNK
+    return max(1, min(PUBLISH_CHUNK, high_water))
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for the duration of the block, then deliver what arrived.
+
+    Around "publish a chunk, move its cursor": an interruption lands before or after the
+    pair, never between them. Only the main thread can install handlers; elsewhere (the
+    API's background threads) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, hold) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def make_client(settings: Settings) -> Celery:
@@ -34,22 +137,163 @@ class EnqueueReport:
     run_id: str
     queued: int
     invalid: int
+    waited_s: float = 0.0  # time spent waiting on backpressure
+    resumed_after: int = 0  # catalog lines a resumed enqueue skipped (published before)
+    unresolved: int = 0  # `previewvec resolve` lines without a job
 
 
 def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: str = "batch",
-                    force: bool = False, run_id: str | None = None,
-                    source: str = "") -> EnqueueReport:
+                    force: bool = False, run_id: str | None = None, source: str = "",
+                    cursor_name: str | None = None, runs: Runs | None = None,
+                    poll_s: float = BACKPRESSURE_POLL_S) -> EnqueueReport:
     """Validate each catalog line, record invalid lines as failures of the run, publish
-    the valid ones. Returns the run id and counts."""
-    runs = Runs.from_url(settings.broker_url)
+    the valid ones with backpressure. Returns the run id and counts.
+
+    An existing ``run_id`` is continued (its meta kept). With ``cursor_name`` the last
+    published line is recorded after every chunk (see :func:`enqueue_file`).
+    """
+    runs = runs or Runs.from_url(settings.broker_url)
     run_id = run_id or new_run_id()
-    runs.create(run_id, queue=queue, source=source)
-    return publish(parse_catalog(lines), runs, settings, run_id=run_id, queue=queue, force=force)
+    if not runs.exists(run_id):
+        runs.create(run_id, queue=queue, source=source)
+    return publish(parse_catalog(lines), runs, settings, run_id=run_id, queue=queue,
+                   force=force, high_water=settings.queue_high_water, poll_s=poll_s,
+                   cursor_name=cursor_name)
+
+
+def catalog_digest(path: str | os.PathLike[str]) -> str:
+    """BLAKE2b of the file's bytes (hex, 128 bits): what names its resume cursor."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+    except OSError as exc:
+        raise InputUnreadable(_unreadable(path, exc)) from None
+    return digest.hexdigest()
+
+
+def _unreadable(path: str | os.PathLike[str], exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return f"cannot read catalog {os.fspath(path)!r}: {reason}"
+
+
+def enqueue_cursor_name(digest: str) -> str:
+    return f"enqueue:{digest}"
+
+
+@dataclass
+class EnqueuePlan:
+    """Where an ``enqueue`` of a file starts: a new run, or the run a cursor names."""
+
+    run_id: str
+    cursor_name: str
+    resume_after: int  # catalog lines already published (0: from the start)
+
+
+def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False) -> EnqueuePlan:
+    """Hash the catalog and look up its cursor (``restart`` forgets it)."""
+    name = enqueue_cursor_name(catalog_digest(path))
+    if restart:
+        runs.clear_cursor(name)
+    run_id = runs.cursor_run(name)
+    if run_id is not None and runs.exists(run_id):
+        return EnqueuePlan(run_id, name, runs.cursor(name) or 0)
+    runs.clear_cursor(name)  # a cursor whose run is gone (expired) starts over
+    return EnqueuePlan(new_run_id(), name, 0)
+
+
+def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Settings, *,
+                 runs: Runs, queue: str = "batch", force: bool = False,
+                 poll_s: float = BACKPRESSURE_POLL_S) -> EnqueueReport:
+    """Enqueue a JSON Lines catalog (jobs, or `previewvec resolve` output) per ``plan``.
+
+    Lines up to ``plan.resume_after`` are read but not parsed or published again. The
+    cursor is dropped once the file is done.
+    """
+    from producers.submit import record_unresolved_line, unwrap_resolution_lines
+
+    unresolved = 0
+
+    def on_unresolved(line_no: int, obj: dict[str, Any]) -> None:
+        nonlocal unresolved
+        unresolved += 1
+        record_unresolved_line(runs, plan.run_id, line_no, obj)
+
+    try:
+        handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputUnreadable(_unreadable(path, exc)) from None
+    if not runs.exists(plan.run_id):
+        runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
+    runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
+    with handle:
+        lines = _skip_lines(handle, plan.resume_after)
+        report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
+                                 queue=queue, force=force, run_id=plan.run_id,
+                                 source=os.path.basename(os.fspath(path)),
+                                 cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s)
+    runs.clear_cursor(plan.cursor_name)
+    runs.set_producing(plan.run_id, False)
+    report.resumed_after = plan.resume_after
+    report.unresolved = unresolved
+    return report
+
+
+def _skip_lines(lines: Iterable[bytes], after: int) -> Iterator[bytes]:
+    """``lines`` with the first ``after`` blanked (line numbers stay right)."""
+    for line_no, raw in enumerate(lines, start=1):
+        yield b"" if line_no <= after else raw
+
+
+@dataclass
+class RetryReport:
+    run_id: str
+    queued: int = 0
+    permanent: Counter[str] = field(default_factory=Counter)  # skipped, by code
+    no_job: int = 0  # failures with nothing to re-run (invalid lines, unresolved)
+    waited_s: float = 0.0
+
+
+def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None = None,
+              everything: bool = False, poll_s: float = BACKPRESSURE_POLL_S) -> RetryReport:
+    """Re-publish a run's failed jobs into the same run: the transient failures
+    (:func:`previewvec.errors.is_transient`), or every one with a job if ``everything``."""
+    if not runs.exists(run_id):
+        raise UnknownRun(f"no such run: {run_id}")
+    report = RetryReport(run_id)
+    jobs: list[Job] = []
+    for _, entry in runs.failures(run_id):
+        raw_job = entry.get("job")
+        if not raw_job:
+            report.no_job += 1
+            continue
+        code = str(entry.get("code", ""))
+        if not everything and not is_transient(code):
+            report.permanent[code] += 1
+            continue
+        try:
+            jobs.append(Job.from_dict(raw_job))
+        except InvalidJob:
+            report.no_job += 1
+    queue = queue or runs.status(run_id).meta.get("queue", "batch")
+    published = publish(jobs, runs, settings, run_id=run_id, queue=queue,
+                        high_water=settings.queue_high_water, poll_s=poll_s)
+    report.queued = published.queued
+    report.waited_s = published.waited_s
+    return report
 
 
 def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, *,
-            run_id: str, queue: str = "batch", force: bool = False) -> EnqueueReport:
-    """Mark the valid jobs queued in the run, then publish them, PUBLISH_CHUNK at a time.
+            run_id: str, queue: str = "batch", force: bool = False,
+            high_water: int | None = None, poll_s: float = BACKPRESSURE_POLL_S,
+            cursor_name: str | None = None) -> EnqueueReport:
+    """Mark the valid jobs queued in the run, then publish them, a chunk at a time.
+
+    With ``high_water``, each chunk waits until the queue holds at most that many messages
+    and is at most that large (:func:`chunk_size`). With ``cursor_name``, each chunk's last
+    catalog line is stored as the resume cursor together with the run's ``submitted``
+    count, while SIGINT/SIGTERM are held (:func:`signals_held`).
 
     Each chunk goes out in one Redis round trip: kombu's publish batch buffers the LPUSHes
     that publishing one message at a time would make, and each message is what
@@ -62,7 +306,7 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}")
     client = make_client(settings)
-    queued = invalid = 0
+    report = EnqueueReport(run_id, 0, 0)
     with client.producer_pool.acquire(block=True) as producer:
         # Batched, a publish only appends to a pipeline, so kombu's per-message retry
         # wrapper has nothing to retry; keep it only where the transport cannot batch.
@@ -70,27 +314,32 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
         # Declared once here, not per message (send_task re-binds the queue every time).
         target = client.amqp.queues[queue]
         producer.maybe_declare(target)
-        for chunk in _chunks(items, PUBLISH_CHUNK):
+        for chunk in _chunks(items, chunk_size(high_water)):
             jobs: list[Job] = []
             for item in chunk:
                 if isinstance(item, CatalogLine) and item.job is None:
-                    invalid += 1
+                    report.invalid += 1
                     runs.fail(run_id, f"line:{item.line_no}", "invalid_job",
                               f"line {item.line_no}: {item.error}")
                     continue
                 job = item.job if isinstance(item, CatalogLine) else item
                 jobs.append(replace(job, run_id=run_id, force=force or job.force))
-            if not jobs:
-                continue
-            # Queued before published: a worker can finish a job within milliseconds, and a
-            # "queued" written after its "done" would count it as queued for ever.
-            runs.mark_many_queued(run_id, [j.recording_id for j in jobs])
-            with producer.batch(max_size=len(jobs)):
-                for job in jobs:
-                    _publish_task(client, producer, target, job.to_dict(), retry=retry)
-            queued += len(jobs)
-    runs.redis.hincrby(f"pv:run:{run_id}:meta", "submitted", queued)
-    return EnqueueReport(run_id, queued, invalid)
+            last_line = chunk[-1].line_no if isinstance(chunk[-1], CatalogLine) else None
+            if jobs and high_water is not None:
+                report.waited_s += wait_for_room(runs.redis, queue, high_water, poll_s=poll_s)
+            with signals_held():
+                if jobs:
+                    # Queued before published: a worker can finish a job within
+                    # milliseconds, and a "queued" written after its "done" would count it
+                    # as queued for ever.
+                    runs.mark_many_queued(run_id, [j.recording_id for j in jobs])
+                    with producer.batch(max_size=len(jobs)):
+                        for job in jobs:
+                            _publish_task(client, producer, target, job.to_dict(), retry=retry)
+                    report.queued += len(jobs)
+                runs.chunk_published(run_id, len(jobs), cursor_name=cursor_name,
+                                     line=last_line)
+    return report
 
 
 def _publish_task(client: Celery, producer: Producer, queue: Queue, job: dict[str, Any], *,

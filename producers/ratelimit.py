@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from previewvec.errors import PreviewvecError
+from previewvec.errors import UpstreamError
 
 KEY_PREFIX = "pv:ratelimit:"
 
@@ -66,7 +66,7 @@ return tat - now
 """
 
 
-class RateLimitTimeout(PreviewvecError):
+class RateLimitTimeout(UpstreamError):
     """No slot could be granted within the caller's timeout."""
 
     code = "rate_limited"

@@ -18,9 +18,10 @@ Resolution progress lives in the run's meta hash (``resolved``, ``unresolved``,
 ``previewvec status`` and ``GET /v1/runs/{id}`` show both.
 
 **Backpressure.** Before each batch is published the broker queue's depth is read
-(``LLEN`` of the kombu Redis list, plus its priority-suffixed siblings); while it is
-above ``settings.queue_high_water`` the producer sleeps and polls. The queue therefore
-never holds more than the mark plus one batch because of this producer.
+(:func:`producers.queue.wait_for_room`: ``LLEN`` of the kombu Redis list, plus its
+priority-suffixed siblings); while it is above ``settings.queue_high_water`` the producer
+sleeps and polls. The queue therefore never holds more than the mark plus one batch
+because of this producer.
 
 **Resumable dump runs.** With ``cursor_name``, the last dump line whose jobs were all
 published is written to ``pv:cursor:<name>`` after every batch (and the run id to
@@ -42,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,15 +52,20 @@ import redis
 from previewvec.jobs import Job
 from previewvec.runs import PREFIX, Runs, new_run_id
 from previewvec.settings import Settings
-from producers.queue import PUBLISH_CHUNK, QUEUES, publish
+from producers.queue import (  # noqa: F401 - the backpressure helpers lived here before
+    BACKPRESSURE_POLL_S,
+    KOMBU_PRIORITY_SEP,
+    KOMBU_PRIORITY_STEPS,
+    PUBLISH_CHUNK,
+    QUEUES,
+    publish,
+    queue_depth,
+    queue_keys,
+    wait_for_room,
+)
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport keeps one list per queue and priority step: the queue name for
-# priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
-BACKPRESSURE_POLL_S = 1.0
 # A dump cursor moves at least this often (in input items) even when nothing is published,
 # e.g. through a long stretch of already-stored recordings.
 CURSOR_EVERY_ITEMS = 5_000
@@ -105,20 +110,6 @@ def cursor_key(name: str) -> str:
     return f"{PREFIX}:cursor:{name}"
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for ``queue`` (one per priority step)."""
-    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
-            for step in KOMBU_PRIORITY_STEPS]
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in ``queue`` (not counting ones a worker has already taken)."""
-    pipe = client.pipeline(transaction=False)
-    for key in queue_keys(queue):
-        pipe.llen(key)
-    return int(sum(pipe.execute()))
-
-
 def read_cursor(client: redis.Redis, name: str) -> int | None:
     raw = client.get(cursor_key(name))
     return None if raw is None else int(raw)
@@ -144,26 +135,6 @@ def reset_cursor(client: redis.Redis, name: str) -> None:
 
 def default_queue(kind: str) -> str:
     return DEFAULT_QUEUES.get(kind, "batch")
-
-
-def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
-                  poll_s: float = BACKPRESSURE_POLL_S,
-                  sleep: Callable[[float], None] = time.sleep) -> float:
-    """Block while ``queue`` holds more than ``high_water`` messages; returns seconds waited."""
-    started = time.monotonic()
-    depth = queue_depth(client, queue)
-    logged = False
-    while depth > high_water:
-        if not logged:
-            log.info("queue %s holds %d > %d messages: waiting for workers", queue, depth,
-                     high_water)
-            logged = True
-        sleep(poll_s)
-        depth = queue_depth(client, queue)
-    waited = time.monotonic() - started
-    if logged:
-        log.info("queue %s down to %d after %.1f s: publishing", queue, depth, waited)
-    return waited
 
 
 # --------------------------------------------------------------------------- submit

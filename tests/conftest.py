@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,18 +32,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A real moto S3 server (``python -m moto.server``) on 127.0.0.1 for the session.
+@contextmanager
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real moto S3 server (``python -m moto.server``) on 127.0.0.1; yields its URL.
 
-    A separate process rather than moto's in-thread server: client and server then use
-    both cores instead of sharing one GIL (the store tests make ~1 000 requests).
+    ``env`` adds variables for the server, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT=0`` to make
+    it check credentials (unknown access keys are refused).
     """
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -62,6 +65,17 @@ def moto_endpoint() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto S3 server for the session.
+
+    A separate process rather than moto's in-thread server: client and server then use
+    both cores instead of sharing one GIL (the store tests make ~1 000 requests).
+    """
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from previewvec.errors import NothingStored
 from previewvec.jobs import vector_id
 from previewvec.records import (
     CorruptRecord,
@@ -107,7 +108,8 @@ class Reducer:
                 return self._normalizer
         vectors = [rec.vector_array() for rec in self._iter_records(limit=FIT_MAX_RECORDS)]
         if not vectors:
-            raise RuntimeError("no stored records to fit a normaliser on")
+            raise NothingStored(f"the feature store holds no records of feature version "
+                                f"{FEATURE_VERSION} to fit a normaliser on")
         self._normalizer = Normalizer.fit(np.stack(vectors), FEATURE_VERSION)
         self.store.put(key, self._normalizer.to_json())
         log.info("fitted normaliser %s on %d records", self._normalizer.version, len(vectors))

@@ -412,7 +412,14 @@ class TestFolderStore:
         assert clip_server.hits["/nothing/here.m4a"] == 1
         assert clip_server.hits["/bad/large.m4a"] == 1
 
-        retried = pipeline.cli("retry", run_id)
+        # Every one of these failures is permanent: a plain retry re-runs none of them
+        # and says so; --all re-runs each one, exactly once.
+        skipped = pipeline.cli("retry", run_id)
+        assert skipped.returncode == 0, skipped.stderr
+        assert f"re-enqueued 0 failed jobs of {run_id}" in skipped.stdout
+        assert f"skipped {len(bad)} permanent failures" in skipped.stdout
+        assert "1 failures have no job to re-run" in skipped.stdout  # the invalid line
+        retried = pipeline.cli("retry", run_id, "--all")
         assert retried.returncode == 0, retried.stderr
         assert f"re-enqueued {len(bad)} failed jobs of {run_id}" in retried.stdout
         pipeline.wait_run(run_id, expected_total=total, timeout_s=120)

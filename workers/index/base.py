@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from previewvec.errors import PreviewvecError
+# The families live in previewvec.errors (the CLI maps them to exit statuses); re-exported.
+from previewvec.errors import (  # noqa: F401
+    ConfigError,
+    IndexRejected,
+    IndexUnavailable,
+    VectorIndexError,
+)
 
 if TYPE_CHECKING:
     from previewvec.settings import Settings
@@ -45,12 +51,6 @@ FILTER_FIELDS: dict[str, FieldKind] = {
 FILTER_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
 
 
-class VectorIndexError(PreviewvecError):
-    """Base of vector index failures."""
-
-    code = "index_error"
-
-
 class InvalidIndexItem(VectorIndexError):
     """An item breaks the index limits; raised before anything is sent or written."""
 
@@ -61,18 +61,6 @@ class InvalidFilter(VectorIndexError):
     """A filter uses an unknown field or operator, or a value of the wrong type."""
 
     code = "invalid_filter"
-
-
-class IndexRejected(VectorIndexError):
-    """The backend refused the request (4xx other than 429); retrying will not help."""
-
-    code = "index_rejected"
-
-
-class IndexUnavailable(VectorIndexError):
-    """The backend stayed unreachable/overloaded after retries, or a wait timed out."""
-
-    code = "index_unavailable"
 
 
 @dataclass
@@ -316,20 +304,27 @@ def _check_filter_value(name: str, kind: FieldKind, op: str, value: object) -> N
 
 
 def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
-    """A folder path → :class:`EmbeddedIndex`; ``vectorize://NAME`` → :class:`VectorizeIndex`."""
+    """A folder path → :class:`EmbeddedIndex`; ``vectorize://NAME`` → :class:`VectorizeIndex`.
+
+    A malformed URL or missing Vectorize credentials raise :class:`ConfigError`.
+    """
     if url.startswith("vectorize://"):
         from workers.index.vectorize import VectorizeIndex
 
         name = url[len("vectorize://") :].strip("/")
-        return VectorizeIndex(
-            name,
-            account_id=settings.vectorize_account_id,
-            api_token=settings.vectorize_api_token,
-            dim=dim,
-            base_url=settings.vectorize_base_url,
-        )
+        try:
+            return VectorizeIndex(
+                name,
+                account_id=settings.vectorize_account_id,
+                api_token=settings.vectorize_api_token,
+                dim=dim,
+                base_url=settings.vectorize_base_url,
+            )
+        except ValueError as exc:  # a bad name, no account id or token
+            raise ConfigError(f"index {url!r} (PREVIEWVEC_INDEX): {exc}") from None
     if "://" in url and not url.startswith("file://"):
-        raise ValueError(f"unsupported index url scheme: {url!r}")
+        raise ConfigError(f"unsupported index URL {url!r} (PREVIEWVEC_INDEX): expected a "
+                          "folder, file://FOLDER or vectorize://NAME")
     from workers.index.embedded import EmbeddedIndex
 
     return EmbeddedIndex(url.removeprefix("file://"), dim)

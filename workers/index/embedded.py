@@ -29,6 +29,7 @@ from workers.index.base import (
     IndexItem,
     IndexRejected,
     Match,
+    VectorIndexError,
     check_id,
     check_items,
     check_k,
@@ -111,7 +112,10 @@ class EmbeddedIndex:
             raise ValueError(f"dim must be 1..{MAX_DIMENSIONS}")
         self.dim = dim
         self.path = Path(path).expanduser()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission: fix PREVIEWVEC_INDEX
+            raise VectorIndexError(f"cannot use index folder {self.path}: {exc}") from None
         # interval 0: every read sees the latest committed version, also when another
         # process (e.g. the reducer) wrote it.
         self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))

@@ -199,7 +199,9 @@ class VectorizeIndex:
             if attempt == self.max_attempts:
                 break
             delay = self._backoff(attempt, retry_after)
-            log.warning(
+            # INFO: routine while it lasts; the outcome is IndexUnavailable (the CLI's one
+            # line, the reducer's warning) if every attempt fails.
+            log.info(
                 "vectorize %s: %s; retry %d/%d in %.2fs",
                 op,
                 problem,

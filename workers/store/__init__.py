@@ -1,7 +1,10 @@
 """Feature store: where feature records live (a local folder or an S3/R2 bucket)."""
 
 from workers.store.base import (
+    ConfigError,
     FeatureStore,
+    StoreAccessDenied,
+    StoreBucketMissing,
     StoreError,
     StoreUnavailable,
     open_store,
@@ -10,7 +13,10 @@ from workers.store.base import (
 )
 
 __all__ = [
+    "ConfigError",
     "FeatureStore",
+    "StoreAccessDenied",
+    "StoreBucketMissing",
     "StoreError",
     "StoreUnavailable",
     "open_store",

@@ -5,22 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from previewvec.errors import PreviewvecError
+from previewvec.errors import (
+    ConfigError,
+    StoreAccessDenied,
+    StoreBucketMissing,
+    StoreError,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from previewvec.settings import Settings
 
-
-class StoreError(PreviewvecError):
-    """A permanent store failure (access denied, missing bucket, disk error…)."""
-
-    code = "store_error"
-
-
-class StoreUnavailable(StoreError):
-    """A transient backend failure (connection refused, timeout, 5xx, throttling): retry."""
-
-    code = "store_unavailable"
+# The error families live in previewvec.errors (the CLI maps them to exit statuses); they
+# are re-exported here for the store's users.
+__all__ = ["ConfigError", "FeatureStore", "StoreAccessDenied", "StoreBucketMissing",
+           "StoreError", "StoreUnavailable", "open_store", "parse_s3_url", "validate_key"]
 
 
 @runtime_checkable
@@ -65,18 +64,23 @@ def validate_key(key: str) -> str:
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")`` (prefix may be empty)."""
+    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")`` (prefix may be empty).
+
+    Raises :class:`ConfigError` (a ValueError) for anything else.
+    """
     if not url.startswith("s3://"):
-        raise ValueError(f"not an s3:// url: {url!r}")
+        raise ConfigError(f"not an s3:// url: {url!r}")
     bucket, _, prefix = url[len("s3://") :].partition("/")
     if not bucket:
-        raise ValueError(f"s3 url has no bucket: {url!r}")
+        raise ConfigError(f"store URL {url!r} names no bucket (expected s3://BUCKET/PREFIX, "
+                          "PREVIEWVEC_STORE)")
     return bucket, prefix.strip("/")
 
 
 def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
     """A plain path (or ``file://path``) → :class:`LocalStore`; ``s3://bucket/prefix`` →
-    :class:`S3Store` configured from the standard AWS environment variables."""
+    :class:`S3Store` configured from the standard AWS environment variables. A malformed
+    or unknown URL raises :class:`ConfigError`."""
     del settings  # reserved: both backends read everything they need from url/env today
     if url.startswith("s3://"):
         from workers.store.s3 import S3Store
@@ -84,7 +88,8 @@ def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
         bucket, prefix = parse_s3_url(url)
         return S3Store(bucket, prefix)
     if "://" in url and not url.startswith("file://"):
-        raise ValueError(f"unsupported store url scheme: {url!r}")
+        raise ConfigError(f"unsupported store URL {url!r} (PREVIEWVEC_STORE): expected a "
+                          "folder, file://FOLDER or s3://BUCKET/PREFIX")
     from workers.store.local import LocalStore
 
     return LocalStore(url.removeprefix("file://"))

@@ -26,6 +26,9 @@ class LocalStore:
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
+    def check(self) -> None:
+        """Nothing to probe: the folder was created (or refused) when the store opened."""
+
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 

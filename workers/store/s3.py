@@ -20,12 +20,21 @@ from botocore.exceptions import (
     ClientError,
     HTTPClientError,
     IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from workers.store.base import StoreError, StoreUnavailable, validate_key
+from workers.store.base import (
+    ConfigError,
+    StoreAccessDenied,
+    StoreBucketMissing,
+    StoreError,
+    StoreUnavailable,
+    validate_key,
+)
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset(
@@ -43,6 +52,21 @@ _TRANSIENT_CODES = frozenset(
         "BandwidthLimitExceeded",
     }
 )
+# Credentials missing, unknown, wrong or not allowed: a person has to fix the configuration.
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "403",
+    }
+)
+_CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
 
 
 def _region() -> str:
@@ -81,7 +105,10 @@ class S3Store:
         # A private session: boto3's default session is shared module state and not
         # thread-safe to create clients from; the client itself is thread-safe.
         session = boto3.session.Session()
-        self._client = session.client("s3", region_name=_region(), config=config)
+        try:
+            self._client = session.client("s3", region_name=_region(), config=config)
+        except ValueError as exc:  # e.g. AWS_ENDPOINT_URL_S3 is not a URL
+            raise ConfigError(f"cannot configure the S3 client: {exc}") from None
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -103,16 +130,38 @@ class S3Store:
             if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
                 raise FileNotFoundError(f"no such key: {key}") from None
             message = f"{where}: {code or 'error'} (HTTP {status or '?'})"
+            if code == "NoSuchBucket":
+                raise StoreBucketMissing(f"{message}: bucket {self.bucket!r} does not exist "
+                                         "(PREVIEWVEC_STORE)") from exc
+            if code in _DENIED_CODES or status == 403:
+                raise StoreAccessDenied(f"{message}: the credentials ({_CREDENTIALS_HINT}) "
+                                        "are unknown, wrong or not allowed") from exc
             if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
                 raise StoreUnavailable(message) from exc
             raise StoreError(message) from exc
         except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
             raise StoreUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
-        except BotoCoreError as exc:  # no credentials, bad parameters, …
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreAccessDenied(f"{where}: {exc} (set {_CREDENTIALS_HINT})") from exc
+        except BotoCoreError as exc:  # bad parameters, …
             raise StoreError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     def _display(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def check(self) -> None:
+        """HEAD the bucket: raise the typed error (missing bucket, credentials, endpoint
+        down) now rather than at the first record; HEAD of a missing object cannot tell a
+        missing bucket from a missing key."""
+        with self._errors("head-bucket", ""):
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                # HEAD responses carry no error body: only the status says what went wrong.
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if status == 404:
+                    exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
+                raise
 
     def exists(self, key: str) -> bool:
         """HEAD the object."""

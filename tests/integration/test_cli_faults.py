@@ -1,0 +1,290 @@
+"""Every CLI command meets the faults a user meets: one line on stderr, no traceback, and
+the documented exit status (README "Commands"). Real components: a private redis-server,
+moto's S3 server (one that checks credentials too), closed ports for services that are
+down, real files and folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from previewvec.cli import (
+    EXIT_INDEX,
+    EXIT_INPUT_FILE,
+    EXIT_NOT_FOUND,
+    EXIT_REDIS,
+    EXIT_STORE,
+    EXIT_USAGE,
+)
+from previewvec.localredis import LocalRedis
+from previewvec.records import FeatureRecord, encode_record, make_provenance
+from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY, free_port, moto_server
+from workers.features.layout import VECTOR_DIM
+from workers.store import open_store
+
+BUCKET = "pv-cli-faults"
+AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_endpoint: str) -> str:
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name=MOTO_REGION,
+                          aws_access_key_id=MOTO_ACCESS_KEY,
+                          aws_secret_access_key=MOTO_SECRET_KEY)
+    client.create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+@pytest.fixture(scope="module")
+def checking_moto() -> Iterator[str]:
+    """A moto server that refuses unknown access keys, as S3 and R2 do."""
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def base_env(redis_url: str, moto_endpoint: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in AWS_VARS and not k.startswith("PREVIEWVEC_")}
+    if "PREVIEWVEC_CACHE_DIR" in os.environ:  # the warmed numba cache
+        env["PREVIEWVEC_CACHE_DIR"] = os.environ["PREVIEWVEC_CACHE_DIR"]
+    env.update({
+        "PREVIEWVEC_BROKER_URL": redis_url,
+        "PREVIEWVEC_STORE": str(tmp_path / "store"),
+        "PREVIEWVEC_INDEX": str(tmp_path / "index"),
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": MOTO_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": MOTO_SECRET_KEY,
+        "AWS_REGION": MOTO_REGION,
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+    })
+    return env
+
+
+def closed_url(scheme: str = "http", path: str = "") -> str:
+    return f"{scheme}://127.0.0.1:{free_port()}{path}"
+
+
+def expect_fault(env: dict[str, str], args: list[str], status: int, *needles: str,
+                 timeout_s: float = 120) -> str:
+    """Run the CLI; assert the exit status and exactly one stderr line, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", *args], env=env,
+                            capture_output=True, text=True, timeout=timeout_s,
+                            stdin=subprocess.DEVNULL)
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("previewvec: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("command", [["reduce"], ["reindex"], ["similar", "some-id"]])
+@pytest.mark.parametrize(("store", "needle"), [
+    ("ftp://x/features", "unsupported store URL 'ftp://x/features'"),
+    ("s3://", "names no bucket"),
+    ("s3:///prefix", "names no bucket"),
+])
+def test_bad_store_url(base_env, command, store, needle) -> None:
+    expect_fault({**base_env, "PREVIEWVEC_STORE": store}, command, EXIT_USAGE, needle,
+                 "PREVIEWVEC_STORE")
+
+
+def test_malformed_s3_endpoint(base_env, bucket) -> None:
+    env = {**base_env, "PREVIEWVEC_STORE": f"s3://{bucket}/p",
+           "AWS_ENDPOINT_URL_S3": "not a url"}
+    expect_fault(env, ["reindex"], EXIT_USAGE, "cannot configure the S3 client")
+
+
+@pytest.mark.parametrize(("index", "extra", "needle"), [
+    ("ftp://x", {}, "unsupported index URL"),
+    ("vectorize://idx", {}, "PREVIEWVEC_VECTORIZE_ACCOUNT_ID"),
+    ("vectorize://bad name!", {"PREVIEWVEC_VECTORIZE_ACCOUNT_ID": "a",
+                               "PREVIEWVEC_VECTORIZE_API_TOKEN": "t"}, "index name"),
+])
+def test_bad_index_url(base_env, index, extra, needle) -> None:
+    for command in (["reduce"], ["similar", "x"]):
+        expect_fault({**base_env, "PREVIEWVEC_INDEX": index, **extra}, command, EXIT_USAGE,
+                     needle)
+
+
+def test_malformed_setting_is_one_line(base_env) -> None:
+    env = {**base_env, "PREVIEWVEC_QUEUE_HIGH_WATER": "lots"}
+    expect_fault(env, ["status", "x"], EXIT_USAGE, "PREVIEWVEC_QUEUE_HIGH_WATER")
+
+
+def test_api_without_tokens_or_port(base_env) -> None:
+    expect_fault(base_env, ["api"], EXIT_USAGE, "PREVIEWVEC_API_TOKENS")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        expect_fault({**base_env, "PREVIEWVEC_API_TOKENS": "t"}, ["api", "--port", str(port)],
+                     EXIT_USAGE, f"cannot listen on 127.0.0.1:{port}")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_s3_endpoint_down(base_env, bucket) -> None:
+    env = {**base_env, "PREVIEWVEC_STORE": f"s3://{bucket}/p",
+           "AWS_ENDPOINT_URL_S3": closed_url()}
+    expect_fault(env, ["reduce"], EXIT_STORE, "Could not connect to the endpoint URL")
+
+
+def test_s3_missing_credentials(base_env, bucket) -> None:
+    env = {k: v for k, v in base_env.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env["PREVIEWVEC_STORE"] = f"s3://{bucket}/p"
+    for command in (["reindex"], ["similar", "x"]):
+        expect_fault(env, command, EXIT_STORE, "Unable to locate credentials",
+                     "AWS_ACCESS_KEY_ID")
+
+
+def test_s3_wrong_credentials(base_env, checking_moto) -> None:
+    env = {**base_env, "PREVIEWVEC_STORE": "s3://any-bucket/p",
+           "AWS_ENDPOINT_URL_S3": checking_moto, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"}
+    for command in (["reduce"], ["reindex"], ["similar", "x"]):
+        expect_fault(env, command, EXIT_STORE, "credentials", "HTTP 403")
+
+
+def test_s3_missing_bucket(base_env, bucket) -> None:
+    env = {**base_env, "PREVIEWVEC_STORE": "s3://no-such-bucket-here/p",
+           "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    # submit checks the store before resolving anything (it skips stored recordings).
+    for command in (["reduce"], ["reindex"], ["similar", "x"],
+                    ["submit", "--isrc", "USRC17607839"]):
+        expect_fault(env, command, EXIT_STORE, "bucket 'no-such-bucket-here' does not exist")
+
+
+def test_store_folder_unusable(base_env) -> None:
+    # A regular file where a folder should be (also fails as root, unlike a chmod).
+    env = {**base_env, "PREVIEWVEC_STORE": "/etc/passwd/store"}
+    expect_fault(env, ["reindex"], EXIT_STORE, "cannot create store folder")
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def test_index_folder_unusable(base_env) -> None:
+    env = {**base_env, "PREVIEWVEC_INDEX": "/etc/passwd"}
+    expect_fault(env, ["reduce"], EXIT_INDEX, "cannot use index folder")
+
+
+def test_vectorize_unreachable(base_env) -> None:
+    env = {**base_env, "PREVIEWVEC_INDEX": "vectorize://idx",
+           "PREVIEWVEC_VECTORIZE_ACCOUNT_ID": "acct", "PREVIEWVEC_VECTORIZE_API_TOKEN": "tok",
+           "PREVIEWVEC_VECTORIZE_BASE_URL": closed_url(path="/client/v4")}
+    line = expect_fault(env, ["reduce"], EXIT_INDEX, "Vectorize", "ConnectionError")
+    assert "tok" not in line and "acct" not in line
+
+
+# --------------------------------------------------------------------------- empty, unknown
+
+
+def test_empty_store(base_env) -> None:
+    expect_fault(base_env, ["reindex"], EXIT_NOT_FOUND, "holds no records")
+    expect_fault(base_env, ["similar", "never-stored"], EXIT_NOT_FOUND,
+                 "no stored record for 'never-stored'")
+    expect_fault(base_env, ["similar", ".."], EXIT_NOT_FOUND, "no stored record for '..'")
+
+
+def test_empty_index(base_env) -> None:
+    store = open_store(base_env["PREVIEWVEC_STORE"])
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        record = FeatureRecord(
+            recording_id=f"stored-{i}", vector=rng.normal(size=VECTOR_DIM).tolist(),
+            descriptors={"tempo_bpm": 100.0 + i, "key": "A", "mode": "minor"},
+            provenance=make_provenance(preview_url="https://p.scdn.co/1",
+                                       audio_sha256="ab" * 32, source="spotify",
+                                       run_id="r1", decoder="test"))
+        store.put(record.key, encode_record(record))
+    expect_fault(base_env, ["similar", "stored-1"], EXIT_NOT_FOUND,
+                 "the vector index holds no vectors", "previewvec reduce")
+    expect_fault(base_env, ["similar", "stored-1", "--tempo-min", "nan"], EXIT_USAGE,
+                 "tempo_bpm")
+
+
+@pytest.mark.parametrize("command", ["status", "failures", "retry"])
+def test_unknown_run(base_env, command) -> None:
+    expect_fault(base_env, [command, "nosuchrun"], EXIT_NOT_FOUND, "no such run: nosuchrun")
+
+
+def test_redis_lost_is_exit_3(base_env) -> None:
+    # The check at start-up (tests/unit/test_cli.py covers each command); here the reducer
+    # is a one-off too.
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": closed_url("redis", "/0")}
+    expect_fault(env, ["reindex"], EXIT_REDIS, "cannot reach Redis")
+
+
+# --------------------------------------------------------------------------- input files
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("/nonexistent/catalog.jsonl", "No such file or directory"),
+    ("/tmp", "Is a directory"),
+    ("/etc/passwd/catalog.jsonl", "Not a directory"),
+])
+def test_catalog_unreadable(base_env, path, reason) -> None:
+    expect_fault(base_env, ["enqueue", path], EXIT_INPUT_FILE, f"cannot read catalog {path!r}",
+                 reason)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_catalog_without_permission(base_env, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("{}\n")
+    catalog.chmod(0)
+    expect_fault(base_env, ["enqueue", str(catalog)], EXIT_INPUT_FILE, "Permission denied")
+
+
+def test_dump_and_output_files(base_env, tmp_path: Path) -> None:
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    for command in ("resolve", "submit"):
+        extra = ["--out", "-"] if command == "resolve" else []
+        expect_fault(env, [command, "--dump", str(tmp_path / "missing"), *extra],
+                     EXIT_INPUT_FILE, "cannot read dump")
+    expect_fault(env, ["resolve", "--release", "0f6ab4b4-1b5e-4bd2-8b7c-5fd5e1b3d2a1",
+                       "--out", str(tmp_path / "no" / "such" / "folder.jsonl")],
+                 EXIT_INPUT_FILE, "cannot write")
+
+
+def test_missing_mb_contact(base_env) -> None:
+    expect_fault(base_env, ["submit", "--isrc", "USRC17607839"], EXIT_USAGE,
+                 "PREVIEWVEC_MB_CONTACT")
+
+
+
+def test_every_exit_status_is_documented() -> None:
+    """The README's exit-status table lists exactly the statuses the CLI uses."""
+    from previewvec import cli
+
+    used = {v for k, v in vars(cli).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("**Exit status.**", 1)[1].split("\n\n", 2)[1]
+    documented = {int(line.split("|")[1]) for line in table.splitlines()
+                  if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    assert documented == used | {0}
