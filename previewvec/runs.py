@@ -39,6 +39,21 @@ if old then redis.call('HINCRBY', KEYS[2], old, -1) end
 return 1
 """
 
+# KEYS: state hash, counters hash, failures hash. ARGV: recording id, failure entry (JSON).
+# Records a failure, unless the recording is already done or skipped: then the failure
+# comes from a second execution of a job another one completed (a redelivery after the
+# first holder stalled past the visibility timeout), and the record it wrote stands.
+_FAIL = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old == 'done' or old == 'skipped' then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+if old == 'failed' then return 1 end
+redis.call('HSET', KEYS[1], ARGV[1], 'failed')
+redis.call('HINCRBY', KEYS[2], 'failed', 1)
+if old then redis.call('HINCRBY', KEYS[2], old, -1) end
+return 1
+"""
+
 
 def new_run_id() -> str:
     """Sortable, unique: UTC time plus randomness."""
@@ -70,6 +85,7 @@ class Runs:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
+        self._fail = client.register_script(_FAIL)
 
     @classmethod
     def from_url(cls, url: str) -> Runs:
@@ -104,10 +120,11 @@ class Runs:
 
     def fail(self, run_id: str, recording_id: str, code: str, message: str,
              job: Mapping[str, Any] | None = None) -> None:
+        """Record a failure; a recording already done or skipped in the run stays so."""
         entry = {"code": code, "message": message, "job": dict(job) if job else None,
                  "at": time.time()}
-        self.redis.hset(_key(run_id, "failures"), recording_id, json.dumps(entry))
-        self.mark(run_id, recording_id, "failed")
+        keys = [_key(run_id, "state"), _key(run_id, "counts"), _key(run_id, "failures")]
+        self._fail(keys=keys, args=[recording_id, json.dumps(entry)])
 
     def succeed(self, run_id: str, recording_id: str, state: str) -> None:
         """done or skipped: also forget an earlier failure of the same recording."""

@@ -149,8 +149,9 @@ def _record_hard_time_limit(sender: Any = None, exception: BaseException | None 
         return
     limit = exception.args[0] if exception.args else "?"
     message = f"the job exceeded its hard time limit of {limit} s; its pool child was killed"
-    try:
-        _bookkeeping().fail(run_id, str(recording_id)[:64], "timeout", message, job)
+    recording_id = str(recording_id)[:64]
+    try:  # (a recording another worker finished meanwhile stays done: Runs.fail)
+        _bookkeeping().fail(run_id, recording_id, "timeout", message, job)
     except Exception:  # Redis unreachable for its whole retry budget: only the log is left
         log.exception("could not record the hard time limit of %s in run %s", recording_id,
                       run_id)

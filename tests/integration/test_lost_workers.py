@@ -14,6 +14,7 @@ clips over HTTP from 127.0.0.1, the folder store, the embedded index):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -231,4 +232,59 @@ def test_hard_time_limit_ends_as_a_recorded_timeout(tmp_path: Path, assets: Asse
         status = pipeline.wait_run(nxt.run_id, expected_total=1, timeout_s=120)
         assert status.counts["done"] == 1
     finally:
+        pipeline.close()
+
+
+SHORT_STALL_S = 20.0  # less than the visibility timeout minus one heartbeat interval
+
+
+@pytest.mark.timeout(420)
+def test_stalled_main_process_short_stall_keeps_its_job_long_stall_costs_work_only(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """The heartbeat runs on the worker's event loop. A main process stopped (SIGSTOP)
+    for 20 s keeps its job: nothing is handed out. Stopped past the visibility timeout,
+    the worker counts as lost: its job is run again by another worker, and the effect is
+    still one record and one vector (the job ran twice, which is work, not a duplicate)."""
+    pipeline = Pipeline(tmp_path / "pipe", cache_dir=assets.cache_dir,
+                        store=str(tmp_path / "store"))
+    try:
+        a = pipeline.start_worker("a")
+        a.wait_warm()
+        ids, lines, paths = serve_batch(clip_server, assets.clips, "stall", 2, delay_ms=3000)
+
+        # A short stall: A holds the job throughout, B (started meanwhile) gets nothing.
+        first = pipeline.enqueue(lines[:1])
+        pipeline.wait_until(lambda: len(pipeline.unacked()) == 1, timeout_s=30,
+                            what="A holding the first job")
+        os.kill(a.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        b = pipeline.start_worker("b")
+        b.wait_warm()
+        pipeline.wait_until(lambda: time.monotonic() - stopped > SHORT_STALL_S,
+                            timeout_s=SHORT_STALL_S + 10, what="the short stall")
+        os.kill(a.pid, signal.SIGCONT)
+        pipeline.wait_run(first.run_id, expected_total=1, timeout_s=60)
+        assert "] received" not in b.log(), b.log_tail()
+        assert clip_server.hits[paths[ids[0]]] == 1
+        b.stop()
+
+        # A long stall of the whole worker (a paused VM): A's job is restored after the
+        # timeout and run by C; then A wakes up and finishes its copy too.
+        second = pipeline.enqueue(lines[1:])
+        pipeline.wait_until(lambda: clip_server.hits[paths[ids[1]]] == 1, timeout_s=30,
+                            what="A working on the second job")
+        os.killpg(a.pid, signal.SIGSTOP)
+        c = pipeline.start_worker("c")
+        pipeline.wait_run(second.run_id, expected_total=1,
+                          timeout_s=VISIBILITY_S + SWEEP_S + POLL_MARGIN_S + 30)
+        os.killpg(a.pid, signal.SIGCONT)
+        assert "] received" in c.log(), c.log_tail()
+        pipeline.wait_until(lambda: not pipeline.unacked(), timeout_s=30,
+                            what="both deliveries acknowledged")
+        assert clip_server.hits[paths[ids[1]]] == 2  # the work was done twice ...
+        assert_exactly_once(pipeline, tmp_path, ids)  # ... its effect is there once
+        assert pipeline.runs.status(second.run_id).counts["done"] == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(a.pid, signal.SIGCONT)
         pipeline.close()
