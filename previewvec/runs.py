@@ -86,6 +86,9 @@ if old == new then
   return 0
 end
 if old == 'done' and new == 'skipped' then return 0 end
+-- a failure never overrides a completed recording: it comes from a second execution
+-- of a job another one completed (its first holder stalled past the visibility timeout)
+if new == 'failed' and (old == 'done' or old == 'skipped') then return 0 end
 redis.call('HSET', KEYS[1], rid, new)
 redis.call('HINCRBY', KEYS[2], new, 1)
 if old then redis.call('HINCRBY', KEYS[2], old, -1) end

@@ -75,7 +75,7 @@ class Settings:
     )
     fetch_connect_timeout_s: float = 5.0
     fetch_read_timeout_s: float = 10.0
-    fetch_total_timeout_s: float = 30.0
+    fetch_total_timeout_s: float = 15.0  # inside the task's 20 s soft time limit
     fetch_max_bytes: int = 10_000_000
     fetch_max_redirects: int = 3
     fetch_retries: int = 4
@@ -88,9 +88,10 @@ class Settings:
     # Runs: a finished run's keys (counts, meta, failures) expire this long after the
     # reducer closed it; 0 keeps them (runs are still compacted).
     run_ttl_s: int = 7 * 24 * 3600
-    # Broker: seconds before Redis hands an unacknowledged job to another worker (how long
-    # a hard-killed worker's job stays invisible). Task time limits scale below it.
-    visibility_timeout_s: int = 900
+    # Broker: seconds a delivery may go without its worker's heartbeat before any worker
+    # puts it back on its queue (how long a hard-killed worker's job stays invisible).
+    # Live workers refresh theirs every 5 s (workers/deliveries.py).
+    visibility_timeout_s: int = 40
     # Worker memory: every N tasks a pool child hands freed heap back to the OS with
     # glibc's malloc_trim(0); 0 turns it off (measured in benchmarks/soak.py).
     malloc_trim_every: int = 0

@@ -16,11 +16,17 @@ from kombu import Exchange, Queue  # noqa: E402
 
 from previewvec.settings import Settings  # noqa: E402
 from workers import jitcache  # noqa: E402
+from workers.deliveries import DeliveryHeartbeat, heartbeat_interval_s  # noqa: E402
 
 QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
-VISIBILITY_TIMEOUT_S = 900  # the default of Settings.visibility_timeout_s
-TASK_SOFT_TIME_LIMIT_S = 240
-TASK_TIME_LIMIT_S = 300  # below the visibility timeout, or Redis would redeliver live tasks
+VISIBILITY_TIMEOUT_S = 40  # the default of Settings.visibility_timeout_s
+# What one job may take (fetch, decode, extract, store), well below the visibility
+# timeout: the fetch has its own 15 s budget (Settings.fetch_total_timeout_s), decoding
+# and extracting a 30 s preview take about a second. Scaled down with shorter timeouts.
+TASK_SOFT_TIME_LIMIT_S = 20
+TASK_TIME_LIMIT_S = 25
+SOFT_LIMIT_SHARE = 0.5  # of the visibility timeout, when that is shorter than the default
+HARD_LIMIT_SHARE = 0.625
 MAX_MEMORY_PER_CHILD_KB = 1_500_000  # librosa workers grow; recycle a child past 1.5 GB
 MAX_TASKS_PER_CHILD = 2000
 # A pool child builds its clients in worker_process_init before it reports up (the
@@ -32,25 +38,29 @@ PROC_ALIVE_TIMEOUT_S = 120.0
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     jitcache.prepare(settings)  # before librosa imports numba
-    app = Celery("previewvec", broker=settings.broker_url, include=["workers.tasks"])
-    # The visibility timeout is a trade-off. Redis hands a job that stayed unacknowledged
-    # that long to another worker, even while a live worker is still running it. Long:
-    # a worker that dies hard (SIGKILL, OOM, lost node), or a job delivered in the instant
-    # the broker restarts (Celery drops it on reconnect), stays invisible that long before
-    # a worker restores it. Short (seconds, tests): such jobs come back quickly, but any
-    # job running longer would run twice, so the time limits are scaled to stay below it
-    # (75 % hard, 60 % soft). The default, 15 min, is three times the 300 s hard limit
-    # (Celery's own default, 1 h, left such jobs late by up to an hour).
+    app = Celery("previewvec", broker=settings.broker_url,
+                 include=["workers.tasks", "workers.deliveries"])
+    # The visibility timeout is how long a job held by a silent worker stays invisible.
+    # Live workers refresh what they hold every few seconds (workers/deliveries.py), so
+    # it only has to outlast a few missed heartbeats: a worker that dies as a whole
+    # (SIGKILL, OOM, lost node) has its jobs back on the queue within the timeout plus
+    # one sweep, 45 s by default, while a live worker's jobs are never handed out again,
+    # however long they wait or run. Task time limits stay well below it all the same.
+    # The trade-off is in docs/reliability.md ("Lost workers").
     visibility_s = max(1, settings.visibility_timeout_s)
+    sweep_s = max(1, round(heartbeat_interval_s(visibility_s)))
     transport_options: dict[str, object] = {
         "visibility_timeout": visibility_s,
         "queue_order_strategy": "priority",  # BRPOP keys in order: ondemand before batch
+        # Every worker sweeps for expired deliveries this often (kombu's default is about
+        # every 100 s, too slow for a short timeout).
+        "unacked_restore_interval": sweep_s,
+        "unacked_restore_throttle": 1,
+        # A worker killed mid-sweep holds the sweep mutex until it expires (kombu: 5 min),
+        # blocking every other worker's sweep. A sweep takes milliseconds, and two at once
+        # are safe (each restore is a WATCH transaction on the unacked hash).
+        "unacked_mutex_expire": max(2, visibility_s // 4),
     }
-    if visibility_s < VISIBILITY_TIMEOUT_S:
-        # Sweep for expired jobs often enough that a short timeout takes effect
-        # (kombu's default sweep runs about every 100 s).
-        transport_options["unacked_restore_interval"] = max(1, visibility_s // 10)
-        transport_options["unacked_restore_throttle"] = 1
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],  # pickle refused: a broker message must never run code
@@ -60,8 +70,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,  # ack after the work: a killed worker's job is redelivered
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=min(TASK_SOFT_TIME_LIMIT_S, 0.6 * visibility_s),
-        task_time_limit=min(TASK_TIME_LIMIT_S, 0.75 * visibility_s),
+        task_soft_time_limit=min(TASK_SOFT_TIME_LIMIT_S, SOFT_LIMIT_SHARE * visibility_s),
+        task_time_limit=min(TASK_TIME_LIMIT_S, HARD_LIMIT_SHARE * visibility_s),
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # One exchange per queue: nothing published for one queue can land in the other.
@@ -76,6 +86,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_track_started=True,
     )
+    app.steps["consumer"].add(DeliveryHeartbeat)
     return app
 
 

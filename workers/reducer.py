@@ -52,10 +52,21 @@ LOCK_TTL_S = 15
 # The lock holds a random token. A reducer whose lock expired mid-batch (slow upsert, long
 # normaliser fit) must not trim the queue, whose head may already be another reducer's
 # batch, nor delete that reducer's lock: both only happen while the token is still ours.
-# KEYS: lock, ready queue. ARGV: token, entries to drop.
+# The trim also checks that the head of the queue still is the batch: trimming "the first
+# n entries" again would drop the next batch unindexed, and that is what the client's
+# retry does when Redis executed the trim but its reply was lost (Redis stopping, a
+# dropped connection). A retried trim finds another head and leaves it alone.
+# KEYS: lock, ready queue. ARGV: token, then the batch's entries in queue order.
+# Returns 1 trimmed, 0 the lock is not ours, -1 the head is not (any more) this batch.
 _TRIM_IF_OWNER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('LTRIM', KEYS[2], ARGV[2], -1)
+local n = #ARGV - 1
+local head = redis.call('LRANGE', KEYS[2], 0, n - 1)
+if #head < n then return -1 end
+for i = 1, n do
+  if head[i] ~= ARGV[i + 1] then return -1 end
+end
+redis.call('LTRIM', KEYS[2], n, -1)
 return 1
 """
 # KEYS: lock. ARGV: token, TTL in ms.
@@ -175,7 +186,7 @@ class Reducer:
             if records:
                 self.index.upsert(self.items_for(list(records.values())))
             if not self.runs.redis.eval(_TRIM_IF_OWNER, 2, LOCK_KEY, READY_QUEUE, token,
-                                        len(keys)):
+                                        *keys):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
                             "(upserting them again is harmless)")
                 return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from previewvec.settings import Settings
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
 from tests.contract.vectorize_server import VectorizeContractServer
 from tests.faults.conftest import FaultAssets
@@ -156,7 +157,10 @@ def seconds(value: float) -> str:
 # --------------------------------------------------------------------------- workers
 
 
-VISIBILITY_TIMEOUT_S = 12  # how soon a hard-killed worker's job comes back
+# The production default, not shortened: the live workers' heartbeat is what makes it
+# short enough (workers/deliveries.py). Shortening it also shrank the task time limits
+# (to 7.2 / 9 s at 12 s), which a job on a loaded machine could hit.
+VISIBILITY_TIMEOUT_S = Settings().visibility_timeout_s
 
 
 @pytest.mark.timeout(300)
@@ -165,9 +169,9 @@ def test_sigkilled_workers_and_pool_children(tmp_path: Path, fault_assets: Fault
                                             moto_endpoint: str, fault_rows: list[Row]) -> None:
     """Six SIGKILLs mid-batch, alternating: a pool child (its job is requeued at once by
     reject_on_worker_lost), then a whole worker, main process and child together (its job
-    stays unacknowledged until the visibility timeout; a fresh worker replaces it)."""
-    batch = start_batch("kill", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
-                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
+    stays unacknowledged until the visibility timeout, counted from the worker's last
+    heartbeat; a fresh worker replaces it)."""
+    batch = start_batch("kill", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
     pipeline = batch.pipeline
     rng = random.Random(6)
     try:
@@ -217,10 +221,9 @@ def test_redis_restarts_with_aof(tmp_path: Path, fault_assets: FaultAssets,
 
     A job delivered to a worker in the instant the broker goes away (received, not yet
     running) is dropped by Celery on reconnect and stays in kombu's ``unacked`` hash,
-    like a hard-killed worker's job, until the visibility timeout restores it: shortened
-    here as in the SIGKILL scenario, so that such a job is seen to come back."""
-    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint,
-                        extra_env={"PREVIEWVEC_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)})
+    like a hard-killed worker's job, until the visibility timeout restores it (the
+    production default, as in the SIGKILL scenario: no heartbeat refreshes a dropped job)."""
+    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
     pipeline = batch.pipeline
     try:
         for done in (30, 100):

@@ -400,7 +400,7 @@ class Pipeline:
 
     # --- workers ------------------------------------------------------------------------
 
-    def start_worker(self, name: str, *, concurrency: int = 1,
+    def start_worker(self, name: str, *, concurrency: int = 1, prefetch: int = 1,
                      extra_env: dict[str, str] | None = None) -> WorkerProcess:
         log_path = self.root / f"worker-{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below
@@ -408,7 +408,7 @@ class Pipeline:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
                  "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-                 "--queues", WORKER_QUEUES, "--prefetch-multiplier", "1",
+                 "--queues", WORKER_QUEUES, "--prefetch-multiplier", str(prefetch),
                  "--loglevel", "info"],
                 env={**self.env, **(extra_env or {})}, cwd=REPO,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -1,10 +1,15 @@
 """The reducer's lock under expiry: a reducer whose lock ran out mid-batch (a slow upsert,
 a long normaliser fit) must neither trim entries another reducer now owns nor release that
-reducer's lock. Real Redis, folder store and embedded index; synthetic records.
+reducer's lock. And its trim under a lost reply: Redis executed it, the client retried it.
+Real Redis, folder store and embedded index; synthetic records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +86,74 @@ def test_reducer_whose_lock_expired_leaves_the_queue_and_the_lock_alone(
     assert {item.id for item in first.index.get(sorted(ids))} == ids
     assert first.index.contains(sorted(ids | {"lock-absent"})) == ids
     assert all(first.store.exists(record_key(FEATURE_VERSION, rid)) for rid in ids)
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of Redis that, once, lets a command containing ``marker``
+    through and then cuts the connection instead of passing its reply back: Redis has
+    executed the command, the client sees a dropped connection (as when Redis stops
+    right after executing it) and retries it on a new one."""
+
+    def __init__(self, target_port: int, marker: bytes) -> None:
+        self.target_port, self.marker = target_port, marker
+        self.dropped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            armed = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, armed, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, armed, False),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, armed: threading.Event,
+              to_redis: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if to_redis and self.marker in data and not self.dropped.is_set():
+                    self.dropped.set()
+                    armed.set()
+                elif not to_redis and armed.is_set():
+                    break  # the reply of the marked command: never delivered
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_retried_trim_whose_first_reply_was_lost_drops_nothing(settings: Settings) -> None:
+    rng = np.random.default_rng(8)
+    direct = Reducer.build(settings)
+    for i in range(N_RECORDS):
+        record = _record(i, rng)
+        direct.store.put(record.key, encode_record(record))
+        direct.runs.push_ready(record.key)
+
+    port = int(settings.broker_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = ReplyDroppingProxy(port, marker=b"LTRIM")
+    try:
+        via_proxy = Reducer.build(dataclasses.replace(
+            settings, broker_url=f"redis://127.0.0.1:{proxy.port}/0"))
+        assert via_proxy.reduce_once(BATCH) == BATCH
+        assert proxy.dropped.is_set(), "the trim's reply was not intercepted"
+        # Redis trimmed once; the client's retry must not trim the next batch as well.
+        assert direct.runs.ready_depth() == N_RECORDS - BATCH
+        via_proxy.drain(BATCH)
+    finally:
+        proxy.close()
+    ids = {f"lock-{i:02d}" for i in range(N_RECORDS)}
+    assert direct.index.count() == N_RECORDS
+    assert direct.runs.indexed_count(FEATURE_VERSION) == N_RECORDS
+    assert {item.id for item in direct.index.get(sorted(ids))} == ids
