@@ -29,7 +29,7 @@ import sys
 
 from _percore import pin_one_thread
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 _NUMBA_CACHE_DIR = pin_one_thread("benchmarks/pipeline.py")
 
@@ -86,8 +86,8 @@ def _clip_dir(seed: int, seconds: float) -> Path:
 
 def _make_one(args: tuple[int, int, float, str]) -> None:
     i, seed, seconds, folder = args
-    from previewvec.songs.render import render_synth
-    from previewvec.songs.score import MODES, STYLES, generate_song, styles_for
+    from testkit.songs.render import render_synth
+    from testkit.songs.score import MODES, STYLES, generate_song, styles_for
     from workers.audio import encode_audio
 
     rng = random.Random(seed * 100_003 + i)
@@ -173,7 +173,7 @@ def measure_floor_parallel(folder: Path, n: int, processes: int) -> dict:
 def _naive_one(path: str) -> float:
     import librosa
 
-    from workers.features.reference import fma_reference
+    from testkit.fma_reference import fma_reference
 
     c0 = time.process_time()
     y, sr = librosa.load(path)  # what a user writes: 22.05 kHz mono, soxr resampling
@@ -274,12 +274,12 @@ def _wait_warm(logs: list[Path], procs: list[subprocess.Popen], timeout_s: float
 
 def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path,
                  moto: MotoServer | None, tag: str) -> dict:
-    from previewvec.jobs import Job
-    from previewvec.records import record_key
-    from previewvec.runs import Runs, new_run_id
+    from contract.jobs import Job
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
+    from contract.runs import Runs, new_run_id
     from producers.queue import publish
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     run_dir = work / tag
     run_dir.mkdir(parents=True)
@@ -459,8 +459,8 @@ def _parse_tasks(log: str) -> list[dict]:
 
 
 def measure_enqueue(n: int) -> dict:
-    from previewvec.jobs import Job
-    from previewvec.runs import Runs, new_run_id
+    from contract.jobs import Job
+    from contract.runs import Runs, new_run_id
     from producers.queue import TASK_NAME, make_client, publish
 
     with LocalRedis() as local_redis:
@@ -517,9 +517,9 @@ def measure_enqueue(n: int) -> dict:
 
 
 def measure_reduce(n: int, batch: int, work: Path) -> dict:
-    from workers.features.layout import VECTOR_DIM
-    from workers.index import IndexItem
-    from workers.index.embedded import EmbeddedIndex
+    from contract.layout import VECTOR_DIM
+    from reducer.index import IndexItem
+    from reducer.index.embedded import EmbeddedIndex
 
     rng = np.random.default_rng(7)
     index = EmbeddedIndex(work / "reduce-index", VECTOR_DIM)

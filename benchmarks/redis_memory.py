@@ -84,12 +84,12 @@ def main() -> int:
     import numpy as np
 
     import workers.featurize as featurize_mod
-    from previewvec.errors import Undecodable
+    from contract.errors import Undecodable
+    from contract.layout import VECTOR_DIM
+    from contract.runs import Runs
+    from contract.settings import Settings
     from previewvec.localredis import LocalRedis
-    from previewvec.runs import Runs
-    from previewvec.settings import Settings
-    from workers.features.layout import VECTOR_DIM
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((64, VECTOR_DIM)).astype(np.float32)

@@ -84,7 +84,7 @@ def check_api(argv: list[str]) -> tuple[bool, str]:
 def check_broker(argv: list[str]) -> tuple[bool, str]:
     import redis
 
-    from previewvec.settings import Settings
+    from contract.settings import Settings
 
     client = redis.Redis.from_url(Settings.from_env().broker_url,
                                   socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from previewvec.errors import (
+from contract.errors import (
     ConfigError,
     InputUnreadable,
     NotFound,
@@ -22,7 +22,7 @@ from previewvec.errors import (
     UpstreamError,
     VectorIndexError,
 )
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 # Exit statuses: one per family of expected operational fault (README "Commands").
 EXIT_FAILED_INPUTS = 1  # extract: some inputs failed; also any other typed failure
@@ -120,7 +120,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.features.layout import feature_names
+    from contract.layout import feature_names
 
     for name in feature_names():
         print(name)
@@ -150,7 +150,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.runs import Runs
     from producers.queue import enqueue_file, plan_enqueue
 
     _log_progress()  # the backpressure waits ("queue batch holds N > M messages: waiting")
@@ -233,7 +233,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     resolver = build_resolver(settings)
     store = None
     if not args.force:  # stored recordings are skipped: the store must answer
-        from workers.store import open_store
+        from contract.store import open_store
 
         store = open_store(settings.store, settings)
         _check_store(store)
@@ -263,7 +263,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     _check_listen(args.host, args.port)
     import uvicorn
 
-    from producers.api import create_app
+    from previewvec.api import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=args.loglevel, proxy_headers=False)
@@ -293,7 +293,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.runs import Runs
 
     runs = Runs.from_url(settings.broker_url)
     if not runs.exists(args.run_id):
@@ -305,7 +305,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.runs import Runs
     from producers.queue import retry_run
 
     runs = Runs.from_url(settings.broker_url)
@@ -322,7 +322,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     reducer = Reducer.build(settings)
     if args.follow:  # waits out store and index outages itself
@@ -336,7 +336,7 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     reducer = Reducer.build(settings)
     _check_store(reducer.store)
@@ -347,10 +347,10 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.records import record_key
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
-    from workers.store import validate_key
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
+    from contract.store import validate_key
+    from reducer.reduce import Reducer
 
     missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
                        f"({settings.store})")

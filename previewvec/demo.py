@@ -21,9 +21,9 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from contract.runs import Runs
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.runs import Runs
-from previewvec.settings import Settings
 
 DEMO_FORMATS = ("m4a", "mp3", "ogg", "flac", "wav")
 N_WORKERS = 2
@@ -51,7 +51,7 @@ def serve_folder(folder: Path):
 
 
 def _songs(out_dir: Path, renderer: str) -> list[tuple[str, dict]]:
-    from previewvec.songs import build_set, demo_specs
+    from testkit.songs import build_set, demo_specs
 
     files = []
     specs = demo_specs()
@@ -162,11 +162,11 @@ def _wait_for_run(runs: Runs, run_id: str, watch: WorkerWatch) -> bool:
 
 def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> int:
     """Run the full pipeline on generated songs and print what came out."""
-    from previewvec.records import decode_record, record_key
-    from previewvec.songs import resolve_renderer
+    from contract.layout import FEATURE_VERSION
+    from contract.records import decode_record, record_key
     from producers.queue import enqueue_catalog
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
+    from testkit.songs import resolve_renderer
 
     out_dir = out_dir.resolve()
     chosen = resolve_renderer(renderer)

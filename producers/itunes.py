@@ -24,8 +24,8 @@ from urllib.parse import urlencode
 
 import requests
 
-from previewvec import __version__
-from previewvec.settings import Settings
+from contract import __version__
+from contract.settings import Settings
 from producers.musicbrainz import UpstreamRejected, UpstreamUnavailable
 from producers.ratelimit import Backoff, RateLimiter
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import requests
 
-from previewvec import __version__
-from previewvec.errors import ConfigError, UpstreamError
-from previewvec.settings import Settings
+from contract import __version__
+from contract.errors import ConfigError, UpstreamError
+from contract.settings import Settings
 from producers.ratelimit import Backoff, RateLimiter
 
 MAX_SEARCH_LIMIT = 100

@@ -37,10 +37,10 @@ from celery import Celery
 from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
-from previewvec.errors import InputUnreadable, UnknownRun, is_transient
-from previewvec.jobs import CatalogLine, InvalidJob, Job, parse_catalog
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
+from contract.errors import InputUnreadable, UnknownRun, is_transient
+from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
+from contract.runs import Runs, new_run_id
+from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class RetryReport:
 def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None = None,
               everything: bool = False, poll_s: float = BACKPRESSURE_POLL_S) -> RetryReport:
     """Re-publish a run's failed jobs into the same run: the transient failures
-    (:func:`previewvec.errors.is_transient`), or every one with a job if ``everything``."""
+    (:func:`contract.errors.is_transient`), or every one with a job if ``everything``."""
     if not runs.exists(run_id):
         raise UnknownRun(f"no such run: {run_id}")
     report = RetryReport(run_id)

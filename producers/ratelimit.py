@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from previewvec.errors import UpstreamError
+from contract.errors import UpstreamError
 
 KEY_PREFIX = "pv:ratelimit:"
 

@@ -5,7 +5,7 @@ lookup, after which every track of the release is matched inside that collection
 12-track album costs 2 iTunes calls, not 12). Per-track song search is only the fallback
 for tracks the collection did not match, and the path for lone recordings.
 
-Every input recording yields one :class:`Resolution`: a :class:`~previewvec.jobs.Job`, or
+Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`, or
 an ``error_code``:
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
@@ -35,9 +35,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from previewvec.errors import PreviewvecError
-from previewvec.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
-from previewvec.settings import Settings
+from contract.errors import PreviewvecError
+from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
+from contract.settings import Settings
 from producers import dumps
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.matching import (

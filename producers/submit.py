@@ -1,7 +1,7 @@
 """Resolved recordings → jobs on the broker: skip what is stored, bound the queue, resume.
 
 :func:`submit` consumes :class:`~producers.resolve.Resolution` objects (or plain
-:class:`~previewvec.jobs.Job` objects, or ``(line_no, Resolution)`` pairs from a dump) and,
+:class:`~contract.jobs.Job` objects, or ``(line_no, Resolution)`` pairs from a dump) and,
 for each one:
 
 - **unresolved** (``job is None``): recorded as a failure of the run under its
@@ -49,9 +49,9 @@ from typing import Any, Protocol
 
 import redis
 
-from previewvec.jobs import Job
-from previewvec.runs import PREFIX, Runs, new_run_id
-from previewvec.settings import Settings
+from contract.jobs import Job
+from contract.runs import PREFIX, Runs, new_run_id
+from contract.settings import Settings
 from producers.queue import (  # noqa: F401 - the backpressure helpers lived here before
     BACKPRESSURE_POLL_S,
     KOMBU_PRIORITY_SEP,
@@ -154,7 +154,7 @@ def _previous_complete(line: int, cursor: int | None) -> int | None:
 
 
 def _open_store(settings: Settings):
-    from workers.store import open_store
+    from contract.store import open_store
 
     return open_store(settings.store, settings)
 
@@ -193,8 +193,8 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
 
     if store is None and not force:
         store = _open_store(settings)
-    from previewvec.records import record_key
-    from workers.features.layout import FEATURE_VERSION
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
 
     report = SubmitReport(run_id, cursor=read_cursor(client, cursor_name)
                           if cursor_name is not None else None)
@@ -303,7 +303,7 @@ def unwrap_resolution_lines(
     schema refuses unknown fields, so a plain job line never has one and the two formats
     cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
     numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
-    line passes through untouched for :func:`previewvec.jobs.parse_catalog` to judge.
+    line passes through untouched for :func:`contract.jobs.parse_catalog` to judge.
     """
     for line_no, raw in enumerate(lines, start=1):
         marker = b'"job"' if isinstance(raw, bytes) else '"job"'

@@ -14,7 +14,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 from celery import Celery  # noqa: E402
 from kombu import Exchange, Queue  # noqa: E402
 
-from previewvec.settings import Settings  # noqa: E402
+from contract.settings import Settings  # noqa: E402
 from workers import jitcache  # noqa: E402
 from workers.deliveries import DeliveryHeartbeat, heartbeat_interval_s  # noqa: E402
 

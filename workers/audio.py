@@ -2,7 +2,7 @@
 
 :func:`decode_audio` turns untrusted bytes (or a path) into a mono float32 analysis
 signal, resampled once, capped, and checked; every failure is a typed
-:mod:`previewvec.errors` error. :func:`encode_audio` makes real encoded files for tests
+:mod:`contract.errors` error. :func:`encode_audio` makes real encoded files for tests
 and demo songs.
 """
 
@@ -21,7 +21,7 @@ import av
 import numpy as np
 import soxr
 
-from previewvec.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
+from contract.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
 from workers.features.kernels import signal_levels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
@@ -86,7 +86,7 @@ def decode_audio(
     Raises
     ------
     EmptyInput, TooLarge, Undecodable, NoAudioStream, TooShort, Silent
-        For the input's faults (see :mod:`previewvec.errors`).
+        For the input's faults (see :mod:`contract.errors`).
     OSError
         Only when a *path* cannot be stat'ed or read (the CLI reports ``unreadable``).
     """

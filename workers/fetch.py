@@ -71,9 +71,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from previewvec import __version__
-from previewvec.errors import PreviewvecError, TooLarge
-from previewvec.settings import Settings
+from contract import __version__
+from contract.errors import PreviewvecError, TooLarge
+from contract.settings import Settings
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0

@@ -20,13 +20,13 @@ from typing import Any
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
-from previewvec.errors import PreviewvecError
-from previewvec.runs import Runs
-from previewvec.settings import Settings
+from contract.errors import PreviewvecError
+from contract.runs import Runs
+from contract.settings import Settings
+from contract.store import StoreUnavailable
 from workers import crashes
 from workers.app import app
 from workers.crashes import CrashCappedRequest
-from workers.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from contract.layout import FEATURE_VERSION
+from contract.records import decode_record, record_key
 from previewvec.localredis import LocalRedis
-from previewvec.records import decode_record, record_key
 from tests.integration.pipeline_helpers import REPO, Clip, Pipeline, catalog_line
 from tests.local_http import start_server, stop_server
-from workers.features.layout import FEATURE_VERSION
 
 RECORD_PREFIX = f"features/{FEATURE_VERSION}/"
 

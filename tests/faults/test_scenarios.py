@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.settings import Settings
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.settings import Settings
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
 from tests.contract.vectorize_server import VectorizeContractServer
 from tests.faults.conftest import FaultAssets
@@ -40,7 +41,6 @@ from tests.faults.fault_harness import (
     row_from,
     s3_listing,
 )
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
 pytestmark = pytest.mark.faults
 
@@ -510,10 +510,10 @@ def test_reducer_lock_is_renewed_through_a_slow_upsert(
 
     import numpy as np
 
+    from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+    from contract.settings import Settings
     from previewvec.localredis import LocalRedis
-    from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
-    from previewvec.settings import Settings
-    from workers.reducer import LOCK_KEY, Reducer
+    from reducer.reduce import LOCK_KEY, Reducer
 
     rng = np.random.default_rng(7)
     with LocalRedis(data_dir=tmp_path / "redis") as server:

@@ -29,16 +29,16 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from previewvec.jobs import JOB_FIELDS
+from contract.jobs import JOB_FIELDS
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.runs import Runs
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis, free_port
-from previewvec.records import record_key
-from previewvec.runs import Runs
-from previewvec.settings import Settings
 from producers.queue import TASK_NAME, make_client
 from tests.faults.harness import wait_http, worker_cache_dir
 from tests.faults.hostile_server import HostileServer
 from tests.integration.pipeline_helpers import REPO, Pipeline, clean_env
-from workers.features.layout import FEATURE_VERSION
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -55,7 +55,7 @@ def cache_dir(request: pytest.FixtureRequest,
 @pytest.fixture(scope="module")
 def song() -> bytes:
     """An 8 s generated song, AAC in .m4a."""
-    from previewvec.songs import generate_song, render_synth
+    from testkit.songs import generate_song, render_synth
     from workers.audio import encode_audio
 
     score = generate_song(21, tonic=9, mode="major", tempo_bpm=104.0, drums=True,

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from contract.runs import READY_QUEUE, Runs, RunStatus
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.runs import READY_QUEUE, Runs, RunStatus
-from previewvec.settings import Settings
 from tests.local_http import start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def make_clips(n: int, *, duration_s: float = 10.0, sr: int = 22_050) -> list[Cl
 
     Rendered with the built-in numpy synth (no fluidsynth needed).
     """
-    from previewvec.songs import STYLES, generate_song, render_synth
+    from testkit.songs import STYLES, generate_song, render_synth
     from workers.audio import encode_audio
 
     clips = []
@@ -104,7 +104,7 @@ def warm_numba_cache(cache_dir: Path) -> subprocess.Popen[bytes]:
     env["PREVIEWVEC_CACHE_DIR"] = str(cache_dir)
     return subprocess.Popen(
         [sys.executable, "-c",
-         "from previewvec.settings import Settings; from workers import jitcache; "
+         "from contract.settings import Settings; from workers import jitcache; "
          "print(round(jitcache.warm(Settings.from_env()), 1))"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -483,7 +483,7 @@ class Pipeline:
     def reducer(self, index: str | Path):
         import dataclasses
 
-        from workers.reducer import Reducer
+        from reducer.reduce import Reducer
 
         # boto3 reads endpoint and credentials from the environment when the S3 client is
         # made; give it the same AWS_* values the workers got, only for that moment.

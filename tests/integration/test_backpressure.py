@@ -19,12 +19,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from previewvec.errors import TRANSIENT_CODES, is_transient
-from previewvec.jobs import Job
+from contract.errors import TRANSIENT_CODES, is_transient
+from contract.jobs import Job
+from contract.runs import Runs, new_run_id
+from contract.settings import Settings
+from previewvec.api import QUEUE_FULL_RETRY_AFTER_S, create_app
 from previewvec.localredis import LocalRedis
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
-from producers.api import QUEUE_FULL_RETRY_AFTER_S, create_app
 from producers.queue import queue_depth
 
 TOKEN = "backpressure-token-0123456789"

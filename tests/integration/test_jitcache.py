@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 from tests.integration.pipeline_helpers import (
     REPO,
     ClipServer,
@@ -33,7 +33,7 @@ from workers import jitcache
 
 pytestmark = pytest.mark.slow
 
-WARM = ("from previewvec.settings import Settings; from workers import jitcache; "
+WARM = ("from contract.settings import Settings; from workers import jitcache; "
         "jitcache.warm(Settings.from_env())")
 N_PROCESSES = 3
 N_WORKERS, WORKER_CONCURRENCY, N_ROUNDS = 3, 2, 2

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.records import record_key
-from previewvec.settings import Settings
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.settings import Settings
 from tests.integration.pipeline_helpers import (
     Clip,
     ClipServer,
@@ -38,7 +39,6 @@ from tests.integration.pipeline_helpers import (
 )
 from workers.app import TASK_TIME_LIMIT_S
 from workers.deliveries import heartbeat_interval_s
-from workers.features.layout import FEATURE_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

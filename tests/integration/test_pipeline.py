@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.records import decode_record, record_key
-from previewvec.runs import RunStatus
-from previewvec.settings import Settings
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import decode_record, record_key
+from contract.runs import RunStatus
+from contract.settings import Settings
 from tests.integration.pipeline_helpers import (
     FETCH_MAX_BYTES,
     Clip,
@@ -42,7 +43,6 @@ from tests.integration.pipeline_helpers import (
     parse_status_line,
     worker_cache_location,
 )
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.settings import Settings
 from producers import dumps
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.musicbrainz import (

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.jobs import Job, parse_catalog
+from contract.jobs import Job, parse_catalog
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.runs import Runs, new_run_id
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.records import record_key
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
 from producers import queue as queue_mod
 from producers.queue import TASK_NAME, make_client, publish
 from producers.submit import queue_keys
@@ -33,7 +34,6 @@ from tests.integration.pipeline_helpers import (
     make_clips,
     warm_numba_cache,
 )
-from workers.features.layout import FEATURE_VERSION
 
 # Unique per message (ids) or per producer app (reply_to: the app's thread oid);
 # everything else must match exactly.

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
-from previewvec.settings import Settings
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
-from workers.reducer import LOCK_KEY, Reducer
+from reducer.reduce import LOCK_KEY, Reducer
 
 N_RECORDS = 30
 BATCH = 10

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.layout import VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.runs import IF_ABSENT, RUNS_INDEX, STATES, Runs
+from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from previewvec.records import FeatureRecord, encode_record, make_provenance
-from previewvec.runs import IF_ABSENT, RUNS_INDEX, STATES, Runs
-from previewvec.settings import Settings
-from workers.features.layout import VECTOR_DIM
-from workers.reducer import DEAD_LETTER_QUEUE, Reducer
+from reducer.reduce import DEAD_LETTER_QUEUE, Reducer
 
 TTL_S = 3600
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from previewvec.jobs import Job
+from contract.jobs import Job
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.runs import IF_ABSENT, Runs
+from contract.settings import Settings
+from contract.store import open_store
 from previewvec.localredis import LocalRedis
-from previewvec.records import record_key
-from previewvec.runs import IF_ABSENT, Runs
-from previewvec.settings import Settings
 from producers import submit as submit_mod
 from producers.submit import (
     queue_depth,
@@ -28,8 +30,6 @@ from producers.submit import (
     submit,
     unwrap_resolution_lines,
 )
-from workers.features.layout import FEATURE_VERSION
-from workers.store import open_store
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import librosa
 import numpy as np
 import pytest
 
-from previewvec.errors import PreviewvecError, TooShort, Undecodable
+from contract.errors import PreviewvecError, TooShort, Undecodable
 from tests.media import mp4_video
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio, encode_audio
 

@@ -1,4 +1,4 @@
-"""The crash cap's counting (workers/crashes.py, the crash keys of previewvec/runs.py)
+"""The crash cap's counting (workers/crashes.py, the crash keys of contract/runs.py)
 against a real, private ``redis-server``; no broker or worker processes.
 
 The real-process scenarios (a preview that SIGKILLs its fetcher's pool child, or its
@@ -15,12 +15,12 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Retry
 
 import workers.tasks as tasks
+from contract.runs import CRASH_COUNT_TTL_S, CrashCount, Runs, new_run_id
+from contract.settings import Settings
+from contract.store import StoreUnavailable
 from previewvec.localredis import LocalRedis
-from previewvec.runs import CRASH_COUNT_TTL_S, CrashCount, Runs, new_run_id
-from previewvec.settings import Settings
 from workers import crashes
 from workers.featurize import Outcome
-from workers.store import StoreUnavailable
 
 CAP = 3
 

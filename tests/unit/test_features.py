@@ -4,13 +4,13 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from previewvec.errors import InvalidSignal
-from previewvec.songs.render import render
-from previewvec.songs.score import generate_song
+from contract.errors import InvalidSignal
+from contract.layout import VECTOR_DIM, feature_names
+from testkit.songs.render import render
+from testkit.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
 from workers.features import loudness, rhythm, tonal
 from workers.features.extractor import DESCRIPTOR_KEYS, extract_features
-from workers.features.layout import VECTOR_DIM, feature_names
 from workers.features.spectral import compute_spectra
 
 SR = 22050

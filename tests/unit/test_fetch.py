@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 
-from previewvec import __version__
-from previewvec.errors import PreviewvecError, TooLarge
-from previewvec.settings import Settings
+from contract import __version__
+from contract.errors import PreviewvecError, TooLarge
+from contract.settings import Settings
 from tests.local_http import serve_in_background, stop_server
 from workers import fetch
 from workers.fetch import (

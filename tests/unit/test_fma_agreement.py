@@ -42,12 +42,12 @@ import librosa
 import numpy as np
 import pytest
 
-from previewvec.songs.render import render
-from previewvec.songs.score import generate_song
+from contract.layout import FMA_DIM, fma_names
+from testkit.fma_reference import fma_reference
+from testkit.songs.render import render
+from testkit.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
 from workers.features import spectral
-from workers.features.layout import FMA_DIM, fma_names
-from workers.features.reference import fma_reference
 
 SR = 22050
 RENDER_SR = 44100

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from previewvec.errors import PreviewvecError
-from previewvec.jobs import (
+from contract.errors import PreviewvecError
+from contract.jobs import (
     ISRC_PATTERN,
     JOB_FIELDS,
     JOB_SCHEMA,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.signal import sosfilt
 
-from previewvec.songs.render import render
-from previewvec.songs.score import generate_song
+from testkit.songs.render import render
+from testkit.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
 from workers.features.kernels import (
     filtered_segment_energy,

@@ -2,7 +2,7 @@
 
 import re
 
-from workers.features.layout import (
+from contract.layout import (
     DESCRIPTOR_DIMENSIONS,
     FEATURE_VERSION,
     FMA_DIM,

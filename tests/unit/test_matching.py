@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 from producers.matching import (
     Item,
     album_score,

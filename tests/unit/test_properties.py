@@ -26,7 +26,7 @@ import jsonschema
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from previewvec.jobs import (
+from contract.jobs import (
     JOB_FIELDS,
     JOB_SCHEMA,
     RECORDING_ID_MAX_BYTES,

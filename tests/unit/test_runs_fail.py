@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from contract.runs import Runs
 from previewvec.localredis import LocalRedis
-from previewvec.runs import Runs
 
 
 @pytest.fixture

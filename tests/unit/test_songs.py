@@ -10,7 +10,7 @@ import mido
 import numpy as np
 import pytest
 
-from previewvec.songs import (
+from testkit.songs import (
     MODES,
     NOTE_NAMES,
     STYLES,
@@ -25,7 +25,7 @@ from previewvec.songs import (
     scale_pitch_classes,
     score_to_midi,
 )
-from previewvec.songs.midi import TICKS_PER_BEAT
+from testkit.songs.midi import TICKS_PER_BEAT
 
 SR = 22050
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from previewvec.songs.render import render
-from previewvec.songs.score import generate_song
+from testkit.songs.render import render
+from testkit.songs.score import generate_song
 from workers.audio import decode_audio, encode_audio
 from workers.features.spectral import (
     HOP_LENGTH,

@@ -6,7 +6,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
 import workers.tasks as tasks
-from previewvec.errors import PreviewvecError
+from contract.errors import PreviewvecError
 
 
 class FakeRuns:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from previewvec.errors import InvalidSignal
+from contract.errors import InvalidSignal
+from contract.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, VECTOR_DIM
 from workers.features import kernels, loudness, rhythm, spectral, tonal
-from workers.features.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, VECTOR_DIM
 
 DESCRIPTOR_KEYS: tuple[str, ...] = (
     "tempo_bpm",

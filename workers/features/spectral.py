@@ -18,12 +18,12 @@ import scipy.fft
 import scipy.sparse
 import soxr
 
+from contract.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.kernels import (
     spectral_moments_and_rolloff,
     spectral_peaks,
     zero_crossing_counts,
 )
-from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
 N_FFT = 2048

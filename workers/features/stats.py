@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.layout import FMA_STATISTICS
 from workers.features.kernels import sliding_median
-from workers.features.layout import FMA_STATISTICS
 
 # Relative spread below which a series counts as constant (float32 frame values).
 CONSTANT_RTOL = 1e-6

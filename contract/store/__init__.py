@@ -1,6 +1,6 @@
 """Feature store: where feature records live (a local folder or an S3/R2 bucket)."""
 
-from workers.store.base import (
+from contract.store.base import (
     ConfigError,
     FeatureStore,
     StoreAccessDenied,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from previewvec.errors import PreviewvecError
+from contract.errors import PreviewvecError
 
 RECORDING_ID_MAX_BYTES = 64
 PREVIEW_URL_MAX_CHARS = 2048
@@ -378,7 +378,7 @@ JOB_SCHEMA: dict[str, Any] = {
     "$id": "urn:previewvec:schema:job:1",
     "title": "previewvec job",
     "description": (
-        "One preview clip to analyse. previewvec.jobs is the authority; it is stricter "
+        "One preview clip to analyse. contract.jobs is the authority; it is stricter "
         "than this schema in three ways JSON Schema cannot express: recording_id is at "
         "most 64 bytes of UTF-8 (not characters), strings must not contain lone "
         "surrogates, and a URL port must be at most 65535. null for an optional field "

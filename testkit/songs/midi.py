@@ -1,4 +1,4 @@
-"""Standard MIDI file export of a :class:`~previewvec.songs.score.Score` (type 1, mido)."""
+"""Standard MIDI file export of a :class:`~testkit.songs.score.Score` (type 1, mido)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import mido
 
-from previewvec.songs.score import NOTE_NAMES, Score, Track
+from testkit.songs.score import NOTE_NAMES, Score, Track
 
 TICKS_PER_BEAT = 480
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
-from previewvec.errors import NothingStored
-from previewvec.jobs import vector_id
-from previewvec.records import (
+from contract.errors import NothingStored
+from contract.jobs import vector_id
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import (
     CorruptRecord,
     FeatureRecord,
     IncompatibleRecord,
@@ -34,12 +35,11 @@ from previewvec.records import (
     record_key,
     recording_id_of_key,
 )
-from previewvec.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
-from previewvec.settings import Settings
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
-from workers.index import IndexItem, IndexUnavailable, VectorIndex, open_index
-from workers.normalize import Normalizer, normalizer_key
-from workers.store import FeatureStore, StoreUnavailable, open_store
+from contract.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
+from contract.settings import Settings
+from contract.store import FeatureStore, StoreUnavailable, open_store
+from reducer.index import IndexItem, IndexUnavailable, VectorIndex, open_index
+from reducer.normalize import Normalizer, normalizer_key
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Reducer:
 
         Every plain entry (a record just written) is upserted. An if-absent entry (a
         skipped job's record) is upserted only when the index does not hold its vector,
-        asked in one :meth:`~workers.index.VectorIndex.contains` call per batch: that
+        asked in one :meth:`~reducer.index.VectorIndex.contains` call per batch: that
         covers a worker that died between storing a record and pushing its key, without
         a list of indexed ids in Redis. A key queued twice is read once.
         """

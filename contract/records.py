@@ -20,8 +20,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from previewvec.errors import PreviewvecError
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM, names_hash
+from contract.errors import PreviewvecError
+from contract.layout import FEATURE_VERSION, VECTOR_DIM, names_hash
 
 MAX_RECORDING_ID_BYTES = 64
 # Bytes that may appear verbatim in a key; everything else is percent-encoded so keys are

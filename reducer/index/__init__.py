@@ -1,6 +1,6 @@
 """Vector index: nearest-neighbour search over feature vectors (LanceDB or Vectorize)."""
 
-from workers.index.base import (
+from reducer.index.base import (
     FILTER_FIELDS,
     IndexItem,
     IndexRejected,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
-from workers.features.layout import fma_names
+from contract.layout import fma_names
 from workers.features.stats import summarize
 
 

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers.store.base import StoreError, validate_key
+from contract.store.base import StoreError, validate_key
 
 _TMP_SUFFIX = ".tmp"
 

@@ -1,4 +1,4 @@
-"""Cloudflare Vectorize (HTTP API v2) as a :class:`~workers.index.base.VectorIndex`.
+"""Cloudflare Vectorize (HTTP API v2) as a :class:`~reducer.index.base.VectorIndex`.
 
 Writes are asynchronous on Vectorize: upsert/delete return a ``mutationId`` and become
 visible once the index's ``processedUpToMutation`` reaches it (see
@@ -27,7 +27,7 @@ from urllib.parse import quote
 import numpy as np
 import requests
 
-from workers.index.base import (
+from reducer.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
     CheckedBatch,

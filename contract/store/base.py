@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from previewvec.errors import (
+from contract.errors import (
     ConfigError,
     StoreAccessDenied,
     StoreBucketMissing,
@@ -14,9 +14,9 @@ from previewvec.errors import (
 )
 
 if TYPE_CHECKING:
-    from previewvec.settings import Settings
+    from contract.settings import Settings
 
-# The error families live in previewvec.errors (the CLI maps them to exit statuses); they
+# The error families live in contract.errors (the CLI maps them to exit statuses); they
 # are re-exported here for the store's users.
 __all__ = ["ConfigError", "FeatureStore", "StoreAccessDenied", "StoreBucketMissing",
            "StoreError", "StoreUnavailable", "open_store", "parse_s3_url", "validate_key"]
@@ -83,13 +83,13 @@ def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
     or unknown URL raises :class:`ConfigError`."""
     del settings  # reserved: both backends read everything they need from url/env today
     if url.startswith("s3://"):
-        from workers.store.s3 import S3Store
+        from contract.store.s3 import S3Store
 
         bucket, prefix = parse_s3_url(url)
         return S3Store(bucket, prefix)
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"unsupported store URL {url!r} (PREVIEWVEC_STORE): expected a "
                           "folder, file://FOLDER or s3://BUCKET/PREFIX")
-    from workers.store.local import LocalStore
+    from contract.store.local import LocalStore
 
     return LocalStore(url.removeprefix("file://"))

@@ -27,7 +27,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from workers.store.base import (
+from contract.store.base import (
     ConfigError,
     StoreAccessDenied,
     StoreBucketMissing,

@@ -10,7 +10,7 @@
 Tempo truth is always the quarter-note BPM; keys are ``"F# major"``-style names.
 """
 
-from previewvec.songs.dataset import (
+from testkit.songs.dataset import (
     GENERATOR_VERSION,
     SongSpec,
     build_set,
@@ -18,8 +18,8 @@ from previewvec.songs.dataset import (
     eval_specs,
     load_truth,
 )
-from previewvec.songs.midi import score_to_midi
-from previewvec.songs.render import (
+from testkit.songs.midi import score_to_midi
+from testkit.songs.render import (
     find_soundfont,
     fluidsynth_available,
     render,
@@ -27,7 +27,7 @@ from previewvec.songs.render import (
     render_synth,
     resolve_renderer,
 )
-from previewvec.songs.score import (
+from testkit.songs.score import (
     MODES,
     NOTE_NAMES,
     STYLES,

@@ -45,10 +45,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from previewvec.errors import PreviewvecError
-from previewvec.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
+from contract.errors import PreviewvecError
+from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
+from contract.runs import Runs, new_run_id
+from contract.settings import Settings
+from contract.store import StoreUnavailable
 from producers.queue import QUEUES, queue_depth
 from producers.submit import (
     default_queue,
@@ -56,7 +57,6 @@ from producers.submit import (
     meta_key,
     submit,
 )
-from workers.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     def get_store() -> Any:
         with lazy_lock:
             if lazy["store"] is None:
-                from workers.store import open_store
+                from contract.store import open_store
 
                 lazy["store"] = open_store(settings.store, settings)
             return lazy["store"]
@@ -425,7 +425,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     def get_reducer() -> Any:
         with lazy_lock:
             if lazy.get("reducer") is None:
-                from workers.reducer import Reducer  # lazy: LanceDB, numpy
+                from reducer.reduce import Reducer  # lazy: LanceDB, numpy
 
                 lazy["reducer"] = Reducer.build(settings)
             return lazy["reducer"]
@@ -622,8 +622,8 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     def get_recording(recording_id: str,
                       vector: bool = Query(False, description="include the raw vector"),
                       ) -> dict[str, Any]:
-        from previewvec.records import decode_record, record_key
-        from workers.features.layout import FEATURE_VERSION
+        from contract.layout import FEATURE_VERSION
+        from contract.records import decode_record, record_key
 
         try:
             data = get_store().get(record_key(FEATURE_VERSION, recording_id))
@@ -650,7 +650,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
                     key: Literal[PITCH_CLASSES] | None = Query(None),  # type: ignore[valid-type]
                     mode: Literal["major", "minor"] | None = Query(None),
                     ) -> dict[str, Any]:
-        from previewvec.records import record_key
+        from contract.records import record_key
 
         for name, bound in (("tempo_min", tempo_min), ("tempo_max", tempo_max)):
             if bound is not None and not math.isfinite(bound):

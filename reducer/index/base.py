@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-# The families live in previewvec.errors (the CLI maps them to exit statuses); re-exported.
-from previewvec.errors import (  # noqa: F401
+# The families live in contract.errors (the CLI maps them to exit statuses); re-exported.
+from contract.errors import (  # noqa: F401
     ConfigError,
     IndexRejected,
     IndexUnavailable,
@@ -29,7 +29,7 @@ from previewvec.errors import (  # noqa: F401
 )
 
 if TYPE_CHECKING:
-    from previewvec.settings import Settings
+    from contract.settings import Settings
 
 MAX_ID_BYTES = 64
 MAX_METADATA_BYTES = 10 * 1024
@@ -309,7 +309,7 @@ def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
     A malformed URL or missing Vectorize credentials raise :class:`ConfigError`.
     """
     if url.startswith("vectorize://"):
-        from workers.index.vectorize import VectorizeIndex
+        from reducer.index.vectorize import VectorizeIndex
 
         name = url[len("vectorize://") :].strip("/")
         try:
@@ -325,6 +325,6 @@ def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"unsupported index URL {url!r} (PREVIEWVEC_INDEX): expected a "
                           "folder, file://FOLDER or vectorize://NAME")
-    from workers.index.embedded import EmbeddedIndex
+    from reducer.index.embedded import EmbeddedIndex
 
     return EmbeddedIndex(url.removeprefix("file://"), dim)

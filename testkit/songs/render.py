@@ -1,4 +1,4 @@
-"""Render a :class:`~previewvec.songs.score.Score` to stereo audio.
+"""Render a :class:`~testkit.songs.score.Score` to stereo audio.
 
 Two renderers:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from previewvec.songs.midi import score_to_midi
-from previewvec.songs.score import Note, Score, Track
+from testkit.songs.midi import score_to_midi
+from testkit.songs.score import Note, Score, Track
 
 RENDERERS: tuple[str, ...] = ("auto", "fluidsynth", "synth")
 PEAK_DBFS = -1.0

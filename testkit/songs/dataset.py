@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from previewvec.songs.render import render, resolve_renderer
-from previewvec.songs.score import (
+from testkit.songs.render import render, resolve_renderer
+from testkit.songs.score import (
     MODES,
     STYLES,
     generate_song,

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import BTree
 
-from workers.index.base import (
+from reducer.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
     CheckedBatch,
@@ -105,7 +105,7 @@ def _ids_sql(ids: Sequence[str]) -> str:
 
 
 class EmbeddedIndex:
-    """LanceDB-backed :class:`~workers.index.base.VectorIndex` in ``path``."""
+    """LanceDB-backed :class:`~reducer.index.base.VectorIndex` in ``path``."""
 
     def __init__(self, path: str | Path, dim: int) -> None:
         if not 1 <= dim <= MAX_DIMENSIONS:
