@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -202,7 +203,8 @@ def _read_source(
     return data
 
 
-def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStream, str]:
+    """The container's best audio stream and its codec's name, or a typed error."""
     stream = container.streams.best("audio")
     if stream is None:
         if len(container.streams) > 0:
@@ -212,17 +214,14 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
     ctx = stream.codec_context
     if ctx is None:
         raise Undecodable("the audio codec is not supported")
-    codec = ctx.codec.canonical_name
+    return stream, ctx.codec.canonical_name
 
-    # Frames are collected at the source rate and resampled once per run of same-format
-    # frames: FFmpeg's swresample called per ~1024-sample frame cost more than decoding
-    # the AAC itself; one soxr call on the whole run costs a few milliseconds.
-    pieces: list[np.ndarray] = []
-    segment: _Segment | None = None
-    out_layout = ""
-    source_sr = source_channels = 0
-    total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
-    full_length = 0  # samples at `sr` before any cut at `target`
+
+def _packet_frames(container: av.container.InputContainer,
+                   stream: av.AudioStream) -> Iterator[list[av.AudioFrame]]:
+    """The frames of each packet in turn. A corrupt packet is skipped, up to
+    ``_MAX_CONSECUTIVE_BAD_PACKETS`` in a row; a demux error mid-stream (e.g. a truncated
+    file) ends the stream, keeping what decoded so far."""
     bad_in_a_row = 0
     try:
         for packet in container.demux(stream):
@@ -231,43 +230,80 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
             except _AV_ERRORS:
                 bad_in_a_row += 1
                 if bad_in_a_row > _MAX_CONSECUTIVE_BAD_PACKETS:
-                    break
+                    return
                 continue
             bad_in_a_row = 0
+            yield frames
+    except _AV_ERRORS:
+        return
+
+
+class _Runs:
+    """Decoded frames collected at the source rate, one :class:`_Segment` per run of
+    same-format frames, each resampled once when it ends.
+
+    FFmpeg's swresample called per ~1024-sample frame cost more than decoding the AAC
+    itself; one soxr call on the whole run costs a few milliseconds.
+    """
+
+    def __init__(self, sr: int, target: int) -> None:
+        self.sr, self.target = sr, target
+        self.pieces: list[np.ndarray] = []
+        self.segment: _Segment | None = None
+        self.out_layout = ""
+        self.source_sr = self.source_channels = 0
+        self.total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
+        self.full_length = 0  # samples at `sr` before any cut at `target`
+
+    def add(self, frame: av.AudioFrame) -> None:
+        rate, n = frame.sample_rate, frame.samples
+        if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
+            return
+        if self.segment is None and not self.pieces:
+            self.source_sr, self.source_channels = rate, frame.layout.nb_channels
+            self.out_layout = _output_layout(frame.layout)
+        elif self.segment is not None and not self.segment.accepts(frame):
+            # Mid-stream format change (e.g. chained streams): finish the old run and map
+            # the new input onto the original output layout.
+            self.end_segment()
+        if self.segment is None:
+            still_needed = max(self.target - self.total, 0.0) * rate / self.sr
+            self.segment = _Segment(frame, self.out_layout, math.ceil(still_needed) + 4 * 4096)
+        self.segment.add(frame)
+        self.total += n * self.sr / rate
+
+    @property
+    def enough(self) -> bool:
+        return self.total > self.target
+
+    def end_segment(self) -> None:
+        if self.segment is not None:
+            self.pieces.append(self.segment.finish(self.sr, self.target))
+            self.full_length += self.segment.resampled_length
+            self.segment = None
+
+
+def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+    stream, codec = _audio_stream(container)
+    runs = _Runs(sr, target)
+    try:
+        for frames in _packet_frames(container, stream):
             for frame in frames:
-                rate, n = frame.sample_rate, frame.samples
-                if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
-                    continue
-                if segment is None:
-                    source_sr, source_channels = rate, frame.layout.nb_channels
-                    out_layout = _output_layout(frame.layout)
-                elif not segment.accepts(frame):
-                    # Mid-stream format change (e.g. chained streams): finish the old run
-                    # and map the new input onto the original output layout.
-                    pieces.append(segment.finish(sr, target))
-                    full_length += segment.resampled_length
-                    segment = None
-                if segment is None:
-                    still_needed = max(target - total, 0.0) * rate / sr
-                    segment = _Segment(frame, out_layout, math.ceil(still_needed) + 4 * 4096)
-                segment.add(frame)
-                total += n * sr / rate
-            if total > target:
+                runs.add(frame)
+            if runs.enough:
                 break
     except _AV_ERRORS:
-        pass  # a demux error mid-stream (e.g. a truncated file): keep what decoded so far
-    if segment is not None:
-        pieces.append(segment.finish(sr, target))
-        full_length += segment.resampled_length
-    pieces = [piece for piece in pieces if piece.shape[1]]
+        pass  # a failure mid-stream: keep what decoded so far
+    runs.end_segment()
+    pieces = [piece for piece in runs.pieces if piece.shape[1]]
     if not pieces:
         raise Undecodable(f"no audio could be decoded from the {codec} stream")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,
-        total=full_length,
-        source_sr=source_sr,
-        source_channels=source_channels,
+        total=runs.full_length,
+        source_sr=runs.source_sr,
+        source_channels=runs.source_channels,
         codec=codec,
         container=container.format.name,
     )
