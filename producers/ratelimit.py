@@ -13,15 +13,14 @@ computed wait once and never polls: N processes calling at once get slots T, 2T,
 (T = 1 / rate). ``burst`` slots may be used back to back after an idle period.
 
 :meth:`RateLimiter.penalize` pushes the shared next-allowed time forward, so when one
-process sees a 503 / throttle answer every process backs off.
+process sees a 503 / throttle answer every process backs off. The backoff policy itself
+(how long a penalty or a retry waits) lives in :mod:`contract.retry`.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from contract.errors import UpstreamError
 
@@ -129,16 +128,3 @@ class RateLimiter:
     def reset(self) -> None:
         """Forget the shared state (tests, or after changing the rate)."""
         self.redis.delete(self.key)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits U(base·2ⁿ/2, base·2ⁿ), capped."""
-
-    base_s: float = 1.0
-    cap_s: float = 60.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2 ** attempt))
-        r = (rng or random).random()
-        return ceiling * (0.5 + 0.5 * r)

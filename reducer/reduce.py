@@ -35,6 +35,7 @@ from contract.records import (
     record_key,
     recording_id_of_key,
 )
+from contract.retry import Backoff
 from contract.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
 from contract.settings import Settings
 from contract.store import FeatureStore, StoreUnavailable, open_store
@@ -84,6 +85,7 @@ FIT_MAX_RECORDS = 20_000
 # one Redis round trip per 500 runs).
 HOUSEKEEPING_EVERY_S = 60.0
 OUTAGE_BACKOFF_CAP_S = 30.0
+OUTAGE_BACKOFF = Backoff(base_s=1.0, cap_s=OUTAGE_BACKOFF_CAP_S)  # contract.retry policy
 METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
                    "danceability", "onset_rate", "duration_s")
 
@@ -267,10 +269,11 @@ class Reducer:
 
         An index, store or Redis outage that outlasts the clients' own retries does not end
         the loop: the batch stays queued (nothing was trimmed) and is tried again after a
-        pause that doubles up to ``OUTAGE_BACKOFF_CAP_S``.
+        full-jitter pause (:mod:`contract.retry`) whose ceiling doubles from 1 s up to
+        ``OUTAGE_BACKOFF_CAP_S`` while the failures last.
         """
         started = time.monotonic()
-        pause_s = 0.0
+        failures = 0
         housekept_at: float | None = None
         while stop_after_s is None or time.monotonic() - started < stop_after_s:
             try:
@@ -281,12 +284,13 @@ class Reducer:
                 consumed = self.reduce_once(batch_size)
             except (IndexUnavailable, StoreUnavailable, redis.ConnectionError,
                     redis.TimeoutError) as exc:
-                pause_s = min(OUTAGE_BACKOFF_CAP_S, max(1.0, 2 * pause_s))
-                log.warning("reduce failed (%s: %s); batch stays queued, retry in %.0f s",
+                failures += 1
+                pause_s = OUTAGE_BACKOFF.delay(failures)
+                log.warning("reduce failed (%s: %s); batch stays queued, retry in %.1f s",
                             type(exc).__name__, exc, pause_s)
                 time.sleep(pause_s)
                 continue
-            pause_s = 0.0
+            failures = 0
             if consumed == 0:
                 time.sleep(idle_sleep_s)
 

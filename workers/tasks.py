@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
 from contract.errors import PreviewvecError
+from contract.retry import Backoff
 from contract.runs import Runs
 from contract.settings import Settings
 from contract.store import StoreUnavailable
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 STORE_RETRIES = 12
 STORE_BACKOFF_CAP_S = 30.0
+# Celery waits the countdown; contract.retry sets it (full jitter, 1 s doubling to the cap).
+STORE_BACKOFF = Backoff(base_s=1.0, cap_s=STORE_BACKOFF_CAP_S)
 
 _context = None
 
@@ -187,7 +189,7 @@ def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
             return record_failure(job, exc.code, exc.message)
-        delay = random.uniform(0, min(STORE_BACKOFF_CAP_S, 2.0**self.request.retries))
+        delay = STORE_BACKOFF.delay(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:
         return record_failure(

@@ -11,22 +11,21 @@ The API token is sent as ``Authorization: Bearer`` and never logged or put in er
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import random
 import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import requests
+from tenacity import RetryCallState
 
+from contract.retry import Backoff, parse_retry_after, retrying
 from reducer.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
@@ -65,21 +64,13 @@ class IndexInfo:
     processed_up_to_datetime: str | None
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+class _Transient(Exception):
+    """A failed attempt worth another: network error, 429, 5xx or a non-JSON answer."""
+
+    def __init__(self, problem: str, retry_after_s: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after_s = retry_after_s
 
 
 def _api_errors(response: requests.Response) -> str:
@@ -165,63 +156,65 @@ class VectorizeIndex:
             body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
         if body is not None:
             headers["Content-Type"] = content_type
-        problem = ""
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: float | None = None
-            try:
-                response = self._session.request(
-                    method, url, data=body, headers=headers, timeout=self._timeout
-                )
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                problem = type(exc).__name__
-            else:
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    problem = f"HTTP {status}"
-                    retry_after = _retry_after_s(response.headers.get("Retry-After"))
-                elif status >= 400:
-                    raise IndexRejected(
-                        f"Vectorize {op} rejected (HTTP {status}): {_api_errors(response)}"
-                    )
-                else:
-                    try:
-                        payload = response.json()
-                    except ValueError:
-                        problem = f"HTTP {status} with a non-JSON body"
-                    else:
-                        if isinstance(payload, dict) and payload.get("success") is False:
-                            raise IndexRejected(f"Vectorize {op} failed: {_api_errors(response)}")
-                        return payload.get("result") if isinstance(payload, dict) else None
-            if attempt == self.max_attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            # INFO: routine while it lasts; the outcome is IndexUnavailable (the CLI's one
-            # line, the reducer's warning) if every attempt fails.
-            log.info(
-                "vectorize %s: %s; retry %d/%d in %.2fs",
-                op,
-                problem,
-                attempt,
-                self.max_attempts - 1,
-                delay,
-            )
-            time.sleep(delay)
-        raise IndexUnavailable(
-            f"Vectorize {op} failed after {self.max_attempts} attempts: {problem}"
+        tries = retrying(
+            Backoff(self.backoff_base_s, self.backoff_max_s),
+            attempts=self.max_attempts,
+            retryable=lambda exc: isinstance(exc, _Transient),
+            retry_after=lambda exc: getattr(exc, "retry_after_s", None),
+            before_sleep=lambda state: self._log_retry(op, state),
         )
+        try:
+            for try_ in tries:
+                with try_:
+                    return self._attempt(method, op, url, body, headers)
+        except _Transient as exc:
+            raise IndexUnavailable(
+                f"Vectorize {op} failed after {self.max_attempts} attempts: {exc.problem}"
+            ) from None
+        raise AssertionError("unreachable: tenacity returns or raises")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter; the server's Retry-After wins when larger."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        # "Equal jitter": at least half the step, so retries never bunch at zero.
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_max_s))
-        return delay
+    def _attempt(
+        self, method: str, op: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Any:
+        """One try: ``result``, or :class:`_Transient` / :class:`IndexRejected`."""
+        try:
+            response = self._session.request(
+                method, url, data=body, headers=headers, timeout=self._timeout
+            )
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            raise _Transient(type(exc).__name__) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise _Transient(f"HTTP {status}", retry_after)
+        if status >= 400:
+            raise IndexRejected(
+                f"Vectorize {op} rejected (HTTP {status}): {_api_errors(response)}"
+            )
+        try:
+            payload = response.json()
+        except ValueError:
+            raise _Transient(f"HTTP {status} with a non-JSON body") from None
+        if isinstance(payload, dict) and payload.get("success") is False:
+            raise IndexRejected(f"Vectorize {op} failed: {_api_errors(response)}")
+        return payload.get("result") if isinstance(payload, dict) else None
+
+    def _log_retry(self, op: str, state: RetryCallState) -> None:
+        # INFO: routine while it lasts; the outcome is IndexUnavailable (the CLI's one
+        # line, the reducer's warning) if every attempt fails.
+        exc = state.outcome.exception() if state.outcome else None
+        log.info(
+            "vectorize %s: %s; retry %d/%d in %.2fs",
+            op,
+            getattr(exc, "problem", exc),
+            state.attempt_number,
+            self.max_attempts - 1,
+            state.upcoming_sleep,
+        )
 
     def _record_mutation(self, result: Any) -> str | None:
         mutation = result.get("mutationId") if isinstance(result, dict) else None

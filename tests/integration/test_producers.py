@@ -22,19 +22,19 @@ from pathlib import Path
 import pytest
 import redis
 
+from contract.retry import Backoff
 from contract.settings import Settings
 from previewvec.localredis import LocalRedis
 from producers import dumps
+from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.musicbrainz import (
     MbContactMissing,
     MusicBrainzClient,
-    UpstreamRejected,
-    UpstreamUnavailable,
     new_releases_query,
     partial_date_key,
 )
-from producers.ratelimit import Backoff, RateLimiter, RateLimitTimeout
+from producers.ratelimit import RateLimiter, RateLimitTimeout
 from producers.resolve import Resolver, pick_release
 from tests.upstream_server import FIXTURES, UpstreamServer
 
@@ -169,7 +169,7 @@ def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: redis
 # -- throttling and failures -----------------------------------------------------------
 def test_503_is_retried_and_penalises_every_process(settings: Settings, r: redis.Redis,
                                                     upstream: UpstreamServer) -> None:
-    slow = Backoff(base_s=0.2, cap_s=0.2)  # penalty 0.1..0.2 s per 503
+    slow = Backoff(base_s=0.2, cap_s=0.2)  # penalty (un-jittered) 0.2 s per 503
     mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), backoff=slow)
     upstream.fail_next(2, 503, b"<html>slow down</html>", path_prefix="/ws/2/")
     assert mb.release(R1)["id"] == R1

@@ -33,12 +33,10 @@ from workers.fetch import (
     HostPolicy,
     HTTPStatusError,
     ResponseTooLarge,
-    backoff_delay,
     is_public_address,
     is_retryable,
     make_session,
     normalize_host,
-    parse_retry_after,
 )
 
 CAP = 200_000
@@ -575,29 +573,6 @@ def test_connection_refused_is_retried() -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def test_backoff_is_full_jitter_and_capped() -> None:
-    for attempt in range(1, 10):
-        bound = min(8.0, 0.5 * 2 ** (attempt - 1))
-        delays = [backoff_delay(attempt) for _ in range(50)]
-        assert all(0 <= d <= bound for d in delays)
-    assert backoff_delay(1, retry_after_s=3) == 3
-    assert backoff_delay(1, retry_after_s=120) == 8.0
-
-
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert 50 < parse_retry_after(_http_date(time.time() + 60)) <= 60  # type: ignore[operator]
-
-
-def _http_date(ts: float) -> str:
-    from email.utils import formatdate
-
-    return formatdate(ts, usegmt=True)
 
 
 def test_error_types_and_codes() -> None:
