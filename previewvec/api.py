@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
+from contract.layout import PITCH_CLASSES
 from contract.runs import Runs, new_run_id
 from contract.settings import Settings
 from contract.store import StoreUnavailable
@@ -70,7 +71,6 @@ BACKGROUND_WORKERS = 4
 QUEUE_FULL_RETRY_AFTER_S = 30
 INPUT_KEYS = ("release", "isrcs", "query", "new_releases", "jobs")
 OPTION_KEYS = ("queue", "force")
-PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _MBID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -651,6 +651,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
                     mode: Literal["major", "minor"] | None = Query(None),
                     ) -> dict[str, Any]:
         from contract.records import record_key
+        from reducer.reduce import match_descriptors, similar_filter  # lazy: LanceDB, numpy
 
         for name, bound in (("tempo_min", tempo_min), ("tempo_max", tempo_max)):
             if bound is not None and not math.isfinite(bound):
@@ -660,16 +661,9 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
             record_key("x", recording_id)  # refuses ids that can never be stored
         except ValueError:
             raise HTTPException(404, "no stored record for this recording") from None
-        where: dict[str, Any] = {}
-        tempo = {op: v for op, v in (("$gte", tempo_min), ("$lte", tempo_max)) if v is not None}
-        if tempo:
-            where["tempo_bpm"] = tempo
-        if key:
-            where["key"] = key
-        if mode:
-            where["mode"] = mode
+        where = similar_filter(tempo_min=tempo_min, tempo_max=tempo_max, key=key, mode=mode)
         try:
-            matches = get_reducer().similar(recording_id, k, filter=where or None)
+            matches = get_reducer().similar(recording_id, k, filter=where)
         except FileNotFoundError:
             raise HTTPException(404, "no stored record for this recording") from None
         except PreviewvecError as exc:
@@ -685,8 +679,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
         return {"recording_id": recording_id, "k": k, "matches": [
             {"recording_id": m.metadata.get("recording_id", m.id),
              "score": round(float(m.score), 4) if math.isfinite(m.score) else None,
-             "descriptors": {n: v for n, v in m.metadata.items()
-                             if n not in ("recording_id", "normalizer")}}
+             "descriptors": match_descriptors(m)}
             for m in matches]}
 
     return app
