@@ -239,20 +239,42 @@ def _parse_query(value: object, errors: Errors) -> str | None:
     return _text(value, ["query"], errors, max_chars=MAX_QUERY_CHARS)
 
 
-def _parse_isrcs(value: object, errors: Errors) -> list[str] | None:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ISRCS:
-        errors.append(_field_error(["isrcs"], f"must be a list of 1 to {MAX_ISRCS} ISRCs"))
+def _parse_list(value: object, kind: str, limit: int, noun: str, errors: Errors,
+                parse_item: Callable[[object, list[Any], Errors], Any]) -> list[Any] | None:
+    """1 to ``limit`` items, each through ``parse_item`` (None: refused, error appended)."""
+    if not (isinstance(value, list) and 1 <= len(value) <= limit):
+        errors.append(_field_error([kind], f"must be a list of 1 to {limit} {noun}"))
         return None
-    isrcs: list[str] = []
-    for i, item in enumerate(value):
-        if (isinstance(item, str) and item.isascii() and len(item) <= 64
-                and re.fullmatch(ISRC_PATTERN, normalize_isrc(item))):
-            isrc = normalize_isrc(item)
-            if isrc not in isrcs:
-                isrcs.append(isrc)
-        else:
-            errors.append(_field_error(["isrcs", i], "must be an ISRC like USRC17607839"))
-    return isrcs
+    parsed = (parse_item(item, [kind, i], errors) for i, item in enumerate(value))
+    return [x for x in parsed if x is not None]
+
+
+def _isrc(item: object, loc: list[Any], errors: Errors) -> str | None:
+    if (isinstance(item, str) and item.isascii() and len(item) <= 64
+            and re.fullmatch(ISRC_PATTERN, normalize_isrc(item))):
+        return normalize_isrc(item)
+    errors.append(_field_error(loc, "must be an ISRC like USRC17607839"))
+    return None
+
+
+def _job(item: object, loc: list[Any], errors: Errors) -> Job | None:
+    try:
+        return Job.from_dict(item)
+    except InvalidJob as exc:
+        errors.append(_field_error(loc + ([exc.field] if exc.field else []), exc.message,
+                                   exc.code))
+    except (TypeError, ValueError, RecursionError) as exc:  # belt and braces
+        errors.append(_field_error(loc, f"invalid job: {exc}", "invalid_job"))
+    return None
+
+
+def _parse_isrcs(value: object, errors: Errors) -> list[str] | None:
+    isrcs = _parse_list(value, "isrcs", MAX_ISRCS, "ISRCs", errors, _isrc)
+    return None if isrcs is None else list(dict.fromkeys(isrcs))  # repeats dropped, in order
+
+
+def _parse_jobs(value: object, errors: Errors) -> list[Job] | None:
+    return _parse_list(value, "jobs", MAX_JOBS, "jobs", errors, _job)
 
 
 def _parse_new_releases(value: object, errors: Errors) -> tuple[date | None, date | None] | None:
@@ -274,21 +296,6 @@ def _parse_new_releases(value: object, errors: Errors) -> tuple[date | None, dat
         errors.append(_field_error([kind, "until"], "must not be before since"))
     return since, until
 
-
-def _parse_jobs(value: object, errors: Errors) -> list[Job] | None:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_JOBS:
-        errors.append(_field_error(["jobs"], f"must be a list of 1 to {MAX_JOBS} jobs"))
-        return None
-    jobs: list[Job] = []
-    for i, item in enumerate(value):
-        try:
-            jobs.append(Job.from_dict(item))
-        except InvalidJob as exc:
-            loc: list[Any] = ["jobs", i] + ([exc.field] if exc.field else [])
-            errors.append(_field_error(loc, exc.message, exc.code))
-        except (TypeError, ValueError, RecursionError) as exc:  # belt and braces
-            errors.append(_field_error(["jobs", i], f"invalid job: {exc}", "invalid_job"))
-    return jobs
 
 
 # One parser per input kind (INPUT_KEYS): each appends its field errors and returns the
