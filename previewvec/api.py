@@ -45,13 +45,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.broker import QUEUES
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
 from contract.layout import PITCH_CLASSES
 from contract.runs import Runs, new_run_id
 from contract.settings import Settings
 from contract.store import StoreUnavailable
-from producers.queue import QUEUES, queue_depth
+from producers.queue import queue_depth
 from producers.submit import (
     default_queue,
     iter_resolutions,
