@@ -46,11 +46,12 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 
 from contract.layout import FMA_DIM, FMA_FEATURE_SIZES, fma_names  # noqa: E402
+from testkit.encode import encode_audio  # noqa: E402
 from testkit.fma_reference import fma_reference  # noqa: E402
 from testkit.songs.render import find_soundfont, render, resolve_renderer  # noqa: E402
 from testkit.songs.score import MODES, NOTE_NAMES, STYLES, generate_song, styles_for  # noqa: E402
 from workers.analysis import analyze  # noqa: E402
-from workers.audio import decode_audio, encode_audio  # noqa: E402
+from workers.audio import decode_audio  # noqa: E402
 from workers.features.extractor import warm_up  # noqa: E402
 
 CLIP_S = 30.0

@@ -86,9 +86,9 @@ def _clip_dir(seed: int, seconds: float) -> Path:
 
 def _make_one(args: tuple[int, int, float, str]) -> None:
     i, seed, seconds, folder = args
+    from testkit.encode import encode_audio
     from testkit.songs.render import render_synth
     from testkit.songs.score import MODES, STYLES, generate_song, styles_for
-    from workers.audio import encode_audio
 
     rng = random.Random(seed * 100_003 + i)
     tempo = round(rng.uniform(66, 172), 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from typing import Literal
 
 # pv2: decoding resamples with soxr HQ instead of swresample (docs/features.md).
 FEATURE_VERSION = "pv2"
@@ -43,6 +44,25 @@ DESCRIPTOR_DIMENSIONS: tuple[str, ...] = (
     "loudness.energy",
     "meta.duration_s",
 )
+
+DescriptorKind = Literal["number", "string"]
+# The human descriptors of every record (beside the vector), with their JSON kinds. All
+# of them can be filtered on in the index (≤ 10, Vectorize's metadata-index limit); this
+# order is the embedded index's column order, so tables already written keep their schema.
+DESCRIPTORS: dict[str, DescriptorKind] = {
+    "tempo_bpm": "number",
+    "key": "string",
+    "mode": "string",
+    "energy": "number",
+    "danceability": "number",
+    "loudness_lufs": "number",
+    "key_strength": "number",
+    "onset_rate": "number",
+    "duration_s": "number",
+}
+DESCRIPTOR_KEYS: tuple[str, ...] = tuple(DESCRIPTORS)
+# The values of the ``key`` descriptor, by pitch class (0 = C).
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 @cache

@@ -32,12 +32,12 @@ import re
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -45,12 +45,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.broker import QUEUES
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
+from contract.layout import PITCH_CLASSES
 from contract.runs import Runs, new_run_id
 from contract.settings import Settings
 from contract.store import StoreUnavailable
-from producers.queue import QUEUES, queue_depth
+from producers.queue import queue_depth
 from producers.submit import (
     default_queue,
     iter_resolutions,
@@ -70,7 +72,6 @@ BACKGROUND_WORKERS = 4
 QUEUE_FULL_RETRY_AFTER_S = 30
 INPUT_KEYS = ("release", "isrcs", "query", "new_releases", "jobs")
 OPTION_KEYS = ("queue", "force")
-PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _MBID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -225,59 +226,92 @@ def _iso_date(value: object, loc: list[Any], errors: list[dict[str, Any]]) -> da
     return None
 
 
-def _parse_input(kind: str, value: object, errors: list[dict[str, Any]]) -> Any:
-    if kind == "release":
-        if isinstance(value, str) and _MBID.fullmatch(value):
-            return value.lower()
-        errors.append(_field_error([kind], "must be a MusicBrainz release id (a UUID)"))
+Errors = list[dict[str, Any]]
+
+
+def _parse_release(value: object, errors: Errors) -> str | None:
+    if isinstance(value, str) and _MBID.fullmatch(value):
+        return value.lower()
+    errors.append(_field_error(["release"], "must be a MusicBrainz release id (a UUID)"))
+    return None
+
+
+def _parse_query(value: object, errors: Errors) -> str | None:
+    return _text(value, ["query"], errors, max_chars=MAX_QUERY_CHARS)
+
+
+def _parse_list(value: object, kind: str, limit: int, noun: str, errors: Errors,
+                parse_item: Callable[[object, list[Any], Errors], Any]) -> list[Any] | None:
+    """1 to ``limit`` items, each through ``parse_item`` (None: refused, error appended)."""
+    if not (isinstance(value, list) and 1 <= len(value) <= limit):
+        errors.append(_field_error([kind], f"must be a list of 1 to {limit} {noun}"))
         return None
-    if kind == "query":
-        return _text(value, [kind], errors, max_chars=MAX_QUERY_CHARS)
-    if kind == "isrcs":
-        if not isinstance(value, list) or not 1 <= len(value) <= MAX_ISRCS:
-            errors.append(_field_error([kind], f"must be a list of 1 to {MAX_ISRCS} ISRCs"))
-            return None
-        isrcs: list[str] = []
-        for i, item in enumerate(value):
-            if (isinstance(item, str) and item.isascii() and len(item) <= 64
-                    and re.fullmatch(ISRC_PATTERN, normalize_isrc(item))):
-                isrc = normalize_isrc(item)
-                if isrc not in isrcs:
-                    isrcs.append(isrc)
-            else:
-                errors.append(_field_error([kind, i], "must be an ISRC like USRC17607839"))
-        return isrcs
-    if kind == "new_releases":
-        if not isinstance(value, dict):
-            errors.append(_field_error([kind], 'must be {"since": DATE, "until": DATE}'))
-            return None
-        for key in value:
-            if key not in ("since", "until"):
-                errors.append(_field_error([kind, key], "unknown field", "extra_forbidden"))
-        if "since" not in value:
-            errors.append(_field_error([kind, "since"], "is required", "missing"))
-            return None
-        since = _iso_date(value["since"], [kind, "since"], errors)
-        until = None
-        if value.get("until") is not None:
-            until = _iso_date(value["until"], [kind, "until"], errors)
-        if since and until and until < since:
-            errors.append(_field_error([kind, "until"], "must not be before since"))
-        return since, until
-    # jobs
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_JOBS:
-        errors.append(_field_error([kind], f"must be a list of 1 to {MAX_JOBS} jobs"))
+    parsed = (parse_item(item, [kind, i], errors) for i, item in enumerate(value))
+    return [x for x in parsed if x is not None]
+
+
+def _isrc(item: object, loc: list[Any], errors: Errors) -> str | None:
+    if (isinstance(item, str) and item.isascii() and len(item) <= 64
+            and re.fullmatch(ISRC_PATTERN, normalize_isrc(item))):
+        return normalize_isrc(item)
+    errors.append(_field_error(loc, "must be an ISRC like USRC17607839"))
+    return None
+
+
+def _job(item: object, loc: list[Any], errors: Errors) -> Job | None:
+    try:
+        return Job.from_dict(item)
+    except InvalidJob as exc:
+        errors.append(_field_error(loc + ([exc.field] if exc.field else []), exc.message,
+                                   exc.code))
+    except (TypeError, ValueError, RecursionError) as exc:  # belt and braces
+        errors.append(_field_error(loc, f"invalid job: {exc}", "invalid_job"))
+    return None
+
+
+def _parse_isrcs(value: object, errors: Errors) -> list[str] | None:
+    isrcs = _parse_list(value, "isrcs", MAX_ISRCS, "ISRCs", errors, _isrc)
+    return None if isrcs is None else list(dict.fromkeys(isrcs))  # repeats dropped, in order
+
+
+def _parse_jobs(value: object, errors: Errors) -> list[Job] | None:
+    return _parse_list(value, "jobs", MAX_JOBS, "jobs", errors, _job)
+
+
+def _parse_new_releases(value: object, errors: Errors) -> tuple[date | None, date | None] | None:
+    kind = "new_releases"
+    if not isinstance(value, dict):
+        errors.append(_field_error([kind], 'must be {"since": DATE, "until": DATE}'))
         return None
-    jobs: list[Job] = []
-    for i, item in enumerate(value):
-        try:
-            jobs.append(Job.from_dict(item))
-        except InvalidJob as exc:
-            loc: list[Any] = [kind, i] + ([exc.field] if exc.field else [])
-            errors.append(_field_error(loc, exc.message, exc.code))
-        except (TypeError, ValueError, RecursionError) as exc:  # belt and braces
-            errors.append(_field_error([kind, i], f"invalid job: {exc}", "invalid_job"))
-    return jobs
+    for key in value:
+        if key not in ("since", "until"):
+            errors.append(_field_error([kind, key], "unknown field", "extra_forbidden"))
+    if "since" not in value:
+        errors.append(_field_error([kind, "since"], "is required", "missing"))
+        return None
+    since = _iso_date(value["since"], [kind, "since"], errors)
+    until = None
+    if value.get("until") is not None:
+        until = _iso_date(value["until"], [kind, "until"], errors)
+    if since and until and until < since:
+        errors.append(_field_error([kind, "until"], "must not be before since"))
+    return since, until
+
+
+
+# One parser per input kind (INPUT_KEYS): each appends its field errors and returns the
+# value a submission carries (None when unusable).
+_INPUT_PARSERS: dict[str, Callable[[object, Errors], Any]] = {
+    "release": _parse_release,
+    "isrcs": _parse_isrcs,
+    "query": _parse_query,
+    "new_releases": _parse_new_releases,
+    "jobs": _parse_jobs,
+}
+
+
+def _parse_input(kind: str, value: object, errors: Errors) -> Any:
+    return _INPUT_PARSERS[kind](value, errors)
 
 
 def parse_submission(body: bytes) -> Submission:
@@ -399,6 +433,370 @@ def _jobs_body_schema() -> dict[str, Any]:
     }
 
 
+@dataclass
+class ApiState:
+    """What the handlers share, built once per app: settings, run state, the background
+    threads, the auth tokens, and the store and reducer, opened on first use."""
+
+    settings: Settings
+    runs: Runs
+    background: Background
+    resolver_factory: Callable[[Settings], Any]
+    tokens: tuple[bytes, ...]
+    _store: Any = None
+    _reducer: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store(self) -> Any:
+        with self._lock:
+            if self._store is None:
+                from contract.store import open_store
+
+                self._store = open_store(self.settings.store, self.settings)
+            return self._store
+
+    def reducer(self) -> Any:
+        with self._lock:
+            if self._reducer is None:
+                from reducer.reduce import Reducer  # lazy: LanceDB, numpy
+
+                self._reducer = Reducer.build(self.settings)
+            return self._reducer
+
+
+def _api(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+async def _state(request: Request) -> ApiState:
+    return _api(request)  # async: no thread-pool hop for a dict lookup
+
+
+State = Annotated[ApiState, Depends(_state)]
+
+
+def require_token(request: Request,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    """Bearer auth against ``settings.api_tokens``, compared in constant time."""
+    if creds is not None and creds.scheme.lower() == "bearer":
+        given = creds.credentials.encode("latin-1", "replace")
+        ok = False
+        for token in _api(request).tokens:  # no early exit: time does not depend on a match
+            ok |= hmac.compare_digest(given, token)
+        if ok:
+            return
+    raise HTTPException(401, "missing or invalid bearer token",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+_AUTH = [Depends(require_token)]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def _input_error(_: Request, exc: InputError) -> SafeJSONResponse:
+    if isinstance(exc.errors, str):
+        return _error(exc.status, exc.errors)
+    return SafeJSONResponse({"detail": exc.errors}, status_code=exc.status)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+    # Rebuilt from loc/msg/type only: echoing the raw input could fail to render.
+    detail = [{"loc": [x if isinstance(x, int) else _safe(x) for x in e.get("loc", ())],
+               "msg": _safe(e.get("msg", "")), "type": _safe(e.get("type", ""))}
+              for e in exc.errors()[:MAX_ERRORS]]
+    return SafeJSONResponse({"detail": detail}, status_code=422)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+    return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def _broker_down(_: Request, exc: Exception) -> SafeJSONResponse:
+    log.warning("broker unavailable: %s", type(exc).__name__)
+    return _error(503, "broker unavailable, try again later", headers={"Retry-After": "5"})
+
+
+async def _store_down(_: Request, exc: Exception) -> SafeJSONResponse:
+    log.warning("feature store unavailable: %s", type(exc).__name__)
+    return _error(503, "feature store unavailable, try again later",
+                  headers={"Retry-After": "5"})
+
+
+async def _server_fault(request: Request, exc: Exception) -> SafeJSONResponse:
+    # Genuine server faults only; never logs headers (tokens).
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal server error")
+
+
+_ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
+    (InputError, _input_error),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (redis.TimeoutError, _broker_down),
+    (redis.ConnectionError, _broker_down),
+    (StoreUnavailable, _store_down),
+    (Exception, _server_fault),
+)
+
+
+# --------------------------------------------------------------------------- ops
+
+ops = APIRouter(tags=["ops"])
+
+
+@ops.get("/healthz", summary="liveness: Redis reachable")
+def healthz(state: State) -> SafeJSONResponse:
+    try:
+        state.runs.redis.ping()
+    except redis.RedisError:
+        return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
+                                status_code=503)
+    return SafeJSONResponse({"status": "ok", "redis": "ok"})
+
+
+# --------------------------------------------------------------------------- runs
+
+runs_router = APIRouter(dependencies=_AUTH, tags=["runs"])
+
+
+def _run_submission(state: ApiState, run_id: str, sub: Submission, resolver: Any) -> None:
+    """Resolve and publish one accepted submission (a background thread)."""
+    try:
+        items = sub.value if sub.kind == "jobs" else iter_resolutions(resolver, sub.kind,
+                                                                       sub.value)
+        submit(items, state.settings, queue=sub.queue, force=sub.force, run_id=run_id,
+               runs=state.runs, store=None if sub.force else state.store())
+    except Exception as exc:
+        if isinstance(exc, PreviewvecError):  # expected (upstream, config): no trace
+            log.warning("run %s: submission failed: %s", run_id, exc.code)
+        else:
+            log.error("run %s: submission failed: %s", run_id, type(exc).__name__,
+                      exc_info=exc)
+        state.runs.redis.hset(meta_key(run_id), mapping={
+            "resolution_state": "failed",
+            "resolution_error": _safe(f"{type(exc).__name__}: {exc}")[:500]})
+
+
+def _check_room(state: ApiState, queue: str) -> None:
+    """Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
+    goes to is above the mark, rather than pile it up in the background threads."""
+    depth = queue_depth(state.runs.redis, queue)
+    high_water = state.settings.queue_high_water
+    if depth > high_water:
+        raise HTTPException(
+            429, f"queue {queue!r} holds {depth} jobs, more than its high-water "
+            f"mark of {high_water}: try again in {QUEUE_FULL_RETRY_AFTER_S} s",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+
+
+def _resolver_for(state: ApiState, sub: Submission) -> Any:
+    if sub.kind == "jobs":
+        return None
+    try:  # no network: only clients are built, so misconfiguration shows up now
+        return state.resolver_factory(state.settings)
+    except PreviewvecError as exc:
+        raise HTTPException(503, f"resolution unavailable ({exc.code}): "
+                            f"{exc.message}") from None
+
+
+def _accept(state: ApiState, sub: Submission) -> dict[str, Any]:
+    """Create the run and hand the submission to the background threads."""
+    _check_room(state, sub.queue)
+    resolver = _resolver_for(state, sub)
+    run_id = new_run_id()
+    meta: dict[str, str | int] = {"queue": sub.queue, "source": "api", "input": sub.kind,
+                                  "resolution_state": "pending"}
+    if sub.kind == "jobs":
+        meta["accepted"] = len(sub.value)
+    state.runs.create(run_id, **meta)
+    state.background.submit(lambda: _run_submission(state, run_id, sub, resolver))
+    out: dict[str, Any] = {"run_id": run_id, "status_url": f"/v1/runs/{run_id}",
+                           "input": sub.kind, "queue": sub.queue, "force": sub.force}
+    if sub.kind == "jobs":
+        out["accepted"] = len(sub.value)
+    return out
+
+
+@runs_router.post(
+    "/v1/jobs", status_code=202,
+    summary="submit a release, ISRCs, a query, new releases or jobs",
+    openapi_extra={"requestBody": _jobs_body_schema()},
+    responses={202: {"description": "accepted; follow the run at status_url"},
+               400: {"description": "not JSON"}, 401: {"description": "no token"},
+               413: {"description": "body too large"},
+               429: {"description": "the target queue is above its high-water "
+                     "mark; retry after Retry-After seconds"},
+               422: {"description": "field errors"}})
+async def post_jobs(request: Request, state: State) -> SafeJSONResponse:
+    body = await request.body()
+    sub = await run_in_threadpool(parse_submission, body)
+    return SafeJSONResponse(await run_in_threadpool(_accept, state, sub), status_code=202)
+
+
+def _failures_page(runs: Runs, run_id: str, cursor: int,
+                   limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of a run's failures and the cursor of the next (None: the last page)."""
+    next_cursor, page = runs.redis.hscan(f"pv:run:{run_id}:failures", cursor=cursor,
+                                         count=limit)
+    failures = []
+    for recording_id, raw in sorted(page.items()):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = {}
+        failures.append({"recording_id": recording_id, "code": entry.get("code"),
+                         "message": entry.get("message"), "job": entry.get("job")})
+    return failures, int(next_cursor) or None
+
+
+@runs_router.get("/v1/runs/{run_id}",
+                 summary="a run's counts, resolution progress and failures")
+def get_run(state: State, run_id: str,
+            cursor: int = Query(0, ge=0, le=2**63 - 1,
+                                description="failures page: 0, then failures_next"),
+            limit: int = Query(100, ge=1, le=1000,
+                               description="failures per page (approximate)"),
+            ) -> dict[str, Any]:
+    from previewvec.progress import resolution_progress
+
+    runs = state.runs
+    if len(run_id) > 128 or not runs.exists(run_id):
+        raise HTTPException(404, "no such run")
+    status = runs.status(run_id)
+    failures, failures_next = _failures_page(runs, run_id, cursor, limit)
+    meta = status.meta
+    resolution = resolution_progress(status)
+    if resolution is not None and meta.get("resolution_error"):
+        resolution["error"] = meta["resolution_error"]
+    return {
+        "run_id": run_id,
+        "created_at": _float(meta.get("created_at")),
+        "queue": meta.get("queue"),
+        "input": meta.get("input"),
+        "source": meta.get("source"),
+        "counts": status.counts,
+        "total": status.total,
+        "finished": status.finished,
+        "submitted": _int(meta.get("submitted")),
+        "resolution": resolution,
+        "failures": failures,
+        "failures_next": failures_next,
+    }
+
+
+# --------------------------------------------------------------------------- features
+
+features = APIRouter(dependencies=_AUTH, tags=["features"])
+_NO_RECORD = "no stored record for this recording"
+
+
+@features.get("/v1/recordings/{recording_id}",
+              summary="a recording's stored descriptors and provenance")
+def get_recording(state: State, recording_id: str,
+                  vector: bool = Query(False, description="include the raw vector"),
+                  ) -> dict[str, Any]:
+    from contract.layout import FEATURE_VERSION
+    from contract.records import decode_record, record_key
+
+    try:
+        data = state.store().get(record_key(FEATURE_VERSION, recording_id))
+    except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
+        raise HTTPException(404, _NO_RECORD) from None
+    record = decode_record(data)
+    out: dict[str, Any] = {
+        "recording_id": record.recording_id,
+        "feature_version": record.feature_version,
+        "descriptors": record.descriptors,
+        "provenance": record.provenance,
+        "timings_s": record.timings_s,
+    }
+    if vector:
+        out["vector"] = record.vector
+    return out
+
+
+def _check_similar_query(recording_id: str, tempo_min: float | None,
+                         tempo_max: float | None) -> None:
+    from contract.records import record_key
+
+    for name, bound in (("tempo_min", tempo_min), ("tempo_max", tempo_max)):
+        if bound is not None and not math.isfinite(bound):
+            raise InputError(422, [{"loc": ["query", name], "msg": "must be finite",
+                                    "type": "value_error"}])
+    try:
+        record_key("x", recording_id)  # refuses ids that can never be stored
+    except ValueError:
+        raise HTTPException(404, _NO_RECORD) from None
+
+
+def _similar_error(exc: PreviewvecError) -> Exception | None:
+    """The response for an index error about this request; None: a fault (re-raised)."""
+    if exc.code in ("invalid_filter", "invalid_index_item"):
+        # A filter we cannot run, or a stored vector that cannot be compared
+        # (e.g. all-zero after normalisation): about this request, not a fault.
+        return InputError(422, [{"loc": ["query"], "msg": _safe(exc.message),
+                                 "type": exc.code}])
+    if exc.code == "index_unavailable":
+        return HTTPException(503, "vector index unavailable, try again later",
+                             headers={"Retry-After": "5"})
+    return None
+
+
+@features.get("/v1/similar/{recording_id}", summary="recordings that sound like this one")
+def get_similar(state: State, recording_id: str,
+                k: int = Query(10, ge=1, le=100),
+                tempo_min: float | None = Query(None, ge=0, le=1000),
+                tempo_max: float | None = Query(None, ge=0, le=1000),
+                key: Literal[PITCH_CLASSES] | None = Query(None),  # type: ignore[valid-type]
+                mode: Literal["major", "minor"] | None = Query(None),
+                ) -> dict[str, Any]:
+    from reducer.reduce import match_descriptors, similar_filter  # lazy: LanceDB, numpy
+
+    _check_similar_query(recording_id, tempo_min, tempo_max)
+    where = similar_filter(tempo_min=tempo_min, tempo_max=tempo_max, key=key, mode=mode)
+    try:
+        matches = state.reducer().similar(recording_id, k, filter=where)
+    except FileNotFoundError:
+        raise HTTPException(404, _NO_RECORD) from None
+    except PreviewvecError as exc:
+        response = _similar_error(exc)
+        if response is None:
+            raise
+        raise response from None
+    return {"recording_id": recording_id, "k": k, "matches": [
+        {"recording_id": m.metadata.get("recording_id", m.id),
+         "score": round(float(m.score), 4) if math.isfinite(m.score) else None,
+         "descriptors": match_descriptors(m)}
+        for m in matches]}
+
+
+# --------------------------------------------------------------------------- the app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    state: ApiState = app.state.api
+    if not state.tokens:
+        log.warning("no API tokens configured (PREVIEWVEC_API_TOKENS): all requests "
+                    "to /v1 are refused")
+    yield
+    state.background.stop()
+
+
+def _install_access_log_filter() -> None:
+    access_log = logging.getLogger("uvicorn.access")
+    if ACCESS_LOG_FILTER not in access_log.filters:
+        access_log.addFilter(ACCESS_LOG_FILTER)
+
+
+def _default_runs(settings: Settings) -> Runs:
+    return Runs(redis.Redis.from_url(
+        settings.broker_url, decode_responses=True, socket_connect_timeout=5,
+        socket_timeout=30, health_check_interval=30))
+
+
 def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any] | None = None,
                runs: Runs | None = None, store: Any = None,
                background: Background | None = None) -> FastAPI:
@@ -406,289 +804,23 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     :meth:`producers.resolve.Resolver.build`); the other arguments are for tests."""
     if resolver_factory is None:
         from producers.submit import build_resolver as resolver_factory
-    runs = runs or Runs(redis.Redis.from_url(
-        settings.broker_url, decode_responses=True, socket_connect_timeout=5,
-        socket_timeout=30, health_check_interval=30))
-    background = background or Background()
-    tokens = tuple(t.encode("utf-8") for t in settings.api_tokens if t)
-    lazy: dict[str, Any] = {"store": store}
-    lazy_lock = threading.Lock()
-
-    def get_store() -> Any:
-        with lazy_lock:
-            if lazy["store"] is None:
-                from contract.store import open_store
-
-                lazy["store"] = open_store(settings.store, settings)
-            return lazy["store"]
-
-    def get_reducer() -> Any:
-        with lazy_lock:
-            if lazy.get("reducer") is None:
-                from reducer.reduce import Reducer  # lazy: LanceDB, numpy
-
-                lazy["reducer"] = Reducer.build(settings)
-            return lazy["reducer"]
-
-    access_log = logging.getLogger("uvicorn.access")
-    if ACCESS_LOG_FILTER not in access_log.filters:
-        access_log.addFilter(ACCESS_LOG_FILTER)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        if not tokens:
-            log.warning("no API tokens configured (PREVIEWVEC_API_TOKENS): all requests "
-                        "to /v1 are refused")
-        yield
-        background.stop()
-
+    state = ApiState(settings=settings, runs=runs or _default_runs(settings),
+                     background=background or Background(), resolver_factory=resolver_factory,
+                     tokens=tuple(t.encode("utf-8") for t in settings.api_tokens if t),
+                     _store=store)
+    _install_access_log_filter()
     app = FastAPI(title="previewvec", version="1",
                   description="Submit music for audio-feature extraction, follow runs, "
                   "read descriptors, find similar recordings.",
-                  default_response_class=SafeJSONResponse, lifespan=lifespan)
-    app.state.background = background
-    app.state.runs = runs
+                  default_response_class=SafeJSONResponse, lifespan=_lifespan)
+    app.state.api = state
+    app.state.background = state.background
+    app.state.runs = state.runs
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
-
-    # ----------------------------------------------------------------- errors
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, exc: InputError) -> SafeJSONResponse:
-        if isinstance(exc.errors, str):
-            return _error(exc.status, exc.errors)
-        return SafeJSONResponse({"detail": exc.errors}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
-        # Rebuilt from loc/msg/type only: echoing the raw input could fail to render.
-        detail = [{"loc": [x if isinstance(x, int) else _safe(x) for x in e.get("loc", ())],
-                   "msg": _safe(e.get("msg", "")), "type": _safe(e.get("type", ""))}
-                  for e in exc.errors()[:MAX_ERRORS]]
-        return SafeJSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
-    async def _broker_down(_: Request, exc: Exception) -> SafeJSONResponse:
-        log.warning("broker unavailable: %s", type(exc).__name__)
-        return _error(503, "broker unavailable, try again later",
-                      headers={"Retry-After": "5"})
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store_down(_: Request, exc: StoreUnavailable) -> SafeJSONResponse:
-        log.warning("feature store unavailable: %s", type(exc).__name__)
-        return _error(503, "feature store unavailable, try again later",
-                      headers={"Retry-After": "5"})
-
-    @app.exception_handler(Exception)
-    async def _server_fault(request: Request, exc: Exception) -> SafeJSONResponse:
-        # Genuine server faults only; never logs headers (tokens).
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal server error")
-
-    # ----------------------------------------------------------------- auth
-    def require_token(
-            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
-        if creds is not None and creds.scheme.lower() == "bearer":
-            given = creds.credentials.encode("latin-1", "replace")
-            ok = False
-            for token in tokens:  # no early exit: the time spent does not depend on a match
-                ok |= hmac.compare_digest(given, token)
-            if ok:
-                return
-        raise HTTPException(401, "missing or invalid bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(require_token)]
-
-    # ----------------------------------------------------------------- endpoints
-    @app.get("/healthz", tags=["ops"], summary="liveness: Redis reachable")
-    def healthz() -> SafeJSONResponse:
-        try:
-            runs.redis.ping()
-        except redis.RedisError:
-            return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
-                                    status_code=503)
-        return SafeJSONResponse({"status": "ok", "redis": "ok"})
-
-    def _run_submission(run_id: str, sub: Submission, resolver: Any) -> None:
-        try:
-            if sub.kind == "jobs":
-                items = sub.value
-            else:
-                items = iter_resolutions(resolver, sub.kind, sub.value)
-            submit(items, settings, queue=sub.queue, force=sub.force, run_id=run_id,
-                   runs=runs, store=None if sub.force else get_store())
-        except Exception as exc:
-            if isinstance(exc, PreviewvecError):  # expected (upstream, config): no trace
-                log.warning("run %s: submission failed: %s", run_id, exc.code)
-            else:
-                log.error("run %s: submission failed: %s", run_id, type(exc).__name__,
-                          exc_info=exc)
-            runs.redis.hset(meta_key(run_id), mapping={
-                "resolution_state": "failed",
-                "resolution_error": _safe(f"{type(exc).__name__}: {exc}")[:500]})
-
-    def _accept(sub: Submission) -> dict[str, Any]:
-        # Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
-        # goes to is above the mark, rather than pile it up in the background threads.
-        depth = queue_depth(runs.redis, sub.queue)
-        if depth > settings.queue_high_water:
-            raise HTTPException(
-                429, f"queue {sub.queue!r} holds {depth} jobs, more than its high-water "
-                f"mark of {settings.queue_high_water}: try again in "
-                f"{QUEUE_FULL_RETRY_AFTER_S} s",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
-        resolver = None
-        if sub.kind != "jobs":
-            try:  # no network: only clients are built, so misconfiguration shows up now
-                resolver = resolver_factory(settings)
-            except PreviewvecError as exc:
-                raise HTTPException(503, f"resolution unavailable ({exc.code}): "
-                                    f"{exc.message}") from None
-        run_id = new_run_id()
-        meta: dict[str, str | int] = {"queue": sub.queue, "source": "api", "input": sub.kind,
-                                      "resolution_state": "pending"}
-        if sub.kind == "jobs":
-            meta["accepted"] = len(sub.value)
-        runs.create(run_id, **meta)
-        background.submit(lambda: _run_submission(run_id, sub, resolver))
-        out: dict[str, Any] = {"run_id": run_id, "status_url": f"/v1/runs/{run_id}",
-                               "input": sub.kind, "queue": sub.queue, "force": sub.force}
-        if sub.kind == "jobs":
-            out["accepted"] = len(sub.value)
-        return out
-
-    @app.post("/v1/jobs", status_code=202, dependencies=auth, tags=["runs"],
-              summary="submit a release, ISRCs, a query, new releases or jobs",
-              openapi_extra={"requestBody": _jobs_body_schema()},
-              responses={202: {"description": "accepted; follow the run at status_url"},
-                         400: {"description": "not JSON"}, 401: {"description": "no token"},
-                         413: {"description": "body too large"},
-                         429: {"description": "the target queue is above its high-water "
-                               "mark; retry after Retry-After seconds"},
-                         422: {"description": "field errors"}})
-    async def post_jobs(request: Request) -> SafeJSONResponse:
-        body = await request.body()
-        sub = await run_in_threadpool(parse_submission, body)
-        return SafeJSONResponse(await run_in_threadpool(_accept, sub), status_code=202)
-
-    @app.get("/v1/runs/{run_id}", dependencies=auth, tags=["runs"],
-             summary="a run's counts, resolution progress and failures")
-    def get_run(run_id: str,
-                cursor: int = Query(0, ge=0, le=2**63 - 1,
-                                    description="failures page: 0, then failures_next"),
-                limit: int = Query(100, ge=1, le=1000,
-                                   description="failures per page (approximate)"),
-                ) -> dict[str, Any]:
-        from previewvec.progress import resolution_progress
-
-        if len(run_id) > 128 or not runs.exists(run_id):
-            raise HTTPException(404, "no such run")
-        status = runs.status(run_id)
-        next_cursor, page = runs.redis.hscan(f"pv:run:{run_id}:failures", cursor=cursor,
-                                             count=limit)
-        failures = []
-        for recording_id, raw in sorted(page.items()):
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                entry = {}
-            failures.append({"recording_id": recording_id, "code": entry.get("code"),
-                             "message": entry.get("message"), "job": entry.get("job")})
-        meta = status.meta
-        resolution = resolution_progress(status)
-        if resolution is not None and meta.get("resolution_error"):
-            resolution["error"] = meta["resolution_error"]
-        return {
-            "run_id": run_id,
-            "created_at": _float(meta.get("created_at")),
-            "queue": meta.get("queue"),
-            "input": meta.get("input"),
-            "source": meta.get("source"),
-            "counts": status.counts,
-            "total": status.total,
-            "finished": status.finished,
-            "submitted": _int(meta.get("submitted")),
-            "resolution": resolution,
-            "failures": failures,
-            "failures_next": int(next_cursor) or None,
-        }
-
-    @app.get("/v1/recordings/{recording_id}", dependencies=auth, tags=["features"],
-             summary="a recording's stored descriptors and provenance")
-    def get_recording(recording_id: str,
-                      vector: bool = Query(False, description="include the raw vector"),
-                      ) -> dict[str, Any]:
-        from contract.layout import FEATURE_VERSION
-        from contract.records import decode_record, record_key
-
-        try:
-            data = get_store().get(record_key(FEATURE_VERSION, recording_id))
-        except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
-            raise HTTPException(404, "no stored record for this recording") from None
-        record = decode_record(data)
-        out: dict[str, Any] = {
-            "recording_id": record.recording_id,
-            "feature_version": record.feature_version,
-            "descriptors": record.descriptors,
-            "provenance": record.provenance,
-            "timings_s": record.timings_s,
-        }
-        if vector:
-            out["vector"] = record.vector
-        return out
-
-    @app.get("/v1/similar/{recording_id}", dependencies=auth, tags=["features"],
-             summary="recordings that sound like this one")
-    def get_similar(recording_id: str,
-                    k: int = Query(10, ge=1, le=100),
-                    tempo_min: float | None = Query(None, ge=0, le=1000),
-                    tempo_max: float | None = Query(None, ge=0, le=1000),
-                    key: Literal[PITCH_CLASSES] | None = Query(None),  # type: ignore[valid-type]
-                    mode: Literal["major", "minor"] | None = Query(None),
-                    ) -> dict[str, Any]:
-        from contract.records import record_key
-
-        for name, bound in (("tempo_min", tempo_min), ("tempo_max", tempo_max)):
-            if bound is not None and not math.isfinite(bound):
-                raise InputError(422, [{"loc": ["query", name], "msg": "must be finite",
-                                        "type": "value_error"}])
-        try:
-            record_key("x", recording_id)  # refuses ids that can never be stored
-        except ValueError:
-            raise HTTPException(404, "no stored record for this recording") from None
-        where: dict[str, Any] = {}
-        tempo = {op: v for op, v in (("$gte", tempo_min), ("$lte", tempo_max)) if v is not None}
-        if tempo:
-            where["tempo_bpm"] = tempo
-        if key:
-            where["key"] = key
-        if mode:
-            where["mode"] = mode
-        try:
-            matches = get_reducer().similar(recording_id, k, filter=where or None)
-        except FileNotFoundError:
-            raise HTTPException(404, "no stored record for this recording") from None
-        except PreviewvecError as exc:
-            if exc.code in ("invalid_filter", "invalid_index_item"):
-                # A filter we cannot run, or a stored vector that cannot be compared
-                # (e.g. all-zero after normalisation): about this request, not a fault.
-                raise InputError(422, [{"loc": ["query"], "msg": _safe(exc.message),
-                                        "type": exc.code}]) from None
-            if exc.code == "index_unavailable":
-                raise HTTPException(503, "vector index unavailable, try again later",
-                                    headers={"Retry-After": "5"}) from None
-            raise
-        return {"recording_id": recording_id, "k": k, "matches": [
-            {"recording_id": m.metadata.get("recording_id", m.id),
-             "score": round(float(m.score), 4) if math.isfinite(m.score) else None,
-             "descriptors": {n: v for n, v in m.metadata.items()
-                             if n not in ("recording_id", "normalizer")}}
-            for m in matches]}
-
+    for exc_class, handler in _ERROR_HANDLERS:
+        app.add_exception_handler(exc_class, handler)
+    for router in (ops, runs_router, features):
+        app.include_router(router)
     return app
 
 

@@ -350,7 +350,7 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     from contract.layout import FEATURE_VERSION
     from contract.records import record_key
     from contract.store import validate_key
-    from reducer.reduce import Reducer
+    from reducer.reduce import Reducer, match_descriptors, similar_filter
 
     missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
                        f"({settings.store})")
@@ -360,17 +360,10 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         raise missing from None
     reducer = Reducer.build(settings)
     _check_store(reducer.store)
-    where: dict[str, object] = {}
-    tempo = {op: v for op, v in (("$gte", args.tempo_min), ("$lte", args.tempo_max))
-             if v is not None}
-    if tempo:
-        where["tempo_bpm"] = tempo
-    if args.key:
-        where["key"] = args.key
-    if args.mode:
-        where["mode"] = args.mode
+    where = similar_filter(tempo_min=args.tempo_min, tempo_max=args.tempo_max,
+                           key=args.key, mode=args.mode)
     try:
-        matches = reducer.similar(args.recording_id, args.k, filter=where or None)
+        matches = reducer.similar(args.recording_id, args.k, filter=where)
     except FileNotFoundError:
         raise missing from None
     if not matches and reducer.index.count() == 0:
@@ -378,9 +371,8 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
                             "(or `previewvec reindex`) first")
     for match in matches:
         print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
-                          "score": round(match.score, 4), "descriptors": {
-                              k: v for k, v in match.metadata.items()
-                              if k not in ("recording_id", "normalizer")}},
+                          "score": round(match.score, 4),
+                          "descriptors": match_descriptors(match)},
                          ensure_ascii=False))
     return 0
 

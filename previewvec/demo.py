@@ -50,19 +50,6 @@ def serve_folder(folder: Path):
         server.server_close()
 
 
-def _songs(out_dir: Path, renderer: str) -> list[tuple[str, dict]]:
-    from testkit.songs import build_set, demo_specs
-
-    files = []
-    specs = demo_specs()
-    for i, fmt in enumerate(DEMO_FORMATS):
-        subset = specs[i :: len(DEMO_FORMATS)]
-        if subset:
-            rows = build_set(subset, out_dir / "songs" / fmt, fmt=fmt, renderer=renderer)
-            files.extend((f"{fmt}/{row['file']}", row) for row in rows)
-    return files
-
-
 def _start_workers(env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(N_WORKERS):
@@ -166,12 +153,14 @@ def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> in
     from contract.records import decode_record, record_key
     from producers.queue import enqueue_catalog
     from reducer.reduce import Reducer
-    from testkit.songs import resolve_renderer
+
+    # Test tooling, used through its narrow demo interface only.
+    from testkit.songs import resolve_renderer, write_demo_set
 
     out_dir = out_dir.resolve()
     chosen = resolve_renderer(renderer)
     print(f"1. generating songs with known tempo and key ({chosen}) in {out_dir}/songs")
-    files = _songs(out_dir, chosen)
+    files = write_demo_set(out_dir / "songs", DEMO_FORMATS, chosen)
 
     with LocalRedis() as local_redis, serve_folder(out_dir / "songs") as base_url:
         demo_settings = dataclasses.replace(

@@ -37,6 +37,7 @@ from celery import Celery
 from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
+from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys
 from contract.errors import InputUnreadable, UnknownRun, is_transient
 from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
 from contract.runs import Runs, new_run_id
@@ -44,21 +45,9 @@ from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "previewvec.featurize"
-QUEUES = ("ondemand", "batch")
 PUBLISH_CHUNK = 500
 BACKPRESSURE_POLL_S = 1.0
-# kombu's Redis transport keeps one list per queue and priority step: the queue name for
-# priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 HASH_BLOCK_BYTES = 1 << 20
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for ``queue`` (one per priority step)."""
-    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
-            for step in KOMBU_PRIORITY_STEPS]
 
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
@@ -126,9 +115,7 @@ def signals_held() -> Iterator[None]:
 def make_client(settings: Settings) -> Celery:
     """A publishing-only Celery app speaking the workers' contract (JSON only)."""
     client = Celery("previewvec-producer", broker=settings.broker_url)
-    client.conf.update(task_serializer="json", accept_content=["json"],
-                       broker_connection_retry_on_startup=True,
-                       broker_transport_options={"queue_order_strategy": "priority"})
+    client.conf.update(**celery_settings())
     return client
 
 

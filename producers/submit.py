@@ -54,8 +54,6 @@ from contract.runs import PREFIX, Runs, new_run_id
 from contract.settings import Settings
 from producers.queue import (  # noqa: F401 - the backpressure helpers lived here before
     BACKPRESSURE_POLL_S,
-    KOMBU_PRIORITY_SEP,
-    KOMBU_PRIORITY_STEPS,
     PUBLISH_CHUNK,
     QUEUES,
     publish,

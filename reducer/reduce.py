@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
 
 from contract.errors import NothingStored
 from contract.jobs import vector_id
-from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM
 from contract.records import (
     CorruptRecord,
     FeatureRecord,
@@ -39,7 +40,7 @@ from contract.retry import Backoff
 from contract.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
 from contract.settings import Settings
 from contract.store import FeatureStore, StoreUnavailable, open_store
-from reducer.index import IndexItem, IndexUnavailable, VectorIndex, open_index
+from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
 from reducer.normalize import Normalizer, normalizer_key
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,25 @@ FIT_MAX_RECORDS = 20_000
 HOUSEKEEPING_EVERY_S = 60.0
 OUTAGE_BACKOFF_CAP_S = 30.0
 OUTAGE_BACKOFF = Backoff(base_s=1.0, cap_s=OUTAGE_BACKOFF_CAP_S)  # contract.retry policy
-METADATA_FIELDS = ("tempo_bpm", "key", "mode", "key_strength", "loudness_lufs", "energy",
-                   "danceability", "onset_rate", "duration_s")
+
+
+def similar_filter(*, tempo_min: float | None = None, tempo_max: float | None = None,
+                   key: str | None = None, mode: str | None = None) -> dict[str, Any] | None:
+    """The index filter of a similar-recordings query (CLI and API); None: no filter."""
+    where: dict[str, Any] = {}
+    tempo = {op: v for op, v in (("$gte", tempo_min), ("$lte", tempo_max)) if v is not None}
+    if tempo:
+        where["tempo_bpm"] = tempo
+    if key:
+        where["key"] = key
+    if mode:
+        where["mode"] = mode
+    return where or None
+
+
+def match_descriptors(match: Match) -> dict[str, Any]:
+    """The descriptors a similar-recordings match shows (its metadata minus our own keys)."""
+    return {k: v for k, v in match.metadata.items() if k not in ("recording_id", "normalizer")}
 
 
 @dataclass
@@ -144,7 +162,7 @@ class Reducer:
         values = normalizer.apply(np.stack([r.vector_array() for r in records]))
         items = []
         for record, vector in zip(records, values, strict=True):
-            metadata = {k: record.descriptors[k] for k in METADATA_FIELDS
+            metadata = {k: record.descriptors[k] for k in DESCRIPTORS
                         if k in record.descriptors}
             metadata.update({
                 "recording_id": record.recording_id,

@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
+from contract.broker import TASK_NAME
 from contract.errors import PreviewvecError
 from contract.retry import Backoff
 from contract.runs import Runs
@@ -130,7 +131,7 @@ def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = Non
     }
 
 
-@app.task(name="previewvec.featurize", bind=True, acks_late=True, reject_on_worker_lost=True,
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
           Request=CrashCappedRequest)
 def featurize_task(self, job: dict[str, Any]) -> dict[str, Any]:
     """Featurize one job; the result (shown in Flower) is the outcome with stage timings."""

@@ -14,12 +14,12 @@ from contract.errors import (
 )
 
 if TYPE_CHECKING:
-    from contract.settings import Settings
+    pass
 
 # The error families live in contract.errors (the CLI maps them to exit statuses); they
 # are re-exported here for the store's users.
 __all__ = ["ConfigError", "FeatureStore", "StoreAccessDenied", "StoreBucketMissing",
-           "StoreError", "StoreUnavailable", "open_store", "parse_s3_url", "validate_key"]
+           "StoreError", "StoreUnavailable", "parse_s3_url", "validate_key"]
 
 
 @runtime_checkable
@@ -75,21 +75,3 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise ConfigError(f"store URL {url!r} names no bucket (expected s3://BUCKET/PREFIX, "
                           "PREVIEWVEC_STORE)")
     return bucket, prefix.strip("/")
-
-
-def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
-    """A plain path (or ``file://path``) → :class:`LocalStore`; ``s3://bucket/prefix`` →
-    :class:`S3Store` configured from the standard AWS environment variables. A malformed
-    or unknown URL raises :class:`ConfigError`."""
-    del settings  # reserved: both backends read everything they need from url/env today
-    if url.startswith("s3://"):
-        from contract.store.s3 import S3Store
-
-        bucket, prefix = parse_s3_url(url)
-        return S3Store(bucket, prefix)
-    if "://" in url and not url.startswith("file://"):
-        raise ConfigError(f"unsupported store URL {url!r} (PREVIEWVEC_STORE): expected a "
-                          "folder, file://FOLDER or s3://BUCKET/PREFIX")
-    from contract.store.local import LocalStore
-
-    return LocalStore(url.removeprefix("file://"))

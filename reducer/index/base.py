@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,27 +27,15 @@ from contract.errors import (  # noqa: F401
     IndexUnavailable,
     VectorIndexError,
 )
-
-if TYPE_CHECKING:
-    from contract.settings import Settings
+from contract.layout import DESCRIPTORS, DescriptorKind
 
 MAX_ID_BYTES = 64
 MAX_METADATA_BYTES = 10 * 1024
 MAX_DIMENSIONS = 1536
 
-FieldKind = Literal["number", "string"]
-# The descriptor fields that can be filtered on: ≤ 10, Vectorize's metadata-index limit.
-FILTER_FIELDS: dict[str, FieldKind] = {
-    "tempo_bpm": "number",
-    "key": "string",
-    "mode": "string",
-    "energy": "number",
-    "danceability": "number",
-    "loudness_lufs": "number",
-    "key_strength": "number",
-    "onset_rate": "number",
-    "duration_s": "number",
-}
+FieldKind = DescriptorKind
+# The descriptor fields that can be filtered on: every descriptor (contract.layout).
+FILTER_FIELDS: dict[str, FieldKind] = DESCRIPTORS
 FILTER_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
 
 
@@ -301,30 +289,3 @@ def _check_filter_value(name: str, kind: FieldKind, op: str, value: object) -> N
         raise InvalidFilter(f"{name} {op}: NUL in string")
     if kind == "number" and not _is_number(value):
         raise InvalidFilter(f"{name} {op} needs a finite number, got {value!r}")
-
-
-def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
-    """A folder path → :class:`EmbeddedIndex`; ``vectorize://NAME`` → :class:`VectorizeIndex`.
-
-    A malformed URL or missing Vectorize credentials raise :class:`ConfigError`.
-    """
-    if url.startswith("vectorize://"):
-        from reducer.index.vectorize import VectorizeIndex
-
-        name = url[len("vectorize://") :].strip("/")
-        try:
-            return VectorizeIndex(
-                name,
-                account_id=settings.vectorize_account_id,
-                api_token=settings.vectorize_api_token,
-                dim=dim,
-                base_url=settings.vectorize_base_url,
-            )
-        except ValueError as exc:  # a bad name, no account id or token
-            raise ConfigError(f"index {url!r} (PREVIEWVEC_INDEX): {exc}") from None
-    if "://" in url and not url.startswith("file://"):
-        raise ConfigError(f"unsupported index URL {url!r} (PREVIEWVEC_INDEX): expected a "
-                          "folder, file://FOLDER or vectorize://NAME")
-    from reducer.index.embedded import EmbeddedIndex
-
-    return EmbeddedIndex(url.removeprefix("file://"), dim)

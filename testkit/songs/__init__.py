@@ -5,7 +5,7 @@
 * :func:`render` plays it with fluidsynth and a GM SoundFont when installed, else with a
   built-in numpy synthesizer (:func:`render_synth`).
 * :func:`eval_specs` / :func:`demo_specs` + :func:`build_set` make cached sets of encoded
-  songs with a ``truth.jsonl``.
+  songs with a ``truth.jsonl``; :func:`write_demo_set` is the demo's one call.
 
 Tempo truth is always the quarter-note BPM; keys are ``"F# major"``-style names.
 """
@@ -17,6 +17,7 @@ from testkit.songs.dataset import (
     demo_specs,
     eval_specs,
     load_truth,
+    write_demo_set,
 )
 from testkit.songs.midi import score_to_midi
 from testkit.songs.render import (
@@ -64,4 +65,5 @@ __all__ = [
     "resolve_renderer",
     "scale_pitch_classes",
     "score_to_midi",
+    "write_demo_set",
 ]

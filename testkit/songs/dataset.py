@@ -13,6 +13,7 @@ import math
 import os
 import random
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ def _truth_record(
 
 def _encode(audio: np.ndarray, sr: int, fmt: str) -> bytes:
     try:
-        from workers.audio import encode_audio
+        from testkit.encode import encode_audio
     except ImportError:
         if fmt not in ("wav", "flac"):
             raise
@@ -188,3 +189,16 @@ def build_set(
     os.replace(tmp, out_dir / TRUTH_FILE)
     return records
 
+
+def write_demo_set(out_dir: Path, formats: Sequence[str],
+                   renderer: str = "auto") -> list[tuple[str, dict[str, Any]]]:
+    """The demo's songs (:func:`demo_specs`) spread over ``formats``, one folder per format
+    under ``out_dir``; returns (path relative to ``out_dir``, truth record) per song."""
+    files: list[tuple[str, dict[str, Any]]] = []
+    specs = demo_specs()
+    for i, fmt in enumerate(formats):
+        subset = specs[i :: len(formats)]
+        if subset:
+            rows = build_set(subset, Path(out_dir) / fmt, fmt=fmt, renderer=renderer)
+            files.extend((f"{fmt}/{row['file']}", row) for row in rows)
+    return files

@@ -16,12 +16,13 @@ import librosa
 import numpy as np
 import pytest
 
+from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave
 from testkit.songs import build_set, eval_specs, fluidsynth_available
 from workers.analysis import analyze
 from workers.audio import decode_audio
-from workers.features.tonal import _PROFILES, PITCH_CLASSES
+from workers.features.tonal import _PROFILES
 
 pytestmark = pytest.mark.accuracy
 

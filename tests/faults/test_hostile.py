@@ -4,7 +4,7 @@ a valid vector where the audio is legitimately decodable), and the worker surviv
 Real components only: a private ``redis-server``, one ``celery -A workers.app worker``
 (prefork, two pool children), the folder store, and a hostile HTTP server on 127.0.0.1
 (:mod:`tests.faults.hostile_server`). Every input is generated here: songs from
-:mod:`testkit.songs` encoded with :func:`workers.audio.encode_audio`, PyAV for the
+:mod:`testkit.songs` encoded with :func:`testkit.encode.encode_audio`, PyAV for the
 video containers, byte surgery for the broken ones. Each case is one job published to the
 worker queue by task name exactly as a producer would — except that malformed jobs skip
 the producer's validation, which is the point — and each case has its own run, so its
@@ -90,7 +90,7 @@ def _render(seconds: float, sr: int, seed: int = 7) -> np.ndarray:
 
 
 def make_media() -> Media:
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
 
     song = _render(SONG_S, SR)
     song_8k = _render(SONG_S, 8_000, seed=8).mean(axis=0)
@@ -182,7 +182,7 @@ def _body(data: bytes, content_type: str = "audio/mp4") -> Behaviour:
 
 
 def build_cases(media: Media) -> list[Case]:
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
 
     song, mono = media.song, media.song.mean(axis=0)
     rng = np.random.default_rng(5)

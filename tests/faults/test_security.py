@@ -55,8 +55,8 @@ def cache_dir(request: pytest.FixtureRequest,
 @pytest.fixture(scope="module")
 def song() -> bytes:
     """An 8 s generated song, AAC in .m4a."""
+    from testkit.encode import encode_audio
     from testkit.songs import generate_song, render_synth
-    from workers.audio import encode_audio
 
     score = generate_song(21, tonic=9, mode="major", tempo_bpm=104.0, drums=True,
                           duration_s=8.0, style="pop")

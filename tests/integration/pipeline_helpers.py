@@ -75,8 +75,8 @@ def make_clips(n: int, *, duration_s: float = 10.0, sr: int = 22_050) -> list[Cl
 
     Rendered with the built-in numpy synth (no fluidsynth needed).
     """
+    from testkit.encode import encode_audio
     from testkit.songs import STYLES, generate_song, render_synth
-    from workers.audio import encode_audio
 
     clips = []
     for i in range(n):

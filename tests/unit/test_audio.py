@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from contract.errors import PreviewvecError, TooShort, Undecodable
+from testkit.encode import encode_audio
 from tests.media import mp4_video
-from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio, encode_audio
+from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
 
 SR = 44100
 ANALYSIS_SR = 22050

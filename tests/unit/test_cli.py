@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from contract.layout import VECTOR_DIM, feature_names
+from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
 from previewvec.localredis import free_port
+from testkit.encode import encode_audio
 from testkit.songs import SongSpec, generate_song, render_synth
-from workers.audio import SUPPORTED_FORMATS, encode_audio
-from workers.features.extractor import DESCRIPTOR_KEYS
+from workers.audio import SUPPORTED_FORMATS
 
 SR = 44100
 

@@ -5,12 +5,13 @@ import pyloudnorm
 import pytest
 
 from contract.errors import InvalidSignal
-from contract.layout import VECTOR_DIM, feature_names
+from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
+from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
-from workers.audio import decode_audio, encode_audio
+from workers.audio import decode_audio
 from workers.features import loudness, rhythm, tonal
-from workers.features.extractor import DESCRIPTOR_KEYS, extract_features
+from workers.features.extractor import extract_features
 from workers.features.spectral import compute_spectra
 
 SR = 22050

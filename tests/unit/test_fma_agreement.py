@@ -43,10 +43,11 @@ import numpy as np
 import pytest
 
 from contract.layout import FMA_DIM, fma_names
+from testkit.encode import encode_audio
 from testkit.fma_reference import fma_reference
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
-from workers.audio import decode_audio, encode_audio
+from workers.audio import decode_audio
 from workers.features import spectral
 
 SR = 22050

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from scipy.signal import sosfilt
 
+from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
-from workers.audio import decode_audio, encode_audio
+from workers.audio import decode_audio
 from workers.features.kernels import (
     filtered_segment_energy,
     signal_levels,

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
+from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
-from workers.audio import decode_audio, encode_audio
+from workers.audio import decode_audio
 from workers.features.spectral import (
     HOP_LENGTH,
     N_FFT,
