@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Literal
 
-import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -47,14 +46,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
-from contract.runs import Runs, new_run_id
 from contract.settings import Settings
+from contract.state import (
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    Runs,
+    new_run_id,
+)
 from contract.store import StoreUnavailable
-from producers.queue import QUEUES, queue_depth
+from producers.queue import QUEUES
 from producers.submit import (
     default_queue,
     iter_resolutions,
-    meta_key,
     submit,
 )
 
@@ -406,9 +410,8 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     :meth:`producers.resolve.Resolver.build`); the other arguments are for tests."""
     if resolver_factory is None:
         from producers.submit import build_resolver as resolver_factory
-    runs = runs or Runs(redis.Redis.from_url(
-        settings.broker_url, decode_responses=True, socket_connect_timeout=5,
-        socket_timeout=30, health_check_interval=30))
+    runs = runs or Runs.from_url(settings.broker_url, retry=False, connect_timeout_s=5,
+                                 timeout_s=30)
     background = background or Background()
     tokens = tuple(t.encode("utf-8") for t in settings.api_tokens if t)
     lazy: dict[str, Any] = {"store": store}
@@ -469,8 +472,8 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
     async def _broker_down(_: Request, exc: Exception) -> SafeJSONResponse:
         log.warning("broker unavailable: %s", type(exc).__name__)
         return _error(503, "broker unavailable, try again later",
@@ -507,8 +510,8 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
     @app.get("/healthz", tags=["ops"], summary="liveness: Redis reachable")
     def healthz() -> SafeJSONResponse:
         try:
-            runs.redis.ping()
-        except redis.RedisError:
+            runs.ping()
+        except RedisError:
             return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
                                     status_code=503)
         return SafeJSONResponse({"status": "ok", "redis": "ok"})
@@ -527,14 +530,13 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
             else:
                 log.error("run %s: submission failed: %s", run_id, type(exc).__name__,
                           exc_info=exc)
-            runs.redis.hset(meta_key(run_id), mapping={
-                "resolution_state": "failed",
-                "resolution_error": _safe(f"{type(exc).__name__}: {exc}")[:500]})
+            runs.update_meta(run_id, resolution_state="failed",
+                             resolution_error=_safe(f"{type(exc).__name__}: {exc}")[:500])
 
     def _accept(sub: Submission) -> dict[str, Any]:
         # Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
         # goes to is above the mark, rather than pile it up in the background threads.
-        depth = queue_depth(runs.redis, sub.queue)
+        depth = runs.queue_depth(sub.queue)
         if depth > settings.queue_high_water:
             raise HTTPException(
                 429, f"queue {sub.queue!r} holds {depth} jobs, more than its high-water "
@@ -588,8 +590,7 @@ def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any
         if len(run_id) > 128 or not runs.exists(run_id):
             raise HTTPException(404, "no such run")
         status = runs.status(run_id)
-        next_cursor, page = runs.redis.hscan(f"pv:run:{run_id}:failures", cursor=cursor,
-                                             count=limit)
+        next_cursor, page = runs.failures_page(run_id, cursor, limit)
         failures = []
         for recording_id, raw in sorted(page.items()):
             try:

@@ -21,8 +21,8 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
 from contract.errors import PreviewvecError
-from contract.runs import Runs
 from contract.settings import Settings
+from contract.state import Runs
 from contract.store import StoreUnavailable
 from workers import crashes
 from workers.app import app
