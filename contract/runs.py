@@ -4,7 +4,6 @@ concern). Import from there in new code."""
 from contract.state import (  # noqa: F401 - re-exported
     CRASH_COUNT_TTL_S,
     IF_ABSENT,
-    PREFIX,
     PRODUCER_ACTIVE_STATES,
     READY_QUEUE,
     RUN_PARTS,
