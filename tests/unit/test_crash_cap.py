@@ -1,4 +1,4 @@
-"""The crash cap's counting (workers/crashes.py, the crash keys of contract/runs.py)
+"""The crash cap's counting (workers/crashes.py, the crash keys of contract/state/crashes.py)
 against a real, private ``redis-server``; no broker or worker processes.
 
 The real-process scenarios (a preview that SIGKILLs its fetcher's pool child, or its
