@@ -277,7 +277,7 @@ def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path
     from contract.jobs import Job
     from contract.layout import FEATURE_VERSION
     from contract.records import record_key
-    from contract.runs import Runs, new_run_id
+    from contract.state import Runs, new_run_id
     from producers.queue import publish
     from reducer.reduce import Reducer
 
@@ -460,7 +460,7 @@ def _parse_tasks(log: str) -> list[dict]:
 
 def measure_enqueue(n: int) -> dict:
     from contract.jobs import Job
-    from contract.runs import Runs, new_run_id
+    from contract.state import Runs, connect, new_run_id
     from producers.queue import TASK_NAME, make_client, publish
 
     with LocalRedis() as local_redis:
@@ -468,14 +468,15 @@ def measure_enqueue(n: int) -> dict:
         redis_pid = local_redis.process.pid
         settings = dataclasses.replace(Settings(), broker_url=local_redis.url)
         runs = Runs.from_url(local_redis.url)
+        raw = connect(local_redis.url)  # measuring: memory, raw LPUSH baseline
         run_id = new_run_id()
         runs.create(run_id, queue="batch", source="bench")
         jobs = [Job(recording_id=f"enqueue-{i:06d}",
                     preview_url=f"https://audio-ssl.itunes.apple.com/itunes-assets/x/{i}.m4a",
                     source="bench") for i in range(n)]
         publish(jobs[:10], runs, settings, run_id=new_run_id(), queue="ondemand")  # connect
-        runs.redis.delete("ondemand")
-        mem0 = int(runs.redis.info("memory")["used_memory"])
+        raw.delete("ondemand")
+        mem0 = int(raw.info("memory")["used_memory"])
         redis_cpu0 = _cpu(redis_pid)
         t0 = time.perf_counter()
         cpu0 = time.process_time()
@@ -483,9 +484,9 @@ def measure_enqueue(n: int) -> dict:
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         redis_cpu = _cpu(redis_pid) - redis_cpu0
-        mem1 = int(runs.redis.info("memory")["used_memory"])
-        depth = int(runs.redis.llen("batch"))
-        message = runs.redis.lindex("batch", 0) or b""
+        mem1 = int(raw.info("memory")["used_memory"])
+        depth = int(raw.llen("batch"))
+        message = raw.lindex("batch", 0) or b""
         msg_bytes = len(message)
         # Baseline: what publish did before batching, one send_task (two Redis round
         # trips) per message, without the run bookkeeping.
@@ -500,10 +501,10 @@ def measure_enqueue(n: int) -> dict:
             one_wall = time.perf_counter() - t1
         # Upper bound for any publisher: the same message bytes LPUSHed in pipelines of
         # 500 (no message building at all).
-        runs.redis.delete("bench-raw")
+        raw.delete("bench-raw")
         t2 = time.perf_counter()
         for start in range(0, n, 500):
-            pipe = runs.redis.pipeline(transaction=False)
+            pipe = raw.pipeline(transaction=False)
             for _ in range(min(500, n - start)):
                 pipe.lpush("bench-raw", message)
             pipe.execute()

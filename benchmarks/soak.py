@@ -148,7 +148,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
              moto: MotoServer | None) -> dict:
     """Run ``args.jobs`` jobs through one worker configured for ``mitigation``."""
     from contract.jobs import Job
-    from contract.runs import Runs, new_run_id
+    from contract.state import Runs, new_run_id
     from producers.queue import publish
 
     run_dir = work / mitigation

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal
 
-import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -49,14 +48,18 @@ from contract.broker import QUEUES
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
 from contract.layout import PITCH_CLASSES
-from contract.runs import Runs, new_run_id
 from contract.settings import Settings
+from contract.state import (
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    Runs,
+    new_run_id,
+)
 from contract.store import StoreUnavailable
-from producers.queue import queue_depth
 from producers.submit import (
     default_queue,
     iter_resolutions,
-    meta_key,
     submit,
 )
 
@@ -534,8 +537,8 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (InputError, _input_error),
     (RequestValidationError, _validation_error),
     (StarletteHTTPException, _http_error),
-    (redis.TimeoutError, _broker_down),
-    (redis.ConnectionError, _broker_down),
+    (RedisTimeoutError, _broker_down),
+    (RedisConnectionError, _broker_down),
     (StoreUnavailable, _store_down),
     (Exception, _server_fault),
 )
@@ -549,8 +552,8 @@ ops = APIRouter(tags=["ops"])
 @ops.get("/healthz", summary="liveness: Redis reachable")
 def healthz(state: State) -> SafeJSONResponse:
     try:
-        state.runs.redis.ping()
-    except redis.RedisError:
+        state.runs.ping()
+    except RedisError:
         return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
                                 status_code=503)
     return SafeJSONResponse({"status": "ok", "redis": "ok"})
@@ -574,15 +577,14 @@ def _run_submission(state: ApiState, run_id: str, sub: Submission, resolver: Any
         else:
             log.error("run %s: submission failed: %s", run_id, type(exc).__name__,
                       exc_info=exc)
-        state.runs.redis.hset(meta_key(run_id), mapping={
-            "resolution_state": "failed",
-            "resolution_error": _safe(f"{type(exc).__name__}: {exc}")[:500]})
+        state.runs.update_meta(run_id, resolution_state="failed",
+                               resolution_error=_safe(f"{type(exc).__name__}: {exc}")[:500])
 
 
 def _check_room(state: ApiState, queue: str) -> None:
     """Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
     goes to is above the mark, rather than pile it up in the background threads."""
-    depth = queue_depth(state.runs.redis, queue)
+    depth = state.runs.queue_depth(queue)
     high_water = state.settings.queue_high_water
     if depth > high_water:
         raise HTTPException(
@@ -638,8 +640,7 @@ async def post_jobs(request: Request, state: State) -> SafeJSONResponse:
 def _failures_page(runs: Runs, run_id: str, cursor: int,
                    limit: int) -> tuple[list[dict[str, Any]], int | None]:
     """One page of a run's failures and the cursor of the next (None: the last page)."""
-    next_cursor, page = runs.redis.hscan(f"pv:run:{run_id}:failures", cursor=cursor,
-                                         count=limit)
+    next_cursor, page = runs.failures_page(run_id, cursor, limit)
     failures = []
     for recording_id, raw in sorted(page.items()):
         try:
@@ -792,9 +793,7 @@ def _install_access_log_filter() -> None:
 
 
 def _default_runs(settings: Settings) -> Runs:
-    return Runs(redis.Redis.from_url(
-        settings.broker_url, decode_responses=True, socket_connect_timeout=5,
-        socket_timeout=30, health_check_interval=30))
+    return Runs.from_url(settings.broker_url, retry=False, connect_timeout_s=5, timeout_s=30)
 
 
 def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any] | None = None,

@@ -150,7 +150,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.runs import Runs
+    from contract.state import Runs
     from producers.queue import enqueue_file, plan_enqueue
 
     _log_progress()  # the backpressure waits ("queue batch holds N > M messages: waiting")
@@ -215,15 +215,12 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-
+    from contract.state import Runs
     from producers.submit import (
         build_resolver,
         default_queue,
         dump_cursor_name,
         iter_resolutions,
-        reset_cursor,
-        resume_line,
         submit,
     )
 
@@ -240,10 +237,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     cursor = start = None
     if kind == "dump":
         cursor = args.cursor or dump_cursor_name(str(value))
-        client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        runs = Runs.from_url(settings.broker_url)
         if args.restart:
-            reset_cursor(client, cursor)
-        start = resume_line(client, cursor)
+            runs.clear_cursor(cursor)
+        start = runs.resume_line(cursor)
         if start:
             print(f"resuming dump at line {start} (cursor {cursor})", file=sys.stderr)
     items = iter_resolutions(resolver, kind, value, start_line=start or 0)
@@ -293,7 +290,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.runs import Runs
+    from contract.state import Runs
 
     runs = Runs.from_url(settings.broker_url)
     if not runs.exists(args.run_id):
@@ -305,7 +302,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.runs import Runs
+    from contract.state import Runs
     from producers.queue import retry_run
 
     runs = Runs.from_url(settings.broker_url)
@@ -573,8 +570,9 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
     Anything else (a bug) keeps its traceback.
     """
-    import redis
     from kombu.utils.url import maybe_sanitize_url
+
+    from contract.state import RedisUnavailable
 
     try:
         return int(args.handler(args, settings))
@@ -584,7 +582,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except RedisUnavailable as exc:
         # Redis answered at the start and went away for longer than the client's retries.
         _say(f"lost Redis at {maybe_sanitize_url(settings.broker_url)} "
              f"(PREVIEWVEC_BROKER_URL): {exc}")
@@ -602,17 +600,13 @@ BROKER_CONNECT_TIMEOUT_S = 3.0
 
 def _broker_problem(settings: Settings) -> str:
     """Why Redis at ``settings.broker_url`` cannot be used, or "" if it answers PING."""
-    import redis
     from kombu.utils.url import maybe_sanitize_url
 
+    from contract.state import RedisAuthenticationError, RedisUnavailable, ping
+
     try:
-        client = redis.Redis.from_url(settings.broker_url,
-                                      socket_connect_timeout=BROKER_CONNECT_TIMEOUT_S,
-                                      socket_timeout=BROKER_CONNECT_TIMEOUT_S)
-        client.ping()
-        client.close()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.AuthenticationError, ValueError) as exc:
+        ping(settings.broker_url, timeout_s=BROKER_CONNECT_TIMEOUT_S)
+    except (*RedisUnavailable, RedisAuthenticationError, ValueError) as exc:
         return (f"cannot reach Redis at {maybe_sanitize_url(settings.broker_url)} "
                 f"(PREVIEWVEC_BROKER_URL): {exc}")
     return ""

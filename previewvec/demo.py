@@ -21,8 +21,8 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from contract.runs import Runs
 from contract.settings import Settings
+from contract.state import Runs
 from previewvec.localredis import LocalRedis
 
 DEMO_FORMATS = ("m4a", "mp3", "ogg", "flac", "wav")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from contract.errors import UnknownRun
-from contract.runs import Runs, RunStatus
 from contract.settings import Settings
+from contract.state import Runs, RunStatus
 
 BAR_WIDTH = 30
 

@@ -14,8 +14,6 @@ Only successful answers are cached — including genuine empty results, which ar
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +25,11 @@ import requests
 from contract import __version__
 from contract.retry import Backoff
 from contract.settings import Settings
+from contract.state.cache import DEFAULT_CACHE_TTL_S, AnswerCache  # noqa: F401 - re-exported
 from producers.http import JsonGet
 from producers.ratelimit import RateLimiter
 
 MAX_SEARCH_LIMIT = 200
-DEFAULT_CACHE_TTL_S = 7 * 86_400
 
 
 class ResponseCache(Protocol):
@@ -40,31 +38,9 @@ class ResponseCache(Protocol):
     def set(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-class RedisResponseCache:
-    """Decoded JSON answers keyed by request URL (SHA-1 of it), expiring after ``ttl_s``."""
-
-    def __init__(self, redis_client, ttl_s: int = DEFAULT_CACHE_TTL_S,
-                 prefix: str = "pv:itunes:cache:") -> None:
-        self.redis = redis_client
-        self.ttl_s = int(ttl_s)
-        self.prefix = prefix
-
-    def _key(self, url: str) -> str:
-        return self.prefix + hashlib.sha1(url.encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        raw = self.redis.get(self._key(key))
-        if raw is None:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-
-    def set(self, key: str, value: dict[str, Any]) -> None:
-        self.redis.set(self._key(key), json.dumps(value, separators=(",", ":")),
-                       ex=self.ttl_s)
+# Decoded JSON answers keyed by request URL (SHA-1 of it), expiring after ``ttl_s``:
+# the keys (pv:itunes:cache:<sha1>) are contract/state/cache.py's.
+RedisResponseCache = AnswerCache
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,15 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any
 from uuid import uuid4
 
-import redis
 from celery import Celery
 from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
-from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys
+from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys  # noqa: F401 - re-exported
 from contract.errors import InputUnreadable, UnknownRun, is_transient
 from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
-from contract.runs import Runs, new_run_id
 from contract.settings import Settings
+from contract.state import Runs, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +49,12 @@ BACKPRESSURE_POLL_S = 1.0
 HASH_BLOCK_BYTES = 1 << 20
 
 
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in ``queue`` (not counting ones a worker has already taken)."""
-    pipe = client.pipeline(transaction=False)
-    for key in queue_keys(queue):
-        pipe.llen(key)
-    return int(sum(pipe.execute()))
-
-
-def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
+def wait_for_room(runs: Runs, queue: str, high_water: int, *,
                   poll_s: float = BACKPRESSURE_POLL_S,
                   sleep: Callable[[float], None] = time.sleep) -> float:
     """Block while ``queue`` holds more than ``high_water`` messages; returns seconds waited."""
     started = time.monotonic()
-    depth = queue_depth(client, queue)
+    depth = runs.queue_depth(queue)
     logged = False
     while depth > high_water:
         if not logged:
@@ -71,7 +62,7 @@ def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
                      high_water)
             logged = True
         sleep(poll_s)
-        depth = queue_depth(client, queue)
+        depth = runs.queue_depth(queue)
     waited = time.monotonic() - started
     if logged:
         log.info("queue %s down to %d after %.1f s: publishing", queue, depth, waited)
@@ -313,7 +304,7 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
                 jobs.append(replace(job, run_id=run_id, force=force or job.force))
             last_line = chunk[-1].line_no if isinstance(chunk[-1], CatalogLine) else None
             if jobs and high_water is not None:
-                report.waited_s += wait_for_room(runs.redis, queue, high_water, poll_s=poll_s)
+                report.waited_s += wait_for_room(runs, queue, high_water, poll_s=poll_s)
             with signals_held():
                 if jobs:
                     # Queued before published: a worker can finish a job within

@@ -164,9 +164,12 @@ class Resolver:
 
         Raises ``mb_contact_missing`` when MusicBrainz is needed and no contact is set."""
         if redis_client is None:
-            import redis
+            from contract.state import connect
 
-            redis_client = redis.Redis.from_url(settings.broker_url)
+            # bytes replies and no command retry, as before: a limiter or cache call
+            # fails fast and the upstream call's own retry policy decides
+            redis_client = connect(settings.broker_url, decode=False, retry=False,
+                                   health_check_interval_s=0)
         mb = None
         if need_musicbrainz or settings.mb_contact.strip():
             mb = MusicBrainzClient(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
 from contract.errors import NothingStored
 from contract.jobs import vector_id
@@ -37,50 +36,27 @@ from contract.records import (
     recording_id_of_key,
 )
 from contract.retry import Backoff
-from contract.runs import PREFIX, READY_QUEUE, Housekeeping, Runs, parse_ready_entry
 from contract.settings import Settings
+from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exported
+    DEAD_LETTER_QUEUE,
+    LOCK_KEY,
+    Housekeeping,
+    RedisError,
+    RedisUnavailable,
+    Runs,
+    parse_ready_entry,
+)
 from contract.store import FeatureStore, StoreUnavailable, open_store
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
 from reducer.normalize import Normalizer, normalizer_key
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = f"{PREFIX}:reducer:lock"
-DEAD_LETTER_QUEUE = f"{PREFIX}:ready:dead"
 # Short, and renewed every LOCK_TTL_S / 3 while a batch is in progress: a reducer that
 # dies (SIGKILL, lost node) blocks the next one for at most this long, while a slow batch
 # (Vectorize upserts with retries, a normaliser fit) keeps its lock as long as it lives.
+# The lock itself (token, renew, release, trim under it) is contract/state/lock.py's.
 LOCK_TTL_S = 15
-# The lock holds a random token. A reducer whose lock expired mid-batch (slow upsert, long
-# normaliser fit) must not trim the queue, whose head may already be another reducer's
-# batch, nor delete that reducer's lock: both only happen while the token is still ours.
-# The trim also checks that the head of the queue still is the batch: trimming "the first
-# n entries" again would drop the next batch unindexed, and that is what the client's
-# retry does when Redis executed the trim but its reply was lost (Redis stopping, a
-# dropped connection). A retried trim finds another head and leaves it alone.
-# KEYS: lock, ready queue. ARGV: token, then the batch's entries in queue order.
-# Returns 1 trimmed, 0 the lock is not ours, -1 the head is not (any more) this batch.
-_TRIM_IF_OWNER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local n = #ARGV - 1
-local head = redis.call('LRANGE', KEYS[2], 0, n - 1)
-if #head < n then return -1 end
-for i = 1, n do
-  if head[i] ~= ARGV[i + 1] then return -1 end
-end
-redis.call('LTRIM', KEYS[2], n, -1)
-return 1
-"""
-# KEYS: lock. ARGV: token, TTL in ms.
-_RENEW_IF_OWNER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-# KEYS: lock. ARGV: token.
-_RELEASE_IF_OWNER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 FIT_MAX_RECORDS = 20_000
 # How often `reduce --follow` closes finished runs and prunes expired ones (a pass costs
 # one Redis round trip per 500 runs).
@@ -177,8 +153,7 @@ class Reducer:
         """Upsert up to one batch of ready records; returns how many entries were consumed."""
         size = min(batch_size or self.settings.reduce_batch_size, 5000)
         token = secrets.token_hex(16)
-        if not self.runs.redis.set(LOCK_KEY, token, nx=True,
-                                   px=int(self.lock_ttl_s * 1000)):
+        if not self.runs.acquire_reducer_lock(token, self.lock_ttl_s):
             return 0  # another reducer is working; its batch will be consumed by it
         stop_renewing = threading.Event()
         threading.Thread(target=self._renew_lock, args=(token, stop_renewing), daemon=True,
@@ -200,20 +175,19 @@ class Reducer:
                     # written during a rolling deploy; `previewvec reindex` recovers it).
                     log.error("ready record %s cannot be indexed (%s); parked in %s", key,
                               exc.code, DEAD_LETTER_QUEUE)
-                    self.runs.redis.rpush(DEAD_LETTER_QUEUE, key)
+                    self.runs.park(key)
                     continue
                 records[record.recording_id] = record
             if records:
                 self.index.upsert(self.items_for(list(records.values())))
-            if not self.runs.redis.eval(_TRIM_IF_OWNER, 2, LOCK_KEY, READY_QUEUE, token,
-                                        *keys):
+            if not self.runs.trim_ready_if_owner(token, keys):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
                             "(upserting them again is harmless)")
                 return 0
             return len(keys)
         finally:
             stop_renewing.set()
-            self.runs.redis.eval(_RELEASE_IF_OWNER, 1, LOCK_KEY, token)
+            self.runs.release_reducer_lock(token)
 
     def _to_upsert(self, entries: list[str]) -> list[str]:
         """The record keys of a batch of ready entries to read and upsert, in queue order.
@@ -238,7 +212,7 @@ class Reducer:
             except ValueError:
                 log.error("ready entry %r is not a record key; parked in %s", key,
                           DEAD_LETTER_QUEUE)
-                self.runs.redis.rpush(DEAD_LETTER_QUEUE, key)
+                self.runs.park(key)
         present = self.index.contains(list(maybe.values())) if maybe else set()
         wanted = {key for key, vid in maybe.items() if vid not in present}
         return [key for key in dict.fromkeys(parse_ready_entry(e)[0] for e in entries)
@@ -262,10 +236,9 @@ class Reducer:
         """Keep our lock alive until ``stop``; give up once it is no longer ours."""
         while not stop.wait(self.lock_ttl_s / 3):
             try:
-                if not self.runs.redis.eval(_RENEW_IF_OWNER, 1, LOCK_KEY, token,
-                                            int(self.lock_ttl_s * 1000)):
+                if not self.runs.renew_reducer_lock(token, self.lock_ttl_s):
                     return
-            except redis.RedisError:
+            except RedisError:
                 log.warning("could not renew the reducer lock", exc_info=True)
 
     def drain(self, batch_size: int | None = None) -> int:
@@ -300,8 +273,7 @@ class Reducer:
                     housekept_at = time.monotonic()
                     self.housekeeping()
                 consumed = self.reduce_once(batch_size)
-            except (IndexUnavailable, StoreUnavailable, redis.ConnectionError,
-                    redis.TimeoutError) as exc:
+            except (IndexUnavailable, StoreUnavailable, *RedisUnavailable) as exc:
                 failures += 1
                 pause_s = OUTAGE_BACKOFF.delay(failures)
                 log.warning("reduce failed (%s: %s); batch stays queued, retry in %.1f s",

@@ -16,8 +16,8 @@ from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job, failure_ids
 from contract.layout import FEATURE_VERSION
 from contract.records import FeatureRecord, encode_record, make_provenance, record_key
-from contract.runs import Runs
 from contract.settings import Settings
+from contract.state import Runs
 from contract.store import FeatureStore, StoreUnavailable, open_store
 from workers.analysis import analyze
 from workers.fetch import fetch_preview, make_session

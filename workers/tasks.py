@@ -22,8 +22,8 @@ from celery.signals import task_postrun, worker_init, worker_process_init
 from contract.broker import TASK_NAME
 from contract.errors import PreviewvecError
 from contract.retry import Backoff
-from contract.runs import Runs
 from contract.settings import Settings
+from contract.state import Runs
 from contract.store import StoreUnavailable
 from workers import crashes
 from workers.app import app

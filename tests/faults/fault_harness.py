@@ -332,7 +332,7 @@ def audit(pipeline: Pipeline, run_id: str, ids: list[str], store_keys: list[str]
     expected = {record_key(FEATURE_VERSION, rid): rid for rid in ids}
     key_counts = Counter(store_keys)
     row_counts = Counter(index_ids)
-    state = pipeline.runs.redis.hgetall(f"pv:run:{run_id}:state")
+    state = pipeline.raw.hgetall(f"pv:run:{run_id}:state")
     failures = dict(pipeline.runs.failures(run_id))
     result = Audit(jobs=len(ids), in_store=0, in_index=0, duplicates=0, lost=0)
     result.duplicates += sum(n - 1 for n in row_counts.values() if n > 1)

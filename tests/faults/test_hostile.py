@@ -428,7 +428,7 @@ def _outcome(pipeline: Pipeline, run_id: str, task_id: str, log: str) -> Outcome
         if failures:
             rid, entry = failures[0]
             return Outcome("failed", entry["code"], entry["message"], rid)
-        state = pipeline.runs.redis.hgetall(f"pv:run:{run_id}:state")
+        state = pipeline.raw.hgetall(f"pv:run:{run_id}:state")
         (rid, final), = state.items()
         return Outcome(final, None, "", rid)
     for match in _SUCCEEDED.finditer(log):

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from contract.runs import READY_QUEUE, Runs, RunStatus
 from contract.settings import Settings
+from contract.state import READY_QUEUE, Runs, RunStatus, connect
 from previewvec.localredis import LocalRedis
 from tests.local_http import start_server, stop_server
 
@@ -397,6 +397,8 @@ class Pipeline:
         })
         self.settings = Settings.from_env(self.env)
         self.runs = Runs.from_url(self.redis.url)
+        # For inspection only: kombu's keys (queues, unacked) and raw pv: keys.
+        self.raw = connect(self.redis.url)
 
     # --- workers ------------------------------------------------------------------------
 
@@ -458,12 +460,12 @@ class Pipeline:
         return self.runs.status(run_id)
 
     def ready_keys(self) -> list[str]:
-        return list(self.runs.redis.lrange(READY_QUEUE, 0, -1))
+        return list(self.raw.lrange(READY_QUEUE, 0, -1))
 
     def unacked(self) -> dict[str, tuple[float, dict[str, Any]]]:
         """kombu's Redis ack emulation: delivery tag → (delivered at, as ``time.time()``;
         the job) of every delivered but not yet acknowledged message."""
-        raw = self.runs.redis.hgetall("unacked")  # tag → [message, exchange, routing key]
+        raw = self.raw.hgetall("unacked")  # tag → [message, exchange, routing key]
         out = {}
         for tag, value in raw.items():
             message = json.loads(value)[0]
@@ -471,12 +473,12 @@ class Pipeline:
             if message.get("properties", {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             args = json.loads(body)[0]  # Celery protocol 2: [args, kwargs, embed]
-            delivered = self.runs.redis.zscore("unacked_index", tag) or 0.0
+            delivered = self.raw.zscore("unacked_index", tag) or 0.0
             out[tag] = (float(delivered), args[0])
         return out
 
     def queue_depth(self, queue: str) -> int:
-        return int(self.runs.redis.llen(queue))
+        return int(self.raw.llen(queue))
 
     # --- reducer and CLI ----------------------------------------------------------------
 

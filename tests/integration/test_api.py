@@ -9,17 +9,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from redis import Redis
 
 from contract.jobs import JOB_FIELDS, Job
 from contract.layout import VECTOR_DIM
 from contract.records import FeatureRecord, encode_record, make_provenance
-from contract.runs import Runs
 from contract.settings import Settings
+from contract.state import Runs, connect
 from contract.store import open_store
 from previewvec.api import create_app
 from previewvec.localredis import LocalRedis, free_port
@@ -96,8 +96,8 @@ def client(app) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, decode_responses=True)
+def r(redis_url: str) -> Redis:
+    return connect(redis_url)
 
 
 def post(client: TestClient, body: bytes | str, headers: dict | None = None):
@@ -203,7 +203,7 @@ def test_invalid_job_field_errors(client: TestClient) -> None:
 # --------------------------------------------------------------------------- runs
 
 
-def test_jobs_are_accepted_and_published(client: TestClient, app, r: redis.Redis) -> None:
+def test_jobs_are_accepted_and_published(client: TestClient, app, r: Redis) -> None:
     jobs = [{"recording_id": f"api-job-{i}", "preview_url": f"https://p.scdn.co/{i}",
              "isrc": "us-rc1-76-07839"} for i in range(5)]
     resp = post(client, json.dumps({"jobs": jobs}))

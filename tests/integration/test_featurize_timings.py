@@ -15,8 +15,8 @@ import pytest
 
 from contract.layout import FEATURE_VERSION
 from contract.records import decode_record, record_key
-from contract.runs import Runs, new_run_id
 from contract.settings import Settings
+from contract.state import Runs, new_run_id
 from previewvec.localredis import LocalRedis
 from tests.integration.pipeline_helpers import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize

@@ -86,7 +86,7 @@ def serve_batch(server: ClipServer, clips: list[Clip], prefix: str, n: int,
 
 
 def states(pipeline: Pipeline, run_id: str) -> dict[str, str]:
-    return pipeline.runs.redis.hgetall(f"pv:run:{run_id}:state")
+    return pipeline.raw.hgetall(f"pv:run:{run_id}:state")
 
 
 def assert_exactly_once(pipeline: Pipeline, tmp_path: Path, ids: list[str]) -> None:

@@ -519,7 +519,7 @@ def test_prometheus_config_and_alerts() -> None:
 def test_runs_exporter_reports_failures_by_code() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from contract.runs import Runs
+    from contract.state import Runs, connect
     from previewvec.localredis import LocalRedis
 
     spec = importlib.util.spec_from_file_location(
@@ -533,7 +533,7 @@ def test_runs_exporter_reports_failures_by_code() -> None:
         runs.fail("r1", "a", "http_404", "not found")
         runs.fail("r1", "b", "undecodable", "bad bytes")
         runs.succeed("r1", "c", "done")
-        runs.redis.rpush("batch", "job")
+        connect(server.url).rpush("batch", "job")
         registry = CollectorRegistry()
         registry.register(module.RunsCollector(runs))
         text = generate_latest(registry).decode()

@@ -1,4 +1,4 @@
-"""The crash cap's counting (workers/crashes.py, the crash keys of contract/runs.py)
+"""The crash cap's counting (workers/crashes.py, the crash keys of contract/state/crashes.py)
 against a real, private ``redis-server``; no broker or worker processes.
 
 The real-process scenarios (a preview that SIGKILLs its fetcher's pool child, or its
@@ -15,8 +15,8 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Retry
 
 import workers.tasks as tasks
-from contract.runs import CRASH_COUNT_TTL_S, CrashCount, Runs, new_run_id
 from contract.settings import Settings
+from contract.state import CRASH_COUNT_TTL_S, CrashCount, Runs, connect, new_run_id
 from contract.store import StoreUnavailable
 from previewvec.localredis import LocalRedis
 from workers import crashes
@@ -34,7 +34,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def runs(redis_url: str) -> Iterator[Runs]:
     runs = Runs.from_url(redis_url)
-    runs.redis.flushdb()
+    connect(redis_url).flushdb()
     yield runs
 
 
@@ -79,14 +79,14 @@ def test_a_retry_is_no_crash_but_keeps_earlier_ones(runs: Runs) -> None:
     runs.attempt_retried("t4")  # a store-outage retry ended that attempt normally
     assert runs.attempt_started("t4").crashes == 1
     runs.attempt_retried("never-started")  # creates nothing (no key without a TTL)
-    assert not runs.redis.exists("pv:crash:never-started")
+    assert runs.crash_count_ttl("never-started") == -2  # no key
 
 
 def test_counts_expire_and_are_forgotten_when_the_job_ends(runs: Runs) -> None:
     runs.attempt_started("t5")
-    assert 0 < runs.redis.ttl("pv:crash:t5") <= CRASH_COUNT_TTL_S
+    assert 0 < runs.crash_count_ttl("t5") <= CRASH_COUNT_TTL_S
     runs.attempt_lost("t5", "x")
-    assert 0 < runs.redis.ttl("pv:crash:t5") <= CRASH_COUNT_TTL_S
+    assert 0 < runs.crash_count_ttl("t5") <= CRASH_COUNT_TTL_S
     runs.attempts_over("t5")
     assert runs.attempt_started("t5").crashes == 0
 
@@ -162,7 +162,7 @@ def test_task_past_the_cap_records_worker_crashed_without_running(
     assert rid == "r-crash" and entry["code"] == "worker_crashed"
     assert entry["message"].startswith(crashes.WHOLE_WORKER_LOST + "; 4 crashes")
     assert entry["job"] == job  # what `retry` re-enqueues
-    assert not runs.redis.exists("pv:crash:d1")
+    assert runs.crash_count_ttl("d1") == -2  # no key
 
 
 def test_task_that_returns_forgets_its_count(monkeypatch: pytest.MonkeyPatch,
@@ -173,7 +173,7 @@ def test_task_that_returns_forgets_its_count(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr("workers.featurize.featurize",
                         lambda job, ctx: Outcome(job["recording_id"], job["run_id"], "done"))
     assert run_task(job, "d2")["status"] == "done"
-    assert not runs.redis.exists("pv:crash:d2")
+    assert runs.crash_count_ttl("d2") == -2  # no key
 
 
 def test_task_retried_for_a_store_outage_keeps_only_earlier_crashes(

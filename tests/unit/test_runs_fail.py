@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from contract.runs import Runs
+from contract.state import Runs
 from previewvec.localredis import LocalRedis
 
 
