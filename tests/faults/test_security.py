@@ -36,9 +36,8 @@ from contract.runs import Runs
 from contract.settings import Settings
 from previewvec.localredis import LocalRedis, free_port
 from producers.queue import TASK_NAME, make_client
-from tests.faults.harness import wait_http, worker_cache_dir
 from tests.faults.hostile_server import HostileServer
-from tests.integration.pipeline_helpers import REPO, Pipeline, clean_env
+from tests.harness.pipeline import REPO, Pipeline, clean_env, wait_http, worker_cache_dir
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

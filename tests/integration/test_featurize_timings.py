@@ -18,7 +18,7 @@ from contract.records import decode_record, record_key
 from contract.runs import Runs, new_run_id
 from contract.settings import Settings
 from previewvec.localredis import LocalRedis
-from tests.integration.pipeline_helpers import ClipServer, make_clips
+from tests.harness.pipeline import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize
 
 AFTER_SEALING = ("encode", "store", "account")
