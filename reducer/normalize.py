@@ -44,6 +44,10 @@ class Normalizer:
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         """Normalise (n, dim) or (dim,) raw vectors; returns float32."""
         x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.mean.shape[0]:
+            # Broadcasting would z-score a (n, 1) or (1,) array against every dimension.
+            raise ValueError(f"vectors of shape {x.shape} do not have this normaliser's "
+                             f"{self.mean.shape[0]} dimensions")
         usable = self.std > MIN_STD
         z = np.where(usable, (x - self.mean) / np.where(usable, self.std, 1.0), 0.0)
         return np.clip(z, -CLIP_Z, CLIP_Z).astype(np.float32)

@@ -40,9 +40,8 @@ from contract.layout import FEATURE_VERSION, VECTOR_DIM
 from contract.records import decode_record, record_key
 from contract.settings import Settings
 from producers.queue import TASK_NAME, make_client
-from tests.faults.harness import worker_cache_dir
 from tests.faults.hostile_server import Behaviour, HostileServer
-from tests.integration.pipeline_helpers import Pipeline
+from tests.harness.pipeline import Pipeline, worker_cache_dir
 from tests.media import mp4_video
 from workers.app import MAX_MEMORY_PER_CHILD_KB
 

@@ -6,7 +6,7 @@ processes, a real S3 API (moto's server, reached through a TCP proxy that can ta
 down) and ``previewvec reduce --follow`` into an index (embedded LanceDB, or the Vectorize
 contract server), injects its faults mid-batch, and then audits store and index: every
 recording exactly once in both, or recorded as failed with its code; nothing lost,
-nothing duplicated (tests/faults/fault_harness.py: :func:`audit`).
+nothing duplicated (tests/harness/faults.py: :func:`audit`).
 
 Each scenario adds a row to the table printed at the end of the session (conftest.py),
 the table of docs/reliability.md. "Time to recover" runs from the end of the last fault
@@ -28,7 +28,7 @@ from contract.settings import Settings
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
 from tests.contract.vectorize_server import VectorizeContractServer
 from tests.faults.conftest import FaultAssets
-from tests.faults.fault_harness import (
+from tests.harness.faults import (
     RECORD_PREFIX,
     Audit,
     FaultPipeline,

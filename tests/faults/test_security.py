@@ -4,10 +4,11 @@ and the HTTP API answers hostile requests with 4xx, never 500.
 Real: a private ``redis-server`` (with a password, for the secrets check), ``celery -A
 workers.app worker`` and ``celery flower`` processes, moto's S3 server as the feature
 store, ``previewvec api`` served by uvicorn, and HTTP servers on 127.0.0.1. The fetcher's
-SSRF policy is specified in tests/unit/test_fetch.py and exercised through a worker by
-the hostile corpus (tests/faults/test_hostile.py: ``redirect-to-metadata``,
+SSRF policy is specified in tests/unit/workers/test_fetch.py and exercised through a
+worker by the hostile corpus (tests/faults/test_hostile.py: ``redirect-to-metadata``,
 ``metadata-url``); the job schema and the matching normaliser by property-based tests in
-tests/unit/test_properties.py.
+tests/unit/contract/test_jobs_properties.py and
+tests/unit/producers/test_matching_properties.py.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ from contract.settings import Settings
 from contract.state import Runs, connect
 from previewvec.localredis import LocalRedis, free_port
 from producers.queue import TASK_NAME, make_client
-from tests.faults.harness import wait_http, worker_cache_dir
 from tests.faults.hostile_server import HostileServer
-from tests.integration.pipeline_helpers import REPO, Pipeline, clean_env
+from tests.harness.pipeline import REPO, Pipeline, clean_env, wait_http, worker_cache_dir
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

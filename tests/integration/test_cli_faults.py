@@ -234,8 +234,8 @@ def test_unknown_run(base_env, command) -> None:
 
 
 def test_redis_lost_is_exit_3(base_env) -> None:
-    # The check at start-up (tests/unit/test_cli.py covers each command); here the reducer
-    # is a one-off too.
+    # The check at start-up (tests/unit/previewvec/test_cli.py covers each command); here
+    # the reducer is a one-off too.
     env = {**base_env, "PREVIEWVEC_BROKER_URL": closed_url("redis", "/0")}
     expect_fault(env, ["reindex"], EXIT_REDIS, "cannot reach Redis")
 

@@ -18,7 +18,7 @@ from contract.records import decode_record, record_key
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
 from previewvec.localredis import LocalRedis
-from tests.integration.pipeline_helpers import ClipServer, make_clips
+from tests.harness.pipeline import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize
 
 AFTER_SEALING = ("encode", "store", "account")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from contract.settings import Settings
-from tests.integration.pipeline_helpers import (
+from tests.harness.pipeline import (
     REPO,
     ClipServer,
     Pipeline,

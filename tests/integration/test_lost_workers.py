@@ -28,7 +28,7 @@ import pytest
 from contract.layout import FEATURE_VERSION
 from contract.records import record_key
 from contract.settings import Settings
-from tests.integration.pipeline_helpers import (
+from tests.harness.pipeline import (
     Clip,
     ClipServer,
     Pipeline,

@@ -31,7 +31,7 @@ from contract.layout import FEATURE_VERSION, VECTOR_DIM
 from contract.records import decode_record, record_key
 from contract.settings import Settings
 from contract.state import RunStatus
-from tests.integration.pipeline_helpers import (
+from tests.harness.pipeline import (
     FETCH_MAX_BYTES,
     Clip,
     ClipServer,

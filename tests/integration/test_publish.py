@@ -28,7 +28,7 @@ from previewvec.localredis import LocalRedis
 from producers import queue as queue_mod
 from producers.queue import TASK_NAME, make_client, publish
 from producers.submit import queue_keys
-from tests.integration.pipeline_helpers import (
+from tests.harness.pipeline import (
     ClipServer,
     Pipeline,
     catalog_line,

@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (the labelled table reads best one pair per line)
 """Matching precision/recall on a labelled table of tricky MusicBrainz ↔ store pairs.
 
-``python -m tests.unit.test_matching`` prints the table and the figures quoted in
+``python -m tests.unit.producers.test_matching`` prints the table and the figures quoted in
 docs/matching.md.
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 CONTRACT, STAGE, ENTRY, TOOLING = "contract", "stage", "entry point", "tooling"
 LAYER_OF = {

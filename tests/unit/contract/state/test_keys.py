@@ -9,7 +9,7 @@ from redis import Redis
 
 from contract.state import AnswerCache, GcraState, Runs, keys
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 PRODUCT = ("contract", "producers", "workers", "reducer", "previewvec", "infra")
 
 

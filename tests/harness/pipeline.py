@@ -1,4 +1,4 @@
-"""Real-component harness for the pipeline tests (tests/integration/test_pipeline.py).
+"""Real-component harness of the integration and fault tests: processes, servers, waits.
 
 Everything here is real: a private ``redis-server`` (:class:`~previewvec.localredis.LocalRedis`),
 ``celery -A workers.app worker`` subprocesses, preview clips served over HTTP from
@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -436,14 +438,19 @@ class Pipeline:
         return enqueue_catalog(list(lines), self.settings, queue=queue, source=source)
 
     def wait_until(self, condition: Callable[[], bool], *, timeout_s: float,
-                   what: str, interval_s: float = 0.2) -> None:
+                   what: str | Callable[[], str], interval_s: float = 0.2,
+                   require_workers: bool = True) -> None:
+        """Poll ``condition`` with a deadline. ``require_workers``: fail at once when no
+        worker is alive (off for fault scenarios that have none for a while). ``what``
+        may be a callable, to describe the state at the moment of the failure."""
         deadline = time.monotonic() + timeout_s
         while not condition():
-            if not self.live_workers():
-                raise AssertionError(f"no live worker while waiting for {what}\n{self.logs()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n"
+            if require_workers and not self.live_workers():
+                raise AssertionError(f"no live worker while waiting for {_said(what)}\n"
                                      f"{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:g} s waiting for "
+                                     f"{_said(what)}\n{self.logs()}")
             time.sleep(interval_s)
 
     def wait_run(self, run_id: str, *, expected_total: int | None = None,
@@ -550,3 +557,36 @@ def environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+def _said(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
+
+
+def worker_cache_dir(request: Any, tmp_path_factory: Any) -> Path:
+    """numba's compiled extractor at :func:`worker_cache_location`, warmed before use."""
+    path = worker_cache_location(request, tmp_path_factory)
+    with numba_cache_warmed(path):
+        pass
+    return path
+
+
+def wait_http(url: str, *, timeout_s: float, alive: object = None) -> None:
+    """Poll ``url`` until it answers with any HTTP status (a deadline, not a sleep).
+
+    ``alive`` is an optional ``subprocess.Popen``: stop early if it exited.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            pass
+        if alive is not None and alive.poll() is not None:  # type: ignore[attr-defined]
+            raise AssertionError(f"process serving {url} exited")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer within {timeout_s:g} s")
+        time.sleep(0.1)

@@ -1,6 +1,6 @@
 """Fault injection on real components, for tests/faults/test_scenarios.py.
 
-Built on the pipeline harness (tests/integration/pipeline_helpers.py): a private Redis,
+Built on the pipeline harness (:mod:`tests.harness.pipeline`): a private Redis,
 ``celery worker`` subprocesses, clips served from 127.0.0.1. Added here: a Redis that
 persists (AOF) and restarts on its port, a TCP proxy that takes the S3 endpoint down and
 brings it back on the same port (the moto server behind it keeps its objects), a clip
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from contract.layout import FEATURE_VERSION
 from contract.records import decode_record, record_key
 from previewvec.localredis import LocalRedis
-from tests.integration.pipeline_helpers import REPO, Clip, Pipeline, catalog_line
+from tests.harness.pipeline import REPO, Clip, Pipeline, catalog_line
 from tests.local_http import start_server, stop_server
 
 RECORD_PREFIX = f"features/{FEATURE_VERSION}/"
@@ -235,16 +235,13 @@ class FaultPipeline(Pipeline):
 
     def wait_for(self, condition: Callable[[], bool], *, timeout_s: float,
                  what: str | Callable[[], str]) -> None:
-        """Poll ``condition`` with a deadline (no live-worker requirement, unlike
-        :meth:`Pipeline.wait_until`: some scenarios have none for a while). ``what`` may
-        be a callable, to describe the state at the moment of the timeout."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                described = what() if callable(what) else what
-                raise AssertionError(f"timed out after {timeout_s:g} s waiting for {described}\n"
-                                     f"{self.logs()}\n{self.reducer_logs()}")
-            time.sleep(0.2)
+        """:meth:`Pipeline.wait_until` without its live-worker requirement: some
+        scenarios have no worker for a while."""
+        self.wait_until(condition, timeout_s=timeout_s, what=what, require_workers=False)
+
+    def logs(self) -> str:
+        """The workers' logs, then the reducers'."""
+        return f"{super().logs()}\n{self.reducer_logs()}"
 
     def reducer_logs(self) -> str:
         return "\n".join(f"--- reducer {r.proc.pid} ---\n{r.log_tail()}" for r in self.reducers)
