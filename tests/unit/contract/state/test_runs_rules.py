@@ -1,4 +1,4 @@
-"""contract/runs.py on a real, private redis-server: the transition rules of run state,
+"""contract/state/runs.py on a real, private redis-server: the transition rules of run state,
 closing and compaction, cursors and the reducer's queue, through the public Runs API only.
 
 A failure from a second execution of a job that another execution completed (a
