@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 

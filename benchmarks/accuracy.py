@@ -18,12 +18,13 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from previewvec.mirex import key_score, tempo_correct, tempo_correct_any_octave
-from previewvec.settings import Settings
-from previewvec.songs.dataset import build_set, eval_specs
+from contract.layout import PITCH_CLASSES
+from contract.settings import Settings
+from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave
+from testkit.songs.dataset import build_set, eval_specs
 from workers.analysis import analyze
 from workers.audio import decode_audio
-from workers.features.tonal import _PROFILES, PITCH_CLASSES
+from workers.features.tonal import _PROFILES
 
 SR = 22050
 

@@ -25,7 +25,7 @@ import sys
 from _percore import THREAD_VARS as _THREAD_VARS
 from _percore import pin_one_thread
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 _NUMBA_CACHE_DIR = pin_one_thread("benchmarks/extract.py")
 
@@ -45,13 +45,14 @@ from pathlib import Path  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 
-from previewvec.songs.render import find_soundfont, render, resolve_renderer  # noqa: E402
-from previewvec.songs.score import MODES, NOTE_NAMES, STYLES, generate_song, styles_for  # noqa: E402
+from contract.layout import FMA_DIM, FMA_FEATURE_SIZES, fma_names  # noqa: E402
+from testkit.encode import encode_audio  # noqa: E402
+from testkit.fma_reference import fma_reference  # noqa: E402
+from testkit.songs.render import find_soundfont, render, resolve_renderer  # noqa: E402
+from testkit.songs.score import MODES, NOTE_NAMES, STYLES, generate_song, styles_for  # noqa: E402
 from workers.analysis import analyze  # noqa: E402
-from workers.audio import decode_audio, encode_audio  # noqa: E402
+from workers.audio import decode_audio  # noqa: E402
 from workers.features.extractor import warm_up  # noqa: E402
-from workers.features.layout import FMA_DIM, FMA_FEATURE_SIZES, fma_names  # noqa: E402
-from workers.features.reference import fma_reference  # noqa: E402
 
 CLIP_S = 30.0
 NATIVE_SR = 44100
@@ -230,7 +231,7 @@ def agreement(ours: np.ndarray, ref: np.ndarray) -> dict:
 _COLD_START_CODE = r"""
 import json, sys, time
 t0, c0 = time.perf_counter(), time.process_time()
-from previewvec.settings import Settings
+from contract.settings import Settings
 from workers.analysis import analyze
 from workers.features import extractor
 t_import = time.perf_counter()

@@ -29,7 +29,7 @@ import sys
 
 from _percore import pin_one_thread
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 _NUMBA_CACHE_DIR = pin_one_thread("benchmarks/pipeline.py")
 
@@ -86,9 +86,9 @@ def _clip_dir(seed: int, seconds: float) -> Path:
 
 def _make_one(args: tuple[int, int, float, str]) -> None:
     i, seed, seconds, folder = args
-    from previewvec.songs.render import render_synth
-    from previewvec.songs.score import MODES, STYLES, generate_song, styles_for
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
+    from testkit.songs.render import render_synth
+    from testkit.songs.score import MODES, STYLES, generate_song, styles_for
 
     rng = random.Random(seed * 100_003 + i)
     tempo = round(rng.uniform(66, 172), 1)
@@ -173,7 +173,7 @@ def measure_floor_parallel(folder: Path, n: int, processes: int) -> dict:
 def _naive_one(path: str) -> float:
     import librosa
 
-    from workers.features.reference import fma_reference
+    from testkit.fma_reference import fma_reference
 
     c0 = time.process_time()
     y, sr = librosa.load(path)  # what a user writes: 22.05 kHz mono, soxr resampling
@@ -274,12 +274,12 @@ def _wait_warm(logs: list[Path], procs: list[subprocess.Popen], timeout_s: float
 
 def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path,
                  moto: MotoServer | None, tag: str) -> dict:
-    from previewvec.jobs import Job
-    from previewvec.records import record_key
-    from previewvec.runs import Runs, new_run_id
+    from contract.jobs import Job
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
+    from contract.state import Runs, new_run_id
     from producers.queue import publish
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     run_dir = work / tag
     run_dir.mkdir(parents=True)
@@ -459,8 +459,8 @@ def _parse_tasks(log: str) -> list[dict]:
 
 
 def measure_enqueue(n: int) -> dict:
-    from previewvec.jobs import Job
-    from previewvec.runs import Runs, new_run_id
+    from contract.jobs import Job
+    from contract.state import Runs, connect, new_run_id
     from producers.queue import TASK_NAME, make_client, publish
 
     with LocalRedis() as local_redis:
@@ -468,14 +468,15 @@ def measure_enqueue(n: int) -> dict:
         redis_pid = local_redis.process.pid
         settings = dataclasses.replace(Settings(), broker_url=local_redis.url)
         runs = Runs.from_url(local_redis.url)
+        raw = connect(local_redis.url)  # measuring: memory, raw LPUSH baseline
         run_id = new_run_id()
         runs.create(run_id, queue="batch", source="bench")
         jobs = [Job(recording_id=f"enqueue-{i:06d}",
                     preview_url=f"https://audio-ssl.itunes.apple.com/itunes-assets/x/{i}.m4a",
                     source="bench") for i in range(n)]
         publish(jobs[:10], runs, settings, run_id=new_run_id(), queue="ondemand")  # connect
-        runs.redis.delete("ondemand")
-        mem0 = int(runs.redis.info("memory")["used_memory"])
+        raw.delete("ondemand")
+        mem0 = int(raw.info("memory")["used_memory"])
         redis_cpu0 = _cpu(redis_pid)
         t0 = time.perf_counter()
         cpu0 = time.process_time()
@@ -483,9 +484,9 @@ def measure_enqueue(n: int) -> dict:
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         redis_cpu = _cpu(redis_pid) - redis_cpu0
-        mem1 = int(runs.redis.info("memory")["used_memory"])
-        depth = int(runs.redis.llen("batch"))
-        message = runs.redis.lindex("batch", 0) or b""
+        mem1 = int(raw.info("memory")["used_memory"])
+        depth = int(raw.llen("batch"))
+        message = raw.lindex("batch", 0) or b""
         msg_bytes = len(message)
         # Baseline: what publish did before batching, one send_task (two Redis round
         # trips) per message, without the run bookkeeping.
@@ -500,10 +501,10 @@ def measure_enqueue(n: int) -> dict:
             one_wall = time.perf_counter() - t1
         # Upper bound for any publisher: the same message bytes LPUSHed in pipelines of
         # 500 (no message building at all).
-        runs.redis.delete("bench-raw")
+        raw.delete("bench-raw")
         t2 = time.perf_counter()
         for start in range(0, n, 500):
-            pipe = runs.redis.pipeline(transaction=False)
+            pipe = raw.pipeline(transaction=False)
             for _ in range(min(500, n - start)):
                 pipe.lpush("bench-raw", message)
             pipe.execute()
@@ -517,9 +518,9 @@ def measure_enqueue(n: int) -> dict:
 
 
 def measure_reduce(n: int, batch: int, work: Path) -> dict:
-    from workers.features.layout import VECTOR_DIM
-    from workers.index import IndexItem
-    from workers.index.embedded import EmbeddedIndex
+    from contract.layout import VECTOR_DIM
+    from reducer.index import IndexItem
+    from reducer.index.embedded import EmbeddedIndex
 
     rng = np.random.default_rng(7)
     index = EmbeddedIndex(work / "reduce-index", VECTOR_DIM)

@@ -84,12 +84,12 @@ def main() -> int:
     import numpy as np
 
     import workers.featurize as featurize_mod
-    from previewvec.errors import Undecodable
+    from contract.errors import Undecodable
+    from contract.layout import VECTOR_DIM
+    from contract.settings import Settings
+    from contract.state import Runs, connect
     from previewvec.localredis import LocalRedis
-    from previewvec.runs import Runs
-    from previewvec.settings import Settings
-    from workers.features.layout import VECTOR_DIM
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((64, VECTOR_DIM)).astype(np.float32)
@@ -128,7 +128,7 @@ def main() -> int:
         settings = Settings(broker_url=server.url, store=str(Path(tmp) / "store"),
                             index=str(Path(tmp) / "index"), cache_dir=Path(tmp) / "cache")
         runs = Runs.from_url(server.url)
-        baseline = memory_report(runs.redis)
+        baseline = memory_report(connect(server.url))
         ctx = featurize_mod.WorkerContext.build(settings)
         reducer = Reducer.build(settings)
         timings = {"run 1": run(runs, ctx, "bench-run-1", range(args.jobs))}
@@ -139,12 +139,12 @@ def main() -> int:
         started = time.perf_counter()
         reduced += reducer.drain()
         timings["reduce 2"] = time.perf_counter() - started
-        reduced_report = memory_report(runs.redis)
+        reduced_report = memory_report(connect(server.url))
         closed: list[str] = []
         if hasattr(runs, "close_finished"):
             ttl_s = settings.run_ttl_s
             closed = runs.close_finished(ttl_s=ttl_s, settle_s=0).closed
-        after = memory_report(runs.redis)
+        after = memory_report(connect(server.url))
         statuses = {r: runs.status(r).counts for r in ("bench-run-1", "bench-run-2")}
         figures = {
             "code": str(args.code.resolve()), "jobs": args.jobs, "rerun": args.rerun,

@@ -50,9 +50,9 @@ from pathlib import Path
 
 import psutil
 
+from contract.settings import Settings
 from previewvec.demo import serve_folder
 from previewvec.localredis import LocalRedis
-from previewvec.settings import Settings
 
 TARGET_GROWTH = 0.15  # end and max RSS at most +15 % over start
 MB = 1024 * 1024
@@ -147,8 +147,8 @@ def _sample(main: psutil.Process, processed: int, log_path: Path, seen: set[int]
 def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Path,
              moto: MotoServer | None) -> dict:
     """Run ``args.jobs`` jobs through one worker configured for ``mitigation``."""
-    from previewvec.jobs import Job
-    from previewvec.runs import Runs, new_run_id
+    from contract.jobs import Job
+    from contract.state import Runs, new_run_id
     from producers.queue import publish
 
     run_dir = work / mitigation

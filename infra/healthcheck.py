@@ -82,13 +82,10 @@ def check_api(argv: list[str]) -> tuple[bool, str]:
 
 
 def check_broker(argv: list[str]) -> tuple[bool, str]:
-    import redis
+    from contract.settings import Settings
+    from contract.state import ping
 
-    from previewvec.settings import Settings
-
-    client = redis.Redis.from_url(Settings.from_env().broker_url,
-                                  socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
-    return bool(client.ping()), "broker answers PING"
+    return ping(Settings.from_env().broker_url, timeout_s=TIMEOUT_S), "broker answers PING"
 
 
 CHECKS = {"worker": check_worker, "flower": check_flower, "api": check_api,

@@ -1,3 +1,9 @@
-"""previewvec: audio-feature vectors from lawful preview clips, at catalog scale."""
+"""previewvec: audio-feature vectors from lawful preview clips, at catalog scale.
 
-__version__ = "0.1.0"
+The entry points (command line, demo, HTTP API) live here; the layers below are
+``contract`` (shared by every stage), ``producers``, ``workers`` and ``reducer``.
+"""
+
+from contract import __version__
+
+__all__ = ["__version__"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from previewvec.errors import (
+from contract.errors import (
     ConfigError,
     InputUnreadable,
     NotFound,
@@ -22,7 +22,7 @@ from previewvec.errors import (
     UpstreamError,
     VectorIndexError,
 )
-from previewvec.settings import Settings
+from contract.settings import Settings
 
 # Exit statuses: one per family of expected operational fault (README "Commands").
 EXIT_FAILED_INPUTS = 1  # extract: some inputs failed; also any other typed failure
@@ -120,7 +120,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.features.layout import feature_names
+    from contract.layout import feature_names
 
     for name in feature_names():
         print(name)
@@ -150,7 +150,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.state import Runs
     from producers.queue import enqueue_file, plan_enqueue
 
     _log_progress()  # the backpressure waits ("queue batch holds N > M messages: waiting")
@@ -215,15 +215,12 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-
+    from contract.state import Runs
     from producers.submit import (
         build_resolver,
         default_queue,
         dump_cursor_name,
         iter_resolutions,
-        reset_cursor,
-        resume_line,
         submit,
     )
 
@@ -233,17 +230,17 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     resolver = build_resolver(settings)
     store = None
     if not args.force:  # stored recordings are skipped: the store must answer
-        from workers.store import open_store
+        from contract.store import open_store
 
         store = open_store(settings.store, settings)
         _check_store(store)
     cursor = start = None
     if kind == "dump":
         cursor = args.cursor or dump_cursor_name(str(value))
-        client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        runs = Runs.from_url(settings.broker_url)
         if args.restart:
-            reset_cursor(client, cursor)
-        start = resume_line(client, cursor)
+            runs.clear_cursor(cursor)
+        start = runs.resume_line(cursor)
         if start:
             print(f"resuming dump at line {start} (cursor {cursor})", file=sys.stderr)
     items = iter_resolutions(resolver, kind, value, start_line=start or 0)
@@ -263,7 +260,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     _check_listen(args.host, args.port)
     import uvicorn
 
-    from producers.api import create_app
+    from previewvec.api import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=args.loglevel, proxy_headers=False)
@@ -293,7 +290,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.state import Runs
 
     runs = Runs.from_url(settings.broker_url)
     if not runs.exists(args.run_id):
@@ -305,7 +302,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.runs import Runs
+    from contract.state import Runs
     from producers.queue import retry_run
 
     runs = Runs.from_url(settings.broker_url)
@@ -322,7 +319,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     reducer = Reducer.build(settings)
     if args.follow:  # waits out store and index outages itself
@@ -336,7 +333,7 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     reducer = Reducer.build(settings)
     _check_store(reducer.store)
@@ -347,10 +344,10 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.records import record_key
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
-    from workers.store import validate_key
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
+    from contract.store import validate_key
+    from reducer.reduce import Reducer, match_descriptors, similar_filter
 
     missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
                        f"({settings.store})")
@@ -360,17 +357,10 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         raise missing from None
     reducer = Reducer.build(settings)
     _check_store(reducer.store)
-    where: dict[str, object] = {}
-    tempo = {op: v for op, v in (("$gte", args.tempo_min), ("$lte", args.tempo_max))
-             if v is not None}
-    if tempo:
-        where["tempo_bpm"] = tempo
-    if args.key:
-        where["key"] = args.key
-    if args.mode:
-        where["mode"] = args.mode
+    where = similar_filter(tempo_min=args.tempo_min, tempo_max=args.tempo_max,
+                           key=args.key, mode=args.mode)
     try:
-        matches = reducer.similar(args.recording_id, args.k, filter=where or None)
+        matches = reducer.similar(args.recording_id, args.k, filter=where)
     except FileNotFoundError:
         raise missing from None
     if not matches and reducer.index.count() == 0:
@@ -378,9 +368,8 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
                             "(or `previewvec reindex`) first")
     for match in matches:
         print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
-                          "score": round(match.score, 4), "descriptors": {
-                              k: v for k, v in match.metadata.items()
-                              if k not in ("recording_id", "normalizer")}},
+                          "score": round(match.score, 4),
+                          "descriptors": match_descriptors(match)},
                          ensure_ascii=False))
     return 0
 
@@ -581,8 +570,9 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
     Anything else (a bug) keeps its traceback.
     """
-    import redis
     from kombu.utils.url import maybe_sanitize_url
+
+    from contract.state import RedisUnavailable
 
     try:
         return int(args.handler(args, settings))
@@ -592,7 +582,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except RedisUnavailable as exc:
         # Redis answered at the start and went away for longer than the client's retries.
         _say(f"lost Redis at {maybe_sanitize_url(settings.broker_url)} "
              f"(PREVIEWVEC_BROKER_URL): {exc}")
@@ -610,17 +600,13 @@ BROKER_CONNECT_TIMEOUT_S = 3.0
 
 def _broker_problem(settings: Settings) -> str:
     """Why Redis at ``settings.broker_url`` cannot be used, or "" if it answers PING."""
-    import redis
     from kombu.utils.url import maybe_sanitize_url
 
+    from contract.state import RedisAuthenticationError, RedisUnavailable, ping
+
     try:
-        client = redis.Redis.from_url(settings.broker_url,
-                                      socket_connect_timeout=BROKER_CONNECT_TIMEOUT_S,
-                                      socket_timeout=BROKER_CONNECT_TIMEOUT_S)
-        client.ping()
-        client.close()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.AuthenticationError, ValueError) as exc:
+        ping(settings.broker_url, timeout_s=BROKER_CONNECT_TIMEOUT_S)
+    except (*RedisUnavailable, RedisAuthenticationError, ValueError) as exc:
         return (f"cannot reach Redis at {maybe_sanitize_url(settings.broker_url)} "
                 f"(PREVIEWVEC_BROKER_URL): {exc}")
     return ""

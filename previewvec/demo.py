@@ -21,9 +21,9 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from contract.settings import Settings
+from contract.state import Runs
 from previewvec.localredis import LocalRedis
-from previewvec.runs import Runs
-from previewvec.settings import Settings
 
 DEMO_FORMATS = ("m4a", "mp3", "ogg", "flac", "wav")
 N_WORKERS = 2
@@ -48,19 +48,6 @@ def serve_folder(folder: Path):
     finally:
         server.shutdown()
         server.server_close()
-
-
-def _songs(out_dir: Path, renderer: str) -> list[tuple[str, dict]]:
-    from previewvec.songs import build_set, demo_specs
-
-    files = []
-    specs = demo_specs()
-    for i, fmt in enumerate(DEMO_FORMATS):
-        subset = specs[i :: len(DEMO_FORMATS)]
-        if subset:
-            rows = build_set(subset, out_dir / "songs" / fmt, fmt=fmt, renderer=renderer)
-            files.extend((f"{fmt}/{row['file']}", row) for row in rows)
-    return files
 
 
 def _start_workers(env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -162,16 +149,18 @@ def _wait_for_run(runs: Runs, run_id: str, watch: WorkerWatch) -> bool:
 
 def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> int:
     """Run the full pipeline on generated songs and print what came out."""
-    from previewvec.records import decode_record, record_key
-    from previewvec.songs import resolve_renderer
+    from contract.layout import FEATURE_VERSION
+    from contract.records import decode_record, record_key
     from producers.queue import enqueue_catalog
-    from workers.features.layout import FEATURE_VERSION
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
+
+    # Test tooling, used through its narrow demo interface only.
+    from testkit.songs import resolve_renderer, write_demo_set
 
     out_dir = out_dir.resolve()
     chosen = resolve_renderer(renderer)
     print(f"1. generating songs with known tempo and key ({chosen}) in {out_dir}/songs")
-    files = _songs(out_dir, chosen)
+    files = write_demo_set(out_dir / "songs", DEMO_FORMATS, chosen)
 
     with LocalRedis() as local_redis, serve_folder(out_dir / "songs") as base_url:
         demo_settings = dataclasses.replace(

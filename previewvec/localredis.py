@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import redis
+from contract.state import RedisConnectionError, connect
 
 
 def find_redis_server() -> str:
@@ -60,13 +60,14 @@ class LocalRedis:
             "--loglevel", "warning", "--logfile", str(self.data_dir / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = connect(f"redis://127.0.0.1:{self.port}/0", decode=False, retry=False,
+                         timeout_s=1, health_check_interval_s=0)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 if client.ping():
                     return self
-            except redis.ConnectionError:
+            except RedisConnectionError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""

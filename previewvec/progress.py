@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from previewvec.errors import UnknownRun
-from previewvec.runs import Runs, RunStatus
-from previewvec.settings import Settings
+from contract.errors import UnknownRun
+from contract.settings import Settings
+from contract.state import Runs, RunStatus
 
 BAR_WIDTH = 30
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from previewvec.errors import InputUnreadable
+from contract.errors import InputUnreadable
 
 MAX_LINE_BYTES = 50_000_000  # one release with thousands of tracks is a few MB
 _METADATA_FILES = frozenset({"COPYING", "README", "SCHEMA_SEQUENCE", "TIMESTAMP",

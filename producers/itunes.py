@@ -3,7 +3,7 @@
 Apple documents roughly 20 calls per minute; the limiter (``settings.itunes_rate_per_min``)
 is shared by every producer process through Redis. Over the limit Apple answers
 **403 with an empty body**: that is throttling, never "no results" — the client
-penalises the shared limiter and retries with backoff, and gives up with
+penalises the shared limiter and retries (:mod:`producers.http`), and gives up with
 ``upstream_unavailable`` rather than ever returning an empty result for it. Bodies may
 start with blank lines; they are stripped before JSON parsing.
 
@@ -14,8 +14,6 @@ Only successful answers are cached — including genuine empty results, which ar
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +22,14 @@ from urllib.parse import urlencode
 
 import requests
 
-from previewvec import __version__
-from previewvec.settings import Settings
-from producers.musicbrainz import UpstreamRejected, UpstreamUnavailable
-from producers.ratelimit import Backoff, RateLimiter
+from contract import __version__
+from contract.retry import Backoff
+from contract.settings import Settings
+from contract.state.cache import DEFAULT_CACHE_TTL_S, AnswerCache  # noqa: F401 - re-exported
+from producers.http import JsonGet
+from producers.ratelimit import RateLimiter
 
 MAX_SEARCH_LIMIT = 200
-DEFAULT_CACHE_TTL_S = 7 * 86_400
 
 
 class ResponseCache(Protocol):
@@ -39,31 +38,9 @@ class ResponseCache(Protocol):
     def set(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-class RedisResponseCache:
-    """Decoded JSON answers keyed by request URL (SHA-1 of it), expiring after ``ttl_s``."""
-
-    def __init__(self, redis_client, ttl_s: int = DEFAULT_CACHE_TTL_S,
-                 prefix: str = "pv:itunes:cache:") -> None:
-        self.redis = redis_client
-        self.ttl_s = int(ttl_s)
-        self.prefix = prefix
-
-    def _key(self, url: str) -> str:
-        return self.prefix + hashlib.sha1(url.encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        raw = self.redis.get(self._key(key))
-        if raw is None:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-
-    def set(self, key: str, value: dict[str, Any]) -> None:
-        self.redis.set(self._key(key), json.dumps(value, separators=(",", ":")),
-                       ex=self.ttl_s)
+# Decoded JSON answers keyed by request URL (SHA-1 of it), expiring after ``ttl_s``:
+# the keys (pv:itunes:cache:<sha1>) are contract/state/cache.py's.
+RedisResponseCache = AnswerCache
 
 
 @dataclass(frozen=True)
@@ -72,6 +49,17 @@ class CollectionLookup:
 
     collection: dict[str, Any] | None
     tracks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _throttled(status: int, body: bytes) -> bool:
+    """Apple's throttling answer (403 with an empty body, or 429): never "no results"."""
+    return (status == 403 and not body) or status == 429
+
+
+def _check(data: Any) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        return "no 'results' list in the answer"
+    return None
 
 
 class ITunesClient:
@@ -92,6 +80,9 @@ class ITunesClient:
         self.timeout = timeout
         self._sleep = sleep
         self.stats = {"requests": 0, "retries": 0, "throttled": 0, "cache_hits": 0}
+        self._json_get = JsonGet(
+            self.session, limiter, self.backoff, max_retries + 1, timeout, sleep, self.stats,
+            label="iTunes", throttled=_throttled, check=_check)
 
     @property
     def calls(self) -> int:
@@ -105,43 +96,10 @@ class ITunesClient:
             if hit is not None:
                 self.stats["cache_hits"] += 1
                 return hit
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-            self.limiter.acquire()
-            self.stats["requests"] += 1
-            try:
-                resp = self.session.get(url, timeout=self.timeout)
-            except requests.RequestException as exc:
-                last = f"network error: {exc.__class__.__name__}: {exc}"
-                self._sleep(self.backoff.delay(attempt))
-                continue
-            status = resp.status_code
-            body = resp.content.strip()
-            if status == 200:
-                try:
-                    data = json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as exc:
-                    raise UpstreamUnavailable(f"iTunes {path}: malformed JSON ({exc})") from None
-                if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-                    raise UpstreamUnavailable(f"iTunes {path}: no 'results' list in the answer")
-                if self.cache is not None:
-                    self.cache.set(url, data)
-                return data
-            if (status == 403 and not body) or status == 429:
-                # Apple's throttling answer: back off for everyone, never "no results".
-                self.stats["throttled"] += 1
-                self.limiter.penalize(self.backoff.delay(attempt))
-                last = f"HTTP {status} (throttled)"
-                continue
-            if status >= 500:
-                last = f"HTTP {status}"
-                self.limiter.penalize(self.backoff.delay(attempt))
-                continue
-            raise UpstreamRejected(f"iTunes {path}: HTTP {status}", status)
-        raise UpstreamUnavailable(
-            f"iTunes {path}: gave up after {self.max_retries + 1} attempts ({last})")
+        data = self._json_get(path, url)
+        if self.cache is not None:
+            self.cache.set(url, data)
+        return data
 
     def search(self, term: str, entity: str = "song", limit: int = 50,
                country: str | None = None) -> list[dict[str, Any]]:

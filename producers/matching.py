@@ -90,6 +90,16 @@ _SPACES = re.compile(r"\s+")
 _WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Nl", "No", "Mc"})
 
 
+def _gated(score: float, title: float, artist: float) -> float:
+    """``score`` pulled down when the title or the artist agrees too little: a weak title
+    scales it linearly below ``GATE``, a weak artist quadratically below ``ARTIST_GATE``."""
+    if title < GATE:
+        score *= title / GATE
+    if artist < ARTIST_GATE:
+        score *= (artist / ARTIST_GATE) ** 2
+    return score
+
+
 def strip_accents(text: str) -> str:
     """NFKD, then drop non-spacing and enclosing marks (accents, the grapheme joiner)."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -339,11 +349,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
                           f"{track.disc or 1}-{track.track}")
         else:
             reason.append(f"track {recording.track}/{track.track}")
-    score = total / weight
-    if title < GATE:
-        score *= title / GATE
-    if artist < ARTIST_GATE:
-        score *= (artist / ARTIST_GATE) ** 2
+    score = _gated(total / weight, title, artist)
     if dur == 0.0:
         score *= LONG_DURATION_PENALTY
     if r_tags != t_tags:
@@ -374,11 +380,7 @@ def album_score(release_title: str, release_artist: str, track_count: int | None
         total += 0.15 * count
         weight += 0.15
         reason.append(f"tracks {track_count}/{store_count}")
-    score = total / weight
-    if title < GATE:
-        score *= title / GATE
-    if artist < ARTIST_GATE:
-        score *= (artist / ARTIST_GATE) ** 2
+    score = _gated(total / weight, title, artist)
     r_tags = rp.tags | _album_live(release_title)
     c_tags = cp.tags | _album_live(collection.get("collectionName"))
     if r_tags != c_tags:

@@ -5,11 +5,11 @@ MusicBrainz asks every client for a meaningful User-Agent with contact informati
 client sends ``previewvec/<version> ( <PREVIEWVEC_MB_CONTACT> )`` and refuses to start
 (:class:`MbContactMissing`, code ``mb_contact_missing``) without a contact.
 
-Failures are typed (also used by :mod:`producers.itunes`):
+Failures are typed, and retried by :mod:`producers.http` (shared with the iTunes client):
 
-* 503 (MusicBrainz's "slow down"), 429, other 5xx and network errors are retried with
-  exponential backoff + jitter; a 503/429 also *penalises the shared limiter* so every
-  producer process backs off. When retries run out: :class:`UpstreamUnavailable`
+* 503 (MusicBrainz's "slow down") and 429 *penalise the shared limiter* so every producer
+  process backs off (Retry-After honoured); other 5xx and network errors are retried
+  after a full-jitter sleep. When retries run out: :class:`UpstreamUnavailable`
   (``upstream_unavailable``).
 * any other non-200 status: :class:`UpstreamRejected` (``upstream_rejected``, ``.status``).
 
@@ -22,7 +22,6 @@ store skips cheaply. Partial dates ("1977", "1977-05") are valid MusicBrainz dat
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -30,10 +29,12 @@ from typing import Any
 
 import requests
 
-from previewvec import __version__
-from previewvec.errors import ConfigError, UpstreamError
-from previewvec.settings import Settings
-from producers.ratelimit import Backoff, RateLimiter
+from contract import __version__
+from contract.errors import ConfigError
+from contract.retry import Backoff
+from contract.settings import Settings
+from producers.http import JsonGet, UpstreamRejected
+from producers.ratelimit import RateLimiter
 
 MAX_SEARCH_LIMIT = 100
 RECORDING_INC = "isrcs+artist-credits+releases"
@@ -43,25 +44,6 @@ ISRC_INC = "artist-credits+releases"
 
 class MbContactMissing(ConfigError):
     code = "mb_contact_missing"
-
-
-class UpstreamUnavailable(UpstreamError):
-    """The upstream kept failing (5xx, throttling, network) after every retry."""
-
-    code = "upstream_unavailable"
-
-
-class UpstreamRejected(UpstreamError):
-    """The upstream answered a non-retryable error status (4xx): ``status`` says which."""
-
-    code = "upstream_rejected"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "status": str(self.status)}
 
 
 def user_agent(contact: str) -> str:
@@ -125,6 +107,10 @@ class MusicBrainzClient:
         self.timeout = timeout
         self._sleep = sleep
         self.stats = {"requests": 0, "retries": 0, "throttled": 0}
+        self._json_get = JsonGet(
+            self.session, limiter, self.backoff, max_retries + 1, timeout, sleep, self.stats,
+            label="MusicBrainz", throttled=lambda status, body: status in (429, 503),
+            check=lambda data: None if isinstance(data, dict) else "body is not an object")
 
     @property
     def calls(self) -> int:
@@ -133,46 +119,8 @@ class MusicBrainzClient:
 
     # -- transport ---------------------------------------------------------------------
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        params = {**params, "fmt": "json"}
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-            self.limiter.acquire()
-            self.stats["requests"] += 1
-            try:
-                resp = self.session.get(url, params=params, timeout=self.timeout)
-            except requests.RequestException as exc:
-                last = f"network error: {exc.__class__.__name__}: {exc}"
-                self._sleep(self.backoff.delay(attempt))
-                continue
-            status = resp.status_code
-            if status == 200:
-                try:
-                    data = json.loads(resp.content.decode("utf-8").strip())
-                except (UnicodeDecodeError, ValueError) as exc:
-                    raise UpstreamUnavailable(
-                        f"MusicBrainz {path}: malformed JSON body ({exc})") from None
-                if not isinstance(data, dict):
-                    raise UpstreamUnavailable(f"MusicBrainz {path}: body is not an object")
-                return data
-            if status in (429, 503):
-                self.stats["throttled"] += 1
-                delay = self.backoff.delay(attempt)
-                retry_after = resp.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    delay = max(delay, float(retry_after))
-                self.limiter.penalize(delay)  # every process backs off
-                last = f"HTTP {status}"
-                continue
-            if status >= 500:
-                last = f"HTTP {status}"
-                self._sleep(self.backoff.delay(attempt))
-                continue
-            raise UpstreamRejected(f"MusicBrainz {path}: HTTP {status}", status)
-        raise UpstreamUnavailable(
-            f"MusicBrainz {path}: gave up after {self.max_retries + 1} attempts ({last})")
+        return self._json_get(path, f"{self.base_url}/{path.lstrip('/')}",
+                              {**params, "fmt": "json"})
 
     # -- lookups -----------------------------------------------------------------------
     def recording(self, mbid: str) -> dict[str, Any]:

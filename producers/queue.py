@@ -32,49 +32,29 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any
 from uuid import uuid4
 
-import redis
 from celery import Celery
 from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
-from previewvec.errors import InputUnreadable, UnknownRun, is_transient
-from previewvec.jobs import CatalogLine, InvalidJob, Job, parse_catalog
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
+from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys  # noqa: F401 - re-exported
+from contract.errors import InputUnreadable, UnknownRun, is_transient
+from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
+from contract.settings import Settings
+from contract.state import Runs, new_run_id
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "previewvec.featurize"
-QUEUES = ("ondemand", "batch")
 PUBLISH_CHUNK = 500
 BACKPRESSURE_POLL_S = 1.0
-# kombu's Redis transport keeps one list per queue and priority step: the queue name for
-# priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 HASH_BLOCK_BYTES = 1 << 20
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for ``queue`` (one per priority step)."""
-    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
-            for step in KOMBU_PRIORITY_STEPS]
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in ``queue`` (not counting ones a worker has already taken)."""
-    pipe = client.pipeline(transaction=False)
-    for key in queue_keys(queue):
-        pipe.llen(key)
-    return int(sum(pipe.execute()))
-
-
-def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
+def wait_for_room(runs: Runs, queue: str, high_water: int, *,
                   poll_s: float = BACKPRESSURE_POLL_S,
                   sleep: Callable[[float], None] = time.sleep) -> float:
     """Block while ``queue`` holds more than ``high_water`` messages; returns seconds waited."""
     started = time.monotonic()
-    depth = queue_depth(client, queue)
+    depth = runs.queue_depth(queue)
     logged = False
     while depth > high_water:
         if not logged:
@@ -82,7 +62,7 @@ def wait_for_room(client: redis.Redis, queue: str, high_water: int, *,
                      high_water)
             logged = True
         sleep(poll_s)
-        depth = queue_depth(client, queue)
+        depth = runs.queue_depth(queue)
     waited = time.monotonic() - started
     if logged:
         log.info("queue %s down to %d after %.1f s: publishing", queue, depth, waited)
@@ -126,9 +106,7 @@ def signals_held() -> Iterator[None]:
 def make_client(settings: Settings) -> Celery:
     """A publishing-only Celery app speaking the workers' contract (JSON only)."""
     client = Celery("previewvec-producer", broker=settings.broker_url)
-    client.conf.update(task_serializer="json", accept_content=["json"],
-                       broker_connection_retry_on_startup=True,
-                       broker_transport_options={"queue_order_strategy": "priority"})
+    client.conf.update(**celery_settings())
     return client
 
 
@@ -258,7 +236,7 @@ class RetryReport:
 def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None = None,
               everything: bool = False, poll_s: float = BACKPRESSURE_POLL_S) -> RetryReport:
     """Re-publish a run's failed jobs into the same run: the transient failures
-    (:func:`previewvec.errors.is_transient`), or every one with a job if ``everything``."""
+    (:func:`contract.errors.is_transient`), or every one with a job if ``everything``."""
     if not runs.exists(run_id):
         raise UnknownRun(f"no such run: {run_id}")
     report = RetryReport(run_id)
@@ -326,7 +304,7 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
                 jobs.append(replace(job, run_id=run_id, force=force or job.force))
             last_line = chunk[-1].line_no if isinstance(chunk[-1], CatalogLine) else None
             if jobs and high_water is not None:
-                report.waited_s += wait_for_room(runs.redis, queue, high_water, poll_s=poll_s)
+                report.waited_s += wait_for_room(runs, queue, high_water, poll_s=poll_s)
             with signals_held():
                 if jobs:
                     # Queued before published: a worker can finish a job within

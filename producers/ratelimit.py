@@ -2,7 +2,8 @@
 
 The limiter is GCRA (the "generic cell rate algorithm", a token bucket expressed as one
 timestamp): Redis holds, per name (``musicbrainz``, ``itunes``), the *theoretical arrival
-time* (TAT) of the next request. One Lua script reads the Redis server's clock (``TIME``,
+time* (TAT) of the next request (contract/state/ratelimit.py owns that key and its
+scripts). One Lua script reads the Redis server's clock (``TIME``,
 so processes on different machines share one clock), and either
 
 * reserves the next slot and returns how long the caller must sleep before using it, or
@@ -13,57 +14,22 @@ computed wait once and never polls: N processes calling at once get slots T, 2T,
 (T = 1 / rate). ``burst`` slots may be used back to back after an idle period.
 
 :meth:`RateLimiter.penalize` pushes the shared next-allowed time forward, so when one
-process sees a 503 / throttle answer every process backs off.
+process sees a 503 / throttle answer every process backs off. The backoff policy itself
+(how long a penalty or a retry waits) lives in :mod:`contract.retry`.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from previewvec.errors import UpstreamError
+from contract.errors import UpstreamError
+from contract.state.keys import RATELIMIT_PREFIX
+from contract.state.ratelimit import GcraState
 
-KEY_PREFIX = "pv:ratelimit:"
-
-# KEYS[1] = TAT key. ARGV: interval_us, burst, max_wait_us (-1 = unbounded).
-# Returns {granted (1|0), wait_us}.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-local wait = allow_at - now
-if wait < 0 then wait = 0 end
-if max_wait >= 0 and wait > max_wait then
-  return {0, wait}
-end
-redis.call('SET', KEYS[1], string.format('%d', new_tat),
-           'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, wait}
-"""
-
-# KEYS[1] = TAT key. ARGV: penalty_us, interval_us, burst. Returns the new TAT - now (us).
-_PENALIZE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local penalty = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
--- the next grant happens at (max(tat, now) + interval - burst * interval): make it >= now+penalty
-local floor_tat = now + penalty + (burst - 1) * interval
-if tat < floor_tat then tat = floor_tat end
-redis.call('SET', KEYS[1], string.format('%d', tat),
-           'PX', math.floor((tat - now) / 1000) + 1000)
-return tat - now
-"""
+# The shared state (the TAT key, pv:ratelimit:<name>, and its two Lua scripts) is
+# contract/state/ratelimit.py's; this module holds the policy.
+KEY_PREFIX = RATELIMIT_PREFIX
 
 
 class RateLimitTimeout(UpstreamError):
@@ -85,15 +51,13 @@ class RateLimiter:
             raise ValueError("rate_per_s must be > 0")
         if burst < 1:
             raise ValueError("burst must be >= 1")
-        self.redis = redis_client
+        self._state = GcraState(redis_client, name)
         self.name = name
-        self.key = KEY_PREFIX + name
+        self.key = self._state.key
         self.rate_per_s = float(rate_per_s)
         self.burst = int(burst)
         self.interval_us = max(1, round(1_000_000 / self.rate_per_s))
         self._sleep = sleep
-        self._acquire = redis_client.register_script(_ACQUIRE)
-        self._penalize = redis_client.register_script(_PENALIZE)
         self.waited_s = 0.0  # total time this instance slept in acquire()
         self.grants = 0
 
@@ -104,10 +68,9 @@ class RateLimiter:
         ``timeout_s``.
         """
         max_wait = -1 if timeout_s is None else max(0, round(timeout_s * 1_000_000))
-        granted, wait_us = self._acquire(keys=[self.key],
-                                         args=[self.interval_us, self.burst, max_wait])
-        wait = int(wait_us) / 1_000_000
-        if not int(granted):
+        granted, wait_us = self._state.acquire(self.interval_us, self.burst, max_wait)
+        wait = wait_us / 1_000_000
+        if not granted:
             raise RateLimitTimeout(
                 f"rate limiter {self.name!r}: next slot in {wait:.2f}s exceeds timeout "
                 f"{timeout_s}s")
@@ -121,24 +84,10 @@ class RateLimiter:
         """Push the shared next-allowed time to at least now + ``seconds`` (for everyone).
 
         Returns the seconds until the next slot."""
-        left_us = self._penalize(keys=[self.key],
-                                 args=[max(0, round(seconds * 1_000_000)), self.interval_us,
-                                       self.burst])
-        return int(left_us) / 1_000_000
+        left_us = self._state.penalize(max(0, round(seconds * 1_000_000)), self.interval_us,
+                                       self.burst)
+        return left_us / 1_000_000
 
     def reset(self) -> None:
         """Forget the shared state (tests, or after changing the rate)."""
-        self.redis.delete(self.key)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits U(base·2ⁿ/2, base·2ⁿ), capped."""
-
-    base_s: float = 1.0
-    cap_s: float = 60.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2 ** attempt))
-        r = (rng or random).random()
-        return ceiling * (0.5 + 0.5 * r)
+        self._state.reset()

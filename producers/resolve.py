@@ -5,7 +5,7 @@ lookup, after which every track of the release is matched inside that collection
 12-track album costs 2 iTunes calls, not 12). Per-track song search is only the fallback
 for tracks the collection did not match, and the path for lone recordings.
 
-Every input recording yields one :class:`Resolution`: a :class:`~previewvec.jobs.Job`, or
+Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`, or
 an ``error_code``:
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
@@ -35,10 +35,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from previewvec.errors import PreviewvecError
-from previewvec.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
-from previewvec.settings import Settings
+from contract.errors import PreviewvecError
+from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
+from contract.settings import Settings
 from producers import dumps
+from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.matching import (
     Item,
@@ -51,8 +52,6 @@ from producers.matching import (
 )
 from producers.musicbrainz import (
     MusicBrainzClient,
-    UpstreamRejected,
-    UpstreamUnavailable,
     artist_credit_names,
     artist_credit_string,
     partial_date_key,
@@ -119,6 +118,29 @@ def _position_in(release: dict[str, Any] | None) -> tuple[int | None, int | None
     return None, None
 
 
+def _best_album(title: str, artist: str, total_tracks: int,
+                albums: list[dict[str, Any]]) -> tuple[Match, dict[str, Any]] | None:
+    """The best-scoring store collection for a release, with its match."""
+    best: tuple[Match, dict[str, Any]] | None = None
+    for row in albums:
+        if row.get("wrapperType", "collection") != "collection" or not row.get(
+                "collectionId"):
+            continue
+        m = album_score(title, artist, total_tracks, row)
+        if best is None or m.score > best[0].score:
+            best = (m, row)
+    return best
+
+
+def _by_release(entries: Iterable[_Entry]) -> dict[str, list[_Entry]]:
+    """Entries grouped by their release id (entries without one left out), in order."""
+    by_release: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        if entry.release_id:
+            by_release.setdefault(entry.release_id, []).append(entry)
+    return by_release
+
+
 def _error(recording_id: str, exc: PreviewvecError, score: float = 0.0) -> Resolution:
     return Resolution(recording_id, None, score, exc.message, exc.code)
 
@@ -142,9 +164,12 @@ class Resolver:
 
         Raises ``mb_contact_missing`` when MusicBrainz is needed and no contact is set."""
         if redis_client is None:
-            import redis
+            from contract.state import connect
 
-            redis_client = redis.Redis.from_url(settings.broker_url)
+            # bytes replies and no command retry, as before: a limiter or cache call
+            # fails fast and the upstream call's own retry policy decides
+            redis_client = connect(settings.broker_url, decode=False, retry=False,
+                                   health_check_interval_s=0)
         mb = None
         if need_musicbrainz or settings.mb_contact.strip():
             mb = MusicBrainzClient(
@@ -237,53 +262,52 @@ class Resolver:
         """Album-first resolution of a full release document (lookup or dump entity).
 
         ``only``: restrict to these recording ids (value: ISRCs to put on the job)."""
-        entries = self._release_entries(release)
-        total_tracks = len(entries)
-        if only is not None:
-            entries = [e for e in entries if e.recording_id in only]
-            for e in entries:
-                e.isrcs = only[e.recording_id] or e.isrcs
+        entries, total_tracks = self._release_entries_only(release, only)
         if not entries:
             return
-        title = release.get("title") or ""
-        artist = artist_credit_string(release.get("artist-credit"))
-        names = artist_credit_names(release.get("artist-credit"))
         try:
-            albums = self.itunes.search(f"{names[0] if names else artist} {title}".strip(),
-                                        entity="album", limit=self.album_search_limit)
+            matched, tracks, album_note = self._album_matches(release, entries, total_tracks)
         except UpstreamError as exc:
             for e in entries:
                 yield _error(e.recording_id, exc)
             return
-        best: tuple[Match, dict[str, Any]] | None = None
-        for row in albums:
-            if row.get("wrapperType", "collection") != "collection" or not row.get(
-                    "collectionId"):
-                continue
-            m = album_score(title, artist, total_tracks, row)
-            if best is None or m.score > best[0].score:
-                best = (m, row)
-        matched: dict[int, tuple[int, Match]] = {}
-        tracks: list[dict[str, Any]] = []
-        album_note = ""
-        if best is not None and best[0].score >= self.threshold:
-            try:
-                tracks = self.itunes.lookup_collection(best[1]["collectionId"]).tracks
-            except UpstreamError as exc:
-                for e in entries:
-                    yield _error(e.recording_id, exc)
-                return
-            album_note = f" album={best[0].score:.2f}"
-            store_items = [item_from_itunes(t) for t in tracks]
-            pairs = [(i, j, match_score(e.item, s, album=True))
-                     for i, e in enumerate(entries) for j, s in enumerate(store_items)]
-            matched = assign(pairs, self.threshold)
         for i, entry in enumerate(entries):
             if i in matched:
                 j, m = matched[i]
                 yield self._job(entry, tracks[j], Match(m.score, m.reason + album_note))
             else:
                 yield self._resolve_single(entry)
+
+    def _release_entries_only(self, release: dict[str, Any],
+                              only: dict[str, tuple[str, ...]] | None
+                              ) -> tuple[list[_Entry], int]:
+        """The release's entries (restricted to ``only``), and its total track count."""
+        entries = self._release_entries(release)
+        total_tracks = len(entries)
+        if only is not None:
+            entries = [e for e in entries if e.recording_id in only]
+            for e in entries:
+                e.isrcs = only[e.recording_id] or e.isrcs
+        return entries, total_tracks
+
+    def _album_matches(self, release: dict[str, Any], entries: list[_Entry],
+                       total_tracks: int
+                       ) -> tuple[dict[int, tuple[int, Match]], list[dict[str, Any]], str]:
+        """Entries matched to the tracks of the best store album: (entry index → (track
+        index, match), the album's tracks, a note for the reason). Raises UpstreamError."""
+        title = release.get("title") or ""
+        artist = artist_credit_string(release.get("artist-credit"))
+        names = artist_credit_names(release.get("artist-credit"))
+        albums = self.itunes.search(f"{names[0] if names else artist} {title}".strip(),
+                                    entity="album", limit=self.album_search_limit)
+        best = _best_album(title, artist, total_tracks, albums)
+        if best is None or best[0].score < self.threshold:
+            return {}, [], ""
+        tracks = self.itunes.lookup_collection(best[1]["collectionId"]).tracks
+        store_items = [item_from_itunes(t) for t in tracks]
+        pairs = [(i, j, match_score(e.item, s, album=True))
+                 for i, e in enumerate(entries) for j, s in enumerate(store_items)]
+        return assign(pairs, self.threshold), tracks, f" album={best[0].score:.2f}"
 
     # -- public entry points -----------------------------------------------------------
     def resolve_release(self, release_mbid: str) -> Iterator[Resolution]:
@@ -320,28 +344,9 @@ class Resolver:
     def resolve_isrcs(self, isrcs: Iterable[str]) -> Iterator[Resolution]:
         mb = self._need_mb()
         entries: dict[str, _Entry] = {}
-        for raw in isrcs:
-            isrc = normalize_isrc(raw.strip())
-            try:
-                data = mb.isrc(isrc)
-            except UpstreamError as exc:
-                yield _error(f"isrc:{isrc}", exc)
-                continue
-            recs = [r for r in data.get("recordings") or [] if r.get("id")]
-            if not recs:
-                yield Resolution(f"isrc:{isrc}", None, 0.0,
-                                 f"MusicBrainz has no recording with ISRC {isrc}",
-                                 "isrc_unknown")
-            for rec in recs:
-                if rec["id"] in entries:
-                    continue
-                entries[rec["id"]] = self._recording_entry(rec, _valid_isrcs([isrc]))
-        by_release: dict[str, list[_Entry]] = {}
-        for entry in entries.values():
-            if entry.release_id:
-                by_release.setdefault(entry.release_id, []).append(entry)
+        yield from self._isrc_entries(mb, isrcs, entries)
         done: set[str] = set()
-        for release_id, group in by_release.items():
+        for release_id, group in _by_release(entries.values()).items():
             if len(group) < 2:
                 continue
             try:
@@ -355,6 +360,26 @@ class Resolver:
         for entry in entries.values():
             if entry.recording_id not in done:
                 yield self._resolve_single(entry)
+
+    def _isrc_entries(self, mb: MusicBrainzClient, isrcs: Iterable[str],
+                      entries: dict[str, _Entry]) -> Iterator[Resolution]:
+        """Look each ISRC up, adding its recordings to ``entries`` (first seen wins);
+        yields the ISRCs that failed or are unknown."""
+        for raw in isrcs:
+            isrc = normalize_isrc(raw.strip())
+            try:
+                data = mb.isrc(isrc)
+            except UpstreamError as exc:
+                yield _error(f"isrc:{isrc}", exc)
+                continue
+            recs = [r for r in data.get("recordings") or [] if r.get("id")]
+            if not recs:
+                yield Resolution(f"isrc:{isrc}", None, 0.0,
+                                 f"MusicBrainz has no recording with ISRC {isrc}",
+                                 "isrc_unknown")
+            for rec in recs:
+                if rec["id"] not in entries:
+                    entries[rec["id"]] = self._recording_entry(rec, _valid_isrcs([isrc]))
 
     def resolve_query(self, lucene: str, max_results: int | None = None, *,
                       page_size: int = 100) -> Iterator[Resolution]:

@@ -1,7 +1,7 @@
 """Resolved recordings → jobs on the broker: skip what is stored, bound the queue, resume.
 
 :func:`submit` consumes :class:`~producers.resolve.Resolution` objects (or plain
-:class:`~previewvec.jobs.Job` objects, or ``(line_no, Resolution)`` pairs from a dump) and,
+:class:`~contract.jobs.Job` objects, or ``(line_no, Resolution)`` pairs from a dump) and,
 for each one:
 
 - **unresolved** (``job is None``): recorded as a failure of the run under its
@@ -27,7 +27,7 @@ because of this producer.
 published is written to ``pv:cursor:<name>`` after every batch (and the run id to
 ``pv:cursor:<name>:run``). One dump line (a release) can yield many resolutions, so
 batches are cut at line boundaries only and the cursor never names a half-done line. A
-restarted run resolves from ``cursor + 1`` (:func:`resume_line`) into the same run. When
+restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. When
 the input breaks off with an exception, the complete lines are published and the cursor
 moved before the error surfaces; on a hard stop the unpublished tail is simply redone.
 Publishing is *at-least-once*: a crash between publishing a batch and moving the cursor
@@ -47,19 +47,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis
-
-from previewvec.jobs import Job
-from previewvec.runs import PREFIX, Runs, new_run_id
-from previewvec.settings import Settings
+from contract.jobs import Job
+from contract.settings import Settings
+from contract.state import Runs, new_run_id
 from producers.queue import (  # noqa: F401 - the backpressure helpers lived here before
     BACKPRESSURE_POLL_S,
-    KOMBU_PRIORITY_SEP,
-    KOMBU_PRIORITY_STEPS,
     PUBLISH_CHUNK,
     QUEUES,
     publish,
-    queue_depth,
     queue_keys,
     wait_for_room,
 )
@@ -102,37 +97,6 @@ class SubmitReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def meta_key(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}:meta"
-
-
-def cursor_key(name: str) -> str:
-    return f"{PREFIX}:cursor:{name}"
-
-
-def read_cursor(client: redis.Redis, name: str) -> int | None:
-    raw = client.get(cursor_key(name))
-    return None if raw is None else int(raw)
-
-
-def resume_line(client: redis.Redis, name: str) -> int:
-    """The first dump line still to do: the stored cursor + 1, or 0 for a new cursor."""
-    cursor = read_cursor(client, name)
-    return 0 if cursor is None else cursor + 1
-
-
-def cursor_run(client: redis.Redis, name: str) -> str | None:
-    """The run a cursor belongs to (so a resumed dump keeps counting in the same run)."""
-    raw = client.get(cursor_key(name) + ":run")
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    return None if raw is None else str(raw)
-
-
-def reset_cursor(client: redis.Redis, name: str) -> None:
-    client.delete(cursor_key(name), cursor_key(name) + ":run")
-
-
 def default_queue(kind: str) -> str:
     return DEFAULT_QUEUES.get(kind, "batch")
 
@@ -154,9 +118,123 @@ def _previous_complete(line: int, cursor: int | None) -> int | None:
 
 
 def _open_store(settings: Settings):
-    from workers.store import open_store
+    from contract.store import open_store
 
     return open_store(settings.store, settings)
+
+
+def _open_run(runs: Runs, run_id: str | None, cursor_name: str | None, queue: str,
+              meta: dict[str, str | int] | None) -> str:
+    """Create or continue the run (default: the cursor's run when resuming a dump)."""
+    if run_id is None and cursor_name is not None:
+        run_id = runs.cursor_run(cursor_name)
+    run_id = run_id or new_run_id()
+    fields: dict[str, str | int] = {"queue": queue, "resolution_state": "running",
+                                    **(meta or {})}
+    if cursor_name is not None:
+        fields["cursor"] = cursor_name
+    if runs.exists(run_id):
+        runs.update_meta(run_id, **fields)
+        runs.update_meta(run_id, drop=("resolution_error",))
+    else:
+        runs.create(run_id, **fields)
+    if cursor_name is not None:
+        runs.set_cursor_run(cursor_name, run_id)
+    return run_id
+
+
+class _Submission:
+    """One :func:`submit` call's state: pending jobs, the line in progress, the cursor.
+
+    Dump items come as (line_no, resolution); one line (a release) may yield many. A line
+    is complete once an item of a later line arrives (or the input ends), so batches are
+    cut at line boundaries and the cursor only ever names complete lines.
+    """
+
+    def __init__(self, runs: Runs, settings: Settings, report: SubmitReport, *, queue: str,
+                 force: bool, cursor_name: str | None, store: Any, batch_size: int,
+                 poll_s: float) -> None:
+        self.runs, self.settings, self.report = runs, settings, report
+        self.run_id = report.run_id
+        self.queue, self.force, self.cursor_name = queue, force, cursor_name
+        self.store, self.batch_size, self.poll_s = store, batch_size, poll_s
+        self.pending: list[Job] = []
+        self.line: int | None = None  # the line of the latest item
+        self.line_start = 0  # index in `pending` where that line's jobs begin
+        self.since_flush = 0
+
+    def flush(self, upto: int, cursor: int | None) -> None:
+        """Publish pending[:upto]; then move the cursor to ``cursor`` (a complete line)."""
+        report = self.report
+        if upto:
+            report.waited_s += wait_for_room(self.runs, self.queue,
+                                             self.settings.queue_high_water,
+                                             poll_s=self.poll_s)
+            published = publish(self.pending[:upto], self.runs, self.settings,
+                                run_id=self.run_id, queue=self.queue, force=self.force)
+            report.queued += published.queued
+            self.pending = self.pending[upto:]
+            self.line_start = max(0, self.line_start - upto)
+        if self.cursor_name is not None and cursor is not None and cursor != report.cursor:
+            self.runs.set_cursor(self.cursor_name, cursor)
+            report.cursor = cursor
+        self.since_flush = 0
+
+    def due(self) -> bool:
+        return (len(self.pending) >= self.batch_size
+                or self.since_flush >= CURSOR_EVERY_ITEMS)
+
+    def take(self, n: int, item: Any) -> None:
+        """Account one input item: record it unresolved, skip it, or add its job."""
+        line_no, res = _split(item)
+        if line_no is not None and line_no != self.line:
+            if self.line is not None and self.due():  # `line` is complete: safe to cut
+                self.flush(len(self.pending), self.line)
+            self.line, self.line_start = line_no, len(self.pending)
+        job = res if isinstance(res, Job) else res.job
+        if job is None:
+            self._unresolved(n, line_no, res)
+        else:
+            self._resolved(job)
+        self.since_flush += 1
+        if line_no is None and self.due():
+            self.flush(len(self.pending), None)
+
+    def _unresolved(self, n: int, line_no: int | None, res: Any) -> None:
+        self.report.unresolved += 1
+        fallback = f"line:{line_no}" if line_no is not None else f"unresolved:{n}"
+        recording_id = str(getattr(res, "recording_id", "") or fallback)
+        self.runs.fail(self.run_id, recording_id[:200],
+                       getattr(res, "error_code", None) or "no_confident_match",
+                       getattr(res, "reason", "") or "not resolvable")
+        self.runs.count(self.run_id, "unresolved")
+
+    def _resolved(self, job: Job) -> None:
+        from contract.layout import FEATURE_VERSION
+        from contract.records import record_key
+
+        self.report.resolved += 1
+        self.runs.count(self.run_id, "resolved")
+        key = record_key(FEATURE_VERSION, job.recording_id)
+        if not self.force and self.store.exists(key):
+            self.report.skipped += 1
+            self.runs.succeed(self.run_id, job.recording_id, "skipped", delivered=False)
+            self.runs.push_ready_if_absent(key)  # indexed unless its writer died
+            self.runs.count(self.run_id, "skipped_existing")
+        else:
+            self.pending.append(job)
+
+    def broke_off(self) -> None:
+        """The input broke off: publish what was resolved except the line in progress (it
+        may be incomplete; a resumed run redoes it), move the cursor to the last complete
+        line. Best effort: Redis may be the cause."""
+        try:
+            if self.line is None:
+                self.flush(len(self.pending), None)
+            else:
+                self.flush(self.line_start, _previous_complete(self.line, self.report.cursor))
+        except Exception:
+            log.exception("could not publish the last batch after an error")
 
 
 def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLike]],
@@ -175,107 +253,25 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     runs = runs or Runs.from_url(settings.broker_url)
-    client = runs.redis
-    if run_id is None and cursor_name is not None:
-        run_id = cursor_run(client, cursor_name)
-    run_id = run_id or new_run_id()
-    fields: dict[str, str | int] = {"queue": queue, "resolution_state": "running",
-                                    **(meta or {})}
-    if cursor_name is not None:
-        fields["cursor"] = cursor_name
-    if runs.exists(run_id):
-        client.hset(meta_key(run_id), mapping=fields)
-        client.hdel(meta_key(run_id), "resolution_error")
-    else:
-        runs.create(run_id, **fields)
-    if cursor_name is not None:
-        client.set(cursor_key(cursor_name) + ":run", run_id)
-
+    run_id = _open_run(runs, run_id, cursor_name, queue, meta)
     if store is None and not force:
         store = _open_store(settings)
-    from previewvec.records import record_key
-    from workers.features.layout import FEATURE_VERSION
-
-    report = SubmitReport(run_id, cursor=read_cursor(client, cursor_name)
+    report = SubmitReport(run_id, cursor=runs.cursor(cursor_name)
                           if cursor_name is not None else None)
-    pending: list[Job] = []
-    # Dump items come as (line_no, resolution); one line (a release) may yield many. A line
-    # is complete once an item of a later line arrives (or the input ends), so batches are
-    # cut at line boundaries and the cursor only ever names complete lines.
-    line: int | None = None  # the line of the latest item
-    line_start = 0  # index in `pending` where that line's jobs begin
-    since_flush = 0
-
-    def flush(upto: int, cursor: int | None) -> None:
-        """Publish pending[:upto]; then move the cursor to ``cursor`` (a complete line)."""
-        nonlocal pending, since_flush, line_start
-        if upto:
-            report.waited_s += wait_for_room(client, queue, settings.queue_high_water,
-                                             poll_s=poll_s)
-            published = publish(pending[:upto], runs, settings, run_id=run_id, queue=queue,
-                                 force=force)
-            report.queued += published.queued
-            pending = pending[upto:]
-            line_start = max(0, line_start - upto)
-        if cursor_name is not None and cursor is not None and cursor != report.cursor:
-            client.set(cursor_key(cursor_name), cursor)
-            report.cursor = cursor
-        since_flush = 0
-
-    def due() -> bool:
-        return len(pending) >= batch_size or since_flush >= CURSOR_EVERY_ITEMS
-
-    def count(name: str) -> None:
-        client.hincrby(meta_key(run_id), name, 1)
-
+    sub = _Submission(runs, settings, report, queue=queue, force=force,
+                      cursor_name=cursor_name, store=store, batch_size=batch_size,
+                      poll_s=poll_s)
     try:
         for n, item in enumerate(resolutions):
-            line_no, res = _split(item)
-            if line_no is not None and line_no != line:
-                if line is not None and due():  # `line` is complete: a safe place to cut
-                    flush(len(pending), line)
-                line, line_start = line_no, len(pending)
-            job = res if isinstance(res, Job) else res.job
-            if job is None:
-                report.unresolved += 1
-                fallback = f"line:{line_no}" if line_no is not None else f"unresolved:{n}"
-                recording_id = str(getattr(res, "recording_id", "") or fallback)
-                runs.fail(run_id, recording_id[:200],
-                          getattr(res, "error_code", None) or "no_confident_match",
-                          getattr(res, "reason", "") or "not resolvable")
-                count("unresolved")
-            else:
-                report.resolved += 1
-                count("resolved")
-                key = record_key(FEATURE_VERSION, job.recording_id)
-                if not force and store.exists(key):
-                    report.skipped += 1
-                    runs.succeed(run_id, job.recording_id, "skipped", delivered=False)
-                    runs.push_ready_if_absent(key)  # indexed unless its writer died
-                    count("skipped_existing")
-                else:
-                    pending.append(job)
-            since_flush += 1
-            if line_no is None and due():
-                flush(len(pending), None)
-        flush(len(pending), line)  # the input ended: its last line is complete too
+            sub.take(n, item)
+        sub.flush(len(sub.pending), sub.line)  # the input ended: its last line is complete
     except Exception as exc:
-        # The input broke off (e.g. upstream failure): publish what was resolved except the
-        # line in progress (it may be incomplete; a resumed run redoes it), move the cursor
-        # to the last complete line, then let the error surface. Best effort: Redis may be
-        # the cause.
-        try:
-            if line is None:
-                flush(len(pending), None)
-            else:
-                flush(line_start, _previous_complete(line, report.cursor))
-        except Exception:
-            log.exception("could not publish the last batch after an error")
-        client.hset(meta_key(run_id), mapping={
-            "resolution_state": "failed",
-            "resolution_error": f"{type(exc).__name__}: {exc}"[:500]})
+        # Then let the error surface, the run marked failed (resumable with its cursor).
+        sub.broke_off()
+        runs.update_meta(run_id, resolution_state="failed",
+                         resolution_error=f"{type(exc).__name__}: {exc}"[:500])
         raise
-    client.hset(meta_key(run_id), "resolution_state", "finished")
+    runs.update_meta(run_id, resolution_state="finished")
     return report
 
 
@@ -303,7 +299,7 @@ def unwrap_resolution_lines(
     schema refuses unknown fields, so a plain job line never has one and the two formats
     cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
     numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
-    line passes through untouched for :func:`previewvec.jobs.parse_catalog` to judge.
+    line passes through untouched for :func:`contract.jobs.parse_catalog` to judge.
     """
     for line_no, raw in enumerate(lines, start=1):
         marker = b'"job"' if isinstance(raw, bytes) else '"job"'
@@ -334,7 +330,7 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
     reason = obj.get("match_reason")
     runs.fail(run_id, recording_id, code if isinstance(code, str) and code else
               "no_confident_match", reason if isinstance(reason, str) else "not resolvable")
-    runs.redis.hincrby(meta_key(run_id), "unresolved", 1)
+    runs.count(run_id, "unresolved")
 
 
 # --------------------------------------------------------------------------- inputs

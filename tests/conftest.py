@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 from workers import jitcache
 
 # Before any test imports numba: this process uses the product's keyed, lock-protected

@@ -1,4 +1,4 @@
-"""Encoded media the tests build themselves, beyond what ``workers.audio.encode_audio``
+"""Encoded media the tests build themselves, beyond what ``testkit.encode.encode_audio``
 writes (e.g. containers holding video)."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from previewvec.settings import Settings
+from contract.settings import Settings
 from workers.audio import DecodedAudio, decode_audio
 from workers.features.extractor import Features, extract_features
 
@@ -25,7 +25,7 @@ class Analysis:
 def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analysis:
     """Decode ``source`` (bytes or a path) and extract its features.
 
-    Raises the typed errors of :mod:`previewvec.errors`; never returns NaN.
+    Raises the typed errors of :mod:`contract.errors`; never returns NaN.
     """
     started = time.perf_counter()
     if isinstance(source, bytes | bytearray | memoryview):

@@ -12,13 +12,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")
 
 from celery import Celery  # noqa: E402
-from kombu import Exchange, Queue  # noqa: E402
 
-from previewvec.settings import Settings  # noqa: E402
+from contract import broker  # noqa: E402
+from contract.settings import Settings  # noqa: E402
 from workers import jitcache  # noqa: E402
 from workers.deliveries import DeliveryHeartbeat, heartbeat_interval_s  # noqa: E402
 
-QUEUES = ("ondemand", "batch")  # consumed in this order: on-demand work goes first
+QUEUES = broker.QUEUES  # consumed in this order: on-demand work goes first
 VISIBILITY_TIMEOUT_S = 40  # the default of Settings.visibility_timeout_s
 # What one job may take (fetch, decode, extract, store), well below the visibility
 # timeout: the fetch has its own 15 s budget (Settings.fetch_total_timeout_s), decoding
@@ -49,9 +49,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     # The trade-off is in docs/reliability.md ("Lost workers").
     visibility_s = max(1, settings.visibility_timeout_s)
     sweep_s = max(1, round(heartbeat_interval_s(visibility_s)))
+    contract = broker.celery_settings()
     transport_options: dict[str, object] = {
+        **contract.pop("broker_transport_options"),  # queue order, priority steps
         "visibility_timeout": visibility_s,
-        "queue_order_strategy": "priority",  # BRPOP keys in order: ondemand before batch
         # Every worker sweeps for expired deliveries this often (kombu's default is about
         # every 100 s, too slow for a short timeout).
         "unacked_restore_interval": sweep_s,
@@ -62,9 +63,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         "unacked_mutex_expire": max(2, visibility_s // 4),
     }
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],  # pickle refused: a broker message must never run code
-        result_serializer="json",
+        **contract,  # serialiser (JSON only), queues, exchanges, routes: shared with producers
         result_backend=None,
         task_ignore_result=True,
         task_acks_late=True,  # ack after the work: a killed worker's job is redelivered
@@ -73,11 +72,6 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=min(TASK_SOFT_TIME_LIMIT_S, SOFT_LIMIT_SHARE * visibility_s),
         task_time_limit=min(TASK_TIME_LIMIT_S, HARD_LIMIT_SHARE * visibility_s),
         broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        # One exchange per queue: nothing published for one queue can land in the other.
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
-        task_default_queue="batch",
-        task_routes={"previewvec.featurize": {"queue": "batch"}},
         worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KB,
         worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
         worker_proc_alive_timeout=PROC_ALIVE_TIMEOUT_S,

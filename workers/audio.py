@@ -1,9 +1,9 @@
-"""Decode and encode audio in memory with PyAV — the only module that imports ``av``.
+"""Decode audio in memory with PyAV — the only product module that imports ``av``.
 
 :func:`decode_audio` turns untrusted bytes (or a path) into a mono float32 analysis
 signal, resampled once, capped, and checked; every failure is a typed
-:mod:`previewvec.errors` error. :func:`encode_audio` makes real encoded files for tests
-and demo songs.
+:mod:`contract.errors` error. Encoding, which only tests, benchmarks and the generated
+songs need, is :func:`testkit.encode.encode_audio`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import io
 import math
 import os
 import stat
-import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 import numpy as np
 import soxr
 
-from previewvec.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
+from contract.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
 from workers.features.kernels import signal_levels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
@@ -86,7 +85,7 @@ def decode_audio(
     Raises
     ------
     EmptyInput, TooLarge, Undecodable, NoAudioStream, TooShort, Silent
-        For the input's faults (see :mod:`previewvec.errors`).
+        For the input's faults (see :mod:`contract.errors`).
     OSError
         Only when a *path* cannot be stat'ed or read (the CLI reports ``unreadable``).
     """
@@ -202,7 +201,8 @@ def _read_source(
     return data
 
 
-def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStream, str]:
+    """The container's best audio stream and its codec's name, or a typed error."""
     stream = container.streams.best("audio")
     if stream is None:
         if len(container.streams) > 0:
@@ -212,17 +212,14 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
     ctx = stream.codec_context
     if ctx is None:
         raise Undecodable("the audio codec is not supported")
-    codec = ctx.codec.canonical_name
+    return stream, ctx.codec.canonical_name
 
-    # Frames are collected at the source rate and resampled once per run of same-format
-    # frames: FFmpeg's swresample called per ~1024-sample frame cost more than decoding
-    # the AAC itself; one soxr call on the whole run costs a few milliseconds.
-    pieces: list[np.ndarray] = []
-    segment: _Segment | None = None
-    out_layout = ""
-    source_sr = source_channels = 0
-    total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
-    full_length = 0  # samples at `sr` before any cut at `target`
+
+def _packet_frames(container: av.container.InputContainer,
+                   stream: av.AudioStream) -> Iterator[list[av.AudioFrame]]:
+    """The frames of each packet in turn. A corrupt packet is skipped, up to
+    ``_MAX_CONSECUTIVE_BAD_PACKETS`` in a row; a demux error mid-stream (e.g. a truncated
+    file) ends the stream, keeping what decoded so far."""
     bad_in_a_row = 0
     try:
         for packet in container.demux(stream):
@@ -231,43 +228,80 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
             except _AV_ERRORS:
                 bad_in_a_row += 1
                 if bad_in_a_row > _MAX_CONSECUTIVE_BAD_PACKETS:
-                    break
+                    return
                 continue
             bad_in_a_row = 0
+            yield frames
+    except _AV_ERRORS:
+        return
+
+
+class _Runs:
+    """Decoded frames collected at the source rate, one :class:`_Segment` per run of
+    same-format frames, each resampled once when it ends.
+
+    FFmpeg's swresample called per ~1024-sample frame cost more than decoding the AAC
+    itself; one soxr call on the whole run costs a few milliseconds.
+    """
+
+    def __init__(self, sr: int, target: int) -> None:
+        self.sr, self.target = sr, target
+        self.pieces: list[np.ndarray] = []
+        self.segment: _Segment | None = None
+        self.out_layout = ""
+        self.source_sr = self.source_channels = 0
+        self.total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
+        self.full_length = 0  # samples at `sr` before any cut at `target`
+
+    def add(self, frame: av.AudioFrame) -> None:
+        rate, n = frame.sample_rate, frame.samples
+        if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
+            return
+        if self.segment is None and not self.pieces:
+            self.source_sr, self.source_channels = rate, frame.layout.nb_channels
+            self.out_layout = _output_layout(frame.layout)
+        elif self.segment is not None and not self.segment.accepts(frame):
+            # Mid-stream format change (e.g. chained streams): finish the old run and map
+            # the new input onto the original output layout.
+            self.end_segment()
+        if self.segment is None:
+            still_needed = max(self.target - self.total, 0.0) * rate / self.sr
+            self.segment = _Segment(frame, self.out_layout, math.ceil(still_needed) + 4 * 4096)
+        self.segment.add(frame)
+        self.total += n * self.sr / rate
+
+    @property
+    def enough(self) -> bool:
+        return self.total > self.target
+
+    def end_segment(self) -> None:
+        if self.segment is not None:
+            self.pieces.append(self.segment.finish(self.sr, self.target))
+            self.full_length += self.segment.resampled_length
+            self.segment = None
+
+
+def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+    stream, codec = _audio_stream(container)
+    runs = _Runs(sr, target)
+    try:
+        for frames in _packet_frames(container, stream):
             for frame in frames:
-                rate, n = frame.sample_rate, frame.samples
-                if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
-                    continue
-                if segment is None:
-                    source_sr, source_channels = rate, frame.layout.nb_channels
-                    out_layout = _output_layout(frame.layout)
-                elif not segment.accepts(frame):
-                    # Mid-stream format change (e.g. chained streams): finish the old run
-                    # and map the new input onto the original output layout.
-                    pieces.append(segment.finish(sr, target))
-                    full_length += segment.resampled_length
-                    segment = None
-                if segment is None:
-                    still_needed = max(target - total, 0.0) * rate / sr
-                    segment = _Segment(frame, out_layout, math.ceil(still_needed) + 4 * 4096)
-                segment.add(frame)
-                total += n * sr / rate
-            if total > target:
+                runs.add(frame)
+            if runs.enough:
                 break
     except _AV_ERRORS:
-        pass  # a demux error mid-stream (e.g. a truncated file): keep what decoded so far
-    if segment is not None:
-        pieces.append(segment.finish(sr, target))
-        full_length += segment.resampled_length
-    pieces = [piece for piece in pieces if piece.shape[1]]
+        pass  # a failure mid-stream: keep what decoded so far
+    runs.end_segment()
+    pieces = [piece for piece in runs.pieces if piece.shape[1]]
     if not pieces:
         raise Undecodable(f"no audio could be decoded from the {codec} stream")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,
-        total=full_length,
-        source_sr=source_sr,
-        source_channels=source_channels,
+        total=runs.full_length,
+        source_sr=runs.source_sr,
+        source_channels=runs.source_channels,
         codec=codec,
         container=container.format.name,
     )
@@ -398,132 +432,3 @@ def _describe(exc: BaseException) -> str:
 
 def _dbfs(x: float) -> float:
     return 20 * math.log10(x) if x > 0 else -math.inf
-
-
-# --- encoding ------------------------------------------------------------------------
-
-# fmt -> (muxer, encoder, default bit rate for lossy encoders)
-_ENCODERS: dict[str, tuple[str, str, int | None]] = {
-    "m4a": ("ipod", "aac", 128_000),  # "ipod" writes an iTunes-style M4A (brand 'M4A ')
-    "mp3": ("mp3", "libmp3lame", 128_000),
-    "ogg": ("ogg", "vorbis", None),
-    "flac": ("flac", "flac", None),
-    "wav": ("wav", "pcm_s16le", None),
-}
-_MAX_CHANNELS = {"mp3": 2, "ogg": 2}
-_ENCODE_BLOCK = 1 << 16
-
-
-def encode_audio(samples: np.ndarray, sr: int, fmt: str, *, bitrate: int | None = None) -> bytes:
-    """Encode float samples in [-1, 1] (shape (n,) or (channels, n)) to file bytes.
-
-    ``fmt`` is one of :data:`SUPPORTED_FORMATS`: m4a (AAC in iTunes-style MP4), mp3
-    (LAME), ogg (Vorbis), flac, wav (16-bit PCM). Values are clipped to [-1, 1].
-    ``bitrate`` (bit/s) applies to m4a and mp3; Vorbis here is quality-based and the
-    lossless formats have none. FFmpeg's native Vorbis encoder only does stereo, so mono
-    is written as two identical channels; mp3 and ogg take at most two channels, the
-    others at most eight.
-    """
-    if fmt not in _ENCODERS:
-        raise ValueError(f"unsupported format {fmt!r}; expected one of {SUPPORTED_FORMATS}")
-    muxer, codec_name, default_bitrate = _ENCODERS[fmt]
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[np.newaxis, :]
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"samples must have shape (n,) or (channels, n), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("samples must be finite")
-    if not isinstance(sr, int) or sr <= 0:
-        raise ValueError(f"sr must be a positive int, got {sr!r}")
-    if fmt == "ogg" and x.shape[0] == 1:
-        x = np.repeat(x, 2, axis=0)
-    if x.shape[0] > _MAX_CHANNELS.get(fmt, 8):
-        raise ValueError(f"{fmt} cannot hold {x.shape[0]} channels")
-    codec = av.Codec(codec_name, "w")
-    if codec.audio_rates and sr not in codec.audio_rates:
-        raise ValueError(f"{codec_name} cannot encode at {sr} Hz; use one of {codec.audio_rates}")
-    x = np.clip(x, -1.0, 1.0)
-    layout = av.AudioLayout(f"{x.shape[0]}c").name
-
-    buf = io.BytesIO()
-    try:
-        with av.open(buf, mode="w", format=muxer) as out:
-            stream = out.add_stream(codec_name, rate=sr, layout=layout)
-            if fmt == "ogg":
-                # The native encoder is flagged experimental (libvorbis is not in PyAV's
-                # FFmpeg build); without this avcodec_open2 refuses it.
-                stream.codec_context.options = {"strict": "experimental"}
-            if default_bitrate is not None:
-                stream.bit_rate = bitrate or default_bitrate
-            time_base = Fraction(1, sr)
-            for start in range(0, x.shape[1], _ENCODE_BLOCK):
-                # Interleaved, for the same 8-channel planar bug as in decoding.
-                block = np.ascontiguousarray(x[:, start : start + _ENCODE_BLOCK].T)
-                frame = av.AudioFrame.from_ndarray(
-                    block.reshape(1, -1), format="flt", layout=layout
-                )
-                frame.sample_rate = sr
-                # Timestamps let the MP4 muxer write the edit list that hides AAC priming.
-                frame.pts = start
-                frame.time_base = time_base
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-            for packet in stream.encode(None):
-                out.mux(packet)
-    except av.FFmpegError as exc:
-        raise ValueError(f"cannot encode {fmt}: {_describe(exc)}") from exc
-    return _mp4_faststart(buf.getvalue()) if fmt == "m4a" else buf.getvalue()
-
-
-def _mp4_faststart(data: bytes) -> bytes:
-    """Move the ``moov`` atom in front of ``mdat``, as store previews are laid out.
-
-    FFmpeg's own ``+faststart`` re-reads its output through a file and so cannot work on
-    an in-memory buffer. With ``moov`` first, a cut-off download is still decodable.
-    """
-    top = {kind: (pos, size) for kind, pos, _, size in _mp4_atoms(data, 0, len(data))}
-    if b"moov" not in top or b"mdat" not in top or top[b"moov"][0] < top[b"mdat"][0]:
-        return data
-    moov_pos, moov_size = top[b"moov"]
-    moov = bytearray(data[moov_pos : moov_pos + moov_size])
-    try:
-        _shift_chunk_offsets(moov, 0, moov_size, moov_size)
-    except OverflowError:
-        return data  # 32-bit chunk offsets would wrap (a >4 GB file): leave it as muxed
-    cut = top[b"ftyp"][0] + top[b"ftyp"][1] if b"ftyp" in top else 0
-    return b"".join((data[:cut], moov, data[cut:moov_pos], data[moov_pos + moov_size :]))
-
-
-def _mp4_atoms(buf: bytes | bytearray, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
-    """(type, position, header size, total size) of the atoms in ``buf[start:end]``."""
-    atoms = []
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", buf, pos)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", buf, pos + 8)
-            header = 16
-        elif size == 0:
-            size = end - pos
-        if size < header or pos + size > end:
-            raise ValueError(f"malformed MP4 atom {kind!r} at {pos}")
-        atoms.append((kind, pos, header, size))
-        pos += size
-    return atoms
-
-
-def _shift_chunk_offsets(moov: bytearray, start: int, end: int, delta: int) -> None:
-    for kind, pos, header, size in _mp4_atoms(moov, start, end):
-        if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
-            _shift_chunk_offsets(moov, pos + header, pos + size, delta)
-        elif kind in (b"stco", b"co64"):
-            (count,) = struct.unpack_from(">I", moov, pos + header + 4)
-            dtype = ">u4" if kind == b"stco" else ">u8"
-            first = pos + header + 8
-            last = first + count * np.dtype(dtype).itemsize
-            offsets = np.frombuffer(moov[first:last], dtype=dtype) + np.uint64(delta)
-            if kind == b"stco" and offsets.size and int(offsets.max()) > 0xFFFFFFFF:
-                raise OverflowError("stco offset beyond 32 bits")
-            moov[first:last] = offsets.astype(dtype).tobytes()

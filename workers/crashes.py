@@ -3,7 +3,7 @@ then recorded as a ``worker_crashed`` failure of its run and acknowledged.
 
 Without it, ``acks_late`` + ``reject_on_worker_lost`` requeue a job that kills its pool
 child (a segfault in native code, the OOM killer) forever. Counts live in Redis
-(:meth:`previewvec.runs.Runs.attempt_started` and neighbours), keyed by the task id, so
+(:meth:`contract.state.Runs.attempt_started` and neighbours), keyed by the task id, so
 every worker sees them and ``previewvec retry`` (a new task id) starts from zero.
 
 Two places count, because neither sees every crash:
@@ -34,8 +34,8 @@ from celery.utils.serialization import get_pickled_exception
 from celery.worker import state
 from celery.worker.request import Request
 
-from previewvec.runs import CrashCount, Runs
-from previewvec.settings import Settings
+from contract.settings import Settings
+from contract.state import CrashCount, Runs
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import requests
 
-from previewvec.errors import PreviewvecError
-from previewvec.jobs import InvalidJob, Job, failure_ids
-from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
-from previewvec.runs import Runs
-from previewvec.settings import Settings
+from contract.errors import PreviewvecError
+from contract.jobs import InvalidJob, Job, failure_ids
+from contract.layout import FEATURE_VERSION
+from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+from contract.settings import Settings
+from contract.state import Runs
+from contract.store import FeatureStore, StoreUnavailable, open_store
 from workers.analysis import analyze
-from workers.features.layout import FEATURE_VERSION
 from workers.fetch import fetch_preview, make_session
-from workers.store import FeatureStore, StoreUnavailable, open_store
 
 
 @dataclass

@@ -34,10 +34,11 @@
   refused") before any body byte is read, so a gzip bomb is never inflated; any bytes
   that were read would be counted compressed, as received.
 * **Retries.** ``settings.fetch_retries`` is the total number of attempts. Timeouts,
-  connection errors, 429 and 5xx are retried with exponential backoff and full jitter
-  (``uniform(0, min(cap, base * 2**(attempt-1)))``, base 0.5 s, cap 8 s) or
-  ``Retry-After`` (seconds or HTTP date, capped); other 4xx never are. A retry restarts
-  from the original URL. No sleep goes past the total budget.
+  connection errors, 429 and 5xx are retried under :mod:`contract.retry`'s policy: full
+  jitter (``uniform(0, min(cap, base * 2**(attempt-1)))``, base 0.5 s, cap 8 s), raised to
+  ``Retry-After`` (seconds or HTTP date) when the server sends one, capped at 8 s; other
+  4xx never are. A retry restarts from the original URL. No sleep goes past the total
+  budget: a retry whose wait would reach it is not made.
 
 Error codes (stable): ``fetch_failed``, ``host_not_allowed``, ``too_large`` and
 ``http_<status>`` (e.g. ``http_404``, ``http_503``).
@@ -46,9 +47,7 @@ Error codes (stable): ``fetch_failed``, ``host_not_allowed``, ``too_large`` and
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import ipaddress
-import random
 import re
 import socket
 import sys
@@ -57,7 +56,6 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
@@ -71,9 +69,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from previewvec import __version__
-from previewvec.errors import PreviewvecError, TooLarge
-from previewvec.settings import Settings
+from contract import __version__
+from contract.errors import PreviewvecError, TooLarge
+from contract.retry import Backoff, parse_retry_after, retrying
+from contract.settings import Settings
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
@@ -455,36 +454,6 @@ class FetchResult:
     attempts: int
 
 
-def backoff_delay(
-    attempt: int,
-    *,
-    base_s: float = BACKOFF_BASE_S,
-    cap_s: float = BACKOFF_CAP_S,
-    retry_after_s: float | None = None,
-) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): Retry-After if given,
-    else full jitter; never more than ``cap_s``."""
-    if retry_after_s is not None:
-        return min(cap_s, max(0.0, retry_after_s))
-    return random.uniform(0.0, min(cap_s, base_s * 2.0 ** min(attempt - 1, 60)))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or HTTP date); ``None`` if absent or junk."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value) if len(value) <= 9 else 1e9
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def fetch_preview(
     url: str,
     settings: Settings,
@@ -507,38 +476,34 @@ def fetch_preview(
         _check_session(session, policy)
     start = time.monotonic()
     deadline = start + settings.fetch_total_timeout_s
-    max_attempts = max(1, settings.fetch_retries)
     watchdog = _Watchdog(deadline)
     token = _WATCHDOG.set(watchdog)
+    tries = retrying(
+        Backoff(backoff_base_s, backoff_cap_s),
+        attempts=max(1, settings.fetch_retries),
+        retryable=lambda exc: isinstance(exc, FetchError) and exc.retryable,
+        retry_after=lambda exc: exc.retry_after if isinstance(exc, HTTPStatusError) else None,
+        deadline=deadline,
+        sleep=_sleep,  # read now, so tests can replace it
+    )
+    attempt = 0
     try:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
+        for try_ in tries:
+            with try_:
+                attempt = try_.retry_state.attempt_number
                 data, final_url, content_type = _attempt(
                     url, session, policy, settings, deadline, watchdog
                 )
-            except FetchError as exc:
-                retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
-                delay = backoff_delay(
-                    attempt, base_s=backoff_base_s, cap_s=backoff_cap_s, retry_after_s=retry_after
-                )
-                if (
-                    not exc.retryable
-                    or attempt >= max_attempts
-                    or time.monotonic() + delay >= deadline
-                ):
-                    exc._set_attempts(attempt)
-                    raise
-                _sleep(delay)
-                continue
-            return FetchResult(
-                data=data,
-                final_url=final_url,
-                content_type=content_type,
-                elapsed_s=time.monotonic() - start,
-                attempts=attempt,
-            )
+        return FetchResult(
+            data=data,
+            final_url=final_url,
+            content_type=content_type,
+            elapsed_s=time.monotonic() - start,
+            attempts=attempt,
+        )
+    except FetchError as exc:
+        exc._set_attempts(attempt)
+        raise
     finally:
         watchdog.cancel()
         _WATCHDOG.reset(token)

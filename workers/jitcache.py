@@ -42,8 +42,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from previewvec import __version__
-from previewvec.settings import Settings
+from contract import __version__
+from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 

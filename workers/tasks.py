@@ -13,25 +13,28 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
-from previewvec.errors import PreviewvecError
-from previewvec.runs import Runs
-from previewvec.settings import Settings
+from contract.broker import TASK_NAME
+from contract.errors import PreviewvecError
+from contract.retry import Backoff
+from contract.settings import Settings
+from contract.state import Runs
+from contract.store import StoreUnavailable
 from workers import crashes
 from workers.app import app
 from workers.crashes import CrashCappedRequest
-from workers.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 STORE_RETRIES = 12
 STORE_BACKOFF_CAP_S = 30.0
+# Celery waits the countdown; contract.retry sets it (full jitter, 1 s doubling to the cap).
+STORE_BACKOFF = Backoff(base_s=1.0, cap_s=STORE_BACKOFF_CAP_S)
 
 _context = None
 
@@ -128,7 +131,7 @@ def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = Non
     }
 
 
-@app.task(name="previewvec.featurize", bind=True, acks_late=True, reject_on_worker_lost=True,
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
           Request=CrashCappedRequest)
 def featurize_task(self, job: dict[str, Any]) -> dict[str, Any]:
     """Featurize one job; the result (shown in Flower) is the outcome with stage timings."""
@@ -187,7 +190,7 @@ def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
             return record_failure(job, exc.code, exc.message)
-        delay = random.uniform(0, min(STORE_BACKOFF_CAP_S, 2.0**self.request.retries))
+        delay = STORE_BACKOFF.delay(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:
         return record_failure(

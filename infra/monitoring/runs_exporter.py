@@ -3,7 +3,7 @@
 Flower cannot show failures by error code: a job that fails with ``http_404`` or
 ``undecodable`` is a *successful* Celery task whose result says ``status: failed`` (only
 crashes and time limits are Celery failures). The codes live in Redis, in each run's
-bookkeeping (previewvec.runs), so this exporter reads them from there.
+bookkeeping (contract.state), so this exporter reads them from there.
 
     python /opt/previewvec/runs_exporter.py [--port 9808] [--runs 20]
 
@@ -29,8 +29,8 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from previewvec.runs import STATES, Runs
-from previewvec.settings import Settings
+from contract.settings import Settings
+from contract.state import STATES, Runs
 
 CELERY_QUEUES = ("ondemand", "batch")
 
@@ -69,7 +69,7 @@ class RunsCollector(Collector):
                     failures.add_metric([run_id, code], n)
             self._codes = {k: v for k, v in self._codes.items() if k in run_ids}
             for queue in CELERY_QUEUES:
-                queues.add_metric([queue], self.runs.redis.llen(queue))
+                queues.add_metric([queue], self.runs.list_length(queue))
             queues.add_metric(["ready"], self.runs.ready_depth())
         except Exception:  # Redis unreachable: report it, keep serving
             self.errors += 1

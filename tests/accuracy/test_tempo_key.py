@@ -1,7 +1,7 @@
 """Tempo and key accuracy on rendered songs with known ground truth.
 
 48 songs are generated as General MIDI (all 24 keys twice, 70-180 BPM log-uniformly,
-half with a drum kit, every style of ``previewvec.songs``), rendered by fluidsynth with
+half with a drum kit, every style of ``testkit.songs``), rendered by fluidsynth with
 Debian's FluidR3 GM soundfont and encoded as AAC in .m4a, then decoded and analysed exactly
 as production does. Naive librosa is measured on the same songs in the same run.
 
@@ -16,12 +16,13 @@ import librosa
 import numpy as np
 import pytest
 
-from previewvec.mirex import key_score, tempo_correct, tempo_correct_any_octave
-from previewvec.settings import Settings
-from previewvec.songs import build_set, eval_specs, fluidsynth_available
+from contract.layout import PITCH_CLASSES
+from contract.settings import Settings
+from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave
+from testkit.songs import build_set, eval_specs, fluidsynth_available
 from workers.analysis import analyze
 from workers.audio import decode_audio
-from workers.features.tonal import _PROFILES, PITCH_CLASSES
+from workers.features.tonal import _PROFILES
 
 pytestmark = pytest.mark.accuracy
 

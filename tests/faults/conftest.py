@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.fault_harness import FaultyClipServer, Row, markdown_table
-from tests.integration.pipeline_helpers import (
+from tests.harness.faults import FaultyClipServer, Row, markdown_table
+from tests.harness.pipeline import (
     Clip,
     make_clips,
     numba_cache_warmed,

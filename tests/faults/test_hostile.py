@@ -4,7 +4,7 @@ a valid vector where the audio is legitimately decodable), and the worker surviv
 Real components only: a private ``redis-server``, one ``celery -A workers.app worker``
 (prefork, two pool children), the folder store, and a hostile HTTP server on 127.0.0.1
 (:mod:`tests.faults.hostile_server`). Every input is generated here: songs from
-:mod:`previewvec.songs` encoded with :func:`workers.audio.encode_audio`, PyAV for the
+:mod:`testkit.songs` encoded with :func:`testkit.encode.encode_audio`, PyAV for the
 video containers, byte surgery for the broken ones. Each case is one job published to the
 worker queue by task name exactly as a producer would — except that malformed jobs skip
 the producer's validation, which is the point — and each case has its own run, so its
@@ -36,15 +36,14 @@ import numpy as np
 import psutil
 import pytest
 
-from previewvec.records import decode_record, record_key
-from previewvec.settings import Settings
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import decode_record, record_key
+from contract.settings import Settings
 from producers.queue import TASK_NAME, make_client
-from tests.faults.harness import worker_cache_dir
 from tests.faults.hostile_server import Behaviour, HostileServer
-from tests.integration.pipeline_helpers import Pipeline
+from tests.harness.pipeline import Pipeline, worker_cache_dir
 from tests.media import mp4_video
 from workers.app import MAX_MEMORY_PER_CHILD_KB
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -82,7 +81,7 @@ class Media:
 
 
 def _render(seconds: float, sr: int, seed: int = 7) -> np.ndarray:
-    from previewvec.songs import generate_song, render_synth
+    from testkit.songs import generate_song, render_synth
 
     score = generate_song(seed, tonic=2, mode="minor", tempo_bpm=118.0, drums=True,
                           duration_s=seconds, style="pop")
@@ -90,7 +89,7 @@ def _render(seconds: float, sr: int, seed: int = 7) -> np.ndarray:
 
 
 def make_media() -> Media:
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
 
     song = _render(SONG_S, SR)
     song_8k = _render(SONG_S, 8_000, seed=8).mean(axis=0)
@@ -182,7 +181,7 @@ def _body(data: bytes, content_type: str = "audio/mp4") -> Behaviour:
 
 
 def build_cases(media: Media) -> list[Case]:
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
 
     song, mono = media.song, media.song.mean(axis=0)
     rng = np.random.default_rng(5)
@@ -428,7 +427,7 @@ def _outcome(pipeline: Pipeline, run_id: str, task_id: str, log: str) -> Outcome
         if failures:
             rid, entry = failures[0]
             return Outcome("failed", entry["code"], entry["message"], rid)
-        state = pipeline.runs.redis.hgetall(f"pv:run:{run_id}:state")
+        state = pipeline.raw.hgetall(f"pv:run:{run_id}:state")
         (rid, final), = state.items()
         return Outcome(final, None, "", rid)
     for match in _SUCCEEDED.finditer(log):

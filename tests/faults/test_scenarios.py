@@ -6,7 +6,7 @@ processes, a real S3 API (moto's server, reached through a TCP proxy that can ta
 down) and ``previewvec reduce --follow`` into an index (embedded LanceDB, or the Vectorize
 contract server), injects its faults mid-batch, and then audits store and index: every
 recording exactly once in both, or recorded as failed with its code; nothing lost,
-nothing duplicated (tests/faults/fault_harness.py: :func:`audit`).
+nothing duplicated (tests/harness/faults.py: :func:`audit`).
 
 Each scenario adds a row to the table printed at the end of the session (conftest.py),
 the table of docs/reliability.md. "Time to recover" runs from the end of the last fault
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.settings import Settings
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.settings import Settings
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
 from tests.contract.vectorize_server import VectorizeContractServer
 from tests.faults.conftest import FaultAssets
-from tests.faults.fault_harness import (
+from tests.harness.faults import (
     RECORD_PREFIX,
     Audit,
     FaultPipeline,
@@ -40,7 +41,6 @@ from tests.faults.fault_harness import (
     row_from,
     s3_listing,
 )
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
 pytestmark = pytest.mark.faults
 
@@ -95,7 +95,7 @@ class Batch:
         """Until :meth:`complete`; returns when (``time.monotonic()``)."""
         self.pipeline.wait_for(self.complete, timeout_s=timeout_s,
                                what=lambda: f"{self.name} to complete (now {self.status()}, "
-                                            f"{self.pipeline.runs.redis.hlen('unacked')} "
+                                            f"{self.pipeline.raw.hlen('unacked')} "
                                             "deliveries unacknowledged)")
         return time.monotonic()
 
@@ -142,7 +142,7 @@ def check(batch: Batch, result: Audit, *, allowed_codes: frozenset[str] = frozen
     assert set(result.failed) <= allowed_codes, result.failed
     completed = result.jobs - sum(result.failed.values())
     assert result.in_store == result.in_index == completed
-    assert batch.pipeline.runs.redis.llen("pv:ready:dead") == 0
+    assert batch.pipeline.raw.llen("pv:ready:dead") == 0
 
 
 def lance_audit(batch: Batch) -> Audit:
@@ -446,7 +446,7 @@ def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAsse
 
 def redis_footprint(pipeline: FaultPipeline, run_id: str) -> dict[str, int]:
     """What Redis holds of the pipeline's state right now."""
-    r = pipeline.runs.redis
+    r = pipeline.raw
     return {"queued messages": int(r.llen("batch")), "unacked": int(r.hlen("unacked")),
             "run states": int(r.hlen(f"pv:run:{run_id}:state")),
             "ready keys": int(r.llen("pv:ready"))}
@@ -474,7 +474,7 @@ def test_redis_restart_without_persistence(tmp_path: Path, fault_assets: FaultAs
         assert after["queued messages"] == 0
         assert after["run states"] <= 4  # at most the jobs in flight, written after restart
         # Workers re-declare their queues when they reconnect; publish after that.
-        pipeline.wait_for(lambda: pipeline.runs.redis.exists("_kombu.binding.batch"),
+        pipeline.wait_for(lambda: pipeline.raw.exists("_kombu.binding.batch"),
                           timeout_s=60, what="workers to reconnect")
         stored = len(batch.store_keys())
         report = pipeline.enqueue(batch_catalog(clip_host, fault_assets.clips, "volatile",
@@ -510,10 +510,10 @@ def test_reducer_lock_is_renewed_through_a_slow_upsert(
 
     import numpy as np
 
+    from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+    from contract.settings import Settings
     from previewvec.localredis import LocalRedis
-    from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
-    from previewvec.settings import Settings
-    from workers.reducer import LOCK_KEY, Reducer
+    from reducer.reduce import Reducer
 
     rng = np.random.default_rng(7)
     with LocalRedis(data_dir=tmp_path / "redis") as server:
@@ -537,13 +537,13 @@ def test_reducer_lock_is_renewed_through_a_slow_upsert(
         worker = threading.Thread(target=lambda: consumed.append(first.reduce_once()))
         worker.start()
         assert vectorize.upsert_received.wait(10)
-        token = first.runs.redis.get(LOCK_KEY)
+        token = first.runs.reducer_lock_holder()
         since = time.monotonic()
         while worker.is_alive():  # 3 s of hold against a 1 s TTL: renewed, never lost
-            assert first.runs.redis.get(LOCK_KEY) == token
+            assert first.runs.reducer_lock_holder() == token
             assert second.reduce_once() == 0
             worker.join(timeout=0.1)
         assert time.monotonic() - since >= 2.0, "the upsert was not held past the TTL"
         assert consumed == [5]
-        assert first.runs.redis.get(LOCK_KEY) is None
+        assert first.runs.reducer_lock_holder() is None
         assert first.runs.ready_depth() == 0

@@ -4,10 +4,11 @@ and the HTTP API answers hostile requests with 4xx, never 500.
 Real: a private ``redis-server`` (with a password, for the secrets check), ``celery -A
 workers.app worker`` and ``celery flower`` processes, moto's S3 server as the feature
 store, ``previewvec api`` served by uvicorn, and HTTP servers on 127.0.0.1. The fetcher's
-SSRF policy is specified in tests/unit/test_fetch.py and exercised through a worker by
-the hostile corpus (tests/faults/test_hostile.py: ``redirect-to-metadata``,
+SSRF policy is specified in tests/unit/workers/test_fetch.py and exercised through a
+worker by the hostile corpus (tests/faults/test_hostile.py: ``redirect-to-metadata``,
 ``metadata-url``); the job schema and the matching normaliser by property-based tests in
-tests/unit/test_properties.py.
+tests/unit/contract/test_jobs_properties.py and
+tests/unit/producers/test_matching_properties.py.
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from previewvec.jobs import JOB_FIELDS
+from contract.jobs import JOB_FIELDS
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.settings import Settings
+from contract.state import Runs, connect
 from previewvec.localredis import LocalRedis, free_port
-from previewvec.records import record_key
-from previewvec.runs import Runs
-from previewvec.settings import Settings
 from producers.queue import TASK_NAME, make_client
-from tests.faults.harness import wait_http, worker_cache_dir
 from tests.faults.hostile_server import HostileServer
-from tests.integration.pipeline_helpers import REPO, Pipeline, clean_env
-from workers.features.layout import FEATURE_VERSION
+from tests.harness.pipeline import REPO, Pipeline, clean_env, wait_http, worker_cache_dir
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -55,8 +55,8 @@ def cache_dir(request: pytest.FixtureRequest,
 @pytest.fixture(scope="module")
 def song() -> bytes:
     """An 8 s generated song, AAC in .m4a."""
-    from previewvec.songs import generate_song, render_synth
-    from workers.audio import encode_audio
+    from testkit.encode import encode_audio
+    from testkit.songs import generate_song, render_synth
 
     score = generate_song(21, tonic=9, mode="major", tempo_bpm=104.0, drums=True,
                           duration_s=8.0, style="pop")
@@ -100,7 +100,7 @@ def test_broker_refuses_pickle_messages(cache_dir: Path, server: HostileServer,
         job = {"recording_id": "pickled", "preview_url": server.url("/clips/song.m4a"),
                "run_id": run_id, "trap": PickleTrap(marker)}
         client.send_task(TASK_NAME, args=[job], queue="batch", serializer="pickle")
-        raw = json.loads(pipeline.runs.redis.lindex("batch", 0))
+        raw = json.loads(pipeline.raw.lindex("batch", 0))
         assert raw["content-type"] == "application/x-python-serialize"  # it is a pickle
         # JSON, but not a call the task can take: no arguments, or one too many.
         bad_calls = [client.send_task(TASK_NAME, args=[], queue="batch").id,
@@ -120,7 +120,7 @@ def test_broker_refuses_pickle_messages(cache_dir: Path, server: HostileServer,
         assert pipeline.runs.status(run_id).counts["queued"] == 1
         assert not Path(pipeline.store_url, record_key(FEATURE_VERSION, "pickled")).exists()
         # Acknowledged, not parked for redelivery: nothing is left to block the queue.
-        pipeline.wait_until(lambda: not pipeline.runs.redis.hlen("unacked"), timeout_s=30,
+        pipeline.wait_until(lambda: not pipeline.raw.hlen("unacked"), timeout_s=30,
                             what="the refused message to be acknowledged")
         assert pipeline.queue_depth("batch") == 0
         # The malformed calls fail inside Celery (TypeError, logged) and are acknowledged;
@@ -228,10 +228,11 @@ def test_secrets_never_leave_settings(cache_dir: Path, server: HostileServer,
     try:
         # Password-protect Redis, then point everything at the authenticated URL.
         url = f"redis://:{sec.redis_password}@127.0.0.1:{pipeline.redis.port}/0"
-        pipeline.runs.redis.config_set("requirepass", sec.redis_password)
+        pipeline.raw.config_set("requirepass", sec.redis_password)
         pipeline.env["PREVIEWVEC_BROKER_URL"] = url
         pipeline.settings = Settings.from_env(pipeline.env)
         pipeline.runs = Runs.from_url(url)
+        pipeline.raw = connect(url)
 
         good = server.url("/clips/song.m4a")
         report = pipeline.enqueue([
@@ -245,7 +246,7 @@ def test_secrets_never_leave_settings(cache_dir: Path, server: HostileServer,
         make_client(pipeline.settings).send_task(
             TASK_NAME, args=[{"recording_id": "sec-bad", "preview_url": "gopher://x/",
                               "run_id": malformed_run}], queue="batch")
-        queued_messages = list(pipeline.runs.redis.lrange("batch", 0, -1))
+        queued_messages = list(pipeline.raw.lrange("batch", 0, -1))
         assert len(queued_messages) == 4
 
         # Flower first (it only sees events sent while it listens), with basic auth as
@@ -302,7 +303,7 @@ def test_secrets_never_leave_settings(cache_dir: Path, server: HostileServer,
             "worker log": worker.log(),
             "flower log": flower_log.read_text(errors="replace"),
             "queued messages (task arguments)": _decoded_messages(queued_messages),
-            "redis (runs, results, unacked)": _redis_dump(pipeline.runs.redis),
+            "redis (runs, results, unacked)": _redis_dump(pipeline.raw),
             "stored records": "\n".join(stored),
             **{f"flower {path}": text for path, text in flower_pages.items()},
             "Settings repr": repr(pipeline.settings) + str(pipeline.settings),

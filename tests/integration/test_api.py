@@ -1,4 +1,4 @@
-"""The HTTP API (producers.api) through FastAPI's TestClient, against a real Redis."""
+"""The HTTP API (previewvec.api) through FastAPI's TestClient, against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from redis import Redis
 
-from previewvec.jobs import JOB_FIELDS, Job
+from contract.jobs import JOB_FIELDS, Job
+from contract.layout import VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.settings import Settings
+from contract.state import Runs, connect
+from contract.store import open_store
+from previewvec.api import create_app
 from previewvec.localredis import LocalRedis, free_port
-from previewvec.records import FeatureRecord, encode_record, make_provenance
-from previewvec.runs import Runs
-from previewvec.settings import Settings
-from producers.api import create_app
-from workers.features.layout import VECTOR_DIM
-from workers.store import open_store
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -96,8 +96,8 @@ def client(app) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, decode_responses=True)
+def r(redis_url: str) -> Redis:
+    return connect(redis_url)
 
 
 def post(client: TestClient, body: bytes | str, headers: dict | None = None):
@@ -203,7 +203,7 @@ def test_invalid_job_field_errors(client: TestClient) -> None:
 # --------------------------------------------------------------------------- runs
 
 
-def test_jobs_are_accepted_and_published(client: TestClient, app, r: redis.Redis) -> None:
+def test_jobs_are_accepted_and_published(client: TestClient, app, r: Redis) -> None:
     jobs = [{"recording_id": f"api-job-{i}", "preview_url": f"https://p.scdn.co/{i}",
              "isrc": "us-rc1-76-07839"} for i in range(5)]
     resp = post(client, json.dumps({"jobs": jobs}))
@@ -246,7 +246,7 @@ def test_resolver_failure_is_reported(settings: Settings) -> None:
 
 
 def test_unconfigured_resolution_is_503(settings: Settings) -> None:
-    from previewvec.errors import PreviewvecError
+    from contract.errors import PreviewvecError
 
     class Unconfigured(PreviewvecError):
         code = "mb_contact_missing"
@@ -313,7 +313,7 @@ def test_similar(client: TestClient, settings: Settings) -> None:
     resp = client.get("/v1/similar/absent?k=5&key=F%23&mode=minor&tempo_min=90",
                       headers=AUTH)
     assert resp.status_code == 404
-    from workers.reducer import Reducer
+    from reducer.reduce import Reducer
 
     rng = random.Random(7)
     store = open_store(settings.store)

@@ -16,16 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
+from redis import Redis
 
-from previewvec.errors import TRANSIENT_CODES, is_transient
-from previewvec.jobs import Job
+from contract.errors import TRANSIENT_CODES, is_transient
+from contract.jobs import Job
+from contract.settings import Settings
+from contract.state import Runs, connect, new_run_id
+from previewvec.api import QUEUE_FULL_RETRY_AFTER_S, create_app
 from previewvec.localredis import LocalRedis
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
-from producers.api import QUEUE_FULL_RETRY_AFTER_S, create_app
-from producers.queue import queue_depth
 
 TOKEN = "backpressure-token-0123456789"
 DEADLINE_S = 120
@@ -38,8 +37,8 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def r(redis_url: str) -> Iterator[Redis]:
+    client = connect(redis_url)
     client.flushall()
     yield client
     client.close()
@@ -77,11 +76,16 @@ def recording_of(message: str) -> str:
     return args[0]["recording_id"]
 
 
+def queue_depth(client: Redis, queue: str) -> int:
+    """Messages waiting in ``queue`` (every priority list), as producers read it."""
+    return Runs(client).queue_depth(queue)
+
+
 class SlowConsumer:
     """Stands in for workers: takes one message at a time off ``queue`` while
     ``running``, and records every recording taken and the deepest queue it saw."""
 
-    def __init__(self, client: redis.Redis, queue: str = "batch") -> None:
+    def __init__(self, client: Redis, queue: str = "batch") -> None:
         self.client = client
         self.queue = queue
         self.taken: list[str] = []

@@ -16,6 +16,9 @@ import boto3
 import numpy as np
 import pytest
 
+from contract.layout import VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.store import open_store
 from previewvec.cli import (
     EXIT_INDEX,
     EXIT_INPUT_FILE,
@@ -25,10 +28,7 @@ from previewvec.cli import (
     EXIT_USAGE,
 )
 from previewvec.localredis import LocalRedis
-from previewvec.records import FeatureRecord, encode_record, make_provenance
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY, free_port, moto_server
-from workers.features.layout import VECTOR_DIM
-from workers.store import open_store
 
 BUCKET = "pv-cli-faults"
 AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
@@ -234,8 +234,8 @@ def test_unknown_run(base_env, command) -> None:
 
 
 def test_redis_lost_is_exit_3(base_env) -> None:
-    # The check at start-up (tests/unit/test_cli.py covers each command); here the reducer
-    # is a one-off too.
+    # The check at start-up (tests/unit/previewvec/test_cli.py covers each command); here
+    # the reducer is a one-off too.
     env = {**base_env, "PREVIEWVEC_BROKER_URL": closed_url("redis", "/0")}
     expect_fault(env, ["reindex"], EXIT_REDIS, "cannot reach Redis")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from previewvec.demo import WorkerWatch
-from tests.integration.pipeline_helpers import REPO, clean_env
+from tests.harness.pipeline import REPO, clean_env
 
 pytestmark = pytest.mark.slow
 

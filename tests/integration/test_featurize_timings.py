@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.layout import FEATURE_VERSION
+from contract.records import decode_record, record_key
+from contract.settings import Settings
+from contract.state import Runs, new_run_id
 from previewvec.localredis import LocalRedis
-from previewvec.records import decode_record, record_key
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
-from tests.integration.pipeline_helpers import ClipServer, make_clips
-from workers.features.layout import FEATURE_VERSION
+from tests.harness.pipeline import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize
 
 AFTER_SEALING = ("encode", "store", "account")

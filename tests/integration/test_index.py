@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from previewvec.settings import Settings
-from tests.contract.vectorize_server import VectorizeContractServer
-from workers.index import (
+from contract.settings import Settings
+from reducer.index import (
     FILTER_FIELDS,
     IndexItem,
     IndexRejected,
@@ -26,9 +25,10 @@ from workers.index import (
     VectorIndex,
     open_index,
 )
-from workers.index.base import normalize_filter
-from workers.index.embedded import EmbeddedIndex, filter_to_sql
-from workers.index.vectorize import VectorizeIndex
+from reducer.index.base import normalize_filter
+from reducer.index.embedded import EmbeddedIndex, filter_to_sql
+from reducer.index.vectorize import VectorizeIndex
+from tests.contract.vectorize_server import VectorizeContractServer
 
 DIM = 32  # small for speed; the layout's 530-d vectors are used in the throughput test
 KEYS = ("C", "G", "D", "A", "E", "B", "F#", "C#", "F", "Bb", "Eb", "Ab")
@@ -400,7 +400,7 @@ def test_embedded_persists_and_checks_dimension(tmp_path: Path) -> None:
 
 def test_embedded_upsert_throughput(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Measures (does not assert) LanceDB merge_insert throughput at the real dimension."""
-    from workers.features.layout import VECTOR_DIM
+    from contract.layout import VECTOR_DIM
 
     index = EmbeddedIndex(tmp_path / "idx", VECTOR_DIM)
     batch, total = 5_000, 40_000

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.settings import Settings
-from tests.integration.pipeline_helpers import (
+from contract.settings import Settings
+from tests.harness.pipeline import (
     REPO,
     ClipServer,
     Pipeline,
@@ -33,7 +33,7 @@ from workers import jitcache
 
 pytestmark = pytest.mark.slow
 
-WARM = ("from previewvec.settings import Settings; from workers import jitcache; "
+WARM = ("from contract.settings import Settings; from workers import jitcache; "
         "jitcache.warm(Settings.from_env())")
 N_PROCESSES = 3
 N_WORKERS, WORKER_CONCURRENCY, N_ROUNDS = 3, 2, 2

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.records import record_key
-from previewvec.settings import Settings
-from tests.integration.pipeline_helpers import (
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.settings import Settings
+from tests.harness.pipeline import (
     Clip,
     ClipServer,
     Pipeline,
@@ -38,7 +39,6 @@ from tests.integration.pipeline_helpers import (
 )
 from workers.app import TASK_TIME_LIMIT_S
 from workers.deliveries import heartbeat_interval_s
-from workers.features.layout import FEATURE_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -86,7 +86,7 @@ def serve_batch(server: ClipServer, clips: list[Clip], prefix: str, n: int,
 
 
 def states(pipeline: Pipeline, run_id: str) -> dict[str, str]:
-    return pipeline.runs.redis.hgetall(f"pv:run:{run_id}:state")
+    return pipeline.raw.hgetall(f"pv:run:{run_id}:state")
 
 
 def assert_exactly_once(pipeline: Pipeline, tmp_path: Path, ids: list[str]) -> None:

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from previewvec.records import decode_record, record_key
-from previewvec.runs import RunStatus
-from previewvec.settings import Settings
-from tests.integration.pipeline_helpers import (
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import decode_record, record_key
+from contract.settings import Settings
+from contract.state import RunStatus
+from tests.harness.pipeline import (
     FETCH_MAX_BYTES,
     Clip,
     ClipServer,
@@ -42,7 +43,6 @@ from tests.integration.pipeline_helpers import (
     parse_status_line,
     worker_cache_location,
 )
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +258,7 @@ class TestS3Store:
         reducer = batch.pipeline.reducer(batch.index_path)
         assert_index_holds_exactly(batch.index_path, batch.ids, reducer)
         assert batch.pipeline.runs.ready_depth() == 0
-        assert batch.pipeline.runs.redis.keys("pv:indexed:*") == []  # the index is asked
+        assert batch.pipeline.raw.keys("pv:indexed:*") == []  # the index is asked
         assert_similar(reducer, "s3-00", batch.ids)
 
     def test_reenqueue_does_no_new_work(self, s3_batch: S3Batch) -> None:
@@ -627,7 +627,7 @@ def _listed_failures(pipeline: Pipeline, run_id: str) -> dict[str, dict]:
 
 
 def _no_crash_counts_left(pipeline: Pipeline) -> list[str]:
-    return list(pipeline.runs.redis.scan_iter("pv:crash:*"))
+    return list(pipeline.raw.scan_iter("pv:crash:*"))
 
 
 @pytest.mark.faults

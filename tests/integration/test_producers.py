@@ -20,21 +20,22 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-import redis
+from redis import Redis
 
+from contract.retry import Backoff
+from contract.settings import Settings
+from contract.state import connect
 from previewvec.localredis import LocalRedis
-from previewvec.settings import Settings
 from producers import dumps
+from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.musicbrainz import (
     MbContactMissing,
     MusicBrainzClient,
-    UpstreamRejected,
-    UpstreamUnavailable,
     new_releases_query,
     partial_date_key,
 )
-from producers.ratelimit import Backoff, RateLimiter, RateLimitTimeout
+from producers.ratelimit import RateLimiter, RateLimitTimeout
 from producers.resolve import Resolver, pick_release
 from tests.upstream_server import FIXTURES, UpstreamServer
 
@@ -59,8 +60,8 @@ def upstream() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture
-def r(local_redis: LocalRedis, upstream: UpstreamServer) -> redis.Redis:
-    client = redis.Redis.from_url(local_redis.url)
+def r(local_redis: LocalRedis, upstream: UpstreamServer) -> Redis:
+    client = connect(local_redis.url, decode=False, retry=False, health_check_interval_s=0)
     client.flushdb()
     upstream.clear()
     return client
@@ -72,7 +73,7 @@ def settings(upstream: UpstreamServer, local_redis: LocalRedis) -> Settings:
                     broker_url=local_redis.url)
 
 
-def make_resolver(settings: Settings, r: redis.Redis, *, cache: bool = True,
+def make_resolver(settings: Settings, r: Redis, *, cache: bool = True,
                   retries: int = 5) -> Resolver:
     mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), max_retries=retries,
                            backoff=FAST)
@@ -84,7 +85,7 @@ def make_resolver(settings: Settings, r: redis.Redis, *, cache: bool = True,
 
 # -- album-first resolution and the cache ----------------------------------------------
 def test_album_first_uses_two_itunes_calls_and_a_rerun_uses_none(
-        settings: Settings, r: redis.Redis, upstream: UpstreamServer) -> None:
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
     resolver = make_resolver(settings, r)
     results = list(resolver.resolve_release(R1))
     assert [res.error_code for res in results] == [None] * 5
@@ -113,7 +114,7 @@ def test_album_first_uses_two_itunes_calls_and_a_rerun_uses_none(
     assert [x.job for x in rerun] == [x.job for x in results]
 
 
-def test_album_fallbacks_live_edit_and_no_preview(settings: Settings, r: redis.Redis) -> None:
+def test_album_fallbacks_live_edit_and_no_preview(settings: Settings, r: Redis) -> None:
     resolver = make_resolver(settings, r)
     got = {res.recording_id[:8]: res for res in resolver.resolve_release(R2)}
     assert got["66666666"].job is not None  # in the album
@@ -128,7 +129,7 @@ def test_album_fallbacks_live_edit_and_no_preview(settings: Settings, r: redis.R
     assert resolver.calls["itunes"] == 5  # album search + lookup + 3 song searches
 
 
-def test_recording_isrcs_query_and_new_releases(settings: Settings, r: redis.Redis,
+def test_recording_isrcs_query_and_new_releases(settings: Settings, r: Redis,
                                                 upstream: UpstreamServer) -> None:
     resolver = make_resolver(settings, r)
     one = resolver.resolve_recording(REC_A2)
@@ -152,7 +153,7 @@ def test_recording_isrcs_query_and_new_releases(settings: Settings, r: redis.Red
     assert len(new) == 5 and all(x.ok for x in new)
 
 
-def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: redis.Redis,
+def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: Redis,
                                                     upstream: UpstreamServer) -> None:
     make_resolver(settings, r).mb.release(R1)
     assert upstream.requests_to("/ws/2/")[0].user_agent == f"previewvec/0.1.0 ( {CONTACT} )"
@@ -167,9 +168,9 @@ def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: redis
 
 
 # -- throttling and failures -----------------------------------------------------------
-def test_503_is_retried_and_penalises_every_process(settings: Settings, r: redis.Redis,
+def test_503_is_retried_and_penalises_every_process(settings: Settings, r: Redis,
                                                     upstream: UpstreamServer) -> None:
-    slow = Backoff(base_s=0.2, cap_s=0.2)  # penalty 0.1..0.2 s per 503
+    slow = Backoff(base_s=0.2, cap_s=0.2)  # penalty (un-jittered) 0.2 s per 503
     mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), backoff=slow)
     upstream.fail_next(2, 503, b"<html>slow down</html>", path_prefix="/ws/2/")
     assert mb.release(R1)["id"] == R1
@@ -196,7 +197,7 @@ def test_503_is_retried_and_penalises_every_process(settings: Settings, r: redis
     assert info.value.status == 404 and info.value.code == "upstream_rejected"
 
 
-def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: redis.Redis,
+def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: Redis,
                                                          upstream: UpstreamServer) -> None:
     assert (FIXTURES / "itunes/search_album_r1.json").read_bytes().startswith(b"\n\n")
     resolver = make_resolver(settings, r, cache=False, retries=3)
@@ -220,11 +221,12 @@ def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: 
 
 # -- the shared rate limiter ----------------------------------------------------------
 WORKER = textwrap.dedent("""
-    import sys, redis, requests
+    import sys, requests
+    from contract.state import connect
     from producers.ratelimit import RateLimiter
     url, redis_url, n, rate, tag = sys.argv[1:6]
     n, rate = int(n), float(rate)
-    limiter = RateLimiter(redis.Redis.from_url(redis_url), "shared-test", rate)
+    limiter = RateLimiter(connect(redis_url, decode=False, retry=False), "shared-test", rate)
     session = requests.Session()
     session.headers["User-Agent"] = tag
     session.get(url + "/ping?warmup=1").raise_for_status()  # connect before the clock runs
@@ -236,7 +238,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_rate_limit_holds_across_two_processes(local_redis: LocalRedis, r: redis.Redis,
+def test_rate_limit_holds_across_two_processes(local_redis: LocalRedis, r: Redis,
                                                upstream: UpstreamServer) -> None:
     n, rate, burst = 12, 10.0, 1
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -267,7 +269,7 @@ def test_rate_limit_holds_across_two_processes(local_redis: LocalRedis, r: redis
     assert times[-1] - times[0] >= (2 * n - burst) / rate - 0.1
 
 
-def test_limiter_burst_timeout_and_no_busy_loop(r: redis.Redis) -> None:
+def test_limiter_burst_timeout_and_no_busy_loop(r: Redis) -> None:
     sleeps: list[float] = []
     limiter = RateLimiter(r, "unit", rate_per_s=2.0, burst=3, sleep=sleeps.append)
     for _ in range(3):
@@ -343,7 +345,7 @@ def test_dump_reader_is_lazy() -> None:
     assert Counting.read_bytes == 3 * len(line)
 
 
-def test_resolve_dump_release_album_first_and_resume(settings: Settings, r: redis.Redis,
+def test_resolve_dump_release_album_first_and_resume(settings: Settings, r: Redis,
                                                      tmp_path: Path) -> None:
     path = tmp_path / "dump.gz"
     with gzip.open(path, "wb") as fh:

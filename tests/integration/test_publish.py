@@ -17,23 +17,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
-from previewvec.jobs import Job, parse_catalog
+from contract.jobs import Job, parse_catalog
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.settings import Settings
+from contract.state import Runs, connect, new_run_id
 from previewvec.localredis import LocalRedis
-from previewvec.records import record_key
-from previewvec.runs import Runs, new_run_id
-from previewvec.settings import Settings
 from producers import queue as queue_mod
 from producers.queue import TASK_NAME, make_client, publish
 from producers.submit import queue_keys
-from tests.integration.pipeline_helpers import (
+from tests.harness.pipeline import (
     ClipServer,
     Pipeline,
     catalog_line,
     make_clips,
     warm_numba_cache,
 )
-from workers.features.layout import FEATURE_VERSION
 
 # Unique per message (ids) or per producer app (reply_to: the app's thread oid);
 # everything else must match exactly.
@@ -47,9 +48,9 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-def _messages(runs: Runs, queue: str) -> dict[str, list[dict]]:
+def _messages(client: Redis, queue: str) -> dict[str, list[dict]]:
     """Every message on each of the queue's priority lists (oldest first)."""
-    return {key: [json.loads(raw) for raw in reversed(runs.redis.lrange(key, 0, -1))]
+    return {key: [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
             for key in queue_keys(queue)}
 
 
@@ -82,20 +83,20 @@ def test_batched_message_equals_send_task_message(redis_url: str, queue: str,
                                                   kind: str) -> None:
     """Given one job, when it is published by ``publish`` and by a plain ``send_task``,
     expect the same message (but for its ids) on the same, default-priority list."""
-    runs = Runs.from_url(redis_url)
-    runs.redis.flushdb()
+    runs, raw = Runs.from_url(redis_url), connect(redis_url)
+    raw.flushdb()
     settings = Settings(broker_url=redis_url)
     job = SHAPE_JOBS[kind]
     run_id = new_run_id()
     runs.create(run_id)
 
     publish([job], runs, settings, run_id=run_id, queue=queue)
-    batched = _messages(runs, queue)
-    runs.redis.delete(*queue_keys(queue))
+    batched = _messages(raw, queue)
+    raw.delete(*queue_keys(queue))
     payload = replace(job, run_id=run_id).to_dict()
     assert job.force == payload["force"]
     make_client(settings).send_task(TASK_NAME, args=[payload], queue=queue)
-    plain = _messages(runs, queue)
+    plain = _messages(raw, queue)
 
     assert [k for k, v in batched.items() if v] == [queue]  # priority 0: the bare list
     assert [k for k, v in plain.items() if v] == [queue]
@@ -114,8 +115,8 @@ def test_chunks_are_marked_queued_and_all_published(redis_url: str, monkeypatch)
     """Given more jobs than one chunk and some invalid lines, expect every valid job
     queued in the run and published once, in input order, and the invalid lines failed."""
     monkeypatch.setattr(queue_mod, "PUBLISH_CHUNK", 7)
-    runs = Runs.from_url(redis_url)
-    runs.redis.flushdb()
+    runs, raw = Runs.from_url(redis_url), connect(redis_url)
+    raw.flushdb()
     settings = Settings(broker_url=redis_url)
     lines = [catalog_line(f"chunk-{i:02d}", f"https://audio-ssl.itunes.apple.com/{i}.m4a")
              for i in range(30)]
@@ -130,7 +131,7 @@ def test_chunks_are_marked_queued_and_all_published(redis_url: str, monkeypatch)
     status = runs.status(run_id)
     assert status.counts == {"queued": 28, "done": 0, "skipped": 0, "failed": 2}
     assert status.meta["submitted"] == "28"
-    published = [_comparable(m)["body"][0][0] for m in _messages(runs, "batch")["batch"]]
+    published = [_comparable(m)["body"][0][0] for m in _messages(raw, "batch")["batch"]]
     assert [j["recording_id"] for j in published] == [
         f"chunk-{i:02d}" for i in range(30) if i not in (4, 19)]
     assert all(j["run_id"] == run_id and j["force"] is False for j in published)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+from contract.settings import Settings
+from contract.state import connect
 from previewvec.localredis import LocalRedis
-from previewvec.records import FeatureRecord, encode_record, make_provenance, record_key
-from previewvec.settings import Settings
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
-from workers.reducer import LOCK_KEY, Reducer
+from reducer.reduce import LOCK_KEY, Reducer
 
 N_RECORDS = 30
 BATCH = 10
@@ -56,6 +57,7 @@ def test_reducer_whose_lock_expired_leaves_the_queue_and_the_lock_alone(
         first.runs.push_ready(record.key)
 
     second = Reducer.build(settings)
+    raw = connect(settings.broker_url)  # plays the third reducer
     upsert = first.index.upsert
     calls = []
 
@@ -64,9 +66,9 @@ def test_reducer_whose_lock_expired_leaves_the_queue_and_the_lock_alone(
         if len(calls) == 1:
             # The first reducer stalls past its lock's TTL: the lock expires, a second
             # reducer consumes the head of the queue, and a third now holds the lock.
-            first.runs.redis.delete(LOCK_KEY)
+            raw.delete(LOCK_KEY)
             assert second.reduce_once(BATCH) == BATCH
-            first.runs.redis.set(LOCK_KEY, "third-reducer")
+            raw.set(LOCK_KEY, "third-reducer")
         upsert(items)
 
     first.index.upsert = slow_upsert  # type: ignore[method-assign]
@@ -75,9 +77,9 @@ def test_reducer_whose_lock_expired_leaves_the_queue_and_the_lock_alone(
     # The stalled reducer must not trim: the head of the queue is no longer its batch.
     assert first.runs.ready_depth() == N_RECORDS - BATCH
     # Nor release a lock it no longer holds.
-    assert first.runs.redis.get(LOCK_KEY) == "third-reducer"
+    assert first.runs.reducer_lock_holder() == "third-reducer"
 
-    first.runs.redis.delete(LOCK_KEY)  # the third reducer finishes
+    raw.delete(LOCK_KEY)  # the third reducer finishes
     first.index.upsert = upsert  # type: ignore[method-assign]
     first.drain(BATCH)
     assert first.runs.ready_depth() == 0

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from redis import Redis
 
+from contract.layout import VECTOR_DIM
+from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.settings import Settings
+from contract.state import IF_ABSENT, RUNS_INDEX, STATES, Runs, connect
 from previewvec.localredis import LocalRedis
-from previewvec.records import FeatureRecord, encode_record, make_provenance
-from previewvec.runs import IF_ABSENT, RUNS_INDEX, STATES, Runs
-from previewvec.settings import Settings
-from workers.features.layout import VECTOR_DIM
-from workers.reducer import DEAD_LETTER_QUEUE, Reducer
+from reducer.reduce import Reducer
 
 TTL_S = 3600
 
@@ -34,10 +35,15 @@ def runs(local_redis: LocalRedis) -> Runs:
     return Runs.from_url(local_redis.url)
 
 
+@pytest.fixture
+def raw(local_redis: LocalRedis) -> Redis:
+    """A separate client, to look at (and tamper with) the keys behind ``runs``."""
+    return connect(local_redis.url)
+
+
 def keys_of(runs: Runs, run_id: str) -> dict[str, int]:
     """Each existing key of the run → its TTL in seconds (-1: none)."""
-    return {key: int(runs.redis.ttl(key))
-            for key in runs.redis.scan_iter(match=f"pv:run:{run_id}:*")}
+    return runs.key_ttls(run_id)
 
 
 def counts(runs: Runs, run_id: str) -> dict[str, int]:
@@ -58,11 +64,11 @@ def finished_run(runs: Runs, run_id: str = "r1", n: int = 10) -> list[str]:
     return ids
 
 
-def test_a_finished_run_is_compacted_and_expires(runs: Runs) -> None:
+def test_a_finished_run_is_compacted_and_expires(runs: Runs, raw: Redis) -> None:
     ids = finished_run(runs)
     before = counts(runs, "r1")
     assert before == {"queued": 0, "done": 7, "skipped": 1, "failed": 2}
-    assert runs.redis.hlen("pv:run:r1:state") == 10
+    assert raw.hlen("pv:run:r1:state") == 10
 
     report = runs.close_finished(ttl_s=TTL_S, settle_s=0)
     assert report.closed == ["r1"] and report.pruned == [] and report.open == 0
@@ -80,7 +86,7 @@ def test_a_finished_run_is_compacted_and_expires(runs: Runs) -> None:
     assert runs.close_finished(ttl_s=TTL_S, settle_s=0).closed == []
 
 
-def test_runs_are_not_closed_while_they_may_still_change(runs: Runs) -> None:
+def test_runs_are_not_closed_while_they_may_still_change(runs: Runs, raw: Redis) -> None:
     runs.create("busy")
     runs.mark_many_queued("busy", ["a", "b"])
     runs.succeed("busy", "a", "done")
@@ -101,20 +107,20 @@ def test_runs_are_not_closed_while_they_may_still_change(runs: Runs) -> None:
     # is queued (the producer's run), as it is otherwise (its queued job never ended).
     report = runs.close_finished(ttl_s=TTL_S, settle_s=0, now=time.time() + TTL_S + 5)
     assert sorted(report.closed) == ["dump", "resolving"] and report.abandoned == ["busy"]
-    assert runs.redis.hlen("pv:run:busy:state") == 2
-    assert 0 < runs.redis.ttl("pv:run:busy:state") <= TTL_S
-    assert not runs.redis.exists("pv:run:resolving:state")
+    assert raw.hlen("pv:run:busy:state") == 2
+    assert 0 < raw.ttl("pv:run:busy:state") <= TTL_S
+    assert not raw.exists("pv:run:resolving:state")
 
 
-def test_closing_refuses_a_run_that_changed_meanwhile(runs: Runs) -> None:
+def test_closing_refuses_a_run_that_changed_meanwhile(runs: Runs, raw: Redis) -> None:
     finished_run(runs)
     stale = runs.status("r1").meta["changed_at"]
-    runs.redis.hset("pv:run:r1:meta", "changed_at", int(stale) + 1)  # a transition since
+    raw.hset("pv:run:r1:meta", "changed_at", int(stale) + 1)  # a transition since
     assert not runs.close("r1", ttl_s=TTL_S, changed_at=stale)
     runs.mark_many_queued("r1", ["new"])
     changed = runs.status("r1").meta["changed_at"]
     assert not runs.close("r1", ttl_s=TTL_S, changed_at=changed)  # something is queued
-    assert runs.redis.hlen("pv:run:r1:state") == 11
+    assert raw.hlen("pv:run:r1:state") == 11
 
 
 def test_late_deliveries_on_a_compacted_run_never_move_the_counters(runs: Runs) -> None:
@@ -145,7 +151,7 @@ def test_late_deliveries_on_a_compacted_run_never_move_the_counters(runs: Runs) 
     assert "pv:run:r1:state" in ttls and all(0 < t <= TTL_S for t in ttls.values()), ttls
 
 
-def test_retry_reopens_a_closed_run_and_keeps_the_total(runs: Runs) -> None:
+def test_retry_reopens_a_closed_run_and_keeps_the_total(runs: Runs, raw: Redis) -> None:
     ids = finished_run(runs)
     runs.close_finished(ttl_s=TTL_S, settle_s=0)
     total = runs.status("r1").total
@@ -163,7 +169,7 @@ def test_retry_reopens_a_closed_run_and_keeps_the_total(runs: Runs) -> None:
     assert counts(runs, "r1") == {"queued": 0, "done": 8, "skipped": 1, "failed": 1}
     assert runs.status("r1").total == total
     assert runs.close_finished(ttl_s=TTL_S, settle_s=0).closed == ["r1"]
-    assert not runs.redis.exists("pv:run:r1:state")
+    assert not raw.exists("pv:run:r1:state")
     assert all(0 < ttl <= TTL_S for ttl in keys_of(runs, "r1").values())
 
 
@@ -180,22 +186,23 @@ def test_a_producer_adding_to_a_compacted_run_counts_new_recordings(runs: Runs) 
     assert runs.status("r1").total == len(ids) + 3
 
 
-def test_ttl_zero_compacts_but_keeps_the_run(runs: Runs) -> None:
+def test_ttl_zero_compacts_but_keeps_the_run(runs: Runs, raw: Redis) -> None:
     finished_run(runs)
     assert runs.close_finished(ttl_s=0, settle_s=0).closed == ["r1"]
-    assert not runs.redis.exists("pv:run:r1:state")
+    assert not raw.exists("pv:run:r1:state")
     assert all(ttl == -1 for ttl in keys_of(runs, "r1").values())
     assert "expires_at" not in runs.status("r1").meta
     assert runs.close_finished(ttl_s=0, settle_s=0).closed == []
 
 
-def test_expired_runs_leave_pv_runs_and_late_jobs_do_not_revive_them(runs: Runs) -> None:
+def test_expired_runs_leave_pv_runs_and_late_jobs_do_not_revive_them(
+        runs: Runs, raw: Redis) -> None:
     ids = finished_run(runs, "old")
     finished_run(runs, "kept")
     runs.close_finished(ttl_s=1, settle_s=0)
     runs.close("kept", ttl_s=0)  # still closed, but made permanent below
-    for key in runs.redis.scan_iter(match="pv:run:kept:*"):
-        runs.redis.persist(key)
+    for key in raw.scan_iter(match="pv:run:kept:*"):
+        raw.persist(key)
     deadline = time.monotonic() + 10
     while keys_of(runs, "old"):
         assert time.monotonic() < deadline, "the closed run did not expire"
@@ -208,10 +215,10 @@ def test_expired_runs_leave_pv_runs_and_late_jobs_do_not_revive_them(runs: Runs)
     assert not runs.succeed("old", ids[4], "done")
     assert not runs.fail("old", ids[5], "timeout", "late", {"recording_id": ids[5]})
     assert keys_of(runs, "old") == {}
-    assert runs.redis.zscore(RUNS_INDEX, "old") is None
+    assert raw.zscore(RUNS_INDEX, "old") is None
 
 
-def test_transitions_keep_counters_equal_to_states_in_an_open_run(runs: Runs) -> None:
+def test_transitions_keep_counters_equal_to_states_in_an_open_run(runs: Runs, raw: Redis) -> None:
     """The rules of an open run are unchanged: repeated and downgrading transitions."""
     runs.create("open")
     runs.mark_many_queued("open", ["a", "b", "c"])
@@ -221,19 +228,19 @@ def test_transitions_keep_counters_equal_to_states_in_an_open_run(runs: Runs) ->
     assert runs.fail("open", "b", "http_404", "gone", {"recording_id": "b"})
     assert runs.succeed("open", "b", "skipped")  # retried elsewhere; the failure goes
     assert runs.fail("open", "c", "timeout", "slow", {"recording_id": "c"})
-    state = runs.redis.hgetall("pv:run:open:state")
+    state = raw.hgetall("pv:run:open:state")
     assert counts(runs, "open") == {s: list(state.values()).count(s) for s in STATES}
     assert [rid for rid, _ in runs.failures("open")] == ["c"]
     with pytest.raises(ValueError):
         runs.mark("open", "c", "failed")  # a failure needs its entry: fail()
 
 
-def test_legacy_indexed_sets_are_dropped(runs: Runs) -> None:
-    runs.redis.sadd("pv:indexed:pv1", "a", "b")
-    runs.redis.sadd("pv:indexed:pv2", "a")
-    runs.redis.set("pv:other", "1")
+def test_legacy_indexed_sets_are_dropped(runs: Runs, raw: Redis) -> None:
+    raw.sadd("pv:indexed:pv1", "a", "b")
+    raw.sadd("pv:indexed:pv2", "a")
+    raw.set("pv:other", "1")
     assert runs.drop_legacy_indexed_sets() == 2
-    assert runs.redis.keys("pv:*") == ["pv:other"]
+    assert raw.keys("pv:*") == ["pv:other"]
 
 
 # --------------------------------------------------------------------------- reducer
@@ -253,6 +260,7 @@ def _record(rid: str, rng: np.random.Generator) -> FeatureRecord:
 @pytest.mark.timeout(120)
 def test_reducer_upserts_if_absent_entries_only_when_the_index_lacks_them(
         tmp_path: Path, local_redis: LocalRedis) -> None:
+    raw = connect(local_redis.url)
     settings = Settings(broker_url=local_redis.url, store=str(tmp_path / "store"),
                         index=str(tmp_path / "index"), cache_dir=tmp_path / "cache")
     reducer = Reducer.build(settings)
@@ -280,12 +288,12 @@ def test_reducer_upserts_if_absent_entries_only_when_the_index_lacks_them(
         reducer.runs.push_ready_if_absent(record.key)
     reducer.runs.push_ready_if_absent(records[9].key)
     reducer.runs.push_ready(records[2].key)
-    reducer.runs.redis.rpush("pv:ready", IF_ABSENT + "normalizers/pv2.json")
+    raw.rpush("pv:ready", IF_ABSENT + "normalizers/pv2.json")
     assert reducer.drain(batch_size=100) == len(records) + 3
     assert sorted(upserted) == sorted([records[2].recording_id]
                                       + [r.recording_id for r in records[8:]])
     assert reducer.runs.ready_depth() == 0
-    assert reducer.runs.redis.lrange(DEAD_LETTER_QUEUE, 0, -1) == ["normalizers/pv2.json"]
+    assert reducer.runs.dead_letters() == ["normalizers/pv2.json"]
     everything = indexed | {r.recording_id for r in records[8:]}
     assert reducer.index.contains(sorted(everything)) == everything
     assert reducer.index.count() == len(records)
@@ -293,6 +301,7 @@ def test_reducer_upserts_if_absent_entries_only_when_the_index_lacks_them(
 
 def test_the_reducer_closes_settled_runs_with_the_configured_ttl(
         tmp_path: Path, local_redis: LocalRedis) -> None:
+    raw = connect(local_redis.url)
     settings = Settings(broker_url=local_redis.url, store=str(tmp_path / "store"),
                         index=str(tmp_path / "index"), cache_dir=tmp_path / "cache",
                         run_ttl_s=1234)
@@ -301,10 +310,10 @@ def test_the_reducer_closes_settled_runs_with_the_configured_ttl(
     finished_run(runs, "settled")
     finished_run(runs, "recent")
     quiet_since = int(time.time()) - 400  # longer ago than RUN_SETTLE_S
-    runs.redis.hset("pv:run:settled:meta", "changed_at", quiet_since)
-    runs.redis.sadd("pv:indexed:pv2", "rec-003")  # left by an earlier version
+    raw.hset("pv:run:settled:meta", "changed_at", quiet_since)
+    raw.sadd("pv:indexed:pv2", "rec-003")  # left by an earlier version
     assert reducer.drain() == 0
-    assert not runs.redis.exists("pv:run:settled:state", "pv:indexed:pv2")
+    assert not raw.exists("pv:run:settled:state", "pv:indexed:pv2")
     assert all(1200 <= ttl <= 1234 for ttl in keys_of(runs, "settled").values())
-    assert runs.redis.hlen("pv:run:recent:state") == 10  # not settled yet: untouched
+    assert raw.hlen("pv:run:recent:state") == 10  # not settled yet: untouched
     assert all(ttl == -1 for ttl in keys_of(runs, "recent").values())

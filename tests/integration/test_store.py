@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from previewvec.records import (
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import (
     FeatureRecord,
     decode_record,
     encode_record,
     make_provenance,
     record_key,
 )
+from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.store.local import LocalStore
+from contract.store.s3 import S3Store
 from tests.conftest import free_port
 from tests.local_http import start_server, stop_server
-from workers.features.layout import FEATURE_VERSION, VECTOR_DIM
-from workers.store import FeatureStore, StoreUnavailable, open_store
-from workers.store.local import LocalStore
-from workers.store.s3 import S3Store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -121,7 +121,7 @@ def test_record_keys_are_sharded_and_safe() -> None:
 def test_corrupt_and_incompatible_records_are_typed() -> None:
     import json
 
-    from previewvec.records import CorruptRecord, IncompatibleRecord
+    from contract.records import CorruptRecord, IncompatibleRecord
 
     record = FeatureRecord("rec-1", [0.5] * VECTOR_DIM, {}, {"source": "test"})
     good = json.loads(encode_record(record))

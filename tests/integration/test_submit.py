@@ -12,24 +12,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import redis
+from redis import Redis
 
-from previewvec.jobs import Job
+from contract.jobs import Job
+from contract.layout import FEATURE_VERSION
+from contract.records import record_key
+from contract.settings import Settings
+from contract.state import IF_ABSENT, Runs, connect
+from contract.store import open_store
 from previewvec.localredis import LocalRedis
-from previewvec.records import record_key
-from previewvec.runs import IF_ABSENT, Runs
-from previewvec.settings import Settings
 from producers import submit as submit_mod
 from producers.submit import (
-    queue_depth,
     queue_keys,
-    read_cursor,
-    resume_line,
     submit,
     unwrap_resolution_lines,
 )
-from workers.features.layout import FEATURE_VERSION
-from workers.store import open_store
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def env(redis_url: str, tmp_path: Path):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = connect(redis_url)
     client.flushdb()
     settings = Settings(broker_url=redis_url, store=str(tmp_path / "store"),
                         queue_high_water=100_000)
@@ -107,7 +104,7 @@ def decode_message(raw: str) -> dict:
     return args[0]
 
 
-def drain_all(client: redis.Redis, queue: str) -> list[dict]:
+def drain_all(client: Redis, queue: str) -> list[dict]:
     out = []
     for key in queue_keys(queue):
         out += [decode_message(m) for m in client.lrange(key, 0, -1)]
@@ -160,12 +157,12 @@ def test_backpressure_keeps_queue_under_high_water(env) -> None:
 
     def monitor() -> None:
         nonlocal max_depth
-        mon = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        mon = Runs.from_url(settings.broker_url)
         while not stop.is_set():
-            max_depth = max(max_depth, queue_depth(mon, "batch"))
+            max_depth = max(max_depth, mon.queue_depth("batch"))
 
     def consumer() -> None:
-        con = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        con = connect(settings.broker_url)
         while not stop.is_set():
             raw = con.lpop("batch")
             if raw is None:
@@ -211,9 +208,9 @@ def test_interrupted_dump_resumes_from_cursor(env, error: type[BaseException],
     n, batch = 230, 20
     first = FakeResolver(n, fail_after=fail_after, error=error)
     with pytest.raises(error):
-        submit(first.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+        submit(first.resolve_dump("dump.jsonl", start_line=runs.resume_line("dump")),
                settings, queue="batch", cursor_name="dump", batch_size=batch)
-    cursor = read_cursor(client, "dump")
+    cursor = runs.cursor("dump")
     assert cursor is not None
     done_items = sum(len(tracks(line)) for line in range(cursor + 1))
     assert done_items <= fail_after
@@ -223,11 +220,11 @@ def test_interrupted_dump_resumes_from_cursor(env, error: type[BaseException],
     assert runs.status(run_id).meta["resolution_state"] in ("running", "failed")
 
     second = FakeResolver(n)
-    report = submit(second.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+    report = submit(second.resolve_dump("dump.jsonl", start_line=runs.resume_line("dump")),
                     settings, queue="batch", cursor_name="dump", batch_size=batch)
     assert second.calls == [cursor + 1]
     assert report.run_id == run_id  # the resumed dump keeps counting in the same run
-    assert read_cursor(client, "dump") == n - 1
+    assert runs.cursor("dump") == n - 1
 
     per_recording = Counter(m["recording_id"] for m in drain_all(client, "batch"))
     every = [i for line in range(n) for i in tracks(line)]
@@ -242,7 +239,7 @@ def test_interrupted_dump_resumes_from_cursor(env, error: type[BaseException],
 
     # Run again over a finished cursor: nothing left to do, nothing published.
     third = FakeResolver(n)
-    again = submit(third.resolve_dump("dump.jsonl", start_line=resume_line(client, "dump")),
+    again = submit(third.resolve_dump("dump.jsonl", start_line=runs.resume_line("dump")),
                    settings, queue="batch", cursor_name="dump", batch_size=batch)
     assert again.queued == 0 and third.calls == [n]
 

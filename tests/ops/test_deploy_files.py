@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
+from contract.settings import ENV_PREFIX, Settings
 from previewvec.cli import build_parser
-from previewvec.settings import ENV_PREFIX, Settings
 from tests.ops import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -519,8 +519,8 @@ def test_prometheus_config_and_alerts() -> None:
 def test_runs_exporter_reports_failures_by_code() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from contract.state import Runs, connect
     from previewvec.localredis import LocalRedis
-    from previewvec.runs import Runs
 
     spec = importlib.util.spec_from_file_location(
         "runs_exporter", INFRA / "monitoring" / "runs_exporter.py")
@@ -533,7 +533,7 @@ def test_runs_exporter_reports_failures_by_code() -> None:
         runs.fail("r1", "a", "http_404", "not found")
         runs.fail("r1", "b", "undecodable", "bad bytes")
         runs.succeed("r1", "c", "done")
-        runs.redis.rpush("batch", "job")
+        connect(server.url).rpush("batch", "job")
         registry = CollectorRegistry()
         registry.register(module.RunsCollector(runs))
         text = generate_latest(registry).decode()

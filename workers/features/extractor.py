@@ -7,21 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from previewvec.errors import InvalidSignal
+from contract.errors import InvalidSignal
+from contract.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, PITCH_CLASSES, VECTOR_DIM
 from workers.features import kernels, loudness, rhythm, spectral, tonal
-from workers.features.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, VECTOR_DIM
-
-DESCRIPTOR_KEYS: tuple[str, ...] = (
-    "tempo_bpm",
-    "key",
-    "mode",
-    "key_strength",
-    "loudness_lufs",
-    "energy",
-    "danceability",
-    "onset_rate",
-    "duration_s",
-)
 
 
 @dataclass(frozen=True)
@@ -100,7 +88,7 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     assert vector.size == VECTOR_DIM
     descriptors: dict[str, float | str] = {
         "tempo_bpm": round(beat.tempo_bpm, 2),
-        "key": tonal.PITCH_CLASSES[key.tonic],
+        "key": PITCH_CLASSES[key.tonic],
         "mode": key.mode,
         "key_strength": round(key.strength, 4),
         "loudness_lufs": round(lufs, 2),

@@ -2,9 +2,10 @@
 
 Each kernel reproduces a library computation operation for operation (same float types,
 same order of additions), so its results equal the library's; the tests in
-``tests/unit/test_kernels.py`` compare them. numba is already a dependency (librosa's);
-kernels are cached in ``NUMBA_CACHE_DIR`` and compiled by the worker's warm-up for the
-float32 arrays the extractor passes, so a real clip never triggers a compilation.
+``tests/unit/workers/features/test_kernels.py`` compare them. numba is already a
+dependency (librosa's); kernels are cached in ``NUMBA_CACHE_DIR`` and compiled by the
+worker's warm-up for the float32 arrays the extractor passes, so a real clip never
+triggers a compilation.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     compiled pass that also sums the squared output between pyloudnorm's block boundaries
     (:func:`~workers.features.kernels.filtered_segment_energy`), block energies come from a
     cumulative sum of those segments, and the two gates are array operations: about a
-    tenth of the time, and the same LUFS to ~1e-9 LU (``tests/unit/test_features.py``
-    compares with pyloudnorm on real clips).
+    tenth of the time, and the same LUFS to ~1e-9 LU
+    (``tests/unit/workers/features/test_loudness.py`` compares with pyloudnorm on real
+    clips).
     """
     data = y[np.newaxis] if channels is None or channels.shape[0] > 5 else channels
     x = np.asarray(data)

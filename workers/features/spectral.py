@@ -18,12 +18,12 @@ import scipy.fft
 import scipy.sparse
 import soxr
 
+from contract.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.kernels import (
     spectral_moments_and_rolloff,
     spectral_peaks,
     zero_crossing_counts,
 )
-from workers.features.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.stats import summarize
 
 N_FFT = 2048
@@ -76,7 +76,8 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
     """Tuning offset (fraction of a bin) from a magnitude STFT, as ``librosa.cqt`` estimates it.
 
     The same value as ``librosa.estimate_tuning(S=magnitude, sr=sr, n_fft=N_FFT,
-    bins_per_octave=12)`` (``tests/unit/test_spectral.py`` checks equality on real clips),
+    bins_per_octave=12)`` (``tests/unit/workers/features/test_spectral.py`` checks
+    equality on real clips),
     computed in a fraction of the time. ``librosa.piptrack`` evaluates a gradient and a
     parabolic interpolation on all 1025 bins of every frame (a numba kernel per element)
     and then keeps only the local maxima between 150 and 4000 Hz, about 2 % of the
@@ -111,7 +112,7 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
 
 def stft_magnitude(y: np.ndarray) -> np.ndarray:
     """|STFT| with FMA's parameters, shape (1025, n_frames): ``np.abs(librosa.stft(y,
-    n_fft=2048, hop_length=512))``, bit for bit (``tests/unit/test_spectral.py``).
+    n_fft=2048, hop_length=512))``, bit for bit (``tests/unit/workers/features/test_spectral.py``).
 
     librosa's arithmetic (centred zero-padded frames, the float64 periodic Hann window,
     float64 FFTs rounded to complex64) and its memory layout (frames contiguous), but in
@@ -152,8 +153,8 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float) -> np.ndarray:
     except that the filter bases are built once per (rate, tuning) and kept: ``librosa.cqt``
     rebuilds all seven on every call (windowed sinusoids, FFT, sparsification), which was
     about 40 % of its time. Tuning estimates are multiples of 0.01 bin, so a worker soon
-    holds every basis it needs. ``tests/unit/test_spectral.py`` checks equality with
-    ``librosa.cqt``.
+    holds every basis it needs. ``tests/unit/workers/features/test_spectral.py`` checks
+    equality with ``librosa.cqt``.
     """
     plan = _cqt_plan(sr, float(tuning))
     dtype = librosa.util.dtype_r2c(y.dtype)

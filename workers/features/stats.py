@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.layout import FMA_STATISTICS
 from workers.features.kernels import sliding_median
-from workers.features.layout import FMA_STATISTICS
 
 # Relative spread below which a series counts as constant (float32 frame values).
 CONSTANT_RTOL = 1e-6
@@ -61,8 +61,8 @@ def running_median(x: np.ndarray, width: int, *, mode: str = "reflect") -> np.nd
     """Median over a centred window of ``width`` frames along the last axis of ``x``.
 
     Equal to ``scipy.ndimage.median_filter(x, size=(1, ..., width), mode=mode)`` for odd
-    ``width`` (``tests/unit/test_spectral.py``). Finite float32 spectrograms (every caller
-    here) go through a compiled sorted-window kernel
+    ``width`` (``tests/unit/workers/features/test_spectral.py``). Finite float32
+    spectrograms (every caller here) go through a compiled sorted-window kernel
     (:func:`~workers.features.kernels.sliding_median`), ~10x faster than scipy's rank
     filter; anything else through one ``np.partition`` over a strided window view (~3x).
 

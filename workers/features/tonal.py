@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
+from contract.layout import PITCH_CLASSES
 from workers.features.stats import running_median
-
-PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 _PROFILES: dict[str, tuple[list[float], list[float]]] = {
     "krumhansl": (

@@ -1,0 +1,93 @@
+"""The vector layout: every dimension named, ordered and versioned.
+
+Bump :data:`FEATURE_VERSION` whenever a name, an order or a computation changes; stored
+records are keyed by it, so old and new vectors never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from typing import Literal
+
+# pv2: decoding resamples with soxr HQ instead of swresample (docs/features.md).
+FEATURE_VERSION = "pv2"
+
+# FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
+FMA_FEATURE_SIZES: dict[str, int] = {
+    "chroma_stft": 12,
+    "chroma_cqt": 12,
+    "chroma_cens": 12,
+    "tonnetz": 6,
+    "mfcc": 20,
+    "rmse": 1,
+    "zcr": 1,
+    "spectral_centroid": 1,
+    "spectral_bandwidth": 1,
+    "spectral_contrast": 7,
+    "spectral_rolloff": 1,
+}
+FMA_STATISTICS: tuple[str, ...] = ("mean", "std", "skew", "kurtosis", "median", "min", "max")
+
+# Rhythm / tonal / loudness block appended after the FMA block, in this order.
+DESCRIPTOR_DIMENSIONS: tuple[str, ...] = (
+    "rhythm.tempo_bpm",
+    "rhythm.beat_confidence",
+    "rhythm.onset_rate",
+    "rhythm.danceability",
+    "tonal.key_pc",
+    "tonal.mode_major",
+    "tonal.key_strength",
+    "tonal.key_fifths_sin",
+    "tonal.key_fifths_cos",
+    "loudness.integrated_lufs",
+    "loudness.energy",
+    "meta.duration_s",
+)
+
+DescriptorKind = Literal["number", "string"]
+# The human descriptors of every record (beside the vector), with their JSON kinds. All
+# of them can be filtered on in the index (≤ 10, Vectorize's metadata-index limit); this
+# order is the embedded index's column order, so tables already written keep their schema.
+DESCRIPTORS: dict[str, DescriptorKind] = {
+    "tempo_bpm": "number",
+    "key": "string",
+    "mode": "string",
+    "energy": "number",
+    "danceability": "number",
+    "loudness_lufs": "number",
+    "key_strength": "number",
+    "onset_rate": "number",
+    "duration_s": "number",
+}
+DESCRIPTOR_KEYS: tuple[str, ...] = tuple(DESCRIPTORS)
+# The values of the ``key`` descriptor, by pitch class (0 = C).
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+@cache
+def fma_names() -> tuple[str, ...]:
+    """The 518 FMA column names in FMA's ``features.csv`` order (sorted tuples)."""
+    columns = [
+        (feature, statistic, f"{i + 1:02d}")
+        for feature, size in FMA_FEATURE_SIZES.items()
+        for statistic in FMA_STATISTICS
+        for i in range(size)
+    ]
+    return tuple(".".join(column) for column in sorted(columns))
+
+
+@cache
+def feature_names() -> tuple[str, ...]:
+    """Every dimension of the vector, in order."""
+    return fma_names() + DESCRIPTOR_DIMENSIONS
+
+
+@cache
+def names_hash() -> str:
+    """sha256 of the ordered names: two vectors are comparable iff their hashes agree."""
+    return hashlib.sha256("\n".join(feature_names()).encode()).hexdigest()
+
+
+FMA_DIM = 518
+VECTOR_DIM = FMA_DIM + len(DESCRIPTOR_DIMENSIONS)

@@ -1,0 +1,56 @@
+"""The one factory of Redis clients (every process, every role).
+
+Commands that keep run state use :func:`connect` with its default retry: it rides out a
+Redis restart (seconds), so a worker that cannot record "done" or push its record key
+does not ack a job whose bookkeeping is lost. Every command the state modules send is
+idempotent or harmless when repeated (a ready key pushed twice is deduplicated by the
+reducer). :func:`ping` is the quick reachability check of CLIs and health checks.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+# Retries of a Redis command on connection errors: 0.05 s doubling to 1 s, ≈ 30 s in all.
+REDIS_RETRIES = 35
+REDIS_RETRY_CAP_S = 1.0
+REDIS_RETRY_BASE_S = 0.05
+HEALTH_CHECK_INTERVAL_S = 30
+
+# What callers catch (re-exported so they need not import redis themselves).
+RedisError = redis.RedisError
+RedisConnectionError = redis.ConnectionError
+RedisTimeoutError = redis.TimeoutError
+RedisAuthenticationError = redis.AuthenticationError
+# Redis cannot be reached (or stopped answering) for longer than the client's retries.
+RedisUnavailable = (RedisConnectionError, RedisTimeoutError)
+
+
+def connect(url: str, *, decode: bool = True, retry: bool = True,
+            connect_timeout_s: float | None = None, timeout_s: float | None = None,
+            health_check_interval_s: int = HEALTH_CHECK_INTERVAL_S) -> redis.Redis:
+    """A client for ``url``. ``decode``: replies as str (False: bytes); ``retry``: retry a
+    command on connection errors for ≈ 30 s (False: fail at once)."""
+    options: dict = {"decode_responses": decode,
+                     "health_check_interval": health_check_interval_s}
+    if retry:
+        options["retry"] = Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_S,
+                                                    base=REDIS_RETRY_BASE_S), REDIS_RETRIES)
+    if connect_timeout_s is not None:
+        options["socket_connect_timeout"] = connect_timeout_s
+    if timeout_s is not None:
+        options["socket_timeout"] = timeout_s
+    return redis.Redis.from_url(url, **options)
+
+
+def ping(url: str, *, timeout_s: float) -> bool:
+    """PING Redis at ``url`` once, with no retry; raises redis' connection, timeout or
+    authentication error (or ValueError for a bad URL) when it does not answer."""
+    client = connect(url, decode=False, retry=False, connect_timeout_s=timeout_s,
+                     timeout_s=timeout_s, health_check_interval_s=0)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()

@@ -1,0 +1,54 @@
+"""Every ``pv:`` key previewvec writes in the broker's Redis, and nothing else.
+
+A new key is added here (and to the table in docs/architecture.md), never spelled out
+elsewhere. Kombu's own keys (queues, ``unacked``, ``unacked_index``, bindings) are not
+``pv:`` keys: see :mod:`contract.state.queues` and :mod:`contract.state`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "pv"
+RUNS_INDEX = f"{PREFIX}:runs"  # zset: run id → creation time
+READY_QUEUE = f"{PREFIX}:ready"  # list: record keys for the reducer
+DEAD_LETTER_QUEUE = f"{PREFIX}:ready:dead"  # list: ready entries that cannot be indexed
+LOCK_KEY = f"{PREFIX}:reducer:lock"  # string: the token of the reducer at work
+RATELIMIT_PREFIX = f"{PREFIX}:ratelimit:"  # + limiter name: GCRA theoretical arrival time
+ITUNES_CACHE_PREFIX = f"{PREFIX}:itunes:cache:"  # + sha1(url): cached iTunes answers
+LEGACY_INDEXED_PATTERN = f"{PREFIX}:indexed:*"  # sets of versions before 0.x; deleted
+# The keys of one run (pv:run:<id>:<part>), in the order the close script takes them;
+# all of them expire together once the run is closed. A new per-run key belongs here.
+RUN_PARTS = ("meta", "counts", "state", "failures")
+
+
+def run_key(run_id: str, part: str) -> str:
+    """``pv:run:<id>:<part>``, ``part`` one of :data:`RUN_PARTS`."""
+    return f"{PREFIX}:run:{run_id}:{part}"
+
+
+def run_keys(run_id: str) -> list[str]:
+    """The run's keys in the order the close script expects (:data:`RUN_PARTS`)."""
+    return [run_key(run_id, part) for part in RUN_PARTS]
+
+
+def run_pattern(run_id: str) -> str:
+    """SCAN pattern matching every key of one run."""
+    return f"{PREFIX}:run:{run_id}:*"
+
+
+def crash_key(task_id: str) -> str:
+    """``pv:crash:<task id>``: crash counts of one job's deliveries."""
+    return f"{PREFIX}:crash:{task_id}"
+
+
+def cursor_key(name: str) -> str:
+    """``pv:cursor:<name>``: a producer's last fully published input line."""
+    return f"{PREFIX}:cursor:{name}"
+
+
+def cursor_run_key(name: str) -> str:
+    """``pv:cursor:<name>:run``: the run that cursor's lines belong to."""
+    return f"{PREFIX}:cursor:{name}:run"
+
+
+def ratelimit_key(name: str) -> str:
+    return RATELIMIT_PREFIX + name

@@ -1,0 +1,52 @@
+"""Feature store: where feature records live (a local folder or an S3/R2 bucket).
+
+The factory :func:`open_store` lives here, above the backends: ``base`` knows none of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from contract.store.base import (
+    ConfigError,
+    FeatureStore,
+    StoreAccessDenied,
+    StoreBucketMissing,
+    StoreError,
+    StoreUnavailable,
+    parse_s3_url,
+    validate_key,
+)
+
+if TYPE_CHECKING:
+    from contract.settings import Settings
+
+__all__ = [
+    "ConfigError",
+    "FeatureStore",
+    "StoreAccessDenied",
+    "StoreBucketMissing",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+    "parse_s3_url",
+    "validate_key",
+]
+
+
+def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
+    """A plain path (or ``file://path``) → :class:`LocalStore`; ``s3://bucket/prefix`` →
+    :class:`S3Store` configured from the standard AWS environment variables. A malformed
+    or unknown URL raises :class:`ConfigError`."""
+    del settings  # reserved: both backends read everything they need from url/env today
+    if url.startswith("s3://"):
+        from contract.store.s3 import S3Store
+
+        bucket, prefix = parse_s3_url(url)
+        return S3Store(bucket, prefix)
+    if "://" in url and not url.startswith("file://"):
+        raise ConfigError(f"unsupported store URL {url!r} (PREVIEWVEC_STORE): expected a "
+                          "folder, file://FOLDER or s3://BUCKET/PREFIX")
+    from contract.store.local import LocalStore
+
+    return LocalStore(url.removeprefix("file://"))

@@ -1,0 +1,132 @@
+"""A feature store in a local folder: one file per key, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from contract.store.base import StoreError, validate_key
+
+_TMP_SUFFIX = ".tmp"
+
+
+class LocalStore:
+    """Keys map to files below ``root``; writes go through temp file + fsync + rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def check(self) -> None:
+        """Nothing to probe: the folder was created (or refused) when the store opened."""
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def exists(self, key: str) -> bool:
+        """Whether a file is stored under ``key``."""
+        return self._path(key).is_file()
+
+    def get(self, key: str) -> bytes:
+        """The file's bytes; ``FileNotFoundError`` if missing."""
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such key: {key}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key}: {exc}") from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+        Same folder so the rename never crosses filesystems (which would not be atomic);
+        concurrent writers of one key each rename a complete file, the last one wins.
+        """
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot write {key}: {exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; stored features are not secret
+            os.replace(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot write {key}: {exc}") from exc
+            raise
+        self._fsync_dir(path.parent)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        # Makes the rename itself durable across a crash; best effort (not all FSs allow it).
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    def delete(self, key: str) -> None:
+        """Remove the file; a missing key is fine."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key}: {exc}") from exc
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` in ascending order, like S3's listing.
+
+        Walks lazily from the deepest folder the prefix names. Entries are sorted with a
+        trailing "/" on folders so that depth-first order equals full-key byte order
+        (``a-b`` sorts before ``a/x`` because "-" < "/").
+        """
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        if folder and any(p in ("", ".", "..") for p in folder.split("/")):
+            return
+        base = f"{folder}/" if folder else ""
+        yield from self._walk(start, base, prefix)
+
+    def _walk(self, folder: Path, base: str, prefix: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot list {base or '/'}: {exc}") from exc
+        named = []
+        for entry in entries:
+            if entry.name.startswith("."):  # temp files and anything hidden
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            named.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+        named.sort(key=lambda item: item[0].encode("utf-8"))
+        for sort_name, entry, is_dir in named:
+            key = base + sort_name
+            if is_dir:
+                # Descend only if the subtree can hold keys matching the prefix.
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(entry.path), key, prefix)
+            elif key.startswith(prefix):
+                yield key

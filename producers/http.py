@@ -1,0 +1,115 @@
+"""The producers' one retrying JSON GET, shared by the MusicBrainz and iTunes clients.
+
+Every try first takes a slot from the shared :class:`~producers.ratelimit.RateLimiter`.
+Then, under the policy of :mod:`contract.retry`:
+
+* 200: the body (blank lines stripped) is decoded as JSON and checked by the caller's
+  ``check``; a malformed answer is :class:`UpstreamUnavailable` at once, never retried.
+* throttling (the caller's ``throttled(status, body)``): the shared limiter is penalised
+  by the un-jittered step (:meth:`~contract.retry.Backoff.penalty`, Retry-After as a
+  floor), so *every* producer process backs off; the next slot comes after it.
+* other 5xx and network errors: this process sleeps the full-jitter delay
+  (:meth:`~contract.retry.Backoff.delay`, Retry-After as a floor).
+* any other status: :class:`UpstreamRejected` (``.status``), never retried.
+
+When the attempts run out: :class:`UpstreamUnavailable`. There is no sleep after the last
+attempt. ``stats`` counts ``requests``, ``retries`` and ``throttled``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from contract.errors import UpstreamError
+from contract.retry import Backoff, parse_retry_after
+from producers.ratelimit import RateLimiter
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream kept failing (5xx, throttling, network) after every retry."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered a non-retryable error status (4xx): ``status`` says which."""
+
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "status": str(self.status)}
+
+
+@dataclass
+class JsonGet:
+    """How one upstream is called: ``label`` names it in errors; ``throttled`` tells its
+    "slow down" answers; ``check`` returns a problem with a decoded body, or ``None``."""
+
+    session: requests.Session
+    limiter: RateLimiter
+    backoff: Backoff
+    attempts: int
+    timeout: tuple[float, float]
+    sleep: Callable[[float], None]
+    stats: MutableMapping[str, int]
+    label: str
+    throttled: Callable[[int, bytes], bool]
+    check: Callable[[Any], str | None]
+
+    def __call__(self, path: str, url: str, params: dict[str, Any] | None = None) -> Any:
+        """GET ``url`` (``path`` names it in errors) and return the checked JSON."""
+        last = ""
+        for failures in range(self.attempts):
+            if failures:
+                self.stats["retries"] += 1
+            self.limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                resp = self.session.get(url, params=params, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = f"network error: {exc.__class__.__name__}: {exc}"
+                self._pause(failures + 1, None, shared=False)
+                continue
+            status = resp.status_code
+            body = resp.content.strip()
+            if status == 200:
+                return self._decode(path, body)
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if self.throttled(status, body):
+                self.stats["throttled"] += 1
+                last = f"HTTP {status} (throttled)"
+                self._pause(failures + 1, retry_after, shared=True)
+                continue
+            if status >= 500:
+                last = f"HTTP {status}"
+                self._pause(failures + 1, retry_after, shared=False)
+                continue
+            raise UpstreamRejected(f"{self.label} {path}: HTTP {status}", status)
+        raise UpstreamUnavailable(
+            f"{self.label} {path}: gave up after {self.attempts} attempts ({last})")
+
+    def _pause(self, failures: int, retry_after_s: float | None, *, shared: bool) -> None:
+        if shared:  # every process waits, the next acquire() included
+            self.limiter.penalize(self.backoff.penalty(failures, retry_after_s=retry_after_s))
+        elif failures < self.attempts:  # no sleep after the last attempt
+            self.sleep(self.backoff.delay(failures, retry_after_s=retry_after_s))
+
+    def _decode(self, path: str, body: bytes) -> Any:
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UpstreamUnavailable(
+                f"{self.label} {path}: malformed JSON body ({exc})") from None
+        problem = self.check(data)
+        if problem:
+            raise UpstreamUnavailable(f"{self.label} {path}: {problem}")
+        return data

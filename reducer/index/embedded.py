@@ -1,0 +1,265 @@
+"""Embedded vector index: a LanceDB table in a local folder (no server).
+
+One table, ``vectors``: ``id`` (unique), ``vector`` (fixed-size float32 list), one typed
+column per filterable descriptor (so filters are SQL ``where`` clauses LanceDB can push
+down), and ``metadata_json`` with the full metadata. Search is exact (flat) cosine until an
+ANN index is built with :meth:`EmbeddedIndex.create_ann_index`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.index import BTree
+
+from reducer.index.base import (
+    FILTER_FIELDS,
+    MAX_DIMENSIONS,
+    CheckedBatch,
+    Condition,
+    IndexItem,
+    IndexRejected,
+    Match,
+    VectorIndexError,
+    check_id,
+    check_items,
+    check_k,
+    check_vector,
+    normalize_filter,
+)
+
+TABLE_NAME = "vectors"
+# Rows per merge_insert call: bounds memory (5 000 × 530 float32 ≈ 10 MB per batch).
+WRITE_BATCH = 20_000
+# Ids per SQL IN (...) list for get/delete.
+ID_BATCH = 1_000
+
+
+def _schema(dim: int) -> pa.Schema:
+    columns = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+    ]
+    for name, kind in FILTER_FIELDS.items():
+        columns.append(pa.field(name, pa.float64() if kind == "number" else pa.string()))
+    columns.append(pa.field("metadata_json", pa.string(), nullable=False))
+    return pa.schema(columns)
+
+
+def sql_literal(value: object) -> str:
+    """A SQL literal for a validated filter value (str or finite number)."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"  # standard SQL quote doubling
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"unsupported literal {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise ValueError("non-finite literal")
+    return repr(float(value))
+
+
+def _column(name: str) -> str:
+    # Names come from FILTER_FIELDS only (checked by normalize_filter); backticks keep
+    # words like `key` from ever being read as SQL keywords.
+    if name not in FILTER_FIELDS:
+        raise ValueError(f"not a filterable column: {name!r}")
+    return f"`{name}`"
+
+
+def filter_to_sql(conditions: Sequence[Condition]) -> str | None:
+    """Translate validated conditions to a LanceDB (DataFusion) ``where`` string."""
+    clauses = []
+    for name, op, value in conditions:
+        col = _column(name)
+        if op in ("$in", "$nin"):
+            if not value:
+                clauses.append("false" if op == "$in" else "true")
+                continue
+            items = ", ".join(sql_literal(v) for v in value)
+            if op == "$in":
+                clauses.append(f"{col} IN ({items})")
+            else:  # a missing field is "not in" anything (as Vectorize's $nin)
+                clauses.append(f"({col} IS NULL OR {col} NOT IN ({items}))")
+            continue
+        literal = sql_literal(value)
+        if op == "$ne":
+            clauses.append(f"({col} IS NULL OR {col} <> {literal})")
+        else:
+            sql_op = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+            clauses.append(f"{col} {sql_op} {literal}")
+    return " AND ".join(clauses) if clauses else None
+
+
+def _ids_sql(ids: Sequence[str]) -> str:
+    return "id IN (" + ", ".join(sql_literal(i) for i in ids) + ")"
+
+
+class EmbeddedIndex:
+    """LanceDB-backed :class:`~reducer.index.base.VectorIndex` in ``path``."""
+
+    def __init__(self, path: str | Path, dim: int) -> None:
+        if not 1 <= dim <= MAX_DIMENSIONS:
+            raise ValueError(f"dim must be 1..{MAX_DIMENSIONS}")
+        self.dim = dim
+        self.path = Path(path).expanduser()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission: fix PREVIEWVEC_INDEX
+            raise VectorIndexError(f"cannot use index folder {self.path}: {exc}") from None
+        # interval 0: every read sees the latest committed version, also when another
+        # process (e.g. the reducer) wrote it.
+        self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        self._schema = _schema(dim)
+        self._write_lock = threading.Lock()  # one writer per process: no commit conflicts
+        try:
+            self._table = self._db.open_table(TABLE_NAME)
+        except ValueError:  # LanceDB's "table not found"
+            # exist_ok: another process may create it between our open and create.
+            self._table = self._db.create_table(TABLE_NAME, schema=self._schema, exist_ok=True)
+        existing = self._table.schema.field("vector").type
+        if existing != self._schema.field("vector").type:
+            raise IndexRejected(
+                f"index at {self.path} holds vectors of type {existing}, not {dim}-d float32"
+            )
+
+    def __repr__(self) -> str:
+        return f"EmbeddedIndex({str(self.path)!r}, dim={self.dim})"
+
+    def _arrow(self, batch: CheckedBatch) -> pa.Table:
+        # Vectors go in straight from the numpy matrix: per-row Python lists would
+        # dominate the cost of an upsert.
+        flat = np.ascontiguousarray(batch.values).reshape(-1)
+        columns: list[pa.Array] = [
+            pa.array(batch.ids, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), self.dim),
+        ]
+        for name, kind in FILTER_FIELDS.items():
+            values = [meta.get(name) for meta in batch.metadata]
+            columns.append(pa.array(values, pa.float64() if kind == "number" else pa.string()))
+        columns.append(pa.array(batch.metadata_json, pa.string()))
+        return pa.Table.from_arrays(columns, schema=self._schema)
+
+    def upsert(self, items: Sequence[IndexItem]) -> None:
+        """Insert or replace by id with ``merge_insert("id")``: ids stay unique."""
+        checked = check_items(items, self.dim)
+        with self._write_lock:
+            for start in range(0, len(checked), WRITE_BATCH):
+                batch = self._arrow(checked.slice(start, start + WRITE_BATCH))
+                (
+                    self._table.merge_insert("id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute(batch)
+                )
+
+    def query(
+        self, vector: Sequence[float] | np.ndarray, k: int, *, filter: dict | None = None
+    ) -> list[Match]:
+        """Exact (or ANN, once built) cosine search; score = 1 - cosine distance."""
+        check_k(k)
+        query = check_vector(vector, self.dim, "query vector")
+        where = filter_to_sql(normalize_filter(filter))
+        search = (
+            self._table.search(query, vector_column_name="vector")
+            .distance_type("cosine")
+            .select(["id", "metadata_json", "_distance"])
+            .limit(k)
+        )
+        if where:
+            search = search.where(where, prefilter=True)  # filter first, then top-k
+        rows = search.to_arrow().to_pylist()
+        return [
+            Match(row["id"], 1.0 - float(row["_distance"]), json.loads(row["metadata_json"]))
+            for row in rows
+        ]
+
+    def get(self, ids: Sequence[str]) -> list[IndexItem]:
+        """Items for ``ids`` in the order asked; unknown ids are skipped."""
+        wanted = [check_id(i) for i in ids]
+        found: dict[str, IndexItem] = {}
+        unique = list(dict.fromkeys(wanted))
+        for start in range(0, len(unique), ID_BATCH):
+            chunk = unique[start : start + ID_BATCH]
+            table = (
+                self._table.search()
+                .where(_ids_sql(chunk))
+                .select(["id", "vector", "metadata_json"])
+                .limit(len(chunk))
+                .to_arrow()
+            )
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy()
+            vectors = vectors.reshape(-1, self.dim)
+            for row, (item_id, meta) in enumerate(
+                zip(
+                    table.column("id").to_pylist(),
+                    table.column("metadata_json").to_pylist(),
+                    strict=True,
+                )
+            ):
+                found[item_id] = IndexItem(item_id, vectors[row].copy(), json.loads(meta))
+        return [found[i] for i in wanted if i in found]
+
+    def contains(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that have a row: a filtered scan of the ``id`` column only
+        (fast with the scalar index :meth:`create_ann_index` also builds)."""
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
+        found: set[str] = set()
+        for start in range(0, len(unique), ID_BATCH):
+            chunk = unique[start : start + ID_BATCH]
+            table = (
+                self._table.search()
+                .where(_ids_sql(chunk))
+                .select(["id"])
+                .limit(len(chunk))
+                .to_arrow()
+            )
+            found.update(table.column("id").to_pylist())
+        return found
+
+    def count(self) -> int:
+        """Rows in the table."""
+        return int(self._table.count_rows())
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete rows by id."""
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
+        with self._write_lock:
+            for start in range(0, len(unique), ID_BATCH):
+                self._table.delete(_ids_sql(unique[start : start + ID_BATCH]))
+
+    def wait_for_writes(self, timeout_s: float = 60.0) -> None:
+        """Writes are synchronous here: nothing to wait for."""
+        del timeout_s
+
+    def optimize(self, keep_versions_for: timedelta = timedelta(hours=1)) -> None:
+        """Compact the small fragments merge_insert leaves; drop versions older than
+        ``keep_versions_for`` (replaced rows stay on disk until their version is dropped).
+
+        Call now and then (e.g. after a reduce run); it rewrites data, so not per batch.
+        """
+        with self._write_lock:
+            self._table.optimize(cleanup_older_than=keep_versions_for)
+
+    def create_ann_index(self, **options: Any) -> None:
+        """Build an approximate (IVF) cosine index; worthwhile beyond ~100k vectors.
+
+        Without it every query scans all vectors exactly. ``options`` go to LanceDB's
+        ``create_index`` (e.g. ``num_partitions``, ``num_sub_vectors``). Also builds a
+        B-tree on ``id``, which upserts (``merge_insert`` joins on it) and the reducer's
+        :meth:`contains` checks use instead of scanning the column.
+        """
+        with self._write_lock:
+            self._table.create_index(
+                metric="cosine", vector_column_name="vector", replace=True, **options
+            )
+            self._table.create_index("id", config=BTree(), replace=True)

@@ -1,0 +1,313 @@
+"""The reducer: ready records → normalised vectors → the vector index, in batches.
+
+Idempotent by construction: entries leave the ready queue only after their batch was
+upserted, and upserts replace by id. A reducer killed mid-batch leaves the batch queued;
+the next run upserts it again, which changes nothing. A Redis lock keeps one reducer
+active at a time, so the queue is consumed in order. Entries marked "if absent" (records
+found already stored) are upserted only when the index does not hold them yet: the index
+itself, not a set in Redis, says what is indexed.
+
+The reducer is also the runs' housekeeper: it closes finished runs (their state shrinks
+to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from contract.errors import NothingStored
+from contract.jobs import vector_id
+from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM
+from contract.records import (
+    CorruptRecord,
+    FeatureRecord,
+    IncompatibleRecord,
+    decode_record,
+    record_key,
+    recording_id_of_key,
+)
+from contract.retry import Backoff
+from contract.settings import Settings
+from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exported
+    DEAD_LETTER_QUEUE,
+    LOCK_KEY,
+    Housekeeping,
+    RedisError,
+    RedisUnavailable,
+    Runs,
+    parse_ready_entry,
+)
+from contract.store import FeatureStore, StoreUnavailable, open_store
+from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
+from reducer.normalize import Normalizer, normalizer_key
+
+log = logging.getLogger(__name__)
+
+# Short, and renewed every LOCK_TTL_S / 3 while a batch is in progress: a reducer that
+# dies (SIGKILL, lost node) blocks the next one for at most this long, while a slow batch
+# (Vectorize upserts with retries, a normaliser fit) keeps its lock as long as it lives.
+# The lock itself (token, renew, release, trim under it) is contract/state/lock.py's.
+LOCK_TTL_S = 15
+FIT_MAX_RECORDS = 20_000
+# How often `reduce --follow` closes finished runs and prunes expired ones (a pass costs
+# one Redis round trip per 500 runs).
+HOUSEKEEPING_EVERY_S = 60.0
+OUTAGE_BACKOFF_CAP_S = 30.0
+OUTAGE_BACKOFF = Backoff(base_s=1.0, cap_s=OUTAGE_BACKOFF_CAP_S)  # contract.retry policy
+
+
+def similar_filter(*, tempo_min: float | None = None, tempo_max: float | None = None,
+                   key: str | None = None, mode: str | None = None) -> dict[str, Any] | None:
+    """The index filter of a similar-recordings query (CLI and API); None: no filter."""
+    where: dict[str, Any] = {}
+    tempo = {op: v for op, v in (("$gte", tempo_min), ("$lte", tempo_max)) if v is not None}
+    if tempo:
+        where["tempo_bpm"] = tempo
+    if key:
+        where["key"] = key
+    if mode:
+        where["mode"] = mode
+    return where or None
+
+
+def match_descriptors(match: Match) -> dict[str, Any]:
+    """The descriptors a similar-recordings match shows (its metadata minus our own keys)."""
+    return {k: v for k, v in match.metadata.items() if k not in ("recording_id", "normalizer")}
+
+
+@dataclass
+class Reducer:
+    settings: Settings
+    store: FeatureStore
+    index: VectorIndex
+    runs: Runs
+    _normalizer: Normalizer | None = None
+    lock_ttl_s: float = LOCK_TTL_S
+    _legacy_sets_dropped: bool = False
+
+    @classmethod
+    def build(cls, settings: Settings) -> Reducer:
+        return cls(
+            settings=settings,
+            store=open_store(settings.store, settings),
+            index=open_index(settings.index, settings, VECTOR_DIM),
+            runs=Runs.from_url(settings.broker_url),
+        )
+
+    # --- normaliser ---------------------------------------------------------------------
+    def normalizer(self, *, refit: bool = False) -> Normalizer:
+        """The stored normaliser, fitted from stored records the first time it is needed."""
+        if self._normalizer is not None and not refit:
+            return self._normalizer
+        key = normalizer_key(FEATURE_VERSION)
+        if not refit:
+            with contextlib.suppress(FileNotFoundError):
+                self._normalizer = Normalizer.from_json(self.store.get(key))
+                return self._normalizer
+        vectors = [rec.vector_array() for rec in self._iter_records(limit=FIT_MAX_RECORDS)]
+        if not vectors:
+            raise NothingStored(f"the feature store holds no records of feature version "
+                                f"{FEATURE_VERSION} to fit a normaliser on")
+        self._normalizer = Normalizer.fit(np.stack(vectors), FEATURE_VERSION)
+        self.store.put(key, self._normalizer.to_json())
+        log.info("fitted normaliser %s on %d records", self._normalizer.version, len(vectors))
+        return self._normalizer
+
+    def _iter_records(self, limit: int | None = None) -> Iterator[FeatureRecord]:
+        prefix = f"features/{FEATURE_VERSION}/"
+        for n, key in enumerate(self.store.iter_keys(prefix)):
+            if limit is not None and n >= limit:
+                return
+            try:
+                yield decode_record(self.store.get(key))
+            except FileNotFoundError:
+                continue
+
+    # --- batches ------------------------------------------------------------------------
+    def items_for(self, records: list[FeatureRecord]) -> list[IndexItem]:
+        normalizer = self.normalizer()
+        values = normalizer.apply(np.stack([r.vector_array() for r in records]))
+        items = []
+        for record, vector in zip(records, values, strict=True):
+            metadata = {k: record.descriptors[k] for k in DESCRIPTORS
+                        if k in record.descriptors}
+            metadata.update({
+                "recording_id": record.recording_id,
+                "normalizer": normalizer.version,
+                **{k: record.provenance[k] for k in ("artist", "title", "isrc", "run_id")
+                   if record.provenance.get(k)},
+            })
+            items.append(IndexItem(vector_id(record.recording_id), vector, metadata))
+        return items
+
+    def reduce_once(self, batch_size: int | None = None) -> int:
+        """Upsert up to one batch of ready records; returns how many entries were consumed."""
+        size = min(batch_size or self.settings.reduce_batch_size, 5000)
+        token = secrets.token_hex(16)
+        if not self.runs.acquire_reducer_lock(token, self.lock_ttl_s):
+            return 0  # another reducer is working; its batch will be consumed by it
+        stop_renewing = threading.Event()
+        threading.Thread(target=self._renew_lock, args=(token, stop_renewing), daemon=True,
+                         name="reducer-lock").start()
+        try:
+            keys = self.runs.peek_ready(size)
+            if not keys:
+                return 0
+            records: dict[str, FeatureRecord] = {}
+            for key in self._to_upsert(keys):
+                try:
+                    record = decode_record(self.store.get(key))
+                except FileNotFoundError:
+                    log.warning("ready record %s is missing from the store; skipped", key)
+                    continue
+                except (CorruptRecord, IncompatibleRecord) as exc:
+                    # Parked, not dropped: one bad record must not stall the queue, and
+                    # `pv:ready:dead` keeps it visible (e.g. another feature version
+                    # written during a rolling deploy; `previewvec reindex` recovers it).
+                    log.error("ready record %s cannot be indexed (%s); parked in %s", key,
+                              exc.code, DEAD_LETTER_QUEUE)
+                    self.runs.park(key)
+                    continue
+                records[record.recording_id] = record
+            if records:
+                self.index.upsert(self.items_for(list(records.values())))
+            if not self.runs.trim_ready_if_owner(token, keys):
+                log.warning("reducer lock expired during a batch; its entries stay queued "
+                            "(upserting them again is harmless)")
+                return 0
+            return len(keys)
+        finally:
+            stop_renewing.set()
+            self.runs.release_reducer_lock(token)
+
+    def _to_upsert(self, entries: list[str]) -> list[str]:
+        """The record keys of a batch of ready entries to read and upsert, in queue order.
+
+        Every plain entry (a record just written) is upserted. An if-absent entry (a
+        skipped job's record) is upserted only when the index does not hold its vector,
+        asked in one :meth:`~reducer.index.VectorIndex.contains` call per batch: that
+        covers a worker that died between storing a record and pushing its key, without
+        a list of indexed ids in Redis. A key queued twice is read once.
+        """
+        always: dict[str, None] = {}
+        if_absent: dict[str, None] = {}
+        for entry in entries:
+            key, only_if_absent = parse_ready_entry(entry)
+            (if_absent if only_if_absent else always)[key] = None
+        maybe: dict[str, str] = {}  # record key → vector id
+        for key in if_absent:
+            if key in always:
+                continue
+            try:
+                maybe[key] = vector_id(recording_id_of_key(key))
+            except ValueError:
+                log.error("ready entry %r is not a record key; parked in %s", key,
+                          DEAD_LETTER_QUEUE)
+                self.runs.park(key)
+        present = self.index.contains(list(maybe.values())) if maybe else set()
+        wanted = {key for key, vid in maybe.items() if vid not in present}
+        return [key for key in dict.fromkeys(parse_ready_entry(e)[0] for e in entries)
+                if key in always or key in wanted]
+
+    def housekeeping(self) -> Housekeeping:
+        """Close finished runs, prune expired ones (see :meth:`Runs.close_finished`)."""
+        if not self._legacy_sets_dropped:
+            dropped = self.runs.drop_legacy_indexed_sets()
+            if dropped:
+                log.info("deleted %d pv:indexed:* set(s) of an earlier version", dropped)
+            self._legacy_sets_dropped = True
+        report = self.runs.close_finished(ttl_s=self.settings.run_ttl_s)
+        if report.closed or report.abandoned or report.pruned:
+            log.info("runs: closed %d, abandoned %d (expiring), pruned %d expired; %d open",
+                     len(report.closed), len(report.abandoned), len(report.pruned),
+                     report.open)
+        return report
+
+    def _renew_lock(self, token: str, stop: threading.Event) -> None:
+        """Keep our lock alive until ``stop``; give up once it is no longer ours."""
+        while not stop.wait(self.lock_ttl_s / 3):
+            try:
+                if not self.runs.renew_reducer_lock(token, self.lock_ttl_s):
+                    return
+            except RedisError:
+                log.warning("could not renew the reducer lock", exc_info=True)
+
+    def drain(self, batch_size: int | None = None) -> int:
+        """Reduce until the ready queue is empty; returns entries consumed."""
+        total = 0
+        while True:
+            n = self.reduce_once(batch_size)
+            if n == 0:
+                if self.runs.ready_depth() == 0:
+                    self.housekeeping()
+                    return total
+                time.sleep(0.2)  # another reducer holds the lock
+                continue
+            total += n
+
+    def follow(self, batch_size: int | None = None, idle_sleep_s: float = 1.0,
+               stop_after_s: float | None = None) -> None:
+        """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty.
+
+        An index, store or Redis outage that outlasts the clients' own retries does not end
+        the loop: the batch stays queued (nothing was trimmed) and is tried again after a
+        full-jitter pause (:mod:`contract.retry`) whose ceiling doubles from 1 s up to
+        ``OUTAGE_BACKOFF_CAP_S`` while the failures last.
+        """
+        started = time.monotonic()
+        failures = 0
+        housekept_at: float | None = None
+        while stop_after_s is None or time.monotonic() - started < stop_after_s:
+            try:
+                if housekept_at is None or time.monotonic() - housekept_at >= \
+                        HOUSEKEEPING_EVERY_S:
+                    housekept_at = time.monotonic()
+                    self.housekeeping()
+                consumed = self.reduce_once(batch_size)
+            except (IndexUnavailable, StoreUnavailable, *RedisUnavailable) as exc:
+                failures += 1
+                pause_s = OUTAGE_BACKOFF.delay(failures)
+                log.warning("reduce failed (%s: %s); batch stays queued, retry in %.1f s",
+                            type(exc).__name__, exc, pause_s)
+                time.sleep(pause_s)
+                continue
+            failures = 0
+            if consumed == 0:
+                time.sleep(idle_sleep_s)
+
+    def reindex(self, batch_size: int | None = None, *, refit: bool = False) -> int:
+        """Rebuild the index from every stored record of the current feature version."""
+        self.normalizer(refit=refit)
+        size = min(batch_size or self.settings.reduce_batch_size, 5000)
+        batch: list[FeatureRecord] = []
+        total = 0
+        for record in self._iter_records():
+            batch.append(record)
+            if len(batch) >= size:
+                total += self._upsert(batch)
+                batch = []
+        if batch:
+            total += self._upsert(batch)
+        return total
+
+    def _upsert(self, records: list[FeatureRecord]) -> int:
+        self.index.upsert(self.items_for(records))
+        return len(records)
+
+    # --- queries ------------------------------------------------------------------------
+    def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
+        """Neighbours of a stored recording (itself excluded), best first."""
+        record = decode_record(self.store.get(record_key(FEATURE_VERSION, recording_id)))
+        vector = self.normalizer().apply(record.vector_array())
+        own = vector_id(recording_id)
+        matches = self.index.query(vector, k + 1, filter=filter)
+        return [m for m in matches if m.id != own][:k]

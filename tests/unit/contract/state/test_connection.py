@@ -1,0 +1,36 @@
+"""contract/state/connection.py: the one client factory, and the quick PING."""
+
+from __future__ import annotations
+
+import pytest
+from redis import Redis
+
+from contract.state import RedisConnectionError, Runs, connect, ping
+from contract.state.connection import REDIS_RETRIES
+from previewvec.localredis import free_port
+
+
+def test_connect_decodes_by_default_and_retries(redis_url: str, raw: Redis) -> None:
+    raw.set("pv:test", "é")
+    assert connect(redis_url).get("pv:test") == "é"
+    assert connect(redis_url, decode=False).get("pv:test") == "é".encode()
+    retrying = connect(redis_url).get_connection_kwargs()["retry"]
+    assert retrying.get_retries() == REDIS_RETRIES
+
+
+def test_connect_without_retry_fails_at_once() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", retry=False, connect_timeout_s=1)
+    with pytest.raises(RedisConnectionError):
+        client.ping()
+
+
+def test_ping(redis_url: str) -> None:
+    assert ping(redis_url, timeout_s=2)
+    with pytest.raises(RedisConnectionError):
+        ping(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1)
+    with pytest.raises(ValueError):
+        ping("http://not-redis", timeout_s=1)
+
+
+def test_runs_ping_and_from_url_options(redis_url: str) -> None:
+    assert Runs.from_url(redis_url, retry=False, timeout_s=5).ping()

@@ -1,0 +1,44 @@
+"""The vector layout is a contract: names, order and version are stable."""
+
+import re
+
+from contract.layout import (
+    DESCRIPTOR_DIMENSIONS,
+    FEATURE_VERSION,
+    FMA_DIM,
+    VECTOR_DIM,
+    feature_names,
+    fma_names,
+    names_hash,
+)
+
+
+def test_fma_block_has_518_names_in_fma_order():
+    names = fma_names()
+    assert len(names) == FMA_DIM == 518
+    assert len(set(names)) == 518
+    assert all(
+        re.fullmatch(r"[a-z_]+\.(mean|std|skew|kurtosis|median|min|max)\.\d\d", n) for n in names
+    )
+    # FMA's features.csv columns are sorted (feature, statistic, number) tuples.
+    assert names[0] == "chroma_cens.kurtosis.01"
+    assert names[-1] == "zcr.std.01"
+    assert "mfcc.mean.01" in names and "mfcc.max.20" in names
+    assert "chroma_cqt.kurtosis.12" in names and "spectral_contrast.std.07" in names
+    assert "tonnetz.median.06" in names and "rmse.mean.01" in names
+
+
+def test_full_vector_is_fma_then_descriptors():
+    names = feature_names()
+    assert len(names) == VECTOR_DIM == 518 + len(DESCRIPTOR_DIMENSIONS)
+    assert names[518:] == DESCRIPTOR_DIMENSIONS
+    assert "rhythm.tempo_bpm" in names and "loudness.integrated_lufs" in names
+
+
+def test_layout_hash_is_pinned_to_the_feature_version():
+    # Changing a name or order must come with a new FEATURE_VERSION (and this pin).
+    assert FEATURE_VERSION == "pv2"
+    assert names_hash() == PINNED_HASH
+
+
+PINNED_HASH = "c7220c90098062839c26a6e861bdac5bf3126e0df101512d079ce022c38159fd"

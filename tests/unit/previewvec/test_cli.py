@@ -1,0 +1,129 @@
+"""The ``previewvec`` command line, run as a real subprocess on real encoded audio."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
+from previewvec.localredis import free_port
+from testkit.encode import encode_audio
+from testkit.songs import SongSpec, generate_song, render_synth
+from workers.audio import SUPPORTED_FORMATS
+
+SR = 44100
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "previewvec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """One 8 s generated song encoded in every supported format, plus bad inputs."""
+    folder = tmp_path_factory.mktemp("cli")
+    spec = SongSpec(7, 9, "minor", 110.0, True, "pop")
+    score = generate_song(
+        spec.seed,
+        tonic=spec.tonic,
+        mode=spec.mode,
+        tempo_bpm=spec.tempo_bpm,
+        drums=spec.drums,
+        duration_s=8.0,
+        style=spec.style,
+    )
+    audio = render_synth(score, sr=SR)
+    paths = {}
+    for fmt in SUPPORTED_FORMATS:
+        path = folder / f"song.{fmt}"
+        path.write_bytes(encode_audio(audio, SR, fmt))
+        paths[fmt] = path
+    (folder / "empty.m4a").write_bytes(b"")
+    (folder / "page.m4a").write_bytes(b"<html><body>404 Not Found</body></html>")
+    short = audio[:, : SR * 2]
+    (folder / "short.wav").write_bytes(encode_audio(short, SR, "wav"))
+    (folder / "silent.flac").write_bytes(encode_audio(np.zeros((2, SR * 8)), SR, "flac"))
+    return folder, paths
+
+
+def test_extract_prints_one_json_line_per_input_for_every_format(clips):
+    _folder, paths = clips
+    result = run_cli("extract", *[str(p) for p in paths.values()])
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines] == [str(p) for p in paths.values()]
+    for line in lines:
+        assert line["ok"] is True
+        assert line["feature_version"] == "pv2"
+        assert set(line["descriptors"]) == set(DESCRIPTOR_KEYS)
+        assert len(line["vector"]) == VECTOR_DIM
+        assert all(np.isfinite(line["vector"]))
+
+
+def test_bad_inputs_get_their_codes_and_the_rest_still_run(clips):
+    folder, paths = clips
+    inputs = [
+        folder / "empty.m4a",
+        paths["m4a"],
+        folder / "page.m4a",
+        folder / "short.wav",
+        folder / "silent.flac",
+        folder / "missing.mp3",
+    ]
+    result = run_cli("extract", *[str(p) for p in inputs])
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    codes = [line["error"]["code"] if not line["ok"] else "ok" for line in lines]
+    assert codes == ["empty_input", "ok", "undecodable", "too_short", "silent", "unreadable"]
+    for line in lines:
+        if not line["ok"]:
+            assert line["error"]["message"]
+    assert "Traceback" not in result.stderr
+
+
+def test_features_lists_every_dimension_in_order():
+    result = run_cli("features")
+    assert result.returncode == 0
+    assert tuple(result.stdout.split()) == feature_names()
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["features"], ["demo"]])
+def test_help_everywhere(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status", "some-run"], ["failures", "some-run"], ["retry", "some-run"],
+     ["reduce"], ["enqueue", "-"]],
+)
+def test_commands_needing_redis_say_at_once_when_it_cannot_be_reached(command):
+    # A closed loopback port: the command must not ride out ~30 s of reconnects and then
+    # print a traceback; it names the URL (password masked) and exits 3.
+    env = {**os.environ,
+           "PREVIEWVEC_BROKER_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", *command], input="",
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach Redis at redis://:**@127.0.0.1:" in result.stderr
+    assert "PREVIEWVEC_BROKER_URL" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_reduce_follow_waits_for_redis_instead_of_exiting():
+    # The long-running reducer rides out outages, a broker not up yet included.
+    env = {**os.environ, "PREVIEWVEC_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-m", "previewvec.cli", "reduce", "--follow"],
+                       capture_output=True, text=True, timeout=8, env=env)

@@ -1,0 +1,90 @@
+"""producers/http.py: the producers' one retrying JSON GET, with fake session and limiter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from contract.retry import Backoff
+from producers.http import JsonGet, UpstreamRejected, UpstreamUnavailable
+
+
+class _Response:
+    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None):
+        self.status_code = status
+        self.content = body
+        self.headers = headers or {}
+
+
+class _Session:
+    def __init__(self, answers: list[_Response | Exception]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, Any]] = []
+
+    def get(self, url: str, params: Any = None, timeout: Any = None) -> _Response:
+        self.calls.append((url, params))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class _Limiter:
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.penalties: list[float] = []
+
+    def acquire(self) -> float:
+        self.acquired += 1
+        return 0.0
+
+    def penalize(self, seconds: float) -> float:
+        self.penalties.append(seconds)
+        return seconds
+
+
+def _getter(answers: list[_Response | Exception], attempts: int = 4):
+    sleeps: list[float] = []
+    limiter = _Limiter()
+    stats = {"requests": 0, "retries": 0, "throttled": 0}
+    get = JsonGet(_Session(answers), limiter, Backoff(base_s=1.0, cap_s=10.0),  # type: ignore[arg-type]
+                  attempts, (1.0, 1.0), sleeps.append, stats, label="Test",
+                  throttled=lambda status, body: status == 429,
+                  check=lambda data: None if isinstance(data, dict) else "not an object")
+    return get, limiter, sleeps, stats
+
+
+def test_throttling_penalises_the_shared_limiter_unjittered_with_retry_after() -> None:
+    get, limiter, sleeps, stats = _getter([
+        _Response(429), _Response(429, headers={"Retry-After": "7"}),
+        _Response(429, headers={"Retry-After": "3600"}), _Response(200, b"\n\n{\"a\": 1}\n")])
+    assert get("p", "http://x/p") == {"a": 1}
+    assert limiter.penalties == [1.0, 7.0, 10.0]  # step 1 s; Retry-After floor, capped
+    assert sleeps == [] and limiter.acquired == 4
+    assert stats == {"requests": 4, "retries": 3, "throttled": 3}
+
+
+def test_5xx_and_network_errors_sleep_locally_and_not_after_the_last_attempt() -> None:
+    get, limiter, sleeps, stats = _getter(
+        [_Response(502), requests.ConnectionError("reset"),
+         _Response(503, headers={"Retry-After": "5"}), _Response(500)])
+    with pytest.raises(UpstreamUnavailable, match=r"gave up after 4 attempts \(HTTP 500\)"):
+        get("p", "http://x/p")
+    assert len(sleeps) == 3 and 0 <= sleeps[0] <= 1.0 and 0 <= sleeps[1] <= 2.0
+    assert sleeps[2] == 5.0  # Retry-After above the 4 s step
+    assert limiter.penalties == [] and stats["requests"] == 4
+
+
+def test_other_statuses_and_bad_bodies_are_never_retried() -> None:
+    get, *_ = _getter([_Response(404)])
+    with pytest.raises(UpstreamRejected) as info:
+        get("p", "http://x/p")
+    assert info.value.status == 404 and info.value.code == "upstream_rejected"
+    get, *_ = _getter([_Response(200, b"<html>")])
+    with pytest.raises(UpstreamUnavailable, match="malformed JSON body"):
+        get("p", "http://x/p")
+    get, *_ = _getter([_Response(200, b"[1]")])
+    with pytest.raises(UpstreamUnavailable, match="Test p: not an object"):
+        get("p", "http://x/p")

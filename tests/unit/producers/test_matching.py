@@ -1,0 +1,209 @@
+# ruff: noqa: E501  (the labelled table reads best one pair per line)
+"""Matching precision/recall on a labelled table of tricky MusicBrainz ↔ store pairs.
+
+``python -m tests.unit.producers.test_matching`` prints the table and the figures quoted in
+docs/matching.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from contract.settings import Settings
+from producers.matching import (
+    Item,
+    album_score,
+    item_from_itunes,
+    item_from_mb,
+    match_score,
+    normalize,
+    parse_title,
+    split_artists,
+)
+
+THRESHOLD = Settings().match_threshold
+
+
+def R(title: str, artist: str, s: float | None = None, dis: str | None = None,
+      **kw: object) -> Item:
+    return Item(title, artist, duration_ms=None if s is None else int(s * 1000),
+                disambiguation=dis, **kw)  # type: ignore[arg-type]
+
+
+T = R
+
+# (category, MusicBrainz side, store side, same recording?)
+PAIRS: list[tuple[str, Item, Item, bool]] = [
+    # remasters and ignorable suffixes: same recording
+    ("remaster", R("Hey Jude", "The Beatles", 431), T("Hey Jude (Remastered 2015)", "The Beatles", 429), True),
+    ("remaster", R("Nuit blanche", "Zoé Varga", 241), T("Nuit blanche - 2011 Remaster", "Zoé Varga", 240.3), True),
+    ("remaster", R("Don't Stop Me Now", "Queen", 209), T("Don't Stop Me Now - Remastered 2011", "Queen", 210), True),
+    ("remaster", R("Help!", "The Beatles", 139), T("Help! (Remastered 2009)", "The Beatles", 138.5), True),
+    ("remaster", R("Paper Moons", "The Hollow Pines", 200), T("Paper Moons (Deluxe Edition Bonus Track)", "The Hollow Pines", 199.8), True),
+    ("remaster", R("Help!", "The Beatles", 139), T("Help! - Mono Mix", "The Beatles", 138), True),
+    ("remaster", R("Wonderwall", "Oasis", 258), T("Wonderwall (Remastered) [Explicit]", "Oasis", 259), True),
+    ("remaster", R("Glass", "The Hollow Pines", 250), T("Glass (Album Version)", "Hollow Pines", 249), True),
+    # live / acoustic / remix / demo / edit / instrumental: different recordings
+    ("version", R("Hey Jude", "The Beatles", 431), T("Hey Jude (Live)", "The Beatles", 430), False),
+    ("version", R("Undertow", "The Hollow Pines", 305, dis="live, 2002-11-03: Paradiso"), T("Undertow", "The Hollow Pines", 262), False),
+    ("version", R("Undertow", "The Hollow Pines", 262), T("Undertow - Live at Paradiso, 2002", "The Hollow Pines", 263), False),
+    ("version", R("Static Hearts", "The Hollow Pines", 215), T("Static Hearts (Acoustic)", "The Hollow Pines", 216), False),
+    ("version", R("Glass", "The Hollow Pines", 250), T("Glass (Radio Edit)", "The Hollow Pines", 249), False),
+    ("version", R("Blue Monday", "New Order", 448), T("Blue Monday '88 - 12\" Mix", "New Order", 449), False),
+    ("version", R("Paper Moons", "The Hollow Pines", 200), T("Paper Moons (Demo)", "The Hollow Pines", 201), False),
+    ("version", R("Paper Moons", "The Hollow Pines", 200), T("Paper Moons (Instrumental)", "The Hollow Pines", 200), False),
+    ("version", R("Halo", "Beyoncé", 261), T("Halo (Olli Collins Remix)", "Beyoncé", 262), False),
+    ("version", R("Nuit blanche", "Zoé Varga", 241), T("Nuit blanche", "Zoé Varga", 262, album="Électrique nuit (Live à l'Olympia)"), False),
+    ("version", R("Layla", "Derek and the Dominos", 423), T("Layla (Unplugged)", "Derek & The Dominos", 424), False),
+    ("version", R("Nuit blanche", "Zoé Varga", 262, dis="live, 1980"), T("Nuit blanche (Live)", "Zoé Varga", 262), True),
+    # featured artists
+    ("feat", R("Lumière", "Zoé Varga feat. Ana Ruiz"), T("Lumière (feat. Ana Ruiz) [2011 Remaster]", "Zoé Varga", 215), True),
+    ("feat", R("Umbrella", "Rihanna feat. JAY-Z", 275), T("Umbrella (feat. JAY-Z)", "Rihanna", 275.9), True),
+    ("feat", R("Umbrella", "Rihanna feat. JAY-Z", 275), T("Umbrella", "Rihanna & JAY-Z", 276), True),
+    ("feat", R("Lose Yourself", "Eminem", 326), T("Lose Yourself", "Eminem ft. Dr. Dre", 327), True),
+    ("feat", R("Empire State of Mind", "JAY-Z + Alicia Keys", 276), T("Empire State of Mind (feat. Alicia Keys)", "JAY-Z", 277), True),
+    ("feat", R("Stay", "Rihanna feat. Mikky Ekko", 240), T("Stay", "Mikky Ekko", 241), False),
+    ("feat", R("Run This Town", "JAY-Z feat. Rihanna & Kanye West", 267), T("Run This Town", "Kanye West & JAY-Z", 268), True),
+    # same title, different artists
+    ("artist", R("Hallelujah", "Leonard Cohen", 279), T("Hallelujah", "Jeff Buckley", 413), False),
+    ("artist", R("Hallelujah", "Jeff Buckley", 413), T("Hallelujah", "Jeff Buckley", 414), True),
+    ("artist", R("Nuit blanche", "Zoé Varga", 241), T("Nuit Blanche", "Zoe Vargas Trio", 241.5), False),
+    ("artist", R("Intro", "The xx", 127), T("Intro", "M83", 128), False),
+    ("artist", R("Yesterday", "The Beatles", 125), T("Yesterday", "Beatles", 126), True),
+    ("artist", R("Electrique nuit", "Zoé Varga", 180), T("Electrique Nuit", "Les Varga Sisters", 181), False),
+    ("artist", R("Crazy", "Gnarls Barkley", 178), T("Crazy", "Patsy Cline", 164), False),
+    # accents and punctuation
+    ("accent", R("Café noir", "Zoé Varga", 198), T("Cafe Noir - 2011 Remaster", "Zoe Varga", 199.1), True),
+    ("accent", R("Hoppípolla", "Sigur Rós", 268), T("Hoppipolla", "Sigur Ros", 269), True),
+    ("accent", R("Ça plane pour moi", "Plastic Bertrand", 180), T("Ca Plane Pour Moi", "Plastic Bertrand", 181), True),
+    ("punct", R("(I Can't Get No) Satisfaction", "The Rolling Stones", 223), T("(I Can't Get No) Satisfaction (Mono)", "The Rolling Stones", 222), True),
+    ("punct", R("Sweet Child o' Mine", "Guns N' Roses", 356), T("Sweet Child O' Mine", "Guns N’ Roses", 355), True),
+    ("punct", R("September", "Earth, Wind & Fire", 215), T("September", "Earth Wind and Fire", 216), True),
+    ("punct", R("Mrs. Robinson", "Simon & Garfunkel", 244), T("Mrs Robinson", "Simon and Garfunkel", 245), True),
+    ("punct", R("Sgt. Pepper's Lonely Hearts Club Band (Reprise)", "The Beatles", 79), T("Sgt. Pepper's Lonely Hearts Club Band", "The Beatles", 122), False),
+    # durations
+    ("duration", R("Intro", "Zoé Varga", 62), T("Outro", "Zoé Varga", 63), False),
+    ("duration", R("Paper Moons", "The Hollow Pines", 200), T("Paper Moons", "The Hollow Pines", 208), True),
+    ("duration", R("Paper Moons", "The Hollow Pines", 200), T("Paper Moons", "The Hollow Pines", 260), False),
+    ("duration", R("Paper Moons", "The Hollow Pines", None), T("Paper Moons", "The Hollow Pines", 200), True),
+    ("duration", R("Paper Moon", "The Hollow Pines", 200), T("Paper Moons", "The Hollow Pines", 201), True),
+    ("duration", R("Shine", "The Hollow Pines", 200), T("Shine On", "The Hollow Pines", 480), False),
+]
+
+
+def evaluate(threshold: float = THRESHOLD) -> dict[str, object]:
+    tp = fp = fn = tn = 0
+    rows = []
+    for category, rec, trk, same in PAIRS:
+        m = match_score(rec, trk)
+        predicted = m.score >= threshold
+        tp += predicted and same
+        fp += predicted and not same
+        fn += (not predicted) and same
+        tn += (not predicted) and not same
+        rows.append((category, rec, trk, same, m))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision,
+            "recall": recall, "rows": rows}
+
+
+def test_table_is_large_and_mixed() -> None:
+    assert len(PAIRS) >= 40
+    assert sum(same for *_, same in PAIRS) >= 15
+    assert sum(not same for *_, same in PAIRS) >= 15
+
+
+def test_precision_and_recall() -> None:
+    result = evaluate()
+    wrong = [(r.title, t.title, t.artist, same, m) for _, r, t, same, m in result["rows"]
+             if (m.score >= THRESHOLD) != same]
+    assert result["precision"] == 1.0, wrong
+    assert result["recall"] >= 0.95, wrong
+
+
+@pytest.mark.parametrize(("title", "core", "tags", "featured"), [
+    ("Hey Jude (Remastered 2015)", "hey jude", set(), ()),
+    ("Nuit Blanche - 2011 Remaster", "nuit blanche", set(), ()),
+    ("Lumière (feat. Ana Ruiz) [2011 Remaster]", "lumiere", set(), ("ana ruiz",)),
+    ("Song - Live at Wembley, 1986", "song", {"live"}, ()),
+    ("(I Can't Get No) Satisfaction", "i cant get no satisfaction", set(), ()),
+    ("Song (Radio Edit)", "song", {"edit"}, ()),
+    ("Sgt. Pepper's (Reprise)", "sgt peppers reprise", set(), ()),
+    ("Help! - Mono Mix", "help", set(), ()),
+    ("Halo (Olli Collins Remix)", "halo", {"remix"}, ()),
+    ("Title feat. X & Y", "title", set(), ("x", "y")),
+    ("Static Hearts (Acoustic Version)", "static hearts", {"acoustic"}, ()),
+    ("Midnight Radio - EP", "midnight radio", set(), ()),
+])
+def test_parse_title(title: str, core: str, tags: set[str], featured: tuple[str, ...]) -> None:
+    parsed = parse_title(title)
+    assert (parsed.core, set(parsed.tags), parsed.featured) == (core, tags, featured)
+
+
+def test_normalisation() -> None:
+    assert normalize("Zoé  Varga") == "zoe varga"
+    assert normalize("Simon & Garfunkel") == normalize("Simon and Garfunkel")
+    assert normalize("Don’t") == "dont"
+    assert split_artists("Rihanna feat. JAY-Z & Kanye West") == ["rihanna", "jay z", "kanye west"]
+
+
+def test_reason_lists_evidence_and_track_numbers() -> None:
+    rec = Item("Café noir", "Zoé Varga", duration_ms=198000, track=4, disc=1)
+    trk = Item("Cafe Noir - 2011 Remaster", "Zoé Varga", duration_ms=199100, track=4, disc=1)
+    m = match_score(rec, trk, album=True)
+    assert m.score == 1.0
+    assert m.reason == "title=1.00 artist=1.00 duration Δ1.1s track 4/4"
+    # Within an album, a track-number disagreement costs confidence.
+    other = Item("Cafe Noir", "Zoé Varga", duration_ms=199100, track=7)
+    assert match_score(rec, other, album=True).score < m.score
+
+
+def test_conversions_handle_nulls_and_missing_fields() -> None:
+    rec = {"id": "x", "title": "Lumière", "length": None,
+           "artist-credit": [{"name": "Zoé Varga", "joinphrase": " feat. ",
+                              "artist": {"id": "a", "name": "Zoé Varga"}},
+                             {"name": "Ana Ruiz", "artist": {"id": "b", "name": "Ana Ruiz"}}]}
+    item = item_from_mb(rec, track={"title": "Lumière", "length": None, "position": 3}, disc=1)
+    assert item.duration_ms is None and item.track == 3
+    assert item.artist == "Zoé Varga feat. Ana Ruiz"
+    assert item_from_mb({}).title == ""
+    assert item_from_itunes({"trackName": "X"}).duration_ms is None
+
+
+def test_album_score_prefers_the_studio_album_by_the_artist() -> None:
+    def coll(name: str, artist: str, count: int) -> dict[str, object]:
+        return {"collectionName": name, "artistName": artist, "trackCount": count}
+
+    good = album_score("Électrique nuit", "Zoé Varga", 5,
+                       coll("Électrique nuit (Remastered)", "Zoé Varga", 5))
+    live = album_score("Électrique nuit", "Zoé Varga", 5,
+                       coll("Électrique nuit (Live à l'Olympia)", "Zoé Varga", 9))
+    other = album_score("Électrique nuit", "Zoé Varga", 5,
+                        coll("Electrique Nuit", "Les Varga Sisters", 5))
+    assert good.score >= THRESHOLD > max(live.score, other.score)
+
+
+def _markdown() -> str:
+    result = evaluate()
+    lines = [f"threshold {THRESHOLD}: {len(PAIRS)} pairs, TP {result['tp']}, FP {result['fp']}, "
+             f"FN {result['fn']}, TN {result['tn']}; precision {result['precision']:.3f}, "
+             f"recall {result['recall']:.3f}", "",
+             "| category | MusicBrainz | store | same? | score | reason |",
+             "|---|---|---|---|---|---|"]
+    for category, rec, trk, same, m in result["rows"]:
+        left = f"{rec.title} — {rec.artist}" + (f" [{rec.disambiguation}]" if rec.disambiguation
+                                                else "")
+        right = f"{trk.title} — {trk.artist}" + (f" [album: {trk.album}]" if trk.album else "")
+        lines.append(f"| {category} | {left} | {right} | {'yes' if same else 'no'} | "
+                     f"{m.score:.2f} | {m.reason} |")
+    by_cat: dict[str, list[bool]] = {}
+    for category, _, _, same, m in result["rows"]:
+        by_cat.setdefault(category, []).append((m.score >= THRESHOLD) == same)
+    lines += ["", "| category | pairs | correct |", "|---|---|---|"]
+    lines += [f"| {c} | {len(v)} | {sum(v)} |" for c, v in by_cat.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(_markdown())

@@ -1,0 +1,41 @@
+"""The extractor on signals with known answers, and its guarantees."""
+
+import numpy as np
+import pytest
+
+from contract.errors import InvalidSignal
+from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
+from tests.unit.workers.features.signals import SR, chord_song, click_track
+from workers.features.extractor import extract_features
+
+
+def test_vector_is_complete_named_and_finite():
+    features = extract_features(chord_song(0, "major"), SR)
+    assert features.vector.shape == (VECTOR_DIM,) == (len(feature_names()),)
+    assert features.vector.dtype == np.float32
+    assert np.all(np.isfinite(features.vector))
+    assert set(features.descriptors) == set(DESCRIPTOR_KEYS)
+
+
+def test_same_input_gives_identical_vector():
+    y = chord_song(7, "minor")
+    np.testing.assert_array_equal(extract_features(y, SR).vector, extract_features(y, SR).vector)
+
+
+def test_degenerate_signal_is_a_typed_error_not_nan():
+    y = chord_song(0, "major")
+    y[100] = np.nan
+    with pytest.raises(InvalidSignal):
+        extract_features(y, SR)
+
+
+def test_energy_and_danceability_are_bounded_and_ordered():
+    beat = click_track(120)
+    t = np.arange(beat.size) / SR
+    pad = (0.05 * np.sin(2 * np.pi * 220 * t) * (1 + 0.1 * np.sin(0.3 * t))).astype(np.float32)
+    busy, calm = extract_features(beat, SR), extract_features(pad, SR)
+    for f in (busy, calm):
+        assert 0.0 <= f.descriptors["energy"] <= 1.0
+        assert 0.0 <= f.descriptors["danceability"] <= 1.0
+    assert busy.descriptors["energy"] > calm.descriptors["energy"]
+    assert busy.descriptors["danceability"] > calm.descriptors["danceability"]

@@ -1,0 +1,184 @@
+"""The fast FMA implementations equal librosa's definitions on known signals."""
+
+import librosa
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from testkit.encode import encode_audio
+from testkit.songs.render import render
+from testkit.songs.score import generate_song
+from workers.audio import decode_audio
+from workers.features.spectral import (
+    HOP_LENGTH,
+    N_FFT,
+    chroma_stft,
+    cqt_magnitude,
+    estimate_tuning,
+    halve_rate,
+    mel_basis,
+    spectral_shape,
+    stft_magnitude,
+    zero_crossing_rate,
+)
+from workers.features.stats import running_median, summarize
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def signal():
+    rng = np.random.default_rng(7)
+    t = np.arange(4 * SR) / SR
+    y = 0.4 * np.sin(2 * np.pi * 440 * t) * (t % 0.5 < 0.3) + 0.05 * rng.standard_normal(t.size)
+    y[SR : SR + 3000] = 0.0  # a silent stretch: frames with no energy
+    return y.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def detuned_songs() -> list[np.ndarray]:
+    """Real encoded songs, in tune and detuned (rendered at one rate, declared at another)."""
+    songs = []
+    for seed, cents in ((11, 0.0), (12, 31.0), (13, -17.0), (14, 48.0)):
+        score = generate_song(seed, tonic=seed % 12, mode="major" if seed % 2 else "minor",
+                              tempo_bpm=96.0 + 10 * (seed % 4), drums=seed % 2 == 0,
+                              duration_s=8.0, style=None)
+        # Played back at 44.1 kHz, audio rendered at a lower rate sounds `cents` higher.
+        render_sr = round(44100 / 2 ** (cents / 1200))
+        data = encode_audio(render(score, render_sr, "synth"), 44100, "m4a")
+        songs.append(decode_audio(data, sr=SR).samples)
+    return songs
+
+
+def test_tuning_estimate_equals_librosas(detuned_songs):
+    estimates = []
+    for y in detuned_songs:
+        for signal in (y, y[: 3 * SR], 1e-3 * y):
+            magnitude = stft_magnitude(signal)
+            expected = librosa.estimate_tuning(S=magnitude, sr=SR, n_fft=N_FFT, bins_per_octave=12)
+            assert estimate_tuning(magnitude, SR) == expected
+            estimates.append(expected)
+    assert len(set(estimates)) >= 4  # the songs really span several tunings
+
+
+def test_cqt_equals_librosas_for_any_tuning(detuned_songs):
+    # The cached filter bases must be the ones librosa.cqt builds, whatever the tuning.
+    for y, tuning in zip(detuned_songs, (0.0, 0.31, -0.18, 0.48), strict=True):
+        for signal in (y, y[: 5 * SR + 123]):
+            for _ in range(2):  # built, then from the cache
+                expected = np.abs(librosa.cqt(signal, sr=SR, hop_length=HOP_LENGTH, n_bins=84,
+                                              bins_per_octave=12, tuning=tuning))
+                ours = cqt_magnitude(signal, SR, tuning)
+                assert ours.shape == expected.shape and ours.dtype == expected.dtype
+                np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    # At 44.1 kHz librosa first halves the rate ("early downsampling"); so must we.
+    y44 = librosa.resample(detuned_songs[1][: 4 * SR], orig_sr=SR, target_sr=2 * SR)
+    expected = np.abs(librosa.cqt(y44, sr=2 * SR, hop_length=HOP_LENGTH, n_bins=84,
+                                  bins_per_octave=12, tuning=0.31))
+    np.testing.assert_allclose(cqt_magnitude(y44, 2 * SR, 0.31), expected, rtol=1e-5,
+                               atol=1e-6 * expected.max())
+
+
+def test_stft_magnitude_is_librosas_bit_for_bit(signal, detuned_songs):
+    for y in (signal, detuned_songs[2], signal[: 3 * SR + 77], signal[:1500]):
+        expected = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP_LENGTH))
+        ours = stft_magnitude(y)
+        assert ours.dtype == expected.dtype and ours.flags.f_contiguous
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_chroma_stft_is_librosas_bit_for_bit(signal, detuned_songs):
+    for y in (signal, detuned_songs[1]):
+        power = stft_magnitude(y) ** 2
+        for tuning in (0.0, -0.13, 0.31, 0.0):  # the last one from the cache
+            expected = librosa.feature.chroma_stft(S=power, sr=SR, n_chroma=12, tuning=tuning)
+            np.testing.assert_array_equal(chroma_stft(power, SR, tuning), expected)
+
+
+def test_halve_rate_is_librosas_resample_bit_for_bit(signal, detuned_songs):
+    for y in (signal, signal[:12345], signal[:3], detuned_songs[0].astype(np.float64)):
+        expected = librosa.resample(y, orig_sr=2, target_sr=1, res_type="soxr_hq", scale=True)
+        ours = halve_rate(y)
+        assert ours.dtype == expected.dtype
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_mel_spectrogram_equals_librosas(signal, detuned_songs):
+    for y in (signal, detuned_songs[0]):
+        power = stft_magnitude(y) ** 2
+        expected = librosa.feature.melspectrogram(sr=SR, S=power)
+        ours = mel_basis(SR) @ power
+        assert ours.shape == expected.shape and ours.dtype == expected.dtype
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * expected.max())
+
+
+def test_tuning_of_silence_and_of_a_single_tone():
+    assert estimate_tuning(np.zeros((1 + N_FFT // 2, 20), dtype=np.float32), SR) == 0.0
+    t = np.arange(2 * SR) / SR
+    tone = np.sin(2 * np.pi * 440 * 2 ** (0.25 / 12) * t).astype(np.float32)
+    magnitude = stft_magnitude(tone)
+    assert estimate_tuning(magnitude, SR) == librosa.estimate_tuning(
+        S=magnitude, sr=SR, n_fft=N_FFT, bins_per_octave=12
+    )
+    assert abs(estimate_tuning(magnitude, SR) - 0.25) <= 0.02
+
+
+def test_zero_crossing_rate_matches_librosa(signal):
+    rng = np.random.default_rng(2)
+    near_zero = (rng.choice([-2e-10, -1e-10, 0.0, 1e-10, 3e-10], 9000)).astype(np.float32)
+    for y in (signal, signal[:700], signal[: 3 * SR + 5], near_zero, -np.abs(signal[:5000]),
+              np.zeros(3000, dtype=np.float32)):
+        expected = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP_LENGTH)
+        ours = zero_crossing_rate(y, expected.shape[1])
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_spectral_shape_matches_librosa(signal):
+    magnitude = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=HOP_LENGTH))
+    centroid, bandwidth, rolloff = spectral_shape(magnitude, SR)
+    np.testing.assert_allclose(
+        centroid, librosa.feature.spectral_centroid(S=magnitude, sr=SR), rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        bandwidth, librosa.feature.spectral_bandwidth(S=magnitude, sr=SR), rtol=1e-3, atol=1e-2
+    )
+    np.testing.assert_allclose(rolloff, librosa.feature.spectral_rolloff(S=magnitude, sr=SR))
+
+
+def test_single_bin_spectrum_has_that_bins_centroid_and_zero_bandwidth():
+    magnitude = np.zeros((1 + N_FFT // 2, 3))
+    magnitude[100] = 1.0
+    centroid, bandwidth, rolloff = spectral_shape(magnitude, SR)
+    freq = librosa.fft_frequencies(sr=SR, n_fft=N_FFT)[100]
+    np.testing.assert_allclose(centroid, freq)
+    np.testing.assert_allclose(bandwidth, 0.0, atol=1e-6)
+    np.testing.assert_allclose(rolloff, freq)
+
+
+def test_summary_statistics_are_fmas():
+    frames = np.random.default_rng(0).gamma(2.0, size=(5, 300))
+    summary = summarize(frames)
+    np.testing.assert_allclose(summary["skew"], stats.skew(frames, axis=1))
+    np.testing.assert_allclose(summary["kurtosis"], stats.kurtosis(frames, axis=1))
+    np.testing.assert_allclose(summary["std"], np.std(frames, axis=1))
+    np.testing.assert_allclose(summary["median"], np.median(frames, axis=1))
+
+
+def test_constant_series_has_zero_skew_and_kurtosis_not_nan():
+    frames = np.vstack([np.full(50, 0.25), np.linspace(0, 1, 50)])
+    summary = summarize(frames)
+    assert summary["skew"][0] == 0.0 and summary["kurtosis"][0] == 0.0
+    assert all(np.all(np.isfinite(v)) for v in summary.values())
+
+
+@pytest.mark.parametrize("mode", ["reflect", "nearest", "mirror"])
+@pytest.mark.parametrize("width", [1, 9, 17])
+def test_running_median_equals_scipys_median_filter(signal, mode, width):
+    spectrogram = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=HOP_LENGTH))[:60]
+    ties = np.round(spectrogram * 4) / 4  # many equal values: the sorted window's hard case
+    for frames in (spectrogram, spectrogram[:, :width + 1], spectrogram[:5, :3], ties,
+                   spectrogram.astype(np.float64)):
+        if mode != "nearest" and frames.shape[1] <= width // 2:
+            continue  # numpy and scipy extend differently once the pad exceeds the signal
+        expected = ndimage.median_filter(frames, size=(1, width), mode=mode)
+        np.testing.assert_array_equal(running_median(frames, width, mode=mode), expected)

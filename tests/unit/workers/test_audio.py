@@ -1,0 +1,335 @@
+"""In-memory decoding with PyAV: round trips, odd sources, caps and every typed error."""
+
+import struct
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+
+from contract.errors import PreviewvecError, TooShort, Undecodable
+from testkit.encode import encode_audio
+from tests.media import mp4_video
+from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
+
+SR = 44100
+ANALYSIS_SR = 22050
+DURATION_S = 8.0
+
+EXPECTED = {  # fmt -> (codec, container, lossless)
+    "m4a": ("aac", "mov,mp4,m4a,3gp,3g2,mj2", False),
+    "mp3": ("mp3", "mp3", False),
+    "ogg": ("vorbis", "ogg", False),
+    "flac": ("flac", "flac", True),
+    "wav": ("pcm_s16le", "wav", True),
+}
+
+
+def _music(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    """Stereo: a few harmonic tones changing every half second, plus noise-burst 'drums'."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    notes = np.array([220.0, 277.18, 329.63, 440.0, 369.99, 246.94])
+    f0 = notes[(t // 0.5).astype(int) % notes.size]
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    tone = sum(0.25 / k * np.sin(k * phase) for k in (1, 2, 3, 4))
+    bursts = rng.standard_normal(t.size) * np.exp(-40 * (t % 0.25)) * 0.2
+    left = tone + bursts
+    right = 0.8 * tone + 0.1 * np.sin(2 * np.pi * 110 * t) + bursts
+    return (0.7 * np.stack([left, right]) / 1.2).astype(np.float32)
+
+
+def _float_wav(x: np.ndarray, sr: int) -> bytes:
+    """32-bit float WAV without a channel mask (so FFmpeg sees an unordered layout)."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    n_ch = x.shape[0]
+    data = x.T.astype("<f4").tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 3, n_ch, sr, sr * 4 * n_ch, 4 * n_ch, 32)
+    riff = struct.pack("<I", 36 + len(data))
+    return b"".join((b"RIFF", riff, b"WAVEfmt ", fmt, b"data", struct.pack("<I", len(data)), data))
+
+
+def _code(source: object, **kwargs: object) -> str:
+    with pytest.raises(PreviewvecError) as info:
+        decode_audio(source, **kwargs)  # type: ignore[arg-type]
+    assert info.value.message
+    return info.value.code
+
+
+@pytest.fixture(scope="module")
+def music() -> np.ndarray:
+    return _music(DURATION_S)
+
+
+@pytest.fixture(scope="module")
+def encoded(music: np.ndarray) -> dict[str, bytes]:
+    return {fmt: encode_audio(music, SR, fmt) for fmt in SUPPORTED_FORMATS}
+
+
+@pytest.fixture(scope="module")
+def reference(music: np.ndarray) -> np.ndarray:
+    return librosa.resample(librosa.to_mono(music), orig_sr=SR, target_sr=ANALYSIS_SR)
+
+
+# --- round trips ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_round_trip(fmt: str, encoded: dict[str, bytes], reference: np.ndarray) -> None:
+    codec, container, lossless = EXPECTED[fmt]
+    audio = decode_audio(encoded[fmt])
+    assert isinstance(audio, DecodedAudio)
+    assert (audio.codec, audio.container) == (codec, container)
+    assert (audio.sr, audio.source_sr, audio.source_channels) == (ANALYSIS_SR, SR, 2)
+    y = audio.samples
+    assert y.dtype == np.float32 and y.ndim == 1 and y.flags.c_contiguous
+    assert np.isfinite(y).all()
+    assert audio.n_samples == y.size and audio.duration_s == y.size / ANALYSIS_SR
+    assert abs(audio.duration_s - DURATION_S) < 0.1  # encoder padding allowed
+    assert not audio.truncated
+    assert audio.channels is not None and audio.channels.shape == (2, y.size)
+    assert audio.channels.dtype == np.float32
+    np.testing.assert_array_equal(y, librosa.to_mono(audio.channels))
+    # Aligned sample for sample: AAC priming is removed via the MP4 edit list, LAME's
+    # delay via its info tag.
+    n = min(y.size, reference.size)
+    corr = np.corrcoef(y[:n], reference[:n])[0, 1]
+    assert corr > (0.999 if lossless else 0.9), corr
+
+
+def test_path_and_bytes_inputs_agree_and_decoding_is_deterministic(
+    encoded: dict[str, bytes], tmp_path: Path
+) -> None:
+    for fmt in ("m4a", "flac"):
+        data = encoded[fmt]
+        path = tmp_path / f"clip.{fmt}"
+        path.write_bytes(data)
+        first = decode_audio(data).samples
+        for source in (str(path), path, bytearray(data), memoryview(data), data):
+            np.testing.assert_array_equal(decode_audio(source).samples, first)
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_buffers_that_must_grow_give_the_same_samples(
+    fmt: str, encoded: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header may claim any rate, so decoding starts with a bounded buffer and grows it;
+    # growing many times over (planar and packed frames) must not change a sample.
+    expected = decode_audio(encoded[fmt])
+    monkeypatch.setattr("workers.audio._INITIAL_BUFFER_VALUES", 2000)
+    grown = decode_audio(encoded[fmt])
+    np.testing.assert_array_equal(grown.samples, expected.samples)
+    np.testing.assert_array_equal(grown.channels, expected.channels)
+
+
+def test_float_wav_at_the_analysis_rate_is_bit_exact() -> None:
+    x = _music(6.0, sr=ANALYSIS_SR)
+    audio = decode_audio(_float_wav(x, ANALYSIS_SR))
+    assert audio.channels is not None
+    np.testing.assert_array_equal(audio.channels, x)
+    np.testing.assert_array_equal(audio.samples, librosa.to_mono(x))
+
+
+def test_mono_source_has_no_channel_matrix(music: np.ndarray) -> None:
+    audio = decode_audio(encode_audio(music[0], SR, "flac"))
+    assert audio.source_channels == 1 and audio.channels is None
+    assert audio.samples.shape == (round(DURATION_S * ANALYSIS_SR),)
+
+
+def test_ogg_vorbis_mono_is_written_as_identical_stereo(music: np.ndarray) -> None:
+    # FFmpeg's native Vorbis encoder refuses anything but two channels.
+    audio = decode_audio(encode_audio(music[0], SR, "ogg"))
+    assert audio.codec == "vorbis" and audio.source_channels == 2
+    assert audio.channels is not None
+    np.testing.assert_allclose(audio.channels[0], audio.channels[1], atol=0.05)
+
+
+def test_96k_six_channel_wav_decodes_to_the_channel_mean() -> None:
+    sr = 96_000
+    t = np.arange(6 * sr) / sr
+    x = np.stack([0.1 * np.sin(2 * np.pi * (200 + 90 * c) * t) for c in range(6)])
+    expected = librosa.resample(x.mean(axis=0), orig_sr=sr, target_sr=ANALYSIS_SR)
+    for data in (encode_audio(x, sr, "wav"), _float_wav(x, sr)):  # 5.1 mask / unordered
+        audio = decode_audio(data)
+        assert (audio.source_sr, audio.source_channels) == (sr, 6)
+        assert audio.channels is None  # BS.1770 weights stop at 5 channels
+        assert audio.n_samples == 6 * ANALYSIS_SR
+        assert np.corrcoef(audio.samples, expected[: audio.n_samples])[0, 1] > 0.999
+
+
+def test_unordered_three_channel_wav_keeps_channels_in_order() -> None:
+    sr = 48_000
+    t = np.arange(6 * sr) / sr
+    x = np.stack([0.1 * np.sin(2 * np.pi * f * t) for f in (300, 500, 700)])
+    audio = decode_audio(_float_wav(x, sr))
+    assert audio.channels is not None and audio.channels.shape == (3, 6 * ANALYSIS_SR)
+    for c in range(3):
+        expected = librosa.resample(x[c], orig_sr=sr, target_sr=ANALYSIS_SR)
+        assert np.corrcoef(audio.channels[c], expected[: audio.n_samples])[0, 1] > 0.999
+
+
+def test_eight_channel_source_decodes() -> None:
+    # Regression: PyAV's AudioFrame.planes overruns on 8-channel planar frames (segfault).
+    x = _music(6.0, sr=48_000)
+    audio = decode_audio(_float_wav(np.concatenate([x] * 4), 48_000))
+    assert audio.source_channels == 8 and audio.channels is None
+    assert audio.n_samples == 6 * ANALYSIS_SR
+
+
+def test_8k_mono_wav_is_upsampled() -> None:
+    sr = 8_000
+    x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(6 * sr) / sr)
+    audio = decode_audio(encode_audio(x, sr, "wav"))
+    assert (audio.source_sr, audio.source_channels, audio.n_samples) == (sr, 1, 6 * ANALYSIS_SR)
+    assert abs(float(np.sqrt(np.mean(audio.samples**2))) - 0.3 / np.sqrt(2)) < 0.01
+
+
+def test_rate_and_layout_change_mid_stream() -> None:
+    # Concatenated MP3s (44.1 kHz stereo, then 22.05 kHz mono): each run of frames is
+    # resampled on its own and mapped onto the first run's stereo layout.
+    first, second = _music(6.0, seed=2), _music(6.0, sr=22_050, seed=3)[0]
+    audio = decode_audio(encode_audio(first, SR, "mp3") + encode_audio(second, 22_050, "mp3"))
+    assert (audio.source_sr, audio.source_channels) == (SR, 2)
+    assert audio.channels is not None and audio.channels.shape == (2, audio.n_samples)
+    assert abs(audio.duration_s - 12.0) < 0.1  # encoder padding only
+    tail = audio.channels[:, -5 * ANALYSIS_SR :]
+    np.testing.assert_array_equal(tail[0], tail[1])  # the mono run fills both channels
+    level = float(np.sqrt(np.mean(tail[0] ** 2)) / np.sqrt(np.mean(second[-5 * 22_050 :] ** 2)))
+    assert 0.6 < level < 0.8  # FFmpeg's upmix puts a mono centre at -3 dB (0.71) per side
+
+
+def test_cap_stops_at_exactly_max_duration() -> None:
+    long = encode_audio(_music(40.0, seed=1), SR, "flac")
+    audio = decode_audio(long, max_duration_s=30.0)
+    assert audio.n_samples == 30 * ANALYSIS_SR and audio.duration_s == 30.0
+    assert audio.truncated
+    exact = decode_audio(encode_audio(_music(30.0, seed=1), SR, "wav"), max_duration_s=30.0)
+    assert exact.n_samples == 30 * ANALYSIS_SR and not exact.truncated
+
+
+def test_video_with_an_audio_track_decodes_its_audio(music: np.ndarray) -> None:
+    audio = decode_audio(mp4_video(music, SR))
+    assert audio.codec == "aac" and audio.source_channels == 2
+    assert abs(audio.duration_s - DURATION_S) < 0.1
+
+
+def test_m4a_is_laid_out_for_streaming(encoded: dict[str, bytes]) -> None:
+    data = encoded["m4a"]
+    assert data[4:12] == b"ftypM4A " and data.find(b"moov") < data.find(b"mdat")
+
+
+# --- typed errors --------------------------------------------------------------------
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.m4a"
+    empty.write_bytes(b"")
+    assert _code(b"") == _code(bytearray()) == _code(empty) == "empty_input"
+
+
+def test_too_large_is_refused_before_decoding(encoded: dict[str, bytes], tmp_path: Path) -> None:
+    data = encoded["mp3"]
+    path = tmp_path / "big.mp3"
+    path.write_bytes(data)
+    limit = len(data) - 1
+    assert _code(data, max_input_bytes=limit) == "too_large"
+    assert _code(path, max_input_bytes=limit) == "too_large"
+    assert decode_audio(data, max_input_bytes=len(data)).n_samples > 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body></body></html>",
+        np.random.default_rng(3).integers(0, 256, 100_000, dtype=np.uint8).tobytes(),
+        bytes(4096),
+        # An ID3v2.4 tag (one TIT2 frame) and nothing after it.
+        b"ID3\x04\x00\x00\x00\x00\x00\x12TIT2\x00\x00\x00\x08\x00\x00\x03preview",
+    ],
+    ids=["html", "random", "zeros", "id3-only"],
+)
+def test_not_media_is_undecodable(data: bytes) -> None:
+    assert _code(data) == "undecodable"
+
+
+def test_video_without_audio_has_no_audio_stream() -> None:
+    assert _code(mp4_video(None, SR)) == "no_audio_stream"
+
+
+def test_too_short_reports_both_durations() -> None:
+    with pytest.raises(TooShort) as info:
+        decode_audio(encode_audio(_music(2.0), SR, "mp3"))
+    assert "2.00 s" in info.value.message and "5.00 s" in info.value.message
+
+
+def test_silence(music: np.ndarray) -> None:
+    assert _code(encode_audio(np.zeros((2, 6 * SR)), SR, "m4a")) == "silent"
+    # 16-bit PCM cannot even represent -100 dBFS: it decodes to digital zero.
+    assert _code(encode_audio(1e-5 * music[:, : 6 * SR], SR, "wav")) == "silent"
+    # Peak above -80 dBFS but a lone click in 6 s of zeros: RMS far below -90 dBFS.
+    click = np.zeros(6 * SR, dtype=np.float32)
+    click[SR] = 2e-4
+    assert _code(_float_wav(click, SR)) == "silent"
+    # A phase-inverted pair cancels in the mono analysis signal.
+    assert _code(_float_wav(np.stack([music[0], -music[0]]), SR)) == "silent"
+
+
+def test_non_finite_float_wav_is_undecodable(music: np.ndarray) -> None:
+    for bad in (np.nan, np.inf):
+        x = music.copy()
+        x[1, SR] = bad
+        with pytest.raises(Undecodable, match="non-finite"):
+            decode_audio(_float_wav(x, SR))
+
+
+@pytest.mark.parametrize("fmt", ["m4a", "mp3", "ogg", "flac"])
+def test_truncated_file_decodes_what_it_can(fmt: str) -> None:
+    data = encode_audio(_music(20.0, seed=2), SR, fmt)
+    head = data[: int(len(data) * 0.3)]
+    try:
+        audio = decode_audio(head)
+    except (Undecodable, TooShort):
+        return
+    assert 5.0 <= audio.duration_s < 20.0 and np.isfinite(audio.samples).all()
+
+
+def test_corrupt_container_bytes_only_raise_typed_errors(encoded: dict[str, bytes]) -> None:
+    rng = np.random.default_rng(11)
+    for fmt in ("m4a", "ogg"):
+        data = encoded[fmt]
+        header = data[:2000] if fmt == "m4a" else data[:4000]  # MP4 moov / Vorbis headers
+        for _ in range(25):
+            corrupt = bytearray(data)
+            for pos in rng.integers(8, len(header), size=int(rng.integers(1, 6))):
+                corrupt[pos] = int(rng.choice([0x00, 0xFF, int(rng.integers(256))]))
+            try:
+                audio = decode_audio(bytes(corrupt))
+            except PreviewvecError:
+                continue
+            assert np.isfinite(audio.samples).all() and audio.duration_s >= 5.0
+
+
+def test_playlists_cannot_make_the_decoder_read_other_files(
+    encoded: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FFmpeg's concat demuxer is probed from content and happily opens the files it
+    # names (relative ones are allowed even in its "safe" mode).
+    (tmp_path / "other.wav").write_bytes(encoded["wav"])
+    monkeypatch.chdir(tmp_path)
+    for name in ("other.wav", str(tmp_path / "other.wav"), "file:other.wav"):
+        playlist = f"ffconcat version 1.0\nfile '{name}'\n".encode()
+        assert _code(playlist) == "undecodable"
+
+
+# --- encoder contract ----------------------------------------------------------------
+
+
+def test_encode_audio_rejects_what_it_cannot_write(music: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unsupported format"):
+        encode_audio(music, SR, "opus")
+    with pytest.raises(ValueError, match="channels"):
+        encode_audio(np.concatenate([music, music[:1]]), SR, "mp3")
+    with pytest.raises(ValueError, match="Hz"):
+        encode_audio(music, 96_000, "mp3")
+    with pytest.raises(ValueError, match="finite"):
+        encode_audio(np.full(SR, np.nan), SR, "wav")

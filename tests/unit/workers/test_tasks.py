@@ -1,0 +1,43 @@
+"""The Celery task wrapper accounts for every way a job can end (no broker needed)."""
+
+from types import SimpleNamespace
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+import workers.tasks as tasks
+from contract.errors import PreviewvecError
+
+
+class FakeRuns:
+    def __init__(self):
+        self.failures = []
+
+    def fail(self, run_id, recording_id, code, message, job=None):
+        self.failures.append((run_id, recording_id, code))
+
+
+class PermanentStoreError(PreviewvecError):
+    code = "store_error"
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (SoftTimeLimitExceeded(), "timeout"),
+        (PermanentStoreError("bucket gone"), "store_error"),
+        (RuntimeError("boom"), "internal_error"),
+    ],
+)
+def test_unexpected_endings_are_recorded_failures(monkeypatch, raised, code):
+    runs = FakeRuns()
+    monkeypatch.setattr(tasks, "_context", SimpleNamespace(runs=runs))
+
+    def explode(job, ctx):
+        raise raised
+
+    monkeypatch.setattr("workers.featurize.featurize", explode)
+    job = {"recording_id": "r1", "preview_url": "https://x.test/a.m4a", "run_id": "run1"}
+    result = tasks.featurize_task.run(job)
+    assert result["status"] == "failed" and result["error_code"] == code
+    assert runs.failures == [("run1", "r1", code)]
