@@ -115,11 +115,13 @@ def main() -> int:
     def run(runs: Runs, ctx: Any, run_id: str, numbers: range) -> float:
         started = time.perf_counter()
         runs.create(run_id, queue="batch", source="redis_memory")
-        ids = [f"bench-{n:07d}" for n in numbers]
-        runs.mark_many_queued(run_id, ids)
-        for n, rid in zip(numbers, ids, strict=True):
-            job = {"recording_id": rid, "run_id": run_id, "source": "bench",
-                   "preview_url": f"https://audio-ssl.itunes.apple.com/{n}.m4a"}
+        jobs = {f"bench-{n:07d}": {"recording_id": f"bench-{n:07d}", "run_id": run_id,
+                                   "source": "bench",
+                                   "preview_url": f"https://audio-ssl.itunes.apple.com/{n}.m4a"}
+                for n in numbers}
+        # Marked queued with their jobs, as producers do (kept until each is done).
+        runs.mark_many_queued(run_id, {rid: json.dumps(job) for rid, job in jobs.items()})
+        for job in jobs.values():
             featurize_mod.featurize(job, ctx)
         return time.perf_counter() - started
 

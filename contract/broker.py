@@ -20,6 +20,8 @@ DEFAULT_QUEUE = "batch"
 # priority 0, "<name>\x06\x16<step>" for the others (kombu.transport.redis.Channel.sep).
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default, written down because producers count them
+# kombu's hash of delivered, unacknowledged messages (its Redis transport's default name).
+UNACKED_KEY = "unacked"
 # JSON only: pickle is refused, a broker message must never run code.
 SERIALIZER = "json"
 

@@ -168,6 +168,7 @@ TRANSIENT_CODES: frozenset[str] = frozenset({
     "http_429",
     "timeout",             # the task's time limit
     "worker_crashed",      # the pool child died (signal, OOM) more often than the cap
+    "job_lost",            # the broker lost the job's message more often than the cap
     "internal_error",      # an unexpected exception: maybe a bug fixed since
     StoreUnavailable.code,
     IndexUnavailable.code,

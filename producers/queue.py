@@ -310,7 +310,9 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
                     # Queued before published: a worker can finish a job within
                     # milliseconds, and a "queued" written after its "done" would count it
                     # as queued for ever.
-                    runs.mark_many_queued(run_id, [j.recording_id for j in jobs])
+                    # Each with its job: one the broker loses is published again
+                    # (contract/state/lost.py).
+                    runs.mark_many_queued(run_id, {j.recording_id: j.to_json() for j in jobs})
                     with producer.batch(max_size=len(jobs)):
                         for job in jobs:
                             _publish_task(client, producer, target, job.to_dict(), retry=retry)

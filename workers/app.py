@@ -17,6 +17,7 @@ from contract import broker  # noqa: E402
 from contract.settings import Settings  # noqa: E402
 from workers import jitcache  # noqa: E402
 from workers.deliveries import DeliveryHeartbeat, heartbeat_interval_s  # noqa: E402
+from workers.redeliver import LostJobSweeper  # noqa: E402
 
 QUEUES = broker.QUEUES  # consumed in this order: on-demand work goes first
 VISIBILITY_TIMEOUT_S = 40  # the default of Settings.visibility_timeout_s
@@ -81,6 +82,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_track_started=True,
     )
     app.steps["consumer"].add(DeliveryHeartbeat)
+    app.steps["consumer"].add(LostJobSweeper)  # jobs the broker lost (contract/state/lost.py)
     return app
 
 

@@ -7,13 +7,15 @@ One module per concern:
 ``keys``                    every ``pv:`` key name (and nothing builds one elsewhere)
 ``scripts`` + ``lua/``      the Lua scripts, as files packaged with ``contract``
 ``runs``                    :class:`Runs`: ``pv:runs``, ``pv:run:<id>:{meta,counts,state,
-                            failures}``; closing and pruning runs. It mixes in the four
-                            concerns below, so one handle serves a whole process
+                            failures,jobs,lost}``; closing and pruning runs. It mixes in
+                            the six concerns below, so one handle serves a whole process
 ``ready``                   the reducer's queue ``pv:ready`` and ``pv:ready:dead``
 ``lock``                    the reducer lock ``pv:reducer:lock`` (and the trim under it)
 ``crashes``                 crash counts ``pv:crash:<task id>``
 ``cursors``                 producers' resume cursors ``pv:cursor:<name>[:run]``
 ``queues``                  depths of kombu's queue lists (read only), PING
+``lost``                    jobs the broker lost (``pv:run:<id>:jobs``/``lost``,
+                            ``pv:redeliver:lock``); reads kombu's lists and ``unacked``
 ``ratelimit``               :class:`GcraState`, ``pv:ratelimit:<name>`` (shared GCRA state)
 ``cache``                   :class:`AnswerCache`, ``pv:itunes:cache:<sha1(url)>``
 ==========================  ==============================================================
@@ -27,7 +29,8 @@ One exception, not ``pv:`` state: kombu's own keys. The broker's queues (``batch
 ``_kombu.binding.*`` sets belong to kombu; workers/deliveries.py (the delivery heartbeat)
 refreshes ``unacked_index`` through the connection kombu itself hands out
 (``channel.client`` / ``conn_or_acquire``), because it must act on kombu's view of its
-own deliveries. This package only reads their lengths (:mod:`contract.state.queues`).
+own deliveries. This package only reads their lengths (:mod:`contract.state.queues`,
+:mod:`contract.state.lost`).
 """
 
 from contract.state.cache import DEFAULT_CACHE_TTL_S, AnswerCache

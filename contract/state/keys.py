@@ -12,12 +12,15 @@ RUNS_INDEX = f"{PREFIX}:runs"  # zset: run id → creation time
 READY_QUEUE = f"{PREFIX}:ready"  # list: record keys for the reducer
 DEAD_LETTER_QUEUE = f"{PREFIX}:ready:dead"  # list: ready entries that cannot be indexed
 LOCK_KEY = f"{PREFIX}:reducer:lock"  # string: the token of the reducer at work
+REDELIVER_LOCK = f"{PREFIX}:redeliver:lock"  # string: the worker sweeping for lost jobs
 RATELIMIT_PREFIX = f"{PREFIX}:ratelimit:"  # + limiter name: GCRA theoretical arrival time
 ITUNES_CACHE_PREFIX = f"{PREFIX}:itunes:cache:"  # + sha1(url): cached iTunes answers
 LEGACY_INDEXED_PATTERN = f"{PREFIX}:indexed:*"  # sets of versions before 0.x; deleted
 # The keys of one run (pv:run:<id>:<part>), in the order the close script takes them;
 # all of them expire together once the run is closed. A new per-run key belongs here.
-RUN_PARTS = ("meta", "counts", "state", "failures")
+# "jobs" holds the job of each recording still queued (for redelivery of a job the broker
+# lost, contract/state/lost.py), "lost" how often each was redelivered so.
+RUN_PARTS = ("meta", "counts", "state", "failures", "jobs", "lost")
 
 
 def run_key(run_id: str, part: str) -> str:

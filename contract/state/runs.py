@@ -11,8 +11,8 @@ meta and failures stay, with a time to live (``PREVIEWVEC_RUN_TTL_S``). What a c
 keeps is therefore bounded by its failures, not by its recordings.
 
 :class:`Runs` is the one handle on previewvec's Redis state: it also carries the ready
-queue, the reducer lock, crash counts, cursors and queue depths (one module each, mixed
-in here), so a process needs one client for all of it.
+queue, the reducer lock, crash counts, cursors, queue depths and lost jobs (one module
+each, mixed in here), so a process needs one client for all of it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from contract.state.keys import (
     run_pattern,
 )
 from contract.state.lock import ReducerLock
+from contract.state.lost import LostJobs
 from contract.state.queues import Queues
 from contract.state.ready import ReadyQueue
 
@@ -81,7 +82,7 @@ class Housekeeping:
     open: int = 0  # runs left open (still running, or not settled yet)
 
 
-class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues):
+class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues, LostJobs):
     """Run state for producers, workers, the reducer and the CLI."""
 
     @classmethod
@@ -118,11 +119,12 @@ class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues):
 
     # --- recordings' states -------------------------------------------------------------
     def _move(self, run_id: str, recording_id: str, state: str, *, delivered: bool,
-              failure: str = "", client: Any = None) -> Any:
+              failure: str = "", job: str = "", client: Any = None) -> Any:
         """Run the transition script: 1 moved, 0 no change, -1 run gone (or, with a
         pipeline as ``client``, the pipeline)."""
-        keys = [run_key(run_id, part) for part in ("state", "counts", "meta", "failures")]
-        args = [recording_id, state, "1" if delivered else "0", failure]
+        keys = [run_key(run_id, part)
+                for part in ("state", "counts", "meta", "failures", "jobs", "lost")]
+        args = [recording_id, state, "1" if delivered else "0", failure, job]
         return self._script("run_transition", keys, args, client=client)
 
     def mark(self, run_id: str, recording_id: str, state: str, *,
@@ -138,10 +140,15 @@ class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues):
                                                         if state == "failed" else ""))
         return self._move(run_id, recording_id, state, delivered=delivered) == 1
 
-    def mark_many_queued(self, run_id: str, recording_ids: Iterable[str]) -> None:
+    def mark_many_queued(self, run_id: str, jobs: Mapping[str, str] | Iterable[str]) -> None:
+        """Mark recordings queued: recording id → the JSON of the job about to be
+        published (kept until the recording leaves "queued", so that a job the broker
+        loses is published again, see :mod:`contract.state.lost`), or bare recording ids
+        (then nothing can republish them)."""
+        pairs = jobs.items() if isinstance(jobs, Mapping) else ((rid, "") for rid in jobs)
         pipe = self._redis.pipeline(transaction=False)
-        for recording_id in recording_ids:
-            self._move(run_id, recording_id, "queued", delivered=False, client=pipe)
+        for recording_id, job in pairs:
+            self._move(run_id, recording_id, "queued", delivered=False, job=job, client=pipe)
         pipe.execute()
 
     def fail(self, run_id: str, recording_id: str, code: str, message: str,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.broker import QUEUES
 from contract.layout import FEATURE_VERSION, VECTOR_DIM
 from contract.settings import Settings
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
@@ -87,6 +88,9 @@ class Batch:
         return (sum(counts.values()) == len(self.ids) and not counts["queued"]
                 and not runs.ready_depth())
 
+    def queue_depths(self) -> dict[str, int]:
+        return {queue: self.pipeline.runs.queue_depth(queue) for queue in QUEUES}
+
     def wait_done(self, n: int, timeout_s: float = 120) -> None:
         self.pipeline.wait_for(lambda: self.status()["done"] >= n, timeout_s=timeout_s,
                                what=f"{n} jobs of {self.name} done")
@@ -96,7 +100,8 @@ class Batch:
         self.pipeline.wait_for(self.complete, timeout_s=timeout_s,
                                what=lambda: f"{self.name} to complete (now {self.status()}, "
                                             f"{self.pipeline.raw.hlen('unacked')} "
-                                            "deliveries unacknowledged)")
+                                            "deliveries unacknowledged, queue depths "
+                                            f"{self.queue_depths()})")
         return time.monotonic()
 
 

@@ -288,3 +288,34 @@ def test_stalled_main_process_short_stall_keeps_its_job_long_stall_costs_work_on
         with contextlib.suppress(ProcessLookupError):
             os.killpg(a.pid, signal.SIGCONT)
         pipeline.close()
+
+
+@pytest.mark.timeout(300)
+def test_jobs_the_broker_lost_are_published_again_by_an_idle_worker(
+        tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
+    """Messages that vanished from the broker after they were published (Redis popped
+    them for a worker, then went down before kombu recorded the delivery) leave their
+    recordings "queued" with no message anywhere. A live, idle worker's sweep publishes
+    them again from the run's own record: every recording ends done, exactly once."""
+    pipeline = Pipeline(tmp_path / "pipe", cache_dir=assets.cache_dir,
+                        store=str(tmp_path / "store"))
+    try:
+        ids, lines, _ = serve_batch(clip_server, assets.clips, "vanished", 6, delay_ms=0)
+        run = pipeline.enqueue(lines)
+        # Lose three of the six messages: off the queue, never delivered.
+        for _ in range(3):
+            assert pipeline.raw.rpop("batch") is not None
+        assert pipeline.queue_depth("batch") == 3
+        worker = pipeline.start_worker("a")
+        worker.wait_warm()
+        pipeline.wait_until(lambda: pipeline.runs.status(run.run_id).counts["done"] == 3,
+                            timeout_s=60, what="the three delivered jobs done")
+        assert pipeline.runs.status(run.run_id).counts["queued"] == 3
+        # Found within a sweep interval plus the quiet period (both the visibility timeout).
+        status = pipeline.wait_run(run.run_id, timeout_s=3 * VISIBILITY_S + POLL_MARGIN_S)
+        assert status.counts == {"queued": 0, "done": 6, "skipped": 0, "failed": 0}
+        assert "published 3 lost job(s) again" in worker.log()
+        assert not pipeline.raw.exists(f"pv:run:{run.run_id}:jobs")
+        assert_exactly_once(pipeline, tmp_path, ids)
+    finally:
+        pipeline.close()

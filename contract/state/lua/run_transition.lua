@@ -1,7 +1,8 @@
 -- Move one recording of a run to a new state, keeping the counters consistent.
--- KEYS: state, counts, meta, failures of the run.
+-- KEYS: state, counts, meta, failures, jobs, lost of the run.
 -- ARGV: recording id, new state, delivered ("1": the outcome of a delivered job, "0": a
--- producer's), failure entry JSON ("" unless the new state is "failed").
+-- producer's), failure entry JSON ("" unless the new state is "failed"), job JSON (the
+-- published job when the new state is "queued", else "").
 -- Writes or removes the failure entry in the same step, so `failures` holds exactly the
 -- failed recordings (plus re-queued ones being retried). Rules:
 -- - a repeated transition is a no-op (a failure's entry is refreshed);
@@ -14,10 +15,24 @@
 --   or is new: a delivered job's outcome for it is a redelivery of a counted success, a
 --   no-op (0); a producer's is a new recording, counted;
 -- - a transition to "queued" reopens a closed run: its keys stop expiring until it is
---   closed again.
+--   closed again;
+-- - `jobs` keeps the job of every queued recording (written with "queued", dropped with
+--   any other state), so a job the broker lost can be published again; `lost` counts
+--   such redeliveries and is dropped with it.
 -- Returns 1 moved, 0 no change, -1 run gone.
-local rid, new, delivered, failure = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local rid, new, delivered, failure, job = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
 if delivered and redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if new == 'queued' then
+  if job and job ~= '' then
+    redis.call('HSET', KEYS[5], rid, job)
+    -- in a run closed as abandoned (expiring, still queued) a new hash expires with it
+    local ttl = redis.call('TTL', KEYS[3])
+    if ttl > 0 and redis.call('TTL', KEYS[5]) == -1 then redis.call('EXPIRE', KEYS[5], ttl) end
+  end
+else
+  redis.call('HDEL', KEYS[5], rid)
+  redis.call('HDEL', KEYS[6], rid)
+end
 local old = redis.call('HGET', KEYS[1], rid)
 if not old and redis.call('HEXISTS', KEYS[3], 'compacted_at') == 1 then
   if redis.call('HEXISTS', KEYS[4], rid) == 1 then

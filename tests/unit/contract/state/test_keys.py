@@ -15,7 +15,7 @@ PRODUCT = ("contract", "producers", "workers", "reducer", "previewvec", "infra")
 
 def test_key_names() -> None:
     assert keys.run_keys("r1") == ["pv:run:r1:meta", "pv:run:r1:counts", "pv:run:r1:state",
-                                   "pv:run:r1:failures"]
+                                   "pv:run:r1:failures", "pv:run:r1:jobs", "pv:run:r1:lost"]
     assert keys.crash_key("t") == "pv:crash:t"
     assert (keys.cursor_key("dump:x"), keys.cursor_run_key("dump:x")) == (
         "pv:cursor:dump:x", "pv:cursor:dump:x:run")
