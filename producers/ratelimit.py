@@ -80,6 +80,10 @@ class RateLimiter:
         self.grants += 1
         return wait
 
+    def next_wait_s(self) -> float:
+        """Seconds until the next slot (nothing reserved): how busy this limit is now."""
+        return self._state.peek(self.interval_us, self.burst) / 1_000_000
+
     def penalize(self, seconds: float) -> float:
         """Push the shared next-allowed time to at least now + ``seconds`` (for everyone).
 
