@@ -23,7 +23,8 @@ The rules, strongest first (``contract.sources.MATCH_RULES``):
 
 A barcode is trusted only when the album it gives agrees with the release
 (:func:`check_album`): at least half of the release's tracks have a store track at their
-position, and at least 80 % of those agree on title and duration. Otherwise the answer
+position, and at least 80 % of those agree on title and duration, or at least half of
+them share an ISRC with the recording there. Otherwise the answer
 is dropped with a note (``barcode … not trusted``) and the cascade falls back.
 """
 
@@ -150,7 +151,9 @@ def check_album(entries: list[Entry], tracks: list[StoreTrack], label: str) -> s
     agree = sum(_agrees(e.item, t.item) for e, t in pairs)
     isrc_hits = sum(bool(t.isrc and t.isrc in e.isrcs) for e, t in pairs)
     paired_ok = len(pairs) >= max(1, math.ceil(BARCODE_PAIRED_MIN * len(entries)))
-    if paired_ok and (agree >= BARCODE_AGREE_MIN * len(pairs) or isrc_hits == len(pairs)):
+    # Shared ISRCs are the stronger evidence: a wrong barcode shares none.
+    isrc_ok = isrc_hits >= max(1, math.ceil(BARCODE_PAIRED_MIN * len(pairs)))
+    if paired_ok and (agree >= BARCODE_AGREE_MIN * len(pairs) or isrc_ok):
         return ""
     return (f"{label} not trusted: {agree}/{len(pairs)} tracks agree by position "
             f"(release {len(entries)} tracks, store {len(tracks)})")

@@ -291,7 +291,7 @@ def test_cli_enqueue_accepts_resolve_output_and_submit_resumes(
     dump = tmp_path / "dump.jsonl"
     dump.write_text("")
     resolvers = iter([FakeResolver(40, fail_after=13), FakeResolver(40)])
-    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: next(resolvers))
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s, **kw: next(resolvers))
     with pytest.raises(RuntimeError):
         cli.main(["submit", "--dump", str(dump)])
     capsys.readouterr()
@@ -314,7 +314,7 @@ def test_cli_resolve_writes_enqueueable_lines(
     settings, runs, _ = env
     monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
     monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: FakeResolver(8))
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s, **kw: FakeResolver(8))
     out = tmp_path / "resolved.jsonl"
     assert cli.main(["resolve", "--dump", "x.jsonl", "--out", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
