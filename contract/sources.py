@@ -25,8 +25,10 @@ class SourceSpec:
     link_template: str
     # Preview URLs carry an expiring token: a 403/410 from the CDN means "ask again".
     previews_expire: bool = False
-    # API path giving one track (with a fresh preview URL) by its id, if the source has one.
+    # API path giving one track (with a fresh preview URL) by its id, if the source has one,
+    # and the JSON field holding that URL.
     track_path: str | None = None
+    preview_field: str = "preview"
 
 
 SOURCES: dict[str, SourceSpec] = {
