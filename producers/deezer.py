@@ -18,6 +18,8 @@ Track objects carry ``isrc``, ``track_position``, ``disk_number``, ``duration`` 
 token) and ``link``. ``/album/upc:`` gives the album (``nb_tracks``, ``title``,
 ``artist``) but its embedded track list lacks ISRCs and positions, so the track list is
 read from ``/album/<id>/tracks``: a release costs two calls and is then matched by ISRC.
+Without identifiers, ``/search/album`` and ``/search/track`` take Deezer's advanced query
+syntax (``artist:"…" album:"…"``, ``artist:"…" track:"…"``).
 """
 
 from __future__ import annotations
@@ -123,11 +125,22 @@ class DeezerClient:
         """``/track/<id>``: the track with a freshly signed preview URL."""
         return self._get(f"track/{track_id}")
 
+    def search(self, kind: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """``/search/album`` or ``/search/track`` with Deezer's advanced syntax
+        (``artist:"…" album:"…"``): the result objects (``data``)."""
+        if kind not in ("album", "track"):
+            raise ValueError("kind must be 'album' or 'track'")
+        data = self._get(f"search/{kind}", {"q": query, "limit": limit}) or {}
+        return [row for row in data.get("data") or [] if isinstance(row, dict)]
+
+    def album_tracks(self, album_id: int | str) -> list[dict[str, Any]]:
+        """``/album/<id>/tracks``: the album's tracks with ISRCs and positions."""
+        listing = self._get(f"album/{album_id}/tracks", {"limit": MAX_TRACKS_PAGE}) or {}
+        return [t for t in listing.get("data") or [] if isinstance(t, dict)]
+
     def album_by_upc(self, upc: str) -> DeezerAlbum | None:
         """The album with this barcode and its tracks (two calls), or None."""
         album = self._get(f"album/upc:{upc}")
         if album is None or not album.get("id"):
             return None
-        listing = self._get(f"album/{album['id']}/tracks", {"limit": MAX_TRACKS_PAGE}) or {}
-        rows = [t for t in listing.get("data") or [] if isinstance(t, dict)]
-        return DeezerAlbum(album, rows)
+        return DeezerAlbum(album, self.album_tracks(album["id"]))

@@ -13,10 +13,12 @@ resolved in this cascade, each step only for the tracks the steps before left op
 3. **text**: the iTunes album search and collection lookup of before (two calls), then a
    song search per track left (``search+fuzzy``).
 
-Sources are tried least busy first: a source whose shared limiter has no slot for more
-than :data:`BUSY_S` goes after the free ones (priority breaks ties), so a release is not
-held up by the slower source; dumps keep several releases in flight
-(:meth:`Resolver.resolve_dump`), which spreads them over both limits. A release whose
+Only *free* sources are asked, in priority order: a source whose shared limiter has no
+slot within :data:`BUSY_S` is skipped while another is free (when all are busy, the one
+that frees up first is asked), so a release is never held up by the slower source. Dumps
+keep several releases in flight (:meth:`Resolver.resolve_dump`): iTunes takes what its
+20 calls/min allow and Deezer the rest. The price is recall: a track only iTunes has is
+missed when iTunes was busy for its release (measured in benchmarks/resolution.py). A release whose
 recordings are all stored already (``stored``) costs no call at all.
 
 Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`
@@ -82,7 +84,7 @@ from producers.sources import (
 
 SOURCE = "itunes"  # the source of jobs before there were several
 ALREADY_STORED = "already_stored"
-BUSY_S = 1.0  # a source whose next slot is further away goes after the free ones
+BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
 _Entry = Entry  # the name this module used before producers/sources.py
 
@@ -207,6 +209,7 @@ class Resolver:
         self.threshold = settings.match_threshold
         self.stored = stored
         self.in_flight = max(1, in_flight)
+        self.busy_s = BUSY_S
         built: dict[str, PreviewSource] = {}
         if itunes is not None:
             built["itunes"] = ITunesSource(itunes, self.threshold,
@@ -266,11 +269,14 @@ class Resolver:
         return self.mb
 
     def _ordered(self) -> list[PreviewSource]:
-        """Free sources first (priority order), then the busy ones."""
+        """The sources to ask, in priority order: those with a slot within ``busy_s``; when
+        every source is busy, the one that frees up first. A busy source is not asked
+        while another is free, so a release is never held up by the slower source."""
         if len(self.sources) < 2:
             return list(self.sources)
-        busy = {s.name: s.limiter.next_wait_s() > BUSY_S for s in self.sources}
-        return sorted(self.sources, key=lambda s: busy[s.name])  # stable: priority kept
+        waits = {s.name: s.limiter.next_wait_s() for s in self.sources}
+        free = [s for s in self.sources if waits[s.name] <= self.busy_s]
+        return free or [min(self.sources, key=lambda s: waits[s.name])]
 
     # -- building blocks ---------------------------------------------------------------
     def _job(self, entry: Entry, cand: Candidate, notes: list[str]) -> Resolution:

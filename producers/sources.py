@@ -19,7 +19,8 @@ The rules, strongest first (``contract.sources.MATCH_RULES``):
     differ, the position is **not** enough: a remaster or live version under its own
     ISRC is another recording.
 ``search+fuzzy``
-    Today's album search, then song search, fuzzy-matched (iTunes only).
+    Album search then the album's tracks, or a song/track search, fuzzy-matched
+    (iTunes ``/search``; Deezer ``/search/album`` and ``/search/track``).
 
 A barcode is trusted only when the album it gives agrees with the release
 (:func:`check_album`): at least half of the release's tracks have a store track at their
@@ -323,7 +324,35 @@ class DeezerSource:
         return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
-        return ReleaseAnswer()  # identifiers only: text matching stays with iTunes
+        """Two calls: ``/search/album``, then the best album's tracks; fuzzy assignment
+        (ISRCs, when both sides have them, still win inside the album)."""
+        rows = self.client.search(
+            "album", f'artist:"{query.search_artist}" album:"{query.title}"')
+        best: tuple[Match, dict[str, Any]] | None = None
+        for row in rows:
+            if not row.get("id"):
+                continue
+            as_collection = {"collectionName": row.get("title"),
+                             "artistName": (row.get("artist") or {}).get("name"),
+                             "trackCount": row.get("nb_tracks")}
+            m = album_score(query.title, query.artist, query.total_tracks, as_collection)
+            if best is None or m.score > best[0].score:
+                best = (m, row)
+        if best is None or best[0].score < self.threshold:
+            return ReleaseAnswer()
+        tracks = [deezer_track(r, best[1].get("title"))
+                  for r in self.client.album_tracks(best[1]["id"])]
+        matched = match_album(entries, tracks, self.name, self.threshold)
+        matched = {i: c for i, c in matched.items() if c.rule == "isrc"}
+        used = {c.track.track_id for c in matched.values()}
+        pairs = [(i, j, match_score(e.item, t.item, album=True))
+                 for i, e in enumerate(entries) if i not in matched
+                 for j, t in enumerate(tracks) if t.track_id not in used]
+        note = f" album={best[0].score:.2f}"
+        for i, (j, m) in assign(pairs, self.threshold).items():
+            matched[i] = Candidate(self.name, tracks[j], "search+fuzzy", m.score,
+                                   m.reason + note)
+        return ReleaseAnswer(matched)
 
     def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
         """One call per ISRC tried (``/track/isrc:…``), until one is found."""
@@ -339,4 +368,20 @@ class DeezerSource:
         return miss
 
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
-        return Miss(0.0, "deezer: identifiers only")
+        """One ``/search/track`` call; the best candidate by :func:`match_score`."""
+        main = entry.item.artists[0] if entry.item.artists else entry.item.artist
+        rows = self.client.search("track", f'artist:"{main}" track:"{entry.item.title}"')
+        best: tuple[Match, StoreTrack] | None = None
+        for row in rows:
+            track = deezer_track(row)
+            m = match_score(entry.item, track.item)
+            if best is None or m.score > best[0].score:
+                best = (m, track)
+        if best is None:
+            return Miss(0.0, "deezer: no store candidates")
+        m, track = best
+        if m.score < self.threshold:
+            return Miss(m.score, f"deezer best {track.item.title!r} by "
+                                 f"{track.item.artist!r}: {m.reason}")
+        return Candidate(self.name, track, "search+fuzzy", m.score,
+                         m.reason + " via deezer track search")

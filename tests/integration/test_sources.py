@@ -159,8 +159,9 @@ def test_wrong_itunes_barcode_falls_to_deezer_isrcs(settings: Settings, r: Redis
     # The MB recording is live; Deezer's track 3 (studio, its own ISRC) must not match,
     # nor iTunes's studio "Undertow" found by song search.
     assert got["88888888"].job is None and got["88888888"].error_code == "no_confident_match"
-    assert resolver.calls["itunes"] == 2  # upc lookup + one song search (for the live take)
-    assert resolver.calls["deezer"] == 2  # /album/upc: + /album/<id>/tracks
+    # the live take: one song search on each source (nothing to find)
+    assert resolver.calls["itunes"] == 2  # upc lookup + song search
+    assert resolver.calls["deezer"] == 3  # /album/upc: + /album/<id>/tracks + track search
 
 
 def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
@@ -175,8 +176,10 @@ def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
     got = {res.recording_id[:8]: res for res in resolver.resolve_release_data(entry_release)}
     assert got["77777777"].job is not None and got["77777777"].job.match_rule == "isrc"
     assert got["66666666"].job is None  # Deezer knows no track for USHP10300001 (800)
-    assert got["88888888"].reason.endswith("deezer: identifiers only")
-    assert resolver.calls["deezer"] == 3  # one /track/isrc: per recording with an ISRC
+    assert got["88888888"].reason.endswith("deezer: no store candidates")
+    # one /track/isrc: per recording with an ISRC, one /search/album for the three left
+    # (an empty answer), one /search/track for each of them
+    assert resolver.calls["deezer"] == 3 + 1 + 3
 
 
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
