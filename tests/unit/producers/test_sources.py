@@ -252,6 +252,22 @@ def test_a_busy_source_goes_after_a_free_one() -> None:
     assert {r.job.source for r in got} == {"deezer"} and a.log == []
 
 
+def test_a_busy_source_is_not_asked_while_another_is_free() -> None:
+    # iTunes (priority, busy) has the album; Deezer (free) does not: the release is not
+    # held up waiting for iTunes — its tracks stay unresolved (recall is the price).
+    a = FakeSource("itunes", store(isrcs=False), by_search=True, limiter=FakeLimiter(2.5))
+    b = FakeSource("deezer", [], by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert not any(r.ok for r in got) and a.log == []
+
+
+def test_when_every_source_is_busy_the_first_to_free_up_is_asked() -> None:
+    a = FakeSource("itunes", store(isrcs=False), limiter=FakeLimiter(2.5))
+    b = FakeSource("deezer", store(), limiter=FakeLimiter(4.0))
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert {r.job.source for r in got} == {"itunes"} and b.log == []
+
+
 def test_a_stored_release_is_not_resolved() -> None:
     a = FakeSource("itunes", store())
     got = list(resolver_with(a, stored=lambda rid: True).resolve_release_data(release()))
