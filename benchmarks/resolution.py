@@ -60,10 +60,11 @@ from tests.local_http import serve_in_background, stop_server  # noqa: E402
 ITUNES_PER_MIN = 20.0  # Apple: "approximately 20 calls per minute"
 DEEZER_PER_S = 10.0  # Deezer: 50 requests per 5 seconds
 TARGET_RECORDINGS = 35_000_000
-WORDS = ("amber static glass hollow pine radio moon paper lantern north river ember velvet "
-         "signal harbor winter cobalt echo violet orbit meadow copper silent neon arrow "
-         "garden thunder marble shadow candle ocean prairie falcon crystal mirror saffron "
-         "tidal willow granite comet").split()
+WORDS = ("amber", "static", "glass", "hollow", "pine", "radio", "moon", "paper", "lantern",
+         "north", "river", "ember", "velvet", "signal", "harbor", "winter", "cobalt", "echo",
+         "violet", "orbit", "meadow", "copper", "silent", "neon", "arrow", "garden",
+         "thunder", "marble", "shadow", "candle", "ocean", "prairie", "falcon", "crystal",
+         "mirror", "saffron", "tidal", "willow", "granite", "comet")
 
 
 # -- the labelled catalogue ----------------------------------------------------------------
@@ -118,7 +119,7 @@ def _dz_row(tid: int, artist: str, album: str, t: dict[str, Any], isrc: str) -> 
             "album": {"title": album}, "type": "track"}
 
 
-def make_catalog(n: int, mix: Mix, seed: int) -> Catalog:  # noqa: C901 - a generator
+def make_catalog(n: int, mix: Mix, seed: int) -> Catalog:
     rng = random.Random(seed)
     cat, used = Catalog(), set()
     for k in range(n):
@@ -262,11 +263,7 @@ class StoreServer:
         want = _tokens(q.get("term", ""))
         scored = []
         for album in self.cat.it_albums.values():
-            c = album["collection"]
-            if q.get("entity") == "album":
-                rows = [c]
-            else:
-                rows = album["tracks"]
+            rows = [album["collection"]] if q.get("entity") == "album" else album["tracks"]
             for row in rows:
                 name = row.get("trackName") or row["collectionName"]
                 hit = len(want & _tokens(f"{row['artistName']} {name}"))
@@ -281,10 +278,8 @@ class StoreServer:
                        .replace("track:", " "))
         scored = []
         for album in self.cat.dz_albums.values():
-            if kind == "album":
-                rows = [{k: v for k, v in album.items() if k != "tracks"}]
-            else:
-                rows = album["tracks"]
+            rows = ([{k: v for k, v in album.items() if k != "tracks"}] if kind == "album"
+                    else album["tracks"])
             for row in rows:
                 hit = len(want & _tokens(f"{row['artist']['name']} {row['title']}"))
                 if hit >= max(1, len(want) - 1):

@@ -150,7 +150,7 @@ def test_releases_the_resolver_skipped_as_stored_count_as_skipped(env) -> None:
     """Given resolutions the resolver did not attempt because every recording of their
     release is stored (``already_stored``, no upstream call), expect them counted
     skipped, handed to the reducer, and not recorded as failures."""
-    settings, runs, client = env
+    settings, runs, _ = env
     stored = [FakeResolution(rid(i), None, 0.0, "every recording of the release is stored",
                              "already_stored") for i in (1, 2)]
     report = submit([*stored, resolution(4)], settings, queue="ondemand")
