@@ -354,6 +354,8 @@ def main() -> None:
                     help="published limits sped up by this factor (waits are real)")
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--strategies", default="text-itunes,ids-itunes,ids-both",
+                    help="comma-separated subset to run")
     for name, value in Mix().__dict__.items():
         ap.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=value)
     args = ap.parse_args()
@@ -377,6 +379,8 @@ def main() -> None:
                 fh.write(json.dumps({**rel, "barcode": ""}) + "\n")
         for strategy, path in (("text-itunes", text_dump), ("ids-itunes", dump),
                                ("ids-both", dump)):
+            if strategy not in args.strategies.split(","):
+                continue
             out.append(run(strategy, cat, server, redis.url, args.factor, path))
             print(json.dumps(out[-1], ensure_ascii=False), flush=True)
         rerun = run("ids-both", cat, server, redis.url, args.factor, dump, stored=True)

@@ -70,7 +70,7 @@ from producers.musicbrainz import (
     artist_credit_string,
     partial_date_key,
 )
-from producers.ratelimit import RateLimiter
+from producers.ratelimit import RateLimiter, RateLimitTimeout
 from producers.sources import (
     Candidate,
     DeezerSource,
@@ -182,10 +182,15 @@ class _Cascade:
                                         or got.score > self.misses[i].score):
             self.misses[i] = got
 
-    def attempt(self, call: Callable[[], Any]) -> Any:
-        """``call()``, or None after noting an upstream error (the cascade goes on)."""
+    def attempt(self, source: PreviewSource, bound: float | None,
+                call: Callable[[PreviewSource], Any]) -> Any:
+        """``call(source)`` with its waits bounded; None after an upstream error (noted)
+        or when the source's slot went further than ``bound`` (busy: not asked)."""
         try:
-            return call()
+            with source.limiter.bounded(bound):
+                return call(source)
+        except RateLimitTimeout:
+            return None
         except UpstreamError as exc:
             self.errors.append(exc)
             return None
@@ -268,15 +273,17 @@ class Resolver:
             raise MbContactMissing("this resolution needs MusicBrainz: set PREVIEWVEC_MB_CONTACT")
         return self.mb
 
-    def _ordered(self) -> list[PreviewSource]:
-        """The sources to ask, in priority order: those with a slot within ``busy_s``; when
-        every source is busy, the one that frees up first. A busy source is not asked
-        while another is free, so a release is never held up by the slower source."""
+    def _ordered(self) -> list[tuple[PreviewSource, float | None]]:
+        """The sources to ask, in priority order, each with the longest wait for its slot:
+        those with a slot within ``busy_s`` (bounded by it, as another thread may take the
+        slot first); when every source is busy, the one that frees up first (unbounded).
+        A busy source is not asked while another is free, so a release is never held up
+        by the slower source."""
         if len(self.sources) < 2:
-            return list(self.sources)
+            return [(s, None) for s in self.sources]
         waits = {s.name: s.limiter.next_wait_s() for s in self.sources}
-        free = [s for s in self.sources if waits[s.name] <= self.busy_s]
-        return free or [min(self.sources, key=lambda s: waits[s.name])]
+        free = [(s, self.busy_s) for s in self.sources if waits[s.name] <= self.busy_s]
+        return free or [(min(self.sources, key=lambda s: waits[s.name]), None)]
 
     # -- building blocks ---------------------------------------------------------------
     def _job(self, entry: Entry, cand: Candidate, notes: list[str]) -> Resolution:
@@ -320,11 +327,11 @@ class Resolver:
         """Steps 2 and 3b: ISRC lookups for every open track, then song searches."""
         self._per_recording_isrc(state)
         for i in state.pending():
-            for src in self._ordered():
+            for src, bound in self._ordered():
                 if i in state.found:
                     break
                 state.offer(i, state.attempt(
-                    lambda s=src, e=state.entries[i]: s.recording_by_search(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e)))
 
     def _release_entries(self, release: dict[str, Any]) -> list[Entry]:
         title = release.get("title") or ""
@@ -372,17 +379,17 @@ class Resolver:
                              names[0] if names else artist, len(entries))
         state = _Cascade(entries, wanted)
         if query.barcode:
-            for src in self._ordered():
+            for src, bound in self._ordered():
                 if state.pending() and not self._per_track_cheaper(src, state):
-                    state.take(state.attempt(lambda s=src: s.release_by_barcode(
+                    state.take(state.attempt(src, bound, lambda s: s.release_by_barcode(
                         query, entries)) or ReleaseAnswer())
         untrusted = sum("not trusted" in n for n in state.notes)
         self.stats["barcode_untrusted"] += untrusted
         self._per_recording_isrc(state)
         if len(state.pending()) >= 2 or (state.pending() and not state.found):
-            for src in self._ordered():
+            for src, bound in self._ordered():
                 if state.pending():
-                    state.take(state.attempt(lambda s=src: s.release_by_search(
+                    state.take(state.attempt(src, bound, lambda s: s.release_by_search(
                         query, entries)) or ReleaseAnswer())
         self._per_recording(state)
         return [self._outcome(state, i) for i in wanted]
@@ -396,11 +403,11 @@ class Resolver:
 
     def _per_recording_isrc(self, state: _Cascade) -> None:
         for i in state.pending():
-            for src in self._ordered():
+            for src, bound in self._ordered():
                 if i in state.found or not state.entries[i].isrcs:
                     break
                 state.offer(i, state.attempt(
-                    lambda s=src, e=state.entries[i]: s.recording_by_isrc(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e)))
 
     # -- public entry points -----------------------------------------------------------
     def resolve_release(self, release_mbid: str) -> Iterator[Resolution]:

@@ -255,3 +255,17 @@ def test_two_rate_limits_hold_across_two_processes(local_redis: LocalRedis, r: R
     # pace (10 calls need 2.25 s at 4/s, and would take 7.5 s for 30).
     assert deezer[-1] - deezer[0] < itunes[-1] - itunes[0]
     assert itunes[-1] - itunes[0] >= (2 * n - 1) / 4.0 - 0.1
+
+
+def test_bounded_limiter_refuses_a_far_slot_without_reserving(r: Redis) -> None:
+    """A thread with another source to ask does not queue behind a busy one."""
+    from producers.ratelimit import RateLimitTimeout
+
+    limiter = RateLimiter(r, "bounded-test", rate_per_s=2.0)
+    limiter.acquire()  # the next slot is 0.5 s away
+    with limiter.bounded(0.1), pytest.raises(RateLimitTimeout):
+        limiter.acquire()
+    assert 0.3 < limiter.next_wait_s() <= 0.5  # nothing was reserved
+    with limiter.bounded(1.0):
+        assert limiter.acquire() > 0.3  # within the bound: granted and waited
+    assert limiter.grants == 2

@@ -3,6 +3,8 @@ over sources (in-memory sources that record what they were asked)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -162,6 +164,10 @@ class FakeLimiter:
 
     def next_wait_s(self) -> float:
         return self.wait_s
+
+    @contextmanager
+    def bounded(self, max_wait_s: float | None) -> Iterator[None]:
+        yield
 
 
 @dataclass
