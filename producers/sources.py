@@ -22,6 +22,12 @@ The rules, strongest first (``contract.sources.MATCH_RULES``):
     Album search then the album's tracks, or a song/track search, fuzzy-matched
     (iTunes ``/search``; Deezer ``/search/album`` and ``/search/track``).
 
+Two vetoes hold in every rule but ``isrc``: ISRCs on both sides that differ, and a *lone
+remaster* (:func:`lone_remaster`: "Song (2019 Remaster)" in an album that is not itself a
+remaster edition, for a recording whose title does not say remaster) — another version,
+as a best-of's remaster usually is. A remastered edition of the album still matches its
+tracks, as MusicBrainz counts a remaster as the same recording.
+
 A barcode is trusted only when the album it gives agrees with the release
 (:func:`check_album`): at least half of the release's tracks have a store track at their
 position, and at least 80 % of those agree on title and duration, or at least half of
@@ -46,6 +52,7 @@ from producers.matching import (
     duration_score,
     item_from_itunes,
     match_score,
+    normalize,
     parse_title,
     similarity,
 )
@@ -136,6 +143,32 @@ class PreviewSource(Protocol):
 
 
 # -- the rules (pure) -------------------------------------------------------------------
+_REMASTER = ("remaster", "remastered", "remasters", "remastering")
+
+
+def _says_remaster(text: str | None) -> bool:
+    return any(w in _REMASTER for w in normalize(text).split())
+
+
+def lone_remaster(recording: Item, track: Item) -> bool:
+    """A remastered track in an album that is not itself a remaster edition, for a
+    recording whose title does not say so: another version (a best-of's remaster), which
+    only an ISRC may match. A remastered *edition* of the album is the album."""
+    return (_says_remaster(track.title) and not _says_remaster(recording.title)
+            and not _says_remaster(track.album))
+
+
+def _pairs(entries: list[Entry], tracks: list[StoreTrack], skip: set[int],
+           used: set[str]) -> list[tuple[int, int, Match]]:
+    """In-album text scores of the open entries and free tracks, without the pairs an
+    identifier rules out (ISRCs on both sides that differ, a lone remaster)."""
+    return [(i, j, match_score(e.item, t.item, album=True))
+            for i, e in enumerate(entries) if i not in skip
+            for j, t in enumerate(tracks) if t.track_id not in used
+            and not (e.isrcs and t.isrc and t.isrc not in e.isrcs)
+            and not lone_remaster(e.item, t.item)]
+
+
 def _position(item: Item) -> tuple[int, int] | None:
     return ((item.disc or 1), item.track) if item.track else None
 
@@ -182,6 +215,8 @@ def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
             continue
         if e.isrcs and tracks[j].isrc and tracks[j].isrc not in e.isrcs:
             continue  # another recording under its own ISRC (a remaster, a live take)
+        if lone_remaster(e.item, tracks[j].item):
+            continue
         m = match_score(e.item, tracks[j].item, album=True)
         if m.score >= threshold:
             out[i] = Candidate(source, tracks[j], "upc+position", m.score, m.reason)
@@ -248,8 +283,7 @@ class ITunesSource:
             return ReleaseAnswer()
         tracks = [_itunes_track(r)
                   for r in self.client.lookup_collection(best[1]["collectionId"]).tracks]
-        pairs = [(i, j, match_score(e.item, t.item, album=True))
-                 for i, e in enumerate(entries) for j, t in enumerate(tracks)]
+        pairs = _pairs(entries, tracks, set(), set())
         note = f" album={best[0].score:.2f}"
         return ReleaseAnswer({i: Candidate(self.name, tracks[j], "search+fuzzy", m.score,
                                            m.reason + note)
@@ -267,7 +301,10 @@ class ITunesSource:
         for row in rows:
             if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
                 continue
-            m = match_score(entry.item, item_from_itunes(row))
+            item = item_from_itunes(row)
+            if lone_remaster(entry.item, item):
+                continue
+            m = match_score(entry.item, item)
             if best is None or m.score > best[0].score:
                 best = (m, row)
         if best is None:
@@ -345,9 +382,7 @@ class DeezerSource:
         matched = match_album(entries, tracks, self.name, self.threshold)
         matched = {i: c for i, c in matched.items() if c.rule == "isrc"}
         used = {c.track.track_id for c in matched.values()}
-        pairs = [(i, j, match_score(e.item, t.item, album=True))
-                 for i, e in enumerate(entries) if i not in matched
-                 for j, t in enumerate(tracks) if t.track_id not in used]
+        pairs = _pairs(entries, tracks, set(matched), used)
         note = f" album={best[0].score:.2f}"
         for i, (j, m) in assign(pairs, self.threshold).items():
             matched[i] = Candidate(self.name, tracks[j], "search+fuzzy", m.score,
@@ -374,6 +409,9 @@ class DeezerSource:
         best: tuple[Match, StoreTrack] | None = None
         for row in rows:
             track = deezer_track(row)
+            if lone_remaster(entry.item, track.item) or (
+                    entry.isrcs and track.isrc and track.isrc not in entry.isrcs):
+                continue
             m = match_score(entry.item, track.item)
             if best is None or m.score > best[0].score:
                 best = (m, track)

@@ -125,11 +125,17 @@ def test_remaster_under_its_own_isrc_does_not_match_the_studio_recording() -> No
     remaster = {3: ("Glass (2019 Remaster)", 251, "USHP11900004")}  # a new ISRC
     got = match_album(entries(), store(changes=remaster), "deezer", THRESHOLD)
     assert 3 not in got and rules(got) == {i: "isrc" for i in (0, 1, 2, 4, 5)}
-    # without ISRCs on the store side the text decides: MusicBrainz counts a remaster
-    # as the same recording (docs/matching.md), so position + title match it
+    # without ISRCs, a lone remaster in an album of originals is still another version
     no_isrc = match_album(entries(), store(isrcs=False, changes=remaster), "itunes",
                           THRESHOLD)
-    assert no_isrc[3].rule == "upc+position"
+    assert 3 not in no_isrc and len(no_isrc) == 5
+    # but a remastered *edition* of the album is the album (MusicBrainz counts a remaster
+    # as the same recording): every track matches, the remastered one included
+    edition = [StoreTrack(Item(t.item.title + " (2019 Remaster)", ARTIST, (),
+                               t.item.duration_ms, t.item.disc, t.item.track,
+                               "Midnight Radio (Remastered)"), t.track_id, t.preview_url,
+                          t.link) for t in store(isrcs=False)]
+    assert set(match_album(entries(), edition, "itunes", THRESHOLD)) == set(range(6))
 
 
 def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
