@@ -253,7 +253,7 @@ class Resolver:
                 cache=AnswerCache(redis_client, prefix=DEEZER_CACHE_PREFIX))
         # Several releases in flight, so each source's limit is used at once.
         return cls(settings, mb, itunes, deezer=deezer, stored=stored,
-                   in_flight=2 * len(settings.sources))
+                   in_flight=4 * len(settings.sources))
 
     @property
     def calls(self) -> dict[str, int]:
