@@ -48,7 +48,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -521,10 +521,23 @@ class Resolver:
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="resolve") as pool:
             for line_no, item in lines:
                 window.append((line_no, pool.submit(self._resolve_line, line_no, item)))
-                if len(window) >= self.in_flight:
-                    yield from _drain_one(window)
+                yield from self._make_room(window)
             while window:
                 yield from _drain_one(window)
+
+    def _make_room(self, window: deque[tuple[int, Future[list[Resolution]]]]
+                   ) -> Iterator[tuple[int, Resolution]]:
+        """Yield the finished head of the window; then wait until fewer than
+        ``in_flight`` lines are running. A slow line (waiting on the slower source) does
+        not stall the others: finished lines behind it wait in the window, up to
+        ``4 × in_flight`` of them."""
+        while True:
+            while window and window[0][1].done():
+                yield from _drain_one(window)
+            running = [f for _, f in window if not f.done()]
+            if len(running) < self.in_flight and len(window) < 4 * self.in_flight:
+                return
+            wait(running, return_when=FIRST_COMPLETED)
 
     def _resolve_line(self, line_no: int, item: Any) -> list[Resolution]:
         if isinstance(item, dumps.DumpError):

@@ -269,3 +269,23 @@ def test_bounded_limiter_refuses_a_far_slot_without_reserving(r: Redis) -> None:
     with limiter.bounded(1.0):
         assert limiter.acquire() > 0.3  # within the bound: granted and waited
     assert limiter.grants == 2
+
+
+def test_dump_with_releases_in_flight_keeps_line_order(settings: Settings, r: Redis,
+                                                       tmp_path: Path) -> None:
+    """Several releases resolve at once (threads waiting on the limits); the results come
+    out in line order, equal to resolving one line at a time."""
+    docs = [release_doc("release_r1.json", barcode="3770000000017"),
+            release_doc("release_r2.json"), release_doc("release_r1.json"),
+            release_doc("release_r2.json", barcode="")] * 3
+    path = tmp_path / "release"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), "utf-8")
+    mb, it, dz = clients(settings, r)
+    serial = list(Resolver(settings, mb, it, deezer=dz).resolve_dump(path))
+    r.flushdb()
+    mb, it, dz = clients(settings, r)
+    parallel = list(Resolver(settings, mb, it, deezer=dz, in_flight=4).resolve_dump(path))
+    assert [n for n, _ in parallel] == [n for n, _ in serial]
+    assert [n for n, _ in parallel] == sorted(n for n, _ in parallel)
+    assert [(res.recording_id, res.job) for _, res in parallel] == [
+        (res.recording_id, res.job) for _, res in serial]
