@@ -138,7 +138,10 @@ class Settings:
                 values[spec.name] = _PARSERS[str(spec.type)](raw)
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
-        return cls(**values)  # type: ignore[arg-type]
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:  # a check across fields (__post_init__)
+            raise ValueError(f"{ENV_PREFIX}SOURCES: {exc}") from None
 
     @property
     def numba_cache_dir(self) -> Path:
