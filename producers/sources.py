@@ -26,7 +26,8 @@ Two vetoes hold in every rule but ``isrc``: ISRCs on both sides that differ, and
 remaster* (:func:`lone_remaster`: "Song (2019 Remaster)" in an album that is not itself a
 remaster edition, for a recording whose title does not say remaster) — another version,
 as a best-of's remaster usually is. A remastered edition of the album still matches its
-tracks, as MusicBrainz counts a remaster as the same recording.
+tracks, as MusicBrainz counts a remaster as the same recording. A song/track search also refuses a
+title whose words are the recording's in another order (:func:`reordered_title`).
 
 A barcode is trusted only when the album it gives agrees with the release
 (:func:`check_album`): at least half of the release's tracks have a store track at their
@@ -156,6 +157,14 @@ def lone_remaster(recording: Item, track: Item) -> bool:
     only an ISRC may match. A remastered *edition* of the album is the album."""
     return (_says_remaster(track.title) and not _says_remaster(recording.title)
             and not _says_remaster(track.album))
+
+
+def reordered_title(recording: Item, track: Item) -> bool:
+    """The same title words in another order ("Hollow Violet" for "Violet Hollow"): the
+    fuzzy title score calls it equal, but it is another song (often of the same album,
+    found by a song search when the right track is missing)."""
+    a, b = parse_title(recording.title).core, parse_title(track.title).core
+    return a != b and sorted(a.split()) == sorted(b.split())
 
 
 def _pairs(entries: list[Entry], tracks: list[StoreTrack], skip: set[int],
@@ -302,7 +311,7 @@ class ITunesSource:
             if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
                 continue
             item = item_from_itunes(row)
-            if lone_remaster(entry.item, item):
+            if lone_remaster(entry.item, item) or reordered_title(entry.item, item):
                 continue
             m = match_score(entry.item, item)
             if best is None or m.score > best[0].score:
@@ -409,7 +418,8 @@ class DeezerSource:
         best: tuple[Match, StoreTrack] | None = None
         for row in rows:
             track = deezer_track(row)
-            if lone_remaster(entry.item, track.item) or (
+            if lone_remaster(entry.item, track.item) or reordered_title(
+                    entry.item, track.item) or (
                     entry.isrcs and track.isrc and track.isrc not in entry.isrcs):
                 continue
             m = match_score(entry.item, track.item)

@@ -23,6 +23,7 @@ from producers.sources import (
     deezer_track,
     isrc_candidate,
     match_album,
+    reordered_title,
 )
 
 THRESHOLD = Settings().match_threshold
@@ -292,3 +293,13 @@ def test_unusable_barcodes_skip_the_identifier_step(value: str) -> None:
     list(resolver_with(a).resolve_release_data(release(barcode=value)))
     assert a.log[0] == ("barcode" if value.strip().isdigit() and len(value.strip()) >= 8
                         else "album search")
+
+
+def test_a_reordered_title_is_another_song() -> None:
+    """Found by the labelled benchmark: a song search for a track missing from the store
+    album returned another track of that album with the same words reordered (title
+    score 1.00); it is refused."""
+    rec = Item("Violet Hollow", ARTIST, (), 243_000)
+    assert reordered_title(rec, Item("Hollow Violet", ARTIST, (), 233_400))
+    assert not reordered_title(rec, Item("Violet Hollow (2011 Remaster)", ARTIST))
+    assert not reordered_title(rec, Item("violet  hollow", ARTIST))
