@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from contract.errors import PreviewvecError
+from contract.sources import MATCH_RULES
 
 RECORDING_ID_MAX_BYTES = 64
 PREVIEW_URL_MAX_CHARS = 2048
@@ -36,6 +37,7 @@ TEXT_MAX_CHARS = 512
 RELEASE_ID_MAX_CHARS = 64
 SOURCE_MAX_CHARS = 32
 RUN_ID_MAX_CHARS = 64
+SOURCE_TRACK_ID_MAX_CHARS = 64
 DURATION_MS_MAX = 2**31 - 1  # ~24 days: anything longer is a producer bug, not a recording
 VECTOR_ID_MAX_BYTES = 64  # Cloudflare Vectorize's id limit
 MAX_CATALOG_LINE_CHARS = 65_536  # a valid job is < 20 KB even fully \u-escaped
@@ -70,6 +72,10 @@ _FIELD_ORDER = (
     "duration_ms",
     "release_id",
     "source",
+    "source_track_id",
+    "source_url",
+    "match_rule",
+    "confidence",
     "run_id",
     "force",
 )
@@ -129,26 +135,30 @@ def _recording_id(value: object) -> str:
 
 
 def _preview_url(value: object) -> str:
-    url = _string("preview_url", value, min_chars=1, max_chars=PREVIEW_URL_MAX_CHARS)
+    return _url("preview_url", value)
+
+
+def _url(name: str, value: object) -> str:
+    url = _string(name, value, min_chars=1, max_chars=PREVIEW_URL_MAX_CHARS)
     if _URL_FORBIDDEN.search(url):
         raise InvalidJob(
-            "must not contain whitespace, control characters or backslashes", "preview_url"
+            "must not contain whitespace, control characters or backslashes", name
         )
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port >= 0  # .port raises on junk / > 65535
     except ValueError as exc:
-        raise InvalidJob(f"is not a valid URL ({exc})", "preview_url") from None
+        raise InvalidJob(f"is not a valid URL ({exc})", name) from None
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidJob(
-            f"scheme must be http or https, got {_short(parts.scheme or url)}", "preview_url"
+            f"scheme must be http or https, got {_short(parts.scheme or url)}", name
         )
     if "@" in parts.netloc:
-        raise InvalidJob("must not contain credentials (user@host)", "preview_url")
+        raise InvalidJob("must not contain credentials (user@host)", name)
     if not parts.hostname or not port_ok:
-        raise InvalidJob(f"must have a host, got {_short(url)}", "preview_url")
+        raise InvalidJob(f"must have a host, got {_short(url)}", name)
     if not re.fullmatch(PREVIEW_URL_PATTERN, url):  # keeps the code as strict as the schema
-        raise InvalidJob(f"is not a valid http(s) URL: {_short(url)}", "preview_url")
+        raise InvalidJob(f"is not a valid http(s) URL: {_short(url)}", name)
     return url
 
 
@@ -171,6 +181,14 @@ def _token(name: str, value: object, max_chars: int) -> str:
     if not re.fullmatch(TOKEN_PATTERN, text):
         raise InvalidJob(f"may only contain A-Z a-z 0-9 . _ -, got {_short(text)}", name)
     return text
+
+
+def _confidence(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJob(f"must be a number, got {type(value).__name__}", "confidence")
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise InvalidJob(f"must be between 0 and 1, got {value!r}", "confidence")
+    return float(value)
 
 
 def _duration_ms(value: object) -> int:
@@ -198,6 +216,13 @@ class Job:
     duration_ms: int | None = None
     release_id: str | None = None
     source: str | None = None
+    # Attribution and evidence (optional: older jobs lack them): the source's own track
+    # id, a link back to the track on the store, which rule matched it
+    # (contract.sources.MATCH_RULES) and how confidently (0..1).
+    source_track_id: str | None = None
+    source_url: str | None = None
+    match_rule: str | None = None
+    confidence: float | None = None
     run_id: str | None = None
     force: bool = False
 
@@ -217,12 +242,32 @@ class Job:
             _string("release_id", self.release_id, min_chars=1, max_chars=RELEASE_ID_MAX_CHARS)
         if self.source is not None:
             _token("source", self.source, SOURCE_MAX_CHARS)
+        checked.update(self._attribution())
         if self.run_id is not None:
             _token("run_id", self.run_id, RUN_ID_MAX_CHARS)
         if not isinstance(self.force, bool):
             raise InvalidJob(f"must be true or false, got {_short(self.force)}", "force")
         for name, value in checked.items():  # frozen: normalised values go in this way
             object.__setattr__(self, name, value)
+
+    def _attribution(self) -> dict[str, Any]:
+        """Validated attribution and evidence fields (normalised values to set)."""
+        checked: dict[str, Any] = {}
+        if self.source_track_id is not None:
+            _token("source_track_id", self.source_track_id, SOURCE_TRACK_ID_MAX_CHARS)
+        if self.source_url is not None:
+            checked["source_url"] = _url("source_url", self.source_url)
+        if self.match_rule is not None and self.match_rule not in MATCH_RULES:
+            raise InvalidJob(f"must be one of {', '.join(MATCH_RULES)}, got "
+                             f"{_short(self.match_rule)}", "match_rule")
+        if self.confidence is not None:
+            checked["confidence"] = _confidence(self.confidence)
+        return checked
+
+    @property
+    def preview_host(self) -> str:
+        """The host the preview comes from (attribution: which CDN served the audio)."""
+        return (urlsplit(self.preview_url).hostname or "").lower()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in schema field order; ``None`` fields are omitted."""
@@ -435,6 +480,34 @@ JOB_SCHEMA: dict[str, Any] = {
                 "maxLength": SOURCE_MAX_CHARS,
                 "pattern": TOKEN_PATTERN,
             }
+        ),
+        "source_track_id": _optional(
+            {
+                "description": "The source's own id of the track, e.g. an iTunes trackId.",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": SOURCE_TRACK_ID_MAX_CHARS,
+                "pattern": TOKEN_PATTERN,
+            }
+        ),
+        "source_url": _optional(
+            {
+                "description": "Link back to the track on the source's store (attribution).",
+                "type": "string",
+                "format": "uri",
+                "minLength": 1,
+                "maxLength": PREVIEW_URL_MAX_CHARS,
+                "pattern": PREVIEW_URL_PATTERN,
+            }
+        ),
+        "match_rule": _optional(
+            {
+                "description": "Which rule matched the track to the recording.",
+                "enum": list(MATCH_RULES),
+            }
+        ),
+        "confidence": _optional(
+            {"description": "Match confidence.", "type": "number", "minimum": 0, "maximum": 1}
         ),
         "run_id": _optional(
             {

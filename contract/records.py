@@ -32,6 +32,11 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "preview_url",
     "audio_sha256",
     "source",
+    "source_track_id",
+    "source_url",
+    "preview_host",
+    "match_rule",
+    "confidence",
     "run_id",
     "isrc",
     "artist",
@@ -129,12 +134,26 @@ def make_provenance(
     title: str | None = None,
     decoder: str | None = None,
     created_at: str | None = None,
+    source_track_id: str | None = None,
+    source_url: str | None = None,
+    preview_host: str | None = None,
+    match_rule: str | None = None,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
-    """Provenance with the software versions filled in from the running environment."""
+    """Provenance with the software versions filled in from the running environment.
+
+    Attribution (``source_track_id``, ``source_url``, ``preview_host``) and match evidence
+    (``match_rule``, ``confidence``) are absent from records written before they existed;
+    readers treat a missing key as ``None``."""
     return {
         "preview_url": preview_url,
         "audio_sha256": audio_sha256,
         "source": source,
+        "source_track_id": source_track_id,
+        "source_url": source_url,
+        "preview_host": preview_host,
+        "match_rule": match_rule,
+        "confidence": confidence,
         "run_id": run_id,
         "isrc": isrc,
         "artist": artist,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
+from contract.sources import audio_hosts, check_sources
+
 ENV_PREFIX = "PREVIEWVEC_"
 
 
@@ -64,15 +66,9 @@ class Settings:
     index: str = "./data/index"  # a folder (embedded LanceDB), or vectorize://<index-name>
     # Preview fetching: only these hosts (suffix match on a dot boundary); private,
     # loopback and link-local addresses are refused unless their host is listed here.
-    allowed_audio_hosts: tuple[str, ...] = (
-        "audio-ssl.itunes.apple.com",
-        "audio.itunes.apple.com",
-        "is1-ssl.mzstatic.com",
-        "mzstatic.com",
-        "p.scdn.co",
-        "cdns-preview-0.dzcdn.net",
-        "dzcdn.net",
-    )
+    # Empty: the preview CDNs of the enabled ``sources`` (contract/sources.py), so a
+    # source's CDN is allowed only while that source is.
+    allowed_audio_hosts: tuple[str, ...] = ()
     fetch_connect_timeout_s: float = 5.0
     fetch_read_timeout_s: float = 10.0
     fetch_total_timeout_s: float = 15.0  # inside the task's 20 s soft time limit
@@ -106,11 +102,20 @@ class Settings:
     itunes_country: str = "US"
     mb_rate_per_s: float = 1.0  # shared by every producer process (through Redis)
     itunes_rate_per_min: float = 20.0  # shared by every producer process (through Redis)
+    # Preview sources in priority order (contract/sources.py names them).
+    sources: tuple[str, ...] = ("itunes", "deezer")
+    deezer_url: str = "https://api.deezer.com"
+    deezer_rate_per_s: float = 10.0  # Deezer documents 50 requests / 5 s per client
     match_threshold: float = 0.75  # below this match confidence, no job
     queue_high_water: int = 10_000  # backpressure: producers wait above this queue depth
     # HTTP submission API.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)  # secrets: never logged
     api_max_body_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", check_sources(self.sources))
+        if not self.allowed_audio_hosts:  # frozen: the derived default goes in this way
+            object.__setattr__(self, "allowed_audio_hosts", audio_hosts(self.sources))
 
     def __repr__(self) -> str:
         # Safe to log or show in a traceback: secret fields (repr=False) are left out and
@@ -133,7 +138,10 @@ class Settings:
                 values[spec.name] = _PARSERS[str(spec.type)](raw)
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
-        return cls(**values)  # type: ignore[arg-type]
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:  # a check across fields (__post_init__)
+            raise ValueError(f"{ENV_PREFIX}SOURCES: {exc}") from None
 
     @property
     def numba_cache_dir(self) -> Path:

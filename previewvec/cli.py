@@ -227,13 +227,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     _log_progress()
     kind, value = _resolve_input(args)
     queue = args.queue or default_queue(kind)
-    resolver = build_resolver(settings)
     store = None
     if not args.force:  # stored recordings are skipped: the store must answer
         from contract.store import open_store
 
         store = open_store(settings.store, settings)
         _check_store(store)
+    # Releases whose recordings are all stored cost no upstream call (not with --force).
+    resolver = build_resolver(settings, store=store)
     cursor = start = None
     if kind == "dump":
         cursor = args.cursor or dump_cursor_name(str(value))

@@ -3,6 +3,8 @@
 Every try first takes a slot from the shared :class:`~producers.ratelimit.RateLimiter`.
 Then, under the policy of :mod:`contract.retry`:
 
+* throttling (the caller's ``throttled(status, body)``, asked first: an upstream may
+  say "over quota" in a 200 body): see below.
 * 200: the body (blank lines stripped) is decoded as JSON and checked by the caller's
   ``check``; a malformed answer is :class:`UpstreamUnavailable` at once, never retried.
 * throttling (the caller's ``throttled(status, body)``): the shared limiter is penalised
@@ -81,14 +83,15 @@ class JsonGet:
                 continue
             status = resp.status_code
             body = resp.content.strip()
-            if status == 200:
-                return self._decode(path, body)
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            # Before the 200 branch: Deezer says "over quota" in a 200 body.
             if self.throttled(status, body):
                 self.stats["throttled"] += 1
                 last = f"HTTP {status} (throttled)"
                 self._pause(failures + 1, retry_after, shared=True)
                 continue
+            if status == 200:
+                return self._decode(path, body)
             if status >= 500:
                 last = f"HTTP {status}"
                 self._pause(failures + 1, retry_after, shared=False)

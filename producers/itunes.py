@@ -116,13 +116,27 @@ class ITunesClient:
         """The collection row and every song of it (``/lookup?id=..&entity=song&limit=200``)."""
         data = self._get("lookup", {"id": collection_id, "entity": "song", "limit": 200,
                                     "country": self.country})
-        collection = None
-        tracks: list[dict[str, Any]] = []
-        for row in data["results"]:
-            if not isinstance(row, dict):
-                continue
-            if row.get("wrapperType") == "collection" and collection is None:
-                collection = row
-            elif row.get("wrapperType") == "track" and row.get("kind", "song") == "song":
-                tracks.append(row)
-        return CollectionLookup(collection, tracks)
+        return _collection_and_songs(data)
+
+    def lookup_upc(self, upc: str) -> CollectionLookup:
+        """The album with this barcode and its songs, in ONE call
+        (``/lookup?upc=..&entity=song``); an unknown barcode gives ``collection=None``.
+
+        iTunes rows carry no ISRC, so its tracks are matched by disc/track position,
+        checked against duration and title (producers/sources.py)."""
+        data = self._get("lookup", {"upc": upc, "entity": "song", "limit": 200,
+                                    "country": self.country})
+        return _collection_and_songs(data)
+
+
+def _collection_and_songs(data: dict[str, Any]) -> CollectionLookup:
+    collection = None
+    tracks: list[dict[str, Any]] = []
+    for row in data["results"]:
+        if not isinstance(row, dict):
+            continue
+        if row.get("wrapperType") == "collection" and collection is None:
+            collection = row
+        elif row.get("wrapperType") == "track" and row.get("kind", "song") == "song":
+            tracks.append(row)
+    return CollectionLookup(collection, tracks)

@@ -20,8 +20,10 @@ process sees a 503 / throttle answer every process backs off. The backoff policy
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from contract.errors import UpstreamError
 from contract.state.keys import RATELIMIT_PREFIX
@@ -60,6 +62,19 @@ class RateLimiter:
         self._sleep = sleep
         self.waited_s = 0.0  # total time this instance slept in acquire()
         self.grants = 0
+        self._local = threading.local()  # this thread's bound on waits (see bounded())
+
+    @contextmanager
+    def bounded(self, max_wait_s: float | None) -> Iterator[None]:
+        """Within the block, this thread's acquire() calls without a timeout refuse
+        (:class:`RateLimitTimeout`, nothing reserved) a slot further than ``max_wait_s``
+        away: a caller with another source to ask does not queue behind this one."""
+        previous = getattr(self._local, "bound", None)
+        self._local.bound = max_wait_s
+        try:
+            yield
+        finally:
+            self._local.bound = previous
 
     def acquire(self, timeout_s: float | None = None) -> float:
         """Block until a slot is granted; return the seconds slept.
@@ -67,6 +82,8 @@ class RateLimiter:
         Raises :class:`RateLimitTimeout` (reserving nothing) if the wait would exceed
         ``timeout_s``.
         """
+        if timeout_s is None:
+            timeout_s = getattr(self._local, "bound", None)
         max_wait = -1 if timeout_s is None else max(0, round(timeout_s * 1_000_000))
         granted, wait_us = self._state.acquire(self.interval_us, self.burst, max_wait)
         wait = wait_us / 1_000_000
@@ -79,6 +96,10 @@ class RateLimiter:
         self.waited_s += wait
         self.grants += 1
         return wait
+
+    def next_wait_s(self) -> float:
+        """Seconds until the next slot (nothing reserved): how busy this limit is now."""
+        return self._state.peek(self.interval_us, self.burst) / 1_000_000
 
     def penalize(self, seconds: float) -> float:
         """Push the shared next-allowed time to at least now + ``seconds`` (for everyone).

@@ -1,17 +1,35 @@
 """Resolving "these recordings" into jobs with a matched store preview URL.
 
-Album-first: a MusicBrainz release becomes ONE iTunes album search and ONE collection
-lookup, after which every track of the release is matched inside that collection (a
-12-track album costs 2 iTunes calls, not 12). Per-track song search is only the fallback
-for tracks the collection did not match, and the path for lone recordings.
+Identifier-first, over every enabled preview source (``PREVIEWVEC_SOURCES``, in
+priority order; :mod:`producers.sources` holds the rules). A MusicBrainz release is
+resolved in this cascade, each step only for the tracks the steps before left open:
 
-Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`, or
-an ``error_code``:
+1. **barcode** (``release.barcode``): iTunes ``lookup?upc=…&entity=song`` (ONE call) or
+   Deezer ``/album/upc:…`` + ``/album/<id>/tracks`` (two calls, with ISRCs); tracks match
+   by ISRC (``isrc``), else by disc/position checked against title and duration
+   (``upc+position``). An album that disagrees with the release is not trusted: the
+   mismatch goes into the reason and the cascade falls back;
+2. **ISRC per recording**: Deezer ``/track/isrc:…`` (one call per recording);
+3. **text**: the iTunes album search and collection lookup of before (two calls), then a
+   song search per track left (``search+fuzzy``).
+
+Only *free* sources are asked, in priority order: a source whose shared limiter has no
+slot within :data:`BUSY_S` is skipped while another is free (when all are busy, the one
+that frees up first is asked), so a release is never held up by the slower source. Dumps
+keep several releases in flight (:meth:`Resolver.resolve_dump`): iTunes takes what its
+20 calls/min allow and Deezer the rest. The price is recall: a track only iTunes has is
+missed when iTunes was busy for its release (measured in benchmarks/resolution.py). A release whose
+recordings are all stored already (``stored``) costs no call at all.
+
+Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`
+(carrying ``source``, ``source_track_id``, ``source_url``, ``match_rule`` and
+``confidence``), or an ``error_code``:
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
   (``score``/``reason`` describe that best candidate, if any);
 * ``no_preview`` — matched, but the store track has no preview URL;
-* ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or iTunes failed;
+* ``already_stored`` — every recording of the release has a record (no call made);
+* ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or every source failed;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
@@ -20,17 +38,18 @@ When a failure concerns a whole release or input rather than one recording,
 ``recording_id`` names the input instead: ``release:<mbid>``, ``recording:<mbid>``,
 ``isrc:<ISRC>``, ``line:<n>``.
 
-ISRCs (:meth:`Resolver.resolve_isrcs`): iTunes cannot search by ISRC, so each ISRC goes
-through MusicBrainz ``/isrc`` to its recording(s); recordings that share a release with
-at least one other requested recording are resolved album-first through that release
-(2 iTunes calls for all of them), the others by per-track search (1 call each).
+ISRCs (:meth:`Resolver.resolve_isrcs`): each ISRC goes through MusicBrainz ``/isrc`` to
+its recording(s); recordings that share a release with at least one other requested
+recording are resolved through that release, the others one by one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -38,28 +57,36 @@ from typing import Any
 from contract.errors import PreviewvecError
 from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
 from contract.settings import Settings
+from contract.state.cache import AnswerCache
+from contract.state.keys import DEEZER_CACHE_PREFIX
 from producers import dumps
+from producers.deezer import DeezerClient
 from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
-from producers.matching import (
-    Item,
-    Match,
-    album_score,
-    assign,
-    item_from_itunes,
-    item_from_mb,
-    match_score,
-)
+from producers.matching import Item, item_from_mb
 from producers.musicbrainz import (
     MusicBrainzClient,
     artist_credit_names,
     artist_credit_string,
     partial_date_key,
 )
-from producers.ratelimit import RateLimiter
+from producers.ratelimit import RateLimiter, RateLimitTimeout
+from producers.sources import (
+    Candidate,
+    DeezerSource,
+    Entry,
+    ITunesSource,
+    Miss,
+    PreviewSource,
+    ReleaseAnswer,
+    ReleaseQuery,
+)
 
-SOURCE = "itunes"
+SOURCE = "itunes"  # the source of jobs before there were several
+ALREADY_STORED = "already_stored"
+BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
+_Entry = Entry  # the name this module used before producers/sources.py
 
 
 @dataclass(frozen=True)
@@ -73,17 +100,6 @@ class Resolution:
     @property
     def ok(self) -> bool:
         return self.job is not None
-
-
-@dataclass
-class _Entry:
-    """One MusicBrainz recording to resolve, with its release context."""
-
-    recording_id: str
-    item: Item
-    isrcs: tuple[str, ...] = ()
-    release_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _valid_isrcs(values: Iterable[Any]) -> tuple[str, ...]:
@@ -118,20 +134,6 @@ def _position_in(release: dict[str, Any] | None) -> tuple[int | None, int | None
     return None, None
 
 
-def _best_album(title: str, artist: str, total_tracks: int,
-                albums: list[dict[str, Any]]) -> tuple[Match, dict[str, Any]] | None:
-    """The best-scoring store collection for a release, with its match."""
-    best: tuple[Match, dict[str, Any]] | None = None
-    for row in albums:
-        if row.get("wrapperType", "collection") != "collection" or not row.get(
-                "collectionId"):
-            continue
-        m = album_score(title, artist, total_tracks, row)
-        if best is None or m.score > best[0].score:
-            best = (m, row)
-    return best
-
-
 def _by_release(entries: Iterable[_Entry]) -> dict[str, list[_Entry]]:
     """Entries grouped by their release id (entries without one left out), in order."""
     by_release: dict[str, list[_Entry]] = {}
@@ -145,22 +147,88 @@ def _error(recording_id: str, exc: PreviewvecError, score: float = 0.0) -> Resol
     return Resolution(recording_id, None, score, exc.message, exc.code)
 
 
-class Resolver:
-    """MusicBrainz → iTunes resolution. ``mb`` may be None when only dumps are resolved."""
+def _barcode(release: dict[str, Any]) -> str | None:
+    """The release's UPC/EAN, digits only (8-14 of them), or None."""
+    raw = release.get("barcode")
+    if isinstance(raw, str) and raw.strip().isdigit() and 8 <= len(raw.strip()) <= 14:
+        return raw.strip()
+    return None
 
-    def __init__(self, settings: Settings, mb: MusicBrainzClient | None, itunes: ITunesClient,
-                 *, album_search_limit: int = 10, song_search_limit: int = 10) -> None:
+
+class _Cascade:
+    """One release's resolution state: what is found, what failed, what was noted."""
+
+    def __init__(self, entries: list[Entry], wanted: list[int]) -> None:
+        self.entries, self.wanted = entries, wanted
+        self.found: dict[int, Candidate] = {}
+        self.misses: dict[int, Miss] = {}
+        self.notes: list[str] = []
+        self.errors: list[PreviewvecError] = []
+
+    def pending(self) -> list[int]:
+        return [i for i in self.wanted if i not in self.found]
+
+    def take(self, answer: ReleaseAnswer) -> None:
+        if answer.note:
+            self.notes.append(answer.note)
+        for i, cand in answer.matched.items():
+            if i in self.wanted and i not in self.found:
+                self.found[i] = cand
+
+    def offer(self, i: int, got: Candidate | Miss | None) -> None:
+        if isinstance(got, Candidate):
+            self.found[i] = got
+        elif isinstance(got, Miss) and (i not in self.misses
+                                        or got.score > self.misses[i].score):
+            self.misses[i] = got
+
+    def attempt(self, source: PreviewSource, bound: float | None,
+                call: Callable[[PreviewSource], Any]) -> Any:
+        """``call(source)`` with its waits bounded; None after an upstream error (noted)
+        or when the source's slot went further than ``bound`` (busy: not asked)."""
+        try:
+            with source.limiter.bounded(bound):
+                return call(source)
+        except RateLimitTimeout:
+            return None
+        except UpstreamError as exc:
+            self.errors.append(exc)
+            return None
+
+
+class Resolver:
+    """MusicBrainz → preview sources. ``mb`` may be None when only dumps are resolved.
+
+    ``itunes``/``deezer`` are the clients of the sources ``settings.sources`` enables
+    (a missing client leaves its source out); ``stored(recording_id)`` says whether a
+    record exists already (releases entirely stored are skipped)."""
+
+    def __init__(self, settings: Settings, mb: MusicBrainzClient | None,
+                 itunes: ITunesClient | None, *, deezer: DeezerClient | None = None,
+                 stored: Callable[[str], bool] | None = None, in_flight: int = 1,
+                 album_search_limit: int = 10, song_search_limit: int = 10) -> None:
         self.settings = settings
         self.mb = mb
         self.itunes = itunes
+        self.deezer = deezer
         self.threshold = settings.match_threshold
-        self.album_search_limit = album_search_limit
-        self.song_search_limit = song_search_limit
+        self.stored = stored
+        self.in_flight = max(1, in_flight)
+        self.busy_s = BUSY_S
+        built: dict[str, PreviewSource] = {}
+        if itunes is not None:
+            built["itunes"] = ITunesSource(itunes, self.threshold,
+                                           album_search_limit=album_search_limit,
+                                           song_search_limit=song_search_limit)
+        if deezer is not None:
+            built["deezer"] = DeezerSource(deezer, self.threshold)
+        self.sources: list[PreviewSource] = [built[n] for n in settings.sources if n in built]
+        self.stats = {"barcode_untrusted": 0, "releases_skipped": 0}
 
     @classmethod
-    def build(cls, settings: Settings, *, redis_client=None,
-              need_musicbrainz: bool = True) -> Resolver:
-        """Clients on ``settings`` with limiters and the iTunes cache on the broker's Redis.
+    def build(cls, settings: Settings, *, redis_client=None, need_musicbrainz: bool = True,
+              stored: Callable[[str], bool] | None = None) -> Resolver:
+        """Clients on ``settings`` with limiters and answer caches on the broker's Redis.
 
         Raises ``mb_contact_missing`` when MusicBrainz is needed and no contact is set."""
         if redis_client is None:
@@ -174,17 +242,29 @@ class Resolver:
         if need_musicbrainz or settings.mb_contact.strip():
             mb = MusicBrainzClient(
                 settings, RateLimiter(redis_client, "musicbrainz", settings.mb_rate_per_s))
-        itunes = ITunesClient(
-            settings, RateLimiter(redis_client, "itunes", settings.itunes_rate_per_min / 60),
-            cache=RedisResponseCache(redis_client))
-        return cls(settings, mb, itunes)
+        itunes = deezer = None
+        if "itunes" in settings.sources:
+            itunes = ITunesClient(
+                settings, RateLimiter(redis_client, "itunes", settings.itunes_rate_per_min / 60),
+                cache=RedisResponseCache(redis_client))
+        if "deezer" in settings.sources:
+            deezer = DeezerClient(
+                settings, RateLimiter(redis_client, "deezer", settings.deezer_rate_per_s),
+                cache=AnswerCache(redis_client, prefix=DEEZER_CACHE_PREFIX))
+        # Several releases in flight, so each source's limit is used at once.
+        return cls(settings, mb, itunes, deezer=deezer, stored=stored,
+                   in_flight=4 * len(settings.sources))
 
     @property
     def calls(self) -> dict[str, int]:
-        """HTTP requests sent so far (retries included) and iTunes cache hits."""
-        return {"musicbrainz": self.mb.calls if self.mb else 0,
-                "itunes": self.itunes.calls,
-                "itunes_cache_hits": self.itunes.stats["cache_hits"]}
+        """HTTP requests sent so far (retries included) and answer-cache hits."""
+        out = {"musicbrainz": self.mb.calls if self.mb else 0,
+               "itunes": self.itunes.calls if self.itunes else 0,
+               "itunes_cache_hits": self.itunes.stats["cache_hits"] if self.itunes else 0}
+        if self.deezer is not None:
+            out.update(deezer=self.deezer.calls,
+                       deezer_cache_hits=self.deezer.stats["cache_hits"])
+        return out
 
     def _need_mb(self) -> MusicBrainzClient:
         if self.mb is None:
@@ -193,53 +273,67 @@ class Resolver:
             raise MbContactMissing("this resolution needs MusicBrainz: set PREVIEWVEC_MB_CONTACT")
         return self.mb
 
+    def _ordered(self) -> list[tuple[PreviewSource, float | None]]:
+        """The sources to ask, in priority order, each with the longest wait for its slot:
+        those with a slot within ``busy_s`` (bounded by it, as another thread may take the
+        slot first); when every source is busy, the one that frees up first (unbounded).
+        A busy source is not asked while another is free, so a release is never held up
+        by the slower source."""
+        if len(self.sources) < 2:
+            return [(s, None) for s in self.sources]
+        waits = {s.name: s.limiter.next_wait_s() for s in self.sources}
+        free = [(s, self.busy_s) for s in self.sources if waits[s.name] <= self.busy_s]
+        return free or [(min(self.sources, key=lambda s: waits[s.name]), None)]
+
     # -- building blocks ---------------------------------------------------------------
-    def _job(self, entry: _Entry, row: dict[str, Any], match: Match) -> Resolution:
-        preview = row.get("previewUrl")
-        if not preview:
-            return Resolution(entry.recording_id, None, match.score,
-                              match.reason + " (store track has no preview)", "no_preview")
+    def _job(self, entry: Entry, cand: Candidate, notes: list[str]) -> Resolution:
+        track = cand.track
+        reason = "; ".join([*notes, cand.reason])  # the match evidence last
+        if not track.preview_url:
+            return Resolution(entry.recording_id, None, cand.confidence,
+                              reason + " (store track has no preview)", "no_preview")
         item = entry.item
         try:
-            job = Job(recording_id=entry.recording_id, preview_url=preview,
+            job = Job(recording_id=entry.recording_id, preview_url=track.preview_url,
                       isrc=entry.isrcs[0] if entry.isrcs else None,
-                      artist=item.artist or row.get("artistName") or None,
-                      title=item.title or row.get("trackName") or None,
-                      duration_ms=item.duration_ms or item_from_itunes(row).duration_ms,
-                      release_id=entry.release_id, source=SOURCE)
+                      artist=item.artist or track.item.artist or None,
+                      title=item.title or track.item.title or None,
+                      duration_ms=item.duration_ms or track.item.duration_ms,
+                      release_id=entry.release_id, source=cand.source,
+                      source_track_id=track.track_id or None, source_url=track.link,
+                      match_rule=cand.rule, confidence=round(cand.confidence, 4))
         except InvalidJob as exc:
-            return Resolution(entry.recording_id, None, match.score, str(exc), exc.code)
-        return Resolution(entry.recording_id, job, match.score, match.reason, None)
+            return Resolution(entry.recording_id, None, cand.confidence, str(exc), exc.code)
+        return Resolution(entry.recording_id, job, cand.confidence, reason, None)
 
-    def _search_term(self, item: Item) -> str:
-        main = item.artists[0] if item.artists else item.artist
-        return f"{main} {item.title}".strip()
+    def _outcome(self, state: _Cascade, i: int) -> Resolution:
+        entry = state.entries[i]
+        if i in state.found:
+            return self._job(entry, state.found[i], state.notes)
+        miss = state.misses.get(i)
+        if state.errors and (miss is None or miss.score == 0.0):
+            return _error(entry.recording_id, state.errors[-1])
+        miss = miss or Miss(0.0, "no store candidates")
+        return Resolution(entry.recording_id, None, miss.score,
+                          "; ".join([*state.notes, miss.reason]), "no_confident_match")
 
-    def _resolve_single(self, entry: _Entry) -> Resolution:
-        """Per-track fallback: one song search, best candidate by :func:`match_score`."""
-        try:
-            rows = self.itunes.search(self._search_term(entry.item), entity="song",
-                                      limit=self.song_search_limit)
-        except UpstreamError as exc:
-            return _error(entry.recording_id, exc)
-        best: tuple[Match, dict[str, Any]] | None = None
-        for row in rows:
-            if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
-                continue
-            m = match_score(entry.item, item_from_itunes(row))
-            if best is None or m.score > best[0].score:
-                best = (m, row)
-        if best is None:
-            return Resolution(entry.recording_id, None, 0.0, "no store candidates",
-                              "no_confident_match")
-        m, row = best
-        if m.score < self.threshold:
-            return Resolution(entry.recording_id, None, m.score,
-                              f"best {row.get('trackName')!r} by {row.get('artistName')!r}: "
-                              f"{m.reason}", "no_confident_match")
-        return self._job(entry, row, Match(m.score, m.reason + " via song search"))
+    def _resolve_single(self, entry: Entry) -> Resolution:
+        """A lone recording: ISRC on the sources that have it, then song search."""
+        state = _Cascade([entry], [0])
+        self._per_recording(state)
+        return self._outcome(state, 0)
 
-    def _release_entries(self, release: dict[str, Any]) -> list[_Entry]:
+    def _per_recording(self, state: _Cascade) -> None:
+        """Steps 2 and 3b: ISRC lookups for every open track, then song searches."""
+        self._per_recording_isrc(state)
+        for i in state.pending():
+            for src, bound in self._ordered():
+                if i in state.found:
+                    break
+                state.offer(i, state.attempt(
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e)))
+
+    def _release_entries(self, release: dict[str, Any]) -> list[Entry]:
         title = release.get("title") or ""
         credit = release.get("artist-credit")
         rid = release.get("id")
@@ -250,64 +344,70 @@ class Resolver:
                 rec = trk.get("recording") or {}
                 if not rec.get("id"):
                     continue
-                entries.append(_Entry(rec["id"], item_from_mb(rec, track=trk, disc=disc,
-                                                               album=title,
-                                                               release_credit=credit),
-                                      _valid_isrcs(rec.get("isrcs")), rid))
+                entries.append(Entry(rec["id"], item_from_mb(rec, track=trk, disc=disc,
+                                                              album=title,
+                                                              release_credit=credit),
+                                     _valid_isrcs(rec.get("isrcs")), rid))
         return entries
 
     def resolve_release_data(self, release: dict[str, Any],
                              only: dict[str, tuple[str, ...]] | None = None
                              ) -> Iterator[Resolution]:
-        """Album-first resolution of a full release document (lookup or dump entity).
+        """Resolve a full release document (lookup or dump entity) through the cascade.
 
         ``only``: restrict to these recording ids (value: ISRCs to put on the job)."""
-        entries, total_tracks = self._release_entries_only(release, only)
-        if not entries:
-            return
-        try:
-            matched, tracks, album_note = self._album_matches(release, entries, total_tracks)
-        except UpstreamError as exc:
-            for e in entries:
-                yield _error(e.recording_id, exc)
-            return
-        for i, entry in enumerate(entries):
-            if i in matched:
-                j, m = matched[i]
-                yield self._job(entry, tracks[j], Match(m.score, m.reason + album_note))
-            else:
-                yield self._resolve_single(entry)
+        yield from self._resolve_release(release, only)
 
-    def _release_entries_only(self, release: dict[str, Any],
-                              only: dict[str, tuple[str, ...]] | None
-                              ) -> tuple[list[_Entry], int]:
-        """The release's entries (restricted to ``only``), and its total track count."""
+    def _resolve_release(self, release: dict[str, Any],
+                         only: dict[str, tuple[str, ...]] | None) -> list[Resolution]:
         entries = self._release_entries(release)
-        total_tracks = len(entries)
-        if only is not None:
-            entries = [e for e in entries if e.recording_id in only]
-            for e in entries:
-                e.isrcs = only[e.recording_id] or e.isrcs
-        return entries, total_tracks
-
-    def _album_matches(self, release: dict[str, Any], entries: list[_Entry],
-                       total_tracks: int
-                       ) -> tuple[dict[int, tuple[int, Match]], list[dict[str, Any]], str]:
-        """Entries matched to the tracks of the best store album: (entry index → (track
-        index, match), the album's tracks, a note for the reason). Raises UpstreamError."""
-        title = release.get("title") or ""
-        artist = artist_credit_string(release.get("artist-credit"))
+        wanted = [i for i, e in enumerate(entries) if only is None or e.recording_id in only]
+        for i in wanted:
+            if only is not None:
+                entries[i].isrcs = only[entries[i].recording_id] or entries[i].isrcs
+        if not wanted:
+            return []
+        if self.stored is not None and all(self.stored(entries[i].recording_id)
+                                           for i in wanted):
+            self.stats["releases_skipped"] += 1
+            return [Resolution(entries[i].recording_id, None, 0.0,
+                               "every recording of the release is stored: no call made",
+                               ALREADY_STORED) for i in wanted]
         names = artist_credit_names(release.get("artist-credit"))
-        albums = self.itunes.search(f"{names[0] if names else artist} {title}".strip(),
-                                    entity="album", limit=self.album_search_limit)
-        best = _best_album(title, artist, total_tracks, albums)
-        if best is None or best[0].score < self.threshold:
-            return {}, [], ""
-        tracks = self.itunes.lookup_collection(best[1]["collectionId"]).tracks
-        store_items = [item_from_itunes(t) for t in tracks]
-        pairs = [(i, j, match_score(e.item, s, album=True))
-                 for i, e in enumerate(entries) for j, s in enumerate(store_items)]
-        return assign(pairs, self.threshold), tracks, f" album={best[0].score:.2f}"
+        artist = artist_credit_string(release.get("artist-credit"))
+        query = ReleaseQuery(_barcode(release), release.get("title") or "", artist,
+                             names[0] if names else artist, len(entries))
+        state = _Cascade(entries, wanted)
+        if query.barcode:
+            for src, bound in self._ordered():
+                if state.pending() and not self._per_track_cheaper(src, state):
+                    state.take(state.attempt(src, bound, lambda s: s.release_by_barcode(
+                        query, entries)) or ReleaseAnswer())
+        untrusted = sum("not trusted" in n for n in state.notes)
+        self.stats["barcode_untrusted"] += untrusted
+        self._per_recording_isrc(state)
+        if len(state.pending()) >= 2 or (state.pending() and not state.found):
+            for src, bound in self._ordered():
+                if state.pending():
+                    state.take(state.attempt(src, bound, lambda s: s.release_by_search(
+                        query, entries)) or ReleaseAnswer())
+        self._per_recording(state)
+        return [self._outcome(state, i) for i in wanted]
+
+    def _per_track_cheaper(self, src: PreviewSource, state: _Cascade) -> bool:
+        """A second source's album costs two calls: for one or two open tracks with ISRCs,
+        asking per ISRC is cheaper."""
+        pending = state.pending()
+        return (bool(state.found) and src.name == "deezer" and len(pending) <= 2
+                and all(state.entries[i].isrcs for i in pending))
+
+    def _per_recording_isrc(self, state: _Cascade) -> None:
+        for i in state.pending():
+            for src, bound in self._ordered():
+                if i in state.found or not state.entries[i].isrcs:
+                    break
+                state.offer(i, state.attempt(
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e)))
 
     # -- public entry points -----------------------------------------------------------
     def resolve_release(self, release_mbid: str) -> Iterator[Resolution]:
@@ -405,20 +505,54 @@ class Resolver:
 
     def resolve_dump(self, path: str | Path, start_line: int = 0
                      ) -> Iterator[tuple[int, Resolution]]:
-        """Stream a MusicBrainz JSON dump: release entities album-first, recording
-        entities per-track; bad lines become error resolutions (``line:<n>``)."""
-        for line_no, item in dumps.iter_dump(path, start_line):
-            if isinstance(item, dumps.DumpError):
-                yield line_no, Resolution(f"line:{line_no}", None, 0.0, item.message,
-                                          item.code)
-                continue
-            kind = dumps.entity_type(item)
-            if kind == "release":
-                for res in self.resolve_release_data(item):
+        """Stream a MusicBrainz JSON dump: release entities through the cascade, recording
+        entities one by one; bad lines become error resolutions (``line:<n>``).
+
+        Up to ``in_flight`` lines are resolved at once (threads: the work is waiting on
+        rate limits), so each source's limit is used while the other's waits; results
+        still come out in line order, which the resumable cursor needs."""
+        lines = dumps.iter_dump(path, start_line)
+        if self.in_flight < 2:
+            for line_no, item in lines:
+                for res in self._resolve_line(line_no, item):
                     yield line_no, res
-            elif kind == "recording":
-                yield line_no, self.resolve_recording_data(item)
-            else:
-                yield line_no, Resolution(f"line:{line_no}", None, 0.0,
-                                          "neither a release nor a recording entity",
-                                          "unknown_entity")
+            return
+        window: deque[tuple[int, Future[list[Resolution]]]] = deque()
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="resolve") as pool:
+            for line_no, item in lines:
+                window.append((line_no, pool.submit(self._resolve_line, line_no, item)))
+                yield from self._make_room(window)
+            while window:
+                yield from _drain_one(window)
+
+    def _make_room(self, window: deque[tuple[int, Future[list[Resolution]]]]
+                   ) -> Iterator[tuple[int, Resolution]]:
+        """Yield the finished head of the window; then wait until fewer than
+        ``in_flight`` lines are running. A slow line (waiting on the slower source) does
+        not stall the others: finished lines behind it wait in the window, up to
+        ``4 × in_flight`` of them."""
+        while True:
+            while window and window[0][1].done():
+                yield from _drain_one(window)
+            running = [f for _, f in window if not f.done()]
+            if len(running) < self.in_flight and len(window) < 4 * self.in_flight:
+                return
+            wait(running, return_when=FIRST_COMPLETED)
+
+    def _resolve_line(self, line_no: int, item: Any) -> list[Resolution]:
+        if isinstance(item, dumps.DumpError):
+            return [Resolution(f"line:{line_no}", None, 0.0, item.message, item.code)]
+        kind = dumps.entity_type(item)
+        if kind == "release":
+            return self._resolve_release(item, None)
+        if kind == "recording":
+            return [self.resolve_recording_data(item)]
+        return [Resolution(f"line:{line_no}", None, 0.0,
+                           "neither a release nor a recording entity", "unknown_entity")]
+
+
+def _drain_one(window: deque[tuple[int, Future[list[Resolution]]]]
+               ) -> Iterator[tuple[int, Resolution]]:
+    line_no, future = window.popleft()
+    for res in future.result():
+        yield line_no, res

@@ -61,6 +61,10 @@ from producers.queue import (  # noqa: F401 - the backpressure helpers lived her
 
 log = logging.getLogger(__name__)
 
+# A resolution the resolver did not attempt because every recording of its release is
+# stored (producers/resolve.py); counted as skipped, not as a failure.
+ALREADY_STORED = "already_stored"
+
 # A dump cursor moves at least this often (in input items) even when nothing is published,
 # e.g. through a long stretch of already-stored recordings.
 CURSOR_EVERY_ITEMS = 5_000
@@ -192,7 +196,9 @@ class _Submission:
                 self.flush(len(self.pending), self.line)
             self.line, self.line_start = line_no, len(self.pending)
         job = res if isinstance(res, Job) else res.job
-        if job is None:
+        if job is None and getattr(res, "error_code", None) == ALREADY_STORED:
+            self._stored(res.recording_id)
+        elif job is None:
             self._unresolved(n, line_no, res)
         else:
             self._resolved(job)
@@ -208,6 +214,16 @@ class _Submission:
                        getattr(res, "error_code", None) or "no_confident_match",
                        getattr(res, "reason", "") or "not resolvable")
         self.runs.count(self.run_id, "unresolved")
+
+    def _stored(self, recording_id: str) -> None:
+        """The resolver skipped a release entirely stored: count it as skipped."""
+        from contract.layout import FEATURE_VERSION
+        from contract.records import record_key
+
+        self.report.skipped += 1
+        self.runs.succeed(self.run_id, recording_id, "skipped", delivered=False)
+        self.runs.push_ready_if_absent(record_key(FEATURE_VERSION, recording_id))
+        self.runs.count(self.run_id, "skipped_existing")
 
     def _resolved(self, job: Job) -> None:
         from contract.layout import FEATURE_VERSION
@@ -339,10 +355,18 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
 INPUT_KINDS = ("release", "isrcs", "query", "new_releases", "dump")
 
 
-def build_resolver(settings: Settings) -> Any:
+def build_resolver(settings: Settings, *, store: Any = None) -> Any:
+    """The resolver on ``settings``; with ``store``, a release whose recordings all have a
+    record at the current feature version is skipped without a call (not with --force)."""
     from producers.resolve import Resolver  # lazy: network clients only when resolving
 
-    return Resolver.build(settings)
+    if store is None:
+        return Resolver.build(settings)
+    from contract.layout import FEATURE_VERSION
+    from contract.records import record_key
+
+    return Resolver.build(
+        settings, stored=lambda rid: store.exists(record_key(FEATURE_VERSION, rid)))
 
 
 def iter_resolutions(resolver: Any, kind: str, value: Any, *,

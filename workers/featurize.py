@@ -7,7 +7,7 @@ acknowledgement; everything here runs without a broker, so tests call it directl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -20,7 +20,8 @@ from contract.settings import Settings
 from contract.state import Runs
 from contract.store import FeatureStore, StoreUnavailable, open_store
 from workers.analysis import analyze
-from workers.fetch import fetch_preview, make_session
+from workers.fetch import FetchResult, HTTPStatusError, fetch_preview, make_session
+from workers.refresh import EXPIRED_STATUSES, PreviewRefresher
 
 
 @dataclass
@@ -31,6 +32,8 @@ class WorkerContext:
     store: FeatureStore
     runs: Runs
     session: requests.Session
+    # Asks a source for a fresh preview URL when one expired (None: never).
+    refresher: PreviewRefresher | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -39,6 +42,7 @@ class WorkerContext:
             store=open_store(settings.store, settings),
             runs=Runs.from_url(settings.broker_url),
             session=make_session(settings),
+            refresher=PreviewRefresher(settings),
         )
 
 
@@ -94,7 +98,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
 
     try:
         t0 = time.perf_counter()
-        fetched = fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
+        job, fetched = _fetch(job, ctx)
         timings["fetch"] = time.perf_counter() - t0
         analysis = analyze(fetched.data, ctx.settings)
         timings.update(analysis.timings_s)
@@ -120,6 +124,11 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
             isrc=job.isrc,
             artist=job.artist,
             title=job.title,
+            source_track_id=job.source_track_id,
+            source_url=job.source_url,
+            preview_host=job.preview_host,
+            match_rule=job.match_rule,
+            confidence=job.confidence,
         ),
         # A record can only hold what happened before it was sealed; its own encoding and
         # write are in the outcome (the task's result, logged by the worker).
@@ -134,6 +143,22 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
     ctx.runs.push_ready(key)
     outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings)
     return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
+
+
+def _fetch(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
+    """Fetch the preview; an expired one (403/410 from a source whose URLs expire) is
+    re-resolved ONCE through its source and fetched again. Returns the job as fetched."""
+    try:
+        return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
+    except HTTPStatusError as exc:
+        if (exc.status not in EXPIRED_STATUSES or ctx.refresher is None
+                or not ctx.refresher.refreshable(job)):
+            raise
+        fresh = ctx.refresher.refresh(job)
+        if fresh is None:
+            raise
+    job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream
+    return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
 
 
 def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any],

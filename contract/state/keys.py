@@ -15,6 +15,7 @@ LOCK_KEY = f"{PREFIX}:reducer:lock"  # string: the token of the reducer at work
 REDELIVER_LOCK = f"{PREFIX}:redeliver:lock"  # string: the worker sweeping for lost jobs
 RATELIMIT_PREFIX = f"{PREFIX}:ratelimit:"  # + limiter name: GCRA theoretical arrival time
 ITUNES_CACHE_PREFIX = f"{PREFIX}:itunes:cache:"  # + sha1(url): cached iTunes answers
+DEEZER_CACHE_PREFIX = f"{PREFIX}:deezer:cache:"  # + sha1(url): cached Deezer answers
 LEGACY_INDEXED_PATTERN = f"{PREFIX}:indexed:*"  # sets of versions before 0.x; deleted
 # The keys of one run (pv:run:<id>:<part>), in the order the close script takes them;
 # all of them expire together once the run is closed. A new per-run key belongs here.

@@ -27,6 +27,11 @@ class GcraState(StateBase):
                                         [interval_us, burst, max_wait_us])
         return bool(int(granted)), int(wait_us)
 
+    def peek(self, interval_us: int, burst: int) -> int:
+        """µs until the next slot would be granted, reserving nothing (to pick the least
+        busy of several limits)."""
+        return int(self._script("gcra_peek", [self.key], [interval_us, burst]))
+
     def penalize(self, penalty_us: int, interval_us: int, burst: int) -> int:
         """Push the next-allowed time to at least now + ``penalty_us``; returns µs left."""
         return int(self._script("gcra_penalize", [self.key], [penalty_us, interval_us, burst]))

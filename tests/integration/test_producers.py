@@ -105,7 +105,10 @@ def test_album_first_uses_two_itunes_calls_and_a_rerun_uses_none(
         "preview_url": "https://audio-ssl.itunes.apple.com/itunes-assets/AudioPreview115/v4/"
                        "50/30/4c/mzaf_1440001104.plus.aac.p.m4a",
         "isrc": "FRZ017900004", "artist": "Zoé Varga", "title": "Café noir",
-        "duration_ms": 198000, "release_id": R1, "source": "itunes", "force": False}
+        "duration_ms": 198000, "release_id": R1, "source": "itunes",
+        "source_track_id": "1440001104",
+        "source_url": "https://music.apple.com/us/album/x/1440001001?i=1440001104&uo=4",
+        "match_rule": "search+fuzzy", "confidence": 1.0, "force": False}
     assert by_title["Outro"].reason.endswith("track 5/5 album=1.00")
 
     again = make_resolver(settings, r)  # a re-run (new process): the cache answers
@@ -126,7 +129,13 @@ def test_album_fallbacks_live_edit_and_no_preview(settings: Settings, r: Redis) 
     assert "version live≠studio" in got["88888888"].reason
     # Only a "(Radio Edit)" in the album; the matching album track has no preview.
     assert got["99999999"].error_code == "no_preview"
-    assert resolver.calls["itunes"] == 5  # album search + lookup + 3 song searches
+    # The barcode's album is another edition (3 tracks, other order): not trusted, the
+    # mismatch is in every reason, and the cascade falls back to search.
+    assert all("itunes barcode 0602498612345 not trusted: 1/3 tracks agree" in res.reason
+               for res in got.values())
+    assert resolver.stats["barcode_untrusted"] == 1
+    # upc lookup + album search + lookup + 3 song searches
+    assert resolver.calls["itunes"] == 6
 
 
 def test_recording_isrcs_query_and_new_releases(settings: Settings, r: Redis,

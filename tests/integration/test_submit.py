@@ -146,6 +146,22 @@ def test_unresolved_skipped_and_published(env) -> None:
     assert all(m["force"] for m in drain_all(client, "batch"))
 
 
+def test_releases_the_resolver_skipped_as_stored_count_as_skipped(env) -> None:
+    """Given resolutions the resolver did not attempt because every recording of their
+    release is stored (``already_stored``, no upstream call), expect them counted
+    skipped, handed to the reducer, and not recorded as failures."""
+    settings, runs, _ = env
+    stored = [FakeResolution(rid(i), None, 0.0, "every recording of the release is stored",
+                             "already_stored") for i in (1, 2)]
+    report = submit([*stored, resolution(4)], settings, queue="ondemand")
+    assert (report.resolved, report.unresolved, report.skipped, report.queued) == (1, 0, 2, 1)
+    status = runs.status(report.run_id)
+    assert status.counts == {"queued": 1, "done": 0, "skipped": 2, "failed": 0}
+    assert status.meta["skipped_existing"] == "2" and dict(runs.failures(report.run_id)) == {}
+    assert set(runs.peek_ready(10)) == {
+        IF_ABSENT + record_key(FEATURE_VERSION, rid(i)) for i in (1, 2)}
+
+
 def test_backpressure_keeps_queue_under_high_water(env) -> None:
     settings, _, _ = env
     high_water, batch = 60, 25
@@ -291,7 +307,7 @@ def test_cli_enqueue_accepts_resolve_output_and_submit_resumes(
     dump = tmp_path / "dump.jsonl"
     dump.write_text("")
     resolvers = iter([FakeResolver(40, fail_after=13), FakeResolver(40)])
-    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: next(resolvers))
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s, **kw: next(resolvers))
     with pytest.raises(RuntimeError):
         cli.main(["submit", "--dump", str(dump)])
     capsys.readouterr()
@@ -314,7 +330,7 @@ def test_cli_resolve_writes_enqueueable_lines(
     settings, runs, _ = env
     monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
     monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(submit_mod, "build_resolver", lambda s: FakeResolver(8))
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s, **kw: FakeResolver(8))
     out = tmp_path / "resolved.jsonl"
     assert cli.main(["resolve", "--dump", "x.jsonl", "--out", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]

@@ -1,0 +1,407 @@
+"""Resolution cost and precision: text-only iTunes vs identifier-first, one and two sources.
+
+A labelled catalogue of MusicBrainz-shaped releases is generated (seeded) together with
+what the two stores hold for it; a local server on 127.0.0.1 answers the iTunes Search API
+(``/search``, ``/lookup?id=`` and ``/lookup?upc=``) and the Deezer API (``/album/upc:``,
+``/album/<id>/tracks``, ``/track/isrc:``, code 800 for "no data") in their documented
+shapes from that catalogue. The answers are *generated*, not recorded from the services.
+
+Each strategy resolves the same releases as a dump (``Resolver.resolve_dump``, the path of
+``submit --dump``) with the real clients, the real cascade and the real shared GCRA
+limiters on a private Redis. The published limits (iTunes 20 calls/min, Deezer 50 per
+5 s) are applied as real waits, both sped up by ``--factor`` (printed), so the relative
+pace of the two sources is the real one.
+
+* ``text-itunes``: today's path — no barcode used, iTunes only (album search + lookup,
+  then a song search per track left);
+* ``ids-itunes``: identifier-first, iTunes only (``lookup?upc``, then text);
+* ``ids-both``: identifier-first over iTunes and Deezer (``PREVIEWVEC_SOURCES`` default).
+
+Reported: calls per recording for each source, the share of recordings resolved by each
+rule, precision (right matches over all matches; a wrong match is the costly error) and
+recall on the labels, and the projected days for 35 M recordings at one IP per source,
+from the calls (calls ÷ the published daily limit, the slower source deciding) and from
+the measured wall time × factor. Then ``ids-both`` again with every recording stored:
+the calls a re-run saves.
+
+    python benchmarks/resolution.py                  # 150 releases, factor 60
+    python benchmarks/resolution.py --releases 400 --factor 30 --json resolution.json
+
+The catalogue mix (share with a barcode, with ISRCs, store coverage, traps) is an
+assumption, printed with the results; change it with the ``--p-*`` options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contract.settings import Settings  # noqa: E402
+from contract.state import connect  # noqa: E402
+from previewvec.localredis import LocalRedis  # noqa: E402
+from producers.matching import normalize  # noqa: E402
+from producers.resolve import BUSY_S, Resolver  # noqa: E402
+from tests.local_http import serve_in_background, stop_server  # noqa: E402
+
+ITUNES_PER_MIN = 20.0  # Apple: "approximately 20 calls per minute"
+DEEZER_PER_S = 10.0  # Deezer: 50 requests per 5 seconds
+TARGET_RECORDINGS = 35_000_000
+WORDS = ("amber", "static", "glass", "hollow", "pine", "radio", "moon", "paper", "lantern",
+         "north", "river", "ember", "velvet", "signal", "harbor", "winter", "cobalt", "echo",
+         "violet", "orbit", "meadow", "copper", "silent", "neon", "arrow", "garden",
+         "thunder", "marble", "shadow", "candle", "ocean", "prairie", "falcon", "crystal",
+         "mirror", "saffron", "tidal", "willow", "granite", "comet")
+
+
+# -- the labelled catalogue ----------------------------------------------------------------
+@dataclass
+class Mix:
+    barcode: float = 0.55  # releases with a barcode in MusicBrainz
+    isrcs: float = 0.5  # barcoded releases whose recordings carry ISRCs
+    wrong_barcode: float = 0.04  # the barcode leads to another album in the stores
+    itunes: float = 0.75  # releases iTunes carries
+    deezer: float = 0.8  # releases Deezer carries
+    partial: float = 0.1  # the store album lacks a track or two
+    multi_disc: float = 0.1
+    live_trap: float = 0.06  # a live take in MB; the stores have only the studio track
+    remaster_trap: float = 0.05  # MB original; Deezer has only a remaster (own ISRC)
+
+
+@dataclass
+class Catalog:
+    releases: list[dict[str, Any]] = field(default_factory=list)
+    truth: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    it_albums: dict[int, dict[str, Any]] = field(default_factory=dict)
+    it_upc: dict[str, int] = field(default_factory=dict)
+    dz_albums: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dz_upc: dict[str, int] = field(default_factory=dict)
+    dz_isrc: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _title(rng: random.Random, used: set[str], n: int) -> str:
+    """A title of ``n`` words not in ``used`` (more words once those run short)."""
+    for tries in range(1000):
+        t = " ".join(rng.sample(WORDS, n + tries // 50)).title()
+        if t not in used:
+            used.add(t)
+            return t
+    raise RuntimeError("no unused title left")
+
+
+def _it_row(rid: int, tid: int, artist: str, album: str, t: dict[str, Any]) -> dict[str, Any]:
+    return {"wrapperType": "track", "kind": "song", "collectionId": rid, "trackId": tid,
+            "artistName": artist, "collectionName": album, "trackName": t["store_title"],
+            "trackTimeMillis": t["ms"] + 400, "discNumber": t["disc"],
+            "trackNumber": t["pos"],
+            "previewUrl": f"https://audio-ssl.itunes.apple.com/p/{tid}.m4a",
+            "trackViewUrl": f"https://music.apple.com/us/album/x/{rid}?i={tid}"}
+
+
+def _dz_row(tid: int, artist: str, album: str, t: dict[str, Any], isrc: str) -> dict[str, Any]:
+    return {"id": tid, "title": t["store_title"], "isrc": isrc, "duration": t["ms"] // 1000,
+            "track_position": t["pos"], "disk_number": t["disc"],
+            "preview": f"https://cdnt-preview.dzcdn.net/api/1/1/{tid}.mp3?hdnea=exp=1",
+            "link": f"https://www.deezer.com/track/{tid}", "artist": {"name": artist},
+            "album": {"title": album}, "type": "track"}
+
+
+def make_catalog(n: int, mix: Mix, seed: int) -> Catalog:
+    rng = random.Random(seed)
+    cat, used = Catalog(), set()
+    for k in range(n):
+        artist = _title(rng, used, 2)
+        album = _title(rng, used, 3)
+        count = rng.randint(8, 13)
+        discs = 2 if rng.random() < mix.multi_disc else 1
+        barcode = f"{600000000000 + k:013d}" if rng.random() < mix.barcode else ""
+        has_isrcs = bool(barcode) and rng.random() < mix.isrcs
+        live_at = rng.randrange(count) if rng.random() < mix.live_trap else -1
+        remaster_at = rng.randrange(count) if rng.random() < mix.remaster_trap else -1
+        tracks, titles = [], set()  # track titles: distinct within a release
+        for i in range(count):
+            title = _title(rng, titles, rng.choice((1, 2, 2, 3)))
+            per = (count + discs - 1) // discs
+            t = {"title": title, "store_title": title, "ms": rng.randint(150, 330) * 1000,
+                 "disc": i // per + 1, "pos": i % per + 1, "rid": f"rec-{k}-{i}",
+                 "isrc": f"QZ{k % 1000:03d}{k:05d}{i:02d}"}
+            tracks.append(t)
+        rid_it, rid_dz = 1_000_000 + k, 2_000_000 + k
+        in_it, in_dz = rng.random() < mix.itunes, rng.random() < mix.deezer
+        drop = set(rng.sample(range(count), rng.randint(1, 2))) if rng.random() < mix.partial \
+            else set()
+        media: dict[int, list[dict[str, Any]]] = {}
+        it_rows, dz_rows = [], []
+        for i, t in enumerate(tracks):
+            rec = {"id": t["rid"], "title": t["title"], "length": t["ms"],
+                   "isrcs": [t["isrc"]] if has_isrcs and i != live_at else []}
+            truth: set[tuple[str, str]] = set()
+            if i == live_at:  # MB: the live take; the stores: the studio track
+                rec["disambiguation"] = "live, 2004-06-12: Paradiso"
+                rec["length"] = t["ms"] + 25_000
+            if in_it and i not in drop:
+                it_rows.append(_it_row(rid_it, rid_it * 100 + i, artist, album, t))
+                if i not in (live_at,):
+                    truth.add(("itunes", str(rid_it * 100 + i)))
+            if in_dz and i not in drop:
+                isrc = t["isrc"]
+                if i == remaster_at:  # only the remaster, under its own ISRC
+                    isrc = isrc[:5] + "9" + isrc[6:]
+                    t = {**t, "store_title": t["title"] + " (2019 Remaster)"}
+                row = _dz_row(rid_dz * 100 + i, artist, album, t, isrc)
+                dz_rows.append(row)
+                cat.dz_isrc[isrc] = row
+                if i not in (live_at, remaster_at):
+                    truth.add(("deezer", str(rid_dz * 100 + i)))
+            if i == remaster_at:
+                it_rows = [r for r in it_rows if r["trackId"] != rid_it * 100 + i]
+                truth.discard(("itunes", str(rid_it * 100 + i)))
+            cat.truth[t["rid"]] = truth
+            media.setdefault(tracks[i]["disc"], []).append(
+                {"position": tracks[i]["pos"], "title": tracks[i]["title"],
+                 "length": rec["length"], "recording": rec})
+        store_upc = barcode
+        if barcode and rng.random() < mix.wrong_barcode and k:
+            store_upc = f"{700000000000 + k:013d}"  # the stores list it under another code
+            other = rng.randrange(k)  # and the release's barcode leads to another album
+            if 1_000_000 + other in cat.it_albums:
+                cat.it_upc[barcode] = 1_000_000 + other
+            if 2_000_000 + other in cat.dz_albums:
+                cat.dz_upc[barcode] = 2_000_000 + other
+        if in_it:
+            cat.it_albums[rid_it] = {
+                "collection": {"wrapperType": "collection", "collectionType": "Album",
+                               "collectionId": rid_it, "collectionName": album,
+                               "artistName": artist, "trackCount": count},
+                "tracks": it_rows}
+            if store_upc:
+                cat.it_upc[store_upc] = rid_it
+        if in_dz:
+            cat.dz_albums[rid_dz] = {"id": rid_dz, "title": album, "upc": store_upc,
+                                     "nb_tracks": count, "artist": {"name": artist},
+                                     "tracks": dz_rows}
+            if store_upc:
+                cat.dz_upc[store_upc] = rid_dz
+        cat.releases.append({
+            "id": f"rel-{k}", "title": album, "barcode": barcode,
+            "artist-credit": [{"name": artist, "joinphrase": "",
+                               "artist": {"id": f"art-{k}", "name": artist}}],
+            "media": [{"position": d, "tracks": ts} for d, ts in sorted(media.items())]})
+    return cat
+
+
+# -- the local stand-in for both services --------------------------------------------------
+def _tokens(text: str) -> set[str]:
+    return set(normalize(text).split())
+
+
+class StoreServer:
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = json.dumps(server.answer(self.path)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        serve_in_background(self.httpd)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def answer(self, raw: str) -> Any:
+        parts = urlsplit(raw)
+        path, q = unquote(parts.path), {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if path == "/search":
+            return self._search(q)
+        if path in ("/search/album", "/search/track"):
+            return self._dz_search(path.rsplit("/", 1)[1], q)
+        if path == "/lookup":
+            rid = int(q["id"]) if "id" in q else self.cat.it_upc.get(q.get("upc", ""))
+            album = self.cat.it_albums.get(rid or -1)
+            rows = [album["collection"], *album["tracks"]] if album else []
+            return {"resultCount": len(rows), "results": rows}
+        no_data = {"error": {"type": "DataException", "message": "no data", "code": 800}}
+        if path.startswith("/album/upc:"):
+            album = self.cat.dz_albums.get(self.cat.dz_upc.get(path[11:], -1))
+            return {k: v for k, v in album.items() if k != "tracks"} if album else no_data
+        if path.startswith("/album/") and path.endswith("/tracks"):
+            album = self.cat.dz_albums.get(int(path.split("/")[2]))
+            return {"data": album["tracks"], "total": len(album["tracks"])} if album \
+                else no_data
+        if path.startswith("/track/isrc:"):
+            return self.cat.dz_isrc.get(path[12:]) or no_data
+        return no_data
+
+    def _search(self, q: dict[str, str]) -> dict[str, Any]:
+        want = _tokens(q.get("term", ""))
+        scored = []
+        for album in self.cat.it_albums.values():
+            rows = [album["collection"]] if q.get("entity") == "album" else album["tracks"]
+            for row in rows:
+                name = row.get("trackName") or row["collectionName"]
+                hit = len(want & _tokens(f"{row['artistName']} {name}"))
+                if hit >= max(1, len(want) - 1):
+                    scored.append((hit, row))
+        scored.sort(key=lambda s: -s[0])
+        rows = [r for _, r in scored[: int(q.get("limit", 10))]]
+        return {"resultCount": len(rows), "results": rows}
+
+    def _dz_search(self, kind: str, q: dict[str, str]) -> dict[str, Any]:
+        want = _tokens(q.get("q", "").replace("artist:", " ").replace("album:", " ")
+                       .replace("track:", " "))
+        scored = []
+        for album in self.cat.dz_albums.values():
+            rows = ([{k: v for k, v in album.items() if k != "tracks"}] if kind == "album"
+                    else album["tracks"])
+            for row in rows:
+                hit = len(want & _tokens(f"{row['artist']['name']} {row['title']}"))
+                if hit >= max(1, len(want) - 1):
+                    scored.append((hit, row))
+        scored.sort(key=lambda s: -s[0])
+        rows = [r for _, r in scored[: int(q.get("limit", 10))]]
+        return {"data": rows, "total": len(rows)}
+
+    def stop(self) -> None:
+        stop_server(self.httpd)
+
+
+# -- one strategy ----------------------------------------------------------------------
+def run(strategy: str, cat: Catalog, server: StoreServer, redis_url: str, factor: float,
+        dump: Path, stored: bool = False) -> dict[str, Any]:
+    sources = ("itunes", "deezer") if strategy == "ids-both" else ("itunes",)
+    settings = Settings(itunes_url=server.url, deezer_url=server.url, broker_url=redis_url,
+                        sources=sources, itunes_rate_per_min=ITUNES_PER_MIN * factor,
+                        deezer_rate_per_s=DEEZER_PER_S * factor)
+    client = connect(redis_url, decode=False, retry=False)
+    client.flushdb()  # no cached answers, fresh limiters
+    resolver = Resolver.build(settings, redis_client=client, need_musicbrainz=False,
+                              stored=(lambda rid: True) if stored else None)
+    resolver.busy_s = BUSY_S / factor  # "busy" is measured in the sped-up time too
+    started, cpu0 = time.perf_counter(), time.process_time()
+    results = [res for _, res in resolver.resolve_dump(dump)]
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    rules: Counter[str] = Counter()
+    right = wrong = 0
+    wrong_examples = []
+    for res in results:
+        if res.job is None:
+            continue
+        rules[res.job.match_rule or "?"] += 1
+        if (res.job.source, res.job.source_track_id) in cat.truth[res.recording_id]:
+            right += 1
+        else:
+            wrong += 1
+            wrong_examples.append(f"{res.recording_id} → {res.job.source}:"
+                                  f"{res.job.source_track_id} ({res.reason[:120]})")
+    n = len(results)
+    findable = sum(bool(v) for v in cat.truth.values())
+    calls = resolver.calls
+    per_rec = {s: calls.get(s, 0) / n for s in ("itunes", "deezer")}
+    per_day = {"itunes": ITUNES_PER_MIN * 1440, "deezer": DEEZER_PER_S * 86400}
+    days_calls = max(per_rec[s] * TARGET_RECORDINGS / per_day[s] for s in sources)
+    return {
+        "strategy": strategy, "recordings": n, "releases": len(cat.releases),
+        "calls": {s: calls.get(s, 0) for s in sources},
+        "calls_per_recording": {s: round(per_rec[s], 4) for s in sources},
+        "calls_per_resolved": round(sum(calls.get(s, 0) for s in sources) /
+                                    max(1, right + wrong), 4),
+        "resolved": right + wrong, "right": right, "wrong": wrong,
+        "precision": round(right / max(1, right + wrong), 4),
+        "recall": round(right / max(1, findable), 4),
+        "share_by_rule": {r: round(c / n, 4) for r, c in sorted(rules.items()) if c},
+        "barcode_untrusted": resolver.stats["barcode_untrusted"],
+        "wall_s": round(wall, 2),
+        # this process's CPU (the local server's threads included): the wall projection
+        # holds only while this is small next to the wall (the waits dominate)
+        "cpu_s": round(cpu, 2),
+        "projected_days_35M_by_calls": round(days_calls, 1),
+        "projected_days_35M_by_wall": round(wall * factor * TARGET_RECORDINGS / n / 86400, 1),
+        "wrong_examples": wrong_examples[:5],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--releases", type=int, default=150)
+    ap.add_argument("--factor", type=float, default=60.0,
+                    help="published limits sped up by this factor (waits are real)")
+    ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--strategies", default="text-itunes,ids-itunes,ids-both",
+                    help="comma-separated subset to run")
+    for name, value in Mix().__dict__.items():
+        ap.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=value)
+    args = ap.parse_args()
+    mix = Mix(**{k: getattr(args, "p_" + k) for k in Mix().__dict__})
+    cat = make_catalog(args.releases, mix, args.seed)
+    print(f"factor {args.factor:g}: iTunes {ITUNES_PER_MIN * args.factor:g} calls/min, "
+          f"Deezer {DEEZER_PER_S * args.factor:g} calls/s (published: "
+          f"{ITUNES_PER_MIN:g}/min, {DEEZER_PER_S:g}/s)")
+    print(f"catalogue: {len(cat.releases)} releases, {len(cat.truth)} recordings "
+          f"({sum(bool(v) for v in cat.truth.values())} with a right answer); mix {mix}")
+    server = StoreServer(cat)
+    out = []
+    with LocalRedis() as redis, tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "release.gz"
+        with gzip.open(dump, "wt", encoding="utf-8") as fh:
+            for rel in cat.releases:
+                fh.write(json.dumps({**rel, "barcode": rel["barcode"]}) + "\n")
+        text_dump = Path(tmp) / "release-text.gz"
+        with gzip.open(text_dump, "wt", encoding="utf-8") as fh:
+            for rel in cat.releases:  # today's path never used the barcode
+                fh.write(json.dumps({**rel, "barcode": ""}) + "\n")
+        for strategy, path in (("text-itunes", text_dump), ("ids-itunes", dump),
+                               ("ids-both", dump)):
+            if strategy not in args.strategies.split(","):
+                continue
+            out.append(run(strategy, cat, server, redis.url, args.factor, path))
+            print(json.dumps(out[-1], ensure_ascii=False), flush=True)
+        rerun = run("ids-both", cat, server, redis.url, args.factor, dump, stored=True)
+        rerun["strategy"] = "ids-both, every recording stored"
+        out.append(rerun)
+        print(json.dumps(rerun, ensure_ascii=False), flush=True)
+    server.stop()
+    print("\n| strategy | iTunes calls/rec | Deezer calls/rec | calls/resolved | "
+          "precision | recall | wrong | by rule | days for 35 M (calls) | (wall) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for r in out:
+        cpr = r["calls_per_recording"]
+        rules = ", ".join(f"{k} {v:.0%}" for k, v in r["share_by_rule"].items())
+        print(f"| {r['strategy']} | {cpr.get('itunes', 0):.3f} | {cpr.get('deezer', 0):.3f} "
+              f"| {r['calls_per_resolved']:.3f} | {r['precision']:.4f} | {r['recall']:.3f} "
+              f"| {r['wrong']} | {rules} | {r['projected_days_35M_by_calls']} | "
+              f"{r['projected_days_35M_by_wall']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"factor": args.factor, "mix": mix.__dict__,
+                                         "results": out}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

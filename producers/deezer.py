@@ -1,0 +1,146 @@
+"""Deezer public API client (``/track/isrc:``, ``/album/upc:``, ``/album/<id>/tracks``,
+``/track/<id>``), paced by its own shared limiter.
+
+No key is needed. Deezer documents a limit of 50 requests per 5 s per client; the limiter
+(``settings.deezer_rate_per_s``, ``pv:ratelimit:deezer``) is shared by every producer
+process through Redis. Deezer's own error semantics, unlike iTunes's:
+
+* over quota is **HTTP 200** with ``{"error": {"code": 4, "message": "Quota limit
+  exceeded", ...}}`` (and code 700, "service busy", is the same kind of "later"): that is
+  throttling — the shared limiter is penalised and the request retried
+  (:mod:`producers.http`), never read as an answer;
+* "no data" is **HTTP 200** with ``{"error": {"code": 800, ...}}``: an unknown ISRC or
+  barcode, returned as ``None`` (and cached, like any stable answer);
+* any other error object is :class:`~producers.http.UpstreamUnavailable`.
+
+Track objects carry ``isrc``, ``track_position``, ``disk_number``, ``duration`` (s),
+``preview`` (a 30 s MP3 on ``cdn*-preview*.dzcdn.net`` whose URL carries an expiring
+token) and ``link``. ``/album/upc:`` gives the album (``nb_tracks``, ``title``,
+``artist``) but its embedded track list lacks ISRCs and positions, so the track list is
+read from ``/album/<id>/tracks``: a release costs two calls and is then matched by ISRC.
+Without identifiers, ``/search/album`` and ``/search/track`` take Deezer's advanced query
+syntax (``artist:"…" album:"…"``, ``artist:"…" track:"…"``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from contract import __version__
+from contract.retry import Backoff
+from contract.settings import Settings
+from producers.http import JsonGet
+from producers.itunes import ResponseCache
+from producers.ratelimit import RateLimiter
+
+QUOTA_CODES = frozenset({4, 700})  # "quota limit exceeded", "service busy": retry later
+NO_DATA_CODE = 800
+MAX_TRACKS_PAGE = 500
+
+
+def error_code(data: Any) -> int | None:
+    """The ``error.code`` of a Deezer answer, or None when it is not an error."""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        code = data["error"].get("code")
+        return code if isinstance(code, int) else -1
+    return None
+
+
+def _throttled(status: int, body: bytes) -> bool:
+    if status == 429:
+        return True
+    if status != 200 or not body.startswith(b'{"error"'):
+        return False
+    try:
+        return error_code(json.loads(body)) in QUOTA_CODES
+    except ValueError:
+        return False
+
+
+def _check(data: Any) -> str | None:
+    code = error_code(data)
+    if code is not None and code != NO_DATA_CODE:
+        return f"error {code}: {str(data['error'].get('message'))[:100]}"
+    if not isinstance(data, dict):
+        return "the answer is not a JSON object"
+    return None
+
+
+@dataclass(frozen=True)
+class DeezerAlbum:
+    """``/album/upc:<UPC>`` then ``/album/<id>/tracks``."""
+
+    album: dict[str, Any]
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DeezerClient:
+    def __init__(self, settings: Settings, limiter: RateLimiter,
+                 session: requests.Session | None = None, cache: ResponseCache | None = None,
+                 *, max_retries: int = 5, backoff: Backoff | None = None,
+                 timeout: tuple[float, float] = (5.0, 30.0),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = settings.deezer_url.rstrip("/")
+        self.limiter = limiter
+        self.session = session or requests.Session()
+        self.session.headers.update({"User-Agent": f"previewvec/{__version__}",
+                                     "Accept": "application/json"})
+        self.cache = cache
+        # Over quota, Deezer asks for a few seconds (its window is 5 s).
+        self.backoff = backoff or Backoff(base_s=1.0, cap_s=30.0)
+        self.stats = {"requests": 0, "retries": 0, "throttled": 0, "cache_hits": 0}
+        self._json_get = JsonGet(
+            self.session, limiter, self.backoff, max_retries + 1, timeout, sleep, self.stats,
+            label="Deezer", throttled=_throttled, check=_check)
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests actually sent (retries included; cache hits excluded)."""
+        return self.stats["requests"]
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The answer, or None for Deezer's "no data" (code 800)."""
+        url = f"{self.base_url}/{path}" + (f"?{urlencode(params)}" if params else "")
+        data = self.cache.get(url) if self.cache is not None else None
+        if data is not None:
+            self.stats["cache_hits"] += 1
+        else:
+            data = self._json_get(path, url)
+            if self.cache is not None:
+                self.cache.set(url, data)
+        return None if error_code(data) == NO_DATA_CODE else data
+
+    def track_by_isrc(self, isrc: str) -> dict[str, Any] | None:
+        """``/track/isrc:<ISRC>``: one track object, or None when Deezer has none."""
+        return self._get(f"track/isrc:{isrc}")
+
+    def track(self, track_id: int | str) -> dict[str, Any] | None:
+        """``/track/<id>``: the track with a freshly signed preview URL."""
+        return self._get(f"track/{track_id}")
+
+    def search(self, kind: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """``/search/album`` or ``/search/track`` with Deezer's advanced syntax
+        (``artist:"…" album:"…"``): the result objects (``data``)."""
+        if kind not in ("album", "track"):
+            raise ValueError("kind must be 'album' or 'track'")
+        data = self._get(f"search/{kind}", {"q": query, "limit": limit}) or {}
+        return [row for row in data.get("data") or [] if isinstance(row, dict)]
+
+    def album_tracks(self, album_id: int | str) -> list[dict[str, Any]]:
+        """``/album/<id>/tracks``: the album's tracks with ISRCs and positions."""
+        listing = self._get(f"album/{album_id}/tracks", {"limit": MAX_TRACKS_PAGE}) or {}
+        return [t for t in listing.get("data") or [] if isinstance(t, dict)]
+
+    def album_by_upc(self, upc: str) -> DeezerAlbum | None:
+        """The album with this barcode and its tracks (two calls), or None."""
+        album = self._get(f"album/upc:{upc}")
+        if album is None or not album.get("id"):
+            return None
+        return DeezerAlbum(album, self.album_tracks(album["id"]))

@@ -1,0 +1,435 @@
+"""Preview sources behind one interface, and the identifier-first matching rules.
+
+A source resolves a *release* (a MusicBrainz release's tracks) or a *recording*, each by
+identifier or by text search. :class:`ITunesSource` and :class:`DeezerSource` wrap one
+client module each (``producers/itunes.py``, ``producers/deezer.py``), with its own
+rate limit shared through Redis; ``producers/resolve.py`` runs the cascade over them.
+
+The rules, strongest first (``contract.sources.MATCH_RULES``):
+
+``isrc``
+    The store track carries one of the recording's ISRCs (Deezer only: iTunes rows have
+    no ISRC). Accepted unless title, artist and duration contradict it (score below
+    :data:`ISRC_SANITY`, which a live/remix version tag alone already causes);
+    confidence 1.
+``upc+position``
+    The release's barcode gave a store album and the track sits at the same disc and
+    position; the text match inside the album (:func:`~producers.matching.match_score`
+    with ``album=True``) must reach the threshold. Where both sides carry ISRCs and they
+    differ, the position is **not** enough: a remaster or live version under its own
+    ISRC is another recording.
+``search+fuzzy``
+    Album search then the album's tracks, or a song/track search, fuzzy-matched
+    (iTunes ``/search``; Deezer ``/search/album`` and ``/search/track``).
+
+Two vetoes hold in every rule but ``isrc``: ISRCs on both sides that differ, and a *lone
+remaster* (:func:`lone_remaster`: "Song (2019 Remaster)" in an album that is not itself a
+remaster edition, for a recording whose title does not say remaster) — another version,
+as a best-of's remaster usually is. A remastered edition of the album still matches its
+tracks, as MusicBrainz counts a remaster as the same recording. A song/track search also refuses a
+title whose words are the recording's in another order (:func:`reordered_title`).
+
+A barcode is trusted only when the album it gives agrees with the release
+(:func:`check_album`): at least half of the release's tracks have a store track at their
+position, and at least 80 % of those agree on title and duration, or at least half of
+them share an ISRC with the recording there. Otherwise the answer
+is dropped with a note (``barcode … not trusted``) and the cascade falls back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from contract.sources import link_back
+from producers.deezer import DeezerClient
+from producers.itunes import ITunesClient
+from producers.matching import (
+    Item,
+    Match,
+    album_score,
+    assign,
+    duration_score,
+    item_from_itunes,
+    match_score,
+    normalize,
+    parse_title,
+    similarity,
+)
+from producers.ratelimit import RateLimiter
+
+ISRC_SANITY = 0.5  # an ISRC hit whose text scores below this is a contradiction
+AGREE_TITLE = 0.7  # a positional pair "agrees" when its titles are this similar...
+BARCODE_PAIRED_MIN = 0.5  # ...and the barcode is trusted when this share of tracks pair
+BARCODE_AGREE_MIN = 0.8  # ...and this share of the pairs agree
+
+
+@dataclass
+class Entry:
+    """One MusicBrainz recording to resolve, with its release context."""
+
+    recording_id: str
+    item: Item
+    isrcs: tuple[str, ...] = ()
+    release_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreTrack:
+    """A source's track, in the shape the rules compare."""
+
+    item: Item
+    track_id: str
+    preview_url: str | None
+    link: str | None
+    isrc: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A store track chosen for a recording, with the rule and its evidence."""
+
+    source: str
+    track: StoreTrack
+    rule: str
+    confidence: float
+    reason: str
+
+
+@dataclass
+class ReleaseAnswer:
+    """Entry index → candidate; ``note`` says what went wrong (a barcode not trusted)."""
+
+    matched: dict[int, Candidate] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Miss:
+    """No candidate: the best one's score and why (for ``no_confident_match``)."""
+
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleaseQuery:
+    barcode: str | None
+    title: str
+    artist: str  # the credit as printed
+    search_artist: str  # the main artist's name, for text search
+    total_tracks: int
+
+
+class PreviewSource(Protocol):
+    """What the cascade asks of a source. A method a source cannot serve answers empty."""
+
+    name: str
+    limiter: RateLimiter
+
+    @property
+    def calls(self) -> int: ...
+
+    def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        ...
+
+    def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        ...
+
+    def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None: ...
+
+    def recording_by_search(self, entry: Entry) -> Candidate | Miss: ...
+
+
+# -- the rules (pure) -------------------------------------------------------------------
+_REMASTER = ("remaster", "remastered", "remasters", "remastering")
+
+
+def _says_remaster(text: str | None) -> bool:
+    return any(w in _REMASTER for w in normalize(text).split())
+
+
+def lone_remaster(recording: Item, track: Item) -> bool:
+    """A remastered track in an album that is not itself a remaster edition, for a
+    recording whose title does not say so: another version (a best-of's remaster), which
+    only an ISRC may match. A remastered *edition* of the album is the album."""
+    return (_says_remaster(track.title) and not _says_remaster(recording.title)
+            and not _says_remaster(track.album))
+
+
+def reordered_title(recording: Item, track: Item) -> bool:
+    """The same title words in another order ("Hollow Violet" for "Violet Hollow"): the
+    fuzzy title score calls it equal, but it is another song (often of the same album,
+    found by a song search when the right track is missing)."""
+    a, b = parse_title(recording.title).core, parse_title(track.title).core
+    return a != b and sorted(a.split()) == sorted(b.split())
+
+
+def _pairs(entries: list[Entry], tracks: list[StoreTrack], skip: set[int],
+           used: set[str]) -> list[tuple[int, int, Match]]:
+    """In-album text scores of the open entries and free tracks, without the pairs an
+    identifier rules out (ISRCs on both sides that differ, a lone remaster)."""
+    return [(i, j, match_score(e.item, t.item, album=True))
+            for i, e in enumerate(entries) if i not in skip
+            for j, t in enumerate(tracks) if t.track_id not in used
+            and not (e.isrcs and t.isrc and t.isrc not in e.isrcs)
+            and not lone_remaster(e.item, t.item)]
+
+
+def _position(item: Item) -> tuple[int, int] | None:
+    return ((item.disc or 1), item.track) if item.track else None
+
+
+def _agrees(a: Item, b: Item) -> bool:
+    title = similarity(parse_title(a.title).core, parse_title(b.title).core)
+    return title >= AGREE_TITLE and duration_score(a.duration_ms, b.duration_ms) != 0.0
+
+
+def check_album(entries: list[Entry], tracks: list[StoreTrack], label: str) -> str:
+    """"" when the store album agrees with the release; else why it is not trusted."""
+    by_pos = {p: t for t in tracks if (p := _position(t.item))}
+    pairs = [(e, by_pos[p]) for e in entries if (p := _position(e.item)) in by_pos]
+    agree = sum(_agrees(e.item, t.item) for e, t in pairs)
+    isrc_hits = sum(bool(t.isrc and t.isrc in e.isrcs) for e, t in pairs)
+    paired_ok = len(pairs) >= max(1, math.ceil(BARCODE_PAIRED_MIN * len(entries)))
+    # Shared ISRCs are the stronger evidence: a wrong barcode shares none.
+    isrc_ok = isrc_hits >= max(1, math.ceil(BARCODE_PAIRED_MIN * len(pairs)))
+    if paired_ok and (agree >= BARCODE_AGREE_MIN * len(pairs) or isrc_ok):
+        return ""
+    return (f"{label} not trusted: {agree}/{len(pairs)} tracks agree by position "
+            f"(release {len(entries)} tracks, store {len(tracks)})")
+
+
+def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
+                threshold: float) -> dict[int, Candidate]:
+    """ISRC first, then disc/position checked by the text match; one track per entry."""
+    out: dict[int, Candidate] = {}
+    used: set[int] = set()
+    by_isrc = {t.isrc: j for j, t in enumerate(tracks) if t.isrc}
+    for i, e in enumerate(entries):
+        j = next((by_isrc[x] for x in e.isrcs if x in by_isrc), None)
+        if j is None or j in used:
+            continue
+        m = match_score(e.item, tracks[j].item, album=True)
+        if m.score >= ISRC_SANITY:
+            out[i] = Candidate(source, tracks[j], "isrc", 1.0, f"isrc {tracks[j].isrc} "
+                               f"{m.reason}")
+            used.add(j)
+    by_pos = {p: j for j, t in enumerate(tracks) if (p := _position(t.item))}
+    for i, e in enumerate(entries):
+        j = by_pos.get(_position(e.item))  # type: ignore[arg-type]
+        if i in out or j is None or j in used:
+            continue
+        if e.isrcs and tracks[j].isrc and tracks[j].isrc not in e.isrcs:
+            continue  # another recording under its own ISRC (a remaster, a live take)
+        if lone_remaster(e.item, tracks[j].item):
+            continue
+        m = match_score(e.item, tracks[j].item, album=True)
+        if m.score >= threshold:
+            out[i] = Candidate(source, tracks[j], "upc+position", m.score, m.reason)
+            used.add(j)
+    return out
+
+
+def isrc_candidate(entry: Entry, track: StoreTrack, source: str) -> Candidate | Miss:
+    """A track found by the recording's ISRC, unless its text contradicts it."""
+    m = match_score(entry.item, track.item)
+    if m.score < ISRC_SANITY:
+        return Miss(m.score, f"isrc {track.isrc}: contradicted ({m.reason})")
+    return Candidate(source, track, "isrc", 1.0, f"isrc {track.isrc} {m.reason}")
+
+
+# -- iTunes -----------------------------------------------------------------------------
+def _itunes_track(row: dict[str, Any]) -> StoreTrack:
+    tid = str(row.get("trackId") or "")
+    return StoreTrack(item_from_itunes(row), tid, row.get("previewUrl") or None,
+                      row.get("trackViewUrl") or (link_back("itunes", tid) if tid else None))
+
+
+class ITunesSource:
+    name = "itunes"
+
+    def __init__(self, client: ITunesClient, threshold: float, *,
+                 album_search_limit: int = 10, song_search_limit: int = 10) -> None:
+        self.client = client
+        self.limiter = client.limiter
+        self.threshold = threshold
+        self.album_search_limit = album_search_limit
+        self.song_search_limit = song_search_limit
+
+    @property
+    def calls(self) -> int:
+        return self.client.calls
+
+    def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        """ONE call: ``lookup?upc=…&entity=song``."""
+        if not query.barcode:
+            return ReleaseAnswer()
+        found = self.client.lookup_upc(query.barcode)
+        if found.collection is None:
+            return ReleaseAnswer(note=f"itunes: no album for barcode {query.barcode}")
+        tracks = [_itunes_track(r) for r in found.tracks]
+        problem = check_album(entries, tracks, f"itunes barcode {query.barcode}")
+        if problem:
+            return ReleaseAnswer(note=problem)
+        return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
+
+    def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        """Two calls: album search, then the best album's songs; fuzzy assignment."""
+        albums = self.client.search(f"{query.search_artist} {query.title}".strip(),
+                                    entity="album", limit=self.album_search_limit)
+        best: tuple[Match, dict[str, Any]] | None = None
+        for row in albums:
+            if row.get("wrapperType", "collection") != "collection" or not row.get(
+                    "collectionId"):
+                continue
+            m = album_score(query.title, query.artist, query.total_tracks, row)
+            if best is None or m.score > best[0].score:
+                best = (m, row)
+        if best is None or best[0].score < self.threshold:
+            return ReleaseAnswer()
+        tracks = [_itunes_track(r)
+                  for r in self.client.lookup_collection(best[1]["collectionId"]).tracks]
+        pairs = _pairs(entries, tracks, set(), set())
+        note = f" album={best[0].score:.2f}"
+        return ReleaseAnswer({i: Candidate(self.name, tracks[j], "search+fuzzy", m.score,
+                                           m.reason + note)
+                              for i, (j, m) in assign(pairs, self.threshold).items()})
+
+    def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
+        return None  # the iTunes Search API has no ISRC lookup
+
+    def recording_by_search(self, entry: Entry) -> Candidate | Miss:
+        """One song search; the best candidate by :func:`match_score`."""
+        main = entry.item.artists[0] if entry.item.artists else entry.item.artist
+        rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
+                                  limit=self.song_search_limit)
+        best: tuple[Match, dict[str, Any]] | None = None
+        for row in rows:
+            if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
+                continue
+            item = item_from_itunes(row)
+            if lone_remaster(entry.item, item) or reordered_title(entry.item, item):
+                continue
+            m = match_score(entry.item, item)
+            if best is None or m.score > best[0].score:
+                best = (m, row)
+        if best is None:
+            return Miss(0.0, "no store candidates")
+        m, row = best
+        if m.score < self.threshold:
+            return Miss(m.score, f"best {row.get('trackName')!r} by "
+                                 f"{row.get('artistName')!r}: {m.reason}")
+        return Candidate(self.name, _itunes_track(row), "search+fuzzy", m.score,
+                         m.reason + " via song search")
+
+
+# -- Deezer -----------------------------------------------------------------------------
+def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
+    def _int(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    duration = _int(row.get("duration"))
+    tid = str(row.get("id") or "")
+    item = Item(title=row.get("title") or "",
+                artist=(row.get("artist") or {}).get("name") or "",
+                duration_ms=duration * 1000 if duration else None,
+                disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),
+                album=album or (row.get("album") or {}).get("title"))
+    isrc = row.get("isrc")
+    return StoreTrack(item, tid, row.get("preview") or None,
+                      row.get("link") or (link_back("deezer", tid) if tid else None),
+                      isrc.upper() if isinstance(isrc, str) and isrc else None)
+
+
+class DeezerSource:
+    name = "deezer"
+
+    def __init__(self, client: DeezerClient, threshold: float) -> None:
+        self.client = client
+        self.limiter = client.limiter
+        self.threshold = threshold
+
+    @property
+    def calls(self) -> int:
+        return self.client.calls
+
+    def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        """Two calls: ``/album/upc:…`` then ``/album/<id>/tracks`` (which carry ISRCs)."""
+        if not query.barcode:
+            return ReleaseAnswer()
+        found = self.client.album_by_upc(query.barcode)
+        if found is None:
+            return ReleaseAnswer(note=f"deezer: no album for barcode {query.barcode}")
+        tracks = [deezer_track(r, found.album.get("title")) for r in found.tracks]
+        problem = check_album(entries, tracks, f"deezer barcode {query.barcode}")
+        if problem:
+            return ReleaseAnswer(note=problem)
+        return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
+
+    def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
+        """Two calls: ``/search/album``, then the best album's tracks; fuzzy assignment
+        (ISRCs, when both sides have them, still win inside the album)."""
+        rows = self.client.search(
+            "album", f'artist:"{query.search_artist}" album:"{query.title}"')
+        best: tuple[Match, dict[str, Any]] | None = None
+        for row in rows:
+            if not row.get("id"):
+                continue
+            as_collection = {"collectionName": row.get("title"),
+                             "artistName": (row.get("artist") or {}).get("name"),
+                             "trackCount": row.get("nb_tracks")}
+            m = album_score(query.title, query.artist, query.total_tracks, as_collection)
+            if best is None or m.score > best[0].score:
+                best = (m, row)
+        if best is None or best[0].score < self.threshold:
+            return ReleaseAnswer()
+        tracks = [deezer_track(r, best[1].get("title"))
+                  for r in self.client.album_tracks(best[1]["id"])]
+        matched = match_album(entries, tracks, self.name, self.threshold)
+        matched = {i: c for i, c in matched.items() if c.rule == "isrc"}
+        used = {c.track.track_id for c in matched.values()}
+        pairs = _pairs(entries, tracks, set(matched), used)
+        note = f" album={best[0].score:.2f}"
+        for i, (j, m) in assign(pairs, self.threshold).items():
+            matched[i] = Candidate(self.name, tracks[j], "search+fuzzy", m.score,
+                                   m.reason + note)
+        return ReleaseAnswer(matched)
+
+    def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
+        """One call per ISRC tried (``/track/isrc:…``), until one is found."""
+        miss: Miss | None = None
+        for isrc in entry.isrcs:
+            row = self.client.track_by_isrc(isrc)
+            if row is None:
+                continue
+            got = isrc_candidate(entry, deezer_track(row), self.name)
+            if isinstance(got, Candidate):
+                return got
+            miss = got
+        return miss
+
+    def recording_by_search(self, entry: Entry) -> Candidate | Miss:
+        """One ``/search/track`` call; the best candidate by :func:`match_score`."""
+        main = entry.item.artists[0] if entry.item.artists else entry.item.artist
+        rows = self.client.search("track", f'artist:"{main}" track:"{entry.item.title}"')
+        best: tuple[Match, StoreTrack] | None = None
+        for row in rows:
+            track = deezer_track(row)
+            if lone_remaster(entry.item, track.item) or reordered_title(
+                    entry.item, track.item) or (
+                    entry.isrcs and track.isrc and track.isrc not in entry.isrcs):
+                continue
+            m = match_score(entry.item, track.item)
+            if best is None or m.score > best[0].score:
+                best = (m, track)
+        if best is None:
+            return Miss(0.0, "deezer: no store candidates")
+        m, track = best
+        if m.score < self.threshold:
+            return Miss(m.score, f"deezer best {track.item.title!r} by "
+                                 f"{track.item.artist!r}: {m.reason}")
+        return Candidate(self.name, track, "search+fuzzy", m.score,
+                         m.reason + " via deezer track search")

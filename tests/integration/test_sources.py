@@ -1,0 +1,291 @@
+"""Identifier-first resolution over two preview sources, against answers in the documented
+shapes (tests/fixtures/upstream: iTunes ``lookup?upc``, Deezer ``/track/isrc:``,
+``/album/upc:``, ``/album/<id>/tracks``, error bodies code 4 and 800) served on 127.0.0.1
+by tests/upstream_server.py; Redis is a private LocalRedis. No internet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from contract.retry import Backoff
+from contract.settings import Settings
+from contract.state import connect
+from contract.state.cache import AnswerCache
+from contract.state.keys import DEEZER_CACHE_PREFIX
+from previewvec.localredis import LocalRedis
+from producers.deezer import DeezerClient
+from producers.http import UpstreamUnavailable
+from producers.itunes import ITunesClient, RedisResponseCache
+from producers.musicbrainz import MusicBrainzClient
+from producers.ratelimit import RateLimiter
+from producers.resolve import Resolver
+from tests.upstream_server import FIXTURES, UpstreamServer
+
+ROOT = Path(__file__).resolve().parents[2]
+R1 = "a3f0c9e2-5b7d-4c1e-9f2a-1d8e6b4c7a01"
+R2 = "b4e1d0f3-6c8e-4d2f-a03b-2e9f7c5d8b12"
+FAST = Backoff(base_s=0.02, cap_s=0.1)
+QUOTA = (FIXTURES / "deezer" / "error_quota.json").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def local_redis() -> Iterator[LocalRedis]:
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture
+def r(local_redis: LocalRedis, upstream: UpstreamServer) -> Redis:
+    client = connect(local_redis.url, decode=False, retry=False, health_check_interval_s=0)
+    client.flushdb()
+    upstream.clear()
+    return client
+
+
+@pytest.fixture
+def settings(upstream: UpstreamServer, local_redis: LocalRedis) -> Settings:
+    return Settings(mb_contact="previewvec-tests@example.org", musicbrainz_url=upstream.url,
+                    itunes_url=upstream.url, deezer_url=upstream.url,
+                    broker_url=local_redis.url)
+
+
+def clients(settings: Settings, r: Redis, retries: int = 5
+            ) -> tuple[MusicBrainzClient, ITunesClient, DeezerClient]:
+    mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), backoff=FAST)
+    it = ITunesClient(settings, RateLimiter(r, "itunes", 500), cache=RedisResponseCache(r),
+                      max_retries=retries, backoff=FAST)
+    dz = DeezerClient(settings, RateLimiter(r, "deezer", 500),
+                      cache=AnswerCache(r, prefix=DEEZER_CACHE_PREFIX), max_retries=retries,
+                      backoff=FAST)
+    return mb, it, dz
+
+
+def release_doc(name: str, **changes: object) -> dict:
+    return {**json.loads((FIXTURES / "mb" / name).read_text("utf-8")), **changes}
+
+
+# -- contract tests: the clients against the documented shapes ---------------------------
+def test_deezer_client_isrc_album_and_no_data(settings: Settings, r: Redis,
+                                              upstream: UpstreamServer) -> None:
+    _, _, dz = clients(settings, r)
+    track = dz.track_by_isrc("USHP10300002")
+    assert track is not None and track["id"] == 3020000102 and track["isrc"] == "USHP10300002"
+    assert track["preview"].startswith("https://cdnt-preview.dzcdn.net/")
+    assert dz.track_by_isrc("USXX19999999") is None  # HTTP 200 {"error": {"code": 800}}
+    album = dz.album_by_upc("0602498612345")
+    assert album is not None and album.album["nb_tracks"] == 4
+    assert [(t["disk_number"], t["track_position"], t["isrc"]) for t in album.tracks] == [
+        (1, 1, "USHP10300001"), (1, 2, "USHP10300002"), (1, 3, "USHP10300003"),
+        (1, 4, "USHP10300004")]
+    assert dz.album_by_upc("0000000000000") is None
+    assert dz.calls == 5  # isrc, isrc, upc + tracks, upc (no tracks call for no album)
+    assert dz.track_by_isrc("USXX19999999") is None  # "no data" is stable: cached
+    assert dz.calls == 5 and dz.stats["cache_hits"] == 1
+    assert [q.path for q in upstream.requests][:2] == ["/track/isrc:USHP10300002",
+                                                       "/track/isrc:USXX19999999"]
+
+
+def test_deezer_quota_code_4_in_a_200_is_throttling(settings: Settings, r: Redis,
+                                                    upstream: UpstreamServer) -> None:
+    _, _, dz = clients(settings, r, retries=3)
+    upstream.fail_next(2, 200, QUOTA, path_prefix="/track/")
+    track = dz.track_by_isrc("USHP10300002")
+    assert track is not None and track["id"] == 3020000102  # never read as an answer
+    assert dz.stats["throttled"] == 2 and dz.calls == 3
+    # the shared limiter was pushed forward for every process, not just this one
+    assert r.get("pv:ratelimit:deezer") is not None
+    upstream.fail_next(10, 200, QUOTA, path_prefix="/track/")
+    with pytest.raises(UpstreamUnavailable, match="throttled"):
+        dz.track_by_isrc("USHP10300001")
+    assert r.keys(DEEZER_CACHE_PREFIX + "*") and len(r.keys(DEEZER_CACHE_PREFIX + "*")) == 1
+
+
+def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
+                                    upstream: UpstreamServer) -> None:
+    _, it, _ = clients(settings, r)
+    found = it.lookup_upc("0602498612345")
+    assert found.collection is not None and found.collection["collectionId"] == 1550002001
+    assert [t["trackNumber"] for t in found.tracks] == [1, 2, 3]
+    assert it.lookup_upc("0000000000000").collection is None  # resultCount 0
+    q = upstream.requests[0]
+    assert (q.path, q.query["upc"], q.query["entity"]) == ("/lookup", "0602498612345", "song")
+    assert it.calls == 2
+
+
+# -- the cascade over both sources ------------------------------------------------------
+def test_barcode_release_costs_one_itunes_call(settings: Settings, r: Redis,
+                                               upstream: UpstreamServer) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz)
+    release = release_doc("release_r1.json", barcode="3770000000017")
+    results = list(resolver.resolve_release_data(release))
+    assert [res.error_code for res in results] == [None] * 5
+    assert resolver.calls == {"musicbrainz": 0, "itunes": 1, "itunes_cache_hits": 0,
+                              "deezer": 0, "deezer_cache_hits": 0}
+    assert {res.job.match_rule for res in results} == {"upc+position"}
+    lumiere = results[2].job
+    assert lumiere.source == "itunes" and lumiere.source_track_id == "1440001103"
+    assert lumiere.confidence is not None and 0.75 <= lumiere.confidence <= 1
+    assert lumiere.preview_host == "audio-ssl.itunes.apple.com"
+
+
+def test_wrong_itunes_barcode_falls_to_deezer_isrcs(settings: Settings, r: Redis,
+                                                    upstream: UpstreamServer) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz)
+    got = {res.recording_id[:8]: res for res in resolver.resolve_release(R2)}
+    for rid in ("66666666", "77777777", "99999999"):
+        job = got[rid].job
+        assert job is not None and job.source == "deezer" and job.match_rule == "isrc"
+        assert job.confidence == 1.0 and job.preview_host == "cdnt-preview.dzcdn.net"
+        assert job.source_url == f"https://www.deezer.com/track/{job.source_track_id}"
+        assert "itunes barcode 0602498612345 not trusted" in got[rid].reason
+    assert got["99999999"].job.source_track_id == "3020000104"  # Glass, not the radio edit
+    # The MB recording is live; Deezer's track 3 (studio, its own ISRC) must not match,
+    # nor iTunes's studio "Undertow" found by song search.
+    assert got["88888888"].job is None and got["88888888"].error_code == "no_confident_match"
+    # the live take: one song search on each source (nothing to find)
+    assert resolver.calls["itunes"] == 2  # upc lookup + song search
+    assert resolver.calls["deezer"] == 3  # /album/upc: + /album/<id>/tracks + track search
+
+
+def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
+                                            settings: Settings) -> None:
+    only_deezer = Settings(**{**settings.__dict__, "sources": ("deezer",),
+                              "allowed_audio_hosts": ()})
+    assert "mzstatic.com" not in only_deezer.allowed_audio_hosts
+    assert "dzcdn.net" in only_deezer.allowed_audio_hosts
+    mb, _, dz = clients(only_deezer, r)
+    resolver = Resolver(only_deezer, mb, None, deezer=dz)
+    entry_release = release_doc("release_r2.json", barcode="")  # no barcode: per ISRC
+    got = {res.recording_id[:8]: res for res in resolver.resolve_release_data(entry_release)}
+    assert got["77777777"].job is not None and got["77777777"].job.match_rule == "isrc"
+    assert got["66666666"].job is None  # Deezer knows no track for USHP10300001 (800)
+    assert got["88888888"].reason.endswith("deezer: no store candidates")
+    # one /track/isrc: per recording with an ISRC, one /search/album for the three left
+    # (an empty answer), one /search/track for each of them
+    assert resolver.calls["deezer"] == 3 + 1 + 3
+
+
+def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz, stored=lambda rid: True)
+    results = list(resolver.resolve_release_data(release_doc("release_r2.json")))
+    assert {res.error_code for res in results} == {"already_stored"}
+    assert resolver.calls["itunes"] == resolver.calls["deezer"] == 0
+
+
+# -- two rate limits, held across two processes ----------------------------------------
+TWO_LIMITS = textwrap.dedent("""
+    import sys, threading
+    from contract.settings import Settings
+    from contract.state import connect
+    from producers.resolve import Resolver
+    url, redis_url, n, tag = sys.argv[1:5]
+    n = int(n)
+    settings = Settings(itunes_url=url, deezer_url=url, broker_url=redis_url,
+                        itunes_rate_per_min=240, deezer_rate_per_s=20)
+    resolver = Resolver.build(settings, redis_client=connect(redis_url, decode=False,
+                              retry=False), need_musicbrainz=False)
+    for client in (resolver.itunes, resolver.deezer):
+        client.session.headers["User-Agent"] = tag
+    print("ready", flush=True)
+    sys.stdin.readline()
+    def itunes():
+        for i in range(n):  # distinct barcodes: no cache hits
+            resolver.itunes.lookup_upc(f"99{ord(tag[-1])}{i:09d}")
+    def deezer():
+        for i in range(3 * n):
+            resolver.deezer.track_by_isrc(f"USXX{tag[-1].upper()}{i:07d}")
+    threads = [threading.Thread(target=f) for f in (itunes, deezer)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+""")
+
+
+def _check_spacing(times: list[float], rate: float, burst: int = 1) -> None:
+    slack = 0.03  # scheduling/network jitter between the grant and the server's clock
+    for i in range(len(times)):
+        for j in range(i + 1, len(times)):
+            assert j - i <= burst + rate * (times[j] - times[i] + slack), (i, j, times)
+
+
+def test_two_rate_limits_hold_across_two_processes(local_redis: LocalRedis, r: Redis,
+                                                   upstream: UpstreamServer) -> None:
+    n = 5
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_LIMITS, upstream.url,
+                               local_redis.url, str(n), tag], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env, text=True)
+             for tag in ("proc-a", "proc-b")]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    itunes = sorted(q.t for q in upstream.requests_to("/lookup"))
+    deezer = sorted(q.t for q in upstream.requests_to("/track/isrc:"))
+    assert len(itunes) == 2 * n and len(deezer) == 6 * n
+    assert {q.user_agent for q in upstream.requests_to("/lookup")} == {"proc-a", "proc-b"}
+    _check_spacing(itunes, 4.0)
+    _check_spacing(deezer, 20.0)
+    # Each limit is its own: Deezer's 30 calls (1.5 s at 20/s) are not held to iTunes's
+    # pace (10 calls need 2.25 s at 4/s, and would take 7.5 s for 30).
+    assert deezer[-1] - deezer[0] < itunes[-1] - itunes[0]
+    assert itunes[-1] - itunes[0] >= (2 * n - 1) / 4.0 - 0.1
+
+
+def test_bounded_limiter_refuses_a_far_slot_without_reserving(r: Redis) -> None:
+    """A thread with another source to ask does not queue behind a busy one."""
+    from producers.ratelimit import RateLimitTimeout
+
+    limiter = RateLimiter(r, "bounded-test", rate_per_s=2.0)
+    limiter.acquire()  # the next slot is 0.5 s away
+    with limiter.bounded(0.1), pytest.raises(RateLimitTimeout):
+        limiter.acquire()
+    assert 0.3 < limiter.next_wait_s() <= 0.5  # nothing was reserved
+    with limiter.bounded(1.0):
+        assert limiter.acquire() > 0.3  # within the bound: granted and waited
+    assert limiter.grants == 2
+
+
+def test_dump_with_releases_in_flight_keeps_line_order(settings: Settings, r: Redis,
+                                                       tmp_path: Path) -> None:
+    """Several releases resolve at once (threads waiting on the limits); the results come
+    out in line order, equal to resolving one line at a time."""
+    docs = [release_doc("release_r1.json", barcode="3770000000017"),
+            release_doc("release_r2.json"), release_doc("release_r1.json"),
+            release_doc("release_r2.json", barcode="")] * 3
+    path = tmp_path / "release"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), "utf-8")
+    mb, it, dz = clients(settings, r)
+    serial = list(Resolver(settings, mb, it, deezer=dz).resolve_dump(path))
+    r.flushdb()
+    mb, it, dz = clients(settings, r)
+    parallel = list(Resolver(settings, mb, it, deezer=dz, in_flight=4).resolve_dump(path))
+    assert [n for n, _ in parallel] == [n for n, _ in serial]
+    assert [n for n, _ in parallel] == sorted(n for n, _ in parallel)
+    assert [(res.recording_id, res.job) for _, res in parallel] == [
+        (res.recording_id, res.job) for _, res in serial]

@@ -1,0 +1,305 @@
+"""The identifier-first rules on crafted releases (pure: no I/O), and the cascade's order
+over sources (in-memory sources that record what they were asked)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from contract.settings import Settings
+from producers.matching import Item
+from producers.resolve import Resolver
+from producers.sources import (
+    Candidate,
+    Entry,
+    Miss,
+    ReleaseAnswer,
+    ReleaseQuery,
+    StoreTrack,
+    check_album,
+    deezer_track,
+    isrc_candidate,
+    match_album,
+    reordered_title,
+)
+
+THRESHOLD = Settings().match_threshold
+ARTIST = "The Hollow Pines"
+# (title, duration s, ISRC) of a crafted 6-track studio album, two discs of three.
+ALBUM = [("Paper Moons", 200, "USHP10300001"), ("Static Hearts", 215, "USHP10300002"),
+         ("Undertow", 262, "USHP10300003"), ("Glass", 250, "USHP10300004"),
+         ("Lanterns", 181, "USHP10300005"), ("Northbound", 305, "USHP10300006")]
+
+
+def entries(*, isrcs: bool = True, discs: int = 1, titles: list[str] | None = None,
+            disambiguation: dict[int, str] | None = None) -> list[Entry]:
+    per_disc = len(ALBUM) // discs
+    out = []
+    for n, (title, dur, isrc) in enumerate(ALBUM):
+        disc, pos = n // per_disc + 1, n % per_disc + 1
+        item = Item((titles or [])[n] if titles else title, ARTIST, (ARTIST,), dur * 1000,
+                    disc, pos, "Midnight Radio", (disambiguation or {}).get(n))
+        out.append(Entry(f"rec-{n}", item, (isrc,) if isrcs else (), "rel-1"))
+    return out
+
+
+def store(*, isrcs: bool = True, discs: int = 1, drop: tuple[int, ...] = (),
+          changes: dict[int, tuple[str, int, str]] | None = None) -> list[StoreTrack]:
+    per_disc = len(ALBUM) // discs
+    out = []
+    for n, row in enumerate(ALBUM):
+        if n in drop:
+            continue
+        title, dur, isrc = (changes or {}).get(n, row)
+        disc, pos = n // per_disc + 1, n % per_disc + 1
+        out.append(StoreTrack(Item(title, ARTIST, (), dur * 1000, disc, pos, "Midnight Radio"),
+                              f"t{n}", f"https://cdn.test/{n}.mp3", f"https://store.test/{n}",
+                              isrc if isrcs else None))
+    return out
+
+
+def rules(matched: dict[int, Candidate]) -> dict[int, str]:
+    return {i: c.rule for i, c in matched.items()}
+
+
+# -- the barcode check and the album rules ----------------------------------------------
+def test_barcode_with_isrcs_matches_every_track_by_isrc() -> None:
+    es, ts = entries(), store()
+    assert check_album(es, ts, "b") == ""
+    got = match_album(es, ts, "deezer", THRESHOLD)
+    assert rules(got) == {i: "isrc" for i in range(6)}
+    assert all(c.confidence == 1.0 and c.track.track_id == f"t{i}" for i, c in got.items())
+
+
+def test_barcode_without_isrcs_matches_by_position_checked_by_title() -> None:
+    es, ts = entries(isrcs=False), store(isrcs=False)
+    assert check_album(es, ts, "b") == ""
+    got = match_album(es, ts, "itunes", THRESHOLD)
+    assert rules(got) == {i: "upc+position" for i in range(6)}
+    assert all(THRESHOLD <= c.confidence <= 1 for c in got.values())
+
+
+def test_wrong_barcode_is_not_trusted_and_says_why() -> None:
+    other = {n: (f"Other Song {n}", 100 + 20 * n, f"GBXX1{n:07d}") for n in range(6)}
+    problem = check_album(entries(), store(changes=other), "itunes barcode 123")
+    assert problem == ("itunes barcode 123 not trusted: 0/6 tracks agree by position "
+                       "(release 6 tracks, store 6)")
+    # even with the titles right, durations that all disagree are not the same album
+    longer = {n: (t, d + 60, "GBXX10000000") for n, (t, d, _) in enumerate(ALBUM)}
+    assert "not trusted" in check_album(entries(isrcs=False), store(changes=longer), "b")
+
+
+def test_partial_album_matches_what_is_there_and_leaves_the_rest_open() -> None:
+    es, ts = entries(isrcs=False), store(isrcs=False, drop=(2, 4))  # two not licensed
+    assert check_album(es, ts, "b") == ""
+    got = match_album(es, ts, "itunes", THRESHOLD)
+    assert sorted(got) == [0, 1, 3, 5]
+    # a store album with under half the tracks is not trusted for positions at all
+    assert "not trusted" in check_album(es, store(isrcs=False, drop=(0, 1, 2, 3)), "b")
+
+
+def test_multi_disc_positions_count_the_disc() -> None:
+    es, ts = entries(isrcs=False, discs=2), store(isrcs=False, discs=2)
+    got = match_album(es, ts, "itunes", THRESHOLD)
+    assert {i: c.track.track_id for i, c in got.items()} == {i: f"t{i}" for i in range(6)}
+    # the same album numbered as one disc: disc 2 track 1 is not disc 1 track 1
+    flat = match_album(es, store(isrcs=False), "itunes", THRESHOLD)
+    assert set(flat) == {0, 1, 2}
+
+
+def test_live_version_does_not_match_the_studio_recording() -> None:
+    # The release has a live take at position 3 (MB disambiguation); the store album
+    # (same barcode, ISRCs agree elsewhere) has the studio track there.
+    es = entries(isrcs=False, disambiguation={2: "live, 2002-11-03: Paradiso"})
+    got = match_album(es, store(isrcs=False), "itunes", THRESHOLD)
+    assert 2 not in got and len(got) == 5
+    # and the other way: a live store track at the studio recording's position
+    live = {2: ("Undertow (Live)", 262, "USHP10300003")}
+    assert 2 not in match_album(entries(isrcs=False), store(isrcs=False, changes=live),
+                                "itunes", THRESHOLD)
+
+
+def test_remaster_under_its_own_isrc_does_not_match_the_studio_recording() -> None:
+    remaster = {3: ("Glass (2019 Remaster)", 251, "USHP11900004")}  # a new ISRC
+    got = match_album(entries(), store(changes=remaster), "deezer", THRESHOLD)
+    assert 3 not in got and rules(got) == {i: "isrc" for i in (0, 1, 2, 4, 5)}
+    # without ISRCs, a lone remaster in an album of originals is still another version
+    no_isrc = match_album(entries(), store(isrcs=False, changes=remaster), "itunes",
+                          THRESHOLD)
+    assert 3 not in no_isrc and len(no_isrc) == 5
+    # but a remastered *edition* of the album is the album (MusicBrainz counts a remaster
+    # as the same recording): every track matches, the remastered one included
+    edition = [StoreTrack(Item(t.item.title + " (2019 Remaster)", ARTIST, (),
+                               t.item.duration_ms, t.item.disc, t.item.track,
+                               "Midnight Radio (Remastered)"), t.track_id, t.preview_url,
+                          t.link) for t in store(isrcs=False)]
+    assert set(match_album(entries(), edition, "itunes", THRESHOLD)) == set(range(6))
+
+
+def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
+    entry = entries()[1]
+    wrong = StoreTrack(Item("Completely Different", "Someone Else", (), 90_000), "x",
+                       "https://cdn.test/x.mp3", None, "USHP10300002")
+    got = isrc_candidate(entry, wrong, "deezer")
+    assert isinstance(got, Miss) and "contradicted" in got.reason
+    live = StoreTrack(Item("Static Hearts (Live)", ARTIST, (), 215_000), "y",
+                      "https://cdn.test/y.mp3", None, "USHP10300002")
+    assert isinstance(isrc_candidate(entry, live, "deezer"), Miss)
+
+
+def test_deezer_track_rows_become_store_tracks() -> None:
+    row = {"id": 3020000102, "title": "Static Hearts", "isrc": "ushp10300002",
+           "duration": 215, "track_position": 2, "disk_number": 1,
+           "preview": "https://cdnt-preview.dzcdn.net/x.mp3",
+           "link": "https://www.deezer.com/track/3020000102",
+           "artist": {"name": ARTIST}, "album": {"title": "Midnight Radio"}}
+    t = deezer_track(row)
+    assert (t.track_id, t.isrc, t.item.duration_ms, t.item.disc, t.item.track) == (
+        "3020000102", "USHP10300002", 215_000, 1, 2)
+    bare = deezer_track({"id": 5, "title": "X", "duration": 0, "preview": ""})
+    assert bare.preview_url is None and bare.item.duration_ms is None
+    assert bare.link == "https://www.deezer.com/track/5"
+
+
+# -- the cascade's order ----------------------------------------------------------------
+@dataclass
+class FakeLimiter:
+    wait_s: float = 0.0
+
+    def next_wait_s(self) -> float:
+        return self.wait_s
+
+    @contextmanager
+    def bounded(self, max_wait_s: float | None) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class FakeSource:
+    """Answers from a crafted store album; records every call."""
+
+    name: str
+    tracks: list[StoreTrack]
+    by_barcode: bool = True
+    by_isrc: bool = False
+    by_search: bool = False
+    limiter: FakeLimiter = field(default_factory=FakeLimiter)
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return len(self.log)
+
+    def release_by_barcode(self, query: ReleaseQuery, es: list[Entry]) -> ReleaseAnswer:
+        if not (query.barcode and self.by_barcode):
+            return ReleaseAnswer()
+        self.log.append("barcode")
+        note = check_album(es, self.tracks, f"{self.name} barcode")
+        return ReleaseAnswer(note=note) if note else ReleaseAnswer(
+            match_album(es, self.tracks, self.name, THRESHOLD))
+
+    def release_by_search(self, query: ReleaseQuery, es: list[Entry]) -> ReleaseAnswer:
+        if not self.by_search:
+            return ReleaseAnswer()
+        self.log.append("album search")
+        got = match_album(es, self.tracks, self.name, THRESHOLD)
+        return ReleaseAnswer({i: Candidate(self.name, c.track, "search+fuzzy", c.confidence,
+                                           c.reason) for i, c in got.items()})
+
+    def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
+        if not self.by_isrc:
+            return None
+        self.log.append("isrc")
+        hit = next((t for t in self.tracks if t.isrc in entry.isrcs), None)
+        return isrc_candidate(entry, hit, self.name) if hit else None
+
+    def recording_by_search(self, entry: Entry) -> Candidate | Miss:
+        self.log.append("song search")
+        return Miss(0.0, "nothing")
+
+
+def release(barcode: str = "0602498612345") -> dict:
+    tracks = [{"position": n + 1, "title": t, "length": d * 1000,
+               "recording": {"id": f"rec-{n}", "title": t, "length": d * 1000,
+                             "isrcs": [i]}}
+              for n, (t, d, i) in enumerate(ALBUM)]
+    return {"id": "rel-1", "title": "Midnight Radio", "barcode": barcode,
+            "artist-credit": [{"name": ARTIST, "joinphrase": ""}],
+            "media": [{"position": 1, "tracks": tracks}]}
+
+
+def resolver_with(*sources: FakeSource, stored=None) -> Resolver:
+    res = Resolver(Settings(), None, None, stored=stored)
+    res.sources = list(sources)
+    return res
+
+
+def test_barcode_first_then_no_other_source_is_asked() -> None:
+    a = FakeSource("itunes", store(isrcs=False))
+    b = FakeSource("deezer", store(), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert all(r.ok for r in got) and {r.job.match_rule for r in got} == {"upc+position"}
+    assert a.log == ["barcode"] and b.log == []
+
+
+def test_no_barcode_goes_to_isrc_then_search() -> None:
+    a = FakeSource("itunes", store(isrcs=False, drop=(5,)), by_search=True)
+    b = FakeSource("deezer", store(drop=(0, 1)), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release(barcode="")))
+    assert [r.job.match_rule for r in got] == ["search+fuzzy"] * 2 + ["isrc"] * 4
+    assert a.log == ["album search"] and b.log == ["isrc"] * 6
+    # one track left open costs one song search, not an album search and a lookup
+    c = FakeSource("itunes", store(isrcs=False), by_search=True)
+    d = FakeSource("deezer", store(drop=(0,)), by_isrc=True)
+    list(resolver_with(c, d).resolve_release_data(release(barcode="")))
+    assert c.log == ["song search"]
+
+
+def test_a_busy_source_goes_after_a_free_one() -> None:
+    a = FakeSource("itunes", store(isrcs=False), limiter=FakeLimiter(2.5))
+    b = FakeSource("deezer", store())
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert {r.job.source for r in got} == {"deezer"} and a.log == []
+
+
+def test_a_busy_source_is_not_asked_while_another_is_free() -> None:
+    # iTunes (priority, busy) has the album; Deezer (free) does not: the release is not
+    # held up waiting for iTunes — its tracks stay unresolved (recall is the price).
+    a = FakeSource("itunes", store(isrcs=False), by_search=True, limiter=FakeLimiter(2.5))
+    b = FakeSource("deezer", [], by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert not any(r.ok for r in got) and a.log == []
+
+
+def test_when_every_source_is_busy_the_first_to_free_up_is_asked() -> None:
+    a = FakeSource("itunes", store(isrcs=False), limiter=FakeLimiter(2.5))
+    b = FakeSource("deezer", store(), limiter=FakeLimiter(4.0))
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert {r.job.source for r in got} == {"itunes"} and b.log == []
+
+
+def test_a_stored_release_is_not_resolved() -> None:
+    a = FakeSource("itunes", store())
+    got = list(resolver_with(a, stored=lambda rid: True).resolve_release_data(release()))
+    assert {r.error_code for r in got} == {"already_stored"} and a.log == []
+
+
+@pytest.mark.parametrize("value", ["", "12345", "not-a-code", "0602498612345 "])
+def test_unusable_barcodes_skip_the_identifier_step(value: str) -> None:
+    a = FakeSource("itunes", store(isrcs=False), by_search=True)
+    list(resolver_with(a).resolve_release_data(release(barcode=value)))
+    assert a.log[0] == ("barcode" if value.strip().isdigit() and len(value.strip()) >= 8
+                        else "album search")
+
+
+def test_a_reordered_title_is_another_song() -> None:
+    """Found by the labelled benchmark: a song search for a track missing from the store
+    album returned another track of that album with the same words reordered (title
+    score 1.00); it is refused."""
+    rec = Item("Violet Hollow", ARTIST, (), 243_000)
+    assert reordered_title(rec, Item("Hollow Violet", ARTIST, (), 233_400))
+    assert not reordered_title(rec, Item("Violet Hollow (2011 Remaster)", ARTIST))
+    assert not reordered_title(rec, Item("violet  hollow", ARTIST))
