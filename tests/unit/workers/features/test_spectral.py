@@ -9,6 +9,7 @@ from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
 from workers.audio import decode_audio
+from workers.features import spectral
 from workers.features.spectral import (
     FMA_CQT_FILTER_SCALE,
     HOP_LENGTH,
@@ -22,7 +23,6 @@ from workers.features.spectral import (
     stft_magnitude,
     zero_crossing_rate,
 )
-from workers.features import spectral
 from workers.features.stats import running_median, summarize
 
 SR = 22050
