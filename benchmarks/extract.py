@@ -50,6 +50,7 @@ from pathlib import Path  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 
+from contract.errors import PreviewvecError  # noqa: E402
 from contract.layout import FMA_DIM, FMA_FEATURE_SIZES, fma_names  # noqa: E402
 from testkit.encode import encode_audio  # noqa: E402
 from testkit.fma_reference import fma_reference  # noqa: E402
@@ -126,8 +127,12 @@ def real_clips(folder: Path, n: int, offset_s: float, fmt: str) -> list[Clip]:
                                                                             ".flac", ".wav")):
         if len(clips) >= n:
             break
-        audio = decode_audio(str(path), sr=NATIVE_SR, max_duration_s=offset_s + CLIP_S,
-                             max_input_bytes=200_000_000)
+        try:
+            audio = decode_audio(str(path), sr=NATIVE_SR, max_duration_s=offset_s + CLIP_S,
+                                 max_input_bytes=200_000_000)
+        except PreviewvecError as exc:  # e.g. a file of silence: not music
+            print(f"  skipped {path.name}: {exc.code}", file=sys.stderr, flush=True)
+            continue
         signal = audio.channels if audio.channels is not None else audio.samples[np.newaxis]
         start = round(offset_s * NATIVE_SR)
         if signal.shape[1] < start + round(CLIP_S * NATIVE_SR):

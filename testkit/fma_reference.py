@@ -62,10 +62,12 @@ def fma_reference(y: np.ndarray, sr: int) -> np.ndarray:
                 values[f"{name}.{statistic}.{i + 1:02d}"] = value
 
     feature_stats("zcr", librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512))
-    stft = np.abs(librosa.stft(y, n_fft=2048, hop_length=512, pad_mode=PAD_MODE_0_5))
-    # librosa.cqt(tuning=None) in 0.5.0: estimate_tuning(y=y, sr=sr), i.e. piptrack on
-    # |stft(y, n_fft=2048, hop_length=512)| with 0.5.0's reflect padding.
-    tuning = librosa.estimate_tuning(S=stft, sr=sr, n_fft=2048, bins_per_octave=12)
+    # librosa.cqt(tuning=None) in 0.5.0: estimate_tuning(y=y, sr=sr), i.e. piptrack on its
+    # own |stft(y, n_fft=2048, hop_length=512)| with 0.5.0's reflect padding (FMA's run
+    # computed that STFT, and the one below, each once).
+    tuning = librosa.estimate_tuning(
+        S=np.abs(librosa.stft(y, n_fft=2048, hop_length=512, pad_mode=PAD_MODE_0_5)),
+        sr=sr, n_fft=2048, bins_per_octave=12)
     cqt = np.abs(
         librosa.cqt(y, sr=sr, hop_length=512, bins_per_octave=12, n_bins=7 * 12, tuning=tuning,
                     filter_scale=CQT_FILTER_SCALE_0_5, pad_mode=PAD_MODE_0_5)
@@ -77,6 +79,8 @@ def fma_reference(y: np.ndarray, sr: int) -> np.ndarray:
     cens = _chroma_cens_0_5(cqt)
     feature_stats("chroma_cens", cens)
     feature_stats("tonnetz", librosa.feature.tonnetz(chroma=cens))
+    del cqt
+    stft = np.abs(librosa.stft(y, n_fft=2048, hop_length=512, pad_mode=PAD_MODE_0_5))
     feature_stats("chroma_stft", librosa.feature.chroma_stft(S=stft**2, n_chroma=12))
     # librosa 0.5.0's rmse(S=stft): sqrt(mean(|S|**2)) over the frequency bins.
     feature_stats("rmse", np.sqrt(np.mean(np.abs(stft) ** 2, axis=0, keepdims=True)))

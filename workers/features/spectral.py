@@ -31,6 +31,7 @@ import soxr
 
 from contract.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.kernels import (
+    sparse_frames_product,
     spectral_moments_and_rolloff,
     spectral_peaks,
     zero_crossing_counts,
@@ -203,7 +204,9 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
     plan = _cqt_plan(sr, float(tuning), float(filter_scale))
     dtype = librosa.util.dtype_r2c(y.dtype)
     my_y, my_hop = y, HOP_LENGTH
-    if plan.downsample > 1:  # librosa's early downsampling (not needed at 22.05 kHz)
+    if plan.downsample == 2:  # librosa's early downsampling (44.1 and 48 kHz)
+        my_y, my_hop = halve_rate(my_y), my_hop // 2
+    elif plan.downsample > 1:
         my_y = librosa.resample(my_y, orig_sr=plan.downsample, target_sr=1,
                                 res_type=CQT_RES_TYPE, scale=True)
         my_hop //= plan.downsample
@@ -356,7 +359,8 @@ def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectr
     cqt = cqt_magnitude(y, sr, tuning)
     n = min(magnitude.shape[1], cqt.shape[1])
     magnitude, power, cqt = magnitude[:, :n], power[:, :n], cqt[:, :n]
-    mel_power = mel_basis(sr) @ power
+    # power.T: the STFT's frame-major layout (no transposed copy, see the kernel).
+    mel_power = sparse_frames_product(mel_basis(sr), power.T)
     mel_db = librosa.power_to_db(mel_power)
     step = analysis_step(sr, analysis_sr)
     if step == 1:
@@ -365,7 +369,7 @@ def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectr
         # The rhythm's bands (128 up to analysis_sr / 2, as its onset features were tuned
         # on) from the same STFT, on the frames at the analysis hop.
         analysis_mel_db = librosa.power_to_db(
-            mel_basis(sr, (sr / step) / 2) @ np.ascontiguousarray(power[:, ::step]))
+            sparse_frames_product(mel_basis(sr, (sr / step) / 2), power.T, step))
     return Spectra(magnitude, power, cqt, mel_power, mel_db, tuning, sr, step, analysis_mel_db)
 
 
