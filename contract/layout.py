@@ -11,7 +11,13 @@ from functools import cache
 from typing import Literal
 
 # pv2: decoding resamples with soxr HQ instead of swresample (docs/features.md).
-FEATURE_VERSION = "pv2"
+# pv3: the FMA block at the clip's own rate with FMA's librosa 0.5.0 calls; rhythm and key
+# on the same spectra's frames at the analysis hop (docs/features.md).
+FEATURE_VERSION = "pv3"
+# Earlier computations of this same layout (same names and order, other values): their
+# records stay readable (``decode_record``) under their own version, never mixed with
+# FEATURE_VERSION's; a run re-extracts them into FEATURE_VERSION. pv1 had other names.
+EARLIER_VERSIONS: tuple[str, ...] = ("pv2",)
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
@@ -81,6 +87,11 @@ def fma_names() -> tuple[str, ...]:
 def feature_names() -> tuple[str, ...]:
     """Every dimension of the vector, in order."""
     return fma_names() + DESCRIPTOR_DIMENSIONS
+
+
+def is_readable_version(version: str) -> bool:
+    """Whether records of ``version`` decode with this layout (ours or an earlier one)."""
+    return version == FEATURE_VERSION or version in EARLIER_VERSIONS
 
 
 @cache

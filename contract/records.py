@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from contract.errors import PreviewvecError
-from contract.layout import FEATURE_VERSION, VECTOR_DIM, names_hash
+from contract.layout import FEATURE_VERSION, VECTOR_DIM, is_readable_version, names_hash
 
 MAX_RECORDING_ID_BYTES = 64
 # Bytes that may appear verbatim in a key; everything else is percent-encoded so keys are
@@ -244,15 +244,17 @@ def _require(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -
     return value
 
 
-def decode_record(data: bytes) -> FeatureRecord:
-    """Parse and validate stored bytes.
+def decode_record(data: bytes, expect_version: str | None = None) -> FeatureRecord:
+    """Parse and validate stored bytes (of ``expect_version``, when given).
 
     Raises
     ------
     CorruptRecord
         Not UTF-8 JSON, missing/mistyped fields, non-finite numbers.
     IncompatibleRecord
-        Another feature version, names hash or dimension than this code's layout.
+        Another layout (names hash, dimension), or a version that is neither this
+        code's nor an earlier computation of its layout (``EARLIER_VERSIONS``: read as
+        stored, under their own version), or another version than ``expect_version``.
     """
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
@@ -271,10 +273,12 @@ def decode_record(data: bytes) -> FeatureRecord:
     descriptors = _require(doc, "descriptors", dict)
     provenance = _require(doc, "provenance", dict)
     timings = _require(doc, "timings_s", dict)
-    if version != FEATURE_VERSION or hash_ != names_hash():
+    if not is_readable_version(version) or hash_ != names_hash():
         raise IncompatibleRecord(
             f"record layout {version}/{hash_[:12]} is not {FEATURE_VERSION}/{names_hash()[:12]}"
         )
+    if expect_version is not None and version != expect_version:
+        raise IncompatibleRecord(f"record of feature version {version}, not {expect_version}")
     if len(vector) != VECTOR_DIM:
         raise IncompatibleRecord(f"vector has {len(vector)} dimensions, expected {VECTOR_DIM}")
     # bool is an int subclass; a true/false in the vector is corruption, not a number.

@@ -128,7 +128,7 @@ class Reducer:
             if limit is not None and n >= limit:
                 return
             try:
-                yield decode_record(self.store.get(key))
+                yield decode_record(self.store.get(key), FEATURE_VERSION)
             except FileNotFoundError:
                 continue
 
@@ -165,7 +165,7 @@ class Reducer:
             records: dict[str, FeatureRecord] = {}
             for key in self._to_upsert(keys):
                 try:
-                    record = decode_record(self.store.get(key))
+                    record = decode_record(self.store.get(key), FEATURE_VERSION)
                 except FileNotFoundError:
                     log.warning("ready record %s is missing from the store; skipped", key)
                     continue
@@ -306,7 +306,8 @@ class Reducer:
     # --- queries ------------------------------------------------------------------------
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
-        record = decode_record(self.store.get(record_key(FEATURE_VERSION, recording_id)))
+        record = decode_record(self.store.get(record_key(FEATURE_VERSION, recording_id)),
+                               FEATURE_VERSION)
         vector = self.normalizer().apply(record.vector_array())
         own = vector_id(recording_id)
         matches = self.index.query(vector, k + 1, filter=filter)

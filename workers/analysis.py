@@ -36,7 +36,7 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
         digest = ""
     audio = decode_audio(
         data,
-        sr=settings.analysis_sr,
+        sr=None,  # the clip's own rate: the FMA block is computed at it, as FMA did
         max_duration_s=settings.max_duration_s,
         min_duration_s=settings.min_duration_s,
         max_input_bytes=settings.max_input_bytes,
@@ -44,7 +44,8 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
     decoded = time.perf_counter()
     if not digest:
         digest = _file_sha256(os.fspath(source))  # type: ignore[arg-type]
-    features = extract_features(audio.samples, audio.sr, channels=audio.channels)
+    features = extract_features(audio.samples, audio.sr, channels=audio.channels,
+                                analysis_sr=settings.analysis_sr)
     timings = {
         "decode": decoded - started,
         **{f"extract.{k}": v for k, v in features.timings_s.items()},

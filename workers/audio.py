@@ -72,12 +72,15 @@ class DecodedAudio:
 def decode_audio(
     source: bytes | bytearray | memoryview | str | os.PathLike[str],
     *,
-    sr: int = 22050,
+    sr: int | None = 22050,
     max_duration_s: float = 30.0,
     min_duration_s: float = 5.0,
     max_input_bytes: int = 20_000_000,
 ) -> DecodedAudio:
     """Decode the best audio stream of ``source`` to mono float32 at ``sr``.
+
+    ``sr=None`` keeps the source's own rate (that of its first decoded frame), as
+    ``librosa.load(path, sr=None)`` does: no resampling unless the rate changes mid-stream.
 
     ``source`` is encoded bytes, or a path that is size-checked and then read into memory.
     Decoding stops once ``max_duration_s`` of output exists.
@@ -89,13 +92,11 @@ def decode_audio(
     OSError
         Only when a *path* cannot be stat'ed or read (the CLI reports ``unreadable``).
     """
-    if not isinstance(sr, int | np.integer) or sr <= 0:
-        raise ValueError(f"sr must be a positive int, got {sr!r}")
-    sr = int(sr)
+    if sr is not None and (not isinstance(sr, int | np.integer) or sr <= 0):
+        raise ValueError(f"sr must be a positive int or None, got {sr!r}")
     if not (0 < max_duration_s < math.inf and min_duration_s >= 0 and max_input_bytes > 0):
         raise ValueError("max_duration_s, max_input_bytes must be positive; min_duration_s >= 0")
     data = _read_source(source, max_input_bytes)
-    target = round(max_duration_s * sr)
 
     try:
         container = av.open(
@@ -110,10 +111,11 @@ def decode_audio(
         raise Undecodable(f"not a recognised audio/video file ({_describe(exc)})") from None
     try:
         with container:
-            raw = _decode_stream(container, sr, target)
+            raw = _decode_stream(container, None if sr is None else int(sr), max_duration_s)
     except _AV_ERRORS as exc:
         raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
 
+    sr, target = raw.sr, raw.target
     mat, truncated = raw.mat[:, :target], raw.total > target
     mat = np.ascontiguousarray(mat, dtype=np.float32)
     # Same arithmetic as librosa.to_mono on `channels` (float32 mean over axis 0).
@@ -166,6 +168,8 @@ def decode_audio(
 class _Raw:
     mat: np.ndarray
     total: int
+    sr: int
+    target: int
     source_sr: int
     source_channels: int
     codec: str
@@ -244,8 +248,11 @@ class _Runs:
     itself; one soxr call on the whole run costs a few milliseconds.
     """
 
-    def __init__(self, sr: int, target: int) -> None:
-        self.sr, self.target = sr, target
+    def __init__(self, sr: int | None, max_duration_s: float) -> None:
+        # sr None: the first frame's rate (the source's own), fixed from then on.
+        self.sr = sr or 0
+        self.max_duration_s = max_duration_s
+        self.target = round(max_duration_s * sr) if sr else 0
         self.pieces: list[np.ndarray] = []
         self.segment: _Segment | None = None
         self.out_layout = ""
@@ -259,6 +266,8 @@ class _Runs:
             return
         if self.segment is None and not self.pieces:
             self.source_sr, self.source_channels = rate, frame.layout.nb_channels
+            if not self.sr:
+                self.sr, self.target = rate, round(self.max_duration_s * rate)
             self.out_layout = _output_layout(frame.layout)
         elif self.segment is not None and not self.segment.accepts(frame):
             # Mid-stream format change (e.g. chained streams): finish the old run and map
@@ -272,7 +281,7 @@ class _Runs:
 
     @property
     def enough(self) -> bool:
-        return self.total > self.target
+        return bool(self.sr) and self.total > self.target
 
     def end_segment(self) -> None:
         if self.segment is not None:
@@ -281,9 +290,10 @@ class _Runs:
             self.segment = None
 
 
-def _decode_stream(container: av.container.InputContainer, sr: int, target: int) -> _Raw:
+def _decode_stream(container: av.container.InputContainer, sr: int | None,
+                   max_duration_s: float) -> _Raw:
     stream, codec = _audio_stream(container)
-    runs = _Runs(sr, target)
+    runs = _Runs(sr, max_duration_s)
     try:
         for frames in _packet_frames(container, stream):
             for frame in frames:
@@ -300,6 +310,8 @@ def _decode_stream(container: av.container.InputContainer, sr: int, target: int)
     return _Raw(
         mat=mat,
         total=runs.full_length,
+        sr=runs.sr,
+        target=runs.target,
         source_sr=runs.source_sr,
         source_channels=runs.source_channels,
         codec=codec,

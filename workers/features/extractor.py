@@ -33,13 +33,19 @@ class _Stopwatch:
         self._last = now
 
 
-def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None) -> Features:
-    """Compute every feature of a mono float32 signal.
+def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None,
+                     analysis_sr: int = 22_050) -> Features:
+    """Compute every feature of a mono float32 signal at its own rate.
+
+    The FMA block is computed at ``sr`` (as FMA did, ``librosa.load(sr=None)``); rhythm
+    and key analyse the same spectra's frames at ``analysis_sr`` (every
+    ``sr / analysis_sr``-th frame), loudness and danceability the signal itself.
 
     Parameters
     ----------
-    y : np.ndarray, shape (n,), finite mono signal at ``sr``
+    y : np.ndarray, shape (n,), finite mono signal at ``sr`` (the clip's own rate)
     channels : np.ndarray, shape (n_channels, n), optional, for BS.1770 loudness
+    analysis_sr : int, the rate the rhythm and key features analyse at
 
     Raises
     ------
@@ -51,20 +57,22 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
         raise InvalidSignal("signal must be a non-empty finite mono array")
     watch = _Stopwatch()
     duration_s = y.size / sr
-    spectra = spectral.compute_spectra(y, sr)
+    spectra = spectral.compute_spectra(y, sr, analysis_sr)
     watch.lap("spectra")
     frames = spectral.fma_frames(y, spectra)
     fma = spectral.fma_block(frames)
     watch.lap("fma")
-    envelope = rhythm.onset_envelope(spectra.mel_db, sr)
-    beat = rhythm.analyze_rhythm(spectra.mel_db, envelope, sr, duration_s)
+    rate = spectra.analysis_sr
+    envelope = rhythm.onset_envelope(spectra.analysis_mel_db, rate)
+    beat = rhythm.analyze_rhythm(spectra.analysis_mel_db, envelope, rate, duration_s)
     dance = rhythm.danceability(y, sr)
     watch.lap("rhythm")
-    key = tonal.estimate_key(spectra.cqt)
+    key = tonal.estimate_key(spectra.analysis_cqt, rate)
     key_sin, key_cos = tonal.fifths_position(key.tonic, key.mode)
     watch.lap("tonal")
     lufs = loudness.integrated_loudness(y, sr, channels)
-    energy = loudness.energy_score(lufs, beat.onset_rate, frames["spectral_centroid"])
+    centroid = spectral.true_centroid(frames["spectral_centroid"], sr)
+    energy = loudness.energy_score(lufs, beat.onset_rate, centroid)
     watch.lap("loudness")
 
     tail = {
@@ -102,9 +110,13 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     )
 
 
-def warm_up(sr: int = 22_050) -> float:
-    """Run the extractor on a synthetic clip, mono and as stereo, so JIT compilation and
-    filter caches are paid before the first real clip. Returns the seconds it took."""
+PREVIEW_SR = 44_100  # the rate store previews come at: the CQT bases to build ahead
+
+
+def warm_up(analysis_sr: int = 22_050, sr: int = PREVIEW_SR) -> float:
+    """Run the extractor on a synthetic clip at ``sr``, mono and as stereo, so JIT
+    compilation and filter caches are paid before the first real clip. Returns the
+    seconds it took."""
     started = time.perf_counter()
     spectral.prepare_cqt(sr)
     t = np.arange(int(6 * sr)) / sr
@@ -113,6 +125,6 @@ def warm_up(sr: int = 22_050) -> float:
     clicks = (np.sin(2 * np.pi * 2 * t) > 0.95).astype(float) * rng.standard_normal(t.size)
     y = (0.1 * tones + 0.3 * clicks).astype(np.float32)
     kernels.signal_levels(y)  # the decoder's level check
-    extract_features(y, sr)
-    extract_features(y, sr, channels=np.stack([y, -y]))
+    extract_features(y, sr, analysis_sr=analysis_sr)
+    extract_features(y, sr, channels=np.stack([y, -y]), analysis_sr=analysis_sr)
     return time.perf_counter() - started

@@ -1,10 +1,20 @@
 """Shared spectral intermediates and the FMA block (518 statistics), computed once each.
 
-FMA's ``features.py`` runs two tuning estimations, recomputes spectra inside several
-librosa calls and summarises each feature separately. Here one STFT, one CQT and one
-tuning estimate feed every feature, and all 74 frame-level series are summarised in one
-vectorised pass. Parameters are FMA's: ``n_fft=2048``, ``hop_length=512``, an 84-bin CQT
-from C1 at 12 bins per octave, 128 mel bands, 20 MFCCs, 6 contrast bands.
+The FMA block is FMA's ``features.py`` as it ran: librosa 0.5.0 calls on the clip at its
+own sample rate (``librosa.load(sr=None)``; store previews are 44.1 kHz). Here one STFT,
+one CQT and one mel spectrogram at that rate feed every feature (the rhythm and key
+features read every ``step``-th frame of the same spectra, see :class:`Spectra`), and all
+74 frame-level series are summarised in one vectorised pass. Parameters are FMA's:
+``n_fft=2048``, ``hop_length=512``, an 84-bin CQT from C1 at 12 bins per octave, 128 mel
+bands, 20 MFCCs, 6 contrast bands; and librosa 0.5.0's behaviour where it differs from
+today's librosa (docs/features.md lists each difference):
+
+* FMA's calls omit ``sr`` for chroma_stft, centroid, bandwidth, contrast and rolloff, so
+  librosa assumed 22 050 Hz for them (:data:`FMA_ASSUMED_SR`) whatever the clip's rate;
+* centred frames were reflect-padded (``librosa.stft`` and the CQT's octave STFTs);
+* the CQT's filters had Q = 1 / (2^(1/12) - 1) (:data:`FMA_CQT_FILTER_SCALE`);
+* ``rmse(S=S)`` was the root mean square over the frequency bins;
+* ``chroma_cens`` smoothed with a periodic Hann window.
 """
 
 from __future__ import annotations
@@ -15,11 +25,13 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import scipy.fft
+import scipy.signal
 import scipy.sparse
 import soxr
 
 from contract.layout import FMA_FEATURE_SIZES, FMA_STATISTICS, fma_names
 from workers.features.kernels import (
+    sparse_frames_product,
     spectral_moments_and_rolloff,
     spectral_peaks,
     zero_crossing_counts,
@@ -41,22 +53,39 @@ ROLLOFF_FRACTION = 0.85  # librosa.feature.spectral_rolloff's roll_percent
 TUNING_RESOLUTION = 0.01  # librosa.estimate_tuning's histogram bin, in bins
 # CQT bases built at worker start-up: tunings within ±0.1 bin (10 cents) of A440.
 PREPARED_TUNING_RANGE = 0.1
+# The rate librosa's functions default to, which FMA's calls that omit ``sr`` analysed
+# with: frequencies are read off a 22 050 Hz axis whatever the clip's rate.
+FMA_ASSUMED_SR = 22_050
+# librosa 0.5 gave every CQT filter Q = 1 / (2^(1/12) - 1); librosa >= 0.10 uses
+# Q = filter_scale / alpha with alpha = (2^(2/12) - 1) / (2^(2/12) + 1) (relative
+# bandwidth), so this filter_scale gives 0.5's filter lengths (3 % shorter than today's).
+FMA_CQT_FILTER_SCALE = ((2 ** (2 / 12) - 1) / (2 ** (2 / 12) + 1)) / (2 ** (1 / 12) - 1)
+# librosa 0.5 centred frames with reflect padding (today's librosa: zeros).
+PAD_MODE = "reflect"
+# librosa 0.5's chroma_cens smoothing window: periodic Hann of win_len_smooth + 2 = 43.
+CENS_WINDOW = 41 + 2
 
 
 @dataclass(frozen=True)
 class Spectra:
-    """Intermediates shared by every feature family.
+    """Intermediates shared by every feature family, all at the clip's own rate ``sr``.
+
+    The rhythm and key features analyse at ``analysis_sr`` (``sr / step``, 22 050 Hz for a
+    44.1 kHz clip): they read every ``step``-th frame of these spectra, whose centres are
+    512 samples apart at ``analysis_sr``, as frames of a ``analysis_sr`` signal would be.
 
     Attributes
     ----------
     magnitude : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     power : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     cqt : np.ndarray, shape (84, n_frames), CQT magnitude from C1
-    mel_power : np.ndarray, shape (128, n_frames)
-    mel_db : np.ndarray, shape (128, n_frames), ``librosa.power_to_db(mel_power)``, shared by
-        the MFCCs and the rhythm features
-    tuning : float, estimated deviation from A440 in fractions of a bin
+    mel_power : np.ndarray, shape (128, n_frames), up to ``sr / 2`` (FMA's MFCCs)
+    mel_db : np.ndarray, shape (128, n_frames), ``librosa.power_to_db(mel_power)``
+    tuning : float, estimated deviation from A440 in fractions of a bin (the CQT's)
     sr : int
+    step : int, frames per analysis frame
+    analysis_mel_db : np.ndarray, shape (128, ceil(n_frames / step)), mel power in dB up
+        to ``analysis_sr / 2`` of every ``step``-th frame (the rhythm features' bands)
     """
 
     magnitude: np.ndarray
@@ -66,6 +95,17 @@ class Spectra:
     mel_db: np.ndarray
     tuning: float
     sr: int
+    step: int
+    analysis_mel_db: np.ndarray
+
+    @property
+    def analysis_sr(self) -> float:
+        return self.sr / self.step
+
+    @property
+    def analysis_cqt(self) -> np.ndarray:
+        """The CQT's every ``step``-th frame (the key features)."""
+        return self.cqt[:, :: self.step]
 
     @property
     def n_frames(self) -> int:
@@ -110,9 +150,10 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
     return tuning if np.isfinite(tuning) else 0.0
 
 
-def stft_magnitude(y: np.ndarray) -> np.ndarray:
+def stft_magnitude(y: np.ndarray, pad_mode: str = PAD_MODE) -> np.ndarray:
     """|STFT| with FMA's parameters, shape (1025, n_frames): ``np.abs(librosa.stft(y,
-    n_fft=2048, hop_length=512))``, bit for bit (``tests/unit/workers/features/test_spectral.py``).
+    n_fft=2048, hop_length=512, pad_mode=pad_mode))``, bit for bit
+    (``tests/unit/workers/features/test_spectral.py``).
 
     librosa's arithmetic (centred zero-padded frames, the float64 periodic Hann window,
     float64 FFTs rounded to complex64) and its memory layout (frames contiguous), but in
@@ -122,7 +163,7 @@ def stft_magnitude(y: np.ndarray) -> np.ndarray:
     x = np.asarray(y)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"expected a floating-point mono signal, got {x.dtype} {x.shape}")
-    padded = np.pad(x, N_FFT // 2, mode="constant")
+    padded = np.pad(x, N_FFT // 2, mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     window = _hann_window()
     complex_type = librosa.util.dtype_r2c(x.dtype)
@@ -144,9 +185,13 @@ def _hann_window() -> np.ndarray:
     return window
 
 
-def cqt_magnitude(y: np.ndarray, sr: int, tuning: float) -> np.ndarray:
+def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
+                  filter_scale: float = FMA_CQT_FILTER_SCALE,
+                  pad_mode: str = PAD_MODE) -> np.ndarray:
     """|CQT|, 84 bins from C1, shape (84, n_frames): ``np.abs(librosa.cqt(y, sr=sr,
-    hop_length=512, n_bins=84, bins_per_octave=12, tuning=tuning))``.
+    hop_length=512, n_bins=84, bins_per_octave=12, tuning=tuning,
+    filter_scale=filter_scale, pad_mode=pad_mode))``; the defaults give librosa 0.5's CQT
+    filters and padding.
 
     librosa's own algorithm (per octave from the top: an STFT of the signal, a product with
     that octave's sparse frequency-domain filter basis, then halving the rate with soxr),
@@ -156,16 +201,18 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float) -> np.ndarray:
     holds every basis it needs. ``tests/unit/workers/features/test_spectral.py`` checks
     equality with ``librosa.cqt``.
     """
-    plan = _cqt_plan(sr, float(tuning))
+    plan = _cqt_plan(sr, float(tuning), float(filter_scale))
     dtype = librosa.util.dtype_r2c(y.dtype)
     my_y, my_hop = y, HOP_LENGTH
-    if plan.downsample > 1:  # librosa's early downsampling (not needed at 22.05 kHz)
+    if plan.downsample == 2:  # librosa's early downsampling (44.1 and 48 kHz)
+        my_y, my_hop = halve_rate(my_y), my_hop // 2
+    elif plan.downsample > 1:
         my_y = librosa.resample(my_y, orig_sr=plan.downsample, target_sr=1,
                                 res_type=CQT_RES_TYPE, scale=True)
         my_hop //= plan.downsample
     responses = []
     for octave, (basis, n_fft) in enumerate(plan.bases):
-        spectrum = _boxcar_stft(my_y, n_fft, my_hop, plan.bins[octave])
+        spectrum = _boxcar_stft(my_y, n_fft, my_hop, plan.bins[octave], pad_mode)
         responses.append(basis.dot(spectrum.astype(dtype, copy=False)))
         if octave + 1 < len(plan.bases):
             if my_hop % 2:
@@ -203,16 +250,17 @@ def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
     edges = np.linspace(-0.5, 0.5, int(np.ceil(1.0 / TUNING_RESOLUTION)) + 1)[:-1]
     chosen = edges[np.abs(edges) <= max_abs_tuning + 1e-9]
     for tuning in chosen:
-        _cqt_plan(sr, float(tuning))
+        _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE)
     return int(chosen.size)
 
 
-def _boxcar_stft(y: np.ndarray, n_fft: int, hop_length: int, bins: slice) -> np.ndarray:
+def _boxcar_stft(y: np.ndarray, n_fft: int, hop_length: int, bins: slice,
+                 pad_mode: str) -> np.ndarray:
     """Rows ``bins`` of ``librosa.stft(y, n_fft, hop_length, window="ones",
-    pad_mode="constant")``, shape (bins, n_frames), C-contiguous: the same frames and
+    pad_mode=pad_mode)``, shape (bins, n_frames), C-contiguous: the same frames and
     float64 FFT without librosa's per-call validation and all-ones windowing, keeping only
     the bins the octave's filters use (about a quarter), ready for the sparse product."""
-    padded = np.pad(np.asarray(y, dtype=np.float64), n_fft // 2)
+    padded = np.pad(np.asarray(y, dtype=np.float64), n_fft // 2, mode=pad_mode)
     n_frames = 1 + (padded.size - n_fft) // hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
     return np.ascontiguousarray(np.fft.rfft(frames, axis=1)[:, bins].T)
@@ -230,7 +278,7 @@ class _CqtPlan:
 
 
 @lru_cache(maxsize=256)
-def _cqt_plan(sr: int, tuning: float) -> _CqtPlan:
+def _cqt_plan(sr: int, tuning: float, filter_scale: float) -> _CqtPlan:
     """The filter bases ``librosa.vqt`` builds for ``librosa.cqt``'s parameters, built once."""
     bpo, n_octaves = CQT_BINS_PER_OCTAVE, CQT_BINS // CQT_BINS_PER_OCTAVE
     fmin = librosa.note_to_hz("C1") * 2.0 ** (tuning / bpo)
@@ -244,7 +292,8 @@ def _cqt_plan(sr: int, tuning: float) -> _CqtPlan:
     bins_per_octave[1:-1] = 2 / (log_f[2:] - log_f[:-2])
     alpha = (2.0 ** (2 / bins_per_octave) - 1) / (2.0 ** (2 / bins_per_octave) + 1)
     _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, window="hann",
-                                                filter_scale=1, gamma=0, alpha=alpha)
+                                                filter_scale=filter_scale, gamma=0,
+                                                alpha=alpha)
     if cutoff > sr / 2:
         raise ValueError(f"a {CQT_BINS}-bin CQT from C1 exceeds the Nyquist rate at {sr} Hz")
     # librosa's __early_downsample_count: halve the rate while the filters allow it and
@@ -261,7 +310,8 @@ def _cqt_plan(sr: int, tuning: float) -> _CqtPlan:
         my_sr = base_sr / 2**octave
         # librosa's __vqt_filter_fft
         basis, lengths = librosa.filters.wavelet(freqs=freqs[octave_bins], sr=my_sr,
-                                                 filter_scale=1, norm=1, pad_fft=True,
+                                                 filter_scale=filter_scale, norm=1,
+                                                 pad_fft=True,
                                                  window="hann", gamma=0,
                                                  alpha=alpha[octave_bins])
         n_fft = basis.shape[1]
@@ -279,32 +329,48 @@ def _cqt_plan(sr: int, tuning: float) -> _CqtPlan:
         bases.append((trimmed, n_fft))
         bins.append(used)
     lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=base_sr, window="hann",
-                                                 filter_scale=1, gamma=0, alpha=alpha)
+                                                 filter_scale=filter_scale, gamma=0,
+                                                 alpha=alpha)
     return _CqtPlan(tuple(bases), tuple(bins), np.sqrt(lengths), downsample)
 
 
 @lru_cache(maxsize=8)
-def mel_basis(sr: int) -> scipy.sparse.csr_matrix:
-    """``librosa.filters.mel(sr=sr, n_fft=N_FFT)`` (128 bands, Slaney), as a sparse matrix.
+def mel_basis(sr: int, fmax: float | None = None) -> scipy.sparse.csr_matrix:
+    """``librosa.filters.mel(sr=sr, n_fft=N_FFT, fmax=fmax)`` (128 bands, Slaney), sparse.
 
     ``librosa.feature.melspectrogram(S=power)`` multiplies by the dense (128, 1025) basis;
     each FFT bin feeds at most two triangular filters (~2 000 non-zeros of 131 200), so the
     sparse product is the same mel spectrogram (float32 rounding) in about half the time.
     """
-    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=N_FFT))
+    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=N_FFT, fmax=fmax))
 
 
-def compute_spectra(y: np.ndarray, sr: int) -> Spectra:
-    """One STFT, one tuning estimate, one CQT and the mel spectrogram of ``y``."""
+def analysis_step(sr: int, analysis_sr: int) -> int:
+    """Frames of the clip's own rate per analysis frame: 2 for 44.1 kHz at 22.05 kHz."""
+    return max(1, round(sr / analysis_sr))
+
+
+def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectra:
+    """One STFT, one tuning estimate, one CQT and the mel spectrogram of ``y`` at its own
+    rate ``sr``, plus the rhythm's mel bands on every ``analysis_step``-th frame."""
     magnitude = stft_magnitude(y)
     power = magnitude**2
     tuning = estimate_tuning(magnitude, sr)
     cqt = cqt_magnitude(y, sr, tuning)
-    mel_power = mel_basis(sr) @ power
     n = min(magnitude.shape[1], cqt.shape[1])
-    mel_power = mel_power[:, :n]
-    return Spectra(magnitude[:, :n], power[:, :n], cqt[:, :n], mel_power,
-                   librosa.power_to_db(mel_power), tuning, sr)
+    magnitude, power, cqt = magnitude[:, :n], power[:, :n], cqt[:, :n]
+    # power.T: the STFT's frame-major layout (no transposed copy, see the kernel).
+    mel_power = sparse_frames_product(mel_basis(sr), power.T)
+    mel_db = librosa.power_to_db(mel_power)
+    step = analysis_step(sr, analysis_sr)
+    if step == 1:
+        analysis_mel_db = mel_db
+    else:
+        # The rhythm's bands (128 up to analysis_sr / 2, as its onset features were tuned
+        # on) from the same STFT, on the frames at the analysis hop.
+        analysis_mel_db = librosa.power_to_db(
+            sparse_frames_product(mel_basis(sr, (sr / step) / 2), power.T, step))
+    return Spectra(magnitude, power, cqt, mel_power, mel_db, tuning, sr, step, analysis_mel_db)
 
 
 def chroma_stft(power: np.ndarray, sr: int, tuning: float) -> np.ndarray:
@@ -352,32 +418,65 @@ def spectral_shape(magnitude: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarr
     return centroid[np.newaxis], bandwidth[np.newaxis], rolloff[np.newaxis]
 
 
+def chroma_cens(raw_chroma: np.ndarray) -> np.ndarray:
+    """librosa 0.5.0's ``chroma_cens`` from the unnormalised CQT chroma: L1-normalise,
+    quantise, smooth along time with a *periodic* Hann window of 43 frames (today's
+    librosa: symmetric), L2-normalise."""
+    chroma = librosa.util.normalize(raw_chroma, norm=1, axis=0)
+    quantised = np.zeros_like(chroma)
+    for step in (0.4, 0.2, 0.1, 0.05):
+        quantised += (chroma > step) * 0.25
+    smoothed = scipy.signal.convolve2d(quantised, _cens_window(), mode="same")
+    return librosa.util.normalize(smoothed, norm=2, axis=0)
+
+
+@lru_cache(maxsize=1)
+def _cens_window() -> np.ndarray:
+    window = scipy.signal.get_window("hann", CENS_WINDOW, fftbins=True)
+    window = (window / window.sum())[np.newaxis, :]
+    window.flags.writeable = False
+    return window
+
+
+def rms(magnitude: np.ndarray) -> np.ndarray:
+    """librosa 0.5.0's ``rmse(S=magnitude)``: the root mean square over the frequency bins
+    (librosa >= 0.7's ``rms(S=...)`` rescales by Parseval instead, ~1/45 of it)."""
+    return np.sqrt(np.mean(magnitude**2, axis=0, keepdims=True))
+
+
 def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
-    """Frame-level series of every FMA feature family, each shape (size, n_frames)."""
-    sr, n = spectra.sr, spectra.n_frames
-    chroma_cqt = librosa.feature.chroma_cqt(
-        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12
+    """Frame-level series of every FMA feature family, each shape (size, n_frames), as
+    FMA's calls compute them on ``y`` at its own rate (``spectra.sr``)."""
+    n = spectra.n_frames
+    raw_chroma = librosa.feature.chroma_cqt(
+        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12, norm=None
     )
-    chroma_cens = librosa.feature.chroma_cens(
-        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12
-    )
-    centroid, bandwidth, rolloff = spectral_shape(spectra.magnitude, sr)
+    cens = chroma_cens(raw_chroma)
+    # chroma_stft(S=|STFT|**2) without sr: its own tuning estimate (piptrack on the power
+    # spectrum) and its filters both on a 22 050 Hz frequency axis.
+    chroma_tuning = estimate_tuning(spectra.power, FMA_ASSUMED_SR)
+    centroid, bandwidth, rolloff = spectral_shape(spectra.magnitude, FMA_ASSUMED_SR)
     frames = {
-        "chroma_stft": chroma_stft(spectra.power, sr, spectra.tuning),
-        "chroma_cqt": chroma_cqt,
-        "chroma_cens": chroma_cens,
-        "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens),
+        "chroma_stft": chroma_stft(spectra.power, FMA_ASSUMED_SR, chroma_tuning),
+        "chroma_cqt": librosa.util.normalize(raw_chroma, norm=np.inf, axis=0),
+        "chroma_cens": cens,
+        "tonnetz": librosa.feature.tonnetz(chroma=cens),
         "mfcc": librosa.feature.mfcc(S=spectra.mel_db, n_mfcc=20),
-        "rmse": librosa.feature.rms(S=spectra.magnitude, frame_length=N_FFT),
+        "rmse": rms(spectra.magnitude),
         "zcr": zero_crossing_rate(y, n),
         "spectral_centroid": centroid,
         "spectral_bandwidth": bandwidth,
         "spectral_contrast": librosa.feature.spectral_contrast(
-            S=spectra.magnitude, sr=sr, n_fft=N_FFT, n_bands=6
+            S=spectra.magnitude, sr=FMA_ASSUMED_SR, n_fft=N_FFT, n_bands=6
         ),
         "spectral_rolloff": rolloff,
     }
     return {name: series[:, :n] for name, series in frames.items()}
+
+
+def true_centroid(fma_centroid: np.ndarray, sr: int) -> np.ndarray:
+    """The spectral centroid in Hz from FMA's, which read the bins on a 22 050 Hz axis."""
+    return fma_centroid * (sr / FMA_ASSUMED_SR)
 
 
 def fma_block(frames: dict[str, np.ndarray]) -> np.ndarray:

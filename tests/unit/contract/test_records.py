@@ -218,6 +218,22 @@ def test_another_layout_is_incompatible_not_corrupt(changes: dict[str, Any]) -> 
     assert caught.value.code == "incompatible_record"
 
 
+def test_a_record_of_the_previous_computation_pv2_stays_readable_as_pv2() -> None:
+    # pv3 changed the values, not the names: pv2 records decode, under their own version.
+    record = a_record(feature_version="pv2")
+    decoded = decode_record(encode_record(record))
+    assert decoded.feature_version == "pv2" != FEATURE_VERSION
+    assert decoded.key == record_key("pv2", "mbid-1")
+    np.testing.assert_array_equal(decoded.vector_array(), record.vector_array())
+
+
+def test_a_reader_that_expects_a_version_refuses_another() -> None:
+    data = encode_record(a_record(feature_version="pv2"))
+    with pytest.raises(IncompatibleRecord, match="pv2, not pv3"):
+        decode_record(data, FEATURE_VERSION)
+    assert decode_record(encode_record(a_record()), FEATURE_VERSION).feature_version == "pv3"
+
+
 def test_error_codes_are_stable() -> None:
     with pytest.raises(CorruptRecord) as caught:
         decode_record(b"{")

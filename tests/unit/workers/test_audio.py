@@ -207,6 +207,26 @@ def test_cap_stops_at_exactly_max_duration() -> None:
     assert exact.n_samples == 30 * ANALYSIS_SR and not exact.truncated
 
 
+def test_sr_none_keeps_the_source_rate_and_caps_at_it() -> None:
+    # What the FMA block needs (librosa.load(sr=None)): the source's samples, not resampled.
+    for sr in (SR, 48_000, 22_050):
+        x = _music(8.0, sr=sr, seed=4)
+        data = encode_audio(x, sr, "flac")
+        audio = decode_audio(data, sr=None)
+        assert (audio.sr, audio.source_sr, audio.n_samples) == (sr, sr, 8 * sr)
+        np.testing.assert_array_equal(audio.samples, decode_audio(data, sr=sr).samples)
+        assert audio.channels is not None
+        np.testing.assert_allclose(audio.channels, x, atol=1 / 2**15)  # 16-bit FLAC
+    long = decode_audio(encode_audio(_music(40.0, seed=1), SR, "flac"), sr=None,
+                        max_duration_s=30.0)
+    assert long.n_samples == 30 * SR and long.duration_s == 30.0 and long.truncated
+    # A mid-stream rate change is resampled to the first run's rate.
+    first, second = _music(6.0, seed=2), _music(6.0, sr=22_050, seed=3)[0]
+    mixed = decode_audio(encode_audio(first, SR, "mp3") + encode_audio(second, 22_050, "mp3"),
+                         sr=None)
+    assert mixed.sr == SR and abs(mixed.duration_s - 12.0) < 0.1
+
+
 def test_video_with_an_audio_track_decodes_its_audio(music: np.ndarray) -> None:
     audio = decode_audio(mp4_video(music, SR))
     assert audio.codec == "aac" and audio.source_channels == 2

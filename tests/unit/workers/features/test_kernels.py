@@ -15,12 +15,13 @@ from workers.features.kernels import (
     filtered_segment_energy,
     signal_levels,
     sliding_median,
+    sparse_frames_product,
     spectral_moments_and_rolloff,
     spectral_peaks,
     zero_crossing_counts,
 )
 from workers.features.loudness import k_weighting_sos
-from workers.features.spectral import stft_magnitude
+from workers.features.spectral import mel_basis, stft_magnitude
 
 SR = 22050
 
@@ -172,3 +173,17 @@ def test_spectral_peaks_are_piptracks(stereo_clip):
     np.testing.assert_array_equal(np.sort(ours_pitches.astype(np.float32)), np.sort(pitches[found]))
     with pytest.raises(ValueError):
         spectral_peaks(magnitude.astype(np.float64), slice(10, 20), 0.1, SR, 2048)
+
+
+@pytest.mark.parametrize(("sr", "fmax", "step"), [(44100, None, 1), (44100, 11025.0, 2),
+                                                   (22050, None, 1), (48000, 12000.0, 3)])
+def test_sparse_frames_product_equals_scipys_product(stereo_clip, sr, fmax, step):
+    # The mel spectrogram from the frame-major STFT: scipy's csr product, bit for bit.
+    power = stft_magnitude(stereo_clip[0]) ** 2  # (bins, frames), frame-major underneath
+    basis = mel_basis(sr, fmax)
+    expected = basis @ np.ascontiguousarray(power[:, ::step])
+    ours = sparse_frames_product(basis, power.T, step)
+    assert ours.shape == expected.shape == (128, -(-power.shape[1] // step))
+    np.testing.assert_array_equal(ours, expected)
+    with pytest.raises(ValueError, match="float32"):
+        sparse_frames_product(basis, power.T.astype(np.float64))

@@ -9,7 +9,9 @@ from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
 from workers.audio import decode_audio
+from workers.features import spectral
 from workers.features.spectral import (
+    FMA_CQT_FILTER_SCALE,
     HOP_LENGTH,
     N_FFT,
     chroma_stft,
@@ -62,29 +64,67 @@ def test_tuning_estimate_equals_librosas(detuned_songs):
 
 
 def test_cqt_equals_librosas_for_any_tuning(detuned_songs):
-    # The cached filter bases must be the ones librosa.cqt builds, whatever the tuning.
+    # The cached filter bases must be the ones librosa.cqt builds, whatever the tuning:
+    # with librosa 0.5.0's filter lengths and reflect padding (FMA's CQT, the default) and
+    # with today's librosa defaults.
+    options = ({"filter_scale": FMA_CQT_FILTER_SCALE, "pad_mode": "reflect"},
+               {"filter_scale": 1.0, "pad_mode": "constant"})
     for y, tuning in zip(detuned_songs, (0.0, 0.31, -0.18, 0.48), strict=True):
         for signal in (y, y[: 5 * SR + 123]):
-            for _ in range(2):  # built, then from the cache
-                expected = np.abs(librosa.cqt(signal, sr=SR, hop_length=HOP_LENGTH, n_bins=84,
-                                              bins_per_octave=12, tuning=tuning))
-                ours = cqt_magnitude(signal, SR, tuning)
-                assert ours.shape == expected.shape and ours.dtype == expected.dtype
-                np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * expected.max())
+            for option in options:
+                for _ in range(2):  # built, then from the cache
+                    expected = np.abs(librosa.cqt(signal, sr=SR, hop_length=HOP_LENGTH,
+                                                  n_bins=84, bins_per_octave=12, tuning=tuning,
+                                                  **option))
+                    ours = cqt_magnitude(signal, SR, tuning, **option)
+                    assert ours.shape == expected.shape and ours.dtype == expected.dtype
+                    frames = _comparable_frames(option, expected)
+                    np.testing.assert_allclose(ours[:, frames], expected[:, frames], rtol=1e-5,
+                                               atol=1e-6 * expected.max())
+    np.testing.assert_array_equal(cqt_magnitude(y, SR, 0.48),
+                                  cqt_magnitude(y, SR, 0.48, **options[0]))
     # At 44.1 kHz librosa first halves the rate ("early downsampling"); so must we.
     y44 = librosa.resample(detuned_songs[1][: 4 * SR], orig_sr=SR, target_sr=2 * SR)
-    expected = np.abs(librosa.cqt(y44, sr=2 * SR, hop_length=HOP_LENGTH, n_bins=84,
-                                  bins_per_octave=12, tuning=0.31))
-    np.testing.assert_allclose(cqt_magnitude(y44, 2 * SR, 0.31), expected, rtol=1e-5,
-                               atol=1e-6 * expected.max())
+    for option in options:
+        expected = np.abs(librosa.cqt(y44, sr=2 * SR, hop_length=HOP_LENGTH, n_bins=84,
+                                      bins_per_octave=12, tuning=0.31, **option))
+        frames = _comparable_frames(option, expected)
+        np.testing.assert_allclose(cqt_magnitude(y44, 2 * SR, 0.31, **option)[:, frames],
+                                   expected[:, frames], rtol=1e-5, atol=1e-6 * expected.max())
 
 
-def test_stft_magnitude_is_librosas_bit_for_bit(signal, detuned_songs):
+def _comparable_frames(option: dict, expected: np.ndarray) -> slice:
+    """All frames, except the last one with reflect padding: librosa >= 0.10's ``stft``
+    reflect-pads the tail frames from a copy of the last ``n_fft // 2`` samples, and when
+    an octave's signal ends exactly on a frame centre that copy is too short for numpy's
+    reflection, so one padded sample differs from reflecting the whole signal (what
+    librosa 0.5.0 did, and we do); see test_reflect_padding_reflects_the_whole_signal."""
+    n = expected.shape[1]
+    return slice(0, n - 1 if option["pad_mode"] == "reflect" else n)
+
+
+def test_reflect_padding_reflects_the_whole_signal():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal(44160)  # ends on a frame centre of a 256-point, hop-128 STFT
+    padded = np.pad(y, 128, mode="reflect")  # librosa 0.5.0's centring
+    frames = np.lib.stride_tricks.sliding_window_view(padded, 256)[::128]
+    expected = np.abs(np.fft.rfft(frames, axis=1)).T
+    ours = np.abs(spectral._boxcar_stft(y, 256, 128, slice(0, 129), "reflect"))
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-9)
+    today = np.abs(librosa.stft(y, n_fft=256, hop_length=128, window="ones", pad_mode="reflect"))
+    np.testing.assert_allclose(today[:, :-1], expected[:, :-1], rtol=1e-9, atol=1e-9)
+    assert not np.allclose(today[:, -1], expected[:, -1])  # the librosa quirk above
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_stft_magnitude_is_librosas_bit_for_bit(signal, detuned_songs, pad_mode):
+    # reflect: librosa 0.5.0's centring (FMA's; the default); constant: today's librosa.
     for y in (signal, detuned_songs[2], signal[: 3 * SR + 77], signal[:1500]):
-        expected = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP_LENGTH))
-        ours = stft_magnitude(y)
+        expected = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP_LENGTH, pad_mode=pad_mode))
+        ours = stft_magnitude(y, pad_mode)
         assert ours.dtype == expected.dtype and ours.flags.f_contiguous
         np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(stft_magnitude(signal), stft_magnitude(signal, "reflect"))
 
 
 def test_chroma_stft_is_librosas_bit_for_bit(signal, detuned_songs):
