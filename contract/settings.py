@@ -101,13 +101,14 @@ class Settings:
     # Overlapping I/O with compute (workers/overlap.py). Each pool child reserves this
     # many jobs (Celery's prefetch multiplier); when it is above 1, the worker's main
     # process checks the store and fetches the previews of the reserved jobs ahead, at
-    # most prefetch_fetches at once, and hands a job to a pool child only once its
-    # preview is in memory (so previews held per process ≤ children × multiplier, each
-    # ≤ fetch_max_bytes). 1 = plain Celery: one job per child, fetched by the child.
+    # most prefetch_fetches at once per pool child, and hands a job to a child only once
+    # its preview is in memory (so previews held per process ≤ children × multiplier,
+    # each ≤ fetch_max_bytes). 1 = plain Celery: one job per child, fetched by the child.
     prefetch_multiplier: int = 16
     prefetch_fetches: int = 16
     # Records the main process writes behind its pool children (stored, pushed and
-    # accounted, then acknowledged), at most this many at once; 0: each child writes.
+    # accounted, then acknowledged), at most this many at once per child; 0: each child
+    # writes its own.
     write_behind: int = 4
 
     # Producers: MusicBrainz and iTunes resolution.

@@ -8,7 +8,8 @@ already holds the jobs Celery reserved for its children, does that waiting in th
 
 * **ahead** (:class:`Overlap.defer`): for each job received, the store check (HEAD) and
   the preview fetch (:func:`workers.fetch.fetch_preview`: the same SSRF rules, size cap,
-  timeouts and retries as in a child) run in up to ``prefetch_fetches`` threads. The job
+  timeouts and retries as in a child) run in up to ``prefetch_fetches`` threads per pool
+  child. The job
   reaches the pool only once that is done, so the children take jobs whose preview is
   already in memory; a slow preview host holds back its own job, not the others.
 * **behind** (:class:`Overlap.write_behind`): a child hands the encoded record back and
@@ -22,8 +23,8 @@ Children reach the main process over a Unix socket named after its pid
 (:func:`socket_path`); without it (the feature off, the main process gone) a child does
 everything itself, as before. Bounds per worker process: reserved jobs ≤ children ×
 ``prefetch_multiplier`` (Celery's QoS: unacknowledged messages, written-behind ones
-included), so previews held ≤ that × ``fetch_max_bytes``; fetches at once ≤
-``prefetch_fetches``; writes at once ≤ ``write_behind``.
+included), so previews held ≤ that × ``fetch_max_bytes``; fetches at once ≤ children ×
+``prefetch_fetches``; writes at once ≤ children × ``write_behind``.
 
 It is on when the worker runs with the configured ``prefetch_multiplier`` (> 1). An
 explicit ``--prefetch-multiplier`` on Celery's command line keeps plain Celery: the
@@ -120,7 +121,7 @@ class Overlap:
     pipe it watches, so dispatching and acknowledging stay on that loop.
     """
 
-    def __init__(self, settings: Settings, hub: Any) -> None:
+    def __init__(self, settings: Settings, hub: Any, children: int = 1) -> None:
         from workers.featurize import WorkerContext
 
         self.settings = settings
@@ -131,8 +132,10 @@ class Overlap:
         self.writes: dict[str, _Write] = {}
         self.done: deque[Callable[[], None]] = deque()  # run on the event loop
         self.local = threading.local()
-        self.fetchers = ThreadPoolExecutor(max(1, settings.prefetch_fetches), "pv-ahead")
-        self.writers = (ThreadPoolExecutor(settings.write_behind, "pv-behind")
+        children = max(1, children)
+        self.fetchers = ThreadPoolExecutor(max(1, settings.prefetch_fetches) * children,
+                                           "pv-ahead")
+        self.writers = (ThreadPoolExecutor(settings.write_behind * children, "pv-behind")
                         if settings.write_behind > 0 else None)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -384,10 +387,11 @@ class OverlapStep(bootsteps.StartStopStep):
         settings = Settings.from_env()
         if self.overlap is not None or not enabled(c, settings):
             return
-        self.overlap = _active = Overlap(settings, c.hub)
-        log.warning("overlapping I/O: %d jobs reserved per child, %d fetches ahead, "
-                    "%d writes behind", c.prefetch_multiplier, settings.prefetch_fetches,
-                    settings.write_behind)
+        children = int(getattr(c.pool, "num_processes", 1) or 1)
+        self.overlap = _active = Overlap(settings, c.hub, children)
+        log.warning("overlapping I/O: per pool child (%d) %d jobs reserved, %d fetches "
+                    "ahead, %d writes behind", children, c.prefetch_multiplier,
+                    settings.prefetch_fetches, settings.write_behind)
 
     def shutdown(self, c: Any) -> None:
         global _active
