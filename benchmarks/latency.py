@@ -25,7 +25,8 @@ compute (done ahead by the worker's prefetcher).
 
     python benchmarks/latency.py                       # 2 × (zero, latency), 80 clips each
     python benchmarks/latency.py --clips 60 --rounds 3 --json latency.json
-    python benchmarks/latency.py -- --concurrency 1     # extra args for ``previewvec worker``
+    python benchmarks/latency.py -- --concurrency 2     # extra args for ``previewvec worker``
+    python benchmarks/latency.py --worker-env PREVIEWVEC_PREFETCH_MULTIPLIER=1   # before
 """
 
 from __future__ import annotations
@@ -460,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbit-s", type=float, default=8.0)
     parser.add_argument("--s3-ms", type=float, default=80.0)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the workers, e.g. PREVIEWVEC_PREFETCH_MULTIPLIER=1 "
+                             "(plain Celery: the deployment before overlapping)")
     parser.add_argument("worker_args", nargs="*", help="after --: extra `previewvec worker` args")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
@@ -492,10 +496,12 @@ def main(argv: list[str] | None = None) -> int:
                         "PREVIEWVEC_STORE": store, "PREVIEWVEC_ALLOWED_AUDIO_HOSTS": "127.0.0.1",
                         "NUMBA_CACHE_DIR": _NUMBA_CACHE_DIR,
                         "PREVIEWVEC_CACHE_DIR": str(Settings.from_env().cache_dir)})
+            env.update(item.split("=", 1) for item in args.worker_env)
             settings = dataclasses.replace(Settings(), broker_url=local_redis.url, store=store,
                                            allowed_audio_hosts=("127.0.0.1",))
             procs, logs = start_workers(args.workers, env, worker_cpus, work, args.worker_args)
-            res["worker_cmd"] = "previewvec worker " + " ".join(args.worker_args)
+            res["worker_cmd"] = " ".join([*args.worker_env, "previewvec worker",
+                                          *args.worker_args]).strip()
             children = max(1, len(worker_cpus) // args.workers)
             if "--concurrency" in args.worker_args:
                 children = int(args.worker_args[args.worker_args.index("--concurrency") + 1])

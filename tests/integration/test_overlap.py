@@ -7,6 +7,8 @@ HTTP from 127.0.0.1, the folder store, the embedded index:
 - a batch is done exactly once, each preview fetched once, every record written behind
   the pool child and acknowledged after it; failures ahead keep their codes and messages
   (the SSRF rules and the size cap apply to fetches made ahead);
+- a preview host that does not answer holds back its own job only: the others are
+  fetched and computed meanwhile;
 - a worker SIGKILLed as a whole while it holds fetched-ahead jobs and unwritten records
   loses none and duplicates none: another worker does them once.
 """
@@ -14,7 +16,9 @@ HTTP from 127.0.0.1, the folder store, the embedded index:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,53 @@ def test_killed_overlapping_worker_loses_and_duplicates_nothing(
                         what="every delivery acknowledged")
     assert_exactly_once(pipeline, tmp_path, ids)
     print(f"A held {held} jobs when killed; {status.counts}")
+
+
+@pytest.fixture
+def stalled_host(assets: Assets) -> Iterator[tuple[str, threading.Event]]:
+    """A preview host that answers (with a real clip) only once the test opens the gate."""
+    gate = threading.Event()
+    body = assets.clips[0].data
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            gate.wait(60)
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mp4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stalled.m4a", gate
+    gate.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_preview_host_holds_back_only_its_own_job(
+        assets: Assets, clip_server: ClipServer, pipeline: Pipeline,
+        stalled_host: tuple[str, threading.Event]) -> None:
+    url, gate = stalled_host
+    worker = pipeline.start_worker("s", prefetch=OVERLAP)
+    worker.wait_warm()
+    ids, lines, _ = serve_batch(clip_server, assets.clips, "free", 5, delay_ms=0)
+    # The stalled job first: a child fetching in job order would wait on it.
+    run = pipeline.enqueue([catalog_line("stalled", url), *lines])
+
+    pipeline.wait_until(lambda: all(states(pipeline, run.run_id).get(rid) == "done"
+                                    for rid in ids),
+                        timeout_s=120, what="the other jobs done while one host stalls")
+
+    assert states(pipeline, run.run_id)["stalled"] == "queued"
+    gate.set()
+    status = pipeline.wait_run(run.run_id, expected_total=len(ids) + 1, timeout_s=60)
+    assert status.counts["queued"] == 0
