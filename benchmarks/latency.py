@@ -246,7 +246,7 @@ class MemorySampler(threading.Thread):
 
 
 def start_workers(n: int, env: dict[str, str], cpus: list[int], run_dir: Path,
-                  extra: list[str]) -> tuple[list[subprocess.Popen], list[Path]]:
+                  extra: list[str], nice: int = 0) -> tuple[list[subprocess.Popen], list[Path]]:
     """``n`` ``previewvec worker`` processes (production defaults but ``extra``), all pinned
     to ``cpus``; the concurrency defaults to the cores given (as ``previewvec worker``'s)."""
     procs, logs = [], []
@@ -259,7 +259,7 @@ def start_workers(n: int, env: dict[str, str], cpus: list[int], run_dir: Path,
             argv += ["--concurrency", str(max(1, len(cpus) // n))]
         procs.append(subprocess.Popen(
             argv, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus)))
+            preexec_fn=lambda: (os.sched_setaffinity(0, cpus), os.nice(nice))))
     return procs, logs
 
 
@@ -384,7 +384,8 @@ def report(args: argparse.Namespace, res: dict) -> str:
            f"on {res['cores']} core(s) (cpus {res['worker_cpus']}); servers on cpus "
            f"{res['server_cpus']}; {args.clips} × {args.seconds:g} s AAC clips per phase; "
            f"latency: first byte {args.first_byte_ms:g} ms, {args.mbit_s:g} Mbit/s per "
-           f"connection, S3 +{args.s3_ms:g} ms per request; load average before "
+           f"connection, S3 +{args.s3_ms:g} ms per request; workers at nice {args.nice}; "
+           f"load average before "
            f"{res['load_average_before'][0]:.2f}.", "",
            "| phase | clips/s per core (steady) | worker CPU utilisation (main) "
            "| pool children busy | RSS MB per core (main) | PSS MB per core (main) "
@@ -460,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-byte-ms", type=float, default=300.0)
     parser.add_argument("--mbit-s", type=float, default=8.0)
     parser.add_argument("--s3-ms", type=float, default=80.0)
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness of the workers (negative needs root): on a shared "
+                             "machine, keeps other tenants from deciding the result")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the workers, e.g. PREVIEWVEC_PREFETCH_MULTIPLIER=1 "
@@ -468,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
 
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops the workers and servers.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     allowed = sorted(os.sched_getaffinity(0))
     worker_cpus = _cpus(args.worker_cpus, allowed[:1])
     server_cpus = _cpus(args.server_cpus, [c for c in allowed if c not in worker_cpus] or allowed)
@@ -499,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             env.update(item.split("=", 1) for item in args.worker_env)
             settings = dataclasses.replace(Settings(), broker_url=local_redis.url, store=store,
                                            allowed_audio_hosts=("127.0.0.1",))
-            procs, logs = start_workers(args.workers, env, worker_cpus, work, args.worker_args)
+            procs, logs = start_workers(args.workers, env, worker_cpus, work, args.worker_args,
+                                        args.nice)
             res["worker_cmd"] = " ".join([*args.worker_env, "previewvec worker",
                                           *args.worker_args]).strip()
             children = max(1, len(worker_cpus) // args.workers)
