@@ -163,6 +163,9 @@ class Overlap:
         self.fetchers.shutdown(wait=False, cancel_futures=True)
         if self.writers is not None:
             self.writers.shutdown(wait=True)  # unacked: redelivered if we die meanwhile
+        # Still on the event loop's thread, the connection still open: acknowledge what
+        # was written (else it is redelivered, then skipped as stored).
+        self._drain()
 
     # --- on the event loop ---------------------------------------------------------------
 
@@ -376,8 +379,13 @@ class OverlapStep(bootsteps.StartStopStep):
             overlap = self.overlap
             if overlap is None:
                 plain(request)
-            else:
-                overlap.defer(request, lambda: plain(request))
+                return
+
+            def dispatch() -> None:
+                if not overlap.stopping.is_set():  # stopping: left unstarted, redelivered
+                    plain(request)
+
+            overlap.defer(request, dispatch)
 
         # Before Tasks.start builds the strategies, which read this attribute.
         c.on_task_request = on_task_request
