@@ -94,6 +94,18 @@ class Settings:
     # A job whose worker dies while running it (a signal, the OOM killer) is redelivered
     # at most this often; the next crash records it as a `worker_crashed` failure.
     max_crash_redeliveries: int = 3
+    # Overlapping I/O with compute (workers/overlap.py). Each pool child reserves this
+    # many jobs (Celery's prefetch multiplier); when it is above 1, the worker's main
+    # process checks the store and fetches the previews of the reserved jobs ahead, at
+    # most prefetch_fetches at once per pool child, and hands a job to a child only once
+    # its preview is in memory (so previews held per process ≤ children × multiplier,
+    # each ≤ fetch_max_bytes). 1 = plain Celery: one job per child, fetched by the child.
+    prefetch_multiplier: int = 16
+    prefetch_fetches: int = 16
+    # Records the main process writes behind its pool children (stored, pushed and
+    # accounted, then acknowledged), at most this many at once per child; 0: each child
+    # writes its own.
+    write_behind: int = 4
 
     # Producers: MusicBrainz and iTunes resolution.
     mb_contact: str = ""  # required for MusicBrainz: an email or URL for the User-Agent

@@ -137,7 +137,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--loglevel", args.loglevel, "--concurrency", str(args.concurrency),
-        "--queues", args.queues, "--prefetch-multiplier", "1", "--events",
+        "--queues", args.queues, "--events",  # prefetch: PREVIEWVEC_PREFETCH_MULTIPLIER
     ]
     if args.hostname:
         argv += ["--hostname", args.hostname]

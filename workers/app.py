@@ -17,6 +17,7 @@ from contract import broker  # noqa: E402
 from contract.settings import Settings  # noqa: E402
 from workers import jitcache  # noqa: E402
 from workers.deliveries import DeliveryHeartbeat, heartbeat_interval_s  # noqa: E402
+from workers.overlap import OverlapStep  # noqa: E402
 from workers.redeliver import LostJobSweeper  # noqa: E402
 
 QUEUES = broker.QUEUES  # consumed in this order: on-demand work goes first
@@ -69,7 +70,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         task_acks_late=True,  # ack after the work: a killed worker's job is redelivered
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        # Jobs reserved per pool child. Above 1 the worker's main process checks the
+        # store and fetches previews ahead for them and writes records behind
+        # (workers/overlap.py); an explicit --prefetch-multiplier keeps plain Celery.
+        worker_prefetch_multiplier=max(1, settings.prefetch_multiplier),
         task_soft_time_limit=min(TASK_SOFT_TIME_LIMIT_S, SOFT_LIMIT_SHARE * visibility_s),
         task_time_limit=min(TASK_TIME_LIMIT_S, HARD_LIMIT_SHARE * visibility_s),
         broker_transport_options=transport_options,
@@ -83,6 +87,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     app.steps["consumer"].add(DeliveryHeartbeat)
     app.steps["consumer"].add(LostJobSweeper)  # jobs the broker lost (contract/state/lost.py)
+    app.steps["consumer"].add(OverlapStep)
     return app
 
 

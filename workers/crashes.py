@@ -95,6 +95,10 @@ class CrashCappedRequest(Request):
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> Any:
+        from workers import overlap
+
+        if (active := overlap.active()) is not None:
+            active.forget(self.id)  # a preview fetched ahead for a job that never took it
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
@@ -112,6 +116,22 @@ class CrashCappedRequest(Request):
             self._record_hard_timeout(exc)
         return super().on_failure(exc_info, send_failed_event=send_failed_event,
                                   return_ok=return_ok)
+
+    def acknowledge(self) -> None:
+        """Acknowledge, unless the worker's main process is still writing this job's
+        record behind the child (workers/overlap.py): then once it is written."""
+        from workers import overlap
+
+        active = overlap.active()
+        if active is not None:
+            active.forget(self.id)
+            if active.hold_ack(self):
+                return
+        super().acknowledge()
+
+    def acknowledge_written(self) -> None:
+        """The record is stored, pushed and accounted: acknowledge now."""
+        super().acknowledge()
 
     def _record_hard_timeout(self, exc: TimeLimitExceeded) -> None:
         from workers.tasks import record_failure

@@ -51,7 +51,10 @@ def held_delivery_tags() -> set[str]:
     """Delivery tags of every request this worker will still run or acknowledge."""
     requests = {*state.requests.values(), *state.reserved_requests, *state.active_requests,
                 *state.scheduled_requests}
-    tags = set()
+    from workers import overlap
+
+    active = overlap.active()
+    tags = active.held_tags() if active is not None else set()  # acks awaiting a write
     for request in requests:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:

@@ -7,6 +7,7 @@ acknowledgement; everything here runs without a broker, so tests call it directl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +47,36 @@ class WorkerContext:
         )
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """What the worker's main process did for a job before a pool child got it
+    (workers/overlap.py): the store check and the preview fetch, run ahead.
+
+    ``exists`` is None when the store was not checked (a forced job); ``data`` and
+    ``error`` (a ``(code, message)`` pair) are both None when nothing was fetched.
+    """
+
+    exists: bool | None = None
+    check_s: float = 0.0
+    data: bytes | None = field(default=None, repr=False)
+    error: tuple[str, str] | None = None
+    fetch_s: float = 0.0
+    held_s: float = 0.0  # received by the worker → handed to a pool child
+
+
+class PrefetchFailed(PreviewvecError):
+    """A fetch run ahead failed: the same code and message the fetch itself raised."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Hands an encoded record to whoever writes it behind the child: (key, data, outcome,
+# job) → True if taken (then it stores, pushes and accounts, and only then acks).
+WriteBehind = Callable[[str, bytes, "Outcome", dict[str, Any]], bool]
+
+
 @dataclass
 class Outcome:
     """What happened to one job; small and JSON-ready (it is the task's result in Flower)."""
@@ -62,13 +93,23 @@ class Outcome:
     started_at: float | None = None  # UNIX time the stage began (queue wait, gaps)
     wall_s: float | None = None  # the whole stage; Celery's task wall minus this is Celery's
     cpu_s: float | None = None  # this process's CPU over the stage; wall − CPU = waiting
+    # Of timings_s, the part done outside this stage's wall, overlapped with other jobs'
+    # compute: check and fetch run ahead, store and account written behind.
+    overlapped_s: dict[str, float] = field(default_factory=dict)
+    held_s: float | None = None  # in the worker, received → handed to a pool child
+    written_behind: bool | None = None  # True: the worker's main process stores it
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
 
 
-def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
+def featurize(job_data: dict[str, Any], ctx: WorkerContext, *, ahead: Ahead | None = None,
+              write_behind: WriteBehind | None = None) -> Outcome:
     """Skip, or fetch → decode → extract → store, and account for the result in the run.
+
+    ``ahead``: the store check and fetch already done for this job (they are not
+    repeated). ``write_behind``: hands the encoded record over instead of storing and
+    accounting here; if it takes it, the returned outcome lacks store and account.
 
     Raises
     ------
@@ -86,28 +127,35 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         return outcome
 
     started_at, started, started_cpu = time.time(), time.perf_counter(), time.process_time()
+    start = (started_at, started, started_cpu)
     key = record_key(FEATURE_VERSION, job.recording_id)
-    skip = not job.force and ctx.store.exists(key)
-    timings: dict[str, float] = {"check": time.perf_counter() - started}
+    overlapped: dict[str, float] = {}
+    if ahead is not None and ahead.exists is not None:
+        skip = ahead.exists
+        timings: dict[str, float] = {"check": ahead.check_s}
+        overlapped["check"] = ahead.check_s
+    else:
+        skip = not job.force and ctx.store.exists(key)
+        timings = {"check": time.perf_counter() - started}
+    held = ahead.held_s if ahead is not None else None
     if skip:
         # The reducer upserts it only if the index lacks it: its writer may have died
         # between storing it and pushing its key.
         ctx.runs.push_ready_if_absent(key)
-        outcome = Outcome(job.recording_id, job.run_id, "skipped", timings_s=timings)
-        return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
+        outcome = Outcome(job.recording_id, job.run_id, "skipped", timings_s=timings,
+                          overlapped_s=overlapped, held_s=held)
+        return _finish(ctx, outcome, job.to_dict(), start)
 
     try:
-        t0 = time.perf_counter()
-        job, fetched = _fetch(job, ctx)
-        timings["fetch"] = time.perf_counter() - t0
-        analysis = analyze(fetched.data, ctx.settings)
+        job, data = _fetch(job, ctx, ahead, timings, overlapped)
+        analysis = analyze(data, ctx.settings)
         timings.update(analysis.timings_s)
     except StoreUnavailable:
         raise
     except PreviewvecError as exc:
         outcome = Outcome(job.recording_id, job.run_id, "failed", exc.code, exc.message,
-                          timings)
-        return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
+                          timings, overlapped_s=overlapped, held_s=held)
+        return _finish(ctx, outcome, job.to_dict(), start)
 
     record = FeatureRecord(
         recording_id=job.recording_id,
@@ -135,17 +183,71 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         timings_s=dict(timings),
     )
     t0 = time.perf_counter()
-    data = encode_record(record)
-    t1 = time.perf_counter()
-    ctx.store.put(key, data)
-    t2 = time.perf_counter()
-    timings.update(encode=t1 - t0, store=t2 - t1)
+    encoded = encode_record(record)
+    timings["encode"] = time.perf_counter() - t0
+    outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings,
+                      overlapped_s=overlapped, held_s=held)
+    if write_behind is not None:
+        _stamp(outcome, start, time.perf_counter())
+        if write_behind(key, encoded, outcome, job.to_dict()):
+            return outcome
+    store(ctx, key, encoded, outcome)
+    return _finish(ctx, outcome, job.to_dict(), start)
+
+
+def _fetch(job: Job, ctx: WorkerContext, ahead: Ahead | None, timings: dict[str, float],
+           overlapped: dict[str, float]) -> tuple[Job, bytes]:
+    """The job as fetched and the preview's bytes: fetched ahead (its failure raised as
+    the same typed error, unless it is an expired preview, re-resolved here), or now."""
+    if ahead is not None and (ahead.data is not None or ahead.error is not None):
+        timings["fetch"] = overlapped["fetch"] = ahead.fetch_s
+        if ahead.error is None:
+            assert ahead.data is not None
+            return job, ahead.data
+        code, message = ahead.error
+        if not (_expired_code(code) and ctx.refresher is not None
+                and ctx.refresher.refreshable(job)):
+            raise PrefetchFailed(code, message)
+        fresh = ctx.refresher.refresh(job)
+        if fresh is None:
+            raise PrefetchFailed(code, message)
+        job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream
+        t0 = time.perf_counter()
+        data = fetch_preview(job.preview_url, ctx.settings, session=ctx.session).data
+        timings["fetch"] += time.perf_counter() - t0
+        return job, data
+    t0 = time.perf_counter()
+    job, fetched = _fetch_now(job, ctx)
+    timings["fetch"] = time.perf_counter() - t0
+    return job, fetched.data
+
+
+def _expired_code(code: str) -> bool:
+    """A fetch failure code that says the preview URL expired (``http_403``, ``http_410``)."""
+    return code.startswith("http_") and code[5:].isdigit() and int(code[5:]) in EXPIRED_STATUSES
+
+
+def store(ctx: WorkerContext, key: str, encoded: bytes, outcome: Outcome) -> None:
+    """Write the record and push its key to the ready list (timed as ``store``)."""
+    t0 = time.perf_counter()
+    ctx.store.put(key, encoded)
+    outcome.timings_s["store"] = time.perf_counter() - t0
     ctx.runs.push_ready(key)
-    outcome = Outcome(job.recording_id, job.run_id, "done", timings_s=timings)
-    return _finish(ctx, outcome, job.to_dict(), (started_at, started, started_cpu))
 
 
-def _fetch(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
+def account(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any] | None) -> None:
+    """Account for the outcome in its run (timed as ``account``)."""
+    t0 = time.perf_counter()
+    _account(ctx, outcome, job)
+    outcome.timings_s["account"] = time.perf_counter() - t0
+
+
+def _stamp(outcome: Outcome, start: tuple[float, float, float], done: float) -> None:
+    outcome.started_at, outcome.wall_s = start[0], done - start[1]
+    outcome.cpu_s = time.process_time() - start[2]
+
+
+def _fetch_now(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
     """Fetch the preview; an expired one (403/410 from a source whose URLs expire) is
     re-resolved ONCE through its source and fetched again. Returns the job as fetched."""
     try:
@@ -165,12 +267,8 @@ def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any],
             start: tuple[float, float, float]) -> Outcome:
     """Account for the outcome in its run, then stamp the stage's start, wall and CPU
     (``start``: ``time.time()``, ``perf_counter()``, ``process_time()`` at the start)."""
-    t0 = time.perf_counter()
-    _account(ctx, outcome, job)
-    done = time.perf_counter()
-    outcome.timings_s["account"] = done - t0
-    outcome.started_at, outcome.wall_s = start[0], done - start[1]
-    outcome.cpu_s = time.process_time() - start[2]
+    account(ctx, outcome, job)
+    _stamp(outcome, start, time.perf_counter())
     return outcome
 
 

@@ -37,6 +37,7 @@ STORE_BACKOFF_CAP_S = 30.0
 STORE_BACKOFF = Backoff(base_s=1.0, cap_s=STORE_BACKOFF_CAP_S)
 
 _context = None
+_handoff: Any = False  # workers.overlap.Handoff | None once looked for (per process)
 
 
 def context():  # -> WorkerContext, built lazily once per process
@@ -46,6 +47,15 @@ def context():  # -> WorkerContext, built lazily once per process
 
         _context = WorkerContext.build(Settings.from_env())
     return _context
+
+
+def handoff():  # -> workers.overlap.Handoff | None: the line to this child's main process
+    global _handoff
+    if _handoff is False:
+        from workers.overlap import Handoff
+
+        _handoff = Handoff.for_parent()
+    return _handoff
 
 
 @worker_init.connect
@@ -185,8 +195,14 @@ def _end_attempt(task_id: str, *, retried: bool) -> None:
 def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     from workers.featurize import featurize
 
+    line = handoff() if self.request.id else None
     try:
-        return featurize(job, context()).to_dict()
+        if line is None:
+            return featurize(job, context()).to_dict()
+        # The worker's main process checked and fetched ahead, and writes behind
+        # (workers/overlap.py); whatever it did not do, the stage does here.
+        return featurize(job, context(), ahead=line.take(self.request.id),
+                         write_behind=line.writer(self.request.id)).to_dict()
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
             return record_failure(job, exc.code, exc.message)
