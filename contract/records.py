@@ -22,6 +22,7 @@ import numpy as np
 
 from contract.errors import PreviewvecError
 from contract.layout import FEATURE_VERSION, VECTOR_DIM, names_hash
+from contract.versions import is_our_layout
 
 MAX_RECORDING_ID_BYTES = 64
 # Bytes that may appear verbatim in a key; everything else is percent-encoded so keys are
@@ -159,6 +160,10 @@ class FeatureRecord:
     timings_s: dict[str, float] = field(default_factory=dict)
     feature_version: str = FEATURE_VERSION
     names_hash: str = field(default_factory=names_hash)
+    # The value-changing settings the vector was computed with (contract/versions.py);
+    # None in records written before versions named computations (then: the layout's
+    # base computation).
+    computation: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -206,6 +211,8 @@ def encode_record(rec: FeatureRecord) -> bytes:
         "provenance": _plain(rec.provenance),
         "timings_s": _plain(rec.timings_s),
     }
+    if rec.computation is not None:
+        doc["computation"] = _plain(rec.computation)
     # allow_nan=False: NaN/Infinity are not JSON, and a NaN feature is a bug upstream.
     return json.dumps(
         doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -225,15 +232,16 @@ def _require(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -
     return value
 
 
-def decode_record(data: bytes) -> FeatureRecord:
-    """Parse and validate stored bytes.
+def decode_record(data: bytes, expect_version: str | None = None) -> FeatureRecord:
+    """Parse and validate stored bytes (of ``expect_version``, when given).
 
     Raises
     ------
     CorruptRecord
         Not UTF-8 JSON, missing/mistyped fields, non-finite numbers.
     IncompatibleRecord
-        Another feature version, names hash or dimension than this code's layout.
+        Another layout (version, names hash, dimension) than this code's, or another
+        version than ``expect_version``.
     """
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
@@ -252,10 +260,17 @@ def decode_record(data: bytes) -> FeatureRecord:
     descriptors = _require(doc, "descriptors", dict)
     provenance = _require(doc, "provenance", dict)
     timings = _require(doc, "timings_s", dict)
-    if version != FEATURE_VERSION or hash_ != names_hash():
+    computation = doc.get("computation")
+    if computation is not None and not isinstance(computation, dict):
+        raise CorruptRecord("record field 'computation' has the wrong type")
+    # Any computation of this layout decodes (pv2, pv2-<hash>): which version a reader
+    # wants is the reader's choice (``expect_version``).
+    if not is_our_layout(version) or hash_ != names_hash():
         raise IncompatibleRecord(
             f"record layout {version}/{hash_[:12]} is not {FEATURE_VERSION}/{names_hash()[:12]}"
         )
+    if expect_version is not None and version != expect_version:
+        raise IncompatibleRecord(f"record of feature version {version}, not {expect_version}")
     if len(vector) != VECTOR_DIM:
         raise IncompatibleRecord(f"vector has {len(vector)} dimensions, expected {VECTOR_DIM}")
     # bool is an int subclass; a true/false in the vector is corruption, not a number.
@@ -274,4 +289,5 @@ def decode_record(data: bytes) -> FeatureRecord:
         descriptors=descriptors,
         provenance=provenance,
         timings_s={str(k): float(v) for k, v in timings.items()},
+        computation=computation,
     )

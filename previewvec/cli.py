@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,7 @@ def _check_store(store: object) -> None:
 
 
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
+    from contract.versions import current_version
     from workers.analysis import analyze
 
     try:
@@ -98,7 +100,7 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
     return {
         "input": path,
         "ok": True,
-        "feature_version": features.feature_version,
+        "feature_version": current_version(settings),
         "descriptors": features.descriptors,
         "vector": [float(v) for v in features.vector],
     }
@@ -134,6 +136,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from contract.store import open_store
+    from contract.versions import check_claim, register
+
+    check_claim(settings)  # a pinned version these settings do not compute: exit 2
+    # The store's registry too, when the store answers (each worker re-checks it).
+    with contextlib.suppress(StoreError):
+        register(open_store(settings.store, settings), settings)
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--loglevel", args.loglevel, "--concurrency", str(args.concurrency),
@@ -344,15 +353,15 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.layout import FEATURE_VERSION
     from contract.records import record_key
     from contract.store import validate_key
+    from contract.versions import current_version
     from reducer.reduce import Reducer, match_descriptors, similar_filter
 
     missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
                        f"({settings.store})")
     try:
-        validate_key(record_key(FEATURE_VERSION, args.recording_id))
+        validate_key(record_key(current_version(settings), args.recording_id))
     except ValueError:  # an id that can never be stored
         raise missing from None
     reducer = Reducer.build(settings)

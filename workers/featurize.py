@@ -14,11 +14,11 @@ import requests
 
 from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job, failure_ids
-from contract.layout import FEATURE_VERSION
 from contract.records import FeatureRecord, encode_record, make_provenance, record_key
 from contract.settings import Settings
 from contract.state import Runs
 from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.versions import check_claim, computation
 from workers.analysis import analyze
 from workers.fetch import fetch_preview, make_session
 
@@ -31,6 +31,13 @@ class WorkerContext:
     store: FeatureStore
     runs: Runs
     session: requests.Session
+    # The feature version these settings compute (contract/versions.py): every record
+    # this worker writes, and every skip check, is under it.
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = check_claim(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -39,6 +46,7 @@ class WorkerContext:
             store=open_store(settings.store, settings),
             runs=Runs.from_url(settings.broker_url),
             session=make_session(settings),
+            version=check_claim(settings),
         )
 
 
@@ -82,7 +90,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         return outcome
 
     started_at, started, started_cpu = time.time(), time.perf_counter(), time.process_time()
-    key = record_key(FEATURE_VERSION, job.recording_id)
+    key = record_key(ctx.version, job.recording_id)
     skip = not job.force and ctx.store.exists(key)
     timings: dict[str, float] = {"check": time.perf_counter() - started}
     if skip:
@@ -124,6 +132,8 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext) -> Outcome:
         # A record can only hold what happened before it was sealed; its own encoding and
         # write are in the outcome (the task's result, logged by the worker).
         timings_s=dict(timings),
+        feature_version=ctx.version,
+        computation=computation(ctx.settings),
     )
     t0 = time.perf_counter()
     data = encode_record(record)
