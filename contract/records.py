@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
+import orjson
 
 from contract.errors import PreviewvecError
 from contract.layout import FEATURE_VERSION, VECTOR_DIM, names_hash
@@ -219,10 +219,6 @@ def encode_record(rec: FeatureRecord) -> bytes:
     ).encode("utf-8")
 
 
-def _reject_constant(token: str) -> float:
-    raise ValueError(f"non-finite number {token}")
-
-
 def _require(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     if name not in doc:
         raise CorruptRecord(f"record is missing {name!r}")
@@ -230,6 +226,24 @@ def _require(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -
     if not isinstance(value, kind):
         raise CorruptRecord(f"record field {name!r} has the wrong type")
     return value
+
+
+def _checked_vector(vector: list[Any]) -> list[float]:
+    """The stored vector as floats: our dimension, numbers only, all finite."""
+    if len(vector) != VECTOR_DIM:
+        raise IncompatibleRecord(f"vector has {len(vector)} dimensions, expected {VECTOR_DIM}")
+    # Exact types: bool is an int subclass, and a true/false in the vector is corruption.
+    kinds = set(map(type, vector))
+    if not kinds <= {float, int}:
+        raise CorruptRecord("vector holds non-numbers")
+    floats = vector if kinds == {float} else [float(x) for x in vector]
+    try:
+        finite = bool(np.isfinite(np.array(floats, dtype=np.float64)).all())
+    except OverflowError:  # an integer beyond float64
+        finite = False
+    if not finite:
+        raise CorruptRecord("vector holds non-finite numbers")
+    return floats
 
 
 def decode_record(data: bytes, expect_version: str | None = None) -> FeatureRecord:
@@ -244,8 +258,12 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
         version than ``expect_version``.
     """
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        # orjson: ~5x the standard parser on 530 floats (export and reindex read every
+        # record); like allow_nan=False it refuses NaN and Infinity, and invalid UTF-8.
+        doc = orjson.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
+        if "infinity" in str(exc):  # 1e999: a number float64 cannot hold
+            raise CorruptRecord(f"record holds non-finite numbers: {exc}") from None
         raise CorruptRecord(f"record is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptRecord("record is not a JSON object")
@@ -271,14 +289,7 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
         )
     if expect_version is not None and version != expect_version:
         raise IncompatibleRecord(f"record of feature version {version}, not {expect_version}")
-    if len(vector) != VECTOR_DIM:
-        raise IncompatibleRecord(f"vector has {len(vector)} dimensions, expected {VECTOR_DIM}")
-    # bool is an int subclass; a true/false in the vector is corruption, not a number.
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector):
-        raise CorruptRecord("vector holds non-numbers")
-    floats = [float(x) for x in vector]
-    if not all(math.isfinite(x) for x in floats):
-        raise CorruptRecord("vector holds non-finite numbers")
+    floats = _checked_vector(vector)
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()):
         raise CorruptRecord("timings_s holds non-numbers")
     return FeatureRecord(

@@ -383,6 +383,110 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from contract.store import open_store
+    from contract.versions import current_version
+    from previewvec.export import export_parquet
+
+    store = open_store(settings.store, settings)
+    _check_store(store)
+    version = args.version or current_version(settings)
+    # disable=None: a bar on a terminal only; logs and pipes get the summary line.
+    with tqdm(unit=" records", desc=f"export {version}", disable=None, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        try:
+            report = export_parquet(store, args.out, version=version, run_id=args.run,
+                                    threads=args.threads, progress=bar.update)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: nothing written to {args.out} (run the "
+                              "export again)") from None
+    skipped = f"; skipped {report.skipped} unreadable records" if report.skipped else ""
+    print(f"exported {report.rows} records of {version} to {report.path}{skipped}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contract.records import decode_record, record_key
+    from contract.store import open_store
+    from contract.versions import current_version
+
+    version = args.version or current_version(settings)
+    missing = NotFound(f"no stored record for {args.recording_id!r} of feature version "
+                       f"{version} in the feature store ({settings.store})")
+    store = open_store(settings.store, settings)
+    try:
+        record = decode_record(store.get(record_key(version, args.recording_id)), version)
+    except (FileNotFoundError, ValueError):  # ValueError: an id that cannot be stored
+        raise missing from None
+    if args.json:
+        print(json.dumps(_record_doc(record, with_vector=True), ensure_ascii=False))
+        return 0
+    print(_readable(record, full_vector=args.vector))
+    return 0
+
+
+def _record_doc(record: object, *, with_vector: bool) -> dict[str, object]:
+    doc = {name: getattr(record, name) for name in (
+        "recording_id", "feature_version", "computation", "descriptors", "provenance",
+        "timings_s")}
+    if with_vector:
+        doc["vector"] = [float(x) for x in record.vector]  # type: ignore[attr-defined]
+    return doc
+
+
+def _readable(record: object, *, full_vector: bool) -> str:
+    """A record as aligned ``name  value`` lines, grouped."""
+    from contract.layout import feature_names
+
+    doc = _record_doc(record, with_vector=False)
+    lines = [f"recording_id     {doc['recording_id']}",
+             f"feature_version  {doc['feature_version']}"]
+    computation = doc["computation"] or {}
+    if computation:
+        lines.append("computation      " + ", ".join(f"{k}={v}" for k, v in
+                                                     sorted(computation.items())))
+    for title in ("descriptors", "provenance", "timings_s"):
+        section = doc[title] or {}
+        lines.append(f"{title}:")
+        width = max((len(k) for k in section), default=0)
+        lines += [f"  {k:<{width}}  {v}" for k, v in section.items() if v not in (None, "")]
+    vector = record.vector  # type: ignore[attr-defined]
+    names = feature_names()
+    shown = len(vector) if full_vector else 5
+    lines.append(f"vector: {len(vector)} dimensions"
+                 + ("" if full_vector else " (first 5; --vector shows all)"))
+    width = max(len(n) for n in names[:shown])
+    lines += [f"  {n:<{width}}  {float(v):.6g}" for n, v in zip(names[:shown], vector,
+                                                                strict=False)]
+    return "\n".join(lines)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from contract.state import STATES, Runs
+
+    runs = Runs.from_url(settings.broker_url)
+    run_ids = runs.recent_runs(args.limit)
+    if not run_ids:
+        raise NothingStored("no runs: `previewvec enqueue` or `previewvec submit` start one")
+    print(f"{'run':<26} {'created (UTC)':<20} {'total':>7} "
+          + " ".join(f"{s:>7}" for s in STATES) + "  state")
+    for run_id in run_ids:
+        status = runs.status(run_id)
+        created = status.meta.get("created_at")
+        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(created)))
+                if created else "-")
+        state = ("closed" if status.meta.get("closed_at") else
+                 "finished" if status.total and status.counts["queued"] == 0 else "open")
+        print(f"{run_id:<26} {when:<20} {status.total:>7} "
+              + " ".join(f"{status.counts[s]:>7}" for s in STATES) + f"  {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="previewvec",
@@ -543,6 +647,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
     p.add_argument("--mode", choices=("major", "minor"), default=None)
     p.set_defaults(handler=cmd_similar)
+
+    p = sub.add_parser("export", help="write every record of a version to a Parquet file",
+                       description="Stream every stored record of a feature version (of one "
+                       "run with --run) into OUT as Parquet: recording_id, feature_version, "
+                       "vector (fixed-size list<float32>), one column per descriptor, the "
+                       "computation and provenance; dimension names in the schema metadata. "
+                       "Written to a temporary name and renamed when complete.")
+    p.add_argument("out", metavar="OUT.parquet")
+    p.add_argument("--version", default=None,
+                   help="feature version (default: the one these settings compute)")
+    p.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="only the records this run wrote (their provenance run_id)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="concurrent reads (default: 32 from S3/R2, 0 from a folder)")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("show", help="show one stored record, readably",
+                       description="Descriptors, computation, provenance, timings and the "
+                       "start of the vector of one stored record.")
+    p.add_argument("recording_id")
+    p.add_argument("--version", default=None, help="feature version (default: current)")
+    p.add_argument("--vector", action="store_true", help="every dimension, by name")
+    p.add_argument("--json", action="store_true", help="the whole record as one JSON line")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("runs", help="recent runs with their counts",
+                       description="The most recent runs, newest first: queued, done, "
+                       "skipped and failed recordings, and whether the run is open, "
+                       "finished or closed.")
+    p.add_argument("-n", "--limit", type=int, default=20)
+    p.set_defaults(handler=cmd_runs)
     return parser
 
 
@@ -603,7 +738,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 # at all the command should say so at once instead of retrying and then printing a
 # traceback.
 _BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
-                              cmd_reduce, cmd_reindex})
+                              cmd_reduce, cmd_reindex, cmd_runs})
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 
