@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from contract.records import encode_record, record_key  # noqa: E402
 from testkit.records import synthetic_record  # noqa: E402
@@ -43,6 +42,39 @@ def catalog(n: int) -> list[tuple[str, bytes]]:
             f"rec-{i % TEMPLATES:07d}".encode(), rid.encode(), 1)
         out.append((record_key("pv2", rid), data))
     return out
+
+
+class MotoServer:
+    """``python -m moto.server`` on a free port of 127.0.0.1."""
+
+    def __init__(self) -> None:
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        self.env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+                    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def fill_folder(root: Path, items: list[tuple[str, bytes]]) -> None:
@@ -129,9 +161,7 @@ def main() -> int:
         res["parquet_mb"] = (work / "folder.parquet").stat().st_size / 1e6
         results["folder"] = res
         if args.s3:
-            from pipeline import MotoServer
-
-            moto = MotoServer(work)
+            moto = MotoServer()
             try:
                 fill_s3(moto.env, "bench", items)
                 res = run_export("s3://bench", work / "s3.parquet", moto.env)

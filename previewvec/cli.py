@@ -353,34 +353,83 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.records import record_key
-    from contract.store import validate_key
-    from contract.versions import current_version
-    from reducer.reduce import Reducer, match_descriptors, similar_filter
+    from reducer.reduce import similar_filter
 
-    missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
-                       f"({settings.store})")
-    try:
-        validate_key(record_key(current_version(settings), args.recording_id))
-    except ValueError:  # an id that can never be stored
-        raise missing from None
-    reducer = Reducer.build(settings)
-    _check_store(reducer.store)
+    if (args.recording_id is None) == (args.audio is None):
+        raise ConfigError("similar needs a RECORDING_ID or --audio FILE (one of them)")
     where = similar_filter(tempo_min=args.tempo_min, tempo_max=args.tempo_max,
                            key=args.key, mode=args.mode)
-    try:
-        matches = reducer.similar(args.recording_id, args.k, filter=where)
-    except FileNotFoundError:
-        raise missing from None
-    if not matches and reducer.index.count() == 0:
-        raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
-                            "(or `previewvec reindex`) first")
+    if args.audio is not None:
+        matches = _similar_to_audio(args.audio, args.k, where, settings)
+    else:
+        matches = _similar_to_stored(args.recording_id, args.k, where, settings)
     for match in matches:
         print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
                           "score": round(match.score, 4),
-                          "descriptors": match_descriptors(match)},
+                          "descriptors": _match_descriptors(match)},
                          ensure_ascii=False))
     return 0
+
+
+def _match_descriptors(match: object) -> dict[str, object]:
+    from reducer.reduce import match_descriptors
+
+    return match_descriptors(match)  # type: ignore[arg-type]
+
+
+def _reducer(settings: Settings):  # -> Reducer
+    from reducer.reduce import Reducer
+
+    reducer = Reducer.build(settings)
+    _check_store(reducer.store)
+    return reducer
+
+
+def _not_empty(matches: list, reducer: object) -> list:
+    """``matches``, unless there were none because the index is empty (a typed fault)."""
+    if not matches and reducer.index.count() == 0:  # type: ignore[attr-defined]
+        raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
+                            "(or `previewvec reindex`) first")
+    return matches
+
+
+def _similar_to_stored(recording_id: str, k: int, where: dict | None,
+                       settings: Settings) -> list:
+    from contract.records import record_key
+    from contract.store import validate_key
+    from contract.versions import current_version
+
+    missing = NotFound(f"no stored record for {recording_id!r} in the feature store "
+                       f"({settings.store})")
+    try:
+        validate_key(record_key(current_version(settings), recording_id))
+    except ValueError:  # an id that can never be stored
+        raise missing from None
+    reducer = _reducer(settings)
+    try:
+        return _not_empty(reducer.similar(recording_id, k, filter=where), reducer)
+    except FileNotFoundError:
+        raise missing from None
+
+
+def _similar_to_audio(path: str, k: int, where: dict | None, settings: Settings) -> list:
+    """Extract ``path`` as workers would, normalise it with the index's normaliser, query."""
+    from contract.versions import check_claim
+
+    check_claim(settings)  # the clip must be analysed as the index's records were
+    result = _extract_one(path, settings)
+    if not result["ok"]:
+        error = result["error"]  # type: ignore[index]
+        raise InputUnreadable(f"cannot use {path!r}: {error['code']}: {error['message']}")
+    import numpy as np
+
+    reducer = _reducer(settings)
+    try:
+        matches = reducer.similar_to_vector(np.asarray(result["vector"], np.float32), k,
+                                            filter=where)
+    except NothingStored:  # no normaliser: nothing stored to fit one on
+        matches = []
+    return _not_empty(matches, reducer)
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -637,10 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true")
     p.set_defaults(handler=cmd_reindex)
 
-    p = sub.add_parser("similar", help="tracks that sound like RECORDING_ID",
+    p = sub.add_parser("similar", help="tracks that sound like RECORDING_ID or an audio file",
                        description="Nearest neighbours in the index with scores and "
-                       "descriptors (JSON Lines).")
-    p.add_argument("recording_id")
+                       "descriptors (JSON Lines), of a stored recording or of an audio "
+                       "file (--audio: extracted here, normalised as the index's vectors).")
+    p.add_argument("recording_id", nargs="?", default=None)
+    p.add_argument("--audio", metavar="FILE", default=None,
+                   help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
