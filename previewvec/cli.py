@@ -87,7 +87,7 @@ def _check_store(store: object) -> None:
 
 
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
-    from contract.versions import current_version
+    from contract.versions import derived_version
     from workers.analysis import analyze
 
     try:
@@ -100,7 +100,7 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
     return {
         "input": path,
         "ok": True,
-        "feature_version": current_version(settings),
+        "feature_version": derived_version(settings),  # what these settings computed
         "descriptors": features.descriptors,
         "vector": [float(v) for v in features.vector],
     }

@@ -26,7 +26,7 @@ from contract.layout import VECTOR_DIM, feature_names
 from contract.records import FeatureRecord, decode_record, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
-from contract.versions import check_claim, current_version
+from contract.versions import check_claim, current_version, derived_version
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,7 +68,7 @@ def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
     result = analyze(source, settings)
     return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
                      descriptors=dict(result.features.descriptors),
-                     feature_version=current_version(settings))
+                     feature_version=derived_version(settings))
 
 
 class Catalog:

@@ -245,7 +245,6 @@ class Reducer:
             keys = self.runs.peek_ready(size)
             if not keys:
                 return 0
-            self.maintain_normalizer()
             records: dict[str, FeatureRecord] = {}
             for key in self._to_upsert(keys):
                 try:
@@ -263,6 +262,9 @@ class Reducer:
                     continue
                 records[record.recording_id] = record
             if records:
+                # Before the upsert: a refit re-normalises what the index holds, and this
+                # batch is then normalised by the normaliser the index is wholly built with.
+                self.maintain_normalizer()
                 self.index.upsert(self.items_for(list(records.values())))
             if not self.runs.trim_ready_if_owner(token, keys):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
