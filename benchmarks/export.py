@@ -160,6 +160,7 @@ def main() -> int:
         res["baseline_records_per_s"] = baseline(str(folder), {}, args.baseline_records)
         res["parquet_mb"] = (work / "folder.parquet").stat().st_size / 1e6
         results["folder"] = res
+        print(json.dumps({"folder": res}), file=sys.stderr, flush=True)
         if args.s3:
             moto = MotoServer()
             try:
