@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,23 +98,51 @@ def fill_s3(env: dict[str, str], bucket: str, items: list[tuple[str, bytes]]) ->
                       items))
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """VmHWM, the process's peak RSS since its exec (wait4's ru_maxrss would count the
+    pages the child shared with this parent, which holds the whole catalog, before exec)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_export(store: str, out: Path, env: dict[str, str]) -> dict:
-    """The real CLI in a child process: wall time, peak RSS (MB), exit status."""
+    """The real CLI in a child process: wall and CPU time, peak RSS (MB)."""
     full_env = {**os.environ, **env, "PREVIEWVEC_STORE": store}
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "previewvec.cli", "export", str(out)],
-                            env=full_env, cwd=REPO, stdout=subprocess.PIPE,
+                            env=full_env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0.0
+    while True:  # VmHWM only grows: the last reading before the exit is the peak
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+            continue
+        break
     wall = time.perf_counter() - started
     stderr = proc.stderr.read() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"export failed ({proc.returncode}): {stderr}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU of every reaped child
+    cpu = usage.ru_utime + usage.ru_stime - _cpu_before.pop(store, 0.0)
     # CPU seconds too: on a shared machine the wall rate depends on the neighbours, the
     # rate per CPU second much less.
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "said": stderr.strip()}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "said": stderr.strip()}
+
+
+_cpu_before: dict[str, float] = {}
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def baseline(store: str, env: dict[str, str], n: int) -> float:
@@ -154,6 +183,7 @@ def main() -> int:
         work = Path(tmp)
         folder = work / "store"
         fill_folder(folder, items)
+        _cpu_before[str(folder)] = children_cpu_s()
         res = run_export(str(folder), work / "folder.parquet", {})
         verify(work / "folder.parquet", args.records)
         res["records_per_s"] = args.records / res["wall_s"]
@@ -165,12 +195,14 @@ def main() -> int:
             moto = MotoServer()
             try:
                 fill_s3(moto.env, "bench", items)
+                _cpu_before["s3://bench"] = children_cpu_s()
                 res = run_export("s3://bench", work / "s3.parquet", moto.env)
                 verify(work / "s3.parquet", args.records)
                 res["records_per_s"] = args.records / res["wall_s"]
                 res["baseline_records_per_s"] = baseline("s3://bench", moto.env,
                                                          args.baseline_records)
                 results["s3 (moto)"] = res
+                print(json.dumps({"s3": res}), file=sys.stderr, flush=True)
             finally:
                 moto.stop()
     print(f"{'store':<10} {'records':>8} {'wall s':>8} {'records/s':>10} {'per CPU-s':>10} "
