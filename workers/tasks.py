@@ -71,7 +71,7 @@ def _claim_version(settings: Settings) -> None:
     """Refuse to start (one log line, exit 2) when these settings do not compute the
     version this worker would write: a pinned ``PREVIEWVEC_FEATURE_VERSION`` they do not
     compute, or a version the store registers with another computation."""
-    from contract.errors import StoreError
+    from contract.errors import PreviewvecError
     from contract.store import open_store
     from contract.versions import VersionMismatch, derived_version, register
 
@@ -80,9 +80,9 @@ def _claim_version(settings: Settings) -> None:
     except VersionMismatch as exc:
         log.critical("refusing to start: %s", exc.message)
         raise SystemExit(2) from None
-    except StoreError as exc:
-        # The store may come back; the pin was checked (it needs no store) and the
-        # registry is checked by the next worker start.
+    except PreviewvecError as exc:
+        # A store that is down (or misconfigured: every task will say so) may come back;
+        # the pin was checked (it needs no store), the registry is by the next start.
         log.warning("could not check the version registry (%s); writing feature version "
                     "%s", exc.message, derived_version(settings))
         return
