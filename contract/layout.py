@@ -90,8 +90,10 @@ def feature_names() -> tuple[str, ...]:
 
 
 def is_readable_version(version: str) -> bool:
-    """Whether records of ``version`` decode with this layout (ours or an earlier one)."""
-    return version == FEATURE_VERSION or version in EARLIER_VERSIONS
+    """Whether records of ``version`` decode with this layout: ours or an earlier
+    computation of it, bare (``pv3``) or with a settings hash (``pv3-<hash>``)."""
+    base = version.split("-", 1)[0]
+    return base == FEATURE_VERSION or base in EARLIER_VERSIONS
 
 
 @cache

@@ -59,6 +59,10 @@ class Settings:
     min_duration_s: float = 5.0
     max_input_bytes: int = 20_000_000
     cache_dir: Path = field(default_factory=_default_cache_dir)
+    # The feature version every process writes and reads; empty: derived from the
+    # settings that change values (contract/versions.py). Workers refuse to start when
+    # a pinned version is not what their settings compute.
+    feature_version: str = ""
 
     # Pipeline: broker, store, index.
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -81,6 +85,11 @@ class Settings:
     vectorize_base_url: str = "https://api.cloudflare.com/client/v4"
     # Reducer.
     reduce_batch_size: int = 1000
+    # The normaliser is fitted on a uniform (reservoir) sample of at most this many
+    # stored records, and refitted once the index holds this factor more records than
+    # the catalog it was fitted on (reducer/reduce.py).
+    normalizer_sample: int = 20_000
+    normalizer_refit_growth: float = 2.0
     # Runs: a finished run's keys (counts, meta, failures) expire this long after the
     # reducer closed it; 0 keeps them (runs are still compacted).
     run_ttl_s: int = 7 * 24 * 3600

@@ -1,9 +1,28 @@
 """previewvec: audio-feature vectors from lawful preview clips, at catalog scale.
 
-The entry points (command line, demo, HTTP API) live here; the layers below are
-``contract`` (shared by every stage), ``producers``, ``workers`` and ``reducer``.
+The entry points (command line, demo, HTTP API, and the Python API of
+:mod:`previewvec.lib`) live here; the layers below are ``contract`` (shared by every
+stage), ``producers``, ``workers`` and ``reducer``.
+
+    import previewvec
+    catalog = previewvec.open()            # PREVIEWVEC_STORE / PREVIEWVEC_INDEX
+    features = previewvec.extract("song.m4a")
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from contract import __version__
 
-__all__ = ["__version__"]
+# The Python API, imported on first use: `previewvec.cli` must not pay for numpy.
+_API = ("Catalog", "Extracted", "Neighbour", "extract", "open")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from previewvec import lib
+
+        return getattr(lib, name)
+    raise AttributeError(f"module 'previewvec' has no attribute {name!r}")

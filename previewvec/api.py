@@ -698,11 +698,11 @@ _NO_RECORD = "no stored record for this recording"
 def get_recording(state: State, recording_id: str,
                   vector: bool = Query(False, description="include the raw vector"),
                   ) -> dict[str, Any]:
-    from contract.layout import FEATURE_VERSION
     from contract.records import decode_record, record_key
+    from contract.versions import current_version
 
     try:
-        data = state.store().get(record_key(FEATURE_VERSION, recording_id))
+        data = state.store().get(record_key(current_version(state.settings), recording_id))
     except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
         raise HTTPException(404, _NO_RECORD) from None
     record = decode_record(data)

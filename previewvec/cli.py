@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,7 @@ def _check_store(store: object) -> None:
 
 
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
+    from contract.versions import derived_version
     from workers.analysis import analyze
 
     try:
@@ -98,7 +100,7 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
     return {
         "input": path,
         "ok": True,
-        "feature_version": features.feature_version,
+        "feature_version": derived_version(settings),  # what these settings computed
         "descriptors": features.descriptors,
         "vector": [float(v) for v in features.vector],
     }
@@ -134,6 +136,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from contract.store import open_store
+    from contract.versions import check_claim, register
+
+    check_claim(settings)  # a pinned version these settings do not compute: exit 2
+    # The store's registry too, when the store answers (each worker re-checks it).
+    with contextlib.suppress(StoreError):
+        register(open_store(settings.store, settings), settings)
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--loglevel", args.loglevel, "--concurrency", str(args.concurrency),
@@ -345,33 +354,186 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.layout import FEATURE_VERSION
-    from contract.records import record_key
-    from contract.store import validate_key
-    from reducer.reduce import Reducer, match_descriptors, similar_filter
+    from reducer.reduce import similar_filter
 
-    missing = NotFound(f"no stored record for {args.recording_id!r} in the feature store "
-                       f"({settings.store})")
-    try:
-        validate_key(record_key(FEATURE_VERSION, args.recording_id))
-    except ValueError:  # an id that can never be stored
-        raise missing from None
-    reducer = Reducer.build(settings)
-    _check_store(reducer.store)
+    if (args.recording_id is None) == (args.audio is None):
+        raise ConfigError("similar needs a RECORDING_ID or --audio FILE (one of them)")
     where = similar_filter(tempo_min=args.tempo_min, tempo_max=args.tempo_max,
                            key=args.key, mode=args.mode)
-    try:
-        matches = reducer.similar(args.recording_id, args.k, filter=where)
-    except FileNotFoundError:
-        raise missing from None
-    if not matches and reducer.index.count() == 0:
-        raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
-                            "(or `previewvec reindex`) first")
+    if args.audio is not None:
+        matches = _similar_to_audio(args.audio, args.k, where, settings)
+    else:
+        matches = _similar_to_stored(args.recording_id, args.k, where, settings)
     for match in matches:
         print(json.dumps({"recording_id": match.metadata.get("recording_id", match.id),
                           "score": round(match.score, 4),
-                          "descriptors": match_descriptors(match)},
+                          "descriptors": _match_descriptors(match)},
                          ensure_ascii=False))
+    return 0
+
+
+def _match_descriptors(match: object) -> dict[str, object]:
+    from reducer.reduce import match_descriptors
+
+    return match_descriptors(match)  # type: ignore[arg-type]
+
+
+def _reducer(settings: Settings):  # -> Reducer
+    from reducer.reduce import Reducer
+
+    reducer = Reducer.build(settings)
+    _check_store(reducer.store)
+    return reducer
+
+
+def _not_empty(matches: list, reducer: object) -> list:
+    """``matches``, unless there were none because the index is empty (a typed fault)."""
+    if not matches and reducer.index.count() == 0:  # type: ignore[attr-defined]
+        raise NothingStored("the vector index holds no vectors: run `previewvec reduce` "
+                            "(or `previewvec reindex`) first")
+    return matches
+
+
+def _similar_to_stored(recording_id: str, k: int, where: dict | None,
+                       settings: Settings) -> list:
+    from contract.records import record_key
+    from contract.store import validate_key
+    from contract.versions import current_version
+
+    missing = NotFound(f"no stored record for {recording_id!r} in the feature store "
+                       f"({settings.store})")
+    try:
+        validate_key(record_key(current_version(settings), recording_id))
+    except ValueError:  # an id that can never be stored
+        raise missing from None
+    reducer = _reducer(settings)
+    try:
+        return _not_empty(reducer.similar(recording_id, k, filter=where), reducer)
+    except FileNotFoundError:
+        raise missing from None
+
+
+def _similar_to_audio(path: str, k: int, where: dict | None, settings: Settings) -> list:
+    """Extract ``path`` as workers would, normalise it with the index's normaliser, query."""
+    from contract.versions import check_claim
+
+    check_claim(settings)  # the clip must be analysed as the index's records were
+    result = _extract_one(path, settings)
+    if not result["ok"]:
+        error = result["error"]  # type: ignore[index]
+        raise InputUnreadable(f"cannot use {path!r}: {error['code']}: {error['message']}")
+    import numpy as np
+
+    reducer = _reducer(settings)
+    try:
+        matches = reducer.similar_to_vector(np.asarray(result["vector"], np.float32), k,
+                                            filter=where)
+    except NothingStored:  # no normaliser: nothing stored to fit one on
+        matches = []
+    return _not_empty(matches, reducer)
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from contract.store import open_store
+    from contract.versions import current_version
+    from previewvec.export import export_parquet
+
+    store = open_store(settings.store, settings)
+    _check_store(store)
+    version = args.version or current_version(settings)
+    # disable=None: a bar on a terminal only; logs and pipes get the summary line.
+    with tqdm(unit=" records", desc=f"export {version}", disable=None, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        try:
+            report = export_parquet(store, args.out, version=version, run_id=args.run,
+                                    threads=args.threads, progress=bar.update)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: nothing written to {args.out} (run the "
+                              "export again)") from None
+    skipped = f"; skipped {report.skipped} unreadable records" if report.skipped else ""
+    print(f"exported {report.rows} records of {version} to {report.path}{skipped}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contract.records import decode_record, record_key
+    from contract.store import open_store
+    from contract.versions import current_version
+
+    version = args.version or current_version(settings)
+    missing = NotFound(f"no stored record for {args.recording_id!r} of feature version "
+                       f"{version} in the feature store ({settings.store})")
+    store = open_store(settings.store, settings)
+    try:
+        record = decode_record(store.get(record_key(version, args.recording_id)), version)
+    except (FileNotFoundError, ValueError):  # ValueError: an id that cannot be stored
+        raise missing from None
+    if args.json:
+        print(json.dumps(_record_doc(record, with_vector=True), ensure_ascii=False))
+        return 0
+    print(_readable(record, full_vector=args.vector))
+    return 0
+
+
+def _record_doc(record: object, *, with_vector: bool) -> dict[str, object]:
+    doc = {name: getattr(record, name) for name in (
+        "recording_id", "feature_version", "computation", "descriptors", "provenance",
+        "timings_s")}
+    if with_vector:
+        doc["vector"] = [float(x) for x in record.vector]  # type: ignore[attr-defined]
+    return doc
+
+
+def _readable(record: object, *, full_vector: bool) -> str:
+    """A record as aligned ``name  value`` lines, grouped."""
+    from contract.layout import feature_names
+
+    doc = _record_doc(record, with_vector=False)
+    lines = [f"recording_id     {doc['recording_id']}",
+             f"feature_version  {doc['feature_version']}"]
+    computation = doc["computation"] or {}
+    if computation:
+        lines.append("computation      " + ", ".join(f"{k}={v}" for k, v in
+                                                     sorted(computation.items())))
+    for title in ("descriptors", "provenance", "timings_s"):
+        section = doc[title] or {}
+        lines.append(f"{title}:")
+        width = max((len(k) for k in section), default=0)
+        lines += [f"  {k:<{width}}  {v}" for k, v in section.items() if v not in (None, "")]
+    vector = record.vector  # type: ignore[attr-defined]
+    names = feature_names()
+    shown = len(vector) if full_vector else 5
+    lines.append(f"vector: {len(vector)} dimensions"
+                 + ("" if full_vector else " (first 5; --vector shows all)"))
+    width = max(len(n) for n in names[:shown])
+    lines += [f"  {n:<{width}}  {float(v):.6g}" for n, v in zip(names[:shown], vector,
+                                                                strict=False)]
+    return "\n".join(lines)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from contract.state import STATES, Runs
+
+    runs = Runs.from_url(settings.broker_url)
+    run_ids = runs.recent_runs(args.limit)
+    if not run_ids:
+        raise NothingStored("no runs: `previewvec enqueue` or `previewvec submit` start one")
+    print(f"{'run':<26} {'created (UTC)':<20} {'total':>7} "
+          + " ".join(f"{s:>7}" for s in STATES) + "  state")
+    for run_id in run_ids:
+        status = runs.status(run_id)
+        created = status.meta.get("created_at")
+        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(created)))
+                if created else "-")
+        state = ("closed" if status.meta.get("closed_at") else
+                 "finished" if status.total and status.counts["queued"] == 0 else "open")
+        print(f"{run_id:<26} {when:<20} {status.total:>7} "
+              + " ".join(f"{status.counts[s]:>7}" for s in STATES) + f"  {state}")
     return 0
 
 
@@ -525,16 +687,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true")
     p.set_defaults(handler=cmd_reindex)
 
-    p = sub.add_parser("similar", help="tracks that sound like RECORDING_ID",
+    p = sub.add_parser("similar", help="tracks that sound like RECORDING_ID or an audio file",
                        description="Nearest neighbours in the index with scores and "
-                       "descriptors (JSON Lines).")
-    p.add_argument("recording_id")
+                       "descriptors (JSON Lines), of a stored recording or of an audio "
+                       "file (--audio: extracted here, normalised as the index's vectors).")
+    p.add_argument("recording_id", nargs="?", default=None)
+    p.add_argument("--audio", metavar="FILE", default=None,
+                   help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
     p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
     p.add_argument("--mode", choices=("major", "minor"), default=None)
     p.set_defaults(handler=cmd_similar)
+
+    p = sub.add_parser("export", help="write every record of a version to a Parquet file",
+                       description="Stream every stored record of a feature version (of one "
+                       "run with --run) into OUT as Parquet: recording_id, feature_version, "
+                       "vector (fixed-size list<float32>), one column per descriptor, the "
+                       "computation and provenance; dimension names in the schema metadata. "
+                       "Written to a temporary name and renamed when complete.")
+    p.add_argument("out", metavar="OUT.parquet")
+    p.add_argument("--version", default=None,
+                   help="feature version (default: the one these settings compute)")
+    p.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="only the records this run wrote (their provenance run_id)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="concurrent reads (default: 32 from S3/R2, 0 from a folder)")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("show", help="show one stored record, readably",
+                       description="Descriptors, computation, provenance, timings and the "
+                       "start of the vector of one stored record.")
+    p.add_argument("recording_id")
+    p.add_argument("--version", default=None, help="feature version (default: current)")
+    p.add_argument("--vector", action="store_true", help="every dimension, by name")
+    p.add_argument("--json", action="store_true", help="the whole record as one JSON line")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("runs", help="recent runs with their counts",
+                       description="The most recent runs, newest first: queued, done, "
+                       "skipped and failed recordings, and whether the run is open, "
+                       "finished or closed.")
+    p.add_argument("-n", "--limit", type=int, default=20)
+    p.set_defaults(handler=cmd_runs)
     return parser
 
 
@@ -595,7 +791,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 # at all the command should say so at once instead of retrying and then printing a
 # traceback.
 _BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
-                              cmd_reduce, cmd_reindex})
+                              cmd_reduce, cmd_reindex, cmd_runs})
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 

@@ -149,7 +149,6 @@ def _wait_for_run(runs: Runs, run_id: str, watch: WorkerWatch) -> bool:
 
 def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> int:
     """Run the full pipeline on generated songs and print what came out."""
-    from contract.layout import FEATURE_VERSION
     from contract.records import decode_record, record_key
     from producers.queue import enqueue_catalog
     from reducer.reduce import Reducer
@@ -207,7 +206,7 @@ def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> in
         for name, row in files:
             rid = f"demo-{name.split('/')[0]}-{Path(name).stem}"
             try:
-                rec = decode_record(reducer.store.get(record_key(FEATURE_VERSION, rid)))
+                rec = decode_record(reducer.store.get(record_key(reducer.version, rid)))
             except FileNotFoundError:
                 print(f"{rid:<24} (failed: see `previewvec failures {report.run_id}`)")
                 continue

@@ -7,7 +7,7 @@ for each one:
 - **unresolved** (``job is None``): recorded as a failure of the run under its
   ``recording_id`` with the resolver's ``error_code`` and ``reason``; counted
   ``unresolved``;
-- **already stored** (a record exists at the current ``FEATURE_VERSION``, and not
+- **already stored** (a record exists at the current feature version, and not
   ``force``): marked ``skipped`` in the run without publishing (pushed to the reducer's
   ready queue to be upserted only if the index lacks it, as a worker would); counted
   ``skipped_existing``;
@@ -226,12 +226,12 @@ class _Submission:
         self.runs.count(self.run_id, "skipped_existing")
 
     def _resolved(self, job: Job) -> None:
-        from contract.layout import FEATURE_VERSION
         from contract.records import record_key
+        from contract.versions import current_version
 
         self.report.resolved += 1
         self.runs.count(self.run_id, "resolved")
-        key = record_key(FEATURE_VERSION, job.recording_id)
+        key = record_key(current_version(self.settings), job.recording_id)
         if not self.force and self.store.exists(key):
             self.report.skipped += 1
             self.runs.succeed(self.run_id, job.recording_id, "skipped", delivered=False)

@@ -14,6 +14,7 @@ to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import threading
@@ -26,7 +27,7 @@ import numpy as np
 
 from contract.errors import NothingStored
 from contract.jobs import vector_id
-from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM
+from contract.layout import DESCRIPTORS, VECTOR_DIM
 from contract.records import (
     CorruptRecord,
     FeatureRecord,
@@ -34,6 +35,7 @@ from contract.records import (
     decode_record,
     record_key,
     recording_id_of_key,
+    utc_now_iso,
 )
 from contract.retry import Backoff
 from contract.settings import Settings
@@ -47,8 +49,17 @@ from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exp
     parse_ready_entry,
 )
 from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.store.bulk import read_many
+from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
-from reducer.normalize import Normalizer, normalizer_key
+from reducer.normalize import (
+    Normalizer,
+    indexed_marker_key,
+    needs_refit,
+    normalizer_history_key,
+    normalizer_key,
+    reservoir_sample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,9 @@ log = logging.getLogger(__name__)
 # (Vectorize upserts with retries, a normaliser fit) keeps its lock as long as it lives.
 # The lock itself (token, renew, release, trim under it) is contract/state/lock.py's.
 LOCK_TTL_S = 15
-FIT_MAX_RECORDS = 20_000
+# A process that only queries (the API) reloads the stored normaliser this often, so a
+# reducer's refit reaches its queries.
+NORMALIZER_RELOAD_S = 60.0
 # How often `reduce --follow` closes finished runs and prunes expired ones (a pass costs
 # one Redis round trip per 500 runs).
 HOUSEKEEPING_EVERY_S = 60.0
@@ -92,6 +105,8 @@ class Reducer:
     runs: Runs
     _normalizer: Normalizer | None = None
     lock_ttl_s: float = LOCK_TTL_S
+    _normalizer_loaded_at: float = float("-inf")
+    _indexed_with: str | None = None  # the marker, as last read or written
     _legacy_sets_dropped: bool = False
 
     @classmethod
@@ -103,38 +118,106 @@ class Reducer:
             runs=Runs.from_url(settings.broker_url),
         )
 
+    @property
+    def version(self) -> str:
+        """The feature version this reducer indexes (contract/versions.py)."""
+        return current_version(self.settings)
+
     # --- normaliser ---------------------------------------------------------------------
     def normalizer(self, *, refit: bool = False) -> Normalizer:
-        """The stored normaliser, fitted from stored records the first time it is needed."""
-        if self._normalizer is not None and not refit:
+        """The stored normaliser (reloaded every ``NORMALIZER_RELOAD_S``), fitted from a
+        sample of stored records the first time it is needed or when ``refit``."""
+        fresh = time.monotonic() - self._normalizer_loaded_at < NORMALIZER_RELOAD_S
+        if self._normalizer is not None and not refit and fresh:
             return self._normalizer
-        key = normalizer_key(FEATURE_VERSION)
         if not refit:
             with contextlib.suppress(FileNotFoundError):
-                self._normalizer = Normalizer.from_json(self.store.get(key))
+                self._normalizer = Normalizer.from_json(self.store.get(
+                    normalizer_key(self.version)))
+                self._normalizer_loaded_at = time.monotonic()
                 return self._normalizer
-        vectors = [rec.vector_array() for rec in self._iter_records(limit=FIT_MAX_RECORDS)]
+        return self._fit()
+
+    def _fit(self) -> Normalizer:
+        """Fit on a reservoir sample of at most ``normalizer_sample`` stored records and
+        store it (current, and in the history under its own version)."""
+        size = max(1, self.settings.normalizer_sample)
+        keys, catalog = reservoir_sample(self.store.iter_keys(f"features/{self.version}/"),
+                                         size)
+        vectors = [rec.vector_array() for rec in self._read(sorted(keys))]
         if not vectors:
             raise NothingStored(f"the feature store holds no records of feature version "
-                                f"{FEATURE_VERSION} to fit a normaliser on")
-        self._normalizer = Normalizer.fit(np.stack(vectors), FEATURE_VERSION)
-        self.store.put(key, self._normalizer.to_json())
-        log.info("fitted normaliser %s on %d records", self._normalizer.version, len(vectors))
-        return self._normalizer
+                                f"{self.version} to fit a normaliser on")
+        fitted = Normalizer.fit(np.stack(vectors), self.version, catalog_size=catalog,
+                                fitted_at=utc_now_iso())
+        data = fitted.to_json()
+        self.store.put(normalizer_history_key(self.version, fitted.version), data)
+        self.store.put(normalizer_key(self.version), data)
+        self._normalizer, self._normalizer_loaded_at = fitted, time.monotonic()
+        log.info("fitted normaliser %s on a sample of %d of %d records", fitted.version,
+                 len(vectors), catalog)
+        return fitted
 
-    def _iter_records(self, limit: int | None = None) -> Iterator[FeatureRecord]:
-        prefix = f"features/{FEATURE_VERSION}/"
-        for n, key in enumerate(self.store.iter_keys(prefix)):
-            if limit is not None and n >= limit:
-                return
-            try:
-                yield decode_record(self.store.get(key), FEATURE_VERSION)
-            except FileNotFoundError:
+    def indexed_with(self) -> str | None:
+        """The normaliser the whole index was last normalised with (None: unknown)."""
+        try:
+            return json.loads(self.store.get(indexed_marker_key(
+                self.version, self.settings.index)))["normalizer"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def _mark_indexed(self, normalizer: Normalizer) -> None:
+        self.store.put(indexed_marker_key(self.version, self.settings.index),
+                       json.dumps({"normalizer": normalizer.version}).encode())
+        self._indexed_with = normalizer.version
+
+    def maintain_normalizer(self) -> bool:
+        """Keep the index normalised by the current normaliser; True when it re-normalised.
+
+        Refits when the index holds ``normalizer_refit_growth`` times the catalog the
+        normaliser was fitted on, then re-normalises every indexed vector. A reducer that
+        dies re-normalising leaves the index's marker on the old normaliser, so the next
+        one starts over: upserts replace by id, so doing it twice changes nothing.
+        """
+        normalizer = self.normalizer()
+        if self._indexed_with != normalizer.version:
+            self._indexed_with = self.indexed_with()
+        count = self.index.count()
+        if needs_refit(normalizer, count, self.settings.normalizer_refit_growth):
+            log.info("the index holds %d records, %.1fx the %d the normaliser was fitted "
+                     "on: refitting", count, count / max(normalizer.catalog_size, 1),
+                     normalizer.catalog_size)
+            normalizer = self._fit()
+        if self._indexed_with == normalizer.version:
+            return False
+        if count == 0:  # nothing normalised by anything else
+            self._mark_indexed(normalizer)
+            return False
+        n = self._upsert_all(normalizer)
+        log.info("re-normalised %d indexed records with normaliser %s", n, normalizer.version)
+        self._mark_indexed(normalizer)
+        return True
+
+    def _read(self, keys: list[str]) -> Iterator[FeatureRecord]:
+        """Decode stored records of this version, concurrently read; skips vanished ones."""
+        for _key, data in read_many(self.store, keys):
+            if data is not None:
+                yield decode_record(data, self.version)
+
+    def _iter_records(self) -> Iterator[FeatureRecord]:
+        for key, data in read_many(self.store, self.store.iter_keys(
+                f"features/{self.version}/")):
+            if data is None:
                 continue
+            try:
+                yield decode_record(data, self.version)
+            except (CorruptRecord, IncompatibleRecord) as exc:
+                log.error("stored record %s cannot be indexed (%s); skipped", key, exc.code)
 
     # --- batches ------------------------------------------------------------------------
-    def items_for(self, records: list[FeatureRecord]) -> list[IndexItem]:
-        normalizer = self.normalizer()
+    def items_for(self, records: list[FeatureRecord],
+                  normalizer: Normalizer | None = None) -> list[IndexItem]:
+        normalizer = normalizer or self.normalizer()
         values = normalizer.apply(np.stack([r.vector_array() for r in records]))
         items = []
         for record, vector in zip(records, values, strict=True):
@@ -165,7 +248,7 @@ class Reducer:
             records: dict[str, FeatureRecord] = {}
             for key in self._to_upsert(keys):
                 try:
-                    record = decode_record(self.store.get(key), FEATURE_VERSION)
+                    record = decode_record(self.store.get(key), self.version)
                 except FileNotFoundError:
                     log.warning("ready record %s is missing from the store; skipped", key)
                     continue
@@ -179,6 +262,9 @@ class Reducer:
                     continue
                 records[record.recording_id] = record
             if records:
+                # Before the upsert: a refit re-normalises what the index holds, and this
+                # batch is then normalised by the normaliser the index is wholly built with.
+                self.maintain_normalizer()
                 self.index.upsert(self.items_for(list(records.values())))
             if not self.runs.trim_ready_if_owner(token, keys):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
@@ -286,29 +372,39 @@ class Reducer:
 
     def reindex(self, batch_size: int | None = None, *, refit: bool = False) -> int:
         """Rebuild the index from every stored record of the current feature version."""
-        self.normalizer(refit=refit)
+        normalizer = self.normalizer(refit=refit)
+        total = self._upsert_all(normalizer, batch_size)
+        self._mark_indexed(normalizer)
+        return total
+
+    def _upsert_all(self, normalizer: Normalizer, batch_size: int | None = None) -> int:
+        """Upsert every stored record of this version, normalised by ``normalizer``."""
         size = min(batch_size or self.settings.reduce_batch_size, 5000)
         batch: list[FeatureRecord] = []
         total = 0
         for record in self._iter_records():
             batch.append(record)
             if len(batch) >= size:
-                total += self._upsert(batch)
+                total += self._upsert(batch, normalizer)
                 batch = []
         if batch:
-            total += self._upsert(batch)
+            total += self._upsert(batch, normalizer)
         return total
 
-    def _upsert(self, records: list[FeatureRecord]) -> int:
-        self.index.upsert(self.items_for(records))
+    def _upsert(self, records: list[FeatureRecord], normalizer: Normalizer) -> int:
+        self.index.upsert(self.items_for(records, normalizer))
         return len(records)
 
     # --- queries ------------------------------------------------------------------------
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
-        record = decode_record(self.store.get(record_key(FEATURE_VERSION, recording_id)),
-                               FEATURE_VERSION)
-        vector = self.normalizer().apply(record.vector_array())
+        record = decode_record(self.store.get(record_key(self.version, recording_id)),
+                               self.version)
         own = vector_id(recording_id)
-        matches = self.index.query(vector, k + 1, filter=filter)
-        return [m for m in matches if m.id != own][:k]
+        return [m for m in self.similar_to_vector(record.vector_array(), k + 1,
+                                                  filter=filter) if m.id != own][:k]
+
+    def similar_to_vector(self, raw: np.ndarray, k: int = 10, *,
+                          filter: dict | None = None) -> list[Match]:
+        """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
+        return self.index.query(self.normalizer().apply(raw), k, filter=filter)

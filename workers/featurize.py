@@ -15,11 +15,11 @@ import requests
 
 from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job, failure_ids
-from contract.layout import FEATURE_VERSION
 from contract.records import FeatureRecord, encode_record, make_provenance, record_key
 from contract.settings import Settings
 from contract.state import Runs
 from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.versions import check_claim, computation
 from workers.analysis import analyze
 from workers.fetch import FetchResult, HTTPStatusError, fetch_preview, make_session
 from workers.refresh import EXPIRED_STATUSES, PreviewRefresher
@@ -35,6 +35,13 @@ class WorkerContext:
     session: requests.Session
     # Asks a source for a fresh preview URL when one expired (None: never).
     refresher: PreviewRefresher | None = None
+    # The feature version these settings compute (contract/versions.py): every record
+    # this worker writes, and every skip check, is under it.
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = check_claim(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -44,6 +51,7 @@ class WorkerContext:
             runs=Runs.from_url(settings.broker_url),
             session=make_session(settings),
             refresher=PreviewRefresher(settings),
+            version=check_claim(settings),
         )
 
 
@@ -128,7 +136,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext, *, ahead: Ahead | No
 
     started_at, started, started_cpu = time.time(), time.perf_counter(), time.process_time()
     start = (started_at, started, started_cpu)
-    key = record_key(FEATURE_VERSION, job.recording_id)
+    key = record_key(ctx.version, job.recording_id)
     overlapped: dict[str, float] = {}
     if ahead is not None and ahead.exists is not None:
         skip = ahead.exists
@@ -181,6 +189,8 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext, *, ahead: Ahead | No
         # A record can only hold what happened before it was sealed; its own encoding and
         # write are in the outcome (the task's result, logged by the worker).
         timings_s=dict(timings),
+        feature_version=ctx.version,
+        computation=computation(ctx.settings),
     )
     t0 = time.perf_counter()
     encoded = encode_record(record)

@@ -53,7 +53,6 @@ from celery import bootsteps
 
 from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job
-from contract.layout import FEATURE_VERSION
 from contract.records import record_key
 from contract.settings import Settings
 from contract.store import StoreUnavailable
@@ -236,7 +235,7 @@ class Overlap:
         if not job.force:
             t0 = time.perf_counter()
             try:
-                exists = self.ctx.store.exists(record_key(FEATURE_VERSION, job.recording_id))
+                exists = self.ctx.store.exists(record_key(self.ctx.version, job.recording_id))
             except (StoreUnavailable, PreviewvecError):
                 return None  # the child meets the outage and takes the retry path
             check_s = time.perf_counter() - t0

@@ -65,6 +65,7 @@ def _warm_main(**_: Any) -> None:
     inherits the compiled code, so no child compiles and none races another for the cache."""
     from workers import jitcache
 
+    _claim_version(Settings.from_env())
     log.warning("warming the extractor")  # at warning: the demo and ops see this phase
     try:
         seconds = jitcache.warm(Settings.from_env())
@@ -74,6 +75,28 @@ def _warm_main(**_: Any) -> None:
         log.critical("cannot warm the extractor, stopping: %s: %s", type(exc).__name__, exc)
         raise SystemExit(1) from exc
     log.warning("extractor warm in %.1f s", seconds)
+
+
+def _claim_version(settings: Settings) -> None:
+    """Refuse to start (one log line, exit 2) when these settings do not compute the
+    version this worker would write: a pinned ``PREVIEWVEC_FEATURE_VERSION`` they do not
+    compute, or a version the store registers with another computation."""
+    from contract.errors import PreviewvecError
+    from contract.store import open_store
+    from contract.versions import VersionMismatch, derived_version, register
+
+    try:
+        version = register(open_store(settings.store, settings), settings)
+    except VersionMismatch as exc:
+        log.critical("refusing to start: %s", exc.message)
+        raise SystemExit(2) from None
+    except PreviewvecError as exc:
+        # A store that is down (or misconfigured: every task will say so) may come back;
+        # the pin was checked (it needs no store), the registry is by the next start.
+        log.warning("could not check the version registry (%s); writing feature version "
+                    "%s", exc.message, derived_version(settings))
+        return
+    log.warning("writing feature version %s", version)
 
 
 @worker_process_init.connect

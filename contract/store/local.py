@@ -18,6 +18,7 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._root = str(self.root)  # string joins: pathlib costs more than a small read
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -38,9 +39,10 @@ class LocalStore:
 
     def get(self, key: str) -> bytes:
         """The file's bytes; ``FileNotFoundError`` if missing."""
-        path = self._path(key)
+        path = os.path.join(self._root, validate_key(key))
         try:
-            return path.read_bytes()
+            with open(path, "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"no such key: {key}") from None
         except OSError as exc:

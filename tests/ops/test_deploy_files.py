@@ -411,6 +411,18 @@ def test_k8s_roles_and_overlays() -> None:
     assert open_to_all == {"allow-api", "allow-flower"}
 
 
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_k8s_pinned_feature_version_is_what_its_settings_compute(overlay: str) -> None:
+    # Else every worker refuses to start (contract/versions.py): a new layout version
+    # or another analysis setting must update the pin in the same change.
+    from contract.versions import check_claim
+
+    config = by_name(rendered(overlay), "ConfigMap", "previewvec-config")["data"]
+    settings = Settings.from_env({k: v for k, v in config.items() if k.startswith(ENV_PREFIX)})
+    assert settings.feature_version, "the deployment pins its feature version"
+    assert check_claim(settings) == settings.feature_version
+
+
 def test_k8s_config_and_secret_templates() -> None:
     docs = rendered("overlays/prod")
     config = by_name(docs, "ConfigMap", "previewvec-config")["data"]

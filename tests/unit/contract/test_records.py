@@ -244,3 +244,32 @@ def test_integer_vector_values_decode_as_floats() -> None:
     decoded = decode_record(as_bytes(encoded_doc(vector=[1] * VECTOR_DIM)))
     assert decoded.vector == [1.0] * VECTOR_DIM
     assert all(type(x) is float for x in decoded.vector)
+
+
+# ------------------------------------------------------------------ computations
+
+
+def test_a_record_keeps_the_computation_it_was_made_with() -> None:
+    comp = {"analysis_sr": 44_100, "max_duration_s": 30.0}
+    record = a_record(feature_version=f"{FEATURE_VERSION}-0123456789", computation=comp)
+    decoded = decode_record(encode_record(record))
+    assert decoded.computation == comp
+    assert decoded.feature_version == f"{FEATURE_VERSION}-0123456789"
+
+
+def test_a_record_written_before_computations_were_stored_stays_readable() -> None:
+    data = encode_record(a_record())
+    assert b'"computation"' not in data  # old records' bytes, unchanged
+    assert decode_record(data).computation is None
+
+
+def test_a_reader_can_insist_on_its_own_version() -> None:
+    other = encode_record(a_record(feature_version=f"{FEATURE_VERSION}-0123456789"))
+    assert decode_record(other).feature_version.startswith(FEATURE_VERSION)
+    with pytest.raises(IncompatibleRecord, match="not pv"):
+        decode_record(other, FEATURE_VERSION)
+
+
+def test_a_computation_that_is_not_an_object_is_corrupt() -> None:
+    with pytest.raises(CorruptRecord, match="computation"):
+        decode_record(as_bytes(encoded_doc(computation=[1, 2])))

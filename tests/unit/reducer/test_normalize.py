@@ -99,3 +99,52 @@ def test_apply_refuses_vectors_of_another_dimension(shape: tuple[int, ...]) -> N
     norm = fitted([SAMPLE, SAMPLE, SAMPLE])  # dimension 3
     with pytest.raises(ValueError):
         norm.apply(np.ones(shape))
+
+
+# ------------------------------------------------------------------ samples and refits
+
+
+def test_a_reservoir_sample_is_uniform_bounded_and_counts_the_stream() -> None:
+    from reducer.normalize import reservoir_sample
+
+    sample, seen = reservoir_sample(range(10), 20)
+    assert sorted(sample) == list(range(10)) and seen == 10
+    hits = np.zeros(100)
+    for seed in range(2000):
+        sample, seen = reservoir_sample(range(100), 10, seed=seed)
+        assert len(sample) == 10 == len(set(sample)) and seen == 100
+        hits[sample] += 1
+    # Each item is kept with probability 10/100: 200 times of 2000 expected, sd ≈ 13.4.
+    assert np.all(np.abs(hits - 200) < 6 * 13.4)
+    assert reservoir_sample(range(100), 10, seed=3) == reservoir_sample(range(100), 10, seed=3)
+
+
+def test_a_reservoir_sample_needs_room() -> None:
+    from reducer.normalize import reservoir_sample
+
+    with pytest.raises(ValueError):
+        reservoir_sample([1], 0)
+
+
+def test_refits_happen_once_the_catalog_has_grown_the_factor() -> None:
+    from reducer.normalize import needs_refit
+
+    norm = Normalizer.fit(np.stack([SAMPLE]), "pv2", catalog_size=1000)
+    assert norm.fitted_on == 1 and norm.catalog_size == 1000
+    assert not needs_refit(norm, 1999, 2.0)
+    assert needs_refit(norm, 2000, 2.0)
+    assert not needs_refit(norm, 10**9, 1.0)  # growth <= 1: never automatically
+    assert not needs_refit(norm, 10**9, 0.0)
+
+
+def test_sample_and_catalog_sizes_survive_storage_and_old_files_read() -> None:
+    norm = Normalizer.fit(np.stack([SAMPLE, SAMPLE]), "pv2", catalog_size=50,
+                          fitted_at="2026-01-01T00:00:00Z")
+    again = Normalizer.from_json(norm.to_json())
+    assert (again.fitted_on, again.catalog_size, again.fitted_at) == (2, 50,
+                                                                    "2026-01-01T00:00:00Z")
+    assert again.version == norm.version
+    old = json.loads(norm.to_json())
+    del old["catalog_size"], old["fitted_at"]
+    legacy = Normalizer.from_json(json.dumps(old).encode())
+    assert legacy.catalog_size == legacy.fitted_on == 2  # it saw what it was fitted on

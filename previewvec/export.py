@@ -1,0 +1,210 @@
+"""Records out of the store, as Arrow: the Parquet export and the Python API's tables.
+
+One row per recording: ``recording_id``, ``feature_version``, ``vector`` (a fixed-size
+list of float32, in :func:`contract.layout.feature_names` order), each descriptor in its
+own column, the computation (JSON) and every provenance field. The dimension names, the
+layout's names hash and the version are in the schema metadata.
+
+Streaming: records are read (concurrently from S3/R2, see contract/store/bulk.py) and
+turned into Arrow record batches of :data:`BATCH_ROWS` rows, so memory stays flat
+whatever the catalog holds. The Parquet file is written under a temporary name in the
+target folder and renamed when complete: an interrupted export leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from contract.errors import InputUnreadable, NothingStored
+from contract.layout import DESCRIPTORS, VECTOR_DIM, feature_names, names_hash
+from contract.records import (
+    PROVENANCE_KEYS,
+    CorruptRecord,
+    FeatureRecord,
+    IncompatibleRecord,
+    decode_record,
+)
+from contract.store import FeatureStore
+from contract.store.bulk import read_many
+
+BATCH_ROWS = 2048  # ≈ 4.3 MB of vectors per batch: one Parquet row group page set
+METADATA_NAMES = b"previewvec.feature_names"
+
+
+def record_schema(version: str) -> pa.Schema:
+    """The Arrow schema of exported records of ``version``."""
+    fields = [
+        pa.field("recording_id", pa.string(), nullable=False),
+        pa.field("feature_version", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), VECTOR_DIM), nullable=False),
+    ]
+    fields += [pa.field(name, pa.float64() if kind == "number" else pa.string())
+               for name, kind in DESCRIPTORS.items()]
+    fields.append(pa.field("computation", pa.string()))
+    fields += [pa.field(name, pa.string()) for name in PROVENANCE_KEYS]
+    metadata = {
+        METADATA_NAMES: json.dumps(list(feature_names())).encode(),
+        b"previewvec.feature_version": version.encode(),
+        b"previewvec.names_hash": names_hash().encode(),
+        b"previewvec.dim": str(VECTOR_DIM).encode(),
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def to_batch(records: list[FeatureRecord], schema: pa.Schema,
+             matrix: np.ndarray | None = None) -> pa.RecordBatch:
+    """One Arrow record batch of ``records``; ``matrix``: their vectors, when the caller
+    already copied them out (then the records' own vectors are not read)."""
+    if matrix is None:
+        matrix = np.empty((len(records), VECTOR_DIM), dtype=np.float32)
+        for row, record in enumerate(records):
+            matrix[row] = record.vector
+    columns: list[pa.Array] = [
+        pa.array([r.recording_id for r in records], pa.string()),
+        pa.array([r.feature_version for r in records], pa.string()),
+        pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()),
+                                          VECTOR_DIM),
+    ]
+    for name, kind in DESCRIPTORS.items():
+        values = [r.descriptors.get(name) for r in records]
+        if kind == "number":
+            columns.append(pa.array([_number(v) for v in values], pa.float64()))
+        else:
+            columns.append(pa.array([_text(v) for v in values], pa.string()))
+    columns.append(pa.array([_text(r.computation) for r in records], pa.string()))
+    for name in PROVENANCE_KEYS:
+        columns.append(pa.array([_text(r.provenance.get(name)) for r in records],
+                                pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+@dataclass
+class ReadCounts:
+    """What a stream of records held besides the rows it yielded."""
+
+    read: int = 0  # records decoded (matching the filter or not)
+    skipped: int = 0  # corrupt or of another layout: not exported
+
+
+def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None,
+                 counts: ReadCounts | None = None, threads: int | None = None,
+                 ) -> Iterator[FeatureRecord]:
+    """Every readable record of ``version`` in key order (of ``run_id``'s writing, when
+    given); corrupt ones are counted in ``counts.skipped``, never raised."""
+    counts = counts if counts is not None else ReadCounts()
+    keys = store.iter_keys(f"features/{version}/")
+    for _key, data in read_many(store, keys, threads=threads):
+        if data is None:
+            continue
+        try:
+            record = decode_record(data, version)
+        except (CorruptRecord, IncompatibleRecord):
+            counts.skipped += 1
+            continue
+        counts.read += 1
+        if run_id is None or record.provenance.get("run_id") == run_id:
+            yield record
+
+
+def iter_batches(records: Iterable[FeatureRecord], version: str,
+                 rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Arrow record batches of at most ``rows`` rows.
+
+    Each vector is copied into the batch's float32 matrix as its record arrives and the
+    record's list of Python floats (≈ 17 KB) dropped: a batch then holds 2 KB per row.
+    """
+    schema = record_schema(version)
+    matrix = np.empty((rows, VECTOR_DIM), dtype=np.float32)
+    batch: list[FeatureRecord] = []
+    for record in records:
+        matrix[len(batch)] = record.vector
+        record.vector = []
+        batch.append(record)
+        if len(batch) >= rows:
+            yield to_batch(batch, schema, matrix)
+            matrix = np.empty((rows, VECTOR_DIM), dtype=np.float32)
+            batch = []
+    if batch:
+        yield to_batch(batch, schema, matrix[:len(batch)])
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    rows: int
+    skipped: int
+    path: Path
+
+
+def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version: str,
+                   run_id: str | None = None, threads: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> ExportReport:
+    """Write every record of ``version`` (of ``run_id``) to the Parquet file ``out``.
+
+    Atomic: written to a hidden temporary file beside ``out`` and renamed once complete;
+    on any failure or interruption the temporary file is removed and ``out`` untouched.
+
+    Raises
+    ------
+    InputUnreadable
+        ``out`` cannot be written (a missing folder, no permission, a folder).
+    NothingStored
+        No record matched: no file is written.
+    """
+    import pyarrow.parquet as pq
+
+    target = Path(out).expanduser()
+    if target.is_dir():
+        raise InputUnreadable(f"cannot write {str(out)!r}: it is a folder")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {str(out)!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    counts = ReadCounts()
+    rows = 0
+    try:
+        schema = record_schema(version)
+        # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
+        # features being close to incompressible.
+        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+            records = iter_records(store, version, run_id=run_id, counts=counts,
+                                   threads=threads)
+            for batch in iter_batches(records, version):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+                if progress is not None:
+                    progress(batch.num_rows)
+        if rows == 0:
+            what = f"of run {run_id} " if run_id else ""
+            raise NothingStored(f"no records {what}of feature version {version} in the "
+                                "feature store: nothing exported")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return ExportReport(rows=rows, skipped=counts.skipped, path=target)

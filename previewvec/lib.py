@@ -1,0 +1,184 @@
+"""previewvec's Python API: the catalog (store + index) and extraction, for notebooks and
+programs. Re-exported from the package root: ``import previewvec``.
+
+    catalog = previewvec.open()                      # the settings' store and index
+    matrix, ids = catalog.matrix()                   # (n, 530) float32
+    features = previewvec.extract("song.m4a")        # or the file's bytes
+    catalog.similar_to_audio("song.m4a", k=5)
+
+Everything here goes through the same code as the command line: the store backends, the
+record decoder, the export's Arrow conversion, the reducer's normaliser and index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from contract.errors import NotFound
+from contract.layout import VECTOR_DIM, feature_names
+from contract.records import FeatureRecord, decode_record, record_key
+from contract.settings import Settings
+from contract.store import FeatureStore, open_store
+from contract.versions import check_claim, current_version, derived_version
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from reducer.reduce import Reducer
+
+AudioSource = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One clip's features: the raw vector (``feature_names()`` order), descriptors."""
+
+    vector: np.ndarray  # (530,) float32
+    descriptors: dict[str, Any]
+    feature_version: str
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A similar recording: cosine ``score`` (1 = same direction) and its descriptors."""
+
+    recording_id: str
+    score: float
+    descriptors: dict[str, Any]
+
+
+def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
+    """Decode and extract one clip (a path or its encoded bytes), as workers do.
+
+    Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …).
+    """
+    from workers import jitcache
+    from workers.analysis import analyze
+
+    settings = settings or Settings.from_env()
+    if not jitcache.is_warm(settings):  # numba's shared compile cache, under its lock
+        jitcache.warm(settings)
+    result = analyze(source, settings)
+    return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
+                     descriptors=dict(result.features.descriptors),
+                     feature_version=derived_version(settings))
+
+
+class Catalog:
+    """The stored records of one feature version, and the index built from them."""
+
+    def __init__(self, settings: Settings, *, version: str | None = None) -> None:
+        self.settings = settings
+        self.version = version or current_version(settings)
+        self.store: FeatureStore = open_store(settings.store, settings)
+
+    def __repr__(self) -> str:
+        return f"Catalog(store={self.settings.store!r}, version={self.version!r})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The vector's dimension names, in order."""
+        return feature_names()
+
+    # --- records --------------------------------------------------------------------
+    def records(self, *, run_id: str | None = None) -> Iterator[FeatureRecord]:
+        """Every stored record (of ``run_id``'s writing), streamed in key order."""
+        from previewvec.export import iter_records
+
+        yield from iter_records(self.store, self.version, run_id=run_id)
+
+    def record(self, recording_id: str) -> FeatureRecord:
+        """One stored record; :class:`~contract.errors.NotFound` if there is none."""
+        try:
+            return decode_record(self.store.get(record_key(self.version, recording_id)),
+                                 self.version)
+        except (FileNotFoundError, ValueError):
+            raise NotFound(f"no stored record for {recording_id!r} of feature version "
+                           f"{self.version}") from None
+
+    def matrix(self, *, run_id: str | None = None) -> tuple[np.ndarray, list[str]]:
+        """``(vectors, recording_ids)``: an ``(n, 530)`` float32 matrix, row i of
+        ``recording_ids[i]``. Holds the whole catalog: for large ones use :meth:`table`
+        batch by batch (:meth:`batches`) or ``previewvec export``."""
+        rows: list[np.ndarray] = []
+        ids: list[str] = []
+        for record in self.records(run_id=run_id):
+            rows.append(record.vector_array())
+            ids.append(record.recording_id)
+        matrix = np.stack(rows) if rows else np.zeros((0, VECTOR_DIM), np.float32)
+        return matrix, ids
+
+    def batches(self, *, run_id: str | None = None) -> Iterator[pa.RecordBatch]:
+        """The catalog as Arrow record batches (the export's columns), streamed."""
+        from previewvec.export import iter_batches
+
+        yield from iter_batches(self.records(run_id=run_id), self.version)
+
+    def table(self, *, run_id: str | None = None) -> pa.Table:
+        """The catalog as one Arrow table: the columns of ``previewvec export``."""
+        import pyarrow as pa
+
+        from previewvec.export import record_schema
+
+        return pa.Table.from_batches(list(self.batches(run_id=run_id)),
+                                     schema=record_schema(self.version))
+
+    # --- similarity -----------------------------------------------------------------
+    @cached_property
+    def _reducer(self) -> Reducer:
+        from reducer.reduce import Reducer
+
+        # The reducer owns the normaliser and the index; querying needs no Redis.
+        return Reducer.build(dataclasses.replace(self.settings,
+                                                 feature_version=self.version))
+
+    def similar(self, recording_id: str, k: int = 10, **filters: Any) -> list[Neighbour]:
+        """The ``k`` nearest stored recordings to a stored one (itself excluded).
+        ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
+        from reducer.reduce import similar_filter
+
+        self.record(recording_id)  # NotFound, typed, before the index is asked
+        matches = self._reducer.similar(recording_id, k, filter=similar_filter(**filters))
+        return [self._neighbour(m) for m in matches]
+
+    def similar_to_vector(self, vector: np.ndarray, k: int = 10,
+                          **filters: Any) -> list[Neighbour]:
+        """Nearest recordings to a raw vector (as :func:`extract` or :meth:`matrix` give
+        it); it is normalised as the index's vectors are."""
+        from reducer.reduce import similar_filter
+
+        matches = self._reducer.similar_to_vector(np.asarray(vector, np.float32), k,
+                                                  filter=similar_filter(**filters))
+        return [self._neighbour(m) for m in matches]
+
+    def similar_to_audio(self, source: AudioSource, k: int = 10,
+                         **filters: Any) -> list[Neighbour]:
+        """Nearest recordings to a clip that need not be stored: extracted with these
+        settings, which must compute the index's version."""
+        settings = dataclasses.replace(self.settings, feature_version=self.version)
+        check_claim(settings)  # a clip analysed otherwise is not comparable
+        return self.similar_to_vector(extract(source, settings).vector, k, **filters)
+
+    @staticmethod
+    def _neighbour(match: Any) -> Neighbour:
+        from reducer.reduce import match_descriptors
+
+        return Neighbour(match.metadata.get("recording_id", match.id), float(match.score),
+                         match_descriptors(match))
+
+
+def open(store: str | None = None, *, index: str | None = None,  # the API: previewvec.open()
+         version: str | None = None, settings: Settings | None = None) -> Catalog:
+    """The catalog at ``store`` with its ``index`` (defaults: ``PREVIEWVEC_STORE`` and
+    ``PREVIEWVEC_INDEX``, as the command line); ``version``: a feature version other than
+    the one the settings compute."""
+    settings = settings or Settings.from_env()
+    changes = {k: v for k, v in (("store", store), ("index", index)) if v is not None}
+    return Catalog(dataclasses.replace(settings, **changes), version=version)

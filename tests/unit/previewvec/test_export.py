@@ -1,0 +1,125 @@
+"""previewvec/export.py: records → Arrow → Parquet, streamed, atomic, read back exactly
+by pyarrow, pandas and polars. Real folder store of synthetic records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from contract.errors import InputUnreadable, NothingStored
+from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM, feature_names
+from contract.records import PROVENANCE_KEYS, encode_record
+from contract.store.local import LocalStore
+from previewvec.export import BATCH_ROWS, export_parquet, iter_batches, iter_records
+from testkit.records import synthetic_record
+
+N = BATCH_ROWS + 37  # two batches, the second one partial
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+    store = LocalStore(tmp_path_factory.mktemp("export") / "store")
+    for i in range(N):
+        record = synthetic_record(i, run_id="run-a" if i % 3 else "run-b")
+        store.put(record.key, encode_record(record))
+    other = synthetic_record(N, version=f"{FEATURE_VERSION}-0123456789")
+    store.put(other.key, encode_record(other))  # another computation: not exported
+    store.put(f"features/{FEATURE_VERSION}/zz/broken.json", b"{not json")
+    return store
+
+
+@pytest.fixture(scope="module")
+def exported(store: LocalStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "all.parquet"
+    report = export_parquet(store, out, version=FEATURE_VERSION)
+    assert (report.rows, report.skipped) == (N, 1)
+    return out
+
+
+def test_one_row_per_record_with_the_exact_float32_vector(exported: Path) -> None:
+    table = pq.read_table(exported)
+    assert table.num_rows == N
+    assert table.schema.field("vector").type.list_size == VECTOR_DIM
+    ids = table.column("recording_id").to_pylist()
+    assert len(set(ids)) == N
+    row = ids.index("rec-0000005")
+    vector = np.asarray(table.column("vector")[row].values.to_numpy(), dtype=np.float32)
+    np.testing.assert_array_equal(vector, synthetic_record(5).vector_array())
+    assert set(table.column("feature_version").to_pylist()) == {FEATURE_VERSION}
+
+
+def test_descriptors_provenance_and_names_are_columns_and_metadata(exported: Path) -> None:
+    schema = pq.read_schema(exported)
+    assert set(DESCRIPTORS) | set(PROVENANCE_KEYS) <= set(schema.names)
+    assert json.loads(schema.metadata[b"previewvec.feature_names"]) == list(feature_names())
+    assert schema.metadata[b"previewvec.feature_version"] == FEATURE_VERSION.encode()
+    table = pq.read_table(exported, columns=["recording_id", "tempo_bpm", "key", "run_id"])
+    first = next(r for r in table.to_pylist() if r["recording_id"] == "rec-0000000")
+    expected = synthetic_record(0)
+    assert first["tempo_bpm"] == expected.descriptors["tempo_bpm"]
+    assert first["key"] == expected.descriptors["key"] and first["run_id"] == "run-b"
+
+
+def test_pandas_and_polars_read_it(exported: Path) -> None:
+    frame = pd.read_parquet(exported)
+    assert len(frame) == N and len(frame["vector"].iloc[0]) == VECTOR_DIM
+    polars = pl.read_parquet(exported)
+    assert polars.height == N
+    assert polars["vector"].dtype == pl.Array(pl.Float32, VECTOR_DIM)
+    np.testing.assert_array_equal(
+        polars.filter(pl.col("recording_id") == "rec-0000005")["vector"].to_numpy()[0],
+        synthetic_record(5).vector_array())
+
+
+def test_a_run_filter_keeps_that_runs_records_only(store: LocalStore, tmp_path: Path) -> None:
+    report = export_parquet(store, tmp_path / "b.parquet", version=FEATURE_VERSION,
+                            run_id="run-b")
+    ids = pq.read_table(tmp_path / "b.parquet").column("recording_id").to_pylist()
+    assert report.rows == len(ids) == len(range(0, N, 3))
+    assert all(int(i.removeprefix("rec-")) % 3 == 0 for i in ids)
+
+
+def test_another_computation_is_its_own_export(store: LocalStore, tmp_path: Path) -> None:
+    version = f"{FEATURE_VERSION}-0123456789"
+    assert export_parquet(store, tmp_path / "o.parquet", version=version).rows == 1
+
+
+def test_nothing_to_export_writes_no_file(store: LocalStore, tmp_path: Path) -> None:
+    with pytest.raises(NothingStored, match="run-none"):
+        export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION,
+                       run_id="run-none")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_export_leaves_no_file(store: LocalStore, tmp_path: Path) -> None:
+    """Given an export interrupted after its first batch (Ctrl-C), expect neither the
+    target nor its temporary file to exist, and an earlier export kept intact."""
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"an earlier export")
+
+    def interrupt(rows: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_parquet(store, out, version=FEATURE_VERSION, progress=interrupt)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+    assert out.read_bytes() == b"an earlier export"
+
+
+def test_an_unwritable_target_is_input_unreadable(store: LocalStore, tmp_path: Path) -> None:
+    with pytest.raises(InputUnreadable, match="missing"):
+        export_parquet(store, tmp_path / "missing" / "x.parquet", version=FEATURE_VERSION)
+    with pytest.raises(InputUnreadable, match="folder"):
+        export_parquet(store, tmp_path, version=FEATURE_VERSION)
+
+
+def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:
+    sizes = [b.num_rows for b in iter_batches(iter_records(store, FEATURE_VERSION),
+                                              FEATURE_VERSION, rows=500)]
+    assert sizes == [500] * (N // 500) + [N % 500]

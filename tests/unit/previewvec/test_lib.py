@@ -1,0 +1,130 @@
+"""previewvec/lib.py, the Python API: the README's example runs verbatim on a real store
+and index built from audio the test encodes, and the API's parts agree with each other."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import previewvec
+from contract.errors import NotFound
+from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.settings import Settings
+from reducer.reduce import Reducer
+from testkit.encode import encode_audio
+from testkit.songs import generate_song, render_synth
+
+REPO = Path(__file__).resolve().parents[3]
+SR = 22_050
+SONGS = [(0, "major", 92.0, "m4a"), (9, "minor", 128.0, "mp3"), (4, "minor", 104.0, "ogg"),
+         (7, "major", 140.0, "wav")]
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)[:1]
+    return code
+
+
+def song_bytes(i: int, tonic: int, mode: str, tempo: float, fmt: str) -> bytes:
+    score = generate_song(500 + i, tonic=tonic, mode=mode, tempo_bpm=tempo, drums=True,
+                          duration_s=8.0)
+    return encode_audio(render_synth(score, sr=SR), SR, fmt)
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder with song.m4a, a store of four extracted songs and their index."""
+    root = tmp_path_factory.mktemp("lib")
+    settings = Settings(store=str(root / "store"), index=str(root / "index"),
+                        cache_dir=Settings.from_env().cache_dir)
+    catalog = previewvec.open(settings=settings)
+    for i, (tonic, mode, tempo, fmt) in enumerate(SONGS):
+        data = song_bytes(i, tonic, mode, tempo, fmt)
+        if i == 0:
+            (root / "song.m4a").write_bytes(data)
+        features = previewvec.extract(data, settings)
+        record = FeatureRecord(
+            recording_id=f"song-{i}", vector=features.vector,
+            descriptors=features.descriptors,
+            provenance=make_provenance(preview_url=f"https://p.scdn.co/{i}",
+                                       audio_sha256="00" * 32, source="test",
+                                       run_id="run-lib", title=f"Song {i}"),
+            feature_version=features.feature_version)
+        catalog.store.put(record.key, encode_record(record))
+    Reducer.build(settings).reindex()
+    yield root
+
+
+def test_the_readme_example_runs_verbatim(catalog_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(catalog_dir)
+    monkeypatch.setenv("PREVIEWVEC_STORE", str(catalog_dir / "store"))
+    monkeypatch.setenv("PREVIEWVEC_INDEX", str(catalog_dir / "index"))
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "(4, 530) 4" in out and "Song 2" in out
+    by_audio = namespace["by_audio"]  # filtered on mode="minor"
+    minor = {r.recording_id for r in namespace["catalog"].records()
+             if r.descriptors["mode"] == "minor"}
+    assert minor and {n.recording_id for n in by_audio} == minor
+
+
+def test_matrix_table_and_records_agree(catalog_dir: Path) -> None:
+    catalog = previewvec.open(str(catalog_dir / "store"), index=str(catalog_dir / "index"))
+    matrix, ids = catalog.matrix()
+    table = catalog.table()
+    assert matrix.dtype == np.float32 and matrix.shape == (4, 530)
+    assert table.column("recording_id").to_pylist() == ids
+    np.testing.assert_array_equal(
+        np.stack(table.column("vector").to_numpy(zero_copy_only=False)), matrix)
+    assert catalog.record(ids[2]).recording_id == ids[2]
+    with pytest.raises(NotFound):
+        catalog.record("song-404")
+    assert catalog.matrix(run_id="run-none")[0].shape == (0, 530)
+
+
+def test_similar_by_audio_finds_the_stored_clip_first(catalog_dir: Path) -> None:
+    catalog = previewvec.open(str(catalog_dir / "store"), index=str(catalog_dir / "index"))
+    data = (catalog_dir / "song.m4a").read_bytes()
+    by_audio = catalog.similar_to_audio(data, k=4)
+    assert by_audio[0].recording_id == "song-0" and by_audio[0].score > 0.999
+    by_path = catalog.similar_to_audio(os.fspath(catalog_dir / "song.m4a"), k=1)
+    assert by_path[0].recording_id == "song-0"
+    by_id = catalog.similar("song-0", k=3)
+    assert "song-0" not in [n.recording_id for n in by_id] and len(by_id) == 3
+    extracted = previewvec.extract(data)
+    assert catalog.similar_to_vector(extracted.vector, k=1)[0].recording_id == "song-0"
+
+
+def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
+    """`previewvec similar --audio FILE`: extracted, normalised, queried, in a real process;
+    and one line with exit 7 for a file that is no audio."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREVIEWVEC_STORE": str(catalog_dir / "store"),
+           "PREVIEWVEC_INDEX": str(catalog_dir / "index")}
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar", "--audio",
+                             str(catalog_dir / "song.m4a"), "-k", "2"], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["recording_id"] == "song-0" and len(lines) == 2
+    (catalog_dir / "junk.m4a").write_bytes(b"not audio at all" * 100)
+    bad = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar", "--audio",
+                          str(catalog_dir / "junk.m4a")], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=REPO)
+    assert bad.returncode == 7 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "undecodable" in bad.stderr
+    both = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert both.returncode == 2 and "RECORDING_ID or --audio" in both.stderr
