@@ -335,8 +335,9 @@ def env_file(workdir: Path, clips: int) -> Path:
         "PREVIEWVEC_STORE=s3://previewvec-stacktest/features",
         "PREVIEWVEC_INDEX=/app/data/index",
         "PREVIEWVEC_ALLOWED_AUDIO_HOSTS=media",
-        # A killed worker's jobs come back after 10 s instead of 40 s.
-        "PREVIEWVEC_VISIBILITY_TIMEOUT_S=10",
+        # A killed worker's job comes back after ~20 s instead of ~45 s. (The task time
+        # limits scale with it: hard limit 12.5 s, room for a slow, busy machine.)
+        "PREVIEWVEC_VISIBILITY_TIMEOUT_S=20",
         f"PREVIEWVEC_API_TOKENS={API_TOKEN}",
         "AWS_ACCESS_KEY_ID=stacktest", "AWS_SECRET_ACCESS_KEY=stacktest-secret",
         "AWS_DEFAULT_REGION=us-east-1",
@@ -429,7 +430,7 @@ def enqueue_then_kill(stack: Stack, prefix: str, songs: range,
                       report: dict[str, Any]) -> str:
     """Enqueue, wait until every worker holds a job, then SIGKILL one worker and SIGTERM
     another (in a thread: `docker stop` waits for the drain). media answers this batch's
-    previews after 2 s, so most of the batch is still waiting: a kill mid-batch."""
+    previews after 1 s, so most of the batch is still waiting: a kill mid-batch."""
     victim, drained, _ = workers = stack.worker_ids()
     run_id = enqueue(stack, prefix, songs)
     deadline = time.monotonic() + 60
