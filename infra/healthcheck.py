@@ -62,8 +62,13 @@ def http_status(url: str) -> int:
 
 
 def check_worker(argv: list[str]) -> tuple[bool, str]:
-    from workers.app import app
+    # A bare Celery client on the same broker: a broadcast ping needs nothing of
+    # workers.app, whose import (numba, the cache set-up) costs seconds of CPU per check.
+    from celery import Celery
 
+    from contract.settings import Settings
+
+    app = Celery("healthcheck", broker=Settings.from_env().broker_url)
     node = option(argv, "--hostname", "celery@%h").replace("%h", socket.gethostname())
     replies = app.control.ping(destination=[node], timeout=TIMEOUT_S / 2)
     return bool(replies), f"{node}: {replies or 'no reply'}"

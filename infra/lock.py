@@ -12,6 +12,11 @@ Hashes come from ``pip install --dry-run --ignore-installed --report``: pip reso
 pins against the package index for this platform (linux x86_64, CPython 3.11 — the
 ``python:3.11-slim`` amd64 image) and reports each distribution's sha256 without
 installing. Building for another platform (arm64) needs a lock made there.
+
+Markers are evaluated for every Python the image is built on (infra/Dockerfile's two
+bases): this venv's, and Debian bookworm's CPython 3.11.2, which needs a few backports
+(``redis`` wants ``async-timeout`` before 3.11.3). Such a package must be installed in
+this venv too (``pip install async-timeout``), so that its pin is the tested version.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
+# The image's Pythons besides this venv's: Debian bookworm's python3 (BASE=debian).
+TARGET_PYTHONS = ("3.11.2",)
 LOCK = ROOT / "infra" / "requirements.lock"
 
 
@@ -43,16 +50,22 @@ def project_requirements(extras: list[str]) -> list[Requirement]:
 
 def closure(roots: list[Requirement]) -> dict[str, str]:
     """name -> installed version for every runtime dependency, transitively."""
-    env = default_environment()
+    here = default_environment()
+    envs = [here] + [{**here, "python_full_version": v, "python_version": v[:4]}
+                     for v in TARGET_PYTHONS]
     pinned: dict[str, str] = {}
     todo = [(req, ()) for req in roots]
     while todo:
         req, extras = todo.pop()
-        if req.marker and not any(
-                req.marker.evaluate({**env, "extra": e}) for e in (extras or ("",))):
+        if req.marker and not any(req.marker.evaluate({**env, "extra": e})
+                                  for env in envs for e in (extras or ("",))):
             continue
         name = canonicalize_name(req.name)
-        dist = md.distribution(req.name)
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            raise SystemExit(f"{req} (needed on one of the image's Pythons) is not "
+                             f"installed here: pip install '{req.name}{req.specifier}'") from None
         if not req.specifier.contains(dist.version, prereleases=True):
             raise SystemExit(f"installed {req.name} {dist.version} does not satisfy {req}")
         seen = name in pinned

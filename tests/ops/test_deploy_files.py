@@ -24,6 +24,7 @@ import yaml
 from contract.settings import ENV_PREFIX, Settings
 from previewvec.cli import build_parser
 from tests.ops import kustomize
+from tests.ops.metrics import dashboard_exprs, metric_names, rule_exprs, scraped
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -44,8 +45,21 @@ def subcommands() -> set[str]:
     return set(sub.choices)
 
 
-def compose() -> dict:
-    return yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (!reset, !override), read as plain values."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        _tag, lambda loader, node: (loader.construct_sequence(node)
+                                    if isinstance(node, yaml.SequenceNode)
+                                    else loader.construct_mapping(node)
+                                    if isinstance(node, yaml.MappingNode)
+                                    else loader.construct_scalar(node)))
+
+
+def compose(name: str = "docker-compose.yml") -> dict:
+    return yaml.load((INFRA / name).read_text(), Loader=ComposeLoader)
 
 
 def our_services() -> dict[str, dict]:
@@ -115,6 +129,91 @@ def test_compose_parses_and_has_every_role() -> None:
         assert services[name]["profiles"] == ["monitoring"], name
 
 
+# Which secrets each service may get (everything else it gets must be a non-secret setting).
+SERVICE_SECRETS = {
+    "worker": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "reducer": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREVIEWVEC_VECTORIZE_API_TOKEN"},
+    "api": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREVIEWVEC_VECTORIZE_API_TOKEN",
+            "PREVIEWVEC_API_TOKENS"},
+    "flower": {"FLOWER_BASIC_AUTH"},
+    "runs-exporter": set(),
+    "minio": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "minio-init": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "grafana": {"GF_SECURITY_ADMIN_PASSWORD"},
+}
+
+
+def secret_names() -> set[str]:
+    """Every secret variable: .env.example's secret-looking keys and Settings' secrets."""
+    names = {ENV_PREFIX + f.name.upper() for f in Settings.__dataclass_fields__.values()
+             if not f.repr}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        key = line.partition("=")[0].strip()
+        if key and not key.startswith("#") and any(w in key for w in SECRET_WORDS):
+            names.add(key)
+    return names
+
+
+def service_env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_compose_gives_each_service_only_its_secrets() -> None:
+    services = compose()["services"]
+    secrets = secret_names()
+    assert {"AWS_SECRET_ACCESS_KEY", "FLOWER_BASIC_AUTH", "PREVIEWVEC_API_TOKENS",
+            "PREVIEWVEC_VECTORIZE_API_TOKEN", "GF_SECURITY_ADMIN_PASSWORD"} <= secrets
+
+    def given(svc: dict) -> set[str]:  # secrets by name, or interpolated into a value
+        env = service_env(svc)
+        used = set(env) | {v for value in env.values()
+                           for v in re.findall(r"\$\{([A-Z0-9_]+)", value)}
+        return used & secrets
+
+    for name, svc in services.items():
+        assert "env_file" not in svc, f"{name}: env_file hands every secret in it over"
+        assert given(svc) <= SERVICE_SECRETS.get(name, set()), f"{name} gets {given(svc)}"
+    for name, allowed in SERVICE_SECRETS.items():
+        assert allowed <= given(services[name]), f"{name} lacks {allowed}"
+
+
+def test_compose_passes_every_setting_and_keeps_the_image_defaults() -> None:
+    text = (INFRA / "Dockerfile").read_text()
+    image_env = dict(re.findall(r"^\s+(PREVIEWVEC_[A-Z_]+)=(\S+)", text, re.M))
+    assert image_env  # the image sets its cache dir, store and index
+    secrets = secret_names()
+    for name in ("worker", "reducer", "api"):
+        env = service_env(compose()["services"][name])
+        for spec in Settings.__dataclass_fields__.values():
+            key = ENV_PREFIX + spec.name.upper()
+            if key in secrets:
+                continue
+            assert key in env, f"{name}: {key} is not passed from .env"
+            if key in image_env:  # an empty value would override the image's own
+                assert env[key].endswith(f":-{image_env[key]}}}"), (name, key, env[key])
+        assert env["PREVIEWVEC_BROKER_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_overrides_for_offline_machines_and_the_stack_test() -> None:
+    services = compose()["services"]
+    offline = compose("docker-compose.offline.yml")["services"]
+    # The stand-ins replace exactly the registry images; previewvec's own are untouched.
+    registry = {n for n, s in services.items() if "build" not in s}
+    assert set(offline) == registry
+    assert "--appendonly" in offline["redis"]["command"]
+    assert offline["minio"]["command"][0] == "moto_server"
+    stacktest = compose("docker-compose.stacktest.yml")["services"]
+    assert stacktest["media"]["volumes"][0].startswith("./stacktest/media.py:")
+    for name, svc in services.items():
+        if svc.get("ports") and name != "grafana":  # grafana is left out offline
+            assert name in stacktest and "ports" in stacktest[name], (
+                f"{name} publishes host ports: the stack test must reset them")
+    assert "Compose v2" in (INFRA / "docker-compose.yml").read_text()
+
+
 def test_compose_flower_auth_and_persistence() -> None:
     flower = compose()["services"]["flower"]
     command = " ".join(flower["command"])
@@ -175,9 +274,19 @@ def dockerignored(path: str) -> bool:
 
 def test_dockerfile_structure() -> None:
     text = (INFRA / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\w+))?", text, re.M)
-    assert [s[1] for s in stages] == ["builder", "runtime"]
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+([\w-]+))?", text, re.M)
+    assert [s[1] for s in stages] == ["base-python", "base-debian", "base", "builder",
+                                      "runtime"]
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
+    # Either base, by build argument; builder and runtime both stand on the chosen one.
+    assert re.search(r"^ARG BASE=python$", text, re.M)
+    assert stages[2][0] == "base-${BASE}" and stages[3][0] == stages[4][0] == "base"
+    assert not re.search(r"^# ?syntax=", text, re.M), "a syntax line pulls a frontend image"
+    # pip's CA bundle and index are BuildKit secrets, never layers.
+    for run in re.findall(r"^RUN .*?(?<!\\)\n", text, re.M | re.S):
+        if "pip install" in run:
+            assert "--mount=type=secret,id=cacert" in run and "pip-secrets pip" in run
+    assert "ca-certificates.crt" not in text.split("ARG PYTHON_IMAGE")[1]
     assert "--require-hashes" in text and "infra/requirements.lock" in text
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
@@ -477,13 +586,6 @@ def known_metrics() -> set[str]:
     return names | {"up"}
 
 
-def metric_names(expr: str) -> set[str]:
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    words = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()", expr))
-    return {w for w in words if w.startswith(("flower_", "previewvec_", "redis_")) or w == "up"}
-
-
 def test_grafana_dashboard_and_datasource() -> None:
     grafana = INFRA / "monitoring" / "grafana"
     source = yaml.safe_load((grafana / "provisioning/datasources/prometheus.yml").read_text())
@@ -502,10 +604,30 @@ def test_grafana_dashboard_and_datasource() -> None:
         assert topic in titles, topic
     unknown = set().union(*map(metric_names, exprs)) - known_metrics()
     assert not unknown, f"dashboard uses unknown metrics {unknown}"
+    assert sorted(exprs) == sorted(dashboard_exprs())
     provider = yaml.safe_load((grafana / "provisioning/dashboards/previewvec.yml").read_text())
     mounts = compose()["services"]["grafana"]["volumes"]
     assert any(m.endswith(":" + provider["providers"][0]["options"]["path"] + ":ro")
                for m in mounts)
+
+
+def test_dashboard_and_alerts_name_only_scraped_metrics() -> None:
+    """What the last ./dev stack-test's Prometheus really scraped (it writes the list)."""
+    names = scraped()
+    assert names, "infra/monitoring/scraped-metrics.txt is missing: run ./dev stack-test"
+    assert any(n.startswith("flower_") for n in names)
+    assert any(n.startswith("previewvec_") for n in names)
+    for where, exprs in (("dashboard", dashboard_exprs()), ("alerts", rule_exprs())):
+        used = set().union(*map(metric_names, exprs)) - {"up"}
+        assert used <= names, f"{where} names metrics never scraped: {sorted(used - names)}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (./dev stack-test runs it in a container)")
+def test_promtool_checks_rules() -> None:
+    out = subprocess.run(["promtool", "check", "rules", str(INFRA / "monitoring" / "alerts.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_prometheus_config_and_alerts() -> None:
@@ -553,3 +675,40 @@ def test_runs_exporter_reports_failures_by_code() -> None:
     assert 'previewvec_run_recordings{run_id="r1",state="done"} 1.0' in text
     assert 'previewvec_run_recordings{run_id="r1",state="failed"} 2.0' in text
     assert 'previewvec_queue_length{queue="batch"} 1.0' in text
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_keda_watches_the_lists_and_redis_the_workers_use(overlay: str) -> None:
+    """KEDA's triggers name the Redis lists kombu fills for the worker queues (priority 0:
+    producers publish at the default priority; ./dev stack-test sees the jobs in them) on
+    the Redis the workers connect to (address, database, TLS)."""
+    from urllib.parse import urlsplit
+
+    from contract.broker import QUEUES, queue_keys
+
+    docs = rendered(overlay)
+    config = by_name(docs, "ConfigMap", "previewvec-config")["data"]
+    worker = by_name(docs, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
+    worker_env = {e["name"] for e in worker.get("env", [])}
+    config_refs = {s["configMapRef"]["name"] for s in worker["envFrom"] if "configMapRef" in s}
+    scaled = by_name(docs, "ScaledObject", "worker")["spec"]
+    assert {t["metadata"]["listName"] for t in scaled["triggers"]} == {
+        queue_keys(q)[0] for q in QUEUES} == set(QUEUES)
+    broker = config.get("PREVIEWVEC_BROKER_URL")  # prod: in Secret previewvec-broker
+    for trigger in scaled["triggers"]:
+        meta = trigger["metadata"]
+        variable = meta["addressFromEnv"]
+        # KEDA reads addressFromEnv from the scale target's container environment.
+        assert variable in worker_env or (
+            "previewvec-config" in config_refs and variable in config), variable
+        tls = meta.get("enableTLS") == "true"
+        assert tls == (config["REDIS_SCHEME"] == "rediss"), (overlay, trigger["name"])
+        if broker:
+            url = urlsplit(broker)
+            assert config[variable] == f"{url.hostname}:{url.port or 6379}", overlay
+            assert meta["databaseIndex"] == (url.path.strip("/") or "0"), overlay
+            assert url.scheme == config["REDIS_SCHEME"], overlay
+        else:  # base (no Redis chosen yet) and prod (the URL is a Secret)
+            assert meta["databaseIndex"] == "0"
+        if tls:
+            assert trigger.get("authenticationRef"), "managed Redis needs its password"
