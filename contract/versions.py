@@ -45,6 +45,8 @@ NEUTRAL_SETTINGS: frozenset[str] = frozenset({
     "itunes_country", "mb_rate_per_s", "itunes_rate_per_min", "match_threshold",
     "queue_high_water", "api_tokens", "api_max_body_bytes",
     "normalizer_sample", "normalizer_refit_growth",
+    "prefetch_multiplier", "prefetch_fetches", "write_behind",
+    "sources", "deezer_url", "deezer_rate_per_s",
 })
 # What FEATURE_VERSION computes. Part of the layout: changing a value here (or a default
 # in Settings, which tests hold equal to this) needs a new FEATURE_VERSION.
