@@ -33,6 +33,24 @@ class _Stopwatch:
         self._last = now
 
 
+# Below this rate FMA's 84-bin CQT from C1 does not fit under the Nyquist frequency (FMA's
+# own extraction fails on such a clip, e.g. 8 kHz telephony audio): those clips are
+# resampled to UPSAMPLED_SR first, so they get a vector instead of an internal error.
+MIN_NATIVE_SR = 11_025
+UPSAMPLED_SR = 22_050
+
+
+def _upsampled(y: np.ndarray, channels: np.ndarray | None,
+               sr: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``y`` (and ``channels``) resampled from ``sr`` to :data:`UPSAMPLED_SR` (soxr)."""
+    import librosa
+
+    def up(x: np.ndarray) -> np.ndarray:
+        return librosa.resample(x, orig_sr=sr, target_sr=UPSAMPLED_SR).astype(np.float32)
+
+    return up(y), None if channels is None else up(channels), UPSAMPLED_SR
+
+
 def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None,
                      analysis_sr: int = 22_050) -> Features:
     """Compute every feature of a mono float32 signal at its own rate.
@@ -56,6 +74,8 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y)):
         raise InvalidSignal("signal must be a non-empty finite mono array")
     watch = _Stopwatch()
+    if sr < MIN_NATIVE_SR:
+        y, channels, sr = _upsampled(y, channels, sr)
     duration_s = y.size / sr
     spectra = spectral.compute_spectra(y, sr, analysis_sr)
     watch.lap("spectra")

@@ -39,3 +39,18 @@ def test_energy_and_danceability_are_bounded_and_ordered():
         assert 0.0 <= f.descriptors["danceability"] <= 1.0
     assert busy.descriptors["energy"] > calm.descriptors["energy"]
     assert busy.descriptors["danceability"] > calm.descriptors["danceability"]
+
+
+def test_a_clip_below_the_cqts_minimum_rate_is_upsampled_not_an_error():
+    """At 8 kHz FMA's 84-bin CQT from C1 does not fit under Nyquist (FMA's own extraction
+    fails): such a clip is analysed at 22.05 kHz and gets a finite vector."""
+    import librosa
+
+    from workers.features.extractor import MIN_NATIVE_SR
+
+    song = chord_song(2, "major")
+    low = librosa.resample(song, orig_sr=SR, target_sr=8000).astype(np.float32)
+    assert MIN_NATIVE_SR > 8000
+    features = extract_features(low, 8000, channels=np.stack([low, low]))
+    assert features.vector.shape == (VECTOR_DIM,) and np.isfinite(features.vector).all()
+    assert features.descriptors["duration_s"] == pytest.approx(song.size / SR, abs=0.01)
