@@ -67,8 +67,13 @@ def test_previewvec_worker_says_it_in_one_line_and_exits_2(pipeline: Pipeline) -
 
 
 def test_different_analysis_settings_write_different_versions(tmp_path: Path) -> None:
-    """Given the same job featurized by workers at 22.05 and 16 kHz, expect two records
-    under two versions, each naming the computation that made it."""
+    """Given the same job featurized by workers at 22.05 and 11.025 kHz, expect two records
+    under two versions, each naming the computation that made it, with different vectors.
+
+    Rhythm and key read every n-th frame of the clip's native spectra (n = round(rate /
+    analysis_sr)), so a setting only changes values when it changes n: 11.025 kHz does for
+    this 22.05 kHz clip (n = 2), 16 kHz would not (n = 1, the same vector under another
+    version)."""
     server = ClipServer().start()
     try:
         (clip,) = make_clips(1, duration_s=8.0)
@@ -76,7 +81,7 @@ def test_different_analysis_settings_write_different_versions(tmp_path: Path) ->
         with LocalRedis() as local_redis:
             base = Settings(broker_url=local_redis.url, store=str(tmp_path / "store"),
                             allowed_audio_hosts=("127.0.0.1",))
-            slow = Settings(**{**base.__dict__, "analysis_sr": 16_000})
+            slow = Settings(**{**base.__dict__, "analysis_sr": 11_025})
             for settings in (base, slow):
                 outcome = featurize({"recording_id": "same-1", "preview_url": url},
                                     WorkerContext.build(settings))
@@ -88,5 +93,5 @@ def test_different_analysis_settings_write_different_versions(tmp_path: Path) ->
     assert versions[0] == FEATURE_VERSION and versions[1] != versions[0]
     records = [decode_record(ctx.store.get(record_key(v, "same-1"))) for v in versions]
     assert [r.feature_version for r in records] == versions
-    assert [r.computation["analysis_sr"] for r in records] == [22_050, 16_000]
+    assert [r.computation["analysis_sr"] for r in records] == [22_050, 11_025]
     assert records[0].vector != records[1].vector
