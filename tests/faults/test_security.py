@@ -295,9 +295,13 @@ def test_secrets_never_leave_settings(cache_dir: Path, server: HostileServer,
             "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
             aws_access_key_id=sec.aws_access_key_id,
             aws_secret_access_key=sec.aws_secret_access_key)
-        stored = [s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
-                  for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-        assert len(stored) == 1  # the one good job's record
+        keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        # The one good job's record, and the registry entry of the version it was computed
+        # under (contract/versions.py); both are searched for secrets below.
+        assert len([k for k in keys if "/features/" in f"/{k}"]) == 1, keys
+        assert len([k for k in keys if "/versions/" in f"/{k}"]) == 1, keys
+        assert len(keys) == 2, keys
+        stored = [s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in keys]
 
         haystacks = {
             "worker log": worker.log(),
