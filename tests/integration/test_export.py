@@ -98,7 +98,7 @@ def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Pat
     out = tmp_path / "out" / "x.parquet"
     out.parent.mkdir()
     slow = {**env, "PREVIEWVEC_STORE": str(tmp_path / "store")}
-    for i in range(N, 6000):  # enough records that the export is caught mid-way
+    for i in range(N, 20_000):  # enough records that the export is caught mid-way
         record = synthetic_record(i)
         path = Path(slow["PREVIEWVEC_STORE"], record.key)
         path.parent.mkdir(parents=True, exist_ok=True)
