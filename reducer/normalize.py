@@ -22,6 +22,7 @@ import numpy as np
 T = TypeVar("T")
 
 MIN_STD = 1e-9
+MIN_FIT_SAMPLE = 2  # fewer records than this fit the identity (see Normalizer.fit)
 CLIP_Z = 8.0  # a single wild dimension must not dominate cosine similarity
 
 
@@ -56,6 +57,12 @@ class Normalizer:
         x = np.asarray(vectors, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError("need at least one vector to fit a normaliser")
+        if x.shape[0] < MIN_FIT_SAMPLE:
+            # One record has no spread: every dimension would be constant and map it to
+            # the zero vector, which has no cosine similarity (the index refuses it). Keep
+            # the raw values until the catalog grows, which triggers a refit.
+            return cls(feature_version, np.zeros(x.shape[1]), np.ones(x.shape[1]),
+                       int(x.shape[0]), catalog_size, fitted_at)
         return cls(feature_version, x.mean(axis=0), x.std(axis=0), int(x.shape[0]),
                    catalog_size, fitted_at)
 

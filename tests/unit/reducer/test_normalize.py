@@ -148,3 +148,15 @@ def test_sample_and_catalog_sizes_survive_storage_and_old_files_read() -> None:
     del old["catalog_size"], old["fitted_at"]
     legacy = Normalizer.from_json(json.dumps(old).encode())
     assert legacy.catalog_size == legacy.fitted_on == 2  # it saw what it was fitted on
+
+
+def test_one_record_fits_the_identity_not_a_zero_vector() -> None:
+    """Fitted on a single record every dimension is constant and would map that record to
+    the zero vector, which the index refuses (a reducer died on it under an S3 outage)."""
+    one = np.stack([SAMPLE])
+    norm = Normalizer.fit(one, "pv3", catalog_size=1)
+    out = norm.apply(one)
+    assert np.linalg.norm(out) > 0
+    from reducer.normalize import needs_refit
+
+    assert needs_refit(norm, 2, 2.0)
