@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,17 +178,22 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     target = Path(out).expanduser()
     if target.is_dir():
         raise InputUnreadable(f"cannot write {str(out)!r}: it is a folder")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                        dir=target.parent)
-    except OSError as exc:
-        raise InputUnreadable(f"cannot write {str(out)!r}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     counts = ReadCounts()
     rows = 0
+    tmp: Path | None = None
+    # SIGINT held from creating the temporary file until the block that removes it is
+    # entered: Ctrl-C in between would leave the file behind.
+    held = _hold_sigint()
     try:
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                            dir=target.parent)
+        except OSError as exc:
+            raise InputUnreadable(f"cannot write {str(out)!r}: "
+                                  f"{exc.strerror or type(exc).__name__}") from None
+        tmp = Path(tmp_name)
+        os.close(fd)
+        _release_sigint(held)
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
@@ -205,6 +212,21 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
         os.replace(tmp, target)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _release_sigint(held)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
+
+
+def _hold_sigint() -> set[signal.Signals] | None:
+    """Block SIGINT (main thread only); returns the mask to restore, None when not held."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _release_sigint(held: set[signal.Signals] | None) -> None:
+    """Restore the mask :func:`_hold_sigint` replaced (a pending SIGINT arrives now)."""
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
