@@ -440,8 +440,11 @@ def enqueue_then_kill(stack: Stack, prefix: str, songs: range,
         if time.monotonic() > deadline:
             raise StackFailure("the workers did not all take a job", ("worker",))
         time.sleep(0.2)
-    waiting = redis_cli(stack, "LLEN", "batch")
-    if not int(waiting or 0):
+    # Not yet done: on the queue, or reserved by a worker (with the production prefetch of
+    # 16 per child, workers reserve a 30-job batch at once: it waits in `unacked`).
+    waiting = (int(redis_cli(stack, "LLEN", "batch") or 0)
+               + int(redis_cli(stack, "HLEN", "unacked") or 0))
+    if not waiting:
         raise StackFailure("batch 2 was no longer waiting when the workers were killed")
     run([stack.docker, "kill", "--signal", "KILL", victim])
     report.update(killed=victim[:12], stopped=drained[:12], waiting=waiting)
