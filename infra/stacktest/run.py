@@ -658,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(failed, EngineUnavailable):
         say(f"NOT RUN: no Docker engine could be started ({failed}) after {total:.0f} s")
         return ENGINE_UNAVAILABLE
-    say(f"{'FAILED' if failed else 'PASSED'} in {total:.0f} s")
+    # The reason again, last: CI keeps only the tail of the output, and the container logs
+    # printed after the first FAILED line push it out of that tail.
+    say(f"FAILED in {total:.0f} s: {failed}" if failed else f"PASSED in {total:.0f} s")
     return 1 if failed else 0
 
 
