@@ -39,8 +39,9 @@ is dropped with a note (``barcode … not trusted``) and the cascade falls back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from contract.sources import link_back
 from producers.deezer import DeezerClient
@@ -58,6 +59,8 @@ from producers.matching import (
     similarity,
 )
 from producers.ratelimit import RateLimiter
+
+T = TypeVar("T")
 
 ISRC_SANITY = 0.5  # an ISRC hit whose text scores below this is a contradiction
 AGREE_TITLE = 0.7  # a positional pair "agrees" when its titles are this similar...
@@ -241,6 +244,41 @@ def isrc_candidate(entry: Entry, track: StoreTrack, source: str) -> Candidate | 
     return Candidate(source, track, "isrc", 1.0, f"isrc {track.isrc} {m.reason}")
 
 
+def best_scored(rows: Iterable[T], score: Callable[[T], Match | None]) -> tuple[Match, T] | None:
+    """The row with the highest score; ``score`` returns None for a row to skip."""
+    best: tuple[Match, T] | None = None
+    for row in rows:
+        m = score(row)
+        if m is not None and (best is None or m.score > best[0].score):
+            best = (m, row)
+    return best
+
+
+class _StoreSource:
+    """What every store source shares: one client (with its rate limiter) and a threshold."""
+
+    name: str
+
+    def __init__(self, client: ITunesClient | DeezerClient, threshold: float) -> None:
+        self.client = client
+        self.limiter = client.limiter
+        self.threshold = threshold
+
+    @property
+    def calls(self) -> int:
+        return self.client.calls
+
+    def _barcode_answer(self, barcode: str, entries: list[Entry],
+                        tracks: list[StoreTrack] | None) -> ReleaseAnswer:
+        """The album a barcode gave (None: none), matched by position if it is trusted."""
+        if tracks is None:
+            return ReleaseAnswer(note=f"{self.name}: no album for barcode {barcode}")
+        problem = check_album(entries, tracks, f"{self.name} barcode {barcode}")
+        if problem:
+            return ReleaseAnswer(note=problem)
+        return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
+
+
 # -- iTunes -----------------------------------------------------------------------------
 def _itunes_track(row: dict[str, Any]) -> StoreTrack:
     tid = str(row.get("trackId") or "")
@@ -248,46 +286,31 @@ def _itunes_track(row: dict[str, Any]) -> StoreTrack:
                       row.get("trackViewUrl") or (link_back("itunes", tid) if tid else None))
 
 
-class ITunesSource:
+class ITunesSource(_StoreSource):
     name = "itunes"
+    client: ITunesClient
 
     def __init__(self, client: ITunesClient, threshold: float, *,
                  album_search_limit: int = 10, song_search_limit: int = 10) -> None:
-        self.client = client
-        self.limiter = client.limiter
-        self.threshold = threshold
+        super().__init__(client, threshold)
         self.album_search_limit = album_search_limit
         self.song_search_limit = song_search_limit
-
-    @property
-    def calls(self) -> int:
-        return self.client.calls
 
     def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
         """ONE call: ``lookup?upc=…&entity=song``."""
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.lookup_upc(query.barcode)
-        if found.collection is None:
-            return ReleaseAnswer(note=f"itunes: no album for barcode {query.barcode}")
-        tracks = [_itunes_track(r) for r in found.tracks]
-        problem = check_album(entries, tracks, f"itunes barcode {query.barcode}")
-        if problem:
-            return ReleaseAnswer(note=problem)
-        return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
+        tracks = None if found.collection is None else [_itunes_track(r) for r in found.tracks]
+        return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
         """Two calls: album search, then the best album's songs; fuzzy assignment."""
         albums = self.client.search(f"{query.search_artist} {query.title}".strip(),
                                     entity="album", limit=self.album_search_limit)
-        best: tuple[Match, dict[str, Any]] | None = None
-        for row in albums:
-            if row.get("wrapperType", "collection") != "collection" or not row.get(
-                    "collectionId"):
-                continue
-            m = album_score(query.title, query.artist, query.total_tracks, row)
-            if best is None or m.score > best[0].score:
-                best = (m, row)
+        best = best_scored(albums, lambda row: None if row.get(
+            "wrapperType", "collection") != "collection" or not row.get("collectionId")
+            else album_score(query.title, query.artist, query.total_tracks, row))
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
         tracks = [_itunes_track(r)
@@ -306,16 +329,16 @@ class ITunesSource:
         main = entry.item.artists[0] if entry.item.artists else entry.item.artist
         rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
                                   limit=self.song_search_limit)
-        best: tuple[Match, dict[str, Any]] | None = None
-        for row in rows:
+
+        def score(row: dict[str, Any]) -> Match | None:
             if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
-                continue
+                return None
             item = item_from_itunes(row)
             if lone_remaster(entry.item, item) or reordered_title(entry.item, item):
-                continue
-            m = match_score(entry.item, item)
-            if best is None or m.score > best[0].score:
-                best = (m, row)
+                return None
+            return match_score(entry.item, item)
+
+        best = best_scored(rows, score)
         if best is None:
             return Miss(0.0, "no store candidates")
         m, row = best
@@ -344,46 +367,34 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
                       isrc.upper() if isinstance(isrc, str) and isrc else None)
 
 
-class DeezerSource:
+class DeezerSource(_StoreSource):
     name = "deezer"
-
-    def __init__(self, client: DeezerClient, threshold: float) -> None:
-        self.client = client
-        self.limiter = client.limiter
-        self.threshold = threshold
-
-    @property
-    def calls(self) -> int:
-        return self.client.calls
+    client: DeezerClient
 
     def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
         """Two calls: ``/album/upc:…`` then ``/album/<id>/tracks`` (which carry ISRCs)."""
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.album_by_upc(query.barcode)
-        if found is None:
-            return ReleaseAnswer(note=f"deezer: no album for barcode {query.barcode}")
-        tracks = [deezer_track(r, found.album.get("title")) for r in found.tracks]
-        problem = check_album(entries, tracks, f"deezer barcode {query.barcode}")
-        if problem:
-            return ReleaseAnswer(note=problem)
-        return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
+        tracks = None if found is None else [deezer_track(r, found.album.get("title"))
+                                             for r in found.tracks]
+        return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
         """Two calls: ``/search/album``, then the best album's tracks; fuzzy assignment
         (ISRCs, when both sides have them, still win inside the album)."""
         rows = self.client.search(
             "album", f'artist:"{query.search_artist}" album:"{query.title}"')
-        best: tuple[Match, dict[str, Any]] | None = None
-        for row in rows:
+
+        def score(row: dict[str, Any]) -> Match | None:
             if not row.get("id"):
-                continue
+                return None
             as_collection = {"collectionName": row.get("title"),
                              "artistName": (row.get("artist") or {}).get("name"),
                              "trackCount": row.get("nb_tracks")}
-            m = album_score(query.title, query.artist, query.total_tracks, as_collection)
-            if best is None or m.score > best[0].score:
-                best = (m, row)
+            return album_score(query.title, query.artist, query.total_tracks, as_collection)
+
+        best = best_scored(rows, score)
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
         tracks = [deezer_track(r, best[1].get("title"))
@@ -415,16 +426,15 @@ class DeezerSource:
         """One ``/search/track`` call; the best candidate by :func:`match_score`."""
         main = entry.item.artists[0] if entry.item.artists else entry.item.artist
         rows = self.client.search("track", f'artist:"{main}" track:"{entry.item.title}"')
-        best: tuple[Match, StoreTrack] | None = None
-        for row in rows:
-            track = deezer_track(row)
+
+        def score(track: StoreTrack) -> Match | None:
             if lone_remaster(entry.item, track.item) or reordered_title(
                     entry.item, track.item) or (
                     entry.isrcs and track.isrc and track.isrc not in entry.isrcs):
-                continue
-            m = match_score(entry.item, track.item)
-            if best is None or m.score > best[0].score:
-                best = (m, track)
+                return None
+            return match_score(entry.item, track.item)
+
+        best = best_scored([deezer_track(row) for row in rows], score)
         if best is None:
             return Miss(0.0, "deezer: no store candidates")
         m, track = best
