@@ -179,6 +179,40 @@ def test_s3_missing_bucket(base_env, bucket) -> None:
         expect_fault(env, command, EXIT_STORE, "bucket 'no-such-bucket-here' does not exist")
 
 
+def _readers(env: dict[str, str]) -> list[list[str]]:
+    """The commands that only read the store: one record, and the bulk export."""
+    return [["show", "some-id"],
+            ["export", str(Path(env["PREVIEWVEC_INDEX"]).parent / "out.parquet")]]
+
+
+@pytest.mark.parametrize(("store", "needle"), [
+    ("ftp://x/features", "unsupported store URL 'ftp://x/features'"),
+    ("s3://", "names no bucket"),
+])
+def test_store_readers_with_a_bad_store_url(base_env, store, needle) -> None:
+    for command in _readers(base_env):
+        expect_fault({**base_env, "PREVIEWVEC_STORE": store}, command, EXIT_USAGE, needle)
+
+
+def test_store_readers_meet_s3_faults(base_env, bucket, checking_moto) -> None:
+    """S3 down, no credentials, unknown credentials, no bucket: one line each, exit 4."""
+    s3 = {**base_env, "PREVIEWVEC_STORE": f"s3://{bucket}/p"}
+    no_keys = {k: v for k, v in s3.items()
+               if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    cases = [
+        ({**s3, "AWS_ENDPOINT_URL_S3": closed_url()}, "Could not connect to the endpoint URL"),
+        (no_keys, "Unable to locate credentials"),
+        ({**s3, "PREVIEWVEC_STORE": "s3://any-bucket/p", "AWS_ENDPOINT_URL_S3": checking_moto,
+          "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"}, "credentials"),
+        ({**s3, "PREVIEWVEC_STORE": "s3://no-such-bucket-here/p"},
+         "bucket 'no-such-bucket-here' does not exist"),
+    ]
+    for env, needle in cases:
+        for command in _readers(base_env):
+            expect_fault(env, command, EXIT_STORE, needle)
+    assert not (Path(base_env["PREVIEWVEC_INDEX"]).parent / "out.parquet").exists()
+
+
 def test_store_folder_unusable(base_env) -> None:
     # A regular file where a folder should be (also fails as root, unlike a chmod).
     env = {**base_env, "PREVIEWVEC_STORE": "/etc/passwd/store"}
