@@ -4,6 +4,7 @@ writes (e.g. containers holding video)."""
 from __future__ import annotations
 
 import io
+import struct
 from fractions import Fraction
 
 import av
@@ -30,3 +31,64 @@ def mp4_video(audio: np.ndarray | None, sr: int) -> bytes:
             out.mux(sound.encode(frame))
             out.mux(sound.encode(None))
     return buf.getvalue()
+
+
+# --- Ogg pages (RFC 3533): CRC-32 with polynomial 0x04C11DB7, unreflected, initial 0 ----
+def _ogg_crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        r = byte << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else r << 1
+        table.append(r & 0xFFFFFFFF)
+    return table
+
+
+_OGG_CRC = _ogg_crc_table()
+
+
+def _ogg_pages(data: bytes) -> list[bytearray]:
+    pages, pos = [], 0
+    while pos < len(data):
+        n_segments = data[pos + 26]
+        end = pos + 27 + n_segments + sum(data[pos + 27:pos + 27 + n_segments])
+        pages.append(bytearray(data[pos:end]))
+        pos = end
+    return pages
+
+
+def _ogg_packets(page: bytearray) -> list[bytes]:
+    n_segments = page[26]
+    offset, packets, current = 27 + n_segments, [], b""
+    for size in page[27:27 + n_segments]:
+        current += bytes(page[offset:offset + size])
+        offset += size
+        if size < 255:
+            packets.append(current)
+            current = b""
+    return packets
+
+
+def _ogg_sealed(page: bytearray, sequence: int) -> bytes:
+    page[18:22] = struct.pack("<I", sequence)
+    page[22:26] = b"\0\0\0\0"
+    crc = 0
+    for byte in page:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[((crc >> 24) & 0xFF) ^ byte]
+    page[22:26] = struct.pack("<I", crc)
+    return bytes(page)
+
+
+def ogg_with_repeated_headers(ogg_vorbis: bytes) -> bytes:
+    """The Ogg Vorbis stream with its three header packets repeated on a page of their own
+    before the audio, as in three files of Debian's hyperrogue-music: valid for libvorbis
+    (and players), refused by FFmpeg's Ogg demuxer ("Header processing failed")."""
+    pages = _ogg_pages(ogg_vorbis)
+    headers = _ogg_packets(pages[0]) + _ogg_packets(pages[1])
+    assert [p[:7] for p in headers] == [b"\x01vorbis", b"\x03vorbis", b"\x05vorbis"]
+    lacing = [s for p in headers for s in [255] * (len(p) // 255) + [len(p) % 255]]
+    repeat = bytearray(pages[0][:26]) + bytes([len(lacing), *lacing]) + b"".join(headers)
+    repeat[5] = 0  # not the stream's first page
+    out = [bytes(pages[0]), bytes(pages[1]), _ogg_sealed(repeat, 2)]
+    out += [_ogg_sealed(page, 3 + i) for i, page in enumerate(pages[2:])]
+    return b"".join(out)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
+import soundfile
 import soxr
 
 from contract.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
@@ -108,12 +109,17 @@ def decode_audio(
             container_options={"protocol_whitelist": "none"},
         )
     except _AV_ERRORS as exc:
-        raise Undecodable(f"not a recognised audio/video file ({_describe(exc)})") from None
-    try:
-        with container:
-            raw = _decode_stream(container, None if sr is None else int(sr), max_duration_s)
-    except _AV_ERRORS as exc:
-        raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
+        raw = _decode_with_libsndfile(data, None if sr is None else int(sr), max_duration_s)
+        if raw is None:
+            raise Undecodable(
+                f"not a recognised audio/video file ({_describe(exc)})") from None
+    else:
+        try:
+            with container:
+                raw = _decode_stream(container, None if sr is None else int(sr),
+                                     max_duration_s)
+        except _AV_ERRORS as exc:
+            raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
 
     sr, target = raw.sr, raw.target
     mat, truncated = raw.mat[:, :target], raw.total > target
@@ -440,6 +446,53 @@ def _describe(exc: BaseException) -> str:
     # FFmpeg errors stringify as "[Errno -n] text: '<none>'"; the text is the useful part.
     text = getattr(exc, "strerror", None) or str(exc)
     return text or type(exc).__name__
+
+
+# libsndfile's read is sized up front from the header: at most this many float32 values
+# (128 MB), far above 30 s of 8 channels at 96 kHz; a header claiming more is refused.
+_MAX_LIBSNDFILE_VALUES = 1 << 25
+_LIBSNDFILE_ERRORS: tuple[type[BaseException], ...] = (
+    soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError,
+    MemoryError)
+
+
+def _decode_with_libsndfile(data: bytes, sr: int | None, max_duration_s: float) -> _Raw | None:
+    """libsndfile's decoding of what FFmpeg would not open, or None if it cannot either.
+
+    FFmpeg's Ogg demuxer refuses some valid Vorbis files at header parsing (three of the
+    17 in Debian's hyperrogue-music repeat their identification header mid-stream, with
+    a negative granule position) that libsndfile plays; it also reads a few formats
+    FFmpeg lacks (MAT5, HTK, SDS). Tried only after FFmpeg, on the same bounded bytes.
+    """
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            rate, n_channels = int(sound.samplerate), int(sound.channels)
+            if rate <= 0 or n_channels <= 0:
+                return None
+            needed = math.ceil(max_duration_s * rate) + 1  # one more: was there more?
+            if needed * n_channels > _MAX_LIBSNDFILE_VALUES:
+                return None
+            block = sound.read(needed, dtype="float32", always_2d=True)
+            codec, container = sound.subtype.lower(), sound.format.lower()
+    except _LIBSNDFILE_ERRORS:
+        return None
+    if block.shape[0] == 0:
+        return None  # NaN or infinity is decode_audio's check, as for FFmpeg's output
+    out_sr = sr or rate
+    channels = [np.ascontiguousarray(block[:, c]) for c in range(n_channels)]
+    if rate != out_sr:  # as _Segment.finish: soxr HQ, librosa's default
+        channels = [soxr.resample(channel, rate, out_sr, "HQ") for channel in channels]
+    target = round(max_duration_s * out_sr)
+    return _Raw(
+        mat=np.stack([channel[:target] for channel in channels]),
+        total=channels[0].shape[0],
+        sr=out_sr,
+        target=target,
+        source_sr=rate,
+        source_channels=n_channels,
+        codec=codec,
+        container=container,
+    )
 
 
 def _dbfs(x: float) -> float:

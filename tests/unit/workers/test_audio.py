@@ -1,15 +1,17 @@
 """In-memory decoding with PyAV: round trips, odd sources, caps and every typed error."""
 
+import io
 import struct
 from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+import soundfile
 
 from contract.errors import PreviewvecError, TooShort, Undecodable
 from testkit.encode import encode_audio
-from tests.media import mp4_video
+from tests.media import mp4_video, ogg_with_repeated_headers
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
 
 SR = 44100
@@ -128,6 +130,37 @@ def test_float_wav_at_the_analysis_rate_is_bit_exact() -> None:
     assert audio.channels is not None
     np.testing.assert_array_equal(audio.channels, x)
     np.testing.assert_array_equal(audio.samples, librosa.to_mono(x))
+
+
+def test_ogg_that_ffmpeg_refuses_is_decoded_by_libsndfile(
+        music: np.ndarray, encoded: dict[str, bytes]) -> None:
+    """An Ogg Vorbis stream repeating its headers (as Debian's hyperrogue-music ships
+    three files) makes FFmpeg's demuxer fail; libsndfile decodes it to the same audio."""
+    odd = ogg_with_repeated_headers(encoded["ogg"])
+    import av  # only to show the premise: FFmpeg itself refuses these bytes
+    with pytest.raises(av.FFmpegError):
+        av.open(io.BytesIO(odd))
+    plain, audio = decode_audio(encoded["ogg"]), decode_audio(odd)
+    assert (audio.codec, audio.container, audio.sr) == ("vorbis", "ogg", ANALYSIS_SR)
+    assert (audio.source_sr, audio.source_channels, audio.truncated) == (SR, 2, False)
+    n = min(plain.n_samples, audio.n_samples)
+    assert abs(plain.n_samples - audio.n_samples) < 0.01 * ANALYSIS_SR
+    # Two Vorbis decoders (FFmpeg's, libvorbis) on the same packets: the same audio.
+    assert np.corrcoef(plain.samples[:n], audio.samples[:n])[0, 1] > 0.999
+
+
+def test_formats_only_libsndfile_reads_decode_like_their_wav(music: np.ndarray) -> None:
+    """MAT5 (no FFmpeg demuxer) goes through libsndfile: the same samples as the float
+    WAV, resampled the same way; cut at the cap and flagged as truncated."""
+    out = io.BytesIO()
+    soundfile.write(out, music.T, SR, format="MAT5", subtype="FLOAT")
+    wav = decode_audio(_float_wav(music, SR))
+    mat = decode_audio(out.getvalue())
+    assert mat.container == "mat5" and mat.source_channels == 2 and not mat.truncated
+    np.testing.assert_allclose(mat.samples, wav.samples, atol=1e-6)
+    capped = decode_audio(out.getvalue(), max_duration_s=5.0, sr=None)
+    assert capped.truncated and capped.sr == SR and capped.n_samples == 5 * SR
+    np.testing.assert_array_equal(capped.samples, librosa.to_mono(music)[: 5 * SR])
 
 
 def test_mono_source_has_no_channel_matrix(music: np.ndarray) -> None:
