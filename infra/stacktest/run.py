@@ -248,7 +248,11 @@ class Stack:
                      "-f", "infra/docker-compose.stacktest.yml", "--profile", "monitoring"]
 
     def compose(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return run([*self.base, *args], **kwargs)
+        # Compose interpolates ${VAR} from the caller's environment before the env file:
+        # the stack is what stack.env says, not what this shell happens to export.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PREVIEWVEC_", "AWS_", "FLOWER_"))}
+        return run([*self.base, *args], env=env, **kwargs)
 
     def containers(self) -> list[dict[str, Any]]:
         out = self.compose("ps", "-a", "--format", "json").stdout.strip()
@@ -394,7 +398,8 @@ def check_cache(stack: Stack, container_ids: list[str]) -> list[str]:
         logs = run([stack.docker, "logs", cid], check=False)
         warm = re.findall(r"extractor warm in [0-9.]+ s", logs.stdout + logs.stderr)
         warm_line = warm[0] if warm else "no warm-up line"
-        lines.append(f"{cid[:12]}: {verify.stdout.strip()}; {warm_line}")
+        said = verify.stdout.strip() or verify.stderr.strip().splitlines()[-1:] or ["nothing"]
+        lines.append(f"{cid[:12]}: {said if isinstance(said, str) else said[0]}; {warm_line}")
         if verify.returncode != 0 or not warm:
             raise StackFailure(f"worker {cid[:12]}: {lines[-1]}", ("worker",))
     return lines

@@ -192,7 +192,9 @@ def test_compose_passes_every_setting_and_keeps_the_image_defaults() -> None:
             if key in secrets:
                 continue
             assert key in env, f"{name}: {key} is not passed from .env"
-            if key in image_env:  # an empty value would override the image's own
+            if key == "PREVIEWVEC_CACHE_DIR":  # baked into the image: never the host's
+                assert env[key] == image_env[key], (name, env[key])
+            elif key in image_env:  # an empty value would override the image's own
                 assert env[key].endswith(f":-{image_env[key]}}}"), (name, key, env[key])
         assert env["PREVIEWVEC_BROKER_URL"] == "redis://redis:6379/0"
 
