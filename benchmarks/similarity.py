@@ -423,8 +423,15 @@ def evaluate(settings: Settings, items: list[dict], parts: dict[str, set[str]]) 
     by_file = {Path(name).stem: item for item in items for name in item["files"]}
     track = np.asarray([by_file[i]["track"] for i in ids])
     label = np.asarray([by_file[i]["label"] for i in ids])
-    queries = {part: np.flatnonzero(np.isin(label, sorted(labels)))
+    # A query needs its other excerpt in the catalog: the workers refuse an excerpt that
+    # is digitally silent (a track with a long pause), which leaves its partner alone.
+    _, inverse, counts = np.unique(track, return_inverse=True, return_counts=True)
+    paired = counts[inverse] == 2
+    queries = {part: np.flatnonzero(np.isin(label, sorted(labels)) & paired)
                for part, labels in parts.items()}
+    lone = int((~paired).sum())
+    if lone:
+        print(f"  {lone} excerpts without their other excerpt: in the pool, not queried")
     rows: list[dict] = []
 
     def add(name: tuple[str, str, str], order: np.ndarray) -> None:
