@@ -451,6 +451,20 @@ def evaluate(settings: Settings, items: list[dict], parts: dict[str, set[str]]) 
             e = embed(x, normalisation, power)
             for distance in DISTANCES:
                 add((normalisation, weighting, distance), ranking(e, distance))
+    if "tuning" in queries:
+        # Supervised check: a per-dimension weight learned from the tuning part's pairs
+        # (Fisher ratio: spread across tracks over spread within a track). If the feature
+        # set held a track-stable subset, this would find it and carry to the held-out part.
+        z = fit_zscore(x)(x)
+        pairs: dict[str, list[int]] = {}
+        for i in queries["tuning"]:
+            pairs.setdefault(str(track[i]), []).append(int(i))
+        diff = np.asarray([z[a] - z[b] for a, b in pairs.values()])
+        within = (diff**2).mean(axis=0) / 2 + 1e-3
+        total = z[np.isin(label, sorted(parts["tuning"]))].var(axis=0) + 1e-3
+        learned = np.sqrt(np.maximum(total - within, 0.0) / within)
+        for distance in ("cosine", "cosine-CSLS"):
+            add(("z-score", "learned (tuning)", distance), ranking(z * learned, distance))
     for row in rows:
         for part in queries:
             del row[part]["_hits"]
