@@ -337,6 +337,16 @@ def test_lock_pins_every_runtime_dependency() -> None:
                        "run `.venv/bin/python infra/lock.py`")
     for test_only in ("pytest", "moto", "ruff", "hypothesis"):
         assert test_only not in pins, f"{test_only} must not be in the image"
+    # benchmarks/peers.py's Essentia and madmom are benchmark dependencies (the "peers"
+    # extra), never runtime ones.
+    runtime = {canonicalize_name(Requirement(raw).name) for raw in project["dependencies"]}
+    for extra in ("peers", "test"):
+        for raw in project["optional-dependencies"][extra]:
+            name = canonicalize_name(Requirement(raw).name)
+            assert name not in runtime, f"{name} ({extra} extra) must not be a runtime dependency"
+    for peer in project["optional-dependencies"]["peers"]:
+        name = canonicalize_name(Requirement(peer).name)
+        assert name not in pins, f"{name} must not be in the image"
 
 
 def roles() -> list[list[str]]:

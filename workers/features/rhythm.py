@@ -265,8 +265,10 @@ def danceability(
     segment length τ between 310 ms and 8.8 s the RMS residual F(τ) of a linear fit per
     segment is measured; the local DFA exponents α are the slopes of log F against log τ.
     Strongly periodic (danceable) music keeps α low over the beat and bar time-scales.
-    The raw score is the mean of 1/α as in Essentia (range ~0-3); we report it / 3,
-    clipped to [0, 1].
+    The raw score is the mean of 1/α (range ~0-3+); we report it / 3, clipped to [0, 1].
+    Essentia's ``Danceability`` differs: 1 / (mean α), overlapping segments, and α
+    measured against log(τ + 3 frames); the two rank clips differently and ours
+    saturates where some α are near 0 (docs/features.md, "Beside the peers").
     """
     frame = max(round(0.01 * sr), 1)
     n_frames = y.size // frame
