@@ -140,7 +140,7 @@ class Overlap:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.hub = hub
-        hub.add_reader(self.wake_r, self._drain)
+        self.attach(hub)
         self.path = socket_path(os.getpid())
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -148,6 +148,16 @@ class Overlap:
         self.server.bind(str(self.path))
         self.server.listen(64)
         threading.Thread(target=self._accept, name="pv-handoff", daemon=True).start()
+
+    def attach(self, hub: Any) -> None:
+        """Watch the wake pipe from the consumer's event loop; again after every restart
+        of the consumer: Celery resets the hub after a broker connection error, which
+        drops every reader, and finished fetches would then never be dispatched (jobs
+        received, never run). Wakes the loop once for what finished meanwhile."""
+        self.hub = hub
+        hub.add_reader(self.wake_r, self._drain)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"x")
 
     def close(self) -> None:
         """Stop handing out (children fall back to their own I/O); finish the writes
@@ -391,8 +401,11 @@ class OverlapStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         global _active
+        if self.overlap is not None:  # the consumer restarted (after a connection error)
+            self.overlap.attach(c.hub)
+            return
         settings = Settings.from_env()
-        if self.overlap is not None or not enabled(c, settings):
+        if not enabled(c, settings):
             return
         children = int(getattr(c.pool, "num_processes", 1) or 1)
         self.overlap = _active = Overlap(settings, c.hub, children)

@@ -46,6 +46,10 @@ from tests.harness.faults import (
 pytestmark = pytest.mark.faults
 
 JOBS = 200
+# Workers run as production runs them: the configured prefetch multiplier (16 per child),
+# so jobs are fetched ahead and written behind by the worker's main process
+# (workers/overlap.py). Set to 1 to try a scenario on plain Celery.
+PRODUCTION: int | None = None
 STORE_PREFIX = "pv"
 
 
@@ -126,7 +130,8 @@ def start_batch(name: str, root: Path, assets: FaultAssets, host: FaultyClipServ
                              store=f"s3://{bucket}/{STORE_PREFIX}", extra_env=env,
                              appendonly=appendonly)
     try:
-        started = [pipeline.start_worker(f"{name}-{i}") for i in range(workers)]
+        started = [pipeline.start_worker(f"{name}-{i}", prefetch=PRODUCTION)
+                   for i in range(workers)]
         index_env = index_env or {"PREVIEWVEC_INDEX": str(root / "index")}
         pipeline.start_reducer(index_env)
         for worker in started:
@@ -194,7 +199,8 @@ def test_sigkilled_workers_and_pool_children(tmp_path: Path, fault_assets: Fault
             else:
                 target.kill_hard()
                 workers += 1
-                pipeline.start_worker(f"kill-r{round_}")  # joins while the batch runs
+                # joins while the batch runs
+                pipeline.start_worker(f"kill-r{round_}", prefetch=PRODUCTION)
             done = batch.status()["done"]
             batch.wait_done(done + 6)  # the next kill lands on running jobs again
         last_kill = time.monotonic()
@@ -387,8 +393,13 @@ def test_index_answers_429_then_503(tmp_path: Path, fault_assets: FaultAssets,
 # --------------------------------------------------------------------------- preview host
 
 
-FLAP_S = 8.0
+FLAP_S = 8.0  # each phase lasts this long at most...
 SLOW_S = 8.0
+# ...and ends once it has served this many requests: with the production prefetch, workers
+# fetch 16 jobs ahead per child, and 8 s of flapping would use up the batch before the
+# slow phase begins (a failing fetch no longer holds a pool child while it retries).
+FLAP_HITS = 40
+SLOW_HITS = 6
 SLOW_RESPONSE_S = 2.5
 FETCH_ENV = {  # short fetch limits: the slow host's 2.5 s is over the 1 s read timeout
     "PREVIEWVEC_FETCH_CONNECT_TIMEOUT_S": "1",
@@ -411,10 +422,11 @@ def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAsse
     pipeline = batch.pipeline
     try:
         batch.wait_done(20)
-        clip_host.set_mode("flap")
-        time.sleep(FLAP_S)
-        clip_host.set_mode("slow", slow_s=SLOW_RESPONSE_S)
-        time.sleep(SLOW_S)
+        for mode, hits, longest_s in (("flap", FLAP_HITS, FLAP_S), ("slow", SLOW_HITS, SLOW_S)):
+            clip_host.set_mode(mode, slow_s=SLOW_RESPONSE_S if mode == "slow" else 0.0)
+            phase_end = time.monotonic() + longest_s
+            while clip_host.hits[mode] < hits and time.monotonic() < phase_end:
+                time.sleep(0.05)
         clip_host.set_mode("ok")
         healthy = time.monotonic()
         first_pass = batch.wait_complete()
@@ -436,9 +448,8 @@ def test_preview_host_flapping_then_slow(tmp_path: Path, fault_assets: FaultAsse
         assert final.failed == {}
         fault_rows.append(Row(
             "preview host flapping, then slow", final.jobs,
-            f"{FLAP_S:g} s flapping (reset / 503 / ok) + {SLOW_S:g} s slow "
-            f"({SLOW_RESPONSE_S:g} s > 1 s read timeout); "
-            f"{clip_host.hits['flap'] + clip_host.hits['slow']} requests hit",
+            f"flapping (reset / 503 / ok) for {clip_host.hits['flap']} requests, then slow "
+            f"({SLOW_RESPONSE_S:g} s > 1 s read timeout) for {clip_host.hits['slow']}",
             final.in_store, final.in_index, final.duplicates, final.lost,
             f"{first.failed_text()} → 0 after `previewvec retry`",
             f"{seconds(first_pass - healthy)}; retry {seconds(finished - retry_started)}"))

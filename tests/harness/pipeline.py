@@ -404,16 +404,20 @@ class Pipeline:
 
     # --- workers ------------------------------------------------------------------------
 
-    def start_worker(self, name: str, *, concurrency: int = 1, prefetch: int = 1,
+    def start_worker(self, name: str, *, concurrency: int = 1, prefetch: int | None = 1,
                      extra_env: dict[str, str] | None = None) -> WorkerProcess:
+        """A ``celery worker``. ``prefetch`` 1 (the default here) is plain Celery, one job
+        per child, which the kill and crash-cap tests count on; None keeps the configured
+        multiplier (``PREVIEWVEC_PREFETCH_MULTIPLIER``), the production path with I/O
+        overlapped, as the fault scenarios run it; another number is passed as is."""
         log_path = self.root / f"worker-{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below
+        multiplier = [] if prefetch is None else ["--prefetch-multiplier", str(prefetch)]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
                  "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-                 "--queues", WORKER_QUEUES, "--prefetch-multiplier", str(prefetch),
-                 "--loglevel", "info"],
+                 "--queues", WORKER_QUEUES, *multiplier, "--loglevel", "info"],
                 env={**self.env, **(extra_env or {})}, cwd=REPO,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
