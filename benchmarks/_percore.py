@@ -6,6 +6,8 @@ Subprocesses (e.g. Celery workers) inherit the environment."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 
 from contract.settings import Settings
@@ -23,3 +25,17 @@ def pin_one_thread(script: str) -> str:
     os.makedirs(cache, exist_ok=True)
     os.environ["NUMBA_CACHE_DIR"] = cache
     return cache
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """SIGTERM every worker still running (a warm shutdown: the current task finishes),
+    then wait for each; one that outlives ``timeout_s`` is killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

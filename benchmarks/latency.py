@@ -31,7 +31,7 @@ compute (done ahead by the worker's prefetcher).
 
 from __future__ import annotations
 
-from _percore import pin_one_thread
+from _percore import pin_one_thread, stop_workers
 
 _NUMBA_CACHE_DIR = pin_one_thread("benchmarks/latency.py")
 
@@ -583,15 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {phase['clips_per_s_per_core']:.2f} clips/s per core, CPU "
                           f"{100 * phase['cpu_utilisation']:.0f} %", flush=True)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_workers(procs)
         host.stop()
         proxy.stop()
         moto.stop()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _percore import pin_one_thread
+from _percore import pin_one_thread, stop_workers
 
 from contract.settings import Settings
 
@@ -45,7 +45,6 @@ import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -370,15 +369,7 @@ def measure_path(folder: Path, n: int, workers: int, store_kind: str, work: Path
             sizes = [len(reducer.store.get(record_key(FEATURE_VERSION, f"bench-{i:05d}")))
                      for i in range(n)]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_workers(procs, timeout_s=30)
     per_worker = [_parse_tasks(log_path.read_text(errors="replace")) for log_path in logs]
     tasks = [t for w in per_worker for t in w]
     feat_wall = t_featurized - t0

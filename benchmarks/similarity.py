@@ -39,7 +39,7 @@ style as label) run as a second, separate catalog: they are far easier.
 
 from __future__ import annotations
 
-from _percore import pin_one_thread
+from _percore import pin_one_thread, stop_workers
 
 _NUMBA_CACHE_DIR = pin_one_thread("benchmarks/similarity.py")
 
@@ -49,7 +49,6 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -264,13 +263,7 @@ def index_through_real_path(items: list[dict], work: Path) -> Settings:
             reducer.index.wait_for_writes()
             print(f"  indexed {reducer.index.count()} vectors")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_workers([proc])
     return settings
 
 

@@ -30,6 +30,7 @@ each, so they see the same machine load):
 from __future__ import annotations
 
 # pipeline pins BLAS/numba threads when imported, so it goes before anything loads numpy
+from _percore import stop_workers  # isort: skip
 from pipeline import MotoServer, _machine, _wait_warm, ensure_clips  # isort: skip
 
 # isort: split
@@ -40,7 +41,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -205,13 +205,7 @@ def soak_one(mitigation: str, args: argparse.Namespace, base_url: str, work: Pat
             counts = runs.status(run_id).counts
             failures = dict(list(runs.failures(run_id))[:5])
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_workers([proc])
     return {"mitigation": mitigation, "worker_args": extra_args, "worker_env": extra_env,
             "counts": counts, "failures": failures,
             "samples": [dataclasses.asdict(s) for s in samples], **summarise(samples, args)}
