@@ -18,9 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+from contract.errors import ConfigError
 from contract.settings import Settings
 from contract.state import Runs
 from previewvec.localredis import LocalRedis
@@ -147,14 +150,26 @@ def _wait_for_run(runs: Runs, run_id: str, watch: WorkerWatch) -> bool:
         time.sleep(0.5)
 
 
+def _song_maker() -> tuple[Callable[[str], str], Callable[..., list[tuple[str, dict[str, Any]]]]]:
+    """The test kit's two demo calls. The kit is a distribution of its own (testkit/),
+    installed by ./dev next to the product but never part of its wheel or image."""
+    try:
+        from testkit.songs import resolve_renderer, write_demo_set
+    except ImportError as exc:
+        raise ConfigError(
+            f"the demo makes its songs with previewvec's test kit, which is not installed "
+            f"here ({exc}): run ./dev demo from the repository, or pip install -e ./testkit"
+        ) from None
+    return resolve_renderer, write_demo_set
+
+
 def run_demo(settings: Settings, *, out_dir: Path, renderer: str = "auto") -> int:
     """Run the full pipeline on generated songs and print what came out."""
     from contract.records import decode_record, record_key
     from producers.queue import enqueue_catalog
     from reducer.reduce import Reducer
 
-    # Test tooling, used through its narrow demo interface only.
-    from testkit.songs import resolve_renderer, write_demo_set
+    resolve_renderer, write_demo_set = _song_maker()
 
     out_dir = out_dir.resolve()
     chosen = resolve_renderer(renderer)

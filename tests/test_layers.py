@@ -96,3 +96,24 @@ def test_the_check_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, impor
     (fake_repo / importer).write_text(source)
     monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", fake_repo)
     assert (wrong_way_imports() == []) == allowed
+
+
+def test_test_tooling_is_not_in_the_product() -> None:
+    """testkit/ is a distribution of its own: the product's wheel and image hold none of it,
+    and its dependencies (mido) are not the product's (issue 13, point 4)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    product = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = product["tool"]["setuptools"]["packages"]["find"]["include"]
+    shipped = set(find_packages(str(REPO), include=include))
+    assert shipped and not {p for p in shipped if p.split(".")[0] in ("testkit", "tests")}
+    assert {p.split(".")[0] for p in shipped} == set(LAYER_OF) - {"testkit"}
+    assert not any(dep.startswith("mido") for dep in product["project"]["dependencies"])
+    kit = tomllib.loads((REPO / "testkit" / "pyproject.toml").read_text())["project"]
+    assert kit["name"] == "previewvec-testkit" and "previewvec" in kit["dependencies"]
+    dockerfile = (REPO / "infra" / "Dockerfile").read_text()
+    assert "testkit" not in dockerfile
+    assert "testkit" in (REPO / ".dockerignore").read_text().split()
+    assert "mido" not in (REPO / "infra" / "requirements.lock").read_text()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
-
-import mido
+from typing import TYPE_CHECKING
 
 from testkit.songs.score import NOTE_NAMES, Score, Track
+
+if TYPE_CHECKING:
+    import mido
 
 TICKS_PER_BEAT = 480
 
@@ -21,6 +23,8 @@ def _ticks(beats: float) -> int:
 
 def _track_events(track: Track) -> list[tuple[int, int, mido.Message]]:
     """(tick, order, message): note-offs sort before note-ons at the same tick."""
+    import mido  # only MIDI export needs it: the numpy-synth path runs without mido
+
     ch = track.channel
     events: list[tuple[int, int, mido.Message]] = [
         (0, 0, mido.Message("program_change", channel=ch, program=track.program)),
@@ -51,6 +55,8 @@ def _track_events(track: Track) -> list[tuple[int, int, mido.Message]]:
 
 def score_to_midi(score: Score) -> bytes:
     """Encode ``score`` as a type-1 Standard MIDI File (480 ticks/beat, drums on channel 10)."""
+    import mido
+
     mid = mido.MidiFile(type=1, ticks_per_beat=TICKS_PER_BEAT)
     end_tick = _ticks(score.n_beats)
     meta = mido.MidiTrack()
