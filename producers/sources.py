@@ -278,6 +278,19 @@ class _StoreSource:
             return ReleaseAnswer(note=problem)
         return ReleaseAnswer(match_album(entries, tracks, self.name, self.threshold))
 
+    def _best_of_search(self, tracks: list[StoreTrack],
+                        score: Callable[[StoreTrack], Match | None], via: str
+                        ) -> Candidate | Miss:
+        """The best-scoring track of one search, if it clears the threshold."""
+        best = best_scored(tracks, score)
+        if best is None:
+            return Miss(0.0, f"{self.name}: no store candidates")
+        m, track = best
+        if m.score < self.threshold:
+            return Miss(m.score, f"{self.name} best {track.item.title!r} by "
+                                 f"{track.item.artist!r}: {m.reason}")
+        return Candidate(self.name, track, "search+fuzzy", m.score, f"{m.reason} via {via}")
+
 
 # -- iTunes -----------------------------------------------------------------------------
 def _itunes_track(row: dict[str, Any]) -> StoreTrack:
@@ -330,23 +343,16 @@ class ITunesSource(_StoreSource):
         rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
                                   limit=self.song_search_limit)
 
-        def score(row: dict[str, Any]) -> Match | None:
-            if row.get("wrapperType", "track") != "track" or row.get("kind", "song") != "song":
-                return None
-            item = item_from_itunes(row)
-            if lone_remaster(entry.item, item) or reordered_title(entry.item, item):
-                return None
-            return match_score(entry.item, item)
+        songs = [_itunes_track(row) for row in rows
+                 if row.get("wrapperType", "track") == "track"
+                 and row.get("kind", "song") == "song"]
 
-        best = best_scored(rows, score)
-        if best is None:
-            return Miss(0.0, "no store candidates")
-        m, row = best
-        if m.score < self.threshold:
-            return Miss(m.score, f"best {row.get('trackName')!r} by "
-                                 f"{row.get('artistName')!r}: {m.reason}")
-        return Candidate(self.name, _itunes_track(row), "search+fuzzy", m.score,
-                         m.reason + " via song search")
+        def score(track: StoreTrack) -> Match | None:
+            if lone_remaster(entry.item, track.item) or reordered_title(entry.item, track.item):
+                return None
+            return match_score(entry.item, track.item)
+
+        return self._best_of_search(songs, score, "song search")
 
 
 # -- Deezer -----------------------------------------------------------------------------
@@ -434,12 +440,5 @@ class DeezerSource(_StoreSource):
                 return None
             return match_score(entry.item, track.item)
 
-        best = best_scored([deezer_track(row) for row in rows], score)
-        if best is None:
-            return Miss(0.0, "deezer: no store candidates")
-        m, track = best
-        if m.score < self.threshold:
-            return Miss(m.score, f"deezer best {track.item.title!r} by "
-                                 f"{track.item.artist!r}: {m.reason}")
-        return Candidate(self.name, track, "search+fuzzy", m.score,
-                         m.reason + " via deezer track search")
+        return self._best_of_search([deezer_track(row) for row in rows], score,
+                                    "deezer track search")
