@@ -100,6 +100,10 @@ class Settings:
     # Worker memory: every N tasks a pool child hands freed heap back to the OS with
     # glibc's malloc_trim(0); 0 turns it off (measured in benchmarks/soak.py).
     malloc_trim_every: int = 0
+    # glibc malloc arenas per worker process (and its pool children); 0 = glibc's default
+    # (8 per core). The main process's fetch and write-behind threads otherwise each keep
+    # freed previews in an arena of their own (workers/heap.py).
+    malloc_arenas: int = 2
     # A job whose worker dies while running it (a signal, the OOM killer) is redelivered
     # at most this often; the next crash records it as a `worker_crashed` failure.
     max_crash_redeliveries: int = 3

@@ -41,6 +41,7 @@ NEUTRAL_SETTINGS: frozenset[str] = frozenset({
     "fetch_max_bytes", "fetch_max_redirects", "fetch_retries",
     "vectorize_account_id", "vectorize_api_token", "vectorize_base_url",
     "reduce_batch_size", "run_ttl_s", "visibility_timeout_s", "malloc_trim_every",
+    "malloc_arenas",
     "max_crash_redeliveries", "mb_contact", "musicbrainz_url", "itunes_url",
     "itunes_country", "mb_rate_per_s", "itunes_rate_per_min", "match_threshold",
     "queue_high_water", "api_tokens", "api_max_body_bytes",

@@ -10,10 +10,7 @@ or is redelivered forever, and no exception kills the worker.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -25,7 +22,7 @@ from contract.retry import Backoff
 from contract.settings import Settings
 from contract.state import Runs
 from contract.store import StoreUnavailable
-from workers import crashes
+from workers import crashes, heap
 from workers.app import app
 from workers.crashes import CrashCappedRequest
 
@@ -65,10 +62,14 @@ def _warm_main(**_: Any) -> None:
     inherits the compiled code, so no child compiles and none races another for the cache."""
     from workers import jitcache
 
-    _claim_version(Settings.from_env())
+    settings = Settings.from_env()
+    # Before the overlap's threads start and before the pool forks (children inherit it).
+    if heap.cap_arenas(settings.malloc_arenas):
+        log.info("malloc arenas capped at %d", settings.malloc_arenas)
+    _claim_version(settings)
     log.warning("warming the extractor")  # at warning: the demo and ops see this phase
     try:
-        seconds = jitcache.warm(Settings.from_env())
+        seconds = jitcache.warm(settings)
     except Exception as exc:
         # Celery logs and ignores a worker_init handler's exception, and would start
         # children that then compile (or wait for the cache lock) one by one: stop instead.
@@ -109,15 +110,7 @@ def _start_child(**_: Any) -> None:
     log.info("extractor warmed in %.1f s; pool child ready", seconds)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_trim = _malloc_trim()
+_trim = heap.malloc_trim()
 _tasks_since_trim = 0
 
 
