@@ -5,7 +5,9 @@ Writes N synthetic records (testkit/records.py: valid records, 530 float32 dimen
 then runs the real ``previewvec export`` command on each and reports its wall time,
 records/s and peak RSS (the child's ``ru_maxrss``). Baselines measured in the same run:
 reading every record in one thread and parsing it with the standard ``json`` module
-(what a plain loop over the store does), on the same store.
+(what a plain loop over the store does), on the same store; and for S3 the server's own
+ceiling: 32 threads doing nothing but GETs (no decoding, no output) on the same keys, with
+the moto server's CPU per GET (one Python process serves every request).
 
     .venv/bin/python benchmarks/export.py --records 100000 --s3
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from contract.layout import FEATURE_VERSION  # noqa: E402
 from contract.records import encode_record, record_key  # noqa: E402
 from testkit.records import synthetic_record  # noqa: E402
 
@@ -41,7 +44,7 @@ def catalog(n: int) -> list[tuple[str, bytes]]:
         rid = f"rec-{i:07d}"
         data = templates[i % TEMPLATES].replace(
             f"rec-{i % TEMPLATES:07d}".encode(), rid.encode(), 1)
-        out.append((record_key("pv2", rid), data))
+        out.append((record_key(FEATURE_VERSION, rid), data))
     return out
 
 
@@ -152,13 +155,33 @@ def baseline(store: str, env: dict[str, str], n: int) -> float:
         "import json, sys, time\n"
         "from contract.store import open_store\n"
         "s = open_store(sys.argv[1]); t = time.perf_counter(); n = 0\n"
-        "for k in s.iter_keys('features/pv2/'):\n"
+        f"for k in s.iter_keys('features/{FEATURE_VERSION}/'):\n"
         "    json.loads(s.get(k)); n += 1\n"
         "    if n >= int(sys.argv[2]): break\n"
         "print(n / (time.perf_counter() - t))\n")
     out = subprocess.run([sys.executable, "-c", code, store, str(n)], env={**os.environ, **env},
                          cwd=REPO, capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
+
+
+def ceiling(env: dict[str, str], bucket: str, keys: list[str], server_pid: int,
+            threads: int = 32) -> dict[str, float]:
+    """GETs/s of ``threads`` threads doing nothing but GET (the server's ceiling for any
+    exporter), and the server process's CPU ms per GET meanwhile."""
+    import boto3
+    import psutil
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+                          aws_access_key_id="bench", aws_secret_access_key="bench",
+                          region_name="us-east-1")
+    server = psutil.Process(server_pid)
+    before = sum(server.cpu_times()[:2])
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda k: client.get_object(Bucket=bucket, Key=k)["Body"].read(), keys))
+    wall = time.perf_counter() - started
+    return {"gets_per_s": len(keys) / wall,
+            "server_cpu_ms_per_get": (sum(server.cpu_times()[:2]) - before) / len(keys) * 1e3}
 
 
 def verify(out: Path, n: int) -> None:
@@ -201,6 +224,8 @@ def main() -> int:
                 res["records_per_s"] = args.records / res["wall_s"]
                 res["baseline_records_per_s"] = baseline("s3://bench", moto.env,
                                                          args.baseline_records)
+                res.update(ceiling(moto.env, "bench",
+                                   [k for k, _ in items[:args.baseline_records]], moto.proc.pid))
                 results["s3 (moto)"] = res
                 print(json.dumps({"s3": res}), file=sys.stderr, flush=True)
             finally:
@@ -213,6 +238,10 @@ def main() -> int:
               f"{r['baseline_records_per_s']:>21.0f} "
               f"{r['records_per_s'] / r['baseline_records_per_s']:>6.1f} "
               f"{r['peak_rss_mb']:>12.0f}")
+        if "gets_per_s" in r:
+            print(f"{'':<10} server ceiling: {r['gets_per_s']:.0f} bare GETs/s with 32 threads "
+                  f"(moto: {r['server_cpu_ms_per_get']:.2f} CPU ms per GET, one process); "
+                  f"export at {r['records_per_s'] / r['gets_per_s']:.2f} of it")
     print(json.dumps(results, indent=1), file=sys.stderr)
     return 0
 
