@@ -47,27 +47,47 @@ from producers import dumps
 
 PLAN_FORMAT = "previewvec-plan/1"
 PASSES = 2  # the cover, then the rest
-_INDEX_BITS = 32  # a heap entry is -(count << 32) + release index: one int, not a tuple
+_INDEX_BITS = 32  # a heap entry is -(priority << 32) + release index: one int, not a tuple
+_SCALE_BITS = 16  # priorities are fixed-point: uncovered recordings per call × 2**16
+# Calls a release costs before any per-track call: its album (a barcode lookup, or an
+# album search and its track list). A lone recording entity costs only its own.
+ALBUM_CALLS = 2
 
 
-def recording_ids(entity: dict[str, Any]) -> list[str]:
-    """The distinct recording ids of a dump entity (a release's tracks, or a recording),
-    as the resolver reads them."""
+def _credit_names(credit: Any) -> str:
+    if not isinstance(credit, list):
+        return ""
+    return "|".join(str(c.get("name") or (c.get("artist") or {}).get("name") or "")
+                    for c in credit if isinstance(c, dict))
+
+
+def tracks_of(entity: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The distinct recordings of a dump entity as the resolver reads them, each with
+    whether it is *solo*: likely to need calls of its own rather than being matched with
+    its release's album (a track credited to another artist than the release, as on a
+    compilation; a lone recording entity)."""
     kind = dumps.entity_type(entity)
     if kind == "recording":
         rid = entity.get("id")
-        return [rid] if isinstance(rid, str) and rid else []
+        return [(rid, True)] if isinstance(rid, str) and rid else []
     if kind != "release":
         return []
-    out: dict[str, None] = {}
+    release_credit = _credit_names(entity.get("artist-credit"))
+    out: dict[str, bool] = {}
     for medium in entity.get("media") or []:
         for trk in (medium.get("tracks") or medium.get("track") or []) if isinstance(
                 medium, dict) else []:
             rec = trk.get("recording") if isinstance(trk, dict) else None
             rid = rec.get("id") if isinstance(rec, dict) else None
-            if isinstance(rid, str) and rid:
-                out[rid] = None
-    return list(out)
+            if isinstance(rid, str) and rid and rid not in out:
+                credit = _credit_names(trk.get("artist-credit") or rec.get("artist-credit"))
+                out[rid] = bool(credit) and credit != release_credit
+    return list(out.items())
+
+
+def recording_ids(entity: dict[str, Any]) -> list[str]:
+    """The distinct recording ids of a dump entity (a release's tracks, or a recording)."""
+    return [rid for rid, _ in tracks_of(entity)]
 
 
 def _hash(recording_id: str) -> int:
@@ -75,33 +95,50 @@ def _hash(recording_id: str) -> int:
                                           digest_size=8).digest(), "little")
 
 
-def greedy_cover(offsets: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def greedy_cover(offsets: np.ndarray, members: np.ndarray, *,
+                 solo: np.ndarray | None = None, base: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Lazy greedy max coverage. Release ``i`` holds ``members[offsets[i]:offsets[i+1]]``
     (dense recording numbers, distinct within a release).
+
+    Unweighted (no ``solo``): a release's priority is its count of uncovered recordings.
+    Weighted: that count over the release's estimated calls, ``base[i]`` plus one per
+    uncovered *solo* track (``solo``, aligned with ``members``), the weighted set-cover
+    greedy. Priorities only fall as recordings get covered, as lazy evaluation needs,
+    except where a solo track's coverage lowers the cost faster (then it is approximate).
 
     Returns (order, gains): the releases taken, in the greedy's order, and how many new
     recordings each covered when taken (> 0). Ties go to the lower index (dump order)."""
     n = len(offsets) - 1
     covered = np.zeros(int(members.max()) + 1 if len(members) else 0, dtype=bool)
     sizes = np.diff(offsets)
-    heap = [-(int(sizes[i]) << _INDEX_BITS) + i for i in range(n) if sizes[i] > 0]
+
+    def priority(i: int) -> tuple[int, int]:
+        """(priority as an int, gain) of release i now."""
+        ids = members[offsets[i]:offsets[i + 1]]
+        fresh = ~covered[ids]
+        gain = int(np.count_nonzero(fresh))
+        if solo is None or gain == 0:
+            return gain << _SCALE_BITS, gain
+        calls = int(base[i]) + int(np.count_nonzero(solo[offsets[i]:offsets[i + 1]] & fresh))
+        return (gain << _SCALE_BITS) // max(1, calls), gain
+
+    heap = [-(priority(i)[0] << _INDEX_BITS) + i for i in range(n) if sizes[i] > 0]
     heapq.heapify(heap)
     order: list[int] = []
     gains: list[int] = []
     mask = (1 << _INDEX_BITS) - 1
     while heap:
-        top = heapq.heappop(heap)
-        i = top & mask
-        ids = members[offsets[i]:offsets[i + 1]]
-        gain = int(ids.size - np.count_nonzero(covered[ids]))
+        i = heapq.heappop(heap) & mask
+        prio, gain = priority(i)
         if gain == 0:
             continue  # covered by the releases taken before it: not in the cover
-        if not heap or gain >= -(heap[0] >> _INDEX_BITS):
-            covered[ids] = True
+        if not heap or prio >= -(heap[0] >> _INDEX_BITS):
+            covered[members[offsets[i]:offsets[i + 1]]] = True
             order.append(i)
             gains.append(gain)
         else:
-            heapq.heappush(heap, -(gain << _INDEX_BITS) + i)
+            heapq.heappush(heap, -(prio << _INDEX_BITS) + i)
     return np.asarray(order, dtype=np.int64), np.asarray(gains, dtype=np.int64)
 
 
@@ -144,28 +181,37 @@ class Plan:
                    int(meta["dump_bytes"]))
 
 
-def make_plan(path: str | Path, *, member: str | None = None,
+def make_plan(path: str | Path, *, member: str | None = None, weighted: bool = True,
               progress: Callable[[int], None] | None = None) -> tuple[Plan, np.ndarray]:
     """Read the dump once and plan it; returns the plan and the greedy order (dump line
-    numbers of the cover, in the order the greedy took them)."""
+    numbers of the cover, in the order the greedy took them). ``weighted``: by uncovered
+    recordings per estimated call (the default), else by uncovered recordings alone."""
     lines_of = array("q")
     offsets = array("q", [0])
     hashes = array("Q")
+    solo = array("b")
+    base = array("b")
     last = 0
     for line_no, item in dumps.iter_dump(path, member=member):
         last = line_no
         if isinstance(item, dumps.DumpError):
             continue
-        ids = recording_ids(item)
-        if ids:
+        tracks = tracks_of(item)
+        if tracks:
             lines_of.append(line_no)
-            hashes.extend(_hash(rid) for rid in ids)
+            hashes.extend(_hash(rid) for rid, _ in tracks)
+            solo.extend(int(s) for _, s in tracks)
+            base.append(ALBUM_CALLS if dumps.entity_type(item) == "release" else 0)
             offsets.append(len(hashes))
         if progress is not None and line_no % 100_000 == 0:
             progress(line_no)
     flat = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
     uniq, members = np.unique(flat, return_inverse=True)
-    order, _ = greedy_cover(np.frombuffer(offsets, dtype=np.int64), members.ravel())
+    del flat, hashes
+    order, _ = greedy_cover(
+        np.frombuffer(offsets, dtype=np.int64), members.ravel(),
+        solo=np.frombuffer(solo, dtype=np.int8).astype(bool) if weighted else None,
+        base=np.frombuffer(base, dtype=np.int8) if weighted else None)
     cover_lines = np.frombuffer(lines_of, dtype=np.int64)[order] if len(order) else \
         np.zeros(0, np.int64)
     bitmap = bytearray((last >> 3) + 1)

@@ -22,10 +22,11 @@ missed when iTunes was busy for its release (measured in benchmarks/resolution.p
 
 **Do no call twice.** Before a release is resolved its recordings are looked up: stored
 at the current feature version (``stored``), queued in any run or already handled by this
-run (``handled``, contract/state/pending.py), or resolved by this resolver moments ago
-(the batch submit has not published yet). A release whose recordings are all known costs
-no call at all; one with some known resolves only the others. Which releases end up fully
-known depends on the order they come in: see producers/plan.py.
+run (queued, done, skipped or failed for good: ``handled``, contract/state/pending.py),
+or resolved by this resolver moments ago (the batch submit has not published yet). A
+release whose recordings are all known costs no call at all; one with some known resolves
+only the others. Which releases end up fully known depends on the order they come in:
+see producers/plan.py.
 
 Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`
 (carrying ``source``, ``source_track_id``, ``source_url``, ``match_rule`` and
@@ -64,7 +65,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from contract.errors import PreviewvecError
+from contract.errors import PreviewvecError, is_transient
 from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
 from contract.settings import Settings
 from contract.state.cache import AnswerCache
@@ -99,8 +100,9 @@ ALREADY_IN_RUN = "already_in_run"
 _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature version"),
           "queued": (ALREADY_QUEUED, "a job of it is queued in another run"),
           "in_run": (ALREADY_IN_RUN, "this run has it already")}
-# Recordings this resolver resolved, remembered until submit has surely published them
-# (it publishes every 500 jobs; a few releases are in flight): ≈ 100 B each.
+# Recordings this resolver resolved (or failed to, for good), remembered until submit has
+# surely published them (it publishes every 500 jobs; a few releases are in flight) and
+# recorded their failures: ≈ 100 B each.
 RECENT_RESOLVED = 50_000
 BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
@@ -422,7 +424,8 @@ class Resolver:
                         query, entries)) or ReleaseAnswer())
         self._per_recording(state)
         out = [self._outcome(state, i) for i in wanted]
-        self._remember(res.recording_id for res in out if res.job is not None)
+        self._remember(res.recording_id for res in out
+                       if res.job is not None or not is_transient(res.error_code or ""))
         return skipped + out
 
     def _known(self, recording_ids: list[str]) -> dict[str, str]:
@@ -498,7 +501,7 @@ class Resolver:
             self.stats["recordings_known"] += 1
             return self._known_resolution(rec["id"], known)
         res = self._resolve_single(self._recording_entry(rec))
-        if res.job is not None:
+        if res.job is not None or not is_transient(res.error_code or ""):
             self._remember([res.recording_id])
         return res
 

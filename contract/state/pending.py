@@ -18,8 +18,10 @@ the worker skips a recording whose record is stored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+from contract.errors import is_transient
 from contract.state.keys import pending_key, run_key
 from contract.state.scripts import StateBase
 
@@ -27,7 +29,10 @@ from contract.state.scripts import StateBase
 # high-water mark); a day covers a long backlog and bounds a stale fact's life.
 PENDING_TTL_S = 86_400
 # States of a recording in the same run that leave nothing to resolve: queued (its job
-# waits), done or skipped. A failed one may resolve through another release.
+# waits), done or skipped; and failed, unless the failure was transient (an upstream that
+# was down may answer for its next release). The resolver's per-recording steps (ISRC,
+# song search) do not depend on the release, so a recording no source matched is not
+# asked again through each of its other releases in the same run.
 HANDLED_STATES = ("queued", "done", "skipped")
 
 
@@ -40,8 +45,8 @@ class Pending(StateBase):
     def handled(self, run_id: str | None, recording_ids: Sequence[str]
                 ) -> dict[str, str]:
         """The recordings that need no resolution for ``run_id``, each with why: "queued"
-        (its job is queued in another run), "in_run" (``run_id`` has it queued, done or
-        skipped). One round trip for the lot."""
+        (its job is queued in another run), "in_run" (``run_id`` has it queued, done,
+        skipped, or failed for good). One round trip for the lot, two with failures."""
         if not recording_ids:
             return {}
         pipe = self._redis.pipeline(transaction=False)
@@ -51,6 +56,7 @@ class Pending(StateBase):
         replies = pipe.execute()
         states = replies[1] if run_id is not None else [None] * len(recording_ids)
         out: dict[str, str] = {}
+        failed = []
         for rid, owner, state in zip(recording_ids, replies[0], states, strict=True):
             owner = owner.decode() if isinstance(owner, bytes) else owner
             state = state.decode() if isinstance(state, bytes) else state
@@ -58,4 +64,19 @@ class Pending(StateBase):
                 out[rid] = "in_run"
             elif owner is not None:
                 out[rid] = "queued"
+            elif state == "failed":
+                failed.append(rid)
+        if failed and run_id is not None:
+            entries = self._redis.hmget(run_key(run_id, "failures"), failed)
+            for rid, raw in zip(failed, entries, strict=True):
+                if raw is not None and not is_transient(_failure_code(raw)):
+                    out[rid] = "in_run"
         return out
+
+
+def _failure_code(raw: str | bytes) -> str:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return ""
+    return str(entry.get("code", "")) if isinstance(entry, dict) else ""
