@@ -11,7 +11,16 @@ for each one:
   ``force``): marked ``skipped`` in the run without publishing (pushed to the reducer's
   ready queue to be upserted only if the index lacks it, as a worker would); counted
   ``skipped_existing``;
-- otherwise buffered and **published in batches** through :func:`producers.queue.publish`.
+- **queued in another run** (``already_queued``: the resolver made no call, a job of it
+  is queued elsewhere, ``pv:pending:<id>``): marked ``skipped`` in this run, not
+  published (that run's job computes it); counted ``skipped_queued`` (and in
+  ``skipped``). If that job then fails for good, this run does not retry it: a later
+  submission resolves it again;
+- **already in this run** (``already_in_run``: queued, done, skipped or failed for good
+  here, or resolved by an earlier line of the same input): nothing written, counted in
+  the report only;
+- otherwise buffered and **published in batches** through :func:`producers.queue.publish`
+  (a recording twice in one batch, resolved by two releases in flight at once, once).
 
 Resolution progress lives in the run's meta hash (``resolved``, ``unresolved``,
 ``skipped_existing``, ``resolution_state``), next to the processing counters, so
@@ -27,7 +36,9 @@ because of this producer.
 published is written to ``pv:cursor:<name>`` after every batch (and the run id to
 ``pv:cursor:<name>:run``). One dump line (a release) can yield many resolutions, so
 batches are cut at line boundaries only and the cursor never names a half-done line. A
-restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. When
+restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. In
+coverage order (:func:`start_dump`, producers/plan.py) the cursor is a position in the
+plan's passes instead, and the plan is stored next to the cursor. When
 the input breaks off with an exception, the complete lines are published and the cursor
 moved before the error surfaces; on a hard stop the unpublished tail is simply redone.
 Publishing is *at-least-once*: a crash between publishing a batch and moving the cursor
@@ -169,6 +180,7 @@ class _Submission:
         self.queue, self.force, self.cursor_name = queue, force, cursor_name
         self.store, self.batch_size, self.poll_s = store, batch_size, poll_s
         self.pending: list[Job] = []
+        self.pending_ids: set[str] = set()  # a recording twice in a batch is published once
         self.line: int | None = None  # the line of the latest item
         self.line_start = 0  # index in `pending` where that line's jobs begin
         self.since_flush = 0
@@ -184,6 +196,7 @@ class _Submission:
                                 run_id=self.run_id, queue=self.queue, force=self.force)
             report.queued += published.queued
             self.pending = self.pending[upto:]
+            self.pending_ids = {job.recording_id for job in self.pending}
             self.line_start = max(0, self.line_start - upto)
         if self.cursor_name is not None and cursor is not None and cursor != report.cursor:
             self.runs.set_cursor(self.cursor_name, cursor)
@@ -255,8 +268,11 @@ class _Submission:
             self.runs.succeed(self.run_id, job.recording_id, "skipped", delivered=False)
             self.runs.push_ready_if_absent(key)  # indexed unless its writer died
             self.runs.count(self.run_id, "skipped_existing")
+        elif job.recording_id in self.pending_ids:
+            self.report.in_run += 1  # two releases in flight resolved it at once
         else:
             self.pending.append(job)
+            self.pending_ids.add(job.recording_id)
 
     def broke_off(self) -> None:
         """The input broke off: publish what was resolved except the line in progress (it
