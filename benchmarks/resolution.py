@@ -46,6 +46,7 @@ MusicBrainz orders its dump by row id, not by what covers what.
     python benchmarks/resolution.py                  # 150 releases, factor 60
     python benchmarks/resolution.py --releases 400 --factor 30 --json resolution.json
     python benchmarks/resolution.py --strategies none --order  # the dump-order section
+    python benchmarks/resolution.py --plan-releases 1000000    # planning's time and memory
 
 The catalogue mix (share with a barcode, with ISRCs, store coverage, traps) is an
 assumption, printed with the results; change it with the ``--p-*`` options.
@@ -483,6 +484,49 @@ def order_section(args: argparse.Namespace, mix: Mix) -> list[dict[str, Any]]:
     return out
 
 
+def plan_scale(n: int, seed: int) -> dict[str, Any]:
+    """Time and memory of planning a dump of ``n`` releases (8–13 tracks, 30 % of them
+    reissues of an earlier release, 10 % compilations of 12 earlier tracks), written
+    gzipped to a temporary folder; run in a child process so its peak RSS is its own."""
+    import subprocess
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "release.gz"
+        refs = 0
+        with gzip.open(dump, "wt", encoding="utf-8", compresslevel=1) as fh:
+            next_rec = 0
+            for k in range(n):
+                roll = rng.random()
+                if roll < 0.3 and k:
+                    first = rng.randrange(max(1, next_rec - 13))
+                    ids = list(range(first, first + rng.randint(8, 13)))
+                elif roll < 0.4 and next_rec > 12:
+                    ids = rng.sample(range(next_rec), 12)
+                else:
+                    ids = list(range(next_rec, next_rec + rng.randint(8, 13)))
+                    next_rec += len(ids)
+                refs += len(ids)
+                tracks = [{"position": i + 1, "title": "t", "recording": {
+                    "id": f"{r:08x}-0000-4000-8000-000000000000", "title": "t"}}
+                    for i, r in enumerate(ids)]
+                fh.write(json.dumps({"id": f"rel-{k}", "title": "x", "artist-credit": [],
+                                     "media": [{"position": 1, "tracks": tracks}]}) + "\n")
+        code = ("import json, resource, sys, time; sys.path.insert(0, ROOT); "
+                "from producers.plan import make_plan; t = time.perf_counter(); "
+                "c = time.process_time(); p, _ = make_plan(DUMP); "
+                "print(json.dumps({'wall_s': round(time.perf_counter() - t, 1), "
+                "'cpu_s': round(time.process_time() - c, 1), 'cover': p.cover_releases, "
+                "'recordings': p.recordings, 'bitmap_bytes': len(p.cover), "
+                "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))"
+                ).replace("ROOT", repr(str(ROOT))).replace("DUMP", repr(str(dump)))
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                             text=True).stdout
+        result = json.loads(out)
+        result.update(releases=n, track_refs=refs, dump_bytes=dump.stat().st_size)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--releases", type=int, default=150)
@@ -494,6 +538,8 @@ def main() -> None:
                     help="comma-separated subset to run ('none': only --order)")
     ap.add_argument("--order", action="store_true",
                     help="also measure dump order vs the coverage plan on an overlap sample")
+    ap.add_argument("--plan-releases", type=int, default=0,
+                    help="only time and size the planning of a synthetic dump this large")
     ap.add_argument("--p-reissue", type=float, default=0.3,
                     help="--order: share of albums with a reissue/regional edition")
     ap.add_argument("--p-compilation", type=float, default=0.2,
@@ -505,6 +551,9 @@ def main() -> None:
     print(f"factor {args.factor:g}: iTunes {ITUNES_PER_MIN * args.factor:g} calls/min, "
           f"Deezer {DEEZER_PER_S * args.factor:g} calls/s (published: "
           f"{ITUNES_PER_MIN:g}/min, {DEEZER_PER_S:g}/s)")
+    if args.plan_releases:
+        print(json.dumps(plan_scale(args.plan_releases, args.seed)))
+        return
     order = order_section(args, mix) if args.order else []
     if args.strategies == "none":
         if args.json:
