@@ -10,11 +10,16 @@ is resolved track by track, met after them it is skipped.
 **The plan.** One streamed pass over the dump keeps, per release line, only its line
 number and its distinct recording ids, each as a 64-bit hash (8 bytes; two recordings
 sharing a hash only blur the order, never what is resolved: the resolver checks real
-ids). Lazy greedy maximum coverage then orders the releases, the standard approximation
-for set cover: a max-heap of releases by their count of not yet covered recordings; the
-top one is re-counted (counts only ever fall), taken if it still beats the next one,
-else pushed back with its new count. The releases taken with a positive count are the
-*cover*: every recording of the dump is on one of them.
+ids). Lazy greedy set cover then orders the releases, the standard approximation: a
+max-heap of releases by priority; the top one is re-scored (scores only fall as
+recordings get covered), taken if it still beats the next one, else pushed back with its
+new score. The releases taken with something new are the *cover*: every recording of
+the dump is on one of them. The priority is weighted by cost: uncovered recordings per
+estimated call, a release's album costing :data:`ALBUM_CALLS` and each uncovered track
+credited to another artist than the release one more (a compilation's tracks are
+matched one by one). Unweighted (uncovered recordings alone), the greedy takes the big
+compilations first, resolved track by track, and saves less (measured in
+benchmarks/resolution.py ``--order``).
 
 **Two passes.** A compressed dump cannot be read in an arbitrary order, so the plan is
 kept as one bit per dump line (in the cover or not) and the dump is read twice: first
@@ -22,8 +27,10 @@ the cover lines, in dump order, then every other line (releases the cover alread
 covered; bad lines), each skipped without a call when nothing of it is left unresolved.
 What matters most of the greedy order, every release it needed before every release it
 did not, is kept; the order within the cover is the dump's. Cost: one extra read of the
-dump for the plan and one for the second pass, and ≈ 16 B per track reference of memory
-while planning (≈ 0.6 GB for MusicBrainz's ≈ 36 M), none afterwards.
+dump for the plan and one for the second pass (its other lines are not parsed), and
+while planning ≈ 57 B per track reference at peak, interpreter included (measured: 608 MB
+for 1 M releases, 10.6 M tracks, 30 CPU-s; docs/benchmarks.md "Dump order"), so ≈ 3 GB
+for all of MusicBrainz; afterwards only the bitmap (one bit per dump line).
 
 **Positions.** With a plan the resumable cursor counts positions in the passes:
 ``position = pass × lines + line`` (:meth:`Plan.position`), increasing through both passes
