@@ -623,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
          "\"recording_id\", \"match_score\", \"match_reason\", \"error_code\"}; "
          "`previewvec enqueue` accepts this file as a catalog."),
         ("submit", "resolve input and enqueue the jobs; prints the run id",
-         "Resolve, skip recordings already stored at the current feature version (unless "
-         "--force), record unresolvable ones as failures, and enqueue the rest with "
+         "Resolve, skip recordings already stored at the current feature version or queued "
+         "in any run (unless --force), record unresolvable ones as failures, and enqueue "
+         "the rest with "
          "backpressure (waits while the queue holds more than PREVIEWVEC_QUEUE_HIGH_WATER). "
          "Dump runs are resumable: rerunning the same command continues after the last "
          "published line."),
