@@ -37,8 +37,8 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``no_preview`` — matched, but the store track has no preview URL;
 * ``already_stored`` — the recording has a record (no call made for it);
 * ``already_queued`` — a job of the recording is queued in another run (no call);
-* ``already_in_run`` — this run has it queued, done or skipped already, or resolved it
-  earlier (no call; submit leaves its state alone);
+* ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
+  or resolved it earlier (no call; submit leaves its state alone);
 * ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or every source failed;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
@@ -102,7 +102,7 @@ _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature versio
           "in_run": (ALREADY_IN_RUN, "this run has it already")}
 # Recordings this resolver resolved (or failed to, for good), remembered until submit has
 # surely published them (it publishes every 500 jobs; a few releases are in flight) and
-# recorded their failures: ≈ 100 B each.
+# recorded their failures: ≈ 200 B each, 10 MB at most.
 RECENT_RESOLVED = 50_000
 BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
