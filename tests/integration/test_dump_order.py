@@ -3,6 +3,7 @@ this one are not resolved again, and a dump in coverage order resumes mid-plan."
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +209,16 @@ def test_cli_submit_dump_in_coverage_order(env, tmp_path: Path,
     assert "planned" not in err and built[2].lines == [1, 2, 3, 4]
     assert built[2].resolved == []
     assert runs.plan(submit_mod.dump_cursor_name(str(dump))) is None
+
+
+def test_a_dump_changed_since_its_plan_is_refused(env, tmp_path: Path) -> None:
+    from contract.errors import InputUnreadable
+
+    _, runs, _ = env
+    dump = overlap_dump(tmp_path / "release")
+    start_dump(runs, str(dump), "d", order="coverage")
+    with dump.open("a") as fh:
+        fh.write(json.dumps(release("late", ["z1"])) + "\n")
+    with pytest.raises(InputUnreadable, match="changed since it was planned"):
+        start_dump(runs, str(dump), "d", order="coverage")
+    assert start_dump(runs, str(dump), "d", order="coverage", restart=True).plan.lines == 5
