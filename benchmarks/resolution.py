@@ -24,8 +24,29 @@ from the calls (calls ÷ the published daily limit, the slower source deciding) 
 the measured wall time × factor. Then ``ids-both`` again with every recording stored:
 the calls a re-run saves.
 
+Then **dump order** (``--order``, issue 15 point 3): the same albums plus reissues and
+compilations that share their recordings, resolved as ``previewvec submit --dump`` does
+(``Resolver`` with the run's skip checks, ``submit`` publishing to the private Redis as
+broker, an empty local store), three ways in the same run, each from a cold cache:
+
+* ``dump order, no skip``: as before this change, every release resolved in full;
+* ``dump order``: the dump's own order, recordings already queued or resolved in the run
+  not resolved again (a release entirely known costs no call);
+* ``coverage plan``: ``--order coverage`` (producers/plan.py): the greedy cover first,
+  then the rest.
+
+The overlap sample (seeded with ``--seed``): for every album, with probability
+``--p-reissue`` a reissue or regional edition (a new release id, the same recordings in
+the same order, plus 0–2 bonus tracks no store has, under a barcode the stores do not
+know: resolved through the text search, which finds the original album), and
+``--p-compilation`` × albums compilations of 10–16 tracks drawn from random albums (no
+barcode, various artists); then the lines are shuffled (``random.Random(seed)``), since
+MusicBrainz orders its dump by row id, not by what covers what.
+
     python benchmarks/resolution.py                  # 150 releases, factor 60
     python benchmarks/resolution.py --releases 400 --factor 30 --json resolution.json
+    python benchmarks/resolution.py --strategies none --order  # the dump-order section
+    python benchmarks/resolution.py --plan-releases 1000000    # planning's time and memory
 
 The catalogue mix (share with a barcode, with ISRCs, store coverage, traps) is an
 assumption, printed with the results; change it with the ``--p-*`` options.
@@ -51,10 +72,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contract.settings import Settings  # noqa: E402
-from contract.state import connect  # noqa: E402
+from contract.state import Runs, connect  # noqa: E402
+from contract.store import open_store  # noqa: E402
 from previewvec.localredis import LocalRedis  # noqa: E402
 from producers.matching import normalize  # noqa: E402
+from producers.plan import make_plan  # noqa: E402
 from producers.resolve import BUSY_S, Resolver  # noqa: E402
+from producers.submit import submit  # noqa: E402
 from tests.local_http import serve_in_background, stop_server  # noqa: E402
 
 ITUNES_PER_MIN = 20.0  # Apple: "approximately 20 calls per minute"
@@ -203,6 +227,42 @@ def make_catalog(n: int, mix: Mix, seed: int) -> Catalog:
     return cat
 
 
+def add_overlap(cat: Catalog, seed: int, p_reissue: float,
+                p_compilation: float) -> list[dict[str, Any]]:
+    """Reissues and compilations sharing the albums' recordings (see the docstring); the
+    albums and these, shuffled, as the dump's lines."""
+    rng = random.Random(seed * 7919 + 1)
+    albums = list(cat.releases)
+    extra: list[dict[str, Any]] = []
+    for k, rel in enumerate(albums):
+        if rng.random() >= p_reissue:
+            continue
+        media = json.loads(json.dumps(rel["media"]))
+        last = media[-1]["tracks"]
+        for b in range(rng.randint(0, 2)):  # bonus tracks: recordings no store has
+            rid = f"bonus-{k}-{b}"
+            last.append({"position": len(last) + 1, "title": f"Demo {b + 1}",
+                         "length": 200_000, "recording": {"id": rid, "title": f"Demo {b + 1}",
+                                                          "length": 200_000, "isrcs": []}})
+            cat.truth[rid] = set()
+        extra.append({**rel, "id": f"reissue-{k}", "media": media,
+                      "barcode": f"{800000000000 + k:013d}" if rel["barcode"] else ""})
+    tracks = [(rel, t) for rel in albums for m in rel["media"] for t in m["tracks"]]
+    for c in range(int(p_compilation * len(albums))):
+        picked = rng.sample(tracks, rng.randint(10, 16))
+        media = [{"position": 1, "tracks": [
+            {**t, "position": i + 1,
+             "recording": {**t["recording"], "artist-credit": rel["artist-credit"]}}
+            for i, (rel, t) in enumerate(picked)]}]
+        extra.append({"id": f"comp-{c}", "title": f"Compilation {c + 1}", "barcode": "",
+                      "artist-credit": [{"name": "Various Artists", "joinphrase": "",
+                                         "artist": {"id": "va", "name": "Various Artists"}}],
+                      "media": media})
+    lines = albums + extra
+    random.Random(seed).shuffle(lines)
+    return lines
+
+
 # -- the local stand-in for both services --------------------------------------------------
 def _tokens(text: str) -> set[str]:
     return set(normalize(text).split())
@@ -347,6 +407,126 @@ def run(strategy: str, cat: Catalog, server: StoreServer, redis_url: str, factor
     }
 
 
+def run_order(variant: str, cat: Catalog, server: StoreServer, redis_url: str,
+              factor: float, dump: Path, tmp: Path) -> dict[str, Any]:
+    """One dump-order variant through ``submit`` (the path of ``submit --dump``)."""
+    settings = Settings(itunes_url=server.url, deezer_url=server.url, broker_url=redis_url,
+                        sources=("itunes", "deezer"),
+                        itunes_rate_per_min=ITUNES_PER_MIN * factor,
+                        deezer_rate_per_s=DEEZER_PER_S * factor, queue_high_water=10**9,
+                        store=str(tmp / f"store-{variant.replace(' ', '-')}"))
+    client = connect(redis_url, decode=False, retry=False)
+    client.flushdb()  # no cached answers, fresh limiters, no runs
+    runs = Runs.from_url(redis_url)
+    store = open_store(settings.store)
+    run_id = f"bench-{variant.replace(' ', '-').replace(',', '')}"
+    handled = None if variant == "dump order, no skip" else (
+        lambda ids: runs.handled(run_id, ids))
+    resolver = Resolver.build(settings, redis_client=client, need_musicbrainz=False,
+                              stored=lambda rid: False, handled=handled)
+    resolver.busy_s = BUSY_S / factor
+    started = time.perf_counter()
+    plan = None
+    plan_s = 0.0
+    if variant.startswith("coverage plan"):
+        plan, _ = make_plan(dump, weighted="unweighted" not in variant)
+        plan_s = time.perf_counter() - started
+    items = resolver.resolve_dump(dump, plan=plan) if plan else resolver.resolve_dump(dump)
+    report = submit(items, settings, queue="batch", runs=runs, run_id=run_id, store=store,
+                    cursor_name=f"bench:{run_id}")
+    wall = time.perf_counter() - started
+    calls = resolver.calls
+    total = calls.get("itunes", 0) + calls.get("deezer", 0)
+    queued = runs.status(run_id).counts["queued"]
+    findable = sum(bool(v) for v in cat.truth.values())
+    return {"variant": variant, "calls": {"itunes": calls.get("itunes", 0),
+                                         "deezer": calls.get("deezer", 0)},
+            "calls_total": total, "recordings_queued": queued,
+            "calls_per_resolved": round(total / max(1, queued), 4),
+            "releases_skipped": resolver.stats["releases_skipped"],
+            "tracks_known": resolver.stats["recordings_known"],
+            "in_run": report.in_run, "recall_of_findable": round(queued / max(1, findable), 4),
+            "plan": plan.meta() if plan else None, "plan_s": round(plan_s, 2),
+            "wall_s": round(wall, 2)}
+
+
+def order_section(args: argparse.Namespace, mix: Mix) -> list[dict[str, Any]]:
+    cat = make_catalog(args.releases, mix, args.seed)
+    lines = add_overlap(cat, args.seed, args.p_reissue, args.p_compilation)
+    refs = sum(len(t) for rel in lines for t in (
+        [tr for m in rel["media"] for tr in m["tracks"]],))
+    print(f"\ndump order: {len(lines)} releases ({len(cat.releases)} albums, "
+          f"{len(lines) - len(cat.releases)} reissues and compilations), {refs} tracks, "
+          f"{len(cat.truth)} distinct recordings ({refs / len(cat.truth):.2f} tracks per "
+          f"recording), {sum(bool(v) for v in cat.truth.values())} with a right answer")
+    server = StoreServer(cat)
+    out = []
+    with LocalRedis() as redis, tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "release-overlap.gz"
+        with gzip.open(dump, "wt", encoding="utf-8") as fh:
+            for rel in lines:
+                fh.write(json.dumps(rel) + "\n")
+        for variant in ("dump order, no skip", "dump order", "coverage plan, unweighted",
+                        "coverage plan"):
+            out.append(run_order(variant, cat, server, redis.url, args.factor, dump,
+                                 Path(tmp)))
+            print(json.dumps(out[-1], ensure_ascii=False), flush=True)
+    server.stop()
+    base = out[0]["calls_total"]
+    print("\n| order | iTunes calls | Deezer calls | calls | vs no skip | recordings queued "
+          "| calls / queued recording | releases without a call | tracks not resolved again |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in out:
+        print(f"| {r['variant']} | {r['calls']['itunes']} | {r['calls']['deezer']} | "
+              f"{r['calls_total']} | {r['calls_total'] / max(1, base):.3f} | "
+              f"{r['recordings_queued']} | {r['calls_per_resolved']:.3f} | "
+              f"{r['releases_skipped']} | {r['tracks_known']} |")
+    return out
+
+
+def plan_scale(n: int, seed: int) -> dict[str, Any]:
+    """Time and memory of planning a dump of ``n`` releases (8–13 tracks, 30 % of them
+    reissues of an earlier release, 10 % compilations of 12 earlier tracks), written
+    gzipped to a temporary folder; run in a child process so its peak RSS is its own."""
+    import subprocess
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "release.gz"
+        refs = 0
+        with gzip.open(dump, "wt", encoding="utf-8", compresslevel=1) as fh:
+            next_rec = 0
+            for k in range(n):
+                roll = rng.random()
+                if roll < 0.3 and k:
+                    first = rng.randrange(max(1, next_rec - 13))
+                    ids = list(range(first, first + rng.randint(8, 13)))
+                elif roll < 0.4 and next_rec > 12:
+                    ids = rng.sample(range(next_rec), 12)
+                else:
+                    ids = list(range(next_rec, next_rec + rng.randint(8, 13)))
+                    next_rec += len(ids)
+                refs += len(ids)
+                tracks = [{"position": i + 1, "title": "t", "recording": {
+                    "id": f"{r:08x}-0000-4000-8000-000000000000", "title": "t"}}
+                    for i, r in enumerate(ids)]
+                fh.write(json.dumps({"id": f"rel-{k}", "title": "x", "artist-credit": [],
+                                     "media": [{"position": 1, "tracks": tracks}]}) + "\n")
+        code = ("import json, resource, sys, time; sys.path.insert(0, ROOT); "
+                "from producers.plan import make_plan; t = time.perf_counter(); "
+                "c = time.process_time(); p, _ = make_plan(DUMP); "
+                "print(json.dumps({'wall_s': round(time.perf_counter() - t, 1), "
+                "'cpu_s': round(time.process_time() - c, 1), 'cover': p.cover_releases, "
+                "'recordings': p.recordings, 'bitmap_bytes': len(p.cover), "
+                "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))"
+                ).replace("ROOT", repr(str(ROOT))).replace("DUMP", repr(str(dump)))
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                             text=True).stdout
+        result = json.loads(out)
+        result.update(releases=n, track_refs=refs, dump_bytes=dump.stat().st_size)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--releases", type=int, default=150)
@@ -355,15 +535,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--strategies", default="text-itunes,ids-itunes,ids-both",
-                    help="comma-separated subset to run")
+                    help="comma-separated subset to run ('none': only --order)")
+    ap.add_argument("--order", action="store_true",
+                    help="also measure dump order vs the coverage plan on an overlap sample")
+    ap.add_argument("--plan-releases", type=int, default=0,
+                    help="only time and size the planning of a synthetic dump this large")
+    ap.add_argument("--p-reissue", type=float, default=0.3,
+                    help="--order: share of albums with a reissue/regional edition")
+    ap.add_argument("--p-compilation", type=float, default=0.2,
+                    help="--order: compilations per album")
     for name, value in Mix().__dict__.items():
         ap.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=value)
     args = ap.parse_args()
     mix = Mix(**{k: getattr(args, "p_" + k) for k in Mix().__dict__})
-    cat = make_catalog(args.releases, mix, args.seed)
     print(f"factor {args.factor:g}: iTunes {ITUNES_PER_MIN * args.factor:g} calls/min, "
           f"Deezer {DEEZER_PER_S * args.factor:g} calls/s (published: "
           f"{ITUNES_PER_MIN:g}/min, {DEEZER_PER_S:g}/s)")
+    if args.plan_releases:
+        print(json.dumps(plan_scale(args.plan_releases, args.seed)))
+        return
+    order = order_section(args, mix) if args.order else []
+    if args.strategies == "none":
+        if args.json:
+            args.json.write_text(json.dumps({"factor": args.factor, "mix": mix.__dict__,
+                                             "order": order}, indent=1))
+        return
+    cat = make_catalog(args.releases, mix, args.seed)
     print(f"catalogue: {len(cat.releases)} releases, {len(cat.truth)} recordings "
           f"({sum(bool(v) for v in cat.truth.values())} with a right answer); mix {mix}")
     server = StoreServer(cat)
@@ -400,7 +597,7 @@ def main() -> None:
               f"{r['projected_days_35M_by_wall']} |")
     if args.json:
         args.json.write_text(json.dumps({"factor": args.factor, "mix": mix.__dict__,
-                                         "results": out}, indent=1))
+                                         "results": out, "order": order}, indent=1))
 
 
 if __name__ == "__main__":

@@ -223,13 +223,19 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _planning_progress(line_no: int) -> None:
+    if line_no % 1_000_000 == 0:
+        print(f"planning the dump: line {line_no}", file=sys.stderr, flush=True)
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.state import Runs
+    from contract.state import Runs, new_run_id
     from producers.submit import (
         build_resolver,
         default_queue,
         dump_cursor_name,
         iter_resolutions,
+        start_dump,
         submit,
     )
 
@@ -242,24 +248,33 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
         store = open_store(settings.store, settings)
         _check_store(store)
-    # Releases whose recordings are all stored cost no upstream call (not with --force).
-    resolver = build_resolver(settings, store=store)
-    cursor = start = None
+    runs = Runs.from_url(settings.broker_url)
+    cursor = begin = None
+    run_id = new_run_id()
     if kind == "dump":
         cursor = args.cursor or dump_cursor_name(str(value))
-        runs = Runs.from_url(settings.broker_url)
-        if args.restart:
-            runs.clear_cursor(cursor)
-        start = runs.resume_line(cursor)
-        if start:
-            print(f"resuming dump at line {start} (cursor {cursor})", file=sys.stderr)
-    items = iter_resolutions(resolver, kind, value, start_line=start or 0)
+        begin = start_dump(runs, str(value), cursor, order=args.order, restart=args.restart,
+                           progress=_planning_progress)
+        if begin.note:
+            print(f"{begin.note} (cursor {cursor})", file=sys.stderr)
+        run_id = runs.cursor_run(cursor) or run_id  # a resumed dump continues its run
+    # Not resolved (no upstream call), unless --force: recordings stored at the current
+    # feature version, queued in any run, or already in this run.
+    resolver = build_resolver(settings, store=store, runs=None if args.force else runs,
+                              run_id=run_id)
+    items = iter_resolutions(resolver, kind, value,
+                             start_line=begin.start if begin else 0,
+                             plan=begin.plan if begin else None)
     source = str(value)[:200] if kind != "new_releases" else "new_releases"
+    meta: dict[str, str | int] = {"input": kind, "source": source}
+    if begin is not None:
+        meta["order"] = "coverage" if begin.plan is not None else "dump"
     report = submit(items, settings, queue=queue, force=args.force, cursor_name=cursor,
-                    store=store, meta={"input": kind, "source": source})
+                    store=store, runs=runs, run_id=run_id, meta=meta)
     print(report.run_id)
     print(f"resolved {report.resolved}, unresolved {report.unresolved}, "
-          f"skipped (stored) {report.skipped}, queued {report.queued}", file=sys.stderr)
+          f"skipped (stored or queued elsewhere) {report.skipped}, queued {report.queued}, "
+          f"already in this run {report.in_run}", file=sys.stderr)
     return 0
 
 
@@ -608,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
          "\"recording_id\", \"match_score\", \"match_reason\", \"error_code\"}; "
          "`previewvec enqueue` accepts this file as a catalog."),
         ("submit", "resolve input and enqueue the jobs; prints the run id",
-         "Resolve, skip recordings already stored at the current feature version (unless "
-         "--force), record unresolvable ones as failures, and enqueue the rest with "
+         "Resolve, skip recordings already stored at the current feature version or queued "
+         "in any run (unless --force), record unresolvable ones as failures, and enqueue "
+         "the rest with "
          "backpressure (waits while the queue holds more than PREVIEWVEC_QUEUE_HIGH_WATER). "
          "Dump runs are resumable: rerunning the same command continues after the last "
          "published line."),
@@ -637,7 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="dump runs: the resume cursor's name (default: from the "
                            "dump's path)")
             p.add_argument("--restart", action="store_true",
-                           help="dump runs: forget the cursor and start at line 0")
+                           help="dump runs: forget the cursor (and plan) and start over")
+            p.add_argument("--order", choices=("dump", "coverage"), default="dump",
+                           help="dump runs: 'coverage' plans the dump first (one extra "
+                           "read) and resolves the releases covering the most recordings "
+                           "first, so fewer releases need any call; a started run keeps "
+                           "its order")
             p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("api", help="serve the HTTP submission API (uvicorn)",

@@ -19,7 +19,7 @@ import gzip
 import json
 import lzma
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,18 +95,21 @@ def open_dump(path: str | Path, member: str | None = None) -> Iterator[IO[bytes]
             yield found
 
 
-def iter_dump(path: str | Path, start_line: int = 0, *,
-              member: str | None = None) -> Iterator[tuple[int, dict[str, Any] | DumpError]]:
+def iter_dump(path: str | Path, start_line: int = 0, *, member: str | None = None,
+              keep: Callable[[int], bool] | None = None
+              ) -> Iterator[tuple[int, dict[str, Any] | DumpError]]:
     """Lazily yield ``(line_no, entity_dict | DumpError)``; ``line_no`` is 1-based.
 
     Lines with ``line_no < start_line`` are skipped unparsed (resume after a crash by
-    passing the last line number you finished + 1). Blank lines are skipped.
+    passing the last line number you finished + 1). Blank lines are skipped, and so are
+    lines for which ``keep(line_no)`` is false, unparsed (a pass of a coverage plan).
     """
     with open_dump(path, member) as fh:
-        yield from iter_lines(fh, start_line)
+        yield from iter_lines(fh, start_line, keep=keep)
 
 
-def iter_lines(fh: IO[bytes], start_line: int = 0
+def iter_lines(fh: IO[bytes], start_line: int = 0, *,
+               keep: Callable[[int], bool] | None = None
                ) -> Iterator[tuple[int, dict[str, Any] | DumpError]]:
     """:func:`iter_dump` over an already-open binary stream."""
     reader = fh
@@ -119,11 +122,11 @@ def iter_lines(fh: IO[bytes], start_line: int = 0
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
                 raw = reader.readline(MAX_LINE_BYTES)
-            if line_no >= start_line:
+            if line_no >= start_line and (keep is None or keep(line_no)):
                 yield line_no, DumpError(line_no, "line_too_long",
                                          f"line {line_no} longer than {MAX_LINE_BYTES} bytes")
             continue
-        if line_no < start_line:
+        if line_no < start_line or (keep is not None and not keep(line_no)):
             continue
         if raw.strip():
             yield line_no, parse_line(line_no, raw)

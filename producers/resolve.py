@@ -18,8 +18,15 @@ slot within :data:`BUSY_S` is skipped while another is free (when all are busy, 
 that frees up first is asked), so a release is never held up by the slower source. Dumps
 keep several releases in flight (:meth:`Resolver.resolve_dump`): iTunes takes what its
 20 calls/min allow and Deezer the rest. The price is recall: a track only iTunes has is
-missed when iTunes was busy for its release (measured in benchmarks/resolution.py). A release whose
-recordings are all stored already (``stored``) costs no call at all.
+missed when iTunes was busy for its release (measured in benchmarks/resolution.py).
+
+**Do no call twice.** Before a release is resolved its recordings are looked up: stored
+at the current feature version (``stored``), queued in any run or already handled by this
+run (queued, done, skipped or failed for good: ``handled``, contract/state/pending.py),
+or resolved by this resolver moments ago (the batch submit has not published yet). A
+release whose recordings are all known costs no call at all; one with some known resolves
+only the others. Which releases end up fully known depends on the order they come in:
+see producers/plan.py.
 
 Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`
 (carrying ``source``, ``source_track_id``, ``source_url``, ``match_rule`` and
@@ -28,7 +35,10 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
   (``score``/``reason`` describe that best candidate, if any);
 * ``no_preview`` — matched, but the store track has no preview URL;
-* ``already_stored`` — every recording of the release has a record (no call made);
+* ``already_stored`` — the recording has a record (no call made for it);
+* ``already_queued`` — a job of the recording is queued in another run (no call);
+* ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
+  or resolved it earlier (no call; submit leaves its state alone);
 * ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or every source failed;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
@@ -46,15 +56,16 @@ recording are resolved through that release, the others one by one.
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from contract.errors import PreviewvecError
+from contract.errors import PreviewvecError, is_transient
 from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
 from contract.settings import Settings
 from contract.state.cache import AnswerCache
@@ -84,6 +95,15 @@ from producers.sources import (
 
 SOURCE = "itunes"  # the source of jobs before there were several
 ALREADY_STORED = "already_stored"
+ALREADY_QUEUED = "already_queued"
+ALREADY_IN_RUN = "already_in_run"
+_KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature version"),
+          "queued": (ALREADY_QUEUED, "a job of it is queued in another run"),
+          "in_run": (ALREADY_IN_RUN, "this run has it already")}
+# Recordings this resolver resolved (or failed to, for good), remembered until submit has
+# surely published them (it publishes every 500 jobs; a few releases are in flight) and
+# recorded their failures: ≈ 200 B each, 10 MB at most.
+RECENT_RESOLVED = 50_000
 BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
 _Entry = Entry  # the name this module used before producers/sources.py
@@ -201,11 +221,16 @@ class Resolver:
 
     ``itunes``/``deezer`` are the clients of the sources ``settings.sources`` enables
     (a missing client leaves its source out); ``stored(recording_id)`` says whether a
-    record exists already (releases entirely stored are skipped)."""
+    record exists already; ``handled(recording_ids)`` which of them are queued somewhere
+    or handled by the run being submitted (``{id: "queued" | "in_run"}``). Known
+    recordings are not resolved, releases entirely known cost no call. With ``handled``
+    the resolver also remembers what it resolved (the run will have it once published)."""
 
     def __init__(self, settings: Settings, mb: MusicBrainzClient | None,
                  itunes: ITunesClient | None, *, deezer: DeezerClient | None = None,
-                 stored: Callable[[str], bool] | None = None, in_flight: int = 1,
+                 stored: Callable[[str], bool] | None = None,
+                 handled: Callable[[Sequence[str]], dict[str, str]] | None = None,
+                 in_flight: int = 1,
                  album_search_limit: int = 10, song_search_limit: int = 10) -> None:
         self.settings = settings
         self.mb = mb
@@ -213,6 +238,9 @@ class Resolver:
         self.deezer = deezer
         self.threshold = settings.match_threshold
         self.stored = stored
+        self.handled = handled
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self.in_flight = max(1, in_flight)
         self.busy_s = BUSY_S
         built: dict[str, PreviewSource] = {}
@@ -223,11 +251,12 @@ class Resolver:
         if deezer is not None:
             built["deezer"] = DeezerSource(deezer, self.threshold)
         self.sources: list[PreviewSource] = [built[n] for n in settings.sources if n in built]
-        self.stats = {"barcode_untrusted": 0, "releases_skipped": 0}
+        self.stats = {"barcode_untrusted": 0, "releases_skipped": 0, "recordings_known": 0}
 
     @classmethod
     def build(cls, settings: Settings, *, redis_client=None, need_musicbrainz: bool = True,
-              stored: Callable[[str], bool] | None = None) -> Resolver:
+              stored: Callable[[str], bool] | None = None,
+              handled: Callable[[Sequence[str]], dict[str, str]] | None = None) -> Resolver:
         """Clients on ``settings`` with limiters and answer caches on the broker's Redis.
 
         Raises ``mb_contact_missing`` when MusicBrainz is needed and no contact is set."""
@@ -252,7 +281,7 @@ class Resolver:
                 settings, RateLimiter(redis_client, "deezer", settings.deezer_rate_per_s),
                 cache=AnswerCache(redis_client, prefix=DEEZER_CACHE_PREFIX))
         # Several releases in flight, so each source's limit is used at once.
-        return cls(settings, mb, itunes, deezer=deezer, stored=stored,
+        return cls(settings, mb, itunes, deezer=deezer, stored=stored, handled=handled,
                    in_flight=4 * len(settings.sources))
 
     @property
@@ -367,12 +396,14 @@ class Resolver:
                 entries[i].isrcs = only[entries[i].recording_id] or entries[i].isrcs
         if not wanted:
             return []
-        if self.stored is not None and all(self.stored(entries[i].recording_id)
-                                           for i in wanted):
+        known = self._known([entries[i].recording_id for i in wanted])
+        skipped = [self._known_resolution(entries[i].recording_id, known)
+                   for i in wanted if entries[i].recording_id in known]
+        self.stats["recordings_known"] += len(skipped)
+        wanted = [i for i in wanted if entries[i].recording_id not in known]
+        if not wanted:
             self.stats["releases_skipped"] += 1
-            return [Resolution(entries[i].recording_id, None, 0.0,
-                               "every recording of the release is stored: no call made",
-                               ALREADY_STORED) for i in wanted]
+            return skipped
         names = artist_credit_names(release.get("artist-credit"))
         artist = artist_credit_string(release.get("artist-credit"))
         query = ReleaseQuery(_barcode(release), release.get("title") or "", artist,
@@ -392,7 +423,40 @@ class Resolver:
                     state.take(state.attempt(src, bound, lambda s: s.release_by_search(
                         query, entries)) or ReleaseAnswer())
         self._per_recording(state)
-        return [self._outcome(state, i) for i in wanted]
+        out = [self._outcome(state, i) for i in wanted]
+        self._remember(res.recording_id for res in out
+                       if res.job is not None or not is_transient(res.error_code or ""))
+        return skipped + out
+
+    def _known(self, recording_ids: list[str]) -> dict[str, str]:
+        """Recording id → why it needs no resolution ("in_run", "queued", "stored")."""
+        out: dict[str, str] = {}
+        if self.handled is not None:
+            with self._recent_lock:
+                out = {rid: "in_run" for rid in recording_ids if rid in self._recent}
+            rest = [rid for rid in recording_ids if rid not in out]
+            if rest:
+                out.update(self.handled(rest))
+        if self.stored is not None:
+            for rid in recording_ids:
+                if rid not in out and self.stored(rid):
+                    out[rid] = "stored"
+        return out
+
+    @staticmethod
+    def _known_resolution(recording_id: str, known: dict[str, str]) -> Resolution:
+        code, why = _KNOWN[known[recording_id]]
+        return Resolution(recording_id, None, 0.0, f"{why}: no call made", code)
+
+    def _remember(self, recording_ids: Iterable[str]) -> None:
+        if self.handled is None:  # not submitting: nothing to skip against
+            return
+        with self._recent_lock:
+            for rid in recording_ids:
+                self._recent[rid] = None
+                self._recent.move_to_end(rid)
+            while len(self._recent) > RECENT_RESOLVED:
+                self._recent.popitem(last=False)
 
     def _per_track_cheaper(self, src: PreviewSource, state: _Cascade) -> bool:
         """A second source's album costs two calls: for one or two open tracks with ISRCs,
@@ -432,7 +496,14 @@ class Resolver:
         if not rec.get("id"):
             return Resolution("recording:?", None, 0.0, "recording without id",
                               "unknown_entity")
-        return self._resolve_single(self._recording_entry(rec))
+        known = self._known([rec["id"]])
+        if known:
+            self.stats["recordings_known"] += 1
+            return self._known_resolution(rec["id"], known)
+        res = self._resolve_single(self._recording_entry(rec))
+        if res.job is not None or not is_transient(res.error_code or ""):
+            self._remember([res.recording_id])
+        return res
 
     def resolve_recording(self, mbid: str) -> Resolution:
         try:
@@ -503,24 +574,34 @@ class Resolver:
         except UpstreamError as exc:
             yield _error(f"new-releases:{since.isoformat()}", exc)
 
-    def resolve_dump(self, path: str | Path, start_line: int = 0
-                     ) -> Iterator[tuple[int, Resolution]]:
+    def resolve_dump(self, path: str | Path, start_line: int = 0, *,
+                     plan: Any = None) -> Iterator[tuple[int, Resolution]]:
         """Stream a MusicBrainz JSON dump: release entities through the cascade, recording
         entities one by one; bad lines become error resolutions (``line:<n>``).
 
         Up to ``in_flight`` lines are resolved at once (threads: the work is waiting on
         rate limits), so each source's limit is used while the other's waits; results
-        still come out in line order, which the resumable cursor needs."""
-        lines = dumps.iter_dump(path, start_line)
+        still come out in line order, which the resumable cursor needs.
+
+        With a :class:`producers.plan.Plan` the lines come in its passes (the cover, then
+        the rest) and are paired with their plan positions instead of line numbers;
+        ``start_line`` is then the first position to do."""
+        if plan is None:
+            lines: Iterable[tuple[int, int, Any]] = (
+                (n, n, item) for n, item in dumps.iter_dump(path, start_line))
+        else:
+            from producers.plan import iter_planned
+
+            lines = iter_planned(path, plan, start_line)
         if self.in_flight < 2:
-            for line_no, item in lines:
+            for key, line_no, item in lines:
                 for res in self._resolve_line(line_no, item):
-                    yield line_no, res
+                    yield key, res
             return
         window: deque[tuple[int, Future[list[Resolution]]]] = deque()
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="resolve") as pool:
-            for line_no, item in lines:
-                window.append((line_no, pool.submit(self._resolve_line, line_no, item)))
+            for key, line_no, item in lines:
+                window.append((key, pool.submit(self._resolve_line, line_no, item)))
                 yield from self._make_room(window)
             while window:
                 yield from _drain_one(window)

@@ -11,7 +11,16 @@ for each one:
   ``force``): marked ``skipped`` in the run without publishing (pushed to the reducer's
   ready queue to be upserted only if the index lacks it, as a worker would); counted
   ``skipped_existing``;
-- otherwise buffered and **published in batches** through :func:`producers.queue.publish`.
+- **queued in another run** (``already_queued``: the resolver made no call, a job of it
+  is queued elsewhere, ``pv:pending:<id>``): marked ``skipped`` in this run, not
+  published (that run's job computes it); counted ``skipped_queued`` (and in
+  ``skipped``). If that job then fails for good, this run does not retry it: a later
+  submission resolves it again;
+- **already in this run** (``already_in_run``: queued, done, skipped or failed for good
+  here, or resolved by an earlier line of the same input): nothing written, counted in
+  the report only;
+- otherwise buffered and **published in batches** through :func:`producers.queue.publish`
+  (a recording twice in one batch, resolved by two releases in flight at once, once).
 
 Resolution progress lives in the run's meta hash (``resolved``, ``unresolved``,
 ``skipped_existing``, ``resolution_state``), next to the processing counters, so
@@ -27,7 +36,9 @@ because of this producer.
 published is written to ``pv:cursor:<name>`` after every batch (and the run id to
 ``pv:cursor:<name>:run``). One dump line (a release) can yield many resolutions, so
 batches are cut at line boundaries only and the cursor never names a half-done line. A
-restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. When
+restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. In
+coverage order (:func:`start_dump`, producers/plan.py) the cursor is a position in the
+plan's passes instead, and the plan is stored next to the cursor. When
 the input breaks off with an exception, the complete lines are published and the cursor
 moved before the error surfaces; on a hard stop the unpublished tail is simply redone.
 Publishing is *at-least-once*: a crash between publishing a batch and moving the cursor
@@ -47,6 +58,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract.errors import InputUnreadable
 from contract.jobs import Job
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
@@ -61,9 +73,12 @@ from producers.queue import (  # noqa: F401 - the backpressure helpers lived her
 
 log = logging.getLogger(__name__)
 
-# A resolution the resolver did not attempt because every recording of its release is
-# stored (producers/resolve.py); counted as skipped, not as a failure.
+# Resolutions the resolver did not attempt (producers/resolve.py): the recording is stored
+# (counted as skipped, not as a failure), queued in another run (skipped: that run's job
+# computes it), or already in this run (its state left alone).
 ALREADY_STORED = "already_stored"
+ALREADY_QUEUED = "already_queued"
+ALREADY_IN_RUN = "already_in_run"
 
 # A dump cursor moves at least this often (in input items) even when nothing is published,
 # e.g. through a long stretch of already-stored recordings.
@@ -92,8 +107,10 @@ class SubmitReport:
     run_id: str
     resolved: int = 0
     unresolved: int = 0
-    skipped: int = 0  # already stored at the current feature version
+    skipped: int = 0  # already stored at the current feature version, or queued elsewhere
     queued: int = 0
+    skipped_queued: int = 0  # of `skipped`: a job of it queued in another run
+    in_run: int = 0  # resolved (or handled) earlier in this run: nothing done
     cursor: int | None = None  # last dump line fully published (dump runs)
     waited_s: float = 0.0  # time spent waiting on backpressure
 
@@ -163,6 +180,7 @@ class _Submission:
         self.queue, self.force, self.cursor_name = queue, force, cursor_name
         self.store, self.batch_size, self.poll_s = store, batch_size, poll_s
         self.pending: list[Job] = []
+        self.pending_ids: set[str] = set()  # a recording twice in a batch is published once
         self.line: int | None = None  # the line of the latest item
         self.line_start = 0  # index in `pending` where that line's jobs begin
         self.since_flush = 0
@@ -178,6 +196,7 @@ class _Submission:
                                 run_id=self.run_id, queue=self.queue, force=self.force)
             report.queued += published.queued
             self.pending = self.pending[upto:]
+            self.pending_ids = {job.recording_id for job in self.pending}
             self.line_start = max(0, self.line_start - upto)
         if self.cursor_name is not None and cursor is not None and cursor != report.cursor:
             self.runs.set_cursor(self.cursor_name, cursor)
@@ -196,8 +215,13 @@ class _Submission:
                 self.flush(len(self.pending), self.line)
             self.line, self.line_start = line_no, len(self.pending)
         job = res if isinstance(res, Job) else res.job
-        if job is None and getattr(res, "error_code", None) == ALREADY_STORED:
+        code = getattr(res, "error_code", None)
+        if job is None and code == ALREADY_STORED:
             self._stored(res.recording_id)
+        elif job is None and code == ALREADY_QUEUED:
+            self._queued_elsewhere(res.recording_id)
+        elif job is None and code == ALREADY_IN_RUN:
+            self.report.in_run += 1
         elif job is None:
             self._unresolved(n, line_no, res)
         else:
@@ -225,6 +249,13 @@ class _Submission:
         self.runs.push_ready_if_absent(record_key(FEATURE_VERSION, recording_id))
         self.runs.count(self.run_id, "skipped_existing")
 
+    def _queued_elsewhere(self, recording_id: str) -> None:
+        """A job of it is queued in another run, which computes it: skipped here."""
+        self.report.skipped += 1
+        self.report.skipped_queued += 1
+        self.runs.succeed(self.run_id, recording_id, "skipped", delivered=False)
+        self.runs.count(self.run_id, "skipped_queued")
+
     def _resolved(self, job: Job) -> None:
         from contract.records import record_key
         from contract.versions import current_version
@@ -237,8 +268,11 @@ class _Submission:
             self.runs.succeed(self.run_id, job.recording_id, "skipped", delivered=False)
             self.runs.push_ready_if_absent(key)  # indexed unless its writer died
             self.runs.count(self.run_id, "skipped_existing")
+        elif job.recording_id in self.pending_ids:
+            self.report.in_run += 1  # two releases in flight resolved it at once
         else:
             self.pending.append(job)
+            self.pending_ids.add(job.recording_id)
 
     def broke_off(self) -> None:
         """The input broke off: publish what was resolved except the line in progress (it
@@ -355,25 +389,34 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
 INPUT_KINDS = ("release", "isrcs", "query", "new_releases", "dump")
 
 
-def build_resolver(settings: Settings, *, store: Any = None) -> Any:
-    """The resolver on ``settings``; with ``store``, a release whose recordings all have a
-    record at the current feature version is skipped without a call (not with --force)."""
+def build_resolver(settings: Settings, *, store: Any = None, runs: Runs | None = None,
+                   run_id: str | None = None) -> Any:
+    """The resolver on ``settings``. Recordings that have a record at the current feature
+    version (``store``), or a job queued in any run, or a state in ``run_id`` (``runs``)
+    are not resolved, and a release whose recordings are all such costs no call (neither
+    with --force, which passes neither)."""
     from producers.resolve import Resolver  # lazy: network clients only when resolving
 
+    handled = None
+    if runs is not None:
+        def handled(recording_ids: Any) -> dict[str, str]:
+            return runs.handled(run_id, recording_ids)
     if store is None:
-        return Resolver.build(settings)
+        return Resolver.build(settings, handled=handled)
     from contract.layout import FEATURE_VERSION
     from contract.records import record_key
 
     return Resolver.build(
-        settings, stored=lambda rid: store.exists(record_key(FEATURE_VERSION, rid)))
+        settings, stored=lambda rid: store.exists(record_key(FEATURE_VERSION, rid)),
+        handled=handled)
 
 
 def iter_resolutions(resolver: Any, kind: str, value: Any, *,
-                     start_line: int = 0) -> Iterator[Any]:
+                     start_line: int = 0, plan: Any = None) -> Iterator[Any]:
     """Dispatch one input to the resolver. ``value`` per kind: release → MBID, isrcs → list,
     query → Lucene string, new_releases → ``(since, until | None)`` dates, dump → path (the
-    items are then ``(line_no, Resolution)`` pairs, from ``start_line``)."""
+    items are then ``(line_no, Resolution)`` pairs, from ``start_line``; with a ``plan``,
+    ``(position, Resolution)`` pairs in the plan's order, from position ``start_line``)."""
     if kind == "release":
         return resolver.resolve_release(value)
     if kind == "isrcs":
@@ -384,8 +427,66 @@ def iter_resolutions(resolver: Any, kind: str, value: Any, *,
         since, until = value
         return resolver.resolve_new_releases(since, until)
     if kind == "dump":
-        return resolver.resolve_dump(value, start_line=start_line)
+        if plan is None:
+            return resolver.resolve_dump(value, start_line=start_line)
+        return resolver.resolve_dump(value, start_line=start_line, plan=plan)
     raise ValueError(f"unknown input kind {kind!r}; known: {INPUT_KINDS}")
+
+
+DUMP_ORDERS = ("dump", "coverage")
+
+
+@dataclass
+class DumpStart:
+    """Where a dump run starts: the first line (or plan position) and the plan, if any."""
+
+    start: int
+    plan: Any = None  # producers.plan.Plan, or None for line order
+    note: str = ""  # what the user should know (resuming, planned, order kept)
+
+
+def start_dump(runs: Runs, path: str, cursor_name: str, *, order: str = "dump",
+               restart: bool = False,
+               progress: Callable[[int], None] | None = None) -> DumpStart:
+    """Resume or begin a dump run under ``cursor_name``, in ``order``.
+
+    A run that has started keeps the order it started in: its cursor counts plan positions
+    or dump lines, and only ``restart`` (which forgets the cursor and the plan) changes
+    that. A new ``coverage`` run plans the dump first (one extra read, producers/plan.py)
+    and stores the plan next to the cursor."""
+    from producers.plan import Plan, make_plan
+
+    if order not in DUMP_ORDERS:
+        raise ValueError(f"order must be one of {DUMP_ORDERS}")
+    if restart:
+        runs.clear_cursor(cursor_name)
+    started = runs.cursor(cursor_name) is not None
+    stored = runs.plan(cursor_name)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise InputUnreadable(f"cannot read dump {path!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    plan = Plan.from_stored(*stored) if stored is not None else None
+    if plan is not None and plan.dump_bytes != size:
+        raise InputUnreadable(f"dump {path!r} changed since it was planned "
+                              f"({plan.dump_bytes} → {size} bytes): --restart starts over")
+    if started:
+        start = runs.resume_line(cursor_name)
+        kept = "coverage" if plan is not None else "dump"
+        note = f"resuming dump at {'plan position' if plan else 'line'} {start}"
+        if kept != order:
+            note += f" (in {kept} order, as the run began; --restart to change)"
+        return DumpStart(start, plan, note)
+    if order == "dump":
+        if plan is not None:
+            runs.clear_cursor(cursor_name)  # planned, nothing published: plan dropped
+        return DumpStart(0, None, "")
+    if plan is None:
+        plan, _ = make_plan(path, progress=progress)
+        runs.set_plan(cursor_name, plan.cover, plan.meta())
+    return DumpStart(0, plan, f"planned: {plan.cover_releases} of {plan.releases} releases "
+                              f"cover {plan.recordings} recordings; they go first")
 
 
 def dump_cursor_name(path: str) -> str:

@@ -8,11 +8,14 @@ One module per concern:
 ``scripts`` + ``lua/``      the Lua scripts, as files packaged with ``contract``
 ``runs``                    :class:`Runs`: ``pv:runs``, ``pv:run:<id>:{meta,counts,state,
                             failures,jobs,lost}``; closing and pruning runs. It mixes in
-                            the six concerns below, so one handle serves a whole process
+                            the seven concerns below, so one handle serves a whole process
 ``ready``                   the reducer's queue ``pv:ready`` and ``pv:ready:dead``
 ``lock``                    the reducer lock ``pv:reducer:lock`` (and the trim under it)
 ``crashes``                 crash counts ``pv:crash:<task id>``
-``cursors``                 producers' resume cursors ``pv:cursor:<name>[:run]``
+``cursors``                 producers' resume cursors ``pv:cursor:<name>[:run]``, and a
+                            dump's plan ``pv:cursor:<name>:plan[meta]``
+``pending``                 ``pv:pending:<recording>``: the run a job of it is queued in
+                            (written by the transition script); what needs no resolution
 ``queues``                  depths of kombu's queue lists (read only), PING
 ``lost``                    jobs the broker lost (``pv:run:<id>:jobs``/``lost``,
                             ``pv:redeliver:lock``); reads kombu's lists and ``unacked``

@@ -3,11 +3,21 @@ all published) and ``pv:cursor:<name>:run`` (the run that line belongs to).
 
 Used by resumable dumps (producers/submit.py, ``dump:<file>``) and interrupted
 ``enqueue`` of a catalog (producers/queue.py, ``enqueue:<content hash>``).
+
+A dump processed in coverage order (producers/plan.py) keeps its plan next to its cursor:
+``pv:cursor:<name>:plan`` (a bitmap, bit ``n`` set when dump line ``n`` is in the cover
+pass, as base64 text since the state clients decode replies) and
+``pv:cursor:<name>:planmeta`` (what the plan was made from). Its cursor then counts
+positions in the plan's passes, not dump lines; the plan goes with the cursor
+(:meth:`Cursors.clear_cursor`).
 """
 
 from __future__ import annotations
 
-from contract.state.keys import cursor_key, cursor_run_key, run_key
+import base64
+from collections.abc import Mapping
+
+from contract.state.keys import cursor_key, cursor_run_key, plan_key, plan_meta_key, run_key
 from contract.state.scripts import StateBase
 
 
@@ -38,8 +48,27 @@ class Cursors(StateBase):
         self._redis.set(cursor_run_key(name), run_id)
 
     def clear_cursor(self, name: str) -> None:
-        """Forget the cursor and its run (the input is done, or restarted)."""
-        self._redis.delete(cursor_key(name), cursor_run_key(name))
+        """Forget the cursor, its run and its plan (the input is done, or restarted)."""
+        self._redis.delete(cursor_key(name), cursor_run_key(name), plan_key(name),
+                           plan_meta_key(name))
+
+    def set_plan(self, name: str, bitmap: bytes, meta: Mapping[str, str | int]) -> None:
+        """Store a dump's plan (replacing any) in one transaction."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(plan_key(name), plan_meta_key(name))
+        pipe.set(plan_key(name), base64.b64encode(bitmap))
+        pipe.hset(plan_meta_key(name), mapping=dict(meta))
+        pipe.execute()
+
+    def plan(self, name: str) -> tuple[bytes, dict[str, str]] | None:
+        """The cursor's plan (bitmap, meta), or None when its dump runs in line order."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(plan_key(name))
+        pipe.hgetall(plan_meta_key(name))
+        bitmap, meta = pipe.execute()
+        if bitmap is None or not meta:
+            return None
+        return base64.b64decode(bitmap), {_text(k): _text(v) for k, v in meta.items()}
 
     def chunk_published(self, run_id: str, n: int, *, cursor_name: str | None = None,
                         line: int | None = None) -> None:

@@ -16,6 +16,7 @@ REDELIVER_LOCK = f"{PREFIX}:redeliver:lock"  # string: the worker sweeping for l
 RATELIMIT_PREFIX = f"{PREFIX}:ratelimit:"  # + limiter name: GCRA theoretical arrival time
 ITUNES_CACHE_PREFIX = f"{PREFIX}:itunes:cache:"  # + sha1(url): cached iTunes answers
 DEEZER_CACHE_PREFIX = f"{PREFIX}:deezer:cache:"  # + sha1(url): cached Deezer answers
+PENDING_PREFIX = f"{PREFIX}:pending:"  # + recording id: the run its job is queued in
 LEGACY_INDEXED_PATTERN = f"{PREFIX}:indexed:*"  # sets of versions before 0.x; deleted
 # The keys of one run (pv:run:<id>:<part>), in the order the close script takes them;
 # all of them expire together once the run is closed. A new per-run key belongs here.
@@ -52,6 +53,21 @@ def cursor_key(name: str) -> str:
 def cursor_run_key(name: str) -> str:
     """``pv:cursor:<name>:run``: the run that cursor's lines belong to."""
     return f"{PREFIX}:cursor:{name}:run"
+
+
+def pending_key(recording_id: str) -> str:
+    """``pv:pending:<recording id>``: the run in which a job of the recording is queued."""
+    return PENDING_PREFIX + recording_id
+
+
+def plan_key(name: str) -> str:
+    """``pv:cursor:<name>:plan``: a dump's coverage plan (bitmap of its cover lines)."""
+    return f"{PREFIX}:cursor:{name}:plan"
+
+
+def plan_meta_key(name: str) -> str:
+    """``pv:cursor:<name>:planmeta``: what that plan was made from, and its sizes."""
+    return f"{PREFIX}:cursor:{name}:planmeta"
 
 
 def ratelimit_key(name: str) -> str:

@@ -11,8 +11,8 @@ meta and failures stay, with a time to live (``PREVIEWVEC_RUN_TTL_S``). What a c
 keeps is therefore bounded by its failures, not by its recordings.
 
 :class:`Runs` is the one handle on previewvec's Redis state: it also carries the ready
-queue, the reducer lock, crash counts, cursors, queue depths and lost jobs (one module
-each, mixed in here), so a process needs one client for all of it.
+queue, the reducer lock, crash counts, cursors, queue depths, lost jobs and pending
+recordings (one module each, mixed in here), so a process needs one client for all of it.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from contract.state.cursors import Cursors
 from contract.state.keys import (
     LEGACY_INDEXED_PATTERN,
     RUNS_INDEX,
+    pending_key,
     run_key,
     run_keys,
     run_pattern,
 )
 from contract.state.lock import ReducerLock
 from contract.state.lost import LostJobs
+from contract.state.pending import PENDING_TTL_S, Pending
 from contract.state.queues import Queues
 from contract.state.ready import ReadyQueue
 
@@ -82,7 +84,7 @@ class Housekeeping:
     open: int = 0  # runs left open (still running, or not settled yet)
 
 
-class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues, LostJobs):
+class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues, LostJobs, Pending):
     """Run state for producers, workers, the reducer and the CLI."""
 
     @classmethod
@@ -122,9 +124,11 @@ class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues, LostJobs):
               failure: str = "", job: str = "", client: Any = None) -> Any:
         """Run the transition script: 1 moved, 0 no change, -1 run gone (or, with a
         pipeline as ``client``, the pipeline)."""
-        keys = [run_key(run_id, part)
-                for part in ("state", "counts", "meta", "failures", "jobs", "lost")]
-        args = [recording_id, state, "1" if delivered else "0", failure, job]
+        keys = [*(run_key(run_id, part)
+                  for part in ("state", "counts", "meta", "failures", "jobs", "lost")),
+                pending_key(recording_id)]
+        args = [recording_id, state, "1" if delivered else "0", failure, job, run_id,
+                PENDING_TTL_S]
         return self._script("run_transition", keys, args, client=client)
 
     def mark(self, run_id: str, recording_id: str, state: str, *,

@@ -1,8 +1,10 @@
 -- Move one recording of a run to a new state, keeping the counters consistent.
--- KEYS: state, counts, meta, failures, jobs, lost of the run.
+-- KEYS: state, counts, meta, failures, jobs, lost of the run; the recording's pending
+-- fact (pv:pending:<recording id>, across runs).
 -- ARGV: recording id, new state, delivered ("1": the outcome of a delivered job, "0": a
 -- producer's), failure entry JSON ("" unless the new state is "failed"), job JSON (the
--- published job when the new state is "queued", else "").
+-- published job when the new state is "queued", else ""), run id, the pending fact's
+-- time to live in s.
 -- Writes or removes the failure entry in the same step, so `failures` holds exactly the
 -- failed recordings (plus re-queued ones being retried). Rules:
 -- - a repeated transition is a no-op (a failure's entry is refreshed);
@@ -18,9 +20,21 @@
 --   closed again;
 -- - `jobs` keeps the job of every queued recording (written with "queued", dropped with
 --   any other state), so a job the broker lost can be published again; `lost` counts
---   such redeliveries and is dropped with it.
+--   such redeliveries and is dropped with it;
+-- - the pending fact says "a job of this recording is queued, in this run" to producers
+--   of every run (they skip resolving it): set with "queued", deleted with any other
+--   state when it still names this run (another run may have queued it since). It
+--   expires after its TTL, so a run abandoned with jobs queued does not hide its
+--   recordings from later producers for ever. Set or deleted even when the state does not
+--   change (a republished job refreshes it).
 -- Returns 1 moved, 0 no change, -1 run gone.
 local rid, new, delivered, failure, job = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
+local run_id, pending_ttl = ARGV[6], tonumber(ARGV[7])
+if new == 'queued' then
+  redis.call('SET', KEYS[7], run_id, 'EX', pending_ttl)
+elseif redis.call('GET', KEYS[7]) == run_id then
+  redis.call('DEL', KEYS[7])
+end
 if delivered and redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 if new == 'queued' then
   if job and job ~= '' then

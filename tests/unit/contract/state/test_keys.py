@@ -20,6 +20,9 @@ def test_key_names() -> None:
     assert (keys.cursor_key("dump:x"), keys.cursor_run_key("dump:x")) == (
         "pv:cursor:dump:x", "pv:cursor:dump:x:run")
     assert keys.ratelimit_key("itunes") == "pv:ratelimit:itunes"
+    assert keys.pending_key("rec-1") == "pv:pending:rec-1"
+    assert (keys.plan_key("dump:x"), keys.plan_meta_key("dump:x")) == (
+        "pv:cursor:dump:x:plan", "pv:cursor:dump:x:planmeta")
     assert (keys.READY_QUEUE, keys.DEAD_LETTER_QUEUE, keys.LOCK_KEY, keys.RUNS_INDEX) == (
         "pv:ready", "pv:ready:dead", "pv:reducer:lock", "pv:runs")
 
@@ -70,9 +73,10 @@ def test_everything_the_state_writes_is_a_known_pv_key(runs: Runs, raw: Redis) -
     runs.acquire_reducer_lock("tok", 10)
     runs.attempt_started("task-1")
     runs.chunk_published("r1", 2, cursor_name="dump:x", line=3)
+    runs.set_plan("dump:x", b"\x80", {"format": "f", "lines": 1})
     GcraState(raw, "itunes").acquire(1000, 1, -1)
     AnswerCache(raw).set("https://itunes.apple.com/search?term=x", {"ok": 1})
     known = ("pv:run:r1:", "pv:runs", "pv:ready", "pv:reducer:lock", "pv:crash:",
-             "pv:cursor:", "pv:ratelimit:", "pv:itunes:cache:")
+             "pv:cursor:", "pv:ratelimit:", "pv:itunes:cache:", "pv:pending:")
     written = sorted(raw.scan_iter(match="*"))
     assert written and all(k.startswith(known) for k in written), written
