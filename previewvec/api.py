@@ -444,7 +444,7 @@ class ApiState:
     settings: Settings
     runs: Runs
     background: Background
-    resolver_factory: Callable[[Settings], Any]
+    resolver_factory: Callable[..., Any]
     tokens: tuple[bytes, ...]
     _store: Any = None
     _reducer: Any = None
@@ -593,11 +593,15 @@ def _check_room(state: ApiState, queue: str) -> None:
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
 
 
-def _resolver_for(state: ApiState, sub: Submission) -> Any:
+def _resolver_for(state: ApiState, sub: Submission, run_id: str) -> Any:
+    """The submission's resolver. As ``submit`` on the CLI: recordings stored (unless
+    ``force``), queued in any run or handled by this run are not resolved again."""
     if sub.kind == "jobs":
         return None
     try:  # no network: only clients are built, so misconfiguration shows up now
-        return state.resolver_factory(state.settings)
+        return state.resolver_factory(state.settings,
+                                      store=None if sub.force else state.store(),
+                                      runs=state.runs, run_id=run_id)
     except PreviewvecError as exc:
         raise HTTPException(503, f"resolution unavailable ({exc.code}): "
                             f"{exc.message}") from None
@@ -606,8 +610,8 @@ def _resolver_for(state: ApiState, sub: Submission) -> Any:
 def _accept(state: ApiState, sub: Submission) -> dict[str, Any]:
     """Create the run and hand the submission to the background threads."""
     _check_room(state, sub.queue)
-    resolver = _resolver_for(state, sub)
     run_id = new_run_id()
+    resolver = _resolver_for(state, sub, run_id)
     meta: dict[str, str | int] = {"queue": sub.queue, "source": "api", "input": sub.kind,
                                   "resolution_state": "pending"}
     if sub.kind == "jobs":
@@ -796,11 +800,12 @@ def _default_runs(settings: Settings) -> Runs:
     return Runs.from_url(settings.broker_url, retry=False, connect_timeout_s=5, timeout_s=30)
 
 
-def create_app(settings: Settings, *, resolver_factory: Callable[[Settings], Any] | None = None,
+def create_app(settings: Settings, *, resolver_factory: Callable[..., Any] | None = None,
                runs: Runs | None = None, store: Any = None,
                background: Background | None = None) -> FastAPI:
-    """The API. ``resolver_factory(settings)`` builds a resolver per submission (default:
-    :meth:`producers.resolve.Resolver.build`); the other arguments are for tests."""
+    """The API. ``resolver_factory(settings, store=, runs=, run_id=)`` builds a resolver
+    per submission (default: :func:`producers.submit.build_resolver`); the other
+    arguments are for tests."""
     if resolver_factory is None:
         from producers.submit import build_resolver as resolver_factory
     state = ApiState(settings=settings, runs=runs or _default_runs(settings),

@@ -84,7 +84,7 @@ def settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settin
 
 @pytest.fixture(scope="module")
 def app(settings: Settings):
-    return create_app(settings, resolver_factory=lambda s: FakeResolver())
+    return create_app(settings, resolver_factory=lambda s, **_: FakeResolver())
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_resolved_inputs_run_in_background(client: TestClient, app) -> None:
 
 
 def test_resolver_failure_is_reported(settings: Settings) -> None:
-    app = create_app(settings, resolver_factory=lambda s: BrokenResolver())
+    app = create_app(settings, resolver_factory=lambda s, **_: BrokenResolver())
     with TestClient(app) as c:
         resp = post(c, json.dumps({"release": RELEASE}))
         assert resp.status_code == 202
@@ -251,7 +251,7 @@ def test_unconfigured_resolution_is_503(settings: Settings) -> None:
     class Unconfigured(PreviewvecError):
         code = "mb_contact_missing"
 
-    def factory(_: Settings):
+    def factory(_: Settings, **__: object):
         raise Unconfigured("PREVIEWVEC_MB_CONTACT is empty")
 
     with TestClient(create_app(settings, resolver_factory=factory)) as c:
@@ -386,3 +386,21 @@ def test_settle(app) -> None:
 
 def test_tokens_never_in_openapi(client: TestClient) -> None:
     assert TOKEN not in client.get("/openapi.json").text
+
+
+def test_a_submission_resolves_against_its_own_run_and_the_store(settings: Settings) -> None:
+    """Given a release submitted, expect its resolver built for that run (recordings
+    queued in any run or handled in it are not resolved again) and, without force, the
+    store (stored recordings are not either); with force, no store."""
+    seen: list[dict[str, object]] = []
+
+    def factory(_: Settings, **kwargs: object) -> FakeResolver:
+        seen.append(kwargs)
+        return FakeResolver()
+
+    with TestClient(create_app(settings, resolver_factory=factory)) as c:
+        first = post(c, json.dumps({"release": RELEASE})).json()
+        forced = post(c, json.dumps({"release": RELEASE, "force": True})).json()
+    assert [k["run_id"] for k in seen] == [first["run_id"], forced["run_id"]]
+    assert seen[0]["store"] is not None and seen[1]["store"] is None
+    assert all(k["runs"] is not None for k in seen)

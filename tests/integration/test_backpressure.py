@@ -295,7 +295,7 @@ def test_api_answers_429_above_the_mark(redis_url, r, tmp_path: Path) -> None:
     settings = Settings(broker_url=redis_url, store=str(tmp_path / "store"),
                         index=str(tmp_path / "index"), api_tokens=(TOKEN,),
                         queue_high_water=3)
-    app = create_app(settings, resolver_factory=lambda s: None)
+    app = create_app(settings, resolver_factory=lambda s, **_: None)
     body = json.dumps({"jobs": [json.loads(job_line(i)) for i in range(4)], "queue": "batch"})
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     with TestClient(app, raise_server_exceptions=True) as client:
