@@ -1,0 +1,125 @@
+"""The wide set (issue 17): metres, feels, scales, textures, key changes, SoundFonts, mastering.
+
+Given a wide spec, expect a score whose note times and pitches agree with the truth record:
+the pulse and metre, the scale, the key change's place in the clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from testkit.songs import generate_song
+from testkit.songs.score import MODAL_SCALES, modulate
+
+# _finish humanises by at most 10 ms; in beats at up to 200 BPM that is ≤ 0.034.
+JITTER_BEATS = 0.035
+
+
+def _onsets(score, *, drum_pitch: int | None = None) -> np.ndarray:
+    notes = [n for t in score.tracks for n in t.notes
+             if (t.is_drum and n.pitch == drum_pitch) or (drum_pitch is None and not t.is_drum)]
+    return np.array([n.start_beat for n in notes])
+
+
+def _off_grid(times: np.ndarray, grid: float) -> np.ndarray:
+    """Distance (beats) of each time from the nearest multiple of ``grid``."""
+    return np.abs(times - np.round(times / grid) * grid)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _wide_song(meter="4/4", feel="straight", scale=None, texture="band", drums=True,
+               tempo=100.0, mode="major", seed=5, style="pop"):
+    return generate_song(seed, tonic=2, mode=mode, tempo_bpm=tempo, drums=drums,
+                         duration_s=20.0, style=style, meter=meter, feel=feel, scale=scale,
+                         texture=texture)
+
+
+@pytest.mark.parametrize("meter", ["6/8", "12/8"])
+def test_compound_metres_divide_the_pulse_in_three(meter):
+    for seed in range(4):
+        song = _wide_song(meter=meter, seed=seed, tempo=80.0)
+        assert song.meter == meter and song.beats_per_bar == 4
+        hats = np.concatenate([_onsets(song, drum_pitch=p) for p in (42, 51)])
+        kicks = _onsets(song, drum_pitch=36)
+        assert hats.size and kicks.size
+        # Every hi-hat/ride stroke is on an eighth of the dotted-quarter pulse (⅓ beat), and
+        # at least one third of them between beats: the pulse is divided in three, not two.
+        assert _off_grid(hats, 1 / 3).max() < JITTER_BEATS
+        assert np.mean(_off_grid(hats, 1.0) > 0.2) > 0.3
+        assert _off_grid(kicks, 1 / 3).max() < JITTER_BEATS
+        assert np.mean(_off_grid(kicks, 1.0) < JITTER_BEATS) >= 0.5  # mostly on the pulse
+
+
+def test_three_four_has_downbeats_every_three_beats():
+    song = _wide_song(meter="3/4", tempo=120.0, style="rock")
+    assert song.beats_per_bar == 3
+    kicks = _onsets(song, drum_pitch=36)
+    # The waltz kit plays its kick on the downbeats: beats 0, 3, 6, ...
+    assert np.mean(_off_grid(kicks, 3.0) < JITTER_BEATS) > 0.8
+
+
+def test_swing_delays_the_offbeat_eighths():
+    song = _wide_song(feel="swing", tempo=110.0)
+    assert 0.58 < song.swing <= 2 / 3 + 1e-9
+    hats = _onsets(song, drum_pitch=42)
+    if not hats.size:
+        hats = _onsets(song, drum_pitch=51)
+    frac = hats - np.floor(hats + 1e-9)
+    offbeats = frac[(frac > 0.2) & (frac < 0.9)]
+    assert offbeats.size and np.all(np.abs(offbeats - song.swing) < JITTER_BEATS)
+
+
+def test_syncopated_feel_puts_bass_notes_between_beats():
+    for seed in range(3):
+        song = _wide_song(feel="sync", seed=seed)
+        bass = _onsets_of(song, "bass")
+        assert np.mean(_off_grid(bass, 1.0) > 0.2) > 0.15
+
+
+def _onsets_of(song, name: str) -> np.ndarray:
+    return np.array([n.start_beat for t in song.tracks if t.name == name for n in t.notes])
+
+
+@pytest.mark.parametrize("texture", ["pad", "drone"])
+def test_pads_and_drones_have_no_drums_and_sustained_chords(texture):
+    song = _wide_song(texture=texture, drums=False, tempo=180.0)
+    assert not any(t.is_drum for t in song.tracks)
+    comp = next(t for t in song.tracks if t.name == "comp")
+    assert min(n.duration_beats for n in comp.notes) >= 0.9  # whole chords, no comping
+    if texture == "drone":
+        bass = next(t for t in song.tracks if t.name == "bass")
+        assert {n.pitch % 12 for n in bass.notes} == {2}  # the tonic, D
+    with pytest.raises(ValueError):
+        _wide_song(texture=texture, drums=True)
+
+
+@pytest.mark.parametrize("scale", sorted(MODAL_SCALES))
+def test_modal_songs_use_their_scale_and_rest_on_the_tonic(scale):
+    mode = MODAL_SCALES[scale][1]
+    song = _wide_song(scale=scale, mode=mode, seed=11)
+    allowed = {(2 + s) % 12 for s in MODAL_SCALES[scale][0]}
+    assert {n.pitch % 12 for n in song.pitched_notes} <= allowed
+    assert song.scale == scale and song.mode == mode
+    bass = next(t for t in song.tracks if t.name == "bass")
+    assert bass.notes[0].pitch % 12 == 2  # phrases start on the tonic chord
+    if scale == "aeolian":  # no raised leading tone
+        assert (2 + 11) % 12 not in {n.pitch % 12 for n in song.pitched_notes}
+    with pytest.raises(ValueError):
+        _wide_song(scale=scale, mode="minor" if mode == "major" else "major")
+
+
+def test_modulate_moves_only_pitched_notes_after_the_bar():
+    song = _wide_song()
+    moved = modulate(song, 16.0, 3)
+    assert moved.key_change == (16.0, 3)
+    for before, after in zip(song.tracks, moved.tracks, strict=True):
+        if before.is_drum:
+            assert before.notes == after.notes
+            continue
+        for a, b in zip(before.notes, after.notes, strict=True):
+            assert b.start_beat == a.start_beat
+            assert b.pitch == a.pitch + (3 if a.start_beat >= 16.0 else 0)
+            assert b.start_beat + b.duration_beats <= 16.0 + 1e-6 or a.start_beat >= 16.0
