@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from testkit.songs import generate_song
+from testkit.songs.render import master
 from testkit.songs.score import MODAL_SCALES, modulate
 
+SR = 22050
 # _finish humanises by at most 10 ms; in beats at up to 200 BPM that is ≤ 0.034.
 JITTER_BEATS = 0.035
 
@@ -123,3 +125,27 @@ def test_modulate_moves_only_pitched_notes_after_the_bar():
             assert b.start_beat == a.start_beat
             assert b.pitch == a.pitch + (3 if a.start_beat >= 16.0 else 0)
             assert b.start_beat + b.duration_beats <= 16.0 + 1e-6 or a.start_beat >= 16.0
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def test_master_sets_level_noise_and_length():
+    rng = np.random.default_rng(0)
+    t = np.arange(SR * 2) / SR
+    x = np.stack([np.sin(2 * np.pi * 220 * t)] * 2).astype(np.float32) * 0.5
+    x[:, : SR // 2] *= 0.01 + rng.random(SR // 2) * 0  # a quiet start
+    nominal = master(x, SR)
+    quiet = master(x, SR, gain_db=-20.0)
+    loud = master(x, SR, gain_db=6.0)
+    noisy = master(x, SR, noise_snr_db=10.0, seed=1)
+
+    def rms(a):
+        return float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))
+
+    assert nominal.shape == quiet.shape == loud.shape == noisy.shape == x.shape
+    assert 20 * np.log10(rms(nominal) / rms(quiet)) == pytest.approx(20.0, abs=0.01)
+    assert rms(loud) > rms(nominal) and np.max(np.abs(loud)) < 1.0
+    assert np.max(np.abs(master(x, SR, reverb=0.4))) == pytest.approx(10 ** (-1 / 20), rel=1e-4)
+    # The noise is added 10 dB below the mix, before the peak normalisation.
+    assert rms(noisy - nominal * rms(noisy) / rms(nominal)) > 0.05 * rms(noisy)
