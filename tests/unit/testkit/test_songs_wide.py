@@ -6,16 +6,37 @@ the pulse and metre, the scale, the key change's place in the clip.
 
 from __future__ import annotations
 
+import collections
+import itertools
+
 import numpy as np
 import pytest
 
-from testkit.songs import generate_song
-from testkit.songs.render import master
+from testkit.songs import generate_song, scale_pitch_classes
+from testkit.songs.dataset import (
+    HELDOUT_SEEDS,
+    WIDE_COMPOUND_TEMPO_RANGE,
+    WIDE_TEMPO_RANGE,
+    SongSpec,
+    Variation,
+    _truth_record,
+    _wide_score,
+    eval_specs,
+    heldout_specs,
+    render_spec,
+    wide_specs,
+)
+from testkit.songs.render import SOUNDFONTS, fluidsynth_available, installed_soundfonts, master
 from testkit.songs.score import MODAL_SCALES, modulate
 
 SR = 22050
+CLIP_S = 30.0
 # _finish humanises by at most 10 ms; in beats at up to 200 BPM that is ≤ 0.034.
 JITTER_BEATS = 0.035
+
+
+def _record(spec: SongSpec, index: int = 0) -> dict:
+    return _truth_record(spec, index, "m4a", "fluidsynth", 44100, CLIP_S)
 
 
 def _onsets(score, *, drum_pitch: int | None = None) -> np.ndarray:
@@ -27,6 +48,88 @@ def _onsets(score, *, drum_pitch: int | None = None) -> np.ndarray:
 def _off_grid(times: np.ndarray, grid: float) -> np.ndarray:
     """Distance (beats) of each time from the nearest multiple of ``grid``."""
     return np.abs(times - np.round(times / grid) * grid)
+
+
+# --------------------------------------------------------------------------- specs and truth
+
+
+def test_wide_specs_are_seeded_and_balanced():
+    specs = wide_specs(48)
+    assert specs == wide_specs(48)
+    assert specs != wide_specs(48, seed=18)
+    w = [s.wide for s in specs]
+    assert collections.Counter(v.soundfont for v in w) == {f: 12 for f in SOUNDFONTS}
+    assert sum(s.drums for s in specs) == 24
+    meters = collections.Counter(v.meter for v in w)
+    assert set(meters) == {"4/4", "3/4", "6/8", "12/8"} and min(meters.values()) >= 9
+    for s in specs:
+        lo, hi = (WIDE_COMPOUND_TEMPO_RANGE if s.wide.meter in ("6/8", "12/8")
+                  else WIDE_TEMPO_RANGE)
+        assert lo <= s.tempo_bpm <= hi
+        assert s.drums or s.wide.texture in ("band", "pad", "drone")
+        assert not s.drums or s.wide.texture == "band"
+    tempos = [s.tempo_bpm for s in wide_specs(96) if s.wide.meter in ("4/4", "3/4")]
+    assert min(tempos) < 62 and max(tempos) > 185
+
+
+def test_heldout_specs_are_fixed_and_unlike_the_tuning_set():
+    held = heldout_specs(24)
+    assert held == wide_specs(24, seed=HELDOUT_SEEDS[0])
+    tuning_seeds = {s.seed for s in wide_specs(96)}
+    assert not tuning_seeds & {s.seed for s in held}
+
+
+def test_plain_records_keep_their_fields():
+    """Sets built before the wide set (eval_specs) keep identical records, so their cached
+    files are reused."""
+    record = _record(eval_specs(1, seed=3)[0])
+    assert set(record) == {"file", "seed", "tempo_bpm", "tonic", "mode", "key", "drums",
+                           "style", "renderer", "beats_per_bar", "swing", "duration_s", "sr",
+                           "generator"}
+
+
+def test_wide_records_state_pulse_metre_scale_and_mix():
+    for i, spec in enumerate(wide_specs(24)):
+        r = _record(spec, i)
+        w = spec.wide
+        assert r["tempo_bpm"] == spec.tempo_bpm
+        assert r["meter"] == w.meter
+        assert r["pulse"] == ("dotted quarter" if w.meter in ("6/8", "12/8") else "quarter")
+        assert r["soundfont"] == w.soundfont
+        assert r["mode"] in ("major", "minor")
+        if w.scale:
+            assert r["scale"] == w.scale and MODAL_SCALES[w.scale][1] == r["mode"]
+        assert r["key"].endswith(r["mode"])
+        for field in ("feel", "texture", "gain_db", "reverb", "noise_snr_db",
+                      "start_offset_s", "key_change", "key_change_s", "key_start"):
+            assert field in r
+
+
+def test_key_change_lies_in_its_half_of_the_clip_and_truth_is_the_majority_key():
+    changed = [s for s in wide_specs(96) if s.wide.key_change != "none"]
+    assert {s.wide.key_change for s in changed} == {"early", "late"}
+    for spec in changed:
+        r = _record(spec)
+        score = _wide_score(spec, CLIP_S)
+        at_beat, semitones = score.key_change
+        # The first moved note sounds at the recorded time (clip seconds).
+        assert r["key_change_s"] == pytest.approx(
+            at_beat * 60 / spec.tempo_bpm - spec.wide.start_offset_s, abs=1e-3)
+        if spec.wide.key_change == "early":
+            assert 0 < r["key_change_s"] < CLIP_S / 2
+            assert r["key"] == r["key_end"] != r["key_start"]
+        else:
+            assert CLIP_S / 2 < r["key_change_s"] < CLIP_S
+            assert r["key"] == r["key_start"] != r["key_end"]
+        # Pitched notes after the change are in the new key's scale.
+        scale = spec.wide.scale
+        steps = (MODAL_SCALES[scale][0] if scale else None)
+        new_tonic = (spec.tonic + semitones) % 12
+        allowed = ({(new_tonic + s) % 12 for s in steps} if steps
+                   else scale_pitch_classes(new_tonic, spec.mode, harmonic=True))
+        after = [n.pitch % 12 for t in score.tracks if not t.is_drum for n in t.notes
+                 if n.start_beat >= at_beat]
+        assert after and set(after) <= allowed
 
 
 # --------------------------------------------------------------------------- scores
@@ -149,3 +252,20 @@ def test_master_sets_level_noise_and_length():
     assert np.max(np.abs(master(x, SR, reverb=0.4))) == pytest.approx(10 ** (-1 / 20), rel=1e-4)
     # The noise is added 10 dB below the mix, before the peak normalisation.
     assert rms(noisy - nominal * rms(noisy) / rms(nominal)) > 0.05 * rms(noisy)
+
+
+@pytest.mark.skipif(not fluidsynth_available() or len(installed_soundfonts()) < 2,
+                    reason="needs fluidsynth and at least two of the GM SoundFonts")
+def test_each_soundfont_renders_the_clip_differently():
+    base = wide_specs(1)[0]
+    clips = {}
+    for font in installed_soundfonts():
+        spec = SongSpec(base.seed, 0, "major", 120.0, True, "pop",
+                        Variation(soundfont=font, start_offset_s=0.7))
+        clip = render_spec(spec, sr=SR, duration_s=4.0)
+        assert clip.shape == (2, 4 * SR)
+        assert np.max(np.abs(clip)) > 0.1
+        clips[font] = clip
+    fonts = sorted(clips)
+    for a, b in itertools.pairwise(fonts):
+        assert not np.allclose(clips[a], clips[b], atol=1e-3)
