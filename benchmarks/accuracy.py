@@ -140,6 +140,31 @@ def categories(r: dict) -> dict[str, str]:
     }
 
 
+# Semitones from a mode's tonic down to its parent major scale's tonic (D dorian: C major).
+_PARENT_MAJOR = {"dorian": 2, "phrygian": 4, "lydian": 5, "mixolydian": 7}
+
+
+def parent_key_score(r: dict, prefix: str) -> float:
+    """MIREX score of the estimate against the modal song's parent major key (the key whose
+    scale it uses), the reading a pitch-class profile tends to give; the truth stays the
+    tonic-centred key (docs/features.md)."""
+    parent = (r["tonic"] - _PARENT_MAJOR[r["scale"]]) % 12
+    return key_score(parent, "major", r[f"{prefix}_tonic"], r[f"{prefix}_mode"])
+
+
+def miss_ratios(results: list[dict], prefix: str) -> dict[str, int]:
+    """Tempo misses (outside 4 %) counted by the nearest simple ratio to the truth."""
+    ratios = {"×2": 2.0, "×½": 0.5, "×3": 3.0, "×⅓": 1 / 3, "×3/2": 1.5, "×2/3": 2 / 3}
+    counts = dict.fromkeys([*ratios, "other"], 0)
+    for r in results:
+        est, true = r[f"{prefix}_tempo"], r["tempo_bpm"]
+        if tempo_correct(true, est):
+            continue
+        name = next((k for k, f in ratios.items() if tempo_correct(true * f, est)), "other")
+        counts[name] += 1
+    return {k: v for k, v in counts.items() if v}
+
+
 def print_breakdown(results: list[dict], methods: list[tuple[str, str]]) -> None:
     """Per category: songs, then tempo ±4 %, ± octave and MIREX key for each method."""
     head = "".join(f"{label + ' t4%':>15}{'oct':>6}{'key':>6}" for label, _ in methods)
@@ -156,6 +181,16 @@ def print_breakdown(results: list[dict], methods: list[tuple[str, str]]) -> None
                 s = summarize(items, prefix)
                 cells += f"{s['tempo_all']:>15.2f}{s['tempo_octave']:>6.2f}{s['key_mirex']:>6.2f}"
             print(f"{aspect + ': ' + label:<24}{len(items):>4}{cells}")
+    for label, prefix in methods:
+        print(f"{label} tempo misses by ratio (estimate / truth): "
+              + ", ".join(f"{k} {v}" for k, v in miss_ratios(results, prefix).items()))
+    modal = [r for r in results if r["scale"] in _PARENT_MAJOR]
+    if modal:
+        scores = ", ".join(
+            f"{label} {np.mean([parent_key_score(r, prefix) for r in modal]):.2f}"
+            for label, prefix in methods)
+        print(f"\nmodal songs ({len(modal)}), MIREX key against the parent major key "
+              f"instead: {scores}")
 
 
 def main(argv: list[str] | None = None) -> int:
