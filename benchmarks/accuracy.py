@@ -36,6 +36,7 @@ from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave
 from testkit.songs.dataset import (
+    HELDOUT_SEEDS,
     WIDE_TUNING_SEED,
     build_set,
     eval_specs,
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     n_drums = sum(r["drums"] for r in results)
     print(
         f"{len(results)} songs ({n_drums} with drums), renderer={rows[0].get('renderer')}, "
-        f"set={args.wide or 'eval'}, seed={args.seed}"
+        f"set={args.wide or 'eval'}, "
+        f"seed={HELDOUT_SEEDS[0] if args.wide == 'heldout' else args.seed}"
     )
     print(
         f"{'method':<12}{'tempo ±4% (drums)':>20}{'tempo ±4% (all)':>18}"
