@@ -269,3 +269,29 @@ def test_each_soundfont_renders_the_clip_differently():
     fonts = sorted(clips)
     for a, b in itertools.pairwise(fonts):
         assert not np.allclose(clips[a], clips[b], atol=1e-3)
+
+
+def test_clip_cut_mid_bar_has_the_scores_onsets_shifted_by_the_offset():
+    """The rendered clip starts ``start_offset_s`` into the song: its onsets are the score's
+    note times minus the offset (numpy synth: no external program needed)."""
+    import librosa
+
+    offset_s, clip_s, tempo = 0.83, 8.0, 120.0
+    spec = SongSpec(4242, 0, "major", tempo, True, "rock",
+                    Variation(meter="12/8", start_offset_s=offset_s))
+    clip = render_spec(spec, sr=SR, renderer="synth", duration_s=clip_s)
+    assert clip.shape == (2, round(clip_s * SR))
+    found = librosa.onset.onset_detect(y=clip.mean(axis=0), sr=SR, units="time",
+                                       backtrack=False)
+    score = _wide_score(spec, clip_s)
+    expected = np.array(sorted({round(n.start_beat * 60 / tempo - offset_s, 3)
+                                for t in score.tracks for n in t.notes}))
+    expected = expected[(expected >= 0) & (expected <= clip_s)]
+    found = found[(found > 0.1) & (found < clip_s - 0.1)]
+    assert found.size > 8
+    # librosa's onset frames lag the attack by up to a hop or two (23 ms at 512 samples).
+    nearest = np.min(np.abs(found[:, None] - expected[None, :]), axis=1)
+    assert np.mean(nearest < 0.05) > 0.9
+    # ... and not when the offset is ignored (the test can tell the difference).
+    unshifted = expected + offset_s
+    assert np.mean(np.min(np.abs(found[:, None] - unshifted[None, :]), axis=1) < 0.05) < 0.9
