@@ -63,7 +63,7 @@ from typing import Any  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
-from accuracy import naive_key, naive_tempo  # noqa: E402
+from accuracy import naive_key, naive_tempo, print_breakdown  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from contract.errors import PreviewvecError  # noqa: E402
@@ -533,6 +533,25 @@ def accuracy_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# For the wide set's per-category breakdown: (column, tempo tool, key tool).
+BREAKDOWN = (("previewvec", "previewvec", "previewvec"), ("naive", "naive", "naive"),
+             ("essentia", "essentia_rhythm", "essentia_key_edma"),
+             ("madmom", "madmom_tempo", "madmom_key"))
+
+
+def print_wide_breakdown(rows: list[dict[str, Any]]) -> None:
+    """``accuracy.py``'s per-category table for every tool (Essentia: RhythmExtractor2013
+    and KeyExtractor edma; madmom: RNN tempo and CNN key) on a wide set."""
+    flat = []
+    for r in rows:
+        row = dict(r["truth"])
+        for column, t_tool, k_tool in BREAKDOWN:
+            row[f"{column}_tempo"] = r["tools"][t_tool]["tempo"]
+            row[f"{column}_tonic"], row[f"{column}_mode"] = _key(r["tools"][k_tool])
+        flat.append(row)
+    print_breakdown(flat, [(c, c) for c, _, _ in BREAKDOWN])
+
+
 def misses(rows: list[dict[str, Any]]) -> list[str]:
     """previewvec's tempo misses (beyond 4 %) and keys that are not exact, per song."""
     lines = []
@@ -769,7 +788,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrenderer fluidsynth, {'set ' + args.wide if args.wide else 'seed'} "
               f"{args.seed if args.wide != 'heldout' else ''}")
         print("\n".join(accuracy_table(rendered)))
-        print("\n".join(misses(rendered)))
+        if args.wide:
+            print_wide_breakdown(rendered)
+        else:
+            print("\n".join(misses(rendered)))
     if real:
         print(f"\nexcerpts {args.offset:g}-{args.offset + CLIP_S:g} s, sources: "
               + ", ".join(f"{lbl} ({sum(r['file'].startswith(lbl) for r in real)})"
