@@ -59,11 +59,12 @@ WIDE_TUNING_SEED = 17
 class Variation:
     """How a wide-set song departs from the plain ones (see :func:`wide_specs`).
 
-    ``key_change``: ``"early"`` moves to another key 2-6 s into the clip (the clip's key
-    is then the new one), ``"late"`` 24-28 s in (the clip's key stays the first); the truth
-    is always the key of the larger part of the clip. ``start_offset_s``: the clip starts
-    that far into the song, mostly not on a bar line. The mix settings are those of
-    :func:`~testkit.songs.render.master`.
+    ``key_change``: ``"early"`` moves to another key at the first bar line after 2-6 s
+    into the clip (the clip's key is then the new one), ``"late"`` at the last bar line
+    before 24-28 s (the clip's key stays the first); the truth is always the key of the
+    larger part of the clip, and the record's ``key_change_s`` the actual time.
+    ``start_offset_s``: the clip starts that far into the song, mostly not on a bar line.
+    The mix settings are those of :func:`~testkit.songs.render.master`.
     """
 
     soundfont: str = "fluidr3"
@@ -155,8 +156,9 @@ _WIDE_SCALES: dict[str, tuple[tuple[str | None, float], ...]] = {
 
 
 def wide_specs(n: int, seed: int = WIDE_TUNING_SEED) -> list[SongSpec]:
-    """``n`` specs of the wide set: every SoundFont, metre, drums/no drums, tempo band and
-    key equally often (as far as ``n`` allows), the rest drawn per song (seeded).
+    """``n`` specs of the wide set: every SoundFont, drums/no drums and key equally often
+    (as far as ``n`` allows), 4/4 twice as often as each other metre, tempos stratified
+    log-uniformly, the rest drawn per song (seeded).
 
     Metres: 4/4, 3/4, 6/8 and 12/8 (compound tempos are dotted-quarter pulses over
     :data:`WIDE_COMPOUND_TEMPO_RANGE`). Without drums a song is a band without a kit, a pad
