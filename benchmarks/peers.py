@@ -71,6 +71,7 @@ from contract.layout import DESCRIPTOR_DIMENSIONS, FMA_DIM, PITCH_CLASSES  # noq
 from testkit.encode import encode_audio  # noqa: E402
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave  # noqa: E402
 from testkit.songs.dataset import (  # noqa: E402
+    HELDOUT_SEEDS,
     WIDE_TUNING_SEED,
     build_set,
     eval_specs,
@@ -785,8 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     real = measure(real_clips(args.real, args.offset, folder), tools, results) \
         if args.real else []
     if rendered:
-        print(f"\nrenderer fluidsynth, {'set ' + args.wide if args.wide else 'seed'} "
-              f"{args.seed if args.wide != 'heldout' else ''}")
+        seed = HELDOUT_SEEDS[0] if args.wide == "heldout" else args.seed
+        print(f"\nrenderer fluidsynth, {args.wide or 'eval'} set, seed {seed}")
         print("\n".join(accuracy_table(rendered)))
         if args.wide:
             print_wide_breakdown(rendered)
