@@ -63,14 +63,21 @@ from typing import Any  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
-from accuracy import naive_key, naive_tempo  # noqa: E402
+from accuracy import naive_key, naive_tempo, print_breakdown  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from contract.errors import PreviewvecError  # noqa: E402
 from contract.layout import DESCRIPTOR_DIMENSIONS, FMA_DIM, PITCH_CLASSES  # noqa: E402
 from testkit.encode import encode_audio  # noqa: E402
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave  # noqa: E402
-from testkit.songs.dataset import build_set, eval_specs  # noqa: E402
+from testkit.songs.dataset import (  # noqa: E402
+    HELDOUT_SEEDS,
+    WIDE_TUNING_SEED,
+    build_set,
+    eval_specs,
+    heldout_specs,
+    wide_specs,
+)
 from workers.audio import decode_audio  # noqa: E402
 from workers.features import spectral, tonal  # noqa: E402
 from workers.features.extractor import extract_features, warm_up  # noqa: E402
@@ -166,9 +173,17 @@ class Clip:
         self.native = self.mono22 = None
 
 
-def rendered_clips(n: int, seed: int, folder: Path) -> list[Clip]:
-    rows = build_set(eval_specs(n, seed=seed), folder / f"rendered-{seed}", renderer="fluidsynth")
-    return [Clip("rendered", r["file"], folder / f"rendered-{seed}" / r["file"], r) for r in rows]
+def rendered_clips(n: int, seed: int, folder: Path, wide: str | None = None) -> list[Clip]:
+    """The rendered set: ``eval_specs``, or with ``wide`` the wide set (``"tuning"``, seed
+    ``seed``) or its held-out part (``"heldout"``), each in its own ``rendered-*`` folder."""
+    if wide == "heldout":
+        specs, name = heldout_specs(n), "rendered-wide-heldout"
+    elif wide == "tuning":
+        specs, name = wide_specs(n, seed=seed), f"rendered-wide-{seed}"
+    else:
+        specs, name = eval_specs(n, seed=seed), f"rendered-{seed}"
+    rows = build_set(specs, folder / name, renderer="fluidsynth")
+    return [Clip("rendered", r["file"], folder / name / r["file"], r) for r in rows]
 
 
 def _real_files(n: int) -> list[tuple[str, Path]]:
@@ -519,6 +534,25 @@ def accuracy_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# For the wide set's per-category breakdown: (column, tempo tool, key tool).
+BREAKDOWN = (("previewvec", "previewvec", "previewvec"), ("naive", "naive", "naive"),
+             ("essentia", "essentia_rhythm", "essentia_key_edma"),
+             ("madmom", "madmom_tempo", "madmom_key"))
+
+
+def print_wide_breakdown(rows: list[dict[str, Any]]) -> None:
+    """``accuracy.py``'s per-category table for every tool (Essentia: RhythmExtractor2013
+    and KeyExtractor edma; madmom: RNN tempo and CNN key) on a wide set."""
+    flat = []
+    for r in rows:
+        row = dict(r["truth"])
+        for column, t_tool, k_tool in BREAKDOWN:
+            row[f"{column}_tempo"] = r["tools"][t_tool]["tempo"]
+            row[f"{column}_tonic"], row[f"{column}_mode"] = _key(r["tools"][k_tool])
+        flat.append(row)
+    print_breakdown(flat, [(c, c) for c, _, _ in BREAKDOWN])
+
+
 def misses(rows: list[dict[str, Any]]) -> list[str]:
     """previewvec's tempo misses (beyond 4 %) and keys that are not exact, per song."""
     lines = []
@@ -688,7 +722,12 @@ def targets(rendered: list[dict[str, Any]], real: list[dict[str, Any]]) -> list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--songs", type=int, default=40, help="rendered songs (0: none)")
-    parser.add_argument("--seed", type=int, default=1717, help="rendered set's seed")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"rendered set's seed (default 1717; --wide tuning: "
+                             f"{WIDE_TUNING_SEED})")
+    parser.add_argument("--wide", choices=("tuning", "heldout"), default=None,
+                        help="render the wide set (testkit.songs.wide_specs) or its held-out "
+                             "part instead of eval_specs")
     parser.add_argument("--real", type=int, default=40, help="real recordings (0: none)")
     parser.add_argument("--offset", type=float, default=30.0, help="excerpt start, seconds")
     parser.add_argument("--cache", default=None,
@@ -702,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure previewvec and the consensus key tools on the Wesnoth "
                              "recordings not among the real clips (needs --cache, --results)")
     args = parser.parse_args(argv)
+    if args.wide == "heldout" and args.seed is not None:
+        parser.error("the held-out set has fixed seeds (HELDOUT_SEEDS)")
+    if args.seed is None:
+        args.seed = WIDE_TUNING_SEED if args.wide == "tuning" else 1717
     if args.key_only:
         if not (args.cache and args.results):
             parser.error("--key-only needs --cache and --results")
@@ -738,14 +781,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.results and len(args.results) > 1:
         parser.error("one --results file per full run")
     results = Path(args.results[0]) if args.results else None
-    rendered = measure(rendered_clips(args.songs, args.seed, folder), tools, results) \
+    rendered = measure(rendered_clips(args.songs, args.seed, folder, args.wide), tools, results) \
         if args.songs else []
     real = measure(real_clips(args.real, args.offset, folder), tools, results) \
         if args.real else []
     if rendered:
-        print(f"\nrenderer fluidsynth, seed {args.seed}")
+        seed = HELDOUT_SEEDS[0] if args.wide == "heldout" else args.seed
+        print(f"\nrenderer fluidsynth, {args.wide or 'eval'} set, seed {seed}")
         print("\n".join(accuracy_table(rendered)))
-        print("\n".join(misses(rendered)))
+        if args.wide:
+            print_wide_breakdown(rendered)
+        else:
+            print("\n".join(misses(rendered)))
     if real:
         print(f"\nexcerpts {args.offset:g}-{args.offset + CLIP_S:g} s, sources: "
               + ", ".join(f"{lbl} ({sum(r['file'].startswith(lbl) for r in real)})"

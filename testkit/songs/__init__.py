@@ -7,7 +7,8 @@
 * :func:`eval_specs` / :func:`demo_specs` + :func:`build_set` make cached sets of encoded
   songs with a ``truth.jsonl``; :func:`write_demo_set` is the demo's one call.
 
-Tempo truth is always the quarter-note BPM; keys are ``"F# major"``-style names.
+Tempo truth is the beat pulse (the quarter note; the dotted quarter in 6/8 and 12/8 songs of
+the wide set, ``dataset.wide_specs``); keys are ``"F# major"``-style names.
 """
 
 from testkit.songs.dataset import (

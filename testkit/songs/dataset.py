@@ -3,6 +3,16 @@
 ``build_set`` writes ``song-000.<fmt>``, ``song-001.<fmt>``, ... and a ``truth.jsonl`` with
 one record per file. Files whose truth record is unchanged are reused, so rebuilding a set
 that already exists costs only the (cheap) score generation.
+
+Two families of sets:
+
+* :func:`eval_specs`: the project's long-standing songs (FluidR3, 70-180 BPM, the styles'
+  own metres and feels, major and harmonic-minor keys, one key, clean masters).
+* :func:`wide_specs`: the wide set (issue 17): four SoundFonts, 3/4, 6/8 and 12/8, swing
+  and syncopation, 55-200 BPM, pads and drones without drums, natural minor and modal
+  scales, key changes near the clip's edges, quieter and louder masters, reverb, noise, and
+  clips that start mid-bar. :func:`heldout_specs` is the part of it reserved for
+  held-out evaluation (:data:`HELDOUT_SEEDS`): never tune anything on it.
 """
 
 from __future__ import annotations
@@ -21,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from testkit.songs.render import render, resolve_renderer
+from testkit.songs.render import SOUNDFONTS, master, render, resolve_renderer
 from testkit.songs.score import (
     MODES,
     STYLES,
+    Score,
     generate_song,
     key_name,
+    modulate,
     style_weight,
     styles_for,
 )
@@ -35,11 +47,44 @@ from testkit.songs.score import (
 GENERATOR_VERSION = 1
 TRUTH_FILE = "truth.jsonl"
 EVAL_TEMPO_RANGE = (70.0, 180.0)
+WIDE_TEMPO_RANGE = (55.0, 200.0)  # the beat pulse of simple metres (4/4, 3/4)
+WIDE_COMPOUND_TEMPO_RANGE = (55.0, 140.0)  # the dotted-quarter pulse of 6/8 and 12/8
+# Seeds of wide_specs reserved for held-out evaluation. Never tune on sets built from them:
+# measure on them only after choosing a method on wide_specs(n, seed) with other seeds.
+HELDOUT_SEEDS: tuple[int, ...] = (917_301, 917_302)
+WIDE_TUNING_SEED = 17
+
+
+@dataclass(frozen=True)
+class Variation:
+    """How a wide-set song departs from the plain ones (see :func:`wide_specs`).
+
+    ``key_change``: ``"early"`` moves to another key at the first bar line after 2-6 s
+    into the clip (the clip's key is then the new one), ``"late"`` at the last bar line
+    before 24-28 s (the clip's key stays the first); the truth is always the key of the
+    larger part of the clip, and the record's ``key_change_s`` the actual time.
+    ``start_offset_s``: the clip starts that far into the song, mostly not on a bar line.
+    The mix settings are those of :func:`~testkit.songs.render.master`.
+    """
+
+    soundfont: str = "fluidr3"
+    meter: str = "4/4"
+    feel: str = "straight"
+    scale: str | None = None  # a MODAL_SCALES name; None: the mode's own scale
+    texture: str = "band"
+    key_change: str = "none"  # "none" | "early" | "late"
+    key_change_semitones: int = 0
+    key_change_at_s: float = 0.0  # wanted position in the clip (snapped to a bar line)
+    gain_db: float = 0.0
+    reverb: float = 0.0
+    noise_snr_db: float | None = None
+    start_offset_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class SongSpec:
-    """What to generate: seed, key, quarter-note tempo, drum kit or not, style (None: auto)."""
+    """What to generate: seed, key, tempo (the beat pulse), drum kit or not, style (None:
+    auto), and for the wide set a :class:`Variation`."""
 
     seed: int
     tonic: int
@@ -47,6 +92,7 @@ class SongSpec:
     tempo_bpm: float
     drums: bool
     style: str | None = None
+    wide: Variation | None = None
 
     @property
     def key_name(self) -> str:
@@ -85,6 +131,85 @@ def eval_specs(n: int, seed: int = 0) -> list[SongSpec]:
     return specs
 
 
+def _balanced(rng: random.Random, items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` picks cycling through shuffled copies of ``items`` (each equally often)."""
+    out: list[Any] = []
+    while len(out) < n:
+        block = list(items)
+        rng.shuffle(block)
+        out.extend(block)
+    return out[:n]
+
+
+def _stratified_tempos(rng: random.Random, n: int, lo_hi: tuple[float, float]) -> list[float]:
+    lo, hi = (math.log(x) for x in lo_hi)
+    tempos = [round(math.exp(lo + (i + rng.random()) / n * (hi - lo)), 1) for i in range(n)]
+    rng.shuffle(tempos)
+    return tempos
+
+
+# Scales in the wide set: (scale or None for the mode's own, weight) per mode.
+_WIDE_SCALES: dict[str, tuple[tuple[str | None, float], ...]] = {
+    "major": ((None, 0.6), ("mixolydian", 0.2), ("lydian", 0.2)),
+    "minor": ((None, 0.35), ("aeolian", 0.3), ("dorian", 0.2), ("phrygian", 0.15)),
+}
+
+
+def wide_specs(n: int, seed: int = WIDE_TUNING_SEED) -> list[SongSpec]:
+    """``n`` specs of the wide set: every SoundFont, drums/no drums and key equally often
+    (as far as ``n`` allows), 4/4 twice as often as each other metre, tempos stratified
+    log-uniformly, the rest drawn per song (seeded).
+
+    Metres: 4/4, 3/4, 6/8 and 12/8 (compound tempos are dotted-quarter pulses over
+    :data:`WIDE_COMPOUND_TEMPO_RANGE`). Without drums a song is a band without a kit, a pad
+    or a drone. Seeds in :data:`HELDOUT_SEEDS` are reserved: use :func:`heldout_specs`.
+    """
+    if n <= 0:
+        return []
+    rng = random.Random(f"previewvec-wide:{seed}")
+    keys = _balanced(rng, [(t, m) for m in MODES for t in range(12)], n)
+    fonts = _balanced(rng, tuple(SOUNDFONTS), n)
+    meters = _balanced(rng, ("4/4", "4/4", "3/4", "6/8", "12/8"), n)
+    drums = _balanced(rng, (True, False), n)
+    simple = iter(_stratified_tempos(rng, n, WIDE_TEMPO_RANGE))
+    compound = iter(_stratified_tempos(rng, n, WIDE_COMPOUND_TEMPO_RANGE))
+    specs = []
+    for (tonic, mode), font, meter, with_drums in zip(keys, fonts, meters, drums, strict=True):
+        tempo = next(compound) if meter in ("6/8", "12/8") else next(simple)
+        feel = "straight"
+        if meter == "4/4":
+            feel = rng.choice(("straight", "swing", "sync"))
+        elif meter == "3/4" and rng.random() < 0.3:
+            feel = "swing"
+        texture = "band" if with_drums else rng.choice(("band", "pad", "drone"))
+        scales = _WIDE_SCALES[mode]
+        scale = rng.choices([s for s, _ in scales], weights=[w for _, w in scales])[0]
+        change = rng.choices(("none", "early", "late"), weights=(0.7, 0.15, 0.15))[0]
+        semitones = rng.choice((-5, -3, -2, -1, 1, 2, 3, 5)) if change != "none" else 0
+        change_at = (rng.uniform(2.0, 6.0) if change == "early"
+                     else rng.uniform(24.0, 28.0) if change == "late" else 0.0)
+        gain_db = rng.choice((-20.0, -10.0, 0.0, 0.0, 6.0))
+        reverb = round(rng.uniform(0.2, 0.5), 2) if rng.random() < 0.35 else 0.0
+        noise = round(rng.uniform(10.0, 30.0), 1) if rng.random() < 0.3 else None
+        offset = round(rng.uniform(0.3, 4.0), 3) if rng.random() < 0.7 else 0.0
+        cands = list(styles_for(tempo)) or ["pop", "rock", "jazz", "folk", "chamber"]
+        style = rng.choice(cands)
+        wide = Variation(font, meter, feel, scale, texture, change, semitones,
+                         round(change_at, 3), gain_db, reverb, noise, offset)
+        specs.append(SongSpec(rng.randrange(2**31), tonic, mode, tempo, with_drums, style,
+                              wide))
+    return specs
+
+
+def heldout_specs(n: int, part: int = 0) -> list[SongSpec]:
+    """The held-out part of the wide set: ``wide_specs(n, HELDOUT_SEEDS[part])``.
+
+    For evaluation only: nothing (thresholds, weights, rules) may be chosen by looking at
+    results on these songs, or they stop measuring how well a method generalises.
+    """
+    return wide_specs(n, seed=HELDOUT_SEEDS[part])
+
+
 def demo_specs() -> list[SongSpec]:
     """Eight varied songs for ``previewvec demo``."""
     return [
@@ -99,12 +224,68 @@ def demo_specs() -> list[SongSpec]:
     ]
 
 
+def _wide_score(spec: SongSpec, duration_s: float) -> Score:
+    """The song of a wide spec: long enough for its start offset, key change applied."""
+    w = spec.wide
+    assert w is not None
+    score = generate_song(
+        spec.seed, tonic=spec.tonic, mode=spec.mode, tempo_bpm=spec.tempo_bpm,
+        drums=spec.drums, duration_s=duration_s + w.start_offset_s, style=spec.style,
+        meter=w.meter, feel=w.feel, scale=w.scale, texture=w.texture,
+    )
+    if w.key_change != "none":
+        # Modulations happen on a bar line (a 6/8 bar is two beats): the next one after an
+        # early change, the one before a late change, so that the change stays in its half.
+        bar = 2 if w.meter == "6/8" else score.beats_per_bar
+        beat = (w.start_offset_s + w.key_change_at_s) * spec.tempo_bpm / 60.0
+        snap = math.ceil if w.key_change == "early" else math.floor
+        score = modulate(score, max(bar, snap(beat / bar - 1e-9) * bar), w.key_change_semitones)
+    return score
+
+
+def _wide_fields(spec: SongSpec, score: Score, duration_s: float) -> dict[str, Any]:
+    """Truth fields of a wide-set song; the key is the one of the larger part of the clip."""
+    w = spec.wide
+    assert w is not None
+    fields: dict[str, Any] = {
+        "meter": w.meter,
+        "pulse": "dotted quarter" if w.meter in ("6/8", "12/8") else "quarter",
+        "scale": w.scale or ("major" if spec.mode == "major" else "harmonic minor"),
+        "feel": w.feel,
+        "texture": w.texture,
+        "soundfont": w.soundfont,
+        "gain_db": w.gain_db,
+        "reverb": w.reverb,
+        "noise_snr_db": w.noise_snr_db,
+        "start_offset_s": w.start_offset_s,
+        "key_change": w.key_change,
+        "key_change_s": None,
+        "key_start": score.key_name,
+    }
+    tonic = score.tonic
+    if score.key_change is not None:
+        at_s = round(score.key_change[0] * 60.0 / score.tempo_bpm - w.start_offset_s, 3)
+        moved = (score.tonic + score.key_change[1]) % 12
+        fields["key_change_s"] = at_s
+        fields["key_end"] = key_name(moved, score.mode)
+        if at_s < duration_s / 2:
+            tonic = moved
+    fields.update(tonic=tonic, key=key_name(tonic, score.mode))
+    return fields
+
+
+def _score_of(spec: SongSpec, duration_s: float) -> Score:
+    if spec.wide is not None:
+        return _wide_score(spec, duration_s)
+    return generate_song(spec.seed, tonic=spec.tonic, mode=spec.mode, tempo_bpm=spec.tempo_bpm,
+                         drums=spec.drums, duration_s=duration_s, style=spec.style)
+
+
 def _truth_record(
     spec: SongSpec, index: int, fmt: str, renderer: str, sr: int, duration_s: float,
 ) -> dict[str, Any]:
-    score = generate_song(spec.seed, tonic=spec.tonic, mode=spec.mode, tempo_bpm=spec.tempo_bpm,
-                          drums=spec.drums, duration_s=duration_s, style=spec.style)
-    return {
+    score = _score_of(spec, duration_s)
+    record = {
         "file": f"song-{index:03d}.{fmt}",
         "seed": spec.seed,
         "tempo_bpm": score.tempo_bpm,
@@ -120,6 +301,10 @@ def _truth_record(
         "sr": sr,
         "generator": GENERATOR_VERSION,
     }
+    if spec.wide is not None:
+        record["duration_s"] = duration_s
+        record.update(_wide_fields(spec, score, duration_s))
+    return record
 
 
 def _encode(audio: np.ndarray, sr: int, fmt: str) -> bytes:
@@ -136,11 +321,25 @@ def _encode(audio: np.ndarray, sr: int, fmt: str) -> bytes:
     return encode_audio(audio, sr, fmt)
 
 
+def render_spec(spec: SongSpec, *, sr: int = 44100, renderer: str = "auto",
+                duration_s: float = 30.0) -> np.ndarray:
+    """The clip of ``spec`` as float32 ``(2, round(duration_s * sr))``: rendered, and for a
+    wide spec with its SoundFont, mastered (:func:`master`) and cut at its start offset."""
+    score = _score_of(spec, duration_s)
+    w = spec.wide
+    if w is None:
+        return render(score, sr=sr, renderer=renderer)
+    audio = render(score, sr=sr, renderer=renderer, soundfont=w.soundfont)
+    # The room and the noise act on the whole song, so the clip starts inside the reverb.
+    audio = master(audio, sr, gain_db=w.gain_db, reverb=w.reverb, noise_snr_db=w.noise_snr_db,
+                   seed=spec.seed)
+    start = round(w.start_offset_s * sr)
+    return audio[:, start:start + round(duration_s * sr)]
+
+
 def _build_one(spec: SongSpec, path: str, fmt: str, renderer: str, sr: int,
                duration_s: float) -> None:
-    score = generate_song(spec.seed, tonic=spec.tonic, mode=spec.mode, tempo_bpm=spec.tempo_bpm,
-                          drums=spec.drums, duration_s=duration_s, style=spec.style)
-    data = _encode(render(score, sr=sr, renderer=renderer), sr, fmt)
+    data = _encode(render_spec(spec, sr=sr, renderer=renderer, duration_s=duration_s), sr, fmt)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -31,6 +31,15 @@ from testkit.songs.midi import score_to_midi
 from testkit.songs.score import Note, Score, Track
 
 RENDERERS: tuple[str, ...] = ("auto", "fluidsynth", "synth")
+# General MIDI SoundFonts by name, each where its Debian package installs it (apt-get install
+# fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small opl3-soundfont).
+# Different sample sets (and FM synthesis for "opl3") keep accuracy from fitting one sound.
+SOUNDFONTS: dict[str, Path] = {
+    "fluidr3": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
+    "timgm6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
+    "musescore": Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),
+    "opl3": Path("/usr/share/sounds/sf2/OPL-3_FM_128M.sf2"),
+}
 PEAK_DBFS = -1.0
 _FADE_OUT_S = 0.03
 _FLUIDSYNTH_TIMEOUT_S = 300
@@ -103,24 +112,41 @@ def find_soundfont() -> Path | None:
     return None
 
 
+def soundfont_path(name: str | None) -> Path | None:
+    """The file of the SoundFont ``name`` (a :data:`SOUNDFONTS` key); ``None``: the default
+    (:func:`find_soundfont`). Raises ``ValueError`` for an unknown name; ``None`` when the
+    named SoundFont is not installed."""
+    if name is None:
+        return find_soundfont()
+    if name not in SOUNDFONTS:
+        raise ValueError(f"soundfont must be one of {tuple(SOUNDFONTS)}, not {name!r}")
+    return SOUNDFONTS[name] if SOUNDFONTS[name].is_file() else None
+
+
+def installed_soundfonts() -> tuple[str, ...]:
+    """Names of the :data:`SOUNDFONTS` present on this machine."""
+    return tuple(name for name, path in SOUNDFONTS.items() if path.is_file())
+
+
 def fluidsynth_available() -> bool:
     """Whether the ``fluidsynth`` command and a SoundFont are both present."""
     return shutil.which("fluidsynth") is not None and find_soundfont() is not None
 
 
-def render_fluidsynth(score: Score, sr: int = 44100) -> np.ndarray:
+def render_fluidsynth(score: Score, sr: int = 44100, soundfont: str | None = None) -> np.ndarray:
     """Render with the ``fluidsynth`` command and a GM SoundFont: float32 ``(2, n)``.
 
+    ``soundfont`` names one of :data:`SOUNDFONTS`; ``None`` uses :func:`find_soundfont`.
     One fluidsynth run renders all tracks one after another (see :func:`_stem_layout`);
     raises ``RuntimeError`` with fluidsynth's messages if it fails.
     """
     import soundfile as sf
 
     exe = shutil.which("fluidsynth")
-    sf2 = find_soundfont()
+    sf2 = soundfont_path(soundfont)
     if exe is None or sf2 is None:
-        raise RuntimeError("fluidsynth rendering needs the fluidsynth command and a GM "
-                           "SoundFont (set PREVIEWVEC_SOUNDFONT)")
+        raise RuntimeError(f"fluidsynth rendering needs the fluidsynth command and the GM "
+                           f"SoundFont {soundfont or '(set PREVIEWVEC_SOUNDFONT)'}")
     laid, stride_s = _stem_layout(score)
     with tempfile.TemporaryDirectory(prefix="previewvec-song-") as tmp:
         mid_path = Path(tmp) / "in.mid"
@@ -471,8 +497,59 @@ def resolve_renderer(renderer: str = "auto") -> str:
     return renderer
 
 
-def render(score: Score, sr: int = 44100, renderer: str = "auto") -> np.ndarray:
-    """Render ``score``: fluidsynth when available (``"auto"``), else the numpy synth."""
+def render(score: Score, sr: int = 44100, renderer: str = "auto",
+           soundfont: str | None = None) -> np.ndarray:
+    """Render ``score``: fluidsynth when available (``"auto"``), else the numpy synth.
+
+    ``soundfont`` (a :data:`SOUNDFONTS` name) only applies to fluidsynth.
+    """
     if resolve_renderer(renderer) == "fluidsynth":
-        return render_fluidsynth(score, sr)
+        return render_fluidsynth(score, sr, soundfont)
     return render_synth(score, sr)
+
+
+# --------------------------------------------------------------------------- mix variations
+
+
+def master(
+    audio: np.ndarray, sr: int, *, gain_db: float = 0.0, reverb: float = 0.0,
+    noise_snr_db: float | None = None, seed: int = 0,
+) -> np.ndarray:
+    """A rendered mix ``(2, n)`` played back otherwise: a room, noise, a level.
+
+    ``reverb`` (0..1) mixes in a 1.6 s diffuse tail (:func:`_reverb_ir`) at that wet share;
+    ``noise_snr_db`` adds pink noise that many dB below the mix's RMS; ``gain_db`` then
+    scales the peak-normalised (-1 dBFS) result: negative is a quieter master, positive a
+    louder one pushed through a soft clipper (``tanh``), as a limiter-squashed master is.
+    Returns float32 ``(2, n)``.
+    """
+    from scipy.signal import fftconvolve
+
+    x = np.asarray(audio, dtype=np.float64)
+    n = x.shape[1]
+    if reverb > 0:
+        ir = _reverb_ir(sr)
+        wet = np.stack([fftconvolve(x[c], ir[c])[:n] for c in range(2)])
+        # Scale the tail to the dry signal's level so ``reverb`` is a true wet share.
+        dry_rms, wet_rms = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(wet**2))
+        if wet_rms > 0:
+            x = (1 - reverb) * x + reverb * wet * (dry_rms / wet_rms)
+    if noise_snr_db is not None:
+        rng = np.random.default_rng(seed)
+        spec = np.fft.rfft(rng.standard_normal((2, n)), axis=1)
+        f = np.fft.rfftfreq(n, 1 / sr)
+        spec[:, 1:] /= np.sqrt(f[1:])  # 1/f power: pink
+        spec[:, 0] = 0
+        noise = np.fft.irfft(spec, n, axis=1)
+        scale = np.sqrt(np.mean(x**2)) / max(np.sqrt(np.mean(noise**2)), 1e-12)
+        x = x + noise * scale * 10 ** (-noise_snr_db / 20)
+    peak = float(np.max(np.abs(x))) if n else 0.0
+    if peak > 0:
+        x = x * (10 ** (PEAK_DBFS / 20) / peak)
+    g = 10 ** (gain_db / 20)
+    if gain_db > 0:
+        x = np.tanh(x * g) / np.tanh(g)  # louder, peaks held below full scale
+        x *= 10 ** (PEAK_DBFS / 20)
+    else:
+        x = x * g
+    return x.astype(np.float32)

@@ -7,15 +7,21 @@ these songs is not tuned to one narrow sound.
 
 Ground truth conventions:
 
-* ``tempo_bpm`` is always the quarter-note rate, the pulse a listener taps. Swung songs
-  (``swing > 0.5``) keep it: their off-beat eighths are delayed, the beat is not. 3/4 songs
-  (``beats_per_bar == 3``) have three quarter-note beats per bar.
-* every pitched note lies in the key's scale; minor songs may use the harmonic-minor
-  leading tone over a V chord, nothing else is chromatic.
+* ``tempo_bpm`` is the rate of the beat, the pulse a listener taps: the quarter note in
+  simple metres (4/4, 3/4), the dotted quarter in compound ones (6/8, 12/8; ``meter``).
+  Note times are in those beats. Swung songs (``swing > 0.5``) keep the beat: their
+  off-beat eighths are delayed. 3/4 songs (``beats_per_bar == 3``) have three quarter-note
+  beats per bar; compound songs divide every beat in three eighths.
+* every pitched note lies in the key's scale (``scale``); minor songs may use the
+  harmonic-minor leading tone over a V chord unless their scale is ``"aeolian"``; modal
+  songs (dorian, phrygian, lydian, mixolydian) have ``mode`` = the quality of their tonic
+  triad ("minor" for dorian and phrygian), which is the key a major/minor scorer expects.
+  :func:`modulate` moves the notes after a bar line to another key (``Score.key_change``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from bisect import bisect_right
@@ -24,6 +30,17 @@ from dataclasses import dataclass, field
 
 NOTE_NAMES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES: tuple[str, ...] = ("major", "minor")
+# Scales beyond the major and (harmonic) minor keys: name -> (steps, the triad's quality).
+MODAL_SCALES: dict[str, tuple[tuple[int, ...], str]] = {
+    "aeolian": ((0, 2, 3, 5, 7, 8, 10), "minor"),  # minor without the raised leading tone
+    "dorian": ((0, 2, 3, 5, 7, 9, 10), "minor"),
+    "phrygian": ((0, 1, 3, 5, 7, 8, 10), "minor"),
+    "lydian": ((0, 2, 4, 6, 7, 9, 11), "major"),
+    "mixolydian": ((0, 2, 4, 5, 7, 9, 10), "major"),
+}
+METERS: tuple[str, ...] = ("4/4", "3/4", "6/8", "12/8")
+FEELS: tuple[str, ...] = ("straight", "swing", "sync")
+TEXTURES: tuple[str, ...] = ("band", "pad", "drone")
 
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 NATURAL_MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)
@@ -87,6 +104,9 @@ class Score:
     style: str
     swing: float = 0.5  # where off-beat eighths fall within the beat: 0.5 straight, 2/3 shuffle
     form: str = field(default="")  # section letters, one per phrase ("I" = intro)
+    meter: str = ""  # "6/8", "12/8", ... when chosen; "" = beats_per_bar quarter notes per bar
+    scale: str = ""  # a MODAL_SCALES name when chosen; "" = the mode's usual scale
+    key_change: tuple[float, int] | None = None  # (beat, semitones) from modulate()
 
     @property
     def key_name(self) -> str:
@@ -240,6 +260,22 @@ _PROGRESSIONS: dict[str, tuple[tuple[str, float], ...]] = {
         ("0 2 3 4h", 1), ("0 3 5 4h", 1.5), ("0 0 5 6", 1),
     ),
 }
+# Modal progressions lean on the chords that carry the mode's colour (dorian IV, mixolydian
+# bVII, lydian II, phrygian bII) and resolve to the tonic, never to a major V.
+_MODAL_PROGRESSIONS: dict[str, tuple[tuple[str, float], ...]] = {
+    "aeolian": (("0 5 2 6", 3), ("0 3 4 0", 1), ("0 6 5 6", 1), ("0 5 6 0", 2), ("0 3 6 0", 2),
+                ("0 2 3 4", 1)),
+    "dorian": (("0 3 0 3", 3), ("0 6 3 0", 2), ("0 3 6 0", 2), ("0 1 3 0", 1), ("0 4 3 0", 1)),
+    "phrygian": (("0 1 0 1", 3), ("0 1 6 0", 2), ("0 6 1 0", 2), ("0 3 1 0", 1)),
+    "lydian": (("0 1 0 1", 3), ("0 1 4 0", 2), ("0 1 5 0", 1), ("0 6 1 0", 1)),
+    "mixolydian": (("0 6 3 0", 3), ("0 6 0 3", 2), ("0 3 6 0", 2), ("0 4 6 0", 1),
+                   ("0 0 6 3", 1)),
+}
+_MODAL_CADENCE: dict[str, tuple[int, ...]] = {
+    "aeolian": (4, 6, 3), "dorian": (3, 6), "phrygian": (1, 6), "lydian": (1, 4),
+    "mixolydian": (6, 3),
+}
+
 _JAZZ_PROGRESSIONS: dict[str, tuple[tuple[str, float], ...]] = {
     "major": (("1 4 0 0", 3), ("0 5 1 4", 3), ("2 5 1 4", 2), ("0 3 1 4", 1), ("0 0 1 4", 1)),
     "minor": (("1 4h 0 0", 3), ("0 3 1 4h", 2), ("0 5 1 4h", 2), ("0 0 3 4h", 1)),
@@ -329,6 +365,18 @@ _DRUM_GRIDS: dict[str, tuple[dict[int, str], ...]] = {
         {36: "X-------X-------", 38: "----x-------x---", 54: "x-x-x-x-x-x-x-x-"},
         {36: "X-------X-------", 37: "----x-------x---", 42: "x-x-x-x-x-x-x-x-"},
     ),
+    # Compound metres: 16 steps per four beats, but the timing warp (_compound_time) puts
+    # steps 0, 1, 2 of each beat on its three eighths; step 3 stays empty.
+    "twelve_eight": (
+        {36: "X-------X-------", 38: "----X-------X---", 42: "xxx-xxx-xxx-xxx-"},
+        {36: "X-------X-x-----", 38: "----X-------X---", 51: "xxx-xxx-xxx-xxx-"},
+        {36: "X-x-----X-x-----", 38: "----X-------X---", 42: "x-x-x-x-x-x-x-x-"},
+    ),
+    "six_eight": (
+        {36: "X-------X-------", 38: "----X-------X---", 42: "xxx-xxx-xxx-xxx-"},
+        {36: "X---x---X---x---", 38: "--x---x---x---x-", 42: "x-x-x-x-x-x-x-x-"},
+        {36: "X-------X-------", 37: "----x-------x---", 51: "xxx-xxx-xxx-xxx-"},
+    ),
     "waltz": (
         {36: "X-----------", 38: "----x---x---", 42: "x-x-x-x-x-x-"},
         {36: "X-----------", 37: "----x---x---", 51: "x---x---x---"},
@@ -362,7 +410,9 @@ def _make_chord(
     tonic: int, mode: str, degree: int, *, harmonic: bool = False, seventh: bool = False,
     sus: int = 0, inversion: int = 0,
 ) -> _Chord:
-    if mode == "major":
+    if mode in MODAL_SCALES:
+        steps = MODAL_SCALES[mode][0]
+    elif mode == "major":
         steps = MAJOR_STEPS
     else:
         steps = HARMONIC_MINOR_STEPS if harmonic else NATURAL_MINOR_STEPS
@@ -402,21 +452,36 @@ def _clamp(x: int, lo: int, hi: int) -> int:
 class _Generator:
     def __init__(
         self, seed: int, tonic: int, mode: str, tempo: float, drums: bool, duration_s: float,
-        style: str,
+        style: str, *, meter: str | None = None, feel: str | None = None,
+        scale: str | None = None, texture: str | None = None,
     ) -> None:
         self.rng = random.Random(f"previewvec-song:{seed}")
         self.seed = seed
         self.tonic = tonic
         self.mode = mode
+        # The scale harmony and melody use: the mode's own unless a modal scale was chosen.
+        self.scale = scale or mode
+        self.meter = meter or ""
+        self.compound = meter in ("6/8", "12/8")
+        self.feel = feel or "straight"
+        self.texture = texture or "band"
         self.tempo = tempo
         self.drums = drums
         self.style_name = style
         self.st = _STYLES[style]
         rng = self.rng
         self.bpb = 3 if rng.random() < self.st.waltz_prob and 75 <= tempo <= 150 else 4
+        if meter is not None:
+            # Compound metres are written four beats (dotted quarters) to a bar: 12/8 as is,
+            # 6/8 as pairs of bars (its chords change every 6/8 bar, see plan_harmony).
+            self.bpb = 3 if meter == "3/4" else 4
         self.n_beats = tempo * duration_s / 60.0
         self.n_bars = math.ceil(self.n_beats / self.bpb - 1e-9)
         self.swing = rng.choice(self.st.swing)
+        if feel == "swing":
+            self.swing = rng.choice((0.6, 0.64, 2 / 3))
+        elif feel is not None or self.compound:
+            self.swing = 0.5
         self.fast = tempo >= 150
         self.slow = tempo < 85
         # Shortest note value that stays musical at this tempo (beats).
@@ -428,14 +493,19 @@ class _Generator:
         rng, st = self.rng, self.st
         two = rng.random() < st.two_chords_prob * (1.6 if self.slow else 0.5 if self.fast else 1)
         self.chords_per_bar = 2 if two and self.bpb == 4 else 1
+        if self.meter == "6/8":
+            self.chords_per_bar = 2  # one chord per 6/8 bar
         self.phrase_bars = 8 if self.tempo >= 92 or self.chords_per_bar == 2 else 4
         if self.chords_per_bar == 2:
             self.phrase_bars = 4 if self.tempo < 100 else 8
         pool = _JAZZ_PROGRESSIONS if st.jazz_harmony and rng.random() < 0.8 else _PROGRESSIONS
-        prog_a = _parse_progression(_weighted(rng, pool[self.mode]))
+        if self.scale in MODAL_SCALES:
+            pool = _MODAL_PROGRESSIONS
+        prog_a = _parse_progression(_weighted(rng, pool[self.scale]))
         prog_b = prog_a
+        second = _MODAL_PROGRESSIONS if self.scale in MODAL_SCALES else _PROGRESSIONS
         for _ in range(10):
-            prog_b = _parse_progression(_weighted(rng, _PROGRESSIONS[self.mode]))
+            prog_b = _parse_progression(_weighted(rng, second[self.scale]))
             if prog_b != prog_a:
                 break
         n_phrases = math.ceil(self.n_bars / self.phrase_bars)
@@ -473,13 +543,13 @@ class _Generator:
                 if i == 0 or (deg == 0 and i == len(seq) - 1):
                     sus, inv = 0, 0  # start phrases and land on the tonic in root position
                 if sus and slot_beats in (2, 4):
-                    ch_sus = _make_chord(self.tonic, self.mode, deg, harmonic=harm, sus=sus)
-                    ch = _make_chord(self.tonic, self.mode, deg, harmonic=harm, seventh=seventh)
+                    ch_sus = _make_chord(self.tonic, self.scale, deg, harmonic=harm, sus=sus)
+                    ch = _make_chord(self.tonic, self.scale, deg, harmonic=harm, seventh=seventh)
                     half = slot_beats / 2
                     spans.append(_ChordSpan(t0, t0 + half, ch_sus))
                     spans.append(_ChordSpan(t0 + half, t0 + slot_beats, ch))
                 else:
-                    ch = _make_chord(self.tonic, self.mode, deg, harmonic=harm, seventh=seventh,
+                    ch = _make_chord(self.tonic, self.scale, deg, harmonic=harm, seventh=seventh,
                                      inversion=inv)
                     spans.append(_ChordSpan(t0, t0 + slot_beats, ch))
             bar += self.phrase_bars
@@ -497,7 +567,9 @@ class _Generator:
         seq = list(seq)
         seq[-1] = (0, False)
         if len(seq) >= 4 and seq[-2][0] not in (3, 4, 6, 1):
-            if self.mode == "major":
+            if self.scale in MODAL_SCALES:
+                seq[-2] = (self.rng.choice(_MODAL_CADENCE[self.scale]), False)
+            elif self.mode == "major":
                 seq[-2] = (4, False)
             else:
                 seq[-2] = self.rng.choice(((4, True), (4, True), (6, False), (3, False)))
@@ -554,6 +626,12 @@ class _Generator:
             pulse = [k for k in kinds if k in ("quarters", "eighths", "walking", "octave",
                                               "root_fifth_walk", "waltz", "funk", "pulse")]
             kinds = pulse or kinds
+        if self.feel == "sync" and self.bpb == 4:
+            kinds = ["sync", "hiphop"] if self.tempo <= 125 else ["sync"]
+        if self.texture == "pad":
+            kinds = ["whole", "whole_moving", "half"]
+        elif self.texture == "drone":
+            kinds = ["drone"]
         kind = rng.choice(kinds)
         lo = rng.choice((28, 29, 31, 33)) if kind != "octave" else 28
         notes: list[Note] = []
@@ -562,7 +640,8 @@ class _Generator:
         base_vel = rng.uniform(88, 102)
         for b, t0 in enumerate(self._bar_starts()):
             events = [(t0 + o, d, tone) for o, d, tone in self._bass_bar(kind, b)]
-            for t, d, tone in self._fit_to_chords(events, t0, t0 + self.bpb):
+            fill = "T" if kind == "drone" else "R"
+            for t, d, tone in self._fit_to_chords(events, t0, t0 + self.bpb, fill_tone=fill):
                 chord = self.chord_at(t).chord
                 pitch = self._bass_pitch(chord, tone, lo)
                 art = 0.5 if kind in ("octave", "offbeat") else 0.92
@@ -579,6 +658,8 @@ class _Generator:
             return [(0, 1, first)]
         if kind == "whole":
             return [(0, bpb, "R")]
+        if kind == "drone":  # a tonic pedal under every chord
+            return [(0, bpb, "T")]
         if kind == "whole_moving":
             if rng.random() < 0.5:
                 return [(0, bpb, "R")]
@@ -637,6 +718,8 @@ class _Generator:
         root = _place(chord.bass_pc, lo)
         if tone == "R":
             return root
+        if tone == "T":
+            return _place(self.tonic, lo)
         if tone == "8":
             return root + 12
         if tone == "5":
@@ -996,6 +1079,8 @@ class _Generator:
                 families = ["punk", "rock"]
             if self.tempo > 125:
                 families = [f if f != "sixteenth" else "rock" for f in families]
+        if self.compound:
+            families = ["six_eight" if self.meter == "6/8" else "twelve_eight"]
         family = rng.choice(families)
         grid = dict(rng.choice(_DRUM_GRIDS[family]))
         if self.tempo > 125:
@@ -1073,14 +1158,29 @@ def _swing_time(t: float, swing: float) -> float:
     return beat + swing + (frac - 0.5) / 0.5 * (1 - swing)
 
 
+def _compound_time(t: float) -> float:
+    """Put each beat's sixteenth grid on its three eighths: 0 → 0, ¼ → ⅓, ½ → ⅔ (then
+    linear to the next beat), so that every part written in straight time divides the beat
+    in three."""
+    beat = math.floor(t + 1e-9)
+    frac = t - beat
+    if frac <= 0.5:
+        return beat + frac * 4 / 3
+    return beat + 2 / 3 + (frac - 0.5) * 2 / 3
+
+
 def _finish(notes: list[Note], gen: _Generator, *, timing_ms: float) -> list[Note]:
     """Swing, humanise timing (beats), clip to the song and sort deterministically."""
     rng = gen.rng
     beat_s = 60.0 / gen.tempo
+
+    def warp(t: float) -> float:
+        return _compound_time(t) if gen.compound else _swing_time(t, gen.swing)
+
     out: list[Note] = []
     for n in notes:
-        start = _swing_time(n.start_beat, gen.swing)
-        end = _swing_time(n.start_beat + n.duration_beats, gen.swing)
+        start = warp(n.start_beat)
+        end = warp(n.start_beat + n.duration_beats)
         jitter_s = max(-0.010, min(0.010, rng.gauss(0, timing_ms / 1000.0)))
         start = max(0.0, start + jitter_s / beat_s)
         if start >= gen.n_beats - 1e-6:
@@ -1149,11 +1249,18 @@ def _slow_attack(program: int) -> bool:
 
 def generate_song(
     seed: int, *, tonic: int, mode: str, tempo_bpm: float, drums: bool,
-    duration_s: float = 30.0, style: str | None = None,
+    duration_s: float = 30.0, style: str | None = None, meter: str | None = None,
+    feel: str | None = None, scale: str | None = None, texture: str | None = None,
 ) -> Score:
     """Generate a song with the given key, tempo and drum choice; deterministic from ``seed``.
 
     ``style`` is one of :data:`STYLES`; ``None`` picks one suited to the tempo (seeded).
+    The rest widen the material (``None`` leaves the style's own choice, and the song the
+    same as without them): ``meter`` one of :data:`METERS` (``tempo_bpm`` is then the
+    dotted-quarter pulse in 6/8 and 12/8), ``feel`` one of :data:`FEELS` (swung eighths or
+    a syncopated bass and comping), ``scale`` one of :data:`MODAL_SCALES` (its triad's
+    quality must be ``mode``), ``texture`` one of :data:`TEXTURES` (``"pad"``: sustained
+    chords and a slow bass; ``"drone"``: a pad over a tonic pedal; both without drums).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -1163,11 +1270,20 @@ def generate_song(
         raise ValueError(f"tempo_bpm out of range: {tempo_bpm!r}")
     if duration_s <= 0:
         raise ValueError("duration_s must be positive")
+    if meter is not None and meter not in METERS:
+        raise ValueError(f"meter must be one of {METERS}, not {meter!r}")
+    if feel is not None and feel not in FEELS:
+        raise ValueError(f"feel must be one of {FEELS}, not {feel!r}")
+    if scale is not None and (scale not in MODAL_SCALES or MODAL_SCALES[scale][1] != mode):
+        raise ValueError(f"scale {scale!r} is not a {mode} scale of {tuple(MODAL_SCALES)}")
+    if texture is not None and (texture not in TEXTURES or (drums and texture != "band")):
+        raise ValueError(f"texture must be one of {TEXTURES} (pad and drone without drums)")
     if style is None:
         style = pick_style(seed, tempo_bpm, drums)
     elif style not in _STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
-    gen = _Generator(seed, tonic, mode, float(tempo_bpm), drums, duration_s, style)
+    gen = _Generator(seed, tonic, mode, float(tempo_bpm), drums, duration_s, style,
+                     meter=meter, feel=feel, scale=scale, texture=texture)
     gen.plan_harmony()
     rng, st = gen.rng, gen.st
     tracks: list[Track] = []
@@ -1190,8 +1306,14 @@ def generate_song(
         rhythmic = [k for k in comp_kinds if k not in ("pad", "block_half", "pad_pulse")]
         if rng.random() < 0.85:
             comp_kinds = rhythmic or comp_kinds
+    if feel == "sync" and gen.bpb == 4:
+        comp_kinds = ["pop_sync", "block_sync", "funk_comp"]
+    if gen.texture != "band":
+        comp_kinds = ["pad"]
     comp_kind = rng.choice(comp_kinds)
     comp_program = rng.choice(st.comp_programs)
+    if gen.texture != "band":
+        comp_program = rng.choice(_PAD_PROGRAMS)
     if comp_kind == "strum" and not 24 <= comp_program <= 28 and comp_program not in (105, 15):
         comp_program = rng.choice((25, 24, 27))
     if comp_kind == "power":
@@ -1202,7 +1324,7 @@ def generate_song(
                                   or [0, 46, 24])
     add("comp", comp_program, gen.comp_track(comp_program, comp_kind), "comp", pans[0])
 
-    if st.pads and (rng.random() < st.pad_prob
+    if gen.texture == "band" and st.pads and (rng.random() < st.pad_prob
                     or (comp_kind in ("arpeggio16", "alberti") and rng.random() < 0.5)):
         pad_program = rng.choice(st.pads)
         pad_notes = gen.comp_track(pad_program, "pad")
@@ -1214,7 +1336,7 @@ def generate_song(
         if pad_notes:
             add("pad", pad_program, pad_notes, "pad", pans[1])
 
-    lead_program = rng.choice(st.leads)
+    lead_program = rng.choice(st.leads if gen.texture == "band" else _SOFT_LEADS)
     if rng.random() < 0.25 and "B" in gen.form:
         # A second lead instrument takes over the melody in the B sections.
         lead2 = rng.choice([p for p in st.leads if p != lead_program] or [lead_program])
@@ -1240,8 +1362,40 @@ def generate_song(
     return Score(
         tempo_bpm=float(tempo_bpm), tonic=tonic, mode=mode, tracks=tracks, n_beats=gen.n_beats,
         beats_per_bar=gen.bpb, has_drums=drums, seed=seed, style=style, swing=gen.swing,
-        form=("I" if gen.intro_bars else "") + "".join(gen.form),
+        form=("I" if gen.intro_bars else "") + "".join(gen.form), meter=meter or "",
+        scale=scale or "",
     )
+
+
+# Sustained sounds for the pad and drone textures: the chords, and a melody to go with them.
+_PAD_PROGRAMS = (88, 89, 91, 92, 94, 95, 48, 49, 50, 52, 19)
+_SOFT_LEADS = (73, 52, 40, 68, 71, 74, 75, 79, 48, 89, 11)
+
+
+def modulate(score: Score, at_beat: float, semitones: int) -> Score:
+    """The song with every pitched note from ``at_beat`` on moved by ``semitones``.
+
+    Notes sounding across ``at_beat`` end there; ``at_beat`` should be a bar line.
+    ``tonic`` and ``mode`` stay those of the start; ``key_change`` records the move.
+    """
+    tracks = []
+    for track in score.tracks:
+        if track.is_drum:
+            tracks.append(track)
+            continue
+        notes = []
+        for n in track.notes:
+            if n.start_beat >= at_beat - 1e-6:
+                pitch = n.pitch + semitones
+                notes.append(Note(n.start_beat, n.duration_beats, _clamp(pitch, 0, 127),
+                                  n.velocity))
+            elif n.start_beat + n.duration_beats > at_beat:
+                notes.append(Note(n.start_beat, round(at_beat - n.start_beat, 6), n.pitch,
+                                  n.velocity))
+            else:
+                notes.append(n)
+        tracks.append(dataclasses.replace(track, notes=notes))
+    return dataclasses.replace(score, tracks=tracks, key_change=(float(at_beat), semitones))
 
 
 def pick_style(seed: int, tempo_bpm: float, drums: bool) -> str:
