@@ -20,8 +20,9 @@ Tempo is estimated in three steps (details and figures in docs/features.md):
    nearly every song slower than 66 BPM at double tempo. The faster level is the
    subdivision the envelope shows: 3b instead of 2b when the autocorrelation at P/3
    exceeds that at P/2 by TERNARY_MARGIN (a fast 3/4 whose base period is the whole
-   bar: pv3 read it at 2/3 of its tempo). A faster level above 205 BPM, beyond what
-   listeners tap, is never taken. The weights were fitted (L2-regularised logistic
+   bar: pv3 read it at 2/3 of its tempo; P/2 is then no level of the metre). A faster
+   level above 188 BPM (205 BPM for 3b), beyond what listeners tap, is never taken. The
+   weights were fitted (L2-regularised logistic
    regression, Newton's method) on rendered songs of two generators (two sets each) and
    validated leave-one-generator-out and on two further held-out sets; features that
    only helped within one generator (drum-pattern repetition, the 1-4 kHz band's own
@@ -44,7 +45,9 @@ from workers.features.stats import running_median
 HOP_LENGTH = 512
 BASE_MIN_BPM = 60.0
 BASE_MAX_BPM = 120.0
-MAX_TACTUS_BPM = 205.0
+MAX_TACTUS_BPM = 188.0
+# A fast 3/4 whose base period is the bar: its beat may reach 200 BPM (docs/features.md).
+MAX_TERNARY_BPM = 205.0
 TERNARY_MARGIN = 0.1  # acf(P/3) - acf(P/2) above which the beat divides P in three
 KICK_BAND_HZ = (0.0, 120.0)
 SNARE_BAND_HZ = (1000.0, 4000.0)
@@ -199,16 +202,16 @@ def faster_level_probability(features: dict[str, float]) -> float:
 
 
 def faster_level_divisor(envelope: np.ndarray, period: float, base_bpm: float) -> int:
-    """How many beats the base period ``period`` (frames) holds when the beat is faster:
-    3 if the envelope repeats at P/3 clearly more than at P/2, else 2; a level faster
-    than MAX_TACTUS_BPM is skipped (beats that fast are rarely what listeners tap), down
-    to 1 (the base itself)."""
+    """How many beats the base period ``period`` (frames) holds when the beat is faster.
+
+    3 if the envelope repeats at P/3 clearly more than at P/2 (P/2 is then no level of
+    the metre), else 2; 1 (the base itself) if that level would be faster than listeners
+    tap: MAX_TACTUS_BPM, or MAX_TERNARY_BPM for three beats to the base period.
+    """
     acf = autocorrelation(envelope, min(int(period) + 4, envelope.size - 1))
-    ternary = _at(acf, period / 3) > _at(acf, period / 2) + TERNARY_MARGIN
-    for divisor in (3, 2) if ternary else (2,):
-        if divisor * base_bpm <= MAX_TACTUS_BPM:
-            return divisor
-    return 1
+    if _at(acf, period / 3) > _at(acf, period / 2) + TERNARY_MARGIN:
+        return 3 if 3 * base_bpm <= MAX_TERNARY_BPM else 1
+    return 2 if 2 * base_bpm <= MAX_TACTUS_BPM else 1
 
 
 def refine_tempo(envelope: np.ndarray, sr: int, bpm: float) -> tuple[float, np.ndarray]:

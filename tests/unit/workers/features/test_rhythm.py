@@ -30,9 +30,9 @@ def _pulse_envelope(period: int, parts: int, n_frames: int = 2_000):
     ("parts", "base_bpm", "expected"),
     [
         (3, 62.0, 3),  # a fast 3/4 bar: three beats per base period
-        (3, 70.0, 2),  # 3 × 70 BPM is faster than anyone taps: the binary level instead
+        (3, 70.0, 1),  # 210 BPM is faster than anyone taps, and P/2 is no beat of 3/4
         (2, 62.0, 2),
-        (2, 110.0, 1),  # 220 BPM: keep the base
+        (2, 100.0, 1),  # 200 BPM: keep the base
     ],
 )
 def test_faster_level_follows_the_subdivision(parts, base_bpm, expected):
