@@ -13,11 +13,13 @@ from typing import Literal
 # pv2: decoding resamples with soxr HQ instead of swresample (docs/features.md).
 # pv3: the FMA block at the clip's own rate with FMA's librosa 0.5.0 calls; rhythm and key
 # on the same spectra's frames at the analysis hop (docs/features.md).
-FEATURE_VERSION = "pv3"
+# pv4: tempo: the octave rule decides below 66 BPM, a ternary faster level for fast 3/4
+# (docs/features.md).
+FEATURE_VERSION = "pv4"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with
 # FEATURE_VERSION's; a run re-extracts them into FEATURE_VERSION. pv1 had other names.
-EARLIER_VERSIONS: tuple[str, ...] = ("pv2",)
+EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3")
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
@@ -91,7 +93,7 @@ def feature_names() -> tuple[str, ...]:
 
 def is_readable_version(version: str) -> bool:
     """Whether records of ``version`` decode with this layout: ours or an earlier
-    computation of it, bare (``pv3``) or with a settings hash (``pv3-<hash>``)."""
+    computation of it, bare (``pv4``) or with a settings hash (``pv4-<hash>``)."""
     base = version.split("-", 1)[0]
     return base == FEATURE_VERSION or base in EARLIER_VERSIONS
 

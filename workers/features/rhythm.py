@@ -15,8 +15,14 @@ Tempo is estimated in three steps (details and figures in docs/features.md):
    the periodicity of harmonic change at P
    (autocorrelation of a spectral novelty curve of the drum-suppressed 80-2000 Hz bands:
    chords and bass notes changing every base beat mean the base beat is a half bar,
-   i.e. the true beat is 2b). Outside the tactus range (66-188 BPM) the other level is
-   taken whatever the rule says. The weights were fitted (L2-regularised logistic
+   i.e. the true beat is 2b). The rule decides at every base tempo: the tempo prior
+   already leans slow bases towards 2b, and forcing 2b below 66 BPM (as pv3 did) read
+   nearly every song slower than 66 BPM at double tempo. The faster level is the
+   subdivision the envelope shows: 3b instead of 2b when the autocorrelation at P/3
+   exceeds that at P/2 by TERNARY_MARGIN (a fast 3/4 whose base period is the whole
+   bar: pv3 read it at 2/3 of its tempo; P/2 is then no level of the metre). A faster
+   level above 188 BPM (205 BPM for 3b), beyond what listeners tap, is never taken. The
+   weights were fitted (L2-regularised logistic
    regression, Newton's method) on rendered songs of two generators (two sets each) and
    validated leave-one-generator-out and on two further held-out sets; features that
    only helped within one generator (drum-pattern repetition, the 1-4 kHz band's own
@@ -39,8 +45,10 @@ from workers.features.stats import running_median
 HOP_LENGTH = 512
 BASE_MIN_BPM = 60.0
 BASE_MAX_BPM = 120.0
-MIN_TACTUS_BPM = 66.0
 MAX_TACTUS_BPM = 188.0
+# A fast 3/4 whose base period is the bar: its beat may reach 200 BPM (docs/features.md).
+MAX_TERNARY_BPM = 205.0
+TERNARY_MARGIN = 0.1  # acf(P/3) - acf(P/2) above which the beat divides P in three
 KICK_BAND_HZ = (0.0, 120.0)
 SNARE_BAND_HZ = (1000.0, 4000.0)
 BASS_BAND_HZ = (0.0, 250.0)
@@ -193,6 +201,19 @@ def faster_level_probability(features: dict[str, float]) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
+def faster_level_divisor(envelope: np.ndarray, period: float, base_bpm: float) -> int:
+    """How many beats the base period ``period`` (frames) holds when the beat is faster.
+
+    3 if the envelope repeats at P/3 clearly more than at P/2 (P/2 is then no level of
+    the metre), else 2; 1 (the base itself) if that level would be faster than listeners
+    tap: MAX_TACTUS_BPM, or MAX_TERNARY_BPM for three beats to the base period.
+    """
+    acf = autocorrelation(envelope, min(int(period) + 4, envelope.size - 1))
+    if _at(acf, period / 3) > _at(acf, period / 2) + TERNARY_MARGIN:
+        return 3 if 3 * base_bpm <= MAX_TERNARY_BPM else 1
+    return 2 if 2 * base_bpm <= MAX_TACTUS_BPM else 1
+
+
 def refine_tempo(envelope: np.ndarray, sr: int, bpm: float) -> tuple[float, np.ndarray]:
     """Track beats at ``bpm``; the tempo is the slope of a line fit through beat times."""
     _, beats = librosa.beat.beat_track(
@@ -237,11 +258,8 @@ def analyze_rhythm(
         return Rhythm(0.0, 0.0, rate, np.empty(0))
     period, confidence = base_period(envelope, sr)
     features = octave_features(mel_db, envelope, sr, period, duration_s)
-    # Beats outside MIN_TACTUS_BPM-MAX_TACTUS_BPM are rarely what listeners tap.
-    base_bpm = 60.0 * fps / period
-    faster = faster_level_probability(features) > 0.5
-    if base_bpm < MIN_TACTUS_BPM or (faster and 2.0 * base_bpm <= MAX_TACTUS_BPM):
-        period /= 2
+    if faster_level_probability(features) > 0.5:
+        period /= faster_level_divisor(envelope, period, 60.0 * fps / period)
     bpm, beat_times = refine_tempo(envelope, sr, 60.0 * fps / period)
     return Rhythm(
         tempo_bpm=float(bpm),

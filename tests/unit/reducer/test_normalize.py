@@ -154,7 +154,7 @@ def test_one_record_fits_the_identity_not_a_zero_vector() -> None:
     """Fitted on a single record every dimension is constant and would map that record to
     the zero vector, which the index refuses (a reducer died on it under an S3 outage)."""
     one = np.stack([SAMPLE])
-    norm = Normalizer.fit(one, "pv3", catalog_size=1)
+    norm = Normalizer.fit(one, "pv4", catalog_size=1)
     out = norm.apply(one)
     assert np.linalg.norm(out) > 0
     from reducer.normalize import needs_refit
