@@ -19,6 +19,7 @@ from workers.features.spectral import (
     estimate_tuning,
     halve_rate,
     mel_basis,
+    spectral_contrast,
     spectral_shape,
     stft_magnitude,
     zero_crossing_rate,
@@ -183,6 +184,23 @@ def test_spectral_shape_matches_librosa(signal):
         bandwidth, librosa.feature.spectral_bandwidth(S=magnitude, sr=SR), rtol=1e-3, atol=1e-2
     )
     np.testing.assert_allclose(rolloff, librosa.feature.spectral_rolloff(S=magnitude, sr=SR))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spectral_contrast_equals_librosas(signal, detuned_songs, dtype):
+    """Up to the order of summation in the band means (float32 means: ~1e-6 dB)."""
+    for y in (signal, *detuned_songs):
+        magnitude = stft_magnitude(y.astype(dtype))  # the shared spectra's layout
+        for sr in (SR, 44100):  # FMA's assumed rate, and a clip's own
+            expected = librosa.feature.spectral_contrast(S=magnitude, sr=sr, n_fft=N_FFT,
+                                                         n_bands=6)
+            ours = spectral_contrast(magnitude, sr)
+            assert ours.shape == expected.shape == (7, magnitude.shape[1])
+            np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
+    # (bins, frames) in either memory layout gives the same values
+    magnitude = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=HOP_LENGTH))
+    np.testing.assert_array_equal(spectral_contrast(magnitude, SR),
+                                  spectral_contrast(np.ascontiguousarray(magnitude), SR))
 
 
 def test_single_bin_spectrum_has_that_bins_centroid_and_zero_bandwidth():
