@@ -406,9 +406,36 @@ def index_ranking(settings: Settings, ids: list[str]) -> np.ndarray:
     return order
 
 
-def evaluate(settings: Settings, items: list[dict], parts: dict[str, set[str]]) -> list[dict]:
+def ablations() -> dict[str, np.ndarray]:
+    """Per-dimension weights that leave out one part of the vector: each FMA statistic
+    (over every family), each block, and the level-dependent dimensions (a preview's gain
+    is the store's, not the music's)."""
+    from contract.layout import FMA_STATISTICS, VECTOR_DIM, feature_names
+
+    names = feature_names()
+    out: dict[str, np.ndarray] = {}
+
+    def without(label: str, drop: Callable[[str], bool]) -> None:
+        out[label] = np.asarray([0.0 if drop(n) else 1.0 for n in names])
+
+    for statistic in FMA_STATISTICS:
+        without(f"without FMA's {statistic}", lambda n, s=statistic: n.split(".")[1:2] == [s])
+    for idx in blocks():
+        block = names[int(idx[0])].split(".")[0]
+        without(f"without {block}", lambda n, b=block: n.split(".")[0] == b)
+    level = {"loudness.integrated_lufs", "loudness.energy",
+             *(f"mfcc.{s}.01" for s in ("mean", "median", "min", "max"))}
+    without("without level (rmse, LUFS, energy, MFCC 1's location)",
+            lambda n: n.startswith("rmse.") or n in level)
+    assert all(w.shape == (VECTOR_DIM,) for w in out.values())
+    return out
+
+
+def evaluate(settings: Settings, items: list[dict], parts: dict[str, set[str]],
+             with_ablations: bool = False) -> list[dict]:
     """Every choice's scores per part (queries from that part's albums; the pool is the
-    whole catalog, as ``similar`` searches it). Row 0 is the index as served."""
+    whole catalog, as ``similar`` searches it). Row 0 is the index as served.
+    ``with_ablations``: also z-score/cosine with each part of the vector left out."""
     from previewvec.lib import Catalog
 
     x, ids = Catalog(settings).matrix()
@@ -444,6 +471,10 @@ def evaluate(settings: Settings, items: list[dict], parts: dict[str, set[str]]) 
             e = embed(x, normalisation, power)
             for distance in DISTANCES:
                 add((normalisation, weighting, distance), ranking(e, distance))
+    if with_ablations:
+        z = fit_zscore(x)(x)
+        for left_out, weights in ablations().items():
+            add(("z-score", left_out, "cosine"), ranking(z * weights, "cosine"))
     if "tuning" in queries:
         # Supervised check: a per-dimension weight learned from the tuning part's pairs
         # (Fisher ratio: spread across tracks over spread within a track). If the feature
@@ -500,6 +531,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep store/index here")
     ap.add_argument("--reuse", action="store_true",
                     help="evaluate the stores and indexes already in --work (no indexing)")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also rank with each FMA statistic, each block and the "
+                         "level-dependent dimensions left out (z-score, cosine)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.reuse and not args.work:
@@ -532,7 +566,7 @@ def main() -> None:
         else:
             print(f"{name}: indexing through the real path")
             settings = index_through_real_path(items, work / name)
-        rows = evaluate(settings, items, parts)
+        rows = evaluate(settings, items, parts, with_ablations=args.ablations)
         results[name] = rows
         print_table(title, rows, list(parts))
 
