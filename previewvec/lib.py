@@ -5,6 +5,7 @@ programs. Re-exported from the package root: ``import previewvec``.
     matrix, ids = catalog.matrix()                   # (n, 530) float32
     features = previewvec.extract("song.m4a")        # or the file's bytes
     catalog.similar_to_audio("song.m4a", k=5)
+    frame = catalog.fma_frame()                      # FMA's features.csv layout (pandas)
 
 Everything here goes through the same code as the command line: the store backends, the
 record decoder, the export's Arrow conversion, the reducer's normaliser and index.
@@ -22,18 +23,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from contract.errors import NotFound
-from contract.layout import VECTOR_DIM, feature_names
+from contract.layout import FMA_DIM, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_record, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
 from contract.versions import check_claim, current_version, derived_version
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from reducer.reduce import Reducer
 
 AudioSource = str | os.PathLike[str] | bytes
+# The names of the three header rows of FMA's features.csv (FMA's ``utils.load``).
+FMA_CSV_HEADER = ("feature", "statistics", "number")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,26 @@ class Catalog:
 
         return pa.Table.from_batches(list(self.batches(run_id=run_id)),
                                      schema=record_schema(self.version))
+
+    def fma_frame(self, *, run_id: str | None = None) -> pd.DataFrame:
+        """The FMA block as a pandas DataFrame laid out like FMA's ``features.csv`` once
+        loaded (``pd.read_csv(path, index_col=0, header=[0, 1, 2])``): one row per
+        recording (index ``recording_id``), the 518 columns as the MultiIndex
+        ``(feature, statistics, number)`` in FMA's order, float32. A model trained on
+        FMA's published features can take it as it is, or ``frame[model_columns]``.
+        Holds the whole catalog, like :meth:`matrix`. Needs pandas (the ``analysis``
+        extra)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("Catalog.fma_frame needs pandas: "
+                              "pip install 'previewvec[analysis]'") from exc
+
+        matrix, ids = self.matrix(run_id=run_id)
+        columns = pd.MultiIndex.from_tuples([tuple(n.split(".")) for n in fma_names()],
+                                            names=FMA_CSV_HEADER)
+        return pd.DataFrame(matrix[:, :FMA_DIM], index=pd.Index(ids, name="recording_id"),
+                            columns=columns)
 
     # --- similarity -----------------------------------------------------------------
     @cached_property

@@ -338,9 +338,9 @@ def test_lock_pins_every_runtime_dependency() -> None:
     for test_only in ("pytest", "moto", "ruff", "hypothesis"):
         assert test_only not in pins, f"{test_only} must not be in the image"
     # benchmarks/peers.py's Essentia and madmom are benchmark dependencies (the "peers"
-    # extra), never runtime ones.
+    # extra), never runtime ones; so is the API's pandas (the "analysis" extra).
     runtime = {canonicalize_name(Requirement(raw).name) for raw in project["dependencies"]}
-    for extra in ("peers", "test"):
+    for extra in ("peers", "test", "analysis"):
         for raw in project["optional-dependencies"][extra]:
             name = canonicalize_name(Requirement(raw).name)
             assert name not in runtime, f"{name} ({extra} extra) must not be a runtime dependency"

@@ -91,6 +91,34 @@ def test_matrix_table_and_records_agree(catalog_dir: Path) -> None:
     assert catalog.matrix(run_id="run-none")[0].shape == (0, 530)
 
 
+def test_fma_frame_is_laid_out_as_fmas_features_csv(catalog_dir: Path, tmp_path: Path) -> None:
+    """The columns FMA's utils.load gives its features.csv (3 header rows, sorted), the
+    values of the matrix's FMA block; a CSV written in FMA's shape reads back the same."""
+    import pandas as pd
+
+    from contract.layout import FMA_FEATURE_SIZES, FMA_STATISTICS
+
+    catalog = previewvec.open(str(catalog_dir / "store"), index=str(catalog_dir / "index"))
+    frame = catalog.fma_frame()
+    matrix, ids = catalog.matrix()
+    # FMA's features.py columns(): every (feature, moment, number), as a sorted MultiIndex
+    expected = pd.MultiIndex.from_tuples(
+        [(name, moment, f"{i + 1:02d}") for name, size in FMA_FEATURE_SIZES.items()
+         for moment in FMA_STATISTICS for i in range(size)],
+        names=("feature", "statistics", "number")).sort_values()
+    assert frame.columns.equals(expected) and list(frame.columns.names) == list(expected.names)
+    assert list(frame.index) == ids and frame.index.name == "recording_id"
+    np.testing.assert_array_equal(frame.to_numpy(), matrix[:, :518])
+    assert frame.loc["song-1", ("mfcc", "mean", "01")] == matrix[ids.index("song-1"),
+                                                                 catalog.names.index("mfcc.mean.01")]
+    path = tmp_path / "features.csv"
+    frame.to_csv(path)
+    loaded = pd.read_csv(path, index_col=0, header=[0, 1, 2])  # FMA's utils.load
+    assert loaded.columns.equals(frame.columns)
+    np.testing.assert_allclose(loaded.to_numpy(), frame.to_numpy(), rtol=1e-6)
+    assert catalog.fma_frame(run_id="run-none").shape == (0, 518)
+
+
 def test_similar_by_audio_finds_the_stored_clip_first(catalog_dir: Path) -> None:
     catalog = previewvec.open(str(catalog_dir / "store"), index=str(catalog_dir / "index"))
     data = (catalog_dir / "song.m4a").read_bytes()
