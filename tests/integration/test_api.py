@@ -22,7 +22,7 @@ from contract.settings import Settings
 from contract.state import Runs, connect
 from contract.store import open_store
 from previewvec.api import create_app
-from previewvec.localredis import LocalRedis, free_port
+from previewvec.localredis import free_port
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,12 +67,6 @@ class FakeResolver:
 class BrokenResolver(FakeResolver):
     def resolve_release(self, mbid: str):
         raise ConnectionError("musicbrainz unreachable")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")

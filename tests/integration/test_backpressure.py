@@ -24,16 +24,9 @@ from contract.jobs import Job
 from contract.settings import Settings
 from contract.state import Runs, connect, new_run_id
 from previewvec.api import QUEUE_FULL_RETRY_AFTER_S, create_app
-from previewvec.localredis import LocalRedis
 
 TOKEN = "backpressure-token-0123456789"
 DEADLINE_S = 120
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -27,18 +27,11 @@ from previewvec.cli import (
     EXIT_STORE,
     EXIT_USAGE,
 )
-from previewvec.localredis import LocalRedis
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY, free_port, moto_server
 
 BUCKET = "pv-cli-faults"
 AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
             "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")

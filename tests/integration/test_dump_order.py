@@ -16,7 +16,6 @@ from contract.records import record_key
 from contract.settings import Settings
 from contract.state import Runs, connect
 from contract.store import open_store
-from previewvec.localredis import LocalRedis
 from producers import submit as submit_mod
 from producers.resolve import Resolution, Resolver
 from producers.submit import start_dump, submit
@@ -47,12 +46,6 @@ class CountingResolver(Resolver):
     def _resolve_line(self, line_no: int, item):
         self.lines.append(line_no)
         return super()._resolve_line(line_no, item)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture

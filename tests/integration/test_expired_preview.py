@@ -18,7 +18,6 @@ from contract.layout import FEATURE_VERSION
 from contract.records import decode_record, record_key
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
-from previewvec.localredis import LocalRedis
 from tests.harness.pipeline import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize
 
@@ -34,12 +33,6 @@ def server() -> Iterator[ClipServer]:
     srv.add("/denied.m4a", b"", "text/plain", status=403)
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as local:
-        yield local.url
 
 
 def context(server: ClipServer, redis_url: str, tmp_path: Path, **changes) -> WorkerContext:

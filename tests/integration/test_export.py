@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -20,7 +19,6 @@ from contract.records import encode_record
 from contract.state import Runs
 from contract.store.local import LocalStore
 from previewvec.cli import EXIT_INPUT_FILE, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_STORE
-from previewvec.localredis import LocalRedis
 from testkit.records import synthetic_record
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY, free_port
 
@@ -40,12 +38,6 @@ def one_line(result: subprocess.CompletedProcess[str], status: int, needle: str)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("previewvec: "), result.stderr
     assert needle in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from contract.layout import FEATURE_VERSION
 from contract.records import record_key
 from contract.settings import Settings
 from contract.state import Runs, connect, new_run_id
-from previewvec.localredis import LocalRedis
 from producers import queue as queue_mod
 from producers.queue import TASK_NAME, make_client, publish
 from producers.submit import queue_keys
@@ -40,12 +38,6 @@ from tests.harness.pipeline import (
 # everything else must match exactly.
 PER_MESSAGE_HEADERS = ("id", "root_id")
 PER_MESSAGE_PROPERTIES = ("correlation_id", "delivery_tag", "reply_to")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 def _messages(client: Redis, queue: str) -> dict[str, list[dict]]:

@@ -20,7 +20,6 @@ from contract.records import record_key
 from contract.settings import Settings
 from contract.state import IF_ABSENT, Runs, connect
 from contract.store import open_store
-from previewvec.localredis import LocalRedis
 from producers import submit as submit_mod
 from producers.submit import (
     queue_keys,
@@ -78,12 +77,6 @@ class FakeResolver:
                     raise self.error("upstream went away")
                 count += 1
                 yield line, resolution(i)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture

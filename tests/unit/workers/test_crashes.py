@@ -18,17 +18,10 @@ import workers.tasks as tasks
 from contract.settings import Settings
 from contract.state import CRASH_COUNT_TTL_S, CrashCount, Runs, connect, new_run_id
 from contract.store import StoreUnavailable
-from previewvec.localredis import LocalRedis
 from workers import crashes
 from workers.featurize import Outcome
 
 CAP = 3
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from redis import Redis
 
 from contract.state import Runs, connect
-from previewvec.localredis import LocalRedis
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with LocalRedis() as server:
-        yield server.url
 
 
 @pytest.fixture
