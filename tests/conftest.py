@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,14 @@ jitcache.prepare(Settings.from_env())
 MOTO_ACCESS_KEY = "testing-access-key"
 MOTO_SECRET_KEY = "testing-secret-key"  # moto accepts any credentials
 MOTO_REGION = "us-east-1"
+
+
+# A test run started in the background of a non-interactive shell (`cmd &`) has SIGINT
+# ignored (POSIX), and an ignored signal stays ignored across exec: every CLI process the
+# tests interrupt with Ctrl-C would then ignore it. Caught signals are reset on exec, so
+# catching SIGINT here gives those processes Python's usual KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
