@@ -12,21 +12,29 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
 * Bracketed or dashed suffixes are classified. **Ignorable** ones are dropped:
   remaster(ed), mono, stereo, deluxe, bonus track, album/single/original version,
   explicit/clean, edition, years ("(Remastered 2011)", "- 2011 Remaster", " - Single").
-* **Version** suffixes make a *different recording*: live (and unplugged), acoustic,
-  remix (and "... Mix" unless "mono/stereo/original/album mix"), instrumental, demo,
-  edit ("Radio Edit"), karaoke, a cappella. MusicBrainz marks live recordings in the
-  recording's disambiguation ("live, 1977-05-08: ..."), which is read the same way, and a
-  store album whose name says "Live"/"Unplugged" tags all its tracks live. Different
+* **Version** suffixes make a *different recording*: live (and unplugged, "En Vivo",
+  "Ao Vivo", "En Directo"), acoustic, remix (and "... Mix" unless "mono/stereo/original/
+  album mix"; slowed, sped-up, nightcore), instrumental, demo, edit ("Radio Edit"),
+  karaoke, a cappella, re-recorded, piano/orchestral/symphonic arrangements. MusicBrainz
+  marks live recordings in the recording's disambiguation ("live, 1977-05-08: ..."),
+  which is read the same way, and a store album whose name says it is live ("… (Live)",
+  "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`). Different
   version tags multiply the score by :data:`VERSION_PENALTY` (never a confident match).
-* Any other bracketed text ("(Reprise)", "(Part 2)") stays in the title.
+  Brackets are round, square, curly, 【】 or 〔〕 (full-width ones too, by NFKC), nested
+  ones read inside out; suffixes also follow " / ".
+* A suffix saying where the song comes from ('(From "Frozen")') is ignorable; any other
+  bracketed text ("(Reprise)", "(Part 2)") stays in the title.
+* Titles naming different numbers ("Part I"/"Part II", "No. 40"/"No. 25": each names a
+  number the other does not) are different pieces: the title scores 0.
 
 Scoring (:func:`match_score`), each component in 0..1:
 
 * title: fuzzy-token Dice (tokens match when their sequence ratio ≥ 0.85) averaged with
   the character sequence ratio (best of as-is and token-sorted);
-* artist: best of full credit vs full credit, main artist vs main artist, 0.95 when each
-  side's main artist is credited on the other ("A & B" vs "B feat. A"), and 0.7 × any
-  credited artist vs any (a shared *featured* artist alone is weak evidence);
+* artist: best of the credit before any "feat." vs the other's, 0.95 when every such
+  lead artist of each side is credited on the other ("A & B" vs "B feat. A"; "Earth"
+  alone is not "Earth, Wind & Fire"), and 0.7 × any credited artist vs any (a shared
+  *featured* artist alone is weak evidence);
 * duration: |Δ| ≤ 3 s → 1, decaying linearly to 0 at 15 s; beyond 15 s the whole score is
   also multiplied by 0.85 (a 9-minute extended mix is not the 4-minute single); unknown
   on either side → left out of the weighted mean (neutral);
@@ -46,6 +54,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from itertools import pairwise
 from typing import Any
 
 W_TITLE, W_ARTIST, W_DURATION, W_TRACK = 0.40, 0.35, 0.25, 0.10
@@ -59,11 +68,18 @@ TOKEN_FUZZ = 0.85
 
 VERSION_WORDS: dict[str, str] = {
     "live": "live", "unplugged": "live", "concert": "live",
-    "acoustic": "acoustic",
+    # Spanish and Portuguese live takes ("En Vivo", "Ao Vivo", "En Directo").
+    "vivo": "live", "directo": "live", "concierto": "live",
+    "acoustic": "acoustic", "acustico": "acoustic", "acustica": "acoustic",
+    "acoustique": "acoustic", "akustisch": "acoustic",
     "remix": "remix", "rmx": "remix", "remixed": "remix", "dub": "remix",
+    # Sped-up and slowed edits of a recording are other audio under the same title.
+    "slowed": "remix", "sped": "remix", "nightcore": "remix", "reverb": "remix",
     "instrumental": "instrumental", "karaoke": "karaoke",
     "demo": "demo", "rehearsal": "demo", "outtake": "demo",
     "edit": "edit", "acapella": "acapella",
+    "rerecorded": "rerecorded", "rerecording": "rerecorded",
+    "piano": "arrangement", "orchestral": "arrangement", "symphonic": "arrangement",
 }
 _MIX_NEUTRAL = {"mono", "stereo", "original", "album", "single"}
 IGNORABLE_WORDS = frozenset({
@@ -76,8 +92,10 @@ IGNORABLE_WORDS = frozenset({
 })
 _FEAT_WORDS = ("feat", "ft", "featuring", "with")
 
-_BRACKET = re.compile(r"[(\[]([^()\[\]]*)[)\]]")
-_DASH_SUFFIX = re.compile(r"\s[-–—]\s")
+# Round, square, curly, lenticular (【】) and tortoise-shell (〔〕) brackets; full-width
+# ones become ASCII under NFKC first. Innermost first: parse_title repeats until stable.
+_BRACKET = re.compile(r"[(\[{【〔]([^()\[\]{}【】〔〕]*)[)\]}】〕]")
+_DASH_SUFFIX = re.compile(r"\s(?:[-–—]|/)\s")
 _INLINE_FEAT = re.compile(r"\s(?:feat\.?|ft\.|featuring)\s", re.IGNORECASE)
 _ARTIST_SPLIT = re.compile(
     r"\s*(?:,|&|\+|\band\b|\bfeat\b\.?|\bft\b\.?|\bfeaturing\b|\bwith\b|\bvs\b\.?)\s*",
@@ -153,6 +171,8 @@ def version_tags(text: str | None) -> frozenset[str]:
         tags.add("remix")
     if "extended" in words:
         tags.add("remix")
+    if re.search(r"\bre record(ed|ing)\b", " ".join(words)):  # "Re-Recorded"
+        tags.add("rerecorded")
     return frozenset(tags)
 
 
@@ -179,11 +199,14 @@ def _classify(segment: str, tags: set[str], featured: list[str]) -> bool:
     if found:
         tags.update(found)
         return True
-    return _ignorable(words)
+    # Where the song comes from ('(From "Frozen")', "(From the Motion Picture …)"):
+    # stores add it to a soundtrack's titles; the recording is the same.
+    return words[0] == "from" or _ignorable(words)
 
 
 def parse_title(title: str | None) -> ParsedTitle:
-    text = (title or "").strip()
+    # NFKC first, so full-width brackets and dashes ("（Live）") are the ASCII ones.
+    text = unicodedata.normalize("NFKC", title or "").strip()
     tags: set[str] = set()
     featured: list[str] = []
 
@@ -192,7 +215,9 @@ def parse_title(title: str | None) -> ParsedTitle:
             return m.group(0)
         return " " if _classify(m.group(1), tags, featured) else f" {m.group(1)} "
 
-    text = _BRACKET.sub(_bracket, text)
+    # Nested brackets ("(Live (1993))") are read from the inside out.
+    while (unwrapped := _BRACKET.sub(_bracket, text)) != text:
+        text = unwrapped
     # Dashed suffixes: "Song - 2011 Remaster", "Song - Live at Wembley".
     parts = _DASH_SUFFIX.split(text)
     kept = [parts[0]]
@@ -271,43 +296,107 @@ class Match:
     reason: str
 
 
-def _album_live(album: str | None) -> frozenset[str]:
-    words = set(normalize(album).split())
-    return frozenset({"live"}) if words & {"live", "unplugged"} else frozenset()
+_LIVE_WORDS = frozenset({"live", "unplugged", "concert"})
+# "Live" opening an album name marks a concert recording only when a place or an
+# occasion follows ("Live at Leeds", "Live in Tokyo", "Live à l'Olympia"): "Live Through
+# This" and "Live While We're Young" are studio records.
+_LIVE_PREPOSITIONS = frozenset({
+    "at", "in", "from", "on", "a", "au", "aus", "en", "im", "auf", "dal", "da", "del",
+})
 
 
-def _artist_sets(item: Item, featured: Iterable[str]) -> tuple[str, str, list[str]]:
-    parts = split_artists(item.artist)
-    for name in item.artists:
+def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
+    """``{"live"}`` when a store album's name says its tracks are concert recordings.
+
+    A live/unplugged suffix always does ("Électrique nuit (Live à l'Olympia)", "Hits -
+    Live"). In the name itself: "Unplugged" or "in concert" anywhere, "Live at/in/from …",
+    or a last word "Live" -- unless the track's ``title`` has that word too: a single is
+    named after its song ("Live While We're Young - Single")."""
+    if not album:
+        return frozenset()
+    parsed = parse_title(album)
+    if "live" in parsed.tags:
+        return frozenset({"live"})
+    words = parsed.core.split()
+    if not _LIVE_WORDS & set(words) or _LIVE_WORDS & set(parse_title(title).core.split()):
+        return frozenset()
+    live = ("unplugged" in words or "in concert" in parsed.core or words[-1] == "live"
+            or any(w == "live" and after in _LIVE_PREPOSITIONS
+                   for w, after in pairwise(words)))
+    return frozenset({"live"}) if live else frozenset()
+
+
+def _artist_sets(item: Item, featured: Iterable[str]) -> tuple[str, list[str], list[str]]:
+    """The credit before any "feat." (normalised), its artists (the lead) and every
+    artist named anywhere (lead, featured, further names)."""
+    lead_credit = _INLINE_FEAT.split(item.artist or "", maxsplit=1)[0]
+    lead = split_artists(lead_credit)
+    parts = list(lead)
+    for name in (item.artist, *item.artists):
         for p in split_artists(name):
             if p not in parts:
                 parts.append(p)
     for f in featured:
         if f not in parts:
             parts.append(f)
-    full = normalize_artist(_INLINE_FEAT.split(item.artist or "", maxsplit=1)[0])
-    main = parts[0] if parts else ""
-    return full, main, parts
+    return normalize_artist(lead_credit), lead, parts
 
 
 def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
                       trk_feat: Iterable[str]) -> float:
-    r_full, r_main, r_parts = _artist_sets(rec, rec_feat)
-    t_full, t_main, t_parts = _artist_sets(trk, trk_feat)
-    best = max(similarity(r_full, t_full), similarity(r_main, t_main))
+    r_full, r_lead, r_parts = _artist_sets(rec, rec_feat)
+    t_full, t_lead, t_parts = _artist_sets(trk, trk_feat)
+    best = similarity(r_full, t_full)
     if best >= 1.0:
         return best
 
     def _found(name: str, parts: list[str]) -> float:
         return max((similarity(name, p) for p in parts), default=0.0)
 
-    # Both main artists credited on the other side ("A & B" vs "B feat. A"): nearly sure.
-    both = min(_found(r_main, t_parts), _found(t_main, r_parts))
-    best = max(best, 0.95 * both)
-    # Only a secondary (e.g. featured) artist in common: weak evidence.
+    # Every lead artist of each side credited on the other ("A & B" vs "B feat. A"):
+    # nearly sure. All of them, because a credit is split at "&" and "," inside band
+    # names too: "Earth" alone is one fragment of "Earth, Wind & Fire", not that band,
+    # and "Simon" is not "Simon & Garfunkel".
+    if r_lead and t_lead:
+        both = min(min(_found(a, t_parts) for a in r_lead),
+                   min(_found(a, r_parts) for a in t_lead))
+        best = max(best, 0.95 * both)
+    # Only some artist in common (a featured one, one of a duo): weak evidence.
     for a in r_parts:
         best = max(best, 0.7 * _found(a, t_parts))
     return best
+
+
+# Words after which a Roman numeral is a number ("Part II", "Vol. IV", "Act III").
+_NUMBERED_WORDS = frozenset({
+    "part", "pt", "no", "nr", "num", "number", "op", "opus", "vol", "volume", "act",
+    "chapter", "ch", "book", "movement", "mvt", "episode", "ep", "scene", "track",
+})
+_ROMAN = re.compile(r"^(x{0,3})(ix|iv|v?i{0,3})$")
+_ROMAN_VALUES = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6, "vii": 7, "viii": 8,
+                 "ix": 9}
+
+
+def title_numbers(core: str) -> frozenset[int]:
+    """The numbers a normalised title names: digits ("Interlude 2", "No 40 K 550") and
+    Roman numerals after a word such as part/no/vol ("Part II")."""
+    words = core.split()
+    found = {int(n) for n in re.findall(r"\d+", core)}
+    for before, word in pairwise(words):
+        m = _ROMAN.match(word)
+        if before in _NUMBERED_WORDS and word and m:
+            found.add(10 * len(m.group(1)) + _ROMAN_VALUES.get(m.group(2), 0))
+    return frozenset(found)
+
+
+def _numbers_disagree(a: str, b: str) -> str:
+    """Evidence that two title cores name different numbered pieces ("Part I" and "Part
+    II", "No. 40" and "No. 25"): each names a number the other does not. One side naming
+    fewer numbers ("Symphony No. 5" for "Symphony No. 5, Op. 67") is no disagreement."""
+    na, nb = title_numbers(a), title_numbers(b)
+    if na and nb and not (na <= nb or nb <= na):
+        return f"numbers {'/'.join(map(str, sorted(na)))}≠{'/'.join(map(str, sorted(nb)))}"
+    return ""
 
 
 def _fmt_tags(tags: frozenset[str]) -> str:
@@ -323,10 +412,13 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     rp, tp = parse_title(recording.title), parse_title(track.title)
     r_tags = rp.tags | version_tags(recording.disambiguation)
     t_tags = tp.tags
-    t_tags |= _album_live(track.album)
+    t_tags |= _album_live(track.album, track.title)
     if album:
-        r_tags |= _album_live(recording.album)
+        r_tags |= _album_live(recording.album, recording.title)
     title = similarity(rp.core, tp.core)
+    numbers = _numbers_disagree(rp.core, tp.core)
+    if numbers:
+        title = 0.0
     artist = artist_similarity(recording, rp.featured, track, tp.featured)
     dur = duration_score(recording.duration_ms, track.duration_ms)
 
@@ -349,6 +441,8 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
                           f"{track.disc or 1}-{track.track}")
         else:
             reason.append(f"track {recording.track}/{track.track}")
+    if numbers:
+        reason.append(numbers)
     score = _gated(total / weight, title, artist)
     if dur == 0.0:
         score *= LONG_DURATION_PENALTY

@@ -19,6 +19,7 @@ from producers.matching import (
     normalize,
     parse_title,
     split_artists,
+    title_numbers,
 )
 
 THRESHOLD = Settings().match_threshold
@@ -88,6 +89,38 @@ PAIRS: list[tuple[str, Item, Item, bool]] = [
     ("duration", R("Paper Moons", "The Hollow Pines", None), T("Paper Moons", "The Hollow Pines", 200), True),
     ("duration", R("Paper Moon", "The Hollow Pines", 200), T("Paper Moons", "The Hollow Pines", 201), True),
     ("duration", R("Shine", "The Hollow Pines", 200), T("Shine On", "The Hollow Pines", 480), False),
+    # other versions: words in other languages, arrangements, re-recordings, edits
+    ("version", R("Smells Like Teen Spirit", "Nirvana", 301), T("Smells Like Teen Spirit (Ao Vivo)", "Nirvana", 301), False),
+    ("version", R("Smells Like Teen Spirit", "Nirvana", 301), T("Smells Like Teen Spirit - En Directo", "Nirvana", 302), False),
+    ("version", R("Smells Like Teen Spirit", "Nirvana", 301), T("Smells Like Teen Spirit (Piano Version)", "Nirvana", 301), False),
+    ("version", R("Static Hearts", "The Hollow Pines", 215), T("Static Hearts (Orchestral Version)", "The Hollow Pines", 216), False),
+    ("version", R("Hey Jude", "The Beatles", 431), T("Hey Jude (Re-Recorded)", "The Beatles", 431), False),
+    ("version", R("Halo", "Beyoncé", 261), T("Halo (Slowed + Reverb)", "Beyoncé", 262), False),
+    # other brackets: full-width, lenticular, nested, curly, after " / "
+    ("brackets", R("丸の内サディスティック", "椎名林檎", 230), T("丸の内サディスティック（Live）", "椎名林檎", 231), False),
+    ("brackets", R("丸の内サディスティック", "椎名林檎", 230), T("丸の内サディスティック【Live】", "椎名林檎", 231), False),
+    ("brackets", R("Nothing Else Matters", "Metallica", 388), T("Nothing Else Matters (Live (1993))", "Metallica", 388), False),
+    ("brackets", R("Nothing Else Matters", "Metallica", 388), T("Nothing Else Matters {Live}", "Metallica", 388), False),
+    ("brackets", R("Nothing Else Matters", "Metallica", 388), T("Nothing Else Matters / Live", "Metallica", 388), False),
+    ("brackets", R("丸の内サディスティック", "椎名林檎", 230), T("丸の内サディスティック（2018 Remaster）", "椎名林檎", 231), True),
+    ("brackets", R("Let It Go", "Idina Menzel", 224), T('Let It Go (From "Frozen"/Soundtrack Version)', "Idina Menzel", 224), True),
+    # numbered pieces: each side names a number the other does not
+    ("numbers", R("Interlude 1", "Zoé Varga", 58), T("Interlude 2", "Zoé Varga", 62), False),
+    ("numbers", R("Gymnopédie No. 1", "Erik Satie", 200), T("Gymnopédie No. 3", "Erik Satie", 201), False),
+    ("numbers", R("Paper Moons, Part I", "The Hollow Pines", 200), T("Paper Moons, Part II", "The Hollow Pines", 200), False),
+    ("numbers", R("Symphony No. 40 in G minor, K. 550: I. Molto allegro", "Wolfgang Amadeus Mozart", 480), T("Symphony No. 25 in G Minor, K. 183: I. Allegro con brio", "Wolfgang Amadeus Mozart", 480), False),
+    ("numbers", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Ludwig van Beethoven", 450), T("Symphony No. 5 in C Minor: I. Allegro con brio", "Ludwig van Beethoven", 451), True),
+    ("numbers", R("Song 2", "Blur", 122), T("Song 2 (2012 Remaster)", "Blur", 122), True),
+    # one fragment of a band name, or of a duo, is not the credit
+    ("artist", R("September", "Earth, Wind & Fire", 215), T("September", "Earth", 215), False),
+    ("artist", R("Mrs. Robinson", "Simon & Garfunkel", 244), T("Mrs. Robinson", "Simon", 244), False),
+    ("artist", R("Dog Days Are Over", "Florence + the Machine", 253), T("Dog Days Are Over", "Florence", 253), False),
+    ("artist", R("Don't Go Breaking My Heart", "Elton John & Kiki Dee", 272), T("Don't Go Breaking My Heart", "Elton John & RuPaul", 272), False),
+    # "Live" in a store album's name: a concert only when the name says so
+    ("album", R("Live While We're Young", "One Direction", 200), T("Live While We're Young", "One Direction", 200, album="Live While We're Young - Single"), True),
+    ("album", R("Violet", "Hole", 204), T("Violet", "Hole", 204, album="Live Through This"), True),
+    ("album", R("Baba O'Riley", "The Who", 300), T("Baba O'Riley", "The Who", 301, album="Live at Leeds"), False),
+    ("album", R("Come As You Are", "Nirvana", 219), T("Come As You Are", "Nirvana", 220, album="MTV Unplugged in New York"), False),
 ]
 
 
@@ -135,10 +168,29 @@ def test_precision_and_recall() -> None:
     ("Title feat. X & Y", "title", set(), ("x", "y")),
     ("Static Hearts (Acoustic Version)", "static hearts", {"acoustic"}, ()),
     ("Midnight Radio - EP", "midnight radio", set(), ()),
+    ("Song (En Vivo)", "song", {"live"}, ()),
+    ("Song（Acústico）", "song", {"acoustic"}, ()),
+    ("Song (Live (1993))", "song", {"live"}, ()),
+    ("Song 【Remix】 [feat. X]", "song", {"remix"}, ("x",)),
+    ('Song (From "The Movie")', "song", set(), ()),
+    ("Song / Demo", "song", {"demo"}, ()),
+    ("Song (Part 2)", "song part 2", set(), ()),
 ])
 def test_parse_title(title: str, core: str, tags: set[str], featured: tuple[str, ...]) -> None:
     parsed = parse_title(title)
     assert (parsed.core, set(parsed.tags), parsed.featured) == (core, tags, featured)
+
+
+@pytest.mark.parametrize(("title", "numbers"), [
+    ("interlude 2", {2}),
+    ("symphony no 40 in g minor k 550 i molto allegro", {40, 550}),
+    ("paper moons part ii", {2}),
+    ("vol xiv", {14}),
+    ("i will survive", set()),  # a pronoun, not a numeral
+    ("part of me", set()),
+])
+def test_title_numbers(title: str, numbers: set[int]) -> None:
+    assert title_numbers(title) == numbers
 
 
 def test_normalisation() -> None:
