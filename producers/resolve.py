@@ -34,7 +34,9 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
   (``score``/``reason`` describe that best candidate, if any);
-* ``no_preview`` — matched, but the store track has no preview URL;
+* ``no_preview`` — matched, but no source has the track with a preview URL (a match
+  without one leaves the track open: the later steps and sources are still asked, and
+  the first such match is the answer only when none of them has a match with one);
 * ``already_stored`` — the recording has a record (no call made for it);
 * ``already_queued`` — a job of the recording is queued in another run (no call);
 * ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
@@ -176,11 +178,16 @@ def _barcode(release: dict[str, Any]) -> str | None:
 
 
 class _Cascade:
-    """One release's resolution state: what is found, what failed, what was noted."""
+    """One release's resolution state: what is found, what failed, what was noted.
+
+    Only a match with a preview settles a track (``found``). A match without one leaves
+    the track open for the next steps and sources, and the first such match is kept
+    (``bare``) as the answer when none of them has the track with a preview."""
 
     def __init__(self, entries: list[Entry], wanted: list[int]) -> None:
         self.entries, self.wanted = entries, wanted
         self.found: dict[int, Candidate] = {}
+        self.bare: dict[int, Candidate] = {}
         self.misses: dict[int, Miss] = {}
         self.notes: list[str] = []
         self.errors: list[PreviewvecError] = []
@@ -193,14 +200,20 @@ class _Cascade:
             self.notes.append(answer.note)
         for i, cand in answer.matched.items():
             if i in self.wanted and i not in self.found:
-                self.found[i] = cand
+                self._keep(i, cand)
 
     def offer(self, i: int, got: Candidate | Miss | None) -> None:
         if isinstance(got, Candidate):
-            self.found[i] = got
+            self._keep(i, got)
         elif isinstance(got, Miss) and (i not in self.misses
                                         or got.score > self.misses[i].score):
             self.misses[i] = got
+
+    def _keep(self, i: int, cand: Candidate) -> None:
+        if cand.track.preview_url:
+            self.found[i] = cand
+        else:
+            self.bare.setdefault(i, cand)
 
     def attempt(self, source: PreviewSource, bound: float | None,
                 call: Callable[[PreviewSource], Any]) -> Any:
@@ -339,6 +352,8 @@ class Resolver:
         entry = state.entries[i]
         if i in state.found:
             return self._job(entry, state.found[i], state.notes)
+        if i in state.bare:  # no_preview: no source has the track with one
+            return self._job(entry, state.bare[i], state.notes)
         miss = state.misses.get(i)
         if state.errors and (miss is None or miss.score == 0.0):
             return _error(entry.recording_id, state.errors[-1])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from contract.settings import Settings
-from producers.matching import Item
+from producers.matching import Item, Match
 from producers.resolve import Resolver
 from producers.sources import (
     Candidate,
@@ -19,6 +19,7 @@ from producers.sources import (
     ReleaseAnswer,
     ReleaseQuery,
     StoreTrack,
+    best_track,
     check_album,
     deezer_track,
     isrc_candidate,
@@ -162,6 +163,42 @@ def test_deezer_track_rows_become_store_tracks() -> None:
     bare = deezer_track({"id": 5, "title": "X", "duration": 0, "preview": ""})
     assert bare.preview_url is None and bare.item.duration_ms is None
     assert bare.link == "https://www.deezer.com/track/5"
+    # not readable in the region: its preview URL does not play, so it has none
+    assert deezer_track({**row, "readable": False}).preview_url is None
+
+
+# -- previews: a track with one is preferred ---------------------------------------------
+def without_preview(tracks: list[StoreTrack], *positions: int) -> list[StoreTrack]:
+    """``tracks`` with no preview on the tracks at these (0-based) album positions."""
+    gone = {f"t{n}" for n in positions}
+    return [replace(t, preview_url=None) if t.track_id in gone else t for t in tracks]
+
+
+def test_best_track_prefers_a_preview_among_confident_matches_only() -> None:
+    scores = {"bare": 1.0, "ok": 1.0, "near": 0.97, "fair": 0.8, "edit": 0.45}
+    tracks = {name: StoreTrack(Item(name), name, None if name == "bare" else f"https://{name}",
+                               None) for name in scores}
+
+    def pick(*names: str) -> str | None:
+        got = best_track([tracks[n] for n in names], lambda t: Match(scores[t.track_id], ""),
+                         THRESHOLD)
+        return got[1].track_id if got else None
+
+    assert pick("bare", "ok") == "ok"  # a duplicate without a preview listed first
+    assert pick("bare", "near") == "near"  # a slightly better score without a preview
+    assert pick("bare", "fair") == "fair"  # the threshold says it is the recording too
+    # another version with a preview is no match: the preview-less one stays the answer
+    assert pick("bare", "edit") == "bare"
+    assert pick("edit") == "edit" and pick() is None  # below the threshold: a miss to report
+
+
+def test_album_duplicates_without_a_preview_lose_to_the_one_with() -> None:
+    dup = replace(store()[1], track_id="t1-dup", preview_url=None)  # listed again, after
+    got = match_album(entries(), [*store(), dup], "deezer", THRESHOLD)
+    assert got[1].track.track_id == "t1"
+    by_pos = match_album(entries(isrcs=False), [*store(isrcs=False), dup], "itunes",
+                         THRESHOLD)
+    assert by_pos[1].track.track_id == "t1"
 
 
 # -- the cascade's order ----------------------------------------------------------------
@@ -256,6 +293,27 @@ def test_no_barcode_goes_to_isrc_then_search() -> None:
     d = FakeSource("deezer", store(drop=(0,)), by_isrc=True)
     list(resolver_with(c, d).resolve_release_data(release(barcode="")))
     assert c.log == ["song search"]
+
+
+def test_a_match_without_preview_leaves_the_track_to_the_next_source() -> None:
+    # iTunes's album (by barcode) has track 2 without a preview; Deezer has it by ISRC.
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", store(), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert all(r.ok for r in got)
+    assert [r.job.source for r in got] == ["itunes", "deezer"] + ["itunes"] * 4
+    assert got[1].job.match_rule == "isrc" and got[1].job.preview_url
+    assert a.log == ["barcode"] and b.log == ["isrc"]  # one call more, only for that track
+
+
+def test_without_a_preview_anywhere_the_first_match_is_no_preview() -> None:
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", without_preview(store(), 1), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert [r.error_code for r in got] == [None, "no_preview", None, None, None, None]
+    assert got[1].reason.endswith("track 2/2 (store track has no preview)")  # iTunes's
+    # every source was asked for the track before settling for no preview
+    assert a.log == ["barcode", "song search"] and set(b.log) == {"isrc", "song search"}
 
 
 def test_a_busy_source_goes_after_a_free_one() -> None:
