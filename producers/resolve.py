@@ -41,7 +41,12 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``already_queued`` — a job of the recording is queued in another run (no call);
 * ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
   or resolved it earlier (no call; submit leaves its state alone);
-* ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or every source failed;
+* ``upstream_unavailable`` — MusicBrainz failed, or a source failed for the recording
+  (:class:`~producers.http.UpstreamUnavailable`) and no source has a match with a
+  preview: the failed one may have it, so this is retried and not remembered as a miss,
+  even when another source gave a weak candidate (``score``) or a match without one;
+* ``upstream_rejected`` — MusicBrainz refused the request, or a source did and no
+  source gave any candidate;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
@@ -190,7 +195,7 @@ class _Cascade:
         self.bare: dict[int, Candidate] = {}
         self.misses: dict[int, Miss] = {}
         self.notes: list[str] = []
-        self.errors: list[PreviewvecError] = []
+        self.errors: dict[int, list[PreviewvecError]] = {}  # of the calls made for a track
 
     def pending(self) -> list[int]:
         return [i for i in self.wanted if i not in self.found]
@@ -216,16 +221,19 @@ class _Cascade:
             self.bare.setdefault(i, cand)
 
     def attempt(self, source: PreviewSource, bound: float | None,
-                call: Callable[[PreviewSource], Any]) -> Any:
-        """``call(source)`` with its waits bounded; None after an upstream error (noted)
-        or when the source's slot went further than ``bound`` (busy: not asked)."""
+                call: Callable[[PreviewSource], Any], tracks: list[int]) -> Any:
+        """``call(source)`` for ``tracks`` with its waits bounded; None after an upstream
+        error (noted against those tracks, not the release: one track's failed search
+        says nothing of another's miss) or when the source's slot went further than
+        ``bound`` (busy: not asked)."""
         try:
             with source.limiter.bounded(bound):
                 return call(source)
         except RateLimitTimeout:
             return None
         except UpstreamError as exc:
-            self.errors.append(exc)
+            for i in tracks:
+                self.errors.setdefault(i, []).append(exc)
             return None
 
 
@@ -352,11 +360,17 @@ class Resolver:
         entry = state.entries[i]
         if i in state.found:
             return self._job(entry, state.found[i], state.notes)
+        miss = state.misses.get(i)
+        errors = state.errors.get(i, [])
+        # A source that failed may have the track, with a preview: a weak miss or a match
+        # without a preview elsewhere is no answer for good (and would be remembered).
+        unavailable = [exc for exc in errors if is_transient(exc.code)]
+        if unavailable:
+            return _error(entry.recording_id, unavailable[-1], miss.score if miss else 0.0)
         if i in state.bare:  # no_preview: no source has the track with one
             return self._job(entry, state.bare[i], state.notes)
-        miss = state.misses.get(i)
-        if state.errors and (miss is None or miss.score == 0.0):
-            return _error(entry.recording_id, state.errors[-1])
+        if errors and (miss is None or miss.score == 0.0):
+            return _error(entry.recording_id, errors[-1])
         miss = miss or Miss(0.0, "no store candidates")
         return Resolution(entry.recording_id, None, miss.score,
                           "; ".join([*state.notes, miss.reason]), "no_confident_match")
@@ -375,7 +389,7 @@ class Resolver:
                 if i in state.found:
                     break
                 state.offer(i, state.attempt(
-                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e), [i]))
 
     def _release_entries(self, release: dict[str, Any]) -> list[Entry]:
         title = release.get("title") or ""
@@ -428,7 +442,7 @@ class Resolver:
             for src, bound in self._ordered():
                 if state.pending() and not self._per_track_cheaper(src, state):
                     state.take(state.attempt(src, bound, lambda s: s.release_by_barcode(
-                        query, entries)) or ReleaseAnswer())
+                        query, entries), state.pending()) or ReleaseAnswer())
         untrusted = sum("not trusted" in n for n in state.notes)
         self.stats["barcode_untrusted"] += untrusted
         self._per_recording_isrc(state)
@@ -436,7 +450,7 @@ class Resolver:
             for src, bound in self._ordered():
                 if state.pending():
                     state.take(state.attempt(src, bound, lambda s: s.release_by_search(
-                        query, entries)) or ReleaseAnswer())
+                        query, entries), state.pending()) or ReleaseAnswer())
         self._per_recording(state)
         out = [self._outcome(state, i) for i in wanted]
         self._remember(res.recording_id for res in out
@@ -486,7 +500,7 @@ class Resolver:
                 if i in state.found or not state.entries[i].isrcs:
                     break
                 state.offer(i, state.attempt(
-                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e), [i]))
 
     # -- public entry points -----------------------------------------------------------
     def resolve_release(self, release_mbid: str) -> Iterator[Resolution]:

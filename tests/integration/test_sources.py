@@ -304,6 +304,26 @@ def test_itunes_barcode_track_without_preview_is_asked_of_deezer(
     assert [q.path for q in upstream.requests] == ["/lookup", "/track/isrc:USHP10300002"]
 
 
+# -- a failure that may pass is not a miss ------------------------------------------------
+@pytest.mark.parametrize("body", [b"<html><body>Service Unavailable</body></html>", b""],
+                         ids=["html", "empty"])
+def test_itunes_unusable_answer_and_a_weak_deezer_match_is_upstream_unavailable(
+        settings: Settings, r: Redis, upstream: UpstreamServer, body: bytes) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz, handled=lambda ids: {})
+    upstream.fail_next(1, 200, body, path_prefix="/search")  # iTunes's song search
+    upstream.fail_next(1, 200, deezer_answer(deezer_row(3020009005, "Outro", 63)),
+                       path_prefix="/search/track")
+    res = resolver.resolve_recording_data(mb_recording("Intro", 62))
+    assert res.error_code == "upstream_unavailable" and res.job is None
+    assert res.reason.startswith("iTunes search: malformed JSON body")
+    assert res.score == pytest.approx(0.31, abs=0.01)  # Deezer's "Outro": no match
+    # not remembered as a miss: asked again, iTunes answers (nothing) and the miss is real
+    again = resolver.resolve_recording_data(mb_recording("Intro", 62))
+    assert again.error_code == "no_confident_match"
+    assert [q.path for q in upstream.requests] == ["/search", "/search/track", "/search"]
+
+
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
     mb, it, dz = clients(settings, r)
     resolver = Resolver(settings, mb, it, deezer=dz, stored=lambda rid: True)

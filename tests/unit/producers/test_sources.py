@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from contract.settings import Settings
+from producers.http import UpstreamUnavailable
 from producers.matching import Item, Match
 from producers.resolve import Resolver
 from producers.sources import (
@@ -223,6 +224,8 @@ class FakeSource:
     by_barcode: bool = True
     by_isrc: bool = False
     by_search: bool = False
+    search_score: float = 0.0  # the score of the miss a song search answers
+    fail: tuple[str, ...] = ()  # recordings whose ISRC lookup and song search fail
     limiter: FakeLimiter = field(default_factory=FakeLimiter)
     log: list[str] = field(default_factory=list)
 
@@ -250,12 +253,18 @@ class FakeSource:
         if not self.by_isrc:
             return None
         self.log.append("isrc")
+        self._maybe_fail(entry)
         hit = next((t for t in self.tracks if t.isrc in entry.isrcs), None)
         return isrc_candidate(entry, hit, self.name) if hit else None
 
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
         self.log.append("song search")
-        return Miss(0.0, "nothing")
+        self._maybe_fail(entry)
+        return Miss(self.search_score, f"{self.name}: a weak match")
+
+    def _maybe_fail(self, entry: Entry) -> None:
+        if entry.recording_id in self.fail:
+            raise UpstreamUnavailable(f"{self.name}: gave up after 6 attempts (HTTP 503)")
 
 
 def release(barcode: str = "0602498612345") -> dict:
@@ -268,8 +277,8 @@ def release(barcode: str = "0602498612345") -> dict:
             "media": [{"position": 1, "tracks": tracks}]}
 
 
-def resolver_with(*sources: FakeSource, stored=None) -> Resolver:
-    res = Resolver(Settings(), None, None, stored=stored)
+def resolver_with(*sources: FakeSource, stored=None, handled=None) -> Resolver:
+    res = Resolver(Settings(), None, None, stored=stored, handled=handled)
     res.sources = list(sources)
     return res
 
@@ -314,6 +323,32 @@ def test_without_a_preview_anywhere_the_first_match_is_no_preview() -> None:
     assert got[1].reason.endswith("track 2/2 (store track has no preview)")  # iTunes's
     # every source was asked for the track before settling for no preview
     assert a.log == ["barcode", "song search"] and set(b.log) == {"isrc", "song search"}
+
+
+# -- upstream failures: not a miss for good ----------------------------------------------
+def test_a_failed_source_and_a_weak_miss_is_upstream_unavailable() -> None:
+    a = FakeSource("itunes", [], by_barcode=False, fail=("rec-0",))
+    b = FakeSource("deezer", [], search_score=0.31)
+    resolver = resolver_with(a, b, handled=lambda ids: {})
+    got = list(resolver.resolve_release_data(release(barcode="")))
+    # iTunes failed for rec-0 and may have it; its failure says nothing of the others
+    assert [r.error_code for r in got] == ["upstream_unavailable"] + [
+        "no_confident_match"] * 5
+    assert got[0].reason == "itunes: gave up after 6 attempts (HTTP 503)"
+    assert got[0].score == 0.31  # Deezer's weak candidate
+    # a failure that may pass is not remembered: the next release with it asks again
+    again = {r.recording_id: r.error_code
+             for r in resolver.resolve_release_data(release(barcode=""))}
+    assert again == {"rec-0": "upstream_unavailable",
+                     **{f"rec-{n}": "already_in_run" for n in range(1, 6)}}
+
+
+def test_a_failed_source_and_a_match_without_preview_is_upstream_unavailable() -> None:
+    # iTunes has track 2 without a preview; Deezer, which may have one, failed for it
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", store(), by_isrc=True, fail=("rec-1",))
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert [r.error_code for r in got] == [None, "upstream_unavailable"] + [None] * 4
 
 
 def test_a_busy_source_goes_after_a_free_one() -> None:
