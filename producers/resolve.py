@@ -34,12 +34,19 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
   (``score``/``reason`` describe that best candidate, if any);
-* ``no_preview`` — matched, but the store track has no preview URL;
+* ``no_preview`` — matched, but no source has the track with a preview URL (a match
+  without one leaves the track open: the later steps and sources are still asked, and
+  the first such match is the answer only when none of them has a match with one);
 * ``already_stored`` — the recording has a record (no call made for it);
 * ``already_queued`` — a job of the recording is queued in another run (no call);
 * ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
   or resolved it earlier (no call; submit leaves its state alone);
-* ``upstream_unavailable`` / ``upstream_rejected`` — MusicBrainz or every source failed;
+* ``upstream_unavailable`` — MusicBrainz failed, or a source failed for the recording
+  (:class:`~producers.http.UpstreamUnavailable`) and no source has a match with a
+  preview: the failed one may have it, so this is retried and not remembered as a miss,
+  even when another source gave a weak candidate (``score``) or a match without one;
+* ``upstream_rejected`` — MusicBrainz refused the request, or a source did and no
+  source gave any candidate;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
@@ -176,14 +183,19 @@ def _barcode(release: dict[str, Any]) -> str | None:
 
 
 class _Cascade:
-    """One release's resolution state: what is found, what failed, what was noted."""
+    """One release's resolution state: what is found, what failed, what was noted.
+
+    Only a match with a preview settles a track (``found``). A match without one leaves
+    the track open for the next steps and sources, and the first such match is kept
+    (``bare``) as the answer when none of them has the track with a preview."""
 
     def __init__(self, entries: list[Entry], wanted: list[int]) -> None:
         self.entries, self.wanted = entries, wanted
         self.found: dict[int, Candidate] = {}
+        self.bare: dict[int, Candidate] = {}
         self.misses: dict[int, Miss] = {}
         self.notes: list[str] = []
-        self.errors: list[PreviewvecError] = []
+        self.errors: dict[int, list[PreviewvecError]] = {}  # of the calls made for a track
 
     def pending(self) -> list[int]:
         return [i for i in self.wanted if i not in self.found]
@@ -193,26 +205,35 @@ class _Cascade:
             self.notes.append(answer.note)
         for i, cand in answer.matched.items():
             if i in self.wanted and i not in self.found:
-                self.found[i] = cand
+                self._keep(i, cand)
 
     def offer(self, i: int, got: Candidate | Miss | None) -> None:
         if isinstance(got, Candidate):
-            self.found[i] = got
+            self._keep(i, got)
         elif isinstance(got, Miss) and (i not in self.misses
                                         or got.score > self.misses[i].score):
             self.misses[i] = got
 
+    def _keep(self, i: int, cand: Candidate) -> None:
+        if cand.track.preview_url:
+            self.found[i] = cand
+        else:
+            self.bare.setdefault(i, cand)
+
     def attempt(self, source: PreviewSource, bound: float | None,
-                call: Callable[[PreviewSource], Any]) -> Any:
-        """``call(source)`` with its waits bounded; None after an upstream error (noted)
-        or when the source's slot went further than ``bound`` (busy: not asked)."""
+                call: Callable[[PreviewSource], Any], tracks: list[int]) -> Any:
+        """``call(source)`` for ``tracks`` with its waits bounded; None after an upstream
+        error (noted against those tracks, not the release: one track's failed search
+        says nothing of another's miss) or when the source's slot went further than
+        ``bound`` (busy: not asked)."""
         try:
             with source.limiter.bounded(bound):
                 return call(source)
         except RateLimitTimeout:
             return None
         except UpstreamError as exc:
-            self.errors.append(exc)
+            for i in tracks:
+                self.errors.setdefault(i, []).append(exc)
             return None
 
 
@@ -340,8 +361,16 @@ class Resolver:
         if i in state.found:
             return self._job(entry, state.found[i], state.notes)
         miss = state.misses.get(i)
-        if state.errors and (miss is None or miss.score == 0.0):
-            return _error(entry.recording_id, state.errors[-1])
+        errors = state.errors.get(i, [])
+        # A source that failed may have the track, with a preview: a weak miss or a match
+        # without a preview elsewhere is no answer for good (and would be remembered).
+        unavailable = [exc for exc in errors if is_transient(exc.code)]
+        if unavailable:
+            return _error(entry.recording_id, unavailable[-1], miss.score if miss else 0.0)
+        if i in state.bare:  # no_preview: no source has the track with one
+            return self._job(entry, state.bare[i], state.notes)
+        if errors and (miss is None or miss.score == 0.0):
+            return _error(entry.recording_id, errors[-1])
         miss = miss or Miss(0.0, "no store candidates")
         return Resolution(entry.recording_id, None, miss.score,
                           "; ".join([*state.notes, miss.reason]), "no_confident_match")
@@ -360,7 +389,7 @@ class Resolver:
                 if i in state.found:
                     break
                 state.offer(i, state.attempt(
-                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e), [i]))
 
     def _release_entries(self, release: dict[str, Any]) -> list[Entry]:
         title = release.get("title") or ""
@@ -413,7 +442,7 @@ class Resolver:
             for src, bound in self._ordered():
                 if state.pending() and not self._per_track_cheaper(src, state):
                     state.take(state.attempt(src, bound, lambda s: s.release_by_barcode(
-                        query, entries)) or ReleaseAnswer())
+                        query, entries), state.pending()) or ReleaseAnswer())
         untrusted = sum("not trusted" in n for n in state.notes)
         self.stats["barcode_untrusted"] += untrusted
         self._per_recording_isrc(state)
@@ -421,7 +450,7 @@ class Resolver:
             for src, bound in self._ordered():
                 if state.pending():
                     state.take(state.attempt(src, bound, lambda s: s.release_by_search(
-                        query, entries)) or ReleaseAnswer())
+                        query, entries), state.pending()) or ReleaseAnswer())
         self._per_recording(state)
         out = [self._outcome(state, i) for i in wanted]
         self._remember(res.recording_id for res in out
@@ -471,7 +500,7 @@ class Resolver:
                 if i in state.found or not state.entries[i].isrcs:
                     break
                 state.offer(i, state.attempt(
-                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e)))
+                    src, bound, lambda s, e=state.entries[i]: s.recording_by_isrc(e), [i]))
 
     # -- public entry points -----------------------------------------------------------
     def resolve_release(self, release_mbid: str) -> Iterator[Resolution]:

@@ -34,6 +34,14 @@ A barcode is trusted only when the album it gives agrees with the release
 position, and at least 80 % of those agree on title and duration, or at least half of
 them share an ISRC with the recording there. Otherwise the answer
 is dropped with a note (``barcode … not trusted``) and the cascade falls back.
+
+A match is only of use with a preview to analyse. Where a store lists a track twice (an
+explicit duplicate, a Deezer row not ``readable`` in the region, a bonus copy), the copy
+with a preview wins over one without: in a search (:func:`best_track`) and in an album
+(:func:`assign_previewed`, :func:`match_album`), the best-scored track *with* a preview
+is taken whenever it reaches the threshold, however much better a preview-less one
+scores; a track without one is returned only when no track with one reaches the
+threshold (``producers/resolve.py`` then asks the other steps and sources for it).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from producers.matching import (
 from producers.ratelimit import RateLimiter
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 ISRC_SANITY = 0.5  # an ISRC hit whose text scores below this is a contradiction
 AGREE_TITLE = 0.7  # a positional pair "agrees" when its titles are this similar...
@@ -205,12 +214,23 @@ def check_album(entries: list[Entry], tracks: list[StoreTrack], label: str) -> s
             f"(release {len(entries)} tracks, store {len(tracks)})")
 
 
+def _index(tracks: list[StoreTrack], key: Callable[[StoreTrack], K | None]) -> dict[K, int]:
+    """Key → index of the track with that key; of several, the last with a preview (an
+    album may list a track twice, once without one)."""
+    out: dict[K, int] = {}
+    for j, t in enumerate(tracks):
+        k = key(t)
+        if k and (k not in out or t.preview_url or not tracks[out[k]].preview_url):
+            out[k] = j
+    return out
+
+
 def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
                 threshold: float) -> dict[int, Candidate]:
     """ISRC first, then disc/position checked by the text match; one track per entry."""
     out: dict[int, Candidate] = {}
     used: set[int] = set()
-    by_isrc = {t.isrc: j for j, t in enumerate(tracks) if t.isrc}
+    by_isrc = _index(tracks, lambda t: t.isrc)
     for i, e in enumerate(entries):
         j = next((by_isrc[x] for x in e.isrcs if x in by_isrc), None)
         if j is None or j in used:
@@ -220,7 +240,7 @@ def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
             out[i] = Candidate(source, tracks[j], "isrc", 1.0, f"isrc {tracks[j].isrc} "
                                f"{m.reason}")
             used.add(j)
-    by_pos = {p: j for j, t in enumerate(tracks) if (p := _position(t.item))}
+    by_pos = _index(tracks, lambda t: _position(t.item))
     for i, e in enumerate(entries):
         j = by_pos.get(_position(e.item))  # type: ignore[arg-type]
         if i in out or j is None or j in used:
@@ -254,6 +274,35 @@ def best_scored(rows: Iterable[T], score: Callable[[T], Match | None]) -> tuple[
     return best
 
 
+def _score_of(pair: tuple[Match, Any]) -> float:
+    return pair[0].score  # max() keeps the first of equal scores, as best_scored does
+
+
+def best_track(tracks: Iterable[StoreTrack], score: Callable[[StoreTrack], Match | None],
+               threshold: float) -> tuple[Match, StoreTrack] | None:
+    """The best-scored track with a preview if it reaches ``threshold``, else the
+    best-scored track (a match without a preview, or a miss to report); ``score`` returns
+    None for a track to skip. A duplicate or another edition scoring a little higher
+    without a preview is of no use, while a preview-less track never lowers the bar:
+    another version with a preview (scored under the threshold) does not win."""
+    scored = [(m, t) for t in tracks if (m := score(t)) is not None]
+    best = max((p for p in scored if p[1].preview_url), key=_score_of, default=None)
+    if best is None or best[0].score < threshold:
+        best = max(scored, key=_score_of, default=None)
+    return best
+
+
+def assign_previewed(pairs: list[tuple[int, int, Match]], tracks: list[StoreTrack],
+                     threshold: float) -> dict[int, tuple[int, Match]]:
+    """:func:`~producers.matching.assign` over the tracks with a preview first, then the
+    entries left over every track left: an entry takes a track without a preview only
+    when no track with one reaches ``threshold`` for it."""
+    first = assign([p for p in pairs if tracks[p[1]].preview_url], threshold)
+    taken = {j for j, _ in first.values()}
+    rest = assign([p for p in pairs if p[0] not in first and p[1] not in taken], threshold)
+    return first | rest
+
+
 class _StoreSource:
     """What every store source shares: one client (with its rate limiter) and a threshold."""
 
@@ -281,8 +330,8 @@ class _StoreSource:
     def _best_of_search(self, tracks: list[StoreTrack],
                         score: Callable[[StoreTrack], Match | None], via: str
                         ) -> Candidate | Miss:
-        """The best-scoring track of one search, if it clears the threshold."""
-        best = best_scored(tracks, score)
+        """The best track of one search (:func:`best_track`), if it clears the threshold."""
+        best = best_track(tracks, score, self.threshold)
         if best is None:
             return Miss(0.0, f"{self.name}: no store candidates")
         m, track = best
@@ -332,7 +381,8 @@ class ITunesSource(_StoreSource):
         note = f" album={best[0].score:.2f}"
         return ReleaseAnswer({i: Candidate(self.name, tracks[j], "search+fuzzy", m.score,
                                            m.reason + note)
-                              for i, (j, m) in assign(pairs, self.threshold).items()})
+                              for i, (j, m) in assign_previewed(pairs, tracks,
+                                                                self.threshold).items()})
 
     def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
         return None  # the iTunes Search API has no ISRC lookup
@@ -357,6 +407,9 @@ class ITunesSource(_StoreSource):
 
 # -- Deezer -----------------------------------------------------------------------------
 def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
+    """A Deezer track object as a :class:`StoreTrack`; a row not ``readable`` (not
+    playable in the region) has no preview, whatever its ``preview`` field says."""
+
     def _int(v: Any) -> int | None:
         return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
@@ -368,7 +421,8 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
                 disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),
                 album=album or (row.get("album") or {}).get("title"))
     isrc = row.get("isrc")
-    return StoreTrack(item, tid, row.get("preview") or None,
+    preview = row.get("preview") if row.get("readable", True) is not False else None
+    return StoreTrack(item, tid, preview or None,
                       row.get("link") or (link_back("deezer", tid) if tid else None),
                       isrc.upper() if isinstance(isrc, str) and isrc else None)
 
@@ -410,7 +464,7 @@ class DeezerSource(_StoreSource):
         used = {c.track.track_id for c in matched.values()}
         pairs = _pairs(entries, tracks, set(matched), used)
         note = f" album={best[0].score:.2f}"
-        for i, (j, m) in assign(pairs, self.threshold).items():
+        for i, (j, m) in assign_previewed(pairs, tracks, self.threshold).items():
             matched[i] = Candidate(self.name, tracks[j], "search+fuzzy", m.score,
                                    m.reason + note)
         return ReleaseAnswer(matched)

@@ -1,7 +1,8 @@
 """Identifier-first resolution over two preview sources, against answers in the documented
 shapes (tests/fixtures/upstream: iTunes ``lookup?upc``, Deezer ``/track/isrc:``,
 ``/album/upc:``, ``/album/<id>/tracks``, error bodies code 4 and 800) served on 127.0.0.1
-by tests/upstream_server.py; Redis is a private LocalRedis. No internet."""
+by tests/upstream_server.py, or hand-made in the same shapes for one request
+(``fail_next`` with a 200); Redis is a private LocalRedis. No internet."""
 
 from __future__ import annotations
 
@@ -77,6 +78,61 @@ def clients(settings: Settings, r: Redis, retries: int = 5
 
 def release_doc(name: str, **changes: object) -> dict:
     return {**json.loads((FIXTURES / "mb" / name).read_text("utf-8")), **changes}
+
+
+# -- hand-made answers -------------------------------------------------------------------
+HOLLOW = [{"name": "The Hollow Pines", "joinphrase": ""}]
+
+
+def mb_release(*tracks: tuple[str, int, str | None], barcode: str = "") -> dict:
+    """A MusicBrainz release of The Hollow Pines: (title, seconds, ISRC) per track."""
+    return {"id": "c0ffee00-0000-4000-8000-000000000000", "title": "Midnight Radio",
+            "barcode": barcode, "artist-credit": HOLLOW, "media": [{"position": 1, "tracks": [
+                {"position": n, "title": title, "length": s * 1000, "recording": {
+                    "id": f"c0ffee00-0000-4000-8000-00000000000{n}", "title": title,
+                    "length": s * 1000, "isrcs": [isrc] if isrc else []}}
+                for n, (title, s, isrc) in enumerate(tracks, 1)]}]}
+
+
+def mb_recording(title: str, seconds: int) -> dict:
+    return {"id": "c0ffee00-0000-4000-8000-000000000009", "title": title,
+            "length": seconds * 1000, "isrcs": [], "artist-credit": HOLLOW}
+
+
+def itunes_answer(*rows: dict) -> bytes:
+    return json.dumps({"resultCount": len(rows), "results": list(rows)}).encode()
+
+
+def itunes_album(collection_id: int, track_count: int) -> dict:
+    return {"wrapperType": "collection", "collectionType": "Album",
+            "collectionId": collection_id, "artistName": "The Hollow Pines",
+            "collectionName": "Midnight Radio", "trackCount": track_count}
+
+
+def itunes_song(track_id: int, name: str, seconds: int, number: int = 1, *,
+                preview: bool = True) -> dict:
+    return {"wrapperType": "track", "kind": "song", "trackId": track_id,
+            "artistName": "The Hollow Pines", "collectionName": "Midnight Radio",
+            "trackName": name, "discNumber": 1, "trackNumber": number,
+            "trackTimeMillis": seconds * 1000,
+            "trackViewUrl": f"https://music.apple.com/us/album/x/1550009000?i={track_id}",
+            # iTunes leaves a track without a preview as "" or without the field
+            "previewUrl": "https://audio-ssl.itunes.apple.com/itunes-assets/AudioPreview115/"
+                          f"v4/00/00/00/mzaf_{track_id}.plus.aac.p.m4a" if preview else ""}
+
+
+def deezer_answer(*rows: dict) -> bytes:
+    return json.dumps({"data": list(rows), "total": len(rows)}).encode()
+
+
+def deezer_row(track_id: int, title: str, seconds: int, *, readable: bool = True,
+               preview: bool = True) -> dict:
+    return {"id": track_id, "readable": readable, "title": title, "duration": seconds,
+            "link": f"https://www.deezer.com/track/{track_id}",
+            "preview": f"https://cdnt-preview.dzcdn.net/api/1/1/a/b/c/0/{track_id}.mp3"
+                       if preview else "",
+            "artist": {"id": 5080001, "name": "The Hollow Pines"},
+            "album": {"id": 302000009, "title": "Midnight Radio"}, "type": "track"}
 
 
 # -- contract tests: the clients against the documented shapes ---------------------------
@@ -180,6 +236,92 @@ def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
     # one /track/isrc: per recording with an ISRC, one /search/album for the three left
     # (an empty answer), one /search/track for each of them
     assert resolver.calls["deezer"] == 3 + 1 + 3
+
+
+# -- a match needs a preview ----------------------------------------------------------
+def test_itunes_song_search_takes_the_duplicate_with_a_preview(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    mb, it, _ = clients(settings, r)
+    resolver = Resolver(settings, mb, it)  # iTunes only
+    upstream.fail_next(1, 200, itunes_answer(
+        itunes_song(1550009001, "Static Hearts", 215, preview=False),
+        itunes_song(1550009002, "Static Hearts", 215)), path_prefix="/search")
+    res = resolver.resolve_recording_data(mb_recording("Static Hearts", 215))
+    assert res.job is not None and res.job.source_track_id == "1550009002"
+    assert res.job.preview_url.endswith("mzaf_1550009002.plus.aac.p.m4a")
+    assert resolver.calls["itunes"] == 1
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["no-preview", "dead-preview"])
+def test_deezer_unreadable_row_loses_to_its_readable_duplicate(
+        settings: Settings, r: Redis, upstream: UpstreamServer, preview: bool) -> None:
+    only_deezer = Settings(**{**settings.__dict__, "sources": ("deezer",)})
+    mb, _, dz = clients(only_deezer, r)
+    resolver = Resolver(only_deezer, mb, None, deezer=dz)
+    upstream.fail_next(1, 200, deezer_answer(
+        deezer_row(3020009001, "Static Hearts", 215, readable=False, preview=preview),
+        deezer_row(3020009002, "Static Hearts", 215)), path_prefix="/search/track")
+    res = resolver.resolve_recording_data(mb_recording("Static Hearts", 215))
+    assert res.job is not None and res.job.source_track_id == "3020009002"
+    assert resolver.calls["deezer"] == 1
+
+
+def test_itunes_album_track_without_preview_loses_to_its_bonus_copy(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Album search then lookup: the album lists "Static Hearts" at 2 without a preview
+    and again at 3 (a bonus copy) with one; position 2 scores higher, 3 still clears the
+    threshold, and only 3 has a preview to analyse."""
+    mb, it, _ = clients(settings, r)
+    resolver = Resolver(settings, mb, it)
+    upstream.fail_next(1, 200, itunes_answer(itunes_album(1550009000, 3)), path_prefix="/search")
+    upstream.fail_next(1, 200, itunes_answer(
+        itunes_album(1550009000, 3), itunes_song(1550009101, "Paper Moons", 200, 1),
+        itunes_song(1550009102, "Static Hearts", 215, 2, preview=False),
+        itunes_song(1550009103, "Static Hearts", 215, 3)), path_prefix="/lookup")
+    got = list(resolver.resolve_release_data(
+        mb_release(("Paper Moons", 200, None), ("Static Hearts", 215, None))))
+    assert [res.job.source_track_id for res in got] == ["1550009101", "1550009103"]
+    assert all(res.job.match_rule == "search+fuzzy" for res in got)
+    assert resolver.calls["itunes"] == 2
+
+
+def test_itunes_barcode_track_without_preview_is_asked_of_deezer(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz)
+    upstream.fail_next(1, 200, itunes_answer(
+        itunes_album(1550009000, 3), itunes_song(1550009101, "Paper Moons", 200, 1),
+        itunes_song(1550009102, "Static Hearts", 215, 2, preview=False),
+        itunes_song(1550009104, "Glass", 250, 3)), path_prefix="/lookup")
+    got = list(resolver.resolve_release_data(mb_release(
+        ("Paper Moons", 200, "USHP10300001"), ("Static Hearts", 215, "USHP10300002"),
+        ("Glass", 250, "USHP10300004"), barcode="0602498699999")))
+    assert [(res.job.source, res.job.match_rule) for res in got] == [
+        ("itunes", "upc+position"), ("deezer", "isrc"), ("itunes", "upc+position")]
+    assert got[1].job.source_track_id == "3020000102"  # Deezer's, with its preview
+    # the upc lookup, then Deezer's /track/isrc: for the one track left (not its album)
+    assert resolver.calls["itunes"] == 1 and resolver.calls["deezer"] == 1
+    assert [q.path for q in upstream.requests] == ["/lookup", "/track/isrc:USHP10300002"]
+
+
+# -- a failure that may pass is not a miss ------------------------------------------------
+@pytest.mark.parametrize("body", [b"<html><body>Service Unavailable</body></html>", b""],
+                         ids=["html", "empty"])
+def test_itunes_unusable_answer_and_a_weak_deezer_match_is_upstream_unavailable(
+        settings: Settings, r: Redis, upstream: UpstreamServer, body: bytes) -> None:
+    mb, it, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, it, deezer=dz, handled=lambda ids: {})
+    upstream.fail_next(1, 200, body, path_prefix="/search")  # iTunes's song search
+    upstream.fail_next(1, 200, deezer_answer(deezer_row(3020009005, "Outro", 63)),
+                       path_prefix="/search/track")
+    res = resolver.resolve_recording_data(mb_recording("Intro", 62))
+    assert res.error_code == "upstream_unavailable" and res.job is None
+    assert res.reason.startswith("iTunes search: malformed JSON body")
+    assert res.score == pytest.approx(0.31, abs=0.01)  # Deezer's "Outro": no match
+    # not remembered as a miss: asked again, iTunes answers (nothing) and the miss is real
+    again = resolver.resolve_recording_data(mb_recording("Intro", 62))
+    assert again.error_code == "no_confident_match"
+    assert [q.path for q in upstream.requests] == ["/search", "/search/track", "/search"]
 
 
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:

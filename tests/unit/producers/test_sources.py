@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from contract.settings import Settings
-from producers.matching import Item
+from producers.http import UpstreamUnavailable
+from producers.matching import Item, Match
 from producers.resolve import Resolver
 from producers.sources import (
     Candidate,
@@ -19,6 +20,7 @@ from producers.sources import (
     ReleaseAnswer,
     ReleaseQuery,
     StoreTrack,
+    best_track,
     check_album,
     deezer_track,
     isrc_candidate,
@@ -162,6 +164,42 @@ def test_deezer_track_rows_become_store_tracks() -> None:
     bare = deezer_track({"id": 5, "title": "X", "duration": 0, "preview": ""})
     assert bare.preview_url is None and bare.item.duration_ms is None
     assert bare.link == "https://www.deezer.com/track/5"
+    # not readable in the region: its preview URL does not play, so it has none
+    assert deezer_track({**row, "readable": False}).preview_url is None
+
+
+# -- previews: a track with one is preferred ---------------------------------------------
+def without_preview(tracks: list[StoreTrack], *positions: int) -> list[StoreTrack]:
+    """``tracks`` with no preview on the tracks at these (0-based) album positions."""
+    gone = {f"t{n}" for n in positions}
+    return [replace(t, preview_url=None) if t.track_id in gone else t for t in tracks]
+
+
+def test_best_track_prefers_a_preview_among_confident_matches_only() -> None:
+    scores = {"bare": 1.0, "ok": 1.0, "near": 0.97, "fair": 0.8, "edit": 0.45}
+    tracks = {name: StoreTrack(Item(name), name, None if name == "bare" else f"https://{name}",
+                               None) for name in scores}
+
+    def pick(*names: str) -> str | None:
+        got = best_track([tracks[n] for n in names], lambda t: Match(scores[t.track_id], ""),
+                         THRESHOLD)
+        return got[1].track_id if got else None
+
+    assert pick("bare", "ok") == "ok"  # a duplicate without a preview listed first
+    assert pick("bare", "near") == "near"  # a slightly better score without a preview
+    assert pick("bare", "fair") == "fair"  # the threshold says it is the recording too
+    # another version with a preview is no match: the preview-less one stays the answer
+    assert pick("bare", "edit") == "bare"
+    assert pick("edit") == "edit" and pick() is None  # below the threshold: a miss to report
+
+
+def test_album_duplicates_without_a_preview_lose_to_the_one_with() -> None:
+    dup = replace(store()[1], track_id="t1-dup", preview_url=None)  # listed again, after
+    got = match_album(entries(), [*store(), dup], "deezer", THRESHOLD)
+    assert got[1].track.track_id == "t1"
+    by_pos = match_album(entries(isrcs=False), [*store(isrcs=False), dup], "itunes",
+                         THRESHOLD)
+    assert by_pos[1].track.track_id == "t1"
 
 
 # -- the cascade's order ----------------------------------------------------------------
@@ -186,6 +224,8 @@ class FakeSource:
     by_barcode: bool = True
     by_isrc: bool = False
     by_search: bool = False
+    search_score: float = 0.0  # the score of the miss a song search answers
+    fail: tuple[str, ...] = ()  # recordings whose ISRC lookup and song search fail
     limiter: FakeLimiter = field(default_factory=FakeLimiter)
     log: list[str] = field(default_factory=list)
 
@@ -213,12 +253,18 @@ class FakeSource:
         if not self.by_isrc:
             return None
         self.log.append("isrc")
+        self._maybe_fail(entry)
         hit = next((t for t in self.tracks if t.isrc in entry.isrcs), None)
         return isrc_candidate(entry, hit, self.name) if hit else None
 
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
         self.log.append("song search")
-        return Miss(0.0, "nothing")
+        self._maybe_fail(entry)
+        return Miss(self.search_score, f"{self.name}: a weak match")
+
+    def _maybe_fail(self, entry: Entry) -> None:
+        if entry.recording_id in self.fail:
+            raise UpstreamUnavailable(f"{self.name}: gave up after 6 attempts (HTTP 503)")
 
 
 def release(barcode: str = "0602498612345") -> dict:
@@ -231,8 +277,8 @@ def release(barcode: str = "0602498612345") -> dict:
             "media": [{"position": 1, "tracks": tracks}]}
 
 
-def resolver_with(*sources: FakeSource, stored=None) -> Resolver:
-    res = Resolver(Settings(), None, None, stored=stored)
+def resolver_with(*sources: FakeSource, stored=None, handled=None) -> Resolver:
+    res = Resolver(Settings(), None, None, stored=stored, handled=handled)
     res.sources = list(sources)
     return res
 
@@ -256,6 +302,53 @@ def test_no_barcode_goes_to_isrc_then_search() -> None:
     d = FakeSource("deezer", store(drop=(0,)), by_isrc=True)
     list(resolver_with(c, d).resolve_release_data(release(barcode="")))
     assert c.log == ["song search"]
+
+
+def test_a_match_without_preview_leaves_the_track_to_the_next_source() -> None:
+    # iTunes's album (by barcode) has track 2 without a preview; Deezer has it by ISRC.
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", store(), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert all(r.ok for r in got)
+    assert [r.job.source for r in got] == ["itunes", "deezer"] + ["itunes"] * 4
+    assert got[1].job.match_rule == "isrc" and got[1].job.preview_url
+    assert a.log == ["barcode"] and b.log == ["isrc"]  # one call more, only for that track
+
+
+def test_without_a_preview_anywhere_the_first_match_is_no_preview() -> None:
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", without_preview(store(), 1), by_isrc=True)
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert [r.error_code for r in got] == [None, "no_preview", None, None, None, None]
+    assert got[1].reason.endswith("track 2/2 (store track has no preview)")  # iTunes's
+    # every source was asked for the track before settling for no preview
+    assert a.log == ["barcode", "song search"] and set(b.log) == {"isrc", "song search"}
+
+
+# -- upstream failures: not a miss for good ----------------------------------------------
+def test_a_failed_source_and_a_weak_miss_is_upstream_unavailable() -> None:
+    a = FakeSource("itunes", [], by_barcode=False, fail=("rec-0",))
+    b = FakeSource("deezer", [], search_score=0.31)
+    resolver = resolver_with(a, b, handled=lambda ids: {})
+    got = list(resolver.resolve_release_data(release(barcode="")))
+    # iTunes failed for rec-0 and may have it; its failure says nothing of the others
+    assert [r.error_code for r in got] == ["upstream_unavailable"] + [
+        "no_confident_match"] * 5
+    assert got[0].reason == "itunes: gave up after 6 attempts (HTTP 503)"
+    assert got[0].score == 0.31  # Deezer's weak candidate
+    # a failure that may pass is not remembered: the next release with it asks again
+    again = {r.recording_id: r.error_code
+             for r in resolver.resolve_release_data(release(barcode=""))}
+    assert again == {"rec-0": "upstream_unavailable",
+                     **{f"rec-{n}": "already_in_run" for n in range(1, 6)}}
+
+
+def test_a_failed_source_and_a_match_without_preview_is_upstream_unavailable() -> None:
+    # iTunes has track 2 without a preview; Deezer, which may have one, failed for it
+    a = FakeSource("itunes", without_preview(store(isrcs=False), 1))
+    b = FakeSource("deezer", store(), by_isrc=True, fail=("rec-1",))
+    got = list(resolver_with(a, b).resolve_release_data(release()))
+    assert [r.error_code for r in got] == [None, "upstream_unavailable"] + [None] * 4
 
 
 def test_a_busy_source_goes_after_a_free_one() -> None:
