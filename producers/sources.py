@@ -415,7 +415,14 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
 
     duration = _int(row.get("duration"))
     tid = str(row.get("id") or "")
-    item = Item(title=row.get("title") or "",
+    title = row.get("title") or row.get("title_short") or ""
+    version = row.get("title_version")
+    # ``title`` is documented as the full title, ``title_short`` plus ``title_version``
+    # ("(Live)"); should a row carry the version only in its own field, the version must
+    # still be read, or a live take would pass for the studio recording.
+    if isinstance(version, str) and version.strip() and version.strip() not in title:
+        title = f"{title} {version.strip()}"
+    item = Item(title=title,
                 artist=(row.get("artist") or {}).get("name") or "",
                 duration_ms=duration * 1000 if duration else None,
                 disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),

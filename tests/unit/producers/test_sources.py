@@ -166,6 +166,12 @@ def test_deezer_track_rows_become_store_tracks() -> None:
     assert bare.link == "https://www.deezer.com/track/5"
     # not readable in the region: its preview URL does not play, so it has none
     assert deezer_track({**row, "readable": False}).preview_url is None
+    # the version is read from title_version when the title lacks it, never twice
+    live = {**row, "title": "Static Hearts", "title_short": "Static Hearts",
+            "title_version": "(Live)"}
+    assert deezer_track(live).item.title == "Static Hearts (Live)"
+    full = {**live, "title": "Static Hearts (Live)"}
+    assert deezer_track(full).item.title == "Static Hearts (Live)"
 
 
 # -- previews: a track with one is preferred ---------------------------------------------
