@@ -29,6 +29,9 @@ class SourceSpec:
     # and the JSON field holding that URL.
     track_path: str | None = None
     preview_field: str = "preview"
+    # A JSON field that is false when the track does not play in the caller's region: its
+    # preview URL is then no preview (Deezer's ``readable``).
+    playable_field: str | None = None
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -41,7 +44,8 @@ SOURCES: dict[str, SourceSpec] = {
         "deezer",
         # cdns-preview-<hex>.dzcdn.net and cdnt-preview.dzcdn.net; the suffix covers both.
         ("cdns-preview-0.dzcdn.net", "cdnt-preview.dzcdn.net", "dzcdn.net"),
-        "https://www.deezer.com/track/{id}", previews_expire=True, track_path="track/{id}"),
+        "https://www.deezer.com/track/{id}", previews_expire=True, track_path="track/{id}",
+        playable_field="readable"),
 }
 # Hosts of previews that arrive in catalogs (``enqueue``) rather than from a source.
 CATALOG_ONLY_HOSTS: tuple[str, ...] = ("p.scdn.co",)

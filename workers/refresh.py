@@ -79,5 +79,8 @@ class PreviewRefresher:
             data = resp.json() if resp.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None
-        url = data.get(spec.preview_field) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or (
+                spec.playable_field and data.get(spec.playable_field) is False):
+            return None
+        url = data.get(spec.preview_field)
         return url if isinstance(url, str) and url and url != job.preview_url else None

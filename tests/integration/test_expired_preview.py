@@ -42,9 +42,9 @@ def context(server: ClipServer, redis_url: str, tmp_path: Path, **changes) -> Wo
     return WorkerContext.build(settings)
 
 
-def deezer_answers(server: ClipServer, preview: str) -> None:
+def deezer_answers(server: ClipServer, preview: str, **fields: object) -> None:
     body = {"id": int(TRACK_ID), "title": "Static Hearts", "isrc": "USHP10300002",
-            "preview": preview, "link": f"https://www.deezer.com/track/{TRACK_ID}"}
+            "preview": preview, "link": f"https://www.deezer.com/track/{TRACK_ID}", **fields}
     server.add(f"/api/track/{TRACK_ID}", json.dumps(body).encode(), "application/json")
 
 
@@ -109,3 +109,18 @@ def test_only_an_enabled_source_with_expiring_urls_is_asked(
 
     assert outcome.status == "failed" and outcome.error_code == "http_410"
     assert (server.hits - before)[f"/api/track/{TRACK_ID}"] == 0
+
+
+def test_a_track_no_longer_playable_in_the_region_is_not_fetched(
+        server: ClipServer, redis_url: str, tmp_path: Path) -> None:
+    """Given a /track/<id> answer with ``readable: false``, expect its preview URL left
+    alone (it does not play) and the job failed with the CDN's first status."""
+    ctx = context(server, redis_url, tmp_path)
+    deezer_answers(server, server.url("/fresh.m4a"), readable=False)
+    before = server.hits.copy()
+
+    outcome = featurize(job(server, "/gone.m4a", "exp-unreadable", new_run_id()), ctx)
+
+    assert outcome.status == "failed" and outcome.error_code == "http_410"
+    hits = server.hits - before
+    assert hits[f"/api/track/{TRACK_ID}"] == 1 and hits["/fresh.m4a"] == 0
