@@ -4,12 +4,11 @@ Every try first takes a slot from the shared :class:`~producers.ratelimit.RateLi
 Then, under the policy of :mod:`contract.retry`:
 
 * throttling (the caller's ``throttled(status, body)``, asked first: an upstream may
-  say "over quota" in a 200 body): see below.
+  say "over quota" in a 200 body): the shared limiter is penalised by the un-jittered
+  step (:meth:`~contract.retry.Backoff.penalty`, Retry-After as a floor), so *every*
+  producer process backs off; the next slot comes after it.
 * 200: the body (blank lines stripped) is decoded as JSON and checked by the caller's
   ``check``; a malformed answer is :class:`UpstreamUnavailable` at once, never retried.
-* throttling (the caller's ``throttled(status, body)``): the shared limiter is penalised
-  by the un-jittered step (:meth:`~contract.retry.Backoff.penalty`, Retry-After as a
-  floor), so *every* producer process backs off; the next slot comes after it.
 * other 5xx and network errors: this process sleeps the full-jitter delay
   (:meth:`~contract.retry.Backoff.delay`, Retry-After as a floor).
 * any other status: :class:`UpstreamRejected` (``.status``), never retried.
