@@ -130,13 +130,14 @@ class ITunesClient:
 
 
 def _collection_and_songs(data: dict[str, Any]) -> CollectionLookup:
-    collection = None
-    tracks: list[dict[str, Any]] = []
-    for row in data["results"]:
-        if not isinstance(row, dict):
-            continue
-        if row.get("wrapperType") == "collection" and collection is None:
-            collection = row
-        elif row.get("wrapperType") == "track" and row.get("kind", "song") == "song":
-            tracks.append(row)
+    """The first collection of a lookup answer and its songs. A barcode lookup can answer
+    other editions of the album too (collections and their songs); songs of another
+    ``collectionId`` than the first collection's are not its tracks (their positions
+    would pair with the wrong edition's tracklist), so they are left out."""
+    rows = [row for row in data["results"] if isinstance(row, dict)]
+    collection = next((row for row in rows if row.get("wrapperType") == "collection"), None)
+    wanted = collection.get("collectionId") if collection else None
+    tracks = [row for row in rows
+              if row.get("wrapperType") == "track" and row.get("kind", "song") == "song"
+              and (wanted is None or row.get("collectionId") in (None, wanted))]
     return CollectionLookup(collection, tracks)

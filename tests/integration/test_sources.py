@@ -183,6 +183,25 @@ def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
     assert it.calls == 2
 
 
+def test_itunes_lookup_upc_keeps_only_the_songs_of_the_collection_it_answers(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """A barcode lookup may answer other editions too (collections with their songs):
+    the songs of another edition would pair by position with the wrong tracklist."""
+    _, it, _ = clients(settings, r)
+    edition, other = itunes_album(1550009000, 2), itunes_album(1550009500, 2)
+    other["collectionName"] = "Midnight Radio (Deluxe Edition)"
+    songs = [{**itunes_song(1550009101, "Paper Moons", 200, 1), "collectionId": 1550009000},
+             {**itunes_song(1550009102, "Static Hearts", 215, 2),
+              "collectionId": 1550009000},
+             {**itunes_song(1550009501, "Intro (Demo)", 62, 1), "collectionId": 1550009500},
+             {**itunes_song(1550009502, "Paper Moons", 200, 2), "collectionId": 1550009500}]
+    upstream.fail_next(1, 200, itunes_answer(edition, songs[0], songs[1], other, *songs[2:]),
+                       path_prefix="/lookup")
+    found = it.lookup_upc("0602498699999")
+    assert found.collection is not None and found.collection["collectionId"] == 1550009000
+    assert [t["trackId"] for t in found.tracks] == [1550009101, 1550009102]
+
+
 # -- the cascade over both sources ------------------------------------------------------
 def test_barcode_release_costs_one_itunes_call(settings: Settings, r: Redis,
                                                upstream: UpstreamServer) -> None:
