@@ -32,9 +32,10 @@ Scoring (:func:`match_score`), each component in 0..1:
 * title: fuzzy-token Dice (tokens match when their sequence ratio ≥ 0.85) averaged with
   the character sequence ratio (best of as-is and token-sorted);
 * artist: best of the credit before any "feat." vs the other's, 0.95 when every such
-  lead artist of each side is credited on the other ("A & B" vs "B feat. A"; "Earth"
-  alone is not "Earth, Wind & Fire"), and 0.7 × any credited artist vs any (a shared
-  *featured* artist alone is weak evidence);
+  lead artist of each side is credited on the other ("A & B" vs "B feat. A", "A x B";
+  "Earth" alone is not "Earth, Wind & Fire": a MusicBrainz credit names its artists
+  whole, :attr:`Item.lead`), and 0.7 × any credited artist vs any (a shared *featured*
+  artist alone is weak evidence);
 * duration: |Δ| ≤ 3 s → 1, decaying linearly to 0 at 15 s; beyond 15 s the whole score is
   also multiplied by 0.85 (a 9-minute extended mix is not the 4-minute single); unknown
   on either side → left out of the weighted mean (neutral);
@@ -98,8 +99,10 @@ _BRACKET = re.compile(r"[(\[{【〔]([^()\[\]{}【】〔〕]*)[)\]}】〕]")
 _DASH_SUFFIX = re.compile(r"\s(?:[-–—]|/)\s")
 _INLINE_FEAT = re.compile(r"\s(?:feat\.?|ft\.|featuring)\s", re.IGNORECASE)
 _ARTIST_SPLIT = re.compile(
-    r"\s*(?:,|&|\+|\band\b|\bfeat\b\.?|\bft\b\.?|\bfeaturing\b|\bwith\b|\bvs\b\.?)\s*",
+    r"\s*(?:,|&|\+|\band\b|\bfeat\b\.?|\bft\b\.?|\bfeaturing\b|\bwith\b|\bvs\b\.?)\s*"
+    r"|\s+[x×]\s+",  # "Alpha x Beta", a collaboration credit
     re.IGNORECASE)
+_FEAT_JOIN = re.compile(r"\b(?:feat|ft|featuring|with)\b", re.IGNORECASE)
 _APOSTROPHES = re.compile(r"['’`´]")
 _SPACES = re.compile(r"\s+")
 # Word characters: letters and digits of every script, and spacing marks (Devanagari and
@@ -288,6 +291,10 @@ class Item:
     track: int | None = None
     album: str | None = None
     disambiguation: str | None = None  # MusicBrainz comment, e.g. "live, 1977-05-08"
+    # The lead artists as whole names, where a structured credit gives them (MusicBrainz:
+    # the credited names before a "feat." join phrase). Without it the printed credit is
+    # split at "&", ",", " x " and the like, which also splits band names.
+    lead: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -330,7 +337,8 @@ def _artist_sets(item: Item, featured: Iterable[str]) -> tuple[str, list[str], l
     """The credit before any "feat." (normalised), its artists (the lead) and every
     artist named anywhere (lead, featured, further names)."""
     lead_credit = _INLINE_FEAT.split(item.artist or "", maxsplit=1)[0]
-    lead = split_artists(lead_credit)
+    named = (normalize_artist(name) for name in item.lead)
+    lead = list(dict.fromkeys(n for n in named if n)) or split_artists(lead_credit)
     parts = list(lead)
     for name in (item.artist, *item.artists):
         for p in split_artists(name):
@@ -519,6 +527,12 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
     credit = (track.get("artist-credit") or recording.get("artist-credit")
               or release_credit or [])
     names = _credit_names(credit) + _credit_names(recording.get("artist-credit"))
+    lead: list[str] = []
+    for part in credit:
+        if part.get("name"):
+            lead.append(part["name"])
+        if _FEAT_JOIN.search(part.get("joinphrase") or ""):
+            break  # the rest of the credit is featured
     return Item(
         title=track.get("title") or recording.get("title") or "",
         artist=_credit_string(credit),
@@ -528,6 +542,7 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
         track=_int(track.get("position")) or _int(track.get("number")),
         album=album,
         disambiguation=recording.get("disambiguation") or None,
+        lead=tuple(lead),
     )
 
 

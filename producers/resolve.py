@@ -67,7 +67,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ from producers import dumps
 from producers.deezer import DeezerClient
 from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
-from producers.matching import Item, item_from_mb
+from producers.matching import item_from_mb
 from producers.musicbrainz import (
     MusicBrainzClient,
     artist_credit_names,
@@ -516,8 +516,7 @@ class Resolver:
         disc, pos = _position_in(release)
         item = item_from_mb(rec, album=(release or {}).get("title"))
         if pos:
-            item = Item(item.title, item.artist, item.artists, item.duration_ms, disc, pos,
-                        item.album, item.disambiguation)
+            item = replace(item, disc=disc, track=pos)
         return _Entry(rec["id"], item, isrcs or _valid_isrcs(rec.get("isrcs")),
                       (release or {}).get("id"))
 

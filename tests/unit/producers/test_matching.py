@@ -223,6 +223,32 @@ def test_conversions_handle_nulls_and_missing_fields() -> None:
     assert item_from_itunes({"trackName": "X"}).duration_ms is None
 
 
+def _mb(title: str, credit: list[tuple[str, str]], seconds: int) -> Item:
+    parts = [{"name": n, "joinphrase": j, "artist": {"name": n}} for n, j in credit]
+    return item_from_mb({"id": "x", "title": title, "length": seconds * 1000,
+                         "artist-credit": parts})
+
+
+@pytest.mark.parametrize(("credit", "store", "same"), [
+    ([("Alpha", " x "), ("Beta", "")], "Alpha & Beta", True),  # a collaboration credit
+    ([("Alpha", " × "), ("Beta", "")], "Alpha & Beta", True),
+    ([("Alpha", " & "), ("Beta", "")], "Alpha x Beta", True),
+    ([("Earth, Wind & Fire", "")], "Earth Wind & Fire", True),
+    ([("Earth, Wind & Fire", "")], "Earth", False),  # one artist, whole, in the credit
+    ([("Simon & Garfunkel", "")], "Simon", False),
+    ([("Elton John", " & "), ("Kiki Dee", "")], "Elton John", False),
+    ([("Rihanna", " feat. "), ("JAY-Z", "")], "Rihanna", True),  # featured may be left out
+    ([("JAY-Z", " feat. "), ("Rihanna", " & "), ("Kanye West", "")], "Kanye West & JAY-Z", True),
+])
+def test_a_structured_credit_names_its_lead_artists_whole(
+        credit: list[tuple[str, str]], store: str, same: bool) -> None:
+    rec = _mb("Song", credit, 200)
+    assert rec.lead == tuple(n for n, _ in credit[:next(
+        (k + 1 for k, (_, j) in enumerate(credit) if "feat" in j), len(credit))])
+    assert (match_score(rec, Item("Song", store, duration_ms=200_000)).score
+            >= THRESHOLD) == same
+
+
 def test_album_score_prefers_the_studio_album_by_the_artist() -> None:
     def coll(name: str, artist: str, count: int) -> dict[str, object]:
         return {"collectionName": name, "artistName": artist, "trackCount": count}
