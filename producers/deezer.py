@@ -139,8 +139,16 @@ class DeezerClient:
         return [t for t in listing.get("data") or [] if isinstance(t, dict)]
 
     def album_by_upc(self, upc: str) -> DeezerAlbum | None:
-        """The album with this barcode and its tracks (two calls), or None."""
+        """The album with this barcode and its tracks (two calls), or None.
+
+        A barcode with leading zeros ("0602498612345", a 13-digit EAN of a 12-digit UPC)
+        is asked once more without them when Deezer knows no album under it: Deezer has
+        been reported to find such albums only under the shortened number (the Harmony
+        project's Deezer provider shortens every barcode). One more call, on misses only."""
         album = self._get(f"album/upc:{upc}")
+        shortened = upc.lstrip("0")
+        if (album is None or not album.get("id")) and shortened and shortened != upc:
+            album = self._get(f"album/upc:{shortened}")
         if album is None or not album.get("id"):
             return None
         return DeezerAlbum(album, self.album_tracks(album["id"]))

@@ -183,6 +183,21 @@ def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
     assert it.calls == 2
 
 
+def test_deezer_album_known_only_under_the_shortened_barcode_is_found(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Deezer is reported to find an album by barcode only without its leading zeros:
+    after "no data" for the full barcode, the shortened one is asked (once)."""
+    _, _, dz = clients(settings, r)
+    album = (FIXTURES / "deezer" / "album_upc_0602498612345.json").read_bytes()
+    upstream.fail_next(1, 200, album, path_prefix="/album/upc:602498699999")
+    found = dz.album_by_upc("0602498699999")  # the full form answers "no data" (800)
+    assert found is not None and found.album["nb_tracks"] == 4
+    assert [q.path for q in upstream.requests] == [
+        "/album/upc:0602498699999", "/album/upc:602498699999", "/album/302000001/tracks"]
+    assert dz.album_by_upc("1234567890128") is None  # no leading zero: asked once
+    assert [q.path for q in upstream.requests][3:] == ["/album/upc:1234567890128"]
+
+
 def test_itunes_lookup_upc_keeps_only_the_songs_of_the_collection_it_answers(
         settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
     """A barcode lookup may answer other editions too (collections with their songs):
