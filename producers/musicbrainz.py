@@ -83,6 +83,21 @@ def artist_credit_string(credit: list[dict[str, Any]] | None) -> str:
                    for p in credit or []).strip()
 
 
+def medium_tracks(medium: Any) -> list[dict[str, Any]]:
+    """Every track of a release's medium, in playing order: the hidden pregap track
+    (``pregap``, position 0), the ``tracks`` (``track`` in older answers), then the
+    ``data-tracks``. The web service serialises the first and the last apart from
+    ``tracks``, so a reader of ``tracks`` alone misses their recordings."""
+    if not isinstance(medium, dict):
+        return []
+    pregap = medium.get("pregap")
+    out = [pregap] if isinstance(pregap, dict) else []
+    for part in (medium.get("tracks") or medium.get("track"), medium.get("data-tracks")):
+        if isinstance(part, list):
+            out += [t for t in part if isinstance(t, dict)]
+    return out
+
+
 class MusicBrainzClient:
     """``MusicBrainzClient(settings, limiter)``; ``session`` is injectable (tests)."""
 

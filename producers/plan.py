@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from producers import dumps
+from producers.musicbrainz import medium_tracks
 
 PLAN_FORMAT = "previewvec-plan/1"
 PASSES = 2  # the cover, then the rest
@@ -69,23 +70,26 @@ def _credit_names(credit: Any) -> str:
 
 
 def tracks_of(entity: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The distinct recordings of a dump entity as the resolver reads them, each with
-    whether it is *solo*: likely to need calls of its own rather than being matched with
-    its release's album (a track credited to another artist than the release, as on a
+    """The distinct audio recordings of a dump entity as the resolver reads them (pregap
+    and data tracks included, videos left out: they cost no call), each with whether it
+    is *solo*: likely to need calls of its own rather than being matched with its
+    release's album (a track credited to another artist than the release, as on a
     compilation; a lone recording entity)."""
     kind = dumps.entity_type(entity)
     if kind == "recording":
         rid = entity.get("id")
-        return [(rid, True)] if isinstance(rid, str) and rid else []
+        video = entity.get("video") is True
+        return [(rid, True)] if isinstance(rid, str) and rid and not video else []
     if kind != "release":
         return []
     release_credit = _credit_names(entity.get("artist-credit"))
     out: dict[str, bool] = {}
     for medium in entity.get("media") or []:
-        for trk in (medium.get("tracks") or medium.get("track") or []) if isinstance(
-                medium, dict) else []:
-            rec = trk.get("recording") if isinstance(trk, dict) else None
-            rid = rec.get("id") if isinstance(rec, dict) else None
+        for trk in medium_tracks(medium):  # pregap and data tracks too
+            rec = trk.get("recording")
+            if not isinstance(rec, dict) or rec.get("video") is True:
+                continue  # a video is skipped without a call: nothing to cover
+            rid = rec.get("id")
             if isinstance(rid, str) and rid and rid not in out:
                 credit = _credit_names(trk.get("artist-credit") or rec.get("artist-credit"))
                 out[rid] = bool(credit) and credit != release_credit

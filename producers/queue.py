@@ -195,8 +195,7 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
 
     def on_unresolved(line_no: int, obj: dict[str, Any]) -> None:
         nonlocal unresolved
-        unresolved += 1
-        record_unresolved_line(runs, plan.run_id, line_no, obj)
+        unresolved += record_unresolved_line(runs, plan.run_id, line_no, obj)
 
     try:
         handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below

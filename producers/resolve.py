@@ -28,6 +28,10 @@ release whose recordings are all known costs no call at all; one with some known
 only the others. Which releases end up fully known depends on the order they come in:
 see producers/plan.py.
 
+Every recording of a release is read, the hidden pregap track and the data tracks
+included (MusicBrainz serialises them apart from ``tracks``), once: a recording on the
+release twice (two discs, a bonus reprise) is resolved for its first track only.
+
 Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.Job`
 (carrying ``source``, ``source_track_id``, ``source_url``, ``match_rule`` and
 ``confidence``), or an ``error_code``:
@@ -41,6 +45,10 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``already_queued`` — a job of the recording is queued in another run (no call);
 * ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
   or resolved it earlier (no call; submit leaves its state alone);
+* ``video_recording`` — the recording is a video (``"video": true``, e.g. the DVD of a
+  CD+DVD release): no call, no audio preview is matched to it (submit: skipped);
+* ``no_tracks`` — the release lists no recording at all (no media, or media without
+  tracks): ``release:<mbid>``, no call (submit: skipped);
 * ``upstream_unavailable`` — MusicBrainz failed, or a source failed for the recording
   (:class:`~producers.http.UpstreamUnavailable`) and no source has a match with a
   preview: the failed one may have it, so this is retried and not remembered as a miss,
@@ -86,6 +94,7 @@ from producers.musicbrainz import (
     MusicBrainzClient,
     artist_credit_names,
     artist_credit_string,
+    medium_tracks,
     partial_date_key,
 )
 from producers.ratelimit import RateLimiter, RateLimitTimeout
@@ -235,6 +244,20 @@ class _Cascade:
             for i in tracks:
                 self.errors.setdefault(i, []).append(exc)
             return None
+
+
+NO_TRACKS = "no_tracks"
+VIDEO_RECORDING = "video_recording"
+_VIDEO_REASON = "a video recording: audio previews are not matched to it (no call made)"
+
+
+@dataclass
+class _Tracklist:
+    """A release's recordings as the resolver reads them (``Resolver._release_entries``)."""
+
+    entries: list[Entry]  # audio recordings, each once
+    videos: list[str]  # video recordings' ids, each once: skipped without a call
+    audio_tracks: int  # tracks of audio recordings, repeats included (the album's size)
 
 
 class Resolver:
@@ -391,22 +414,36 @@ class Resolver:
                 state.offer(i, state.attempt(
                     src, bound, lambda s, e=state.entries[i]: s.recording_by_search(e), [i]))
 
-    def _release_entries(self, release: dict[str, Any]) -> list[Entry]:
+    def _release_entries(self, release: dict[str, Any]) -> _Tracklist:
+        """Every recording of the release once (the first track of a recording that
+        appears twice, e.g. on two discs, stands for it): pregap, tracks and data tracks
+        of each medium; video recordings apart, as they get no call."""
         title = release.get("title") or ""
         credit = release.get("artist-credit")
         rid = release.get("id")
-        entries = []
+        out = _Tracklist([], [], 0)
+        seen: set[str] = set()
         for medium in release.get("media") or []:
+            if not isinstance(medium, dict):
+                continue
             disc = medium.get("position") if isinstance(medium.get("position"), int) else None
-            for trk in medium.get("tracks") or medium.get("track") or []:
+            for trk in medium_tracks(medium):
                 rec = trk.get("recording") or {}
-                if not rec.get("id"):
+                if not isinstance(rec, dict) or not rec.get("id"):
                     continue
-                entries.append(Entry(rec["id"], item_from_mb(rec, track=trk, disc=disc,
-                                                              album=title,
-                                                              release_credit=credit),
-                                     _valid_isrcs(rec.get("isrcs")), rid))
-        return entries
+                if rec.get("video") is not True:
+                    out.audio_tracks += 1  # the album's size, repeats included
+                if rec["id"] in seen:
+                    continue
+                seen.add(rec["id"])
+                if rec.get("video") is True:
+                    out.videos.append(rec["id"])
+                    continue
+                out.entries.append(Entry(rec["id"], item_from_mb(rec, track=trk, disc=disc,
+                                                                  album=title,
+                                                                  release_credit=credit),
+                                         _valid_isrcs(rec.get("isrcs")), rid))
+        return out
 
     def resolve_release_data(self, release: dict[str, Any],
                              only: dict[str, tuple[str, ...]] | None = None
@@ -418,17 +455,24 @@ class Resolver:
 
     def _resolve_release(self, release: dict[str, Any],
                          only: dict[str, tuple[str, ...]] | None) -> list[Resolution]:
-        entries = self._release_entries(release)
+        tracklist = self._release_entries(release)
+        entries = tracklist.entries
+        if not entries and not tracklist.videos and only is None:
+            return [Resolution(f"release:{release.get('id') or '?'}", None, 0.0,
+                               "MusicBrainz lists no recordings on this release "
+                               "(no tracklist entered yet)", NO_TRACKS)]
+        videos = [Resolution(rid, None, 0.0, _VIDEO_REASON, VIDEO_RECORDING)
+                  for rid in tracklist.videos if only is None or rid in only]
         wanted = [i for i, e in enumerate(entries) if only is None or e.recording_id in only]
         for i in wanted:
             if only is not None:
                 entries[i].isrcs = only[entries[i].recording_id] or entries[i].isrcs
         if not wanted:
-            return []
+            return videos
         known = self._known([entries[i].recording_id for i in wanted])
-        skipped = [self._known_resolution(entries[i].recording_id, known)
-                   for i in wanted if entries[i].recording_id in known]
-        self.stats["recordings_known"] += len(skipped)
+        skipped = videos + [self._known_resolution(entries[i].recording_id, known)
+                            for i in wanted if entries[i].recording_id in known]
+        self.stats["recordings_known"] += len(skipped) - len(videos)
         wanted = [i for i in wanted if entries[i].recording_id not in known]
         if not wanted:
             self.stats["releases_skipped"] += 1
@@ -436,7 +480,7 @@ class Resolver:
         names = artist_credit_names(release.get("artist-credit"))
         artist = artist_credit_string(release.get("artist-credit"))
         query = ReleaseQuery(_barcode(release), release.get("title") or "", artist,
-                             names[0] if names else artist, len(entries))
+                             names[0] if names else artist, tracklist.audio_tracks)
         state = _Cascade(entries, wanted)
         if query.barcode:
             for src, bound in self._ordered():
@@ -524,6 +568,8 @@ class Resolver:
         if not rec.get("id"):
             return Resolution("recording:?", None, 0.0, "recording without id",
                               "unknown_entity")
+        if rec.get("video") is True:
+            return Resolution(rec["id"], None, 0.0, _VIDEO_REASON, VIDEO_RECORDING)
         known = self._known([rec["id"]])
         if known:
             self.stats["recordings_known"] += 1

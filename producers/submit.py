@@ -16,6 +16,9 @@ for each one:
   published (that run's job computes it); counted ``skipped_queued`` (and in
   ``skipped``). If that job then fails for good, this run does not retry it: a later
   submission resolves it again;
+- **skipped on purpose** (``video_recording``, ``no_tracks``: the resolver made no call
+  for a video recording or a release without recordings): marked ``skipped`` in the run,
+  not a failure; counted ``skipped_video`` / ``skipped_no_tracks`` (and in ``skipped``);
 - **already in this run** (``already_in_run``: queued, done, skipped or failed for good
   here, or resolved by an earlier line of the same input): nothing written, counted in
   the report only;
@@ -79,6 +82,11 @@ log = logging.getLogger(__name__)
 ALREADY_STORED = "already_stored"
 ALREADY_QUEUED = "already_queued"
 ALREADY_IN_RUN = "already_in_run"
+# Resolutions deliberately not attempted (producers/resolve.py): a video recording, a
+# release that lists no recording. Nothing failed and a retry would do the same, so they
+# are marked skipped (not failed: a run of them alone does not end with failures),
+# counted under their own name.
+DELIBERATE_SKIPS = {"video_recording": "skipped_video", "no_tracks": "skipped_no_tracks"}
 
 # A dump cursor moves at least this often (in input items) even when nothing is published,
 # e.g. through a long stretch of already-stored recordings.
@@ -107,7 +115,8 @@ class SubmitReport:
     run_id: str
     resolved: int = 0
     unresolved: int = 0
-    skipped: int = 0  # already stored at the current feature version, or queued elsewhere
+    skipped: int = 0  # stored at the current feature version, queued elsewhere, or a
+    # deliberate skip (a video recording, a release without recordings)
     queued: int = 0
     skipped_queued: int = 0  # of `skipped`: a job of it queued in another run
     in_run: int = 0  # resolved (or handled) earlier in this run: nothing done
@@ -222,6 +231,9 @@ class _Submission:
             self._queued_elsewhere(res.recording_id)
         elif job is None and code == ALREADY_IN_RUN:
             self.report.in_run += 1
+        elif job is None and code in DELIBERATE_SKIPS:
+            self.report.skipped += 1
+            skip_deliberately(self.runs, self.run_id, res.recording_id, code)
         elif job is None:
             self._unresolved(n, line_no, res)
         else:
@@ -372,15 +384,27 @@ def unwrap_resolution_lines(
         yield json.dumps(obj["job"], ensure_ascii=False)
 
 
-def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str, Any]) -> None:
-    """Record a ``"job": null`` resolve-output line as a failure of the run."""
+def skip_deliberately(runs: Runs, run_id: str, recording_id: str, code: str) -> None:
+    """Mark a recording (or ``release:<mbid>``) the resolver skipped on purpose
+    (:data:`DELIBERATE_SKIPS`) as skipped in the run: nothing to compute, nothing failed."""
+    runs.succeed(run_id, recording_id[:200], "skipped", delivered=False)
+    runs.count(run_id, DELIBERATE_SKIPS[code])
+
+
+def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str, Any]) -> bool:
+    """Record a ``"job": null`` resolve-output line as a failure of the run; True when it
+    was one (a deliberate skip, such as a video recording, is marked skipped)."""
     rid = obj.get("recording_id")
     recording_id = rid[:200] if isinstance(rid, str) and rid else f"line:{line_no}"
     code = obj.get("error_code")
+    if code in DELIBERATE_SKIPS:
+        skip_deliberately(runs, run_id, recording_id, code)
+        return False
     reason = obj.get("match_reason")
     runs.fail(run_id, recording_id, code if isinstance(code, str) and code else
               "no_confident_match", reason if isinstance(reason, str) else "not resolvable")
     runs.count(run_id, "unresolved")
+    return True
 
 
 # --------------------------------------------------------------------------- inputs

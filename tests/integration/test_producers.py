@@ -42,6 +42,8 @@ from tests.upstream_server import FIXTURES, UpstreamServer
 ROOT = Path(__file__).resolve().parents[2]
 R1 = "a3f0c9e2-5b7d-4c1e-9f2a-1d8e6b4c7a01"
 R2 = "b4e1d0f3-6c8e-4d2f-a03b-2e9f7c5d8b12"
+R3 = "c5f2e1a4-7d9f-4e3a-b14c-3fa08d6e9c23"  # R1 with a pregap, a data track, a repeat, a video
+R4 = "d6a3f2b5-8e0a-4f4b-825d-4ab19e7fad34"  # R1 without its tracklist
 REC_A2 = "22222222-a2a2-4a2a-8a2a-a2a2a2a2a2a2"
 CONTACT = "previewvec-tests@example.org"
 FAST = Backoff(base_s=0.02, cap_s=0.1)
@@ -369,3 +371,26 @@ def test_resolve_dump_release_album_first_and_resume(settings: Settings, r: Redi
     assert out[6][1].recording_id == REC_A2 and out[6][1].ok
     resumed = list(resolver.resolve_dump(path, start_line=4))
     assert [n for n, _ in resumed] == [4, 5, 6]
+
+
+def test_pregap_data_track_repeat_and_video_served_by_musicbrainz(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Given the web service's shape of a CD+DVD release (R1's tracks with the intro as a
+    hidden pregap track, the outro as a data track, a bonus disc repeating a recording,
+    and a DVD with a video), expect each audio recording resolved once from the album's two
+    iTunes calls, the video skipped without a call; and a release without a tracklist
+    answered with one ``no_tracks``."""
+    resolver = make_resolver(settings, r)
+    got = list(resolver.resolve_release(R3))
+    codes = {res.recording_id[:8]: res.error_code for res in got}
+    assert codes == {"11111111": None, "22222222": None, "33333333": None,
+                     "44444444": None, "55555555": None, "12121212": "video_recording"}
+    assert len(got) == 6  # the bonus disc's repeat is not resolved again
+    assert resolver.calls == {"musicbrainz": 1, "itunes": 2, "itunes_cache_hits": 0}
+    intro = next(res for res in got if res.recording_id.startswith("11111111"))
+    assert intro.job.preview_url.endswith("mzaf_1440001101.plus.aac.p.m4a")
+
+    empty = list(resolver.resolve_release(R4))
+    assert [(res.recording_id, res.error_code) for res in empty] == [
+        (f"release:{R4}", "no_tracks")]
+    assert resolver.calls["musicbrainz"] == 2 and resolver.calls["itunes"] == 2

@@ -339,3 +339,25 @@ def test_cli_resolve_writes_enqueueable_lines(
     assert status.counts["failed"] == len(unresolved)
     with pytest.raises(SystemExit):
         cli.main(["resolve", "--new-releases", "--out", str(out)])  # needs --since
+
+
+def test_videos_and_releases_without_recordings_are_skipped_not_failed(env) -> None:
+    """Given a video recording and a release without recordings (``video_recording``,
+    ``no_tracks``: no call made), expect both marked skipped under their own counters,
+    no failure recorded and nothing handed to the reducer."""
+    settings, runs, _ = env
+    skips = [FakeResolution(rid(1), None, 0.0, "a video recording", "video_recording"),
+             FakeResolution("release:rel-9", None, 0.0, "no recordings", "no_tracks")]
+    report = submit([*skips, resolution(4)], settings, queue="ondemand")
+    assert (report.resolved, report.unresolved, report.skipped, report.queued) == (1, 0, 2, 1)
+    status = runs.status(report.run_id)
+    assert status.counts == {"queued": 1, "done": 0, "skipped": 2, "failed": 0}
+    assert status.meta["skipped_video"] == "1" and status.meta["skipped_no_tracks"] == "1"
+    assert dict(runs.failures(report.run_id)) == {} and runs.peek_ready(10) == []
+    # the same lines of `previewvec resolve` output, enqueued
+    run_id = report.run_id + "-file"
+    runs.create(run_id, queue="batch", source="test")
+    for n, res in enumerate(skips):
+        obj = {"recording_id": res.recording_id, "job": None, "error_code": res.error_code}
+        assert submit_mod.record_unresolved_line(runs, run_id, n, obj) is False
+    assert runs.status(run_id).counts["skipped"] == 2 and dict(runs.failures(run_id)) == {}

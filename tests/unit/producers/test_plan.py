@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from producers.plan import Plan, greedy_cover, iter_planned, make_plan, tracks_of
+from producers.plan import (
+    Plan,
+    greedy_cover,
+    iter_planned,
+    make_plan,
+    recording_ids,
+    tracks_of,
+)
 
 
 def release(rid: str, recordings: list[str], artist: str = "Band",
@@ -111,3 +118,13 @@ def test_tracks_of_reads_recordings_once_and_marks_solo_tracks() -> None:
     assert tracks_of(rel) == [("a", False), ("b", True)]
     assert tracks_of({"id": "rec", "length": 1000}) == [("rec", True)]
     assert tracks_of({"id": "x"}) == []
+
+
+def test_tracks_of_reads_pregap_and_data_tracks_and_leaves_videos_out() -> None:
+    rel = release("r", ["b"])
+    rel["media"][0]["pregap"] = {"position": 0, "recording": {"id": "hidden"}}
+    rel["media"][0]["data-tracks"] = [{"position": 2, "recording": {"id": "data"}}]
+    rel["media"].append({"position": 2, "tracks": [
+        {"position": 1, "recording": {"id": "clip", "video": True}}]})
+    assert recording_ids(rel) == ["hidden", "b", "data"]
+    assert tracks_of({"id": "clip", "length": 1000, "video": True}) == []

@@ -402,3 +402,67 @@ def test_a_reordered_title_is_another_song() -> None:
     assert reordered_title(rec, Item("Hollow Violet", ARTIST, (), 233_400))
     assert not reordered_title(rec, Item("Violet Hollow (2011 Remaster)", ARTIST))
     assert not reordered_title(rec, Item("violet  hollow", ARTIST))
+
+
+# -- the tracklist: every recording once, videos and empty releases skipped ------------
+def test_pregap_and_data_tracks_are_resolved_like_the_others() -> None:
+    """Given a medium whose first recording is a hidden pregap track (position 0) and
+    whose last is a data track, both serialised apart from ``tracks``, expect all six
+    recordings resolved, the pregap one without a track number."""
+    rel = release(barcode="")
+    tracks = rel["media"][0]["tracks"]
+    rel["media"][0] = {"position": 1, "pregap": {**tracks[0], "position": 0, "number": "0"},
+                       "tracks": tracks[1:5], "data-tracks": [tracks[5]]}
+    src = FakeSource("deezer", store(), by_barcode=False, by_isrc=True)
+    got = list(resolver_with(src).resolve_release_data(rel))
+    assert sorted(r.recording_id for r in got) == [f"rec-{n}" for n in range(6)]
+    assert all(r.ok and r.job.match_rule == "isrc" for r in got)
+    resolver = resolver_with(src)
+    assert resolver._release_entries(rel).entries[0].item.track is None
+
+
+def test_a_recording_twice_on_a_release_is_resolved_once() -> None:
+    """Given a two-disc release whose second disc opens with disc 1's first recording,
+    expect one resolution for it (the first track's) and no call made for the repeat."""
+    rel = release(barcode="")
+    again = {**rel["media"][0]["tracks"][0], "position": 1}
+    rel["media"].append({"position": 2, "tracks": [again]})
+    src = FakeSource("deezer", store(), by_barcode=False, by_isrc=True)
+    got = list(resolver_with(src).resolve_release_data(rel))
+    assert [r.recording_id for r in got] == [f"rec-{n}" for n in range(6)]
+    assert all(r.ok for r in got) and src.log == ["isrc"] * 6
+
+
+@pytest.mark.parametrize("media", [{"media": []}, {}, {"media": [{"position": 1, "tracks": []},
+                                                                   {"position": 2}]}])
+def test_a_release_without_recordings_says_so_once(media: dict) -> None:
+    """Given a release with no tracklist, expect one ``no_tracks`` resolution for
+    ``release:<mbid>`` with a reason, and no call."""
+    rel = {k: v for k, v in release().items() if k != "media"} | media
+    src = FakeSource("itunes", store(), by_search=True)
+    got = list(resolver_with(src).resolve_release_data(rel))
+    assert [(r.recording_id, r.error_code) for r in got] == [("release:rel-1", "no_tracks")]
+    assert "no recordings" in got[0].reason and src.log == []
+
+
+def test_video_recordings_get_no_call_and_a_code_of_their_own() -> None:
+    """Given a CD+DVD release whose DVD holds video recordings, expect the audio tracks
+    matched and each video skipped as ``video_recording`` without a store call; a lone
+    video recording the same."""
+    rel = release()
+    dvd = [{"position": 1, "title": "Paper Moons (video)",
+            "recording": {"id": "vid-0", "title": "Paper Moons", "video": True,
+                          "isrcs": ["USHP10300091"]}}]
+    rel["media"].append({"position": 2, "format": "DVD-Video", "tracks": dvd})
+    a = FakeSource("itunes", store(isrcs=False), by_search=True)
+    b = FakeSource("deezer", store(), by_isrc=True)
+    got = {r.recording_id: r for r in resolver_with(a, b).resolve_release_data(rel)}
+    assert got["vid-0"].error_code == "video_recording" and got["vid-0"].job is None
+    assert all(got[f"rec-{n}"].ok for n in range(6)) and a.log == ["barcode"] and b.log == []
+    # only videos: skipped, not "no tracks"
+    only_dvd = {**rel, "media": rel["media"][1:]}
+    assert [r.error_code for r in resolver_with(a, b).resolve_release_data(only_dvd)] == [
+        "video_recording"]
+    res = resolver_with(a, b).resolve_recording_data(dvd[0]["recording"])
+    assert (res.recording_id, res.error_code) == ("vid-0", "video_recording")
+    assert a.log == ["barcode"] and b.log == []
