@@ -12,6 +12,8 @@ BAR_WIDTH = 30
 
 
 RESOLUTION_COUNTERS = ("resolved", "unresolved", "skipped_existing")
+# Deliberate skips (producers.submit.DELIBERATE_SKIPS): shown when a run has any.
+SKIP_COUNTERS = ("skipped_video", "skipped_no_tracks")
 # Resolution states (run meta "resolution_state", written by producers.submit) in which more
 # jobs may still arrive: a run in one of them is not finished even with nothing queued.
 RESOLVING_STATES = ("pending", "running")
@@ -23,7 +25,7 @@ def resolution_progress(status: RunStatus) -> dict[str, int | str] | None:
     if "resolution_state" not in meta and not any(k in meta for k in RESOLUTION_COUNTERS):
         return None
     out: dict[str, int | str] = {}
-    for name in RESOLUTION_COUNTERS:
+    for name in RESOLUTION_COUNTERS + SKIP_COUNTERS:
         try:
             out[name] = int(meta.get(name, 0))
         except ValueError:
@@ -50,6 +52,7 @@ def format_status(status: RunStatus, rate_per_s: float | None = None) -> str:
         state = f" ({res['state']})" if res["state"] else ""
         line += (f"  | resolution{state}: resolved {res['resolved']}  "
                  f"unresolved {res['unresolved']}  skipped_existing {res['skipped_existing']}")
+        line += "".join(f"  {name} {res[name]}" for name in SKIP_COUNTERS if res[name])
     return line
 
 

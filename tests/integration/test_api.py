@@ -223,6 +223,7 @@ def test_resolved_inputs_run_in_background(client: TestClient, app) -> None:
         assert resp.json()["queue"] == expected_queue
         run = wait_run(client, app, resp.json()["run_id"])
         assert run["resolution"] == {"resolved": 2, "unresolved": 1, "skipped_existing": 0,
+                                     "skipped_video": 0, "skipped_no_tracks": 0,
                                      "state": "finished"}
         assert run["counts"]["queued"] == 2 and run["counts"]["failed"] == 1
         (failure,) = run["failures"]

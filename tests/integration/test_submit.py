@@ -354,6 +354,9 @@ def test_videos_and_releases_without_recordings_are_skipped_not_failed(env) -> N
     assert status.counts == {"queued": 1, "done": 0, "skipped": 2, "failed": 0}
     assert status.meta["skipped_video"] == "1" and status.meta["skipped_no_tracks"] == "1"
     assert dict(runs.failures(report.run_id)) == {} and runs.peek_ready(10) == []
+    from previewvec.progress import format_status
+
+    assert "skipped_video 1  skipped_no_tracks 1" in format_status(status)
     # the same lines of `previewvec resolve` output, enqueued
     run_id = report.run_id + "-file"
     runs.create(run_id, queue="batch", source="test")
