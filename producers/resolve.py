@@ -184,9 +184,10 @@ def _error(recording_id: str, exc: PreviewvecError, score: float = 0.0) -> Resol
 
 
 def _barcode(release: dict[str, Any]) -> str | None:
-    """The release's UPC/EAN, digits only (8-14 of them), or None."""
+    """The release's UPC/EAN, ASCII digits only (8-14 of them), or None."""
     raw = release.get("barcode")
-    if isinstance(raw, str) and raw.strip().isdigit() and 8 <= len(raw.strip()) <= 14:
+    # not str.isdigit(): it also takes "٠٦٠٢…" and "²", which no store knows
+    if isinstance(raw, str) and re.fullmatch(r"[0-9]{8,14}", raw.strip()):
         return raw.strip()
     return None
 
