@@ -34,6 +34,7 @@ from contract.sources import MATCH_RULES
 RECORDING_ID_MAX_BYTES = 64
 PREVIEW_URL_MAX_CHARS = 2048
 TEXT_MAX_CHARS = 512
+ISRC_INPUT_MAX_CHARS = 64  # an ISRC typed with spaces and hyphens; longer is not one
 RELEASE_ID_MAX_CHARS = 64
 SOURCE_MAX_CHARS = 32
 RUN_ID_MAX_CHARS = 64
@@ -165,6 +166,17 @@ def _url(name: str, value: object) -> str:
 def normalize_isrc(value: str) -> str:
     """Upper-case and strip hyphens (``us-rc1-76-07839`` → ``USRC17607839``); unvalidated."""
     return value.replace("-", "").upper()
+
+
+def parse_isrc(value: object) -> str | None:
+    """The ISRC a user typed, normalised (`` us-rc1-76-07839 `` → ``USRC17607839``), or
+    None when it is not one. The one check of ISRC *inputs* (CLI, API); a job's own
+    ``isrc`` field is stricter (no surrounding spaces), as JOB_SCHEMA says."""
+    # ASCII check first: str.upper() maps e.g. "ı" to "I", which would smuggle non-ASCII in.
+    if not isinstance(value, str) or len(value) > ISRC_INPUT_MAX_CHARS or not value.isascii():
+        return None
+    isrc = normalize_isrc(value.strip())
+    return isrc if re.fullmatch(ISRC_PATTERN, isrc) else None
 
 
 def _isrc(value: object) -> str:

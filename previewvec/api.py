@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.broker import QUEUES
 from contract.errors import PreviewvecError
-from contract.jobs import ISRC_PATTERN, JOB_SCHEMA, InvalidJob, Job, normalize_isrc
+from contract.jobs import JOB_SCHEMA, InvalidJob, Job, parse_isrc
 from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
 from contract.state import (
@@ -254,11 +254,10 @@ def _parse_list(value: object, kind: str, limit: int, noun: str, errors: Errors,
 
 
 def _isrc(item: object, loc: list[Any], errors: Errors) -> str | None:
-    if (isinstance(item, str) and item.isascii() and len(item) <= 64
-            and re.fullmatch(ISRC_PATTERN, normalize_isrc(item))):
-        return normalize_isrc(item)
-    errors.append(_field_error(loc, "must be an ISRC like USRC17607839"))
-    return None
+    isrc = parse_isrc(item)
+    if isrc is None:
+        errors.append(_field_error(loc, "must be an ISRC like USRC17607839"))
+    return isrc
 
 
 def _job(item: object, loc: list[Any], errors: Errors) -> Job | None:

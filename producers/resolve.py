@@ -56,6 +56,7 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``upstream_rejected`` — MusicBrainz refused the request, or a source did and no
   source gave any candidate;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
+* ``invalid_isrc`` — an input is not an ISRC, even normalised (no call made);
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
 
@@ -63,7 +64,8 @@ When a failure concerns a whole release or input rather than one recording,
 ``recording_id`` names the input instead: ``release:<mbid>``, ``recording:<mbid>``,
 ``isrc:<ISRC>``, ``line:<n>``.
 
-ISRCs (:meth:`Resolver.resolve_isrcs`): each ISRC goes through MusicBrainz ``/isrc`` to
+ISRCs (:meth:`Resolver.resolve_isrcs`): each is normalised (spaces, case, hyphens) and
+checked first; each distinct valid ISRC goes through MusicBrainz ``/isrc`` to
 its recording(s); recordings that share a release with at least one other requested
 recording are resolved through that release, the others one by one.
 """
@@ -81,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import PreviewvecError, is_transient
-from contract.jobs import ISRC_PATTERN, InvalidJob, Job, normalize_isrc
+from contract.jobs import InvalidJob, Job, parse_isrc
 from contract.settings import Settings
 from contract.state.cache import AnswerCache
 from contract.state.keys import DEEZER_CACHE_PREFIX
@@ -113,6 +115,7 @@ SOURCE = "itunes"  # the source of jobs before there were several
 ALREADY_STORED = "already_stored"
 ALREADY_QUEUED = "already_queued"
 ALREADY_IN_RUN = "already_in_run"
+INVALID_ISRC = "invalid_isrc"
 _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature version"),
           "queued": (ALREADY_QUEUED, "a job of it is queued in another run"),
           "in_run": (ALREADY_IN_RUN, "this run has it already")}
@@ -139,13 +142,8 @@ class Resolution:
 
 
 def _valid_isrcs(values: Iterable[Any]) -> tuple[str, ...]:
-    out = []
-    for value in values or ():
-        if isinstance(value, str) and value.isascii():
-            norm = normalize_isrc(value)
-            if re.fullmatch(ISRC_PATTERN, norm) and norm not in out:
-                out.append(norm)
-    return tuple(out)
+    parsed = (parse_isrc(value) for value in values or ())
+    return tuple(dict.fromkeys(isrc for isrc in parsed if isrc))  # repeats dropped, in order
 
 
 def pick_release(releases: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -610,9 +608,25 @@ class Resolver:
     def _isrc_entries(self, mb: MusicBrainzClient, isrcs: Iterable[str],
                       entries: dict[str, _Entry]) -> Iterator[Resolution]:
         """Look each ISRC up, adding its recordings to ``entries`` (first seen wins);
-        yields the ISRCs that failed or are unknown."""
+        yields the ISRCs that are invalid, failed or are unknown.
+
+        Every value is checked and normalised before the first call: an invalid one
+        (which would otherwise reach MusicBrainz's path as it is) costs no call, and
+        spellings of one ISRC (case, hyphens, spaces) cost one (1 request/s)."""
+        valid: dict[str, None] = {}
+        invalid: dict[str, None] = {}
         for raw in isrcs:
-            isrc = normalize_isrc(raw.strip())
+            isrc = parse_isrc(raw)
+            if isrc is not None:
+                valid[isrc] = None
+            else:
+                invalid[raw if isinstance(raw, str) else repr(raw)] = None
+        for raw in invalid:
+            shown = ascii(raw)[1:-1][:64]  # printable, and short enough to be an id
+            yield Resolution(f"isrc:{shown}", None, 0.0,
+                             f'"{shown}" is not an ISRC (12 characters like USRC17607839)',
+                             INVALID_ISRC)
+        for isrc in valid:
             try:
                 data = mb.isrc(isrc)
             except UpstreamError as exc:

@@ -164,6 +164,21 @@ def test_recording_isrcs_query_and_new_releases(settings: Settings, r: Redis,
     assert len(new) == 5 and all(x.ok for x in new)
 
 
+def test_isrc_inputs_are_checked_and_asked_once(settings: Settings, r: Redis,
+                                               upstream: UpstreamServer) -> None:
+    """Given an ISRC in three spellings and values that are no ISRC, expect one
+    MusicBrainz ``/isrc`` call and ``invalid_isrc`` for the others: none reaches
+    MusicBrainz (``../release/abc?inc=x`` went to another endpoint) or blames it."""
+    resolver = make_resolver(settings, r)
+    got = list(resolver.resolve_isrcs(["frz017900002", " FRZ017900002 ", "FR-Z01-79-00002",
+                                       "not an isrc", "../release/abc?inc=x"]))
+    assert [q.path for q in upstream.requests_to("/ws/2/isrc/")] == ["/ws/2/isrc/FRZ017900002"]
+    assert {x.recording_id: x.error_code for x in got} == {
+        "isrc:not an isrc": "invalid_isrc", "isrc:../release/abc?inc=x": "invalid_isrc",
+        REC_A2: None}
+    assert next(x for x in got if x.ok).job.isrc == "FRZ017900002"
+
+
 def test_musicbrainz_user_agent_and_missing_contact(settings: Settings, r: Redis,
                                                     upstream: UpstreamServer) -> None:
     make_resolver(settings, r).mb.release(R1)

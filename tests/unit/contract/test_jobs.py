@@ -24,6 +24,7 @@ from contract.jobs import (
     InvalidJob,
     Job,
     parse_catalog,
+    parse_isrc,
     vector_id,
 )
 
@@ -190,6 +191,19 @@ def test_direct_construction_validates() -> None:
     with pytest.raises(InvalidJob, match="recording_id"):
         Job(recording_id="a/b", preview_url=URL)
     assert Job(MBID, URL, isrc="usrc17607839").isrc == "USRC17607839"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("USRC17607839", "USRC17607839"), ("usrc17607839", "USRC17607839"),
+    (" USRC17607839 ", "USRC17607839"), ("US-RC1-76-07839", "USRC17607839"),
+    ("not an isrc", None), ("../release/abc?inc=x", None), ("USRC1760783", None),
+    ("\u0131SRC17607839", None),  # dotless i upper-cases to ASCII "I"
+    ("USRC1760783\u0669", None),  # an Arabic-Indic 9: a digit, not an ASCII one
+    (" " * 60 + "USRC17607839", None), (None, None), (17607839, None),
+])
+def test_an_isrc_input_is_normalised_or_refused(value: object, expected: str | None) -> None:
+    """The one check of ISRC inputs (CLI and API): spaces, case and hyphens forgiven."""
+    assert parse_isrc(value) == expected
 
 
 def test_json_round_trip_keeps_unicode() -> None:
