@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import PreviewvecError, is_transient
-from contract.jobs import InvalidJob, Job, parse_isrc
+from contract.jobs import TEXT_MAX_CHARS, InvalidJob, Job, parse_isrc
 from contract.settings import Settings
 from contract.state.cache import AnswerCache
 from contract.state.keys import DEEZER_CACHE_PREFIX
@@ -144,6 +144,14 @@ class Resolution:
 def _valid_isrcs(values: Iterable[Any]) -> tuple[str, ...]:
     parsed = (parse_isrc(value) for value in values or ())
     return tuple(dict.fromkeys(isrc for isrc in parsed if isrc))  # repeats dropped, in order
+
+
+def _clip(text: str | None, max_chars: int = TEXT_MAX_CHARS) -> str | None:
+    """``text`` cut to ``max_chars`` with an ellipsis: a job's title and artist are shown,
+    not matched on, so a 30-artist credit must not cost a confident match."""
+    if text is None or len(text) <= max_chars:
+        return text
+    return text[:max_chars - 1] + "…"
 
 
 def pick_release(releases: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -368,8 +376,8 @@ class Resolver:
         try:
             job = Job(recording_id=entry.recording_id, preview_url=track.preview_url,
                       isrc=entry.isrcs[0] if entry.isrcs else None,
-                      artist=item.artist or track.item.artist or None,
-                      title=item.title or track.item.title or None,
+                      artist=_clip(item.artist or track.item.artist or None),
+                      title=_clip(item.title or track.item.title or None),
                       duration_ms=item.duration_ms or track.item.duration_ms,
                       release_id=entry.release_id, source=cand.source,
                       source_track_id=track.track_id or None, source_url=track.link,

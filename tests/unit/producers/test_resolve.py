@@ -1,12 +1,20 @@
-"""The resolver's handling of what it is given: ISRC inputs (in-memory sources and
-MusicBrainz, no I/O)."""
+"""The resolver's handling of what it is given: ISRC inputs and over-long metadata
+(in-memory sources and MusicBrainz, no I/O)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tests.unit.producers.test_sources import FakeSource, resolver_with
+from contract.jobs import TEXT_MAX_CHARS
+from tests.unit.producers.test_sources import (
+    ALBUM,
+    ARTIST,
+    FakeSource,
+    release,
+    resolver_with,
+    store,
+)
 
 
 @dataclass
@@ -38,3 +46,31 @@ def test_isrcs_are_checked_and_deduplicated_before_any_call() -> None:
         "isrc:USRC17607839": "isrc_unknown"}
     assert got["isrc:not an isrc"].reason == (
         '"not an isrc" is not an ISRC (12 characters like USRC17607839)')
+
+
+# -- over-long metadata ------------------------------------------------------------------
+def test_a_match_with_a_title_or_credit_over_the_limit_is_a_job_with_them_clipped() -> None:
+    """Given a confident match whose title (554 characters) or artist credit (30 artists,
+    657 characters) is over a job's limit (512), expect a job, not ``invalid_job``: the
+    title and artist clipped with an ellipsis, the ids and URLs whole."""
+    title = ("Suite: " + ", ".join(f"Movement {n}" for n in range(1, 50)))[:554]
+    credit = [{"name": f"Orchestra Member {n:02d}", "joinphrase": " & " if n < 30 else ""}
+              for n in range(1, 31)]
+    rel = release()
+    mb_tracks = rel["media"][0]["tracks"]
+    mb_tracks[0]["title"] = mb_tracks[0]["recording"]["title"] = title
+    mb_tracks[1]["artist-credit"] = credit
+    tracks = store(changes={0: (title, ALBUM[0][1], ALBUM[0][2])})
+    names = " & ".join(c["name"] for c in credit)
+    tracks[1] = replace(tracks[1], item=replace(tracks[1].item, artist=names))
+    got = list(resolver_with(FakeSource("itunes", tracks)).resolve_release_data(rel))
+    assert [r.error_code for r in got] == [None] * 6
+    long_title, long_credit = got[0].job, got[1].job
+    assert len(names) == 657
+    assert long_title.title == title[:TEXT_MAX_CHARS - 1] + "…"
+    assert long_title.artist == ARTIST and long_title.confidence == 1.0
+    assert len(long_credit.artist) == TEXT_MAX_CHARS and long_credit.artist.endswith("…")
+    assert long_credit.artist.startswith("Orchestra Member 01 & Orchestra Member 02 & ")
+    assert long_credit.title == ALBUM[1][0]
+    assert (long_title.recording_id, long_title.release_id, long_title.preview_url) == (
+        "rec-0", "rel-1", "https://cdn.test/0.mp3")
