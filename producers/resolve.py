@@ -25,8 +25,9 @@ at the current feature version (``stored``), queued in any run or already handle
 run (queued, done, skipped or failed for good: ``handled``, contract/state/pending.py),
 or resolved by this resolver moments ago (the batch submit has not published yet). A
 release whose recordings are all known costs no call at all; one with some known resolves
-only the others. Which releases end up fully known depends on the order they come in:
-see producers/plan.py.
+only the others. A miss on a Pseudo-Release (transliterated titles, no barcode) is not
+known: the official release of the same recordings is still resolved. Which releases
+end up fully known depends on the order they come in: see producers/plan.py.
 
 Every recording of a release is read, the hidden pregap track and the data tracks
 included (MusicBrainz serialises them apart from ``tracks``), once: a recording on the
@@ -116,6 +117,7 @@ ALREADY_STORED = "already_stored"
 ALREADY_QUEUED = "already_queued"
 ALREADY_IN_RUN = "already_in_run"
 INVALID_ISRC = "invalid_isrc"
+PSEUDO_RELEASE = "Pseudo-Release"  # MusicBrainz release status
 _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature version"),
           "queued": (ALREADY_QUEUED, "a job of it is queued in another run"),
           "in_run": (ALREADY_IN_RUN, "this run has it already")}
@@ -291,6 +293,9 @@ class Resolver:
         self.stored = stored
         self.handled = handled
         self._recent: OrderedDict[str, None] = OrderedDict()
+        # Missed on a Pseudo-Release and not resolved since: the run's failure of them is
+        # not for good (see _remember).
+        self._pseudo_missed: OrderedDict[str, None] = OrderedDict()
         self._recent_lock = threading.Lock()
         self.in_flight = max(1, in_flight)
         self.busy_s = BUSY_S
@@ -504,8 +509,7 @@ class Resolver:
                         query, entries), state.pending()) or ReleaseAnswer())
         self._per_recording(state)
         out = [self._outcome(state, i) for i in wanted]
-        self._remember(res.recording_id for res in out
-                       if res.job is not None or not is_transient(res.error_code or ""))
+        self._remember_release(release, out)
         return skipped + out
 
     def _known(self, recording_ids: list[str]) -> dict[str, str]:
@@ -514,9 +518,13 @@ class Resolver:
         if self.handled is not None:
             with self._recent_lock:
                 out = {rid: "in_run" for rid in recording_ids if rid in self._recent}
+                retry = {rid for rid in recording_ids if rid in self._pseudo_missed}
             rest = [rid for rid in recording_ids if rid not in out]
             if rest:
-                out.update(self.handled(rest))
+                # "in_run" for a pseudo-release miss is that miss, recorded as a failure
+                # of the run by submit: not for good, so it is resolved again
+                out.update((rid, why) for rid, why in self.handled(rest).items()
+                           if not (why == "in_run" and rid in retry))
         if self.stored is not None:
             for rid in recording_ids:
                 if rid not in out and self.stored(rid):
@@ -528,15 +536,33 @@ class Resolver:
         code, why = _KNOWN[known[recording_id]]
         return Resolution(recording_id, None, 0.0, f"{why}: no call made", code)
 
-    def _remember(self, recording_ids: Iterable[str]) -> None:
+    def _remember_release(self, release: dict[str, Any], out: list[Resolution]) -> None:
+        """Remember a release's matches and its misses for good (not the transient ones).
+
+        A miss on a Pseudo-Release is not for good: its transliterated titles and missing
+        barcode miss tracks the official release of the same recordings finds, and that
+        release may come later in the run."""
+        final = [res for res in out
+                 if res.job is not None or not is_transient(res.error_code or "")]
+        if release.get("status") != PSEUDO_RELEASE:
+            self._remember(res.recording_id for res in final)
+            return
+        self._remember(res.recording_id for res in final if res.job is not None)
+        self._remember((res.recording_id for res in final if res.job is None),
+                       for_good=False)
+
+    def _remember(self, recording_ids: Iterable[str], *, for_good: bool = True) -> None:
+        """Note recordings resolved, so later releases skip them (``in_run``); or, not
+        ``for_good``, so their failures in the run do not make them skipped."""
         if self.handled is None:  # not submitting: nothing to skip against
             return
         with self._recent_lock:
             for rid in recording_ids:
-                self._recent[rid] = None
-                self._recent.move_to_end(rid)
-            while len(self._recent) > RECENT_RESOLVED:
-                self._recent.popitem(last=False)
+                if for_good:
+                    self._pseudo_missed.pop(rid, None)
+                    _note(self._recent, rid)
+                elif rid not in self._recent:  # matched through another release: kept
+                    _note(self._pseudo_missed, rid)
 
     def _per_track_cheaper(self, src: PreviewSource, state: _Cascade) -> bool:
         """A second source's album costs two calls: for one or two open tracks with ISRCs,
@@ -727,6 +753,15 @@ class Resolver:
             return [self.resolve_recording_data(item)]
         return [Resolution(f"line:{line_no}", None, 0.0,
                            "neither a release nor a recording entity", "unknown_entity")]
+
+
+def _note(recent: OrderedDict[str, None], recording_id: str) -> None:
+    """Add ``recording_id`` as the newest of ``recent``, dropping the oldest over
+    :data:`RECENT_RESOLVED`."""
+    recent[recording_id] = None
+    recent.move_to_end(recording_id)
+    while len(recent) > RECENT_RESOLVED:
+        recent.popitem(last=False)
 
 
 def _drain_one(window: deque[tuple[int, Future[list[Resolution]]]]

@@ -1,5 +1,5 @@
-"""The resolver's handling of what it is given: ISRC inputs and over-long metadata
-(in-memory sources and MusicBrainz, no I/O)."""
+"""The resolver's handling of what it is given: ISRC inputs, over-long metadata, and
+what it remembers of a Pseudo-Release (in-memory sources and MusicBrainz, no I/O)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,48 @@ def test_a_match_with_a_title_or_credit_over_the_limit_is_a_job_with_them_clippe
     assert long_credit.title == ALBUM[1][0]
     assert (long_title.recording_id, long_title.release_id, long_title.preview_url) == (
         "rec-0", "rel-1", "https://cdn.test/0.mp3")
+
+
+# -- what a Pseudo-Release leaves behind -------------------------------------------------
+def pseudo_release() -> dict[str, Any]:
+    """The album's Pseudo-Release: the same recordings, transliterated, no barcode."""
+    rel = release(barcode="")
+    rel.update(id="rel-pseudo", title="Mayonaka Rajio", status="Pseudo-Release")
+    for n, trk in enumerate(rel["media"][0]["tracks"]):
+        trk["title"] = trk["recording"]["title"] = f"Hon'yaku {n}"
+    return rel
+
+
+def test_a_miss_on_a_pseudo_release_does_not_block_the_official_release() -> None:
+    """Given the Pseudo-Release resolved first (every track missed) and then the official
+    release in the same run, expect the official release resolved: its misses are not
+    for good, neither in the resolver's memory nor as failures submit recorded in the
+    run; its matches still are."""
+    failed_in_run: set[str] = set()  # what submit records of the misses, run state
+
+    def handled(ids: list[str]) -> dict[str, str]:
+        return {rid: "in_run" for rid in ids if rid in failed_in_run}
+
+    itunes = FakeSource("itunes", store(isrcs=False), by_search=True)
+    resolver = resolver_with(itunes, handled=handled)
+    pseudo = list(resolver.resolve_release_data(pseudo_release()))
+    assert {r.error_code for r in pseudo} == {"no_confident_match"}
+    failed_in_run.update(r.recording_id for r in pseudo)
+    official = list(resolver.resolve_release_data(release()))
+    assert [r.error_code for r in official] == [None] * 6
+    assert itunes.log[-1] == "barcode"
+    # the official release's matches are remembered: a third release costs no call
+    calls = itunes.calls
+    again = list(resolver.resolve_release_data(pseudo_release()))
+    assert {r.error_code for r in again} == {"already_in_run"} and itunes.calls == calls
+
+
+def test_a_match_on_a_pseudo_release_is_remembered() -> None:
+    pseudo = release(barcode="")  # found by the album search: titles as the store's
+    pseudo["status"] = "Pseudo-Release"
+    itunes = FakeSource("itunes", store(isrcs=False), by_search=True)
+    resolver = resolver_with(itunes, handled=lambda ids: {})
+    assert all(r.ok for r in resolver.resolve_release_data(pseudo))
+    again = list(resolver.resolve_release_data(release()))
+    assert {r.error_code for r in again} == {"already_in_run"}
+    assert itunes.log == ["album search"]
