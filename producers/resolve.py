@@ -672,6 +672,10 @@ class Resolver:
                                  f"MusicBrainz has no recording with ISRC {isrc}",
                                  "isrc_unknown")
             for rec in recs:
+                if rec.get("video") is True:  # its ISRC names a music video: no call
+                    if rec["id"] not in entries:
+                        yield Resolution(rec["id"], None, 0.0, _VIDEO_REASON, VIDEO_RECORDING)
+                    continue
                 if rec["id"] not in entries:
                     entries[rec["id"]] = self._recording_entry(rec, _valid_isrcs([isrc]))
 

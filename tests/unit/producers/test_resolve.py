@@ -48,6 +48,28 @@ def test_isrcs_are_checked_and_deduplicated_before_any_call() -> None:
         '"not an isrc" is not an ISRC (12 characters like USRC17607839)')
 
 
+def test_a_video_found_by_isrc_gets_no_call() -> None:
+    """Given an ISRC whose recordings are a video and its audio recording, expect the
+    video ``video_recording`` without a store call, and only the audio one searched."""
+    source = FakeSource("itunes", store())
+
+    class WithVideo(FakeMusicBrainz):
+        def isrc(self, isrc: str) -> dict[str, Any]:
+            self.asked.append(isrc)
+            return {"isrc": isrc, "recordings": [
+                {"id": "rec-video", "title": ALBUM[0][0], "video": True, "length": 200000},
+                {"id": "rec-audio", "title": ALBUM[0][0], "video": False,
+                 "length": ALBUM[0][1] * 1000,
+                 "artist-credit": [{"name": ARTIST, "artist": {"name": ARTIST}}]}]}
+
+    resolver = resolver_with(source)
+    resolver.mb = WithVideo()
+    got = {r.recording_id: r for r in resolver.resolve_isrcs(["USRC17607839"])}
+    assert got["rec-video"].error_code == "video_recording" and got["rec-video"].job is None
+    assert set(got) == {"rec-video", "rec-audio"}
+    assert source.log.count("song search") == 1  # the audio recording's alone
+
+
 # -- over-long metadata ------------------------------------------------------------------
 def test_a_match_with_a_title_or_credit_over_the_limit_is_a_job_with_them_clipped() -> None:
     """Given a confident match whose title (554 characters) or artist credit (30 artists,
