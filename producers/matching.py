@@ -492,16 +492,29 @@ def album_score(release_title: str, release_artist: str, track_count: int | None
 
 
 # -- conversions from upstream JSON (pure) ----------------------------------------------
-def _credit_string(credit: list[dict[str, Any]] | None) -> str:
-    return "".join(f"{p.get('name') or ''}{p.get('joinphrase') or ''}"
-                   for p in credit or []).strip()
+def _text(value: Any) -> str:
+    """A JSON field as text: a string as is, anything else (a dump's odd shapes) as ""."""
+    return value if isinstance(value, str) else ""
 
 
-def _credit_names(credit: list[dict[str, Any]] | None) -> tuple[str, ...]:
+def _credit_parts(credit: Any) -> list[dict[str, Any]]:
+    """The objects of an ``artist-credit`` list; any other shape (a bare string, null, a
+    number: seen in hand-edited dumps) gives none, so one odd entity never stops an
+    import."""
+    return [p for p in credit if isinstance(p, dict)] if isinstance(credit, list) else []
+
+
+def _credit_string(credit: Any) -> str:
+    return "".join(f"{_text(p.get('name'))}{_text(p.get('joinphrase'))}"
+                   for p in _credit_parts(credit)).strip()
+
+
+def _credit_names(credit: Any) -> tuple[str, ...]:
     names: list[str] = []
-    for part in credit or []:
-        for name in (part.get("name"), (part.get("artist") or {}).get("name")):
-            if name and name not in names:
+    for part in _credit_parts(credit):
+        artist = part.get("artist")
+        for name in (part.get("name"), artist.get("name") if isinstance(artist, dict) else None):
+            if isinstance(name, str) and name and name not in names:
                 names.append(name)
     return tuple(names)
 
@@ -522,38 +535,39 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
     """A MusicBrainz recording (optionally as a track of a medium) as an :class:`Item`.
 
     Track title/length/credit win over the recording's (they are what the release prints);
-    ``length: null`` and missing fields become ``None``."""
-    track = track or {}
-    credit = (track.get("artist-credit") or recording.get("artist-credit")
-              or release_credit or [])
+    ``length: null`` and missing fields become ``None``, fields of another type than the
+    web service's are read as missing."""
+    track = track if isinstance(track, dict) else {}
+    credit = next((c for c in (track.get("artist-credit"), recording.get("artist-credit"),
+                               release_credit) if _credit_parts(c)), [])
     names = _credit_names(credit) + _credit_names(recording.get("artist-credit"))
     lead: list[str] = []
-    for part in credit:
-        if part.get("name"):
+    for part in _credit_parts(credit):
+        if _text(part.get("name")):
             lead.append(part["name"])
-        if _FEAT_JOIN.search(part.get("joinphrase") or ""):
+        if _FEAT_JOIN.search(_text(part.get("joinphrase"))):
             break  # the rest of the credit is featured
     return Item(
-        title=track.get("title") or recording.get("title") or "",
+        title=_text(track.get("title")) or _text(recording.get("title")),
         artist=_credit_string(credit),
         artists=tuple(dict.fromkeys(names)),
         duration_ms=_int(track.get("length")) or _int(recording.get("length")),
         disc=disc,
         track=_int(track.get("position")) or _int(track.get("number")),
-        album=album,
-        disambiguation=recording.get("disambiguation") or None,
+        album=_text(album) or None,
+        disambiguation=_text(recording.get("disambiguation")) or None,
         lead=tuple(lead),
     )
 
 
 def item_from_itunes(row: dict[str, Any]) -> Item:
     return Item(
-        title=row.get("trackName") or "",
-        artist=row.get("artistName") or "",
+        title=_text(row.get("trackName")),
+        artist=_text(row.get("artistName")),
         duration_ms=_int(row.get("trackTimeMillis")),
         disc=_int(row.get("discNumber")),
         track=_int(row.get("trackNumber")),
-        album=row.get("collectionName"),
+        album=_text(row.get("collectionName")) or None,
     )
 
 

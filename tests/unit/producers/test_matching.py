@@ -249,6 +249,24 @@ def test_a_structured_credit_names_its_lead_artists_whole(
             >= THRESHOLD) == same
 
 
+@pytest.mark.parametrize("recording", [
+    {"id": "x", "title": "Song", "artist-credit": "Various"},
+    {"id": "x", "title": "Song", "artist-credit": ["Various", None, 3]},
+    {"id": "x", "title": "Song", "artist-credit": [{"name": "A", "joinphrase": 7},
+                                                     {"name": ["B"], "artist": "B"}]},
+    {"id": "x", "title": 42, "length": "long", "disambiguation": {"live": True},
+     "artist-credit": None},
+])
+def test_odd_shapes_of_a_hand_edited_dump_read_as_missing_fields(recording: dict) -> None:
+    """Given fields of another type than the web service's, expect an Item with those
+    fields empty (matched like any other), never an exception that would stop an import."""
+    item = item_from_mb(recording, track={"title": None, "artist-credit": "x"}, album=5)  # type: ignore[arg-type]
+    assert isinstance(item.title, str) and isinstance(item.artist, str)
+    assert item.album is None and item.disambiguation is None
+    assert 0.0 <= match_score(item, Item("Song", "A", duration_ms=1000)).score <= 1.0
+    assert item_from_itunes({"trackName": 5, "artistName": None, "collectionName": []}).title == ""
+
+
 def test_album_score_prefers_the_studio_album_by_the_artist() -> None:
     def coll(name: str, artist: str, count: int) -> dict[str, object]:
         return {"collectionName": name, "artistName": artist, "trackCount": count}
