@@ -14,12 +14,13 @@ to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,12 +143,22 @@ class Reducer:
         """Fit on a reservoir sample of at most ``normalizer_sample`` stored records and
         store it (current, and in the history under its own version)."""
         size = max(1, self.settings.normalizer_sample)
-        keys, catalog = reservoir_sample(self.store.iter_keys(f"features/{self.version}/"),
-                                         size)
+        prefix = f"features/{self.version}/"
+        keys, catalog = reservoir_sample(self.store.iter_keys(prefix), size)
         vectors = [rec.vector_array() for rec in self._read(sorted(keys))]
+        if len(vectors) < len(keys) and catalog > len(keys):
+            # The sample is seeded: a corrupt (or vanished) record in it would be drawn
+            # again by every refit, so records outside it, in key order, take its place.
+            sampled = set(keys)
+            others = (key for key in self.store.iter_keys(prefix) if key not in sampled)
+            while len(vectors) < len(keys):
+                more = list(itertools.islice(others, len(keys) - len(vectors)))
+                if not more:
+                    break
+                vectors += [rec.vector_array() for rec in self._read(more)]
         if not vectors:
-            raise NothingStored(f"the feature store holds no records of feature version "
-                                f"{self.version} to fit a normaliser on")
+            raise NothingStored(f"the feature store holds no readable records of feature "
+                                f"version {self.version} to fit a normaliser on")
         fitted = Normalizer.fit(np.stack(vectors), self.version, catalog_size=catalog,
                                 fitted_at=utc_now_iso())
         data = fitted.to_json()
@@ -198,21 +209,21 @@ class Reducer:
         self._mark_indexed(normalizer)
         return True
 
-    def _read(self, keys: list[str]) -> Iterator[FeatureRecord]:
-        """Decode stored records of this version, concurrently read; skips vanished ones."""
-        for _key, data in read_many(self.store, keys):
-            if data is not None:
-                yield decode_record(data, self.version)
-
-    def _iter_records(self) -> Iterator[FeatureRecord]:
-        for key, data in read_many(self.store, self.store.iter_keys(
-                f"features/{self.version}/")):
+    def _read(self, keys: Iterable[str]) -> Iterator[FeatureRecord]:
+        """Decode stored records of this version, concurrently read; skips vanished ones
+        and logs (with its key) and skips each one that cannot be decoded: one bad record
+        must not stop a fit, a reindex or a query."""
+        for key, data in read_many(self.store, keys):
             if data is None:
                 continue
             try:
                 yield decode_record(data, self.version)
             except (CorruptRecord, IncompatibleRecord) as exc:
-                log.error("stored record %s cannot be indexed (%s); skipped", key, exc.code)
+                log.error("stored record %s cannot be indexed (%s: %s); skipped", key,
+                          exc.code, exc.message)
+
+    def _iter_records(self) -> Iterator[FeatureRecord]:
+        yield from self._read(self.store.iter_keys(f"features/{self.version}/"))
 
     # --- batches ------------------------------------------------------------------------
     def items_for(self, records: list[FeatureRecord],
