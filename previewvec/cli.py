@@ -15,6 +15,7 @@ from pathlib import Path
 from contract.errors import (
     ConfigError,
     InputUnreadable,
+    InvalidQuery,
     NotFound,
     NothingStored,
     PreviewvecError,
@@ -46,6 +47,7 @@ class Interrupted(PreviewvecError):
 # Most specific first; a typed failure of no listed family exits 1.
 EXIT_FAMILIES: tuple[tuple[type[PreviewvecError], int], ...] = (
     (ConfigError, EXIT_USAGE),
+    (InvalidQuery, EXIT_USAGE),
     (StoreError, EXIT_STORE),
     (VectorIndexError, EXIT_INDEX),
     (NotFound, EXIT_NOT_FOUND),
@@ -715,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recording_id", nargs="?", default=None)
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=_positive_int, default=10, help="how many neighbours")
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
     p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
@@ -753,6 +755,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--limit", type=int, default=20)
     p.set_defaults(handler=cmd_runs)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count of things to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _date(text: str) -> date:

@@ -166,8 +166,10 @@ class Catalog:
     def similar(self, recording_id: str, k: int = 10, **filters: Any) -> list[Neighbour]:
         """The ``k`` nearest stored recordings to a stored one (itself excluded).
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
+        from reducer.index.base import check_k
         from reducer.reduce import similar_filter
 
+        check_k(k)  # InvalidQuery, before anything is read
         self.record(recording_id)  # NotFound, typed, before the index is asked
         matches = self._reducer.similar(recording_id, k, filter=similar_filter(**filters))
         return [self._neighbour(m) for m in matches]

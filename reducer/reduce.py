@@ -53,6 +53,7 @@ from contract.store import FeatureStore, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
+from reducer.index.base import check_k
 from reducer.normalize import (
     Normalizer,
     indexed_marker_key,
@@ -409,6 +410,7 @@ class Reducer:
     # --- queries ------------------------------------------------------------------------
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
+        check_k(k)  # before asking the index for k + 1: k = 0 would ask for one
         record = decode_record(self.store.get(record_key(self.version, recording_id)),
                                self.version)
         own = vector_id(recording_id)
@@ -418,4 +420,5 @@ class Reducer:
     def similar_to_vector(self, raw: np.ndarray, k: int = 10, *,
                           filter: dict | None = None) -> list[Match]:
         """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
+        check_k(k)
         return self.index.query(self.normalizer().apply(raw), k, filter=filter)

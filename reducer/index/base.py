@@ -25,6 +25,7 @@ from contract.errors import (  # noqa: F401
     ConfigError,
     IndexRejected,
     IndexUnavailable,
+    InvalidQuery,
     VectorIndexError,
 )
 from contract.layout import DESCRIPTORS, DescriptorKind
@@ -236,9 +237,9 @@ def check_items(items: Sequence[IndexItem], dim: int) -> CheckedBatch:
 def check_k(k: int, limit: int | None = None) -> int:
     """A positive int (bool excluded), at most ``limit`` if given."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError("k must be a positive integer")
+        raise InvalidQuery(f"k must be a positive integer, not {k!r}")
     if limit is not None and k > limit:
-        raise ValueError(f"k must be at most {limit}")
+        raise InvalidQuery(f"k must be at most {limit}, not {k}")
     return k
 
 

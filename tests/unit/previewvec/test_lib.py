@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import previewvec
-from contract.errors import NotFound
+from contract.errors import InvalidQuery, NotFound
 from contract.records import FeatureRecord, encode_record, make_provenance
 from contract.settings import Settings
 from reducer.reduce import Reducer
 from testkit.encode import encode_audio
+from testkit.records import synthetic_record
 from testkit.songs import generate_song, render_synth
 
 REPO = Path(__file__).resolve().parents[3]
@@ -156,3 +157,30 @@ def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
     both = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert both.returncode == 2 and "RECORDING_ID or --audio" in both.stderr
+
+
+@pytest.fixture(scope="module")
+def synthetic_catalog(tmp_path_factory: pytest.TempPathFactory) -> previewvec.Catalog:
+    """A catalog of 20 synthetic records, indexed."""
+    root = tmp_path_factory.mktemp("synthetic")
+    settings = Settings(store=str(root / "store"), index=str(root / "index"))
+    catalog = previewvec.open(settings=settings)
+    for i in range(20):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+    Reducer.build(settings).reindex()
+    return catalog
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_below_one_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                         k: int) -> None:
+    """Given k < 1, expect the typed input error (a ValueError too), never [] or a plain
+    ValueError from the index, whether by a stored recording or by a vector."""
+    vector = synthetic_record(1).vector_array()
+    with pytest.raises(InvalidQuery, match="k must be a positive integer") as raised:
+        synthetic_catalog.similar("rec-0000001", k=k)
+    assert raised.value.code == "invalid_query" and isinstance(raised.value, ValueError)
+    with pytest.raises(InvalidQuery):
+        synthetic_catalog.similar_to_vector(vector, k=k)
+    assert len(synthetic_catalog.similar("rec-0000001", k=1)) == 1
