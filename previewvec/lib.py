@@ -177,11 +177,14 @@ class Catalog:
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
                           **filters: Any) -> list[Neighbour]:
         """Nearest recordings to a raw vector (as :func:`extract` or :meth:`matrix` give
-        it); it is normalised as the index's vectors are."""
+        it); it is normalised as the index's vectors are. A vector that is not
+        ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
+        from reducer.index.base import check_k, check_query_vector
         from reducer.reduce import similar_filter
 
-        matches = self._reducer.similar_to_vector(np.asarray(vector, np.float32), k,
-                                                  filter=similar_filter(**filters))
+        check_k(k)  # both before the index and the normaliser are opened
+        raw = check_query_vector(vector, VECTOR_DIM)
+        matches = self._reducer.similar_to_vector(raw, k, filter=similar_filter(**filters))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,

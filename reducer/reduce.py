@@ -53,7 +53,7 @@ from contract.store import FeatureStore, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
-from reducer.index.base import check_k
+from reducer.index.base import check_k, check_query_vector
 from reducer.normalize import (
     Normalizer,
     indexed_marker_key,
@@ -421,4 +421,5 @@ class Reducer:
                           filter: dict | None = None) -> list[Match]:
         """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
         check_k(k)
+        raw = check_query_vector(raw, VECTOR_DIM)  # the caller's fault, typed as such
         return self.index.query(self.normalizer().apply(raw), k, filter=filter)

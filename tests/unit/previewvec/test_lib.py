@@ -184,3 +184,30 @@ def test_k_below_one_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
     with pytest.raises(InvalidQuery):
         synthetic_catalog.similar_to_vector(vector, k=k)
     assert len(synthetic_catalog.similar("rec-0000001", k=1)) == 1
+
+
+@pytest.mark.parametrize(("vector", "why"), [
+    (synthetic_record(1).vector_array()[:100], "shape"),
+    (np.append(synthetic_record(1).vector_array(), 1.0), "shape"),
+    (synthetic_record(1).vector_array().reshape(1, -1), "shape"),
+    (["a"] * 530, "non-numbers"),
+    ([[1.0, 2.0], [3.0]], "not a flat sequence"),
+    ([True] * 530, "non-numbers"),
+    (np.full(530, np.nan), "NaN"),
+    (np.full(530, 1e300), "infinite"),
+])
+def test_a_malformed_query_vector_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                                      vector: object, why: str) -> None:
+    """Given a query vector of the wrong length, of non-numbers or not finite, expect the
+    typed input error naming why, never a builtin ValueError or an index-down error."""
+    with pytest.raises(InvalidQuery, match=why):
+        synthetic_catalog.similar_to_vector(vector, k=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuery, match=why):
+        synthetic_catalog._reducer.similar_to_vector(vector, 3)  # type: ignore[arg-type]
+
+
+def test_a_list_of_floats_and_a_zero_vector_are_valid_queries(
+        synthetic_catalog: previewvec.Catalog) -> None:
+    vector = [float(x) for x in synthetic_record(2).vector_array()]
+    assert synthetic_catalog.similar_to_vector(vector, k=1)[0].recording_id == "rec-0000002"
+    assert len(synthetic_catalog.similar_to_vector(np.zeros(530), k=2)) == 2
