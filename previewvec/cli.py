@@ -457,6 +457,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from contract.versions import current_version
     from previewvec.export import export_parquet
 
+    # SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) end the export
+    # like Ctrl-C, so the temporary file is removed instead of left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     store = open_store(settings.store, settings)
     _check_store(store)
     version = args.version or current_version(settings)

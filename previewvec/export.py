@@ -181,9 +181,10 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     counts = ReadCounts()
     rows = 0
     tmp: Path | None = None
-    # SIGINT held from creating the temporary file until the block that removes it is
-    # entered: Ctrl-C in between would leave the file behind.
-    held = _hold_sigint()
+    # The interrupting signals held from creating the temporary file until the block that
+    # removes it is entered: Ctrl-C (or SIGTERM/SIGHUP, which the CLI turns into
+    # KeyboardInterrupt) in between would leave the file behind.
+    held = _hold_interrupts()
     try:
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
@@ -193,7 +194,7 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
                                   f"{exc.strerror or type(exc).__name__}") from None
         tmp = Path(tmp_name)
         os.close(fd)
-        _release_sigint(held)
+        _release_interrupts(held)
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
@@ -212,21 +213,25 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
         os.replace(tmp, target)
     finally:
-        _release_sigint(held)
+        _release_interrupts(held)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
 
 
-def _hold_sigint() -> set[signal.Signals] | None:
-    """Block SIGINT (main thread only); returns the mask to restore, None when not held."""
+INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _hold_interrupts() -> set[signal.Signals] | None:
+    """Block :data:`INTERRUPTS` (main thread only); returns the mask to restore, None when
+    not held."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
 
 
-def _release_sigint(held: set[signal.Signals] | None) -> None:
-    """Restore the mask :func:`_hold_sigint` replaced (a pending SIGINT arrives now)."""
+def _release_interrupts(held: set[signal.Signals] | None) -> None:
+    """Restore the mask :func:`_hold_interrupts` replaced (a pending signal arrives now)."""
     if held is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

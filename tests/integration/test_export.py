@@ -84,9 +84,13 @@ def test_export_from_s3(env: dict[str, str], tmp_path: Path, moto_endpoint: str)
         pq.read_table(tmp_path / "folder.parquet"))
 
 
-def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Path) -> None:
-    """Given SIGINT while the export is writing (its temporary file exists), expect exit
-    130, one line, and no file: neither the target nor the temporary one."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=lambda s: s.name)
+def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Path,
+                                              signum: signal.Signals) -> None:
+    """Given SIGINT (Ctrl-C), SIGTERM (a stopped container) or SIGHUP (a closed terminal)
+    while the export is writing (its temporary file exists), expect exit 130, one line,
+    and no file: neither the target nor the temporary one."""
     out = tmp_path / "out" / "x.parquet"
     out.parent.mkdir()
     slow = {**env, "PREVIEWVEC_STORE": str(tmp_path / "store")}
@@ -101,7 +105,7 @@ def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Pat
     while not any(out.parent.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "export ended early"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.count("\n") == 1 and "nothing written" in stderr
