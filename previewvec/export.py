@@ -169,7 +169,8 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     Raises
     ------
     InputUnreadable
-        ``out`` cannot be written (a missing folder, no permission, a folder).
+        ``out`` cannot be written (a missing folder, no permission, a folder, a full
+        disk).
     NothingStored
         No record matched: no file is written.
     """
@@ -186,38 +187,57 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     # KeyboardInterrupt) in between would leave the file behind.
     held = _hold_interrupts()
     try:
-        try:
+        with _writing(out):
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                             dir=target.parent)
-        except OSError as exc:
-            raise InputUnreadable(f"cannot write {str(out)!r}: "
-                                  f"{exc.strerror or type(exc).__name__}") from None
         tmp = Path(tmp_name)
         os.close(fd)
         _release_interrupts(held)
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
-        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+        with _writing(out):
+            writer = pq.ParquetWriter(tmp, schema, compression="snappy")
+        try:
             records = iter_records(store, version, run_id=run_id, counts=counts,
                                    threads=threads)
             for batch in iter_batches(records, version):
-                writer.write_batch(batch)
+                with _writing(out):  # only the writes: store faults keep their own types
+                    writer.write_batch(batch)
                 rows += batch.num_rows
                 if progress is not None:
                     progress(batch.num_rows)
+        except BaseException:
+            # The first error is the one to tell; the file is removed below either way.
+            with contextlib.suppress(OSError):
+                writer.close()
+            raise
+        with _writing(out):
+            writer.close()  # writes the footer: can meet a full disk too
         if rows == 0:
             what = f"of run {run_id} " if run_id else ""
             raise NothingStored(f"no records {what}of feature version {version} in the "
                                 "feature store: nothing exported")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
-        os.replace(tmp, target)
+        with _writing(out):
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+            os.replace(tmp, target)
     finally:
         _release_interrupts(held)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
+
+
+@contextlib.contextmanager
+def _writing(out: str | os.PathLike[str]) -> Iterator[None]:
+    """Writing ``out``: an OSError (a full disk, a quota, a file-size limit, no
+    permission) becomes :class:`InputUnreadable`, one line for the CLI."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InputUnreadable(f"cannot write {str(out)!r}: {reason}") from None
 
 
 INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

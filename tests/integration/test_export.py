@@ -4,6 +4,7 @@ and from a real S3 API (moto's server), interrupted, and on the faults a user me
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -123,6 +124,23 @@ def test_export_faults_are_one_line(env: dict[str, str], tmp_path: Path) -> None
             "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"}
     one_line(cli(down, "export", str(tmp_path / "x.parquet")), EXIT_STORE, "connect")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_an_export_that_cannot_grow_its_file_is_one_line(env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """Given a write that fails mid-export (a file-size limit: the same OSError path as a
+    full disk), expect exit 7, one line naming the cause, and no file left behind."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "out" / "x.parquet"
+    out.parent.mkdir()
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "export", str(out)],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, preexec_fn=limit)
+    one_line(result, EXIT_INPUT_FILE, "File too large")
+    assert list(out.parent.iterdir()) == []
 
 
 def test_show_one_record_readably(env: dict[str, str]) -> None:

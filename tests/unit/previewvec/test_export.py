@@ -3,12 +3,15 @@ by pyarrow, pandas and polars. Real folder store of synthetic records."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -117,6 +120,40 @@ def test_an_unwritable_target_is_input_unreadable(store: LocalStore, tmp_path: P
         export_parquet(store, tmp_path / "missing" / "x.parquet", version=FEATURE_VERSION)
     with pytest.raises(InputUnreadable, match="folder"):
         export_parquet(store, tmp_path, version=FEATURE_VERSION)
+
+
+@pytest.mark.parametrize("failing", ["write_batch", "close"])
+def test_a_full_disk_is_input_unreadable_and_leaves_no_file(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        failing: str) -> None:
+    """Given ENOSPC while writing a batch or the footer, expect the typed error of an
+    unwritable target, naming the cause, and no file left (an earlier export kept)."""
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"an earlier export")
+    real = getattr(pq.ParquetWriter, failing)
+
+    def full(self: pq.ParquetWriter, *args: object) -> None:
+        real(self, *args)  # the real write (or close), then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq.ParquetWriter, failing, full)
+    with pytest.raises(InputUnreadable, match="No space left on device"):
+        export_parquet(store, out, version=FEATURE_VERSION)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+    assert out.read_bytes() == b"an earlier export"
+
+
+def test_a_store_fault_while_exporting_keeps_its_own_type(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the writes are the target's fault: an error raised while reading is not
+    turned into InputUnreadable."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise pa.ArrowInvalid("not a write")
+
+    monkeypatch.setattr("previewvec.export.to_batch", broken)
+    with pytest.raises(pa.ArrowInvalid):
+        export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:
