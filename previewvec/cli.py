@@ -756,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The most recent runs, newest first: queued, done, "
                        "skipped and failed recordings, and whether the run is open, "
                        "finished or closed.")
-    p.add_argument("-n", "--limit", type=int, default=20)
+    p.add_argument("-n", "--limit", type=_positive_int, default=20,
+                   help="how many runs (default 20)")
     p.set_defaults(handler=cmd_runs)
     return parser
 

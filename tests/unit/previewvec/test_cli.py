@@ -131,7 +131,9 @@ def test_reduce_follow_waits_for_redis_instead_of_exiting():
 
 @pytest.mark.parametrize("command", [["similar", "rec-1", "-k", "0"],
                                      ["similar", "rec-1", "-k", "-3"],
-                                     ["similar", "--audio", "f.wav", "-k", "0"]])
+                                     ["similar", "--audio", "f.wav", "-k", "0"],
+                                     ["runs", "-n", "0"], ["runs", "-n", "-2"],
+                                     ["runs", "-n", "many"]])
 def test_counts_below_one_are_refused_as_arguments(command):
     """-k and -n count things to show: 0 or less is a usage error, said in one line
     (after argparse's usage), not a traceback, no output and success, or every run."""
