@@ -322,3 +322,21 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
         timings_s={str(k): float(v) for k, v in timings.items()},
         computation=computation,
     )
+
+
+def decode_stored(key: str, data: bytes, expect_version: str | None = None) -> FeatureRecord:
+    """:func:`decode_record` of the bytes read from ``key``, which must be the key of the
+    record's own recording: a record under another recording's key (a bad copy, a
+    hand-made store) would otherwise be read twice, once under each key.
+
+    Raises :class:`CorruptRecord` (naming ``key``) or :class:`IncompatibleRecord`.
+    """
+    record = decode_record(data, expect_version)
+    try:
+        keyed = recording_id_of_key(key)
+    except ValueError:
+        keyed = None
+    if keyed != record.recording_id:
+        raise CorruptRecord(f"{key} holds the record of {record.recording_id!r}, not of "
+                            f"the recording its key names")
+    return record

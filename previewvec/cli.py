@@ -480,7 +480,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.records import decode_record, record_key
+    from contract.records import decode_stored, record_key
     from contract.store import open_store
     from contract.versions import current_version
 
@@ -489,7 +489,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                        f"{version} in the feature store ({settings.store})")
     store = open_store(settings.store, settings)
     try:
-        record = decode_record(store.get(record_key(version, args.recording_id)), version)
+        key = record_key(version, args.recording_id)
+        record = decode_stored(key, store.get(key), version)
     except (FileNotFoundError, ValueError):  # ValueError: an id that cannot be stored
         raise missing from None
     if args.json:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -33,13 +34,15 @@ from contract.records import (
     CorruptRecord,
     FeatureRecord,
     IncompatibleRecord,
-    decode_record,
+    decode_stored,
 )
 from contract.store import FeatureStore
 from contract.store.bulk import read_many
 
 BATCH_ROWS = 2048  # ≈ 4.3 MB of vectors per batch: one Parquet row group page set
 METADATA_NAMES = b"previewvec.feature_names"
+
+log = logging.getLogger(__name__)
 
 
 def record_schema(version: str) -> pa.Schema:
@@ -113,15 +116,18 @@ def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None
                  counts: ReadCounts | None = None, threads: int | None = None,
                  ) -> Iterator[FeatureRecord]:
     """Every readable record of ``version`` in key order (of ``run_id``'s writing, when
-    given); corrupt ones are counted in ``counts.skipped``, never raised."""
+    given); corrupt ones (a record under another recording's key included) are logged
+    with their key and counted in ``counts.skipped``, never raised."""
     counts = counts if counts is not None else ReadCounts()
     keys = store.iter_keys(f"features/{version}/")
-    for _key, data in read_many(store, keys, threads=threads):
+    for key, data in read_many(store, keys, threads=threads):
         if data is None:
             continue
         try:
-            record = decode_record(data, version)
-        except (CorruptRecord, IncompatibleRecord):
+            record = decode_stored(key, data, version)
+        except (CorruptRecord, IncompatibleRecord) as exc:
+            # Logged one by one: the count alone does not say which record to look at.
+            log.warning("stored record %s skipped (%s: %s)", key, exc.code, exc.message)
             counts.skipped += 1
             continue
         counts.read += 1

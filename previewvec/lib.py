@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.errors import NotFound
 from contract.layout import FMA_DIM, VECTOR_DIM, feature_names, fma_names
-from contract.records import FeatureRecord, decode_record, record_key
+from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
 from contract.versions import check_claim, current_version, derived_version
@@ -101,8 +101,8 @@ class Catalog:
     def record(self, recording_id: str) -> FeatureRecord:
         """One stored record; :class:`~contract.errors.NotFound` if there is none."""
         try:
-            return decode_record(self.store.get(record_key(self.version, recording_id)),
-                                 self.version)
+            key = record_key(self.version, recording_id)
+            return decode_stored(key, self.store.get(key), self.version)
         except (FileNotFoundError, ValueError):
             raise NotFound(f"no stored record for {recording_id!r} of feature version "
                            f"{self.version}") from None

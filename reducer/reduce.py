@@ -33,7 +33,7 @@ from contract.records import (
     CorruptRecord,
     FeatureRecord,
     IncompatibleRecord,
-    decode_record,
+    decode_stored,
     record_key,
     recording_id_of_key,
     utc_now_iso,
@@ -218,7 +218,7 @@ class Reducer:
             if data is None:
                 continue
             try:
-                yield decode_record(data, self.version)
+                yield decode_stored(key, data, self.version)
             except (CorruptRecord, IncompatibleRecord) as exc:
                 log.error("stored record %s cannot be indexed (%s: %s); skipped", key,
                           exc.code, exc.message)
@@ -260,7 +260,7 @@ class Reducer:
             records: dict[str, FeatureRecord] = {}
             for key in self._to_upsert(keys):
                 try:
-                    record = decode_record(self.store.get(key), self.version)
+                    record = decode_stored(key, self.store.get(key), self.version)
                 except FileNotFoundError:
                     log.warning("ready record %s is missing from the store; skipped", key)
                     continue
@@ -411,8 +411,8 @@ class Reducer:
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
         check_k(k)  # before asking the index for k + 1: k = 0 would ask for one
-        record = decode_record(self.store.get(record_key(self.version, recording_id)),
-                               self.version)
+        key = record_key(self.version, recording_id)
+        record = decode_stored(key, self.store.get(key), self.version)
         own = vector_id(recording_id)
         return [m for m in self.similar_to_vector(record.vector_array(), k + 1,
                                                   filter=filter) if m.id != own][:k]

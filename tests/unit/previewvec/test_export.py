@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from contract.errors import InputUnreadable, NothingStored
 from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM, feature_names
 from contract.records import PROVENANCE_KEYS, encode_record
 from contract.store.local import LocalStore
-from previewvec.export import BATCH_ROWS, export_parquet, iter_batches, iter_records
+from previewvec.export import (
+    BATCH_ROWS,
+    ReadCounts,
+    export_parquet,
+    iter_batches,
+    iter_records,
+)
 from testkit.records import synthetic_record
 
 N = BATCH_ROWS + 37  # two batches, the second one partial
@@ -154,6 +161,24 @@ def test_a_store_fault_while_exporting_keeps_its_own_type(
     with pytest.raises(pa.ArrowInvalid):
         export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_under_another_recordings_key_is_skipped_and_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Given record 1 stored under its own key and under record 2's, expect one row of
+    it (no duplicate), one skipped, and record 2's key in the log."""
+    store = LocalStore(tmp_path / "store")
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+    misplaced = synthetic_record(2).key
+    store.put(misplaced, encode_record(synthetic_record(1)))
+    counts = ReadCounts()
+    with caplog.at_level(logging.WARNING, logger="previewvec.export"):
+        ids = [r.recording_id for r in iter_records(store, FEATURE_VERSION, counts=counts)]
+    assert sorted(ids) == ["rec-0000000", "rec-0000001"]
+    assert (counts.read, counts.skipped) == (2, 1)
+    assert [r.getMessage() for r in caplog.records if misplaced in r.getMessage()]
 
 
 def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:

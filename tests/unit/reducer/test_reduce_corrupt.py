@@ -88,3 +88,16 @@ def test_a_query_is_not_stopped_by_a_corrupt_record_in_the_sample(reducer: Reduc
     reducer._normalizer = None
     matches = reducer.similar("rec-0000001", 3)
     assert len(matches) == 3 and all(m.id for m in matches)
+
+
+def test_a_record_under_another_recordings_key_is_skipped_not_indexed_twice(
+        reducer: Reducer, caplog: pytest.LogCaptureFixture) -> None:
+    """Given record 3 also stored under record 60's key, expect a reindex of 60 records
+    (record 60's key skipped and named in the log), not 61 upserts for 60 vectors."""
+    keys = store_records(reducer.store, 61)
+    reducer.store.put(keys[60], encode_record(synthetic_record(3)))
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.reindex() == 60
+    assert reducer.index.count() == 60
+    assert any(keys[60] in r.getMessage() and "rec-0000003" in r.getMessage()
+               for r in caplog.records)
