@@ -127,7 +127,7 @@ def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None
             record = decode_stored(key, data, version)
         except (CorruptRecord, IncompatibleRecord) as exc:
             # Logged one by one: the count alone does not say which record to look at.
-            log.warning("stored record %s skipped (%s: %s)", key, exc.code, exc.message)
+            log.warning("%s; skipped (%s)", exc.message, exc.code)
             counts.skipped += 1
             continue
         counts.read += 1

@@ -220,8 +220,7 @@ class Reducer:
             try:
                 yield decode_stored(key, data, self.version)
             except (CorruptRecord, IncompatibleRecord) as exc:
-                log.error("stored record %s cannot be indexed (%s: %s); skipped", key,
-                          exc.code, exc.message)
+                log.error("%s; skipped, not indexed (%s)", exc.message, exc.code)
 
     def _iter_records(self) -> Iterator[FeatureRecord]:
         yield from self._read(self.store.iter_keys(f"features/{self.version}/"))
@@ -268,7 +267,7 @@ class Reducer:
                     # Parked, not dropped: one bad record must not stall the queue, and
                     # `pv:ready:dead` keeps it visible (e.g. another feature version
                     # written during a rolling deploy; `previewvec reindex` recovers it).
-                    log.error("ready record %s cannot be indexed (%s); parked in %s", key,
+                    log.error("%s; cannot be indexed (%s), parked in %s", exc.message,
                               exc.code, DEAD_LETTER_QUEUE)
                     self.runs.park(key)
                     continue

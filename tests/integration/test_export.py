@@ -154,6 +154,14 @@ def test_show_one_record_readably(env: dict[str, str]) -> None:
     one_line(cli(env, "show", "rec-404"), EXIT_NOT_FOUND, "no stored record for 'rec-404'")
 
 
+def test_show_of_a_record_holding_nan_names_the_key(env: dict[str, str]) -> None:
+    record = synthetic_record(7)
+    path = Path(env["PREVIEWVEC_STORE"], record.key)
+    path.write_bytes(path.read_bytes().replace(b'"vector":[', b'"vector":[NaN,', 1))
+    one_line(cli(env, "show", "rec-0000007"), 1, f"stored record {record.key}: record holds "
+             "a non-finite number (NaN)")
+
+
 def test_runs_lists_recent_runs_with_counts(env: dict[str, str], redis_url: str) -> None:
     runs = Runs.from_url(redis_url)
     runs.create("20260101T000000Z-aaaaaa", input="catalog")
