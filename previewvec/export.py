@@ -2,8 +2,9 @@
 
 One row per recording: ``recording_id``, ``feature_version``, ``vector`` (a fixed-size
 list of float32, in :func:`contract.layout.feature_names` order), each descriptor in its
-own column, the computation (JSON) and every provenance field. The dimension names, the
-layout's names hash and the version are in the schema metadata.
+own column, the computation (JSON) and every provenance field (text; ``confidence`` a
+float64, :data:`NUMERIC_PROVENANCE`). The dimension names, the layout's names hash and
+the version are in the schema metadata.
 
 Streaming: records are read (concurrently from S3/R2, see contract/store/bulk.py) and
 turned into Arrow record batches of :data:`BATCH_ROWS` rows, so memory stays flat
@@ -39,6 +40,8 @@ from contract.records import (
 from contract.store import FeatureStore
 from contract.store.bulk import read_many
 
+# Provenance fields that are numbers (exported as float64); the others are text.
+NUMERIC_PROVENANCE = frozenset({"confidence"})
 BATCH_ROWS = 2048  # ≈ 4.3 MB of vectors per batch: one Parquet row group page set
 METADATA_NAMES = b"previewvec.feature_names"
 
@@ -55,7 +58,8 @@ def record_schema(version: str) -> pa.Schema:
     fields += [pa.field(name, pa.float64() if kind == "number" else pa.string())
                for name, kind in DESCRIPTORS.items()]
     fields.append(pa.field("computation", pa.string()))
-    fields += [pa.field(name, pa.string()) for name in PROVENANCE_KEYS]
+    fields += [pa.field(name, pa.float64() if name in NUMERIC_PROVENANCE else pa.string())
+               for name in PROVENANCE_KEYS]
     metadata = {
         METADATA_NAMES: json.dumps(list(feature_names())).encode(),
         b"previewvec.feature_version": version.encode(),
@@ -99,8 +103,11 @@ def to_batch(records: list[FeatureRecord], schema: pa.Schema,
             columns.append(pa.array([_text(v) for v in values], pa.string()))
     columns.append(pa.array([_text(r.computation) for r in records], pa.string()))
     for name in PROVENANCE_KEYS:
-        columns.append(pa.array([_text(r.provenance.get(name)) for r in records],
-                                pa.string()))
+        values = [r.provenance.get(name) for r in records]
+        if name in NUMERIC_PROVENANCE:
+            columns.append(pa.array([_number(v) for v in values], pa.float64()))
+        else:
+            columns.append(pa.array([_text(v) for v in values], pa.string()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 

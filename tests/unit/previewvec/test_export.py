@@ -181,6 +181,23 @@ def test_a_record_under_another_recordings_key_is_skipped_and_named(
     assert [r.getMessage() for r in caplog.records if misplaced in r.getMessage()]
 
 
+def test_confidence_is_a_number_column(tmp_path: Path) -> None:
+    """The match confidence is a float in records: exported as float64 (None → null), so
+    it can be filtered and averaged without parsing text."""
+    store = LocalStore(tmp_path / "store")
+    for i, confidence in enumerate([0.87, None, 1]):
+        record = synthetic_record(i)
+        record.provenance["confidence"] = confidence
+        store.put(record.key, encode_record(record))
+    export_parquet(store, tmp_path / "c.parquet", version=FEATURE_VERSION)
+    table = pq.read_table(tmp_path / "c.parquet")
+    assert table.schema.field("confidence").type == pa.float64()
+    by_id = dict(zip(table.column("recording_id").to_pylist(),
+                     table.column("confidence").to_pylist(), strict=True))
+    assert by_id == {"rec-0000000": 0.87, "rec-0000001": None, "rec-0000002": 1.0}
+    assert table.schema.field("run_id").type == pa.string()
+
+
 def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:
     sizes = [b.num_rows for b in iter_batches(iter_records(store, FEATURE_VERSION),
                                               FEATURE_VERSION, rows=500)]
