@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from previewvec.export import ReadCounts
     from reducer.reduce import Reducer
 
 AudioSource = str | os.PathLike[str] | bytes
@@ -92,11 +93,17 @@ class Catalog:
         return feature_names()
 
     # --- records --------------------------------------------------------------------
-    def records(self, *, run_id: str | None = None) -> Iterator[FeatureRecord]:
-        """Every stored record (of ``run_id``'s writing), streamed in key order."""
+    def records(self, *, run_id: str | None = None,
+                counts: ReadCounts | None = None) -> Iterator[FeatureRecord]:
+        """Every stored record (of ``run_id``'s writing), streamed in key order.
+
+        A record that cannot be read is skipped with a warning naming its key (logger
+        ``previewvec.export``) and counted in ``counts.skipped`` when ``counts`` (a
+        :class:`previewvec.export.ReadCounts`) is given; so are :meth:`matrix`,
+        :meth:`batches` and :meth:`table`, which take ``counts`` too."""
         from previewvec.export import iter_records
 
-        yield from iter_records(self.store, self.version, run_id=run_id)
+        yield from iter_records(self.store, self.version, run_id=run_id, counts=counts)
 
     def record(self, recording_id: str) -> FeatureRecord:
         """One stored record; :class:`~contract.errors.NotFound` if there is none."""
@@ -107,31 +114,34 @@ class Catalog:
             raise NotFound(f"no stored record for {recording_id!r} of feature version "
                            f"{self.version}") from None
 
-    def matrix(self, *, run_id: str | None = None) -> tuple[np.ndarray, list[str]]:
+    def matrix(self, *, run_id: str | None = None,
+               counts: ReadCounts | None = None) -> tuple[np.ndarray, list[str]]:
         """``(vectors, recording_ids)``: an ``(n, 530)`` float32 matrix, row i of
         ``recording_ids[i]``. Holds the whole catalog: for large ones use :meth:`table`
         batch by batch (:meth:`batches`) or ``previewvec export``."""
         rows: list[np.ndarray] = []
         ids: list[str] = []
-        for record in self.records(run_id=run_id):
+        for record in self.records(run_id=run_id, counts=counts):
             rows.append(record.vector_array())
             ids.append(record.recording_id)
         matrix = np.stack(rows) if rows else np.zeros((0, VECTOR_DIM), np.float32)
         return matrix, ids
 
-    def batches(self, *, run_id: str | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(self, *, run_id: str | None = None,
+                counts: ReadCounts | None = None) -> Iterator[pa.RecordBatch]:
         """The catalog as Arrow record batches (the export's columns), streamed."""
         from previewvec.export import iter_batches
 
-        yield from iter_batches(self.records(run_id=run_id), self.version)
+        yield from iter_batches(self.records(run_id=run_id, counts=counts), self.version)
 
-    def table(self, *, run_id: str | None = None) -> pa.Table:
+    def table(self, *, run_id: str | None = None,
+              counts: ReadCounts | None = None) -> pa.Table:
         """The catalog as one Arrow table: the columns of ``previewvec export``."""
         import pyarrow as pa
 
         from previewvec.export import record_schema
 
-        return pa.Table.from_batches(list(self.batches(run_id=run_id)),
+        return pa.Table.from_batches(list(self.batches(run_id=run_id, counts=counts)),
                                      schema=record_schema(self.version))
 
     def fma_frame(self, *, run_id: str | None = None) -> pd.DataFrame:

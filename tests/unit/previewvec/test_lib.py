@@ -211,3 +211,33 @@ def test_a_list_of_floats_and_a_zero_vector_are_valid_queries(
     vector = [float(x) for x in synthetic_record(2).vector_array()]
     assert synthetic_catalog.similar_to_vector(vector, k=1)[0].recording_id == "rec-0000002"
     assert len(synthetic_catalog.similar_to_vector(np.zeros(530), k=2)) == 2
+
+
+def test_records_matrix_and_table_name_each_skipped_record(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Given a store with one truncated record among three, expect the two others from
+    records(), matrix() and table(), a warning naming the bad key each time, and the skip
+    counted when a ReadCounts is passed."""
+    import logging
+
+    from previewvec.export import ReadCounts
+
+    catalog = previewvec.open(settings=Settings(store=str(tmp_path / "store"),
+                                                index=str(tmp_path / "index")))
+    keys = []
+    for i in range(3):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    catalog.store.put(keys[1], catalog.store.get(keys[1])[:50])
+    for read in (lambda c: list(catalog.records(counts=c)),
+                 lambda c: catalog.matrix(counts=c),
+                 lambda c: catalog.table(counts=c)):
+        counts = ReadCounts()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="previewvec.export"):
+            read(counts)
+        assert (counts.read, counts.skipped) == (2, 1)
+        assert [r.levelname for r in caplog.records if keys[1] in r.getMessage()] == [
+            "WARNING"]
+    assert sorted(catalog.matrix()[1]) == ["rec-0000000", "rec-0000002"]
