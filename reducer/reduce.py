@@ -158,7 +158,8 @@ class Reducer:
                     break
                 vectors += [rec.vector_array() for rec in self._read(more)]
         if not vectors:
-            raise NothingStored(f"the feature store holds no readable records of feature "
+            readable = "readable " if catalog else ""  # all there are corrupt: say so
+            raise NothingStored(f"the feature store holds no {readable}records of feature "
                                 f"version {self.version} to fit a normaliser on")
         fitted = Normalizer.fit(np.stack(vectors), self.version, catalog_size=catalog,
                                 fitted_at=utc_now_iso())
