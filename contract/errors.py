@@ -86,6 +86,13 @@ class ConfigError(PreviewvecError, ValueError):
     code = "bad_config"
 
 
+class InvalidQuery(PreviewvecError, ValueError):
+    """A similarity query is malformed: ``k`` below 1, a query vector of the wrong length,
+    non-numeric or not finite. A ValueError too, for older callers."""
+
+    code = "invalid_query"
+
+
 class InputUnreadable(PreviewvecError):
     """A file the user named cannot be read (or written): missing, a folder, no permission."""
 

@@ -264,6 +264,23 @@ def _checked_vector(vector: list[Any]) -> list[float]:
     return floats
 
 
+def _non_finite_constant(data: bytes) -> str | None:
+    """The NaN/Infinity literal that made orjson refuse ``data``, when that is the only
+    fault: the standard parser accepts those literals (its extension of JSON). Called
+    only on the error path, so valid records pay nothing for it."""
+    seen: list[str] = []
+
+    def constant(name: str) -> float:
+        seen.append(name)
+        return 0.0
+
+    try:
+        json.loads(data, parse_constant=constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return seen[0] if seen else None
+
+
 def decode_record(data: bytes, expect_version: str | None = None) -> FeatureRecord:
     """Parse and validate stored bytes (of ``expect_version``, when given).
 
@@ -284,6 +301,10 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
     except (UnicodeDecodeError, ValueError) as exc:
         if "infinity" in str(exc):  # 1e999: a number float64 cannot hold
             raise CorruptRecord(f"record holds non-finite numbers: {exc}") from None
+        constant = _non_finite_constant(data)
+        if constant is not None:
+            raise CorruptRecord(f"record holds a non-finite number ({constant}), which "
+                                "JSON cannot hold") from None
         raise CorruptRecord(f"record is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptRecord("record is not a JSON object")
@@ -322,3 +343,25 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
         timings_s={str(k): float(v) for k, v in timings.items()},
         computation=computation,
     )
+
+
+def decode_stored(key: str, data: bytes, expect_version: str | None = None) -> FeatureRecord:
+    """:func:`decode_record` of the bytes read from ``key``, which must be the key of the
+    record's own recording: a record under another recording's key (a bad copy, a
+    hand-made store) would otherwise be read twice, once under each key.
+
+    Raises :class:`CorruptRecord` or :class:`IncompatibleRecord`, their messages
+    starting ``stored record <key>:`` so that a reader knows which object to look at.
+    """
+    try:
+        record = decode_record(data, expect_version)
+    except (CorruptRecord, IncompatibleRecord) as exc:
+        raise type(exc)(f"stored record {key}: {exc.message}") from None
+    try:
+        keyed = recording_id_of_key(key)
+    except ValueError:
+        keyed = None
+    if keyed != record.recording_id:
+        raise CorruptRecord(f"stored record {key}: holds the record of "
+                            f"{record.recording_id!r}, not of the recording its key names")
+    return record

@@ -15,6 +15,7 @@ from pathlib import Path
 from contract.errors import (
     ConfigError,
     InputUnreadable,
+    InvalidQuery,
     NotFound,
     NothingStored,
     PreviewvecError,
@@ -46,6 +47,7 @@ class Interrupted(PreviewvecError):
 # Most specific first; a typed failure of no listed family exits 1.
 EXIT_FAMILIES: tuple[tuple[type[PreviewvecError], int], ...] = (
     (ConfigError, EXIT_USAGE),
+    (InvalidQuery, EXIT_USAGE),
     (StoreError, EXIT_STORE),
     (VectorIndexError, EXIT_INDEX),
     (NotFound, EXIT_NOT_FOUND),
@@ -455,6 +457,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from contract.versions import current_version
     from previewvec.export import export_parquet
 
+    # SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) end the export
+    # like Ctrl-C, so the temporary file is removed instead of left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     store = open_store(settings.store, settings)
     _check_store(store)
     version = args.version or current_version(settings)
@@ -474,7 +480,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.records import decode_record, record_key
+    from contract.records import decode_stored, record_key
     from contract.store import open_store
     from contract.versions import current_version
 
@@ -483,7 +489,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                        f"{version} in the feature store ({settings.store})")
     store = open_store(settings.store, settings)
     try:
-        record = decode_record(store.get(record_key(version, args.recording_id)), version)
+        key = record_key(version, args.recording_id)
+        record = decode_stored(key, store.get(key), version)
     except (FileNotFoundError, ValueError):  # ValueError: an id that cannot be stored
         raise missing from None
     if args.json:
@@ -715,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recording_id", nargs="?", default=None)
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=_positive_int, default=10, help="how many neighbours")
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
     p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
@@ -750,9 +757,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The most recent runs, newest first: queued, done, "
                        "skipped and failed recordings, and whether the run is open, "
                        "finished or closed.")
-    p.add_argument("-n", "--limit", type=int, default=20)
+    p.add_argument("-n", "--limit", type=_positive_int, default=20,
+                   help="how many runs (default 20)")
     p.set_defaults(handler=cmd_runs)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count of things to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _date(text: str) -> date:

@@ -2,8 +2,9 @@
 
 One row per recording: ``recording_id``, ``feature_version``, ``vector`` (a fixed-size
 list of float32, in :func:`contract.layout.feature_names` order), each descriptor in its
-own column, the computation (JSON) and every provenance field. The dimension names, the
-layout's names hash and the version are in the schema metadata.
+own column, the computation (JSON) and every provenance field (text; ``confidence`` a
+float64, :data:`NUMERIC_PROVENANCE`). The dimension names, the layout's names hash and
+the version are in the schema metadata.
 
 Streaming: records are read (concurrently from S3/R2, see contract/store/bulk.py) and
 turned into Arrow record batches of :data:`BATCH_ROWS` rows, so memory stays flat
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -33,13 +35,17 @@ from contract.records import (
     CorruptRecord,
     FeatureRecord,
     IncompatibleRecord,
-    decode_record,
+    decode_stored,
 )
 from contract.store import FeatureStore
 from contract.store.bulk import read_many
 
+# Provenance fields that are numbers (exported as float64); the others are text.
+NUMERIC_PROVENANCE = frozenset({"confidence"})
 BATCH_ROWS = 2048  # ≈ 4.3 MB of vectors per batch: one Parquet row group page set
 METADATA_NAMES = b"previewvec.feature_names"
+
+log = logging.getLogger(__name__)
 
 
 def record_schema(version: str) -> pa.Schema:
@@ -52,7 +58,8 @@ def record_schema(version: str) -> pa.Schema:
     fields += [pa.field(name, pa.float64() if kind == "number" else pa.string())
                for name, kind in DESCRIPTORS.items()]
     fields.append(pa.field("computation", pa.string()))
-    fields += [pa.field(name, pa.string()) for name in PROVENANCE_KEYS]
+    fields += [pa.field(name, pa.float64() if name in NUMERIC_PROVENANCE else pa.string())
+               for name in PROVENANCE_KEYS]
     metadata = {
         METADATA_NAMES: json.dumps(list(feature_names())).encode(),
         b"previewvec.feature_version": version.encode(),
@@ -96,8 +103,11 @@ def to_batch(records: list[FeatureRecord], schema: pa.Schema,
             columns.append(pa.array([_text(v) for v in values], pa.string()))
     columns.append(pa.array([_text(r.computation) for r in records], pa.string()))
     for name in PROVENANCE_KEYS:
-        columns.append(pa.array([_text(r.provenance.get(name)) for r in records],
-                                pa.string()))
+        values = [r.provenance.get(name) for r in records]
+        if name in NUMERIC_PROVENANCE:
+            columns.append(pa.array([_number(v) for v in values], pa.float64()))
+        else:
+            columns.append(pa.array([_text(v) for v in values], pa.string()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -113,15 +123,18 @@ def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None
                  counts: ReadCounts | None = None, threads: int | None = None,
                  ) -> Iterator[FeatureRecord]:
     """Every readable record of ``version`` in key order (of ``run_id``'s writing, when
-    given); corrupt ones are counted in ``counts.skipped``, never raised."""
+    given); corrupt ones (a record under another recording's key included) are logged
+    with their key and counted in ``counts.skipped``, never raised."""
     counts = counts if counts is not None else ReadCounts()
     keys = store.iter_keys(f"features/{version}/")
-    for _key, data in read_many(store, keys, threads=threads):
+    for key, data in read_many(store, keys, threads=threads):
         if data is None:
             continue
         try:
-            record = decode_record(data, version)
-        except (CorruptRecord, IncompatibleRecord):
+            record = decode_stored(key, data, version)
+        except (CorruptRecord, IncompatibleRecord) as exc:
+            # Logged one by one: the count alone does not say which record to look at.
+            log.warning("%s; skipped (%s)", exc.message, exc.code)
             counts.skipped += 1
             continue
         counts.read += 1
@@ -169,7 +182,8 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     Raises
     ------
     InputUnreadable
-        ``out`` cannot be written (a missing folder, no permission, a folder).
+        ``out`` cannot be written (a missing folder, no permission, a folder, a full
+        disk).
     NothingStored
         No record matched: no file is written.
     """
@@ -181,52 +195,76 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     counts = ReadCounts()
     rows = 0
     tmp: Path | None = None
-    # SIGINT held from creating the temporary file until the block that removes it is
-    # entered: Ctrl-C in between would leave the file behind.
-    held = _hold_sigint()
+    # The interrupting signals held from creating the temporary file until the block that
+    # removes it is entered: Ctrl-C (or SIGTERM/SIGHUP, which the CLI turns into
+    # KeyboardInterrupt) in between would leave the file behind.
+    held = _hold_interrupts()
     try:
-        try:
+        with _writing(out):
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                             dir=target.parent)
-        except OSError as exc:
-            raise InputUnreadable(f"cannot write {str(out)!r}: "
-                                  f"{exc.strerror or type(exc).__name__}") from None
         tmp = Path(tmp_name)
         os.close(fd)
-        _release_sigint(held)
+        _release_interrupts(held)
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
-        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+        with _writing(out):
+            writer = pq.ParquetWriter(tmp, schema, compression="snappy")
+        try:
             records = iter_records(store, version, run_id=run_id, counts=counts,
                                    threads=threads)
             for batch in iter_batches(records, version):
-                writer.write_batch(batch)
+                with _writing(out):  # only the writes: store faults keep their own types
+                    writer.write_batch(batch)
                 rows += batch.num_rows
                 if progress is not None:
                     progress(batch.num_rows)
+        except BaseException:
+            # The first error is the one to tell; the file is removed below either way.
+            with contextlib.suppress(OSError):
+                writer.close()
+            raise
+        with _writing(out):
+            writer.close()  # writes the footer: can meet a full disk too
         if rows == 0:
             what = f"of run {run_id} " if run_id else ""
             raise NothingStored(f"no records {what}of feature version {version} in the "
                                 "feature store: nothing exported")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
-        os.replace(tmp, target)
+        with _writing(out):
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+            os.replace(tmp, target)
     finally:
-        _release_sigint(held)
+        _release_interrupts(held)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
 
 
-def _hold_sigint() -> set[signal.Signals] | None:
-    """Block SIGINT (main thread only); returns the mask to restore, None when not held."""
+@contextlib.contextmanager
+def _writing(out: str | os.PathLike[str]) -> Iterator[None]:
+    """Writing ``out``: an OSError (a full disk, a quota, a file-size limit, no
+    permission) becomes :class:`InputUnreadable`, one line for the CLI."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InputUnreadable(f"cannot write {str(out)!r}: {reason}") from None
+
+
+INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _hold_interrupts() -> set[signal.Signals] | None:
+    """Block :data:`INTERRUPTS` (main thread only); returns the mask to restore, None when
+    not held."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
 
 
-def _release_sigint(held: set[signal.Signals] | None) -> None:
-    """Restore the mask :func:`_hold_sigint` replaced (a pending SIGINT arrives now)."""
+def _release_interrupts(held: set[signal.Signals] | None) -> None:
+    """Restore the mask :func:`_hold_interrupts` replaced (a pending signal arrives now)."""
     if held is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

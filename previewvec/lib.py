@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.errors import NotFound
 from contract.layout import FMA_DIM, VECTOR_DIM, feature_names, fma_names
-from contract.records import FeatureRecord, decode_record, record_key
+from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
 from contract.versions import check_claim, current_version, derived_version
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from previewvec.export import ReadCounts
     from reducer.reduce import Reducer
 
 AudioSource = str | os.PathLike[str] | bytes
@@ -92,46 +93,55 @@ class Catalog:
         return feature_names()
 
     # --- records --------------------------------------------------------------------
-    def records(self, *, run_id: str | None = None) -> Iterator[FeatureRecord]:
-        """Every stored record (of ``run_id``'s writing), streamed in key order."""
+    def records(self, *, run_id: str | None = None,
+                counts: ReadCounts | None = None) -> Iterator[FeatureRecord]:
+        """Every stored record (of ``run_id``'s writing), streamed in key order.
+
+        A record that cannot be read is skipped with a warning naming its key (logger
+        ``previewvec.export``) and counted in ``counts.skipped`` when ``counts`` (a
+        :class:`previewvec.export.ReadCounts`) is given; so are :meth:`matrix`,
+        :meth:`batches` and :meth:`table`, which take ``counts`` too."""
         from previewvec.export import iter_records
 
-        yield from iter_records(self.store, self.version, run_id=run_id)
+        yield from iter_records(self.store, self.version, run_id=run_id, counts=counts)
 
     def record(self, recording_id: str) -> FeatureRecord:
         """One stored record; :class:`~contract.errors.NotFound` if there is none."""
         try:
-            return decode_record(self.store.get(record_key(self.version, recording_id)),
-                                 self.version)
+            key = record_key(self.version, recording_id)
+            return decode_stored(key, self.store.get(key), self.version)
         except (FileNotFoundError, ValueError):
             raise NotFound(f"no stored record for {recording_id!r} of feature version "
                            f"{self.version}") from None
 
-    def matrix(self, *, run_id: str | None = None) -> tuple[np.ndarray, list[str]]:
+    def matrix(self, *, run_id: str | None = None,
+               counts: ReadCounts | None = None) -> tuple[np.ndarray, list[str]]:
         """``(vectors, recording_ids)``: an ``(n, 530)`` float32 matrix, row i of
         ``recording_ids[i]``. Holds the whole catalog: for large ones use :meth:`table`
         batch by batch (:meth:`batches`) or ``previewvec export``."""
         rows: list[np.ndarray] = []
         ids: list[str] = []
-        for record in self.records(run_id=run_id):
+        for record in self.records(run_id=run_id, counts=counts):
             rows.append(record.vector_array())
             ids.append(record.recording_id)
         matrix = np.stack(rows) if rows else np.zeros((0, VECTOR_DIM), np.float32)
         return matrix, ids
 
-    def batches(self, *, run_id: str | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(self, *, run_id: str | None = None,
+                counts: ReadCounts | None = None) -> Iterator[pa.RecordBatch]:
         """The catalog as Arrow record batches (the export's columns), streamed."""
         from previewvec.export import iter_batches
 
-        yield from iter_batches(self.records(run_id=run_id), self.version)
+        yield from iter_batches(self.records(run_id=run_id, counts=counts), self.version)
 
-    def table(self, *, run_id: str | None = None) -> pa.Table:
+    def table(self, *, run_id: str | None = None,
+              counts: ReadCounts | None = None) -> pa.Table:
         """The catalog as one Arrow table: the columns of ``previewvec export``."""
         import pyarrow as pa
 
         from previewvec.export import record_schema
 
-        return pa.Table.from_batches(list(self.batches(run_id=run_id)),
+        return pa.Table.from_batches(list(self.batches(run_id=run_id, counts=counts)),
                                      schema=record_schema(self.version))
 
     def fma_frame(self, *, run_id: str | None = None) -> pd.DataFrame:
@@ -166,8 +176,10 @@ class Catalog:
     def similar(self, recording_id: str, k: int = 10, **filters: Any) -> list[Neighbour]:
         """The ``k`` nearest stored recordings to a stored one (itself excluded).
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
+        from reducer.index.base import check_k
         from reducer.reduce import similar_filter
 
+        check_k(k)  # InvalidQuery, before anything is read
         self.record(recording_id)  # NotFound, typed, before the index is asked
         matches = self._reducer.similar(recording_id, k, filter=similar_filter(**filters))
         return [self._neighbour(m) for m in matches]
@@ -175,11 +187,14 @@ class Catalog:
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
                           **filters: Any) -> list[Neighbour]:
         """Nearest recordings to a raw vector (as :func:`extract` or :meth:`matrix` give
-        it); it is normalised as the index's vectors are."""
+        it); it is normalised as the index's vectors are. A vector that is not
+        ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
+        from reducer.index.base import check_k, check_query_vector
         from reducer.reduce import similar_filter
 
-        matches = self._reducer.similar_to_vector(np.asarray(vector, np.float32), k,
-                                                  filter=similar_filter(**filters))
+        check_k(k)  # both before the index and the normaliser are opened
+        raw = check_query_vector(vector, VECTOR_DIM)
+        matches = self._reducer.similar_to_vector(raw, k, filter=similar_filter(**filters))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,

@@ -14,12 +14,13 @@ to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from contract.records import (
     CorruptRecord,
     FeatureRecord,
     IncompatibleRecord,
-    decode_record,
+    decode_stored,
     record_key,
     recording_id_of_key,
     utc_now_iso,
@@ -52,6 +53,7 @@ from contract.store import FeatureStore, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
+from reducer.index.base import check_k, check_query_vector
 from reducer.normalize import (
     Normalizer,
     indexed_marker_key,
@@ -142,12 +144,23 @@ class Reducer:
         """Fit on a reservoir sample of at most ``normalizer_sample`` stored records and
         store it (current, and in the history under its own version)."""
         size = max(1, self.settings.normalizer_sample)
-        keys, catalog = reservoir_sample(self.store.iter_keys(f"features/{self.version}/"),
-                                         size)
+        prefix = f"features/{self.version}/"
+        keys, catalog = reservoir_sample(self.store.iter_keys(prefix), size)
         vectors = [rec.vector_array() for rec in self._read(sorted(keys))]
+        if len(vectors) < len(keys) and catalog > len(keys):
+            # The sample is seeded: a corrupt (or vanished) record in it would be drawn
+            # again by every refit, so records outside it, in key order, take its place.
+            sampled = set(keys)
+            others = (key for key in self.store.iter_keys(prefix) if key not in sampled)
+            while len(vectors) < len(keys):
+                more = list(itertools.islice(others, len(keys) - len(vectors)))
+                if not more:
+                    break
+                vectors += [rec.vector_array() for rec in self._read(more)]
         if not vectors:
-            raise NothingStored(f"the feature store holds no records of feature version "
-                                f"{self.version} to fit a normaliser on")
+            readable = "readable " if catalog else ""  # all there are corrupt: say so
+            raise NothingStored(f"the feature store holds no {readable}records of feature "
+                                f"version {self.version} to fit a normaliser on")
         fitted = Normalizer.fit(np.stack(vectors), self.version, catalog_size=catalog,
                                 fitted_at=utc_now_iso())
         data = fitted.to_json()
@@ -198,21 +211,20 @@ class Reducer:
         self._mark_indexed(normalizer)
         return True
 
-    def _read(self, keys: list[str]) -> Iterator[FeatureRecord]:
-        """Decode stored records of this version, concurrently read; skips vanished ones."""
-        for _key, data in read_many(self.store, keys):
-            if data is not None:
-                yield decode_record(data, self.version)
-
-    def _iter_records(self) -> Iterator[FeatureRecord]:
-        for key, data in read_many(self.store, self.store.iter_keys(
-                f"features/{self.version}/")):
+    def _read(self, keys: Iterable[str]) -> Iterator[FeatureRecord]:
+        """Decode stored records of this version, concurrently read; skips vanished ones
+        and logs (with its key) and skips each one that cannot be decoded: one bad record
+        must not stop a fit, a reindex or a query."""
+        for key, data in read_many(self.store, keys):
             if data is None:
                 continue
             try:
-                yield decode_record(data, self.version)
+                yield decode_stored(key, data, self.version)
             except (CorruptRecord, IncompatibleRecord) as exc:
-                log.error("stored record %s cannot be indexed (%s); skipped", key, exc.code)
+                log.error("%s; skipped, not indexed (%s)", exc.message, exc.code)
+
+    def _iter_records(self) -> Iterator[FeatureRecord]:
+        yield from self._read(self.store.iter_keys(f"features/{self.version}/"))
 
     # --- batches ------------------------------------------------------------------------
     def items_for(self, records: list[FeatureRecord],
@@ -248,7 +260,7 @@ class Reducer:
             records: dict[str, FeatureRecord] = {}
             for key in self._to_upsert(keys):
                 try:
-                    record = decode_record(self.store.get(key), self.version)
+                    record = decode_stored(key, self.store.get(key), self.version)
                 except FileNotFoundError:
                     log.warning("ready record %s is missing from the store; skipped", key)
                     continue
@@ -256,7 +268,7 @@ class Reducer:
                     # Parked, not dropped: one bad record must not stall the queue, and
                     # `pv:ready:dead` keeps it visible (e.g. another feature version
                     # written during a rolling deploy; `previewvec reindex` recovers it).
-                    log.error("ready record %s cannot be indexed (%s); parked in %s", key,
+                    log.error("%s; cannot be indexed (%s), parked in %s", exc.message,
                               exc.code, DEAD_LETTER_QUEUE)
                     self.runs.park(key)
                     continue
@@ -398,8 +410,9 @@ class Reducer:
     # --- queries ------------------------------------------------------------------------
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
-        record = decode_record(self.store.get(record_key(self.version, recording_id)),
-                               self.version)
+        check_k(k)  # before asking the index for k + 1: k = 0 would ask for one
+        key = record_key(self.version, recording_id)
+        record = decode_stored(key, self.store.get(key), self.version)
         own = vector_id(recording_id)
         return [m for m in self.similar_to_vector(record.vector_array(), k + 1,
                                                   filter=filter) if m.id != own][:k]
@@ -407,4 +420,6 @@ class Reducer:
     def similar_to_vector(self, raw: np.ndarray, k: int = 10, *,
                           filter: dict | None = None) -> list[Match]:
         """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
+        check_k(k)
+        raw = check_query_vector(raw, VECTOR_DIM)  # the caller's fault, typed as such
         return self.index.query(self.normalizer().apply(raw), k, filter=filter)

@@ -25,6 +25,7 @@ from contract.errors import (  # noqa: F401
     ConfigError,
     IndexRejected,
     IndexUnavailable,
+    InvalidQuery,
     VectorIndexError,
 )
 from contract.layout import DESCRIPTORS, DescriptorKind
@@ -134,6 +135,27 @@ def check_vector(values: Sequence[float] | np.ndarray, dim: int, what: str) -> n
     return arr
 
 
+def check_query_vector(values: Sequence[float] | np.ndarray, dim: int) -> np.ndarray:
+    """A raw query vector as float32 ``(dim,)``: numbers only, finite.
+
+    Raises :class:`~contract.errors.InvalidQuery` (the caller's input, not the index's
+    fault); a zero raw vector is fine, normalising moves it.
+    """
+    try:
+        raw = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nesting
+        raise InvalidQuery("the query vector is not a flat sequence of numbers") from None
+    if raw.dtype.kind not in "fiu":  # strings, objects, booleans: not features
+        raise InvalidQuery(f"the query vector holds non-numbers ({raw.dtype})")
+    if raw.shape != (dim,):
+        raise InvalidQuery(f"the query vector has shape {raw.shape}, expected ({dim},)")
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        arr = raw.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise InvalidQuery("the query vector holds NaN or infinite values (as float32)")
+    return arr
+
+
 def _numpy_scalar(value: object) -> object:
     # Descriptors computed with numpy often arrive as np.float32/np.int64 scalars.
     if isinstance(value, np.generic):
@@ -236,9 +258,9 @@ def check_items(items: Sequence[IndexItem], dim: int) -> CheckedBatch:
 def check_k(k: int, limit: int | None = None) -> int:
     """A positive int (bool excluded), at most ``limit`` if given."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError("k must be a positive integer")
+        raise InvalidQuery(f"k must be a positive integer, not {k!r}")
     if limit is not None and k > limit:
-        raise ValueError(f"k must be at most {limit}")
+        raise InvalidQuery(f"k must be at most {limit}, not {k}")
     return k
 
 

@@ -27,6 +27,7 @@ from previewvec.cli import (
     EXIT_STORE,
     EXIT_USAGE,
 )
+from testkit.records import synthetic_record
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY, free_port, moto_server
 
 BUCKET = "pv-cli-faults"
@@ -236,6 +237,29 @@ def test_empty_store(base_env) -> None:
     expect_fault(base_env, ["similar", "never-stored"], EXIT_NOT_FOUND,
                  "no stored record for 'never-stored'")
     expect_fault(base_env, ["similar", ".."], EXIT_NOT_FOUND, "no stored record for '..'")
+
+
+def test_a_corrupt_record_does_not_stop_reindex_or_similar(base_env) -> None:
+    """Given three stored records, one truncated, expect `reindex` to index the two others
+    and name the bad key on stderr, and `similar` to answer (exit 0, no traceback)."""
+    store = open_store(base_env["PREVIEWVEC_STORE"])
+    keys = []
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    store.put(keys[0], store.get(keys[0])[:200])
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "reindex"],
+                            env=base_env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert "reindexed 2 records; index holds 2 vectors" in result.stdout
+    assert keys[0] in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar",
+                             "rec-0000001", "-k", "1"], env=base_env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert '"recording_id": "rec-0000002"' in result.stdout
 
 
 def test_empty_index(base_env) -> None:

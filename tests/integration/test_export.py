@@ -4,6 +4,7 @@ and from a real S3 API (moto's server), interrupted, and on the faults a user me
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -84,9 +85,13 @@ def test_export_from_s3(env: dict[str, str], tmp_path: Path, moto_endpoint: str)
         pq.read_table(tmp_path / "folder.parquet"))
 
 
-def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Path) -> None:
-    """Given SIGINT while the export is writing (its temporary file exists), expect exit
-    130, one line, and no file: neither the target nor the temporary one."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=lambda s: s.name)
+def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Path,
+                                              signum: signal.Signals) -> None:
+    """Given SIGINT (Ctrl-C), SIGTERM (a stopped container) or SIGHUP (a closed terminal)
+    while the export is writing (its temporary file exists), expect exit 130, one line,
+    and no file: neither the target nor the temporary one."""
     out = tmp_path / "out" / "x.parquet"
     out.parent.mkdir()
     slow = {**env, "PREVIEWVEC_STORE": str(tmp_path / "store")}
@@ -101,7 +106,7 @@ def test_an_interrupted_export_leaves_no_file(env: dict[str, str], tmp_path: Pat
     while not any(out.parent.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "export ended early"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.count("\n") == 1 and "nothing written" in stderr
@@ -121,6 +126,23 @@ def test_export_faults_are_one_line(env: dict[str, str], tmp_path: Path) -> None
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_an_export_that_cannot_grow_its_file_is_one_line(env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """Given a write that fails mid-export (a file-size limit: the same OSError path as a
+    full disk), expect exit 7, one line naming the cause, and no file left behind."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "out" / "x.parquet"
+    out.parent.mkdir()
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "export", str(out)],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, preexec_fn=limit)
+    one_line(result, EXIT_INPUT_FILE, "File too large")
+    assert list(out.parent.iterdir()) == []
+
+
 def test_show_one_record_readably(env: dict[str, str]) -> None:
     result = cli(env, "show", "rec-0000007")
     assert result.returncode == 0, result.stderr
@@ -130,6 +152,14 @@ def test_show_one_record_readably(env: dict[str, str]) -> None:
     full = cli(env, "show", "rec-0000007", "--vector")
     assert full.stdout.count("\n") > 530
     one_line(cli(env, "show", "rec-404"), EXIT_NOT_FOUND, "no stored record for 'rec-404'")
+
+
+def test_show_of_a_record_holding_nan_names_the_key(env: dict[str, str]) -> None:
+    record = synthetic_record(7)
+    path = Path(env["PREVIEWVEC_STORE"], record.key)
+    path.write_bytes(path.read_bytes().replace(b'"vector":[', b'"vector":[NaN,', 1))
+    one_line(cli(env, "show", "rec-0000007"), 1, f"stored record {record.key}: record holds "
+             "a non-finite number (NaN)")
 
 
 def test_runs_lists_recent_runs_with_counts(env: dict[str, str], redis_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -274,3 +275,39 @@ def test_a_reader_can_insist_on_its_own_version() -> None:
 def test_a_computation_that_is_not_an_object_is_corrupt() -> None:
     with pytest.raises(CorruptRecord, match="computation"):
         decode_record(as_bytes(encoded_doc(computation=[1, 2])))
+
+
+def test_decode_stored_wants_the_records_own_key() -> None:
+    """A record read from another recording's key (or a key that names none) is corrupt
+    there, said with the key; under its own key it decodes as decode_record does."""
+    from contract.records import CorruptRecord, decode_stored
+    from testkit.records import synthetic_record
+
+    record = synthetic_record(1)
+    data = encode_record(record)
+    assert decode_stored(record.key, data).recording_id == record.recording_id
+    other = synthetic_record(2).key
+    with pytest.raises(CorruptRecord, match=re.escape(other)):
+        decode_stored(other, data)
+    with pytest.raises(CorruptRecord, match="not of the recording"):
+        decode_stored("features/pv4/zz/.json", data)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_nan_literal_is_named_as_such_not_as_invalid_json(literal: str) -> None:
+    """Given a stored record whose vector holds NaN (valid to Python's json, not JSON),
+    expect a message that says so, naming the key when read from the store."""
+    from contract.records import CorruptRecord, decode_stored
+    from testkit.records import synthetic_record
+
+    record = synthetic_record(4)
+    doc = json.loads(encode_record(record))
+    doc["vector"][7] = float(literal)
+    data = json.dumps(doc).encode()  # json writes NaN / Infinity / -Infinity
+    assert literal.encode() in data
+    with pytest.raises(CorruptRecord, match=f"non-finite number \\({literal}\\)"):
+        decode_record(data)
+    with pytest.raises(CorruptRecord, match=f"^stored record {re.escape(record.key)}: "):
+        decode_stored(record.key, data)
+    with pytest.raises(CorruptRecord, match="not valid UTF-8 JSON"):
+        decode_record(data[:-10])  # truncated: still said as before

@@ -127,3 +127,17 @@ def test_reduce_follow_waits_for_redis_instead_of_exiting():
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, "-m", "previewvec.cli", "reduce", "--follow"],
                        capture_output=True, text=True, timeout=8, env=env)
+
+
+@pytest.mark.parametrize("command", [["similar", "rec-1", "-k", "0"],
+                                     ["similar", "rec-1", "-k", "-3"],
+                                     ["similar", "--audio", "f.wav", "-k", "0"],
+                                     ["runs", "-n", "0"], ["runs", "-n", "-2"],
+                                     ["runs", "-n", "many"]])
+def test_counts_below_one_are_refused_as_arguments(command):
+    """-k and -n count things to show: 0 or less is a usage error, said in one line
+    (after argparse's usage), not a traceback, no output and success, or every run."""
+    result = run_cli(*command, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "must be at least 1" in result.stderr or "not an integer" in result.stderr

@@ -3,12 +3,16 @@ by pyarrow, pandas and polars. Real folder store of synthetic records."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,7 +20,13 @@ from contract.errors import InputUnreadable, NothingStored
 from contract.layout import DESCRIPTORS, FEATURE_VERSION, VECTOR_DIM, feature_names
 from contract.records import PROVENANCE_KEYS, encode_record
 from contract.store.local import LocalStore
-from previewvec.export import BATCH_ROWS, export_parquet, iter_batches, iter_records
+from previewvec.export import (
+    BATCH_ROWS,
+    ReadCounts,
+    export_parquet,
+    iter_batches,
+    iter_records,
+)
 from testkit.records import synthetic_record
 
 N = BATCH_ROWS + 37  # two batches, the second one partial
@@ -117,6 +127,75 @@ def test_an_unwritable_target_is_input_unreadable(store: LocalStore, tmp_path: P
         export_parquet(store, tmp_path / "missing" / "x.parquet", version=FEATURE_VERSION)
     with pytest.raises(InputUnreadable, match="folder"):
         export_parquet(store, tmp_path, version=FEATURE_VERSION)
+
+
+@pytest.mark.parametrize("failing", ["write_batch", "close"])
+def test_a_full_disk_is_input_unreadable_and_leaves_no_file(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        failing: str) -> None:
+    """Given ENOSPC while writing a batch or the footer, expect the typed error of an
+    unwritable target, naming the cause, and no file left (an earlier export kept)."""
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"an earlier export")
+    real = getattr(pq.ParquetWriter, failing)
+
+    def full(self: pq.ParquetWriter, *args: object) -> None:
+        real(self, *args)  # the real write (or close), then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq.ParquetWriter, failing, full)
+    with pytest.raises(InputUnreadable, match="No space left on device"):
+        export_parquet(store, out, version=FEATURE_VERSION)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+    assert out.read_bytes() == b"an earlier export"
+
+
+def test_a_store_fault_while_exporting_keeps_its_own_type(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the writes are the target's fault: an error raised while reading is not
+    turned into InputUnreadable."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise pa.ArrowInvalid("not a write")
+
+    monkeypatch.setattr("previewvec.export.to_batch", broken)
+    with pytest.raises(pa.ArrowInvalid):
+        export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_under_another_recordings_key_is_skipped_and_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Given record 1 stored under its own key and under record 2's, expect one row of
+    it (no duplicate), one skipped, and record 2's key in the log."""
+    store = LocalStore(tmp_path / "store")
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+    misplaced = synthetic_record(2).key
+    store.put(misplaced, encode_record(synthetic_record(1)))
+    counts = ReadCounts()
+    with caplog.at_level(logging.WARNING, logger="previewvec.export"):
+        ids = [r.recording_id for r in iter_records(store, FEATURE_VERSION, counts=counts)]
+    assert sorted(ids) == ["rec-0000000", "rec-0000001"]
+    assert (counts.read, counts.skipped) == (2, 1)
+    assert [r.getMessage() for r in caplog.records if misplaced in r.getMessage()]
+
+
+def test_confidence_is_a_number_column(tmp_path: Path) -> None:
+    """The match confidence is a float in records: exported as float64 (None → null), so
+    it can be filtered and averaged without parsing text."""
+    store = LocalStore(tmp_path / "store")
+    for i, confidence in enumerate([0.87, None, 1]):
+        record = synthetic_record(i)
+        record.provenance["confidence"] = confidence
+        store.put(record.key, encode_record(record))
+    export_parquet(store, tmp_path / "c.parquet", version=FEATURE_VERSION)
+    table = pq.read_table(tmp_path / "c.parquet")
+    assert table.schema.field("confidence").type == pa.float64()
+    by_id = dict(zip(table.column("recording_id").to_pylist(),
+                     table.column("confidence").to_pylist(), strict=True))
+    assert by_id == {"rec-0000000": 0.87, "rec-0000001": None, "rec-0000002": 1.0}
+    assert table.schema.field("run_id").type == pa.string()
 
 
 def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:

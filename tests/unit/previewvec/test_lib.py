@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import previewvec
-from contract.errors import NotFound
+from contract.errors import InvalidQuery, NotFound
 from contract.records import FeatureRecord, encode_record, make_provenance
 from contract.settings import Settings
 from reducer.reduce import Reducer
 from testkit.encode import encode_audio
+from testkit.records import synthetic_record
 from testkit.songs import generate_song, render_synth
 
 REPO = Path(__file__).resolve().parents[3]
@@ -156,3 +157,87 @@ def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
     both = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert both.returncode == 2 and "RECORDING_ID or --audio" in both.stderr
+
+
+@pytest.fixture(scope="module")
+def synthetic_catalog(tmp_path_factory: pytest.TempPathFactory) -> previewvec.Catalog:
+    """A catalog of 20 synthetic records, indexed."""
+    root = tmp_path_factory.mktemp("synthetic")
+    settings = Settings(store=str(root / "store"), index=str(root / "index"))
+    catalog = previewvec.open(settings=settings)
+    for i in range(20):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+    Reducer.build(settings).reindex()
+    return catalog
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_below_one_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                         k: int) -> None:
+    """Given k < 1, expect the typed input error (a ValueError too), never [] or a plain
+    ValueError from the index, whether by a stored recording or by a vector."""
+    vector = synthetic_record(1).vector_array()
+    with pytest.raises(InvalidQuery, match="k must be a positive integer") as raised:
+        synthetic_catalog.similar("rec-0000001", k=k)
+    assert raised.value.code == "invalid_query" and isinstance(raised.value, ValueError)
+    with pytest.raises(InvalidQuery):
+        synthetic_catalog.similar_to_vector(vector, k=k)
+    assert len(synthetic_catalog.similar("rec-0000001", k=1)) == 1
+
+
+@pytest.mark.parametrize(("vector", "why"), [
+    (synthetic_record(1).vector_array()[:100], "shape"),
+    (np.append(synthetic_record(1).vector_array(), 1.0), "shape"),
+    (synthetic_record(1).vector_array().reshape(1, -1), "shape"),
+    (["a"] * 530, "non-numbers"),
+    ([[1.0, 2.0], [3.0]], "not a flat sequence"),
+    ([True] * 530, "non-numbers"),
+    (np.full(530, np.nan), "NaN"),
+    (np.full(530, 1e300), "infinite"),
+])
+def test_a_malformed_query_vector_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                                      vector: object, why: str) -> None:
+    """Given a query vector of the wrong length, of non-numbers or not finite, expect the
+    typed input error naming why, never a builtin ValueError or an index-down error."""
+    with pytest.raises(InvalidQuery, match=why):
+        synthetic_catalog.similar_to_vector(vector, k=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuery, match=why):
+        synthetic_catalog._reducer.similar_to_vector(vector, 3)  # type: ignore[arg-type]
+
+
+def test_a_list_of_floats_and_a_zero_vector_are_valid_queries(
+        synthetic_catalog: previewvec.Catalog) -> None:
+    vector = [float(x) for x in synthetic_record(2).vector_array()]
+    assert synthetic_catalog.similar_to_vector(vector, k=1)[0].recording_id == "rec-0000002"
+    assert len(synthetic_catalog.similar_to_vector(np.zeros(530), k=2)) == 2
+
+
+def test_records_matrix_and_table_name_each_skipped_record(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Given a store with one truncated record among three, expect the two others from
+    records(), matrix() and table(), a warning naming the bad key each time, and the skip
+    counted when a ReadCounts is passed."""
+    import logging
+
+    from previewvec.export import ReadCounts
+
+    catalog = previewvec.open(settings=Settings(store=str(tmp_path / "store"),
+                                                index=str(tmp_path / "index")))
+    keys = []
+    for i in range(3):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    catalog.store.put(keys[1], catalog.store.get(keys[1])[:50])
+    for read in (lambda c: list(catalog.records(counts=c)),
+                 lambda c: catalog.matrix(counts=c),
+                 lambda c: catalog.table(counts=c)):
+        counts = ReadCounts()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="previewvec.export"):
+            read(counts)
+        assert (counts.read, counts.skipped) == (2, 1)
+        assert [r.levelname for r in caplog.records if keys[1] in r.getMessage()] == [
+            "WARNING"]
+    assert sorted(catalog.matrix()[1]) == ["rec-0000000", "rec-0000002"]

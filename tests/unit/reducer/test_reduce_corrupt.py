@@ -1,0 +1,103 @@
+"""reducer/reduce.py: a record that cannot be decoded is logged with its key and
+skipped by the normaliser's fit, a reindex and a query; it never stops them.
+
+Real store (a folder) and real index (embedded LanceDB); no Redis needed for these paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from contract.errors import NothingStored
+from contract.layout import FEATURE_VERSION, VECTOR_DIM
+from contract.records import encode_record
+from contract.settings import Settings
+from contract.store.local import LocalStore
+from reducer.index.embedded import EmbeddedIndex
+from reducer.normalize import normalizer_key, reservoir_sample
+from reducer.reduce import Reducer
+from testkit.records import synthetic_record
+
+SAMPLE = 50
+
+
+@pytest.fixture
+def reducer(tmp_path: Path) -> Reducer:
+    settings = Settings(store=str(tmp_path / "store"), index=str(tmp_path / "index"),
+                        normalizer_sample=SAMPLE)
+    return Reducer(settings=settings, store=LocalStore(settings.store),
+                   index=EmbeddedIndex(settings.index, VECTOR_DIM), runs=None)  # type: ignore[arg-type]
+
+
+def store_records(store: LocalStore, n: int) -> list[str]:
+    keys = []
+    for i in range(n):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    return keys
+
+
+def sampled_key(reducer: Reducer) -> str:
+    """A key the (seeded) fit sample draws."""
+    keys, _ = reservoir_sample(reducer.store.iter_keys(f"features/{FEATURE_VERSION}/"),
+                               SAMPLE)
+    return sorted(keys)[0]
+
+
+def test_a_corrupt_record_in_the_fit_sample_is_replaced_and_named(
+        reducer: Reducer, caplog: pytest.LogCaptureFixture) -> None:
+    """Given 80 records, one of those the seeded sample draws truncated, expect a fit on
+    a full sample of 50 readable records, a reindex of the 79 others, and the key logged."""
+    store_records(reducer.store, 80)
+    bad = sampled_key(reducer)
+    reducer.store.put(bad, reducer.store.get(bad)[:100])
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.reindex() == 79
+    assert reducer.normalizer().fitted_on == SAMPLE
+    assert reducer.index.count() == 79
+    assert any(bad in r.getMessage() and "corrupt_record" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_catalog_smaller_than_the_sample_fits_on_its_readable_records(
+        reducer: Reducer) -> None:
+    keys = store_records(reducer.store, 10)
+    reducer.store.put(keys[3], b"{not json")
+    assert reducer.reindex() == 9
+    assert reducer.normalizer().fitted_on == 9
+
+
+def test_only_corrupt_records_is_nothing_stored_not_a_crash(reducer: Reducer) -> None:
+    for key in store_records(reducer.store, 3):
+        reducer.store.put(key, b"\xff\xfe")
+    with pytest.raises(NothingStored, match="no readable records"):
+        reducer.reindex()
+
+
+def test_a_query_is_not_stopped_by_a_corrupt_record_in_the_sample(reducer: Reducer) -> None:
+    store_records(reducer.store, 80)
+    bad = sampled_key(reducer)
+    reducer.store.put(bad, b"")
+    assert reducer.reindex() == 79
+    # A querying process finding no stored normaliser fits one on its first query.
+    reducer.store.delete(normalizer_key(FEATURE_VERSION))
+    reducer._normalizer = None
+    matches = reducer.similar("rec-0000001", 3)
+    assert len(matches) == 3 and all(m.id for m in matches)
+
+
+def test_a_record_under_another_recordings_key_is_skipped_not_indexed_twice(
+        reducer: Reducer, caplog: pytest.LogCaptureFixture) -> None:
+    """Given record 3 also stored under record 60's key, expect a reindex of 60 records
+    (record 60's key skipped and named in the log), not 61 upserts for 60 vectors."""
+    keys = store_records(reducer.store, 61)
+    reducer.store.put(keys[60], encode_record(synthetic_record(3)))
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.reindex() == 60
+    assert reducer.index.count() == 60
+    assert any(keys[60] in r.getMessage() and "rec-0000003" in r.getMessage()
+               for r in caplog.records)
