@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -36,6 +37,7 @@ EXIT_NOT_FOUND = 6  # unknown run id, recording not stored, empty store or index
 EXIT_INPUT_FILE = 7  # a file named on the command line cannot be read (or written)
 EXIT_UPSTREAM = 8  # MusicBrainz / iTunes unavailable or refusing
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as shells report it
 
 
 class Interrupted(PreviewvecError):
@@ -204,23 +206,47 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     kind, value = _resolve_input(args)
     resolver = build_resolver(settings)
     resolved = unresolved = 0
+    # A file is written under a temporary name beside it and renamed when complete: an
+    # existing file stays as it was until then, and a failed or interrupted run (a bad
+    # input, Ctrl-C) leaves no half-written one (a re-run finds the answers in the
+    # sources' caches).
+    tmp: Path | None = None
     try:
-        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+        if args.out == "-":
+            out = sys.stdout
+        else:
+            target = Path(args.out).expanduser()
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+            tmp = Path(name)
+            out = os.fdopen(fd, "w", encoding="utf-8")
     except OSError as exc:
         raise InputUnreadable(f"cannot write {args.out!r}: "
                               f"{exc.strerror or type(exc).__name__}") from None
     try:
-        for item in iter_resolutions(resolver, kind, value):
-            res = item[1] if kind == "dump" else item
-            if res.job is None:
-                unresolved += 1
-            else:
-                resolved += 1
-            out.write(resolution_line(res) + "\n")
-        out.flush()
+        try:
+            for item in iter_resolutions(resolver, kind, value):
+                res = item[1] if kind == "dump" else item
+                if res.job is None:
+                    unresolved += 1
+                else:
+                    resolved += 1
+                out.write(resolution_line(res) + "\n")
+            out.flush()
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        if tmp is not None:
+            try:
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600
+                os.replace(tmp, Path(args.out).expanduser())
+            except OSError as exc:
+                raise InputUnreadable(f"cannot write {args.out!r}: "
+                                      f"{exc.strerror or type(exc).__name__}") from None
+            tmp = None
     finally:
-        if out is not sys.stdout:
-            out.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     print(f"resolved {resolved}, unresolved {unresolved}", file=sys.stderr)
     return 0
 
@@ -813,6 +839,11 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return int(args.handler(args, settings))
+    except BrokenPipeError:
+        # The reader went away (`previewvec runs | head -3`): nothing is wrong, and
+        # Python's flush of stdout at exit must not fail on the closed pipe either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except PreviewvecError as exc:
         _say(exc.message)
         return exit_status(exc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -321,6 +322,33 @@ def test_dump_and_output_files(base_env, tmp_path: Path) -> None:
     expect_fault(env, ["resolve", "--release", "0f6ab4b4-1b5e-4bd2-8b7c-5fd5e1b3d2a1",
                        "--out", str(tmp_path / "no" / "such" / "folder.jsonl")],
                  EXIT_INPUT_FILE, "cannot write")
+
+
+def test_a_failed_resolve_leaves_the_output_file_as_it_was(base_env, tmp_path: Path) -> None:
+    """Given an existing --out file and a resolve that fails (a missing dump), expect the
+    file untouched and no temporary file beside it."""
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    out = tmp_path / "previous.jsonl"
+    out.write_text('{"recording_id": "kept"}\n')
+    expect_fault(env, ["resolve", "--dump", str(tmp_path / "missing"), "--out", str(out)],
+                 EXIT_INPUT_FILE, "cannot read dump")
+    assert out.read_text() == '{"recording_id": "kept"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous.jsonl"]
+
+
+def test_a_reader_that_goes_away_is_no_error(base_env, tmp_path: Path) -> None:
+    """Given `previewvec runs` piped into a reader that closes at once (`| head -c 0`),
+    expect no traceback and the shell's SIGPIPE status."""
+    cli = f"{shlex.quote(sys.executable)} -m previewvec.cli"
+    for n in range(3):  # a few runs, so that `runs` has lines to print
+        catalog = tmp_path / f"empty-{n}.jsonl"
+        catalog.write_text("")
+        subprocess.run([sys.executable, "-m", "previewvec.cli", "enqueue", str(catalog)],
+                       env=base_env, capture_output=True, timeout=120, check=True)
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {cli} runs -n 50 | head -c 0"],
+                            env=base_env, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141), (result.returncode, result.stderr)
 
 
 def test_missing_mb_contact(base_env) -> None:
