@@ -6,8 +6,8 @@ down, real files and folders."""
 from __future__ import annotations
 
 import os
-import socket
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
