@@ -48,6 +48,7 @@ from contract.broker import QUEUES
 from contract.errors import PreviewvecError
 from contract.jobs import JOB_SCHEMA, InvalidJob, Job, parse_isrc
 from contract.layout import PITCH_CLASSES
+from contract.records import CorruptRecord, IncompatibleRecord
 from contract.settings import Settings
 from contract.state import (
     RedisConnectionError,
@@ -526,6 +527,13 @@ async def _store_down(_: Request, exc: Exception) -> SafeJSONResponse:
                   headers={"Retry-After": "5"})
 
 
+async def _unreadable_record(request: Request, exc: Exception) -> SafeJSONResponse:
+    # A stored record that cannot be read is the store's fault, not the client's, and no
+    # bug either: said as it is (the key, what is wrong), logged without a traceback.
+    log.warning("unreadable stored record on %s: %s", request.url.path, exc)
+    return _error(500, str(exc))
+
+
 async def _server_fault(request: Request, exc: Exception) -> SafeJSONResponse:
     # Genuine server faults only; never logs headers (tokens).
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -539,6 +547,8 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (RedisTimeoutError, _broker_down),
     (RedisConnectionError, _broker_down),
     (StoreUnavailable, _store_down),
+    (CorruptRecord, _unreadable_record),
+    (IncompatibleRecord, _unreadable_record),
     (Exception, _server_fault),
 )
 
@@ -701,14 +711,17 @@ _NO_RECORD = "no stored record for this recording"
 def get_recording(state: State, recording_id: str,
                   vector: bool = Query(False, description="include the raw vector"),
                   ) -> dict[str, Any]:
-    from contract.records import decode_record, record_key
+    from contract.records import decode_stored, record_key
     from contract.versions import current_version
 
     try:
-        data = state.store().get(record_key(current_version(state.settings), recording_id))
+        key = record_key(current_version(state.settings), recording_id)
+        data = state.store().get(key)
     except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
         raise HTTPException(404, _NO_RECORD) from None
-    record = decode_record(data)
+    # decode_stored: a record under another recording's key is corrupt here, and the
+    # error names the key
+    record = decode_stored(key, data)
     out: dict[str, Any] = {
         "recording_id": record.recording_id,
         "feature_version": record.feature_version,

@@ -17,7 +17,7 @@ from redis import Redis
 
 from contract.jobs import JOB_FIELDS, Job
 from contract.layout import VECTOR_DIM
-from contract.records import FeatureRecord, encode_record, make_provenance
+from contract.records import FeatureRecord, encode_record, make_provenance, record_key
 from contract.settings import Settings
 from contract.state import Runs, connect
 from contract.store import open_store
@@ -296,6 +296,12 @@ def test_recordings(client: TestClient, settings: Settings) -> None:
     assert "vector" not in got
     with_vector = client.get("/v1/recordings/stored-1?vector=true", headers=AUTH).json()
     assert len(with_vector["vector"]) == VECTOR_DIM
+    # a record under another recording's key is not that recording: said, with the key
+    misplaced = open_store(settings.store)
+    misplaced.put(record_key(record.feature_version, "stored-2"), encode_record(record))
+    resp = client.get("/v1/recordings/stored-2", headers=AUTH)
+    assert resp.status_code == 500 and "stored-2" in resp.json()["detail"]
+    assert "stored-1" in resp.json()["detail"]
 
 
 @pytest.mark.parametrize("query", ["k=0", "k=101", "k=x", "mode=dorian", "key=H",
