@@ -59,7 +59,12 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * ``invalid_isrc`` — an input is not an ISRC, even normalised (no call made);
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
-  ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
+  ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`;
+* ``invalid_entity`` — a dump entity of an unexpected shape made resolving it fail
+  (e.g. a bare-string ``artist-credit``): one resolution for the entity
+  (``release:<mbid>``, ``recording:<mbid>``, else ``line:<n>``) whose reason names the
+  line and the exception; the dump goes on. Redis, store and upstream failures still stop
+  the run (it resumes from its cursor).
 
 When a failure concerns a whole release or input rather than one recording,
 ``recording_id`` names the input instead: ``release:<mbid>``, ``recording:<mbid>``,
@@ -73,6 +78,7 @@ recording are resolved through that release, the others one by one.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict, deque
@@ -86,6 +92,7 @@ from typing import Any
 from contract.errors import PreviewvecError, is_transient
 from contract.jobs import TEXT_MAX_CHARS, InvalidJob, Job, parse_isrc
 from contract.settings import Settings
+from contract.state import RedisError
 from contract.state.cache import AnswerCache
 from contract.state.keys import DEEZER_CACHE_PREFIX
 from producers import dumps
@@ -127,6 +134,8 @@ _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature versio
 RECENT_RESOLVED = 50_000
 BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
+INVALID_ENTITY = "invalid_entity"
+log = logging.getLogger(__name__)
 _Entry = Entry  # the name this module used before producers/sources.py
 
 
@@ -748,15 +757,45 @@ class Resolver:
             wait(running, return_when=FIRST_COMPLETED)
 
     def _resolve_line(self, line_no: int, item: Any) -> list[Resolution]:
+        """The resolutions of one dump line. An entity whose shape breaks the resolver
+        becomes one ``invalid_entity`` resolution: one odd line out of millions must not
+        stop an import that would stop at it again on every resume."""
         if isinstance(item, dumps.DumpError):
             return [Resolution(f"line:{line_no}", None, 0.0, item.message, item.code)]
         kind = dumps.entity_type(item)
-        if kind == "release":
-            return self._resolve_release(item, None)
-        if kind == "recording":
-            return [self.resolve_recording_data(item)]
+        try:
+            if kind == "release":
+                return self._resolve_release(item, None)
+            if kind == "recording":
+                return [self.resolve_recording_data(item)]
+        except Exception as exc:
+            if _must_stop(exc):
+                raise
+            return [_invalid_entity(line_no, kind, item, exc)]
         return [Resolution(f"line:{line_no}", None, 0.0,
                            "neither a release nor a recording entity", "unknown_entity")]
+
+
+def _must_stop(exc: Exception) -> bool:
+    """Whether an exception met resolving one dump entity is about the run, not the entity:
+    Redis, the store, the network, the settings. Those stop the run (the cursor resumes it
+    once fixed); only an entity-shaped failure (a bug meeting odd data, a job field the
+    contract refuses) is recorded and passed over."""
+    if isinstance(exc, InvalidJob):
+        return False
+    return isinstance(exc, (PreviewvecError, RedisError, OSError, MemoryError))
+
+
+def _invalid_entity(line_no: int, kind: str, item: dict[str, Any],
+                    exc: Exception) -> Resolution:
+    entity_id = item.get("id")
+    if isinstance(entity_id, str) and 0 < len(entity_id) <= 100:
+        name = f"{kind}:{entity_id}"
+    else:
+        name = f"line:{line_no}"
+    reason = f"line {line_no}: cannot resolve this {kind} entity ({type(exc).__name__}: {exc})"
+    log.warning("dump %s", reason, exc_info=log.isEnabledFor(logging.DEBUG))
+    return Resolution(name, None, 0.0, _clip(reason, 500) or reason, INVALID_ENTITY)
 
 
 def _note(recent: OrderedDict[str, None], recording_id: str) -> None:
