@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
+import logging
 import lzma
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from contract.errors import InputUnreadable
+
+log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 50_000_000  # one release with thousands of tracks is a few MB
 _METADATA_FILES = frozenset({"COPYING", "README", "SCHEMA_SEQUENCE", "TIMESTAMP",
@@ -117,6 +122,9 @@ def iter_lines(fh: IO[bytes], start_line: int = 0, *,
     while True:
         raw = reader.readline(MAX_LINE_BYTES + 1)
         if not raw:
+            if start_line > line_no + 1:  # a cursor of another (longer) file, or a typo
+                log.warning("resuming at line %d, but the dump has only %d lines: nothing "
+                            "was read (--restart starts over)", start_line, line_no)
             return
         line_no += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
@@ -145,6 +153,28 @@ def parse_line(line_no: int, raw: bytes) -> dict[str, Any] | DumpError:
         return DumpError(line_no, "not_an_object",
                          f"line {line_no}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+IDENTITY_SAMPLE_BYTES = 1 << 20
+
+
+def file_identity(path: str | Path) -> dict[str, int | str]:
+    """What tells one dump file from another at the same path: its size and SHA-256
+    hashes of its first and last MiB (two reads of 1 MiB whatever the size).
+
+    Not the mtime: a copy or a re-download of the same dump changes it, and the resume
+    it would refuse is right; a different dump differs in size or in those bytes (the
+    compressed ones all the more)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = hashlib.sha256(fh.read(IDENTITY_SAMPLE_BYTES)).hexdigest()[:32]
+            fh.seek(max(0, size - IDENTITY_SAMPLE_BYTES))
+            tail = hashlib.sha256(fh.read(IDENTITY_SAMPLE_BYTES)).hexdigest()[:32]
+    except OSError as exc:
+        raise InputUnreadable(f"cannot read dump {str(path)!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    return {"bytes": size, "head": head, "tail": tail}
 
 
 def entity_type(entity: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,31 @@ def test_start_line_resumes_without_parsing_earlier_lines(start_line: int,
     expected = [(n, kind) for n, kind in EXPECTED if n >= start_line]
     assert kinds(items) == expected
     assert (items[0][0] if items else None) == first
+
+
+def test_a_resume_past_the_end_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Given a resume line beyond the dump's 8 lines (another file's cursor), expect a
+    warning naming both; resuming right after the last line is a finished dump, silent."""
+    assert list(iter_lines(io.BytesIO(DUMP), 9)) == []
+    assert caplog.records == []
+    assert list(iter_lines(io.BytesIO(DUMP), 12)) == []
+    assert "resuming at line 12, but the dump has only 8 lines" in caplog.text
+
+
+def test_file_identity_tells_dumps_apart_by_size_and_content(tmp_path: Path) -> None:
+    path = tmp_path / "release"
+    path.write_bytes(DUMP)
+    first = dumps.file_identity(path)
+    assert first["bytes"] == len(DUMP)
+    os.utime(path, (1, 1))
+    assert dumps.file_identity(path) == first  # touched or copied: the same dump
+    path.write_bytes(DUMP.replace(b"rel-1", b"rel-2"))  # same size, other bytes
+    assert dumps.file_identity(path) != first
+    big = b"x" * (3 * dumps.IDENTITY_SAMPLE_BYTES)
+    path.write_bytes(big)
+    changed_tail = dumps.file_identity(path)
+    path.write_bytes(big[:-1] + b"y")
+    assert dumps.file_identity(path)["tail"] != changed_tail["tail"]
 
 
 def test_a_line_over_the_limit_is_an_error_and_the_next_lines_still_come(
