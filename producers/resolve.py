@@ -89,7 +89,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from contract.errors import PreviewvecError, is_transient
+from contract.errors import InputUnreadable, PreviewvecError, is_transient
 from contract.jobs import TEXT_MAX_CHARS, InvalidJob, Job, parse_isrc
 from contract.settings import Settings
 from contract.state import RedisError
@@ -713,7 +713,9 @@ class Resolver:
     def resolve_dump(self, path: str | Path, start_line: int = 0, *,
                      plan: Any = None) -> Iterator[tuple[int, Resolution]]:
         """Stream a MusicBrainz JSON dump: release entities through the cascade, recording
-        entities one by one; bad lines become error resolutions (``line:<n>``).
+        entities one by one; bad lines become error resolutions (``line:<n>``). A dump
+        that cannot be read on (corrupt, truncated) raises
+        :class:`~contract.errors.InputUnreadable` after every line read before is out.
 
         Up to ``in_flight`` lines are resolved at once (threads: the work is waiting on
         rate limits), so each source's limit is used while the other's waits; results
@@ -736,9 +738,16 @@ class Resolver:
             return
         window: deque[tuple[int, Future[list[Resolution]]]] = deque()
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="resolve") as pool:
-            for key, line_no, item in lines:
-                window.append((key, pool.submit(self._resolve_line, line_no, item)))
-                yield from self._make_room(window)
+            try:
+                for key, line_no, item in lines:
+                    window.append((key, pool.submit(self._resolve_line, line_no, item)))
+                    yield from self._make_room(window)
+            except InputUnreadable:
+                # The dump broke off (corrupt, truncated): the lines read before still
+                # come out, whole, then the error (submit publishes them; nothing lost).
+                while window:
+                    yield from _drain_one(window)
+                raise
             while window:
                 yield from _drain_one(window)
 

@@ -291,13 +291,15 @@ class _Submission:
             self.pending.append(job)
             self.pending_ids.add(job.recording_id)
 
-    def broke_off(self) -> None:
+    def broke_off(self, *, between_lines: bool = False) -> None:
         """The input broke off: publish what was resolved except the line in progress (it
         may be incomplete; a resumed run redoes it), move the cursor to the last complete
-        line. Best effort: Redis may be the cause."""
+        line. ``between_lines``: the input says its last line was whole (a dump unreadable
+        from the next line on), so that one is published too: a resume would stop at the
+        same place again and never get to it. Best effort: Redis may be the cause."""
         try:
-            if self.line is None:
-                self.flush(len(self.pending), None)
+            if self.line is None or between_lines:
+                self.flush(len(self.pending), self.line)
             else:
                 self.flush(self.line_start, _previous_complete(self.line, self.report.cursor))
         except Exception:
@@ -334,7 +336,8 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
         sub.flush(len(sub.pending), sub.line)  # the input ended: its last line is complete
     except Exception as exc:
         # Then let the error surface, the run marked failed (resumable with its cursor).
-        sub.broke_off()
+        # A dump that cannot be read on is raised by the reader between lines.
+        sub.broke_off(between_lines=isinstance(exc, InputUnreadable))
         runs.update_meta(run_id, resolution_state="failed",
                          resolution_error=f"{type(exc).__name__}: {exc}"[:500])
         raise

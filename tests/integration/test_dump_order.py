@@ -280,3 +280,73 @@ def test_an_interrupted_dump_replaced_by_another_file_is_not_resumed(
     with pytest.raises(InputUnreadable, match="same size"):
         start_dump(runs, str(dump), name)
     assert start_dump(runs, str(dump), name, restart=True).start == 0
+
+
+def _cli_env(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> list[CountingResolver]:
+    settings = env[0]
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
+    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    built: list[CountingResolver] = []
+
+    def build(s: Settings, *, store=None, runs=None, run_id=None) -> CountingResolver:
+        built.append(CountingResolver(s, runs, run_id, store))
+        return built[-1]
+
+    monkeypatch.setattr(submit_mod, "build_resolver", build)
+    return built
+
+
+def test_a_truncated_dump_stops_in_one_line_after_queueing_what_it_had(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Given a .xz dump cut short, expect ``submit`` and ``resolve`` to stop with exit 7
+    and one line "corrupt or truncated after line N", every line up to N queued (resolved)
+    and the cursor at N, so running it again stops there again with nothing lost or
+    queued twice."""
+    import lzma
+
+    from previewvec import cli
+
+    _, runs, client = env
+    built = _cli_env(env, tmp_path, monkeypatch)
+    body = "".join(json.dumps(release(f"r{i}", [f"x{i}"])) + "\n" for i in range(2000))
+    dump = tmp_path / "release.xz"
+    dump.write_bytes(lzma.compress(body.encode())[:-100])
+    assert cli.main(["submit", "--dump", str(dump)]) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is corrupt or truncated after line " in err[0]
+    last = int(err[0].split("after line ")[1].split()[0])
+    assert 0 < last < 2000 and built[0].lines == list(range(1, last + 1))
+    assert runs.cursor(submit_mod.dump_cursor_name(str(dump))) == last
+    assert len(drain_all(client, "batch")) == last  # line `last` included: nothing lost
+
+    assert cli.main(["submit", "--dump", str(dump)]) == 7
+    assert f"after line {last} " in capsys.readouterr().err
+    assert built[1].lines == [] and len(drain_all(client, "batch")) == last
+
+    out = tmp_path / "resolved.jsonl"
+    assert cli.main(["resolve", "--dump", str(dump), "--out", str(out)]) == 7
+    assert f"after line {last} " in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == last
+
+
+def test_an_entity_that_breaks_the_resolver_does_not_stop_submit(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Given ``"artist-credit": "Various"`` on the release between two good ones, expect
+    the dump to finish: the good ones queued, the odd one failed ``invalid_entity``."""
+    from previewvec import cli
+
+    _, runs, _ = env
+    _cli_env(env, tmp_path, monkeypatch)
+    odd = {**release("r-odd", ["x-odd"]), "artist-credit": "Various"}
+    dump = write_dump(tmp_path / "release", [release("r1", ["x1"]), odd,
+                                             release("r2", ["x2"])])
+    assert cli.main(["submit", "--dump", str(dump)]) == 0
+    out = capsys.readouterr()
+    assert "queued 2," in out.err and "unresolved 1," in out.err
+    failures = dict(runs.failures(out.out.strip()))
+    assert {rid: f["code"] for rid, f in failures.items()} == {
+        "release:r-odd": "invalid_entity"}

@@ -95,9 +95,9 @@ def test_a_named_tar_member_is_chosen(tmp_path: Path) -> None:
 def test_a_tar_without_the_member_says_so(tmp_path: Path) -> None:
     path = tmp_path / "meta-only.tar"
     write_tar(path, "w", [("TIMESTAMP", b"2024-06-01\n")])
-    with pytest.raises(FileNotFoundError, match="no dump member"):
+    with pytest.raises(InputUnreadable, match=r"holds no dump file \(it has: TIMESTAMP\)"):
         list(iter_dump(path))
-    with pytest.raises(FileNotFoundError, match="'mbdump/recording'"):
+    with pytest.raises(InputUnreadable, match="holds no member 'mbdump/recording'"):
         list(iter_dump(path, member="mbdump/recording"))
 
 
@@ -194,3 +194,62 @@ def test_a_bad_line_is_a_dump_error_never_an_exception(raw: bytes, code: str) ->
 ])
 def test_entity_type_from_its_shape(entity: dict[str, Any], kind: str) -> None:
     assert entity_type(entity) == kind
+
+
+# -- corrupt, truncated or mislabelled files -----------------------------------------------
+MANY = b"".join(json.dumps({**RELEASE, "id": f"rel-{n}", "pad": "x" * (n % 50)}).encode()
+                + b"\n" for n in range(3000))
+
+
+def read_until_error(path: Path) -> tuple[list[int], str]:
+    """The line numbers yielded before the reader raised, and the error's message."""
+    seen: list[int] = []
+    with pytest.raises(InputUnreadable) as caught:
+        for line_no, _ in iter_dump(path):
+            seen.append(line_no)
+    assert caught.value.code == "input_unreadable"
+    return seen, caught.value.message
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".bz2", ".gz"])
+def test_a_truncated_dump_is_unreadable_after_the_lines_it_had(tmp_path: Path,
+                                                              suffix: str) -> None:
+    """Given a compressed dump cut short, expect every whole line before the cut yielded,
+    then "corrupt or truncated after line N" naming the last of them."""
+    whole = tmp_path / f"whole{suffix}"
+    extra = {"compresslevel": 1} if suffix == ".bz2" else {}  # 100 kB blocks, not one
+    with OPENERS[suffix](whole, "wb", **extra) as fh:
+        fh.write(MANY)
+    path = tmp_path / f"release{suffix}"
+    path.write_bytes(whole.read_bytes()[:-200])
+    seen, message = read_until_error(path)
+    assert 0 < len(seen) < 3000 and seen == list(range(1, len(seen) + 1))
+    assert message.startswith(f"dump {str(path)!r} is corrupt or truncated after line "
+                              f"{seen[-1]} (")
+
+
+@pytest.mark.parametrize("name,payload,error", [
+    ("release.xz", DUMP, "LZMAError"),  # plain text named .xz
+    ("release.bz2", DUMP, "OSError"),
+    ("release.gz", DUMP, "BadGzipFile"),
+    ("release.tar.xz", lzma.compress(DUMP), "ReadError"),  # an .xz that holds no tar
+    ("release.tar", b"", "ReadError"),  # empty
+])
+def test_a_mislabelled_dump_is_unreadable_before_its_first_line(
+        tmp_path: Path, name: str, payload: bytes, error: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(payload)
+    seen, message = read_until_error(path)
+    assert seen == []
+    assert f"is corrupt or truncated after line 0 ({error}" in message
+
+
+def test_a_truncated_tar_dump_is_unreadable_after_the_lines_it_had(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tar.xz"
+    write_tar(whole, "w:xz", [("TIMESTAMP", b"2024-06-01\n"), ("mbdump/release", MANY)])
+    path = tmp_path / "release.tar.xz"
+    path.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    seen, message = read_until_error(path)
+    assert 0 < len(seen) < 3000 and seen == list(range(1, len(seen) + 1))
+    assert f"is corrupt or truncated after line {seen[-1]} (" in message
+
