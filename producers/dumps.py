@@ -4,7 +4,8 @@ The MusicBrainz JSON dumps ship as ``<entity>.tar.xz`` archives holding ``mbdump
 (one JSON document per line); extracted files may be plain or re-compressed. This reader
 accepts plain files, ``.gz``, ``.xz``, ``.bz2`` and tar archives of those (``.tar``,
 ``.tar.xz``, ``.tar.gz``, ``.tar.bz2``), all through the standard library, reading line by
-line: memory stays bounded by the longest line whatever the dump size.
+line: memory stays bounded by the longest line whatever the dump size. A UTF-8 byte order
+mark before the first line is dropped (some tools write one; catalogs tolerate it too).
 
 A file that cannot be decompressed or unpacked (truncated, corrupt, or named for a format
 it is not in) is :class:`~contract.errors.InputUnreadable` "dump … is corrupt or truncated
@@ -39,6 +40,7 @@ from contract.errors import InputUnreadable
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 50_000_000  # one release with thousands of tracks is a few MB
+BOM = b"\xef\xbb\xbf"
 # What a decompressor or tar reader raises on a truncated, corrupt or mislabelled file:
 # truncated xz/bz2/gzip (EOFError), not xz (LZMAError), not bzip2 or gzip (OSError),
 # corrupt deflate data (zlib.error), a broken tar header (TarError).
@@ -155,6 +157,8 @@ def iter_lines(fh: IO[bytes], start_line: int = 0, *,
             if not raw:
                 break
             line_no += 1
+            if line_no == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
                     raw = fh.readline(MAX_LINE_BYTES)

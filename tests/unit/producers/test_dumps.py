@@ -253,3 +253,13 @@ def test_a_truncated_tar_dump_is_unreadable_after_the_lines_it_had(tmp_path: Pat
     assert 0 < len(seen) < 3000 and seen == list(range(1, len(seen) + 1))
     assert f"is corrupt or truncated after line {seen[-1]} (" in message
 
+
+def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "release.xz"
+    with lzma.open(path, "wb") as fh:
+        fh.write(dumps.BOM + DUMP)
+    items = list(iter_dump(path))
+    assert kinds(items) == EXPECTED and items[0][1] == RELEASE
+    # only before the first line: elsewhere it is not JSON
+    assert kinds(list(iter_lines(io.BytesIO(DUMP + b"\n" + dumps.BOM + b"{}\n"))))[-1] == (
+        9, "invalid_json")
