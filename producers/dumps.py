@@ -4,7 +4,13 @@ The MusicBrainz JSON dumps ship as ``<entity>.tar.xz`` archives holding ``mbdump
 (one JSON document per line); extracted files may be plain or re-compressed. This reader
 accepts plain files, ``.gz``, ``.xz``, ``.bz2`` and tar archives of those (``.tar``,
 ``.tar.xz``, ``.tar.gz``, ``.tar.bz2``), all through the standard library, reading line by
-line: memory stays bounded by the longest line whatever the dump size.
+line: memory stays bounded by the longest line whatever the dump size. A UTF-8 byte order
+mark before the first line is dropped (some tools write one; catalogs tolerate it too).
+
+A file that cannot be decompressed or unpacked (truncated, corrupt, or named for a format
+it is not in) is :class:`~contract.errors.InputUnreadable` "dump … is corrupt or truncated
+after line N", raised after lines 1..N were yielded, so what was read is not lost; an
+archive holding no dump file says so.
 
 :func:`iter_dump` yields ``(line_number, item)`` where ``item`` is the decoded entity
 ``dict`` or a :class:`DumpError` for a bad line (never an exception), so a corrupt line
@@ -16,9 +22,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
+import logging
 import lzma
+import os
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +37,14 @@ from typing import IO, Any
 
 from contract.errors import InputUnreadable
 
+log = logging.getLogger(__name__)
+
 MAX_LINE_BYTES = 50_000_000  # one release with thousands of tracks is a few MB
+BOM = b"\xef\xbb\xbf"
+# What a decompressor or tar reader raises on a truncated, corrupt or mislabelled file:
+# truncated xz/bz2/gzip (EOFError), not xz (LZMAError), not bzip2 or gzip (OSError),
+# corrupt deflate data (zlib.error), a broken tar header (TarError).
+_READ_ERRORS = (EOFError, lzma.LZMAError, OSError, zlib.error, tarfile.TarError)
 _METADATA_FILES = frozenset({"COPYING", "README", "SCHEMA_SEQUENCE", "TIMESTAMP",
                              "REPLICATION_SEQUENCE", "JSON_DUMPS_SCHEMA_NUMBER"})
 
@@ -75,24 +92,45 @@ def open_dump(path: str | Path, member: str | None = None) -> Iterator[IO[bytes]
         with _open_compressed(path) as fh:
             yield fh
         return
-    with _open_compressed(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-        found = None
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            if member is not None:
-                if info.name != member:
+    with _open_compressed(path) as raw, _open_tar(path, raw) as tar:
+        found = names = None
+        try:
+            names = []
+            for info in tar:
+                if not info.isfile():
                     continue
-            elif base.upper() in _METADATA_FILES:
-                continue
-            found = tar.extractfile(info)
-            break
+                base = info.name.rsplit("/", 1)[-1]
+                names.append(info.name)
+                if member is not None:
+                    if info.name != member:
+                        continue
+                elif base.upper() in _METADATA_FILES:
+                    continue
+                found = tar.extractfile(info)
+                break
+        except _READ_ERRORS as exc:
+            raise InputUnreadable(_corrupt(f"dump {str(path)!r}", 0, exc)) from None
         if found is None:
-            raise FileNotFoundError(f"{path}: no dump member found"
-                                    + (f" named {member!r}" if member else ""))
+            what = f"no member {member!r}" if member else "no dump file"
+            listed = ", ".join(names[:10]) if names else "no file at all"
+            raise InputUnreadable(f"dump {str(path)!r} holds {what} (it has: {listed}); "
+                                  f"the MusicBrainz JSON dumps keep it in mbdump/<entity>")
         with found:
             yield found
+
+
+@contextmanager
+def _open_tar(path: Path, raw: IO[bytes]) -> Iterator[tarfile.TarFile]:
+    try:  # the first read: a mislabelled or empty file fails here
+        tar = tarfile.open(fileobj=raw, mode="r|")  # noqa: SIM115 - closed by the with below
+    except _READ_ERRORS as exc:
+        raise InputUnreadable(_corrupt(f"dump {str(path)!r}", 0, exc)) from None
+    with tar:
+        yield tar
+
+
+def _corrupt(name: str, line_no: int, exc: BaseException) -> str:
+    return f"{name} is corrupt or truncated after line {line_no} ({type(exc).__name__}: {exc})"
 
 
 def iter_dump(path: str | Path, start_line: int = 0, *, member: str | None = None,
@@ -105,31 +143,40 @@ def iter_dump(path: str | Path, start_line: int = 0, *, member: str | None = Non
     lines for which ``keep(line_no)`` is false, unparsed (a pass of a coverage plan).
     """
     with open_dump(path, member) as fh:
-        yield from iter_lines(fh, start_line, keep=keep)
+        yield from iter_lines(fh, start_line, keep=keep, name=f"dump {str(path)!r}")
 
 
 def iter_lines(fh: IO[bytes], start_line: int = 0, *,
-               keep: Callable[[int], bool] | None = None
+               keep: Callable[[int], bool] | None = None, name: str = "dump"
                ) -> Iterator[tuple[int, dict[str, Any] | DumpError]]:
-    """:func:`iter_dump` over an already-open binary stream."""
-    reader = fh
-    line_no = 0
-    while True:
-        raw = reader.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
-        line_no += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
-                raw = reader.readline(MAX_LINE_BYTES)
-            if line_no >= start_line and (keep is None or keep(line_no)):
-                yield line_no, DumpError(line_no, "line_too_long",
-                                         f"line {line_no} longer than {MAX_LINE_BYTES} bytes")
-            continue
-        if line_no < start_line or (keep is not None and not keep(line_no)):
-            continue
-        if raw.strip():
-            yield line_no, parse_line(line_no, raw)
+    """:func:`iter_dump` over an already-open binary stream (``name`` in messages)."""
+    line_no = whole = 0  # lines begun, lines read to their end
+    try:
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            line_no += 1
+            if line_no == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
+                    raw = fh.readline(MAX_LINE_BYTES)
+                whole = line_no
+                if line_no >= start_line and (keep is None or keep(line_no)):
+                    yield line_no, DumpError(line_no, "line_too_long",
+                                             f"line {line_no} longer than {MAX_LINE_BYTES} bytes")
+                continue
+            whole = line_no
+            if line_no < start_line or (keep is not None and not keep(line_no)):
+                continue
+            if raw.strip():
+                yield line_no, parse_line(line_no, raw)
+    except _READ_ERRORS as exc:  # lines up to `whole` were yielded: nothing read is lost
+        raise InputUnreadable(_corrupt(name, whole, exc)) from None
+    if start_line > line_no + 1:  # a cursor of another (longer) file, or a typo
+        log.warning("resuming at line %d, but the dump has only %d lines: nothing "
+                    "was read (--restart starts over)", start_line, line_no)
 
 
 def parse_line(line_no: int, raw: bytes) -> dict[str, Any] | DumpError:
@@ -145,6 +192,28 @@ def parse_line(line_no: int, raw: bytes) -> dict[str, Any] | DumpError:
         return DumpError(line_no, "not_an_object",
                          f"line {line_no}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+IDENTITY_SAMPLE_BYTES = 1 << 20
+
+
+def file_identity(path: str | Path) -> dict[str, int | str]:
+    """What tells one dump file from another at the same path: its size and SHA-256
+    hashes of its first and last MiB (two reads of 1 MiB whatever the size).
+
+    Not the mtime: a copy or a re-download of the same dump changes it, and the resume
+    it would refuse is right; a different dump differs in size or in those bytes (the
+    compressed ones all the more)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = hashlib.sha256(fh.read(IDENTITY_SAMPLE_BYTES)).hexdigest()[:32]
+            fh.seek(max(0, size - IDENTITY_SAMPLE_BYTES))
+            tail = hashlib.sha256(fh.read(IDENTITY_SAMPLE_BYTES)).hexdigest()[:32]
+    except OSError as exc:
+        raise InputUnreadable(f"cannot read dump {str(path)!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    return {"bytes": size, "head": head, "tail": tail}
 
 
 def entity_type(entity: dict[str, Any]) -> str:

@@ -59,7 +59,12 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
 * ``invalid_isrc`` — an input is not an ISRC, even normalised (no call made);
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
-  ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`.
+  ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`;
+* ``invalid_entity`` — a dump entity of an unexpected shape made resolving it fail
+  (e.g. a bare-string ``artist-credit``): one resolution for the entity
+  (``release:<mbid>``, ``recording:<mbid>``, else ``line:<n>``) whose reason names the
+  line and the exception; the dump goes on. Redis, store and upstream failures still stop
+  the run (it resumes from its cursor).
 
 When a failure concerns a whole release or input rather than one recording,
 ``recording_id`` names the input instead: ``release:<mbid>``, ``recording:<mbid>``,
@@ -73,6 +78,7 @@ recording are resolved through that release, the others one by one.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict, deque
@@ -83,9 +89,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from contract.errors import PreviewvecError, is_transient
+from contract.errors import InputUnreadable, PreviewvecError, is_transient
 from contract.jobs import TEXT_MAX_CHARS, InvalidJob, Job, parse_isrc
 from contract.settings import Settings
+from contract.state import RedisError
 from contract.state.cache import AnswerCache
 from contract.state.keys import DEEZER_CACHE_PREFIX
 from producers import dumps
@@ -127,6 +134,8 @@ _KNOWN = {"stored": (ALREADY_STORED, "has a record at the current feature versio
 RECENT_RESOLVED = 50_000
 BUSY_S = 1.0  # a source whose next slot is further away is not asked while one is free
 UpstreamError = (UpstreamUnavailable, UpstreamRejected)
+INVALID_ENTITY = "invalid_entity"
+log = logging.getLogger(__name__)
 _Entry = Entry  # the name this module used before producers/sources.py
 
 
@@ -704,7 +713,9 @@ class Resolver:
     def resolve_dump(self, path: str | Path, start_line: int = 0, *,
                      plan: Any = None) -> Iterator[tuple[int, Resolution]]:
         """Stream a MusicBrainz JSON dump: release entities through the cascade, recording
-        entities one by one; bad lines become error resolutions (``line:<n>``).
+        entities one by one; bad lines become error resolutions (``line:<n>``). A dump
+        that cannot be read on (corrupt, truncated) raises
+        :class:`~contract.errors.InputUnreadable` after every line read before is out.
 
         Up to ``in_flight`` lines are resolved at once (threads: the work is waiting on
         rate limits), so each source's limit is used while the other's waits; results
@@ -727,9 +738,16 @@ class Resolver:
             return
         window: deque[tuple[int, Future[list[Resolution]]]] = deque()
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="resolve") as pool:
-            for key, line_no, item in lines:
-                window.append((key, pool.submit(self._resolve_line, line_no, item)))
-                yield from self._make_room(window)
+            try:
+                for key, line_no, item in lines:
+                    window.append((key, pool.submit(self._resolve_line, line_no, item)))
+                    yield from self._make_room(window)
+            except InputUnreadable:
+                # The dump broke off (corrupt, truncated): the lines read before still
+                # come out, whole, then the error (submit publishes them; nothing lost).
+                while window:
+                    yield from _drain_one(window)
+                raise
             while window:
                 yield from _drain_one(window)
 
@@ -748,15 +766,45 @@ class Resolver:
             wait(running, return_when=FIRST_COMPLETED)
 
     def _resolve_line(self, line_no: int, item: Any) -> list[Resolution]:
+        """The resolutions of one dump line. An entity whose shape breaks the resolver
+        becomes one ``invalid_entity`` resolution: one odd line out of millions must not
+        stop an import that would stop at it again on every resume."""
         if isinstance(item, dumps.DumpError):
             return [Resolution(f"line:{line_no}", None, 0.0, item.message, item.code)]
         kind = dumps.entity_type(item)
-        if kind == "release":
-            return self._resolve_release(item, None)
-        if kind == "recording":
-            return [self.resolve_recording_data(item)]
+        try:
+            if kind == "release":
+                return self._resolve_release(item, None)
+            if kind == "recording":
+                return [self.resolve_recording_data(item)]
+        except Exception as exc:
+            if _must_stop(exc):
+                raise
+            return [_invalid_entity(line_no, kind, item, exc)]
         return [Resolution(f"line:{line_no}", None, 0.0,
                            "neither a release nor a recording entity", "unknown_entity")]
+
+
+def _must_stop(exc: Exception) -> bool:
+    """Whether an exception met resolving one dump entity is about the run, not the entity:
+    Redis, the store, the network, the settings. Those stop the run (the cursor resumes it
+    once fixed); only an entity-shaped failure (a bug meeting odd data, a job field the
+    contract refuses) is recorded and passed over."""
+    if isinstance(exc, InvalidJob):
+        return False
+    return isinstance(exc, (PreviewvecError, RedisError, OSError, MemoryError))
+
+
+def _invalid_entity(line_no: int, kind: str, item: dict[str, Any],
+                    exc: Exception) -> Resolution:
+    entity_id = item.get("id")
+    if isinstance(entity_id, str) and 0 < len(entity_id) <= 100:
+        name = f"{kind}:{entity_id}"
+    else:
+        name = f"line:{line_no}"
+    reason = f"line {line_no}: cannot resolve this {kind} entity ({type(exc).__name__}: {exc})"
+    log.warning("dump %s", reason, exc_info=log.isEnabledFor(logging.DEBUG))
+    return Resolution(name, None, 0.0, _clip(reason, 500) or reason, INVALID_ENTITY)
 
 
 def _note(recent: OrderedDict[str, None], recording_id: str) -> None:

@@ -39,7 +39,11 @@ because of this producer.
 published is written to ``pv:cursor:<name>`` after every batch (and the run id to
 ``pv:cursor:<name>:run``). One dump line (a release) can yield many resolutions, so
 batches are cut at line boundaries only and the cursor never names a half-done line. A
-restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run. In
+restarted run resolves from ``cursor + 1`` (``Runs.resume_line``) into the same run, once
+:func:`start_dump` has checked that the file is the one the cursor counted (its size and
+hashes of its first and last MiB; another file is refused, ``--restart`` starts over).
+The cursor is removed when the input ends: running the command again starts a new run,
+where what the first run queued or stored costs no call. In
 coverage order (:func:`start_dump`, producers/plan.py) the cursor is a position in the
 plan's passes instead, and the plan is stored next to the cursor. When
 the input breaks off with an exception, the complete lines are published and the cursor
@@ -65,6 +69,7 @@ from contract.errors import InputUnreadable
 from contract.jobs import Job
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
+from producers import dumps
 from producers.queue import (  # noqa: F401 - the backpressure helpers lived here before
     BACKPRESSURE_POLL_S,
     PUBLISH_CHUNK,
@@ -286,13 +291,15 @@ class _Submission:
             self.pending.append(job)
             self.pending_ids.add(job.recording_id)
 
-    def broke_off(self) -> None:
+    def broke_off(self, *, between_lines: bool = False) -> None:
         """The input broke off: publish what was resolved except the line in progress (it
         may be incomplete; a resumed run redoes it), move the cursor to the last complete
-        line. Best effort: Redis may be the cause."""
+        line. ``between_lines``: the input says its last line was whole (a dump unreadable
+        from the next line on), so that one is published too: a resume would stop at the
+        same place again and never get to it. Best effort: Redis may be the cause."""
         try:
-            if self.line is None:
-                self.flush(len(self.pending), None)
+            if self.line is None or between_lines:
+                self.flush(len(self.pending), self.line)
             else:
                 self.flush(self.line_start, _previous_complete(self.line, self.report.cursor))
         except Exception:
@@ -329,11 +336,14 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
         sub.flush(len(sub.pending), sub.line)  # the input ended: its last line is complete
     except Exception as exc:
         # Then let the error surface, the run marked failed (resumable with its cursor).
-        sub.broke_off()
+        # A dump that cannot be read on is raised by the reader between lines.
+        sub.broke_off(between_lines=isinstance(exc, InputUnreadable))
         runs.update_meta(run_id, resolution_state="failed",
                          resolution_error=f"{type(exc).__name__}: {exc}"[:500])
         raise
     runs.update_meta(run_id, resolution_state="finished")
+    if cursor_name is not None:  # done: the same command again is a new run, as enqueue's
+        runs.clear_cursor(cursor_name)
     return report
 
 
@@ -486,16 +496,14 @@ def start_dump(runs: Runs, path: str, cursor_name: str, *, order: str = "dump",
         runs.clear_cursor(cursor_name)
     started = runs.cursor(cursor_name) is not None
     stored = runs.plan(cursor_name)
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise InputUnreadable(f"cannot read dump {path!r}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
+    identity = dumps.file_identity(path)
+    size = int(identity["bytes"])
     plan = Plan.from_stored(*stored) if stored is not None else None
     if plan is not None and plan.dump_bytes != size:
         raise InputUnreadable(f"dump {path!r} changed since it was planned "
                               f"({plan.dump_bytes} → {size} bytes): --restart starts over")
     if started:
+        _check_same_dump(runs, path, cursor_name, identity)
         start = runs.resume_line(cursor_name)
         kept = "coverage" if plan is not None else "dump"
         note = f"resuming dump at {'plan position' if plan else 'line'} {start}"
@@ -505,12 +513,35 @@ def start_dump(runs: Runs, path: str, cursor_name: str, *, order: str = "dump",
     if order == "dump":
         if plan is not None:
             runs.clear_cursor(cursor_name)  # planned, nothing published: plan dropped
+        runs.set_cursor_input(cursor_name, identity)
         return DumpStart(0, None, "")
     if plan is None:
         plan, _ = make_plan(path, progress=progress)
         runs.set_plan(cursor_name, plan.cover, plan.meta())
+    runs.set_cursor_input(cursor_name, identity)
     return DumpStart(0, plan, f"planned: {plan.cover_releases} of {plan.releases} releases "
                               f"cover {plan.recordings} recordings; they go first")
+
+
+def _check_same_dump(runs: Runs, path: str, cursor_name: str,
+                     identity: dict[str, int | str]) -> None:
+    """Refuse to resume a cursor over another file than the one it counts the lines of.
+
+    Refused rather than started afresh: the cursor's run is half done, and the file may
+    have been replaced by mistake; the user chooses (``--restart`` or another
+    ``--cursor``). A cursor from before files were recorded adopts this file."""
+    recorded = runs.cursor_input(cursor_name)
+    if recorded is None:
+        runs.set_cursor_input(cursor_name, identity)
+        return
+    if recorded == {k: str(v) for k, v in identity.items()}:
+        return
+    was, now = recorded.get("bytes", "?"), identity["bytes"]
+    change = (f"{was} → {now} bytes" if str(was) != str(now)
+              else f"same size, {now} bytes, other content")
+    raise InputUnreadable(
+        f"dump {path!r} is not the file cursor {cursor_name!r} was counting ({change}): "
+        f"--restart starts this file over in a new run, or --cursor NAME keeps both")
 
 
 def dump_cursor_name(path: str) -> str:

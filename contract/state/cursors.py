@@ -10,6 +10,9 @@ pass, as base64 text since the state clients decode replies) and
 ``pv:cursor:<name>:planmeta`` (what the plan was made from). Its cursor then counts
 positions in the plan's passes, not dump lines; the plan goes with the cursor
 (:meth:`Cursors.clear_cursor`).
+
+A dump's cursor also keeps which file it counts: ``pv:cursor:<name>:input`` (size and
+hashes, :func:`producers.dumps.file_identity`), checked before a resume.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 
-from contract.state.keys import cursor_key, cursor_run_key, plan_key, plan_meta_key, run_key
+from contract.state.keys import (
+    cursor_input_key,
+    cursor_key,
+    cursor_run_key,
+    plan_key,
+    plan_meta_key,
+    run_key,
+)
 from contract.state.scripts import StateBase
 
 
@@ -48,9 +58,21 @@ class Cursors(StateBase):
         self._redis.set(cursor_run_key(name), run_id)
 
     def clear_cursor(self, name: str) -> None:
-        """Forget the cursor, its run and its plan (the input is done, or restarted)."""
+        """Forget the cursor, its run, its plan and its input (done, or restarted)."""
         self._redis.delete(cursor_key(name), cursor_run_key(name), plan_key(name),
-                           plan_meta_key(name))
+                           plan_meta_key(name), cursor_input_key(name))
+
+    def set_cursor_input(self, name: str, identity: Mapping[str, str | int]) -> None:
+        """Record which input file the cursor counts the lines of (replacing any)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(cursor_input_key(name))
+        pipe.hset(cursor_input_key(name), mapping=dict(identity))
+        pipe.execute()
+
+    def cursor_input(self, name: str) -> dict[str, str] | None:
+        """The recorded input file's identity, or None (none recorded: an older cursor)."""
+        raw = self._redis.hgetall(cursor_input_key(name))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
 
     def set_plan(self, name: str, bitmap: bytes, meta: Mapping[str, str | int]) -> None:
         """Store a dump's plan (replacing any) in one transaction."""

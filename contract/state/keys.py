@@ -55,6 +55,12 @@ def cursor_run_key(name: str) -> str:
     return f"{PREFIX}:cursor:{name}:run"
 
 
+def cursor_input_key(name: str) -> str:
+    """``pv:cursor:<name>:input``: which file that cursor counts the lines of (its size and
+    hashes of its first and last MiB), so a different file is not resumed mid-way."""
+    return f"{PREFIX}:cursor:{name}:input"
+
+
 def pending_key(recording_id: str) -> str:
     """``pv:pending:<recording id>``: the run in which a job of the recording is queued."""
     return PENDING_PREFIX + recording_id

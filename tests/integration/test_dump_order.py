@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.errors import InputUnreadable
 from contract.jobs import Job
 from contract.layout import FEATURE_VERSION
 from contract.records import record_key
@@ -192,10 +193,13 @@ def test_cli_submit_dump_in_coverage_order(env, tmp_path: Path,
     assert status.meta["order"] == "coverage" and status.counts["queued"] == 7
     assert len(drain_all(client, "batch")) == 7
 
-    # the same command again: the finished plan has nothing left; --restart plans anew
+    # the same command again: the finished run left no cursor, so a new run, planned
+    # anew, where every recording is known (queued in the first run): no call, no job
+    assert runs.cursor(submit_mod.dump_cursor_name(str(dump))) is None
     assert cli.main(["submit", "--dump", str(dump), "--order", "coverage"]) == 0
-    assert "resuming dump at plan position 7" in capsys.readouterr().err
-    assert built[1].lines == []
+    out = capsys.readouterr()
+    assert "planned:" in out.err and "queued 0," in out.err and out.out.strip() != run_id
+    assert built[1].resolved == []
     # in line order, in a new run: every recording is queued in the first run's jobs
     assert cli.main(["submit", "--dump", str(dump), "--restart"]) == 0
     err = capsys.readouterr().err
@@ -205,8 +209,6 @@ def test_cli_submit_dump_in_coverage_order(env, tmp_path: Path,
 
 
 def test_a_dump_changed_since_its_plan_is_refused(env, tmp_path: Path) -> None:
-    from contract.errors import InputUnreadable
-
     _, runs, _ = env
     dump = overlap_dump(tmp_path / "release")
     start_dump(runs, str(dump), "d", order="coverage")
@@ -215,3 +217,136 @@ def test_a_dump_changed_since_its_plan_is_refused(env, tmp_path: Path) -> None:
     with pytest.raises(InputUnreadable, match="changed since it was planned"):
         start_dump(runs, str(dump), "d", order="coverage")
     assert start_dump(runs, str(dump), "d", order="coverage", restart=True).plan.lines == 5
+
+
+def test_a_new_dump_at_the_same_path_is_read_in_full(env, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """Given ``submit --dump weekly`` finished over a 3-line file, then the file replaced
+    by another 2-line dump, expect the second command to read both new lines (the first
+    run's cursor went with it), not to resume at line 4 and queue nothing."""
+    from previewvec import cli
+
+    settings, runs, _ = env
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
+    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    built: list[CountingResolver] = []
+
+    def build(s: Settings, *, store=None, runs=None, run_id=None) -> CountingResolver:
+        built.append(CountingResolver(s, runs, run_id, store))
+        return built[-1]
+
+    monkeypatch.setattr(submit_mod, "build_resolver", build)
+    weekly = write_dump(tmp_path / "weekly", [release(f"r{i}", [f"x{i}"]) for i in range(3)])
+    assert cli.main(["submit", "--dump", str(weekly)]) == 0
+    assert "queued 3," in capsys.readouterr().err
+    write_dump(weekly, [release(f"n{i}", [f"y{i}"]) for i in range(2)])
+    assert cli.main(["submit", "--dump", str(weekly)]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" not in err and "queued 2," in err
+    assert built[1].lines == [1, 2] and built[1].resolved == ["y0", "y1"]
+    assert runs.cursor(submit_mod.dump_cursor_name(str(weekly))) is None
+
+
+def test_an_interrupted_dump_replaced_by_another_file_is_not_resumed(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Given a dump run stopped at line 2, then another file at its path, expect a refusal
+    in one line (exit 7) saying what to do, and ``--restart`` to read the new file from
+    line 1; the same file copied over itself (a new mtime) resumes."""
+    import os
+
+    from previewvec import cli
+
+    settings, runs, _ = env
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
+    dump = write_dump(tmp_path / "weekly", [release(f"r{i}", [f"x{i}"]) for i in range(3)])
+    name = submit_mod.dump_cursor_name(str(dump))
+    assert start_dump(runs, str(dump), name).start == 0
+    runs.set_cursor(name, 2)  # lines 1 and 2 published, then the run stopped
+    os.utime(dump, (1, 1))  # touched, same bytes: still the same dump
+    assert start_dump(runs, str(dump), name).start == 3
+
+    write_dump(dump, [release(f"n{i}", [f"y{i}"]) for i in range(2)])
+    assert cli.main(["submit", "--dump", str(dump)]) == 7
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "is not the file cursor" in err and "--restart" in err
+    # the same size as the cursor's file, another content: refused as well
+    write_dump(dump, [release(f"m{i}", [f"z{i}"]) for i in range(3)])
+    with pytest.raises(InputUnreadable, match="same size"):
+        start_dump(runs, str(dump), name)
+    assert start_dump(runs, str(dump), name, restart=True).start == 0
+
+
+def _cli_env(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> list[CountingResolver]:
+    settings = env[0]
+    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
+    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    built: list[CountingResolver] = []
+
+    def build(s: Settings, *, store=None, runs=None, run_id=None) -> CountingResolver:
+        built.append(CountingResolver(s, runs, run_id, store))
+        return built[-1]
+
+    monkeypatch.setattr(submit_mod, "build_resolver", build)
+    return built
+
+
+def test_a_truncated_dump_stops_in_one_line_after_queueing_what_it_had(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Given a .xz dump cut short, expect ``submit`` and ``resolve`` to stop with exit 7
+    and one line "corrupt or truncated after line N", every line up to N queued (resolved)
+    and the cursor at N, so running it again stops there again with nothing lost or
+    queued twice."""
+    import lzma
+
+    from previewvec import cli
+
+    _, runs, client = env
+    built = _cli_env(env, tmp_path, monkeypatch)
+    body = "".join(json.dumps(release(f"r{i}", [f"x{i}"])) + "\n" for i in range(2000))
+    dump = tmp_path / "release.xz"
+    dump.write_bytes(lzma.compress(body.encode())[:-100])
+    assert cli.main(["submit", "--dump", str(dump)]) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is corrupt or truncated after line " in err[0]
+    last = int(err[0].split("after line ")[1].split()[0])
+    assert 0 < last < 2000 and built[0].lines == list(range(1, last + 1))
+    assert runs.cursor(submit_mod.dump_cursor_name(str(dump))) == last
+    assert len(drain_all(client, "batch")) == last  # line `last` included: nothing lost
+
+    assert cli.main(["submit", "--dump", str(dump)]) == 7
+    assert f"after line {last} " in capsys.readouterr().err
+    assert built[1].lines == [] and len(drain_all(client, "batch")) == last
+
+    out = tmp_path / "resolved.jsonl"
+    assert cli.main(["resolve", "--dump", str(dump), "--out", str(out)]) == 7
+    assert f"after line {last} " in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == last
+
+
+def test_an_entity_that_breaks_the_resolver_does_not_stop_submit(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Given ``"artist-credit": "Various"`` on the release between two good ones, expect
+    the dump to finish: the good ones queued, the odd one failed ``invalid_entity``."""
+    from previewvec import cli
+
+    _, runs, _ = env
+    _cli_env(env, tmp_path, monkeypatch)
+    odd = {**release("r-odd", ["x-odd"]), "artist-credit": "Various"}
+    dump = write_dump(tmp_path / "release", [release("r1", ["x1"]), odd,
+                                             release("r2", ["x2"])])
+    assert cli.main(["submit", "--dump", str(dump)]) == 0
+    out = capsys.readouterr()
+    assert "queued 2," in out.err and "unresolved 1," in out.err
+    failures = dict(runs.failures(out.out.strip()))
+    assert {rid: f["code"] for rid, f in failures.items()} == {
+        "release:r-odd": "invalid_entity"}

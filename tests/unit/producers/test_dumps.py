@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -94,9 +95,9 @@ def test_a_named_tar_member_is_chosen(tmp_path: Path) -> None:
 def test_a_tar_without_the_member_says_so(tmp_path: Path) -> None:
     path = tmp_path / "meta-only.tar"
     write_tar(path, "w", [("TIMESTAMP", b"2024-06-01\n")])
-    with pytest.raises(FileNotFoundError, match="no dump member"):
+    with pytest.raises(InputUnreadable, match=r"holds no dump file \(it has: TIMESTAMP\)"):
         list(iter_dump(path))
-    with pytest.raises(FileNotFoundError, match="'mbdump/recording'"):
+    with pytest.raises(InputUnreadable, match="holds no member 'mbdump/recording'"):
         list(iter_dump(path, member="mbdump/recording"))
 
 
@@ -117,6 +118,31 @@ def test_start_line_resumes_without_parsing_earlier_lines(start_line: int,
     expected = [(n, kind) for n, kind in EXPECTED if n >= start_line]
     assert kinds(items) == expected
     assert (items[0][0] if items else None) == first
+
+
+def test_a_resume_past_the_end_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Given a resume line beyond the dump's 8 lines (another file's cursor), expect a
+    warning naming both; resuming right after the last line is a finished dump, silent."""
+    assert list(iter_lines(io.BytesIO(DUMP), 9)) == []
+    assert caplog.records == []
+    assert list(iter_lines(io.BytesIO(DUMP), 12)) == []
+    assert "resuming at line 12, but the dump has only 8 lines" in caplog.text
+
+
+def test_file_identity_tells_dumps_apart_by_size_and_content(tmp_path: Path) -> None:
+    path = tmp_path / "release"
+    path.write_bytes(DUMP)
+    first = dumps.file_identity(path)
+    assert first["bytes"] == len(DUMP)
+    os.utime(path, (1, 1))
+    assert dumps.file_identity(path) == first  # touched or copied: the same dump
+    path.write_bytes(DUMP.replace(b"rel-1", b"rel-2"))  # same size, other bytes
+    assert dumps.file_identity(path) != first
+    big = b"x" * (3 * dumps.IDENTITY_SAMPLE_BYTES)
+    path.write_bytes(big)
+    changed_tail = dumps.file_identity(path)
+    path.write_bytes(big[:-1] + b"y")
+    assert dumps.file_identity(path)["tail"] != changed_tail["tail"]
 
 
 def test_a_line_over_the_limit_is_an_error_and_the_next_lines_still_come(
@@ -168,3 +194,72 @@ def test_a_bad_line_is_a_dump_error_never_an_exception(raw: bytes, code: str) ->
 ])
 def test_entity_type_from_its_shape(entity: dict[str, Any], kind: str) -> None:
     assert entity_type(entity) == kind
+
+
+# -- corrupt, truncated or mislabelled files -----------------------------------------------
+MANY = b"".join(json.dumps({**RELEASE, "id": f"rel-{n}", "pad": "x" * (n % 50)}).encode()
+                + b"\n" for n in range(3000))
+
+
+def read_until_error(path: Path) -> tuple[list[int], str]:
+    """The line numbers yielded before the reader raised, and the error's message."""
+    seen: list[int] = []
+    with pytest.raises(InputUnreadable) as caught:
+        for line_no, _ in iter_dump(path):
+            seen.append(line_no)
+    assert caught.value.code == "input_unreadable"
+    return seen, caught.value.message
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".bz2", ".gz"])
+def test_a_truncated_dump_is_unreadable_after_the_lines_it_had(tmp_path: Path,
+                                                              suffix: str) -> None:
+    """Given a compressed dump cut short, expect every whole line before the cut yielded,
+    then "corrupt or truncated after line N" naming the last of them."""
+    whole = tmp_path / f"whole{suffix}"
+    extra = {"compresslevel": 1} if suffix == ".bz2" else {}  # 100 kB blocks, not one
+    with OPENERS[suffix](whole, "wb", **extra) as fh:
+        fh.write(MANY)
+    path = tmp_path / f"release{suffix}"
+    path.write_bytes(whole.read_bytes()[:-200])
+    seen, message = read_until_error(path)
+    assert 0 < len(seen) < 3000 and seen == list(range(1, len(seen) + 1))
+    assert message.startswith(f"dump {str(path)!r} is corrupt or truncated after line "
+                              f"{seen[-1]} (")
+
+
+@pytest.mark.parametrize("name,payload,error", [
+    ("release.xz", DUMP, "LZMAError"),  # plain text named .xz
+    ("release.bz2", DUMP, "OSError"),
+    ("release.gz", DUMP, "BadGzipFile"),
+    ("release.tar.xz", lzma.compress(DUMP), "ReadError"),  # an .xz that holds no tar
+    ("release.tar", b"", "ReadError"),  # empty
+])
+def test_a_mislabelled_dump_is_unreadable_before_its_first_line(
+        tmp_path: Path, name: str, payload: bytes, error: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(payload)
+    seen, message = read_until_error(path)
+    assert seen == []
+    assert f"is corrupt or truncated after line 0 ({error}" in message
+
+
+def test_a_truncated_tar_dump_is_unreadable_after_the_lines_it_had(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tar.xz"
+    write_tar(whole, "w:xz", [("TIMESTAMP", b"2024-06-01\n"), ("mbdump/release", MANY)])
+    path = tmp_path / "release.tar.xz"
+    path.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    seen, message = read_until_error(path)
+    assert 0 < len(seen) < 3000 and seen == list(range(1, len(seen) + 1))
+    assert f"is corrupt or truncated after line {seen[-1]} (" in message
+
+
+def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "release.xz"
+    with lzma.open(path, "wb") as fh:
+        fh.write(dumps.BOM + DUMP)
+    items = list(iter_dump(path))
+    assert kinds(items) == EXPECTED and items[0][1] == RELEASE
+    # only before the first line: elsewhere it is not JSON
+    assert kinds(list(iter_lines(io.BytesIO(DUMP + b"\n" + dumps.BOM + b"{}\n"))))[-1] == (
+        9, "invalid_json")

@@ -1,12 +1,18 @@
-"""The resolver's handling of what it is given: ISRC inputs, over-long metadata, and
-what it remembers of a Pseudo-Release (in-memory sources and MusicBrainz, no I/O)."""
+"""The resolver's handling of what it is given: ISRC inputs, over-long metadata, what it
+remembers of a Pseudo-Release, dump entities of an unexpected shape (in-memory sources
+and MusicBrainz; dumps in a temporary folder)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from contract.jobs import TEXT_MAX_CHARS
+from contract.state import RedisError
 from tests.unit.producers.test_sources import (
     ALBUM,
     ARTIST,
@@ -141,3 +147,56 @@ def test_a_match_on_a_pseudo_release_is_remembered() -> None:
     again = list(resolver.resolve_release_data(release()))
     assert {r.error_code for r in again} == {"already_in_run"}
     assert itunes.log == ["album search"]
+
+
+# -- dump entities of an unexpected shape ------------------------------------------------
+def _dump_of(path: Path, entities: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entities))
+    return path
+
+
+def _odd_entities() -> list[dict[str, Any]]:
+    """Entities whose shape broke the resolver (each stopped a dump for good)."""
+    various = {**release(), "id": "rel-various", "artist-credit": "Various"}
+    not_objects = {**release(), "id": "rel-credits", "artist-credit": [1, "x"]}
+    recording = {"id": "rec-odd", "title": "Song", "length": 1000, "releases": "x"}
+    return [various, not_objects, recording]
+
+
+def test_an_entity_that_breaks_the_resolver_is_one_invalid_entity_and_the_dump_goes_on(
+        tmp_path: Path) -> None:
+    """Given a dump with odd entities between two good releases, expect one
+    ``invalid_entity`` per odd entity, named after it and saying what broke, and both
+    good releases resolved, in one pass and with several lines in flight alike."""
+    good_1, good_2 = release(), {**release(), "id": "rel-2"}
+    dump = _dump_of(tmp_path / "release", [good_1, *_odd_entities(), good_2])
+    for in_flight in (1, 4):
+        resolver = resolver_with(FakeSource("itunes", store()))
+        resolver.in_flight = in_flight
+        got = list(resolver.resolve_dump(dump))
+        odd = [(n, r.recording_id, r.error_code) for n, r in got if not r.ok]
+        assert odd == [(2, "release:rel-various", "invalid_entity"),
+                       (3, "release:rel-credits", "invalid_entity"),
+                       (4, "recording:rec-odd", "invalid_entity")]
+        assert [n for n, r in got if r.ok] == [1] * 6 + [5] * 6
+        reasons = {r.recording_id: r.reason for _, r in got if not r.ok}
+        assert reasons["release:rel-various"].startswith(
+            "line 2: cannot resolve this release entity (AttributeError: ")
+
+
+def test_an_entity_without_a_usable_id_is_named_by_its_line(tmp_path: Path) -> None:
+    dump = _dump_of(tmp_path / "release", [{**release(), "id": 7, "artist-credit": "V"}])
+    [(n, res)] = list(resolver_with(FakeSource("itunes", store())).resolve_dump(dump))
+    assert (n, res.recording_id, res.error_code) == (1, "line:1", "invalid_entity")
+
+
+def test_redis_down_while_resolving_a_dump_entity_stops_the_run(tmp_path: Path) -> None:
+    """Given the known-recordings lookup failing with a Redis error, expect the error to
+    surface (the run stops and resumes from its cursor), not an ``invalid_entity``."""
+    def handled(ids: Any) -> dict[str, str]:
+        raise RedisError("Connection refused")
+
+    dump = _dump_of(tmp_path / "release", [release()])
+    resolver = resolver_with(FakeSource("itunes", store()), handled=handled)
+    with pytest.raises(RedisError):
+        list(resolver.resolve_dump(dump))

@@ -27,3 +27,13 @@ def test_set_and_clear(runs: Runs) -> None:
     assert (runs.cursor("dump:y"), runs.cursor_run("dump:y")) == (7, "r2")
     runs.clear_cursor("dump:y")
     assert (runs.cursor("dump:y"), runs.cursor_run("dump:y")) == (None, None)
+
+
+def test_the_cursors_input_is_kept_until_the_cursor_is_cleared(runs: Runs) -> None:
+    assert runs.cursor_input("dump:z") is None
+    runs.set_cursor_input("dump:z", {"bytes": 10, "head": "aa", "tail": "bb"})
+    runs.set_cursor_input("dump:z", {"bytes": 12, "head": "cc", "tail": "dd"})  # replaced
+    assert runs.cursor_input("dump:z") == {"bytes": "12", "head": "cc", "tail": "dd"}
+    runs.set_cursor("dump:z", 3)
+    runs.clear_cursor("dump:z")
+    assert runs.cursor_input("dump:z") is None

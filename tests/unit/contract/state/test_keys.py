@@ -23,6 +23,7 @@ def test_key_names() -> None:
     assert keys.pending_key("rec-1") == "pv:pending:rec-1"
     assert (keys.plan_key("dump:x"), keys.plan_meta_key("dump:x")) == (
         "pv:cursor:dump:x:plan", "pv:cursor:dump:x:planmeta")
+    assert keys.cursor_input_key("dump:x") == "pv:cursor:dump:x:input"
     assert (keys.READY_QUEUE, keys.DEAD_LETTER_QUEUE, keys.LOCK_KEY, keys.RUNS_INDEX) == (
         "pv:ready", "pv:ready:dead", "pv:reducer:lock", "pv:runs")
 
