@@ -206,11 +206,12 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     kind, value = _resolve_input(args)
     resolver = build_resolver(settings)
     resolved = unresolved = 0
-    # A file is written under a temporary name beside it and renamed when complete: an
-    # existing file stays as it was until then, and a failed or interrupted run (a bad
-    # input, Ctrl-C) leaves no half-written one (a re-run finds the answers in the
-    # sources' caches).
+    # A file is written under a temporary name beside it and renamed when complete, or
+    # when a failed or interrupted run (a truncated dump, Ctrl-C) has written lines: they
+    # cost upstream calls and are kept. A run that wrote nothing (a missing input) leaves
+    # an existing file as it was.
     tmp: Path | None = None
+    written, complete = 0, False
     try:
         if args.out == "-":
             out = sys.stdout
@@ -232,18 +233,20 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     resolved += 1
                 out.write(resolution_line(res) + "\n")
+                written += 1
             out.flush()
+            complete = True
         finally:
             if out is not sys.stdout:
                 out.close()
-        if tmp is not None:
-            try:
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600
-                os.replace(tmp, Path(args.out).expanduser())
-            except OSError as exc:
-                raise InputUnreadable(f"cannot write {args.out!r}: "
-                                      f"{exc.strerror or type(exc).__name__}") from None
-            tmp = None
+            if tmp is not None and (complete or written):
+                try:
+                    os.chmod(tmp, 0o644)  # mkstemp makes 0600
+                    os.replace(tmp, Path(args.out).expanduser())
+                except OSError as exc:
+                    raise InputUnreadable(f"cannot write {args.out!r}: "
+                                          f"{exc.strerror or type(exc).__name__}") from None
+                tmp = None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
