@@ -55,6 +55,11 @@ def cursor_run_key(name: str) -> str:
     return f"{PREFIX}:cursor:{name}:run"
 
 
+def cursor_lock_key(name: str) -> str:
+    """``pv:cursor:<name>:lock``: the producer working on that cursor (its run and token)."""
+    return f"{PREFIX}:cursor:{name}:lock"
+
+
 def pending_key(recording_id: str) -> str:
     """``pv:pending:<recording id>``: the run in which a job of the recording is queued."""
     return PENDING_PREFIX + recording_id
