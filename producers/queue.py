@@ -15,14 +15,24 @@ SIGINT and SIGTERM are held while a chunk is published and its cursor moved, so 
 never leaves a chunk published without its cursor; only a hard kill (SIGKILL) in that
 instant republishes one chunk, which is harmless (jobs and run transitions are
 idempotent).
+
+**What is a catalog.** A regular file of JSON Lines. Anything else is refused before
+anything is published (:class:`~contract.errors.InputUnreadable`): a pipe or FIFO (the
+file is read twice, to hash it and to enqueue it, and a stream cannot be read again nor
+resumed), a gzip file, UTF-16, a JSON array. Lines are read with a bounded ``readline``,
+so one huge line costs :data:`MAX_CATALOG_LINE_BYTES` of memory and is an invalid line.
+A recording id repeated in a catalog is published once: a repeat of the same job is
+counted as a duplicate, a repeat with another job is an invalid line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections import Counter
@@ -38,7 +48,15 @@ from kombu.entity import PERSISTENT_DELIVERY_MODE
 
 from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys  # noqa: F401 - re-exported
 from contract.errors import InputUnreadable, UnknownRun, is_transient
-from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
+from contract.jobs import (
+    MAX_CATALOG_LINE_CHARS,
+    NOT_JSON_LINES,
+    CatalogLine,
+    InvalidJob,
+    Job,
+    no_duplicate_keys,
+    parse_catalog,
+)
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
 
@@ -47,6 +65,10 @@ log = logging.getLogger(__name__)
 PUBLISH_CHUNK = 500
 BACKPRESSURE_POLL_S = 1.0
 HASH_BLOCK_BYTES = 1 << 20
+# Every line under the parser's character cap fits (4 bytes per character at most).
+MAX_CATALOG_LINE_BYTES = 4 * MAX_CATALOG_LINE_CHARS + 2
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32 LE starts like UTF-16 LE
 
 
 def wait_for_room(runs: Runs, queue: str, high_water: int, *,
@@ -118,6 +140,7 @@ class EnqueueReport:
     waited_s: float = 0.0  # time spent waiting on backpressure
     resumed_after: int = 0  # catalog lines a resumed enqueue skipped (published before)
     unresolved: int = 0  # `previewvec resolve` lines without a job
+    duplicates: int = 0  # lines repeating an earlier line's job (published once)
 
 
 def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: str = "batch",
@@ -128,27 +151,86 @@ def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: 
     the valid ones with backpressure. Returns the run id and counts.
 
     An existing ``run_id`` is continued (its meta kept). With ``cursor_name`` the last
-    published line is recorded after every chunk (see :func:`enqueue_file`).
+    published line is recorded after every chunk (see :func:`enqueue_file`). A recording
+    repeated is published once (:func:`once_per_recording`).
     """
     runs = runs or Runs.from_url(settings.broker_url)
     run_id = run_id or new_run_id()
     if not runs.exists(run_id):
         runs.create(run_id, queue=queue, source=source)
-    return publish(parse_catalog(lines), runs, settings, run_id=run_id, queue=queue,
-                   force=force, high_water=settings.queue_high_water, poll_s=poll_s,
-                   cursor_name=cursor_name)
+    duplicates: list[int] = []
+    report = publish(once_per_recording(parse_catalog(lines), duplicates.append), runs,
+                     settings, run_id=run_id, queue=queue, force=force,
+                     high_water=settings.queue_high_water, poll_s=poll_s,
+                     cursor_name=cursor_name)
+    report.duplicates = len(duplicates)
+    return report
+
+
+def once_per_recording(items: Iterable[CatalogLine],
+                       on_duplicate: Callable[[int], None]) -> Iterator[CatalogLine]:
+    """``items`` with each recording's first job only.
+
+    A later line with the same job is dropped (reported to ``on_duplicate(line_no)``); one
+    with another job for the recording becomes an invalid line: which of the two is meant
+    is not ours to guess. Keeps a line number and a hash per recording (≈ 150 bytes).
+    """
+    seen: dict[str, tuple[int, int]] = {}
+    for item in items:
+        if item.job is None:
+            yield item
+            continue
+        rid = item.job.recording_id
+        fingerprint = hash(item.job.to_json())
+        first = seen.setdefault(rid, (item.line_no, fingerprint))
+        if first[0] == item.line_no:
+            yield item
+        elif first[1] == fingerprint:
+            on_duplicate(item.line_no)
+        else:
+            yield CatalogLine(item.line_no, error=InvalidJob(
+                f"conflicting duplicate of line {first[0]}: recording_id {rid!r} again, "
+                "with another job"))
 
 
 def catalog_digest(path: str | os.PathLike[str]) -> str:
-    """BLAKE2b of the file's bytes (hex, 128 bits): what names its resume cursor."""
-    digest = hashlib.blake2b(digest_size=16)
+    """BLAKE2b of the file's bytes (hex, 128 bits): what names its resume cursor.
+
+    Refuses (:class:`InputUnreadable`) what is not a catalog: not a regular file, or a
+    gzip, UTF-16 or JSON array file (:func:`check_catalog_start`).
+    """
     try:
+        # stat, not open: opening a FIFO blocks until something writes to it.
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise InputUnreadable(
+                f"catalog {os.fspath(path)!r} is not a regular file (a pipe, FIFO or "
+                "device is read twice, to hash and to enqueue it, and cannot be resumed): "
+                "save the stream to a file first and enqueue that file")
+        digest = hashlib.blake2b(digest_size=16)
         with open(path, "rb") as handle:
-            while block := handle.read(HASH_BLOCK_BYTES):
+            block = handle.read(HASH_BLOCK_BYTES)
+            check_catalog_start(path, block)
+            while block:
                 digest.update(block)
+                block = handle.read(HASH_BLOCK_BYTES)
     except OSError as exc:
         raise InputUnreadable(_unreadable(path, exc)) from None
     return digest.hexdigest()
+
+
+def check_catalog_start(path: str | os.PathLike[str], head: bytes) -> None:
+    """Refuse a file whose first bytes show it is not JSON Lines in UTF-8: each would
+    otherwise become one or two invalid "lines" and an enqueue that did nothing."""
+    name = os.fspath(path)
+    if head.startswith(GZIP_MAGIC):
+        raise InputUnreadable(f"catalog {name!r} is gzip-compressed: decompress it first "
+                              f"(gunzip -k {name})")
+    if head.startswith(UTF16_BOMS):
+        raise InputUnreadable(f"catalog {name!r} is UTF-16 or UTF-32 (it starts with a byte "
+                              "order mark): save it as UTF-8")
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+        raise InputUnreadable(f"catalog {name!r} is a JSON array; {NOT_JSON_LINES} "
+                              f"(convert it with: jq -c '.[]' {name})")
 
 
 def _unreadable(path: str | os.PathLike[str], exc: OSError) -> str:
@@ -170,7 +252,7 @@ class EnqueuePlan:
 
 
 def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False) -> EnqueuePlan:
-    """Hash the catalog and look up its cursor (``restart`` forgets it)."""
+    """Check and hash the catalog and look up its cursor (``restart`` forgets it)."""
     name = enqueue_cursor_name(catalog_digest(path))
     if restart:
         runs.clear_cursor(name)
@@ -189,7 +271,7 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
     Lines up to ``plan.resume_after`` are read but not parsed or published again. The
     cursor is dropped once the file is done.
     """
-    from producers.submit import record_unresolved_line, unwrap_resolution_lines
+    from producers.submit import record_unresolved_line
 
     unresolved = 0
 
@@ -205,7 +287,7 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
         runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
     runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
     with handle:
-        lines = _skip_lines(handle, plan.resume_after)
+        lines = _skip_lines(read_catalog_lines(handle), plan.resume_after)
         report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
                                  queue=queue, force=force, run_id=plan.run_id,
                                  source=os.path.basename(os.fspath(path)),
@@ -217,7 +299,57 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
     return report
 
 
-def _skip_lines(lines: Iterable[bytes], after: int) -> Iterator[bytes]:
+def read_catalog_lines(handle: IO[bytes]) -> Iterator[bytes | InvalidJob]:
+    """The lines of a catalog, each at most :data:`MAX_CATALOG_LINE_BYTES` in memory; a
+    longer one is skipped to its end and comes as an :class:`InvalidJob`."""
+    while raw := handle.readline(MAX_CATALOG_LINE_BYTES + 1):
+        if len(raw) > MAX_CATALOG_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
+                raw = handle.readline(MAX_CATALOG_LINE_BYTES)
+            yield InvalidJob(f"line longer than {MAX_CATALOG_LINE_BYTES} bytes (a JSON "
+                             f"array on one line? {NOT_JSON_LINES})")
+            continue
+        yield raw
+
+
+def unwrap_resolution_lines(
+        lines: Iterable[str | bytes | InvalidJob],
+        on_unresolved: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Iterator[str | bytes | InvalidJob]:
+    """Turn ``previewvec resolve`` output lines into plain catalog lines.
+
+    A line that is a JSON object with a ``"job"`` key is unwrapped to that job; the job
+    schema refuses unknown fields, so a plain job line never has one and the two formats
+    cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
+    numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
+    line, one with a repeated key included, passes through untouched for
+    :func:`contract.jobs.parse_catalog` to judge (it refuses repeated keys too).
+    """
+    for line_no, raw in enumerate(lines, start=1):
+        if isinstance(raw, InvalidJob):
+            yield raw
+            continue
+        marker = b'"job"' if isinstance(raw, bytes) else '"job"'
+        if marker not in raw:  # type: ignore[operator]
+            yield raw
+            continue
+        try:
+            obj = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+        except (ValueError, RecursionError):  # also bad UTF-8: parse_catalog reports it
+            yield raw
+            continue
+        if not isinstance(obj, dict) or "job" not in obj:
+            yield raw
+            continue
+        if obj["job"] is None:
+            if on_unresolved is not None:
+                on_unresolved(line_no, obj)
+            yield ""
+            continue
+        yield json.dumps(obj["job"], ensure_ascii=False)
+
+
+def _skip_lines(lines: Iterable[bytes | InvalidJob], after: int) -> Iterator[bytes | InvalidJob]:
     """``lines`` with the first ``after`` blanked (line numbers stay right)."""
     for line_no, raw in enumerate(lines, start=1):
         yield b"" if line_no <= after else raw
