@@ -16,6 +16,13 @@ never leaves a chunk published without its cursor; only a hard kill (SIGKILL) in
 instant republishes one chunk, which is harmless (jobs and run transitions are
 idempotent).
 
+**One enqueue per catalog.** The cursor has one owner: :func:`plan_enqueue` takes the
+lock ``pv:cursor:enqueue:<hash>:lock`` (:class:`CursorLease`, expiring
+:data:`ENQUEUE_LOCK_TTL_S` after its holder dies, renewed meanwhile) before it reads the
+cursor, and :func:`enqueue_file` releases it. A second ``enqueue`` of the same catalog
+meanwhile fails (:class:`~contract.errors.AlreadyRunning`) naming the run at work, instead
+of resuming from a cursor still moving and publishing the same jobs again.
+
 **What is a catalog.** A regular file of JSON Lines. Anything else is refused before
 anything is published (:class:`~contract.errors.InputUnreadable`): a pipe or FIFO (the
 file is read twice, to hash it and to enqueue it, and a stream cannot be read again nor
@@ -47,7 +54,7 @@ from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
 from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys  # noqa: F401 - re-exported
-from contract.errors import InputUnreadable, UnknownRun, is_transient
+from contract.errors import AlreadyRunning, InputUnreadable, UnknownRun, is_transient
 from contract.jobs import (
     MAX_CATALOG_LINE_CHARS,
     NOT_JSON_LINES,
@@ -67,6 +74,7 @@ BACKPRESSURE_POLL_S = 1.0
 HASH_BLOCK_BYTES = 1 << 20
 # Every line under the parser's character cap fits (4 bytes per character at most).
 MAX_CATALOG_LINE_BYTES = 4 * MAX_CATALOG_LINE_CHARS + 2
+ENQUEUE_LOCK_TTL_S = 30.0  # how long the lock of an enqueue that died outlives it
 GZIP_MAGIC = b"\x1f\x8b"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32 LE starts like UTF-16 LE
 
@@ -146,13 +154,15 @@ class EnqueueReport:
 def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: str = "batch",
                     force: bool = False, run_id: str | None = None, source: str = "",
                     cursor_name: str | None = None, runs: Runs | None = None,
-                    poll_s: float = BACKPRESSURE_POLL_S) -> EnqueueReport:
+                    poll_s: float = BACKPRESSURE_POLL_S,
+                    guard: Callable[[], None] | None = None) -> EnqueueReport:
     """Validate each catalog line, record invalid lines as failures of the run, publish
     the valid ones with backpressure. Returns the run id and counts.
 
     An existing ``run_id`` is continued (its meta kept). With ``cursor_name`` the last
     published line is recorded after every chunk (see :func:`enqueue_file`). A recording
-    repeated is published once (:func:`once_per_recording`).
+    repeated is published once (:func:`once_per_recording`). ``guard`` is called before
+    each chunk is published (:func:`publish`).
     """
     runs = runs or Runs.from_url(settings.broker_url)
     run_id = run_id or new_run_id()
@@ -162,7 +172,7 @@ def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: 
     report = publish(once_per_recording(parse_catalog(lines), duplicates.append), runs,
                      settings, run_id=run_id, queue=queue, force=force,
                      high_water=settings.queue_high_water, poll_s=poll_s,
-                     cursor_name=cursor_name)
+                     cursor_name=cursor_name, guard=guard)
     report.duplicates = len(duplicates)
     return report
 
@@ -242,6 +252,54 @@ def enqueue_cursor_name(digest: str) -> str:
     return f"enqueue:{digest}"
 
 
+class CursorLease:
+    """The lock on one cursor, held by one producer: taken with a TTL, renewed by a daemon
+    thread every third of it, released when done. A process that dies stops renewing, so
+    its lock expires by itself; one whose lock expired anyway (Redis unreachable for a
+    whole TTL) learns it from :meth:`check` before it publishes again."""
+
+    def __init__(self, runs: Runs, name: str, run_id: str,
+                 ttl_s: float = ENQUEUE_LOCK_TTL_S) -> None:
+        self.runs, self.name, self.run_id, self.ttl_s = runs, name, run_id, ttl_s
+        self.token = f"{run_id} {uuid4().hex}"  # the holder's run, for whoever finds it held
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock and start renewing it; False when another producer holds it."""
+        if not self.runs.acquire_cursor_lock(self.name, self.token, self.ttl_s):
+            return False
+        self._thread = threading.Thread(target=self._renew, name="pv-cursor-lock",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.runs.renew_cursor_lock(self.name, self.token, self.ttl_s):
+                    self.lost = True
+                    return
+            except Exception:  # Redis away for a moment: try again next time
+                log.warning("could not renew the lock on %s", self.name, exc_info=True)
+
+    def check(self) -> None:
+        """Raise :class:`AlreadyRunning` once the lock is no longer ours."""
+        if self.lost:
+            raise AlreadyRunning(f"lost the lock on this catalog's cursor (Redis unreachable "
+                                 f"for {self.ttl_s:.0f} s?): stopped run {self.run_id}; run "
+                                 "the same command again to continue it")
+
+    def release(self) -> None:
+        """Stop renewing and delete the lock if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.runs.release_cursor_lock(self.name, self.token)
+
+
 @dataclass
 class EnqueuePlan:
     """Where an ``enqueue`` of a file starts: a new run, or the run a cursor names."""
@@ -249,18 +307,44 @@ class EnqueuePlan:
     run_id: str
     cursor_name: str
     resume_after: int  # catalog lines already published (0: from the start)
+    lease: CursorLease | None = field(default=None, repr=False)  # released by enqueue_file
 
 
-def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False) -> EnqueuePlan:
-    """Check and hash the catalog and look up its cursor (``restart`` forgets it)."""
+def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False,
+                 lock_ttl_s: float = ENQUEUE_LOCK_TTL_S) -> EnqueuePlan:
+    """Check and hash the catalog, take the lock on its cursor and look the cursor up
+    (``restart`` forgets it). Raises :class:`AlreadyRunning` while another enqueue of the
+    same catalog holds the lock; :func:`enqueue_file` releases it."""
     name = enqueue_cursor_name(catalog_digest(path))
-    if restart:
-        runs.clear_cursor(name)
+    for _ in range(5):
+        before = _cursor_state(name, runs)
+        run_id = new_run_id() if restart or before[0] is None else before[0]
+        lease = CursorLease(runs, name, run_id, lock_ttl_s)
+        if not lease.acquire():
+            holder = runs.cursor_lock_holder(name)
+            who = f"as run {holder.split()[0]}" if holder else "right now"
+            raise AlreadyRunning(
+                f"an enqueue of this catalog is already running {who}: wait for it to "
+                f"finish, or if it died, run again after {lock_ttl_s:.0f} s")
+        # The run id the lock names was chosen before the lock was ours: the cursor may
+        # have moved (finished, started) in between; then plan again.
+        if restart or _cursor_state(name, runs) == before:
+            break
+        lease.release()
+    else:
+        raise AlreadyRunning("other enqueues of this catalog keep starting: try again")
+    if restart or before[0] is None:
+        runs.clear_cursor(name)  # forgotten, or a cursor whose run is gone (expired)
+        return EnqueuePlan(run_id, name, 0, lease)
+    return EnqueuePlan(run_id, name, before[1], lease)
+
+
+def _cursor_state(name: str, runs: Runs) -> tuple[str | None, int]:
+    """The cursor's run (None if none, or gone) and its line."""
     run_id = runs.cursor_run(name)
-    if run_id is not None and runs.exists(run_id):
-        return EnqueuePlan(run_id, name, runs.cursor(name) or 0)
-    runs.clear_cursor(name)  # a cursor whose run is gone (expired) starts over
-    return EnqueuePlan(new_run_id(), name, 0)
+    if run_id is None or not runs.exists(run_id):
+        return None, 0
+    return run_id, runs.cursor(name) or 0
 
 
 def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Settings, *,
@@ -280,20 +364,25 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
         unresolved += record_unresolved_line(runs, plan.run_id, line_no, obj)
 
     try:
-        handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputUnreadable(_unreadable(path, exc)) from None
-    if not runs.exists(plan.run_id):
-        runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
-    runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
-    with handle:
-        lines = _skip_lines(read_catalog_lines(handle), plan.resume_after)
-        report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
-                                 queue=queue, force=force, run_id=plan.run_id,
-                                 source=os.path.basename(os.fspath(path)),
-                                 cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s)
-    runs.clear_cursor(plan.cursor_name)
-    runs.set_producing(plan.run_id, False)
+        try:
+            handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputUnreadable(_unreadable(path, exc)) from None
+        if not runs.exists(plan.run_id):
+            runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
+        runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
+        with handle:
+            lines = _skip_lines(read_catalog_lines(handle), plan.resume_after)
+            report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
+                                     queue=queue, force=force, run_id=plan.run_id,
+                                     source=os.path.basename(os.fspath(path)),
+                                     cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s,
+                                     guard=plan.lease.check if plan.lease else None)
+        runs.clear_cursor(plan.cursor_name)
+        runs.set_producing(plan.run_id, False)
+    finally:
+        if plan.lease is not None:
+            plan.lease.release()
     report.resumed_after = plan.resume_after
     report.unresolved = unresolved
     return report
@@ -396,13 +485,15 @@ def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None 
 def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, *,
             run_id: str, queue: str = "batch", force: bool = False,
             high_water: int | None = None, poll_s: float = BACKPRESSURE_POLL_S,
-            cursor_name: str | None = None) -> EnqueueReport:
+            cursor_name: str | None = None,
+            guard: Callable[[], None] | None = None) -> EnqueueReport:
     """Mark the valid jobs queued in the run, then publish them, a chunk at a time.
 
     With ``high_water``, each chunk waits until the queue holds at most that many messages
     and is at most that large (:func:`chunk_size`). With ``cursor_name``, each chunk's last
     catalog line is stored as the resume cursor together with the run's ``submitted``
-    count, while SIGINT/SIGTERM are held (:func:`signals_held`).
+    count, while SIGINT/SIGTERM are held (:func:`signals_held`). ``guard`` is called
+    before each chunk goes out and may raise to stop (the cursor lock was lost).
 
     Each chunk goes out in one Redis round trip: kombu's publish batch buffers the LPUSHes
     that publishing one message at a time would make, and each message is what
@@ -436,6 +527,8 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
             last_line = chunk[-1].line_no if isinstance(chunk[-1], CatalogLine) else None
             if jobs and high_water is not None:
                 report.waited_s += wait_for_room(runs, queue, high_water, poll_s=poll_s)
+            if guard is not None:
+                guard()
             with signals_held():
                 if jobs:
                     # Queued before published: a worker can finish a job within

@@ -1,10 +1,11 @@
-"""`previewvec enqueue` of a catalog file against a real Redis: bounded memory on a huge
-line, repeated recordings and repeated keys."""
+"""`previewvec enqueue` of a catalog file against a real Redis: one enqueue per catalog (the
+cursor lock), bounded memory on a huge line, repeated recordings and repeated keys."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 import tracemalloc
 from collections.abc import Iterator
 from io import BytesIO
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from contract.errors import AlreadyRunning
 from contract.settings import Settings
 from contract.state import Runs, connect
-from contract.state.keys import run_key
+from contract.state.keys import cursor_lock_key, run_key
 from producers.queue import (
     MAX_CATALOG_LINE_BYTES,
     enqueue_file,
@@ -51,6 +53,61 @@ def published(client: Redis) -> list[dict]:
 
 def enqueue(path: Path, settings: Settings, runs: Runs):
     return enqueue_file(path, plan_enqueue(path, runs), settings, runs=runs)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_the_cursor_lock_is_held_renewed_and_released(env, tmp_path: Path) -> None:
+    settings, runs, client = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n")
+    plan = plan_enqueue(catalog, runs, lock_ttl_s=0.3)
+    lock_key = cursor_lock_key(plan.cursor_name)
+    with pytest.raises(AlreadyRunning, match=f"already running as run {plan.run_id}"):
+        plan_enqueue(catalog, runs)
+    time.sleep(1.0)  # three TTLs: held only because it is renewed
+    assert client.exists(lock_key)
+    with pytest.raises(AlreadyRunning):
+        plan_enqueue(catalog, runs, restart=True)  # --restart does not break in either
+    report = enqueue_file(catalog, plan, settings, runs=runs)
+    assert report.queued == 1
+    assert not client.exists(lock_key)  # released once done
+    plan_enqueue(catalog, runs).lease.release()  # free again
+
+
+def test_the_lock_of_a_dead_enqueue_expires(env, tmp_path: Path) -> None:
+    settings, runs, _ = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n")
+    plan = plan_enqueue(catalog, runs, lock_ttl_s=0.3)
+    plan.lease._stop.set()  # the process "dies": nothing renews the lock any more
+    with pytest.raises(AlreadyRunning):
+        plan_enqueue(catalog, runs)
+    time.sleep(0.5)
+    assert enqueue(catalog, settings, runs).queued == 1
+
+
+def test_the_lock_is_released_when_the_enqueue_fails(env, tmp_path: Path) -> None:
+    settings, runs, client = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n")
+    plan = plan_enqueue(catalog, runs)
+    catalog.unlink()
+    with pytest.raises(Exception, match="cannot read catalog"):
+        enqueue_file(catalog, plan, settings, runs=runs)
+    assert not client.keys("pv:cursor:*:lock")
+
+
+def test_a_lost_lock_stops_the_enqueue_before_it_publishes(env, tmp_path: Path) -> None:
+    settings, runs, client = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n")
+    plan = plan_enqueue(catalog, runs)
+    plan.lease.lost = True  # what the renewing thread records when the token is not ours
+    with pytest.raises(AlreadyRunning, match="lost the lock"):
+        enqueue_file(catalog, plan, settings, runs=runs)
+    assert published(client) == []
 
 
 # --------------------------------------------------------------------------- huge lines
