@@ -317,7 +317,7 @@ def test_fifo_catalog_is_refused_without_hanging(base_env, tmp_path: Path) -> No
     (JOB_LINE.encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 or UTF-32"),
     (b"[" + JOB_LINE.strip().encode() + b"]\n", "is a JSON array; a catalog is JSON Lines"),
     (b'\xef\xbb\xbf\n  [\n  {"recording_id": "x"}\n]\n', "is a JSON array"),
-])
+], ids=["gzip", "utf-16", "utf-16-be", "json-array", "indented-json-array"])
 def test_catalog_in_another_format_is_refused(base_env, tmp_path: Path, content: bytes,
                                               needle: str) -> None:
     catalog = tmp_path / "catalog.jsonl"
