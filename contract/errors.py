@@ -99,6 +99,12 @@ class InputUnreadable(PreviewvecError):
     code = "input_unreadable"
 
 
+class AlreadyRunning(PreviewvecError):
+    """Another process is already doing this (an ``enqueue`` of the same catalog)."""
+
+    code = "already_running"
+
+
 class NotFound(PreviewvecError):
     """The thing asked for does not exist: an unknown run id, an unstored recording."""
 

@@ -323,7 +323,8 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing an object with a repeated key (a ValueError)."""
     # json.loads silently keeps the last duplicate; an ambiguous job is refused instead.
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -335,7 +336,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _loads(text: str | bytes) -> object:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys,
+                          parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidJob(f"malformed JSON: {exc}") from None
 
@@ -353,14 +355,21 @@ class CatalogLine:
         return self.job is not None
 
 
-def parse_catalog(lines: Iterable[str | bytes]) -> Iterator[CatalogLine]:
+NOT_JSON_LINES = "a catalog is JSON Lines, one job object per line"
+
+
+def parse_catalog(lines: Iterable[str | bytes | InvalidJob]) -> Iterator[CatalogLine]:
     """Stream a JSON Lines catalog: one :class:`CatalogLine` per job line, lazily.
 
     Blank lines and lines starting with ``#`` are skipped (line numbers still count them).
     Bad lines (malformed JSON, invalid jobs, over-long lines, bad UTF-8) become error
-    items; this never raises for bad input, so one bad line cannot stop a run.
+    items; this never raises for bad input, so one bad line cannot stop a run. A line the
+    reader already refused (too long to read) comes as its :class:`InvalidJob`.
     """
     for line_no, raw in enumerate(lines, start=1):
+        if isinstance(raw, InvalidJob):
+            yield CatalogLine(line_no, error=raw)
+            continue
         try:
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:
@@ -377,6 +386,10 @@ def parse_catalog(lines: Iterable[str | bytes]) -> Iterator[CatalogLine]:
                 line_no,
                 error=InvalidJob(f"line longer than {MAX_CATALOG_LINE_CHARS} characters"),
             )
+            continue
+        if line.startswith("["):
+            yield CatalogLine(line_no, error=InvalidJob(
+                f"a JSON array, not a job object: {NOT_JSON_LINES}"))
             continue
         try:
             yield CatalogLine(line_no, job=Job.from_json(line))

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.broker import QUEUES
 from contract.errors import PreviewvecError
-from contract.jobs import JOB_SCHEMA, InvalidJob, Job, parse_isrc
+from contract.jobs import JOB_SCHEMA, InvalidJob, Job, no_duplicate_keys, parse_isrc
 from contract.layout import PITCH_CLASSES
 from contract.records import CorruptRecord, IncompatibleRecord
 from contract.settings import Settings
@@ -278,7 +278,26 @@ def _parse_isrcs(value: object, errors: Errors) -> list[str] | None:
 
 
 def _parse_jobs(value: object, errors: Errors) -> list[Job] | None:
-    return _parse_list(value, "jobs", MAX_JOBS, "jobs", errors, _job)
+    """The jobs, each recording once: a repeat of the same job is dropped, a repeat with
+    another job is a field error (which of the two is meant is not ours to guess)."""
+    if not isinstance(value, list):
+        return _parse_list(value, "jobs", MAX_JOBS, "jobs", errors, _job)
+    jobs: dict[str, tuple[int, Job]] = {}
+
+    def once(item: object, loc: list[Any], errs: Errors) -> Job | None:
+        job = _job(item, loc, errs)
+        if job is None:
+            return None
+        first = jobs.setdefault(job.recording_id, (loc[-1], job))
+        if first[0] == loc[-1]:
+            return job
+        if first[1] != job:
+            errs.append(_field_error(loc, f"conflicting duplicate of jobs[{first[0]}]: "
+                                     f"recording_id {job.recording_id!r} again, with "
+                                     "another job"))
+        return None
+
+    return _parse_list(value, "jobs", MAX_JOBS, "jobs", errors, once)
 
 
 def _parse_new_releases(value: object, errors: Errors) -> tuple[date | None, date | None] | None:
@@ -322,7 +341,8 @@ def parse_submission(body: bytes) -> Submission:
     if not body.strip():
         raise InputError(400, "empty body: expected a JSON object")
     try:
-        data = json.loads(body.decode("utf-8"))
+        # A repeated key is refused, as in a catalog: json.loads would keep the last.
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
     except UnicodeDecodeError:
         raise InputError(400, "body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int too long, nesting

@@ -183,6 +183,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         raise Interrupted(f"interrupted: run the same command again to continue run "
                           f"{plan.run_id} (--restart starts over)") from None
     extra = f", unresolved {report.unresolved}" if report.unresolved else ""
+    extra += f", duplicates {report.duplicates}" if report.duplicates else ""
     print(f"queued {report.queued}, invalid lines {report.invalid}{extra}", file=sys.stderr)
     return 0
 

@@ -15,14 +15,31 @@ SIGINT and SIGTERM are held while a chunk is published and its cursor moved, so 
 never leaves a chunk published without its cursor; only a hard kill (SIGKILL) in that
 instant republishes one chunk, which is harmless (jobs and run transitions are
 idempotent).
+
+**One enqueue per catalog.** The cursor has one owner: :func:`plan_enqueue` takes the
+lock ``pv:cursor:enqueue:<hash>:lock`` (:class:`CursorLease`, expiring
+:data:`ENQUEUE_LOCK_TTL_S` after its holder dies, renewed meanwhile) before it reads the
+cursor, and :func:`enqueue_file` releases it. A second ``enqueue`` of the same catalog
+meanwhile fails (:class:`~contract.errors.AlreadyRunning`) naming the run at work, instead
+of resuming from a cursor still moving and publishing the same jobs again.
+
+**What is a catalog.** A regular file of JSON Lines. Anything else is refused before
+anything is published (:class:`~contract.errors.InputUnreadable`): a pipe or FIFO (the
+file is read twice, to hash it and to enqueue it, and a stream cannot be read again nor
+resumed), a gzip file, UTF-16, a JSON array. Lines are read with a bounded ``readline``,
+so one huge line costs :data:`MAX_CATALOG_LINE_BYTES` of memory and is an invalid line.
+A recording id repeated in a catalog is published once: a repeat of the same job is
+counted as a duplicate, a repeat with another job is an invalid line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections import Counter
@@ -37,8 +54,16 @@ from kombu import Producer, Queue
 from kombu.entity import PERSISTENT_DELIVERY_MODE
 
 from contract.broker import QUEUES, TASK_NAME, celery_settings, queue_keys  # noqa: F401 - re-exported
-from contract.errors import InputUnreadable, UnknownRun, is_transient
-from contract.jobs import CatalogLine, InvalidJob, Job, parse_catalog
+from contract.errors import AlreadyRunning, InputUnreadable, UnknownRun, is_transient
+from contract.jobs import (
+    MAX_CATALOG_LINE_CHARS,
+    NOT_JSON_LINES,
+    CatalogLine,
+    InvalidJob,
+    Job,
+    no_duplicate_keys,
+    parse_catalog,
+)
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
 
@@ -47,6 +72,11 @@ log = logging.getLogger(__name__)
 PUBLISH_CHUNK = 500
 BACKPRESSURE_POLL_S = 1.0
 HASH_BLOCK_BYTES = 1 << 20
+# Every line under the parser's character cap fits (4 bytes per character at most).
+MAX_CATALOG_LINE_BYTES = 4 * MAX_CATALOG_LINE_CHARS + 2
+ENQUEUE_LOCK_TTL_S = 30.0  # how long the lock of an enqueue that died outlives it
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32 LE starts like UTF-16 LE
 
 
 def wait_for_room(runs: Runs, queue: str, high_water: int, *,
@@ -118,37 +148,106 @@ class EnqueueReport:
     waited_s: float = 0.0  # time spent waiting on backpressure
     resumed_after: int = 0  # catalog lines a resumed enqueue skipped (published before)
     unresolved: int = 0  # `previewvec resolve` lines without a job
+    duplicates: int = 0  # lines repeating an earlier line's job (published once)
 
 
 def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: str = "batch",
                     force: bool = False, run_id: str | None = None, source: str = "",
                     cursor_name: str | None = None, runs: Runs | None = None,
-                    poll_s: float = BACKPRESSURE_POLL_S) -> EnqueueReport:
+                    poll_s: float = BACKPRESSURE_POLL_S,
+                    guard: Callable[[], None] | None = None) -> EnqueueReport:
     """Validate each catalog line, record invalid lines as failures of the run, publish
     the valid ones with backpressure. Returns the run id and counts.
 
     An existing ``run_id`` is continued (its meta kept). With ``cursor_name`` the last
-    published line is recorded after every chunk (see :func:`enqueue_file`).
+    published line is recorded after every chunk (see :func:`enqueue_file`). A recording
+    repeated is published once (:func:`once_per_recording`). ``guard`` is called before
+    each chunk is published (:func:`publish`).
     """
     runs = runs or Runs.from_url(settings.broker_url)
     run_id = run_id or new_run_id()
     if not runs.exists(run_id):
         runs.create(run_id, queue=queue, source=source)
-    return publish(parse_catalog(lines), runs, settings, run_id=run_id, queue=queue,
-                   force=force, high_water=settings.queue_high_water, poll_s=poll_s,
-                   cursor_name=cursor_name)
+    duplicates: list[int] = []
+    report = publish(once_per_recording(parse_catalog(lines), duplicates.append), runs,
+                     settings, run_id=run_id, queue=queue, force=force,
+                     high_water=settings.queue_high_water, poll_s=poll_s,
+                     cursor_name=cursor_name, guard=guard)
+    report.duplicates = len(duplicates)
+    return report
+
+
+def once_per_recording(items: Iterable[CatalogLine],
+                       on_duplicate: Callable[[int], None]) -> Iterator[CatalogLine]:
+    """``items`` with each recording's first job only.
+
+    A later line with the same job is dropped (reported to ``on_duplicate(line_no)``); one
+    with another job for the recording becomes an invalid line: which of the two is meant
+    is not ours to guess.
+    """
+    # 64-bit hashes, not the ids and jobs: ≈ 115 bytes per recording (1 M: 115 MB) instead
+    # of ≈ 235. Two ids colliding (odds ≈ n² / 2⁶⁵: 3·10⁻⁸ for a million) would make the
+    # later one a false duplicate.
+    seen: dict[int, int] = {}  # hash(recording id) → line number << 64 | hash(job)
+    for item in items:
+        if item.job is None:
+            yield item
+            continue
+        fingerprint = hash(item.job.to_json()) & _HASH_MASK
+        first = seen.setdefault(hash(item.job.recording_id),
+                                item.line_no << 64 | fingerprint)
+        first_line = first >> 64
+        if first_line == item.line_no:
+            yield item
+        elif first & _HASH_MASK == fingerprint:
+            on_duplicate(item.line_no)
+        else:
+            yield CatalogLine(item.line_no, error=InvalidJob(
+                f"conflicting duplicate of line {first_line}: recording_id "
+                f"{item.job.recording_id!r} again, with another job"))
+
+
+_HASH_MASK = (1 << 64) - 1
 
 
 def catalog_digest(path: str | os.PathLike[str]) -> str:
-    """BLAKE2b of the file's bytes (hex, 128 bits): what names its resume cursor."""
-    digest = hashlib.blake2b(digest_size=16)
+    """BLAKE2b of the file's bytes (hex, 128 bits): what names its resume cursor.
+
+    Refuses (:class:`InputUnreadable`) what is not a catalog: not a regular file, or a
+    gzip, UTF-16 or JSON array file (:func:`check_catalog_start`).
+    """
     try:
+        # stat, not open: opening a FIFO blocks until something writes to it.
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise InputUnreadable(
+                f"catalog {os.fspath(path)!r} is not a regular file (a pipe, FIFO or "
+                "device is read twice, to hash and to enqueue it, and cannot be resumed): "
+                "save the stream to a file first and enqueue that file")
+        digest = hashlib.blake2b(digest_size=16)
         with open(path, "rb") as handle:
-            while block := handle.read(HASH_BLOCK_BYTES):
+            block = handle.read(HASH_BLOCK_BYTES)
+            check_catalog_start(path, block)
+            while block:
                 digest.update(block)
+                block = handle.read(HASH_BLOCK_BYTES)
     except OSError as exc:
         raise InputUnreadable(_unreadable(path, exc)) from None
     return digest.hexdigest()
+
+
+def check_catalog_start(path: str | os.PathLike[str], head: bytes) -> None:
+    """Refuse a file whose first bytes show it is not JSON Lines in UTF-8: each would
+    otherwise become one or two invalid "lines" and an enqueue that did nothing."""
+    name = os.fspath(path)
+    if head.startswith(GZIP_MAGIC):
+        raise InputUnreadable(f"catalog {name!r} is gzip-compressed: decompress it first "
+                              f"(gunzip -k {name})")
+    if head.startswith(UTF16_BOMS):
+        raise InputUnreadable(f"catalog {name!r} is UTF-16 or UTF-32 (it starts with a byte "
+                              "order mark): save it as UTF-8")
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+        raise InputUnreadable(f"catalog {name!r} is a JSON array; {NOT_JSON_LINES} "
+                              f"(convert it with: jq -c '.[]' {name})")
 
 
 def _unreadable(path: str | os.PathLike[str], exc: OSError) -> str:
@@ -160,6 +259,54 @@ def enqueue_cursor_name(digest: str) -> str:
     return f"enqueue:{digest}"
 
 
+class CursorLease:
+    """The lock on one cursor, held by one producer: taken with a TTL, renewed by a daemon
+    thread every third of it, released when done. A process that dies stops renewing, so
+    its lock expires by itself; one whose lock expired anyway (Redis unreachable for a
+    whole TTL) learns it from :meth:`check` before it publishes again."""
+
+    def __init__(self, runs: Runs, name: str, run_id: str,
+                 ttl_s: float = ENQUEUE_LOCK_TTL_S) -> None:
+        self.runs, self.name, self.run_id, self.ttl_s = runs, name, run_id, ttl_s
+        self.token = f"{run_id} {uuid4().hex}"  # the holder's run, for whoever finds it held
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock and start renewing it; False when another producer holds it."""
+        if not self.runs.acquire_cursor_lock(self.name, self.token, self.ttl_s):
+            return False
+        self._thread = threading.Thread(target=self._renew, name="pv-cursor-lock",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.runs.renew_cursor_lock(self.name, self.token, self.ttl_s):
+                    self.lost = True
+                    return
+            except Exception:  # Redis away for a moment: try again next time
+                log.warning("could not renew the lock on %s", self.name, exc_info=True)
+
+    def check(self) -> None:
+        """Raise :class:`AlreadyRunning` once the lock is no longer ours."""
+        if self.lost:
+            raise AlreadyRunning(f"lost the lock on this catalog's cursor (Redis unreachable "
+                                 f"for {self.ttl_s:.0f} s?): stopped run {self.run_id}; run "
+                                 "the same command again to continue it")
+
+    def release(self) -> None:
+        """Stop renewing and delete the lock if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.runs.release_cursor_lock(self.name, self.token)
+
+
 @dataclass
 class EnqueuePlan:
     """Where an ``enqueue`` of a file starts: a new run, or the run a cursor names."""
@@ -167,18 +314,44 @@ class EnqueuePlan:
     run_id: str
     cursor_name: str
     resume_after: int  # catalog lines already published (0: from the start)
+    lease: CursorLease | None = field(default=None, repr=False)  # released by enqueue_file
 
 
-def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False) -> EnqueuePlan:
-    """Hash the catalog and look up its cursor (``restart`` forgets it)."""
+def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False,
+                 lock_ttl_s: float = ENQUEUE_LOCK_TTL_S) -> EnqueuePlan:
+    """Check and hash the catalog, take the lock on its cursor and look the cursor up
+    (``restart`` forgets it). Raises :class:`AlreadyRunning` while another enqueue of the
+    same catalog holds the lock; :func:`enqueue_file` releases it."""
     name = enqueue_cursor_name(catalog_digest(path))
-    if restart:
-        runs.clear_cursor(name)
+    for _ in range(5):
+        before = _cursor_state(name, runs)
+        run_id = new_run_id() if restart or before[0] is None else before[0]
+        lease = CursorLease(runs, name, run_id, lock_ttl_s)
+        if not lease.acquire():
+            holder = runs.cursor_lock_holder(name)
+            who = f"as run {holder.split()[0]}" if holder else "right now"
+            raise AlreadyRunning(
+                f"an enqueue of this catalog is already running {who}: wait for it to "
+                f"finish, or if it died, run again after {lock_ttl_s:.0f} s")
+        # The run id the lock names was chosen before the lock was ours: the cursor may
+        # have moved (finished, started) in between; then plan again.
+        if restart or _cursor_state(name, runs) == before:
+            break
+        lease.release()
+    else:
+        raise AlreadyRunning("other enqueues of this catalog keep starting: try again")
+    if restart or before[0] is None:
+        runs.clear_cursor(name)  # forgotten, or a cursor whose run is gone (expired)
+        return EnqueuePlan(run_id, name, 0, lease)
+    return EnqueuePlan(run_id, name, before[1], lease)
+
+
+def _cursor_state(name: str, runs: Runs) -> tuple[str | None, int]:
+    """The cursor's run (None if none, or gone) and its line."""
     run_id = runs.cursor_run(name)
-    if run_id is not None and runs.exists(run_id):
-        return EnqueuePlan(run_id, name, runs.cursor(name) or 0)
-    runs.clear_cursor(name)  # a cursor whose run is gone (expired) starts over
-    return EnqueuePlan(new_run_id(), name, 0)
+    if run_id is None or not runs.exists(run_id):
+        return None, 0
+    return run_id, runs.cursor(name) or 0
 
 
 def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Settings, *,
@@ -189,7 +362,7 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
     Lines up to ``plan.resume_after`` are read but not parsed or published again. The
     cursor is dropped once the file is done.
     """
-    from producers.submit import record_unresolved_line, unwrap_resolution_lines
+    from producers.submit import record_unresolved_line
 
     unresolved = 0
 
@@ -198,26 +371,81 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
         unresolved += record_unresolved_line(runs, plan.run_id, line_no, obj)
 
     try:
-        handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputUnreadable(_unreadable(path, exc)) from None
-    if not runs.exists(plan.run_id):
-        runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
-    runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
-    with handle:
-        lines = _skip_lines(handle, plan.resume_after)
-        report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
-                                 queue=queue, force=force, run_id=plan.run_id,
-                                 source=os.path.basename(os.fspath(path)),
-                                 cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s)
-    runs.clear_cursor(plan.cursor_name)
-    runs.set_producing(plan.run_id, False)
+        try:
+            handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputUnreadable(_unreadable(path, exc)) from None
+        if not runs.exists(plan.run_id):
+            runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
+        runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
+        with handle:
+            lines = _skip_lines(read_catalog_lines(handle), plan.resume_after)
+            report = enqueue_catalog(unwrap_resolution_lines(lines, on_unresolved), settings,
+                                     queue=queue, force=force, run_id=plan.run_id,
+                                     source=os.path.basename(os.fspath(path)),
+                                     cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s,
+                                     guard=plan.lease.check if plan.lease else None)
+        runs.clear_cursor(plan.cursor_name)
+        runs.set_producing(plan.run_id, False)
+    finally:
+        if plan.lease is not None:
+            plan.lease.release()
     report.resumed_after = plan.resume_after
     report.unresolved = unresolved
     return report
 
 
-def _skip_lines(lines: Iterable[bytes], after: int) -> Iterator[bytes]:
+def read_catalog_lines(handle: IO[bytes]) -> Iterator[bytes | InvalidJob]:
+    """The lines of a catalog, each at most :data:`MAX_CATALOG_LINE_BYTES` in memory; a
+    longer one is skipped to its end and comes as an :class:`InvalidJob`."""
+    while raw := handle.readline(MAX_CATALOG_LINE_BYTES + 1):
+        if len(raw) > MAX_CATALOG_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
+                raw = handle.readline(MAX_CATALOG_LINE_BYTES)
+            yield InvalidJob(f"line longer than {MAX_CATALOG_LINE_BYTES} bytes (a JSON "
+                             f"array on one line? {NOT_JSON_LINES})")
+            continue
+        yield raw
+
+
+def unwrap_resolution_lines(
+        lines: Iterable[str | bytes | InvalidJob],
+        on_unresolved: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Iterator[str | bytes | InvalidJob]:
+    """Turn ``previewvec resolve`` output lines into plain catalog lines.
+
+    A line that is a JSON object with a ``"job"`` key is unwrapped to that job; the job
+    schema refuses unknown fields, so a plain job line never has one and the two formats
+    cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
+    numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
+    line, one with a repeated key included, passes through untouched for
+    :func:`contract.jobs.parse_catalog` to judge (it refuses repeated keys too).
+    """
+    for line_no, raw in enumerate(lines, start=1):
+        if isinstance(raw, InvalidJob):
+            yield raw
+            continue
+        marker = b'"job"' if isinstance(raw, bytes) else '"job"'
+        if marker not in raw:  # type: ignore[operator]
+            yield raw
+            continue
+        try:
+            obj = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+        except (ValueError, RecursionError):  # also bad UTF-8: parse_catalog reports it
+            yield raw
+            continue
+        if not isinstance(obj, dict) or "job" not in obj:
+            yield raw
+            continue
+        if obj["job"] is None:
+            if on_unresolved is not None:
+                on_unresolved(line_no, obj)
+            yield ""
+            continue
+        yield json.dumps(obj["job"], ensure_ascii=False)
+
+
+def _skip_lines(lines: Iterable[bytes | InvalidJob], after: int) -> Iterator[bytes | InvalidJob]:
     """``lines`` with the first ``after`` blanked (line numbers stay right)."""
     for line_no, raw in enumerate(lines, start=1):
         yield b"" if line_no <= after else raw
@@ -264,13 +492,15 @@ def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None 
 def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, *,
             run_id: str, queue: str = "batch", force: bool = False,
             high_water: int | None = None, poll_s: float = BACKPRESSURE_POLL_S,
-            cursor_name: str | None = None) -> EnqueueReport:
+            cursor_name: str | None = None,
+            guard: Callable[[], None] | None = None) -> EnqueueReport:
     """Mark the valid jobs queued in the run, then publish them, a chunk at a time.
 
     With ``high_water``, each chunk waits until the queue holds at most that many messages
     and is at most that large (:func:`chunk_size`). With ``cursor_name``, each chunk's last
     catalog line is stored as the resume cursor together with the run's ``submitted``
-    count, while SIGINT/SIGTERM are held (:func:`signals_held`).
+    count, while SIGINT/SIGTERM are held (:func:`signals_held`). ``guard`` is called
+    before each chunk goes out and may raise to stop (the cursor lock was lost).
 
     Each chunk goes out in one Redis round trip: kombu's publish batch buffers the LPUSHes
     that publishing one message at a time would make, and each message is what
@@ -304,6 +534,8 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
             last_line = chunk[-1].line_no if isinstance(chunk[-1], CatalogLine) else None
             if jobs and high_water is not None:
                 report.waited_s += wait_for_room(runs, queue, high_water, poll_s=poll_s)
+            if guard is not None:
+                guard()
             with signals_held():
                 if jobs:
                     # Queued before published: a worker can finish a job within

@@ -61,6 +61,11 @@ def cursor_input_key(name: str) -> str:
     return f"{PREFIX}:cursor:{name}:input"
 
 
+def cursor_lock_key(name: str) -> str:
+    """``pv:cursor:<name>:lock``: the producer working on that cursor (its run and token)."""
+    return f"{PREFIX}:cursor:{name}:lock"
+
+
 def pending_key(recording_id: str) -> str:
     """``pv:pending:<recording id>``: the run in which a job of the recording is queued."""
     return PENDING_PREFIX + recording_id

@@ -35,7 +35,7 @@ from contract.state.keys import (
     run_keys,
     run_pattern,
 )
-from contract.state.lock import ReducerLock
+from contract.state.lock import CursorLock, ReducerLock
 from contract.state.lost import LostJobs
 from contract.state.pending import PENDING_TTL_S, Pending
 from contract.state.queues import Queues
@@ -84,7 +84,7 @@ class Housekeeping:
     open: int = 0  # runs left open (still running, or not settled yet)
 
 
-class Runs(ReadyQueue, ReducerLock, CrashCounts, Cursors, Queues, LostJobs, Pending):
+class Runs(ReadyQueue, ReducerLock, CursorLock, CrashCounts, Cursors, Queues, LostJobs, Pending):
     """Run state for producers, workers, the reducer and the CLI."""
 
     @classmethod

@@ -194,6 +194,36 @@ def test_invalid_job_field_errors(client: TestClient) -> None:
     assert all(e["type"] == "invalid_job" for e in resp.json()["detail"])
 
 
+def test_a_repeated_key_is_refused(client: TestClient) -> None:
+    # json.loads keeps the last value: {"recording_id": "a", "recording_id": "b"} queued b.
+    body = ('{"jobs": [{"recording_id": "a", "recording_id": "b", '
+            '"preview_url": "https://p.scdn.co/b"}]}')
+    resp = post(client, body)
+    assert resp.status_code == 400, resp.text
+    assert "duplicate key 'recording_id'" in resp.json()["detail"]
+    resp = post(client, '{"query": "x", "query": "y"}')
+    assert resp.status_code == 400 and "duplicate key 'query'" in resp.json()["detail"]
+
+
+def test_a_repeated_recording_is_published_once(client: TestClient, app, r: Redis) -> None:
+    same = {"recording_id": "api-rep-a", "preview_url": "https://p.scdn.co/rep-a"}
+    other = {"recording_id": "api-rep-b", "preview_url": "https://p.scdn.co/rep-b"}
+    resp = post(client, json.dumps({"jobs": [same, other, same]}))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == 2
+    run = wait_run(client, app, resp.json()["run_id"])
+    assert run["counts"]["queued"] == 2 and run["submitted"] == 2
+    queued = [m for m in r.lrange("ondemand", 0, -1) if resp.json()["run_id"] in m]
+    assert len(queued) == 2
+
+    conflicting = {**same, "preview_url": "https://p.scdn.co/rep-a2"}
+    resp = post(client, json.dumps({"jobs": [same, other, conflicting]}))
+    assert resp.status_code == 422, resp.text
+    [error] = resp.json()["detail"]
+    assert error["loc"] == ["body", "jobs", 2]
+    assert error["msg"].startswith("conflicting duplicate of jobs[0]")
+
+
 # --------------------------------------------------------------------------- runs
 
 

@@ -208,6 +208,31 @@ def test_enqueue_restart_starts_a_new_run(redis_url, r, tmp_path: Path) -> None:
     assert queue_depth(r, "batch") == 20
 
 
+def test_a_second_enqueue_of_the_same_catalog_is_refused(redis_url, r, tmp_path: Path) -> None:
+    # Given an enqueue held at the high-water mark, when the same catalog is enqueued again,
+    # expect one line naming the first run and a non-zero exit; every job goes out once.
+    n, high_water = 40, 5
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join(job_line(i) for i in range(n)) + "\n")
+    env = cli_env(redis_url, tmp_path, high_water)
+    with SlowConsumer(r) as consumer:
+        first = start_cli(env, "enqueue", str(catalog))
+        wait_for(lambda: queue_depth(r, "batch") >= high_water, "the first chunks")
+        second = cli(env, "enqueue", str(catalog))
+        consumer.running.set()
+        out, err = first.communicate(timeout=DEADLINE_S)
+        consumer.drain()
+    run_id = out.strip()
+    assert first.returncode == 0, err
+    assert second.returncode == 1, second.stderr
+    assert second.stdout == "" and "Traceback" not in second.stderr
+    assert second.stderr.splitlines() == [
+        f"previewvec: an enqueue of this catalog is already running as run {run_id}: wait "
+        "for it to finish, or if it died, run again after 30 s"]
+    assert sorted(consumer.taken) == [f"rec-{i:04d}" for i in range(n)]
+    assert not r.keys("pv:cursor:*")  # the cursor and its lock are gone once done
+
+
 # --------------------------------------------------------------------------- retry
 
 

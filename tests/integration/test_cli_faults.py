@@ -5,6 +5,7 @@ down, real files and folders."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shlex
 import socket
@@ -311,6 +312,42 @@ def test_catalog_without_permission(base_env, tmp_path: Path) -> None:
     catalog.write_text("{}\n")
     catalog.chmod(0)
     expect_fault(base_env, ["enqueue", str(catalog)], EXIT_INPUT_FILE, "Permission denied")
+
+
+JOB_LINE = '{"recording_id": "piped-1", "preview_url": "https://p.scdn.co/piped-1"}\n'
+NOT_REGULAR = "is not a regular file"
+
+
+def test_piped_catalog_is_refused_not_lost(base_env) -> None:
+    # `cmd | previewvec enqueue /dev/stdin`: the hash would read the pipe and the enqueue
+    # find it empty ("queued 0", the job lost). Refused up front, nothing read.
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "enqueue", "/dev/stdin"],
+                            env=base_env, input=JOB_LINE, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == EXIT_INPUT_FILE, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert "'/dev/stdin' is not a regular file" in line and "save the stream to a file" in line
+
+
+def test_fifo_catalog_is_refused_without_hanging(base_env, tmp_path: Path) -> None:
+    fifo = tmp_path / "catalog.fifo"
+    os.mkfifo(fifo)
+    expect_fault(base_env, ["enqueue", str(fifo)], EXIT_INPUT_FILE, NOT_REGULAR, timeout_s=30)
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (gzip.compress(JOB_LINE.encode()), "is gzip-compressed: decompress it first"),
+    (JOB_LINE.encode("utf-16"), "is UTF-16 or UTF-32"),
+    (JOB_LINE.encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 or UTF-32"),
+    (b"[" + JOB_LINE.strip().encode() + b"]\n", "is a JSON array; a catalog is JSON Lines"),
+    (b'\xef\xbb\xbf\n  [\n  {"recording_id": "x"}\n]\n', "is a JSON array"),
+], ids=["gzip", "utf-16", "utf-16-be", "json-array", "indented-json-array"])
+def test_catalog_in_another_format_is_refused(base_env, tmp_path: Path, content: bytes,
+                                              needle: str) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(content)
+    expect_fault(base_env, ["enqueue", str(catalog)], EXIT_INPUT_FILE, needle)
 
 
 def test_dump_and_output_files(base_env, tmp_path: Path) -> None:

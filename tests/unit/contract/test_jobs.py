@@ -282,6 +282,16 @@ def test_catalog_mixed_lines_keep_line_numbers() -> None:
     assert all((i.job is None) != (i.error is None) for i in items)
 
 
+def test_catalog_says_an_array_is_not_json_lines() -> None:
+    refused = InvalidJob("line longer than 262146 bytes")
+    items = list(parse_catalog(["[" + json.dumps(job()) + "]", refused, json.dumps(job())]))
+    assert [(i.line_no, i.ok) for i in items] == [(1, False), (2, False), (3, True)]
+    assert items[0].error is not None
+    assert items[0].error.message == (
+        "a JSON array, not a job object: a catalog is JSON Lines, one job object per line")
+    assert items[1].error is refused  # a line the reader refused comes through as is
+
+
 def test_catalog_streams_lazily() -> None:
     endless = itertools.repeat(json.dumps(job()))  # reading it all would never finish
     first_three = list(itertools.islice(parse_catalog(endless), 3))

@@ -19,6 +19,7 @@ def test_key_names() -> None:
     assert keys.crash_key("t") == "pv:crash:t"
     assert (keys.cursor_key("dump:x"), keys.cursor_run_key("dump:x")) == (
         "pv:cursor:dump:x", "pv:cursor:dump:x:run")
+    assert keys.cursor_lock_key("enqueue:h") == "pv:cursor:enqueue:h:lock"
     assert keys.ratelimit_key("itunes") == "pv:ratelimit:itunes"
     assert keys.pending_key("rec-1") == "pv:pending:rec-1"
     assert (keys.plan_key("dump:x"), keys.plan_meta_key("dump:x")) == (
