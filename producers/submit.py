@@ -361,39 +361,6 @@ def resolution_line(res: ResolutionLike) -> str:
     }, ensure_ascii=False, separators=(",", ":"))
 
 
-def unwrap_resolution_lines(
-        lines: Iterable[str | bytes],
-        on_unresolved: Callable[[int, dict[str, Any]], None] | None = None,
-) -> Iterator[str | bytes]:
-    """Turn ``previewvec resolve`` output lines into plain catalog lines.
-
-    A line that is a JSON object with a ``"job"`` key is unwrapped to that job; the job
-    schema refuses unknown fields, so a plain job line never has one and the two formats
-    cannot be confused. A ``"job": null`` line (unresolved) becomes a blank line (line
-    numbers stay right) and is reported to ``on_unresolved(line_no, obj)``. Every other
-    line passes through untouched for :func:`contract.jobs.parse_catalog` to judge.
-    """
-    for line_no, raw in enumerate(lines, start=1):
-        marker = b'"job"' if isinstance(raw, bytes) else '"job"'
-        if marker not in raw:  # type: ignore[operator]
-            yield raw
-            continue
-        try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError):  # also bad UTF-8: parse_catalog reports it
-            yield raw
-            continue
-        if not isinstance(obj, dict) or "job" not in obj:
-            yield raw
-            continue
-        if obj["job"] is None:
-            if on_unresolved is not None:
-                on_unresolved(line_no, obj)
-            yield ""
-            continue
-        yield json.dumps(obj["job"], ensure_ascii=False)
-
-
 def skip_deliberately(runs: Runs, run_id: str, recording_id: str, code: str) -> None:
     """Mark a recording (or ``release:<mbid>``) the resolver skipped on purpose
     (:data:`DELIBERATE_SKIPS`) as skipped in the run: nothing to compute, nothing failed."""

@@ -21,10 +21,10 @@ from contract.settings import Settings
 from contract.state import IF_ABSENT, Runs, connect
 from contract.store import open_store
 from producers import submit as submit_mod
+from producers.queue import unwrap_resolution_lines
 from producers.submit import (
     queue_keys,
     submit,
-    unwrap_resolution_lines,
 )
 
 
