@@ -228,17 +228,8 @@ def test_a_new_dump_at_the_same_path_is_read_in_full(env, tmp_path: Path,
     run's cursor went with it), not to resume at line 4 and queue nothing."""
     from previewvec import cli
 
-    settings, runs, _ = env
-    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
-    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
-    built: list[CountingResolver] = []
-
-    def build(s: Settings, *, store=None, runs=None, run_id=None) -> CountingResolver:
-        built.append(CountingResolver(s, runs, run_id, store))
-        return built[-1]
-
-    monkeypatch.setattr(submit_mod, "build_resolver", build)
+    runs = env[1]
+    built = _cli_env(env, tmp_path, monkeypatch)
     weekly = write_dump(tmp_path / "weekly", [release(f"r{i}", [f"x{i}"]) for i in range(3)])
     assert cli.main(["submit", "--dump", str(weekly)]) == 0
     assert "queued 3," in capsys.readouterr().err
