@@ -20,6 +20,7 @@ from contract.store import open_store
 from producers import submit as submit_mod
 from producers.resolve import Resolution, Resolver
 from producers.submit import start_dump, submit
+from tests.harness.cli_env import point_cli_at
 from tests.integration.test_submit import drain_all
 from tests.unit.producers.test_plan import release, write_dump
 
@@ -173,9 +174,7 @@ def test_cli_submit_dump_in_coverage_order(env, tmp_path: Path,
     from previewvec import cli
 
     settings, runs, client = env
-    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
-    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    point_cli_at(monkeypatch, settings, tmp_path)
     dump = overlap_dump(tmp_path / "release.jsonl")
     built: list[CountingResolver] = []
 
@@ -276,9 +275,7 @@ def test_an_interrupted_dump_replaced_by_another_file_is_not_resumed(
 def _cli_env(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
              ) -> list[CountingResolver]:
     settings = env[0]
-    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
-    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    point_cli_at(monkeypatch, settings, tmp_path)
     built: list[CountingResolver] = []
 
     def build(s: Settings, *, store=None, runs=None, run_id=None) -> CountingResolver:

@@ -25,6 +25,7 @@ from producers.queue import (
     queue_keys,
     read_catalog_lines,
 )
+from tests.harness.cli_env import point_cli_at
 
 
 @pytest.fixture
@@ -147,9 +148,7 @@ def test_a_repeated_recording_is_published_once(env, tmp_path: Path,
     from previewvec import cli
 
     settings, runs, client = env
-    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
-    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    point_cli_at(monkeypatch, settings, tmp_path)
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("\n".join([
         job("a"), job("b"), job("a"),  # 3: the same job again

@@ -26,6 +26,7 @@ from producers.submit import (
     queue_keys,
     submit,
 )
+from tests.harness.cli_env import point_cli_at
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,7 @@ def test_cli_enqueue_accepts_resolve_output_and_submit_resumes(
     from previewvec import cli
 
     settings, runs, client = env
-    monkeypatch.setenv("PREVIEWVEC_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("PREVIEWVEC_STORE", settings.store)
-    monkeypatch.setenv("PREVIEWVEC_CACHE_DIR", str(tmp_path / "cache"))
+    point_cli_at(monkeypatch, settings, tmp_path)
 
     # `previewvec resolve` output (and a plain job line) → `previewvec enqueue`.
     catalog = tmp_path / "resolved.jsonl"
