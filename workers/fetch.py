@@ -410,13 +410,27 @@ class _PinnedAdapter(HTTPAdapter):
         raise HostNotAllowed("proxies are not allowed for preview fetching", url=proxy)
 
 
+class _PreviewSession(requests.Session):
+    """A session that never looks at redirects: :func:`_attempt` follows them by hand.
+
+    Even with ``allow_redirects=False``, ``Session.send`` prepares ``Response.next`` through
+    ``resolve_redirects``, which reads a redirect's whole body into memory first, uncapped
+    and *decoded* (a 302 carrying a gzip bomb or an endless body would be inflated or
+    buffered before this module sees its status). With no redirect target that never runs;
+    the unread body is dropped with its connection.
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
 def make_session(settings: Settings) -> requests.Session:
     """A pooled session that enforces the host/address policy on every connection.
 
     Build one per worker process and pass it to :func:`fetch_preview`.
     """
     policy = HostPolicy(settings.allowed_audio_hosts)
-    session = requests.Session()
+    session = _PreviewSession()
     session.trust_env = False  # no proxies, .netrc credentials or CA overrides from env
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # stateless fetches
     session.headers.update(
@@ -434,6 +448,8 @@ def make_session(settings: Settings) -> requests.Session:
 
 
 def _check_session(session: requests.Session, policy: HostPolicy) -> None:
+    if not isinstance(session, _PreviewSession):
+        raise TypeError("session must come from workers.fetch.make_session()")
     for prefix in ("http://", "https://"):
         adapter = session.adapters.get(prefix)
         if not isinstance(adapter, _PinnedAdapter) or len(session.adapters) != 2:

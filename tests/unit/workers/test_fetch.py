@@ -135,6 +135,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif head == "gzip-bomb":
             self._send(200, _gzip_bomb(), Content_Encoding="gzip", Content_Type="audio/mp4")
+        elif head == "redirect-bomb":  # a 302 whose body is a gzip bomb
+            self._send(302, _gzip_bomb(), Location="/audio", Content_Encoding="gzip")
+        elif head == "redirect-endless":  # a 302 followed by an endless chunked body
+            self.send_response(302)
+            self.send_header("Location", "/audio")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                self._chunk(b"r" * 65536)
+            self.close_connection = True
         elif head == "slow-first-byte":
             time.sleep(1.0)
             self._send(200, AUDIO)
@@ -556,6 +567,26 @@ def test_gzip_bomb_is_never_inflated(server: _Server, monkeypatch: pytest.Monkey
     assert not info.value.retryable
     assert inflaters == []
     assert server.headers_of("/gzip-bomb")["Accept-Encoding"] == "identity"
+
+
+def test_redirect_body_is_never_read_or_inflated(
+    server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests' own redirect handling reads (and decodes) a redirect's body even with
+    # allow_redirects=False; the fetcher must drop it unread, compressed or not.
+    inflaters: list[object] = []
+    real = zlib.decompressobj
+    monkeypatch.setattr(zlib, "decompressobj", lambda *a: inflaters.append(a) or real(*a))
+    result = fetch_preview(server.url("/redirect-bomb"), _settings())
+    assert result.data == AUDIO and result.final_url == server.url("/audio")
+    assert inflaters == []
+
+
+def test_redirect_with_endless_body_is_followed_without_reading_it(server: _Server) -> None:
+    # The body streams for longer than the budget: reading it would end in a budget error
+    # (after buffering everything received, uncapped).
+    result = fetch_preview(server.url("/redirect-endless"), _settings(fetch_total_timeout_s=3.0))
+    assert result.data == AUDIO and result.final_url == server.url("/audio")
 
 
 def test_empty_body_fails(server: _Server) -> None:
