@@ -568,7 +568,13 @@ def _attempt(
                 location = response.headers.get("Location", "").strip()
                 if not location:
                     raise FetchFailed(f"HTTP {status} redirect without Location", url=current)
-                current = urljoin(current, location)
+                try:
+                    current = urljoin(current, location)
+                except ValueError as exc:  # e.g. "http://[127.0.0.1]/": urlsplit refuses it
+                    shown = location if len(location) <= 100 else location[:97] + "..."
+                    raise FetchFailed(
+                        f"invalid redirect Location {shown!r} ({exc})", url=current
+                    ) from None
                 continue
             if status >= 300:
                 raise HTTPStatusError(

@@ -374,6 +374,16 @@ def test_redirect_to_allowed_absolute_url(server: _Server) -> None:
 
 
 @pytest.mark.parametrize(
+    "location", ["http://[127.0.0.1]/", "http://[", "https://]%5b", "http://[]x/"]
+)
+def test_unparsable_redirect_location_is_a_typed_failure(server: _Server, location: str) -> None:
+    # urljoin raises ValueError on these; it must not escape as an untyped error.
+    with pytest.raises(FetchFailed, match="invalid redirect Location") as info:
+        fetch_preview(server.url("/to?u=" + quote(location, safe="")), _settings())
+    assert info.value.code == "fetch_failed" and not info.value.retryable
+
+
+@pytest.mark.parametrize(
     "target",
     [
         "http://evil.example/steal",
