@@ -289,6 +289,7 @@ class _Watchdog:
     socket currently in use, so whatever read is blocked returns at once."""
 
     def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.expired = False
@@ -349,14 +350,25 @@ class _PinnedConnectionMixin:
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         error: OSError | None = None
+        watchdog = _WATCHDOG.get()
         for family, socktype, proto, _canon, sockaddr in infos:
+            timeout = self.timeout if isinstance(self.timeout, int | float) else None
+            if watchdog is not None:
+                # The watchdog cannot interrupt a connect (it only sees connected sockets),
+                # and every address would get the full connect timeout: a name with many
+                # black-holed addresses would overrun the total budget. Cap each connect.
+                left = watchdog.deadline - time.monotonic()
+                if left <= 0 or watchdog.expired:
+                    error = TimeoutError("total time budget exhausted while connecting")
+                    break
+                timeout = left if timeout is None else min(timeout, left)
             sock = None
             try:
                 sock = socket.socket(family, socktype, proto)
                 for option in self.socket_options or ():
                     sock.setsockopt(*option)
-                if isinstance(self.timeout, int | float):
-                    sock.settimeout(self.timeout)
+                if timeout is not None:
+                    sock.settimeout(timeout)
                 if self.source_address:
                     sock.bind(self.source_address)
                 sock.connect(sockaddr)  # the address just checked, never a fresh lookup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import socket
@@ -602,6 +603,34 @@ def test_redirect_with_endless_body_is_followed_without_reading_it(server: _Serv
 def test_empty_body_fails(server: _Server) -> None:
     with pytest.raises(FetchFailed, match="empty body"):
         fetch_preview(server.url("/empty"), _settings())
+
+
+def test_connects_to_many_black_holed_addresses_stay_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listener whose accept queue is full drops further SYNs: a local black hole.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        port = hole.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            entry = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                     ("127.0.0.1", port))
+            monkeypatch.setattr(fetch, "_getaddrinfo", lambda *a, **k: [entry] * 8)
+            settings = _settings(fetch_connect_timeout_s=1.0, fetch_total_timeout_s=1.5)
+            start = time.monotonic()
+            with pytest.raises(FetchFailed):  # budget or connect timeout, by a hair
+                fetch_preview(f"http://127.0.0.1:{port}/a.m4a", settings)
+            # Before: each of the 8 addresses got the full connect timeout (8 s).
+            assert time.monotonic() - start < 3 * settings.fetch_total_timeout_s
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 def test_connection_refused_is_retried() -> None:
