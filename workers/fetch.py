@@ -47,6 +47,7 @@ Error codes (stable): ``fetch_failed``, ``host_not_allowed``, ``too_large`` and
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import re
 import socket
@@ -78,6 +79,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 CHUNK_BYTES = 64 * 1024
 MAX_URL_CHARS = 2048
+MAX_INTERIM_RESPONSES = 10
 USER_AGENT = f"previewvec/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 FETCH_ERROR_CODES: tuple[str, ...] = ("fetch_failed", "host_not_allowed", "too_large")
@@ -393,8 +395,29 @@ class _PinnedConnectionMixin:
         return super().getresponse()  # type: ignore[misc]
 
 
+class _Response(http.client.HTTPResponse):
+    """Skips informational (1xx) responses before the final one, as RFC 9110 §15.2 asks of
+    clients: http.client skips only 100 Continue, so a ``103 Early Hints`` was taken for
+    the final response. At most :data:`MAX_INTERIM_RESPONSES` (100s included), so a flood
+    of them fails at once rather than at the total budget."""
+
+    _interim = 0
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:  # 101: a protocol switch, refused
+                return version, status, reason
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise http.client.HTTPException(
+                    f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                )
+            http.client.parse_headers(self.fp)  # the interim response's headers, skipped
+
+
 def _pool_classes(policy: HostPolicy) -> dict[str, type[HTTPConnectionPool]]:
-    attrs = {"policy": policy}
+    attrs = {"policy": policy, "response_class": _Response}
     http_conn = type("PinnedHTTPConnection", (_PinnedConnectionMixin, HTTPConnection), attrs)
     https_conn = type("PinnedHTTPSConnection", (_PinnedConnectionMixin, HTTPSConnection), attrs)
     http_pool = type(

@@ -147,6 +147,16 @@ class _Handler(BaseHTTPRequestHandler):
             while time.monotonic() < end:
                 self._chunk(b"r" * 65536)
             self.close_connection = True
+        elif head == "early-hints":  # interim responses before the final one
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                             b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 102 Processing\r\n\r\n")
+            self._send(200, AUDIO, Content_Type="audio/mp4")
+        elif head == "interim-flood":  # 1xx responses for ever, as fast as possible
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+            self.close_connection = True
         elif head == "slow-first-byte":
             time.sleep(1.0)
             self._send(200, AUDIO)
@@ -598,6 +608,17 @@ def test_redirect_with_endless_body_is_followed_without_reading_it(server: _Serv
     # (after buffering everything received, uncapped).
     result = fetch_preview(server.url("/redirect-endless"), _settings(fetch_total_timeout_s=3.0))
     assert result.data == AUDIO and result.final_url == server.url("/audio")
+
+
+def test_interim_responses_are_skipped(server: _Server) -> None:
+    result = fetch_preview(server.url("/early-hints"), _settings())
+    assert result.data == AUDIO and result.attempts == 1
+
+
+def test_interim_response_flood_fails_without_waiting_for_the_budget(server: _Server) -> None:
+    with pytest.raises(FetchFailed, match=r"interim \(1xx\) responses") as info:
+        fetch_preview(server.url("/interim-flood"), _settings(fetch_total_timeout_s=5.0))
+    assert info.value.code == "fetch_failed"
 
 
 def test_empty_body_fails(server: _Server) -> None:
