@@ -600,7 +600,7 @@ def _attempt(
                     raise FetchFailed(
                         f"more than {settings.fetch_max_redirects} redirects", url=current
                     )
-                location = response.headers.get("Location", "").strip()
+                location = _header_text(response.headers.get("Location", "")).strip()
                 if not location:
                     raise FetchFailed(f"HTTP {status} redirect without Location", url=current)
                 try:
@@ -630,6 +630,16 @@ def _attempt(
         finally:
             response.close()  # drops the connection unless the body was read to the end
             watchdog.watch(None)
+
+
+def _header_text(value: str) -> str:
+    """A header as sent: http.client decodes header bytes as Latin-1, but non-ASCII in a
+    Location is UTF-8 in practice (requests re-decodes it the same way); undecodable
+    bytes stay as they were."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _read_body(

@@ -101,6 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(302, Location=f"/redirect/{k - 1}")
         elif head == "to":
             self._send(302, Location=parse_qs(urlsplit(self.path).query)["u"][0])
+        elif head == "to-utf8":  # a Location with raw UTF-8 bytes, as servers send them
+            self._send(302, Location="/caf\u00e9/x".encode().decode("latin-1"))
+        elif head == "caf%C3%A9":
+            self._send(200, AUDIO)
         elif head == "echo-host":
             self._send(200, self.headers["Host"].encode())
         elif head == "empty":
@@ -382,6 +386,11 @@ def test_redirect_to_allowed_absolute_url(server: _Server) -> None:
     target = server.url("/audio")
     result = fetch_preview(server.url(f"/to?u={quote(target, safe='')}"), _settings())
     assert (result.data, result.final_url) == (AUDIO, target)
+
+
+def test_redirect_location_in_utf8_is_followed_as_sent(server: _Server) -> None:
+    result = fetch_preview(server.url("/to-utf8"), _settings())
+    assert result.data == AUDIO and result.final_url == server.url("/caf\u00e9/x")
 
 
 @pytest.mark.parametrize(
