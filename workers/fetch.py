@@ -87,6 +87,7 @@ FETCH_ERROR_CODES: tuple[str, ...] = ("fetch_failed", "host_not_allowed", "too_l
 
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
 _HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_DIGITS = re.compile(r"[0-9]+")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: embeds an IPv4 address
 
 # Seams for tests: resolution and sleeping.
@@ -652,10 +653,11 @@ def _read_body(
     cap = settings.fetch_max_bytes
     declared = response.headers.get("Content-Length")
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise FetchFailed(f"invalid Content-Length {declared[:40]!r}", url=url) from None
+        # 1*DIGIT only (RFC 9110 §8.6): int() would also take "-1" (which urllib3 then
+        # ignores, reading to EOF, so a truncated body passes as whole), "+5" or "1_0".
+        if not _DIGITS.fullmatch(declared.strip()):
+            raise FetchFailed(f"invalid Content-Length {declared[:40]!r}", url=url)
+        size = int(declared)
         if size > cap:
             raise ResponseTooLarge(f"Content-Length {size} exceeds {cap} bytes", url=url)
     body = bytearray()

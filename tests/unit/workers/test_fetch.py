@@ -105,6 +105,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, Location="/caf\u00e9/x".encode().decode("latin-1"))
         elif head == "caf%C3%A9":
             self._send(200, AUDIO)
+        elif head == "cl-invalid":  # a Content-Length that is not 1*DIGIT, body to EOF
+            self.send_response(200)
+            self.send_header("Content-Length", parse_qs(urlsplit(self.path).query)["v"][0])
+            self.end_headers()
+            self.wfile.write(AUDIO)
+            self.close_connection = True
         elif head == "echo-host":
             self._send(200, self.headers["Host"].encode())
         elif head == "empty":
@@ -565,6 +571,13 @@ def test_content_length_over_cap_is_refused_up_front(server: _Server) -> None:
     assert err.code == "too_large" and isinstance(err, TooLarge)
     assert "Content-Length" in err.message
     assert not is_retryable(err)
+
+
+@pytest.mark.parametrize("value", ["-1", "+65536", "abc", "6_5536", "1e5"])
+def test_invalid_content_length_is_refused(server: _Server, value: str) -> None:
+    with pytest.raises(FetchFailed, match="invalid Content-Length") as info:
+        fetch_preview(server.url("/cl-invalid?v=" + quote(value)), _settings())
+    assert not info.value.retryable
 
 
 def test_chunked_body_over_cap_is_cut(server: _Server) -> None:
