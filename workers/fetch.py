@@ -32,7 +32,8 @@
   raw (``decode_content=False``). A response that still declares a Content-Encoding
   other than identity is refused at its headers (``fetch_failed``, "compressed response
   refused") before any body byte is read, so a gzip bomb is never inflated; any bytes
-  that were read would be counted compressed, as received.
+  that were read would be counted compressed, as received. So is a Transfer-Encoding
+  other than ``chunked``, and a redirect's body is never read at all.
 * **Retries.** ``settings.fetch_retries`` is the total number of attempts. Timeouts,
   connection errors, 429 and 5xx are retried under :mod:`contract.retry`'s policy: full
   jitter (``uniform(0, min(cap, base * 2**(attempt-1)))``, base 0.5 s, cap 8 s), raised to
@@ -620,17 +621,28 @@ def _attempt(
                 )
             if status not in (200, 203):
                 raise FetchFailed(f"unexpected HTTP {status}", url=current)
-            encoding = response.headers.get("Content-Encoding", "").strip().lower()
-            if encoding not in ("", "identity"):
-                raise FetchFailed(
-                    f"compressed response refused (Content-Encoding: {encoding[:40]})",
-                    url=current,
-                )
+            _check_codings(response, current)
             data = _read_body(response, current, settings, deadline, watchdog)
             return data, current, response.headers.get("Content-Type", "")
         finally:
             response.close()  # drops the connection unless the body was read to the end
             watchdog.watch(None)
+
+
+def _check_codings(response: requests.Response, url: str) -> None:
+    """Refuse, at the headers, a body this module would not read as sent (see "No
+    decompression" in the module docstring)."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise FetchFailed(
+            f"compressed response refused (Content-Encoding: {encoding[:40]})", url=url
+        )
+    # http.client de-chunks only a Transfer-Encoding of exactly "chunked"; with any other
+    # (e.g. "gzip, chunked") it reads to EOF, and the chunk framing and the compressed
+    # bytes would be taken for the clip.
+    transfer = response.headers.get("Transfer-Encoding")
+    if transfer is not None and transfer.strip().lower() not in ("chunked", "identity"):
+        raise FetchFailed(f"unsupported Transfer-Encoding {transfer[:40]!r}", url=url)
 
 
 def _header_text(value: str) -> str:

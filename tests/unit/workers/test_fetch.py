@@ -111,6 +111,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(AUDIO)
             self.close_connection = True
+        elif head == "te-gzip":  # a compressing transfer coding: framing + gzip, to EOF
+            packed = gzip.compress(AUDIO)
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "gzip, chunked")
+            self.end_headers()
+            self._chunk(packed)
+            self._chunk(b"")
+            self.close_connection = True
         elif head == "echo-host":
             self._send(200, self.headers["Host"].encode())
         elif head == "empty":
@@ -641,6 +649,12 @@ def test_interim_response_flood_fails_without_waiting_for_the_budget(server: _Se
     with pytest.raises(FetchFailed, match=r"interim \(1xx\) responses") as info:
         fetch_preview(server.url("/interim-flood"), _settings(fetch_total_timeout_s=5.0))
     assert info.value.code == "fetch_failed"
+
+
+def test_other_transfer_codings_are_refused(server: _Server) -> None:
+    with pytest.raises(FetchFailed, match="unsupported Transfer-Encoding") as info:
+        fetch_preview(server.url("/te-gzip"), _settings())
+    assert not info.value.retryable
 
 
 def test_empty_body_fails(server: _Server) -> None:
