@@ -68,8 +68,14 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HeaderParsingError,
+    NameResolutionError,
+    NewConnectionError,
+)
 from urllib3.util.connection import allowed_gai_family
+from urllib3.util.response import assert_header_parsing
 
 from contract import __version__
 from contract.errors import PreviewvecError, TooLarge
@@ -404,6 +410,18 @@ class _Response(http.client.HTTPResponse):
     of them fails at once rather than at the total budget."""
 
     _interim = 0
+
+    def begin(self) -> None:
+        super().begin()
+        # http.client stops parsing headers at the first malformed line and drops the rest
+        # (a Content-Length or Transfer-Encoding after it, so a cut body would pass as
+        # whole); urllib3 only logs that, with a traceback. Refuse such a response.
+        try:
+            assert_header_parsing(self.msg)
+        except HeaderParsingError as exc:
+            detail = str(exc)
+            detail = detail if len(detail) <= 120 else detail[:117] + "..."
+            raise http.client.HTTPException(f"malformed response headers ({detail})") from None
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:

@@ -119,6 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(packed)
             self._chunk(b"")
             self.close_connection = True
+        elif head == "hidden-length":  # a malformed header line, then the real framing
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: audio/mp4\r\nX-Bad header\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(AUDIO))
+            self.wfile.write(AUDIO[: len(AUDIO) // 2])  # half of it, then hang up
+            self.close_connection = True
         elif head == "echo-host":
             self._send(200, self.headers["Host"].encode())
         elif head == "empty":
@@ -655,6 +660,16 @@ def test_other_transfer_codings_are_refused(server: _Server) -> None:
     with pytest.raises(FetchFailed, match="unsupported Transfer-Encoding") as info:
         fetch_preview(server.url("/te-gzip"), _settings())
     assert not info.value.retryable
+
+
+def test_malformed_header_line_is_refused(
+    server: _Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # http.client ignores every header after the bad line, the Content-Length included:
+    # the half body would pass as a whole clip.
+    with pytest.raises(FetchFailed, match="malformed response headers"):
+        fetch_preview(server.url("/hidden-length"), _settings())
+    assert "Traceback" not in caplog.text and "Failed to parse headers" not in caplog.text
 
 
 def test_empty_body_fails(server: _Server) -> None:
