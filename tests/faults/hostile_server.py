@@ -33,13 +33,14 @@ class Behaviour:
     """How one path answers. ``kind`` selects the transport; the rest parameterises it."""
 
     kind: str  # body | gzip_bomb | endless_chunked | drip_body | drip_headers | huge_length
-    #            | short_body | redirect
+    #            | short_body | redirect | redirect_bomb | redirect_endless | raw
     status: int = 200
     body: bytes = field(default=b"", repr=False)
     content_type: str = "audio/mp4"
     headers: tuple[tuple[str, str], ...] = ()
     location: str = ""
     declared_bytes: int = 0  # huge_length: the Content-Length it claims
+    #                          raw: ``body`` is the whole response, status line included
     interval_s: float = 0.1  # drip_*: pause between writes
 
 
@@ -143,6 +144,31 @@ def _redirect(h: _Handler, b: Behaviour) -> None:
     h._head(b, 0, ("Location", b.location))
 
 
+def _redirect_bomb(h: _Handler, b: Behaviour) -> None:
+    # A redirect whose body is a gzip bomb: only a client that reads redirect bodies
+    # (decoded) inflates it.
+    bomb = _bomb()
+    h._head(b, len(bomb), ("Location", b.location), ("Content-Encoding", "gzip"))
+    h.wfile.write(bomb)
+
+
+def _redirect_endless(h: _Handler, b: Behaviour) -> None:
+    h._head(b, None, ("Location", b.location), ("Transfer-Encoding", "chunked"))
+    block = b"\x00" * CHUNK
+    end = time.monotonic() + MAX_STREAM_S
+    while time.monotonic() < end:
+        h._chunk(block)
+    h.close_connection = True
+
+
+def _raw(h: _Handler, b: Behaviour) -> None:
+    # Byte-exact responses http.server would not write: interim 1xx responses, invalid
+    # framing headers, non-ASCII headers.
+    h.wfile.write(b.body)
+    h.wfile.flush()
+    h.close_connection = True
+
+
 _BEHAVIOURS: dict[str, Callable[[_Handler, Behaviour], None]] = {
     "body": _body,
     "gzip_bomb": _gzip_bomb,
@@ -152,6 +178,9 @@ _BEHAVIOURS: dict[str, Callable[[_Handler, Behaviour], None]] = {
     "huge_length": _huge_length,
     "short_body": _short_body,
     "redirect": _redirect,
+    "redirect_bomb": _redirect_bomb,
+    "redirect_endless": _redirect_endless,
+    "raw": _raw,
 }
 
 _bomb_lock = threading.Lock()

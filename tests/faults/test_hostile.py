@@ -22,6 +22,7 @@ docs/reliability.md.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -180,6 +181,19 @@ def _body(data: bytes, content_type: str = "audio/mp4") -> Behaviour:
     return Behaviour("body", body=data, content_type=content_type)
 
 
+def raw_response(data: bytes) -> Behaviour:
+    """Serve ``data`` byte for byte as the whole response, then hang up."""
+    return Behaviour("raw", body=data)
+
+
+def http_200(body: bytes, *, length: bytes | None = None, before: bytes = b"") -> bytes:
+    """A ``200 OK`` response with ``body`` (``length``: the Content-Length to claim;
+    ``before``: raw header lines before the others)."""
+    claimed = str(len(body)).encode() if length is None else length
+    return (b"HTTP/1.1 200 OK\r\n" + before + b"Content-Type: audio/mp4\r\nContent-Length: "
+            + claimed + b"\r\nConnection: close\r\n\r\n" + body)
+
+
 def build_cases(media: Media) -> list[Case]:
     from testkit.encode import encode_audio
 
@@ -194,6 +208,7 @@ def build_cases(media: Media) -> list[Case]:
     nan_song[0, SR::SR] = np.nan
     inf_song = song.copy()
     inf_song[1, 2 * SR] = np.inf
+    m4a_gz = gzip.compress(media.m4a)
     six = np.stack([media.song_96k[i % 2] * (1 - 0.1 * i) for i in range(6)])
 
     def job_with(**changes: Any) -> Callable[[str], dict[str, Any]]:
@@ -232,6 +247,31 @@ def build_cases(media: Media) -> list[Case]:
                        location="http://169.254.169.254/latest/meta-data/")),
         Case("metadata-url", "a job whose preview URL is the cloud metadata service",
              "host_not_allowed", url="http://169.254.169.254/latest/meta-data/iam/"),
+        Case("redirect-gzip-bomb", "a 302 to a good clip whose own body is a gzip bomb",
+             "done", Behaviour("redirect_bomb", status=302, location="/good/song.m4a")),
+        Case("redirect-endless-body", "a 302 to a good clip with an endless body of its own",
+             "done", Behaviour("redirect_endless", status=302, location="/good/song.m4a")),
+        Case("redirect-bracketed-ipv4", "302 to http://[127.0.0.1]/ (unparsable URL)",
+             "fetch_failed", raw_response(b"HTTP/1.1 302 Found\r\n"
+                                          b"Location: http://[127.0.0.1]/x.m4a\r\n"
+                                          b"Content-Length: 0\r\n\r\n")),
+        Case("early-hints", "103 Early Hints and 102 Processing before the 200", "done",
+             raw_response(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                          b"HTTP/1.1 102 Processing\r\n\r\n"
+                          + http_200(media.m4a))),
+        Case("transfer-encoding-gzip", "Transfer-Encoding: gzip, chunked", "fetch_failed",
+             raw_response(b"HTTP/1.1 200 OK\r\nContent-Type: audio/mp4\r\n"
+                          b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+                          + b"%x\r\n%s\r\n0\r\n\r\n" % (len(m4a_gz), m4a_gz))),
+        Case("negative-content-length", "Content-Length: -1 and half the clip, then EOF",
+             "fetch_failed",
+             raw_response(http_200(media.m4a[: len(media.m4a) // 2],
+                                   length=b"-1"))),
+        Case("malformed-header-line", "a header line without a colon hides the "
+             "Content-Length; half the clip", "fetch_failed",
+             raw_response(http_200(media.m4a[: len(media.m4a) // 2],
+                                   length=str(len(media.m4a)).encode(),
+                                   before=b"X-Bad header\r\n"))),
         # --- containers and codecs -----------------------------------------------------
         Case("random-bytes", "200 KB of random bytes named .mp3", "undecodable",
              _body(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes(), "audio/mpeg"),
