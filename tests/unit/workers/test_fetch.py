@@ -124,6 +124,16 @@ class _Handler(BaseHTTPRequestHandler):
                              b"Content-Length: %d\r\n\r\n" % len(AUDIO))
             self.wfile.write(AUDIO[: len(AUDIO) // 2])  # half of it, then hang up
             self.close_connection = True
+        elif head == "set-cookie":  # cookies for this host and, by Domain, for others
+            self.send_response(302 if "redirect" in self.path else 200)
+            self.send_header("Set-Cookie", "sid=secret; Path=/")
+            self.send_header("Set-Cookie", "wide=1; Domain=127.0.0.1; Path=/")
+            self.send_header("Set-Cookie", "other=1; Domain=localhost; Path=/")
+            if "redirect" in self.path:
+                self.send_header("Location", "/audio")
+            self.send_header("Content-Length", str(len(AUDIO)))
+            self.end_headers()
+            self.wfile.write(AUDIO)
         elif head == "echo-host":
             self._send(200, self.headers["Host"].encode())
         elif head == "empty":
@@ -304,6 +314,19 @@ def test_session_pools_connections_and_resolves_once(server: _Server, lookups: l
     for _ in range(3):
         assert fetch_preview(server.url("/audio"), settings, session=session).data == AUDIO
     assert lookups == ["127.0.0.1"]  # one connection, checked once, reused
+
+
+def test_cookies_are_never_kept_or_sent(server: _Server) -> None:
+    settings = _settings(allowed_audio_hosts=("127.0.0.1", "localhost"))
+    session = make_session(settings)
+    fetch_preview(server.url("/set-cookie/a"), settings, session=session)
+    fetch_preview(server.url("/set-cookie/redirect"), settings, session=session)
+    assert fetch_preview(server.url("/audio"), settings, session=session).data == AUDIO
+    assert "Cookie" not in server.headers_of("/audio")
+    path = _unique("audio")
+    fetch_preview(server.url(path, host="localhost"), settings, session=session)
+    assert "Cookie" not in server.headers_of(path)
+    assert len(session.cookies) == 0
 
 
 def test_plain_session_is_refused(server: _Server) -> None:
