@@ -26,8 +26,15 @@
 * **Limits.** Connect and read timeouts per socket operation, plus a total wall-clock
   budget (``fetch_total_timeout_s``) for the whole call, retries and backoff included. It
   is enforced between reads and by a watchdog timer that shuts the active socket down at
-  the deadline, so slow-drip headers or bodies cannot hold a worker. ``fetch_max_bytes`` is
-  checked against Content-Length up front and against bytes received while streaming.
+  the deadline, so slow-drip headers or bodies cannot hold a worker; each connect is cut
+  to what is left of it too (the watchdog only sees connected sockets). DNS resolution is
+  not bounded by it. ``fetch_max_bytes`` is checked against Content-Length up front and
+  against bytes received while streaming.
+* **Framing.** A body is whole only as its framing says: a short body (Content-Length or
+  chunked) is an error, never a shorter clip. Responses whose framing cannot be trusted
+  are refused: a Content-Length that is not 1*DIGIT, a header block that does not parse
+  (http.client would drop the headers after the bad line). Interim 1xx responses before
+  the final one are skipped, at most ``MAX_INTERIM_RESPONSES``.
 * **No decompression.** Requests send ``Accept-Encoding: identity`` and bodies are read
   raw (``decode_content=False``). A response that still declares a Content-Encoding
   other than identity is refused at its headers (``fetch_failed``, "compressed response
