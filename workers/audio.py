@@ -22,7 +22,7 @@ import soundfile
 import soxr
 
 from contract.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
-from workers.features.kernels import signal_levels
+from workers.features.kernels import SignalLevels, signal_levels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
 
@@ -139,6 +139,7 @@ def decode_audio(
         raise TooShort(
             f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
         )
+    _check_mix_not_cancelled(mat, levels)
     peak, mean_square = levels.peak, levels.mean_square
     rms = math.sqrt(mean_square)
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
@@ -167,6 +168,31 @@ def decode_audio(
         container=raw.container,
         duration_s=duration_s,
         truncated=truncated,
+    )
+
+
+# A mono mix this far (-20 dB) below its channels' mean power has cancelled itself: the
+# channels are polarity-inverted copies of one another (L = -R). Ordinary stereo, whose
+# inter-channel correlation stays far above -0.98, never mixes down this low.
+_CANCELLED_MIX_POWER_RATIO = 10 ** (-20 / 10)
+
+
+def _check_mix_not_cancelled(mat: np.ndarray, levels: SignalLevels) -> None:
+    """Raise :class:`Silent` if the mono mix (``levels``) cancelled its channels out.
+
+    A polarity-inverted stereo file mixes down to digital silence, or after a lossy codec
+    to its coding noise alone, whose features would describe the codec, not the music.
+    """
+    if mat.shape[0] < 2:
+        return
+    power = np.einsum("ij,ij->i", mat, mat, dtype=np.float64) / mat.shape[1]
+    mean_power = float(power.mean())
+    if mean_power < SILENCE_RMS**2 or levels.mean_square >= _CANCELLED_MIX_POWER_RATIO * mean_power:
+        return
+    raise Silent(
+        f"the channels cancel out in the mono mix (polarity-inverted copies): channels at "
+        f"{_dbfs(math.sqrt(mean_power)):.1f} dBFS RMS, their mix at "
+        f"{_dbfs(math.sqrt(levels.mean_square)):.1f} dBFS"
     )
 
 

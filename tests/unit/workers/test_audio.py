@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from contract.errors import PreviewvecError, TooShort, Undecodable
+from contract.errors import PreviewvecError, Silent, TooShort, Undecodable
 from testkit.encode import encode_audio
 from tests.media import mp4_video, ogg_with_repeated_headers
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
@@ -325,6 +325,23 @@ def test_silence(music: np.ndarray) -> None:
     assert _code(_float_wav(click, SR)) == "silent"
     # A phase-inverted pair cancels in the mono analysis signal.
     assert _code(_float_wav(np.stack([music[0], -music[0]]), SR)) == "silent"
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_polarity_inverted_stereo_is_silent_in_every_format(fmt: str, music: np.ndarray) -> None:
+    # L = -R mixes down to digital silence, or after a lossy codec to its coding noise
+    # alone (which was analysed as if it were the music): every format says why.
+    with pytest.raises(Silent, match="cancel out in the mono mix") as info:
+        decode_audio(encode_audio(np.stack([music[0], -music[0]]), SR, fmt))
+    assert "dBFS" in info.value.message
+
+
+def test_anti_correlated_stereo_that_does_not_cancel_still_decodes(music: np.ndarray) -> None:
+    # Correlation -0.94: the mix is thin (12 dB below its channels) but it is still music.
+    wide = np.stack([music[0], -0.6 * music[0] + 0.25 * music[1][::-1]])
+    audio = decode_audio(encode_audio(wide, SR, "m4a"))
+    assert audio.channels is not None
+    np.testing.assert_array_equal(audio.samples, librosa.to_mono(audio.channels))
 
 
 def test_non_finite_float_wav_is_undecodable(music: np.ndarray) -> None:
