@@ -44,8 +44,16 @@ SILENCE_RMS = 10 ** (-90 / 20)
 # Packet-level decode errors tolerated in a row before the rest of the stream is given up
 # (FFmpeg itself skips isolated corrupt packets; a run of them means garbage).
 _MAX_CONSECUTIVE_BAD_PACKETS = 16
-# BS.1770 defines channel weights for up to 5 channels.
-_MAX_LOUDNESS_CHANNELS = 5
+# Sources with up to this many channels keep them for BS.1770 loudness (8: 7.1); more
+# than that are measured on the mono mix.
+_MAX_LOUDNESS_CHANNELS = 8
+# BS.1770 channel weights by position (L, R, C, Ls, Rs), for sources of up to 5 channels.
+_POSITIONAL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
+# Beyond 5 channels, weights by name as FFmpeg's ebur128 filter gives them: LFE is left
+# out, surround (side and back) channels weigh 1.41, the others 1.0.
+_LFE_CHANNELS = frozenset({"LFE", "LFE2"})
+_SURROUND_CHANNELS = frozenset({"BL", "BR", "BC", "SL", "SR", "SDL", "SDR", "TBL", "TBR",
+                                "TBC"})
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class DecodedAudio:
     """Mono float32, shape (n,), at :attr:`sr`, C-contiguous, finite."""
     sr: int
     channels: np.ndarray | None
-    """Float32 (n_channels, n) at :attr:`sr` for 2..5-channel sources, else None."""
+    """Float32 (n_channels, n) at :attr:`sr` for 2..8-channel sources, else None."""
     source_sr: int
     source_channels: int
     codec: str
@@ -64,6 +72,8 @@ class DecodedAudio:
     duration_s: float
     truncated: bool
     """True when more audio existed than ``max_duration_s`` and it was cut."""
+    channel_weights: tuple[float, ...] | None = None
+    """BS.1770 weight of each row of :attr:`channels` (None when that is None)."""
 
     @property
     def n_samples(self) -> int:
@@ -162,6 +172,8 @@ def decode_audio(
         samples=samples,
         sr=sr,
         channels=mat if 2 <= n_ch <= _MAX_LOUDNESS_CHANNELS else None,
+        channel_weights=(_loudness_weights(raw.layout, n_ch)
+                         if 2 <= n_ch <= _MAX_LOUDNESS_CHANNELS else None),
         source_sr=raw.source_sr,
         source_channels=raw.source_channels,
         codec=raw.codec,
@@ -206,6 +218,22 @@ class _Raw:
     source_channels: int
     codec: str
     container: str
+    layout: str = ""
+
+
+def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
+    """BS.1770 weights of the decoded channels: by position up to 5 channels (L, R, C,
+    Ls, Rs), by name beyond (a 5.1 or 7.1 source: LFE 0, surrounds 1.41)."""
+    if n_channels <= len(_POSITIONAL_WEIGHTS):
+        return _POSITIONAL_WEIGHTS[:n_channels]
+    try:
+        names = [channel.name for channel in av.AudioLayout(layout or f"{n_channels}c").channels]
+    except _AV_ERRORS:
+        names = []
+    if len(names) != n_channels:
+        names = ["NONE"] * n_channels  # unknown order: every channel counts as a front one
+    return tuple(0.0 if name in _LFE_CHANNELS else 1.41 if name in _SURROUND_CHANNELS else 1.0
+                 for name in names)
 
 
 def _read_source(
@@ -348,6 +376,7 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
         source_channels=runs.source_channels,
         codec=codec,
         container=container.format.name,
+        layout=runs.out_layout,
     )
 
 

@@ -185,7 +185,9 @@ def test_96k_six_channel_wav_decodes_to_the_channel_mean() -> None:
     for data in (encode_audio(x, sr, "wav"), _float_wav(x, sr)):  # 5.1 mask / unordered
         audio = decode_audio(data)
         assert (audio.source_sr, audio.source_channels) == (sr, 6)
-        assert audio.channels is None  # BS.1770 weights stop at 5 channels
+        # Kept for BS.1770 loudness, weighted by name as 5.1: LFE out, surrounds 1.41.
+        assert audio.channels is not None and audio.channels.shape == (6, audio.n_samples)
+        assert audio.channel_weights == (1.0, 1.0, 1.0, 0.0, 1.41, 1.41)
         assert audio.n_samples == 6 * ANALYSIS_SR
         assert np.corrcoef(audio.samples, expected[: audio.n_samples])[0, 1] > 0.999
 
@@ -205,7 +207,9 @@ def test_eight_channel_source_decodes() -> None:
     # Regression: PyAV's AudioFrame.planes overruns on 8-channel planar frames (segfault).
     x = _music(6.0, sr=48_000)
     audio = decode_audio(_float_wav(np.concatenate([x] * 4), 48_000))
-    assert audio.source_channels == 8 and audio.channels is None
+    assert audio.source_channels == 8
+    assert audio.channels is not None and audio.channels.shape == (8, audio.n_samples)
+    assert audio.channel_weights == (1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41, 1.41)  # as 7.1
     assert audio.n_samples == 6 * ANALYSIS_SR
 
 
