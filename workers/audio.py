@@ -279,25 +279,26 @@ def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStrea
     return stream, ctx.codec.canonical_name
 
 
-def _packet_frames(container: av.container.InputContainer,
-                   stream: av.AudioStream) -> Iterator[list[av.AudioFrame]]:
+def _packet_frames(container: av.container.InputContainer, stream: av.AudioStream,
+                   errors: list[BaseException]) -> Iterator[list[av.AudioFrame]]:
     """The frames of each packet in turn. A corrupt packet is skipped, up to
     ``_MAX_CONSECUTIVE_BAD_PACKETS`` in a row; a demux error mid-stream (e.g. a truncated
-    file) ends the stream, keeping what decoded so far."""
+    file) ends the stream, keeping what decoded so far. Errors met go to ``errors``."""
     bad_in_a_row = 0
     try:
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
-            except _AV_ERRORS:
+            except _AV_ERRORS as exc:
+                errors.append(exc)
                 bad_in_a_row += 1
                 if bad_in_a_row > _MAX_CONSECUTIVE_BAD_PACKETS:
                     return
                 continue
             bad_in_a_row = 0
             yield frames
-    except _AV_ERRORS:
-        return
+    except _AV_ERRORS as exc:
+        errors.append(exc)
 
 
 class _Runs:
@@ -354,18 +355,24 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
                    max_duration_s: float) -> _Raw:
     stream, codec = _audio_stream(container)
     runs = _Runs(sr, max_duration_s)
+    errors: list[BaseException] = []
     try:
-        for frames in _packet_frames(container, stream):
+        for frames in _packet_frames(container, stream, errors):
             for frame in frames:
                 runs.add(frame)
             if runs.enough:
                 break
-    except _AV_ERRORS:
-        pass  # a failure mid-stream: keep what decoded so far
+    except _AV_ERRORS as exc:
+        errors.append(exc)  # a failure mid-stream: keep what decoded so far
     runs.end_segment()
     pieces = [piece for piece in runs.pieces if piece.shape[1]]
+    if not pieces and not errors:
+        # A well-formed file that holds no samples (a WAV header alone) is short, not
+        # broken, as the same header with a few samples is: decode_audio says so.
+        pieces = [np.zeros((1, 0), dtype=np.float32)]
     if not pieces:
-        raise Undecodable(f"no audio could be decoded from the {codec} stream")
+        raise Undecodable(f"no audio could be decoded from the {codec} stream "
+                          f"({_describe(errors[-1])})")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,

@@ -319,6 +319,16 @@ def test_too_short_reports_both_durations() -> None:
     assert "2.00 s" in info.value.message and "5.00 s" in info.value.message
 
 
+def test_a_file_with_no_samples_is_too_short_like_one_with_few() -> None:
+    # A header alone is well formed, not broken: the same code as a few samples.
+    nothing, little = np.zeros((2, 0), dtype=np.float32), _music(0.5)
+    for empty, short in ((_float_wav(nothing, SR), _float_wav(little, SR)),
+                         (encode_audio(nothing, SR, "flac"), encode_audio(little, SR, "flac"))):
+        assert _code(short) == "too_short"
+        assert _code(empty) == "too_short"
+        assert _code(empty, sr=None) == "too_short"
+
+
 def test_silence(music: np.ndarray) -> None:
     assert _code(encode_audio(np.zeros((2, 6 * SR)), SR, "m4a")) == "silent"
     # 16-bit PCM cannot even represent -100 dBFS: it decodes to digital zero.
