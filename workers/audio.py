@@ -47,10 +47,11 @@ _MAX_CONSECUTIVE_BAD_PACKETS = 16
 # Sources with up to this many channels keep them for BS.1770 loudness (8: 7.1); more
 # than that are measured on the mono mix.
 _MAX_LOUDNESS_CHANNELS = 8
-# BS.1770 channel weights by position (L, R, C, Ls, Rs), for sources of up to 5 channels.
+# BS.1770 channel weights by position (L, R, C, Ls, Rs), for up to 5 unnamed channels.
 _POSITIONAL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
-# Beyond 5 channels, weights by name as FFmpeg's ebur128 filter gives them: LFE is left
-# out, surround (side and back) channels weigh 1.41, the others 1.0.
+# Weights by name as FFmpeg's ebur128 filter gives them: LFE is left out, surround (side
+# and back) channels weigh 1.41, the others 1.0. For stereo, 3.0, 4.0 and 5.0 they are
+# the positional ones; quad (FL FR BL BR) and 2.1 (FL FR LFE) differ.
 _LFE_CHANNELS = frozenset({"LFE", "LFE2"})
 _SURROUND_CHANNELS = frozenset({"BL", "BR", "BC", "SL", "SR", "SDL", "SDR", "TBL", "TBR",
                                 "TBC"})
@@ -219,12 +220,14 @@ class _Raw:
     codec: str
     container: str
     layout: str = ""
+    """The channel layout's name if the source named its channels (else "")."""
 
 
 def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
-    """BS.1770 weights of the decoded channels: by position up to 5 channels (L, R, C,
-    Ls, Rs), by name beyond (a 5.1 or 7.1 source: LFE 0, surrounds 1.41)."""
-    if n_channels <= len(_POSITIONAL_WEIGHTS):
+    """BS.1770 weights of the decoded channels, by name (LFE 0, surrounds 1.41) where
+    the source names them; unnamed, by position up to 5 channels (L, R, C, Ls, Rs) and
+    as FFmpeg's default layout beyond (5.1, 6.1, 7.1)."""
+    if not layout and n_channels <= len(_POSITIONAL_WEIGHTS):
         return _POSITIONAL_WEIGHTS[:n_channels]
     try:
         names = [channel.name for channel in av.AudioLayout(layout or f"{n_channels}c").channels]
@@ -317,6 +320,7 @@ class _Runs:
         self.pieces: list[np.ndarray] = []
         self.segment: _Segment | None = None
         self.out_layout = ""
+        self.named_layout = ""  # out_layout when the source named its channels
         self.source_sr = self.source_channels = 0
         self.total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
         self.full_length = 0  # samples at `sr` before any cut at `target`
@@ -330,6 +334,8 @@ class _Runs:
             if not self.sr:
                 self.sr, self.target = rate, round(self.max_duration_s * rate)
             self.out_layout = _output_layout(frame.layout)
+            if all(ch.name != "NONE" for ch in frame.layout.channels):
+                self.named_layout = self.out_layout
         elif self.segment is not None and not self.segment.accepts(frame):
             # Mid-stream format change (e.g. chained streams): finish the old run and map
             # the new input onto the original output layout.
@@ -383,7 +389,7 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
         source_channels=runs.source_channels,
         codec=codec,
         container=container.format.name,
-        layout=runs.out_layout,
+        layout=runs.named_layout,
     )
 
 

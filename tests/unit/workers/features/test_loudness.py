@@ -53,10 +53,11 @@ def test_integrated_loudness_equals_pyloudnorm_on_real_clips():
         loudness.integrated_loudness(silence[: SR // 4], SR)  # shorter than one 400 ms block
 
 
-def test_stereo_carried_in_5_1_and_7_1_measures_as_the_stereo():
+def test_stereo_carried_in_2_1_5_1_and_7_1_measures_as_the_stereo():
     # BS.1770 sums weighted channel energies: music in the front pair of a 5.1 or 7.1
     # file is as loud as the stereo file, and the LFE channel does not count. (Measured
-    # on the mean of all 6 or 8 channels, such files read 12 LU quieter.)
+    # on the mean of all 6 or 8 channels, such files read 12 LU quieter; 2.1's LFE was
+    # weighed as a centre channel.)
     score = generate_song(31, tonic=2, mode="major", tempo_bpm=100.0, drums=True,
                           duration_s=6.0, style="pop")
     stereo = render(score, 44100, "synth")
@@ -67,9 +68,10 @@ def test_stereo_carried_in_5_1_and_7_1_measures_as_the_stereo():
         return float(descriptors["loudness_lufs"])
 
     expected = lufs(stereo)
-    for n_channels in (6, 8):
+    # encode_audio writes FFmpeg's default layouts: 2.1, 5.1 and 7.1.
+    for n_channels, lfe in ((3, 2), (6, 3), (8, 3)):
         x = np.zeros((n_channels, stereo.shape[1]), dtype=np.float32)
         x[:2] = stereo
         assert lufs(x) == pytest.approx(expected, abs=0.02), n_channels
-        x[3] = stereo[0]  # LFE (5.1 and 7.1 alike)
+        x[lfe] = stereo[0]
         assert lufs(x) == pytest.approx(expected, abs=0.02), n_channels
