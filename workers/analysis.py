@@ -45,7 +45,8 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
     if not digest:
         digest = _file_sha256(os.fspath(source))  # type: ignore[arg-type]
     features = extract_features(audio.samples, audio.sr, channels=audio.channels,
-                                analysis_sr=settings.analysis_sr)
+                                analysis_sr=settings.analysis_sr,
+                                channel_weights=audio.channel_weights)
     timings = {
         "decode": decoded - started,
         **{f"extract.{k}": v for k, v in features.timings_s.items()},

@@ -22,7 +22,7 @@ import soundfile
 import soxr
 
 from contract.errors import EmptyInput, NoAudioStream, Silent, TooLarge, TooShort, Undecodable
-from workers.features.kernels import signal_levels
+from workers.features.kernels import SignalLevels, signal_levels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("m4a", "mp3", "ogg", "flac", "wav")
 
@@ -44,8 +44,17 @@ SILENCE_RMS = 10 ** (-90 / 20)
 # Packet-level decode errors tolerated in a row before the rest of the stream is given up
 # (FFmpeg itself skips isolated corrupt packets; a run of them means garbage).
 _MAX_CONSECUTIVE_BAD_PACKETS = 16
-# BS.1770 defines channel weights for up to 5 channels.
-_MAX_LOUDNESS_CHANNELS = 5
+# Sources with up to this many channels keep them for BS.1770 loudness (8: 7.1); more
+# than that are measured on the mono mix.
+_MAX_LOUDNESS_CHANNELS = 8
+# BS.1770 channel weights by position (L, R, C, Ls, Rs), for up to 5 unnamed channels.
+_POSITIONAL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
+# Weights by name as FFmpeg's ebur128 filter gives them: LFE is left out, surround (side
+# and back) channels weigh 1.41, the others 1.0. For stereo, 3.0, 4.0 and 5.0 they are
+# the positional ones; quad (FL FR BL BR) and 2.1 (FL FR LFE) differ.
+_LFE_CHANNELS = frozenset({"LFE", "LFE2"})
+_SURROUND_CHANNELS = frozenset({"BL", "BR", "BC", "SL", "SR", "SDL", "SDR", "TBL", "TBR",
+                                "TBC"})
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class DecodedAudio:
     """Mono float32, shape (n,), at :attr:`sr`, C-contiguous, finite."""
     sr: int
     channels: np.ndarray | None
-    """Float32 (n_channels, n) at :attr:`sr` for 2..5-channel sources, else None."""
+    """Float32 (n_channels, n) at :attr:`sr` for 2..8-channel sources, else None."""
     source_sr: int
     source_channels: int
     codec: str
@@ -64,6 +73,8 @@ class DecodedAudio:
     duration_s: float
     truncated: bool
     """True when more audio existed than ``max_duration_s`` and it was cut."""
+    channel_weights: tuple[float, ...] | None = None
+    """BS.1770 weight of each row of :attr:`channels` (None when that is None)."""
 
     @property
     def n_samples(self) -> int:
@@ -139,6 +150,7 @@ def decode_audio(
         raise TooShort(
             f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
         )
+    _check_mix_not_cancelled(mat, levels)
     peak, mean_square = levels.peak, levels.mean_square
     rms = math.sqrt(mean_square)
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
@@ -161,12 +173,39 @@ def decode_audio(
         samples=samples,
         sr=sr,
         channels=mat if 2 <= n_ch <= _MAX_LOUDNESS_CHANNELS else None,
+        channel_weights=(_loudness_weights(raw.layout, n_ch)
+                         if 2 <= n_ch <= _MAX_LOUDNESS_CHANNELS else None),
         source_sr=raw.source_sr,
         source_channels=raw.source_channels,
         codec=raw.codec,
         container=raw.container,
         duration_s=duration_s,
         truncated=truncated,
+    )
+
+
+# A mono mix this far (-20 dB) below its channels' mean power has cancelled itself: the
+# channels are polarity-inverted copies of one another (L = -R). Ordinary stereo, whose
+# inter-channel correlation stays far above -0.98, never mixes down this low.
+_CANCELLED_MIX_POWER_RATIO = 10 ** (-20 / 10)
+
+
+def _check_mix_not_cancelled(mat: np.ndarray, levels: SignalLevels) -> None:
+    """Raise :class:`Silent` if the mono mix (``levels``) cancelled its channels out.
+
+    A polarity-inverted stereo file mixes down to digital silence, or after a lossy codec
+    to its coding noise alone, whose features would describe the codec, not the music.
+    """
+    if mat.shape[0] < 2:
+        return
+    power = np.einsum("ij,ij->i", mat, mat, dtype=np.float64) / mat.shape[1]
+    mean_power = float(power.mean())
+    if mean_power < SILENCE_RMS**2 or levels.mean_square >= _CANCELLED_MIX_POWER_RATIO * mean_power:
+        return
+    raise Silent(
+        f"the channels cancel out in the mono mix (polarity-inverted copies): channels at "
+        f"{_dbfs(math.sqrt(mean_power)):.1f} dBFS RMS, their mix at "
+        f"{_dbfs(math.sqrt(levels.mean_square)):.1f} dBFS"
     )
 
 
@@ -180,6 +219,24 @@ class _Raw:
     source_channels: int
     codec: str
     container: str
+    layout: str = ""
+    """The channel layout's name if the source named its channels (else "")."""
+
+
+def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
+    """BS.1770 weights of the decoded channels, by name (LFE 0, surrounds 1.41) where
+    the source names them; unnamed, by position up to 5 channels (L, R, C, Ls, Rs) and
+    as FFmpeg's default layout beyond (5.1, 6.1, 7.1)."""
+    if not layout and n_channels <= len(_POSITIONAL_WEIGHTS):
+        return _POSITIONAL_WEIGHTS[:n_channels]
+    try:
+        names = [channel.name for channel in av.AudioLayout(layout or f"{n_channels}c").channels]
+    except _AV_ERRORS:
+        names = []
+    if len(names) != n_channels:
+        names = ["NONE"] * n_channels  # unknown order: every channel counts as a front one
+    return tuple(0.0 if name in _LFE_CHANNELS else 1.41 if name in _SURROUND_CHANNELS else 1.0
+                 for name in names)
 
 
 def _read_source(
@@ -225,25 +282,26 @@ def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStrea
     return stream, ctx.codec.canonical_name
 
 
-def _packet_frames(container: av.container.InputContainer,
-                   stream: av.AudioStream) -> Iterator[list[av.AudioFrame]]:
+def _packet_frames(container: av.container.InputContainer, stream: av.AudioStream,
+                   errors: list[BaseException]) -> Iterator[list[av.AudioFrame]]:
     """The frames of each packet in turn. A corrupt packet is skipped, up to
     ``_MAX_CONSECUTIVE_BAD_PACKETS`` in a row; a demux error mid-stream (e.g. a truncated
-    file) ends the stream, keeping what decoded so far."""
+    file) ends the stream, keeping what decoded so far. Errors met go to ``errors``."""
     bad_in_a_row = 0
     try:
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
-            except _AV_ERRORS:
+            except _AV_ERRORS as exc:
+                errors.append(exc)
                 bad_in_a_row += 1
                 if bad_in_a_row > _MAX_CONSECUTIVE_BAD_PACKETS:
                     return
                 continue
             bad_in_a_row = 0
             yield frames
-    except _AV_ERRORS:
-        return
+    except _AV_ERRORS as exc:
+        errors.append(exc)
 
 
 class _Runs:
@@ -262,6 +320,7 @@ class _Runs:
         self.pieces: list[np.ndarray] = []
         self.segment: _Segment | None = None
         self.out_layout = ""
+        self.named_layout = ""  # out_layout when the source named its channels
         self.source_sr = self.source_channels = 0
         self.total = 0.0  # output samples so far (at `sr`), to stop decoding past `target`
         self.full_length = 0  # samples at `sr` before any cut at `target`
@@ -275,6 +334,8 @@ class _Runs:
             if not self.sr:
                 self.sr, self.target = rate, round(self.max_duration_s * rate)
             self.out_layout = _output_layout(frame.layout)
+            if all(ch.name != "NONE" for ch in frame.layout.channels):
+                self.named_layout = self.out_layout
         elif self.segment is not None and not self.segment.accepts(frame):
             # Mid-stream format change (e.g. chained streams): finish the old run and map
             # the new input onto the original output layout.
@@ -300,18 +361,24 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
                    max_duration_s: float) -> _Raw:
     stream, codec = _audio_stream(container)
     runs = _Runs(sr, max_duration_s)
+    errors: list[BaseException] = []
     try:
-        for frames in _packet_frames(container, stream):
+        for frames in _packet_frames(container, stream, errors):
             for frame in frames:
                 runs.add(frame)
             if runs.enough:
                 break
-    except _AV_ERRORS:
-        pass  # a failure mid-stream: keep what decoded so far
+    except _AV_ERRORS as exc:
+        errors.append(exc)  # a failure mid-stream: keep what decoded so far
     runs.end_segment()
     pieces = [piece for piece in runs.pieces if piece.shape[1]]
+    if not pieces and not errors:
+        # A well-formed file that holds no samples (a WAV header alone) is short, not
+        # broken, as the same header with a few samples is: decode_audio says so.
+        pieces = [np.zeros((1, 0), dtype=np.float32)]
     if not pieces:
-        raise Undecodable(f"no audio could be decoded from the {codec} stream")
+        raise Undecodable(f"no audio could be decoded from the {codec} stream "
+                          f"({_describe(errors[-1])})")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,
@@ -322,6 +389,7 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
         source_channels=runs.source_channels,
         codec=codec,
         container=container.format.name,
+        layout=runs.named_layout,
     )
 
 

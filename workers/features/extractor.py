@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,8 @@ def _upsampled(y: np.ndarray, channels: np.ndarray | None,
 
 
 def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None,
-                     analysis_sr: int = 22_050) -> Features:
+                     analysis_sr: int = 22_050,
+                     channel_weights: Sequence[float] | None = None) -> Features:
     """Compute every feature of a mono float32 signal at its own rate.
 
     The FMA block is computed at ``sr`` (as FMA did, ``librosa.load(sr=None)``); rhythm
@@ -63,6 +65,8 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     ----------
     y : np.ndarray, shape (n,), finite mono signal at ``sr`` (the clip's own rate)
     channels : np.ndarray, shape (n_channels, n), optional, for BS.1770 loudness
+    channel_weights : the BS.1770 weight of each row of ``channels`` (default: by
+        position, L, R, C, Ls, Rs; see :func:`loudness.integrated_loudness`)
     analysis_sr : int, the rate the rhythm and key features analyse at
 
     Raises
@@ -90,7 +94,7 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     key = tonal.estimate_key(spectra.analysis_cqt, rate)
     key_sin, key_cos = tonal.fifths_position(key.tonic, key.mode)
     watch.lap("tonal")
-    lufs = loudness.integrated_loudness(y, sr, channels)
+    lufs = loudness.integrated_loudness(y, sr, channels, channel_weights)
     centroid = spectral.true_centroid(frames["spectral_centroid"], sr)
     energy = loudness.energy_score(lufs, beat.onset_rate, centroid)
     watch.lap("loudness")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -31,7 +32,8 @@ def k_weighting_sos(sr: int) -> np.ndarray:
     return np.array(sections)
 
 
-def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = None) -> float:
+def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = None,
+                        weights: Sequence[float] | None = None) -> float:
     """Integrated loudness in LUFS, equal to ``pyloudnorm.Meter(sr).integrated_loudness``.
 
     Parameters
@@ -40,6 +42,10 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     channels : np.ndarray, shape (n_channels, n), optional
         The per-channel signal at the same rate. BS.1770 sums channel energies, so a
         stereo original is measured as stereo (a dual-mono mixdown would read 3 LU low).
+    weights : sequence of float, optional
+        BS.1770 weight of each row of ``channels`` (0 leaves a channel out, e.g. LFE).
+        Without them the rows are L, R, C, Ls, Rs, and more than 5 rows are ignored for
+        the mono ``y``.
 
     pyloudnorm runs its two biquads as separate ``lfilter`` passes per channel and
     measures the ~300 overlapping 400 ms blocks of a 30 s clip in a Python loop (together
@@ -51,12 +57,23 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
     (``tests/unit/workers/features/test_loudness.py`` compares with pyloudnorm on real
     clips).
     """
-    data = y[np.newaxis] if channels is None or channels.shape[0] > 5 else channels
+    if channels is not None and weights is not None:
+        if len(weights) != channels.shape[0]:
+            raise ValueError(f"{len(weights)} weights for {channels.shape[0]} channels")
+        gains = np.asarray(weights, dtype=np.float64)
+        # Unweighted channels (LFE) add nothing: not filtered at all.
+        data, gains = channels[gains > 0], gains[gains > 0]
+        if not gains.size:
+            data, gains = y[np.newaxis], np.ones(1)
+    else:
+        data = y[np.newaxis] if channels is None or channels.shape[0] > 5 else channels
+        gains = np.asarray(CHANNEL_GAINS[: data.shape[0]])
     x = np.asarray(data)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    # Same input checks (and ValueError) as the meter: float data, at least one block.
-    pyloudnorm.util.valid_audio(x.T, sr, BLOCK_S)
+    # Same input checks (and ValueError) as the meter: float data, at least one block;
+    # but not its limit of 5 channels, which weights by name (7.1) go beyond.
+    pyloudnorm.util.valid_audio(x[:5].T, sr, BLOCK_S)
     n = x.shape[1]
 
     step = 1.0 - BLOCK_OVERLAP
@@ -75,7 +92,6 @@ def integrated_loudness(y: np.ndarray, sr: int, channels: np.ndarray | None = No
                     - cumulative[:, np.searchsorted(edges, lower)])
     z = (1.0 / (BLOCK_S * sr)) * block_energy  # mean square, shape (channels, blocks)
 
-    gains = np.asarray(CHANNEL_GAINS[: x.shape[0]])
     with np.errstate(divide="ignore"):
         block_lufs = -0.691 + 10.0 * np.log10(gains @ z)
     above_absolute = block_lufs >= ABSOLUTE_GATE_LUFS

@@ -269,6 +269,26 @@ def analyze_rhythm(
     )
 
 
+def _frame_deviations(y: np.ndarray, frame: float, n_frames: int) -> np.ndarray:
+    """Standard deviation of each of the first ``n_frames`` frames of ``frame`` samples.
+
+    When 10 ms is no whole number of samples (22.05 and 11.025 kHz), frame k spans
+    samples round(k · frame) to round((k + 1) · frame): frames of 220 and 221 samples
+    alternate and stay on the 10 ms grid. Frames of round(frame) samples drifted 0.2 %
+    off it (a 30 s clip ends 7 frames early), and the α estimates are sensitive enough
+    that the same clip at 22.05 kHz scored a median 0.18 away from 44.1 kHz.
+    """
+    if frame == int(frame):
+        whole = int(frame)
+        return y[: n_frames * whole].reshape(n_frames, whole).std(axis=1)
+    edges = np.round(np.arange(n_frames + 1) * frame).astype(np.int64)
+    x = np.asarray(y[: edges[-1]], dtype=np.float64)
+    counts = np.diff(edges)
+    means = np.add.reduceat(x, edges[:-1]) / counts
+    deviations = x - np.repeat(means, counts)
+    return np.sqrt(np.add.reduceat(deviations * deviations, edges[:-1]) / counts)
+
+
 def danceability(
     y: np.ndarray,
     sr: int,
@@ -288,11 +308,11 @@ def danceability(
     measured against log(τ + 3 frames); the two rank clips differently and ours
     saturates where some α are near 0 (docs/features.md, "Beside the peers").
     """
-    frame = max(round(0.01 * sr), 1)
-    n_frames = y.size // frame
+    frame = max(0.01 * sr, 1.0)  # 10 ms: the unit every τ below is counted in
+    n_frames = int(y.size // frame)
     if n_frames < 8:
         return 0.0
-    amplitude = y[: n_frames * frame].reshape(n_frames, frame).std(axis=1)
+    amplitude = _frame_deviations(y, frame, n_frames)
     profile = np.cumsum(amplitude - amplitude.mean())
     taus: list[int] = []
     tau = min_tau_s / 0.01

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from contract.errors import PreviewvecError, TooShort, Undecodable
+from contract.errors import PreviewvecError, Silent, TooShort, Undecodable
 from testkit.encode import encode_audio
 from tests.media import mp4_video, ogg_with_repeated_headers
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
@@ -185,7 +185,9 @@ def test_96k_six_channel_wav_decodes_to_the_channel_mean() -> None:
     for data in (encode_audio(x, sr, "wav"), _float_wav(x, sr)):  # 5.1 mask / unordered
         audio = decode_audio(data)
         assert (audio.source_sr, audio.source_channels) == (sr, 6)
-        assert audio.channels is None  # BS.1770 weights stop at 5 channels
+        # Kept for BS.1770 loudness, weighted by name as 5.1: LFE out, surrounds 1.41.
+        assert audio.channels is not None and audio.channels.shape == (6, audio.n_samples)
+        assert audio.channel_weights == (1.0, 1.0, 1.0, 0.0, 1.41, 1.41)
         assert audio.n_samples == 6 * ANALYSIS_SR
         assert np.corrcoef(audio.samples, expected[: audio.n_samples])[0, 1] > 0.999
 
@@ -205,7 +207,9 @@ def test_eight_channel_source_decodes() -> None:
     # Regression: PyAV's AudioFrame.planes overruns on 8-channel planar frames (segfault).
     x = _music(6.0, sr=48_000)
     audio = decode_audio(_float_wav(np.concatenate([x] * 4), 48_000))
-    assert audio.source_channels == 8 and audio.channels is None
+    assert audio.source_channels == 8
+    assert audio.channels is not None and audio.channels.shape == (8, audio.n_samples)
+    assert audio.channel_weights == (1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41, 1.41)  # as 7.1
     assert audio.n_samples == 6 * ANALYSIS_SR
 
 
@@ -315,6 +319,16 @@ def test_too_short_reports_both_durations() -> None:
     assert "2.00 s" in info.value.message and "5.00 s" in info.value.message
 
 
+def test_a_file_with_no_samples_is_too_short_like_one_with_few() -> None:
+    # A header alone is well formed, not broken: the same code as a few samples.
+    nothing, little = np.zeros((2, 0), dtype=np.float32), _music(0.5)
+    for empty, short in ((_float_wav(nothing, SR), _float_wav(little, SR)),
+                         (encode_audio(nothing, SR, "flac"), encode_audio(little, SR, "flac"))):
+        assert _code(short) == "too_short"
+        assert _code(empty) == "too_short"
+        assert _code(empty, sr=None) == "too_short"
+
+
 def test_silence(music: np.ndarray) -> None:
     assert _code(encode_audio(np.zeros((2, 6 * SR)), SR, "m4a")) == "silent"
     # 16-bit PCM cannot even represent -100 dBFS: it decodes to digital zero.
@@ -325,6 +339,23 @@ def test_silence(music: np.ndarray) -> None:
     assert _code(_float_wav(click, SR)) == "silent"
     # A phase-inverted pair cancels in the mono analysis signal.
     assert _code(_float_wav(np.stack([music[0], -music[0]]), SR)) == "silent"
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+def test_polarity_inverted_stereo_is_silent_in_every_format(fmt: str, music: np.ndarray) -> None:
+    # L = -R mixes down to digital silence, or after a lossy codec to its coding noise
+    # alone (which was analysed as if it were the music): every format says why.
+    with pytest.raises(Silent, match="cancel out in the mono mix") as info:
+        decode_audio(encode_audio(np.stack([music[0], -music[0]]), SR, fmt))
+    assert "dBFS" in info.value.message
+
+
+def test_anti_correlated_stereo_that_does_not_cancel_still_decodes(music: np.ndarray) -> None:
+    # Correlation -0.94: the mix is thin (12 dB below its channels) but it is still music.
+    wide = np.stack([music[0], -0.6 * music[0] + 0.25 * music[1][::-1]])
+    audio = decode_audio(encode_audio(wide, SR, "m4a"))
+    assert audio.channels is not None
+    np.testing.assert_array_equal(audio.samples, librosa.to_mono(audio.channels))
 
 
 def test_non_finite_float_wav_is_undecodable(music: np.ndarray) -> None:

@@ -4,10 +4,12 @@ import numpy as np
 import pyloudnorm
 import pytest
 
+from contract.settings import Settings
 from testkit.encode import encode_audio
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
 from tests.unit.workers.features.signals import SR
+from workers.analysis import analyze
 from workers.audio import decode_audio
 from workers.features import loudness
 
@@ -49,3 +51,27 @@ def test_integrated_loudness_equals_pyloudnorm_on_real_clips():
     assert loudness.integrated_loudness(silence, SR) == loudness.LUFS_FLOOR
     with pytest.raises(ValueError):
         loudness.integrated_loudness(silence[: SR // 4], SR)  # shorter than one 400 ms block
+
+
+def test_stereo_carried_in_2_1_5_1_and_7_1_measures_as_the_stereo():
+    # BS.1770 sums weighted channel energies: music in the front pair of a 5.1 or 7.1
+    # file is as loud as the stereo file, and the LFE channel does not count. (Measured
+    # on the mean of all 6 or 8 channels, such files read 12 LU quieter; 2.1's LFE was
+    # weighed as a centre channel.)
+    score = generate_song(31, tonic=2, mode="major", tempo_bpm=100.0, drums=True,
+                          duration_s=6.0, style="pop")
+    stereo = render(score, 44100, "synth")
+    settings = Settings()
+
+    def lufs(x: np.ndarray) -> float:
+        descriptors = analyze(encode_audio(x, 44100, "flac"), settings).features.descriptors
+        return float(descriptors["loudness_lufs"])
+
+    expected = lufs(stereo)
+    # encode_audio writes FFmpeg's default layouts: 2.1, 5.1 and 7.1.
+    for n_channels, lfe in ((3, 2), (6, 3), (8, 3)):
+        x = np.zeros((n_channels, stereo.shape[1]), dtype=np.float32)
+        x[:2] = stereo
+        assert lufs(x) == pytest.approx(expected, abs=0.02), n_channels
+        x[lfe] = stereo[0]
+        assert lufs(x) == pytest.approx(expected, abs=0.02), n_channels
