@@ -7,14 +7,19 @@ Then, under the policy of :mod:`contract.retry`:
   say "over quota" in a 200 body): the shared limiter is penalised by the un-jittered
   step (:meth:`~contract.retry.Backoff.penalty`, Retry-After as a floor), so *every*
   producer process backs off; the next slot comes after it.
-* 200: the body (blank lines stripped) is decoded as JSON and checked by the caller's
-  ``check``; a malformed answer is :class:`UpstreamUnavailable` at once, never retried.
+* 200: the body (a UTF-8 byte order mark and blank lines stripped) is decoded as JSON
+  and checked by the caller's ``check``; a malformed answer is
+  :class:`UpstreamUnavailable` at once, never retried.
 * other 5xx and network errors: this process sleeps the full-jitter delay
   (:meth:`~contract.retry.Backoff.delay`, Retry-After as a floor).
 * any other status: :class:`UpstreamRejected` (``.status``), never retried.
 
 When the attempts run out: :class:`UpstreamUnavailable`. There is no sleep after the last
-attempt. ``stats`` counts ``requests``, ``retries`` and ``throttled``.
+attempt. A retry whose slot the limiter refuses (:class:`~producers.ratelimit.RateLimitTimeout`
+under a caller's :meth:`~producers.ratelimit.RateLimiter.bounded` wait, typically right after
+a throttling penalty) is :class:`UpstreamUnavailable` too: the upstream was asked and did
+not answer, which is not the same as "busy, not asked" (a refused *first* slot, re-raised).
+``stats`` counts ``requests``, ``retries`` and ``throttled``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import requests
 
 from contract.errors import UpstreamError
 from contract.retry import Backoff, parse_retry_after
-from producers.ratelimit import RateLimiter
+from producers.ratelimit import RateLimiter, RateLimitTimeout
+
+BOM = b"\xef\xbb\xbf"
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -72,7 +79,16 @@ class JsonGet:
         for failures in range(self.attempts):
             if failures:
                 self.stats["retries"] += 1
-            self.limiter.acquire()
+            try:
+                self.limiter.acquire()
+            except RateLimitTimeout as exc:
+                if not failures:
+                    raise  # busy before any call: the caller may ask another source
+                # Asked, and told to slow down or failed: this is no answer, and must not
+                # read as "not asked" (a caller would take the other sources' miss as final).
+                raise UpstreamUnavailable(
+                    f"{self.label} {path}: gave up after {failures} attempts ({last}; "
+                    f"{exc.message})") from None
             self.stats["requests"] += 1
             try:
                 resp = self.session.get(url, params=params, timeout=self.timeout)
@@ -81,7 +97,10 @@ class JsonGet:
                 self._pause(failures + 1, None, shared=False)
                 continue
             status = resp.status_code
-            body = resp.content.strip()
+            body = resp.content
+            if body.startswith(BOM):  # JSON text may not carry one (RFC 8259), some do
+                body = body[len(BOM):]
+            body = body.strip()
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             # Before the 200 branch: Deezer says "over quota" in a 200 body.
             if self.throttled(status, body):

@@ -358,6 +358,30 @@ def test_itunes_unusable_answer_and_a_weak_deezer_match_is_upstream_unavailable(
     assert [q.path for q in upstream.requests] == ["/search", "/search/track", "/search"]
 
 
+def test_itunes_throttled_once_with_deezer_free_is_no_miss(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review. iTunes answers one 403 (throttling) to the album
+    search of R1; its penalty (2 s) puts the retry's slot beyond the wait a source is given
+    while Deezer is free (``BUSY_S``). Before, that refusal read as "iTunes busy, not asked"
+    and every track came out ``no_confident_match`` on Deezer's empty answers (failed for
+    good, remembered); iTunes was asked and did not answer, so it is
+    ``upstream_unavailable`` (retried later), and resolves once iTunes answers."""
+    mb, _, dz = clients(settings, r)
+    it = ITunesClient(settings, RateLimiter(r, "itunes", 500), cache=RedisResponseCache(r),
+                      backoff=Backoff(base_s=2.0, cap_s=2.0))
+    resolver = Resolver(settings, mb,
+                        it, deezer=dz, handled=lambda ids: {})
+    upstream.fail_next(1, 403, b"", path_prefix="/search")
+    got = list(resolver.resolve_release(R1))
+    assert len(got) == 5 and it.stats["throttled"] == 1
+    assert {x.error_code for x in got} == {"upstream_unavailable"}
+    assert all("throttled" in x.reason for x in got)
+    RateLimiter(r, "itunes", 500).reset()  # iTunes takes calls again
+    again = list(resolver.resolve_release(R1))  # not remembered as misses: asked again
+    assert [x.error_code for x in again] == [None] * 5
+    assert {x.job.source for x in again if x.job} == {"itunes"}
+
+
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
     mb, it, dz = clients(settings, r)
     resolver = Resolver(settings, mb, it, deezer=dz, stored=lambda rid: True)
