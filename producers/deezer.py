@@ -56,11 +56,12 @@ def error_code(data: Any) -> int | None:
 def _throttled(status: int, body: bytes) -> bool:
     if status == 429:
         return True
-    if status != 200 or not body.startswith(b'{"error"'):
+    # Any spacing or key order ('{ "error"', pretty-printed): parse, do not match bytes.
+    if status != 200 or not body.startswith(b"{") or b'"error"' not in body:
         return False
     try:
         return error_code(json.loads(body)) in QUOTA_CODES
-    except ValueError:
+    except (UnicodeDecodeError, ValueError):
         return False
 
 

@@ -245,6 +245,21 @@ def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: 
     assert info.value.status == 403
 
 
+def test_itunes_403_html_page_is_throttling(settings: Settings, r: Redis,
+                                           upstream: UpstreamServer) -> None:
+    """Written by the API-layer review: Apple's edge answers a throttled client 403 with
+    an HTML "Forbidden" page too. Before, that was upstream_rejected (not transient: the
+    recording failed for good); it is throttling, retried, like the empty 403."""
+    resolver = make_resolver(settings, r, cache=False, retries=3)
+    upstream.fail_next(1, 403, b"<html><head><title>403 Forbidden</title></head></html>",
+                       path_prefix="/search")
+    assert len(resolver.itunes.search("Zo\u00e9 Varga \u00c9lectrique nuit", entity="album")) == 3
+    assert resolver.itunes.stats["throttled"] == 1
+    upstream.fail_next(100, 403, b"<html>Forbidden</html>", path_prefix="/search")
+    res = resolver.resolve_recording(REC_A2)
+    assert res.error_code == "upstream_unavailable" and res.job is None
+
+
 # -- the shared rate limiter ----------------------------------------------------------
 WORKER = textwrap.dedent("""
     import sys, requests

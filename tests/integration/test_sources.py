@@ -171,6 +171,24 @@ def test_deezer_quota_code_4_in_a_200_is_throttling(settings: Settings, r: Redis
     assert r.keys(DEEZER_CACHE_PREFIX + "*") and len(r.keys(DEEZER_CACHE_PREFIX + "*")) == 1
 
 
+@pytest.mark.parametrize("quota", [
+    b'{\n  "error": {\n    "type": "Exception",\n    "message": "Quota limit exceeded",\n'
+    b'    "code": 4\n  }\n}\n',
+    b'\xef\xbb\xbf{ "error" : {"code": 4, "message": "Quota limit exceeded"}}',
+    b'{"error": {"type": "Exception", "message": "Service busy", "code": 700}}'],
+    ids=["pretty", "bom-spaced", "busy-700"])
+def test_deezer_quota_in_any_json_spelling_is_throttling(
+        settings: Settings, r: Redis, upstream: UpstreamServer, quota: bytes) -> None:
+    """Written by the API-layer review: the quota answer pretty-printed or spaced (a
+    recording proxy reformats JSON) was read as an unknown error, not retried, and the
+    shared limiter not penalised."""
+    _, _, dz = clients(settings, r, retries=3)
+    upstream.fail_next(1, 200, quota, path_prefix="/track/")
+    track = dz.track_by_isrc("USHP10300002")
+    assert track is not None and track["id"] == 3020000102
+    assert dz.stats["throttled"] == 1 and dz.calls == 2
+
+
 def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
                                     upstream: UpstreamServer) -> None:
     _, it, _ = clients(settings, r)
