@@ -57,6 +57,9 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``upstream_rejected`` — MusicBrainz refused the request, or a source did and no
   source gave any candidate;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
+* ``search_truncated`` — a MusicBrainz search (``query:…``, ``new-releases:…``) matched
+  more results than the search serves (:data:`~producers.musicbrainz.SEARCH_WINDOW`), even
+  split into narrower windows: the rest was not reached (the results before were resolved);
 * ``invalid_isrc`` — an input is not an ISRC, even normalised (no call made);
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`;
@@ -675,7 +678,8 @@ class Resolver:
             except UpstreamError as exc:
                 yield _error(f"isrc:{isrc}", exc)
                 continue
-            recs = [r for r in data.get("recordings") or [] if r.get("id")]
+            recs = [r for r in data.get("recordings") or []
+                    if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]]
             if not recs:
                 yield Resolution(f"isrc:{isrc}", None, 0.0,
                                  f"MusicBrainz has no recording with ISRC {isrc}",
@@ -691,24 +695,45 @@ class Resolver:
     def resolve_query(self, lucene: str, max_results: int | None = None, *,
                       page_size: int = 100) -> Iterator[Resolution]:
         """Every recording a MusicBrainz recording search returns, per-track."""
+        mb = self._need_mb()
+        cut = len(mb.truncated)
         try:
-            for rec in self._need_mb().iter_search_recordings(lucene, max_results,
-                                                              page_size=page_size):
+            for rec in mb.iter_search_recordings(lucene, max_results, page_size=page_size):
                 yield self.resolve_recording_data(rec)
         except UpstreamError as exc:
             yield _error(f"query:{lucene}"[:64], exc)
+        yield from _truncated("query", mb.truncated[cut:])
 
     def resolve_new_releases(self, since: date, until: date | None = None, *,
                              max_results: int | None = None,
                              page_size: int = 100) -> Iterator[Resolution]:
-        """Releases dated in [since, until] (MusicBrainz ``date``), each album-first."""
+        """Releases dated in [since, until] (MusicBrainz ``date``), each album-first, once:
+        a release listed twice, or under an MBID merged into one already resolved (the
+        lookup answers the release it was merged into), is resolved the first time only."""
+        mb = self._need_mb()
+        cut = len(mb.truncated)
+        done: set[str] = set()
         try:
-            for stub in self._need_mb().new_releases(since, until, max_results=max_results,
-                                                     page_size=page_size):
-                if stub.get("id"):
-                    yield from self.resolve_release(stub["id"])
+            for stub in mb.new_releases(since, until, max_results=max_results,
+                                        page_size=page_size):
+                mbid = stub.get("id")
+                if not isinstance(mbid, str) or not mbid or mbid in done:
+                    continue
+                done.add(mbid)
+                try:
+                    release = mb.release(mbid)
+                except UpstreamError as exc:
+                    yield _error(f"release:{mbid}", exc)
+                    continue
+                canonical = release["id"]
+                if canonical != mbid:
+                    if canonical in done:
+                        continue  # merged into a release resolved already
+                    done.add(canonical)
+                yield from self.resolve_release_data(release)
         except UpstreamError as exc:
             yield _error(f"new-releases:{since.isoformat()}", exc)
+        yield from _truncated("new-releases", mb.truncated[cut:])
 
     def resolve_dump(self, path: str | Path, start_line: int = 0, *,
                      plan: Any = None) -> Iterator[tuple[int, Resolution]]:
@@ -783,6 +808,17 @@ class Resolver:
             return [_invalid_entity(line_no, kind, item, exc)]
         return [Resolution(f"line:{line_no}", None, 0.0,
                            "neither a release nor a recording entity", "unknown_entity")]
+
+
+SEARCH_TRUNCATED = "search_truncated"
+
+
+def _truncated(kind: str, notes: list[str]) -> Iterator[Resolution]:
+    """One resolution per search cut at the search window (see the module docstring)."""
+    for note in notes:
+        yield Resolution(f"{kind}:{note}"[:200], None, 0.0,
+                         f"MusicBrainz search {note}: the results past the search window "
+                         "were not reached; narrow the input", SEARCH_TRUNCATED)
 
 
 def _must_stop(exc: Exception) -> bool:

@@ -164,6 +164,50 @@ def test_recording_isrcs_query_and_new_releases(settings: Settings, r: Redis,
     assert len(new) == 5 and all(x.ok for x in new)
 
 
+def test_musicbrainz_error_bodies_and_null_entries_are_no_answers(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made answers. A 200 carrying the web
+    service's error object was a release without tracks (``no_tracks``, skipped for good,
+    under ``release:?``); null entries in a search or an ISRC answer crashed the run
+    (AttributeError)."""
+    resolver = make_resolver(settings, r)
+    upstream.fail_next(1, 200, b'{"error": "Internal Server Error", "help": "..."}',
+                       path_prefix=f"/ws/2/release/{R1}")
+    assert [(x.recording_id, x.error_code) for x in resolver.resolve_release(R1)] == [
+        (f"release:{R1}", "upstream_unavailable")]
+    upstream.fail_next(1, 200, json.dumps({"count": 2, "offset": 0, "recordings": [
+        None, json.loads((FIXTURES / "mb" / "recording_a2.json").read_text("utf-8"))]}
+    ).encode(), path_prefix="/ws/2/recording")
+    got = list(resolver.resolve_query('artist:"Zoé Varga"'))
+    assert [(x.recording_id, x.ok) for x in got] == [(REC_A2, True)]
+    upstream.fail_next(1, 200, b'{"isrc": "FRZ017900009", "recordings": [null]}',
+                       path_prefix="/ws/2/isrc/")
+    got = list(resolver.resolve_isrcs(["FRZ017900009"]))
+    assert [(x.recording_id, x.error_code) for x in got] == [("isrc:FRZ017900009",
+                                                              "isrc_unknown")]
+
+
+def test_new_release_listed_twice_or_under_a_merged_mbid_is_resolved_once(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made answers. The search lists R1, R1
+    again (results moved between pages), and an MBID merged into R1 (its lookup answers
+    R1's document, with R1's id): before, R1's five recordings came out three times
+    (duplicate jobs in a resolve output). Each release is looked up once per MBID and
+    resolved once; the jobs carry the canonical release id."""
+    old = "0ddba11e-0000-4000-8000-000000000001"
+    stub = {"id": R1, "title": "Électrique nuit"}
+    upstream.fail_next(1, 200, json.dumps({"count": 3, "offset": 0, "releases": [
+        stub, stub, {**stub, "id": old}]}).encode(), path_prefix="/ws/2/release")
+    upstream.fail_next(1, 200, (FIXTURES / "mb" / "release_r1.json").read_bytes(),
+                       path_prefix=f"/ws/2/release/{old}")
+    resolver = make_resolver(settings, r)
+    got = list(resolver.resolve_new_releases(date(2024, 1, 1), date(2024, 1, 31)))
+    assert len(got) == 5 and all(x.ok and x.job.release_id == R1 for x in got)
+    assert len({x.recording_id for x in got}) == 5
+    assert [q.path for q in upstream.requests_to("/ws/2/release/")] == [
+        f"/ws/2/release/{R1}", f"/ws/2/release/{old}"]
+
+
 def test_isrc_inputs_are_checked_and_asked_once(settings: Settings, r: Redis,
                                                upstream: UpstreamServer) -> None:
     """Given an ISRC in three spellings and values that are no ISRC, expect one

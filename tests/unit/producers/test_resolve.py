@@ -54,6 +54,35 @@ def test_isrcs_are_checked_and_deduplicated_before_any_call() -> None:
         '"not an isrc" is not an ISRC (12 characters like USRC17607839)')
 
 
+def test_a_search_cut_at_the_window_is_a_resolution_of_its_own() -> None:
+    """Written by the API-layer review: releases a new-releases search could not reach
+    (past the search window, whatever the split) are reported, ``search_truncated``,
+    after the releases it reached; nothing is passed over in silence."""
+    from datetime import date
+
+    rel = release()
+
+    class Cut:
+        def __init__(self) -> None:
+            self.truncated: list[str] = []
+
+        def new_releases(self, since: Any, until: Any, **kw: Any) -> Any:
+            yield {"id": rel["id"]}
+            self.truncated.append("date:[2024-03-01 TO 2024-03-01] (25 results, "
+                                  "10 reachable)")
+
+        def release(self, mbid: str) -> dict[str, Any]:
+            return rel
+
+    resolver = resolver_with(FakeSource("itunes", store()))
+    resolver.mb = Cut()
+    got = list(resolver.resolve_new_releases(date(2024, 3, 1), date(2024, 3, 1)))
+    assert got[-1].error_code == "search_truncated" and got[-1].job is None
+    assert got[-1].recording_id.startswith("new-releases:date:[2024-03-01 TO 2024-03-01]")
+    assert "25 results, 10 reachable" in got[-1].reason
+    assert len(got) == len(rel["media"][0]["tracks"]) + 1
+
+
 def test_a_video_found_by_isrc_gets_no_call() -> None:
     """Given an ISRC whose recordings are a video and its audio recording, expect the
     video ``video_recording`` without a store call, and only the audio one searched."""
