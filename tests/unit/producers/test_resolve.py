@@ -83,6 +83,59 @@ def test_a_search_cut_at_the_window_is_a_resolution_of_its_own() -> None:
     assert len(got) == len(rel["media"][0]["tracks"]) + 1
 
 
+def test_an_odd_musicbrainz_answer_is_one_invalid_entity_not_the_end_of_the_run() -> None:
+    """Written by the API-layer review: an answer with null where an object belongs (an
+    ``artist-credit`` part, an entry of a recording's ``releases``) raised AttributeError
+    out of resolve_release / resolve_query / resolve_new_releases / resolve_isrcs,
+    ending the whole run (a dump line of the same shape was already one
+    ``invalid_entity``). Now it is that entity's ``invalid_entity``, and the run goes on."""
+    odd_release = {**release(), "artist-credit": [None]}
+    odd_rec = {"id": "rec-odd", "title": "Song", "length": 1000, "releases": [None]}
+    good = release()["media"][0]["tracks"][1]["recording"]
+    good_rec = {**good, "artist-credit": [{"name": ARTIST}],
+                "releases": [{"id": "rel-1", "title": "Midnight Radio"}]}
+
+    class Odd:
+        def __init__(self) -> None:
+            self.truncated: list[str] = []
+
+        def release(self, mbid: str) -> dict[str, Any]:
+            return odd_release if mbid == "rel-1" else {**release(), "id": mbid}
+
+        def recording(self, mbid: str) -> dict[str, Any]:
+            return odd_rec
+
+        def iter_search_recordings(self, lucene: str, *a: Any, **kw: Any) -> Any:
+            return iter([odd_rec, good_rec])
+
+        def new_releases(self, since: Any, until: Any, **kw: Any) -> Any:
+            return iter([{"id": "rel-1"}, {"id": "rel-2"}])
+
+        def isrc(self, isrc: str) -> dict[str, Any]:
+            return {"isrc": isrc, "recordings": [odd_rec]}
+
+    def codes(results: Any) -> list[tuple[str, str | None]]:
+        return [(x.recording_id, x.error_code) for x in results]
+
+    resolver = resolver_with(FakeSource("itunes", store(), by_isrc=True))
+    resolver.mb = Odd()
+    got = list(resolver.resolve_release("rel-1"))
+    assert codes(got) == [("release:rel-1", "invalid_entity")]
+    assert got[0].reason.startswith(
+        "MusicBrainz answer: cannot resolve this release entity (AttributeError")
+    assert codes([resolver.resolve_recording("rec-x")]) == [("recording:rec-odd",
+                                                             "invalid_entity")]
+    assert codes(resolver.resolve_query("q")) == [("recording:rec-odd", "invalid_entity"),
+                                                  (good["id"], None)]
+    from datetime import date
+
+    got = list(resolver.resolve_new_releases(date(2024, 1, 1), date(2024, 1, 31)))
+    assert codes(got)[0] == ("release:rel-1", "invalid_entity")
+    assert len(got) == 1 + len(release()["media"][0]["tracks"])
+    assert codes(resolver.resolve_isrcs(["USRC17607839"])) == [("recording:rec-odd",
+                                                                 "invalid_entity")]
+
+
 def test_a_video_found_by_isrc_gets_no_call() -> None:
     """Given an ISRC whose recordings are a video and its audio recording, expect the
     video ``video_recording`` without a store call, and only the audio one searched."""
