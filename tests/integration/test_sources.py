@@ -189,6 +189,29 @@ def test_deezer_quota_in_any_json_spelling_is_throttling(
     assert dz.stats["throttled"] == 1 and dz.calls == 2
 
 
+def test_deezer_album_tracks_follow_next(settings: Settings, r: Redis,
+                                        upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made pages: Deezer pages lists
+    (``data``, ``total``, ``next``). An album answered 25 tracks at a time lost every
+    track past the first page (their barcode positions then untrusted or unmatched)."""
+    _, _, dz = clients(settings, r)
+    rows = [{**deezer_row(3020010000 + n, f"Song {n}", 180), "track_position": n,
+             "disk_number": 1} for n in range(1, 31)]
+    nxt = f"{upstream.url}/album/302000077/tracks?limit=500&index=25"
+    upstream.fail_next(1, 200, json.dumps({"data": rows[:25], "total": 30, "next": nxt}
+                                          ).encode(), path_prefix="/album/302000077/tracks")
+    upstream.fail_next(1, 200, json.dumps({"data": rows[25:], "total": 30, "prev": nxt}
+                                          ).encode(), path_prefix="/album/302000077/tracks")
+    got = dz.album_tracks(302000077)
+    assert [t["track_position"] for t in got] == list(range(1, 31))
+    assert [q.query.get("index") for q in upstream.requests] == [None, "25"]
+    # an upstream that ignores ``index`` (the same page again, still with ``next``)
+    upstream.clear()
+    upstream.fail_next(5, 200, json.dumps({"data": rows[:25], "total": 30, "next": nxt}
+                                          ).encode(), path_prefix="/album/302000078/tracks")
+    assert len(dz.album_tracks(302000078)) == 25 and dz.calls == 4
+
+
 def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
                                     upstream: UpstreamServer) -> None:
     _, it, _ = clients(settings, r)
