@@ -14,11 +14,13 @@ Then, under the policy of :mod:`contract.retry`:
   (:meth:`~contract.retry.Backoff.delay`, Retry-After as a floor).
 * any other status: :class:`UpstreamRejected` (``.status``), never retried.
 
-When the attempts run out: :class:`UpstreamUnavailable`. There is no sleep after the last
-attempt. A retry whose slot the limiter refuses (:class:`~producers.ratelimit.RateLimitTimeout`
-under a caller's :meth:`~producers.ratelimit.RateLimiter.bounded` wait, typically right after
-a throttling penalty) is :class:`UpstreamUnavailable` too: the upstream was asked and did
-not answer, which is not the same as "busy, not asked" (a refused *first* slot, re-raised).
+A body larger than :data:`MAX_BODY_BYTES` is :class:`UpstreamUnavailable` at once (read as
+it streams in, never held whole). When the attempts run out: :class:`UpstreamUnavailable`.
+There is no sleep after the last attempt. A retry whose slot the limiter refuses
+(:class:`~producers.ratelimit.RateLimitTimeout` under a caller's
+:meth:`~producers.ratelimit.RateLimiter.bounded` wait, typically right after a throttling
+penalty) is :class:`UpstreamUnavailable` too: the upstream was asked and did not answer,
+which is not the same as "busy, not asked" (a refused *first* slot, re-raised).
 ``stats`` counts ``requests``, ``retries`` and ``throttled``.
 """
 
@@ -36,6 +38,10 @@ from contract.retry import Backoff, parse_retry_after
 from producers.ratelimit import RateLimiter, RateLimitTimeout
 
 BOM = b"\xef\xbb\xbf"
+# The largest body read (a 100-disc box set with its ISRCs is a few MB): past it the
+# answer is refused as it streams in, never held whole in memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_CHUNK = 256 * 1024
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -72,6 +78,12 @@ class JsonGet:
     label: str
     throttled: Callable[[int, bytes], bool]
     check: Callable[[Any], str | None]
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        # Stream every answer (a Session default, so an injected session's get() is
+        # called as before): the body is read in chunks and refused past max_body_bytes.
+        self.session.stream = True
 
     def __call__(self, path: str, url: str, params: dict[str, Any] | None = None) -> Any:
         """GET ``url`` (``path`` names it in errors) and return the checked JSON."""
@@ -92,12 +104,15 @@ class JsonGet:
             self.stats["requests"] += 1
             try:
                 resp = self.session.get(url, params=params, timeout=self.timeout)
+                body = self._read(resp)
             except requests.RequestException as exc:
                 last = f"network error: {exc.__class__.__name__}: {exc}"
                 self._pause(failures + 1, None, shared=False)
                 continue
+            if body is None:  # the same answer again would be as large: not retried
+                raise UpstreamUnavailable(f"{self.label} {path}: HTTP {resp.status_code} "
+                                          f"body over {self.max_body_bytes} bytes")
             status = resp.status_code
-            body = resp.content
             if body.startswith(BOM):  # JSON text may not carry one (RFC 8259), some do
                 body = body[len(BOM):]
             body = body.strip()
@@ -117,6 +132,29 @@ class JsonGet:
             raise UpstreamRejected(f"{self.label} {path}: HTTP {status}", status)
         raise UpstreamUnavailable(
             f"{self.label} {path}: gave up after {self.attempts} attempts ({last})")
+
+    def _read(self, resp: Any) -> bytes | None:
+        """The whole body, or None past ``max_body_bytes`` (the connection closed)."""
+        if not isinstance(resp, requests.Response):
+            return resp.content  # a test double: already whole
+        try:
+            declared = int(resp.headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > self.max_body_bytes:
+            resp.close()
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in resp.iter_content(_CHUNK):
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    return None
+                chunks.append(chunk)
+        finally:
+            resp.close()
+        return b"".join(chunks)
 
     def _pause(self, failures: int, retry_after_s: float | None, *, shared: bool) -> None:
         if shared:  # every process waits, the next acquire() included

@@ -304,6 +304,23 @@ def test_itunes_403_html_page_is_throttling(settings: Settings, r: Redis,
     assert res.error_code == "upstream_unavailable" and res.job is None
 
 
+def test_a_body_over_the_cap_is_refused_as_it_streams(settings: Settings, r: Redis,
+                                                     upstream: UpstreamServer) -> None:
+    """Written by the API-layer review: the whole body of any answer was read into memory,
+    however large (an endless or huge answer from a broken proxy could exhaust a small
+    producer box). Over the cap the answer is upstream_unavailable, not retried; the
+    same client still reads answers under it (the connection was let go cleanly)."""
+    resolver = make_resolver(settings, r)
+    resolver.mb._json_get.max_body_bytes = 4096
+    padding = json.dumps({"id": R1, "media": [], "annotation": "x" * 20_000}).encode()
+    upstream.fail_next(1, 200, padding, path_prefix=f"/ws/2/release/{R1}")
+    with pytest.raises(UpstreamUnavailable, match="body over 4096 bytes"):
+        resolver.mb.release(R1)
+    assert resolver.mb.calls == 1
+    resolver.mb._json_get.max_body_bytes = 1 << 20
+    assert resolver.mb.release(R1)["id"] == R1
+
+
 # -- the shared rate limiter ----------------------------------------------------------
 WORKER = textwrap.dedent("""
     import sys, requests

@@ -129,3 +129,25 @@ def test_a_retry_refused_by_a_bounded_limiter_is_unavailable_not_busy() -> None:
     with pytest.raises(RateLimitTimeout):
         get("p", "http://x/p")
     assert stats["requests"] == 0
+
+
+def _streamed(body: bytes) -> requests.Response:
+    """A real Response whose body streams in without a Content-Length (chunked)."""
+    import io
+
+    resp = requests.Response()
+    resp.status_code = 200
+    resp.raw = io.BytesIO(body)
+    return resp
+
+
+def test_a_body_without_length_is_cut_at_the_cap_as_it_streams() -> None:
+    """Written by the API-layer review: a chunked answer larger than the cap is refused
+    while it streams in (upstream_unavailable, not retried); one under it is read."""
+    get, _, _, stats = _getter([_streamed(b'{"a": "' + b"x" * 5000 + b'"}'),
+                                _streamed(b'{"a": 1}')])
+    get.max_body_bytes = 1000
+    with pytest.raises(UpstreamUnavailable, match="body over 1000 bytes"):
+        get("p", "http://x/p")
+    assert stats["requests"] == 1
+    assert get("p", "http://x/p") == {"a": 1}
