@@ -489,13 +489,21 @@ class DeezerSource(_StoreSource):
         return ReleaseAnswer(matched)
 
     def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
-        """One call per ISRC tried (``/track/isrc:…``), until one is found."""
+        """One call per ISRC tried (``/track/isrc:…``), until one is found; a track that
+        carries an ISRC that is none of the recording's is not found by it."""
         miss: Miss | None = None
         for isrc in entry.isrcs:
             row = self.client.track_by_isrc(isrc)
             if row is None:
                 continue
-            got = isrc_candidate(entry, deezer_track(row), self.name)
+            track = deezer_track(row)
+            if track.isrc and track.isrc not in entry.isrcs:
+                # Another recording's track (Deezer may answer a substitute): its ISRC
+                # says it is not this one, so it is no ISRC match.
+                miss = miss or Miss(0.0, f"{self.name}: /track/isrc:{isrc} answered a "
+                                         f"track with ISRC {track.isrc}")
+                continue
+            got = isrc_candidate(entry, track, self.name)
             if isinstance(got, Candidate):
                 return got
             miss = got

@@ -313,6 +313,23 @@ def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
     assert resolver.calls["deezer"] == 3 + 1 + 3
 
 
+def test_deezer_isrc_lookup_answering_another_isrc_is_no_isrc_match(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with a hand-made answer: ``/track/isrc:X``
+    answering a track whose own ``isrc`` is another (a substitute: the remaster, the
+    live take under its own code) was taken with the ``isrc`` rule at confidence 1."""
+    mb, _, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, None, deezer=dz)
+    other = {**deezer_row(3020000199, "Static Hearts", 215), "isrc": "USHP12100002"}
+    upstream.fail_next(1, 200, json.dumps(other).encode(),
+                       path_prefix="/track/isrc:USHP10300002")
+    rec = {**mb_recording("Static Hearts", 215), "isrcs": ["USHP10300002"]}
+    res = resolver.resolve_recording_data(rec)
+    assert (res.job, res.error_code) == (None, "no_confident_match")  # search: nothing
+    assert res.reason == ("deezer: /track/isrc:USHP10300002 answered a track with ISRC "
+                          "USHP12100002")
+
+
 # -- a match needs a preview ----------------------------------------------------------
 def test_itunes_song_search_takes_the_duplicate_with_a_preview(
         settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
