@@ -267,28 +267,42 @@ class MusicBrainzClient:
         return found if max_results is None else itertools.islice(found, max_results)
 
     def _iter_dated(self, since: date, until: date | None, page_size: int, seen: set[str],
-                    *, split_open: bool, terms: tuple[str, ...] = ()
-                    ) -> Iterator[dict[str, Any]]:
-        """The releases of one date window; a window matching more than
-        :data:`SEARCH_WINDOW` is split (halves of its days; a single day by
-        :data:`DAY_SPLIT_TERMS`), as the search serves no result past it."""
+                    *, split_open: bool, terms: tuple[str, ...] = (), tried: int = 0,
+                    first: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The releases of one date window (``first``: its page at offset 0, if fetched).
+
+        The search serves no result past :data:`SEARCH_WINDOW`, so a window matching more
+        is split in two: halves of its days, a single day by the next of
+        :data:`DAY_SPLIT_TERMS` (``tried`` of them so far) and its NOT. A split is taken
+        only when its two counts add up to no more than the whole (with some slack for
+        releases added meanwhile): an upstream that does not partition (ignores the
+        range or the term) would otherwise be asked the same thing over and over. A
+        window that cannot be split is paged to the window and noted in ``truncated``."""
         lucene = new_releases_query(since, until, terms)
-        first = self._search("release", lucene, page_size, 0)
-        if _count(first) > SEARCH_WINDOW:
+        if first is None:
+            first = self._search("release", lucene, page_size, 0)
+        total = _count(first)
+        while total > SEARCH_WINDOW:
             halves = _split_window(since, until, split_open)
             if halves is not None:
-                (a, b), (c, d) = halves
+                parts = [((a, b), terms) for a, b in halves]
+            elif tried < len(DAY_SPLIT_TERMS):
+                term = DAY_SPLIT_TERMS[tried]
+                parts = [((since, until), (*terms, t)) for t in (term, f"NOT {term}")]
+            else:
+                break
+            pages = [self._search("release", new_releases_query(a, b, t), page_size, 0)
+                     for (a, b), t in parts]
+            if sum(_count(p) for p in pages) > total + total // 100 + 10:
+                if halves is not None:
+                    break  # the range is not honoured: no split will narrow it
+                tried += 1  # this term is not honoured: the next one
+                continue
+            for ((a, b), t), page in zip(parts, pages, strict=True):
                 yield from self._iter_dated(a, b, page_size, seen, split_open=False,
-                                            terms=terms)
-                yield from self._iter_dated(c, d, page_size, seen,
-                                            split_open=False, terms=terms)
-                return
-            term = next((t for t in DAY_SPLIT_TERMS if t not in terms), None)
-            if term is not None:
-                for part in (term, f"NOT {term}"):
-                    yield from self._iter_dated(since, until, page_size, seen,
-                                                split_open=False, terms=(*terms, part))
-                return
+                                            terms=t, tried=tried + (halves is None),
+                                            first=page)
+            return
         yield from self._iter_search("release", "releases", lucene, None, page_size, seen,
                                      first)
 

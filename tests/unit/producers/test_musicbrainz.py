@@ -111,6 +111,37 @@ def test_a_day_past_every_split_is_reported_truncated(monkeypatch: pytest.Monkey
         "date:[2024-03-01 TO 2024-03-01] AND status:official (25 results, 10 reachable)"]
 
 
+def test_splits_that_do_not_narrow_end_in_a_truncation_not_a_flood(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day none of the split terms divides (every release official, the other terms
+    unknown to the index), and an upstream that ignores the query altogether: each
+    term is tried once (two queries), then the window is paged and the cut noted. No
+    endless recursion, no thousands of queries."""
+    monkeypatch.setattr(musicbrainz, "SEARCH_WINDOW", 40)
+    day = date(2024, 3, 1)
+    releases = [{**r, "status": "Official"} for r in _releases(day, 100)]
+    service = _Service(releases, window=40)
+    client = _client(service)
+    assert len(list(client.new_releases(day, day, page_size=10))) == 40
+    assert len(service.queries) <= 1 + 2 * len(musicbrainz.DAY_SPLIT_TERMS) + 4
+    assert len(client.truncated) == 1
+
+    class Deaf(_Service):  # answers every query with the same day's first results
+        def get(self, url: str, params: dict[str, Any] | None = None,
+                timeout: Any = None) -> _Response:
+            offset = int(params["offset"])
+            self.queries.append((params["query"], offset))
+            page = self.releases[offset:offset + int(params["limit"])] if offset < 40 else []
+            return _Response(200, {"count": 100, "offset": offset, "releases": page})
+
+    deaf = Deaf(releases)
+    client = _client(deaf)
+    got = list(client.new_releases(date(2024, 1, 1), date(2024, 12, 31), page_size=10))
+    assert len(got) == 40 and len(deaf.queries) <= 3 + 4
+    assert client.truncated == ["date:[2024-01-01 TO 2024-12-31] (100 results, "
+                                "40 reachable)"]
+
+
 def test_paging_skips_repeats_nulls_and_stops_when_offset_is_ignored() -> None:
     """Results that move between pages (an item on two pages), null entries, and an
     upstream that ignores ``offset`` (the same page again, ``count`` large): each item
