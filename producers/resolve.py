@@ -161,10 +161,18 @@ def _valid_isrcs(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(isrc for isrc in parsed if isrc))  # repeats dropped, in order
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clip(text: str | None, max_chars: int = TEXT_MAX_CHARS) -> str | None:
-    """``text`` cut to ``max_chars`` with an ellipsis: a job's title and artist are shown,
-    not matched on, so a 30-artist credit must not cost a confident match."""
-    if text is None or len(text) <= max_chars:
+    """``text`` cut to ``max_chars`` with an ellipsis, a lone surrogate (a JSON
+    ``"\\ud800"`` escape with no pair, which no UTF-8 text can hold) as U+FFFD: a
+    job's title and artist are shown, not matched on, so a 30-artist credit or one
+    broken character must not cost a confident match."""
+    if text is None:
+        return None
+    text = _SURROGATE.sub("\ufffd", text)
+    if len(text) <= max_chars:
         return text
     return text[:max_chars - 1] + "…"
 

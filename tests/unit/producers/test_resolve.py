@@ -136,6 +136,22 @@ def test_an_odd_musicbrainz_answer_is_one_invalid_entity_not_the_end_of_the_run(
                                                                  "invalid_entity")]
 
 
+def test_a_lone_surrogate_in_a_credit_or_title_does_not_cost_the_match() -> None:
+    """Written by the API-layer review: JSON may escape a lone surrogate ("\\ud800"),
+    which json.loads keeps and no UTF-8 text can hold. In a release's credit it made
+    every track ``invalid_job`` (failed for good) although matched by ISRC; the job's
+    shown title and artist take U+FFFD for it."""
+    rel = release()
+    rel["artist-credit"][0]["name"] += "\ud800"
+    for part in (rel["media"][0]["tracks"][0], rel["media"][0]["tracks"][0]["recording"]):
+        part["title"] += " \udfff"
+    got = list(resolver_with(FakeSource("itunes", store(), by_isrc=True))
+               .resolve_release_data(rel))
+    assert [x.error_code for x in got] == [None] * len(got)
+    assert got[0].job.title.endswith(" \ufffd") and got[0].job.artist.endswith("\ufffd")
+    assert all(x.job.to_json().encode("utf-8") for x in got)
+
+
 def test_a_video_found_by_isrc_gets_no_call() -> None:
     """Given an ISRC whose recordings are a video and its audio recording, expect the
     video ``video_recording`` without a store call, and only the audio one searched."""
