@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -178,7 +179,8 @@ class MusicBrainzClient:
         """One entity by MBID. A merged MBID answers the entity it was merged into: the
         body's ``id`` is then the new one, which callers keep (it is the recording's
         identity everywhere else: ISRC lookups, searches, other releases)."""
-        data = self._get(f"{entity}/{mbid}", {"inc": inc})
+        # Quoted: an id from an answer or an input is a path segment, never a path.
+        data = self._get(f"{entity}/{quote(mbid, safe='')}", {"inc": inc})
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise UpstreamUnavailable(f"MusicBrainz {entity}/{mbid}: answer without an id")
         return data
@@ -193,7 +195,7 @@ class MusicBrainzClient:
         """``{"isrc": ..., "recordings": [...]}``; an unknown ISRC is HTTP 404 upstream,
         returned here as an empty recordings list."""
         try:
-            return self._get(f"isrc/{isrc}", {"inc": ISRC_INC})
+            return self._get(f"isrc/{quote(isrc, safe='')}", {"inc": ISRC_INC})
         except UpstreamRejected as exc:
             if exc.status == 404:
                 return {"isrc": isrc, "recordings": []}

@@ -14,7 +14,7 @@ import pytest
 
 from contract.settings import Settings
 from producers import musicbrainz
-from producers.http import UpstreamUnavailable
+from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.musicbrainz import MusicBrainzClient
 
 
@@ -170,3 +170,22 @@ def test_an_error_body_or_a_lookup_without_id_is_no_release() -> None:
         with pytest.raises(UpstreamUnavailable) as info:
             client.release(mbid)
         assert info.value.code == "upstream_unavailable"
+
+
+def test_an_id_is_one_path_segment_never_a_path() -> None:
+    """An id from an input or an answer ("../isrc/X?inc=y") went into the lookup URL as
+    it was: another endpoint of the web service answered, read as the entity asked."""
+    class Recorder(_Service):
+        def get(self, url: str, params: dict[str, Any] | None = None,
+                timeout: Any = None) -> _Response:
+            self.queries.append((url, 0))
+            return _Response(404, b'{"error": "Not Found"}')
+
+    service = Recorder([])
+    client = _client(service)
+    with pytest.raises(UpstreamRejected):
+        client.release("../isrc/FRZ017900002?inc=x")
+    assert client.isrc("AB/../C") == {"isrc": "AB/../C", "recordings": []}
+    assert [url for url, _ in service.queries] == [
+        "http://mb.test/ws/2/release/..%2Fisrc%2FFRZ017900002%3Finc%3Dx",
+        "http://mb.test/ws/2/isrc/AB%2F..%2FC"]
