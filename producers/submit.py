@@ -61,6 +61,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -350,15 +351,21 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
 # --------------------------------------------------------------------------- resolve output
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def resolution_line(res: ResolutionLike) -> str:
     """One line of ``previewvec resolve`` output (also accepted by ``previewvec enqueue``)."""
-    return json.dumps({
+    line = json.dumps({
         "job": res.job.to_dict() if res.job is not None else None,
         "recording_id": res.recording_id,
         "match_score": round(float(res.score), 4),
         "match_reason": res.reason,
         "error_code": res.error_code,
     }, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (from an answer's JSON escape, or an argument of invalid bytes) is
+    # written as its JSON escape: as a character no UTF-8 file can hold it.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def storable(text: str) -> str:

@@ -363,6 +363,17 @@ def test_an_unresolved_id_or_reason_with_a_lone_surrogate_is_recorded(env) -> No
     assert dict(runs.failures(run_id))["rec-\\udfff"]["message"] == "best \\ud800"
 
 
+def test_a_resolve_output_line_with_a_lone_surrogate_is_utf8(env) -> None:
+    """Written by the API-layer review: ``previewvec resolve --out`` writes UTF-8; a lone
+    surrogate in a resolution (see above) raised UnicodeEncodeError mid-run. The line
+    carries it as its JSON escape, and reads back the same."""
+    res = FakeResolution("release:\udcff", None, 0.0, "best 'x\ud800'", "upstream_rejected")
+    line = submit_mod.resolution_line(res)
+    assert "\\udcff" in line and line.encode("utf-8")
+    back = json.loads(line)
+    assert (back["recording_id"], back["match_reason"]) == (res.recording_id, res.reason)
+
+
 def test_videos_and_releases_without_recordings_are_skipped_not_failed(env) -> None:
     """Given a video recording and a release without recordings (``video_recording``,
     ``no_tracks``: no call made), expect both marked skipped under their own counters,
