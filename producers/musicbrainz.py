@@ -180,7 +180,7 @@ class MusicBrainzClient:
         body's ``id`` is then the new one, which callers keep (it is the recording's
         identity everywhere else: ISRC lookups, searches, other releases)."""
         # Quoted: an id from an answer or an input is a path segment, never a path.
-        data = self._get(f"{entity}/{quote(mbid, safe='')}", {"inc": inc})
+        data = self._get(f"{entity}/{quote(str(mbid), safe='')}", {"inc": inc})
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise UpstreamUnavailable(f"MusicBrainz {entity}/{mbid}: answer without an id")
         return data
@@ -195,7 +195,7 @@ class MusicBrainzClient:
         """``{"isrc": ..., "recordings": [...]}``; an unknown ISRC is HTTP 404 upstream,
         returned here as an empty recordings list."""
         try:
-            return self._get(f"isrc/{quote(isrc, safe='')}", {"inc": ISRC_INC})
+            return self._get(f"isrc/{quote(str(isrc), safe='')}", {"inc": ISRC_INC})
         except UpstreamRejected as exc:
             if exc.status == 404:
                 return {"isrc": isrc, "recordings": []}

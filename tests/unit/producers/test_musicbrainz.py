@@ -186,6 +186,8 @@ def test_an_id_is_one_path_segment_never_a_path() -> None:
     with pytest.raises(UpstreamRejected):
         client.release("../isrc/FRZ017900002?inc=x")
     assert client.isrc("AB/../C") == {"isrc": "AB/../C", "recordings": []}
+    with pytest.raises(UpstreamRejected):  # a number where an answer had an id: asked
+        client.release(5)  # type: ignore[arg-type]
     assert [url for url, _ in service.queries] == [
         "http://mb.test/ws/2/release/..%2Fisrc%2FFRZ017900002%3Finc%3Dx",
-        "http://mb.test/ws/2/isrc/AB%2F..%2FC"]
+        "http://mb.test/ws/2/isrc/AB%2F..%2FC", "http://mb.test/ws/2/release/5"]
