@@ -416,28 +416,31 @@ def test_itunes_unusable_answer_and_a_weak_deezer_match_is_upstream_unavailable(
     assert [q.path for q in upstream.requests] == ["/search", "/search/track", "/search"]
 
 
-def test_itunes_throttled_once_with_deezer_free_is_no_miss(
+def test_a_started_itunes_step_finishes_with_deezer_free(
         settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
-    """Written by the API-layer review. iTunes answers one 403 (throttling) to the album
-    search of R1; its penalty (2 s) puts the retry's slot beyond the wait a source is given
-    while Deezer is free (``BUSY_S``). Before, that refusal read as "iTunes busy, not asked"
-    and every track came out ``no_confident_match`` on Deezer's empty answers (failed for
-    good, remembered); iTunes was asked and did not answer, so it is
-    ``upstream_unavailable`` (retried later), and resolves once iTunes answers."""
+    """Written by the API-layer review. iTunes's album step is two calls (album search,
+    then the album's songs); at iTunes's rate the second slot is one interval (here
+    1.5 s, in production 3 s) away, beyond the wait a source is given while Deezer is
+    free (``BUSY_S``). Before, that second slot was refused: the search's answer thrown
+    away, the step read as "iTunes busy, not asked", and every track of R1 came out
+    ``no_confident_match`` on Deezer's empty answers (failed for good, remembered). With
+    both sources on (the default) no iTunes album step could complete. The bound now
+    decides whether a step starts; a started step waits its turn, its retries included
+    (one 403 here: the retry waits out the shared penalty)."""
     mb, _, dz = clients(settings, r)
-    it = ITunesClient(settings, RateLimiter(r, "itunes", 500), cache=RedisResponseCache(r),
-                      backoff=Backoff(base_s=2.0, cap_s=2.0))
-    resolver = Resolver(settings, mb,
-                        it, deezer=dz, handled=lambda ids: {})
-    upstream.fail_next(1, 403, b"", path_prefix="/search")
+    it = ITunesClient(settings, RateLimiter(r, "itunes", 1 / 1.5), cache=RedisResponseCache(r),
+                      backoff=Backoff(base_s=1.2, cap_s=1.2))
+    resolver = Resolver(settings, mb, it, deezer=dz, handled=lambda ids: {})
     got = list(resolver.resolve_release(R1))
-    assert len(got) == 5 and it.stats["throttled"] == 1
-    assert {x.error_code for x in got} == {"upstream_unavailable"}
-    assert all("throttled" in x.reason for x in got)
-    RateLimiter(r, "itunes", 500).reset()  # iTunes takes calls again
-    again = list(resolver.resolve_release(R1))  # not remembered as misses: asked again
-    assert [x.error_code for x in again] == [None] * 5
-    assert {x.job.source for x in again if x.job} == {"itunes"}
+    assert [x.error_code for x in got] == [None] * 5
+    assert {x.job.source for x in got if x.job} == {"itunes"}
+    assert [q.path for q in upstream.requests if not q.path.startswith(("/ws/", "/track/"))
+            ] == ["/search", "/lookup"]
+    r.flushdb()
+    upstream.clear()
+    upstream.fail_next(1, 403, b"", path_prefix="/search")  # throttled once, then answers
+    again = list(Resolver(settings, mb, it, deezer=dz).resolve_release(R1))
+    assert [x.error_code for x in again] == [None] * 5 and it.stats["throttled"] == 1
 
 
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
@@ -526,6 +529,21 @@ def test_bounded_limiter_refuses_a_far_slot_without_reserving(r: Redis) -> None:
     assert 0.3 < limiter.next_wait_s() <= 0.5  # nothing was reserved
     with limiter.bounded(1.0):
         assert limiter.acquire() > 0.3  # within the bound: granted and waited
+    assert limiter.grants == 2
+
+
+def test_a_bounded_block_refuses_only_its_first_slot(r: Redis) -> None:
+    """Written by the API-layer review: the bound decides whether work on a source starts;
+    once a slot is granted, the block's next acquire() waits its turn (a step's second
+    call), and the bound holds again in the next block."""
+    from producers.ratelimit import RateLimitTimeout
+
+    limiter = RateLimiter(r, "bounded-step", rate_per_s=4.0)  # slots 0.25 s apart
+    with limiter.bounded(0.1):
+        limiter.acquire()
+        assert limiter.acquire() > 0.1  # granted beyond the bound: the step goes on
+    with limiter.bounded(0.1), pytest.raises(RateLimitTimeout):
+        limiter.acquire()
     assert limiter.grants == 2
 
 
