@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from contract.jobs import parse_isrc
 from contract.sources import link_back
 from producers.deezer import DeezerClient
 from producers.itunes import ITunesClient
@@ -443,7 +444,9 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
     preview = _str(row.get("preview")) if row.get("readable", True) is not False else None
     return StoreTrack(item, tid, preview,
                       _str(row.get("link")) or (link_back("deezer", tid) if tid else None),
-                      isrc.upper() if isinstance(isrc, str) and isrc else None)
+                      # normalised as the recording's are ("us-hp1-03-00002" is one)
+                      parse_isrc(isrc) or (isrc.upper() if isinstance(isrc, str) and isrc
+                                           else None))
 
 
 class DeezerSource(_StoreSource):
