@@ -15,7 +15,8 @@ Then, under the policy of :mod:`contract.retry`:
 * any other status: :class:`UpstreamRejected` (``.status``), never retried.
 
 A body larger than :data:`MAX_BODY_BYTES` is :class:`UpstreamUnavailable` at once (read as
-it streams in, never held whole). When the attempts run out: :class:`UpstreamUnavailable`.
+it streams in, never held whole); one that takes longer than :data:`MAX_READ_S` to arrive
+is a network error (retried). When the attempts run out: :class:`UpstreamUnavailable`.
 There is no sleep after the last attempt. A retry whose slot the limiter refuses
 (:class:`~producers.ratelimit.RateLimitTimeout` under a caller's
 :meth:`~producers.ratelimit.RateLimiter.bounded` wait, typically right after a throttling
@@ -27,11 +28,13 @@ which is not the same as "busy, not asked" (a refused *first* slot, re-raised).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from contract.errors import UpstreamError
 from contract.retry import Backoff, parse_retry_after
@@ -42,6 +45,7 @@ BOM = b"\xef\xbb\xbf"
 # answer is refused as it streams in, never held whole in memory.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
+MAX_READ_S = 120.0  # the longest a body may take to arrive, once its headers have
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -79,6 +83,7 @@ class JsonGet:
     throttled: Callable[[int, bytes], bool]
     check: Callable[[Any], str | None]
     max_body_bytes: int = MAX_BODY_BYTES
+    max_read_s: float = MAX_READ_S
 
     def __post_init__(self) -> None:
         # Stream every answer (a Session default, so an injected session's get() is
@@ -146,8 +151,21 @@ class JsonGet:
             return None
         chunks: list[bytes] = []
         size = 0
+        # The read timeout bounds each wait for bytes, not the whole body: an answer that
+        # trickles in (a byte every few seconds) would hold this producer for hours.
+        deadline = time.monotonic() + self.max_read_s
         try:
-            for chunk in resp.iter_content(_CHUNK):
+            while True:
+                if time.monotonic() > deadline:
+                    raise requests.ConnectionError(
+                        f"body not read within {self.max_read_s:g} s ({size} bytes)")
+                try:
+                    # read1: whatever has arrived (decoded), so the deadline is checked
+                    chunk = resp.raw.read1(_CHUNK, decode_content=True)
+                except urllib3.exceptions.HTTPError as exc:  # cut off, timed out
+                    raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from None
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > self.max_body_bytes:
                     return None

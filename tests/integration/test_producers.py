@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from datetime import date
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from producers.musicbrainz import (
 )
 from producers.ratelimit import RateLimiter, RateLimitTimeout
 from producers.resolve import Resolver, pick_release
+from tests.local_http import start_server, stop_server
 from tests.upstream_server import FIXTURES, UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -319,6 +321,58 @@ def test_a_body_over_the_cap_is_refused_as_it_streams(settings: Settings, r: Red
     assert resolver.mb.calls == 1
     resolver.mb._json_get.max_body_bytes = 1 << 20
     assert resolver.mb.release(R1)["id"] == R1
+
+
+class _OddBodies(BaseHTTPRequestHandler):
+    """Written by the API-layer review: a release answer that trickles in (a byte every
+    0.1 s, each wait far under the read timeout), and one gzip-encoded."""
+
+    protocol_version = "HTTP/1.1"
+    body = (FIXTURES / "mb" / "release_r1.json").read_bytes()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if "gzip" in self.path:
+            packed = gzip.compress(self.body)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+            return
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        try:
+            for i in range(len(self.body)):
+                self.wfile.write(self.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up: as it should
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_body_that_trickles_in_is_given_up_and_gzip_is_read(r: Redis) -> None:
+    """Written by the API-layer review: the read timeout bounds each wait for bytes, not
+    the whole body, so an answer trickling in held the producer for as long as it took
+    (hours for a release). Past ``max_read_s`` it is a network error (retried, then
+    upstream_unavailable). A gzip-encoded answer still reads whole."""
+    server = start_server(_OddBodies)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = Settings(mb_contact=CONTACT, musicbrainz_url=url)
+        mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), max_retries=1,
+                               backoff=FAST, sleep=lambda s: None)
+        mb._json_get.max_read_s = 0.3
+        with pytest.raises(UpstreamUnavailable, match=r"body not read within 0\.3 s"):
+            mb.release("trickle")
+        assert mb.calls == 2
+        mb._json_get.max_read_s = 60
+        assert mb.release("gzip")["id"] == R1
+    finally:
+        stop_server(server)
 
 
 # -- the shared rate limiter ----------------------------------------------------------

@@ -135,9 +135,11 @@ def _streamed(body: bytes) -> requests.Response:
     """A real Response whose body streams in without a Content-Length (chunked)."""
     import io
 
+    import urllib3
+
     resp = requests.Response()
     resp.status_code = 200
-    resp.raw = io.BytesIO(body)
+    resp.raw = urllib3.HTTPResponse(body=io.BytesIO(body), preload_content=False)
     return resp
 
 
