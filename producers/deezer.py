@@ -43,6 +43,7 @@ from producers.ratelimit import RateLimiter
 QUOTA_CODES = frozenset({4, 700})  # "quota limit exceeded", "service busy": retry later
 NO_DATA_CODE = 800
 MAX_TRACKS_PAGE = 500
+MAX_TRACK_PAGES = 40  # an album's pages followed at most (20 000 tracks at 500)
 
 
 def error_code(data: Any) -> int | None:
@@ -56,11 +57,12 @@ def error_code(data: Any) -> int | None:
 def _throttled(status: int, body: bytes) -> bool:
     if status == 429:
         return True
-    if status != 200 or not body.startswith(b'{"error"'):
+    # Any spacing or key order ('{ "error"', pretty-printed): parse, do not match bytes.
+    if status != 200 or not body.startswith(b"{") or b'"error"' not in body:
         return False
     try:
         return error_code(json.loads(body)) in QUOTA_CODES
-    except ValueError:
+    except (UnicodeDecodeError, ValueError):
         return False
 
 
@@ -134,9 +136,29 @@ class DeezerClient:
         return [row for row in data.get("data") or [] if isinstance(row, dict)]
 
     def album_tracks(self, album_id: int | str) -> list[dict[str, Any]]:
-        """``/album/<id>/tracks``: the album's tracks with ISRCs and positions."""
-        listing = self._get(f"album/{album_id}/tracks", {"limit": MAX_TRACKS_PAGE}) or {}
-        return [t for t in listing.get("data") or [] if isinstance(t, dict)]
+        """``/album/<id>/tracks``: the album's tracks with ISRCs and positions.
+
+        Deezer pages lists (``data``, ``total``, ``next``): a page shorter than the album
+        (the server may cap ``limit``) is followed by the next, from ``index`` = rows
+        read so far, while ``next`` is given and a page brings tracks not seen before."""
+        path = f"album/{album_id}/tracks"
+        tracks: list[dict[str, Any]] = []
+        seen: set[Any] = set()
+        params: dict[str, Any] = {"limit": MAX_TRACKS_PAGE}
+        index = 0
+        for _ in range(MAX_TRACK_PAGES):
+            listing = self._get(path, params) or {}
+            rows = listing.get("data")
+            fresh = [t for t in rows if isinstance(t, dict) and (
+                t.get("id") is None or t.get("id") not in seen)] if isinstance(
+                rows, list) else []
+            seen.update(t.get("id") for t in fresh)
+            tracks += fresh
+            if not fresh or not listing.get("next"):
+                break
+            index += len(rows)  # type: ignore[arg-type]  # a list: fresh is not empty
+            params = {"limit": MAX_TRACKS_PAGE, "index": index}
+        return tracks
 
     def album_by_upc(self, upc: str) -> DeezerAlbum | None:
         """The album with this barcode and its tracks (two calls), or None.

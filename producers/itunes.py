@@ -2,7 +2,7 @@
 
 Apple documents roughly 20 calls per minute; the limiter (``settings.itunes_rate_per_min``)
 is shared by every producer process through Redis. Over the limit Apple answers
-**403 with an empty body**: that is throttling, never "no results" — the client
+**403 with an empty body** (or an HTML page): that is throttling, never "no results" — the client
 penalises the shared limiter and retries (:mod:`producers.http`), and gives up with
 ``upstream_unavailable`` rather than ever returning an empty result for it. Bodies may
 start with blank lines; they are stripped before JSON parsing.
@@ -52,8 +52,10 @@ class CollectionLookup:
 
 
 def _throttled(status: int, body: bytes) -> bool:
-    """Apple's throttling answer (403 with an empty body, or 429): never "no results"."""
-    return (status == 403 and not body) or status == 429
+    """Apple's throttling answer (403 with an empty body or a non-JSON one, e.g. an edge
+    server's HTML "Forbidden" page; or 429): never "no results". A 403 with a JSON body
+    (``{"errorMessage": ...}``) is the API refusing the request itself."""
+    return (status == 403 and not body.startswith(b"{")) or status == 429
 
 
 def _check(data: Any) -> str | None:

@@ -12,6 +12,13 @@ Failures are typed, and retried by :mod:`producers.http` (shared with the iTunes
   after a full-jitter sleep. When retries run out: :class:`UpstreamUnavailable`
   (``upstream_unavailable``).
 * any other non-200 status: :class:`UpstreamRejected` (``upstream_rejected``, ``.status``).
+* a 200 whose body is no answer (not an object, an ``{"error": ...}`` object, a lookup
+  without an ``id``): :class:`UpstreamUnavailable`, never read as an empty release.
+
+Searches page by ``offset`` until ``count`` is reached, a page is empty or brings nothing
+new (an upstream that ignores ``offset``), each item once (results move while paging);
+entries that are not objects are dropped. A search reaches only its first
+:data:`SEARCH_WINDOW` results: what lies beyond is noted in ``truncated``.
 
 ``new_releases`` searches releases by their ``date`` field (the release event date), not
 ``firstreleasedate`` (a release-group field): a reissue dated in the window *is* a new
@@ -22,10 +29,12 @@ store skips cheaply. Partial dates ("1977", "1977-05") are valid MusicBrainz dat
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -33,10 +42,17 @@ from contract import __version__
 from contract.errors import ConfigError
 from contract.retry import Backoff
 from contract.settings import Settings
-from producers.http import JsonGet, UpstreamRejected
+from producers.http import JsonGet, UpstreamRejected, UpstreamUnavailable
 from producers.ratelimit import RateLimiter
 
 MAX_SEARCH_LIMIT = 100
+# The search server serves results up to this offset only; a query matching more must be
+# narrowed (new_releases splits its date range, then a day by complementary terms).
+SEARCH_WINDOW = 10_000
+# Terms that split one day's releases in two (the term, then NOT the term) when the day
+# alone has more than SEARCH_WINDOW: exhaustive whatever the index makes of each term.
+DAY_SPLIT_TERMS = ("status:official", "primarytype:album", 'format:"Digital Media"',
+                   "country:XW", "country:US", "country:GB", "country:DE", "country:JP")
 RECORDING_INC = "isrcs+artist-credits+releases"
 RELEASE_INC = "recordings+isrcs+artist-credits"
 ISRC_INC = "artist-credits+releases"
@@ -44,6 +60,25 @@ ISRC_INC = "artist-credits+releases"
 
 class MbContactMissing(ConfigError):
     code = "mb_contact_missing"
+
+
+def _check(data: Any) -> str | None:
+    """A problem with a decoded MusicBrainz body, or None. The web service reports errors
+    as ``{"error": "...", "help": "..."}``: behind a proxy that answers 200 such a body
+    would otherwise read as a release without tracks (skipped for good)."""
+    if not isinstance(data, dict):
+        return "body is not an object"
+    if "error" in data:
+        return f"error: {str(data['error'])[:200]}"
+    return None
+
+
+def _count(page: dict[str, Any]) -> int:
+    """A search page's ``count`` (0 when missing or not a number)."""
+    try:
+        return max(0, int(page.get("count") or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def user_agent(contact: str) -> str:
@@ -125,7 +160,9 @@ class MusicBrainzClient:
         self._json_get = JsonGet(
             self.session, limiter, self.backoff, max_retries + 1, timeout, sleep, self.stats,
             label="MusicBrainz", throttled=lambda status, body: status in (429, 503),
-            check=lambda data: None if isinstance(data, dict) else "body is not an object")
+            check=_check)
+        # Searches that matched more than SEARCH_WINDOW results: the rest was not reached.
+        self.truncated: list[str] = []
 
     @property
     def calls(self) -> int:
@@ -138,17 +175,27 @@ class MusicBrainzClient:
                               {**params, "fmt": "json"})
 
     # -- lookups -----------------------------------------------------------------------
+    def _lookup(self, entity: str, mbid: str, inc: str) -> dict[str, Any]:
+        """One entity by MBID. A merged MBID answers the entity it was merged into: the
+        body's ``id`` is then the new one, which callers keep (it is the recording's
+        identity everywhere else: ISRC lookups, searches, other releases)."""
+        # Quoted: an id from an answer or an input is a path segment, never a path.
+        data = self._get(f"{entity}/{quote(str(mbid), safe='')}", {"inc": inc})
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise UpstreamUnavailable(f"MusicBrainz {entity}/{mbid}: answer without an id")
+        return data
+
     def recording(self, mbid: str) -> dict[str, Any]:
-        return self._get(f"recording/{mbid}", {"inc": RECORDING_INC})
+        return self._lookup("recording", mbid, RECORDING_INC)
 
     def release(self, mbid: str) -> dict[str, Any]:
-        return self._get(f"release/{mbid}", {"inc": RELEASE_INC})
+        return self._lookup("release", mbid, RELEASE_INC)
 
     def isrc(self, isrc: str) -> dict[str, Any]:
         """``{"isrc": ..., "recordings": [...]}``; an unknown ISRC is HTTP 404 upstream,
         returned here as an empty recordings list."""
         try:
-            return self._get(f"isrc/{isrc}", {"inc": ISRC_INC})
+            return self._get(f"isrc/{quote(str(isrc), safe='')}", {"inc": ISRC_INC})
         except UpstreamRejected as exc:
             if exc.status == 404:
                 return {"isrc": isrc, "recordings": []}
@@ -161,18 +208,39 @@ class MusicBrainzClient:
         return self._get(entity, {"query": lucene, "limit": limit, "offset": offset})
 
     def _iter_search(self, entity: str, key: str, lucene: str, max_results: int | None,
-                     page_size: int) -> Iterator[dict[str, Any]]:
-        offset = seen = 0
+                     page_size: int, seen: set[str] | None = None,
+                     first: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every result once (by ``id``; ``seen`` may be shared by several queries),
+        ``first`` being the page at offset 0 when already fetched."""
+        seen = set() if seen is None else seen
+        offset = yielded = 0
         while True:
-            page = self._search(entity, lucene, page_size, offset)
-            items = page.get(key) or []
+            page = first if first is not None and offset == 0 else self._search(
+                entity, lucene, page_size, offset)
+            items = page.get(key)
+            items = items if isinstance(items, list) else []
+            fresh = 0
             for item in items:
+                if not isinstance(item, dict):
+                    continue  # a null or garbage entry: nothing to resolve
+                item_id = item.get("id")
+                if isinstance(item_id, str) and item_id:
+                    if item_id in seen:
+                        continue  # results moved between pages: already yielded
+                    seen.add(item_id)
+                fresh += 1
                 yield item
-                seen += 1
-                if max_results is not None and seen >= max_results:
+                yielded += 1
+                if max_results is not None and yielded >= max_results:
                     return
             offset += len(items)
-            if not items or offset >= int(page.get("count") or 0):
+            count = _count(page)
+            # Nothing new: the upstream ignores ``offset`` (or keeps repeating a page);
+            # paging on would only ask the same again until ``count``.
+            if not items or not fresh or offset >= count:
+                return
+            if offset >= SEARCH_WINDOW:
+                self.truncated.append(f"{lucene} ({count} results, {offset} reachable)")
                 return
 
     def search_recordings(self, lucene: str, limit: int = 25,
@@ -196,10 +264,67 @@ class MusicBrainzClient:
                      page_size: int = MAX_SEARCH_LIMIT) -> Iterator[dict[str, Any]]:
         """Releases whose release date lies in [since, until] (open-ended if ``until`` is
         None), as release search results (no tracks: look each one up)."""
-        lucene = new_releases_query(since, until)
-        return self.iter_search_releases(lucene, max_results, page_size=page_size)
+        seen: set[str] = set()
+        found = self._iter_dated(since, until, page_size, seen, split_open=True)
+        return found if max_results is None else itertools.islice(found, max_results)
+
+    def _iter_dated(self, since: date, until: date | None, page_size: int, seen: set[str],
+                    *, split_open: bool, terms: tuple[str, ...] = (), tried: int = 0,
+                    first: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The releases of one date window (``first``: its page at offset 0, if fetched).
+
+        The search serves no result past :data:`SEARCH_WINDOW`, so a window matching more
+        is split in two: halves of its days, a single day by the next of
+        :data:`DAY_SPLIT_TERMS` (``tried`` of them so far) and its NOT. A split is taken
+        only when its two counts add up to no more than the whole (with some slack for
+        releases added meanwhile): an upstream that does not partition (ignores the
+        range or the term) would otherwise be asked the same thing over and over. A
+        window that cannot be split is paged to the window and noted in ``truncated``."""
+        lucene = new_releases_query(since, until, terms)
+        if first is None:
+            first = self._search("release", lucene, page_size, 0)
+        total = _count(first)
+        while total > SEARCH_WINDOW:
+            halves = _split_window(since, until, split_open)
+            if halves is not None:
+                parts = [((a, b), terms) for a, b in halves]
+            elif tried < len(DAY_SPLIT_TERMS):
+                term = DAY_SPLIT_TERMS[tried]
+                parts = [((since, until), (*terms, t)) for t in (term, f"NOT {term}")]
+            else:
+                break
+            pages = [self._search("release", new_releases_query(a, b, t), page_size, 0)
+                     for (a, b), t in parts]
+            if sum(_count(p) for p in pages) > total + total // 100 + 10:
+                if halves is not None:
+                    break  # the range is not honoured: no split will narrow it
+                tried += 1  # this term is not honoured: the next one
+                continue
+            for ((a, b), t), page in zip(parts, pages, strict=True):
+                yield from self._iter_dated(a, b, page_size, seen, split_open=False,
+                                            terms=t, tried=tried + (halves is None),
+                                            first=page)
+            return
+        yield from self._iter_search("release", "releases", lucene, None, page_size, seen,
+                                     first)
 
 
-def new_releases_query(since: date, until: date | None = None) -> str:
+def _split_window(since: date, until: date | None,
+                  split_open: bool) -> tuple[tuple[date, date | None], ...] | None:
+    """Two date windows covering [since, until], or None for a single day (or an open
+    window already split once: its future-dated tail is not split further)."""
+    if until is None:
+        if not split_open:
+            return None
+        mid = max(since, date.today())
+        return (since, mid), (mid + timedelta(days=1), None)
+    if until <= since:
+        return None
+    mid = since + (until - since) // 2
+    return (since, mid), (mid + timedelta(days=1), until)
+
+
+def new_releases_query(since: date, until: date | None = None,
+                       terms: tuple[str, ...] = ()) -> str:
     end = until.isoformat() if until else "*"
-    return f"date:[{since.isoformat()} TO {end}]"
+    return " AND ".join((f"date:[{since.isoformat()} TO {end}]", *terms))

@@ -66,9 +66,12 @@ class RateLimiter:
 
     @contextmanager
     def bounded(self, max_wait_s: float | None) -> Iterator[None]:
-        """Within the block, this thread's acquire() calls without a timeout refuse
+        """Within the block, this thread's first acquire() without a timeout refuses
         (:class:`RateLimitTimeout`, nothing reserved) a slot further than ``max_wait_s``
-        away: a caller with another source to ask does not queue behind this one."""
+        away: a caller with another source to ask does not queue behind this one. Once a
+        slot is granted the work has started, and the block's further acquire() calls
+        wait their turn: a step of several calls (an album search, then the album's
+        tracks) refused its second slot would throw away the first call's answer."""
         previous = getattr(self._local, "bound", None)
         self._local.bound = max_wait_s
         try:
@@ -82,7 +85,8 @@ class RateLimiter:
         Raises :class:`RateLimitTimeout` (reserving nothing) if the wait would exceed
         ``timeout_s``.
         """
-        if timeout_s is None:
+        from_block = timeout_s is None
+        if from_block:
             timeout_s = getattr(self._local, "bound", None)
         max_wait = -1 if timeout_s is None else max(0, round(timeout_s * 1_000_000))
         granted, wait_us = self._state.acquire(self.interval_us, self.burst, max_wait)
@@ -91,6 +95,8 @@ class RateLimiter:
             raise RateLimitTimeout(
                 f"rate limiter {self.name!r}: next slot in {wait:.2f}s exceeds timeout "
                 f"{timeout_s}s")
+        if from_block and timeout_s is not None:
+            self._local.bound = None  # started: the rest of the block waits its turn
         if wait > 0:
             self._sleep(wait)
         self.waited_s += wait

@@ -57,6 +57,9 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 * ``upstream_rejected`` — MusicBrainz refused the request, or a source did and no
   source gave any candidate;
 * ``isrc_unknown`` — MusicBrainz knows no recording for an ISRC;
+* ``search_truncated`` — a MusicBrainz search (``query:…``, ``new-releases:…``) matched
+  more results than the search serves (:data:`~producers.musicbrainz.SEARCH_WINDOW`), even
+  split into narrower windows: the rest was not reached (the results before were resolved);
 * ``invalid_isrc`` — an input is not an ISRC, even normalised (no call made);
 * dump line errors (``invalid_json``, ``not_an_object``, ``not_utf8``,
   ``line_too_long``, ``unknown_entity``) from :meth:`Resolver.resolve_dump`;
@@ -87,7 +90,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contract.errors import InputUnreadable, PreviewvecError, is_transient
 from contract.jobs import TEXT_MAX_CHARS, InvalidJob, Job, parse_isrc
@@ -137,6 +140,7 @@ UpstreamError = (UpstreamUnavailable, UpstreamRejected)
 INVALID_ENTITY = "invalid_entity"
 log = logging.getLogger(__name__)
 _Entry = Entry  # the name this module used before producers/sources.py
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -157,10 +161,18 @@ def _valid_isrcs(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(isrc for isrc in parsed if isrc))  # repeats dropped, in order
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clip(text: str | None, max_chars: int = TEXT_MAX_CHARS) -> str | None:
-    """``text`` cut to ``max_chars`` with an ellipsis: a job's title and artist are shown,
-    not matched on, so a 30-artist credit must not cost a confident match."""
-    if text is None or len(text) <= max_chars:
+    """``text`` cut to ``max_chars`` with an ellipsis, a lone surrogate (a JSON
+    ``"\\ud800"`` escape with no pair, which no UTF-8 text can hold) as U+FFFD: a
+    job's title and artist are shown, not matched on, so a 30-artist credit or one
+    broken character must not cost a confident match."""
+    if text is None:
+        return None
+    text = _SURROGATE.sub("\ufffd", text)
+    if len(text) <= max_chars:
         return text
     return text[:max_chars - 1] + "…"
 
@@ -595,7 +607,8 @@ class Resolver:
         except UpstreamError as exc:
             yield _error(f"release:{release_mbid}", exc)
             return
-        yield from self.resolve_release_data(release)
+        yield from _answered("release", release, f"release:{release_mbid}",
+                             lambda: self._resolve_release(release, None))
 
     def _recording_entry(self, rec: dict[str, Any], isrcs: tuple[str, ...] = ()) -> _Entry:
         release = pick_release(rec.get("releases"))
@@ -626,7 +639,8 @@ class Resolver:
             rec = self._need_mb().recording(mbid)
         except UpstreamError as exc:
             return _error(f"recording:{mbid}", exc)
-        return self.resolve_recording_data(rec)
+        return _answered("recording", rec, f"recording:{mbid}",
+                         lambda: [self.resolve_recording_data(rec)])[0]
 
     def resolve_isrcs(self, isrcs: Iterable[str]) -> Iterator[Resolution]:
         mb = self._need_mb()
@@ -641,7 +655,12 @@ class Resolver:
             except UpstreamError:
                 continue  # per-track search below
             wanted = {e.recording_id: e.isrcs for e in group}
-            for res in self.resolve_release_data(release, only=wanted):
+            got = _answered("release", release, f"release:{release_id}",
+                            lambda release=release, wanted=wanted: self._resolve_release(
+                                release, wanted))
+            if got and got[0].error_code == INVALID_ENTITY:
+                continue  # an odd release document: its recordings one by one below
+            for res in got:
                 done.add(res.recording_id)
                 yield res
         for entry in entries.values():
@@ -675,7 +694,8 @@ class Resolver:
             except UpstreamError as exc:
                 yield _error(f"isrc:{isrc}", exc)
                 continue
-            recs = [r for r in data.get("recordings") or [] if r.get("id")]
+            recs = [r for r in data.get("recordings") or []
+                    if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]]
             if not recs:
                 yield Resolution(f"isrc:{isrc}", None, 0.0,
                                  f"MusicBrainz has no recording with ISRC {isrc}",
@@ -686,29 +706,58 @@ class Resolver:
                         yield Resolution(rec["id"], None, 0.0, _VIDEO_REASON, VIDEO_RECORDING)
                     continue
                 if rec["id"] not in entries:
-                    entries[rec["id"]] = self._recording_entry(rec, _valid_isrcs([isrc]))
+                    got = _answered("recording", rec, f"isrc:{isrc}", lambda rec=rec, isrc=isrc: [
+                        self._recording_entry(rec, _valid_isrcs([isrc]))])
+                    if isinstance(got[0], Resolution):
+                        yield got[0]
+                    else:
+                        entries[rec["id"]] = got[0]
 
     def resolve_query(self, lucene: str, max_results: int | None = None, *,
                       page_size: int = 100) -> Iterator[Resolution]:
         """Every recording a MusicBrainz recording search returns, per-track."""
+        mb = self._need_mb()
+        cut = len(mb.truncated)
         try:
-            for rec in self._need_mb().iter_search_recordings(lucene, max_results,
-                                                              page_size=page_size):
-                yield self.resolve_recording_data(rec)
+            for rec in mb.iter_search_recordings(lucene, max_results, page_size=page_size):
+                yield from _answered("recording", rec, "recording:?",
+                                     lambda rec=rec: [self.resolve_recording_data(rec)])
         except UpstreamError as exc:
             yield _error(f"query:{lucene}"[:64], exc)
+        yield from _truncated("query", mb.truncated[cut:])
 
     def resolve_new_releases(self, since: date, until: date | None = None, *,
                              max_results: int | None = None,
                              page_size: int = 100) -> Iterator[Resolution]:
-        """Releases dated in [since, until] (MusicBrainz ``date``), each album-first."""
+        """Releases dated in [since, until] (MusicBrainz ``date``), each album-first, once:
+        a release listed twice, or under an MBID merged into one already resolved (the
+        lookup answers the release it was merged into), is resolved the first time only."""
+        mb = self._need_mb()
+        cut = len(mb.truncated)
+        done: set[str] = set()
         try:
-            for stub in self._need_mb().new_releases(since, until, max_results=max_results,
-                                                     page_size=page_size):
-                if stub.get("id"):
-                    yield from self.resolve_release(stub["id"])
+            for stub in mb.new_releases(since, until, max_results=max_results,
+                                        page_size=page_size):
+                mbid = stub.get("id")
+                if not isinstance(mbid, str) or not mbid or mbid in done:
+                    continue
+                done.add(mbid)
+                try:
+                    release = mb.release(mbid)
+                except UpstreamError as exc:
+                    yield _error(f"release:{mbid}", exc)
+                    continue
+                canonical = release["id"]
+                if canonical != mbid:
+                    if canonical in done:
+                        continue  # merged into a release resolved already
+                    done.add(canonical)
+                yield from _answered("release", release, f"release:{mbid}",
+                                     lambda release=release: self._resolve_release(release,
+                                                                                   None))
         except UpstreamError as exc:
             yield _error(f"new-releases:{since.isoformat()}", exc)
+        yield from _truncated("new-releases", mb.truncated[cut:])
 
     def resolve_dump(self, path: str | Path, start_line: int = 0, *,
                      plan: Any = None) -> Iterator[tuple[int, Resolution]]:
@@ -780,9 +829,20 @@ class Resolver:
         except Exception as exc:
             if _must_stop(exc):
                 raise
-            return [_invalid_entity(line_no, kind, item, exc)]
+            return [_invalid_entity(f"line {line_no}", f"line:{line_no}", kind, item, exc)]
         return [Resolution(f"line:{line_no}", None, 0.0,
                            "neither a release nor a recording entity", "unknown_entity")]
+
+
+SEARCH_TRUNCATED = "search_truncated"
+
+
+def _truncated(kind: str, notes: list[str]) -> Iterator[Resolution]:
+    """One resolution per search cut at the search window (see the module docstring)."""
+    for note in notes:
+        yield Resolution(f"{kind}:{note}"[:200], None, 0.0,
+                         f"MusicBrainz search {note}: the results past the search window "
+                         "were not reached; narrow the input", SEARCH_TRUNCATED)
 
 
 def _must_stop(exc: Exception) -> bool:
@@ -795,16 +855,32 @@ def _must_stop(exc: Exception) -> bool:
     return isinstance(exc, (PreviewvecError, RedisError, OSError, MemoryError))
 
 
-def _invalid_entity(line_no: int, kind: str, item: dict[str, Any],
+def _invalid_entity(where: str, fallback: str, kind: str, item: dict[str, Any],
                     exc: Exception) -> Resolution:
+    """The ``invalid_entity`` resolution of an entity (read at ``where``: a dump line, a
+    MusicBrainz answer) whose shape made resolving it fail; named ``fallback`` when the
+    entity has no usable id."""
     entity_id = item.get("id")
     if isinstance(entity_id, str) and 0 < len(entity_id) <= 100:
         name = f"{kind}:{entity_id}"
     else:
-        name = f"line:{line_no}"
-    reason = f"line {line_no}: cannot resolve this {kind} entity ({type(exc).__name__}: {exc})"
-    log.warning("dump %s", reason, exc_info=log.isEnabledFor(logging.DEBUG))
+        name = fallback
+    reason = f"{where}: cannot resolve this {kind} entity ({type(exc).__name__}: {exc})"
+    log.warning("%s", reason, exc_info=log.isEnabledFor(logging.DEBUG))
     return Resolution(name, None, 0.0, _clip(reason, 500) or reason, INVALID_ENTITY)
+
+
+def _answered(kind: str, item: dict[str, Any], fallback: str,
+              work: Callable[[], list[_T]]) -> list[_T] | list[Resolution]:
+    """``work()`` for an entity MusicBrainz answered; a failure of the entity's shape (a
+    bare-string ``artist-credit``, null where an object belongs) is its one
+    ``invalid_entity``, as for a dump line, not an exception that ends the run."""
+    try:
+        return work()
+    except Exception as exc:
+        if _must_stop(exc):
+            raise
+        return [_invalid_entity("MusicBrainz answer", fallback, kind, item, exc)]
 
 
 def _note(recent: OrderedDict[str, None], recording_id: str) -> None:

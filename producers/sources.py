@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from contract.jobs import parse_isrc
 from contract.sources import link_back
 from producers.deezer import DeezerClient
 from producers.itunes import ITunesClient
@@ -342,10 +343,22 @@ class _StoreSource:
 
 
 # -- iTunes -----------------------------------------------------------------------------
+def _str(value: Any) -> str | None:
+    """A non-empty string field, else None: an answer's null or number is no URL/name."""
+    return value if isinstance(value, str) and value else None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """An object field, else an empty one (null, or a bare string where an object is
+    documented)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _itunes_track(row: dict[str, Any]) -> StoreTrack:
     tid = str(row.get("trackId") or "")
-    return StoreTrack(item_from_itunes(row), tid, row.get("previewUrl") or None,
-                      row.get("trackViewUrl") or (link_back("itunes", tid) if tid else None))
+    return StoreTrack(item_from_itunes(row), tid, _str(row.get("previewUrl")),
+                      _str(row.get("trackViewUrl")) or (link_back("itunes", tid) if tid
+                                                        else None))
 
 
 class ITunesSource(_StoreSource):
@@ -415,7 +428,7 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
 
     duration = _int(row.get("duration"))
     tid = str(row.get("id") or "")
-    title = row.get("title") or row.get("title_short") or ""
+    title = _str(row.get("title")) or _str(row.get("title_short")) or ""
     version = row.get("title_version")
     # ``title`` is documented as the full title, ``title_short`` plus ``title_version``
     # ("(Live)"); should a row carry the version only in its own field, the version must
@@ -423,15 +436,17 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
     if isinstance(version, str) and version.strip() and version.strip() not in title:
         title = f"{title} {version.strip()}"
     item = Item(title=title,
-                artist=(row.get("artist") or {}).get("name") or "",
+                artist=_str(_obj(row.get("artist")).get("name")) or "",
                 duration_ms=duration * 1000 if duration else None,
                 disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),
-                album=album or (row.get("album") or {}).get("title"))
+                album=album or _str(_obj(row.get("album")).get("title")))
     isrc = row.get("isrc")
-    preview = row.get("preview") if row.get("readable", True) is not False else None
-    return StoreTrack(item, tid, preview or None,
-                      row.get("link") or (link_back("deezer", tid) if tid else None),
-                      isrc.upper() if isinstance(isrc, str) and isrc else None)
+    preview = _str(row.get("preview")) if row.get("readable", True) is not False else None
+    return StoreTrack(item, tid, preview,
+                      _str(row.get("link")) or (link_back("deezer", tid) if tid else None),
+                      # normalised as the recording's are ("us-hp1-03-00002" is one)
+                      parse_isrc(isrc) or (isrc.upper() if isinstance(isrc, str) and isrc
+                                           else None))
 
 
 class DeezerSource(_StoreSource):
@@ -443,8 +458,8 @@ class DeezerSource(_StoreSource):
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.album_by_upc(query.barcode)
-        tracks = None if found is None else [deezer_track(r, found.album.get("title"))
-                                             for r in found.tracks]
+        tracks = None if found is None else [
+            deezer_track(r, _str(found.album.get("title"))) for r in found.tracks]
         return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
@@ -456,15 +471,15 @@ class DeezerSource(_StoreSource):
         def score(row: dict[str, Any]) -> Match | None:
             if not row.get("id"):
                 return None
-            as_collection = {"collectionName": row.get("title"),
-                             "artistName": (row.get("artist") or {}).get("name"),
+            as_collection = {"collectionName": _str(row.get("title")),
+                             "artistName": _str(_obj(row.get("artist")).get("name")),
                              "trackCount": row.get("nb_tracks")}
             return album_score(query.title, query.artist, query.total_tracks, as_collection)
 
         best = best_scored(rows, score)
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
-        tracks = [deezer_track(r, best[1].get("title"))
+        tracks = [deezer_track(r, _str(best[1].get("title")))
                   for r in self.client.album_tracks(best[1]["id"])]
         matched = match_album(entries, tracks, self.name, self.threshold)
         matched = {i: c for i, c in matched.items() if c.rule == "isrc"}
@@ -477,13 +492,21 @@ class DeezerSource(_StoreSource):
         return ReleaseAnswer(matched)
 
     def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
-        """One call per ISRC tried (``/track/isrc:…``), until one is found."""
+        """One call per ISRC tried (``/track/isrc:…``), until one is found; a track that
+        carries an ISRC that is none of the recording's is not found by it."""
         miss: Miss | None = None
         for isrc in entry.isrcs:
             row = self.client.track_by_isrc(isrc)
             if row is None:
                 continue
-            got = isrc_candidate(entry, deezer_track(row), self.name)
+            track = deezer_track(row)
+            if track.isrc and track.isrc not in entry.isrcs:
+                # Another recording's track (Deezer may answer a substitute): its ISRC
+                # says it is not this one, so it is no ISRC match.
+                miss = miss or Miss(0.0, f"{self.name}: /track/isrc:{isrc} answered a "
+                                         f"track with ISRC {track.isrc}")
+                continue
+            got = isrc_candidate(entry, track, self.name)
             if isinstance(got, Candidate):
                 return got
             miss = got

@@ -61,6 +61,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -251,9 +252,9 @@ class _Submission:
         self.report.unresolved += 1
         fallback = f"line:{line_no}" if line_no is not None else f"unresolved:{n}"
         recording_id = str(getattr(res, "recording_id", "") or fallback)
-        self.runs.fail(self.run_id, recording_id[:200],
-                       getattr(res, "error_code", None) or "no_confident_match",
-                       getattr(res, "reason", "") or "not resolvable")
+        self.runs.fail(self.run_id, storable(recording_id[:200]),
+                       storable(getattr(res, "error_code", None) or "no_confident_match"),
+                       storable(getattr(res, "reason", "") or "not resolvable"))
         self.runs.count(self.run_id, "unresolved")
 
     def _stored(self, recording_id: str) -> None:
@@ -350,21 +351,35 @@ def submit(resolutions: Iterable[ResolutionLike | Job | tuple[int, ResolutionLik
 # --------------------------------------------------------------------------- resolve output
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def resolution_line(res: ResolutionLike) -> str:
     """One line of ``previewvec resolve`` output (also accepted by ``previewvec enqueue``)."""
-    return json.dumps({
+    line = json.dumps({
         "job": res.job.to_dict() if res.job is not None else None,
         "recording_id": res.recording_id,
         "match_score": round(float(res.score), 4),
         "match_reason": res.reason,
         "error_code": res.error_code,
     }, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (from an answer's JSON escape, or an argument of invalid bytes) is
+    # written as its JSON escape: as a character no UTF-8 file can hold it.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def storable(text: str) -> str:
+    """``text`` with lone surrogates backslash-escaped: an id or reason read from an
+    upstream answer or an input (JSON may escape a lone surrogate; a command-line argument
+    of invalid bytes holds them) must not make the run's Redis write fail
+    (UnicodeEncodeError), ending the submission on one odd entity."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def skip_deliberately(runs: Runs, run_id: str, recording_id: str, code: str) -> None:
     """Mark a recording (or ``release:<mbid>``) the resolver skipped on purpose
     (:data:`DELIBERATE_SKIPS`) as skipped in the run: nothing to compute, nothing failed."""
-    runs.succeed(run_id, recording_id[:200], "skipped", delivered=False)
+    runs.succeed(run_id, storable(recording_id[:200]), "skipped", delivered=False)
     runs.count(run_id, DELIBERATE_SKIPS[code])
 
 
@@ -378,8 +393,9 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
         skip_deliberately(runs, run_id, recording_id, code)
         return False
     reason = obj.get("match_reason")
-    runs.fail(run_id, recording_id, code if isinstance(code, str) and code else
-              "no_confident_match", reason if isinstance(reason, str) else "not resolvable")
+    runs.fail(run_id, storable(recording_id), storable(
+        code if isinstance(code, str) and code else "no_confident_match"),
+        storable(reason if isinstance(reason, str) else "not resolvable"))
     runs.count(run_id, "unresolved")
     return True
 

@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from datetime import date
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from producers.musicbrainz import (
 )
 from producers.ratelimit import RateLimiter, RateLimitTimeout
 from producers.resolve import Resolver, pick_release
+from tests.local_http import start_server, stop_server
 from tests.upstream_server import FIXTURES, UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +166,50 @@ def test_recording_isrcs_query_and_new_releases(settings: Settings, r: Redis,
     assert len(new) == 5 and all(x.ok for x in new)
 
 
+def test_musicbrainz_error_bodies_and_null_entries_are_no_answers(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made answers. A 200 carrying the web
+    service's error object was a release without tracks (``no_tracks``, skipped for good,
+    under ``release:?``); null entries in a search or an ISRC answer crashed the run
+    (AttributeError)."""
+    resolver = make_resolver(settings, r)
+    upstream.fail_next(1, 200, b'{"error": "Internal Server Error", "help": "..."}',
+                       path_prefix=f"/ws/2/release/{R1}")
+    assert [(x.recording_id, x.error_code) for x in resolver.resolve_release(R1)] == [
+        (f"release:{R1}", "upstream_unavailable")]
+    upstream.fail_next(1, 200, json.dumps({"count": 2, "offset": 0, "recordings": [
+        None, json.loads((FIXTURES / "mb" / "recording_a2.json").read_text("utf-8"))]}
+    ).encode(), path_prefix="/ws/2/recording")
+    got = list(resolver.resolve_query('artist:"Zoé Varga"'))
+    assert [(x.recording_id, x.ok) for x in got] == [(REC_A2, True)]
+    upstream.fail_next(1, 200, b'{"isrc": "FRZ017900009", "recordings": [null]}',
+                       path_prefix="/ws/2/isrc/")
+    got = list(resolver.resolve_isrcs(["FRZ017900009"]))
+    assert [(x.recording_id, x.error_code) for x in got] == [("isrc:FRZ017900009",
+                                                              "isrc_unknown")]
+
+
+def test_new_release_listed_twice_or_under_a_merged_mbid_is_resolved_once(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made answers. The search lists R1, R1
+    again (results moved between pages), and an MBID merged into R1 (its lookup answers
+    R1's document, with R1's id): before, R1's five recordings came out three times
+    (duplicate jobs in a resolve output). Each release is looked up once per MBID and
+    resolved once; the jobs carry the canonical release id."""
+    old = "0ddba11e-0000-4000-8000-000000000001"
+    stub = {"id": R1, "title": "Électrique nuit"}
+    upstream.fail_next(1, 200, json.dumps({"count": 3, "offset": 0, "releases": [
+        stub, stub, {**stub, "id": old}]}).encode(), path_prefix="/ws/2/release")
+    upstream.fail_next(1, 200, (FIXTURES / "mb" / "release_r1.json").read_bytes(),
+                       path_prefix=f"/ws/2/release/{old}")
+    resolver = make_resolver(settings, r)
+    got = list(resolver.resolve_new_releases(date(2024, 1, 1), date(2024, 1, 31)))
+    assert len(got) == 5 and all(x.ok and x.job.release_id == R1 for x in got)
+    assert len({x.recording_id for x in got}) == 5
+    assert [q.path for q in upstream.requests_to("/ws/2/release/")] == [
+        f"/ws/2/release/{R1}", f"/ws/2/release/{old}"]
+
+
 def test_isrc_inputs_are_checked_and_asked_once(settings: Settings, r: Redis,
                                                upstream: UpstreamServer) -> None:
     """Given an ISRC in three spellings and values that are no ISRC, expect one
@@ -243,6 +289,90 @@ def test_itunes_403_empty_is_throttling_never_no_results(settings: Settings, r: 
     with pytest.raises(UpstreamRejected) as info:  # a 403 WITH a body is a real refusal
         resolver.itunes.search("x")
     assert info.value.status == 403
+
+
+def test_itunes_403_html_page_is_throttling(settings: Settings, r: Redis,
+                                           upstream: UpstreamServer) -> None:
+    """Written by the API-layer review: Apple's edge answers a throttled client 403 with
+    an HTML "Forbidden" page too. Before, that was upstream_rejected (not transient: the
+    recording failed for good); it is throttling, retried, like the empty 403."""
+    resolver = make_resolver(settings, r, cache=False, retries=3)
+    upstream.fail_next(1, 403, b"<html><head><title>403 Forbidden</title></head></html>",
+                       path_prefix="/search")
+    assert len(resolver.itunes.search("Zo\u00e9 Varga \u00c9lectrique nuit", entity="album")) == 3
+    assert resolver.itunes.stats["throttled"] == 1
+    upstream.fail_next(100, 403, b"<html>Forbidden</html>", path_prefix="/search")
+    res = resolver.resolve_recording(REC_A2)
+    assert res.error_code == "upstream_unavailable" and res.job is None
+
+
+def test_a_body_over_the_cap_is_refused_as_it_streams(settings: Settings, r: Redis,
+                                                     upstream: UpstreamServer) -> None:
+    """Written by the API-layer review: the whole body of any answer was read into memory,
+    however large (an endless or huge answer from a broken proxy could exhaust a small
+    producer box). Over the cap the answer is upstream_unavailable, not retried; the
+    same client still reads answers under it (the connection was let go cleanly)."""
+    resolver = make_resolver(settings, r)
+    resolver.mb._json_get.max_body_bytes = 4096
+    padding = json.dumps({"id": R1, "media": [], "annotation": "x" * 20_000}).encode()
+    upstream.fail_next(1, 200, padding, path_prefix=f"/ws/2/release/{R1}")
+    with pytest.raises(UpstreamUnavailable, match="body over 4096 bytes"):
+        resolver.mb.release(R1)
+    assert resolver.mb.calls == 1
+    resolver.mb._json_get.max_body_bytes = 1 << 20
+    assert resolver.mb.release(R1)["id"] == R1
+
+
+class _OddBodies(BaseHTTPRequestHandler):
+    """Written by the API-layer review: a release answer that trickles in (a byte every
+    0.1 s, each wait far under the read timeout), and one gzip-encoded."""
+
+    protocol_version = "HTTP/1.1"
+    body = (FIXTURES / "mb" / "release_r1.json").read_bytes()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if "gzip" in self.path:
+            packed = gzip.compress(self.body)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+            return
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        try:
+            for i in range(len(self.body)):
+                self.wfile.write(self.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up: as it should
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_body_that_trickles_in_is_given_up_and_gzip_is_read(r: Redis) -> None:
+    """Written by the API-layer review: the read timeout bounds each wait for bytes, not
+    the whole body, so an answer trickling in held the producer for as long as it took
+    (hours for a release). Past ``max_read_s`` it is a network error (retried, then
+    upstream_unavailable). A gzip-encoded answer still reads whole."""
+    server = start_server(_OddBodies)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = Settings(mb_contact=CONTACT, musicbrainz_url=url)
+        mb = MusicBrainzClient(settings, RateLimiter(r, "musicbrainz", 500), max_retries=1,
+                               backoff=FAST, sleep=lambda s: None)
+        mb._json_get.max_read_s = 0.3
+        with pytest.raises(UpstreamUnavailable, match=r"body not read within 0\.3 s"):
+            mb.release("trickle")
+        assert mb.calls == 2
+        mb._json_get.max_read_s = 60
+        assert mb.release("gzip")["id"] == R1
+    finally:
+        stop_server(server)
 
 
 # -- the shared rate limiter ----------------------------------------------------------

@@ -171,6 +171,47 @@ def test_deezer_quota_code_4_in_a_200_is_throttling(settings: Settings, r: Redis
     assert r.keys(DEEZER_CACHE_PREFIX + "*") and len(r.keys(DEEZER_CACHE_PREFIX + "*")) == 1
 
 
+@pytest.mark.parametrize("quota", [
+    b'{\n  "error": {\n    "type": "Exception",\n    "message": "Quota limit exceeded",\n'
+    b'    "code": 4\n  }\n}\n',
+    b'\xef\xbb\xbf{ "error" : {"code": 4, "message": "Quota limit exceeded"}}',
+    b'{"error": {"type": "Exception", "message": "Service busy", "code": 700}}'],
+    ids=["pretty", "bom-spaced", "busy-700"])
+def test_deezer_quota_in_any_json_spelling_is_throttling(
+        settings: Settings, r: Redis, upstream: UpstreamServer, quota: bytes) -> None:
+    """Written by the API-layer review: the quota answer pretty-printed or spaced (a
+    recording proxy reformats JSON) was read as an unknown error, not retried, and the
+    shared limiter not penalised."""
+    _, _, dz = clients(settings, r, retries=3)
+    upstream.fail_next(1, 200, quota, path_prefix="/track/")
+    track = dz.track_by_isrc("USHP10300002")
+    assert track is not None and track["id"] == 3020000102
+    assert dz.stats["throttled"] == 1 and dz.calls == 2
+
+
+def test_deezer_album_tracks_follow_next(settings: Settings, r: Redis,
+                                        upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with hand-made pages: Deezer pages lists
+    (``data``, ``total``, ``next``). An album answered 25 tracks at a time lost every
+    track past the first page (their barcode positions then untrusted or unmatched)."""
+    _, _, dz = clients(settings, r)
+    rows = [{**deezer_row(3020010000 + n, f"Song {n}", 180), "track_position": n,
+             "disk_number": 1} for n in range(1, 31)]
+    nxt = f"{upstream.url}/album/302000077/tracks?limit=500&index=25"
+    upstream.fail_next(1, 200, json.dumps({"data": rows[:25], "total": 30, "next": nxt}
+                                          ).encode(), path_prefix="/album/302000077/tracks")
+    upstream.fail_next(1, 200, json.dumps({"data": rows[25:], "total": 30, "prev": nxt}
+                                          ).encode(), path_prefix="/album/302000077/tracks")
+    got = dz.album_tracks(302000077)
+    assert [t["track_position"] for t in got] == list(range(1, 31))
+    assert [q.query.get("index") for q in upstream.requests] == [None, "25"]
+    # an upstream that ignores ``index`` (the same page again, still with ``next``)
+    upstream.clear()
+    upstream.fail_next(5, 200, json.dumps({"data": rows[:25], "total": 30, "next": nxt}
+                                          ).encode(), path_prefix="/album/302000078/tracks")
+    assert len(dz.album_tracks(302000078)) == 25 and dz.calls == 4
+
+
 def test_itunes_lookup_upc_one_call(settings: Settings, r: Redis,
                                     upstream: UpstreamServer) -> None:
     _, it, _ = clients(settings, r)
@@ -272,6 +313,23 @@ def test_deezer_only_and_isrc_per_recording(upstream: UpstreamServer, r: Redis,
     assert resolver.calls["deezer"] == 3 + 1 + 3
 
 
+def test_deezer_isrc_lookup_answering_another_isrc_is_no_isrc_match(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review, with a hand-made answer: ``/track/isrc:X``
+    answering a track whose own ``isrc`` is another (a substitute: the remaster, the
+    live take under its own code) was taken with the ``isrc`` rule at confidence 1."""
+    mb, _, dz = clients(settings, r)
+    resolver = Resolver(settings, mb, None, deezer=dz)
+    other = {**deezer_row(3020000199, "Static Hearts", 215), "isrc": "USHP12100002"}
+    upstream.fail_next(1, 200, json.dumps(other).encode(),
+                       path_prefix="/track/isrc:USHP10300002")
+    rec = {**mb_recording("Static Hearts", 215), "isrcs": ["USHP10300002"]}
+    res = resolver.resolve_recording_data(rec)
+    assert (res.job, res.error_code) == (None, "no_confident_match")  # search: nothing
+    assert res.reason == ("deezer: /track/isrc:USHP10300002 answered a track with ISRC "
+                          "USHP12100002")
+
+
 # -- a match needs a preview ----------------------------------------------------------
 def test_itunes_song_search_takes_the_duplicate_with_a_preview(
         settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
@@ -356,6 +414,33 @@ def test_itunes_unusable_answer_and_a_weak_deezer_match_is_upstream_unavailable(
     again = resolver.resolve_recording_data(mb_recording("Intro", 62))
     assert again.error_code == "no_confident_match"
     assert [q.path for q in upstream.requests] == ["/search", "/search/track", "/search"]
+
+
+def test_a_started_itunes_step_finishes_with_deezer_free(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written by the API-layer review. iTunes's album step is two calls (album search,
+    then the album's songs); at iTunes's rate the second slot is one interval (here
+    1.5 s, in production 3 s) away, beyond the wait a source is given while Deezer is
+    free (``BUSY_S``). Before, that second slot was refused: the search's answer thrown
+    away, the step read as "iTunes busy, not asked", and every track of R1 came out
+    ``no_confident_match`` on Deezer's empty answers (failed for good, remembered). With
+    both sources on (the default) no iTunes album step could complete. The bound now
+    decides whether a step starts; a started step waits its turn, its retries included
+    (one 403 here: the retry waits out the shared penalty)."""
+    mb, _, dz = clients(settings, r)
+    it = ITunesClient(settings, RateLimiter(r, "itunes", 1 / 1.5), cache=RedisResponseCache(r),
+                      backoff=Backoff(base_s=1.2, cap_s=1.2))
+    resolver = Resolver(settings, mb, it, deezer=dz, handled=lambda ids: {})
+    got = list(resolver.resolve_release(R1))
+    assert [x.error_code for x in got] == [None] * 5
+    assert {x.job.source for x in got if x.job} == {"itunes"}
+    assert [q.path for q in upstream.requests if not q.path.startswith(("/ws/", "/track/"))
+            ] == ["/search", "/lookup"]
+    r.flushdb()
+    upstream.clear()
+    upstream.fail_next(1, 403, b"", path_prefix="/search")  # throttled once, then answers
+    again = list(Resolver(settings, mb, it, deezer=dz).resolve_release(R1))
+    assert [x.error_code for x in again] == [None] * 5 and it.stats["throttled"] == 1
 
 
 def test_stored_release_costs_no_call(settings: Settings, r: Redis) -> None:
@@ -444,6 +529,21 @@ def test_bounded_limiter_refuses_a_far_slot_without_reserving(r: Redis) -> None:
     assert 0.3 < limiter.next_wait_s() <= 0.5  # nothing was reserved
     with limiter.bounded(1.0):
         assert limiter.acquire() > 0.3  # within the bound: granted and waited
+    assert limiter.grants == 2
+
+
+def test_a_bounded_block_refuses_only_its_first_slot(r: Redis) -> None:
+    """Written by the API-layer review: the bound decides whether work on a source starts;
+    once a slot is granted, the block's next acquire() waits its turn (a step's second
+    call), and the bound holds again in the next block."""
+    from producers.ratelimit import RateLimitTimeout
+
+    limiter = RateLimiter(r, "bounded-step", rate_per_s=4.0)  # slots 0.25 s apart
+    with limiter.bounded(0.1):
+        limiter.acquire()
+        assert limiter.acquire() > 0.1  # granted beyond the bound: the step goes on
+    with limiter.bounded(0.1), pytest.raises(RateLimitTimeout):
+        limiter.acquire()
     assert limiter.grants == 2
 
 

@@ -342,6 +342,38 @@ def test_cli_resolve_writes_enqueueable_lines(
         cli.main(["resolve", "--new-releases", "--out", str(out)])  # needs --since
 
 
+def test_an_unresolved_id_or_reason_with_a_lone_surrogate_is_recorded(env) -> None:
+    """Written by the API-layer review: a lone surrogate (a JSON "\\udc80" escape in an
+    answer or a resolve-output line, or a command-line argument of invalid bytes: "--release
+    $'\\xff'") in an unresolved resolution's id or reason made the run's Redis write raise
+    UnicodeEncodeError, ending the whole submission. It is recorded backslash-escaped."""
+    settings, runs, _ = env
+    odd = [FakeResolution("release:\udcff", None, 0.0, "MusicBrainz release/\udcff: HTTP 400",
+                          "upstream_rejected"),
+           FakeResolution("rec-\ud800", None, 0.0, "no recordings", "no_tracks")]
+    report = submit([*odd, resolution(4)], settings, queue="ondemand")
+    assert (report.unresolved, report.skipped, report.queued) == (1, 1, 1)
+    failures = dict(runs.failures(report.run_id))
+    assert failures["release:\\udcff"]["message"] == "MusicBrainz release/\\udcff: HTTP 400"
+    run_id = report.run_id + "-file"
+    runs.create(run_id, queue="batch", source="test")
+    obj = {"recording_id": "rec-\udfff", "job": None, "error_code": "no_confident_match",
+           "match_reason": "best \ud800"}
+    assert submit_mod.record_unresolved_line(runs, run_id, 1, obj) is True
+    assert dict(runs.failures(run_id))["rec-\\udfff"]["message"] == "best \\ud800"
+
+
+def test_a_resolve_output_line_with_a_lone_surrogate_is_utf8(env) -> None:
+    """Written by the API-layer review: ``previewvec resolve --out`` writes UTF-8; a lone
+    surrogate in a resolution (see above) raised UnicodeEncodeError mid-run. The line
+    carries it as its JSON escape, and reads back the same."""
+    res = FakeResolution("release:\udcff", None, 0.0, "best 'x\ud800'", "upstream_rejected")
+    line = submit_mod.resolution_line(res)
+    assert "\\udcff" in line and line.encode("utf-8")
+    back = json.loads(line)
+    assert (back["recording_id"], back["match_reason"]) == (res.recording_id, res.reason)
+
+
 def test_videos_and_releases_without_recordings_are_skipped_not_failed(env) -> None:
     """Given a video recording and a release without recordings (``video_recording``,
     ``no_tracks``: no call made), expect both marked skipped under their own counters,

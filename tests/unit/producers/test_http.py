@@ -88,3 +88,68 @@ def test_other_statuses_and_bad_bodies_are_never_retried() -> None:
     get, *_ = _getter([_Response(200, b"[1]")])
     with pytest.raises(UpstreamUnavailable, match="Test p: not an object"):
         get("p", "http://x/p")
+
+
+def test_a_body_with_a_utf8_byte_order_mark_is_json() -> None:
+    """Written by the API-layer review: a 200 answer that starts with a UTF-8 BOM (some
+    proxies and Windows tools add one) was "malformed JSON" before."""
+    get, *_ = _getter([_Response(200, b"\xef\xbb\xbf\n{\"a\": \"\xc3\xa9\"}\n")])
+    assert get("p", "http://x/p") == {"a": "é"}
+
+
+class _BoundedLimiter(_Limiter):
+    """A limiter under a caller's bound: the first slot is granted, later ones (after a
+    penalty) are further away than the bound."""
+
+    def acquire(self) -> float:
+        from producers.ratelimit import RateLimitTimeout
+
+        self.acquired += 1
+        if self.acquired > 1:
+            raise RateLimitTimeout("next slot in 3.00s exceeds timeout 1.0s")
+        return 0.0
+
+
+def test_a_retry_refused_by_a_bounded_limiter_is_unavailable_not_busy() -> None:
+    """Written by the API-layer review. Throttled, then the retry's slot is beyond the
+    caller's bound: before, RateLimitTimeout escaped, which the resolver reads as "source
+    busy, not asked" and so took the other sources' miss as final (no_confident_match,
+    remembered). It must be upstream_unavailable (transient). A refused FIRST slot is still
+    RateLimitTimeout: nothing was asked."""
+    from producers.ratelimit import RateLimitTimeout
+
+    get, _, _, stats = _getter([_Response(429), _Response(200, b"{}")])
+    get.limiter = _BoundedLimiter()
+    with pytest.raises(UpstreamUnavailable, match=r"HTTP 429 \(throttled\)") as info:
+        get("p", "http://x/p")
+    assert info.value.code == "upstream_unavailable" and stats["requests"] == 1
+    get, _, _, stats = _getter([_Response(200, b"{}")])
+    get.limiter = _BoundedLimiter()
+    get.limiter.acquired = 1  # the first slot already refused
+    with pytest.raises(RateLimitTimeout):
+        get("p", "http://x/p")
+    assert stats["requests"] == 0
+
+
+def _streamed(body: bytes) -> requests.Response:
+    """A real Response whose body streams in without a Content-Length (chunked)."""
+    import io
+
+    import urllib3
+
+    resp = requests.Response()
+    resp.status_code = 200
+    resp.raw = urllib3.HTTPResponse(body=io.BytesIO(body), preload_content=False)
+    return resp
+
+
+def test_a_body_without_length_is_cut_at_the_cap_as_it_streams() -> None:
+    """Written by the API-layer review: a chunked answer larger than the cap is refused
+    while it streams in (upstream_unavailable, not retried); one under it is read."""
+    get, _, _, stats = _getter([_streamed(b'{"a": "' + b"x" * 5000 + b'"}'),
+                                _streamed(b'{"a": 1}')])
+    get.max_body_bytes = 1000
+    with pytest.raises(UpstreamUnavailable, match="body over 1000 bytes"):
+        get("p", "http://x/p")
+    assert stats["requests"] == 1
+    assert get("p", "http://x/p") == {"a": 1}

@@ -54,6 +54,104 @@ def test_isrcs_are_checked_and_deduplicated_before_any_call() -> None:
         '"not an isrc" is not an ISRC (12 characters like USRC17607839)')
 
 
+def test_a_search_cut_at_the_window_is_a_resolution_of_its_own() -> None:
+    """Written by the API-layer review: releases a new-releases search could not reach
+    (past the search window, whatever the split) are reported, ``search_truncated``,
+    after the releases it reached; nothing is passed over in silence."""
+    from datetime import date
+
+    rel = release()
+
+    class Cut:
+        def __init__(self) -> None:
+            self.truncated: list[str] = []
+
+        def new_releases(self, since: Any, until: Any, **kw: Any) -> Any:
+            yield {"id": rel["id"]}
+            self.truncated.append("date:[2024-03-01 TO 2024-03-01] (25 results, "
+                                  "10 reachable)")
+
+        def release(self, mbid: str) -> dict[str, Any]:
+            return rel
+
+    resolver = resolver_with(FakeSource("itunes", store()))
+    resolver.mb = Cut()
+    got = list(resolver.resolve_new_releases(date(2024, 3, 1), date(2024, 3, 1)))
+    assert got[-1].error_code == "search_truncated" and got[-1].job is None
+    assert got[-1].recording_id.startswith("new-releases:date:[2024-03-01 TO 2024-03-01]")
+    assert "25 results, 10 reachable" in got[-1].reason
+    assert len(got) == len(rel["media"][0]["tracks"]) + 1
+
+
+def test_an_odd_musicbrainz_answer_is_one_invalid_entity_not_the_end_of_the_run() -> None:
+    """Written by the API-layer review: an answer with null where an object belongs (an
+    ``artist-credit`` part, an entry of a recording's ``releases``) raised AttributeError
+    out of resolve_release / resolve_query / resolve_new_releases / resolve_isrcs,
+    ending the whole run (a dump line of the same shape was already one
+    ``invalid_entity``). Now it is that entity's ``invalid_entity``, and the run goes on."""
+    odd_release = {**release(), "artist-credit": [None]}
+    odd_rec = {"id": "rec-odd", "title": "Song", "length": 1000, "releases": [None]}
+    good = release()["media"][0]["tracks"][1]["recording"]
+    good_rec = {**good, "artist-credit": [{"name": ARTIST}],
+                "releases": [{"id": "rel-1", "title": "Midnight Radio"}]}
+
+    class Odd:
+        def __init__(self) -> None:
+            self.truncated: list[str] = []
+
+        def release(self, mbid: str) -> dict[str, Any]:
+            return odd_release if mbid == "rel-1" else {**release(), "id": mbid}
+
+        def recording(self, mbid: str) -> dict[str, Any]:
+            return odd_rec
+
+        def iter_search_recordings(self, lucene: str, *a: Any, **kw: Any) -> Any:
+            return iter([odd_rec, good_rec])
+
+        def new_releases(self, since: Any, until: Any, **kw: Any) -> Any:
+            return iter([{"id": "rel-1"}, {"id": "rel-2"}])
+
+        def isrc(self, isrc: str) -> dict[str, Any]:
+            return {"isrc": isrc, "recordings": [odd_rec]}
+
+    def codes(results: Any) -> list[tuple[str, str | None]]:
+        return [(x.recording_id, x.error_code) for x in results]
+
+    resolver = resolver_with(FakeSource("itunes", store(), by_isrc=True))
+    resolver.mb = Odd()
+    got = list(resolver.resolve_release("rel-1"))
+    assert codes(got) == [("release:rel-1", "invalid_entity")]
+    assert got[0].reason.startswith(
+        "MusicBrainz answer: cannot resolve this release entity (AttributeError")
+    assert codes([resolver.resolve_recording("rec-x")]) == [("recording:rec-odd",
+                                                             "invalid_entity")]
+    assert codes(resolver.resolve_query("q")) == [("recording:rec-odd", "invalid_entity"),
+                                                  (good["id"], None)]
+    from datetime import date
+
+    got = list(resolver.resolve_new_releases(date(2024, 1, 1), date(2024, 1, 31)))
+    assert codes(got)[0] == ("release:rel-1", "invalid_entity")
+    assert len(got) == 1 + len(release()["media"][0]["tracks"])
+    assert codes(resolver.resolve_isrcs(["USRC17607839"])) == [("recording:rec-odd",
+                                                                 "invalid_entity")]
+
+
+def test_a_lone_surrogate_in_a_credit_or_title_does_not_cost_the_match() -> None:
+    """Written by the API-layer review: JSON may escape a lone surrogate ("\\ud800"),
+    which json.loads keeps and no UTF-8 text can hold. In a release's credit it made
+    every track ``invalid_job`` (failed for good) although matched by ISRC; the job's
+    shown title and artist take U+FFFD for it."""
+    rel = release()
+    rel["artist-credit"][0]["name"] += "\ud800"
+    for part in (rel["media"][0]["tracks"][0], rel["media"][0]["tracks"][0]["recording"]):
+        part["title"] += " \udfff"
+    got = list(resolver_with(FakeSource("itunes", store(), by_isrc=True))
+               .resolve_release_data(rel))
+    assert [x.error_code for x in got] == [None] * len(got)
+    assert got[0].job.title.endswith(" \ufffd") and got[0].job.artist.endswith("\ufffd")
+    assert all(x.job.to_json().encode("utf-8") for x in got)
+
+
 def test_a_video_found_by_isrc_gets_no_call() -> None:
     """Given an ISRC whose recordings are a video and its audio recording, expect the
     video ``video_recording`` without a store call, and only the audio one searched."""

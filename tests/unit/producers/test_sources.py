@@ -152,6 +152,36 @@ def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
     assert isinstance(isrc_candidate(entry, live, "deezer"), Miss)
 
 
+def test_store_rows_with_fields_of_another_type_are_read_not_fatal() -> None:
+    """Written by the API-layer review: a Deezer row whose ``artist``/``album`` is a bare
+    string (documented as objects) raised AttributeError out of the source, which the
+    cascade does not catch (the run ended); a number where a URL belongs became the
+    track's preview URL. Fields of another type are read as absent."""
+    from producers.sources import _itunes_track
+
+    row = {"id": 7, "title": "Static Hearts", "duration": 215, "artist": ARTIST,
+           "album": "Midnight Radio", "preview": 12345, "link": None}
+    t = deezer_track(row)
+    assert (t.item.title, t.item.artist, t.item.album, t.preview_url) == (
+        "Static Hearts", "", None, None)
+    assert t.link == "https://www.deezer.com/track/7"
+    assert deezer_track({**row, "preview": "https://cdnt-preview.dzcdn.net/x.mp3"},
+                        "Midnight Radio").item.album == "Midnight Radio"
+    it = _itunes_track({"wrapperType": "track", "kind": "song", "trackId": 9,
+                        "trackName": "X", "previewUrl": 0, "trackViewUrl": ["x"]})
+    assert it.preview_url is None and it.link is not None and "9" in it.link
+
+
+def test_a_deezer_isrc_in_another_spelling_is_the_same_isrc() -> None:
+    """Written by the API-layer review: a Deezer row's ISRC spelled with hyphens or
+    spaces ("US-HP1-03-00002") was kept as written, so it differed from the recording's
+    normalised one: no ISRC match, and (since 5a71a5a) an ISRC lookup's own answer was
+    read as another recording's track."""
+    row = {"id": 7, "title": "Static Hearts", "duration": 215, "isrc": "us-hp1-03-00002"}
+    assert deezer_track(row).isrc == "USHP10300002"
+    assert deezer_track({**row, "isrc": "not-an-isrc"}).isrc == "NOT-AN-ISRC"
+
+
 def test_deezer_track_rows_become_store_tracks() -> None:
     row = {"id": 3020000102, "title": "Static Hearts", "isrc": "ushp10300002",
            "duration": 215, "track_position": 2, "disk_number": 1,
