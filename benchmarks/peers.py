@@ -262,7 +262,8 @@ def heldout_clips(real_folder: Path, folder: Path) -> list[Clip]:
 
 
 def run_previewvec(clip: Clip) -> dict[str, Any]:
-    f = extract_features(clip.mono, clip.native.sr, channels=clip.native.channels)
+    f = extract_features(clip.mono, clip.native.sr, channels=clip.native.channels,
+                         channel_weights=clip.native.channel_weights)
     d = f.descriptors
     return {
         "tempo": float(d["tempo_bpm"]), "key": (pitch_class(str(d["key"])), str(d["mode"])),
