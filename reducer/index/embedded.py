@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import threading
@@ -39,6 +40,8 @@ from reducer.index.base import (
     check_vector,
     normalize_filter,
 )
+
+log = logging.getLogger(__name__)
 
 TABLE_NAME = "vectors"
 # Rows per merge_insert call: bounds memory (5 000 × 530 float32 ≈ 10 MB per batch).
@@ -155,7 +158,12 @@ class EmbeddedIndex:
         with self._write_lock:
             fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # say why this write waits (a paused writer?)
+                    log.warning("another process is writing the index at %s; waiting",
+                                self.path)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)  # releases the flock
