@@ -128,7 +128,7 @@ class EmbeddedIndex:
         # process (e.g. the reducer) wrote it.
         self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
         self._schema = _schema(dim)
-        self._write_lock = threading.Lock()  # one writer per process: no commit conflicts
+        self._write_lock = threading.Lock()  # one writing thread; _writing() adds processes
         self._write_lock_path = self.path / WRITE_LOCK_FILE
         try:
             self._table = self._db.open_table(TABLE_NAME)
