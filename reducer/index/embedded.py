@@ -8,10 +8,14 @@ ANN index is built with :meth:`EmbeddedIndex.create_ann_index`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import math
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,11 +41,15 @@ from reducer.index.base import (
     normalize_filter,
 )
 
+log = logging.getLogger(__name__)
+
 TABLE_NAME = "vectors"
 # Rows per merge_insert call: bounds memory (5 000 × 530 float32 ≈ 10 MB per batch).
 WRITE_BATCH = 20_000
 # Ids per SQL IN (...) list for get/delete.
 ID_BATCH = 1_000
+# In the index folder, beside the table: held (flock) by whichever process writes.
+WRITE_LOCK_FILE = ".write.lock"
 
 
 def _schema(dim: int) -> pa.Schema:
@@ -120,7 +128,8 @@ class EmbeddedIndex:
         # process (e.g. the reducer) wrote it.
         self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
         self._schema = _schema(dim)
-        self._write_lock = threading.Lock()  # one writer per process: no commit conflicts
+        self._write_lock = threading.Lock()  # one writing thread; _writing() adds processes
+        self._write_lock_path = self.path / WRITE_LOCK_FILE
         try:
             self._table = self._db.open_table(TABLE_NAME)
         except ValueError:  # LanceDB's "table not found"
@@ -134,6 +143,30 @@ class EmbeddedIndex:
 
     def __repr__(self) -> str:
         return f"EmbeddedIndex({str(self.path)!r}, dim={self.dim})"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, across threads and processes.
+
+        Two ``merge_insert`` calls that both read the table before either commits each
+        insert an id the table lacked: two rows for one id. The reducer lock in Redis is a
+        lease, so it cannot rule that out (a reducer paused past its TTL resumes its upsert
+        while its successor upserts the same batch; ``reindex`` beside ``reduce``). An
+        ``flock`` on the folder serialises whole writes, so the later one finds the rows
+        and replaces them; the kernel drops it when its holder dies.
+        """
+        with self._write_lock:
+            fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # say why this write waits (a paused writer?)
+                    log.warning("another process is writing the index at %s; waiting",
+                                self.path)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def _arrow(self, batch: CheckedBatch) -> pa.Table:
         # Vectors go in straight from the numpy matrix: per-row Python lists would
@@ -152,7 +185,7 @@ class EmbeddedIndex:
     def upsert(self, items: Sequence[IndexItem]) -> None:
         """Insert or replace by id with ``merge_insert("id")``: ids stay unique."""
         checked = check_items(items, self.dim)
-        with self._write_lock:
+        with self._writing():
             for start in range(0, len(checked), WRITE_BATCH):
                 batch = self._arrow(checked.slice(start, start + WRITE_BATCH))
                 (
@@ -233,7 +266,7 @@ class EmbeddedIndex:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete rows by id."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
-        with self._write_lock:
+        with self._writing():
             for start in range(0, len(unique), ID_BATCH):
                 self._table.delete(_ids_sql(unique[start : start + ID_BATCH]))
 
@@ -247,7 +280,7 @@ class EmbeddedIndex:
 
         Call now and then (e.g. after a reduce run); it rewrites data, so not per batch.
         """
-        with self._write_lock:
+        with self._writing():
             self._table.optimize(cleanup_older_than=keep_versions_for)
 
     def create_ann_index(self, **options: Any) -> None:
@@ -258,7 +291,7 @@ class EmbeddedIndex:
         B-tree on ``id``, which upserts (``merge_insert`` joins on it) and the reducer's
         :meth:`contains` checks use instead of scanning the column.
         """
-        with self._write_lock:
+        with self._writing():
             self._table.create_index(
                 metric="cosine", vector_column_name="vector", replace=True, **options
             )

@@ -29,10 +29,51 @@ from urllib.parse import urlsplit
 from contract.layout import FEATURE_VERSION
 from contract.records import decode_record, record_key
 from previewvec.localredis import LocalRedis
-from tests.harness.pipeline import REPO, Clip, Pipeline, catalog_line
+from tests.harness.pipeline import (
+    REPO,
+    WORKER_QUEUES,
+    Clip,
+    Pipeline,
+    WorkerProcess,
+    catalog_line,
+)
 from tests.local_http import start_server, stop_server
 
 RECORD_PREFIX = f"features/{FEATURE_VERSION}/"
+
+
+# --------------------------------------------------------------------------- crashing analysis
+
+
+CRASH_MARKER = b"PV-CRASH"  # a preview starting with these bytes crashes its analysis
+CRASHING_APP = "tests.harness.faults:crashing_app"  # for ``celery -A``
+
+
+def __getattr__(name: str) -> object:
+    # Resolved only in a worker started with ``-A CRASHING_APP``: the test process that
+    # imports this module keeps the real analysis.
+    if name == "crashing_app":
+        return _crashing_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _crashing_app() -> object:
+    """``workers.app``'s Celery app, unchanged but for one thing: the analysis of a preview
+    that starts with :data:`CRASH_MARKER` kills its process with SIGSEGV (native code that
+    crashes on one input, every time). The fetch, ahead in the worker's main process or in
+    the pool child, is the real one; only the pool child analyses."""
+    from workers import featurize
+    from workers.app import app  # first: it points numba's cache before librosa loads
+
+    analyze = featurize.analyze
+
+    def crashing(data: bytes, settings: object) -> object:
+        if data.startswith(CRASH_MARKER):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return analyze(data, settings)
+
+    featurize.analyze = crashing
+    return app
 
 
 # --------------------------------------------------------------------------- S3 outage
@@ -218,6 +259,24 @@ class FaultPipeline(Pipeline):
             self.redis = LocalRedis(port=port, appendonly=True, data_dir=root / "redis-aof")
             self.redis.start()
         self.reducers: list[ReducerProcess] = []
+
+    def start_app_worker(self, name: str, app: str, *,
+                         prefetch: int | None = None) -> WorkerProcess:
+        """A ``celery -A <app> worker`` (e.g. :data:`CRASHING_APP`), one pool child,
+        otherwise as :meth:`Pipeline.start_worker` starts one; ``prefetch`` None keeps the
+        production multiplier."""
+        log_path = self.root / f"worker-{name}.log"
+        multiplier = [] if prefetch is None else ["--prefetch-multiplier", str(prefetch)]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", app, "worker", "--concurrency", "1",
+                 "--hostname", f"{name}@%h", "--queues", WORKER_QUEUES, *multiplier,
+                 "--loglevel", "info"],
+                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        worker = WorkerProcess(name, proc, log_path)
+        self.workers.append(worker)
+        return worker
 
     def restart_redis(self, down_s: float) -> None:
         """Stop Redis (SIGTERM: with AOF on, it flushes and fsyncs first), stay down for

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import multiprocessing
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from contract.layout import FEATURE_VERSION, VECTOR_DIM
-from contract.records import FeatureRecord, encode_record, make_provenance, record_key
+from contract.records import (
+    FeatureRecord,
+    decode_record,
+    encode_record,
+    make_provenance,
+    record_key,
+)
 from contract.settings import Settings
 from contract.state import connect
 from previewvec.localredis import LocalRedis
@@ -159,3 +168,49 @@ def test_a_retried_trim_whose_first_reply_was_lost_drops_nothing(settings: Setti
     assert direct.index.count() == N_RECORDS
     assert direct.runs.ready_depth() == 0  # the index itself is the "indexed" marker now
     assert {item.id for item in direct.index.get(sorted(ids))} == ids
+
+
+def _upsert_batch_at_barrier(settings: Settings, barrier: Any) -> None:
+    """One reducer process: read the head batch of the ready queue, wait, upsert it."""
+    reducer = Reducer.build(settings)
+    keys = reducer.runs.peek_ready(N_RECORDS)
+    records = [decode_record(reducer.store.get(key)) for key in keys]
+    items = reducer.items_for(records)
+    barrier.wait(timeout=60)
+    reducer.index.upsert(items)
+
+
+@pytest.mark.timeout(180)
+def test_two_reducers_upserting_the_same_batch_at_once_index_each_vector_once(
+        settings: Settings) -> None:
+    """Given two reducer processes that upsert the same batch at the same moment (the
+    first one's lock lapsed mid-upsert: the process was paused past its TTL, or cut off
+    from Redis, and the second one took the batch over), expect each vector once in the
+    embedded index. The lock is a lease: it cannot stop a paused holder from resuming its
+    write, so the index itself must not turn two concurrent upserts of an id into two rows
+    (LanceDB's merge_insert does, when both read the table before either commits)."""
+    rng = np.random.default_rng(9)
+    parent = Reducer.build(settings)
+    for i in range(N_RECORDS):
+        record = _record(i, rng)
+        parent.store.put(record.key, encode_record(record))
+        parent.runs.push_ready(record.key)
+    parent.normalizer()  # fitted and stored once: both processes load the same one
+    parent.index.upsert(parent.items_for([_record(99, rng)]))  # the table has rows
+
+    spawn = multiprocessing.get_context("spawn")  # a fresh LanceDB runtime per process
+    barrier = spawn.Barrier(2)
+    reducers = [spawn.Process(target=_upsert_batch_at_barrier, args=(settings, barrier))
+                for _ in range(2)]
+    for process in reducers:
+        process.start()
+    for process in reducers:
+        process.join(timeout=150)
+    assert [process.exitcode for process in reducers] == [0, 0]
+
+    import lancedb
+
+    rows = Counter(lancedb.connect(settings.index).open_table("vectors")
+                   .to_arrow().column("id").to_pylist())
+    assert len(rows) == N_RECORDS + 1
+    assert {vid: n for vid, n in rows.items() if n > 1} == {}
