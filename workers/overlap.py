@@ -56,6 +56,7 @@ from contract.jobs import InvalidJob, Job
 from contract.records import record_key
 from contract.settings import Settings
 from contract.store import StoreUnavailable
+from workers import crashes
 
 # workers.featurize pulls in librosa (numba): imported where used, so that workers.app,
 # which registers the step below, can still set numba's cache up before numba loads.
@@ -227,11 +228,41 @@ class Overlap:
     # --- ahead, in fetch threads --------------------------------------------------------
 
     def _ahead(self, entry: _Entry) -> None:
+        task_id = entry.request.id
+        # The fetch ahead is an attempt of the job like the child's (workers/crashes.py):
+        # a preview whose fetch kills this whole process must use up the crash cap, or it
+        # is redelivered for ever. Past the cap nothing is fetched: the child records the
+        # failure at its start.
+        counted = self._attempt_started(task_id)
         try:
-            entry.ahead = self._check_and_fetch(entry.request.args[0])
+            if counted is not False:
+                entry.ahead = self._check_and_fetch(entry.request.args[0])
         except Exception:  # anything unexpected: the child does it all, as before
             log.exception("overlap: could not work ahead on %s", entry.request.id)
+        finally:
+            if counted:
+                self._attempt_ended(task_id)
         self._on_loop(entry.dispatch)
+
+    def _attempt_started(self, task_id: str) -> bool | None:
+        """Count the fetch ahead's start: True counted, False past the crash cap (do
+        nothing), None not counted (Redis away: fetch uncounted rather than not at all)."""
+        try:
+            count = self.ctx.runs.attempt_started(task_id)
+        except Exception:
+            log.exception("overlap: could not count the start of %s", task_id)
+            return None
+        if crashes.over_cap(count, self.settings.max_crash_redeliveries):
+            self._attempt_ended(task_id)  # the child counts its own start and gives up
+            return False
+        return True
+
+    def _attempt_ended(self, task_id: str) -> None:
+        """The fetch ahead returned: no crash; the child's attempt is counted apart."""
+        try:
+            self.ctx.runs.attempt_retried(task_id)
+        except Exception:  # at worst a later crash counts one too many; the key expires
+            log.exception("overlap: could not end the count of %s", task_id)
 
     def _check_and_fetch(self, job_data: Any) -> Ahead | None:
         from workers.featurize import Ahead

@@ -12,7 +12,8 @@ clips over HTTP from 127.0.0.1, the folder store, the embedded index):
   staying "queued" for ever (Celery acknowledges such a job without a result);
 - a job that crashes its pool child every time ends as ``worker_crashed`` after the cap,
   at the production prefetch (previews fetched ahead by the worker's main process); one
-  whose fetch ahead kills the whole worker is not capped yet (strict xfail);
+  whose fetch ahead kills the whole worker is capped too (the fetch ahead counts an
+  attempt);
 - jobs the broker lost (contract/state/lost.py) are published again by an idle worker.
   Only this test shortens the visibility timeout (to 10 s): the sweep runs every timeout
   and waits for a run quiet for as long, and its logic, not the production bound, is
@@ -332,10 +333,6 @@ def test_jobs_the_broker_lost_are_published_again_by_an_idle_worker(
         pipeline.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not counted: at the production prefetch the worker's main process fetches ahead "
-    "(workers/overlap.py) and only a pool child counts an attempt (workers/crashes.py), so a "
-    "fetch that kills the main process is redelivered for ever; fix belongs in overlap.py"))
 @pytest.mark.timeout(300)
 def test_job_whose_fetch_ahead_kills_its_whole_worker_ends_as_a_listed_failure(
         tmp_path: Path, assets: Assets, clip_server: ClipServer) -> None:
