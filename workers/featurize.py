@@ -218,12 +218,14 @@ def _fetch(job: Job, ctx: WorkerContext, ahead: Ahead | None, timings: dict[str,
         if not (_expired_code(code) and ctx.refresher is not None
                 and ctx.refresher.refreshable(job)):
             raise PrefetchFailed(code, message)
+        budget = _FetchBudget(ctx.settings)  # the refresh and the new fetch share one
         fresh = ctx.refresher.refresh(job)
-        if fresh is None:
+        if fresh is None or budget.left_s() <= 0:
             raise PrefetchFailed(code, message)
         job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream
         t0 = time.perf_counter()
-        data = fetch_preview(job.preview_url, ctx.settings, session=ctx.session).data
+        data = fetch_preview(job.preview_url, ctx.settings, session=ctx.session,
+                             budget_s=budget.left_s()).data
         timings["fetch"] += time.perf_counter() - t0
         return job, data
     t0 = time.perf_counter()
@@ -257,9 +259,27 @@ def _stamp(outcome: Outcome, start: tuple[float, float, float], done: float) -> 
     outcome.cpu_s = time.process_time() - start[2]
 
 
+class _FetchBudget:
+    """What is left of one ``fetch_total_timeout_s`` for a job's fetches and refresh:
+    an expired preview's refresh and second fetch must not start a second budget, which
+    would overrun the task's soft time limit (the 15 s budget sits inside its 20 s)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.deadline = _clock() + settings.fetch_total_timeout_s
+
+    def left_s(self) -> float:
+        return self.deadline - _clock()
+
+
+def _clock() -> float:
+    return time.monotonic()
+
+
 def _fetch_now(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
     """Fetch the preview; an expired one (403/410 from a source whose URLs expire) is
-    re-resolved ONCE through its source and fetched again. Returns the job as fetched."""
+    re-resolved ONCE through its source and fetched again, all inside one fetch budget.
+    Returns the job as fetched."""
+    budget = _FetchBudget(ctx.settings)
     try:
         return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
     except HTTPStatusError as exc:
@@ -267,10 +287,11 @@ def _fetch_now(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
                 or not ctx.refresher.refreshable(job)):
             raise
         fresh = ctx.refresher.refresh(job)
-        if fresh is None:
+        if fresh is None or budget.left_s() <= 0:
             raise
     job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream
-    return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
+    return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session,
+                              budget_s=budget.left_s())
 
 
 def _finish(ctx: WorkerContext, outcome: Outcome, job: dict[str, Any],

@@ -539,11 +539,15 @@ def fetch_preview(
     session: requests.Session | None = None,
     backoff_base_s: float = BACKOFF_BASE_S,
     backoff_cap_s: float = BACKOFF_CAP_S,
+    budget_s: float | None = None,
 ) -> FetchResult:
     """Download one preview under the SSRF policy, limits and retries of the module docstring.
 
     ``session`` should be the worker's :func:`make_session` (same settings); without one a
-    throw-away session is used. Raises :class:`FetchError` subclasses only.
+    throw-away session is used. ``budget_s`` shortens the total budget below
+    ``settings.fetch_total_timeout_s`` (what is left of it after an earlier fetch of the
+    same job, so that the two stay inside one budget). Raises :class:`FetchError`
+    subclasses only.
     """
     policy = HostPolicy(settings.allowed_audio_hosts)
     _check_url(url, policy)  # refuse bad URLs before building anything
@@ -553,7 +557,10 @@ def fetch_preview(
     else:
         _check_session(session, policy)
     start = time.monotonic()
-    deadline = start + settings.fetch_total_timeout_s
+    total_s = settings.fetch_total_timeout_s
+    if budget_s is not None:
+        total_s = max(0.0, min(total_s, budget_s))
+    deadline = start + total_s
     watchdog = _Watchdog(deadline)
     token = _WATCHDOG.set(watchdog)
     tries = retrying(

@@ -630,6 +630,23 @@ def test_endless_slow_body_stops_at_total_budget(server: _Server) -> None:
     assert info.value.attempts == 1  # no budget left for a retry
 
 
+def test_a_budget_shorter_than_the_settings_ends_the_fetch_at_it(server: _Server) -> None:
+    """Given ``budget_s`` (what a job's first fetch left of its budget, for the second
+    fetch of an expired preview), expect the fetch to stop there, not at the settings'."""
+    start = time.monotonic()
+    with pytest.raises(FetchFailed, match="budget"):
+        fetch_preview(server.url("/drip"), _settings(fetch_total_timeout_s=30.0),
+                      budget_s=1.0)
+    assert time.monotonic() - start < 10.0  # far below the settings' 30 s
+
+
+def test_no_budget_left_makes_no_request(server: _Server) -> None:
+    path = _unique("no-budget")
+    with pytest.raises(FetchFailed):
+        fetch_preview(server.url(path), _settings(), budget_s=0.0)
+    assert server.hits(path) == 0
+
+
 def test_slow_drip_headers_stop_at_total_budget(server: _Server) -> None:
     start = time.monotonic()
     with pytest.raises(FetchFailed, match="budget"):
