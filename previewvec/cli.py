@@ -202,6 +202,7 @@ def _resolve_input(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.export import output_path
     from producers.submit import build_resolver, iter_resolutions, resolution_line
 
     kind, value = _resolve_input(args)
@@ -217,7 +218,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
         if args.out == "-":
             out = sys.stdout
         else:
-            target = Path(args.out).expanduser()
+            target = output_path(args.out)  # a device or FIFO would be replaced
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                         dir=target.parent)
             tmp = Path(name)

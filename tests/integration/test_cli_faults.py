@@ -9,6 +9,7 @@ import gzip
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -404,3 +405,29 @@ def test_every_exit_status_is_documented() -> None:
     documented = {int(line.split("|")[1]) for line in table.splitlines()
                   if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
     assert documented == used | {0}
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def _store_three(env: dict[str, str]) -> None:
+    store = open_store(env["PREVIEWVEC_STORE"])
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(
+        base_env, tmp_path: Path) -> None:
+    """Given `export` / `resolve --out` naming a FIFO (as /dev/null or /dev/stdout would
+    be a device or a pipe), expect one line and exit 7, the special file left as it was:
+    the write-then-rename would put a regular file in its place (as root, in /dev too)."""
+    _store_three(base_env)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    expect_fault(base_env, ["export", str(fifo)], EXIT_INPUT_FILE, NOT_REGULAR)
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    expect_fault(env, ["resolve", "--dump", str(tmp_path / "missing"), "--out", str(fifo)],
+                 EXIT_INPUT_FILE, NOT_REGULAR)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo", "store"]
