@@ -826,10 +826,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # `reduce --follow` is the long-running service: it waits out outages by design.
     if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
-        problem = _broker_problem(settings)
+        problem, status = _broker_problem(settings)
         if problem:
             _say(problem)
-            return EXIT_REDIS
+            return status
     return run_handler(args, settings)
 
 
@@ -838,9 +838,8 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
     Anything else (a bug) keeps its traceback.
     """
-    from kombu.utils.url import maybe_sanitize_url
-
-    from contract.state import RedisUnavailable
+    from contract.state import RedisError, RedisUnavailable
+    from previewvec.faults import redis_refusal, shown_url
 
     try:
         return int(args.handler(args, settings))
@@ -857,8 +856,14 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_INTERRUPTED
     except RedisUnavailable as exc:
         # Redis answered at the start and went away for longer than the client's retries.
-        _say(f"lost Redis at {maybe_sanitize_url(settings.broker_url)} "
+        _say(f"lost Redis at {shown_url(settings.broker_url)} "
              f"(PREVIEWVEC_BROKER_URL): {exc}")
+        return EXIT_REDIS
+    except RedisError as exc:
+        if not redis_refusal(exc):
+            raise  # any other error reply is a bug: keep its traceback
+        _say(f"Redis at {shown_url(settings.broker_url)} (PREVIEWVEC_BROKER_URL) refused "
+             f"the command: {exc}")
         return EXIT_REDIS
 
 
@@ -871,18 +876,25 @@ _BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures,
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 
-def _broker_problem(settings: Settings) -> str:
-    """Why Redis at ``settings.broker_url`` cannot be used, or "" if it answers PING."""
-    from kombu.utils.url import maybe_sanitize_url
+def _broker_problem(settings: Settings) -> tuple[str, int]:
+    """Why Redis at ``settings.broker_url`` cannot be used and the exit status, or
+    ``("", 0)`` if it answers PING."""
+    from contract.state import RedisAuthenticationError, RedisError, RedisUnavailable, ping
+    from previewvec.faults import redis_refusal, shown_url
 
-    from contract.state import RedisAuthenticationError, RedisUnavailable, ping
-
+    url = shown_url(settings.broker_url)
     try:
         ping(settings.broker_url, timeout_s=BROKER_CONNECT_TIMEOUT_S)
-    except (*RedisUnavailable, RedisAuthenticationError, ValueError) as exc:
-        return (f"cannot reach Redis at {maybe_sanitize_url(settings.broker_url)} "
-                f"(PREVIEWVEC_BROKER_URL): {exc}")
-    return ""
+    except ValueError as exc:  # not a Redis URL (a bad scheme or port): configuration
+        return (f"PREVIEWVEC_BROKER_URL={url!r} is not a usable Redis URL: {exc}",
+                EXIT_USAGE)
+    except (*RedisUnavailable, RedisAuthenticationError) as exc:
+        return f"cannot reach Redis at {url} (PREVIEWVEC_BROKER_URL): {exc}", EXIT_REDIS
+    except RedisError as exc:
+        if not redis_refusal(exc):
+            raise
+        return f"Redis at {url} (PREVIEWVEC_BROKER_URL) refused: {exc}", EXIT_REDIS
+    return "", 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from redis import Redis
 
 from contract.layout import VECTOR_DIM
 from contract.records import FeatureRecord, encode_record, make_provenance
@@ -431,3 +432,31 @@ def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(
                  EXIT_INPUT_FILE, NOT_REGULAR)
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo", "store"]
+
+
+def test_a_malformed_broker_url_is_a_usage_error(base_env) -> None:
+    """Given PREVIEWVEC_BROKER_URL with a port that is no number, expect one line naming
+    the setting (its password masked) and exit 2, not a traceback."""
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": "redis://:hunter2@127.0.0.1:notaport/0"}
+    line = expect_fault(env, ["runs"], EXIT_USAGE, "PREVIEWVEC_BROKER_URL", "not a usable")
+    assert "hunter2" not in line
+
+
+def test_a_database_number_redis_does_not_have(base_env) -> None:
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": base_env["PREVIEWVEC_BROKER_URL"]
+           .rsplit("/", 1)[0] + "/99"}
+    expect_fault(env, ["runs"], EXIT_REDIS, "DB index is out of range")
+
+
+def test_redis_refusing_writes_is_one_line(base_env, redis_url: str, tmp_path: Path) -> None:
+    """Given a Redis at its maxmemory (noeviction), expect the commands that write run
+    state to say so in one line and exit 3."""
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(JOB_LINE)
+    r = Redis.from_url(redis_url)
+    r.config_set("maxmemory", "1")
+    try:
+        expect_fault(base_env, ["enqueue", str(catalog)], EXIT_REDIS, "refused",
+                     "maxmemory")
+    finally:
+        r.config_set("maxmemory", "0")
