@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -25,7 +25,9 @@ from contract.errors import (
     UpstreamError,
     VectorIndexError,
 )
+from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
+from previewvec.faults import MAX_K
 
 # Exit statuses: one per family of expected operational fault (README "Commands").
 EXIT_FAILED_INPUTS = 1  # extract: some inputs failed; also any other typed failure
@@ -38,6 +40,9 @@ EXIT_INPUT_FILE = 7  # a file named on the command line cannot be read (or writt
 EXIT_UPSTREAM = 8  # MusicBrainz / iTunes unavailable or refusing
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as shells report it
+
+MAX_RUNS_SHOWN = 1_000_000  # `runs -n`
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0  # `status --watch --interval`
 
 
 class Interrupted(PreviewvecError):
@@ -712,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Queued/done/skipped/failed counts with a progress bar.")
     p.add_argument("run_id")
     p.add_argument("--watch", action="store_true", help="refresh until the run finishes")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--interval", type=_interval, default=2.0,
+                   help=f"seconds between refreshes ({MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g})")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("failures", help="list a run's failures (JSON Lines)",
@@ -753,10 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recording_id", nargs="?", default=None)
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
-    p.add_argument("-k", type=_positive_int, default=10, help="how many neighbours")
+    p.add_argument("-k", type=_count(MAX_K), default=10,
+                   help=f"how many neighbours (at most {MAX_K})")
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
-    p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
+    p.add_argument("--key", default=None, choices=PITCH_CLASSES, metavar="KEY",
+                   help="only neighbours in this key: " + ", ".join(PITCH_CLASSES))
     p.add_argument("--mode", choices=("major", "minor"), default=None)
     p.set_defaults(handler=cmd_similar)
 
@@ -788,20 +796,41 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The most recent runs, newest first: queued, done, "
                        "skipped and failed recordings, and whether the run is open, "
                        "finished or closed.")
-    p.add_argument("-n", "--limit", type=_positive_int, default=20,
+    p.add_argument("-n", "--limit", type=_count(MAX_RUNS_SHOWN), default=20,
                    help="how many runs (default 20)")
     p.set_defaults(handler=cmd_runs)
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (a count of things to show)."""
+def _count(limit: int) -> Callable[[str], int]:
+    """An argparse type: an integer from 1 to ``limit`` (a count of things to show).
+
+    The cap matters: LanceDB and Redis take a count as a 64-bit integer, and a larger
+    one was a traceback after the command had started."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, not {value}")
+        return value
+
+    return count
+
+
+def _interval(text: str) -> float:
+    """An argparse type: seconds between refreshes, a number time.sleep() takes."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds, not {text}")
     return value
 
 

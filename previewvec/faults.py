@@ -8,31 +8,29 @@ from __future__ import annotations
 
 import re
 
-import redis
+# The most neighbours a similar query asks for (CLI -k, Python API k; the HTTP API caps
+# at 100): LanceDB takes k as a C long, and a larger one was an OverflowError.
+MAX_K = 10_000
 
 # Redis answering but refusing commands for an operational reason: out of memory
 # (maxmemory, noeviction), a read-only replica after a failover, an ACL without the
-# permission, a master or cluster that is down, a slot being migrated.
-_REDIS_REFUSALS: tuple[type[redis.RedisError], ...] = (
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.NoPermissionError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-)
-# The same, said by plain ResponseErrors: a failed RDB save (MISCONF: often a full
-# disk) stops writes; a /N database number the server does not have.
+# permission, a master or cluster that is down, a slot being migrated (class names of
+# redis.exceptions). Plain ResponseErrors say some too: a failed RDB save (MISCONF: often
+# a full disk) stops writes; a /N database number the server does not have.
+_REDIS_REFUSALS = ("OutOfMemoryError", "ReadOnlyError", "NoPermissionError",
+                   "MasterDownError", "ClusterDownError", "TryAgainError")
 _REDIS_REFUSAL_TEXT = ("MISCONF", "DB index is out of range")
 _URL_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
 
 
 def redis_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis refusing commands for an operational reason (not a bug)."""
-    if isinstance(exc, _REDIS_REFUSALS):
-        return True
-    return isinstance(exc, redis.ResponseError) and any(
-        text in str(exc) for text in _REDIS_REFUSAL_TEXT)
+    import redis  # lazily: the CLI imports this module for every command
+
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    return (type(exc).__name__ in _REDIS_REFUSALS
+            or any(text in str(exc) for text in _REDIS_REFUSAL_TEXT))
 
 
 def shown_url(url: str) -> str:

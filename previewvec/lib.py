@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from contract.errors import NotFound
-from contract.layout import FMA_DIM, VECTOR_DIM, feature_names, fma_names
+from contract.errors import InvalidQuery, NotFound
+from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
 from contract.versions import check_claim, current_version, derived_version
+from previewvec.faults import MAX_K
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 AudioSource = str | os.PathLike[str] | bytes
 # The names of the three header rows of FMA's features.csv (FMA's ``utils.load``).
 FMA_CSV_HEADER = ("feature", "statistics", "number")
+MODES = ("major", "minor")
 
 
 @dataclass(frozen=True)
@@ -177,11 +179,11 @@ class Catalog:
         """The ``k`` nearest stored recordings to a stored one (itself excluded).
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
         from reducer.index.base import check_k
-        from reducer.reduce import similar_filter
 
-        check_k(k)  # InvalidQuery, before anything is read
+        check_k(k, MAX_K)  # InvalidQuery, before anything is read
+        where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
-        matches = self._reducer.similar(recording_id, k, filter=similar_filter(**filters))
+        matches = self._reducer.similar(recording_id, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
@@ -190,11 +192,11 @@ class Catalog:
         it); it is normalised as the index's vectors are. A vector that is not
         ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
         from reducer.index.base import check_k, check_query_vector
-        from reducer.reduce import similar_filter
 
-        check_k(k)  # both before the index and the normaliser are opened
+        check_k(k, MAX_K)  # both before the index and the normaliser are opened
+        where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
-        matches = self._reducer.similar_to_vector(raw, k, filter=similar_filter(**filters))
+        matches = self._reducer.similar_to_vector(raw, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,
@@ -211,6 +213,19 @@ class Catalog:
 
         return Neighbour(match.metadata.get("recording_id", match.id), float(match.score),
                          match_descriptors(match))
+
+
+def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
+    """The index filter of ``similar*``'s keyword filters; a key or mode no record can
+    have is :class:`InvalidQuery` (it would match nothing and answer [] silently)."""
+    from reducer.reduce import similar_filter
+
+    key, mode = filters.get("key"), filters.get("mode")
+    if key is not None and key not in PITCH_CLASSES:
+        raise InvalidQuery(f"key must be one of {', '.join(PITCH_CLASSES)}, not {key!r}")
+    if mode is not None and mode not in MODES:
+        raise InvalidQuery(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return similar_filter(**filters)
 
 
 def open(store: str | None = None, *, index: str | None = None,  # the API: previewvec.open()

@@ -241,3 +241,17 @@ def test_records_matrix_and_table_name_each_skipped_record(
         assert [r.levelname for r in caplog.records if keys[1] in r.getMessage()] == [
             "WARNING"]
     assert sorted(catalog.matrix()[1]) == ["rec-0000000", "rec-0000002"]
+
+
+@pytest.mark.parametrize(("call", "why"), [
+    (lambda c: c.similar("rec-0000001", k=10**20), "at most"),
+    (lambda c: c.similar_to_vector(synthetic_record(1).vector_array(), k=10**20), "at most"),
+    (lambda c: c.similar("rec-0000001", k=3, key="H"), "key"),
+    (lambda c: c.similar("rec-0000001", k=3, mode="Minor"), "mode"),
+])
+def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                                       call, why: str) -> None:
+    """Given k beyond what the index takes (an OverflowError from LanceDB before) or a
+    key/mode no record has (a silent [] before), expect the typed input error."""
+    with pytest.raises(InvalidQuery, match=why):
+        call(synthetic_catalog)
