@@ -45,7 +45,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.broker import QUEUES
-from contract.errors import PreviewvecError
+from contract.errors import (
+    ConfigError,
+    IndexUnavailable,
+    InvalidQuery,
+    NotFound,
+    NothingStored,
+    PreviewvecError,
+    StoreError,
+    VectorIndexError,
+)
 from contract.jobs import JOB_SCHEMA, InvalidJob, Job, no_duplicate_keys, parse_isrc
 from contract.layout import PITCH_CLASSES
 from contract.records import CorruptRecord, IncompatibleRecord
@@ -58,6 +67,7 @@ from contract.state import (
     new_run_id,
 )
 from contract.store import StoreUnavailable
+from previewvec.faults import redis_refusal
 from producers.submit import (
     default_queue,
     iter_resolutions,
@@ -95,8 +105,12 @@ class SafeJSONResponse(JSONResponse):
                           separators=(",", ":")).encode("ascii")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> SafeJSONResponse:
-    return SafeJSONResponse({"detail": _safe(message)}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, *,
+           code: str | None = None) -> SafeJSONResponse:
+    body = {"detail": _safe(message)}
+    if code is not None:  # a stable machine-readable code (contract/errors.py)
+        body["code"] = code
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 class InputError(Exception):
@@ -536,15 +550,56 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONRespon
     return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
+_RETRY = {"Retry-After": "5"}
+
+
 async def _broker_down(_: Request, exc: Exception) -> SafeJSONResponse:
     log.warning("broker unavailable: %s", type(exc).__name__)
-    return _error(503, "broker unavailable, try again later", headers={"Retry-After": "5"})
+    return _error(503, "broker unavailable, try again later", headers=_RETRY,
+                  code="broker_unavailable")
+
+
+async def _broker_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    # Redis answering but refusing (out of memory, MISCONF, read-only replica) is an
+    # outage like Redis down; any other error reply is a bug.
+    if not redis_refusal(exc):
+        return await _server_fault(request, exc)
+    log.warning("broker refused on %s %s: %s", request.method, request.url.path, exc)
+    return _error(503, "broker refused the command, try again later", headers=_RETRY,
+                  code="broker_refused")
 
 
 async def _store_down(_: Request, exc: Exception) -> SafeJSONResponse:
     log.warning("feature store unavailable: %s", type(exc).__name__)
-    return _error(503, "feature store unavailable, try again later",
-                  headers={"Retry-After": "5"})
+    return _error(503, "feature store unavailable, try again later", headers=_RETRY,
+                  code=StoreUnavailable.code)
+
+
+# Typed faults of the server's backends or settings, by family (most specific first):
+# (status, what the client is told, Retry-After?). The message itself, which may name
+# paths, buckets or settings, goes to the log only.
+_TYPED_FAULTS: tuple[tuple[type[PreviewvecError], int, str, bool], ...] = (
+    (IndexUnavailable, 503, "vector index unavailable, try again later", True),
+    (ConfigError, 503, "the server is misconfigured", False),
+    (StoreError, 503, "feature store unusable", False),
+    (VectorIndexError, 503, "vector index unusable", False),
+)
+
+
+async def _typed_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    assert isinstance(exc, PreviewvecError)
+    if isinstance(exc, NotFound):  # about this request: said as it is
+        return _error(404, exc.message, code=exc.code)
+    if isinstance(exc, InvalidQuery):
+        return SafeJSONResponse({"detail": [{"loc": ["query"], "msg": _safe(exc.message),
+                                             "type": exc.code}]}, status_code=422)
+    for family, status, told, retry in _TYPED_FAULTS:
+        if isinstance(exc, family):
+            log.warning("%s on %s %s: %s", exc.code, request.method, request.url.path,
+                        exc.message)
+            return _error(status, f"{told} ({exc.code})", headers=_RETRY if retry else None,
+                          code=exc.code)
+    return await _server_fault(request, exc)
 
 
 async def _unreadable_record(request: Request, exc: Exception) -> SafeJSONResponse:
@@ -566,7 +621,9 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (StarletteHTTPException, _http_error),
     (RedisTimeoutError, _broker_down),
     (RedisConnectionError, _broker_down),
+    (RedisError, _broker_error),
     (StoreUnavailable, _store_down),
+    (PreviewvecError, _typed_error),
     (CorruptRecord, _unreadable_record),
     (IncompatibleRecord, _unreadable_record),
     (Exception, _server_fault),
@@ -734,10 +791,16 @@ def get_recording(state: State, recording_id: str,
     from contract.records import decode_stored, record_key
     from contract.versions import current_version
 
+    # Outside the try: a store or setting that cannot be used is the server's fault
+    # (503), not a recording that is not stored (ConfigError is a ValueError too).
+    version = current_version(state.settings)
+    store = state.store()
     try:
-        key = record_key(current_version(state.settings), recording_id)
-        data = state.store().get(key)
-    except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
+        key = record_key(version, recording_id)
+        data = store.get(key)
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: not a possible id
+        if isinstance(exc, PreviewvecError):
+            raise
         raise HTTPException(404, _NO_RECORD) from None
     # decode_stored: a record under another recording's key is corrupt here, and the
     # error names the key
@@ -793,8 +856,13 @@ def get_similar(state: State, recording_id: str,
 
     _check_similar_query(recording_id, tempo_min, tempo_max)
     where = similar_filter(tempo_min=tempo_min, tempo_max=tempo_max, key=key, mode=mode)
+    reducer = state.reducer()
     try:
-        matches = state.reducer().similar(recording_id, k, filter=where)
+        matches = reducer.similar(recording_id, k, filter=where)
+        if not matches and reducer.index.count() == 0:
+            # Not "no similar recordings": nothing was reduced into the index yet.
+            raise NothingStored("the vector index holds no vectors yet: nothing was "
+                                "reduced into it")
     except FileNotFoundError:
         raise HTTPException(404, _NO_RECORD) from None
     except PreviewvecError as exc:

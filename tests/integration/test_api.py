@@ -435,3 +435,67 @@ def test_a_submission_resolves_against_its_own_run_and_the_store(settings: Setti
     assert [k["run_id"] for k in seen] == [first["run_id"], forced["run_id"]]
     assert seen[0]["store"] is not None and seen[1]["store"] is None
     assert all(k["runs"] is not None for k in seen)
+
+
+# --------------------------------------------------------------------------- backend faults
+
+
+def _stored_settings(settings: Settings, root, **changes: str) -> Settings:
+    """Settings with a store of their own holding one record, and ``changes``."""
+    import dataclasses
+
+    store = str(root / "store")
+    record = FeatureRecord(
+        recording_id="lonely-1", vector=[0.25] * VECTOR_DIM,
+        descriptors={"tempo_bpm": 90.0, "key": "C", "mode": "major"},
+        provenance=make_provenance(preview_url="https://p.scdn.co/l", audio_sha256="ef" * 32,
+                                   source="spotify", run_id="r1", decoder="test"))
+    open_store(store).put(record.key, encode_record(record))
+    return dataclasses.replace(settings, **{"store": store, "index": str(root / "index"),
+                                            **changes})
+
+
+@pytest.mark.parametrize(("changes", "paths", "code"), [
+    ({"store": "/etc/passwd/store"}, ["recordings/lonely-1", "similar/lonely-1"],
+     "store_error"),
+    ({"store": "ftp://x/features"}, ["recordings/lonely-1", "similar/lonely-1"],
+     "bad_config"),
+    ({"index": "/etc/passwd"}, ["similar/lonely-1"], "index_error"),
+    ({"index": "ftp://x"}, ["similar/lonely-1"], "bad_config"),
+], ids=["store-folder-unusable", "store-url-unsupported", "index-folder-unusable",
+        "index-url-unsupported"])
+def test_a_store_or_index_that_cannot_be_used_is_503(settings: Settings, tmp_path,
+                                                     changes: dict, paths: list[str],
+                                                     code: str) -> None:
+    """Given a store or an index that cannot be opened (a file where the folder goes, an
+    unsupported URL), expect 503 with the typed code: not a 500 with a traceback in the
+    log, nor a 404 that says the recording is not stored."""
+    app = create_app(_stored_settings(settings, tmp_path, **changes))
+    with TestClient(app, raise_server_exceptions=True) as c:
+        for path in paths:
+            resp = c.get(f"/v1/{path}", headers=AUTH)
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert resp.json()["code"] == code, resp.text
+
+
+def test_similar_on_an_empty_index_is_404_not_an_empty_answer(settings: Settings,
+                                                              tmp_path) -> None:
+    """Given a stored recording and an index nothing was reduced into yet, expect 404
+    `nothing_stored` (as `previewvec similar` exits 6), not 200 with no matches."""
+    with TestClient(create_app(_stored_settings(settings, tmp_path))) as c:
+        resp = c.get("/v1/similar/lonely-1", headers=AUTH)
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["code"] == "nothing_stored"
+
+
+def test_redis_refusing_writes_is_503(client: TestClient, r: Redis) -> None:
+    """Given Redis at its maxmemory (noeviction), expect a submission to get 503 with
+    Retry-After, as when it is down, not a 500."""
+    r.config_set("maxmemory", "1")
+    try:
+        resp = post(client, json.dumps({"jobs": [{"recording_id": "oom-1",
+                                                  "preview_url": "https://p.scdn.co/o"}]}))
+    finally:
+        r.config_set("maxmemory", "0")
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] and resp.json()["code"] == "broker_refused"
