@@ -868,7 +868,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     Anything else (a bug) keeps its traceback.
     """
     from contract.state import RedisError, RedisUnavailable
-    from previewvec.faults import redis_refusal, shown_url
+    from previewvec.faults import index_fault, redis_refusal, shown_url
 
     try:
         return int(args.handler(args, settings))
@@ -880,6 +880,12 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     except PreviewvecError as exc:
         _say(exc.message)
         return exit_status(exc)
+    except (RuntimeError, OSError) as exc:
+        fault = index_fault(exc, settings.index)  # LanceDB's untyped read errors
+        if fault is None:
+            raise
+        _say(fault.message)
+        return exit_status(fault)
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED

@@ -499,3 +499,22 @@ def test_redis_refusing_writes_is_503(client: TestClient, r: Redis) -> None:
         r.config_set("maxmemory", "0")
     assert resp.status_code == 503, resp.text
     assert resp.headers["retry-after"] and resp.json()["code"] == "broker_refused"
+
+
+def test_a_corrupt_index_is_503(settings: Settings, tmp_path) -> None:
+    """Given an index whose data files were overwritten, expect 503 `index_error`, not a
+    500 with LanceDB's RuntimeError in the log."""
+    from pathlib import Path
+
+    from reducer.reduce import Reducer
+
+    stored = _stored_settings(settings, tmp_path)
+    Reducer.build(stored).reindex(refit=True)
+    data = list(Path(stored.index).glob("**/data/*.lance"))
+    assert data
+    for path in data:
+        path.write_bytes(b"garbage")
+    with TestClient(create_app(stored), raise_server_exceptions=True) as c:
+        resp = c.get("/v1/similar/lonely-1", headers=AUTH)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["code"] == "index_error"

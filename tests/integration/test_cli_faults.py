@@ -460,3 +460,20 @@ def test_redis_refusing_writes_is_one_line(base_env, redis_url: str, tmp_path: P
                      "maxmemory")
     finally:
         r.config_set("maxmemory", "0")
+
+
+def test_a_corrupt_index_folder_is_one_line(base_env) -> None:
+    """Given an index whose data files were overwritten (a bad copy, a full disk during
+    a write), expect `similar` and `reindex` to name the index in one line and exit 5,
+    not LanceDB's RuntimeError traceback."""
+    _store_three(base_env)
+    subprocess.run([sys.executable, "-m", "previewvec.cli", "reindex"], env=base_env,
+                   capture_output=True, timeout=120, check=True, stdin=subprocess.DEVNULL)
+    data = list(Path(base_env["PREVIEWVEC_INDEX"]).glob("**/data/*.lance"))
+    assert data
+    for path in data:
+        path.write_bytes(b"garbage")
+    for command in (["similar", "rec-0000001"], ["reindex"]):
+        line = expect_fault(base_env, command, EXIT_INDEX, "cannot read the vector index",
+                            base_env["PREVIEWVEC_INDEX"])
+        assert ".rs:" not in line  # no Rust source locations
