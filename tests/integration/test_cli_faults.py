@@ -477,3 +477,14 @@ def test_a_corrupt_index_folder_is_one_line(base_env) -> None:
         line = expect_fault(base_env, command, EXIT_INDEX, "cannot read the vector index",
                             base_env["PREVIEWVEC_INDEX"])
         assert ".rs:" not in line  # no Rust source locations
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PREVIEWVEC_QUEUE_HIGH_WATER", "-1"),  # enqueue waited for "0 > -1" forever
+    ("PREVIEWVEC_MB_RATE_PER_S", "nan"),  # a traceback from the rate limiter
+    ("PREVIEWVEC_MB_RATE_PER_S", "0"),
+    ("PREVIEWVEC_FETCH_TOTAL_TIMEOUT_S", "inf"),
+    ("PREVIEWVEC_API_MAX_BODY_BYTES", "-5"),  # every request body refused with 413
+])
+def test_a_numeric_setting_out_of_range_is_one_line(base_env, name: str, value: str) -> None:
+    expect_fault({**base_env, name: value}, ["status", "x"], EXIT_USAGE, name)
