@@ -644,6 +644,7 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
 ops = APIRouter(tags=["ops"])
 
 
+# HEAD too (healthz_head): uptime monitors and some load balancers probe with it.
 @ops.get("/healthz", summary="liveness: Redis reachable")
 def healthz(state: State) -> SafeJSONResponse:
     try:
@@ -652,6 +653,12 @@ def healthz(state: State) -> SafeJSONResponse:
         return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
                                 status_code=503)
     return SafeJSONResponse({"status": "ok", "redis": "ok"})
+
+
+@ops.head("/healthz", include_in_schema=False)
+def healthz_head(state: State) -> SafeJSONResponse:
+    """``/healthz`` for HEAD: the same status, no body (the server drops it)."""
+    return healthz(state)
 
 
 # --------------------------------------------------------------------------- runs

@@ -518,3 +518,13 @@ def test_a_corrupt_index_is_503(settings: Settings, tmp_path) -> None:
         resp = c.get("/v1/similar/lonely-1", headers=AUTH)
     assert resp.status_code == 503, resp.text
     assert resp.json()["code"] == "index_error"
+
+
+def test_healthz_answers_head(client: TestClient) -> None:
+    """Uptime monitors and some load balancers probe with HEAD: 200 (503 when Redis is
+    down), with no body, not 405."""
+    resp = client.head("/healthz")
+    assert resp.status_code == 200 and resp.content == b""
+    down = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens=(TOKEN,))
+    with TestClient(create_app(down)) as c:
+        assert c.head("/healthz").status_code == 503
