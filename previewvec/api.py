@@ -23,6 +23,7 @@ in constant time, never logged and never echoed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -84,6 +85,8 @@ BACKGROUND_WORKERS = 4
 # Retry-After of a 429 when the target queue is above PREVIEWVEC_QUEUE_HIGH_WATER: about
 # how long a few workers take to work a full chunk off.
 QUEUE_FULL_RETRY_AFTER_S = 30
+# The whole request body must arrive within this (a 1 MB body at a slow 300 kbit/s).
+BODY_READ_TIMEOUT_S = 30.0
 INPUT_KEYS = ("release", "isrcs", "query", "new_releases", "jobs")
 OPTION_KEYS = ("queue", "force")
 _MBID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -145,15 +148,20 @@ ACCESS_LOG_FILTER = _NoQueryStrings()
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413: declared (``Content-Length``) or streamed.
+    """Refuse bodies over ``max_bytes`` with 413: declared (``Content-Length``) or streamed;
+    and bodies not received within ``read_timeout_s`` with 408.
 
     The body is read here (at most ``max_bytes`` + one chunk) and replayed to the app, so
-    nothing downstream ever sees more than the limit.
+    nothing downstream ever sees more than the limit. The deadline covers the whole body:
+    uvicorn has no read timeout once the headers are in, so a client that stops sending
+    (or trickles a byte now and then) would otherwise hold its request for ever.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 read_timeout_s: float = BODY_READ_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,8 +178,16 @@ class BodyLimitMiddleware:
                 return
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                await _error(408, f"request body not received within "
+                             f"{self.read_timeout_s:g} s", headers={"Connection": "close"},
+                             code="body_timeout")(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

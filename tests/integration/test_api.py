@@ -528,3 +528,42 @@ def test_healthz_answers_head(client: TestClient) -> None:
     down = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens=(TOKEN,))
     with TestClient(create_app(down)) as c:
         assert c.head("/healthz").status_code == 503
+
+
+def test_a_body_that_stops_arriving_is_408_not_a_held_request() -> None:
+    """Given a client that declares a body and stops sending it (slowloris), expect the
+    body limit to give up with 408 and close, not hold the request for ever: uvicorn has
+    no read timeout of its own once the headers are in."""
+    import asyncio
+
+    from previewvec.api import BodyLimitMiddleware
+
+    async def never_called(scope, receive, send) -> None:
+        raise AssertionError("the app saw a body that never arrived")
+
+    async def scenario() -> list[dict]:
+        stalled = asyncio.Event()  # never set: the rest of the body never comes
+        parts = [{"type": "http.request", "body": b'{"que', "more_body": True}]
+
+        async def receive() -> dict:
+            if parts:
+                return parts.pop(0)
+            await stalled.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        middleware = BodyLimitMiddleware(never_called, max_bytes=MAX_BODY,
+                                         read_timeout_s=0.05)
+        scope = {"type": "http", "method": "POST", "path": "/v1/jobs",
+                 "headers": [(b"content-length", b"100")]}
+        await middleware(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
