@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "/v1/similar/{id}; bearer tokens from PREVIEWVEC_API_TOKENS; "
                        "OpenAPI docs at /docs.")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--loglevel", default="info")
     p.set_defaults(handler=cmd_api)
 
@@ -820,6 +820,17 @@ def _count(limit: int) -> Callable[[str], int]:
         return value
 
     return count
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (bind() raises OverflowError, not OSError, beyond)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {value}")
+    return value
 
 
 def _interval(text: str) -> float:
