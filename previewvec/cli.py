@@ -116,12 +116,9 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from workers import jitcache
+    from previewvec.lib import warm_jit_cache
 
-    # numba's compile cache, safely shared with concurrent processes; a cold one is
-    # compiled once under its lock (before librosa, and so numba, is imported).
-    if not jitcache.is_warm(settings):
-        jitcache.warm(settings)
+    warm_jit_cache(settings)
     failed = 0
     for path in args.paths:
         record = _extract_one(path, settings)

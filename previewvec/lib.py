@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from contract.errors import InvalidQuery, NotFound
+from contract.errors import ConfigError, InvalidQuery, NotFound
 from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
@@ -62,17 +62,31 @@ class Neighbour:
     descriptors: dict[str, Any]
 
 
+def warm_jit_cache(settings: Settings) -> None:
+    """Warm numba's compile cache, safely shared with concurrent processes; a cold one is
+    compiled once under its lock (before librosa, and so numba, is imported).
+
+    Raises :class:`ConfigError` when ``PREVIEWVEC_CACHE_DIR`` cannot hold it (a file in
+    the way, no permission, a full disk)."""
+    from workers import jitcache
+
+    try:
+        if not jitcache.is_warm(settings):
+            jitcache.warm(settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the compile cache under {settings.cache_dir} "
+                          f"(PREVIEWVEC_CACHE_DIR): {exc.strerror or exc}") from None
+
+
 def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
     """Decode and extract one clip (a path or its encoded bytes), as workers do.
 
     Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …).
     """
-    from workers import jitcache
     from workers.analysis import analyze
 
     settings = settings or Settings.from_env()
-    if not jitcache.is_warm(settings):  # numba's shared compile cache, under its lock
-        jitcache.warm(settings)
+    warm_jit_cache(settings)  # ConfigError when PREVIEWVEC_CACHE_DIR cannot hold it
     result = analyze(source, settings)
     return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
                      descriptors=dict(result.features.descriptors),

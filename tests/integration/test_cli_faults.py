@@ -488,3 +488,13 @@ def test_a_corrupt_index_folder_is_one_line(base_env) -> None:
 ])
 def test_a_numeric_setting_out_of_range_is_one_line(base_env, name: str, value: str) -> None:
     expect_fault({**base_env, name: value}, ["status", "x"], EXIT_USAGE, name)
+
+
+def test_an_unusable_cache_dir_is_one_line(base_env, tmp_path: Path) -> None:
+    """Given PREVIEWVEC_CACHE_DIR under a regular file, expect `extract` to name the
+    setting in one line and exit 2, not a NotADirectoryError traceback."""
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    env = {**base_env, "PREVIEWVEC_CACHE_DIR": "/etc/passwd/cache"}
+    expect_fault(env, ["extract", str(clip)], EXIT_USAGE, "PREVIEWVEC_CACHE_DIR",
+                 "Not a directory")
