@@ -82,6 +82,10 @@ MAX_JOBS = 10_000
 MAX_QUERY_CHARS = 1_000
 MAX_ERRORS = 50  # field errors reported per 422
 BACKGROUND_WORKERS = 4
+# Submissions accepted but not yet resolved, at most: resolution runs at upstream's pace
+# (MusicBrainz: one call a second), so without a bound a burst of submissions piles up
+# in memory (and is lost when the API stops) while the Celery queue looks empty.
+MAX_PENDING_SUBMISSIONS = 100
 # Retry-After of a 429 when the target queue is above PREVIEWVEC_QUEUE_HIGH_WATER: about
 # how long a few workers take to work a full chunk off.
 QUEUE_FULL_RETRY_AFTER_S = 30
@@ -411,8 +415,10 @@ class Background:
     ``resolution_state: running``); dump-sized work belongs to ``previewvec submit``.
     """
 
-    def __init__(self, workers: int = BACKGROUND_WORKERS) -> None:
+    def __init__(self, workers: int = BACKGROUND_WORKERS,
+                 max_pending: int = MAX_PENDING_SUBMISSIONS) -> None:
         self.workers = workers
+        self.max_pending = max_pending
         self.tasks: queue_mod.Queue[Callable[[], None] | None] = queue_mod.Queue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -426,6 +432,10 @@ class Background:
                     thread.start()
                     self._threads.append(thread)
         self.tasks.put(task)
+
+    def full(self) -> bool:
+        """Whether ``max_pending`` submissions are already waiting or running."""
+        return self.tasks.unfinished_tasks >= self.max_pending
 
     def _loop(self) -> None:
         while True:
@@ -562,8 +572,18 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSON
     return SafeJSONResponse({"detail": detail}, status_code=422)
 
 
+class CodedHTTPException(HTTPException):
+    """An HTTP error whose JSON body carries a stable ``code`` too."""
+
+    def __init__(self, status: int, detail: str, *, code: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, headers=headers)
+        self.code = code
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
-    return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+    return _error(exc.status_code, str(exc.detail), headers=exc.headers,
+                  code=getattr(exc, "code", None))
 
 
 _RETRY = {"Retry-After": "5"}
@@ -701,14 +721,21 @@ def _run_submission(state: ApiState, run_id: str, sub: Submission, resolver: Any
 
 def _check_room(state: ApiState, queue: str) -> None:
     """Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
-    goes to is above the mark, rather than pile it up in the background threads."""
+    goes to is above the mark, or while the background threads already hold
+    ``max_pending`` submissions, rather than pile it up in them."""
+    retry = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
+    if state.background.full():
+        raise CodedHTTPException(
+            429, f"{state.background.max_pending} submissions are waiting to be resolved: "
+            f"try again in {QUEUE_FULL_RETRY_AFTER_S} s", code="too_many_pending",
+            headers=retry)
     depth = state.runs.queue_depth(queue)
     high_water = state.settings.queue_high_water
     if depth > high_water:
-        raise HTTPException(
+        raise CodedHTTPException(
             429, f"queue {queue!r} holds {depth} jobs, more than its high-water "
             f"mark of {high_water}: try again in {QUEUE_FULL_RETRY_AFTER_S} s",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+            code="queue_full", headers=retry)
 
 
 def _resolver_for(state: ApiState, sub: Submission, run_id: str) -> Any:

@@ -567,3 +567,34 @@ def test_a_body_that_stops_arriving_is_408_not_a_held_request() -> None:
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 408
     assert (b"connection", b"close") in start["headers"]
+
+
+def test_submissions_waiting_to_resolve_are_bounded(settings: Settings) -> None:
+    """Given resolution slower than submissions (MusicBrainz at one call a second), expect
+    429 with Retry-After once `max_pending` submissions wait for a background thread,
+    rather than an in-memory backlog that grows without bound (and is lost on restart);
+    submissions are accepted again once the backlog drains."""
+    import threading
+
+    from previewvec.api import Background
+
+    release = threading.Event()
+
+    class SlowResolver(FakeResolver):
+        def resolve_query(self, lucene: str):
+            release.wait(60)
+            return self._three("slow")
+
+    background = Background(workers=1, max_pending=2)
+    app = create_app(settings, resolver_factory=lambda s, **_: SlowResolver(),
+                     background=background)
+    with TestClient(app) as c:
+        statuses = [post(c, json.dumps({"query": f"q{i}"})) for i in range(4)]
+        assert [r.status_code for r in statuses[:2]] == [202, 202]
+        refused = statuses[3]
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert refused.json()["code"] == "too_many_pending"
+        release.set()
+        background.join()
+        assert post(c, json.dumps({"query": "again"})).status_code == 202
+        background.join()
