@@ -16,9 +16,11 @@ auth except ``/healthz`` and the docs):
 - ``GET /healthz`` — Redis reachable? ``/docs`` — OpenAPI UI.
 
 Robustness rules: a request body is capped at ``settings.api_max_body_bytes`` (413,
-checked on ``Content-Length`` and on the bytes actually streamed); bad input is 400 (not
-JSON) or 422 (JSON of the wrong shape, with field errors), never 500. Tokens are compared
-in constant time, never logged and never echoed.
+checked on ``Content-Length`` and on the bytes actually streamed) and must arrive within
+``BODY_READ_TIMEOUT_S`` (408); bad input is 400 (not JSON) or 422 (JSON of the wrong
+shape, with field errors), never 500. A backend that is down, refuses or cannot be used
+(Redis, the store, the index, their settings) is a 503 with a stable ``code``, logged in
+one line. Tokens are compared in constant time, never logged and never echoed.
 """
 
 from __future__ import annotations
