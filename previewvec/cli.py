@@ -910,12 +910,12 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_REDIS
 
 
-# Commands that keep run state in Redis. Their Redis client rides out a restart by
-# retrying for ~30 s, which is right once a run is under way; when Redis cannot be reached
-# at all the command should say so at once instead of retrying and then printing a
-# traceback.
-_BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
-                              cmd_reduce, cmd_reindex, cmd_runs})
+# Commands that keep run state in Redis (resolve: the upstream rate limits shared by
+# every producer). Their Redis client rides out a restart by retrying for ~30 s, which is
+# right once a run is under way; when Redis cannot be reached at all the command should
+# say so at once instead of retrying and then printing a traceback.
+_BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_resolve, cmd_status, cmd_failures,
+                              cmd_retry, cmd_reduce, cmd_reindex, cmd_runs})
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 

@@ -498,3 +498,12 @@ def test_an_unusable_cache_dir_is_one_line(base_env, tmp_path: Path) -> None:
     env = {**base_env, "PREVIEWVEC_CACHE_DIR": "/etc/passwd/cache"}
     expect_fault(env, ["extract", str(clip)], EXIT_USAGE, "PREVIEWVEC_CACHE_DIR",
                  "Not a directory")
+
+
+def test_resolve_says_at_once_that_redis_cannot_be_reached(base_env) -> None:
+    """resolve shares the upstream rate limits through Redis: with Redis down from the
+    start, expect "cannot reach", not "lost Redis" (it was never reached)."""
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": closed_url("redis", "/0"),
+           "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    expect_fault(env, ["resolve", "--isrc", "USRC17607839", "--out", "-"], EXIT_REDIS,
+                 "cannot reach Redis")
