@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -236,13 +236,18 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                     unresolved += 1
                 else:
                     resolved += 1
-                out.write(resolution_line(res) + "\n")
+                with _writing(args.out):
+                    out.write(resolution_line(res) + "\n")
                 written += 1
-            out.flush()
+            with _writing(args.out):
+                out.flush()
             complete = True
         finally:
             if out is not sys.stdout:
-                out.close()
+                # After a failed write the buffer's rest fails again: the first error is
+                # the one to tell.
+                with _writing(args.out) if complete else contextlib.suppress(OSError):
+                    out.close()
             if tmp is not None and (complete or written):
                 try:
                     os.chmod(tmp, 0o644)  # mkstemp makes 0600
@@ -256,6 +261,20 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
             tmp.unlink(missing_ok=True)
     print(f"resolved {resolved}, unresolved {unresolved}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _writing(name: str) -> Iterator[None]:
+    """Writes to the output ``name``: a full disk or a file-size limit is
+    :class:`InputUnreadable` (exit 7); a reader that went away stays a BrokenPipeError
+    (exit 141)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {name!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
 
 
 def _planning_progress(line_no: int) -> None:

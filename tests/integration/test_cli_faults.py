@@ -507,3 +507,56 @@ def test_resolve_says_at_once_that_redis_cannot_be_reached(base_env) -> None:
            "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
     expect_fault(env, ["resolve", "--isrc", "USRC17607839", "--out", "-"], EXIT_REDIS,
                  "cannot reach Redis")
+
+
+RESOLVE_MANY = '''
+import sys
+from types import SimpleNamespace
+
+import producers.submit as submit_mod
+from contract.jobs import Job
+
+
+class Many:
+    def resolve_isrcs(self, isrcs):
+        for i in range(5000):
+            rid = f"rec-{i:06d}"
+            yield SimpleNamespace(recording_id=rid, score=0.99, reason="isrc",
+                                  error_code=None,
+                                  job=Job(recording_id=rid,
+                                          preview_url=f"https://p.scdn.co/{rid}"))
+
+
+submit_mod.build_resolver = lambda settings, **kw: Many()
+from previewvec.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_resolve_onto_a_full_disk_is_one_line(base_env, tmp_path: Path) -> None:
+    """Given `resolve --out FILE` meeting a write error (a file-size limit: EFBIG, as a
+    full disk's ENOSPC), expect one line naming FILE and exit 7, not an OSError
+    traceback; the lines written before are kept, as for any failed resolve."""
+    import resource
+    import signal
+
+    script = tmp_path / "resolve_many.py"
+    script.write_text(RESOLVE_MANY)
+    out = tmp_path / "out" / "resolved.jsonl"
+    out.parent.mkdir()
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(script), "resolve", "--isrc", "USRC17607839",
+                             "--out", str(out)], env=env, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL, preexec_fn=limit_file_size)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == EXIT_INPUT_FILE, (result.returncode, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("previewvec: cannot write") and str(out) in line
+    assert out.exists() and [p.name for p in out.parent.iterdir()] == ["resolved.jsonl"]
