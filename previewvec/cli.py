@@ -889,16 +889,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_handler(args, settings)
 
 
+class _Stdout:
+    """``sys.stdout`` while a command runs: a write error (a full disk or a file-size
+    limit behind a redirect) is :class:`InputUnreadable`, exit 7, instead of an OSError
+    traceback; a reader that went away stays a BrokenPipeError (exit 141)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def _failed(self, exc: OSError) -> InputUnreadable:
+        # What is still buffered would fail again at exit ("Exception ignored ..."):
+        # it goes nowhere instead.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # type: ignore[attr-defined]
+        return InputUnreadable(f"cannot write to stdout: "
+                               f"{exc.strerror or type(exc).__name__}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)  # type: ignore[attr-defined,no-any-return]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run the command; an expected operational fault becomes one line and its exit status.
 
     Anything else (a bug) keeps its traceback.
     """
+    real_stdout = sys.stdout
+    sys.stdout = _Stdout(real_stdout)  # type: ignore[assignment]
+    try:
+        return _run_guarded(args, settings)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _run_guarded(args: argparse.Namespace, settings: Settings) -> int:
     from contract.state import RedisError, RedisUnavailable
     from previewvec.faults import index_fault, redis_refusal, shown_url
 
     try:
-        return int(args.handler(args, settings))
+        status = int(args.handler(args, settings))
+        sys.stdout.flush()  # a full disk behind stdout shows here, not at exit
+        return status
     except BrokenPipeError:
         # The reader went away (`previewvec runs | head -3`): nothing is wrong, and
         # Python's flush of stdout at exit must not fail on the closed pipe either.

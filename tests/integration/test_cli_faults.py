@@ -560,3 +560,24 @@ def test_resolve_onto_a_full_disk_is_one_line(base_env, tmp_path: Path) -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith("previewvec: cannot write") and str(out) in line
     assert out.exists() and [p.name for p in out.parent.iterdir()] == ["resolved.jsonl"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["features"], ["runs"]])
+def test_stdout_onto_a_full_disk_is_one_line(base_env, tmp_path: Path, command) -> None:
+    """Given stdout redirected to a full disk (/dev/full: every write is ENOSPC), expect
+    one line and exit 7, not an OSError traceback (nor Python's "Exception ignored"
+    at exit)."""
+    catalog = tmp_path / "empty.jsonl"
+    catalog.write_text("")
+    subprocess.run([sys.executable, "-m", "previewvec.cli", "enqueue", str(catalog)],
+                   env=base_env, capture_output=True, timeout=120, check=True)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "previewvec.cli", *command],
+                                env=base_env, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
+    assert result.returncode == EXIT_INPUT_FILE, (result.returncode, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("previewvec: cannot write to stdout"), line
