@@ -42,6 +42,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as shells report it
 
 MAX_RUNS_SHOWN = 1_000_000  # `runs -n`
+UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # `api`
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0  # `status --watch --interval`
 
 
@@ -138,7 +139,15 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from previewvec.demo import run_demo
 
-    return run_demo(settings, out_dir=Path(args.out), renderer=args.renderer)
+    out = Path(args.out)
+    try:  # now, before songs are generated: a file in the way, no permission, read-only
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".previewvec-write-check").touch()
+        (out / ".previewvec-write-check").unlink()
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {args.out!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    return run_demo(settings, out_dir=out, renderer=args.renderer)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -726,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OpenAPI docs at /docs.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info", choices=UVICORN_LOG_LEVELS)
     p.set_defaults(handler=cmd_api)
 
     p = sub.add_parser("status", help="show a run's progress",

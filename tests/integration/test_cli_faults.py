@@ -581,3 +581,8 @@ def test_stdout_onto_a_full_disk_is_one_line(base_env, tmp_path: Path, command) 
     assert result.returncode == EXIT_INPUT_FILE, (result.returncode, result.stderr)
     [line] = result.stderr.splitlines()
     assert line.startswith("previewvec: cannot write to stdout"), line
+
+
+def test_demo_into_an_unusable_folder_is_one_line(base_env) -> None:
+    expect_fault(base_env, ["demo", "--out", "/etc/passwd/demo"], EXIT_INPUT_FILE,
+                 "cannot write", "/etc/passwd/demo")

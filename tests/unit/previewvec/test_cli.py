@@ -152,6 +152,7 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["similar", "rec-1", "--key", "H"], "--key"),
     (["api", "--port", "99999"], "--port"),  # an OverflowError from bind() before
     (["api", "--port", "-1"], "--port"),
+    (["api", "--loglevel", "bogus"], "--loglevel"),  # uvicorn's KeyError before
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
     """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
