@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,29 @@ def _masked(value: object) -> object:
     """``value`` with any password in a URL replaced by ``**``."""
     if isinstance(value, str) and "://" in value and "@" in value:  # only with credentials
         return maybe_sanitize_url(value)
+    return value
+
+
+# Numeric settings that 0 breaks (a rate limiter divides by its rate, a sample rate, a
+# time limit or a body cap of 0 refuses everything); every numeric setting is finite and
+# non-negative (0 means "off" for some).
+_POSITIVE = frozenset({
+    "analysis_sr", "max_duration_s", "fetch_connect_timeout_s", "fetch_read_timeout_s",
+    "fetch_total_timeout_s", "mb_rate_per_s", "itunes_rate_per_min", "deezer_rate_per_s",
+    "api_max_body_bytes",
+})
+
+
+def _check_number(name: str, value: object) -> object:
+    """``value`` if it is no number or a usable one, else ValueError saying why: NaN,
+    infinity or a negative number parse, and then hang (a queue mark of -1 is never
+    reached) or fail deep inside a command."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if value < 0 or (value == 0 and name in _POSITIVE):
+        raise ValueError("must be above 0" if name in _POSITIVE else "must not be negative")
     return value
 
 
@@ -160,7 +184,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             try:
-                values[spec.name] = _PARSERS[str(spec.type)](raw)
+                values[spec.name] = _check_number(spec.name,
+                                                  _PARSERS[str(spec.type)](raw))
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
         try:

@@ -16,13 +16,16 @@ auth except ``/healthz`` and the docs):
 - ``GET /healthz`` — Redis reachable? ``/docs`` — OpenAPI UI.
 
 Robustness rules: a request body is capped at ``settings.api_max_body_bytes`` (413,
-checked on ``Content-Length`` and on the bytes actually streamed); bad input is 400 (not
-JSON) or 422 (JSON of the wrong shape, with field errors), never 500. Tokens are compared
-in constant time, never logged and never echoed.
+checked on ``Content-Length`` and on the bytes actually streamed) and must arrive within
+``BODY_READ_TIMEOUT_S`` (408); bad input is 400 (not JSON) or 422 (JSON of the wrong
+shape, with field errors), never 500. A backend that is down, refuses or cannot be used
+(Redis, the store, the index, their settings) is a 503 with a stable ``code``, logged in
+one line. Tokens are compared in constant time, never logged and never echoed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -45,7 +48,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.broker import QUEUES
-from contract.errors import PreviewvecError
+from contract.errors import (
+    ConfigError,
+    IndexUnavailable,
+    InvalidQuery,
+    NotFound,
+    NothingStored,
+    PreviewvecError,
+    StoreError,
+    VectorIndexError,
+)
 from contract.jobs import JOB_SCHEMA, InvalidJob, Job, no_duplicate_keys, parse_isrc
 from contract.layout import PITCH_CLASSES
 from contract.records import CorruptRecord, IncompatibleRecord
@@ -58,6 +70,7 @@ from contract.state import (
     new_run_id,
 )
 from contract.store import StoreUnavailable
+from previewvec.faults import index_fault, redis_refusal
 from producers.submit import (
     default_queue,
     iter_resolutions,
@@ -71,9 +84,15 @@ MAX_JOBS = 10_000
 MAX_QUERY_CHARS = 1_000
 MAX_ERRORS = 50  # field errors reported per 422
 BACKGROUND_WORKERS = 4
+# Submissions accepted but not yet resolved, at most: resolution runs at upstream's pace
+# (MusicBrainz: one call a second), so without a bound a burst of submissions piles up
+# in memory (and is lost when the API stops) while the Celery queue looks empty.
+MAX_PENDING_SUBMISSIONS = 100
 # Retry-After of a 429 when the target queue is above PREVIEWVEC_QUEUE_HIGH_WATER: about
 # how long a few workers take to work a full chunk off.
 QUEUE_FULL_RETRY_AFTER_S = 30
+# The whole request body must arrive within this (a 1 MB body at a slow 300 kbit/s).
+BODY_READ_TIMEOUT_S = 30.0
 INPUT_KEYS = ("release", "isrcs", "query", "new_releases", "jobs")
 OPTION_KEYS = ("queue", "force")
 _MBID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -95,8 +114,12 @@ class SafeJSONResponse(JSONResponse):
                           separators=(",", ":")).encode("ascii")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> SafeJSONResponse:
-    return SafeJSONResponse({"detail": _safe(message)}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, *,
+           code: str | None = None) -> SafeJSONResponse:
+    body = {"detail": _safe(message)}
+    if code is not None:  # a stable machine-readable code (contract/errors.py)
+        body["code"] = code
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 class InputError(Exception):
@@ -131,15 +154,20 @@ ACCESS_LOG_FILTER = _NoQueryStrings()
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413: declared (``Content-Length``) or streamed.
+    """Refuse bodies over ``max_bytes`` with 413: declared (``Content-Length``) or streamed;
+    and bodies not received within ``read_timeout_s`` with 408.
 
     The body is read here (at most ``max_bytes`` + one chunk) and replayed to the app, so
-    nothing downstream ever sees more than the limit.
+    nothing downstream ever sees more than the limit. The deadline covers the whole body:
+    uvicorn has no read timeout once the headers are in, so a client that stops sending
+    (or trickles a byte now and then) would otherwise hold its request for ever.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 read_timeout_s: float = BODY_READ_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,8 +184,16 @@ class BodyLimitMiddleware:
                 return
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                await _error(408, f"request body not received within "
+                             f"{self.read_timeout_s:g} s", headers={"Connection": "close"},
+                             code="body_timeout")(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -381,8 +417,10 @@ class Background:
     ``resolution_state: running``); dump-sized work belongs to ``previewvec submit``.
     """
 
-    def __init__(self, workers: int = BACKGROUND_WORKERS) -> None:
+    def __init__(self, workers: int = BACKGROUND_WORKERS,
+                 max_pending: int = MAX_PENDING_SUBMISSIONS) -> None:
         self.workers = workers
+        self.max_pending = max_pending
         self.tasks: queue_mod.Queue[Callable[[], None] | None] = queue_mod.Queue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -396,6 +434,10 @@ class Background:
                     thread.start()
                     self._threads.append(thread)
         self.tasks.put(task)
+
+    def full(self) -> bool:
+        """Whether ``max_pending`` submissions are already waiting or running."""
+        return self.tasks.unfinished_tasks >= self.max_pending
 
     def _loop(self) -> None:
         while True:
@@ -532,19 +574,78 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSON
     return SafeJSONResponse({"detail": detail}, status_code=422)
 
 
+class CodedHTTPException(HTTPException):
+    """An HTTP error whose JSON body carries a stable ``code`` too."""
+
+    def __init__(self, status: int, detail: str, *, code: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, headers=headers)
+        self.code = code
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
-    return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+    return _error(exc.status_code, str(exc.detail), headers=exc.headers,
+                  code=getattr(exc, "code", None))
+
+
+_RETRY = {"Retry-After": "5"}
 
 
 async def _broker_down(_: Request, exc: Exception) -> SafeJSONResponse:
     log.warning("broker unavailable: %s", type(exc).__name__)
-    return _error(503, "broker unavailable, try again later", headers={"Retry-After": "5"})
+    return _error(503, "broker unavailable, try again later", headers=_RETRY,
+                  code="broker_unavailable")
+
+
+async def _broker_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    # Redis answering but refusing (out of memory, MISCONF, read-only replica) is an
+    # outage like Redis down; any other error reply is a bug.
+    if not redis_refusal(exc):
+        return await _server_fault(request, exc)
+    log.warning("broker refused on %s %s: %s", request.method, request.url.path, exc)
+    return _error(503, "broker refused the command, try again later", headers=_RETRY,
+                  code="broker_refused")
 
 
 async def _store_down(_: Request, exc: Exception) -> SafeJSONResponse:
     log.warning("feature store unavailable: %s", type(exc).__name__)
-    return _error(503, "feature store unavailable, try again later",
-                  headers={"Retry-After": "5"})
+    return _error(503, "feature store unavailable, try again later", headers=_RETRY,
+                  code=StoreUnavailable.code)
+
+
+# Typed faults of the server's backends or settings, by family (most specific first):
+# (status, what the client is told, Retry-After?). The message itself, which may name
+# paths, buckets or settings, goes to the log only.
+_TYPED_FAULTS: tuple[tuple[type[PreviewvecError], int, str, bool], ...] = (
+    (IndexUnavailable, 503, "vector index unavailable, try again later", True),
+    (ConfigError, 503, "the server is misconfigured", False),
+    (StoreError, 503, "feature store unusable", False),
+    (VectorIndexError, 503, "vector index unusable", False),
+)
+
+
+async def _lance_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    # LanceDB says an index folder it cannot read with a RuntimeError: a typed fault.
+    fault = index_fault(exc, request.app.state.api.settings.index)
+    if fault is None:
+        return await _server_fault(request, exc)
+    return await _typed_error(request, fault)
+
+
+async def _typed_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    assert isinstance(exc, PreviewvecError)
+    if isinstance(exc, NotFound):  # about this request: said as it is
+        return _error(404, exc.message, code=exc.code)
+    if isinstance(exc, InvalidQuery):
+        return SafeJSONResponse({"detail": [{"loc": ["query"], "msg": _safe(exc.message),
+                                             "type": exc.code}]}, status_code=422)
+    for family, status, told, retry in _TYPED_FAULTS:
+        if isinstance(exc, family):
+            log.warning("%s on %s %s: %s", exc.code, request.method, request.url.path,
+                        exc.message)
+            return _error(status, f"{told} ({exc.code})", headers=_RETRY if retry else None,
+                          code=exc.code)
+    return await _server_fault(request, exc)
 
 
 async def _unreadable_record(request: Request, exc: Exception) -> SafeJSONResponse:
@@ -566,7 +667,10 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (StarletteHTTPException, _http_error),
     (RedisTimeoutError, _broker_down),
     (RedisConnectionError, _broker_down),
+    (RedisError, _broker_error),
     (StoreUnavailable, _store_down),
+    (PreviewvecError, _typed_error),
+    (RuntimeError, _lance_error),
     (CorruptRecord, _unreadable_record),
     (IncompatibleRecord, _unreadable_record),
     (Exception, _server_fault),
@@ -578,6 +682,7 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
 ops = APIRouter(tags=["ops"])
 
 
+# HEAD too (healthz_head): uptime monitors and some load balancers probe with it.
 @ops.get("/healthz", summary="liveness: Redis reachable")
 def healthz(state: State) -> SafeJSONResponse:
     try:
@@ -586,6 +691,12 @@ def healthz(state: State) -> SafeJSONResponse:
         return SafeJSONResponse({"status": "unavailable", "redis": "unreachable"},
                                 status_code=503)
     return SafeJSONResponse({"status": "ok", "redis": "ok"})
+
+
+@ops.head("/healthz", include_in_schema=False)
+def healthz_head(state: State) -> SafeJSONResponse:
+    """``/healthz`` for HEAD: the same status, no body (the server drops it)."""
+    return healthz(state)
 
 
 # --------------------------------------------------------------------------- runs
@@ -612,14 +723,21 @@ def _run_submission(state: ApiState, run_id: str, sub: Submission, resolver: Any
 
 def _check_room(state: ApiState, queue: str) -> None:
     """Backpressure, as `enqueue` and `submit` wait: refuse new work while the queue it
-    goes to is above the mark, rather than pile it up in the background threads."""
+    goes to is above the mark, or while the background threads already hold
+    ``max_pending`` submissions, rather than pile it up in them."""
+    retry = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
+    if state.background.full():
+        raise CodedHTTPException(
+            429, f"{state.background.max_pending} submissions are waiting to be resolved: "
+            f"try again in {QUEUE_FULL_RETRY_AFTER_S} s", code="too_many_pending",
+            headers=retry)
     depth = state.runs.queue_depth(queue)
     high_water = state.settings.queue_high_water
     if depth > high_water:
-        raise HTTPException(
+        raise CodedHTTPException(
             429, f"queue {queue!r} holds {depth} jobs, more than its high-water "
             f"mark of {high_water}: try again in {QUEUE_FULL_RETRY_AFTER_S} s",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+            code="queue_full", headers=retry)
 
 
 def _resolver_for(state: ApiState, sub: Submission, run_id: str) -> Any:
@@ -734,10 +852,16 @@ def get_recording(state: State, recording_id: str,
     from contract.records import decode_stored, record_key
     from contract.versions import current_version
 
+    # Outside the try: a store or setting that cannot be used is the server's fault
+    # (503), not a recording that is not stored (ConfigError is a ValueError too).
+    version = current_version(state.settings)
+    store = state.store()
     try:
-        key = record_key(current_version(state.settings), recording_id)
-        data = state.store().get(key)
-    except (FileNotFoundError, ValueError):  # ValueError: not a possible recording id
+        key = record_key(version, recording_id)
+        data = store.get(key)
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: not a possible id
+        if isinstance(exc, PreviewvecError):
+            raise
         raise HTTPException(404, _NO_RECORD) from None
     # decode_stored: a record under another recording's key is corrupt here, and the
     # error names the key
@@ -793,8 +917,13 @@ def get_similar(state: State, recording_id: str,
 
     _check_similar_query(recording_id, tempo_min, tempo_max)
     where = similar_filter(tempo_min=tempo_min, tempo_max=tempo_max, key=key, mode=mode)
+    reducer = state.reducer()
     try:
-        matches = state.reducer().similar(recording_id, k, filter=where)
+        matches = reducer.similar(recording_id, k, filter=where)
+        if not matches and reducer.index.count() == 0:
+            # Not "no similar recordings": nothing was reduced into the index yet.
+            raise NothingStored("the vector index holds no vectors yet: nothing was "
+                                "reduced into it")
     except FileNotFoundError:
         raise HTTPException(404, _NO_RECORD) from None
     except PreviewvecError as exc:

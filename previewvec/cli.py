@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -25,7 +25,9 @@ from contract.errors import (
     UpstreamError,
     VectorIndexError,
 )
+from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
+from previewvec.faults import MAX_K
 
 # Exit statuses: one per family of expected operational fault (README "Commands").
 EXIT_FAILED_INPUTS = 1  # extract: some inputs failed; also any other typed failure
@@ -38,6 +40,10 @@ EXIT_INPUT_FILE = 7  # a file named on the command line cannot be read (or writt
 EXIT_UPSTREAM = 8  # MusicBrainz / iTunes unavailable or refusing
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as shells report it
+
+MAX_RUNS_SHOWN = 1_000_000  # `runs -n`
+UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # `api`
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 3600.0  # `status --watch --interval`
 
 
 class Interrupted(PreviewvecError):
@@ -111,12 +117,9 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from workers import jitcache
+    from previewvec.lib import warm_jit_cache
 
-    # numba's compile cache, safely shared with concurrent processes; a cold one is
-    # compiled once under its lock (before librosa, and so numba, is imported).
-    if not jitcache.is_warm(settings):
-        jitcache.warm(settings)
+    warm_jit_cache(settings)
     failed = 0
     for path in args.paths:
         record = _extract_one(path, settings)
@@ -136,7 +139,15 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from previewvec.demo import run_demo
 
-    return run_demo(settings, out_dir=Path(args.out), renderer=args.renderer)
+    out = Path(args.out)
+    try:  # now, before songs are generated: a file in the way, no permission, read-only
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".previewvec-write-check").touch()
+        (out / ".previewvec-write-check").unlink()
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {args.out!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+    return run_demo(settings, out_dir=out, renderer=args.renderer)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +213,7 @@ def _resolve_input(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from previewvec.export import output_path
     from producers.submit import build_resolver, iter_resolutions, resolution_line
 
     kind, value = _resolve_input(args)
@@ -217,7 +229,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
         if args.out == "-":
             out = sys.stdout
         else:
-            target = Path(args.out).expanduser()
+            target = output_path(args.out)  # a device or FIFO would be replaced
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                         dir=target.parent)
             tmp = Path(name)
@@ -233,13 +245,18 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                     unresolved += 1
                 else:
                     resolved += 1
-                out.write(resolution_line(res) + "\n")
+                with _writing(args.out):
+                    out.write(resolution_line(res) + "\n")
                 written += 1
-            out.flush()
+            with _writing(args.out):
+                out.flush()
             complete = True
         finally:
             if out is not sys.stdout:
-                out.close()
+                # After a failed write the buffer's rest fails again: the first error is
+                # the one to tell.
+                with _writing(args.out) if complete else contextlib.suppress(OSError):
+                    out.close()
             if tmp is not None and (complete or written):
                 try:
                     os.chmod(tmp, 0o644)  # mkstemp makes 0600
@@ -253,6 +270,20 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
             tmp.unlink(missing_ok=True)
     print(f"resolved {resolved}, unresolved {unresolved}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _writing(name: str) -> Iterator[None]:
+    """Writes to the output ``name``: a full disk or a file-size limit is
+    :class:`InputUnreadable` (exit 7); a reader that went away stays a BrokenPipeError
+    (exit 141)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise InputUnreadable(f"cannot write {name!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
 
 
 def _planning_progress(line_no: int) -> None:
@@ -703,15 +734,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "/v1/similar/{id}; bearer tokens from PREVIEWVEC_API_TOKENS; "
                        "OpenAPI docs at /docs.")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--loglevel", default="info", choices=UVICORN_LOG_LEVELS)
     p.set_defaults(handler=cmd_api)
 
     p = sub.add_parser("status", help="show a run's progress",
                        description="Queued/done/skipped/failed counts with a progress bar.")
     p.add_argument("run_id")
     p.add_argument("--watch", action="store_true", help="refresh until the run finishes")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--interval", type=_interval, default=2.0,
+                   help=f"seconds between refreshes ({MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g})")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("failures", help="list a run's failures (JSON Lines)",
@@ -752,10 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recording_id", nargs="?", default=None)
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="an audio file (.m4a, .mp3, ...) instead of a stored recording")
-    p.add_argument("-k", type=_positive_int, default=10, help="how many neighbours")
+    p.add_argument("-k", type=_count(MAX_K), default=10,
+                   help=f"how many neighbours (at most {MAX_K})")
     p.add_argument("--tempo-min", type=float, default=None, help="only neighbours >= BPM")
     p.add_argument("--tempo-max", type=float, default=None, help="only neighbours <= BPM")
-    p.add_argument("--key", default=None, help="only neighbours in this key, e.g. F#")
+    p.add_argument("--key", default=None, choices=PITCH_CLASSES, metavar="KEY",
+                   help="only neighbours in this key: " + ", ".join(PITCH_CLASSES))
     p.add_argument("--mode", choices=("major", "minor"), default=None)
     p.set_defaults(handler=cmd_similar)
 
@@ -787,20 +821,52 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The most recent runs, newest first: queued, done, "
                        "skipped and failed recordings, and whether the run is open, "
                        "finished or closed.")
-    p.add_argument("-n", "--limit", type=_positive_int, default=20,
+    p.add_argument("-n", "--limit", type=_count(MAX_RUNS_SHOWN), default=20,
                    help="how many runs (default 20)")
     p.set_defaults(handler=cmd_runs)
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (a count of things to show)."""
+def _count(limit: int) -> Callable[[str], int]:
+    """An argparse type: an integer from 1 to ``limit`` (a count of things to show).
+
+    The cap matters: LanceDB and Redis take a count as a 64-bit integer, and a larger
+    one was a traceback after the command had started."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, not {value}")
+        return value
+
+    return count
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (bind() raises OverflowError, not OSError, beyond)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {value}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """An argparse type: seconds between refreshes, a number time.sleep() takes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds, not {text}")
     return value
 
 
@@ -825,11 +891,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # `reduce --follow` is the long-running service: it waits out outages by design.
     if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
-        problem = _broker_problem(settings)
+        problem, status = _broker_problem(settings)
         if problem:
             _say(problem)
-            return EXIT_REDIS
+            return status
     return run_handler(args, settings)
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs: a write error (a full disk or a file-size
+    limit behind a redirect) is :class:`InputUnreadable`, exit 7, instead of an OSError
+    traceback; a reader that went away stays a BrokenPipeError (exit 141)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def _failed(self, exc: OSError) -> InputUnreadable:
+        # What is still buffered would fail again at exit ("Exception ignored ..."):
+        # it goes nowhere instead.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # type: ignore[attr-defined]
+        return InputUnreadable(f"cannot write to stdout: "
+                               f"{exc.strerror or type(exc).__name__}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)  # type: ignore[attr-defined,no-any-return]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 def run_handler(args: argparse.Namespace, settings: Settings) -> int:
@@ -837,12 +939,22 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
     Anything else (a bug) keeps its traceback.
     """
-    from kombu.utils.url import maybe_sanitize_url
+    real_stdout = sys.stdout
+    sys.stdout = _Stdout(real_stdout)  # type: ignore[assignment]
+    try:
+        return _run_guarded(args, settings)
+    finally:
+        sys.stdout = real_stdout
 
-    from contract.state import RedisUnavailable
+
+def _run_guarded(args: argparse.Namespace, settings: Settings) -> int:
+    from contract.state import RedisError, RedisUnavailable
+    from previewvec.faults import index_fault, redis_refusal, shown_url
 
     try:
-        return int(args.handler(args, settings))
+        status = int(args.handler(args, settings))
+        sys.stdout.flush()  # a full disk behind stdout shows here, not at exit
+        return status
     except BrokenPipeError:
         # The reader went away (`previewvec runs | head -3`): nothing is wrong, and
         # Python's flush of stdout at exit must not fail on the closed pipe either.
@@ -851,37 +963,56 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
     except PreviewvecError as exc:
         _say(exc.message)
         return exit_status(exc)
+    except (RuntimeError, OSError) as exc:
+        fault = index_fault(exc, settings.index)  # LanceDB's untyped read errors
+        if fault is None:
+            raise
+        _say(fault.message)
+        return exit_status(fault)
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
     except RedisUnavailable as exc:
         # Redis answered at the start and went away for longer than the client's retries.
-        _say(f"lost Redis at {maybe_sanitize_url(settings.broker_url)} "
+        _say(f"lost Redis at {shown_url(settings.broker_url)} "
              f"(PREVIEWVEC_BROKER_URL): {exc}")
+        return EXIT_REDIS
+    except RedisError as exc:
+        if not redis_refusal(exc):
+            raise  # any other error reply is a bug: keep its traceback
+        _say(f"Redis at {shown_url(settings.broker_url)} (PREVIEWVEC_BROKER_URL) refused "
+             f"the command: {exc}")
         return EXIT_REDIS
 
 
-# Commands that keep run state in Redis. Their Redis client rides out a restart by
-# retrying for ~30 s, which is right once a run is under way; when Redis cannot be reached
-# at all the command should say so at once instead of retrying and then printing a
-# traceback.
-_BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_status, cmd_failures, cmd_retry,
-                              cmd_reduce, cmd_reindex, cmd_runs})
+# Commands that keep run state in Redis (resolve: the upstream rate limits shared by
+# every producer). Their Redis client rides out a restart by retrying for ~30 s, which is
+# right once a run is under way; when Redis cannot be reached at all the command should
+# say so at once instead of retrying and then printing a traceback.
+_BROKER_COMMANDS = frozenset({cmd_enqueue, cmd_submit, cmd_resolve, cmd_status, cmd_failures,
+                              cmd_retry, cmd_reduce, cmd_reindex, cmd_runs})
 BROKER_CONNECT_TIMEOUT_S = 3.0
 
 
-def _broker_problem(settings: Settings) -> str:
-    """Why Redis at ``settings.broker_url`` cannot be used, or "" if it answers PING."""
-    from kombu.utils.url import maybe_sanitize_url
+def _broker_problem(settings: Settings) -> tuple[str, int]:
+    """Why Redis at ``settings.broker_url`` cannot be used and the exit status, or
+    ``("", 0)`` if it answers PING."""
+    from contract.state import RedisAuthenticationError, RedisError, RedisUnavailable, ping
+    from previewvec.faults import redis_refusal, shown_url
 
-    from contract.state import RedisAuthenticationError, RedisUnavailable, ping
-
+    url = shown_url(settings.broker_url)
     try:
         ping(settings.broker_url, timeout_s=BROKER_CONNECT_TIMEOUT_S)
-    except (*RedisUnavailable, RedisAuthenticationError, ValueError) as exc:
-        return (f"cannot reach Redis at {maybe_sanitize_url(settings.broker_url)} "
-                f"(PREVIEWVEC_BROKER_URL): {exc}")
-    return ""
+    except ValueError as exc:  # not a Redis URL (a bad scheme or port): configuration
+        return (f"PREVIEWVEC_BROKER_URL={url!r} is not a usable Redis URL: {exc}",
+                EXIT_USAGE)
+    except (*RedisUnavailable, RedisAuthenticationError) as exc:
+        return f"cannot reach Redis at {url} (PREVIEWVEC_BROKER_URL): {exc}", EXIT_REDIS
+    except RedisError as exc:
+        if not redis_refusal(exc):
+            raise
+        return f"Redis at {url} (PREVIEWVEC_BROKER_URL) refused: {exc}", EXIT_REDIS
+    return "", 0
 
 
 if __name__ == "__main__":

@@ -189,9 +189,7 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     """
     import pyarrow.parquet as pq
 
-    target = Path(out).expanduser()
-    if target.is_dir():
-        raise InputUnreadable(f"cannot write {str(out)!r}: it is a folder")
+    target = output_path(out)
     counts = ReadCounts()
     rows = 0
     tmp: Path | None = None
@@ -240,6 +238,22 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
+
+
+def output_path(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a path a file can be written to under a temporary name and renamed to.
+
+    Raises :class:`InputUnreadable` for a folder, or anything else that exists but is not
+    a regular file (a device such as /dev/null, a FIFO, /dev/stdout): the rename would
+    put a regular file in its place instead of writing to it.
+    """
+    target = Path(out).expanduser()
+    if target.is_dir():
+        raise InputUnreadable(f"cannot write {str(out)!r}: it is a folder")
+    if target.exists() and not target.is_file():  # follows a symlink: /dev/stdout
+        raise InputUnreadable(f"cannot write {str(out)!r}: it is not a regular file "
+                              "(write to a file, then copy it)")
+    return target
 
 
 @contextlib.contextmanager

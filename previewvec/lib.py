@@ -13,6 +13,7 @@ record decoder, the export's Arrow conversion, the reducer's normaliser and inde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from contract.errors import NotFound
-from contract.layout import FMA_DIM, VECTOR_DIM, feature_names, fma_names
+from contract.errors import ConfigError, InvalidQuery, NotFound
+from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
 from contract.versions import check_claim, current_version, derived_version
+from previewvec.faults import MAX_K
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 AudioSource = str | os.PathLike[str] | bytes
 # The names of the three header rows of FMA's features.csv (FMA's ``utils.load``).
 FMA_CSV_HEADER = ("feature", "statistics", "number")
+MODES = ("major", "minor")
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,31 @@ class Neighbour:
     descriptors: dict[str, Any]
 
 
+def warm_jit_cache(settings: Settings) -> None:
+    """Warm numba's compile cache, safely shared with concurrent processes; a cold one is
+    compiled once under its lock (before librosa, and so numba, is imported).
+
+    Raises :class:`ConfigError` when ``PREVIEWVEC_CACHE_DIR`` cannot hold it (a file in
+    the way, no permission, a full disk)."""
+    from workers import jitcache
+
+    try:
+        if not jitcache.is_warm(settings):
+            jitcache.warm(settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the compile cache under {settings.cache_dir} "
+                          f"(PREVIEWVEC_CACHE_DIR): {exc.strerror or exc}") from None
+
+
 def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
     """Decode and extract one clip (a path or its encoded bytes), as workers do.
 
     Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …).
     """
-    from workers import jitcache
     from workers.analysis import analyze
 
     settings = settings or Settings.from_env()
-    if not jitcache.is_warm(settings):  # numba's shared compile cache, under its lock
-        jitcache.warm(settings)
+    warm_jit_cache(settings)  # ConfigError when PREVIEWVEC_CACHE_DIR cannot hold it
     result = analyze(source, settings)
     return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
                      descriptors=dict(result.features.descriptors),
@@ -177,11 +194,12 @@ class Catalog:
         """The ``k`` nearest stored recordings to a stored one (itself excluded).
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
         from reducer.index.base import check_k
-        from reducer.reduce import similar_filter
 
-        check_k(k)  # InvalidQuery, before anything is read
+        check_k(k, MAX_K)  # InvalidQuery, before anything is read
+        where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
-        matches = self._reducer.similar(recording_id, k, filter=similar_filter(**filters))
+        with self._index_faults():
+            matches = self._reducer.similar(recording_id, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
@@ -190,11 +208,12 @@ class Catalog:
         it); it is normalised as the index's vectors are. A vector that is not
         ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
         from reducer.index.base import check_k, check_query_vector
-        from reducer.reduce import similar_filter
 
-        check_k(k)  # both before the index and the normaliser are opened
+        check_k(k, MAX_K)  # both before the index and the normaliser are opened
+        where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
-        matches = self._reducer.similar_to_vector(raw, k, filter=similar_filter(**filters))
+        with self._index_faults():
+            matches = self._reducer.similar_to_vector(raw, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,
@@ -205,12 +224,39 @@ class Catalog:
         check_claim(settings)  # a clip analysed otherwise is not comparable
         return self.similar_to_vector(extract(source, settings).vector, k, **filters)
 
+    @contextlib.contextmanager
+    def _index_faults(self) -> Iterator[None]:
+        """LanceDB's untyped read errors (an index folder it cannot read) as
+        :class:`~contract.errors.VectorIndexError`, as the CLI and the API say them."""
+        from previewvec.faults import index_fault
+
+        try:
+            yield
+        except (RuntimeError, OSError) as exc:
+            fault = index_fault(exc, self.settings.index)
+            if fault is None:
+                raise
+            raise fault from exc
+
     @staticmethod
     def _neighbour(match: Any) -> Neighbour:
         from reducer.reduce import match_descriptors
 
         return Neighbour(match.metadata.get("recording_id", match.id), float(match.score),
                          match_descriptors(match))
+
+
+def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
+    """The index filter of ``similar*``'s keyword filters; a key or mode no record can
+    have is :class:`InvalidQuery` (it would match nothing and answer [] silently)."""
+    from reducer.reduce import similar_filter
+
+    key, mode = filters.get("key"), filters.get("mode")
+    if key is not None and key not in PITCH_CLASSES:
+        raise InvalidQuery(f"key must be one of {', '.join(PITCH_CLASSES)}, not {key!r}")
+    if mode is not None and mode not in MODES:
+        raise InvalidQuery(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return similar_filter(**filters)
 
 
 def open(store: str | None = None, *, index: str | None = None,  # the API: previewvec.open()

@@ -435,3 +435,166 @@ def test_a_submission_resolves_against_its_own_run_and_the_store(settings: Setti
     assert [k["run_id"] for k in seen] == [first["run_id"], forced["run_id"]]
     assert seen[0]["store"] is not None and seen[1]["store"] is None
     assert all(k["runs"] is not None for k in seen)
+
+
+# --------------------------------------------------------------------------- backend faults
+
+
+def _stored_settings(settings: Settings, root, **changes: str) -> Settings:
+    """Settings with a store of their own holding one record, and ``changes``."""
+    import dataclasses
+
+    store = str(root / "store")
+    record = FeatureRecord(
+        recording_id="lonely-1", vector=[0.25] * VECTOR_DIM,
+        descriptors={"tempo_bpm": 90.0, "key": "C", "mode": "major"},
+        provenance=make_provenance(preview_url="https://p.scdn.co/l", audio_sha256="ef" * 32,
+                                   source="spotify", run_id="r1", decoder="test"))
+    open_store(store).put(record.key, encode_record(record))
+    return dataclasses.replace(settings, **{"store": store, "index": str(root / "index"),
+                                            **changes})
+
+
+@pytest.mark.parametrize(("changes", "paths", "code"), [
+    ({"store": "/etc/passwd/store"}, ["recordings/lonely-1", "similar/lonely-1"],
+     "store_error"),
+    ({"store": "ftp://x/features"}, ["recordings/lonely-1", "similar/lonely-1"],
+     "bad_config"),
+    ({"index": "/etc/passwd"}, ["similar/lonely-1"], "index_error"),
+    ({"index": "ftp://x"}, ["similar/lonely-1"], "bad_config"),
+], ids=["store-folder-unusable", "store-url-unsupported", "index-folder-unusable",
+        "index-url-unsupported"])
+def test_a_store_or_index_that_cannot_be_used_is_503(settings: Settings, tmp_path,
+                                                     changes: dict, paths: list[str],
+                                                     code: str) -> None:
+    """Given a store or an index that cannot be opened (a file where the folder goes, an
+    unsupported URL), expect 503 with the typed code: not a 500 with a traceback in the
+    log, nor a 404 that says the recording is not stored."""
+    app = create_app(_stored_settings(settings, tmp_path, **changes))
+    with TestClient(app, raise_server_exceptions=True) as c:
+        for path in paths:
+            resp = c.get(f"/v1/{path}", headers=AUTH)
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert resp.json()["code"] == code, resp.text
+
+
+def test_similar_on_an_empty_index_is_404_not_an_empty_answer(settings: Settings,
+                                                              tmp_path) -> None:
+    """Given a stored recording and an index nothing was reduced into yet, expect 404
+    `nothing_stored` (as `previewvec similar` exits 6), not 200 with no matches."""
+    with TestClient(create_app(_stored_settings(settings, tmp_path))) as c:
+        resp = c.get("/v1/similar/lonely-1", headers=AUTH)
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["code"] == "nothing_stored"
+
+
+def test_redis_refusing_writes_is_503(client: TestClient, r: Redis) -> None:
+    """Given Redis at its maxmemory (noeviction), expect a submission to get 503 with
+    Retry-After, as when it is down, not a 500."""
+    r.config_set("maxmemory", "1")
+    try:
+        resp = post(client, json.dumps({"jobs": [{"recording_id": "oom-1",
+                                                  "preview_url": "https://p.scdn.co/o"}]}))
+    finally:
+        r.config_set("maxmemory", "0")
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] and resp.json()["code"] == "broker_refused"
+
+
+def test_a_corrupt_index_is_503(settings: Settings, tmp_path) -> None:
+    """Given an index whose data files were overwritten, expect 503 `index_error`, not a
+    500 with LanceDB's RuntimeError in the log."""
+    from pathlib import Path
+
+    from reducer.reduce import Reducer
+
+    stored = _stored_settings(settings, tmp_path)
+    Reducer.build(stored).reindex(refit=True)
+    data = list(Path(stored.index).glob("**/data/*.lance"))
+    assert data
+    for path in data:
+        path.write_bytes(b"garbage")
+    with TestClient(create_app(stored), raise_server_exceptions=True) as c:
+        resp = c.get("/v1/similar/lonely-1", headers=AUTH)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["code"] == "index_error"
+
+
+def test_healthz_answers_head(client: TestClient) -> None:
+    """Uptime monitors and some load balancers probe with HEAD: 200 (503 when Redis is
+    down), with no body, not 405."""
+    resp = client.head("/healthz")
+    assert resp.status_code == 200 and resp.content == b""
+    down = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens=(TOKEN,))
+    with TestClient(create_app(down)) as c:
+        assert c.head("/healthz").status_code == 503
+
+
+def test_a_body_that_stops_arriving_is_408_not_a_held_request() -> None:
+    """Given a client that declares a body and stops sending it (slowloris), expect the
+    body limit to give up with 408 and close, not hold the request for ever: uvicorn has
+    no read timeout of its own once the headers are in."""
+    import asyncio
+
+    from previewvec.api import BodyLimitMiddleware
+
+    async def never_called(scope, receive, send) -> None:
+        raise AssertionError("the app saw a body that never arrived")
+
+    async def scenario() -> list[dict]:
+        stalled = asyncio.Event()  # never set: the rest of the body never comes
+        parts = [{"type": "http.request", "body": b'{"que', "more_body": True}]
+
+        async def receive() -> dict:
+            if parts:
+                return parts.pop(0)
+            await stalled.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        middleware = BodyLimitMiddleware(never_called, max_bytes=MAX_BODY,
+                                         read_timeout_s=0.05)
+        scope = {"type": "http", "method": "POST", "path": "/v1/jobs",
+                 "headers": [(b"content-length", b"100")]}
+        await middleware(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+
+
+def test_submissions_waiting_to_resolve_are_bounded(settings: Settings) -> None:
+    """Given resolution slower than submissions (MusicBrainz at one call a second), expect
+    429 with Retry-After once `max_pending` submissions wait for a background thread,
+    rather than an in-memory backlog that grows without bound (and is lost on restart);
+    submissions are accepted again once the backlog drains."""
+    import threading
+
+    from previewvec.api import Background
+
+    release = threading.Event()
+
+    class SlowResolver(FakeResolver):
+        def resolve_query(self, lucene: str):
+            release.wait(60)
+            return self._three("slow")
+
+    background = Background(workers=1, max_pending=2)
+    app = create_app(settings, resolver_factory=lambda s, **_: SlowResolver(),
+                     background=background)
+    with TestClient(app) as c:
+        statuses = [post(c, json.dumps({"query": f"q{i}"})) for i in range(4)]
+        assert [r.status_code for r in statuses[:2]] == [202, 202]
+        refused = statuses[3]
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert refused.json()["code"] == "too_many_pending"
+        release.set()
+        background.join()
+        assert post(c, json.dumps({"query": "again"})).status_code == 202
+        background.join()

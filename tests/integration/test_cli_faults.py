@@ -9,6 +9,7 @@ import gzip
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from redis import Redis
 
 from contract.layout import VECTOR_DIM
 from contract.records import FeatureRecord, encode_record, make_provenance
@@ -404,3 +406,183 @@ def test_every_exit_status_is_documented() -> None:
     documented = {int(line.split("|")[1]) for line in table.splitlines()
                   if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
     assert documented == used | {0}
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def _store_three(env: dict[str, str]) -> None:
+    store = open_store(env["PREVIEWVEC_STORE"])
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(
+        base_env, tmp_path: Path) -> None:
+    """Given `export` / `resolve --out` naming a FIFO (as /dev/null or /dev/stdout would
+    be a device or a pipe), expect one line and exit 7, the special file left as it was:
+    the write-then-rename would put a regular file in its place (as root, in /dev too)."""
+    _store_three(base_env)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    expect_fault(base_env, ["export", str(fifo)], EXIT_INPUT_FILE, NOT_REGULAR)
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    expect_fault(env, ["resolve", "--dump", str(tmp_path / "missing"), "--out", str(fifo)],
+                 EXIT_INPUT_FILE, NOT_REGULAR)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo", "store"]
+
+
+def test_a_malformed_broker_url_is_a_usage_error(base_env) -> None:
+    """Given PREVIEWVEC_BROKER_URL with a port that is no number, expect one line naming
+    the setting (its password masked) and exit 2, not a traceback."""
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": "redis://:hunter2@127.0.0.1:notaport/0"}
+    line = expect_fault(env, ["runs"], EXIT_USAGE, "PREVIEWVEC_BROKER_URL", "not a usable")
+    assert "hunter2" not in line
+
+
+def test_a_database_number_redis_does_not_have(base_env) -> None:
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": base_env["PREVIEWVEC_BROKER_URL"]
+           .rsplit("/", 1)[0] + "/99"}
+    expect_fault(env, ["runs"], EXIT_REDIS, "DB index is out of range")
+
+
+def test_redis_refusing_writes_is_one_line(base_env, redis_url: str, tmp_path: Path) -> None:
+    """Given a Redis at its maxmemory (noeviction), expect the commands that write run
+    state to say so in one line and exit 3."""
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(JOB_LINE)
+    r = Redis.from_url(redis_url)
+    r.config_set("maxmemory", "1")
+    try:
+        expect_fault(base_env, ["enqueue", str(catalog)], EXIT_REDIS, "refused",
+                     "maxmemory")
+    finally:
+        r.config_set("maxmemory", "0")
+
+
+def test_a_corrupt_index_folder_is_one_line(base_env) -> None:
+    """Given an index whose data files were overwritten (a bad copy, a full disk during
+    a write), expect `similar` and `reindex` to name the index in one line and exit 5,
+    not LanceDB's RuntimeError traceback."""
+    _store_three(base_env)
+    subprocess.run([sys.executable, "-m", "previewvec.cli", "reindex"], env=base_env,
+                   capture_output=True, timeout=120, check=True, stdin=subprocess.DEVNULL)
+    data = list(Path(base_env["PREVIEWVEC_INDEX"]).glob("**/data/*.lance"))
+    assert data
+    for path in data:
+        path.write_bytes(b"garbage")
+    for command in (["similar", "rec-0000001"], ["reindex"]):
+        line = expect_fault(base_env, command, EXIT_INDEX, "cannot read the vector index",
+                            base_env["PREVIEWVEC_INDEX"])
+        assert ".rs:" not in line  # no Rust source locations
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PREVIEWVEC_QUEUE_HIGH_WATER", "-1"),  # enqueue waited for "0 > -1" forever
+    ("PREVIEWVEC_MB_RATE_PER_S", "nan"),  # a traceback from the rate limiter
+    ("PREVIEWVEC_MB_RATE_PER_S", "0"),
+    ("PREVIEWVEC_FETCH_TOTAL_TIMEOUT_S", "inf"),
+    ("PREVIEWVEC_API_MAX_BODY_BYTES", "-5"),  # every request body refused with 413
+])
+def test_a_numeric_setting_out_of_range_is_one_line(base_env, name: str, value: str) -> None:
+    expect_fault({**base_env, name: value}, ["status", "x"], EXIT_USAGE, name)
+
+
+def test_an_unusable_cache_dir_is_one_line(base_env, tmp_path: Path) -> None:
+    """Given PREVIEWVEC_CACHE_DIR under a regular file, expect `extract` to name the
+    setting in one line and exit 2, not a NotADirectoryError traceback."""
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    env = {**base_env, "PREVIEWVEC_CACHE_DIR": "/etc/passwd/cache"}
+    expect_fault(env, ["extract", str(clip)], EXIT_USAGE, "PREVIEWVEC_CACHE_DIR",
+                 "Not a directory")
+
+
+def test_resolve_says_at_once_that_redis_cannot_be_reached(base_env) -> None:
+    """resolve shares the upstream rate limits through Redis: with Redis down from the
+    start, expect "cannot reach", not "lost Redis" (it was never reached)."""
+    env = {**base_env, "PREVIEWVEC_BROKER_URL": closed_url("redis", "/0"),
+           "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    expect_fault(env, ["resolve", "--isrc", "USRC17607839", "--out", "-"], EXIT_REDIS,
+                 "cannot reach Redis")
+
+
+RESOLVE_MANY = '''
+import sys
+from types import SimpleNamespace
+
+import producers.submit as submit_mod
+from contract.jobs import Job
+
+
+class Many:
+    def resolve_isrcs(self, isrcs):
+        for i in range(5000):
+            rid = f"rec-{i:06d}"
+            yield SimpleNamespace(recording_id=rid, score=0.99, reason="isrc",
+                                  error_code=None,
+                                  job=Job(recording_id=rid,
+                                          preview_url=f"https://p.scdn.co/{rid}"))
+
+
+submit_mod.build_resolver = lambda settings, **kw: Many()
+from previewvec.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_resolve_onto_a_full_disk_is_one_line(base_env, tmp_path: Path) -> None:
+    """Given `resolve --out FILE` meeting a write error (a file-size limit: EFBIG, as a
+    full disk's ENOSPC), expect one line naming FILE and exit 7, not an OSError
+    traceback; the lines written before are kept, as for any failed resolve."""
+    import resource
+    import signal
+
+    script = tmp_path / "resolve_many.py"
+    script.write_text(RESOLVE_MANY)
+    out = tmp_path / "out" / "resolved.jsonl"
+    out.parent.mkdir()
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(script), "resolve", "--isrc", "USRC17607839",
+                             "--out", str(out)], env=env, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL, preexec_fn=limit_file_size)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == EXIT_INPUT_FILE, (result.returncode, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("previewvec: cannot write") and str(out) in line
+    assert out.exists() and [p.name for p in out.parent.iterdir()] == ["resolved.jsonl"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["features"], ["runs"]])
+def test_stdout_onto_a_full_disk_is_one_line(base_env, tmp_path: Path, command) -> None:
+    """Given stdout redirected to a full disk (/dev/full: every write is ENOSPC), expect
+    one line and exit 7, not an OSError traceback (nor Python's "Exception ignored"
+    at exit)."""
+    catalog = tmp_path / "empty.jsonl"
+    catalog.write_text("")
+    subprocess.run([sys.executable, "-m", "previewvec.cli", "enqueue", str(catalog)],
+                   env=base_env, capture_output=True, timeout=120, check=True)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "previewvec.cli", *command],
+                                env=base_env, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
+    assert result.returncode == EXIT_INPUT_FILE, (result.returncode, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("previewvec: cannot write to stdout"), line
+
+
+def test_demo_into_an_unusable_folder_is_one_line(base_env) -> None:
+    expect_fault(base_env, ["demo", "--out", "/etc/passwd/demo"], EXIT_INPUT_FILE,
+                 "cannot write", "/etc/passwd/demo")

@@ -141,3 +141,24 @@ def test_counts_below_one_are_refused_as_arguments(command):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert "must be at least 1" in result.stderr or "not an integer" in result.stderr
+
+
+@pytest.mark.parametrize(("command", "needle"), [
+    (["similar", "rec-1", "-k", "99999999999999999999"], "must be at most"),
+    (["runs", "-n", "99999999999999999999"], "must be at most"),
+    (["status", "some-run", "--watch", "--interval", "nan"], "--interval"),
+    (["status", "some-run", "--watch", "--interval", "-1"], "--interval"),
+    (["status", "some-run", "--watch", "--interval", "1e308"], "--interval"),
+    (["similar", "rec-1", "--key", "H"], "--key"),
+    (["api", "--port", "99999"], "--port"),  # an OverflowError from bind() before
+    (["api", "--port", "-1"], "--port"),
+    (["api", "--loglevel", "bogus"], "--loglevel"),  # uvicorn's KeyError before
+])
+def test_out_of_range_options_are_refused_as_arguments(command, needle):
+    """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
+    a key no recording has: a usage error up front, not a traceback after the work
+    started, nor a silent empty answer."""
+    result = run_cli(*command, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert needle in result.stderr

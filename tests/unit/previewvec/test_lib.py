@@ -241,3 +241,37 @@ def test_records_matrix_and_table_name_each_skipped_record(
         assert [r.levelname for r in caplog.records if keys[1] in r.getMessage()] == [
             "WARNING"]
     assert sorted(catalog.matrix()[1]) == ["rec-0000000", "rec-0000002"]
+
+
+@pytest.mark.parametrize(("call", "why"), [
+    (lambda c: c.similar("rec-0000001", k=10**20), "at most"),
+    (lambda c: c.similar_to_vector(synthetic_record(1).vector_array(), k=10**20), "at most"),
+    (lambda c: c.similar("rec-0000001", k=3, key="H"), "key"),
+    (lambda c: c.similar("rec-0000001", k=3, mode="Minor"), "mode"),
+])
+def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
+                                                       call, why: str) -> None:
+    """Given k beyond what the index takes (an OverflowError from LanceDB before) or a
+    key/mode no record has (a silent [] before), expect the typed input error."""
+    with pytest.raises(InvalidQuery, match=why):
+        call(synthetic_catalog)
+
+
+def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
+    """Given an index whose data files were overwritten, expect VectorIndexError naming
+    the index, not LanceDB's RuntimeError."""
+    from contract.errors import VectorIndexError
+
+    settings = Settings(store=str(tmp_path / "store"), index=str(tmp_path / "index"))
+    catalog = previewvec.open(settings=settings)
+    for i in range(3):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+    Reducer.build(settings).reindex()
+    for path in (tmp_path / "index").glob("**/data/*.lance"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(VectorIndexError, match="cannot read the vector index"):
+        previewvec.open(settings=settings).similar("rec-0000001", k=2)
+    with pytest.raises(VectorIndexError, match="cannot read the vector index"):
+        previewvec.open(settings=settings).similar_to_vector(
+            synthetic_record(1).vector_array(), k=2)
