@@ -49,4 +49,8 @@ def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
                           "folder, file://FOLDER or s3://BUCKET/PREFIX")
     from contract.store.local import LocalStore
 
-    return LocalStore(url.removeprefix("file://"))
+    folder = url.removeprefix("file://")
+    if not folder.strip():  # "" or "file://" would silently be the current directory
+        raise ConfigError(f"store URL {url!r} (PREVIEWVEC_STORE) names no folder: expected "
+                          "a folder, file://FOLDER or s3://BUCKET/PREFIX")
+    return LocalStore(folder)

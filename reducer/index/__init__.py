@@ -61,4 +61,8 @@ def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
                           "folder, file://FOLDER or vectorize://NAME")
     from reducer.index.embedded import EmbeddedIndex
 
-    return EmbeddedIndex(url.removeprefix("file://"), dim)
+    folder = url.removeprefix("file://")
+    if not folder.strip():  # "" or "file://" would silently be the current directory
+        raise ConfigError(f"index URL {url!r} (PREVIEWVEC_INDEX) names no folder: expected "
+                          "a folder, file://FOLDER or vectorize://NAME")
+    return EmbeddedIndex(folder, dim)

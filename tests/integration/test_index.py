@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.errors import ConfigError
 from contract.settings import Settings
 from reducer.index import (
     FILTER_FIELDS,
@@ -264,6 +265,13 @@ def test_open_index_dispatches(tmp_path: Path, contract_server: VectorizeContrac
     assert contract_server.token not in repr(remote)
     with pytest.raises(ValueError):
         open_index("vectorize://pv-test", Settings(), DIM)  # no account/token configured
+
+
+@pytest.mark.parametrize("url", ["", "file://"])
+def test_an_index_url_naming_no_folder_is_refused(url: str) -> None:
+    # It was the current directory, silently: a LanceDB table wherever a command ran.
+    with pytest.raises(ConfigError, match="names no folder"):
+        open_index(url, Settings(), DIM)
 
 
 # --- Vectorize contract: async writes, retries, errors ---------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.errors import ConfigError
 from contract.layout import FEATURE_VERSION, VECTOR_DIM
 from contract.records import (
     FeatureRecord,
@@ -187,6 +188,13 @@ def test_open_store_dispatches(tmp_path: Path, aws_test_env: str) -> None:
     assert (s3.bucket, s3.prefix) == ("some-bucket", "a/prefix")
     with pytest.raises(ValueError):
         open_store("gs://bucket/x")
+
+
+@pytest.mark.parametrize("url", ["", "file://", "  "])
+def test_a_store_url_naming_no_folder_is_refused(url: str) -> None:
+    # It was the current directory, silently: records written wherever a command ran.
+    with pytest.raises(ConfigError, match="names no folder"):
+        open_store(url)
 
 
 def test_s3_endpoint_down_is_store_unavailable(aws_test_env: str, monkeypatch) -> None:
