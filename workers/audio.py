@@ -282,6 +282,11 @@ def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStrea
     return stream, ctx.codec.canonical_name
 
 
+def _declares_samples(stream: av.AudioStream) -> bool:
+    """Whether the container says the stream holds samples (a frame count or duration)."""
+    return bool((stream.frames or 0) > 0 or (stream.duration or 0) > 0)
+
+
 def _packet_frames(container: av.container.InputContainer, stream: av.AudioStream,
                    errors: list[BaseException]) -> Iterator[list[av.AudioFrame]]:
     """The frames of each packet in turn. A corrupt packet is skipped, up to
@@ -372,13 +377,16 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
         errors.append(exc)  # a failure mid-stream: keep what decoded so far
     runs.end_segment()
     pieces = [piece for piece in runs.pieces if piece.shape[1]]
-    if not pieces and not errors:
+    if not pieces and not errors and not _declares_samples(stream):
         # A well-formed file that holds no samples (a WAV header alone) is short, not
-        # broken, as the same header with a few samples is: decode_audio says so.
+        # broken, as the same header with a few samples is: decode_audio says so. One
+        # that declares samples it never yields (chunk offsets or sizes past the end of
+        # an MP4) is broken: undecodable below.
         pieces = [np.zeros((1, 0), dtype=np.float32)]
     if not pieces:
-        raise Undecodable(f"no audio could be decoded from the {codec} stream "
-                          f"({_describe(errors[-1])})")
+        why = (_describe(errors[-1]) if errors
+               else "the container declares samples that its data does not hold")
+        raise Undecodable(f"no audio could be decoded from the {codec} stream ({why})")
     mat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
     return _Raw(
         mat=mat,
