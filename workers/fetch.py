@@ -64,7 +64,7 @@ import threading
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
@@ -557,10 +557,10 @@ def fetch_preview(
     else:
         _check_session(session, policy)
     start = time.monotonic()
-    total_s = settings.fetch_total_timeout_s
-    if budget_s is not None:
-        total_s = max(0.0, min(total_s, budget_s))
-    deadline = start + total_s
+    if budget_s is not None:  # the shorter budget is the one every message names
+        settings = replace(settings, fetch_total_timeout_s=max(
+            0.0, min(settings.fetch_total_timeout_s, budget_s)))
+    deadline = start + settings.fetch_total_timeout_s
     watchdog = _Watchdog(deadline)
     token = _WATCHDOG.set(watchdog)
     tries = retrying(

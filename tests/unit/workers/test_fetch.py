@@ -633,11 +633,9 @@ def test_endless_slow_body_stops_at_total_budget(server: _Server) -> None:
 def test_a_budget_shorter_than_the_settings_ends_the_fetch_at_it(server: _Server) -> None:
     """Given ``budget_s`` (what a job's first fetch left of its budget, for the second
     fetch of an expired preview), expect the fetch to stop there, not at the settings'."""
-    start = time.monotonic()
-    with pytest.raises(FetchFailed, match="budget"):
+    with pytest.raises(FetchFailed, match="total time budget of 1 s exceeded"):
         fetch_preview(server.url("/drip"), _settings(fetch_total_timeout_s=30.0),
                       budget_s=1.0)
-    assert time.monotonic() - start < 10.0  # far below the settings' 30 s
 
 
 def test_no_budget_left_makes_no_request(server: _Server) -> None:
