@@ -546,6 +546,10 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path, assets: As
     try:
         a = pipeline.start_worker("a")
         b = pipeline.start_worker("b")
+        # Both warm before the batch: a worker still starting (slow on a loaded machine)
+        # would leave the other one to drain the batch before the kills.
+        a.wait_warm()
+        b.wait_warm()
         clips = assets.clips[:20]
         ids = {f"kill-{i:02d}" for i in range(len(clips))}
         # 1 s of download per clip: each job spends most of its time in flight.
