@@ -70,7 +70,7 @@ from contract.state import (
     new_run_id,
 )
 from contract.store import StoreUnavailable
-from previewvec.faults import index_fault, redis_refusal
+from previewvec.faults import redis_refusal
 from producers.submit import (
     default_queue,
     iter_resolutions,
@@ -624,14 +624,6 @@ _TYPED_FAULTS: tuple[tuple[type[PreviewvecError], int, str, bool], ...] = (
 )
 
 
-async def _lance_error(request: Request, exc: Exception) -> SafeJSONResponse:
-    # LanceDB says an index folder it cannot read with a RuntimeError: a typed fault.
-    fault = index_fault(exc, request.app.state.api.settings.index)
-    if fault is None:
-        return await _server_fault(request, exc)
-    return await _typed_error(request, fault)
-
-
 async def _typed_error(request: Request, exc: Exception) -> SafeJSONResponse:
     assert isinstance(exc, PreviewvecError)
     if isinstance(exc, NotFound):  # about this request: said as it is
@@ -670,7 +662,6 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (RedisError, _broker_error),
     (StoreUnavailable, _store_down),
     (PreviewvecError, _typed_error),
-    (RuntimeError, _lance_error),
     (CorruptRecord, _unreadable_record),
     (IncompatibleRecord, _unreadable_record),
     (Exception, _server_fault),

@@ -949,7 +949,7 @@ def run_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_guarded(args: argparse.Namespace, settings: Settings) -> int:
     from contract.state import RedisError, RedisUnavailable
-    from previewvec.faults import index_fault, redis_refusal, shown_url
+    from previewvec.faults import redis_refusal, shown_url
 
     try:
         status = int(args.handler(args, settings))
@@ -963,12 +963,6 @@ def _run_guarded(args: argparse.Namespace, settings: Settings) -> int:
     except PreviewvecError as exc:
         _say(exc.message)
         return exit_status(exc)
-    except (RuntimeError, OSError) as exc:
-        fault = index_fault(exc, settings.index)  # LanceDB's untyped read errors
-        if fault is None:
-            raise
-        _say(fault.message)
-        return exit_status(fault)
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-from contract.errors import VectorIndexError
-
 # The most neighbours a similar query asks for (CLI -k, Python API k; the HTTP API caps
 # at 100): LanceDB takes k as a C long, and a larger one was an OverflowError.
 MAX_K = 10_000
@@ -43,21 +41,3 @@ def shown_url(url: str) -> str:
         return str(maybe_sanitize_url(url))
     except ValueError:
         return _URL_PASSWORD.sub(r"\1**@", url)
-
-
-# LanceDB reports an index folder it cannot read (a data file or manifest overwritten,
-# truncated or missing) as a RuntimeError "lance error: LanceError(IO): ..." (also
-# "External error: LanceError(...)"), at open or at the first query. The embedded index
-# (reducer/index/embedded.py) does not type these yet; until it does, they are typed here.
-_LANCE_ERROR = re.compile(r"\blance error\b|\bLanceError\(", re.IGNORECASE)
-_RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+\s*$")
-
-
-def index_fault(exc: BaseException, index: str) -> VectorIndexError | None:
-    """``exc`` as a typed fault of the vector index at ``index`` when it is LanceDB
-    failing to read its files; None for anything else (a bug keeps its traceback)."""
-    if not isinstance(exc, (RuntimeError, OSError)) or not _LANCE_ERROR.search(str(exc)):
-        return None
-    reason = _RUST_LOCATION.sub("", " ".join(str(exc).split()))
-    return VectorIndexError(f"cannot read the vector index {index} (PREVIEWVEC_INDEX): "
-                            f"{reason}; move the folder away and run `previewvec reindex`")

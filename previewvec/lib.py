@@ -13,7 +13,6 @@ record decoder, the export's Arrow conversion, the reducer's normaliser and inde
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -198,8 +197,7 @@ class Catalog:
         check_k(k, MAX_K)  # InvalidQuery, before anything is read
         where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
-        with self._index_faults():
-            matches = self._reducer.similar(recording_id, k, filter=where)
+        matches = self._reducer.similar(recording_id, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
@@ -212,8 +210,7 @@ class Catalog:
         check_k(k, MAX_K)  # both before the index and the normaliser are opened
         where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
-        with self._index_faults():
-            matches = self._reducer.similar_to_vector(raw, k, filter=where)
+        matches = self._reducer.similar_to_vector(raw, k, filter=where)
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,
@@ -223,20 +220,6 @@ class Catalog:
         settings = dataclasses.replace(self.settings, feature_version=self.version)
         check_claim(settings)  # a clip analysed otherwise is not comparable
         return self.similar_to_vector(extract(source, settings).vector, k, **filters)
-
-    @contextlib.contextmanager
-    def _index_faults(self) -> Iterator[None]:
-        """LanceDB's untyped read errors (an index folder it cannot read) as
-        :class:`~contract.errors.VectorIndexError`, as the CLI and the API say them."""
-        from previewvec.faults import index_fault
-
-        try:
-            yield
-        except (RuntimeError, OSError) as exc:
-            fault = index_fault(exc, self.settings.index)
-            if fault is None:
-                raise
-            raise fault from exc
 
     @staticmethod
     def _neighbour(match: Any) -> Neighbour:

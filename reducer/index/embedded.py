@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
 import os
+import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lancedb
 import numpy as np
@@ -50,6 +52,38 @@ WRITE_BATCH = 20_000
 ID_BATCH = 1_000
 # In the index folder, beside the table: held (flock) by whichever process writes.
 WRITE_LOCK_FILE = ".write.lock"
+
+# LanceDB reports an index folder it cannot read (a data file or manifest overwritten,
+# truncated or missing) as a RuntimeError "lance error: LanceError(IO): ..." (or "External
+# error: LanceError(...)", or an OSError), at open or at the first query; its message ends
+# with a Rust source location that says nothing to an operator.
+_LANCE_ERROR = re.compile(r"\blance error\b|\bLanceError\(", re.IGNORECASE)
+_RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+\s*$")
+
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def _lance_faults(path: Path) -> Iterator[None]:
+    """LanceDB failing to read the folder at ``path`` as a :class:`VectorIndexError`;
+    any other error (a bug) keeps its type and traceback."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:
+        if not _LANCE_ERROR.search(str(exc)):
+            raise
+        reason = _RUST_LOCATION.sub("", " ".join(str(exc).split()))
+        raise VectorIndexError(f"cannot read the vector index {path}: {reason}; move the "
+                               "folder away and run `previewvec reindex`") from exc
+
+
+def _typed_faults(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run an :class:`EmbeddedIndex` method under :func:`_lance_faults`."""
+    @functools.wraps(method)
+    def wrapper(self: EmbeddedIndex, *args: Any, **kwargs: Any) -> _T:
+        with _lance_faults(self.path):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _schema(dim: int) -> pa.Schema:
@@ -124,18 +158,21 @@ class EmbeddedIndex:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission: fix PREVIEWVEC_INDEX
             raise VectorIndexError(f"cannot use index folder {self.path}: {exc}") from None
-        # interval 0: every read sees the latest committed version, also when another
-        # process (e.g. the reducer) wrote it.
-        self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
         self._schema = _schema(dim)
         self._write_lock = threading.Lock()  # one writing thread; _writing() adds processes
         self._write_lock_path = self.path / WRITE_LOCK_FILE
-        try:
-            self._table = self._db.open_table(TABLE_NAME)
-        except ValueError:  # LanceDB's "table not found"
-            # exist_ok: another process may create it between our open and create.
-            self._table = self._db.create_table(TABLE_NAME, schema=self._schema, exist_ok=True)
-        existing = self._table.schema.field("vector").type
+        with _lance_faults(self.path):
+            # interval 0: every read sees the latest committed version, also when another
+            # process (e.g. the reducer) wrote it.
+            self._db = lancedb.connect(str(self.path),
+                                       read_consistency_interval=timedelta(0))
+            try:
+                self._table = self._db.open_table(TABLE_NAME)
+            except ValueError:  # LanceDB's "table not found"
+                # exist_ok: another process may create it between our open and create.
+                self._table = self._db.create_table(TABLE_NAME, schema=self._schema,
+                                                    exist_ok=True)
+            existing = self._table.schema.field("vector").type
         if existing != self._schema.field("vector").type:
             raise IndexRejected(
                 f"index at {self.path} holds vectors of type {existing}, not {dim}-d float32"
@@ -182,6 +219,7 @@ class EmbeddedIndex:
         columns.append(pa.array(batch.metadata_json, pa.string()))
         return pa.Table.from_arrays(columns, schema=self._schema)
 
+    @_typed_faults
     def upsert(self, items: Sequence[IndexItem]) -> None:
         """Insert or replace by id with ``merge_insert("id")``: ids stay unique."""
         checked = check_items(items, self.dim)
@@ -195,6 +233,7 @@ class EmbeddedIndex:
                     .execute(batch)
                 )
 
+    @_typed_faults
     def query(
         self, vector: Sequence[float] | np.ndarray, k: int, *, filter: dict | None = None
     ) -> list[Match]:
@@ -216,6 +255,7 @@ class EmbeddedIndex:
             for row in rows
         ]
 
+    @_typed_faults
     def get(self, ids: Sequence[str]) -> list[IndexItem]:
         """Items for ``ids`` in the order asked; unknown ids are skipped."""
         wanted = [check_id(i) for i in ids]
@@ -242,6 +282,7 @@ class EmbeddedIndex:
                 found[item_id] = IndexItem(item_id, vectors[row].copy(), json.loads(meta))
         return [found[i] for i in wanted if i in found]
 
+    @_typed_faults
     def contains(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that have a row: a filtered scan of the ``id`` column only
         (fast with the scalar index :meth:`create_ann_index` also builds)."""
@@ -259,10 +300,12 @@ class EmbeddedIndex:
             found.update(table.column("id").to_pylist())
         return found
 
+    @_typed_faults
     def count(self) -> int:
         """Rows in the table."""
         return int(self._table.count_rows())
 
+    @_typed_faults
     def delete(self, ids: Sequence[str]) -> None:
         """Delete rows by id."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
@@ -274,6 +317,7 @@ class EmbeddedIndex:
         """Writes are synchronous here: nothing to wait for."""
         del timeout_s
 
+    @_typed_faults
     def optimize(self, keep_versions_for: timedelta = timedelta(hours=1)) -> None:
         """Compact the small fragments merge_insert leaves; drop versions older than
         ``keep_versions_for`` (replaced rows stay on disk until their version is dropped).
@@ -283,6 +327,7 @@ class EmbeddedIndex:
         with self._writing():
             self._table.optimize(cleanup_older_than=keep_versions_for)
 
+    @_typed_faults
     def create_ann_index(self, **options: Any) -> None:
         """Build an approximate (IVF) cosine index; worthwhile beyond ~100k vectors.
 

@@ -446,3 +446,29 @@ def test_embedded_id_index_keeps_contains_exact(tmp_path: Path) -> None:
     index.upsert(make_items(5, seed=3, prefix="late"))
     asked = ["rec-00000", "rec-00299", "late-00004", "rec-00300", "nope"]
     assert index.contains(asked) == {"rec-00000", "rec-00299", "late-00004"}
+
+
+def test_embedded_unreadable_files_are_a_typed_index_error(tmp_path: Path) -> None:
+    """Given an index folder whose data files were overwritten (a bad copy, a full disk
+    during a write), expect every read to raise VectorIndexError naming the folder, without
+    LanceDB's Rust source location, instead of LanceDB's RuntimeError; and a later open
+    too."""
+    from contract.errors import VectorIndexError
+
+    index = EmbeddedIndex(tmp_path / "idx", dim=DIM)
+    items = make_items(5)
+    index.upsert(items)
+    for path in (tmp_path / "idx").glob("**/data/*.lance"):
+        path.write_bytes(b"garbage")
+    reads = [
+        lambda ix: ix.query(items[0].values, 3),
+        lambda ix: ix.get([items[0].id]),
+        lambda ix: ix.contains([items[0].id]),
+    ]
+    for read in reads:
+        with pytest.raises(VectorIndexError, match="cannot read the vector index") as caught:
+            read(index)
+        assert str(tmp_path / "idx") in caught.value.message
+        assert ".rs:" not in caught.value.message
+    with pytest.raises(VectorIndexError, match="cannot read the vector index"):
+        reads[0](EmbeddedIndex(tmp_path / "idx", dim=DIM))
