@@ -109,3 +109,25 @@ def aws_test_env(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", MOTO_REGION)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
     return moto_endpoint
+
+
+# The fault scenarios' table (tests/faults/conftest.py: fault_rows): rows arrive on the
+# reports, in this process or from pytest-xdist's, and are printed at the end.
+_FAULT_ROWS: list = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "teardown" or not report.user_properties:
+        return
+    from tests.harness.faults import FAULT_ROW, Row
+
+    _FAULT_ROWS.extend(Row(**value) for name, value in report.user_properties
+                       if name == FAULT_ROW)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.harness.faults import markdown_table
+
+    if _FAULT_ROWS:
+        terminalreporter.section("fault scenarios")
+        terminalreporter.write_line(markdown_table(_FAULT_ROWS))

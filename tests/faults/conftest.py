@@ -6,13 +6,14 @@ per scenario) in the terminal summary: that table is what docs/reliability.md sh
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import FaultyClipServer, Row, markdown_table
+from tests.harness.faults import FAULT_ROW, FaultyClipServer, Row
 from tests.harness.pipeline import (
     Clip,
     make_clips,
@@ -22,8 +23,6 @@ from tests.harness.pipeline import (
 
 N_CLIPS = 24  # distinct songs, reused under distinct recording ids and URLs
 CLIP_DURATION_S = 6.0  # above the 5 s minimum, short enough for 200-job batches
-
-ROWS = pytest.StashKey[list[Row]]()
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,13 @@ def clip_host(fault_assets: FaultAssets) -> Iterator[FaultyClipServer]:
 
 
 @pytest.fixture
-def fault_rows(request: pytest.FixtureRequest) -> list[Row]:
-    """Scenarios append their row here; the terminal summary prints the table."""
-    return request.config.stash.setdefault(ROWS, [])
+def fault_rows(request: pytest.FixtureRequest) -> Iterator[list[Row]]:
+    """Scenarios append their row here; the terminal summary prints the table.
 
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
-                            config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
-    if rows:
-        terminalreporter.section("fault scenarios")
-        terminalreporter.write_line(markdown_table(rows))
+    The rows travel on the test's report (``user_properties``), so the table is also
+    printed when the tests run in pytest-xdist processes (``./dev test``): the hooks that
+    gather and print them are in tests/conftest.py, which the xdist controller loads."""
+    rows: list[Row] = []
+    yield rows
+    request.node.user_properties.extend((FAULT_ROW, dataclasses.asdict(row))
+                                        for row in rows)

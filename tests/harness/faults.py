@@ -481,6 +481,9 @@ def row_from(scenario: str, result: Audit, faults: str, recover: str) -> Row:
                result.duplicates, result.lost, result.failed_text(), recover)
 
 
+FAULT_ROW = "fault_scenario_row"  # the name of a Row in a test report's user_properties
+
+
 def markdown_table(rows: list[Row]) -> str:
     align = ("---", "---:", "---", "---:", "---:", "---:", "---:", "---", "---")
     lines = ["| " + " | ".join(Row.HEADER) + " |", "|" + "|".join(align) + "|"]
