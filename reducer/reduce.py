@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.errors import NothingStored
+from contract.errors import NothingStored, VectorIndexError
 from contract.jobs import vector_id
 from contract.layout import DESCRIPTORS, VECTOR_DIM
 from contract.records import (
@@ -126,9 +126,10 @@ class Reducer:
         return current_version(self.settings)
 
     # --- normaliser ---------------------------------------------------------------------
-    def normalizer(self, *, refit: bool = False) -> Normalizer:
+    def normalizer(self, *, refit: bool = False, fit_missing: bool = True) -> Normalizer:
         """The stored normaliser (reloaded every ``NORMALIZER_RELOAD_S``), fitted from a
-        sample of stored records the first time it is needed or when ``refit``."""
+        sample of stored records the first time it is needed or when ``refit``;
+        ``fit_missing=False``: FileNotFoundError when none is stored."""
         fresh = time.monotonic() - self._normalizer_loaded_at < NORMALIZER_RELOAD_S
         if self._normalizer is not None and not refit and fresh:
             return self._normalizer
@@ -138,6 +139,8 @@ class Reducer:
                     normalizer_key(self.version)))
                 self._normalizer_loaded_at = time.monotonic()
                 return self._normalizer
+            if not fit_missing:
+                raise FileNotFoundError(normalizer_key(self.version))
         return self._fit()
 
     def _fit(self) -> Normalizer:
@@ -422,4 +425,21 @@ class Reducer:
         """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
         check_k(k)
         raw = check_query_vector(raw, VECTOR_DIM)  # the caller's fault, typed as such
-        return self.index.query(self.normalizer().apply(raw), k, filter=filter)
+        normalizer = self._query_normalizer()
+        if normalizer is None:
+            return []  # nothing reduced yet: no normaliser and no vectors
+        return self.index.query(normalizer.apply(raw), k, filter=filter)
+
+    def _query_normalizer(self) -> Normalizer | None:
+        """The normaliser a query applies: the stored one. A query only reads (an API
+        with read-only store credentials, a reducer not yet run), so it never fits one;
+        None when none is stored and the index is empty."""
+        try:
+            return self.normalizer(fit_missing=False)
+        except FileNotFoundError:
+            if self.index.count() == 0:
+                return None
+            raise VectorIndexError(
+                f"the vector index holds vectors but the store has no normaliser for "
+                f"version {self.version} ({normalizer_key(self.version)}) to query them "
+                "with: run `previewvec reindex --refit`") from None

@@ -108,3 +108,26 @@ def test_growth_1_turns_automatic_refits_off(reducer: Reducer) -> None:
     fixed.index.upsert(fixed.items_for([synthetic_record(i) for i in range(10, 100)]))
     version = fixed.normalizer().version
     assert fixed.maintain_normalizer() is False and fixed.normalizer().version == version
+
+
+def test_a_query_never_fits_a_normaliser(reducer: Reducer) -> None:
+    """Given stored records that were never reduced, expect a query by vector to find
+    nothing and to write nothing (a query is a read: an API may hold read-only store
+    credentials); given an index whose normaliser was deleted, expect a typed index error
+    that says how to rebuild it, not a normaliser fitted afresh that its vectors do not
+    match."""
+    from contract.errors import VectorIndexError
+
+    store_records(reducer.store, range(20))
+    query = synthetic_record(3).vector_array()
+    assert reducer.similar_to_vector(query, 5) == []
+    assert not reducer.store.exists(normalizer_key(reducer.version))
+    assert not list(reducer.store.iter_keys("normalizers/"))
+
+    reducer.reindex()
+    assert [m.id for m in reducer.similar_to_vector(query, 1)] == [vector_id("rec-0000003")]
+    reducer.store.delete(normalizer_key(reducer.version))
+    fresh = Reducer(settings=reducer.settings, store=reducer.store, index=reducer.index,
+                    runs=None)  # type: ignore[arg-type]
+    with pytest.raises(VectorIndexError, match="reindex --refit"):
+        fresh.similar_to_vector(query, 5)
