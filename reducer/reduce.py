@@ -53,7 +53,7 @@ from contract.store import FeatureStore, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
-from reducer.index.base import check_k, check_query_vector
+from reducer.index.base import check_k, check_query_vector, normalize_filter
 from reducer.normalize import (
     Normalizer,
     indexed_marker_key,
@@ -425,6 +425,7 @@ class Reducer:
         """Neighbours of a raw (unnormalised) vector, normalised as the index's are."""
         check_k(k)
         raw = check_query_vector(raw, VECTOR_DIM)  # the caller's fault, typed as such
+        normalize_filter(filter)  # a bad filter is refused, also before anything is indexed
         normalizer = self._query_normalizer()
         if normalizer is None:
             return []  # nothing reduced yet: no normaliser and no vectors
