@@ -18,11 +18,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from contract.errors import ConfigError, InvalidQuery, NotFound
+from contract.errors import ConfigError, InputUnreadable, InvalidQuery, NotFound
 from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from previewvec.export import ReadCounts
     from reducer.reduce import Reducer
 
-AudioSource = str | os.PathLike[str] | bytes
+AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 # The names of the three header rows of FMA's features.csv (FMA's ``utils.load``).
 FMA_CSV_HEADER = ("feature", "statistics", "number")
 MODES = ("major", "minor")
@@ -78,18 +78,44 @@ def warm_jit_cache(settings: Settings) -> None:
 
 
 def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
-    """Decode and extract one clip (a path or its encoded bytes), as workers do.
+    """Decode and extract one clip (a path, its encoded bytes, or a file opened ``rb``),
+    as workers do.
 
-    Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …).
+    Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …);
+    a path that cannot be read (missing, a folder, no permission) is
+    :class:`InputUnreadable`.
     """
     from workers.analysis import analyze
 
     settings = settings or Settings.from_env()
+    if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+        source = _read_file_object(source, settings.max_input_bytes)
     warm_jit_cache(settings)  # ConfigError when PREVIEWVEC_CACHE_DIR cannot hold it
-    result = analyze(source, settings)
+    try:
+        result = analyze(source, settings)
+    except OSError as exc:
+        if not isinstance(source, str | os.PathLike):
+            raise
+        # Reading the path (the decoder types its own faults), as `previewvec extract`.
+        raise InputUnreadable(f"cannot read {os.fspath(source)!r}: "
+                              f"{exc.strerror or exc}") from None
     return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
                      descriptors=dict(result.features.descriptors),
                      feature_version=derived_version(settings))
+
+
+def _read_file_object(source: Any, max_input_bytes: int) -> bytes:
+    """The bytes of a file object opened ``rb``: one byte past the limit at most, so that
+    the decoder answers ``too_large`` without the whole of a huge file being read."""
+    read = getattr(source, "read", None)
+    if read is None:
+        raise TypeError("source must be a path, bytes or a file opened 'rb', "
+                        f"not {type(source).__name__}")
+    data = read(max_input_bytes + 1)
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError(f"source is a file opened as text: open it 'rb' "
+                        f"(read() gave {type(data).__name__}, not bytes)")
+    return bytes(data)
 
 
 class Catalog:

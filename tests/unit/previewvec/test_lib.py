@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import previewvec
-from contract.errors import InvalidQuery, NotFound
+from contract.errors import InputUnreadable, InvalidQuery, NotFound, Undecodable
 from contract.records import FeatureRecord, encode_record, make_provenance
 from contract.settings import Settings
 from reducer.reduce import Reducer
@@ -157,6 +157,36 @@ def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
     both = subprocess.run([sys.executable, "-m", "previewvec.cli", "similar"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert both.returncode == 2 and "RECORDING_ID or --audio" in both.stderr
+
+
+def test_extract_takes_an_open_file_as_its_bytes(catalog_dir: Path) -> None:
+    """Given the clip as a path, a str, bytes, a bytearray, a memoryview and a file opened
+    ``rb``, expect one vector; a file opened as text is a TypeError saying so."""
+    path = catalog_dir / "song.m4a"
+    data = path.read_bytes()
+    expected = previewvec.extract(path).vector
+    with path.open("rb") as handle:
+        sources = [os.fspath(path), data, bytearray(data), memoryview(data), handle]
+        for source in sources:
+            assert np.array_equal(previewvec.extract(source).vector, expected)
+    with path.open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        previewvec.extract(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["missing.m4a", "."])
+def test_extract_of_a_path_it_cannot_read_is_input_unreadable(tmp_path: Path,
+                                                               name: str) -> None:
+    """Given a missing file or a folder, expect :class:`InputUnreadable` naming it (an
+    OSError was raised as it came), for ``extract`` and ``similar_to_audio`` alike."""
+    path = tmp_path / name
+    with pytest.raises(InputUnreadable, match=re.escape(str(path))):
+        previewvec.extract(path)
+    catalog = previewvec.open(str(tmp_path / "store"), index=str(tmp_path / "index"))
+    with pytest.raises(InputUnreadable):
+        catalog.similar_to_audio(str(path))
+    (tmp_path / "junk.m4a").write_bytes(b"not audio at all" * 100)
+    with open(tmp_path / "junk.m4a", "rb") as handle, pytest.raises(Undecodable):
+        previewvec.extract(handle)
 
 
 @pytest.fixture(scope="module")
