@@ -14,6 +14,7 @@ record decoder, the export's Arrow conversion, the reducer's normaliser and inde
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,7 +221,7 @@ class Catalog:
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
         from reducer.index.base import check_k
 
-        check_k(k, MAX_K)  # InvalidQuery, before anything is read
+        k = check_k(_plain_int(k), MAX_K)  # InvalidQuery, before anything is read
         where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
         matches = self._reducer.similar(recording_id, k, filter=where)
@@ -233,7 +234,7 @@ class Catalog:
         ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
         from reducer.index.base import check_k, check_query_vector
 
-        check_k(k, MAX_K)  # both before the index and the normaliser are opened
+        k = check_k(_plain_int(k), MAX_K)  # before the index and the normaliser open
         where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
         matches = self._reducer.similar_to_vector(raw, k, filter=where)
@@ -255,11 +256,44 @@ class Catalog:
                          match_descriptors(match))
 
 
+FILTERS = ("tempo_min", "tempo_max", "key", "mode")
+
+
+def _plain_int(k: Any) -> Any:
+    """``k`` as a Python int when it is a numpy integer (``len``-like values read off an
+    array); anything else as given, for :func:`check_k` to judge."""
+    return int(k) if isinstance(k, np.integer) else k
+
+
 def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
-    """The index filter of ``similar*``'s keyword filters; a key or mode no record can
-    have is :class:`InvalidQuery` (it would match nothing and answer [] silently)."""
+    """The index filter of ``similar*``'s keyword filters.
+
+    :class:`InvalidQuery` for an unknown filter name, a tempo bound that is not a finite
+    number, and a key, mode or tempo range no record can have (it would match nothing
+    and answer [] silently). Numpy numbers are taken as the Python numbers they hold."""
     from reducer.reduce import similar_filter
 
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise InvalidQuery(f"unknown filter {', '.join(unknown)}: similar* filter by "
+                           f"{', '.join(FILTERS)}")
+    filters = dict(filters)
+    for bound in ("tempo_min", "tempo_max"):
+        value = filters.get(bound)
+        if value is None:
+            continue
+        try:
+            number = float(value)  # the index's filter takes Python numbers only
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if (isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number)
+                or not math.isfinite(number)):
+            raise InvalidQuery(f"{bound} must be a finite number of BPM, not {value!r}")
+        filters[bound] = number
+    low, high = filters.get("tempo_min"), filters.get("tempo_max")
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"tempo_min {low:g} is above tempo_max {high:g}: no recording "
+                           "can match")
     key, mode = filters.get("key"), filters.get("mode")
     if key is not None and key not in PITCH_CLASSES:
         raise InvalidQuery(f"key must be one of {', '.join(PITCH_CLASSES)}, not {key!r}")

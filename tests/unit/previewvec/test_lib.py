@@ -278,6 +278,11 @@ def test_records_matrix_and_table_name_each_skipped_record(
     (lambda c: c.similar_to_vector(synthetic_record(1).vector_array(), k=10**20), "at most"),
     (lambda c: c.similar("rec-0000001", k=3, key="H"), "key"),
     (lambda c: c.similar("rec-0000001", k=3, mode="Minor"), "mode"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo=90), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min="fast"), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_max=float("nan")), "tempo_max"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min=True), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min=120, tempo_max=90), "above"),
 ])
 def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
                                                        call, why: str) -> None:
@@ -285,6 +290,20 @@ def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previe
     key/mode no record has (a silent [] before), expect the typed input error."""
     with pytest.raises(InvalidQuery, match=why):
         call(synthetic_catalog)
+
+
+def test_numpy_numbers_are_a_k_and_a_tempo(synthetic_catalog: previewvec.Catalog) -> None:
+    """Given k and tempo bounds as numpy scalars (read off a matrix or a frame), expect
+    the answer of the same Python numbers (were InvalidQuery and LanceDB's TypeError)."""
+    catalog = synthetic_catalog
+    plain = catalog.similar("rec-0000001", k=5, tempo_min=60.0, tempo_max=75.0)
+    assert plain
+    numpy = catalog.similar("rec-0000001", k=np.int64(5), tempo_min=np.float32(60.0),
+                            tempo_max=np.int32(75))
+    assert numpy == plain
+    vector = synthetic_record(1).vector_array()
+    assert (catalog.similar_to_vector(vector, k=np.int32(2), tempo_min=np.float64(60))
+            == catalog.similar_to_vector(vector, k=2, tempo_min=60))
 
 
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
