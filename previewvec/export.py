@@ -227,8 +227,11 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             writer.close()  # writes the footer: can meet a full disk too
         if rows == 0:
             what = f"of run {run_id} " if run_id else ""
+            # All of them unreadable is not an empty store: say what was passed over.
+            skipped = (f" ({counts.skipped} unreadable records skipped: see the warnings)"
+                       if counts.skipped else "")
             raise NothingStored(f"no records {what}of feature version {version} in the "
-                                "feature store: nothing exported")
+                                f"feature store{skipped}: nothing exported")
         with _writing(out):
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
             os.replace(tmp, target)

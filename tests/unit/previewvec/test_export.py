@@ -107,6 +107,18 @@ def test_nothing_to_export_writes_no_file(store: LocalStore, tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_nothing_exported_because_all_was_unreadable_says_so(tmp_path: Path) -> None:
+    """Given a store whose every record is unreadable (truncated), expect NothingStored to
+    count them instead of saying the store holds no records."""
+    store = LocalStore(tmp_path / "store")
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record)[:50])
+    with pytest.raises(NothingStored, match="3 unreadable records skipped"):
+        export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_an_interrupted_export_leaves_no_file(store: LocalStore, tmp_path: Path) -> None:
     """Given an export interrupted after its first batch (Ctrl-C), expect neither the
     target nor its temporary file to exist, and an earlier export kept intact."""
