@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from contract.errors import ConfigError, InputUnreadable, InvalidQuery, NotFound
+from contract.errors import (
+    ConfigError,
+    InputUnreadable,
+    InvalidQuery,
+    NotFound,
+    NothingStored,
+)
 from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
@@ -224,7 +230,7 @@ class Catalog:
         k = check_k(_plain_int(k), MAX_K)  # InvalidQuery, before anything is read
         where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
-        matches = self._reducer.similar(recording_id, k, filter=where)
+        matches = self._not_empty(self._reducer.similar(recording_id, k, filter=where))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
@@ -237,7 +243,7 @@ class Catalog:
         k = check_k(_plain_int(k), MAX_K)  # before the index and the normaliser open
         where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
-        matches = self._reducer.similar_to_vector(raw, k, filter=where)
+        matches = self._not_empty(self._reducer.similar_to_vector(raw, k, filter=where))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,
@@ -247,6 +253,15 @@ class Catalog:
         settings = dataclasses.replace(self.settings, feature_version=self.version)
         check_claim(settings)  # a clip analysed otherwise is not comparable
         return self.similar_to_vector(extract(source, settings).vector, k, **filters)
+
+    def _not_empty(self, matches: list[Any]) -> list[Any]:
+        """``matches``, unless there are none because nothing was indexed yet: then
+        :class:`NothingStored` (as ``previewvec similar``), not [] as if nothing were
+        alike."""
+        if not matches and self._reducer.index.count() == 0:
+            raise NothingStored("the vector index holds no vectors: run `previewvec "
+                                "reduce` (or `previewvec reindex`) first")
+        return matches
 
     @staticmethod
     def _neighbour(match: Any) -> Neighbour:

@@ -306,6 +306,27 @@ def test_numpy_numbers_are_a_k_and_a_tempo(synthetic_catalog: previewvec.Catalog
             == catalog.similar_to_vector(vector, k=2, tempo_min=60))
 
 
+def test_similar_on_an_index_never_built_is_nothing_stored(tmp_path: Path) -> None:
+    """Given stored records but no index yet (nothing reduced), expect NothingStored
+    saying to reduce, as `previewvec similar` exits 6, not [] as if nothing were alike;
+    a filter nothing matches on a built index stays []."""
+    from contract.errors import NothingStored
+
+    settings = Settings(store=str(tmp_path / "store"), index=str(tmp_path / "index"))
+    catalog = previewvec.open(settings=settings)
+    for i in range(3):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+    vector = synthetic_record(1).vector_array()
+    with pytest.raises(NothingStored, match="reduce"):
+        catalog.similar("rec-0000001", k=2)
+    with pytest.raises(NothingStored, match="reduce"):
+        catalog.similar_to_vector(vector, k=2)
+    Reducer.build(settings).reindex()
+    assert len(catalog.similar("rec-0000001", k=2)) == 2
+    assert catalog.similar_to_vector(vector, k=2, tempo_min=500) == []
+
+
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
     """Given an index whose data files were overwritten, expect VectorIndexError naming
     the index, not LanceDB's RuntimeError."""
