@@ -317,11 +317,14 @@ def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
     return similar_filter(**filters)
 
 
-def open(store: str | None = None, *, index: str | None = None,  # the API: previewvec.open()
-         version: str | None = None, settings: Settings | None = None) -> Catalog:
+def open(store: str | os.PathLike[str] | None = None, *,  # the API: previewvec.open()
+         index: str | os.PathLike[str] | None = None, version: str | None = None,
+         settings: Settings | None = None) -> Catalog:
     """The catalog at ``store`` with its ``index`` (defaults: ``PREVIEWVEC_STORE`` and
-    ``PREVIEWVEC_INDEX``, as the command line); ``version``: a feature version other than
-    the one the settings compute."""
+    ``PREVIEWVEC_INDEX``, as the command line): URLs or folders (``pathlib.Path`` too);
+    ``version``: a feature version other than the one the settings compute."""
     settings = settings or Settings.from_env()
-    changes = {k: v for k, v in (("store", store), ("index", index)) if v is not None}
+    # Settings hold text, as the environment gives it: the backends parse URLs from it.
+    changes = {k: os.fspath(v) for k, v in (("store", store), ("index", index))
+               if v is not None}
     return Catalog(dataclasses.replace(settings, **changes), version=version)

@@ -327,6 +327,17 @@ def test_similar_on_an_index_never_built_is_nothing_stored(tmp_path: Path) -> No
     assert catalog.similar_to_vector(vector, k=2, tempo_min=500) == []
 
 
+def test_open_takes_pathlib_paths(tmp_path: Path) -> None:
+    """Given the store and index folders as ``pathlib.Path`` (an AttributeError before),
+    expect the catalog of their text paths."""
+    catalog = previewvec.open(tmp_path / "store", index=tmp_path / "index")
+    assert catalog.settings.store == str(tmp_path / "store")
+    assert catalog.settings.index == str(tmp_path / "index")
+    record = synthetic_record(1)
+    catalog.store.put(record.key, encode_record(record))
+    assert catalog.matrix()[1] == ["rec-0000001"]
+
+
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
     """Given an index whose data files were overwritten, expect VectorIndexError naming
     the index, not LanceDB's RuntimeError."""
