@@ -149,7 +149,7 @@ class Catalog:
         A record that cannot be read is skipped with a warning naming its key (logger
         ``previewvec.export``) and counted in ``counts.skipped`` when ``counts`` (a
         :class:`previewvec.export.ReadCounts`) is given; so are :meth:`matrix`,
-        :meth:`batches` and :meth:`table`, which take ``counts`` too."""
+        :meth:`batches`, :meth:`table` and :meth:`fma_frame`, which take ``counts`` too."""
         from previewvec.export import iter_records
 
         yield from iter_records(self.store, self.version, run_id=run_id, counts=counts)
@@ -193,7 +193,8 @@ class Catalog:
         return pa.Table.from_batches(list(self.batches(run_id=run_id, counts=counts)),
                                      schema=record_schema(self.version))
 
-    def fma_frame(self, *, run_id: str | None = None) -> pd.DataFrame:
+    def fma_frame(self, *, run_id: str | None = None,
+                  counts: ReadCounts | None = None) -> pd.DataFrame:
         """The FMA block as a pandas DataFrame laid out like FMA's ``features.csv`` once
         loaded (``pd.read_csv(path, index_col=0, header=[0, 1, 2])``): one row per
         recording (index ``recording_id``), the 518 columns as the MultiIndex
@@ -207,7 +208,7 @@ class Catalog:
             raise ImportError("Catalog.fma_frame needs pandas: "
                               "pip install 'previewvec[analysis]'") from exc
 
-        matrix, ids = self.matrix(run_id=run_id)
+        matrix, ids = self.matrix(run_id=run_id, counts=counts)
         columns = pd.MultiIndex.from_tuples([tuple(n.split(".")) for n in fma_names()],
                                             names=FMA_CSV_HEADER)
         return pd.DataFrame(matrix[:, :FMA_DIM], index=pd.Index(ids, name="recording_id"),

@@ -246,8 +246,8 @@ def test_a_list_of_floats_and_a_zero_vector_are_valid_queries(
 def test_records_matrix_and_table_name_each_skipped_record(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Given a store with one truncated record among three, expect the two others from
-    records(), matrix() and table(), a warning naming the bad key each time, and the skip
-    counted when a ReadCounts is passed."""
+    records(), matrix(), table(), batches() and fma_frame(), a warning naming the bad
+    key each time, and the skip counted when a ReadCounts is passed."""
     import logging
 
     from previewvec.export import ReadCounts
@@ -262,7 +262,9 @@ def test_records_matrix_and_table_name_each_skipped_record(
     catalog.store.put(keys[1], catalog.store.get(keys[1])[:50])
     for read in (lambda c: list(catalog.records(counts=c)),
                  lambda c: catalog.matrix(counts=c),
-                 lambda c: catalog.table(counts=c)):
+                 lambda c: catalog.table(counts=c),
+                 lambda c: list(catalog.batches(counts=c)),
+                 lambda c: catalog.fma_frame(counts=c)):
         counts = ReadCounts()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="previewvec.export"):
