@@ -340,6 +340,12 @@ def test_open_takes_pathlib_paths(tmp_path: Path) -> None:
     assert catalog.matrix()[1] == ["rec-0000001"]
 
 
+def test_the_api_is_listed_by_dir() -> None:
+    """Given the lazily imported API, expect dir(previewvec) to list it (a notebook's
+    tab completion reads dir), as ``__all__`` does."""
+    assert set(previewvec.__all__) <= set(dir(previewvec))
+
+
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
     """Given an index whose data files were overwritten, expect VectorIndexError naming
     the index, not LanceDB's RuntimeError."""
