@@ -175,6 +175,21 @@ def test_runs_lists_recent_runs_with_counts(env: dict[str, str], redis_url: str)
     assert line.endswith("open")
 
 
+def test_runs_says_a_run_whose_keys_expired_is_gone(env: dict[str, str],
+                                                    redis_url: str) -> None:
+    """Given a closed run whose keys expired before housekeeping pruned it from the index,
+    expect ``runs`` to call it expired, not an open run of 0 recordings."""
+    from contract.state.keys import run_key
+
+    runs = Runs.from_url(redis_url)
+    runs.create("20260102T000000Z-bbbbbb", input="catalog")
+    runs._redis.delete(run_key("20260102T000000Z-bbbbbb", "meta"))  # as its TTL would
+    result = cli(env, "runs")
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "20260102T000000Z-bbbbbb" in x)
+    assert line.endswith("expired"), line
+
+
 def test_export_from_s3_skips_objects_that_are_no_store_keys(tmp_path: Path,
                                                              aws_test_env: str) -> None:
     """Given an S3 prefix also holding a console "folder" marker (``features/v/``), a
