@@ -141,6 +141,26 @@ def test_a_record_copied_into_another_shard_is_read_once(tmp_path: Path,
     assert [r.levelname for r in caplog.records if copy in r.getMessage()] == ["WARNING"]
 
 
+def test_a_shard_folder_linked_from_another_disk_is_read(tmp_path: Path) -> None:
+    """Given a shard folder moved elsewhere and symlinked back (a StoreError "Is a
+    directory" before) and a link back to the store's own root (a loop), expect every
+    record once."""
+    store = LocalStore(tmp_path / "store")
+    keys = []
+    for i in range(4):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    shard = store.root / keys[1].rsplit("/", 1)[0]
+    shard.rename(tmp_path / "elsewhere")
+    shard.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (store.root / "features" / FEATURE_VERSION / "loop").symlink_to(store.root)
+    ids = [r.recording_id for r in iter_records(store, FEATURE_VERSION)]
+    assert sorted(ids) == [f"rec-{i:07d}" for i in range(4)]
+    report = export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert (report.rows, report.skipped) == (4, 0)
+
+
 def test_an_interrupted_export_leaves_no_file(store: LocalStore, tmp_path: Path) -> None:
     """Given an export interrupted after its first batch (Ctrl-C), expect neither the
     target nor its temporary file to exist, and an earlier export kept intact."""
