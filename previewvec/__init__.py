@@ -26,3 +26,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(lib, name)
     raise AttributeError(f"module 'previewvec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too: a notebook's tab completion lists what dir() gives.
+    return sorted({*globals(), *_API})

@@ -613,7 +613,10 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
         created = status.meta.get("created_at")
         when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(created)))
                 if created else "-")
-        state = ("closed" if status.meta.get("closed_at") else
+        # No meta: the closed run's keys expired and housekeeping has not yet pruned it
+        # from the index; it is gone, not an open run of nothing.
+        state = ("expired" if not status.meta else
+                 "closed" if status.meta.get("closed_at") else
                  "finished" if status.total and status.counts["queued"] == 0 else "open")
         print(f"{run_id:<26} {when:<20} {status.total:>7} "
               + " ".join(f"{status.counts[s]:>7}" for s in STATES) + f"  {state}")

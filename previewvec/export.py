@@ -123,8 +123,9 @@ def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None
                  counts: ReadCounts | None = None, threads: int | None = None,
                  ) -> Iterator[FeatureRecord]:
     """Every readable record of ``version`` in key order (of ``run_id``'s writing, when
-    given); corrupt ones (a record under another recording's key included) are logged
-    with their key and counted in ``counts.skipped``, never raised."""
+    given), each recording once; corrupt ones (a record under another recording's key, or
+    a copy under another shard's, included) are logged with their key and counted in
+    ``counts.skipped``, never raised."""
     counts = counts if counts is not None else ReadCounts()
     keys = store.iter_keys(f"features/{version}/")
     for key, data in read_many(store, keys, threads=threads):
@@ -135,6 +136,14 @@ def iter_records(store: FeatureStore, version: str, *, run_id: str | None = None
         except (CorruptRecord, IncompatibleRecord) as exc:
             # Logged one by one: the count alone does not say which record to look at.
             log.warning("%s; skipped (%s)", exc.message, exc.code)
+            counts.skipped += 1
+            continue
+        if key != record.key and store.exists(record.key):
+            # A copy under another shard's folder: its recording is read at its own key,
+            # and twice would be two rows of one id. (Without that key, this is the only
+            # copy: its row is kept.) One HEAD per misplaced record, none otherwise.
+            log.warning("stored record %s: a copy of the record stored at %s; skipped "
+                        "(corrupt_record)", key, record.key)
             counts.skipped += 1
             continue
         counts.read += 1
@@ -227,8 +236,11 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             writer.close()  # writes the footer: can meet a full disk too
         if rows == 0:
             what = f"of run {run_id} " if run_id else ""
+            # All of them unreadable is not an empty store: say what was passed over.
+            skipped = (f" ({counts.skipped} unreadable records skipped: see the warnings)"
+                       if counts.skipped else "")
             raise NothingStored(f"no records {what}of feature version {version} in the "
-                                "feature store: nothing exported")
+                                f"feature store{skipped}: nothing exported")
         with _writing(out):
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
             os.replace(tmp, target)

@@ -14,15 +14,22 @@ record decoder, the export's Arrow conversion, the reducer's normaliser and inde
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from contract.errors import ConfigError, InvalidQuery, NotFound
+from contract.errors import (
+    ConfigError,
+    InputUnreadable,
+    InvalidQuery,
+    NotFound,
+    NothingStored,
+)
 from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, fma_names
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
@@ -37,7 +44,7 @@ if TYPE_CHECKING:
     from previewvec.export import ReadCounts
     from reducer.reduce import Reducer
 
-AudioSource = str | os.PathLike[str] | bytes
+AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 # The names of the three header rows of FMA's features.csv (FMA's ``utils.load``).
 FMA_CSV_HEADER = ("feature", "statistics", "number")
 MODES = ("major", "minor")
@@ -78,18 +85,44 @@ def warm_jit_cache(settings: Settings) -> None:
 
 
 def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
-    """Decode and extract one clip (a path or its encoded bytes), as workers do.
+    """Decode and extract one clip (a path, its encoded bytes, or a file opened ``rb``),
+    as workers do.
 
-    Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …).
+    Raises the typed errors of :mod:`contract.errors` (``undecodable``, ``too_short``, …);
+    a path that cannot be read (missing, a folder, no permission) is
+    :class:`InputUnreadable`.
     """
     from workers.analysis import analyze
 
     settings = settings or Settings.from_env()
+    if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+        source = _read_file_object(source, settings.max_input_bytes)
     warm_jit_cache(settings)  # ConfigError when PREVIEWVEC_CACHE_DIR cannot hold it
-    result = analyze(source, settings)
+    try:
+        result = analyze(source, settings)
+    except OSError as exc:
+        if not isinstance(source, str | os.PathLike):
+            raise
+        # Reading the path (the decoder types its own faults), as `previewvec extract`.
+        raise InputUnreadable(f"cannot read {os.fspath(source)!r}: "
+                              f"{exc.strerror or exc}") from None
     return Extracted(vector=np.asarray(result.features.vector, dtype=np.float32),
                      descriptors=dict(result.features.descriptors),
                      feature_version=derived_version(settings))
+
+
+def _read_file_object(source: Any, max_input_bytes: int) -> bytes:
+    """The bytes of a file object opened ``rb``: one byte past the limit at most, so that
+    the decoder answers ``too_large`` without the whole of a huge file being read."""
+    read = getattr(source, "read", None)
+    if read is None:
+        raise TypeError("source must be a path, bytes or a file opened 'rb', "
+                        f"not {type(source).__name__}")
+    data = read(max_input_bytes + 1)
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError(f"source is a file opened as text: open it 'rb' "
+                        f"(read() gave {type(data).__name__}, not bytes)")
+    return bytes(data)
 
 
 class Catalog:
@@ -116,7 +149,7 @@ class Catalog:
         A record that cannot be read is skipped with a warning naming its key (logger
         ``previewvec.export``) and counted in ``counts.skipped`` when ``counts`` (a
         :class:`previewvec.export.ReadCounts`) is given; so are :meth:`matrix`,
-        :meth:`batches` and :meth:`table`, which take ``counts`` too."""
+        :meth:`batches`, :meth:`table` and :meth:`fma_frame`, which take ``counts`` too."""
         from previewvec.export import iter_records
 
         yield from iter_records(self.store, self.version, run_id=run_id, counts=counts)
@@ -160,7 +193,8 @@ class Catalog:
         return pa.Table.from_batches(list(self.batches(run_id=run_id, counts=counts)),
                                      schema=record_schema(self.version))
 
-    def fma_frame(self, *, run_id: str | None = None) -> pd.DataFrame:
+    def fma_frame(self, *, run_id: str | None = None,
+                  counts: ReadCounts | None = None) -> pd.DataFrame:
         """The FMA block as a pandas DataFrame laid out like FMA's ``features.csv`` once
         loaded (``pd.read_csv(path, index_col=0, header=[0, 1, 2])``): one row per
         recording (index ``recording_id``), the 518 columns as the MultiIndex
@@ -174,7 +208,7 @@ class Catalog:
             raise ImportError("Catalog.fma_frame needs pandas: "
                               "pip install 'previewvec[analysis]'") from exc
 
-        matrix, ids = self.matrix(run_id=run_id)
+        matrix, ids = self.matrix(run_id=run_id, counts=counts)
         columns = pd.MultiIndex.from_tuples([tuple(n.split(".")) for n in fma_names()],
                                             names=FMA_CSV_HEADER)
         return pd.DataFrame(matrix[:, :FMA_DIM], index=pd.Index(ids, name="recording_id"),
@@ -194,10 +228,10 @@ class Catalog:
         ``filters``: ``tempo_min``, ``tempo_max``, ``key``, ``mode``."""
         from reducer.index.base import check_k
 
-        check_k(k, MAX_K)  # InvalidQuery, before anything is read
+        k = check_k(_plain_int(k), MAX_K)  # InvalidQuery, before anything is read
         where = _filter(filters)
         self.record(recording_id)  # NotFound, typed, before the index is asked
-        matches = self._reducer.similar(recording_id, k, filter=where)
+        matches = self._not_empty(self._reducer.similar(recording_id, k, filter=where))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_vector(self, vector: np.ndarray, k: int = 10,
@@ -207,10 +241,10 @@ class Catalog:
         ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
         from reducer.index.base import check_k, check_query_vector
 
-        check_k(k, MAX_K)  # both before the index and the normaliser are opened
+        k = check_k(_plain_int(k), MAX_K)  # before the index and the normaliser open
         where = _filter(filters)
         raw = check_query_vector(vector, VECTOR_DIM)
-        matches = self._reducer.similar_to_vector(raw, k, filter=where)
+        matches = self._not_empty(self._reducer.similar_to_vector(raw, k, filter=where))
         return [self._neighbour(m) for m in matches]
 
     def similar_to_audio(self, source: AudioSource, k: int = 10,
@@ -221,6 +255,15 @@ class Catalog:
         check_claim(settings)  # a clip analysed otherwise is not comparable
         return self.similar_to_vector(extract(source, settings).vector, k, **filters)
 
+    def _not_empty(self, matches: list[Any]) -> list[Any]:
+        """``matches``, unless there are none because nothing was indexed yet: then
+        :class:`NothingStored` (as ``previewvec similar``), not [] as if nothing were
+        alike."""
+        if not matches and self._reducer.index.count() == 0:
+            raise NothingStored("the vector index holds no vectors: run `previewvec "
+                                "reduce` (or `previewvec reindex`) first")
+        return matches
+
     @staticmethod
     def _neighbour(match: Any) -> Neighbour:
         from reducer.reduce import match_descriptors
@@ -229,11 +272,44 @@ class Catalog:
                          match_descriptors(match))
 
 
+FILTERS = ("tempo_min", "tempo_max", "key", "mode")
+
+
+def _plain_int(k: Any) -> Any:
+    """``k`` as a Python int when it is a numpy integer (``len``-like values read off an
+    array); anything else as given, for :func:`check_k` to judge."""
+    return int(k) if isinstance(k, np.integer) else k
+
+
 def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
-    """The index filter of ``similar*``'s keyword filters; a key or mode no record can
-    have is :class:`InvalidQuery` (it would match nothing and answer [] silently)."""
+    """The index filter of ``similar*``'s keyword filters.
+
+    :class:`InvalidQuery` for an unknown filter name, a tempo bound that is not a finite
+    number, and a key, mode or tempo range no record can have (it would match nothing
+    and answer [] silently). Numpy numbers are taken as the Python numbers they hold."""
     from reducer.reduce import similar_filter
 
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise InvalidQuery(f"unknown filter {', '.join(unknown)}: similar* filter by "
+                           f"{', '.join(FILTERS)}")
+    filters = dict(filters)
+    for bound in ("tempo_min", "tempo_max"):
+        value = filters.get(bound)
+        if value is None:
+            continue
+        try:
+            number = float(value)  # the index's filter takes Python numbers only
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if (isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number)
+                or not math.isfinite(number)):
+            raise InvalidQuery(f"{bound} must be a finite number of BPM, not {value!r}")
+        filters[bound] = number
+    low, high = filters.get("tempo_min"), filters.get("tempo_max")
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"tempo_min {low:g} is above tempo_max {high:g}: no recording "
+                           "can match")
     key, mode = filters.get("key"), filters.get("mode")
     if key is not None and key not in PITCH_CLASSES:
         raise InvalidQuery(f"key must be one of {', '.join(PITCH_CLASSES)}, not {key!r}")
@@ -242,11 +318,14 @@ def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
     return similar_filter(**filters)
 
 
-def open(store: str | None = None, *, index: str | None = None,  # the API: previewvec.open()
-         version: str | None = None, settings: Settings | None = None) -> Catalog:
+def open(store: str | os.PathLike[str] | None = None, *,  # the API: previewvec.open()
+         index: str | os.PathLike[str] | None = None, version: str | None = None,
+         settings: Settings | None = None) -> Catalog:
     """The catalog at ``store`` with its ``index`` (defaults: ``PREVIEWVEC_STORE`` and
-    ``PREVIEWVEC_INDEX``, as the command line); ``version``: a feature version other than
-    the one the settings compute."""
+    ``PREVIEWVEC_INDEX``, as the command line): URLs or folders (``pathlib.Path`` too);
+    ``version``: a feature version other than the one the settings compute."""
     settings = settings or Settings.from_env()
-    changes = {k: v for k, v in (("store", store), ("index", index)) if v is not None}
+    # Settings hold text, as the environment gives it: the backends parse URLs from it.
+    changes = {k: os.fspath(v) for k, v in (("store", store), ("index", index))
+               if v is not None}
     return Catalog(dataclasses.replace(settings, **changes), version=version)

@@ -108,9 +108,16 @@ class LocalStore:
         if folder and any(p in ("", ".", "..") for p in folder.split("/")):
             return
         base = f"{folder}/" if folder else ""
-        yield from self._walk(start, base, prefix)
+        yield from self._walk(start, base, prefix, frozenset())
 
-    def _walk(self, folder: Path, base: str, prefix: str) -> Iterator[str]:
+    def _walk(self, folder: Path, base: str, prefix: str,
+              above: frozenset[str]) -> Iterator[str]:
+        # Symlinked folders are followed (a shard moved to another disk and linked back),
+        # except one leading back to a folder above: a loop. ``above``: their real paths.
+        real = os.path.realpath(folder)
+        if real in above:
+            return
+        above = above | {real}
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
@@ -121,7 +128,10 @@ class LocalStore:
         for entry in entries:
             if entry.name.startswith("."):  # temp files and anything hidden
                 continue
-            is_dir = entry.is_dir(follow_symlinks=False)
+            try:
+                is_dir = entry.is_dir()  # follows a symlink; a dangling one is a key
+            except OSError:
+                is_dir = False
             named.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
         named.sort(key=lambda item: item[0].encode("utf-8"))
         for sort_name, entry, is_dir in named:
@@ -129,6 +139,6 @@ class LocalStore:
             if is_dir:
                 # Descend only if the subtree can hold keys matching the prefix.
                 if key.startswith(prefix) or prefix.startswith(key):
-                    yield from self._walk(Path(entry.path), key, prefix)
+                    yield from self._walk(Path(entry.path), key, prefix, above)
             elif key.startswith(prefix):
                 yield key

@@ -217,4 +217,12 @@ class S3Store:
                 except StopIteration:
                     return
             for item in page.get("Contents", ()):
-                yield item["Key"][strip:]
+                key = item["Key"][strip:]
+                # Objects no store key can name (a console "folder" marker ending in "/",
+                # a hidden file, a "//") are not ours, and get() would refuse them: pass
+                # over them as LocalStore passes over folders and hidden files.
+                try:
+                    validate_key(key)
+                except ValueError:
+                    continue
+                yield key

@@ -173,3 +173,45 @@ def test_runs_lists_recent_runs_with_counts(env: dict[str, str], redis_url: str)
     line = next(x for x in result.stdout.splitlines() if "20260101T000000Z-aaaaaa" in x)
     assert line.split()[3:8] == ["3", "1", "1", "0", "1"]  # total queued done skipped failed
     assert line.endswith("open")
+
+
+def test_runs_says_a_run_whose_keys_expired_is_gone(env: dict[str, str],
+                                                    redis_url: str) -> None:
+    """Given a closed run whose keys expired before housekeeping pruned it from the index,
+    expect ``runs`` to call it expired, not an open run of 0 recordings."""
+    from contract.state.keys import run_key
+
+    runs = Runs.from_url(redis_url)
+    runs.create("20260102T000000Z-bbbbbb", input="catalog")
+    runs._redis.delete(run_key("20260102T000000Z-bbbbbb", "meta"))  # as its TTL would
+    result = cli(env, "runs")
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "20260102T000000Z-bbbbbb" in x)
+    assert line.endswith("expired"), line
+
+
+def test_export_from_s3_skips_objects_that_are_no_store_keys(tmp_path: Path,
+                                                             aws_test_env: str) -> None:
+    """Given an S3 prefix also holding a console "folder" marker (``features/v/``), a
+    hidden file and a ``//`` key, objects no store key can name, expect the export (and
+    the Python API) to read every record around them, as a folder store would."""
+    import previewvec
+    from contract.settings import Settings
+    from previewvec.export import export_parquet
+
+    client = boto3.client("s3", endpoint_url=aws_test_env, region_name=MOTO_REGION)
+    client.create_bucket(Bucket="pv-foreign")
+    catalog = previewvec.open(settings=Settings(store="s3://pv-foreign/cat",
+                                                index=str(tmp_path / "index")))
+    for i in range(3):
+        record = synthetic_record(i, version=catalog.version)
+        catalog.store.put(record.key, encode_record(record))
+    for key in (f"features/{catalog.version}/", f"features/{catalog.version}/ab/.DS_Store",
+                f"features/{catalog.version}//x.json"):
+        client.put_object(Bucket="pv-foreign", Key=f"cat/{key}", Body=b"")
+    ids = [f"rec-{i:07d}" for i in range(3)]
+    assert sorted(catalog.matrix()[1]) == ids
+    report = export_parquet(catalog.store, tmp_path / "s3.parquet", version=catalog.version)
+    assert report.rows == 3
+    assert sorted(pq.read_table(tmp_path / "s3.parquet").column("recording_id").to_pylist()
+                  ) == ids

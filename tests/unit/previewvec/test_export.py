@@ -107,6 +107,60 @@ def test_nothing_to_export_writes_no_file(store: LocalStore, tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_nothing_exported_because_all_was_unreadable_says_so(tmp_path: Path) -> None:
+    """Given a store whose every record is unreadable (truncated), expect NothingStored to
+    count them instead of saying the store holds no records."""
+    store = LocalStore(tmp_path / "store")
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record)[:50])
+    with pytest.raises(NothingStored, match="3 unreadable records skipped"):
+        export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_record_copied_into_another_shard_is_read_once(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         ) -> None:
+    """Given a record also copied under another shard's folder (a bad copy), expect one
+    row for it, the copy skipped with a warning naming its key; given a record found only
+    under a wrong shard, expect its row (it is the only copy)."""
+    store = LocalStore(tmp_path / "store")
+    for i in range(3):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+    copy = f"features/{FEATURE_VERSION}/zz/rec-0000001.json"
+    store.put(copy, encode_record(synthetic_record(1)))
+    only = synthetic_record(7)
+    store.put(f"features/{FEATURE_VERSION}/zz/{only.recording_id}.json", encode_record(only))
+    counts = ReadCounts()
+    with caplog.at_level(logging.WARNING, logger="previewvec.export"):
+        ids = [r.recording_id for r in iter_records(store, FEATURE_VERSION, counts=counts)]
+    assert sorted(ids) == ["rec-0000000", "rec-0000001", "rec-0000002", "rec-0000007"]
+    assert counts.skipped == 1
+    assert [r.levelname for r in caplog.records if copy in r.getMessage()] == ["WARNING"]
+
+
+def test_a_shard_folder_linked_from_another_disk_is_read(tmp_path: Path) -> None:
+    """Given a shard folder moved elsewhere and symlinked back (a StoreError "Is a
+    directory" before) and a link back to the store's own root (a loop), expect every
+    record once."""
+    store = LocalStore(tmp_path / "store")
+    keys = []
+    for i in range(4):
+        record = synthetic_record(i)
+        store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    shard = store.root / keys[1].rsplit("/", 1)[0]
+    shard.rename(tmp_path / "elsewhere")
+    shard.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (store.root / "features" / FEATURE_VERSION / "loop").symlink_to(store.root)
+    ids = [r.recording_id for r in iter_records(store, FEATURE_VERSION)]
+    assert sorted(ids) == [f"rec-{i:07d}" for i in range(4)]
+    report = export_parquet(store, tmp_path / "x.parquet", version=FEATURE_VERSION)
+    assert (report.rows, report.skipped) == (4, 0)
+
+
 def test_an_interrupted_export_leaves_no_file(store: LocalStore, tmp_path: Path) -> None:
     """Given an export interrupted after its first batch (Ctrl-C), expect neither the
     target nor its temporary file to exist, and an earlier export kept intact."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import previewvec
-from contract.errors import InvalidQuery, NotFound
+from contract.errors import InputUnreadable, InvalidQuery, NotFound, Undecodable
 from contract.records import FeatureRecord, encode_record, make_provenance
 from contract.settings import Settings
 from reducer.reduce import Reducer
@@ -159,6 +159,36 @@ def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
     assert both.returncode == 2 and "RECORDING_ID or --audio" in both.stderr
 
 
+def test_extract_takes_an_open_file_as_its_bytes(catalog_dir: Path) -> None:
+    """Given the clip as a path, a str, bytes, a bytearray, a memoryview and a file opened
+    ``rb``, expect one vector; a file opened as text is a TypeError saying so."""
+    path = catalog_dir / "song.m4a"
+    data = path.read_bytes()
+    expected = previewvec.extract(path).vector
+    with path.open("rb") as handle:
+        sources = [os.fspath(path), data, bytearray(data), memoryview(data), handle]
+        for source in sources:
+            assert np.array_equal(previewvec.extract(source).vector, expected)
+    with path.open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        previewvec.extract(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["missing.m4a", "."])
+def test_extract_of_a_path_it_cannot_read_is_input_unreadable(tmp_path: Path,
+                                                               name: str) -> None:
+    """Given a missing file or a folder, expect :class:`InputUnreadable` naming it (an
+    OSError was raised as it came), for ``extract`` and ``similar_to_audio`` alike."""
+    path = tmp_path / name
+    with pytest.raises(InputUnreadable, match=re.escape(str(path))):
+        previewvec.extract(path)
+    catalog = previewvec.open(str(tmp_path / "store"), index=str(tmp_path / "index"))
+    with pytest.raises(InputUnreadable):
+        catalog.similar_to_audio(str(path))
+    (tmp_path / "junk.m4a").write_bytes(b"not audio at all" * 100)
+    with open(tmp_path / "junk.m4a", "rb") as handle, pytest.raises(Undecodable):
+        previewvec.extract(handle)
+
+
 @pytest.fixture(scope="module")
 def synthetic_catalog(tmp_path_factory: pytest.TempPathFactory) -> previewvec.Catalog:
     """A catalog of 20 synthetic records, indexed."""
@@ -216,8 +246,8 @@ def test_a_list_of_floats_and_a_zero_vector_are_valid_queries(
 def test_records_matrix_and_table_name_each_skipped_record(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Given a store with one truncated record among three, expect the two others from
-    records(), matrix() and table(), a warning naming the bad key each time, and the skip
-    counted when a ReadCounts is passed."""
+    records(), matrix(), table(), batches() and fma_frame(), a warning naming the bad
+    key each time, and the skip counted when a ReadCounts is passed."""
     import logging
 
     from previewvec.export import ReadCounts
@@ -232,7 +262,9 @@ def test_records_matrix_and_table_name_each_skipped_record(
     catalog.store.put(keys[1], catalog.store.get(keys[1])[:50])
     for read in (lambda c: list(catalog.records(counts=c)),
                  lambda c: catalog.matrix(counts=c),
-                 lambda c: catalog.table(counts=c)):
+                 lambda c: catalog.table(counts=c),
+                 lambda c: list(catalog.batches(counts=c)),
+                 lambda c: catalog.fma_frame(counts=c)):
         counts = ReadCounts()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="previewvec.export"):
@@ -248,6 +280,11 @@ def test_records_matrix_and_table_name_each_skipped_record(
     (lambda c: c.similar_to_vector(synthetic_record(1).vector_array(), k=10**20), "at most"),
     (lambda c: c.similar("rec-0000001", k=3, key="H"), "key"),
     (lambda c: c.similar("rec-0000001", k=3, mode="Minor"), "mode"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo=90), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min="fast"), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_max=float("nan")), "tempo_max"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min=True), "tempo_min"),
+    (lambda c: c.similar("rec-0000001", k=3, tempo_min=120, tempo_max=90), "above"),
 ])
 def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
                                                        call, why: str) -> None:
@@ -255,6 +292,58 @@ def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previe
     key/mode no record has (a silent [] before), expect the typed input error."""
     with pytest.raises(InvalidQuery, match=why):
         call(synthetic_catalog)
+
+
+def test_numpy_numbers_are_a_k_and_a_tempo(synthetic_catalog: previewvec.Catalog) -> None:
+    """Given k and tempo bounds as numpy scalars (read off a matrix or a frame), expect
+    the answer of the same Python numbers (were InvalidQuery and LanceDB's TypeError)."""
+    catalog = synthetic_catalog
+    plain = catalog.similar("rec-0000001", k=5, tempo_min=60.0, tempo_max=75.0)
+    assert plain
+    numpy = catalog.similar("rec-0000001", k=np.int64(5), tempo_min=np.float32(60.0),
+                            tempo_max=np.int32(75))
+    assert numpy == plain
+    vector = synthetic_record(1).vector_array()
+    assert (catalog.similar_to_vector(vector, k=np.int32(2), tempo_min=np.float64(60))
+            == catalog.similar_to_vector(vector, k=2, tempo_min=60))
+
+
+def test_similar_on_an_index_never_built_is_nothing_stored(tmp_path: Path) -> None:
+    """Given stored records but no index yet (nothing reduced), expect NothingStored
+    saying to reduce, as `previewvec similar` exits 6, not [] as if nothing were alike;
+    a filter nothing matches on a built index stays []."""
+    from contract.errors import NothingStored
+
+    settings = Settings(store=str(tmp_path / "store"), index=str(tmp_path / "index"))
+    catalog = previewvec.open(settings=settings)
+    for i in range(3):
+        record = synthetic_record(i)
+        catalog.store.put(record.key, encode_record(record))
+    vector = synthetic_record(1).vector_array()
+    with pytest.raises(NothingStored, match="reduce"):
+        catalog.similar("rec-0000001", k=2)
+    with pytest.raises(NothingStored, match="reduce"):
+        catalog.similar_to_vector(vector, k=2)
+    Reducer.build(settings).reindex()
+    assert len(catalog.similar("rec-0000001", k=2)) == 2
+    assert catalog.similar_to_vector(vector, k=2, tempo_min=500) == []
+
+
+def test_open_takes_pathlib_paths(tmp_path: Path) -> None:
+    """Given the store and index folders as ``pathlib.Path`` (an AttributeError before),
+    expect the catalog of their text paths."""
+    catalog = previewvec.open(tmp_path / "store", index=tmp_path / "index")
+    assert catalog.settings.store == str(tmp_path / "store")
+    assert catalog.settings.index == str(tmp_path / "index")
+    record = synthetic_record(1)
+    catalog.store.put(record.key, encode_record(record))
+    assert catalog.matrix()[1] == ["rec-0000001"]
+
+
+def test_the_api_is_listed_by_dir() -> None:
+    """Given the lazily imported API, expect dir(previewvec) to list it (a notebook's
+    tab completion reads dir), as ``__all__`` does."""
+    assert set(previewvec.__all__) <= set(dir(previewvec))
 
 
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
