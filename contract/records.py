@@ -246,6 +246,9 @@ def _require(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -
     return value
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _checked_vector(vector: list[Any]) -> list[float]:
     """The stored vector as floats: our dimension, numbers only, all finite."""
     if len(vector) != VECTOR_DIM:
@@ -256,11 +259,15 @@ def _checked_vector(vector: list[Any]) -> list[float]:
         raise CorruptRecord("vector holds non-numbers")
     floats = vector if kinds == {float} else [float(x) for x in vector]
     try:
-        finite = bool(np.isfinite(np.array(floats, dtype=np.float64)).all())
+        values = np.array(floats, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
-        finite = False
-    if not finite:
+        raise CorruptRecord("vector holds non-finite numbers") from None
+    if not np.isfinite(values).all():
         raise CorruptRecord("vector holds non-finite numbers")
+    # Readers take the vector as float32 (vector_array, export, the index): a number
+    # beyond its range would turn into inf there.
+    if (np.abs(values) > _FLOAT32_MAX).any():
+        raise CorruptRecord("vector holds numbers beyond float32's range")
     return floats
 
 

@@ -207,6 +207,20 @@ def test_a_huge_number_that_overflows_to_infinity_is_corrupt() -> None:
         decode_record(data)
 
 
+@pytest.mark.parametrize("token", [b"1e39", b"-3.5e38", b"340282357000000000000000000000000000000"])
+def test_a_number_beyond_float32_is_corrupt(token: bytes) -> None:
+    """Given a stored value finite as a float64 but beyond float32 (readers take the
+    vector as float32: it would be inf in matrix() and the export), expect CorruptRecord."""
+    vector = [0.0] * VECTOR_DIM
+    data = as_bytes(encoded_doc(vector=vector)).replace(b"[0.0,", b"[" + token + b",", 1)
+    with pytest.raises(CorruptRecord, match="float32"):
+        decode_record(data)
+    largest = float(np.finfo(np.float32).max)
+    data = as_bytes(encoded_doc(vector=vector)).replace(
+        b"[0.0,", b"[" + repr(largest).encode() + b",", 1)
+    assert decode_record(data).vector_array()[0] == np.float32(largest)
+
+
 @pytest.mark.parametrize("changes", [
     {"feature_version": "pv1"},
     {"names_hash": "0" * 64},
