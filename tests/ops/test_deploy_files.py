@@ -527,7 +527,7 @@ def test_k8s_roles_and_overlays() -> None:
     assert redis["volumeClaimTemplates"]
     assert not [d for d in prod if d["kind"] == "StatefulSet"], "prod uses a managed Redis"
     assert by_name(dev, "ConfigMap", "previewvec-config")["data"][
-        "PREVIEWVEC_BROKER_URL"].startswith("redis://redis:")
+        "PREVIEWVEC_BROKER_URL"].startswith("redis://redis.previewvec.svc:")
     prod_config = by_name(prod, "ConfigMap", "previewvec-config")["data"]
     assert prod_config["PREVIEWVEC_INDEX"].startswith("vectorize://")
     assert "PREVIEWVEC_BROKER_URL" not in prod_config, "prod broker URL is a Secret"
@@ -734,3 +734,40 @@ def test_k8s_keda_watches_the_lists_and_redis_the_workers_use(overlay: str) -> N
             assert meta["databaseIndex"] == "0"
         if tls:
             assert trigger.get("authenticationRef"), "managed Redis needs its password"
+
+
+KEDA_NAMESPACE = "keda"  # where KEDA's install (Helm chart, release manifests) puts it
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_keda_can_resolve_and_reach_an_in_cluster_redis(overlay: str) -> None:
+    """KEDA's operator, not the worker, dials the address of a redis trigger: from its own
+    namespace, so a short Service name ("redis") resolves to redis.keda, and ingress to the
+    Redis pod must admit the KEDA namespace (default-deny-ingress blocks it otherwise)."""
+    docs = rendered(overlay)
+    config = by_name(docs, "ConfigMap", "previewvec-config")["data"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    scaled = by_name(docs, "ScaledObject", "worker")["spec"]
+    for trigger in scaled["triggers"]:
+        host, _, port = config[trigger["metadata"]["addressFromEnv"]].rpartition(":")
+        name = host.split(".")[0]
+        if name not in services:
+            continue  # outside the cluster (prod: managed Redis), or no Redis (base)
+        assert host in (f"{name}.previewvec.svc", f"{name}.previewvec.svc.cluster.local"), (
+            f"{overlay}: KEDA resolves {host!r} in its own namespace")
+        pod_labels = by_name(docs, "StatefulSet", name)["spec"]["template"]["metadata"][
+            "labels"]
+        admitted = False
+        for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+            spec = policy["spec"]
+            if not spec["podSelector"].get("matchLabels", {}).items() <= pod_labels.items():
+                continue
+            for rule in spec.get("ingress", []):
+                ports = {p["port"] for p in rule.get("ports", [])}
+                if ports and int(port) not in ports:
+                    continue
+                for peer in rule.get("from", []):
+                    ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                    if ns.get("kubernetes.io/metadata.name") == KEDA_NAMESPACE:
+                        admitted = True
+        assert admitted, f"{overlay}: no NetworkPolicy lets KEDA reach {host}:{port}"
