@@ -771,3 +771,33 @@ def test_k8s_keda_can_resolve_and_reach_an_in_cluster_redis(overlay: str) -> Non
                     if ns.get("kubernetes.io/metadata.name") == KEDA_NAMESPACE:
                         admitted = True
         assert admitted, f"{overlay}: no NetworkPolicy lets KEDA reach {host}:{port}"
+
+
+def service_link_variables(service: dict) -> set[str]:
+    """What the kubelet puts into every pod's environment for a Service of its namespace
+    (unless the pod says enableServiceLinks: false), Docker-links style."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    out = {f"{name}_SERVICE_HOST", f"{name}_SERVICE_PORT", f"{name}_PORT"}
+    for port in service["spec"]["ports"]:
+        proto = port.get("protocol", "TCP")
+        base = f"{name}_PORT_{port['port']}_{proto}"
+        out |= {base, f"{base}_PROTO", f"{base}_PORT", f"{base}_ADDR"}
+        if port.get("name"):
+            out.add(f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_flower_does_not_read_service_link_variables(overlay: str) -> None:
+    """Flower applies every FLOWER_<option> variable (flower.command.apply_env_options):
+    the Service `flower` makes the kubelet set FLOWER_PORT=tcp://10.x.y.z:5555, and
+    int() of that stops Flower at start, every time."""
+    from flower.command import is_flower_envvar
+
+    docs = rendered(overlay)
+    pod = by_name(docs, "Deployment", "flower")["spec"]["template"]["spec"]
+    if pod.get("enableServiceLinks") is False:
+        return
+    injected = set().union(*(service_link_variables(d) for d in docs if d["kind"] == "Service"))
+    clashing = sorted(v for v in injected if is_flower_envvar(v))
+    assert not clashing, f"{overlay}: Flower would parse {clashing} as its options"
