@@ -801,3 +801,49 @@ def test_k8s_flower_does_not_read_service_link_variables(overlay: str) -> None:
     injected = set().union(*(service_link_variables(d) for d in docs if d["kind"] == "Service"))
     clashing = sorted(v for v in injected if is_flower_envvar(v))
     assert not clashing, f"{overlay}: Flower would parse {clashing} as its options"
+
+
+def test_compose_local_store_default_is_shared_and_needs_no_bucket(tmp_path: Path) -> None:
+    """x-settings: an empty PREVIEWVEC_STORE in .env means the image's folder store. Then
+    workers, reducer and api must share that folder (else the reducer never sees a
+    record), and minio-init, which every previewvec service waits for, must succeed
+    without a bucket to create (an empty bucket name failed it: nothing started)."""
+    services = compose()["services"]
+    default = re.fullmatch(r"\$\{PREVIEWVEC_STORE:-([^}]*)\}",
+                           service_env(services["worker"])["PREVIEWVEC_STORE"]).group(1)
+    assert default.startswith("/")  # a folder in the image
+    shared = None
+    for name in ("worker", "reducer", "api"):
+        volumes = {v.split(":")[1]: v.split(":")[0] for v in services[name].get("volumes", [])}
+        assert default in volumes, f"{name} does not mount the store folder {default}"
+        assert shared in (None, volumes[default]), f"{name} mounts another store volume"
+        shared = volumes[default]
+    assert shared in compose()["volumes"]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "mc.log"
+    (bin_dir / "mc").write_text(  # MinIO refuses bucket names under 3 characters
+        f'#!/bin/sh\necho "$@" >> {log}\n'
+        'case "$1 $3" in "mb local/"|"mb local/?"|"mb local/??") exit 1;; esac\n')
+    (bin_dir / "mc").chmod(0o755)
+    script = services["minio-init"]["command"][0].replace("$$", "$")
+    fake_boto3 = tmp_path / "py" / "boto3"
+    fake_boto3.mkdir(parents=True)
+    (fake_boto3 / "__init__.py").write_text(
+        "def client(*a, **k):\n    raise SystemExit('no S3 call for a folder store')\n")
+    offline = compose("docker-compose.offline.yml")["services"]["minio-init"]["command"][0]
+    for store, expect_mb in (("", False), (default, False), ("s3://bkt/pre", True)):
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PREVIEWVEC_STORE": store,
+               "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        log.unlink(missing_ok=True)
+        out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0, (store, out.stdout, out.stderr)
+        made = log.exists() and "mb --ignore-existing local/bkt" in log.read_text()
+        assert made == expect_mb, store
+        if not expect_mb:
+            out = subprocess.run([sys.executable, "-c", offline], capture_output=True,
+                                 text=True, timeout=30,
+                                 env={**env, "PYTHONPATH": str(fake_boto3.parent)})
+            assert out.returncode == 0, ("offline", store, out.stderr)
