@@ -18,9 +18,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import tempfile
-import threading
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,17 +200,15 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     counts = ReadCounts()
     rows = 0
     tmp: Path | None = None
-    # The interrupting signals held from creating the temporary file until the block that
-    # removes it is entered: Ctrl-C (or SIGTERM/SIGHUP, which the CLI turns into
-    # KeyboardInterrupt) in between would leave the file behind.
-    held = _hold_interrupts()
     try:
+        # Named before it exists, so that the ``finally`` below removes it whatever instant
+        # an interrupt lands at (Ctrl-C, or SIGTERM/SIGHUP, which the CLI turns into
+        # KeyboardInterrupt). Blocking those signals in this thread around mkstemp did not
+        # close that window: a signal sent to the process goes to any thread that does not
+        # block it (pyarrow's, BLAS's), and Python raises it in this one at once.
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
         with _writing(out):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                            dir=target.parent)
-        tmp = Path(tmp_name)
-        os.close(fd)
-        _release_interrupts(held)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
@@ -242,10 +238,9 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             raise NothingStored(f"no records {what}of feature version {version} in the "
                                 f"feature store{skipped}: nothing exported")
         with _writing(out):
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is meant to be shared
+            os.chmod(tmp, 0o644)  # 0600 while partial; an export is meant to be shared
             os.replace(tmp, target)
     finally:
-        _release_interrupts(held)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -277,20 +272,3 @@ def _writing(out: str | os.PathLike[str]) -> Iterator[None]:
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise InputUnreadable(f"cannot write {str(out)!r}: {reason}") from None
-
-
-INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-
-
-def _hold_interrupts() -> set[signal.Signals] | None:
-    """Block :data:`INTERRUPTS` (main thread only); returns the mask to restore, None when
-    not held."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
-
-
-def _release_interrupts(held: set[signal.Signals] | None) -> None:
-    """Restore the mask :func:`_hold_interrupts` replaced (a pending signal arrives now)."""
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)

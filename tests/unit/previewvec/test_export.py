@@ -176,6 +176,28 @@ def test_an_interrupted_export_leaves_no_file(store: LocalStore, tmp_path: Path)
     assert out.read_bytes() == b"an earlier export"
 
 
+def test_an_interrupt_as_the_temporary_file_is_created_leaves_no_file(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given Ctrl-C landing the instant the temporary file has been created (a signal
+    handled in the main thread whichever thread received it: blocking it in the main
+    thread cannot hold it off), expect no file left (CI once found one)."""
+    out = tmp_path / "out.parquet"
+    real_open = os.open
+
+    def open_then_interrupt(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)
+        if str(path).endswith(".tmp") and flags & os.O_CREAT:
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_parquet(store, out, version=FEATURE_VERSION)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unwritable_target_is_input_unreadable(store: LocalStore, tmp_path: Path) -> None:
     with pytest.raises(InputUnreadable, match="missing"):
         export_parquet(store, tmp_path / "missing" / "x.parquet", version=FEATURE_VERSION)
