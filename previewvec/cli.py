@@ -6,9 +6,9 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -226,18 +226,18 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     tmp: Path | None = None
     written, complete = 0, False
     try:
-        if args.out == "-":
-            out = sys.stdout
-        else:
-            target = output_path(args.out)  # a device or FIFO would be replaced
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                        dir=target.parent)
-            tmp = Path(name)
-            out = os.fdopen(fd, "w", encoding="utf-8")
-    except OSError as exc:
-        raise InputUnreadable(f"cannot write {args.out!r}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
-    try:
+        try:
+            if args.out == "-":
+                out = sys.stdout
+            else:
+                target = output_path(args.out)  # a device or FIFO would be replaced
+                # Named before it is created, so the last ``finally`` removes it whatever
+                # instant Ctrl-C lands at (previewvec/export.py says why).
+                tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+                out = open(tmp, "x", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputUnreadable(f"cannot write {args.out!r}: "
+                                  f"{exc.strerror or type(exc).__name__}") from None
         try:
             for item in iter_resolutions(resolver, kind, value):
                 res = item[1] if kind == "dump" else item
@@ -259,7 +259,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                     out.close()
             if tmp is not None and (complete or written):
                 try:
-                    os.chmod(tmp, 0o644)  # mkstemp makes 0600
+                    os.chmod(tmp, 0o644)  # whatever the umask: the file is meant to be shared
                     os.replace(tmp, Path(args.out).expanduser())
                 except OSError as exc:
                     raise InputUnreadable(f"cannot write {args.out!r}: "
