@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -213,7 +212,7 @@ def _resolve_input(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    from previewvec.export import output_path
+    from previewvec.export import output_path, temporary_path
     from producers.submit import build_resolver, iter_resolutions, resolution_line
 
     kind, value = _resolve_input(args)
@@ -233,7 +232,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                 target = output_path(args.out)  # a device or FIFO would be replaced
                 # Named before it is created, so the last ``finally`` removes it whatever
                 # instant Ctrl-C lands at (previewvec/export.py says why).
-                tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+                tmp = temporary_path(target)
                 out = open(tmp, "x", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise InputUnreadable(f"cannot write {args.out!r}: "

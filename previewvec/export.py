@@ -206,7 +206,7 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
         # KeyboardInterrupt). Blocking those signals in this thread around mkstemp did not
         # close that window: a signal sent to the process goes to any thread that does not
         # block it (pyarrow's, BLAS's), and Python raises it in this one at once.
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        tmp = temporary_path(target)
         with _writing(out):
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         schema = record_schema(version)
@@ -261,6 +261,12 @@ def output_path(out: str | os.PathLike[str]) -> Path:
         raise InputUnreadable(f"cannot write {str(out)!r}: it is not a regular file "
                               "(write to a file, then copy it)")
     return target
+
+
+def temporary_path(target: Path) -> Path:
+    """A hidden, unused name beside ``target`` to write it under, then rename: chosen
+    before the file exists, so a caller's cleanup covers the instant it is created."""
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
 
 
 @contextlib.contextmanager
