@@ -12,15 +12,19 @@ Three rules make the cache safe here:
 1. **Its location is keyed on what invalidates it**: ``<PREVIEWVEC_CACHE_DIR>/numba/
    <previewvec version>-numba<version>-py<version>-<CPU target>``. Another release, numba or
    CPU model starts an empty cache beside the old one instead of mixing entries.
-2. **One writer at a time.** Every save holds an exclusive ``flock`` on the cache folder it
-   writes (numba's index is re-read under it, so no entry is lost and no data-file number
-   is handed out twice), and the warm-up, which does nearly all the compiling, holds one
-   lock on the whole cache: concurrent cold starts compile once; the others wait, then
-   load what the first compiled (seconds, not another compilation).
+2. **Loads share, writes exclude.** Every save, and every wipe, holds an exclusive
+   ``flock`` on one file of the cache folder (``.access``, never deleted); every load
+   holds it shared, so an index and the data file it names are read as one (a load never
+   meets a data file that a rebuild has reused for another signature, which crashed
+   whole test processes in CI). numba's index is re-read under the lock, so no entry is
+   lost and no data-file number is handed out twice. The warm-up, which does nearly all
+   the compiling, also holds a second lock (``.lock``) throughout: concurrent cold starts
+   compile once; the others wait, then load what the first compiled.
 3. **A warm-up that died is detected and its cache rebuilt.** The warm-up leaves a
-   ``.warming`` marker until it has finished; a process that finds the marker (its owner
-   crashed or was killed mid-compile, or crashed loading a corrupt cache) deletes the
-   cache and compiles it afresh, instead of crashing on it for ever.
+   ``.warming`` marker until it has finished (or was stopped by an exception or a signal
+   Python saw, which leaves every saved entry whole); a process that finds the marker (its
+   owner was killed mid-compile, or crashed loading a corrupt cache) deletes the cache
+   and compiles it afresh, instead of crashing on it for ever.
 
 :func:`prepare` must run before numba is imported (it sets ``NUMBA_CACHE_DIR``);
 :func:`warm` runs the extractor once under the cache lock.
@@ -28,14 +32,17 @@ Three rules make the cache safe here:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,7 +54,8 @@ from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".lock"  # held by a warm-up throughout
+ACCESS_LOCK_NAME = ".access"  # shared by loads, exclusive for saves and wipes
 WARMING_MARKER = ".warming"  # present while a warm-up runs; left behind if it died
 WARM_MARKER = ".warm"  # a warm-up finished here: every production path is compiled
 WAIT_LOG_EVERY_S = 15.0  # how often a waiting process says what it waits for
@@ -95,27 +103,84 @@ def prepare(settings: Settings) -> Path:
         from numba.core import config
 
         config.CACHE_DIR = str(folder)
-    _serialise_cache_writes()
+    _serialise_cache_access(folder)
     _prepared = folder
     return folder
 
 
-def _serialise_cache_writes() -> None:
-    """Wrap numba's ``IndexDataCacheFile.save`` in an exclusive lock on its folder."""
+class _AccessLock:
+    """The cache folder's reader/writer lock: an ``flock`` on ``.access``.
+
+    Re-entrant within a process (a nested hold is covered by the outer one; the mutex
+    keeps this process's threads from converting each other's lock). Each hold opens the
+    file anew, so no descriptor outlives it, and a child forked during a hold closes its
+    copy (the lock belongs to the parent's open file, which the child must not keep).
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.RLock()
+        self._fd: int | None = None
+        self._depth = 0
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._mutex, self._fd, self._depth = threading.RLock(), None, 0
+
+    @contextlib.contextmanager
+    def hold(self, folder: Path, exclusive: bool) -> Iterator[None]:
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fd = os.open(folder / ACCESS_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                self._fd, self._depth = fd, 1
+                yield
+            finally:
+                self._fd, self._depth = None, 0
+                os.close(fd)  # releases the lock
+
+
+_access = _AccessLock()
+
+
+def access(folder: Path, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+    """Hold the cache folder's access lock: shared to read entries, exclusive to change."""
+    return _access.hold(folder, exclusive)
+
+
+def _serialise_cache_access(folder: Path) -> None:
+    """Wrap numba's ``IndexDataCacheFile.load`` and ``save`` in ``folder``'s access lock."""
     from numba.core import caching
 
-    original: Callable[..., Any] = caching.IndexDataCacheFile.save
-    if getattr(original, "previewvec_locked", False):
+    cache_file = caching.IndexDataCacheFile
+    if getattr(cache_file.save, "previewvec_locked", False):
         return
+    original_save: Callable[..., Any] = cache_file.save
+    original_load: Callable[..., Any] = cache_file.load
 
-    @functools.wraps(original)
+    @functools.wraps(original_save)
     def save(self: Any, key: Any, data: Any) -> None:
         # numba's save re-reads the index itself; under the lock that read is current.
-        with FileLock(os.path.join(self._cache_path, LOCK_NAME)):
-            original(self, key, data)
+        with access(folder, exclusive=True):
+            original_save(self, key, data)
+
+    @functools.wraps(original_load)
+    def load(self: Any, key: Any) -> Any:
+        with access(folder, exclusive=False):
+            return original_load(self, key)
 
     save.previewvec_locked = True  # type: ignore[attr-defined]
-    caching.IndexDataCacheFile.save = save
+    cache_file.save = save
+    cache_file.load = load
 
 
 def _acquire(lock: FileLock, folder: Path) -> None:
@@ -131,14 +196,16 @@ def _acquire(lock: FileLock, folder: Path) -> None:
 
 
 def _wipe(folder: Path) -> None:
-    """Delete every cache entry in ``folder`` (not the lock or the marker)."""
-    for entry in folder.iterdir():
-        if entry.name in (LOCK_NAME, WARMING_MARKER):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    """Delete every cache entry in ``folder`` (not the locks or the marker), while no
+    process reads or writes one."""
+    with access(folder, exclusive=True):
+        for entry in folder.iterdir():
+            if entry.name in (LOCK_NAME, ACCESS_LOCK_NAME, WARMING_MARKER):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def is_warm(settings: Settings) -> bool:
@@ -172,15 +239,21 @@ def warm(settings: Settings) -> float:
         from workers.features.extractor import warm_up
 
         try:
-            warm_up(settings.analysis_sr)
-        except Exception as exc:  # e.g. an unreadable entry, which numba lets through
-            # A cache file numba cannot read (left half written by an old release, a full
-            # disk) raises instead of recompiling: start from an empty cache once.
-            log.warning("warm-up failed (%s: %s): rebuilding the compile cache in %s",
-                        type(exc).__name__, exc, folder)
-            (folder / WARM_MARKER).unlink(missing_ok=True)
-            _wipe(folder)
-            warm_up(settings.analysis_sr)
+            try:
+                warm_up(settings.analysis_sr)
+            except Exception as exc:  # e.g. an unreadable entry, which numba lets through
+                # A cache file numba cannot read (left half written by an old release, a
+                # full disk) raises instead of recompiling: start from an empty cache once.
+                log.warning("warm-up failed (%s: %s): rebuilding the compile cache in %s",
+                            type(exc).__name__, exc, folder)
+                (folder / WARM_MARKER).unlink(missing_ok=True)
+                _wipe(folder)
+                warm_up(settings.analysis_sr)
+        except (KeyboardInterrupt, SystemExit):
+            # Stopped between two bytecodes (Ctrl-C, a worker told to shut down): every
+            # entry saved so far is whole, so the next start need not rebuild them all.
+            marker.unlink(missing_ok=True)
+            raise
         (folder / WARM_MARKER).touch()
         marker.unlink()
     finally:

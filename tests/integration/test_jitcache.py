@@ -137,6 +137,58 @@ def test_garbage_cache_files_without_a_marker_are_rebuilt(
     _index_consistent(folder)
 
 
+# Loads one cached kernel of librosa's (a gufunc, as the one a CI run crashed in), after
+# saying "loading" on its own line; prints "loaded" when done.
+LOAD_ONE = ("import numpy as np; from contract.settings import Settings; "
+            "from workers import jitcache; jitcache.prepare(Settings.from_env()); "
+            "import librosa; print('loading', flush=True); "
+            "librosa.feature.zero_crossing_rate(np.ones(4096, dtype=np.float32)); "
+            "print('loaded', flush=True)")
+
+
+def test_loads_wait_while_the_cache_is_changed(cold_started: tuple[Path, list[str]],
+                                                tmp_path: Path) -> None:
+    """A rebuild (or any save) holds the access lock exclusively: no process reads an index
+    and then a data file that was rewritten for another signature in between."""
+    cache_dir, folder = _copy_of(cold_started[0], tmp_path)
+    with jitcache.access(folder, exclusive=True):  # as a wipe or a save holds it
+        proc = subprocess.Popen([sys.executable, "-c", LOAD_ONE], env=_env(cache_dir),
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            while first and not first.startswith("loading"):
+                first = proc.stdout.readline()
+            assert first.startswith("loading"), proc.communicate()[0]
+            # Loading a warm entry takes well under a second; held off, it waits.
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=3)
+        except BaseException:
+            proc.kill()
+            raise
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "loaded" in out
+    assert "data loaded from" in out and not _saved(out), "the warm entry was not loaded"
+
+
+def test_a_rebuild_keeps_the_access_lock(cold_started: tuple[Path, list[str]],
+                                         tmp_path: Path) -> None:
+    """Deleting the lock file would let a process holding the old one and a process
+    locking a new one change the cache at once."""
+    cache_dir, folder = _copy_of(cold_started[0], tmp_path)
+    lock_file = folder / jitcache.ACCESS_LOCK_NAME
+    assert lock_file.exists()
+    inode = lock_file.stat().st_ino
+    (folder / jitcache.WARMING_MARKER).write_text("12345\n")
+
+    out = _finish([_start_warm(cache_dir)])[0]
+    assert "rebuilding the compile cache" in out
+    assert lock_file.stat().st_ino == inode
+    _index_consistent(folder)
+
+
 # --------------------------------------------------------------------------- workers
 
 
