@@ -1,25 +1,29 @@
 """numba's on-disk JIT cache, made safe for many processes on one host or one volume.
 
-numba's cache is not safe for concurrent writers (numba issues #10128 and #4807). Saving
-an entry reads the function's index, picks the first free data-file number, writes the
-index, then the data. Two processes compiling the same function at once both pick
-number 1 for *different* signatures: one index then points at the other's object code,
-and every later process that loads it crashes (SIGSEGV in ``librosa.beat``'s gufunc),
-until the cache is deleted by hand.
+numba's cache is not safe for concurrent writers (numba issues #10128 and #4807). A
+gufunc is cached as two entries, its kernel and its wrapper, and the wrapper finds the
+kernel by a symbol name that carries a per-process counter (the order in which that
+process compiled things). Two processes compiling the same gufunc at once can leave the
+kernel of one beside the wrapper of the other: every later process that loads both calls
+a null pointer (SIGSEGV in ``librosa``'s gufuncs: ``beat``, ``zero_crossings``), until the
+cache is deleted by hand. Saving an entry is racy as well: it reads the function's index,
+picks the first free data-file number and writes both, so two processes can hand out one
+number twice.
 
 Three rules make the cache safe here:
 
 1. **Its location is keyed on what invalidates it**: ``<PREVIEWVEC_CACHE_DIR>/numba/
    <previewvec version>-numba<version>-py<version>-<CPU target>``. Another release, numba or
    CPU model starts an empty cache beside the old one instead of mixing entries.
-2. **Loads share, writes exclude.** Every save, and every wipe, holds an exclusive
-   ``flock`` on one file of the cache folder (``.access``, never deleted); every load
-   holds it shared, so an index and the data file it names are read as one (a load never
-   meets a data file that a rebuild has reused for another signature, which crashed
-   whole test processes in CI). numba's index is re-read under the lock, so no entry is
-   lost and no data-file number is handed out twice. The warm-up, which does nearly all
-   the compiling, also holds a second lock (``.lock``) throughout: concurrent cold starts
-   compile once; the others wait, then load what the first compiled.
+2. **One compiler at a time, across processes.** numba already holds one lock (its global
+   compiler lock, in-process) around every compilation, and inside it looks the cache up,
+   compiles on a miss and saves. :func:`prepare` extends that lock with an exclusive
+   ``flock`` on the cache folder's ``.compile`` file (never deleted), so a process that
+   missed the cache looks again once it holds the lock and loads what another compiled
+   meanwhile: every entry is compiled once, and a gufunc's wrapper is always built against
+   the kernel entry in the cache. Rebuilding the cache (rule 3) holds the same lock. The
+   warm-up, which does nearly all the compiling, also holds a second lock (``.lock``)
+   throughout: concurrent cold starts compile once; the others wait, then load.
 3. **A warm-up that died is detected and its cache rebuilt.** The warm-up leaves a
    ``.warming`` marker until it has finished (or was stopped by an exception or a signal
    Python saw, which leaves every saved entry whole); a process that finds the marker (its
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
@@ -42,7 +45,6 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ from contract.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # held by a warm-up throughout
-ACCESS_LOCK_NAME = ".access"  # shared by loads, exclusive for saves and wipes
+COMPILE_LOCK_NAME = ".compile"  # held by every compilation and cache lookup, and wipes
 WARMING_MARKER = ".warming"  # present while a warm-up runs; left behind if it died
 WARM_MARKER = ".warm"  # a warm-up finished here: every production path is compiled
 WAIT_LOG_EVERY_S = 15.0  # how often a waiting process says what it waits for
@@ -103,84 +105,99 @@ def prepare(settings: Settings) -> Path:
         from numba.core import config
 
         config.CACHE_DIR = str(folder)
-    _serialise_cache_access(folder)
+    prepare_for(folder)
     _prepared = folder
     return folder
 
 
-class _AccessLock:
-    """The cache folder's reader/writer lock: an ``flock`` on ``.access``.
+class _CrossProcessCompilerLock:
+    """numba's global compiler lock (an in-process ``RLock``), extended across processes:
+    its outermost acquisition in a process also takes an exclusive ``flock`` on the cache
+    folder's ``.compile`` file, released with it.
 
-    Re-entrant within a process (a nested hold is covered by the outer one; the mutex
-    keeps this process's threads from converting each other's lock). Each hold opens the
-    file anew, so no descriptor outlives it, and a child forked during a hold closes its
-    copy (the lock belongs to the parent's open file, which the child must not keep).
+    numba holds this lock around every compilation, and inside it looks the cache up and
+    saves what it compiled, so every process sees the cache as its own while it holds it.
+    A lock file that cannot be opened (a read-only cache) leaves the lock in-process only.
     """
 
-    def __init__(self) -> None:
-        self._mutex = threading.RLock()
+    def __init__(self, inner: Any, folder: Path) -> None:
+        self._inner = inner
+        self._path = folder / COMPILE_LOCK_NAME
         self._fd: int | None = None
         self._depth = 0
+        self._warned = False
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
+        # The child must not keep the parent's lock (it belongs to the open file, which
+        # the child shares); nothing compiles across a fork, so no holder is lost.
         if self._fd is not None:
             os.close(self._fd)
-        self._mutex, self._fd, self._depth = threading.RLock(), None, 0
+        self._inner, self._fd, self._depth = threading.RLock(), None, 0
 
-    @contextlib.contextmanager
-    def hold(self, folder: Path, exclusive: bool) -> Iterator[None]:
-        with self._mutex:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            fd = os.open(folder / ACCESS_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o666)
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._inner.acquire(blocking, timeout):
+            return False
+        if self._depth == 0:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                self._fd, self._depth = fd, 1
-                yield
-            finally:
-                self._fd, self._depth = None, 0
-                os.close(fd)  # releases the lock
+                self._fd = self._lock_file()
+            except BaseException:
+                self._inner.release()
+                raise
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # releases the flock
+        self._inner.release()
+
+    def _is_owned(self) -> bool:
+        return bool(self._inner._is_owned())
+
+    def _lock_file(self) -> int | None:
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                fd = os.open(self._path, flags | os.O_CLOEXEC, 0o666)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot open %s (%s): compilations in this process are not "
+                            "serialised with other processes'", self._path, error)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
-_access = _AccessLock()
+def compiling(folder: Path) -> contextlib.AbstractContextManager[Any]:
+    """Hold the lock every numba compilation and cache lookup holds, in every process
+    that uses the cache in ``folder`` (:func:`prepare` installs it)."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    if not isinstance(global_compiler_lock._lock, _CrossProcessCompilerLock):
+        prepare_for(folder)
+    return global_compiler_lock
 
 
-def access(folder: Path, exclusive: bool) -> contextlib.AbstractContextManager[None]:
-    """Hold the cache folder's access lock: shared to read entries, exclusive to change."""
-    return _access.hold(folder, exclusive)
+def prepare_for(folder: Path) -> None:
+    """Make numba's compiler lock a cross-process one for the cache in ``folder``."""
+    from numba.core.compiler_lock import global_compiler_lock
 
-
-def _serialise_cache_access(folder: Path) -> None:
-    """Wrap numba's ``IndexDataCacheFile.load`` and ``save`` in ``folder``'s access lock."""
-    from numba.core import caching
-
-    cache_file = caching.IndexDataCacheFile
-    if getattr(cache_file.save, "previewvec_locked", False):
-        return
-    original_save: Callable[..., Any] = cache_file.save
-    original_load: Callable[..., Any] = cache_file.load
-
-    @functools.wraps(original_save)
-    def save(self: Any, key: Any, data: Any) -> None:
-        # numba's save re-reads the index itself; under the lock that read is current.
-        with access(folder, exclusive=True):
-            original_save(self, key, data)
-
-    @functools.wraps(original_load)
-    def load(self: Any, key: Any) -> Any:
-        with access(folder, exclusive=False):
-            return original_load(self, key)
-
-    save.previewvec_locked = True  # type: ignore[attr-defined]
-    cache_file.save = save
-    cache_file.load = load
+    current = global_compiler_lock._lock
+    if isinstance(current, _CrossProcessCompilerLock):
+        if current._path.parent == folder:
+            return
+        current = current._inner
+    global_compiler_lock._lock = _CrossProcessCompilerLock(current, folder)
 
 
 def _acquire(lock: FileLock, folder: Path) -> None:
@@ -198,9 +215,9 @@ def _acquire(lock: FileLock, folder: Path) -> None:
 def _wipe(folder: Path) -> None:
     """Delete every cache entry in ``folder`` (not the locks or the marker), while no
     process reads or writes one."""
-    with access(folder, exclusive=True):
+    with compiling(folder):
         for entry in folder.iterdir():
-            if entry.name in (LOCK_NAME, ACCESS_LOCK_NAME, WARMING_MARKER):
+            if entry.name in (LOCK_NAME, COMPILE_LOCK_NAME, WARMING_MARKER):
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

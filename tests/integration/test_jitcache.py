@@ -137,48 +137,98 @@ def test_garbage_cache_files_without_a_marker_are_rebuilt(
     _index_consistent(folder)
 
 
-# Loads one cached kernel of librosa's (a gufunc, as the one a CI run crashed in), after
-# saying "loading" on its own line; prints "loaded" when done.
-LOAD_ONE = ("import numpy as np; from contract.settings import Settings; "
-            "from workers import jitcache; jitcache.prepare(Settings.from_env()); "
-            "import librosa; print('loading', flush=True); "
-            "librosa.feature.zero_crossing_rate(np.ones(4096, dtype=np.float32)); "
-            "print('loaded', flush=True)")
+# numba issue #10128, made to happen on purpose: two processes compile one gufunc at once
+# into an empty cache. A gufunc is two cache entries, its kernel and its wrapper, and the
+# wrapper finds the kernel by a name numba numbers per process in compilation order.
+# Process "late-kernel" compiles two other functions first (its numbers differ), and the
+# saves are ordered so that its kernel overwrites the other's but its wrapper is
+# overwritten: without one compiler at a time, the cache ends with a kernel and a wrapper
+# of different processes, and every process that loads both dies with SIGSEGV.
+GUFUNC_MODULE = """
+from numba import guvectorize
 
 
-def test_loads_wait_while_the_cache_is_changed(cold_started: tuple[Path, list[str]],
-                                                tmp_path: Path) -> None:
-    """A rebuild (or any save) holds the access lock exclusively: no process reads an index
-    and then a data file that was rewritten for another signature in between."""
-    cache_dir, folder = _copy_of(cold_started[0], tmp_path)
-    with jitcache.access(folder, exclusive=True):  # as a wipe or a save holds it
-        proc = subprocess.Popen([sys.executable, "-c", LOAD_ONE], env=_env(cache_dir),
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        try:
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            while first and not first.startswith("loading"):
-                first = proc.stdout.readline()
-            assert first.startswith("loading"), proc.communicate()[0]
-            # Loading a warm entry takes well under a second; held off, it waits.
-            with pytest.raises(subprocess.TimeoutExpired):
-                proc.wait(timeout=3)
-        except BaseException:
-            proc.kill()
-            raise
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    assert "loaded" in out
-    assert "data loaded from" in out and not _saved(out), "the warm entry was not loaded"
+@guvectorize(["void(float64[:], float64[:])"], "(n)->(n)", cache=True, nopython=True)
+def double(x, out):
+    for i in range(x.shape[0]):
+        out[i] = 2.0 * x[i]
+"""
+COMPILE = """
+import os, sys, time
+import numpy as np
+from contract.settings import Settings
+from workers import jitcache
+
+jitcache.prepare(Settings.from_env())
+from numba import njit
+from numba.core import caching
+
+role, other, rendezvous = sys.argv[1], sys.argv[2], sys.argv[3]
+# (save number, whose save of that number must come first) for this role
+WAIT_FOR = {"late-kernel": {1: other}, "late-wrapper": {2: other}}[role]
+original = caching.IndexDataCacheFile._save_data
+saves = 0
 
 
-def test_a_rebuild_keeps_the_access_lock(cold_started: tuple[Path, list[str]],
-                                         tmp_path: Path) -> None:
+def save_data(self, name, data):
+    global saves
+    saves += 1
+    first = WAIT_FOR.get(saves)
+    if first:  # wait (at most 5 s: a process that holds the compile lock never arrives)
+        deadline = time.monotonic() + 5
+        while (not os.path.exists(f"{rendezvous}/{first}-{saves}")
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+    original(self, name, data)
+    open(f"{rendezvous}/{role}-{saves}", "w").close()
+
+
+caching.IndexDataCacheFile._save_data = save_data
+if role == "late-kernel":
+    @njit
+    def shift(x):
+        return x + 1
+    shift(1), shift(1.0)
+# Both start compiling together, so both miss the cache.
+open(f"{rendezvous}/{role}-ready", "w").close()
+while not os.path.exists(f"{rendezvous}/{other}-ready"):
+    time.sleep(0.02)
+sys.path.insert(0, rendezvous)
+import gufmod
+print(gufmod.double(np.arange(3.0)).tolist(), "saves", saves, flush=True)
+"""
+LOAD = ("import sys; import numpy as np; from contract.settings import Settings; "
+        "from workers import jitcache; jitcache.prepare(Settings.from_env()); "
+        "sys.path.insert(0, sys.argv[1]); import gufmod; "
+        "print(gufmod.double(np.arange(3.0)).tolist())")
+
+
+def test_one_gufunc_compiled_by_two_processes_at_once_loads_whole(tmp_path: Path) -> None:
+    cache_dir, work = tmp_path / "cache", tmp_path / "work"
+    work.mkdir()
+    (work / "gufmod.py").write_text(GUFUNC_MODULE)
+    procs = [subprocess.Popen([sys.executable, "-c", COMPILE, role, other, str(work)],
+                              env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for role, other in (("late-kernel", "late-wrapper"),
+                                 ("late-wrapper", "late-kernel"))]
+    outputs = _finish(procs, timeout_s=300)
+    assert all("[0.0, 2.0, 4.0]" in out for out in outputs), outputs
+
+    loader = subprocess.run([sys.executable, "-c", LOAD, str(work)], env=_env(cache_dir),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert loader.returncode == 0, f"exit {loader.returncode}: {loader.stderr[-2000:]}"
+    assert "[0.0, 2.0, 4.0]" in loader.stdout
+    # One process compiled and saved both entries; the other loaded them.
+    assert sorted(re.findall(r"saves (\d+)", "".join(outputs))) == ["0", "2"], outputs
+
+
+def test_a_rebuild_keeps_the_compile_lock(cold_started: tuple[Path, list[str]],
+                                          tmp_path: Path) -> None:
     """Deleting the lock file would let a process holding the old one and a process
-    locking a new one change the cache at once."""
+    locking a new one compile into the cache at once."""
     cache_dir, folder = _copy_of(cold_started[0], tmp_path)
-    lock_file = folder / jitcache.ACCESS_LOCK_NAME
+    lock_file = folder / jitcache.COMPILE_LOCK_NAME
     assert lock_file.exists()
     inode = lock_file.stat().st_ino
     (folder / jitcache.WARMING_MARKER).write_text("12345\n")
