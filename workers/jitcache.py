@@ -24,11 +24,14 @@ Three rules make the cache safe here:
    the kernel entry in the cache. Rebuilding the cache (rule 3) holds the same lock. The
    warm-up, which does nearly all the compiling, also holds a second lock (``.lock``)
    throughout: concurrent cold starts compile once; the others wait, then load.
-3. **A warm-up that died is detected and its cache rebuilt.** The warm-up leaves a
-   ``.warming`` marker until it has finished (or was stopped by an exception or a signal
-   Python saw, which leaves every saved entry whole); a process that finds the marker (its
-   owner was killed mid-compile, or crashed loading a corrupt cache) deletes the cache
-   and compiles it afresh, instead of crashing on it for ever.
+3. **A warm-up that died is detected, and its cache rebuilt if it is broken.** The
+   warm-up leaves a ``.warming`` marker until it has finished (or was stopped by an
+   exception or a signal Python saw, which leaves every saved entry whole); a process that
+   finds the marker (its owner was killed, or crashed loading a corrupt cache) warms up
+   from the cache in a child process first. If the child crashes or fails, it deletes the
+   cache and compiles it afresh, instead of crashing on it for ever; if the child loads it,
+   the cache stays: other processes may be loading from it, and a wipe under them is
+   itself a way to mix a gufunc's entries.
 
 :func:`prepare` must run before numba is imported (it sets ``NUMBA_CACHE_DIR``);
 :func:`warm` runs the extractor once under the cache lock.
@@ -42,6 +45,7 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -225,6 +229,49 @@ def _wipe(folder: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _loads_in_a_fresh_process(folder: Path, analysis_sr: int) -> bool:
+    """Whether the extractor warms up from the cache in ``folder`` in a child process.
+
+    Asked when a warm-up died (its marker is left): most deaths (a worker killed while it
+    loaded a warm cache, or between two entries it saved, each saved whole) leave a cache
+    that loads, and wiping one in place would pull it from under every process that is
+    loading from it at that moment: one that loaded a gufunc's kernel before the wipe and
+    its wrapper after it gets a mismatched pair and crashes (numba #10128 again). Only a
+    cache that really fails (a crash or an error loading it) is rebuilt. The child also
+    compiles whatever the dead warm-up had not reached yet.
+    """
+    log.warning("the last warm-up in %s did not finish (crash or kill while compiling or "
+                "loading): checking that the cache loads in a fresh process", folder)
+    root = str(Path(__file__).resolve().parents[1])  # where ``workers`` is importable from
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    child = subprocess.run(
+        [sys.executable, "-c", "import sys; from workers.jitcache import _warm_in_child; "
+         "_warm_in_child(sys.argv[1], int(sys.argv[2]))", str(folder), str(analysis_sr)],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(folder), "PYTHONPATH": path},
+        stdin=subprocess.DEVNULL, check=False,
+    )
+    if child.returncode == 0:
+        log.warning("the cache in %s loads whole in a fresh process: keeping it", folder)
+        return True
+    how = (f"killed by signal {-child.returncode}" if child.returncode < 0
+           else f"exit status {child.returncode}")
+    log.warning("loading the cache in %s in a fresh process failed (%s)", folder, how)
+    return False
+
+
+def _warm_in_child(folder: str, analysis_sr: int) -> None:
+    """The child of :func:`_loads_in_a_fresh_process`: warm up from ``folder`` without its
+    warm-up lock (which the parent holds), under the cross-process compiler lock."""
+    global _prepared
+    logging.basicConfig(level=logging.WARNING)
+    os.environ["NUMBA_CACHE_DIR"] = folder
+    _prepared = Path(folder)
+    prepare_for(_prepared)
+    from workers.features.extractor import warm_up
+
+    warm_up(analysis_sr)
+
+
 def is_warm(settings: Settings) -> bool:
     """Whether a warm-up has completed in this cache (and none has died since)."""
     folder = prepare(settings)
@@ -246,9 +293,9 @@ def warm(settings: Settings) -> float:
     _acquire(lock, folder)
     try:
         marker = folder / WARMING_MARKER
-        if marker.exists():
-            log.warning("the last warm-up in %s did not finish (crash or kill while "
-                        "compiling or loading): rebuilding the compile cache", folder)
+        if marker.exists() and not _loads_in_a_fresh_process(folder, settings.analysis_sr):
+            log.warning("the last warm-up in %s did not finish and the cache does not load "
+                        "in a fresh process: rebuilding the compile cache", folder)
             (folder / WARM_MARKER).unlink(missing_ok=True)
             _wipe(folder)
         marker.write_text(f"{os.getpid()}\n")

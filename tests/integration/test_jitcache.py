@@ -3,7 +3,8 @@
 Given an empty cache, when several processes (plain ones, and Celery workers with two pool
 children each) start at the same instant, expect: each entry compiled and saved once, no
 process crashing, and a batch through the workers with no pool child lost. Given a cache
-whose last warm-up died half-way, or whose files are garbage, expect it to be rebuilt.
+whose files are garbage (with or without the marker of a warm-up that died), expect it to
+be rebuilt; given the marker over a cache that loads, expect it kept as it is.
 
 All real processes; each scenario starts from its own empty cache folder.
 """
@@ -124,6 +125,24 @@ def test_a_warm_up_that_died_is_rebuilt(cold_started: tuple[Path, list[str]],
     assert not (folder / jitcache.WARMING_MARKER).exists()
 
 
+def test_a_warm_up_that_died_over_a_cache_that_loads_keeps_the_cache(
+        cold_started: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """A worker killed while it loaded a warm cache leaves the marker and a cache that
+    loads: wiping it would pull it from under every process loading from it."""
+    cache_dir, folder = _copy_of(cold_started[0], tmp_path)
+    (folder / jitcache.WARMING_MARKER).write_text("12345\n")
+    before = {path: path.stat().st_ino for path in folder.rglob("*.nb[ic]")}
+    assert before
+
+    out = _finish([_start_warm(cache_dir)])[0]
+    assert "loads whole in a fresh process: keeping it" in out
+    assert "rebuilding the compile cache" not in out
+    assert not _saved(out), "an entry of a cache that loads was compiled again"
+    assert {path: path.stat().st_ino for path in folder.rglob("*.nb[ic]")} == before
+    assert (folder / jitcache.WARM_MARKER).exists()
+    assert not (folder / jitcache.WARMING_MARKER).exists()
+
+
 def test_garbage_cache_files_without_a_marker_are_rebuilt(
         cold_started: tuple[Path, list[str]], tmp_path: Path) -> None:
     """A file left half written (by an old numba without atomic writes, a full disk)."""
@@ -232,6 +251,8 @@ def test_a_rebuild_keeps_the_compile_lock(cold_started: tuple[Path, list[str]],
     assert lock_file.exists()
     inode = lock_file.stat().st_ino
     (folder / jitcache.WARMING_MARKER).write_text("12345\n")
+    for data in folder.rglob("*.nbc"):  # broken, so that it is rebuilt
+        data.write_bytes(b"\x00garbage")
 
     out = _finish([_start_warm(cache_dir)])[0]
     assert "rebuilding the compile cache" in out
