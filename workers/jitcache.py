@@ -232,16 +232,15 @@ def _wipe(folder: Path) -> None:
 def _loads_in_a_fresh_process(folder: Path, analysis_sr: int) -> bool:
     """Whether the extractor warms up from the cache in ``folder`` in a child process.
 
-    Asked when a warm-up died (its marker is left): most deaths (a worker killed while it
-    loaded a warm cache, or between two entries it saved, each saved whole) leave a cache
-    that loads, and wiping one in place would pull it from under every process that is
+    Asked when a warm-up died (its marker is left) or raised. Most deaths (a worker killed
+    while it loaded a warm cache, or between two entries it saved, each saved whole) leave
+    a cache that loads, and wiping one in place would pull it from under every process
     loading from it at that moment: one that loaded a gufunc's kernel before the wipe and
-    its wrapper after it gets a mismatched pair and crashes (numba #10128 again). Only a
+    its wrapper after it holds a mismatched pair and crashes (numba #10128 again). Only a
     cache that really fails (a crash or an error loading it) is rebuilt. The child also
     compiles whatever the dead warm-up had not reached yet.
     """
-    log.warning("the last warm-up in %s did not finish (crash or kill while compiling or "
-                "loading): checking that the cache loads in a fresh process", folder)
+    log.info("checking that the cache in %s loads in a fresh process", folder)
     root = str(Path(__file__).resolve().parents[1])  # where ``workers`` is importable from
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     child = subprocess.run(
@@ -293,9 +292,11 @@ def warm(settings: Settings) -> float:
     _acquire(lock, folder)
     try:
         marker = folder / WARMING_MARKER
+        if marker.exists():
+            log.warning("the last warm-up in %s did not finish (crash or kill while "
+                        "compiling or loading)", folder)
         if marker.exists() and not _loads_in_a_fresh_process(folder, settings.analysis_sr):
-            log.warning("the last warm-up in %s did not finish and the cache does not load "
-                        "in a fresh process: rebuilding the compile cache", folder)
+            log.warning("rebuilding the compile cache in %s", folder)
             (folder / WARM_MARKER).unlink(missing_ok=True)
             _wipe(folder)
         marker.write_text(f"{os.getpid()}\n")
@@ -307,9 +308,12 @@ def warm(settings: Settings) -> float:
                 warm_up(settings.analysis_sr)
             except Exception as exc:  # e.g. an unreadable entry, which numba lets through
                 # A cache file numba cannot read (left half written by an old release, a
-                # full disk) raises instead of recompiling: start from an empty cache once.
-                log.warning("warm-up failed (%s: %s): rebuilding the compile cache in %s",
-                            type(exc).__name__, exc, folder)
+                # full disk) raises instead of recompiling: start from an empty cache once,
+                # if the cache is what failed (the same check as for a dead warm-up).
+                log.warning("warm-up failed (%s: %s)", type(exc).__name__, exc)
+                if _loads_in_a_fresh_process(folder, settings.analysis_sr):
+                    raise  # not the cache's fault: say what failed
+                log.warning("rebuilding the compile cache in %s", folder)
                 (folder / WARM_MARKER).unlink(missing_ok=True)
                 _wipe(folder)
                 warm_up(settings.analysis_sr)

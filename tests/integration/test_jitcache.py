@@ -143,6 +143,29 @@ def test_a_warm_up_that_died_over_a_cache_that_loads_keeps_the_cache(
     assert not (folder / jitcache.WARMING_MARKER).exists()
 
 
+# A warm-up that fails for a reason of its own (here: patched to), in the parent only.
+FAIL_WARM = ("from contract.settings import Settings; from workers import jitcache; "
+             "settings = Settings.from_env(); jitcache.prepare(settings); "
+             "import workers.features.extractor as extractor\n"
+             "def warm_up(sr): raise RuntimeError('not the cache')\n"
+             "extractor.warm_up = warm_up; jitcache.warm(settings)")
+
+
+def test_a_warm_up_that_fails_over_a_cache_that_loads_says_why_and_keeps_the_cache(
+        cold_started: tuple[Path, list[str]], tmp_path: Path) -> None:
+    cache_dir, folder = _copy_of(cold_started[0], tmp_path)
+    before = {path: path.stat().st_ino for path in folder.rglob("*.nb[ic]")}
+
+    proc = subprocess.run([sys.executable, "-c", FAIL_WARM], env=_env(cache_dir), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "RuntimeError: not the cache" in out
+    assert "loads whole in a fresh process: keeping it" in out
+    assert "rebuilding the compile cache" not in out
+    assert {path: path.stat().st_ino for path in folder.rglob("*.nb[ic]")} == before
+
+
 def test_garbage_cache_files_without_a_marker_are_rebuilt(
         cold_started: tuple[Path, list[str]], tmp_path: Path) -> None:
     """A file left half written (by an old numba without atomic writes, a full disk)."""
