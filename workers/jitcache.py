@@ -99,11 +99,18 @@ def prepare(settings: Settings) -> Path:
 
     Call before anything imports numba (librosa does). Idempotent.
     """
-    global _prepared
     if _prepared is not None:
         return _prepared
     folder = cache_dir_for(settings)
     folder.mkdir(parents=True, exist_ok=True)
+    _use(folder)
+    return folder
+
+
+def _use(folder: Path) -> None:
+    """Make ``folder`` this process's numba cache, its compilations serialised with other
+    processes'."""
+    global _prepared
     os.environ["NUMBA_CACHE_DIR"] = str(folder)  # read by numba at import, and by children
     if "numba" in sys.modules:  # already imported (a test process): numba's config too
         from numba.core import config
@@ -111,7 +118,6 @@ def prepare(settings: Settings) -> Path:
         config.CACHE_DIR = str(folder)
     prepare_for(folder)
     _prepared = folder
-    return folder
 
 
 class _CrossProcessCompilerLock:
@@ -261,11 +267,8 @@ def _loads_in_a_fresh_process(folder: Path, analysis_sr: int) -> bool:
 def _warm_in_child(folder: str, analysis_sr: int) -> None:
     """The child of :func:`_loads_in_a_fresh_process`: warm up from ``folder`` without its
     warm-up lock (which the parent holds), under the cross-process compiler lock."""
-    global _prepared
     logging.basicConfig(level=logging.WARNING)
-    os.environ["NUMBA_CACHE_DIR"] = folder
-    _prepared = Path(folder)
-    prepare_for(_prepared)
+    _use(Path(folder))
     from workers.features.extractor import warm_up
 
     warm_up(analysis_sr)
@@ -295,10 +298,10 @@ def warm(settings: Settings) -> float:
         if marker.exists():
             log.warning("the last warm-up in %s did not finish (crash or kill while "
                         "compiling or loading)", folder)
-        if marker.exists() and not _loads_in_a_fresh_process(folder, settings.analysis_sr):
-            log.warning("rebuilding the compile cache in %s", folder)
-            (folder / WARM_MARKER).unlink(missing_ok=True)
-            _wipe(folder)
+            if not _loads_in_a_fresh_process(folder, settings.analysis_sr):
+                log.warning("rebuilding the compile cache in %s", folder)
+                (folder / WARM_MARKER).unlink(missing_ok=True)
+                _wipe(folder)
         marker.write_text(f"{os.getpid()}\n")
         log.info("warming the extractor (compile cache %s)", folder)
         from workers.features.extractor import warm_up
