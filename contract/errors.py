@@ -145,6 +145,13 @@ class StoreBucketMissing(StoreError):
     code = "store_bucket_missing"
 
 
+class StoreFolderMissing(StoreError):
+    """A command that only reads the store was pointed at a folder that does not exist
+    (a typo would otherwise read as an empty catalog, and leave a new folder behind)."""
+
+    code = "store_folder_missing"
+
+
 class VectorIndexError(PreviewvecError):
     """Base of vector index failures."""
 

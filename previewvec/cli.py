@@ -521,7 +521,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     # like Ctrl-C, so the temporary file is removed instead of left behind.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
-    store = open_store(settings.store, settings)
+    store = open_store(settings.store, settings, create=False)
     _check_store(store)
     version = args.version or current_version(settings)
     # disable=None: a bar on a terminal only; logs and pipes get the summary line.
@@ -547,7 +547,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     version = args.version or current_version(settings)
     missing = NotFound(f"no stored record for {args.recording_id!r} of feature version "
                        f"{version} in the feature store ({settings.store})")
-    store = open_store(settings.store, settings)
+    store = open_store(settings.store, settings, create=False)
     try:
         key = record_key(version, args.recording_id)
         record = decode_stored(key, store.get(key), version)

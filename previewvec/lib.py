@@ -131,7 +131,8 @@ class Catalog:
     def __init__(self, settings: Settings, *, version: str | None = None) -> None:
         self.settings = settings
         self.version = version or current_version(settings)
-        self.store: FeatureStore = open_store(settings.store, settings)
+        # A reader: a mistyped folder is an error, not an empty catalog.
+        self.store: FeatureStore = open_store(settings.store, settings, create=False)
 
     def __repr__(self) -> str:
         return f"Catalog(store={self.settings.store!r}, version={self.version!r})"

@@ -13,6 +13,7 @@ from contract.store.base import (
     StoreAccessDenied,
     StoreBucketMissing,
     StoreError,
+    StoreFolderMissing,
     StoreUnavailable,
     parse_s3_url,
     validate_key,
@@ -27,6 +28,7 @@ __all__ = [
     "StoreAccessDenied",
     "StoreBucketMissing",
     "StoreError",
+    "StoreFolderMissing",
     "StoreUnavailable",
     "open_store",
     "parse_s3_url",
@@ -34,10 +36,13 @@ __all__ = [
 ]
 
 
-def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
+def open_store(url: str, settings: Settings | None = None, *,
+               create: bool = True) -> FeatureStore:
     """A plain path (or ``file://path``) → :class:`LocalStore`; ``s3://bucket/prefix`` →
     :class:`S3Store` configured from the standard AWS environment variables. A malformed
-    or unknown URL raises :class:`ConfigError`."""
+    or unknown URL raises :class:`ConfigError`. ``create=False`` for a reader: a folder
+    that does not exist raises :class:`StoreFolderMissing` rather than being created (a
+    bucket is never created; a missing one is :class:`StoreBucketMissing` on first use)."""
     del settings  # reserved: both backends read everything they need from url/env today
     if url.startswith("s3://"):
         from contract.store.s3 import S3Store
@@ -53,4 +58,4 @@ def open_store(url: str, settings: Settings | None = None) -> FeatureStore:
     if not folder.strip():  # "" or "file://" would silently be the current directory
         raise ConfigError(f"store URL {url!r} (PREVIEWVEC_STORE) names no folder: expected "
                           "a folder, file://FOLDER or s3://BUCKET/PREFIX")
-    return LocalStore(folder)
+    return LocalStore(folder, create=create)

@@ -10,6 +10,7 @@ from contract.errors import (
     StoreAccessDenied,
     StoreBucketMissing,
     StoreError,
+    StoreFolderMissing,
     StoreUnavailable,
 )
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 # The error families live in contract.errors (the CLI maps them to exit statuses); they
 # are re-exported here for the store's users.
 __all__ = ["ConfigError", "FeatureStore", "StoreAccessDenied", "StoreBucketMissing",
-           "StoreError", "StoreUnavailable", "parse_s3_url", "validate_key"]
+           "StoreError", "StoreFolderMissing", "StoreUnavailable", "parse_s3_url", "validate_key"]
 
 
 @runtime_checkable

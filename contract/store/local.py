@@ -8,17 +8,27 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from contract.store.base import StoreError, validate_key
+from contract.store.base import StoreError, StoreFolderMissing, validate_key
 
 _TMP_SUFFIX = ".tmp"
 
 
 class LocalStore:
-    """Keys map to files below ``root``; writes go through temp file + fsync + rename."""
+    """Keys map to files below ``root``; writes go through temp file + fsync + rename.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    ``create=False`` (a reader, such as :func:`previewvec.open`): the folder is not created
+    on opening, and reading from a folder that does not exist raises
+    :class:`StoreFolderMissing`, so a mistyped path is an error, not an empty catalog left
+    behind as a new folder. A write still creates the folders it needs."""
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
         self._root = str(self.root)  # string joins: pathlib costs more than a small read
+        self._reader = not create
+        if not create:
+            if self.root.exists() and not self.root.is_dir():
+                raise self._missing()
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -28,7 +38,15 @@ class LocalStore:
         return f"LocalStore({str(self.root)!r})"
 
     def check(self) -> None:
-        """Nothing to probe: the folder was created (or refused) when the store opened."""
+        """Opened to read only: :class:`StoreFolderMissing` if the folder is not there.
+        (Otherwise nothing to probe: the folder was created when the store opened.)"""
+        if self._reader and not self.root.is_dir():
+            raise self._missing()
+
+    def _missing(self) -> StoreFolderMissing:
+        what = "is not a folder" if self.root.exists() else "does not exist"
+        return StoreFolderMissing(f"no feature store at {self.root}: the folder {what} "
+                                  "(PREVIEWVEC_STORE)")
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -44,6 +62,7 @@ class LocalStore:
             with open(path, "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
+            self.check()  # the whole store missing is not one missing key
             raise FileNotFoundError(f"no such key: {key}") from None
         except OSError as exc:
             raise StoreError(f"cannot read {key}: {exc}") from exc
@@ -103,6 +122,7 @@ class LocalStore:
         trailing "/" on folders so that depth-first order equals full-key byte order
         (``a-b`` sorts before ``a/x`` because "-" < "/").
         """
+        self.check()
         folder, _, _ = prefix.rpartition("/")
         start = self.root / folder if folder else self.root
         if folder and any(p in ("", ".", "..") for p in folder.split("/")):

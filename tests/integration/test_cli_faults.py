@@ -211,6 +211,19 @@ def test_store_readers_meet_s3_faults(base_env, bucket, checking_moto) -> None:
     assert not (Path(base_env["PREVIEWVEC_INDEX"]).parent / "out.parquet").exists()
 
 
+def test_store_readers_of_a_missing_folder(base_env, tmp_path) -> None:
+    """Given PREVIEWVEC_STORE naming a folder that does not exist (a typo), expect show
+    and export to fail with one line naming it (exit 4) and to create nothing: no folder,
+    no export file."""
+    folder = tmp_path / "no-such" / "store"
+    env = {**base_env, "PREVIEWVEC_STORE": str(folder)}
+    for command in _readers(env):
+        expect_fault(env, command, EXIT_STORE, f"no feature store at {folder}",
+                     "does not exist")
+    assert not (tmp_path / "no-such").exists()
+    assert not (Path(env["PREVIEWVEC_INDEX"]).parent / "out.parquet").exists()
+
+
 def test_store_folder_unusable(base_env) -> None:
     # A regular file where a folder should be (also fails as root, unlike a chmod).
     env = {**base_env, "PREVIEWVEC_STORE": "/etc/passwd/store"}

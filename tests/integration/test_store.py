@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.errors import ConfigError
+from contract.errors import ConfigError, StoreError
 from contract.layout import FEATURE_VERSION, VECTOR_DIM
 from contract.records import (
     FeatureRecord,
@@ -21,7 +21,7 @@ from contract.records import (
     make_provenance,
     record_key,
 )
-from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.store import FeatureStore, StoreFolderMissing, StoreUnavailable, open_store
 from contract.store.local import LocalStore
 from contract.store.s3 import S3Store
 from tests.conftest import free_port
@@ -188,6 +188,38 @@ def test_open_store_dispatches(tmp_path: Path, aws_test_env: str) -> None:
     assert (s3.bucket, s3.prefix) == ("some-bucket", "a/prefix")
     with pytest.raises(ValueError):
         open_store("gs://bucket/x")
+
+
+def test_a_reader_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    """Given a folder that does not exist opened to read (``create=False``), expect
+    StoreFolderMissing naming it from check(), get() and iter_keys(), and no folder made;
+    a write still creates it, after which reads see the key."""
+    folder = tmp_path / "typo" / "store"
+    store = open_store(str(folder), create=False)
+    for read in (store.check, lambda: store.get("features/x.json"),
+                 lambda: list(store.iter_keys("features/"))):
+        with pytest.raises(StoreFolderMissing, match=f"no feature store at {folder}: the "
+                                                     "folder does not exist"):
+            read()
+    assert not store.exists("features/x.json")
+    assert not (tmp_path / "typo").exists()
+    store.put("features/x.json", b"{}")
+    store.check()
+    assert list(store.iter_keys("features/")) == ["features/x.json"]
+    with pytest.raises(FileNotFoundError, match="no such key"):
+        store.get("features/y.json")  # a missing key is still just that
+
+
+def test_a_reader_of_a_file_is_refused_at_once(tmp_path: Path) -> None:
+    """Given a regular file where the store folder should be, opened to read, expect
+    StoreFolderMissing at once ('is not a folder'); the writer's open says it cannot
+    create the folder, as before."""
+    path = tmp_path / "file"
+    path.write_bytes(b"x")
+    with pytest.raises(StoreFolderMissing, match="is not a folder"):
+        open_store(str(path), create=False)
+    with pytest.raises(StoreError, match="cannot create store folder"):
+        open_store(str(path))
 
 
 @pytest.mark.parametrize("url", ["", "file://", "  "])

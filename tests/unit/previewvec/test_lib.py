@@ -340,6 +340,22 @@ def test_open_takes_pathlib_paths(tmp_path: Path) -> None:
     assert catalog.matrix()[1] == ["rec-0000001"]
 
 
+def test_open_of_a_mistyped_folder_reads_as_an_error_not_an_empty_catalog(
+        tmp_path: Path) -> None:
+    """Given a store folder that does not exist, expect records(), matrix(), table() and
+    record() to raise StoreFolderMissing naming it (not an empty catalog), and no folder
+    to be created by opening or reading."""
+    from contract.errors import StoreFolderMissing
+
+    catalog = previewvec.open(tmp_path / "sotre", index=tmp_path / "index")
+    reads = (lambda: list(catalog.records()), catalog.matrix, catalog.table,
+             lambda: catalog.record("rec-0000001"))
+    for read in reads:
+        with pytest.raises(StoreFolderMissing, match="sotre: the folder does not exist"):
+            read()
+    assert not (tmp_path / "sotre").exists()
+
+
 def test_the_api_is_listed_by_dir() -> None:
     """Given the lazily imported API, expect dir(previewvec) to list it (a notebook's
     tab completion reads dir), as ``__all__`` does."""
