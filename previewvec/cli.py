@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -164,6 +164,49 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if args.hostname:
         argv += ["--hostname", args.hostname]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+# Flower's settings for this deployment, one place for compose and k8s: keep 10 min of
+# offline workers, 50 000 tasks, and task-runtime buckets around the 25 s hard limit.
+FLOWER_OPTIONS = ("--purge_offline_workers=600", "--max_tasks=50000",
+                  "--task_runtime_metric_buckets=0.5,1,2,5,10,20,30,60,120,240,300")
+
+
+def flower_login_problem(environ: Mapping[str, str]) -> str | None:
+    """Why Flower would lock everyone out, or None: ``FLOWER_BASIC_AUTH`` empty or with an
+    entry that is not ``user:password`` (Flower takes ``""`` as a login nobody can give,
+    and answers 401 to every request). ``FLOWER_AUTH`` (Flower's OAuth) replaces it."""
+    if environ.get("FLOWER_AUTH", "").strip():
+        return None
+    value = environ.get("FLOWER_BASIC_AUTH", "")
+    if not value.strip():
+        return ("FLOWER_BASIC_AUTH is empty: Flower would refuse every login; set "
+                "user:password (comma-separate several) in .env or the previewvec-flower "
+                "Secret")
+    for entry in value.split(","):
+        user, colon, password = entry.partition(":")
+        if not (colon and user and password):
+            return (f"FLOWER_BASIC_AUTH has an entry that is not user:password "
+                    f"({len(entry)} characters, no {'password' if colon else 'colon'}): "
+                    "nobody could log in with it")
+    return None
+
+
+def flower_argv(port: int, db: str | None) -> list[str]:
+    """The ``celery flower`` command line :func:`cmd_flower` runs."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}"]
+    if db:  # saved every 60 s, so a restart keeps the task list
+        argv += ["--persistent=True", f"--db={db}", "--state_save_interval=60000"]
+    return argv + list(FLOWER_OPTIONS)
+
+
+def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
+    problem = flower_login_problem(os.environ)
+    if problem:
+        raise ConfigError(problem)
+    argv = flower_argv(args.port, args.db)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
 
@@ -659,6 +702,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fluidsynth (General MIDI soundfont) when installed, else the built-in synth",
     )
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
+        "flower", help="start Flower, the ops UI, once its login is set",
+        description="Check FLOWER_BASIC_AUTH (user:password, comma-separate several; or "
+        "FLOWER_AUTH for Flower's OAuth), then run `celery -A workers.app flower` with this "
+        "deployment's options. An empty or malformed login exits 2 instead of starting a "
+        "Flower that refuses everyone.")
+    p.add_argument("--port", type=_port, default=5555)
+    p.add_argument("--db", default=None, metavar="FILE",
+                   help="keep Flower's state in FILE across restarts (default: in memory)")
+    p.set_defaults(handler=cmd_flower)
 
     p = sub.add_parser("worker", help="start a Celery worker (featurize jobs)",
                        description="Start a Celery worker on the broker at "

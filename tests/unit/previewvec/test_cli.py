@@ -95,7 +95,7 @@ def test_features_lists_every_dimension_in_order():
     assert tuple(result.stdout.split()) == feature_names()
 
 
-@pytest.mark.parametrize("command", [[], ["extract"], ["features"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["extract"], ["features"], ["demo"], ["flower"]])
 def test_help_everywhere(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0
@@ -153,6 +153,7 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["api", "--port", "99999"], "--port"),  # an OverflowError from bind() before
     (["api", "--port", "-1"], "--port"),
     (["api", "--loglevel", "bogus"], "--loglevel"),  # uvicorn's KeyError before
+    (["flower", "--port", "99999"], "--port"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
     """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
@@ -162,3 +163,45 @@ def test_out_of_range_options_are_refused_as_arguments(command, needle):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert needle in result.stderr
+
+
+@pytest.mark.parametrize(("login", "needle"), [
+    ("", "FLOWER_BASIC_AUTH is empty"),
+    ("   ", "FLOWER_BASIC_AUTH is empty"),
+    ("admin", "no colon"),
+    ("ops:secret,admin:", "no password"),
+    (":secret", "not user:password"),
+])
+def test_flower_with_a_login_nobody_can_give_exits_2(login, needle):
+    """Given FLOWER_BASIC_AUTH empty (as .env.example and the example Secret ship it) or
+    an entry that is not user:password, expect one line naming the variable and exit 2
+    before Flower starts (Flower takes such a value and answers 401 to everyone); the
+    value itself is never printed."""
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_AUTH"}
+    env["FLOWER_BASIC_AUTH"] = login
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "flower"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("previewvec: "), result.stderr
+    assert needle in lines[0]
+    assert "secret" not in result.stderr
+
+
+def test_flower_runs_celery_flower_with_options_flower_knows():
+    """Given a usable login, expect the command line of ``celery -A workers.app flower``
+    with the port, the persistent state file and this deployment's options, each one an
+    option Flower defines (a misspelt one would stop Flower at start)."""
+    from flower.options import options
+
+    from previewvec.cli import flower_argv, flower_login_problem
+
+    assert flower_login_problem({"FLOWER_BASIC_AUTH": "ops:pw,admin:pw2"}) is None
+    assert flower_login_problem({"FLOWER_AUTH": ".*@example.org"}) is None
+    argv = flower_argv(5555, "/data/flower.db")
+    assert argv[1:6] == ["-m", "celery", "-A", "workers.app", "flower"]
+    assert {"--port=5555", "--persistent=True", "--db=/data/flower.db"} <= set(argv)
+    for arg in argv[6:]:
+        name = arg.lstrip("-").split("=", 1)[0].replace("_", "-")  # tornado spells "-"
+        assert name in options._options, f"unknown Flower option {arg}"
+    assert "--persistent=True" not in flower_argv(5555, None)
