@@ -19,6 +19,13 @@ quarter in 6/8 and 12/8. "± octave" accepts ×½, ×2, ×⅓ and ×3 of it (so 
 rate of a compound metre counts, its quarter-note rate, ×1.5, does not). Key truth is the
 key of the larger part of the clip, major or minor by the tonic triad (D dorian is
 D minor); the MIREX score compares it with the estimate.
+
+``--lead-in S`` also analyses every song after S seconds of digital silence (cut back to
+its length and re-encoded, as a render from the song's start or a track's first seconds
+is), twice: as previewvec does (the lead-in left out of the tempo analysis, pv6) and with
+the lead-in kept as pv5 did, both in the same run::
+
+    python benchmarks/accuracy.py --songs 96 --seed 1000 --no-naive --lead-in 1
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 
 from contract.layout import PITCH_CLASSES
 from contract.settings import Settings
+from testkit.encode import encode_audio
 from testkit.mirex import key_score, tempo_correct, tempo_correct_any_octave
 from testkit.songs.dataset import (
     HELDOUT_SEEDS,
@@ -45,6 +53,7 @@ from testkit.songs.dataset import (
 )
 from workers.analysis import analyze
 from workers.audio import decode_audio
+from workers.features import rhythm
 from workers.features.tonal import _PROFILES
 
 SR = 22050
@@ -69,20 +78,38 @@ def naive_key(y: np.ndarray) -> tuple[int, str]:
     return best
 
 
-def evaluate(rows: list[dict], out_dir: Path, *, naive: bool) -> list[dict]:
+def _estimates(source: str | bytes, settings: Settings, prefix: str) -> dict:
+    d = analyze(source, settings).features.descriptors
+    return {f"{prefix}_tempo": float(d["tempo_bpm"]),
+            f"{prefix}_tonic": PITCH_CLASSES.index(str(d["key"])),
+            f"{prefix}_mode": d["mode"]}
+
+
+def with_lead_in(path: Path, lead_in_s: float) -> bytes:
+    """The clip at ``path`` after ``lead_in_s`` of digital silence, cut back to its length,
+    re-encoded as .m4a."""
+    audio = decode_audio(str(path), sr=None, max_duration_s=600)
+    x = audio.channels if audio.channels is not None else audio.samples[np.newaxis]
+    silence = np.zeros((x.shape[0], round(lead_in_s * audio.sr)), np.float32)
+    return encode_audio(np.concatenate([silence, x], axis=1)[:, : x.shape[1]], audio.sr,
+                        "m4a")
+
+
+def evaluate(rows: list[dict], out_dir: Path, *, naive: bool,
+             lead_in_s: float = 0.0) -> list[dict]:
     settings = Settings()
     results = []
     for row in rows:
         path = out_dir / row["file"]
-        analysis = analyze(str(path), settings)
-        d = analysis.features.descriptors
-        tonic = PITCH_CLASSES.index(str(d["key"]))
-        result = {
-            **row,
-            "est_tempo": float(d["tempo_bpm"]),
-            "est_tonic": tonic,
-            "est_mode": d["mode"],
-        }
+        result = {**row, **_estimates(str(path), settings, "est")}
+        if lead_in_s > 0:
+            data = with_lead_in(path, lead_in_s)
+            result.update(_estimates(data, settings, "lead"))
+            kept, rhythm.LEAD_IN_SILENCE_DB = rhythm.LEAD_IN_SILENCE_DB, float("inf")
+            try:  # pv5: every frame sounding, the lead-in and its entry analysed
+                result.update(_estimates(data, settings, "leadkept"))
+            finally:
+                rhythm.LEAD_IN_SILENCE_DB = kept
         if naive:
             y = decode_audio(str(path)).samples
             result["naive_tempo"] = naive_tempo(y)
@@ -206,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", choices=("tuning", "heldout"), default=None,
                         help="the wide set (seed --seed, default 17) or its held-out part")
     parser.add_argument("--workers", type=int, default=1, help="render threads")
+    parser.add_argument("--lead-in", type=float, default=0.0, metavar="S",
+                        help="also analyse each song after S s of digital silence")
     args = parser.parse_args(argv)
 
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="pv-accuracy-"))
@@ -220,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = 1000 if args.seed is None else args.seed
         specs = eval_specs(args.songs, seed=args.seed)
     rows = build_set(specs, out_dir, renderer=args.renderer, workers=args.workers)
-    results = evaluate(rows, out_dir, naive=not args.no_naive)
+    results = evaluate(rows, out_dir, naive=not args.no_naive, lead_in_s=args.lead_in)
     if args.dump:
         Path(args.dump).write_text("".join(json.dumps(r) + "\n" for r in results))
     n_drums = sum(r["drums"] for r in results)
@@ -234,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'± octave (all)':>16}{'MIREX key':>12}"
     )
     methods = [("previewvec", "est")] + ([] if args.no_naive else [("naive", "naive")])
+    if args.lead_in > 0:
+        methods += [(f"+{args.lead_in:g}s lead", "lead"), ("lead kept", "leadkept")]
     for label, prefix in methods:
         s = summarize(results, prefix)
         print(

@@ -18,11 +18,13 @@ from typing import Literal
 # pv5: danceability is Essentia's DFA value (1 / mean α) / 3, not mean(1/α) / 3, on frames
 # of exactly 10 ms at every rate; integrated loudness weights 2.1, quad, 5.1 and 7.1
 # channels by name as BS.1770 does (LFE out, surrounds ×1.41) (docs/features.md).
-FEATURE_VERSION = "pv5"
+# pv6: tempo and beat confidence leave out a lead-in of digital silence and the entry's
+# onset spike, which halved the tempo of a clip that starts from silence (docs/features.md).
+FEATURE_VERSION = "pv6"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with
 # FEATURE_VERSION's; a run re-extracts them into FEATURE_VERSION. pv1 had other names.
-EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4")
+EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4", "pv5")
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
@@ -96,7 +98,7 @@ def feature_names() -> tuple[str, ...]:
 
 def is_readable_version(version: str) -> bool:
     """Whether records of ``version`` decode with this layout: ours or an earlier
-    computation of it, bare (``pv5``) or with a settings hash (``pv5-<hash>``)."""
+    computation of it, bare (``pv6``) or with a settings hash (``pv6-<hash>``)."""
     base = version.split("-", 1)[0]
     return base == FEATURE_VERSION or base in EARLIER_VERSIONS
 

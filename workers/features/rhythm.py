@@ -65,6 +65,15 @@ OCTAVE_FEATURES = (
 OCTAVE_WEIGHTS = (1.326, -2.787, 1.281, 1.959, -1.418)
 OCTAVE_BIAS = -1.723
 ONSETS_PER_BEAT_PIVOT = 2.7
+# A lead-in of (near) digital silence is left out of the tempo analysis: its frames are
+# more than LEAD_IN_SILENCE_DB below the clip's loudest mel band, and the flux of the first
+# ENTRY_FRAMES frames after it, an entry from the dB floor that is 10-20 times any beat,
+# goes with it. Left in, that one spike scales librosa's max-normalised peak picking so
+# that most onsets vanish, and the octave rule read such clips (a render from the song's
+# start, a track's first seconds) as slow: ×½ on a tenth of the wide set (docs/features.md).
+LEAD_IN_SILENCE_DB = 50.0
+ENTRY_FRAMES = 3
+MIN_ANALYSED_S = 5.0  # a clip with less music after its lead-in is analysed whole
 
 
 @dataclass(frozen=True)
@@ -248,14 +257,36 @@ def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
     return float(len(onsets) / duration_s) if duration_s > 0 else 0.0
 
 
+def music_start(mel_db: np.ndarray, sr: int) -> int:
+    """The first frame the tempo analysis uses: 0, or past a lead-in of silence and the
+    entry's flux (:data:`LEAD_IN_SILENCE_DB`, :data:`ENTRY_FRAMES`)."""
+    if mel_db.size == 0:
+        return 0
+    loudest = mel_db.max(axis=0)
+    sounding = np.flatnonzero(loudest > loudest.max() - LEAD_IN_SILENCE_DB)
+    first = int(sounding[0]) if sounding.size else 0
+    if first == 0:
+        return 0
+    start = first + ENTRY_FRAMES
+    left_s = (mel_db.shape[1] - start) * HOP_LENGTH / sr
+    return start if left_s >= MIN_ANALYSED_S else 0
+
+
 def analyze_rhythm(
     mel_db: np.ndarray, envelope: np.ndarray, sr: int, duration_s: float
 ) -> Rhythm:
-    """Tempo, beat confidence, onset rate and beat times."""
+    """Tempo, beat confidence, onset rate and beat times (seconds from the clip's start).
+
+    The onset rate counts the whole clip; tempo and beats leave out a silent lead-in
+    (:func:`music_start`)."""
     fps = sr / HOP_LENGTH
     rate = onset_rate(envelope, sr, duration_s)
     if not np.any(envelope > 0):
         return Rhythm(0.0, 0.0, rate, np.empty(0))
+    start = music_start(mel_db, sr)
+    if start:
+        mel_db, envelope = mel_db[:, start:], envelope[start:]
+        duration_s -= start / fps
     period, confidence = base_period(envelope, sr)
     features = octave_features(mel_db, envelope, sr, period, duration_s)
     if faster_level_probability(features) > 0.5:
@@ -265,7 +296,7 @@ def analyze_rhythm(
         tempo_bpm=float(bpm),
         beat_confidence=confidence,
         onset_rate=rate,
-        beat_times_s=beat_times,
+        beat_times_s=beat_times + start / fps,
     )
 
 

@@ -20,6 +20,41 @@ def test_tempo_of_a_backbeat_click_track(bpm):
     assert abs(result.tempo_bpm - bpm) / bpm < 0.04
 
 
+@pytest.mark.parametrize(("seed", "style", "bpm"), [(3, "chamber", 140.0), (4, "ambient", 120.0)])
+def test_a_silent_lead_in_leaves_the_tempo_alone(seed, style, bpm):
+    """Given a rendered song without drums encoded as a preview, and the same song after
+    1 s of digital silence (a render from the song's start, a track's first seconds),
+    expect the same tempo, the truth within 4 %: the entry from silence (one flux spike
+    10-20 times any beat) halved both before the lead-in was left out of the analysis."""
+    from contract.settings import Settings
+    from testkit.encode import encode_audio
+    from workers.analysis import analyze
+
+    score = generate_song(seed, tonic=seed % 12, mode="major", tempo_bpm=bpm, drums=False,
+                          duration_s=30.0, style=style)
+    y = render(score, 44_100, "synth")[:, : 30 * 44_100]
+    lead = np.concatenate([np.zeros((y.shape[0], 44_100), np.float32), y], axis=1)
+    tempi = []
+    for signal in (y, lead[:, : 30 * 44_100]):
+        analysis = analyze(encode_audio(signal, 44_100, "m4a"), Settings())
+        tempi.append(float(analysis.features.descriptors["tempo_bpm"]))
+    for tempo in tempi:
+        assert abs(tempo - bpm) / bpm < 0.04, tempi
+
+
+def test_music_start_skips_a_lead_in_and_the_entry_only():
+    """Given mel frames that sound from the first, expect 0 (nothing trimmed, the same
+    analysis as before); after 43 silent frames, the first frame past the entry; and a
+    clip with under 5 s of music after its lead-in analysed whole."""
+    sr = 22_050
+    mel = np.full((128, 1_292), -20.0)
+    assert rhythm.music_start(mel, sr) == 0
+    mel[:, :43] = -80.0  # 1 s at the floor power_to_db leaves under the loudest band
+    assert rhythm.music_start(mel, sr) == 43 + rhythm.ENTRY_FRAMES
+    mel[:, :1_150] = -80.0
+    assert rhythm.music_start(mel, sr) == 0
+
+
 def _pulse_envelope(period: int, parts: int, n_frames: int = 2_000):
     """Onset envelope: a strong pulse every ``period`` frames, weaker ones dividing it in
     ``parts``."""
