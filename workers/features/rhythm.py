@@ -65,13 +65,16 @@ OCTAVE_FEATURES = (
 OCTAVE_WEIGHTS = (1.326, -2.787, 1.281, 1.959, -1.418)
 OCTAVE_BIAS = -1.723
 ONSETS_PER_BEAT_PIVOT = 2.7
-# A lead-in of (near) digital silence is left out of the tempo analysis: its frames are
-# more than LEAD_IN_SILENCE_DB below the clip's loudest mel band, and the flux of the first
-# ENTRY_FRAMES frames after it, an entry from the dB floor that is 10-20 times any beat,
-# goes with it. Left in, that one spike scales librosa's max-normalised peak picking so
-# that most onsets vanish, and the octave rule read such clips (a render from the song's
-# start, a track's first seconds) as slow: ×½ on a tenth of the wide set (docs/features.md).
-LEAD_IN_SILENCE_DB = 50.0
+# A lead-in of (near) digital silence is left out of the tempo analysis: frames whose
+# loudest mel band is more than LEAD_IN_SILENCE_DB below the median frame's, and with them
+# the entry's flux, a spike 4-20 times any beat. Left in, that one spike scales librosa's
+# max-normalised peak picking so that most onsets vanish, and the octave rule read such
+# clips (a render from the song's start, a track's first seconds, an AAC stream whose 1024
+# priming samples were not trimmed) as slow: ×½ on a tenth of the wide set. Relative to the
+# median rather than the loudest frame, so a partly silent first frame counts too.
+LEAD_IN_SILENCE_DB = 30.0
+# onset_strength's flux at envelope frame t compares mel frames t - 2 and t - 3 (its lag
+# and centring pad 3 frames): the entry into mel frame f is envelope frame f + 2.
 ENTRY_FRAMES = 3
 MIN_ANALYSED_S = 5.0  # a clip with less music after its lead-in is analysed whole
 
@@ -259,11 +262,12 @@ def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
 
 def music_start(mel_db: np.ndarray, sr: int) -> int:
     """The first frame the tempo analysis uses: 0, or past a lead-in of silence and the
-    entry's flux (:data:`LEAD_IN_SILENCE_DB`, :data:`ENTRY_FRAMES`)."""
+    entry's flux (:data:`LEAD_IN_SILENCE_DB` below the median frame, :data:`ENTRY_FRAMES`);
+    0 too when less than :data:`MIN_ANALYSED_S` would remain."""
     if mel_db.size == 0:
         return 0
     loudest = mel_db.max(axis=0)
-    sounding = np.flatnonzero(loudest > loudest.max() - LEAD_IN_SILENCE_DB)
+    sounding = np.flatnonzero(loudest > np.median(loudest) - LEAD_IN_SILENCE_DB)
     first = int(sounding[0]) if sounding.size else 0
     if first == 0:
         return 0

@@ -44,15 +44,27 @@ def test_a_silent_lead_in_leaves_the_tempo_alone(seed, style, bpm):
 
 def test_music_start_skips_a_lead_in_and_the_entry_only():
     """Given mel frames that sound from the first, expect 0 (nothing trimmed, the same
-    analysis as before); after 43 silent frames, the first frame past the entry; and a
-    clip with under 5 s of music after its lead-in analysed whole."""
+    analysis as before); after 43 silent frames, the first frame past the entry; after one
+    partly silent frame (untrimmed AAC priming: 38 dB under the median frame), the same;
+    a quiet intro (25 dB under) is music, not a lead-in; and a clip with under 5 s of
+    music after its lead-in is analysed whole."""
     sr = 22_050
     mel = np.full((128, 1_292), -20.0)
     assert rhythm.music_start(mel, sr) == 0
+    mel[:, :43] = -45.0  # a quiet intro
+    assert rhythm.music_start(mel, sr) == 0
     mel[:, :43] = -80.0  # 1 s at the floor power_to_db leaves under the loudest band
     assert rhythm.music_start(mel, sr) == 43 + rhythm.ENTRY_FRAMES
-    mel[:, :1_150] = -80.0
-    assert rhythm.music_start(mel, sr) == 0
+    mel[:, :43] = -20.0
+    mel[:, 0] = -58.0
+    assert rhythm.music_start(mel, sr) == 1 + rhythm.ENTRY_FRAMES
+    short = np.full((128, 300), -20.0)  # 7 s, the first 2.3 s silent: 4.6 s would remain
+    short[:, :100] = -80.0
+    assert rhythm.music_start(short, sr) == 0
+    assert rhythm.music_start(np.full((128, 400), -20.0), sr) == 0
+    longer = np.full((128, 400), -20.0)
+    longer[:, :100] = -80.0
+    assert rhythm.music_start(longer, sr) == 100 + rhythm.ENTRY_FRAMES  # 6.9 s remain
 
 
 def _pulse_envelope(period: int, parts: int, n_frames: int = 2_000):
