@@ -23,9 +23,11 @@ D minor); the MIREX score compares it with the estimate.
 ``--lead-in S`` also analyses every song after S seconds of digital silence (cut back to
 its length and re-encoded, as a render from the song's start or a track's first seconds
 is), twice: as previewvec does (the lead-in left out of the tempo analysis, pv6) and with
-the lead-in kept as pv5 did, both in the same run::
+the lead-in kept as pv5 did, both in the same run. ``--silent-tail S`` does the same with
+the song's last S seconds silenced (a song that ends inside the clip)::
 
     python benchmarks/accuracy.py --songs 96 --seed 1000 --no-naive --lead-in 1
+    python benchmarks/accuracy.py --songs 96 --seed 1000 --no-naive --silent-tail 10
 """
 
 from __future__ import annotations
@@ -85,31 +87,41 @@ def _estimates(source: str | bytes, settings: Settings, prefix: str) -> dict:
             f"{prefix}_mode": d["mode"]}
 
 
-def with_lead_in(path: Path, lead_in_s: float) -> bytes:
+def with_silence(path: Path, lead_in_s: float = 0.0, tail_s: float = 0.0) -> bytes:
     """The clip at ``path`` after ``lead_in_s`` of digital silence, cut back to its length,
-    re-encoded as .m4a."""
+    its last ``tail_s`` silenced, re-encoded as .m4a."""
     audio = decode_audio(str(path), sr=None, max_duration_s=600)
     x = audio.channels if audio.channels is not None else audio.samples[np.newaxis]
     silence = np.zeros((x.shape[0], round(lead_in_s * audio.sr)), np.float32)
-    return encode_audio(np.concatenate([silence, x], axis=1)[:, : x.shape[1]], audio.sr,
-                        "m4a")
+    y = np.concatenate([silence, x], axis=1)[:, : x.shape[1]]
+    if tail_s > 0:
+        y[:, y.shape[1] - round(tail_s * audio.sr):] = 0.0
+    return encode_audio(y, audio.sr, "m4a")
+
+
+def _both_ways(data: bytes, settings: Settings, prefix: str) -> dict:
+    """Estimates as previewvec makes them, and with every frame analysed (pv5: no lead-in
+    or silent tail left out), under ``prefix`` and ``prefix + "kept"``."""
+    out = _estimates(data, settings, prefix)
+    kept, rhythm.LEAD_IN_SILENCE_DB = rhythm.LEAD_IN_SILENCE_DB, float("inf")
+    try:  # every frame counts as sounding
+        out.update(_estimates(data, settings, f"{prefix}kept"))
+    finally:
+        rhythm.LEAD_IN_SILENCE_DB = kept
+    return out
 
 
 def evaluate(rows: list[dict], out_dir: Path, *, naive: bool,
-             lead_in_s: float = 0.0) -> list[dict]:
+             lead_in_s: float = 0.0, tail_s: float = 0.0) -> list[dict]:
     settings = Settings()
     results = []
     for row in rows:
         path = out_dir / row["file"]
         result = {**row, **_estimates(str(path), settings, "est")}
         if lead_in_s > 0:
-            data = with_lead_in(path, lead_in_s)
-            result.update(_estimates(data, settings, "lead"))
-            kept, rhythm.LEAD_IN_SILENCE_DB = rhythm.LEAD_IN_SILENCE_DB, float("inf")
-            try:  # pv5: every frame sounding, the lead-in and its entry analysed
-                result.update(_estimates(data, settings, "leadkept"))
-            finally:
-                rhythm.LEAD_IN_SILENCE_DB = kept
+            result.update(_both_ways(with_silence(path, lead_in_s=lead_in_s), settings, "lead"))
+        if tail_s > 0:
+            result.update(_both_ways(with_silence(path, tail_s=tail_s), settings, "tail"))
         if naive:
             y = decode_audio(str(path)).samples
             result["naive_tempo"] = naive_tempo(y)
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="render threads")
     parser.add_argument("--lead-in", type=float, default=0.0, metavar="S",
                         help="also analyse each song after S s of digital silence")
+    parser.add_argument("--silent-tail", type=float, default=0.0, metavar="S",
+                        help="also analyse each song with its last S s silenced")
     args = parser.parse_args(argv)
 
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="pv-accuracy-"))
@@ -249,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = 1000 if args.seed is None else args.seed
         specs = eval_specs(args.songs, seed=args.seed)
     rows = build_set(specs, out_dir, renderer=args.renderer, workers=args.workers)
-    results = evaluate(rows, out_dir, naive=not args.no_naive, lead_in_s=args.lead_in)
+    results = evaluate(rows, out_dir, naive=not args.no_naive, lead_in_s=args.lead_in,
+                       tail_s=args.silent_tail)
     if args.dump:
         Path(args.dump).write_text("".join(json.dumps(r) + "\n" for r in results))
     n_drums = sum(r["drums"] for r in results)
@@ -265,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = [("previewvec", "est")] + ([] if args.no_naive else [("naive", "naive")])
     if args.lead_in > 0:
         methods += [(f"+{args.lead_in:g}s lead", "lead"), ("lead kept", "leadkept")]
+    if args.silent_tail > 0:
+        methods += [(f"-{args.silent_tail:g}s tail", "tail"), ("tail kept", "tailkept")]
     for label, prefix in methods:
         s = summarize(results, prefix)
         print(

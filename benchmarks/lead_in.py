@@ -2,8 +2,9 @@
 
 A user's file is decoded from its first sample (the first 30 s, as ``previewvec extract``
 reads it). For each audio file of ``--audio-dir``: the lead-in the tempo analysis leaves
-out (frames, and seconds), the tempo as previewvec reads it (pv6), the tempo with the
-lead-in kept (pv5's computation, measured in the same run), and, as a proxy with no
+out (frames, and seconds), the tempo as previewvec reads it (pv6, which also leaves out a
+silent tail), the tempo with every frame kept (pv5's computation, measured in the same
+run), and, as a proxy with no
 ground truth, the tempo of the same track's next 30 s (from 30 s in, no lead-in there):
 a tempo that agrees with it is more likely the track's. Sections can change tempo, so
 disagreement is not proof of an error.
@@ -41,7 +42,7 @@ def tempo_and_start(y: np.ndarray, sr: int) -> tuple[float, int, float]:
     rate = spectra.analysis_sr
     envelope = rhythm.onset_envelope(spectra.analysis_mel_db, rate)
     beat = rhythm.analyze_rhythm(spectra.analysis_mel_db, envelope, rate, y.size / sr)
-    return beat.tempo_bpm, rhythm.music_start(spectra.analysis_mel_db, rate), rate / 512
+    return beat.tempo_bpm, rhythm.music_span(spectra.analysis_mel_db, rate)[0], rate / 512
 
 
 def lead_kept_tempo(y: np.ndarray, sr: int) -> float:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"`python {shlex.join(['benchmarks/lead_in.py', *(argv or sys.argv[1:])])}`\n")
-    print("| track | lead-in left out | tempo (pv6) | lead-in kept (pv5) | next 30 s |")
+    print("| track | lead-in left out | tempo (pv6) | every frame kept (pv5) | next 30 s |")
     print("|---|---:|---:|---:|---:|")
     paths = sorted(p for p in args.audio_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
     counts = {"files": 0, "lead_in": 0, "changed": 0, "with_next": 0, "pv6": 0, "pv5": 0}
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     c = counts
     print(f"\n{c['files']} tracks, {c['lead_in']} with a lead-in left out; tempo changed "
           f"(beyond 4 %) on {c['changed']}. Within 4 % of the next 30 s ({c['with_next']} "
-          f"tracks long enough): pv6 {c['pv6']}, lead-in kept {c['pv5']}.")
+          f"tracks long enough): pv6 {c['pv6']}, every frame kept {c['pv5']}.")
     return 0
 
 

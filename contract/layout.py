@@ -18,8 +18,8 @@ from typing import Literal
 # pv5: danceability is Essentia's DFA value (1 / mean α) / 3, not mean(1/α) / 3, on frames
 # of exactly 10 ms at every rate; integrated loudness weights 2.1, quad, 5.1 and 7.1
 # channels by name as BS.1770 does (LFE out, surrounds ×1.41) (docs/features.md).
-# pv6: tempo and beat confidence leave out a lead-in of digital silence and the entry's
-# onset spike, which halved the tempo of a clip that starts from silence (docs/features.md).
+# pv6: tempo and beat confidence leave out a lead-in of digital silence with the entry's
+# onset spike, and a silent tail; either halved the tempo of such a clip (docs/features.md).
 FEATURE_VERSION = "pv6"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with

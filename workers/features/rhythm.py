@@ -71,7 +71,9 @@ ONSETS_PER_BEAT_PIVOT = 2.7
 # max-normalised peak picking so that most onsets vanish, and the octave rule read such
 # clips (a render from the song's start, a track's first seconds, an AAC stream whose 1024
 # priming samples were not trimmed) as slow: ×½ on a tenth of the wide set. Relative to the
-# median rather than the loudest frame, so a partly silent first frame counts too.
+# median rather than the loudest frame, so a partly silent first frame counts too. A
+# silent tail (a song that ends inside the clip) is left out as well: its frames counted
+# as time without onsets, with the same slow reading.
 LEAD_IN_SILENCE_DB = 30.0
 # onset_strength's flux at envelope frame t compares mel frames t - 2 and t - 3 (its lag
 # and centring pad 3 frames): the entry into mel frame f is envelope frame f + 2.
@@ -260,20 +262,26 @@ def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
     return float(len(onsets) / duration_s) if duration_s > 0 else 0.0
 
 
-def music_start(mel_db: np.ndarray, sr: int) -> int:
-    """The first frame the tempo analysis uses: 0, or past a lead-in of silence and the
-    entry's flux (:data:`LEAD_IN_SILENCE_DB` below the median frame, :data:`ENTRY_FRAMES`);
-    0 too when less than :data:`MIN_ANALYSED_S` would remain."""
+def music_span(mel_db: np.ndarray, sr: int) -> tuple[int, int]:
+    """The frames ``[start, end)`` the tempo analysis uses: the whole clip, or without a
+    lead-in of silence and the entry's flux (:data:`LEAD_IN_SILENCE_DB` below the median
+    frame, :data:`ENTRY_FRAMES`) and without a silent tail (whose frames would count as
+    time without onsets); the whole clip too when less than :data:`MIN_ANALYSED_S` would
+    remain."""
+    n = mel_db.shape[1]
     if mel_db.size == 0:
-        return 0
+        return 0, n
     loudest = mel_db.max(axis=0)
     sounding = np.flatnonzero(loudest > np.median(loudest) - LEAD_IN_SILENCE_DB)
-    first = int(sounding[0]) if sounding.size else 0
-    if first == 0:
-        return 0
-    start = first + ENTRY_FRAMES
-    left_s = (mel_db.shape[1] - start) * HOP_LENGTH / sr
-    return start if left_s >= MIN_ANALYSED_S else 0
+    if sounding.size == 0:
+        return 0, n
+    first, last = int(sounding[0]), int(sounding[-1])
+    start = first + ENTRY_FRAMES if first else 0
+    # The flux into the last sounding mel frame is envelope frame last + 2 (as above).
+    end = min(n, last + ENTRY_FRAMES)
+    if (start, end) == (0, n) or (end - start) * HOP_LENGTH / sr < MIN_ANALYSED_S:
+        return 0, n
+    return start, end
 
 
 def analyze_rhythm(
@@ -281,16 +289,17 @@ def analyze_rhythm(
 ) -> Rhythm:
     """Tempo, beat confidence, onset rate and beat times (seconds from the clip's start).
 
-    The onset rate counts the whole clip; tempo and beats leave out a silent lead-in
-    (:func:`music_start`)."""
+    The onset rate counts the whole clip; tempo and beats leave out a silent lead-in and
+    a silent tail (:func:`music_span`)."""
     fps = sr / HOP_LENGTH
     rate = onset_rate(envelope, sr, duration_s)
     if not np.any(envelope > 0):
         return Rhythm(0.0, 0.0, rate, np.empty(0))
-    start = music_start(mel_db, sr)
-    if start:
-        mel_db, envelope = mel_db[:, start:], envelope[start:]
-        duration_s -= start / fps
+    n = envelope.size
+    start, end = music_span(mel_db, sr)
+    if (start, end) != (0, n):
+        mel_db, envelope = mel_db[:, start:end], envelope[start:end]
+        duration_s -= (start + n - end) / fps
     period, confidence = base_period(envelope, sr)
     features = octave_features(mel_db, envelope, sr, period, duration_s)
     if faster_level_probability(features) > 0.5:

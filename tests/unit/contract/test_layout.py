@@ -41,7 +41,7 @@ def test_layout_hash_is_pinned_to_the_feature_version():
     # Changing a name or order must come with a new FEATURE_VERSION (and this pin).
     # pv3 changed values only (the FMA block at the clip's own rate): same names as pv2;
     # pv4 only the tempo values; pv5 danceability's and multichannel loudness's values;
-    # pv6 the tempo and beat confidence of clips with a silent lead-in.
+    # pv6 the tempo and beat confidence of clips with a silent lead-in or tail.
     assert FEATURE_VERSION == "pv6"
     assert names_hash() == PINNED_HASH
 

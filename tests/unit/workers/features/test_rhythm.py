@@ -42,29 +42,51 @@ def test_a_silent_lead_in_leaves_the_tempo_alone(seed, style, bpm):
         assert abs(tempo - bpm) / bpm < 0.04, tempi
 
 
-def test_music_start_skips_a_lead_in_and_the_entry_only():
-    """Given mel frames that sound from the first, expect 0 (nothing trimmed, the same
-    analysis as before); after 43 silent frames, the first frame past the entry; after one
-    partly silent frame (untrimmed AAC priming: 38 dB under the median frame), the same;
-    a quiet intro (25 dB under) is music, not a lead-in; and a clip with under 5 s of
-    music after its lead-in is analysed whole."""
+@pytest.mark.parametrize(("seed", "style", "bpm", "drums"),
+                         [(5, "folk", 165.0, True), (7, "jazz", 158.0, False)])
+def test_a_silent_tail_leaves_the_tempo_alone(seed, style, bpm, drums):
+    """Given a rendered song encoded as a preview whose last 10 s are silent (a song that
+    ends inside the clip), expect the truth within 4 %: counted as time without onsets,
+    the silence halved it before the tail was left out of the analysis."""
+    from contract.settings import Settings
+    from testkit.encode import encode_audio
+    from workers.analysis import analyze
+
+    score = generate_song(seed, tonic=seed % 12, mode="major", tempo_bpm=bpm, drums=drums,
+                          duration_s=30.0, style=style)
+    y = render(score, 44_100, "synth")[:, : 30 * 44_100]
+    y[:, 20 * 44_100:] = 0.0
+    tempo = float(analyze(encode_audio(y, 44_100, "m4a"), Settings())
+                  .features.descriptors["tempo_bpm"])
+    assert abs(tempo - bpm) / bpm < 0.04, tempo
+
+
+def test_music_span_leaves_out_a_lead_in_its_entry_and_a_silent_tail_only():
+    """Given mel frames that sound throughout, expect the whole clip (the same analysis as
+    before); after 43 silent frames, from the first frame past the entry; after one partly
+    silent frame (untrimmed AAC priming: 38 dB under the median frame), the same; a quiet
+    intro (25 dB under) is music, not a lead-in; a silent tail ends the span; and a clip
+    with under 5 s of music left is analysed whole."""
     sr = 22_050
     mel = np.full((128, 1_292), -20.0)
-    assert rhythm.music_start(mel, sr) == 0
+    whole = (0, 1_292)
+    assert rhythm.music_span(mel, sr) == whole
     mel[:, :43] = -45.0  # a quiet intro
-    assert rhythm.music_start(mel, sr) == 0
+    assert rhythm.music_span(mel, sr) == whole
     mel[:, :43] = -80.0  # 1 s at the floor power_to_db leaves under the loudest band
-    assert rhythm.music_start(mel, sr) == 43 + rhythm.ENTRY_FRAMES
+    assert rhythm.music_span(mel, sr) == (43 + rhythm.ENTRY_FRAMES, 1_292)
     mel[:, :43] = -20.0
     mel[:, 0] = -58.0
-    assert rhythm.music_start(mel, sr) == 1 + rhythm.ENTRY_FRAMES
+    assert rhythm.music_span(mel, sr) == (1 + rhythm.ENTRY_FRAMES, 1_292)
+    mel[:, 0] = -20.0
+    mel[:, 900:] = -80.0  # the music stops after 20.9 s
+    assert rhythm.music_span(mel, sr) == (0, 899 + rhythm.ENTRY_FRAMES)
     short = np.full((128, 300), -20.0)  # 7 s, the first 2.3 s silent: 4.6 s would remain
     short[:, :100] = -80.0
-    assert rhythm.music_start(short, sr) == 0
-    assert rhythm.music_start(np.full((128, 400), -20.0), sr) == 0
+    assert rhythm.music_span(short, sr) == (0, 300)
     longer = np.full((128, 400), -20.0)
     longer[:, :100] = -80.0
-    assert rhythm.music_start(longer, sr) == 100 + rhythm.ENTRY_FRAMES  # 6.9 s remain
+    assert rhythm.music_span(longer, sr) == (100 + rhythm.ENTRY_FRAMES, 400)  # 6.9 s remain
 
 
 def _pulse_envelope(period: int, parts: int, n_frames: int = 2_000):
