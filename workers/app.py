@@ -84,6 +84,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         task_track_started=True,
+        # Celery's consumer, but a broker outage never ends in "Unrecoverable error".
+        worker_consumer="workers.reconnect:ReconnectingConsumer",
     )
     app.steps["consumer"].add(DeliveryHeartbeat)
     app.steps["consumer"].add(LostJobSweeper)  # jobs the broker lost (contract/state/lost.py)
