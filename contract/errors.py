@@ -176,6 +176,10 @@ class UpstreamError(PreviewvecError):
     code = "upstream_error"
 
 
+# A job whose run state (Redis, also the broker) stayed away through every retry: no
+# fault of the job, recorded (when Redis is back) so that the run does not wait for ever.
+STATE_UNAVAILABLE = "state_unavailable"
+
 # --- which failures are worth running again ----------------------------------------------
 # Failure codes (of recordings in a run) whose cause may be gone on a later try: network
 # trouble, overload, a store that was down, a crashed or timed-out worker, a bug since
@@ -191,6 +195,7 @@ TRANSIENT_CODES: frozenset[str] = frozenset({
     "job_lost",            # the broker lost the job's message more often than the cap
     "internal_error",      # an unexpected exception: maybe a bug fixed since
     StoreUnavailable.code,
+    STATE_UNAVAILABLE,
     IndexUnavailable.code,
     "upstream_unavailable",
     "rate_limited",

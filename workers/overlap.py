@@ -18,6 +18,8 @@ already holds the jobs Celery reserved for its children, does that waiting in th
   before the write leaves the message unacknowledged, to be redelivered (then skipped,
   since the record exists, or done again). Store outages are retried here with the task's
   backoff (``workers/tasks.py``), then recorded as ``store_unavailable``, as in a child.
+  A run state (Redis) that stays away longer than its client's own retries is retried
+  the same way, then recorded as ``state_unavailable`` (before, as ``internal_error``).
 
 Children reach the main process over a Unix socket named after its pid
 (:func:`socket_path`); without it (the feature off, the main process gone) a child does
@@ -51,10 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
-from contract.errors import PreviewvecError
+from contract.errors import STATE_UNAVAILABLE, PreviewvecError
 from contract.jobs import InvalidJob, Job
 from contract.records import record_key
 from contract.settings import Settings
+from contract.state import RedisUnavailable
 from contract.store import StoreUnavailable
 from workers import crashes
 
@@ -111,6 +114,7 @@ class _Write:
     job: dict[str, Any]
     outcome: Outcome | None = None  # set once written
     request: Any = None  # the request whose ack waits for the write
+    abandoned: bool = False  # not written (stopping, run state away): never acknowledged
 
 
 class Overlap:
@@ -192,6 +196,9 @@ class Overlap:
             write = self.writes.get(request.id)
             if write is None:
                 return False
+            if write.abandoned:  # left unacknowledged: redelivered after the timeout
+                del self.writes[request.id]
+                return True
             if write.outcome is None:
                 write.request = request
                 return True
@@ -351,7 +358,15 @@ class Overlap:
             job = self.writes[task_id].job
         outcome.written_behind = True
         final = _write_record(self.ctx, key, data, outcome, job, self.stopping)
-        if final is None:  # stopped in an outage: left unacknowledged, redelivered later
+        if final is None:
+            # Not written: never acknowledged, and no longer kept visible by the
+            # heartbeat, so the message comes back after the visibility timeout.
+            with self.lock:
+                write = self.writes[task_id]
+                if write.request is not None:  # the child is done: nothing will ask
+                    del self.writes[task_id]
+                else:
+                    write.abandoned = True  # hold_ack drops it when the child is done
             return
         log.info("Task previewvec.featurize[%s] written behind: %r", task_id, final.to_dict())
         with self.lock:
@@ -366,9 +381,10 @@ class Overlap:
 
 def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
                   job: dict[str, Any], stopping: threading.Event) -> Outcome | None:
-    """Store, push and account as the child would; outages retried with the task's
-    backoff, then recorded. Returns the outcome with the timings behind the child, or
-    None if the worker stopped while the store was out."""
+    """Store, push and account as the child would; outages of the store or of the run
+    state (Redis) retried with the task's backoff, then recorded (``store_unavailable``,
+    ``state_unavailable``). Returns the outcome with the timings behind the child, or
+    None (left unacknowledged, to be redelivered) if the worker stopped meanwhile."""
     from workers.featurize import Outcome, account, store
     from workers.tasks import STORE_BACKOFF, STORE_RETRIES, record_failure
 
@@ -383,6 +399,16 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
                 failed = record_failure(job, exc.code, exc.message, runs=ctx.runs)
                 return Outcome(**{**outcome.__dict__, **failed})
             log.warning("store unavailable writing %s (%s); retry %d", key, exc, attempt + 1)
+            if stopping.wait(STORE_BACKOFF.delay(attempt + 1)):
+                return None
+        except RedisUnavailable as exc:  # each attempt already retried for ~30 s
+            if attempt == STORE_RETRIES:
+                failed = record_failure(job, STATE_UNAVAILABLE, f"the run state (Redis) did "
+                                        f"not answer: {type(exc).__name__}: {exc}",
+                                        runs=ctx.runs)
+                return Outcome(**{**outcome.__dict__, **failed})
+            log.warning("run state unavailable writing %s (%s); retry %d", key, exc,
+                        attempt + 1)
             if stopping.wait(STORE_BACKOFF.delay(attempt + 1)):
                 return None
         except PreviewvecError as exc:  # a permanent store error

@@ -17,10 +17,10 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import task_postrun, worker_init, worker_process_init
 
 from contract.broker import TASK_NAME
-from contract.errors import PreviewvecError
+from contract.errors import STATE_UNAVAILABLE, PreviewvecError
 from contract.retry import Backoff
 from contract.settings import Settings
-from contract.state import Runs
+from contract.state import RedisUnavailable, Runs
 from contract.store import StoreUnavailable
 from workers import crashes, heap
 from workers.app import app
@@ -222,6 +222,17 @@ def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     except StoreUnavailable as exc:
         if self.request.retries >= STORE_RETRIES:
             return record_failure(job, exc.code, exc.message)
+        delay = STORE_BACKOFF.delay(self.request.retries + 1)
+        raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
+    except RedisUnavailable as exc:
+        # The run state (also the broker) stayed away through the client's ~30 s of
+        # retries: no failure of the job. Retried like a store outage (while the broker
+        # is down even the retry cannot be published: the unacknowledged message comes
+        # back after the visibility timeout), then recorded.
+        message = f"the run state (Redis) did not answer: {type(exc).__name__}: {exc}"
+        if self.request.retries >= STORE_RETRIES:
+            return record_failure(job, STATE_UNAVAILABLE, message)
+        log.warning("%s; retrying %r", message, job)
         delay = STORE_BACKOFF.delay(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:

@@ -41,3 +41,30 @@ def test_unexpected_endings_are_recorded_failures(monkeypatch, raised, code):
     result = tasks.featurize_task.run(job)
     assert result["status"] == "failed" and result["error_code"] == code
     assert runs.failures == [("run1", "r1", code)]
+
+
+def test_a_run_state_outage_is_retried_then_recorded_as_state_unavailable(monkeypatch):
+    """Redis away past its client's retries is no failure of the job (before: it was
+    recorded as internal_error at once); after the store's retry budget it is recorded."""
+    from contract.state import RedisConnectionError
+
+    runs = FakeRuns()
+    monkeypatch.setattr(tasks, "_context", SimpleNamespace(runs=runs))
+
+    def redis_away(job, ctx):
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr("workers.featurize.featurize", redis_away)
+    job = {"recording_id": "r1", "preview_url": "https://x.test/a.m4a", "run_id": "run1"}
+    # Called directly (no worker), Celery's retry raises the exception it would retry on.
+    with pytest.raises(RedisConnectionError):
+        tasks.featurize_task.run(job)
+    assert runs.failures == []
+
+    tasks.featurize_task.push_request(retries=tasks.STORE_RETRIES)
+    try:
+        result = tasks.featurize_task.run(job)
+    finally:
+        tasks.featurize_task.pop_request()
+    assert result["status"] == "failed" and result["error_code"] == "state_unavailable"
+    assert runs.failures == [("run1", "r1", "state_unavailable")]
