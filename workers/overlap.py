@@ -114,7 +114,7 @@ class _Write:
     job: dict[str, Any]
     outcome: Outcome | None = None  # set once written
     request: Any = None  # the request whose ack waits for the write
-    abandoned: bool = False  # not written (stopping, run state away): never acknowledged
+    abandoned: bool = False  # not written (the worker is stopping): never acknowledged
 
 
 class Overlap:
