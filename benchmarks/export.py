@@ -9,7 +9,13 @@ reading every record in one thread and parsing it with the standard ``json`` mod
 ceiling: 32 threads doing nothing but GETs (no decoding, no output) on the same keys, with
 the moto server's CPU per GET (one Python process serves every request).
 
+``--matrix`` also measures ``Catalog.matrix()`` (the Python API's whole-catalog numpy
+read) on the folder store: peak RSS growth over the process's size before the read,
+against the matrix's own size, beside the way it was built before (a list of rows, then
+``np.stack``), in the same run.
+
     .venv/bin/python benchmarks/export.py --records 100000 --s3
+    .venv/bin/python benchmarks/export.py --records 200000 --matrix
 """
 
 from __future__ import annotations
@@ -184,6 +190,53 @@ def ceiling(env: dict[str, str], bucket: str, keys: list[str], server_pid: int,
             "server_cpu_ms_per_get": (sum(server.cpu_times()[:2]) - before) / len(keys) * 1e3}
 
 
+MATRIX_CHILD = """
+import json, sys, time
+import numpy as np
+import previewvec
+
+catalog = previewvec.open(sys.argv[1])
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:")) / 1024
+before = rss_mb()
+started = time.perf_counter()
+if sys.argv[2] == "api":
+    matrix, ids = catalog.matrix()
+else:  # the way matrix() was built until 2026-12-04
+    rows, ids = [], []
+    for record in catalog.records():
+        rows.append(record.vector_array())
+        ids.append(record.recording_id)
+    matrix = np.stack(rows)
+    del rows
+print(json.dumps({"rows": len(matrix), "matrix_mb": matrix.nbytes / 2**20,
+                  "rss_before_mb": before, "wall_s": time.perf_counter() - started}))
+"""
+
+
+def run_matrix(store: str, how: str) -> dict:
+    """``Catalog.matrix()`` (``how="api"``) or the list-then-stack baseline in a child
+    process: its peak RSS growth over its size before the read (MB)."""
+    proc = subprocess.Popen([sys.executable, "-c", MATRIX_CHILD, store, how], cwd=REPO,
+                            env={**os.environ, "PREVIEWVEC_STORE": store},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+            continue
+        break
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"matrix child failed ({proc.returncode}): {err}")
+    res = json.loads(out)
+    res["peak_growth_mb"] = peak - res["rss_before_mb"]
+    return res
+
+
 def verify(out: Path, n: int) -> None:
     import pyarrow.parquet as pq
 
@@ -195,6 +248,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--s3", action="store_true", help="also from a moto S3 server")
+    parser.add_argument("--matrix", action="store_true",
+                        help="also Catalog.matrix()'s peak memory (folder store)")
     parser.add_argument("--baseline-records", type=int, default=10_000,
                         help="records the one-thread baseline reads (it is slow on S3)")
     args = parser.parse_args()
@@ -214,6 +269,8 @@ def main() -> int:
         res["parquet_mb"] = (work / "folder.parquet").stat().st_size / 1e6
         results["folder"] = res
         print(json.dumps({"folder": res}), file=sys.stderr, flush=True)
+        if args.matrix:
+            matrices = {how: run_matrix(str(folder), how) for how in ("list+stack", "api")}
         if args.s3:
             moto = MotoServer()
             try:
@@ -242,6 +299,17 @@ def main() -> int:
             print(f"{'':<10} server ceiling: {r['gets_per_s']:.0f} bare GETs/s with 32 threads "
                   f"(moto: {r['server_cpu_ms_per_get']:.2f} CPU ms per GET, one process); "
                   f"export at {r['records_per_s'] / r['gets_per_s']:.2f} of it")
+    if args.matrix:
+        print(f"\nCatalog.matrix(), folder store, {args.records} records "
+              "(peak RSS growth over the process before the read):")
+        print(f"{'built as':<28} {'rows':>8} {'matrix MB':>10} {'peak growth MB':>15} "
+              f"{'x matrix':>9} {'wall s':>7}")
+        for how, m in matrices.items():
+            name = "list of rows, np.stack" if how == "list+stack" else "matrix() (np.fromiter)"
+            print(f"{name:<28} {m['rows']:>8} {m['matrix_mb']:>10.0f} "
+                  f"{m['peak_growth_mb']:>15.0f} {m['peak_growth_mb'] / m['matrix_mb']:>9.2f} "
+                  f"{m['wall_s']:>7.1f}")
+        results["matrix"] = matrices
     print(json.dumps(results, indent=1), file=sys.stderr)
     return 0
 

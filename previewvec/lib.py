@@ -167,14 +167,19 @@ class Catalog:
     def matrix(self, *, run_id: str | None = None,
                counts: ReadCounts | None = None) -> tuple[np.ndarray, list[str]]:
         """``(vectors, recording_ids)``: an ``(n, 530)`` float32 matrix, row i of
-        ``recording_ids[i]``. Holds the whole catalog: for large ones use :meth:`table`
-        batch by batch (:meth:`batches`) or ``previewvec export``."""
-        rows: list[np.ndarray] = []
+        ``recording_ids[i]``. Holds the whole catalog (built in place: its peak memory is
+        about the matrix's own size, not twice it); for catalogs larger than memory use
+        :meth:`batches` or ``previewvec export``."""
         ids: list[str] = []
-        for record in self.records(run_id=run_id, counts=counts):
-            rows.append(record.vector_array())
-            ids.append(record.recording_id)
-        matrix = np.stack(rows) if rows else np.zeros((0, VECTOR_DIM), np.float32)
+
+        def rows() -> Iterator[np.ndarray]:
+            for record in self.records(run_id=run_id, counts=counts):
+                ids.append(record.recording_id)
+                yield record.vector_array()
+
+        # fromiter grows one buffer as rows arrive; stacking a list of rows held every
+        # row twice at the end (the list and the stacked copy).
+        matrix = np.fromiter(rows(), dtype=np.dtype((np.float32, (VECTOR_DIM,))))
         return matrix, ids
 
     def batches(self, *, run_id: str | None = None,
