@@ -167,9 +167,9 @@ class Catalog:
     def matrix(self, *, run_id: str | None = None,
                counts: ReadCounts | None = None) -> tuple[np.ndarray, list[str]]:
         """``(vectors, recording_ids)``: an ``(n, 530)`` float32 matrix, row i of
-        ``recording_ids[i]``. Holds the whole catalog (built in place: its peak memory is
-        about the matrix's own size, not twice it); for catalogs larger than memory use
-        :meth:`batches` or ``previewvec export``."""
+        ``recording_ids[i]``. Holds the whole catalog, built in one buffer (peak memory
+        ≈ 1.6× the matrix at 100 000 records, docs/benchmarks.md); for catalogs larger
+        than memory use :meth:`batches` or ``previewvec export``."""
         ids: list[str] = []
 
         def rows() -> Iterator[np.ndarray]:
