@@ -10,7 +10,7 @@ then sends builds a new pool from that missing client: the second close (restori
 channel's unacknowledged deliveries), and the acknowledgement of a job that was running
 across the reconnect and finishes after it. With two workers and five Redis restarts
 mid-batch (tests/faults/test_scenarios.py, ``test_redis_restarts_with_aof``), a worker
-exited this way in 5 of 8 runs, and in 2 of them both did: the batch stalled.
+exited this way in 5 of 7 runs, and in 2 of them both did: the batch stalled.
 
 Nothing is lost by carrying on: deliveries the old channel could neither restore nor
 acknowledge stay in kombu's ``unacked`` hash, and no live request refreshes them
