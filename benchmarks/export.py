@@ -120,6 +120,19 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def wait_for_peak_rss_mb(proc: subprocess.Popen, interval_s: float = 0.1) -> float:
+    """Wait for ``proc`` to exit; its peak RSS (MB). VmHWM only grows: the last reading
+    before the exit is the peak."""
+    peak = 0.0
+    while True:
+        try:
+            proc.wait(timeout=interval_s)
+        except subprocess.TimeoutExpired:
+            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+            continue
+        return peak
+
+
 def run_export(store: str, out: Path, env: dict[str, str]) -> dict:
     """The real CLI in a child process: wall and CPU time, peak RSS (MB)."""
     full_env = {**os.environ, **env, "PREVIEWVEC_STORE": store}
@@ -127,14 +140,7 @@ def run_export(store: str, out: Path, env: dict[str, str]) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "previewvec.cli", "export", str(out)],
                             env=full_env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while True:  # VmHWM only grows: the last reading before the exit is the peak
-        try:
-            proc.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
-            continue
-        break
+    peak = wait_for_peak_rss_mb(proc)
     wall = time.perf_counter() - started
     stderr = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0:
@@ -221,14 +227,7 @@ def run_matrix(store: str, how: str) -> dict:
     proc = subprocess.Popen([sys.executable, "-c", MATRIX_CHILD, store, how], cwd=REPO,
                             env={**os.environ, "PREVIEWVEC_STORE": store},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while True:
-        try:
-            proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
-            continue
-        break
+    peak = wait_for_peak_rss_mb(proc)
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"matrix child failed ({proc.returncode}): {err}")
