@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
-from contract.errors import STATE_UNAVAILABLE, PreviewvecError
+from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job
 from contract.records import record_key
 from contract.settings import Settings
@@ -386,7 +386,7 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
     ``state_unavailable``). Returns the outcome with the timings behind the child, or
     None (left unacknowledged, to be redelivered) if the worker stopped meanwhile."""
     from workers.featurize import Outcome, account, store
-    from workers.tasks import STORE_BACKOFF, STORE_RETRIES, record_failure
+    from workers.tasks import STORE_BACKOFF, STORE_RETRIES, outage, record_failure
 
     t0 = time.perf_counter()
     for attempt in range(STORE_RETRIES + 1):
@@ -394,21 +394,12 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
             store(ctx, key, data, outcome)
             account(ctx, outcome, job)
             break
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, *RedisUnavailable) as exc:  # Redis: after ~30 s of retries
+            code, message = outage(exc)
             if attempt == STORE_RETRIES:
-                failed = record_failure(job, exc.code, exc.message, runs=ctx.runs)
+                failed = record_failure(job, code, message, runs=ctx.runs)
                 return Outcome(**{**outcome.__dict__, **failed})
-            log.warning("store unavailable writing %s (%s); retry %d", key, exc, attempt + 1)
-            if stopping.wait(STORE_BACKOFF.delay(attempt + 1)):
-                return None
-        except RedisUnavailable as exc:  # each attempt already retried for ~30 s
-            if attempt == STORE_RETRIES:
-                failed = record_failure(job, STATE_UNAVAILABLE, f"the run state (Redis) did "
-                                        f"not answer: {type(exc).__name__}: {exc}",
-                                        runs=ctx.runs)
-                return Outcome(**{**outcome.__dict__, **failed})
-            log.warning("run state unavailable writing %s (%s); retry %d", key, exc,
-                        attempt + 1)
+            log.warning("%s writing %s (%s); retry %d", code, key, exc, attempt + 1)
             if stopping.wait(STORE_BACKOFF.delay(attempt + 1)):
                 return None
         except PreviewvecError as exc:  # a permanent store error

@@ -131,6 +131,17 @@ def _trim_heap(**_: Any) -> None:
         _trim(0)
 
 
+def outage(exc: Exception) -> tuple[str, str]:
+    """(code, message) of an outage a job is retried through: the store
+    (``store_unavailable``) or the run state, Redis, away past its client's ~30 s of
+    retries (``state_unavailable``: no failure of the job, as before it was recorded as
+    ``internal_error``)."""
+    if isinstance(exc, StoreUnavailable):
+        return exc.code, exc.message
+    return STATE_UNAVAILABLE, (f"the run state (Redis) did not answer: "
+                               f"{type(exc).__name__}: {exc}")
+
+
 def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = None,
                    raise_errors: bool = False) -> dict[str, Any]:
     """Record ``job`` as a failure of its run (when it names one); returns the outcome.
@@ -219,20 +230,13 @@ def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
         # (workers/overlap.py); whatever it did not do, the stage does here.
         return featurize(job, context(), ahead=line.take(self.request.id),
                          write_behind=line.writer(self.request.id)).to_dict()
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, *RedisUnavailable) as exc:
+        # Retried with a countdown (while the broker itself is down even the retry
+        # cannot be published: the unacknowledged message comes back after the
+        # visibility timeout), then recorded.
+        code, message = outage(exc)
         if self.request.retries >= STORE_RETRIES:
-            return record_failure(job, exc.code, exc.message)
-        delay = STORE_BACKOFF.delay(self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
-    except RedisUnavailable as exc:
-        # The run state (also the broker) stayed away through the client's ~30 s of
-        # retries: no failure of the job. Retried like a store outage (while the broker
-        # is down even the retry cannot be published: the unacknowledged message comes
-        # back after the visibility timeout), then recorded.
-        message = f"the run state (Redis) did not answer: {type(exc).__name__}: {exc}"
-        if self.request.retries >= STORE_RETRIES:
-            return record_failure(job, STATE_UNAVAILABLE, message)
-        log.warning("%s; retrying %r", message, job)
+            return record_failure(job, code, message)
         delay = STORE_BACKOFF.delay(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:

@@ -259,6 +259,39 @@ def test_redis_restarts_with_aof(tmp_path: Path, fault_assets: FaultAssets,
         pipeline.close()
 
 
+REDIS_LONG_DOWN_S = 45.0  # past the client's ~30 s of retries and the 40 s visibility timeout
+
+
+@pytest.mark.timeout(420)
+def test_redis_down_longer_than_its_client_retries(
+        tmp_path: Path, fault_assets: FaultAssets, clip_host: FaultyClipServer,
+        s3_proxy: TcpProxy, moto_endpoint: str, fault_rows: list[Row]) -> None:
+    """Redis stays away for 45 s mid-batch: writes behind outlast their client's retries
+    and are retried with the store's backoff (workers/overlap.py), then every job ends
+    done or skipped: none as ``internal_error`` or ``state_unavailable``, which it would
+    be wrong to record for a job whose record is stored. Every held delivery's score is
+    older than the visibility timeout when Redis returns: some jobs run twice, each
+    vector is still stored and indexed once."""
+    batch = start_batch("redis", tmp_path, fault_assets, clip_host, s3_proxy, moto_endpoint)
+    pipeline = batch.pipeline
+    try:
+        batch.wait_done(40)
+        pipeline.restart_redis(REDIS_LONG_DOWN_S)
+        back = time.monotonic()
+        assert batch.status()["queued"] > 0, "the outage came too late to be mid-batch"
+        finished = batch.wait_complete()
+        assert len(pipeline.live_workers()) == len(pipeline.workers), pipeline.logs()
+        result = lance_audit(batch)
+        check(batch, result)
+        retried = sum(w.log().count("state_unavailable writing") for w in pipeline.workers)
+        fault_rows.append(row_from(
+            "Redis away past its client's retries", result,
+            f"1 outage of {REDIS_LONG_DOWN_S:g} s; {retried} writes retried",
+            seconds(finished - back)))
+    finally:
+        pipeline.close()
+
+
 # --------------------------------------------------------------------------- S3
 
 
