@@ -3,7 +3,9 @@
 Normalisation (:func:`normalize`): NFKD + strip combining marks ("Zoé" → "zoe"),
 case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" → "dont"), other punctuation
 → space, whitespace collapsed; letters and digits of every script are kept ("Кино" →
-"кино", "東京事変" stays). Artists also lose a leading "the".
+"кино", "東京事変" stays); a name of symbols only keeps them ("!!!"). Artists also lose a
+leading "the", read "!"/"$" inside a word as letters ("P!nk", "Ke$ha"), and names that
+differ only in spacing are equal ("R.E.M." / "REM", "AC/DC" / "ACDC").
 
 Titles (:func:`parse_title`) are split into a core, *version tags* and featured artists:
 
@@ -15,7 +17,9 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
 * **Version** suffixes make a *different recording*: live (and unplugged, "En Vivo",
   "Ao Vivo", "En Directo"), acoustic, remix (and "... Mix" unless "mono/stereo/original/
   album mix"; slowed, sped-up, nightcore), instrumental, demo, edit ("Radio Edit"),
-  karaoke, a cappella, re-recorded, piano/orchestral/symphonic arrangements. MusicBrainz
+  karaoke, a cappella, re-recorded, piano/orchestral/symphonic arrangements, reprise,
+  medley, tribute, and any other named version ("(Taylor's Version)", "(Spanish
+  Version)": its words are the tag). MusicBrainz
   marks live recordings in the recording's disambiguation ("live, 1977-05-08: ..."),
   which is read the same way, and a store album whose name says it is live ("… (Live)",
   "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`). Different
@@ -23,7 +27,7 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
   Brackets are round, square, curly, 【】 or 〔〕 (full-width ones too, by NFKC), nested
   ones read inside out; suffixes also follow " / ".
 * A suffix saying where the song comes from ('(From "Frozen")') is ignorable; any other
-  bracketed text ("(Reprise)", "(Part 2)") stays in the title.
+  bracketed text ("(Part 2)") stays in the title.
 * Titles naming different numbers ("Part I"/"Part II", "No. 40"/"No. 25": each names a
   number the other does not) are different pieces: the title scores 0.
 
@@ -81,6 +85,9 @@ VERSION_WORDS: dict[str, str] = {
     "edit": "edit", "acapella": "acapella",
     "rerecorded": "rerecorded", "rerecording": "rerecorded",
     "piano": "arrangement", "orchestral": "arrangement", "symphonic": "arrangement",
+    # "Sgt. Pepper's … (Reprise)" is another track than "Sgt. Pepper's …"; a medley or a
+    # tribute under a song's title is not the song.
+    "reprise": "reprise", "medley": "medley", "tribute": "tribute",
 }
 _MIX_NEUTRAL = {"mono", "stereo", "original", "album", "single"}
 IGNORABLE_WORDS = frozenset({
@@ -90,7 +97,17 @@ IGNORABLE_WORDS = frozenset({
     "anniversary", "reissue", "special", "legacy", "collectors", "collector", "super",
     "th", "st", "nd", "rd", "the", "of", "and", "from", "for", "itunes", "hd", "bit",
     "re", "newly", "mix", "mixed", "year",
+    # "(Main Version)", "(Full Version)", "(Vocal Version)": the song as released.
+    "main", "full", "vocal",
+    # "(Original Motion Picture Soundtrack)", "(Soundtrack Version)", "(OST)": where it
+    # comes from, as '(From "Frozen")'.
+    "soundtrack", "motion", "picture", "ost",
 })
+# "(Taylor's Version)", "(Spanish Version)", "(Radio Version)": a bracket naming a
+# version by anything but ignorable words is another recording (a re-recording, a
+# language version, an edit). Its words name the tag, so the same suffix on both sides
+# agrees.
+_VERSION_NOUNS = frozenset({"version", "versao", "versione", "ver"})
 _FEAT_WORDS = ("feat", "ft", "featuring", "with")
 
 # Round, square, curly, lenticular (【】) and tortoise-shell (〔〕) brackets; full-width
@@ -104,6 +121,10 @@ _ARTIST_SPLIT = re.compile(
     re.IGNORECASE)
 _FEAT_JOIN = re.compile(r"\b(?:feat|ft|featuring|with)\b", re.IGNORECASE)
 _APOSTROPHES = re.compile(r"['’`´]")
+# A "!" or "$" inside a word of an artist's name stands for a letter ("P!nk", "Ke$ha",
+# "A$AP Rocky"); the other side may spell the letter out.
+_BANG_AS_I = re.compile(r"(?<=[^\W\d_])!(?=[^\W\d_])")
+_DOLLAR_AS_S = re.compile(r"\$(?=[^\W\d_])|(?<=[^\W\d_])\$")
 _SPACES = re.compile(r"\s+")
 # Word characters: letters and digits of every script, and spacing marks (Devanagari and
 # other Indic vowel signs sit inside words). Keeping only [a-z0-9] would normalise a
@@ -132,19 +153,40 @@ def _words_only(text: str) -> str:
     return _SPACES.sub(" ", kept).strip()
 
 
-def normalize(text: str | None) -> str:
-    """Comparable form: no accents, case-folded, "&" → "and", punctuation → spaces."""
-    if not text:
-        return ""
+def _folded(text: str) -> str:
     text = strip_accents(text).casefold()
     text = text.replace("ß", "ss").replace("ø", "o").replace("æ", "ae").replace("œ", "oe")
     text = text.replace("ł", "l").replace("đ", "d")
     text = re.sub(r"\s*[&+]\s*", " and ", text)
-    text = _APOSTROPHES.sub("", text)
-    return _words_only(text)
+    return _APOSTROPHES.sub("", text)
+
+
+def _words(text: str | None) -> list[str]:
+    """The words of ``text`` as :func:`normalize` compares them (none for symbols only)."""
+    return _words_only(_folded(text)).split() if text else []
+
+
+def normalize(text: str | None) -> str:
+    """Comparable form: no accents, case-folded, "&" → "and", punctuation → spaces.
+
+    A name made of symbols only ("!!!", "†††") keeps them (whitespace collapsed): it
+    would otherwise be "", which never matches, not even itself."""
+    if not text:
+        return ""
+    folded = _folded(text)
+    return _words_only(folded) or _symbols_only(folded)
+
+
+def _symbols_only(text: str) -> str:
+    kept = "".join(ch if unicodedata.category(ch)[0] in "PS" else " " for ch in text)
+    return _SPACES.sub(" ", kept).strip()
 
 
 def normalize_artist(text: str | None) -> str:
+    """:func:`normalize` for an artist: letters written as "!" or "$" read as letters,
+    and no leading "the"."""
+    if text:
+        text = _DOLLAR_AS_S.sub("s", _BANG_AS_I.sub("i", text))
     norm = normalize(text)
     return norm[4:] if norm.startswith("the ") else norm
 
@@ -164,7 +206,7 @@ def split_artists(text: str | None) -> list[str]:
 
 def version_tags(text: str | None) -> frozenset[str]:
     """Version tags named anywhere in ``text`` (a suffix, a disambiguation comment)."""
-    words = normalize(text).split()
+    words = _words(text)
     if not words:
         return frozenset()
     tags = {VERSION_WORDS[w] for w in words if w in VERSION_WORDS}
@@ -192,7 +234,7 @@ class ParsedTitle:
 
 def _classify(segment: str, tags: set[str], featured: list[str]) -> bool:
     """True when the segment is consumed (credit, version tag or ignorable)."""
-    words = normalize(segment).split()
+    words = _words(segment)
     if not words:
         return True
     if words[0] in _FEAT_WORDS:
@@ -204,7 +246,13 @@ def _classify(segment: str, tags: set[str], featured: list[str]) -> bool:
         return True
     # Where the song comes from ('(From "Frozen")', "(From the Motion Picture …)"):
     # stores add it to a soundtrack's titles; the recording is the same.
-    return words[0] == "from" or _ignorable(words)
+    if words[0] == "from" or _ignorable(words):
+        return True
+    if _VERSION_NOUNS & set(words):
+        named = [w for w in words if w not in _VERSION_NOUNS and not _ignorable([w])]
+        tags.add(" ".join([*named, "version"]))
+        return True
+    return False
 
 
 def parse_title(title: str | None) -> ParsedTitle:
@@ -350,16 +398,24 @@ def _artist_sets(item: Item, featured: Iterable[str]) -> tuple[str, list[str], l
     return normalize_artist(lead_credit), lead, parts
 
 
+def name_similarity(a: str, b: str) -> float:
+    """:func:`similarity` of two normalised artist names, 1 when they differ only in
+    spacing: initials and slashes ("R.E.M." / "REM", "AC/DC" / "ACDC", "N.W.A")."""
+    if a and a.replace(" ", "") == b.replace(" ", ""):
+        return 1.0
+    return similarity(a, b)
+
+
 def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
                       trk_feat: Iterable[str]) -> float:
     r_full, r_lead, r_parts = _artist_sets(rec, rec_feat)
     t_full, t_lead, t_parts = _artist_sets(trk, trk_feat)
-    best = similarity(r_full, t_full)
+    best = name_similarity(r_full, t_full)
     if best >= 1.0:
         return best
 
     def _found(name: str, parts: list[str]) -> float:
-        return max((similarity(name, p) for p in parts), default=0.0)
+        return max((name_similarity(name, p) for p in parts), default=0.0)
 
     # Every lead artist of each side credited on the other ("A & B" vs "B feat. A"):
     # nearly sure. All of them, because a credit is split at "&" and "," inside band

@@ -121,6 +121,24 @@ PAIRS: list[tuple[str, Item, Item, bool]] = [
     ("album", R("Violet", "Hole", 204), T("Violet", "Hole", 204, album="Live Through This"), True),
     ("album", R("Baba O'Riley", "The Who", 300), T("Baba O'Riley", "The Who", 301, album="Live at Leeds"), False),
     ("album", R("Come As You Are", "Nirvana", 219), T("Come As You Are", "Nirvana", 220, album="MTV Unplugged in New York"), False),
+    # artists spelled with symbols or initials (added after the table above was tuned)
+    ("spelling", R("So What", "P!nk", 215), T("So What", "Pink", 215), True),
+    ("spelling", R("TiK ToK", "Kesha", 199), T("TiK ToK", "Ke$ha", 200), True),
+    ("spelling", R("Praise the Lord (Da Shine)", "A$AP Rocky feat. Skepta", 205), T("Praise The Lord (Da Shine) [feat. Skepta]", "ASAP Rocky", 205), True),
+    ("spelling", R("Back in Black", "AC/DC", 255), T("Back In Black", "ACDC", 255), True),
+    ("spelling", R("Losing My Religion", "R.E.M.", 268), T("Losing My Religion", "REM", 269), True),
+    ("spelling", R("Heart of Hearts", "!!!", 250), T("Heart of Hearts", "!!!", 251), True),
+    ("spelling", R("This Is a Trick", "†††", 200), T("This Is a Trick", "†††", 200), True),
+    ("spelling", R("Heart of Hearts", "!!!", 250), T("Heart of Hearts", "???", 250), False),
+    ("spelling", R("Praise the Lord", "A$AP Rocky", 205), T("Praise the Lord", "A$AP Ferg", 205), False),
+    # re-recordings, language versions, reprises, tributes named in a suffix
+    ("version", R("Love Story", "Taylor Swift", 235), T("Love Story (Taylor's Version)", "Taylor Swift", 236), False),
+    ("version", R("Love Story (Taylor's Version)", "Taylor Swift", 236), T("Love Story (Taylor’s Version)", "Taylor Swift", 236), True),
+    ("version", R("Hello", "Adele", 295), T("Hello (Spanish Version)", "Adele", 295), False),
+    ("version", R("Sgt. Pepper's Lonely Hearts Club Band", "The Beatles", 122), T("Sgt. Pepper's Lonely Hearts Club Band (Reprise) [Remastered 2009]", "The Beatles"), False),
+    ("version", R("Sgt. Pepper's Lonely Hearts Club Band (Reprise)", "The Beatles", 79), T("Sgt. Pepper's Lonely Hearts Club Band (Reprise) [Remastered 2009]", "The Beatles", 79), True),
+    ("version", R("Bohemian Rhapsody", "Queen", 354), T("Bohemian Rhapsody (Tribute)", "Queen", 354), False),
+    ("version", R("Hips Don't Lie", "Shakira feat. Wyclef Jean", 218), T("Hips Don't Lie (feat. Wyclef Jean) [Main Version]", "Shakira", 218), True),
 ]
 
 
@@ -162,7 +180,12 @@ def test_precision_and_recall() -> None:
     ("Song - Live at Wembley, 1986", "song", {"live"}, ()),
     ("(I Can't Get No) Satisfaction", "i cant get no satisfaction", set(), ()),
     ("Song (Radio Edit)", "song", {"edit"}, ()),
-    ("Sgt. Pepper's (Reprise)", "sgt peppers reprise", set(), ()),
+    ("Sgt. Pepper's (Reprise)", "sgt peppers", {"reprise"}, ()),
+    ("Love Story (Taylor’s Version)", "love story", {"taylors version"}, ()),
+    ("Hello - Spanish Version", "hello", {"spanish version"}, ()),
+    ("Hips Don't Lie [Main Version]", "hips dont lie", set(), ()),
+    ("Theme (Original Motion Picture Soundtrack)", "theme", set(), ()),
+    ("Song (Sessions)", "song sessions", set(), ()),
     ("Help! - Mono Mix", "help", set(), ()),
     ("Halo (Olli Collins Remix)", "halo", {"remix"}, ()),
     ("Title feat. X & Y", "title", set(), ("x", "y")),
@@ -197,6 +220,9 @@ def test_normalisation() -> None:
     assert normalize("Zoé  Varga") == "zoe varga"
     assert normalize("Simon & Garfunkel") == normalize("Simon and Garfunkel")
     assert normalize("Don’t") == "dont"
+    assert normalize("!!!") == "!!!"  # symbols only: kept, or it would match nothing
+    assert split_artists("P!nk & Ke$ha") == ["pink", "kesha"]
+    assert split_artists("Wham!") == ["wham"]
     assert split_artists("Rihanna feat. JAY-Z & Kanye West") == ["rihanna", "jay z", "kanye west"]
 
 
