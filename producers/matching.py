@@ -45,7 +45,8 @@ Scoring (:func:`match_score`), each component in 0..1:
   on either side → left out of the weighted mean (neutral);
 * track number (album context only): disc/track agree → 1, disagree → 0.
 
-Weighted mean (title 0.40, artist 0.35, duration 0.25, track 0.10), then gates: a title
+Weighted mean (title 0.40, artist 0.35, duration 0.25, track 0.10), then gates (and
+:data:`EDITED_PREFERENCE` for a store's clean copy of an explicit recording): a title
 below 0.7 scales the score by title/0.7, an artist below 0.9 by (artist/0.9)² (artist
 names that are really the same are equal after normalisation; "Zoe Vargas Trio" is not
 "Zoé Varga"), and a version mismatch applies the penalty. ``reason`` lists the evidence:
@@ -67,6 +68,10 @@ GATE = 0.7  # title below this scales the score down linearly
 ARTIST_GATE = 0.9  # artist below this scales the score by (artist / 0.9)²
 VERSION_PENALTY = 0.45
 LONG_DURATION_PENALTY = 0.85
+# A store often lists an explicit recording twice, as is and edited (words muted): the
+# copy whose flag does not fit the recording scores this much less, so the other wins a
+# tie and an edited copy still matches where it is the only one.
+EDITED_PREFERENCE = 0.97
 DURATION_FULL_S = 3.0
 DURATION_ZERO_S = 15.0
 TOKEN_FUZZ = 0.85
@@ -343,6 +348,9 @@ class Item:
     # the credited names before a "feat." join phrase). Without it the printed credit is
     # split at "&", ",", " x " and the like, which also splits band names.
     lead: tuple[str, ...] = ()
+    # A store's flag for an edited ("clean") copy of an explicit recording: True, False,
+    # or None where the store does not say.
+    edited: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -463,6 +471,18 @@ def _numbers_disagree(a: str, b: str) -> str:
     return ""
 
 
+# A MusicBrainz recording that is itself the edited copy says so in a suffix or in its
+# disambiguation ("Song (Clean)", "clean version", "edited").
+_CLEAN_SUFFIX = re.compile(r"[(\[][^)\]]*\bclean\b[^)\]]*[)\]]|\s[-–—]\s*clean\b", re.IGNORECASE)
+
+
+def wants_edited(recording: Item) -> bool:
+    """Whether ``recording`` is an edited ("clean") copy."""
+    words = set(_words(recording.disambiguation))
+    return bool(words & {"clean", "censored", "edited"}
+                or _CLEAN_SUFFIX.search(recording.title or ""))
+
+
 def _fmt_tags(tags: frozenset[str]) -> str:
     return "+".join(sorted(tags)) or "studio"
 
@@ -510,6 +530,9 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     score = _gated(total / weight, title, artist)
     if dur == 0.0:
         score *= LONG_DURATION_PENALTY
+    if track.edited is not None and track.edited != wants_edited(recording):
+        score *= EDITED_PREFERENCE
+        reason.append("edited copy" if track.edited else "not the edited copy")
     if r_tags != t_tags:
         score *= VERSION_PENALTY
         reason.append(f"version {_fmt_tags(r_tags)}≠{_fmt_tags(t_tags)}")
@@ -617,6 +640,8 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
 
 
 def item_from_itunes(row: dict[str, Any]) -> Item:
+    # trackExplicitness: "explicit", "cleaned" (an edited copy) or "notExplicit".
+    explicitness = row.get("trackExplicitness")
     return Item(
         title=_text(row.get("trackName")),
         artist=_text(row.get("artistName")),
@@ -624,6 +649,8 @@ def item_from_itunes(row: dict[str, Any]) -> Item:
         disc=_int(row.get("discNumber")),
         track=_int(row.get("trackNumber")),
         album=_text(row.get("collectionName")) or None,
+        edited=(explicitness == "cleaned"
+                if explicitness in ("explicit", "cleaned", "notExplicit") else None),
     )
 
 

@@ -354,7 +354,15 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _itunes_track(row: dict[str, Any]) -> StoreTrack:
+def _deezer_edited(code: Any) -> bool | None:
+    """Deezer's ``explicit_content_lyrics``: 0 not explicit, 1 explicit, 3 edited (a
+    clean copy); 2 unknown, 6 no advice, and anything else say nothing."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return None
+    return {0: False, 1: False, 3: True}.get(code)
+
+
+def itunes_track(row: dict[str, Any]) -> StoreTrack:
     tid = str(row.get("trackId") or "")
     return StoreTrack(item_from_itunes(row), tid, _str(row.get("previewUrl")),
                       _str(row.get("trackViewUrl")) or (link_back("itunes", tid) if tid
@@ -376,7 +384,7 @@ class ITunesSource(_StoreSource):
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.lookup_upc(query.barcode)
-        tracks = None if found.collection is None else [_itunes_track(r) for r in found.tracks]
+        tracks = None if found.collection is None else [itunes_track(r) for r in found.tracks]
         return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
@@ -388,7 +396,7 @@ class ITunesSource(_StoreSource):
             else album_score(query.title, query.artist, query.total_tracks, row))
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
-        tracks = [_itunes_track(r)
+        tracks = [itunes_track(r)
                   for r in self.client.lookup_collection(best[1]["collectionId"]).tracks]
         pairs = _pairs(entries, tracks, set(), set())
         note = f" album={best[0].score:.2f}"
@@ -406,7 +414,7 @@ class ITunesSource(_StoreSource):
         rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
                                   limit=self.song_search_limit)
 
-        songs = [_itunes_track(row) for row in rows
+        songs = [itunes_track(row) for row in rows
                  if row.get("wrapperType", "track") == "track"
                  and row.get("kind", "song") == "song"]
 
@@ -439,7 +447,8 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
                 artist=_str(_obj(row.get("artist")).get("name")) or "",
                 duration_ms=duration * 1000 if duration else None,
                 disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),
-                album=album or _str(_obj(row.get("album")).get("title")))
+                album=album or _str(_obj(row.get("album")).get("title")),
+                edited=_deezer_edited(row.get("explicit_content_lyrics")))
     isrc = row.get("isrc")
     preview = _str(row.get("preview")) if row.get("readable", True) is not False else None
     return StoreTrack(item, tid, preview,

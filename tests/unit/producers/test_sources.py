@@ -11,7 +11,7 @@ import pytest
 
 from contract.settings import Settings
 from producers.http import UpstreamUnavailable
-from producers.matching import Item, Match
+from producers.matching import Item, Match, match_score
 from producers.resolve import Resolver
 from producers.sources import (
     Candidate,
@@ -24,6 +24,7 @@ from producers.sources import (
     check_album,
     deezer_track,
     isrc_candidate,
+    itunes_track,
     match_album,
     reordered_title,
 )
@@ -157,8 +158,6 @@ def test_store_rows_with_fields_of_another_type_are_read_not_fatal() -> None:
     string (documented as objects) raised AttributeError out of the source, which the
     cascade does not catch (the run ended); a number where a URL belongs became the
     track's preview URL. Fields of another type are read as absent."""
-    from producers.sources import _itunes_track
-
     row = {"id": 7, "title": "Static Hearts", "duration": 215, "artist": ARTIST,
            "album": "Midnight Radio", "preview": 12345, "link": None}
     t = deezer_track(row)
@@ -167,7 +166,7 @@ def test_store_rows_with_fields_of_another_type_are_read_not_fatal() -> None:
     assert t.link == "https://www.deezer.com/track/7"
     assert deezer_track({**row, "preview": "https://cdnt-preview.dzcdn.net/x.mp3"},
                         "Midnight Radio").item.album == "Midnight Radio"
-    it = _itunes_track({"wrapperType": "track", "kind": "song", "trackId": 9,
+    it = itunes_track({"wrapperType": "track", "kind": "song", "trackId": 9,
                         "trackName": "X", "previewUrl": 0, "trackViewUrl": ["x"]})
     assert it.preview_url is None and it.link is not None and "9" in it.link
 
@@ -202,6 +201,41 @@ def test_deezer_track_rows_become_store_tracks() -> None:
     assert deezer_track(live).item.title == "Static Hearts (Live)"
     full = {**live, "title": "Static Hearts (Live)"}
     assert deezer_track(full).item.title == "Static Hearts (Live)"
+
+
+def pick(tracks: list[StoreTrack], recording: Item) -> tuple[Match, StoreTrack]:
+    got = best_track(tracks, lambda track: match_score(recording, track.item), THRESHOLD)
+    assert got is not None
+    return got
+
+
+@pytest.mark.parametrize("clean_first", [False, True])
+def test_an_explicit_recording_takes_the_uncensored_copy_and_a_clean_one_the_edit(
+        clean_first: bool) -> None:
+    itunes = [{"wrapperType": "track", "kind": "song", "trackId": 1, "trackName": "Glass",
+               "artistName": ARTIST, "trackTimeMillis": 250_000, "previewUrl": "https://p/1",
+               "trackExplicitness": "explicit"},
+              {"wrapperType": "track", "kind": "song", "trackId": 2, "trackName": "Glass",
+               "artistName": ARTIST, "trackTimeMillis": 250_000, "previewUrl": "https://p/2",
+               "trackExplicitness": "cleaned"}]
+    deezer = [{"id": 1, "title": "Glass", "duration": 250, "preview": "https://p/1",
+               "explicit_content_lyrics": 1, "artist": {"name": ARTIST}},
+              {"id": 2, "title": "Glass", "duration": 250, "preview": "https://p/2",
+               "explicit_content_lyrics": 3, "artist": {"name": ARTIST}}]
+    for tracks in ([itunes_track(r) for r in itunes], [deezer_track(r) for r in deezer]):
+        if clean_first:
+            tracks.reverse()
+        assert pick(tracks, Item("Glass", ARTIST, duration_ms=250_000))[1].track_id == "1"
+        assert pick(tracks, Item("Glass (Clean)", ARTIST, duration_ms=250_000))[1].track_id == "2"
+        assert pick(tracks, Item("Glass", ARTIST, duration_ms=250_000,
+                                 disambiguation="clean"))[1].track_id == "2"
+        # the edited copy alone still matches: its audio is the recording's, words muted
+        edited_only = [t for t in tracks if t.track_id == "2"]
+        match, _ = pick(edited_only, Item("Glass", ARTIST))
+        assert match.score >= THRESHOLD and "edited copy" in match.reason
+    # a store that does not say leaves the score alone
+    assert itunes_track({**itunes[1], "trackExplicitness": None}).item.edited is None
+    assert deezer_track({**deezer[1], "explicit_content_lyrics": 2}).item.edited is None
 
 
 # -- previews: a track with one is preferred ---------------------------------------------
