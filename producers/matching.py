@@ -72,6 +72,10 @@ LONG_DURATION_PENALTY = 0.85
 # copy whose flag does not fit the recording scores this much less, so the other wins a
 # tie and an edited copy still matches where it is the only one.
 EDITED_PREFERENCE = 0.97
+# A store title featuring an artist whom the recording credits nowhere ("bad guy (with
+# Justin Bieber)" for "bad guy"): another recording, as MusicBrainz credits a featured
+# artist on the recording that has one. Below the threshold, like a version tag.
+UNCREDITED_FEATURE_PENALTY = 0.6
 DURATION_FULL_S = 3.0
 DURATION_ZERO_S = 15.0
 TOKEN_FUZZ = 0.85
@@ -406,6 +410,12 @@ def _artist_sets(item: Item, featured: Iterable[str]) -> tuple[str, list[str], l
     return normalize_artist(lead_credit), lead, parts
 
 
+def _whole_names(item: Item) -> list[str]:
+    """The artists a structured credit names whole (none for a store's printed one)."""
+    names = (normalize_artist(name) for name in (*item.lead, *item.artists))
+    return list(dict.fromkeys(name for name in names if name))
+
+
 def name_similarity(a: str, b: str) -> float:
     """:func:`similarity` of two normalised artist names, 1 when they differ only in
     spacing: initials and slashes ("R.E.M." / "REM", "AC/DC" / "ACDC", "N.W.A")."""
@@ -421,6 +431,11 @@ def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
     best = name_similarity(r_full, t_full)
     if best >= 1.0:
         return best
+    if len(r_lead) >= 2 and len(t_lead) >= 2:
+        # Two credits of several artists: a close spelling of the whole credit is no
+        # evidence when one artist differs ("Berliner" / "Wiener Philharmoniker &
+        # Karajan"); the artists are compared one by one below.
+        best = 0.0
 
     def _found(name: str, parts: list[str]) -> float:
         return max((name_similarity(name, p) for p in parts), default=0.0)
@@ -433,10 +448,29 @@ def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
         both = min(min(_found(a, t_parts) for a in r_lead),
                    min(_found(a, r_parts) for a in t_lead))
         best = max(best, 0.95 * both)
+    # One credit naming two or more artists, each of them credited on the other side,
+    # which names more (a composer beside the performers: "Beethoven; Berliner
+    # Philharmoniker, Karajan" for "Berliner Philharmoniker & Karajan"). A name split
+    # out of a printed credit must be a whole name of the other side ("Earth & Fire" is
+    # not two of "Earth, Wind & Fire"); a structured credit's names are whole already.
+    for item, lead, other, other_parts in ((rec, r_lead, trk, t_parts),
+                                           (trk, t_lead, rec, r_parts)):
+        if len(lead) >= 2:
+            names = other_parts if item.lead else _whole_names(other)
+            best = max(best, 0.9 * min(_found(a, names) for a in lead))
     # Only some artist in common (a featured one, one of a duo): weak evidence.
     for a in r_parts:
         best = max(best, 0.7 * _found(a, t_parts))
     return best
+
+
+def uncredited_features(rec: Item, rec_feat: Iterable[str],
+                        trk_feat: Iterable[str]) -> list[str]:
+    """The artists a store title features ("(feat. X)", "(with X)") whom the recording's
+    credit and title name nowhere."""
+    _, _, credited = _artist_sets(rec, rec_feat)
+    return [name for name in trk_feat
+            if max((name_similarity(name, c) for c in credited), default=0.0) < TOKEN_FUZZ]
 
 
 # Words after which a Roman numeral is a number ("Part II", "Vol. IV", "Act III").
@@ -504,6 +538,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if numbers:
         title = 0.0
     artist = artist_similarity(recording, rp.featured, track, tp.featured)
+    uncredited = uncredited_features(recording, rp.featured, tp.featured)
     dur = duration_score(recording.duration_ms, track.duration_ms)
 
     total, weight = W_TITLE * title + W_ARTIST * artist, W_TITLE + W_ARTIST
@@ -530,6 +565,9 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     score = _gated(total / weight, title, artist)
     if dur == 0.0:
         score *= LONG_DURATION_PENALTY
+    if uncredited:
+        score *= UNCREDITED_FEATURE_PENALTY
+        reason.append(f"feat. {', '.join(uncredited)} not credited")
     if track.edited is not None and track.edited != wants_edited(recording):
         score *= EDITED_PREFERENCE
         reason.append("edited copy" if track.edited else "not the edited copy")

@@ -139,6 +139,14 @@ PAIRS: list[tuple[str, Item, Item, bool]] = [
     ("version", R("Sgt. Pepper's Lonely Hearts Club Band (Reprise)", "The Beatles", 79), T("Sgt. Pepper's Lonely Hearts Club Band (Reprise) [Remastered 2009]", "The Beatles", 79), True),
     ("version", R("Bohemian Rhapsody", "Queen", 354), T("Bohemian Rhapsody (Tribute)", "Queen", 354), False),
     ("version", R("Hips Don't Lie", "Shakira feat. Wyclef Jean", 218), T("Hips Don't Lie (feat. Wyclef Jean) [Main Version]", "Shakira", 218), True),
+    # a featured artist the recording does not credit: another recording
+    ("feat", R("bad guy", "Billie Eilish", 194), T("bad guy (with Justin Bieber)", "Billie Eilish", 194), False),
+    ("feat", R("Levitating", "Dua Lipa", 203), T("Levitating (feat. DaBaby)", "Dua Lipa", 203), False),
+    ("feat", R("Umbrella", "Rihanna", 275, lead=("Rihanna", "JAY-Z"), artists=("Rihanna", "JAY-Z")), T("Umbrella (feat. JAY-Z)", "Rihanna", 276), True),
+    # one credit names more artists than the other (the composer beside the performers)
+    ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Ludwig van Beethoven; Berliner Philharmoniker, Herbert von Karajan", 447, lead=("Ludwig van Beethoven", "Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447), True),
+    ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447, lead=("Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker, Herbert von Karajan & Ludwig van Beethoven", 447), True),
+    ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447, lead=("Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Wiener Philharmoniker & Herbert von Karajan", 447), False),
 ]
 
 
