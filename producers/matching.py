@@ -38,8 +38,9 @@ Scoring (:func:`match_score`), each component in 0..1:
 * artist: best of the credit before any "feat." vs the other's, 0.95 when every such
   lead artist of each side is credited on the other ("A & B" vs "B feat. A", "A x B";
   "Earth" alone is not "Earth, Wind & Fire": a MusicBrainz credit names its artists
-  whole, :attr:`Item.lead`), and 0.7 × any credited artist vs any (a shared *featured*
-  artist alone is weak evidence);
+  whole, :attr:`Item.lead`), 0.9 when a credit of two or more artists is all credited
+  on the other side, which names more (the composer beside the performers), and 0.7 ×
+  any credited artist vs any (a shared *featured* artist alone is weak evidence);
 * duration: |Δ| ≤ 3 s → 1, decaying linearly to 0 at 15 s; beyond 15 s the whole score is
   also multiplied by 0.85 (a 9-minute extended mix is not the 4-minute single); unknown
   on either side → left out of the weighted mean (neutral);
@@ -49,7 +50,8 @@ Weighted mean (title 0.40, artist 0.35, duration 0.25, track 0.10), then gates (
 :data:`EDITED_PREFERENCE` for a store's clean copy of an explicit recording): a title
 below 0.7 scales the score by title/0.7, an artist below 0.9 by (artist/0.9)² (artist
 names that are really the same are equal after normalisation; "Zoe Vargas Trio" is not
-"Zoé Varga"), and a version mismatch applies the penalty. ``reason`` lists the evidence:
+"Zoé Varga"), a version mismatch applies the penalty, and so, at 0.6, does a store
+title featuring an artist the recording credits nowhere. ``reason`` lists the evidence:
 ``title=1.00 artist=1.00 duration Δ1.2s track 3/3``.
 """
 
