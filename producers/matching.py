@@ -99,6 +99,9 @@ VERSION_WORDS: dict[str, str] = {
     # "Sgt. Pepper's … (Reprise)" is another track than "Sgt. Pepper's …"; a medley or a
     # tribute under a song's title is not the song.
     "reprise": "reprise", "medley": "medley", "tribute": "tribute",
+    # Club and DJ reworkings that do not say "remix"; alternate takes of a session.
+    "rework": "remix", "bootleg": "remix", "refix": "remix", "mashup": "remix", "vip": "remix",
+    "alternate": "alternate", "alt": "alternate",
 }
 _MIX_NEUTRAL = {"mono", "stereo", "original", "album", "single"}
 IGNORABLE_WORDS = frozenset({
@@ -227,8 +230,17 @@ def version_tags(text: str | None) -> frozenset[str]:
         tags.add("remix")
     if "extended" in words:
         tags.add("remix")
-    if re.search(r"\bre record(ed|ing)\b", " ".join(words)):  # "Re-Recorded"
+    joined = " ".join(words)
+    if re.search(r"\bre record(ed|ing)\b", joined):  # "Re-Recorded"
         tags.add("rerecorded")
+    # Karaoke backings under other names: "Off Vocal" (Japanese releases), "Backing
+    # Track", "Minus One"; a broadcast cut: "TV Size", "TV Edit".
+    if re.search(r"\b(off vocal|backing track|minus one)\b", joined):
+        tags.add("instrumental")
+    if re.search(r"\btv (size|edit|version|mix)\b", joined):
+        tags.add("edit")
+    if re.search(r"\btake \d+\b", joined):  # "(Take 2)": another take of the session
+        tags.add("alternate")
     return frozenset(tags)
 
 
