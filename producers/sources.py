@@ -354,6 +354,12 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _quoted(text: str) -> str:
+    """``text`` inside a quoted field of Deezer's advanced search: a double quote of its
+    own ('12" Mix', 'The "Heroes" Sessions') would end the field early."""
+    return " ".join(text.replace('"', " ").replace("\\", " ").split())
+
+
 def _deezer_edited(code: Any) -> bool | None:
     """Deezer's ``explicit_content_lyrics``: 0 not explicit, 1 explicit, 3 edited (a
     clean copy); 2 unknown, 6 no advice, and anything else say nothing."""
@@ -475,7 +481,7 @@ class DeezerSource(_StoreSource):
         """Two calls: ``/search/album``, then the best album's tracks; fuzzy assignment
         (ISRCs, when both sides have them, still win inside the album)."""
         rows = self.client.search(
-            "album", f'artist:"{query.search_artist}" album:"{query.title}"')
+            "album", f'artist:"{_quoted(query.search_artist)}" album:"{_quoted(query.title)}"')
 
         def score(row: dict[str, Any]) -> Match | None:
             if not row.get("id"):
@@ -524,7 +530,8 @@ class DeezerSource(_StoreSource):
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
         """One ``/search/track`` call; the best candidate by :func:`match_score`."""
         main = entry.item.artists[0] if entry.item.artists else entry.item.artist
-        rows = self.client.search("track", f'artist:"{main}" track:"{entry.item.title}"')
+        rows = self.client.search("track",
+                                  f'artist:"{_quoted(main)}" track:"{_quoted(entry.item.title)}"')
 
         def score(track: StoreTrack) -> Match | None:
             if lone_remaster(entry.item, track.item) or reordered_title(

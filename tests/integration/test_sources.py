@@ -358,6 +358,19 @@ def test_deezer_unreadable_row_loses_to_its_readable_duplicate(
     assert resolver.calls["deezer"] == 1
 
 
+def test_a_deezer_search_keeps_its_fields_whole_when_a_title_has_double_quotes(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    only_deezer = Settings(**{**settings.__dict__, "sources": ("deezer",)})
+    mb, _, dz = clients(only_deezer, r)
+    resolver = Resolver(only_deezer, mb, None, deezer=dz)
+    upstream.fail_next(1, 200, deezer_answer(deezer_row(3020009003, 'Glass (12" Mix)', 250)),
+                       path_prefix="/search/track")
+    res = resolver.resolve_recording_data(mb_recording('Glass (12" Mix)', 250))
+    assert res.job is not None and res.job.source_track_id == "3020009003"
+    (query,) = [q.query["q"] for q in upstream.requests_to("/search/track")]
+    assert query == 'artist:"The Hollow Pines" track:"Glass (12 Mix)"'
+
+
 def test_itunes_album_track_without_preview_loses_to_its_bonus_copy(
         settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
     """Album search then lookup: the album lists "Static Hearts" at 2 without a preview
