@@ -7,7 +7,8 @@ kustomization.yaml is an error, so k8s/ cannot silently grow past what is tested
 
 Strategic merge: maps merge recursively (``null`` deletes a key); lists of named items
 (containers, initContainers, env, volumes, volumeMounts, ports) of built-in kinds merge
-by ``name``; every other list is replaced, as kustomize does for custom resources.
+by ``name``, and the items a patch adds come first, as kustomize puts them; every other
+list is replaced, as kustomize does for custom resources.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ def _merge_named(base: list[Any], patch: list[Any], builtin: bool) -> list[Any]:
 
     out = [copy.deepcopy(item) for item in base]
     index = {ident(item): i for i, item in enumerate(out)}
+    added = []
     for item in patch:
         if ident(item) in index:
             out[index[ident(item)]] = merge(out[index[ident(item)]], item, builtin)
         else:
-            out.append(copy.deepcopy(item))
-    return out
+            added.append(copy.deepcopy(item))
+    return added + out  # kustomize puts the items a patch adds first, in patch order
 
 
 def _apply_patch(docs: list[Doc], patch: Doc, where: Path) -> list[Doc]:

@@ -534,6 +534,23 @@ def test_k8s_roles_and_overlays() -> None:
     assert "PREVIEWVEC_BROKER_URL" not in prod_config, "prod broker URL is a Secret"
     assert by_name(prod, "Deployment", "api")["spec"]["replicas"] > by_name(
         dev, "Deployment", "api")["spec"]["replicas"]
+    # dev: the API queries the reducer's embedded index, so both mount one volume at the
+    # folder PREVIEWVEC_INDEX names, and the API runs on the reducer's node (RWO)
+    index_dir = by_name(dev, "ConfigMap", "previewvec-config")["data"]["PREVIEWVEC_INDEX"]
+    claims = {}
+    for role in ("reducer", "api"):
+        pod = by_name(dev, "Deployment", role)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (claims[role],) = [(volumes[m["name"]]["persistentVolumeClaim"]["claimName"],
+                            m["mountPath"]) for m in pod["containers"][0]["volumeMounts"]
+                           if "persistentVolumeClaim" in volumes[m["name"]]]
+        assert index_dir.startswith(claims[role][1] + "/"), (role, claims[role])
+    assert claims["api"] == claims["reducer"]
+    assert by_name(dev, "PersistentVolumeClaim", claims["api"][0])
+    api_pod = by_name(dev, "Deployment", "api")["spec"]["template"]["spec"]
+    (term,) = api_pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "reducer"
+    assert term["topologyKey"] == "kubernetes.io/hostname"
     policies = {d["metadata"]["name"]: d["spec"] for d in dev
                 if d["kind"] == "NetworkPolicy"}
     assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
