@@ -105,6 +105,9 @@ def _extract_one(path: str, settings: Settings) -> dict[str, object]:
         return {"input": path, "ok": False, "error": exc.to_dict()}
     except OSError as exc:
         return {"input": path, "ok": False, "error": {"code": "unreadable", "message": str(exc)}}
+    except Exception as exc:  # a bug must not end the batch: this file fails, the rest run
+        return {"input": path, "ok": False, "error": {
+            "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
     features = result.features
     return {
         "input": path,

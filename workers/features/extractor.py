@@ -37,6 +37,10 @@ class _Stopwatch:
 # Below this rate FMA's 84-bin CQT from C1 does not fit under the Nyquist frequency (FMA's
 # own extraction fails on such a clip, e.g. 8 kHz telephony audio): those clips are
 # resampled to UPSAMPLED_SR first, so they get a vector instead of an internal error.
+# Samples beyond this magnitude (60 dB above full scale) are no audio level: a float file
+# written at integer scale (±32767) or garbage. Their spectra overflow float32 further
+# on (1e18 raised an untyped error from librosa); refused up front, as invalid_signal.
+MAX_SAMPLE_MAGNITUDE = 1_000.0
 MIN_NATIVE_SR = 11_025
 UPSAMPLED_SR = 22_050
 
@@ -77,6 +81,11 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     """
     if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y)):
         raise InvalidSignal("signal must be a non-empty finite mono array")
+    peak = float(np.max(np.abs(y)))
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise InvalidSignal(
+            f"samples reach {peak:.3g}, {20 * np.log10(peak):.0f} dB above full scale "
+            "(1.0): not an audio level (a float file written at integer scale?)")
     watch = _Stopwatch()
     if sr < MIN_NATIVE_SR:
         y, channels, sr = _upsampled(y, channels, sr)

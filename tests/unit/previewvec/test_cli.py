@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
 from previewvec.localredis import free_port
@@ -51,6 +52,10 @@ def clips(tmp_path_factory):
     short = audio[:, : SR * 2]
     (folder / "short.wav").write_bytes(encode_audio(short, SR, "wav"))
     (folder / "silent.flac").write_bytes(encode_audio(np.zeros((2, SR * 8)), SR, "flac"))
+    # Float WAVs whose samples are no audio level: written at integer scale, and finite
+    # but so large that their spectra overflow (this one once ended the whole batch).
+    soundfile.write(folder / "int_scale.wav", audio.T * 32767, SR, subtype="FLOAT")
+    soundfile.write(folder / "huge.wav", audio.T * 1e18, SR, subtype="FLOAT")
     return folder, paths
 
 
@@ -76,13 +81,16 @@ def test_bad_inputs_get_their_codes_and_the_rest_still_run(clips):
         folder / "page.m4a",
         folder / "short.wav",
         folder / "silent.flac",
+        folder / "huge.wav",
+        folder / "int_scale.wav",
         folder / "missing.mp3",
     ]
     result = run_cli("extract", *[str(p) for p in inputs])
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     codes = [line["error"]["code"] if not line["ok"] else "ok" for line in lines]
-    assert codes == ["empty_input", "ok", "undecodable", "too_short", "silent", "unreadable"]
+    assert codes == ["empty_input", "ok", "undecodable", "too_short", "silent",
+                     "invalid_signal", "invalid_signal", "unreadable"]
     for line in lines:
         if not line["ok"]:
             assert line["error"]["message"]
