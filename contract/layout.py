@@ -20,11 +20,15 @@ from typing import Literal
 # channels by name as BS.1770 does (LFE out, surrounds ×1.41) (docs/features.md).
 # pv6: tempo and beat confidence leave out a lead-in of digital silence with the entry's
 # onset spike, and a silent tail; either halved the tempo of such a clip (docs/features.md).
-FEATURE_VERSION = "pv6"
+# pv7: tempo and beat confidence also leave out silent gaps of 2 s or more inside the clip,
+# are 0 for a clip with fewer than 3 onsets, and a clip whose own rate is no multiple of
+# 22.05 kHz (11.025-16, 32, 48 kHz) has its rhythm and key analysed at 22.05 kHz
+# (docs/features.md).
+FEATURE_VERSION = "pv7"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with
 # FEATURE_VERSION's; a run re-extracts them into FEATURE_VERSION. pv1 had other names.
-EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4", "pv5")
+EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4", "pv5", "pv6")
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
@@ -98,7 +102,7 @@ def feature_names() -> tuple[str, ...]:
 
 def is_readable_version(version: str) -> bool:
     """Whether records of ``version`` decode with this layout: ours or an earlier
-    computation of it, bare (``pv6``) or with a settings hash (``pv6-<hash>``)."""
+    computation of it, bare (``pv7``) or with a settings hash (``pv7-<hash>``)."""
     base = version.split("-", 1)[0]
     return base == FEATURE_VERSION or base in EARLIER_VERSIONS
 

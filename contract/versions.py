@@ -5,9 +5,9 @@ settings listed in :data:`VALUE_SETTINGS` (the analysis rate, the duration cap).
 version a process writes and reads is derived from both, so two workers with different
 settings can never write records under the same version:
 
-- settings equal to :data:`BASE_COMPUTATION` → the bare layout version (``pv6``), which is
+- settings equal to :data:`BASE_COMPUTATION` → the bare layout version (``pv7``), which is
   what every record written before versions were derived is;
-- any other values → ``pv6-<10 hex of sha256(the computation)>``.
+- any other values → ``pv7-<10 hex of sha256(the computation)>``.
 
 Each record stores its computation beside the version, and the store keeps one
 ``versions/<version>.json`` per version (:func:`register`): the first worker to claim a

@@ -45,15 +45,26 @@ MIN_NATIVE_SR = 11_025
 UPSAMPLED_SR = 22_050
 
 
+# The rhythm and key were tuned on frames 512 samples apart at the analysis rate; a
+# clip's own rate reaches that rate through whole frame steps only when it is near a
+# multiple of it (44.1, 48, 88.2, 96 kHz: 22.05 or 24 kHz). Other rates (11.025-16 kHz:
+# 21-31 frames/s instead of 43; 32 kHz: 62) read tempi far off, so those clips' rhythm
+# and key analyse a copy resampled to the analysis rate.
+ANALYSIS_RATE_RANGE = (0.99, 1.01)  # analysis frames' rate ÷ the analysis rate
+
+
+def _resampled(x: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """``x`` resampled from ``sr`` to ``target`` (soxr, librosa's default), float32."""
+    import librosa
+
+    return librosa.resample(x, orig_sr=sr, target_sr=target).astype(np.float32)
+
+
 def _upsampled(y: np.ndarray, channels: np.ndarray | None,
                sr: int) -> tuple[np.ndarray, np.ndarray | None, int]:
     """``y`` (and ``channels``) resampled from ``sr`` to :data:`UPSAMPLED_SR` (soxr)."""
-    import librosa
-
-    def up(x: np.ndarray) -> np.ndarray:
-        return librosa.resample(x, orig_sr=sr, target_sr=UPSAMPLED_SR).astype(np.float32)
-
-    return up(y), None if channels is None else up(channels), UPSAMPLED_SR
+    up = _resampled(y, sr, UPSAMPLED_SR)
+    return up, None if channels is None else _resampled(channels, sr, UPSAMPLED_SR), UPSAMPLED_SR
 
 
 def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = None,
@@ -95,12 +106,18 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     frames = spectral.fma_frames(y, spectra)
     fma = spectral.fma_block(frames)
     watch.lap("fma")
-    rate = spectra.analysis_sr
-    envelope = rhythm.onset_envelope(spectra.analysis_mel_db, rate)
-    beat = rhythm.analyze_rhythm(spectra.analysis_mel_db, envelope, rate, duration_s)
+    timing = spectra
+    low, high = ANALYSIS_RATE_RANGE
+    if not low <= spectra.analysis_sr / analysis_sr <= high:
+        timing = spectral.compute_spectra(_resampled(y, sr, analysis_sr), analysis_sr,
+                                          analysis_sr)
+        watch.lap("spectra")
+    rate = timing.analysis_sr
+    envelope = rhythm.onset_envelope(timing.analysis_mel_db, rate)
+    beat = rhythm.analyze_rhythm(timing.analysis_mel_db, envelope, rate, duration_s)
     dance = rhythm.danceability(y, sr)
     watch.lap("rhythm")
-    key = tonal.estimate_key(spectra.analysis_cqt, rate)
+    key = tonal.estimate_key(timing.analysis_cqt, rate)
     key_sin, key_cos = tonal.fifths_position(key.tonic, key.mode)
     watch.lap("tonal")
     lufs = loudness.integrated_loudness(y, sr, channels, channel_weights)

@@ -79,6 +79,14 @@ LEAD_IN_SILENCE_DB = 30.0
 # and centring pad 3 frames): the entry into mel frame f is envelope frame f + 2.
 ENTRY_FRAMES = 3
 MIN_ANALYSED_S = 5.0  # a clip with less music after its lead-in is analysed whole
+# A silent gap inside the clip (a break, two sections of a medley) of at least this long
+# is left out too, with the re-entry's flux (pv7): its frames counted as time without
+# onsets, and a 5-10 s gap halved a 131 BPM reading. Shorter rests are music.
+MIN_GAP_S = 2.0
+# A pulse needs onsets: with fewer than this many in the clip (a steady tone, one click
+# in silence) the tempo and beat confidence are 0 instead of a period read from nothing
+# (pv7; before, a steady sine read 171.6 BPM at confidence 0.96).
+MIN_PULSE_ONSETS = 3
 
 
 @dataclass(frozen=True)
@@ -250,15 +258,20 @@ def refine_tempo(envelope: np.ndarray, sr: int, bpm: float) -> tuple[float, np.n
 MIN_ONSET_FLUX_DB = 1.0
 
 
-def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
-    """Detected onsets per second."""
-    onsets = librosa.onset.onset_detect(
+def detect_onsets(envelope: np.ndarray, sr: int) -> np.ndarray:
+    """Frames of the detected onsets."""
+    return librosa.onset.onset_detect(
         onset_envelope=envelope,
         sr=sr,
         hop_length=HOP_LENGTH,
         normalize=False,
         delta=MIN_ONSET_FLUX_DB,
     )
+
+
+def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
+    """Detected onsets per second."""
+    onsets = detect_onsets(envelope, sr)
     return float(len(onsets) / duration_s) if duration_s > 0 else 0.0
 
 
@@ -284,32 +297,62 @@ def music_span(mel_db: np.ndarray, sr: int) -> tuple[int, int]:
     return start, end
 
 
+def music_frames(mel_db: np.ndarray, sr: int) -> np.ndarray | None:
+    """The frames the tempo analysis uses, in order: :func:`music_span` without the
+    silent gaps of at least :data:`MIN_GAP_S` inside it (nor the flux of each re-entry);
+    None for every frame."""
+    n = mel_db.shape[1]
+    start, end = music_span(mel_db, sr)
+    keep = np.zeros(n, dtype=bool)
+    keep[start:end] = True
+    if mel_db.size:
+        loudest = mel_db.max(axis=0)
+        silent = loudest <= np.median(loudest) - LEAD_IN_SILENCE_DB
+        inside = np.zeros(n + 2, dtype=bool)
+        inside[start + 1:end + 1] = silent[start:end]
+        edges = np.flatnonzero(np.diff(inside.astype(np.int8)))
+        min_frames = MIN_GAP_S * sr / HOP_LENGTH
+        for first, stop in zip(edges[::2], edges[1::2], strict=True):
+            if stop - first >= min_frames:
+                keep[first:min(end, stop + ENTRY_FRAMES)] = False
+    if keep.all():
+        return None
+    if keep.sum() * HOP_LENGTH / sr < MIN_ANALYSED_S:
+        return None if (start, end) == (0, n) else np.arange(start, end)
+    return np.flatnonzero(keep)
+
+
 def analyze_rhythm(
     mel_db: np.ndarray, envelope: np.ndarray, sr: int, duration_s: float
 ) -> Rhythm:
     """Tempo, beat confidence, onset rate and beat times (seconds from the clip's start).
 
-    The onset rate counts the whole clip; tempo and beats leave out a silent lead-in and
-    a silent tail (:func:`music_span`)."""
+    The onset rate counts the whole clip; tempo and beats leave out a silent lead-in, a
+    silent tail and long silent gaps (:func:`music_frames`), and are 0 (no beats) for a
+    clip with fewer than :data:`MIN_PULSE_ONSETS` onsets."""
     fps = sr / HOP_LENGTH
-    rate = onset_rate(envelope, sr, duration_s)
-    if not np.any(envelope > 0):
+    onsets = detect_onsets(envelope, sr)
+    rate = float(len(onsets) / duration_s) if duration_s > 0 else 0.0
+    if not np.any(envelope > 0) or len(onsets) < MIN_PULSE_ONSETS:
         return Rhythm(0.0, 0.0, rate, np.empty(0))
-    n = envelope.size
-    start, end = music_span(mel_db, sr)
-    if (start, end) != (0, n):
-        mel_db, envelope = mel_db[:, start:end], envelope[start:end]
-        duration_s -= (start + n - end) / fps
+    kept = music_frames(mel_db, sr)
+    if kept is not None:
+        duration_s -= (envelope.size - kept.size) / fps
+        mel_db, envelope = mel_db[:, kept], envelope[kept]
     period, confidence = base_period(envelope, sr)
     features = octave_features(mel_db, envelope, sr, period, duration_s)
     if faster_level_probability(features) > 0.5:
         period /= faster_level_divisor(envelope, period, 60.0 * fps / period)
     bpm, beat_times = refine_tempo(envelope, sr, 60.0 * fps / period)
+    if kept is not None and beat_times.size:
+        # Beat times on the analysed frames, back on the clip's own time line.
+        frames = np.clip(np.round(beat_times * fps).astype(np.int64), 0, kept.size - 1)
+        beat_times = kept[frames] / fps
     return Rhythm(
         tempo_bpm=float(bpm),
         beat_confidence=confidence,
         onset_rate=rate,
-        beat_times_s=beat_times + start / fps,
+        beat_times_s=beat_times,
     )
 
 

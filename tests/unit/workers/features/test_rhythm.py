@@ -6,7 +6,7 @@ import soxr
 
 from testkit.songs.render import render
 from testkit.songs.score import generate_song
-from tests.unit.workers.features.signals import SR, click_track
+from tests.unit.workers.features.signals import SR, chord_song, click_track
 from workers.features import rhythm
 from workers.features.spectral import compute_spectra
 
@@ -87,6 +87,54 @@ def test_music_span_leaves_out_a_lead_in_its_entry_and_a_silent_tail_only():
     longer = np.full((128, 400), -20.0)
     longer[:, :100] = -80.0
     assert rhythm.music_span(longer, sr) == (100 + rhythm.ENTRY_FRAMES, 400)  # 6.9 s remain
+
+
+def test_music_frames_leave_out_a_long_silent_gap_and_its_re_entry_only():
+    """Given 30 s of mel frames with a 5 s silent gap inside, expect every frame but the
+    gap and the re-entry's flux; a 1 s rest is music; with a lead-in too, both go."""
+    sr = 22_050
+    mel = np.full((128, 1_292), -20.0)
+    assert rhythm.music_frames(mel, sr) is None  # every frame, as before
+    mel[:, 400:443] = -80.0  # a 1 s rest
+    assert rhythm.music_frames(mel, sr) is None
+    mel[:, 400:615] = -80.0  # a 5 s gap
+    kept = rhythm.music_frames(mel, sr)
+    assert kept is not None
+    assert np.array_equal(kept, np.r_[0:400, 615 + rhythm.ENTRY_FRAMES:1_292])
+    mel[:, :43] = -80.0  # and a lead-in
+    kept = rhythm.music_frames(mel, sr)
+    assert kept is not None and kept[0] == 43 + rhythm.ENTRY_FRAMES
+    assert 400 not in kept and 615 + rhythm.ENTRY_FRAMES in kept
+
+
+def test_a_silent_gap_leaves_the_tempo_alone():
+    """Given a click track over sustained chords with 5 s silenced in its middle, expect
+    its tempo, not half, and no beats in the gap: the gap counted as time without onsets
+    before it was left out."""
+    y = click_track(128.0, seconds=30.0) + 0.5 * chord_song(2, "major", seconds=30.0)
+    y[10 * SR:15 * SR] = 0.0
+    spectra = compute_spectra(y, SR)
+    envelope = rhythm.onset_envelope(spectra.mel_db, SR)
+    result = rhythm.analyze_rhythm(spectra.mel_db, envelope, SR, y.size / SR)
+    assert abs(result.tempo_bpm - 128.0) / 128.0 < 0.04
+    assert result.beat_times_s.size and not np.any(
+        (result.beat_times_s > 10.2) & (result.beat_times_s < 14.9))
+
+
+@pytest.mark.parametrize("signal", ["sine", "one click"])
+def test_no_pulse_without_onsets(signal):
+    """Given a steady tone, or one click in silence, expect tempo and beat confidence 0:
+    a period read from nothing (171.6 BPM at confidence 0.96 for the tone) is no tempo."""
+    t = np.arange(20 * SR) / SR
+    if signal == "sine":
+        y = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    else:
+        y = np.zeros(t.size, np.float32)
+        y[10 * SR:10 * SR + 100] = 0.5
+    spectra = compute_spectra(y, SR)
+    envelope = rhythm.onset_envelope(spectra.mel_db, SR)
+    result = rhythm.analyze_rhythm(spectra.mel_db, envelope, SR, y.size / SR)
+    assert (result.tempo_bpm, result.beat_confidence, result.beat_times_s.size) == (0, 0, 0)
 
 
 def _pulse_envelope(period: int, parts: int, n_frames: int = 2_000):
