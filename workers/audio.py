@@ -309,6 +309,23 @@ def _packet_frames(container: av.container.InputContainer, stream: av.AudioStrea
         errors.append(exc)
 
 
+# Source rates a clip may have. Below, a header's claim (a WAV "at 1 Hz" made a vector of
+# 30 samples); above, FLAC's 655 kHz limit, 8 channels of which decoded to 2 GB within
+# the input size cap. Outside the range: undecodable.
+MIN_SOURCE_SR = 4_000
+MAX_SOURCE_SR = 400_000
+# Decoded at the clip's own rate (sr=None), a source above this is resampled to it: its
+# spectra cost memory in proportion to the rate, and nothing a listener hears is above
+# 96 kHz. DXD (352.8, 384 kHz) is analysed at 192 kHz.
+MAX_NATIVE_SR = 192_000
+
+
+def _check_source_rate(rate: int) -> None:
+    if not MIN_SOURCE_SR <= rate <= MAX_SOURCE_SR:
+        raise Undecodable(f"the stream's sample rate is {rate} Hz, outside "
+                          f"{MIN_SOURCE_SR} Hz to {MAX_SOURCE_SR // 1000} kHz")
+
+
 class _Runs:
     """Decoded frames collected at the source rate, one :class:`_Segment` per run of
     same-format frames, each resampled once when it ends.
@@ -335,9 +352,11 @@ class _Runs:
         if rate <= 0 or n <= 0 or frame.layout.nb_channels <= 0:
             return
         if self.segment is None and not self.pieces:
+            _check_source_rate(rate)
             self.source_sr, self.source_channels = rate, frame.layout.nb_channels
             if not self.sr:
-                self.sr, self.target = rate, round(self.max_duration_s * rate)
+                self.sr = min(rate, MAX_NATIVE_SR)
+                self.target = round(self.max_duration_s * self.sr)
             self.out_layout = _output_layout(frame.layout)
             if all(ch.name != "NONE" for ch in frame.layout.channels):
                 self.named_layout = self.out_layout
@@ -545,6 +564,7 @@ def _decode_with_libsndfile(data: bytes, sr: int | None, max_duration_s: float) 
             rate, n_channels = int(sound.samplerate), int(sound.channels)
             if rate <= 0 or n_channels <= 0:
                 return None
+            _check_source_rate(rate)
             needed = math.ceil(max_duration_s * rate) + 1  # one more: was there more?
             if needed * n_channels > _MAX_LIBSNDFILE_VALUES:
                 return None
@@ -554,7 +574,7 @@ def _decode_with_libsndfile(data: bytes, sr: int | None, max_duration_s: float) 
         return None
     if block.shape[0] == 0:
         return None  # NaN or infinity is decode_audio's check, as for FFmpeg's output
-    out_sr = sr or rate
+    out_sr = sr or min(rate, MAX_NATIVE_SR)
     channels = [np.ascontiguousarray(block[:, c]) for c in range(n_channels)]
     if rate != out_sr:  # as _Segment.finish: soxr HQ, librosa's default
         channels = [soxr.resample(channel, rate, out_sr, "HQ") for channel in channels]

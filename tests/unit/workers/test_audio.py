@@ -221,6 +221,30 @@ def test_8k_mono_wav_is_upsampled() -> None:
     assert abs(float(np.sqrt(np.mean(audio.samples**2))) - 0.3 / np.sqrt(2)) < 0.01
 
 
+def test_a_384k_source_is_analysed_at_192k_and_absurd_rates_are_undecodable() -> None:
+    """DXD (384 kHz) decodes at the clip's own rate capped at 192 kHz (its spectra cost
+    memory in proportion to the rate); a header claiming 1 Hz (30 samples for "30 s"),
+    or FLAC's 655 kHz, is no audio a store serves: undecodable, through FFmpeg and
+    libsndfile alike."""
+    from workers.audio import MAX_NATIVE_SR
+
+    sr = 384_000
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(6 * sr) / sr)
+    audio = decode_audio(_float_wav(x[np.newaxis], sr), sr=None)
+    assert (audio.source_sr, audio.sr, audio.n_samples) == (sr, MAX_NATIVE_SR, 6 * MAX_NATIVE_SR)
+    for rate in (1, 100, 655_350):
+        n = max(rate * 6, 8)
+        y = 0.3 * np.sin(2 * np.pi * np.arange(n) / 7)
+        flac = io.BytesIO()
+        if rate >= 1_000:
+            soundfile.write(flac, y, rate, format="FLAC")
+        for data in (_float_wav(y[np.newaxis], rate), flac.getvalue() or None):
+            if data is None:
+                continue
+            with pytest.raises(Undecodable, match=f"sample rate is {rate} Hz"):
+                decode_audio(data, sr=None)
+
+
 def test_rate_and_layout_change_mid_stream() -> None:
     # Concatenated MP3s (44.1 kHz stereo, then 22.05 kHz mono): each run of frames is
     # resampled on its own and mapped onto the first run's stereo layout.
