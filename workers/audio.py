@@ -274,7 +274,13 @@ def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStrea
     if stream is None:
         if len(container.streams) > 0:
             kinds = sorted({s.type for s in container.streams})
-            raise NoAudioStream(f"the file has no audio stream (only {', '.join(kinds)})")
+            if "audio" in kinds:  # e.g. a WAV header declaring 0 channels
+                raise Undecodable("the audio stream cannot be decoded (no channels, or no "
+                                  "decoder for its codec)")
+            # A container cut short can show only the data streams it had room for.
+            hint = "; truncated?" if kinds == ["data"] else ""
+            raise NoAudioStream(
+                f"the file has no audio stream (only {', '.join(kinds)}){hint}")
         raise Undecodable("not a recognised audio/video file (no media streams)")
     ctx = stream.codec_context
     if ctx is None:

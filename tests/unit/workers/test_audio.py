@@ -245,6 +245,12 @@ def test_a_384k_source_is_analysed_at_192k_and_absurd_rates_are_undecodable() ->
                 decode_audio(data, sr=None)
 
 
+def test_a_wav_declaring_no_channels_is_undecodable_not_without_audio() -> None:
+    x = _float_wav(_music(6.0)[:1], SR)
+    zero_channels = x[:22] + struct.pack("<H", 0) + x[24:]  # fmt chunk: channel count
+    assert _code(zero_channels) == "undecodable"
+
+
 def test_rate_and_layout_change_mid_stream() -> None:
     # Concatenated MP3s (44.1 kHz stereo, then 22.05 kHz mono): each run of frames is
     # resampled on its own and mapped onto the first run's stereo layout.
