@@ -83,10 +83,14 @@ MIN_ANALYSED_S = 5.0  # a clip with less music after its lead-in is analysed who
 # is left out too, with the re-entry's flux (pv7): its frames counted as time without
 # onsets, and a 5-10 s gap halved a 131 BPM reading. Shorter rests are music.
 MIN_GAP_S = 2.0
-# A pulse needs onsets: with fewer than this many in the clip (a steady tone, one click
-# in silence) the tempo and beat confidence are 0 instead of a period read from nothing
-# (pv7; before, a steady sine read 171.6 BPM at confidence 0.96).
+# A pulse needs something to pulse: a clip with fewer than MIN_PULSE_ONSETS onsets whose
+# onset envelope stays under MIN_PULSE_FLUX_DB on 9 frames in 10 (a steady tone, one
+# click in silence) has tempo and beat confidence 0, not a period read from rounding noise
+# (pv7; before, a steady sine read 171.6 BPM at confidence 0.96). Both conditions: a
+# reverberant pad in noise can show 2 onsets over a clearly periodic envelope (its 90th
+# percentile 1.8 dB; a steady sine's 0.001).
 MIN_PULSE_ONSETS = 3
+MIN_PULSE_FLUX_DB = 0.1
 
 
 @dataclass(frozen=True)
@@ -329,11 +333,13 @@ def analyze_rhythm(
 
     The onset rate counts the whole clip; tempo and beats leave out a silent lead-in, a
     silent tail and long silent gaps (:func:`music_frames`), and are 0 (no beats) for a
-    clip with fewer than :data:`MIN_PULSE_ONSETS` onsets."""
+    steady sound (:data:`MIN_PULSE_ONSETS`, :data:`MIN_PULSE_FLUX_DB`)."""
     fps = sr / HOP_LENGTH
     onsets = detect_onsets(envelope, sr)
     rate = float(len(onsets) / duration_s) if duration_s > 0 else 0.0
-    if not np.any(envelope > 0) or len(onsets) < MIN_PULSE_ONSETS:
+    steady = (len(onsets) < MIN_PULSE_ONSETS
+              and float(np.percentile(envelope, 90)) < MIN_PULSE_FLUX_DB)
+    if not np.any(envelope > 0) or steady:
         return Rhythm(0.0, 0.0, rate, np.empty(0))
     kept = music_frames(mel_db, sr)
     if kept is not None:
