@@ -877,6 +877,10 @@ def _check_similar_query(recording_id: str, tempo_min: float | None,
         if bound is not None and not math.isfinite(bound):
             raise InputError(422, [{"loc": ["query", name], "msg": "must be finite",
                                     "type": "value_error"}])
+    if tempo_min is not None and tempo_max is not None and tempo_min > tempo_max:
+        raise InputError(422, [{"loc": ["query", "tempo_min"],
+                                "msg": "is above tempo_max: no recording can match",
+                                "type": "value_error"}])
     try:
         record_key("x", recording_id)  # refuses ids that can never be stored
     except ValueError:

@@ -246,11 +246,16 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 def _resolve_input(args: argparse.Namespace) -> tuple[str, object]:
     """The one input flag given to ``resolve`` / ``submit`` as ``(kind, value)``."""
-    if args.release:
+    for flag in ("release", "query"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            # Not "no flag given": '' fell through to --dump ("cannot read dump 'None'").
+            raise InvalidQuery(f"--{flag} is empty")
+    if args.release is not None:
         return "release", args.release
     if args.isrc:
         return "isrcs", args.isrc
-    if args.query:
+    if args.query is not None:
         return "query", args.query
     if args.new_releases:
         return "new_releases", (args.since, args.until)
@@ -312,7 +317,8 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
                 tmp = None
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # EROFS too: keep the error that matters
+                tmp.unlink(missing_ok=True)
     print(f"resolved {resolved}, unresolved {unresolved}", file=sys.stderr)
     return 0
 

@@ -242,7 +242,9 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             os.replace(tmp, target)
     finally:
         if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
+            # OSError, not only FileNotFoundError: on a read-only filesystem the unlink of
+            # a file never made fails with EROFS, which would hide the error that matters.
+            with contextlib.suppress(OSError):
                 tmp.unlink()
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.errors import NothingStored, VectorIndexError
+from contract.errors import InvalidQuery, NothingStored, VectorIndexError
 from contract.jobs import vector_id
 from contract.layout import DESCRIPTORS, VECTOR_DIM
 from contract.records import (
@@ -82,7 +82,13 @@ OUTAGE_BACKOFF = Backoff(base_s=1.0, cap_s=OUTAGE_BACKOFF_CAP_S)  # contract.ret
 
 def similar_filter(*, tempo_min: float | None = None, tempo_max: float | None = None,
                    key: str | None = None, mode: str | None = None) -> dict[str, Any] | None:
-    """The index filter of a similar-recordings query (CLI and API); None: no filter."""
+    """The index filter of a similar-recordings query (CLI and API); None: no filter.
+
+    A tempo range that can hold nothing (``tempo_min`` above ``tempo_max``) is refused,
+    as the Python API refuses it, rather than answered with no neighbours."""
+    if tempo_min is not None and tempo_max is not None and tempo_min > tempo_max:
+        raise InvalidQuery(f"tempo_min {tempo_min:g} is above tempo_max {tempo_max:g}: no "
+                           "recording can match")
     where: dict[str, Any] = {}
     tempo = {op: v for op, v in (("$gte", tempo_min), ("$lte", tempo_max)) if v is not None}
     if tempo:

@@ -193,7 +193,11 @@ class EmbeddedIndex:
         and replaces them; the kernel drops it when its holder dies.
         """
         with self._write_lock:
-            fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # a read-only mount, a folder not ours
+                raise VectorIndexError(f"cannot write the index at {self.path}: "
+                                       f"{exc.strerror or exc}") from None
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -335,7 +335,8 @@ def test_recordings(client: TestClient, settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("query", ["k=0", "k=101", "k=x", "mode=dorian", "key=H",
-                                   "tempo_min=nan", "tempo_max=-5", "tempo_min=inf"])
+                                   "tempo_min=nan", "tempo_max=-5", "tempo_min=inf",
+                                   "tempo_min=200&tempo_max=100"])
 def test_similar_bad_query(client: TestClient, query: str) -> None:
     assert client.get(f"/v1/similar/absent?{query}", headers=AUTH).status_code == 422
 

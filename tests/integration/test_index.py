@@ -253,6 +253,18 @@ def test_batches_over_5000(index: VectorIndex, request: pytest.FixtureRequest) -
         assert server.calls["upsert"] == 3  # 5000 + 5000 + 1: the API's per-request limit
 
 
+def test_an_index_it_cannot_write_is_a_typed_error(tmp_path: Path) -> None:
+    """The write lock beside the table cannot be opened (here a folder in its place; a
+    read-only mount in the field raised EROFS): an index error, not an OSError trace."""
+    from contract.errors import VectorIndexError
+    from reducer.index.embedded import WRITE_LOCK_FILE
+
+    index = EmbeddedIndex(tmp_path / "index", DIM)
+    (tmp_path / "index" / WRITE_LOCK_FILE).mkdir()
+    with pytest.raises(VectorIndexError, match="cannot write the index"):
+        index.upsert(make_items(2))
+
+
 def test_open_index_dispatches(tmp_path: Path, contract_server: VectorizeContractServer) -> None:
     settings = Settings(
         vectorize_account_id=contract_server.account_id,

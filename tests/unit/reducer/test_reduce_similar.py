@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from contract.errors import InvalidQuery
 from contract.layout import DESCRIPTORS
 from reducer.index import FILTER_FIELDS, Match
 from reducer.index.base import normalize_filter
@@ -17,6 +20,12 @@ def test_every_bound_becomes_a_condition_the_index_accepts() -> None:
     assert where == {"tempo_bpm": {"$gte": 90.0, "$lte": 120.5}, "key": "F#", "mode": "minor"}
     assert normalize_filter(where)
     assert similar_filter(tempo_max=0.0) == {"tempo_bpm": {"$lte": 0.0}}  # 0 is a bound
+
+
+def test_a_tempo_range_that_holds_nothing_is_refused() -> None:
+    with pytest.raises(InvalidQuery, match="above tempo_max"):
+        similar_filter(tempo_min=200.0, tempo_max=100.0)
+    assert similar_filter(tempo_min=100.0, tempo_max=100.0)  # one tempo is a range
 
 
 def test_match_descriptors_leave_out_our_own_keys() -> None:
