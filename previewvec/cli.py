@@ -949,6 +949,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--new-releases needs --since YYYY-MM-DD")
     if getattr(args, "since", None) is not None and not getattr(args, "new_releases", False):
         parser.error("--since/--until only go with --new-releases")
+    if (getattr(args, "until", None) is not None and getattr(args, "since", None) is not None
+            and args.until < args.since):
+        parser.error(f"--until {args.until} is before --since {args.since}")
     try:
         settings = Settings.from_env()
     except ValueError as exc:
@@ -956,7 +959,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # `reduce --follow` is the long-running service: it waits out outages by design.
     if args.handler in _BROKER_COMMANDS and not getattr(args, "follow", False):
-        problem, status = _broker_problem(settings)
+        try:
+            problem, status = _broker_problem(settings)
+        except KeyboardInterrupt:  # a Redis that accepts and never answers: Ctrl-C
+            _say("interrupted")
+            return EXIT_INTERRUPTED
         if problem:
             _say(problem)
             return status

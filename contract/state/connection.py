@@ -18,6 +18,12 @@ REDIS_RETRIES = 35
 REDIS_RETRY_CAP_S = 1.0
 REDIS_RETRY_BASE_S = 0.05
 HEALTH_CHECK_INTERVAL_S = 30
+# A Redis that accepts and never answers (stopped by SIGSTOP, a hung host behind a live
+# proxy) held a command for ever: no socket timeout was set. Each try now gives up after
+# this long and is retried like a lost connection (every command here is idempotent), so
+# such a Redis is given up after about REDIS_RETRIES × this (≈ 3 min), never a hang. A
+# healthy Redis answers in milliseconds; nothing here blocks on the server side.
+SOCKET_TIMEOUT_S = 5.0
 
 # What callers catch (re-exported so they need not import redis themselves).
 RedisError = redis.RedisError
@@ -38,10 +44,9 @@ def connect(url: str, *, decode: bool = True, retry: bool = True,
     if retry:
         options["retry"] = Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_S,
                                                     base=REDIS_RETRY_BASE_S), REDIS_RETRIES)
-    if connect_timeout_s is not None:
-        options["socket_connect_timeout"] = connect_timeout_s
-    if timeout_s is not None:
-        options["socket_timeout"] = timeout_s
+    options["socket_connect_timeout"] = (SOCKET_TIMEOUT_S if connect_timeout_s is None
+                                         else connect_timeout_s)
+    options["socket_timeout"] = SOCKET_TIMEOUT_S if timeout_s is None else timeout_s
     return redis.Redis.from_url(url, **options)
 
 

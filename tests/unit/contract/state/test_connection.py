@@ -24,6 +24,28 @@ def test_connect_without_retry_fails_at_once() -> None:
         client.ping()
 
 
+def test_a_redis_that_never_answers_times_out_instead_of_hanging() -> None:
+    """A server that accepts and never replies (a Redis stopped by SIGSTOP): every client
+    has a socket timeout, so a command fails (and is retried, then given up) instead of
+    waiting for ever, as `status --watch` did."""
+    import socket
+    import time
+
+    from contract.state import RedisTimeoutError
+    from contract.state.connection import SOCKET_TIMEOUT_S
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        kwargs = connect(url).get_connection_kwargs()
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == SOCKET_TIMEOUT_S
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            connect(url, retry=False, timeout_s=0.5).ping()
+        assert time.monotonic() - started < 30  # a deadline against a hang, not a timing
+
+
 def test_ping(redis_url: str) -> None:
     assert ping(redis_url, timeout_s=2)
     with pytest.raises(RedisConnectionError):
