@@ -20,6 +20,7 @@ from contract.errors import (
     NothingStored,
     PreviewvecError,
     StoreError,
+    StoreUnavailable,
     UnknownRun,
     UpstreamError,
     VectorIndexError,
@@ -157,8 +158,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from contract.versions import check_claim, register
 
     check_claim(settings)  # a pinned version these settings do not compute: exit 2
-    # The store's registry too, when the store answers (each worker re-checks it).
-    with contextlib.suppress(StoreError):
+    # The store's registry too, when the store answers (each worker re-checks it). A store
+    # that is down may come back; one this worker can never use (a folder that is a file,
+    # refused credentials, no bucket) is one line and exit 4, not a worker whose every
+    # child fails to start.
+    with contextlib.suppress(StoreUnavailable):
         register(open_store(settings.store, settings), settings)
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",

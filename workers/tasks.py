@@ -91,12 +91,17 @@ def _claim_version(settings: Settings) -> None:
     except VersionMismatch as exc:
         log.critical("refusing to start: %s", exc.message)
         raise SystemExit(2) from None
-    except PreviewvecError as exc:
-        # A store that is down (or misconfigured: every task will say so) may come back;
-        # the pin was checked (it needs no store), the registry is by the next start.
+    except StoreUnavailable as exc:
+        # A store that is down may come back: the pin was checked (it needs no store),
+        # the registry is by the next start.
         log.warning("could not check the version registry (%s); writing feature version "
                     "%s", exc.message, derived_version(settings))
         return
+    except PreviewvecError as exc:
+        # A store this worker can never use (a folder that is a file, refused credentials,
+        # no bucket): every child would fail to start, each with a traceback.
+        log.critical("refusing to start: %s", exc.message)
+        raise SystemExit(4) from None
     log.warning("writing feature version %s", version)
 
 

@@ -66,6 +66,23 @@ def test_previewvec_worker_says_it_in_one_line_and_exits_2(pipeline: Pipeline) -
     assert "max_duration_s=20.0" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_worker_refuses_a_store_it_can_never_use(pipeline: Pipeline,
+                                                  tmp_path: Path) -> None:
+    """Given a store folder that is a file, expect `previewvec worker` to say so in one
+    line and exit 4, and a worker started directly to refuse too, before warming: each
+    pool child used to fail to start with two tracebacks while the worker ran on."""
+    not_a_folder = tmp_path / "store-file"
+    not_a_folder.write_text("")
+    result = pipeline.cli("worker", env={"PREVIEWVEC_STORE": str(not_a_folder)})
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("\n") == 1 and "store-file" in result.stderr
+    worker = pipeline.start_worker("file-store",
+                                   extra_env={"PREVIEWVEC_STORE": str(not_a_folder)})
+    assert worker.proc.wait(timeout=60) == 4
+    assert "refusing to start" in worker.log() and "Traceback" not in worker.log()
+    assert "warming the extractor" not in worker.log()
+
+
 def test_different_analysis_settings_write_different_versions(tmp_path: Path) -> None:
     """Given the same job featurized by workers at 22.05 and 11.025 kHz, expect two records
     under two versions, each naming the computation that made it, with different vectors.
