@@ -478,7 +478,7 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from reducer.reduce import Reducer
 
-    reducer = Reducer.build(settings)
+    reducer = Reducer.build(settings, create_store=False)
     _check_store(reducer.store)
     n = reducer.reindex(args.batch_size, refit=args.refit)
     reducer.index.wait_for_writes()
@@ -514,7 +514,7 @@ def _match_descriptors(match: object) -> dict[str, object]:
 def _reducer(settings: Settings):  # -> Reducer
     from reducer.reduce import Reducer
 
-    reducer = Reducer.build(settings)
+    reducer = Reducer.build(settings, create_store=False)
     _check_store(reducer.store)
     return reducer
 

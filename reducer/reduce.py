@@ -118,10 +118,13 @@ class Reducer:
     _legacy_sets_dropped: bool = False
 
     @classmethod
-    def build(cls, settings: Settings) -> Reducer:
+    def build(cls, settings: Settings, *, create_store: bool = True) -> Reducer:
+        """The reducer of ``settings``. ``create_store=False`` for queries and reindexing:
+        they only read the store, and a mistyped folder is ``store_folder_missing``, not
+        a new empty folder that "holds no records"."""
         return cls(
             settings=settings,
-            store=open_store(settings.store, settings),
+            store=open_store(settings.store, settings, create=create_store),
             index=open_index(settings.index, settings, VECTOR_DIM),
             runs=Runs.from_url(settings.broker_url),
         )

@@ -227,7 +227,18 @@ def test_store_readers_of_a_missing_folder(base_env, tmp_path) -> None:
 def test_store_folder_unusable(base_env) -> None:
     # A regular file where a folder should be (also fails as root, unlike a chmod).
     env = {**base_env, "PREVIEWVEC_STORE": "/etc/passwd/store"}
-    expect_fault(env, ["reindex"], EXIT_STORE, "cannot create store folder")
+    expect_fault(env, ["reduce"], EXIT_STORE, "cannot create store folder")
+    # reindex and similar only read: the folder is missing, never made
+    expect_fault(env, ["reindex"], EXIT_STORE, "no feature store at /etc/passwd/store")
+
+
+def test_a_mistyped_store_folder_is_missing_not_made_by_a_reader(base_env) -> None:
+    """`similar` and `reindex` with a store folder that does not exist (a typo): they say
+    so, and leave no new empty folder behind (it "held no records" before)."""
+    env = {**base_env, "PREVIEWVEC_STORE": base_env["PREVIEWVEC_STORE"] + "-typo"}
+    expect_fault(env, ["similar", "some-id"], EXIT_STORE, "no feature store at")
+    expect_fault(env, ["reindex"], EXIT_STORE, "no feature store at")
+    assert not Path(env["PREVIEWVEC_STORE"]).exists()
 
 
 # --------------------------------------------------------------------------- the index
@@ -250,6 +261,7 @@ def test_vectorize_unreachable(base_env) -> None:
 
 
 def test_empty_store(base_env) -> None:
+    Path(base_env["PREVIEWVEC_STORE"]).mkdir()  # a store the workers made, nothing in it
     expect_fault(base_env, ["reindex"], EXIT_NOT_FOUND, "holds no records")
     expect_fault(base_env, ["similar", "never-stored"], EXIT_NOT_FOUND,
                  "no stored record for 'never-stored'")
