@@ -21,9 +21,8 @@ from typing import Literal
 # pv6: tempo and beat confidence leave out a lead-in of digital silence with the entry's
 # onset spike, and a silent tail; either halved the tempo of such a clip (docs/features.md).
 # pv7: tempo and beat confidence also leave out silent gaps of 2 s or more inside the clip,
-# are 0 for a steady sound (no onsets, no flux), and a clip whose own rate is no multiple of
-# 22.05 kHz (11.025-16, 32, 48 kHz) has its rhythm and key analysed at 22.05 kHz
-# (docs/features.md).
+# are 0 for a steady sound (no onsets, no flux), and a clip at any rate but 44.1 kHz has
+# its rhythm and key analysed on a copy resampled to 44.1 kHz (docs/features.md).
 FEATURE_VERSION = "pv7"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with

@@ -87,10 +87,8 @@ def test_different_analysis_settings_write_different_versions(tmp_path: Path) ->
     """Given the same job featurized by workers at 22.05 and 11.025 kHz, expect two records
     under two versions, each naming the computation that made it, with different vectors.
 
-    Rhythm and key read every n-th frame of the clip's native spectra (n = round(rate /
-    analysis_sr)), so a setting only changes values when it changes n: 11.025 kHz does for
-    this 22.05 kHz clip (n = 2), 16 kHz would not (n = 1, the same vector under another
-    version)."""
+    Rhythm and key read every 2nd frame of an STFT at twice the analysis rate: the clip's
+    own at 11.025 kHz for this 22.05 kHz clip, a resampled copy's at 22.05 kHz."""
     server = ClipServer().start()
     try:
         (clip,) = make_clips(1, duration_s=8.0)

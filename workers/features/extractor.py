@@ -45,12 +45,14 @@ MIN_NATIVE_SR = 11_025
 UPSAMPLED_SR = 22_050
 
 
-# The rhythm and key were tuned on frames 512 samples apart at the analysis rate; a
-# clip's own rate reaches that rate through whole frame steps only when it is near a
-# multiple of it (44.1, 48, 88.2, 96 kHz: 22.05 or 24 kHz). Other rates (11.025-16 kHz:
-# 21-31 frames/s instead of 43; 32 kHz: 62) read tempi far off, so those clips' rhythm
-# and key analyse a copy resampled to the analysis rate.
-ANALYSIS_RATE_RANGE = (0.99, 1.01)  # analysis frames' rate ÷ the analysis rate
+# The rhythm and key were tuned on what a 44.1 kHz preview gives them: every 2nd frame
+# (TUNED_STEP) of its 2048-sample STFT, i.e. frames 512 samples apart at the analysis
+# rate (22.05 kHz) with a 46 ms window. A clip at any other rate analyses a copy resampled
+# to TUNED_STEP × the analysis rate (pv7). Its own frames read tempi far off: 21-31
+# frames/s instead of 43 at 11.025-16 kHz (a 131 BPM excerpt read 100 at 12 kHz), and
+# at 48 or 96 kHz the same frame rate through a shorter window agreed with the 44.1 kHz
+# reading on 0.72-0.78 of 32 real excerpts (1.000 resampled; benchmarks/rates.py).
+TUNED_STEP = 2
 
 
 def _resampled(x: np.ndarray, sr: int, target: int) -> np.ndarray:
@@ -107,10 +109,9 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     fma = spectral.fma_block(frames)
     watch.lap("fma")
     timing = spectra
-    low, high = ANALYSIS_RATE_RANGE
-    if not low <= spectra.analysis_sr / analysis_sr <= high:
-        timing = spectral.compute_spectra(_resampled(y, sr, analysis_sr), analysis_sr,
-                                          analysis_sr)
+    tuned_sr = TUNED_STEP * analysis_sr
+    if sr != tuned_sr:
+        timing = spectral.compute_spectra(_resampled(y, sr, tuned_sr), tuned_sr, analysis_sr)
         watch.lap("spectra")
     rate = timing.analysis_sr
     envelope = rhythm.onset_envelope(timing.analysis_mel_db, rate)
