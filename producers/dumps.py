@@ -146,6 +146,19 @@ def iter_dump(path: str | Path, start_line: int = 0, *, member: str | None = Non
         yield from iter_lines(fh, start_line, keep=keep, name=f"dump {str(path)!r}")
 
 
+def binary_at(head: bytes) -> int | None:
+    """Where the first bytes of a file stop being UTF-8 text (a NUL, or bytes UTF-8 cannot
+    hold), or None; a character cut by the end of ``head`` is not binary."""
+    if (nul := head.find(b"\0")) >= 0:
+        return nul
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return exc.start
+    return None
+
+
 def iter_lines(fh: IO[bytes], start_line: int = 0, *,
                keep: Callable[[int], bool] | None = None, name: str = "dump"
                ) -> Iterator[tuple[int, dict[str, Any] | DumpError]]:
@@ -159,6 +172,11 @@ def iter_lines(fh: IO[bytes], start_line: int = 0, *,
             line_no += 1
             if line_no == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM):]
+            if line_no == 1 and (bad := binary_at(raw[:4096])) is not None:
+                # An audio file or an archive we do not read: thousands of "unresolved"
+                # lines otherwise.
+                raise InputUnreadable(f"{name} is not UTF-8 text (binary data at byte "
+                                      f"{bad}): a dump is JSON Lines")
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 while raw and not raw.endswith(b"\n"):  # drain the rest of the long line
                     raw = fh.readline(MAX_LINE_BYTES)

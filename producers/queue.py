@@ -66,6 +66,7 @@ from contract.jobs import (
 )
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
+from producers.dumps import binary_at
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,10 @@ def check_catalog_start(path: str | os.PathLike[str], head: bytes) -> None:
     if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
         raise InputUnreadable(f"catalog {name!r} is a JSON array; {NOT_JSON_LINES} "
                               f"(convert it with: jq -c '.[]' {name})")
+    if (bad := binary_at(head)) is not None:
+        raise InputUnreadable(f"catalog {name!r} is not UTF-8 text (binary data at byte "
+                              f"{bad}: an audio file?); {NOT_JSON_LINES}")
+
 
 
 def _unreadable(path: str | os.PathLike[str], exc: OSError) -> str:

@@ -369,7 +369,10 @@ def test_fifo_catalog_is_refused_without_hanging(base_env, tmp_path: Path) -> No
     (JOB_LINE.encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16 or UTF-32"),
     (b"[" + JOB_LINE.strip().encode() + b"]\n", "is a JSON array; a catalog is JSON Lines"),
     (b'\xef\xbb\xbf\n  [\n  {"recording_id": "x"}\n]\n', "is a JSON array"),
-], ids=["gzip", "utf-16", "utf-16-be", "json-array", "indented-json-array"])
+    (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8, "is not UTF-8 text"),
+    (JOB_LINE.encode() + b"\xff\xfe\x00garbage" * 40, "is not UTF-8 text"),
+], ids=["gzip", "utf-16", "utf-16-be", "json-array", "indented-json-array", "audio",
+        "binary-after-a-line"])
 def test_catalog_in_another_format_is_refused(base_env, tmp_path: Path, content: bytes,
                                               needle: str) -> None:
     catalog = tmp_path / "catalog.jsonl"
@@ -386,6 +389,15 @@ def test_dump_and_output_files(base_env, tmp_path: Path) -> None:
     expect_fault(env, ["resolve", "--release", "0f6ab4b4-1b5e-4bd2-8b7c-5fd5e1b3d2a1",
                        "--out", str(tmp_path / "no" / "such" / "folder.jsonl")],
                  EXIT_INPUT_FILE, "cannot write")
+
+
+def test_a_binary_dump_is_refused_not_read_as_unresolved_lines(base_env,
+                                                               tmp_path: Path) -> None:
+    dump = tmp_path / "song.wav"
+    dump.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8)
+    env = {**base_env, "PREVIEWVEC_MB_CONTACT": "tests@example.org"}
+    expect_fault(env, ["resolve", "--dump", str(dump), "--out", str(tmp_path / "o.jsonl")],
+                 EXIT_INPUT_FILE, "is not UTF-8 text")
 
 
 def test_a_failed_resolve_leaves_the_output_file_as_it_was(base_env, tmp_path: Path) -> None:
