@@ -730,8 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="start a Celery worker (featurize jobs)",
                        description="Start a Celery worker on the broker at "
                        "PREVIEWVEC_BROKER_URL; same as `celery -A workers.app worker`.")
-    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--queues", default="ondemand,batch",
+    p.add_argument("--concurrency", type=_count(1024), default=os.cpu_count() or 1)
+    p.add_argument("--queues", default="ondemand,batch", type=_queues,
                    help="comma-separated, in priority order (default: ondemand,batch)")
     p.add_argument("--hostname", default=None, help="Celery node name, e.g. w1@%%h")
     p.add_argument("--loglevel", default="info")
@@ -873,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature version (default: the one these settings compute)")
     p.add_argument("--run", default=None, metavar="RUN_ID",
                    help="only the records this run wrote (their provenance run_id)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_count(256, minimum=0), default=None,
                    help="concurrent reads (default: 32 from S3/R2, 0 from a folder)")
     p.set_defaults(handler=cmd_export)
 
@@ -896,8 +896,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(limit: int) -> Callable[[str], int]:
-    """An argparse type: an integer from 1 to ``limit`` (a count of things to show).
+def _queues(text: str) -> str:
+    """An argparse type: queue names this project publishes to (a typo would make a worker
+    that waits on a queue no job ever reaches)."""
+    from contract.broker import QUEUES
+
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue {', '.join(map(repr, unknown))}: choose from {', '.join(QUEUES)}")
+    return ",".join(names)
+
+
+def _count(limit: int, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` (1) to ``limit`` (a count of things).
 
     The cap matters: LanceDB and Redis take a count as a 64-bit integer, and a larger
     one was a traceback after the command had started."""
@@ -907,8 +920,8 @@ def _count(limit: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
         if value > limit:
             raise argparse.ArgumentTypeError(f"must be at most {limit}, not {value}")
         return value

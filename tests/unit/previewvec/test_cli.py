@@ -162,6 +162,9 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["api", "--port", "-1"], "--port"),
     (["api", "--loglevel", "bogus"], "--loglevel"),  # uvicorn's KeyError before
     (["flower", "--port", "99999"], "--port"),
+    (["worker", "--queues", "bogus"], "unknown queue 'bogus'"),  # a worker nothing reaches
+    (["worker", "--concurrency", "-1"], "--concurrency"),  # Celery's own usage text before
+    (["export", "out.parquet", "--threads", "-1"], "--threads"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
     """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
