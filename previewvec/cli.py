@@ -213,6 +213,11 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     problem = flower_login_problem(os.environ)
     if problem:
         raise ConfigError(problem)
+    # Flower (Tornado) answers both with tracebacks: say it in one line first.
+    _check_listen("0.0.0.0", args.port)
+    if args.db and not Path(args.db).expanduser().parent.is_dir():
+        raise InputUnreadable(f"cannot keep Flower's state in {args.db!r}: its folder "
+                              "does not exist")
     argv = flower_argv(args.port, args.db)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover

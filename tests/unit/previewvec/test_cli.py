@@ -199,6 +199,26 @@ def test_flower_with_a_login_nobody_can_give_exits_2(login, needle):
     assert "secret" not in result.stderr
 
 
+def test_flower_on_a_port_in_use_or_a_missing_db_folder_says_it_in_one_line(tmp_path):
+    """Flower (Tornado) answered both with tracebacks; one line and exit 2 / 7 now."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_AUTH"}
+    env["FLOWER_BASIC_AUTH"] = "ops:secret"
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        for args, status, needle in (
+                (["--port", port], 2, "Address already in use"),
+                (["--port", str(free_port()), "--db", str(tmp_path / "no" / "f.db")], 7,
+                 "its folder does not exist")):
+            result = subprocess.run([sys.executable, "-m", "previewvec.cli", "flower", *args],
+                                    capture_output=True, text=True, timeout=60, env=env)
+            assert result.returncode == status, result.stderr
+            assert result.stderr.count("\n") == 1 and needle in result.stderr
+
+
 def test_flower_runs_celery_flower_with_options_flower_knows():
     """Given a usable login, expect the command line of ``celery -A workers.app flower``
     with the port, the persistent state file and this deployment's options, each one an
