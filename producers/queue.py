@@ -382,6 +382,10 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
             raise InputUnreadable(_unreadable(path, exc)) from None
         if not runs.exists(plan.run_id):
             runs.create(plan.run_id, queue=queue, source=os.path.basename(os.fspath(path)))
+        if runs.cursor_run(plan.cursor_name) is None:
+            # Named now, not at the first chunk: an enqueue stopped before it (Ctrl-C in a
+            # backpressure wait) is continued in this run, not left as an empty open one.
+            runs.set_cursor_run(plan.cursor_name, plan.run_id)
         runs.set_producing(plan.run_id, True)  # until the file is done; kept if interrupted
         with handle:
             lines = _skip_lines(read_catalog_lines(handle), plan.resume_after)

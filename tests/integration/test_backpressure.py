@@ -191,6 +191,30 @@ def test_interrupted_enqueue_resumes_without_duplicates(redis_url, r, tmp_path: 
     assert third.returncode == 0 and third.stdout.strip() != run_id
 
 
+def test_an_enqueue_stopped_before_its_first_chunk_continues_in_the_same_run(
+        redis_url, r, tmp_path: Path) -> None:
+    """Given a queue already over its high-water mark, an enqueue that publishes nothing
+    and is stopped: the same command again continues that run (it started a new one, and
+    the first stayed open and empty for good)."""
+    env = cli_env(redis_url, tmp_path, 5)
+    filler = tmp_path / "filler.jsonl"
+    filler.write_text("\n".join(job_line(i) for i in range(10)) + "\n")
+    assert cli({**env, "PREVIEWVEC_QUEUE_HIGH_WATER": "1000"}, "enqueue",
+               str(filler)).returncode == 0
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join(job_line(i) for i in range(100, 110)) + "\n")
+    first = start_cli(env, "enqueue", str(catalog))
+    wait_for(lambda: bool(r.keys("pv:cursor:*:lock")), "the enqueue to start waiting")
+    time.sleep(1.0)  # in its backpressure wait, nothing of this catalog published
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=DEADLINE_S)
+    assert first.returncode == 130
+    r.delete("batch")
+    again = cli(env, "enqueue", str(catalog))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == out.strip()
+
+
 def test_enqueue_restart_starts_a_new_run(redis_url, r, tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("\n".join(job_line(i) for i in range(20)) + "\n")
