@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -874,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "computation and provenance; dimension names in the schema metadata. "
                        "Written to a temporary name and renamed when complete.")
     p.add_argument("out", metavar="OUT.parquet")
-    p.add_argument("--version", default=None,
+    p.add_argument("--version", default=None, type=_version,
                    help="feature version (default: the one these settings compute)")
     p.add_argument("--run", default=None, metavar="RUN_ID",
                    help="only the records this run wrote (their provenance run_id)")
@@ -886,7 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Descriptors, computation, provenance, timings and the "
                        "start of the vector of one stored record.")
     p.add_argument("recording_id")
-    p.add_argument("--version", default=None, help="feature version (default: current)")
+    p.add_argument("--version", default=None, type=_version,
+                   help="feature version (default: current)")
     p.add_argument("--vector", action="store_true", help="every dimension, by name")
     p.add_argument("--json", action="store_true", help="the whole record as one JSON line")
     p.set_defaults(handler=cmd_show)
@@ -899,6 +901,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many runs (default 20)")
     p.set_defaults(handler=cmd_runs)
     return parser
+
+
+def _version(text: str) -> str:
+    """An argparse type: the shape of a feature version (``pv7``, ``pv7-<10 hex>``);
+    "../x" or a typo read as "no records" before."""
+    if not re.fullmatch(r"pv\d+(-[0-9a-f]{10})?", text):
+        raise argparse.ArgumentTypeError(
+            f"not a feature version: {text!r} (e.g. pv7, or pv7-<10 hex> for other settings)")
+    return text
 
 
 def _queues(text: str) -> str:

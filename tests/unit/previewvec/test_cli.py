@@ -165,6 +165,8 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["worker", "--queues", "bogus"], "unknown queue 'bogus'"),  # a worker nothing reaches
     (["worker", "--concurrency", "-1"], "--concurrency"),  # Celery's own usage text before
     (["export", "out.parquet", "--threads", "-1"], "--threads"),
+    (["export", "out.parquet", "--version", "../x"], "not a feature version"),
+    (["show", "rec-1", "--version", "PV7"], "not a feature version"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
     """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
