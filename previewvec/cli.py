@@ -1105,7 +1105,10 @@ def _broker_problem(settings: Settings) -> tuple[str, int]:
     except ValueError as exc:  # not a Redis URL (a bad scheme or port): configuration
         return (f"PREVIEWVEC_BROKER_URL={url!r} is not a usable Redis URL: {exc}",
                 EXIT_USAGE)
-    except (*RedisUnavailable, RedisAuthenticationError) as exc:
+    except RedisAuthenticationError as exc:  # reached: the password is what is wrong
+        return (f"Redis at {url} (PREVIEWVEC_BROKER_URL) refused the login: {exc}",
+                EXIT_REDIS)
+    except RedisUnavailable as exc:
         return f"cannot reach Redis at {url} (PREVIEWVEC_BROKER_URL): {exc}", EXIT_REDIS
     except RedisError as exc:
         if not redis_refusal(exc):
