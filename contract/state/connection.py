@@ -47,7 +47,24 @@ def connect(url: str, *, decode: bool = True, retry: bool = True,
     options["socket_connect_timeout"] = (SOCKET_TIMEOUT_S if connect_timeout_s is None
                                          else connect_timeout_s)
     options["socket_timeout"] = SOCKET_TIMEOUT_S if timeout_s is None else timeout_s
+    _check_database(url)
     return redis.Redis.from_url(url, **options)
+
+
+def _check_database(url: str) -> None:
+    """ValueError unless ``url``'s path names a database by number (or none).
+
+    redis-py reads ``redis://host/abc`` as database 0 without a word, while Celery's
+    transport refuses it: producers would fill database 0 for workers that never start.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    split = urlsplit(url)
+    if split.scheme == "unix":  # the database is a query parameter there
+        return
+    path = unquote(split.path).strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number (redis://host:6379/0), not {path!r}")
 
 
 def ping(url: str, *, timeout_s: float) -> bool:

@@ -56,3 +56,15 @@ def test_ping(redis_url: str) -> None:
 
 def test_runs_ping_and_from_url_options(redis_url: str) -> None:
     assert Runs.from_url(redis_url, retry=False, timeout_s=5).ping()
+
+
+@pytest.mark.parametrize("path", ["/abc", "/0x1", "/1/2"])
+def test_a_database_that_is_no_number_is_refused(path: str) -> None:
+    # redis-py would use database 0 without a word; Celery refuses the same URL.
+    with pytest.raises(ValueError, match="must be a number"):
+        connect(f"redis://127.0.0.1:{free_port()}{path}")
+
+
+@pytest.mark.parametrize("path", ["", "/", "/7"])
+def test_a_numbered_or_absent_database_is_accepted(path: str) -> None:
+    connect(f"redis://127.0.0.1:{free_port()}{path}", retry=False)
