@@ -784,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--since", type=_date, metavar="YYYY-MM-DD")
         p.add_argument("--until", type=_date, metavar="YYYY-MM-DD")
         if name == "resolve":
-            p.add_argument("--out", required=True, metavar="FILE", help="JSON Lines; - = stdout")
+            p.add_argument("--out", required=True, metavar="FILE", type=_output_file,
+                           help="JSON Lines; - = stdout")
             p.set_defaults(handler=cmd_resolve)
         else:
             p.add_argument("--queue", choices=("batch", "ondemand"), default=None,
@@ -874,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "vector (fixed-size list<float32>), one column per descriptor, the "
                        "computation and provenance; dimension names in the schema metadata. "
                        "Written to a temporary name and renamed when complete.")
-    p.add_argument("out", metavar="OUT.parquet")
+    p.add_argument("out", metavar="OUT.parquet", type=_output_file)
     p.add_argument("--version", default=None, type=_version,
                    help="feature version (default: the one these settings compute)")
     p.add_argument("--run", default=None, metavar="RUN_ID",
@@ -909,6 +910,15 @@ def _version(text: str) -> str:
     if not re.fullmatch(r"pv\d+(-[0-9a-f]{10})?", text):
         raise argparse.ArgumentTypeError(
             f"not a feature version: {text!r} (e.g. pv7, or pv7-<10 hex> for other settings)")
+    return text
+
+
+def _output_file(text: str) -> str:
+    """An argparse type: a file to write ('' read as "it is a folder" before)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an output file is needed, not an empty name")
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} names a folder; give a file name")
     return text
 
 

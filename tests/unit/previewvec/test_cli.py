@@ -167,6 +167,9 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["export", "out.parquet", "--threads", "-1"], "--threads"),
     (["export", "out.parquet", "--version", "../x"], "not a feature version"),
     (["show", "rec-1", "--version", "PV7"], "not a feature version"),
+    (["export", ""], "an output file is needed"),  # "cannot write '': it is a folder"
+    (["export", "exports/"], "names a folder"),
+    (["resolve", "--query", "x", "--out", " "], "an output file is needed"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
     """A count too large for the index or Redis, a refresh interval time.sleep() refuses,
