@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import librosa
 import numpy as np
@@ -78,30 +78,48 @@ class Spectra:
     The rhythm and key features analyse at ``analysis_sr`` (``sr / step``, 22 050 Hz for a
     44.1 kHz clip): they read every ``step``-th frame of these spectra, whose centres are
     512 samples apart at ``analysis_sr``, as frames of a ``analysis_sr`` signal would be.
+    The mel spectrograms are computed on first use: a clip not at 44.1 kHz takes its FMA
+    block from one ``Spectra`` and its rhythm from another (see the extractor), and each
+    needs only its own.
 
     Attributes
     ----------
     magnitude : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     power : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     cqt : np.ndarray, shape (84, n_frames), CQT magnitude from C1
-    mel_power : np.ndarray, shape (128, n_frames), up to ``sr / 2`` (FMA's MFCCs)
-    mel_db : np.ndarray, shape (128, n_frames), ``librosa.power_to_db(mel_power)``
     tuning : float, estimated deviation from A440 in fractions of a bin (the CQT's)
     sr : int
     step : int, frames per analysis frame
-    analysis_mel_db : np.ndarray, shape (128, ceil(n_frames / step)), mel power in dB up
-        to ``analysis_sr / 2`` of every ``step``-th frame (the rhythm features' bands)
     """
 
     magnitude: np.ndarray
     power: np.ndarray
     cqt: np.ndarray
-    mel_power: np.ndarray
-    mel_db: np.ndarray
     tuning: float
     sr: int
     step: int
-    analysis_mel_db: np.ndarray
+
+    @cached_property
+    def mel_power(self) -> np.ndarray:
+        """Shape (128, n_frames), up to ``sr / 2`` (FMA's MFCCs)."""
+        # power.T: the STFT's frame-major layout (no transposed copy, see the kernel).
+        return sparse_frames_product(mel_basis(self.sr), self.power.T)
+
+    @cached_property
+    def mel_db(self) -> np.ndarray:
+        """``librosa.power_to_db(mel_power)``."""
+        return librosa.power_to_db(self.mel_power)
+
+    @cached_property
+    def analysis_mel_db(self) -> np.ndarray:
+        """Shape (128, ceil(n_frames / step)): mel power in dB up to ``analysis_sr / 2`` of
+        every ``step``-th frame (the rhythm features' bands)."""
+        if self.step == 1:
+            return self.mel_db
+        # The rhythm's bands (128 up to analysis_sr / 2, as its onset features were tuned
+        # on) from the same STFT, on the frames at the analysis hop.
+        return librosa.power_to_db(sparse_frames_product(
+            mel_basis(self.sr, self.analysis_sr / 2), self.power.T, self.step))
 
     @property
     def analysis_sr(self) -> float:
@@ -356,26 +374,15 @@ def analysis_step(sr: int, analysis_sr: int) -> int:
 
 
 def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectra:
-    """One STFT, one tuning estimate, one CQT and the mel spectrogram of ``y`` at its own
-    rate ``sr``, plus the rhythm's mel bands on every ``analysis_step``-th frame."""
+    """One STFT, one tuning estimate and one CQT of ``y`` at its own rate ``sr``; the mel
+    spectrogram and the rhythm's mel bands (every ``analysis_step``-th frame) follow."""
     magnitude = stft_magnitude(y)
     power = magnitude**2
     tuning = estimate_tuning(magnitude, sr)
     cqt = cqt_magnitude(y, sr, tuning)
     n = min(magnitude.shape[1], cqt.shape[1])
     magnitude, power, cqt = magnitude[:, :n], power[:, :n], cqt[:, :n]
-    # power.T: the STFT's frame-major layout (no transposed copy, see the kernel).
-    mel_power = sparse_frames_product(mel_basis(sr), power.T)
-    mel_db = librosa.power_to_db(mel_power)
-    step = analysis_step(sr, analysis_sr)
-    if step == 1:
-        analysis_mel_db = mel_db
-    else:
-        # The rhythm's bands (128 up to analysis_sr / 2, as its onset features were tuned
-        # on) from the same STFT, on the frames at the analysis hop.
-        analysis_mel_db = librosa.power_to_db(
-            sparse_frames_product(mel_basis(sr, (sr / step) / 2), power.T, step))
-    return Spectra(magnitude, power, cqt, mel_power, mel_db, tuning, sr, step, analysis_mel_db)
+    return Spectra(magnitude, power, cqt, tuning, sr, analysis_step(sr, analysis_sr))
 
 
 def chroma_stft(power: np.ndarray, sr: int, tuning: float) -> np.ndarray:
