@@ -279,20 +279,19 @@ def onset_rate(envelope: np.ndarray, sr: int, duration_s: float) -> float:
     return float(len(onsets) / duration_s) if duration_s > 0 else 0.0
 
 
-def music_span(mel_db: np.ndarray, sr: int) -> tuple[int, int]:
-    """The frames ``[start, end)`` the tempo analysis uses: the whole clip, or without a
-    lead-in of silence and the entry's flux (:data:`LEAD_IN_SILENCE_DB` below the median
-    frame, :data:`ENTRY_FRAMES`) and without a silent tail (whose frames would count as
-    time without onsets); the whole clip too when less than :data:`MIN_ANALYSED_S` would
-    remain."""
-    n = mel_db.shape[1]
-    if mel_db.size == 0:
-        return 0, n
+def _sounding(mel_db: np.ndarray) -> np.ndarray:
+    """Per frame: does its loudest mel band reach :data:`LEAD_IN_SILENCE_DB` below the
+    median frame's?"""
     loudest = mel_db.max(axis=0)
-    sounding = np.flatnonzero(loudest > np.median(loudest) - LEAD_IN_SILENCE_DB)
-    if sounding.size == 0:
+    return loudest > np.median(loudest) - LEAD_IN_SILENCE_DB
+
+
+def _span(sounding: np.ndarray, sr: int) -> tuple[int, int]:
+    n = sounding.size
+    frames = np.flatnonzero(sounding)
+    if frames.size == 0:
         return 0, n
-    first, last = int(sounding[0]), int(sounding[-1])
+    first, last = int(frames[0]), int(frames[-1])
     start = first + ENTRY_FRAMES if first else 0
     # The flux into the last sounding mel frame is envelope frame last + 2 (as above).
     end = min(n, last + ENTRY_FRAMES)
@@ -301,24 +300,35 @@ def music_span(mel_db: np.ndarray, sr: int) -> tuple[int, int]:
     return start, end
 
 
+def music_span(mel_db: np.ndarray, sr: int) -> tuple[int, int]:
+    """The frames ``[start, end)`` the tempo analysis uses: the whole clip, or without a
+    lead-in of silence and the entry's flux (:data:`LEAD_IN_SILENCE_DB` below the median
+    frame, :data:`ENTRY_FRAMES`) and without a silent tail (whose frames would count as
+    time without onsets); the whole clip too when less than :data:`MIN_ANALYSED_S` would
+    remain."""
+    if mel_db.size == 0:
+        return 0, mel_db.shape[1]
+    return _span(_sounding(mel_db), sr)
+
+
 def music_frames(mel_db: np.ndarray, sr: int) -> np.ndarray | None:
     """The frames the tempo analysis uses, in order: :func:`music_span` without the
     silent gaps of at least :data:`MIN_GAP_S` inside it (nor the flux of each re-entry);
     None for every frame."""
     n = mel_db.shape[1]
-    start, end = music_span(mel_db, sr)
+    if mel_db.size == 0:
+        return None
+    sounding = _sounding(mel_db)
+    start, end = _span(sounding, sr)
     keep = np.zeros(n, dtype=bool)
     keep[start:end] = True
-    if mel_db.size:
-        loudest = mel_db.max(axis=0)
-        silent = loudest <= np.median(loudest) - LEAD_IN_SILENCE_DB
-        inside = np.zeros(n + 2, dtype=bool)
-        inside[start + 1:end + 1] = silent[start:end]
-        edges = np.flatnonzero(np.diff(inside.astype(np.int8)))
-        min_frames = MIN_GAP_S * sr / HOP_LENGTH
-        for first, stop in zip(edges[::2], edges[1::2], strict=True):
-            if stop - first >= min_frames:
-                keep[first:min(end, stop + ENTRY_FRAMES)] = False
+    inside = np.zeros(n + 2, dtype=bool)
+    inside[start + 1:end + 1] = ~sounding[start:end]
+    edges = np.flatnonzero(np.diff(inside.astype(np.int8)))
+    min_frames = MIN_GAP_S * sr / HOP_LENGTH
+    for first, stop in zip(edges[::2], edges[1::2], strict=True):
+        if stop - first >= min_frames:
+            keep[first:min(end, stop + ENTRY_FRAMES)] = False
     if keep.all():
         return None
     if keep.sum() * HOP_LENGTH / sr < MIN_ANALYSED_S:
