@@ -11,6 +11,9 @@ process through Redis. Deezer's own error semantics, unlike iTunes's:
   (:mod:`producers.http`), never read as an answer;
 * "no data" is **HTTP 200** with ``{"error": {"code": 800, ...}}``: an unknown ISRC or
   barcode, returned as ``None`` (and cached, like any stable answer);
+* an error the request itself causes (code 500 "parameter", 501 "parameter missing",
+  600 "invalid query") is :class:`~producers.http.UpstreamRejected`: asking again gives
+  the same answer;
 * any other error object is :class:`~producers.http.UpstreamUnavailable`.
 
 Track objects carry ``isrc``, ``track_position``, ``disk_number``, ``duration`` (s),
@@ -36,12 +39,13 @@ import requests
 from contract import __version__
 from contract.retry import Backoff
 from contract.settings import Settings
-from producers.http import JsonGet
+from producers.http import JsonGet, UpstreamRejected
 from producers.itunes import ResponseCache
 from producers.ratelimit import RateLimiter
 
 QUOTA_CODES = frozenset({4, 700})  # "quota limit exceeded", "service busy": retry later
 NO_DATA_CODE = 800
+REQUEST_ERROR_CODES = frozenset({500, 501, 600})  # the request is at fault: final
 MAX_TRACKS_PAGE = 500
 MAX_TRACK_PAGES = 40  # an album's pages followed at most (20 000 tracks at 500)
 
@@ -69,7 +73,10 @@ def _throttled(status: int, body: bytes) -> bool:
 def _check(data: Any) -> str | None:
     code = error_code(data)
     if code is not None and code != NO_DATA_CODE:
-        return f"error {code}: {str(data['error'].get('message'))[:100]}"
+        problem = f"error {code}: {str(data['error'].get('message'))[:100]}"
+        if code in REQUEST_ERROR_CODES:
+            raise UpstreamRejected(f"Deezer: {problem}", 200)
+        return problem
     if not isinstance(data, dict):
         return "the answer is not a JSON object"
     return None

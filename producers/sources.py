@@ -435,7 +435,13 @@ class ITunesSource(_StoreSource):
 # -- Deezer -----------------------------------------------------------------------------
 def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
     """A Deezer track object as a :class:`StoreTrack`; a row not ``readable`` (not
-    playable in the region) has no preview, whatever its ``preview`` field says."""
+    playable in the region) has no preview, whatever its ``preview`` field says, unless
+    it names a readable copy in ``alternative`` (Deezer's field for that case), which is
+    taken instead (its own ISRC and title are what the match checks)."""
+    alternative = _obj(row.get("alternative"))
+    if row.get("readable", True) is False and alternative.get("readable") is True \
+            and _str(alternative.get("preview")):
+        return deezer_track(alternative, album)
 
     def _int(v: Any) -> int | None:
         return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None

@@ -24,7 +24,7 @@ from contract.state.cache import AnswerCache
 from contract.state.keys import DEEZER_CACHE_PREFIX
 from previewvec.localredis import LocalRedis
 from producers.deezer import DeezerClient
-from producers.http import UpstreamUnavailable
+from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
 from producers.musicbrainz import MusicBrainzClient
 from producers.ratelimit import RateLimiter
@@ -187,6 +187,42 @@ def test_deezer_quota_in_any_json_spelling_is_throttling(
     track = dz.track_by_isrc("USHP10300002")
     assert track is not None and track["id"] == 3020000102
     assert dz.stats["throttled"] == 1 and dz.calls == 2
+
+
+@pytest.mark.parametrize("code", [500, 501, 600])
+def test_a_deezer_error_the_request_causes_is_final(
+        settings: Settings, r: Redis, upstream: UpstreamServer, code: int) -> None:
+    """Written from the review of upstream shapes: Deezer's parameter and invalid-query
+    errors (HTTP 200, documented codes) were upstream_unavailable, so the recording was
+    asked again in every run; asking again gives the same answer."""
+    _, _, dz = clients(settings, r, retries=3)
+    body = {"error": {"type": "InvalidQueryException", "message": "Invalid query",
+                      "code": code}}
+    upstream.fail_next(1, 200, json.dumps(body).encode(), path_prefix="/track/")
+    with pytest.raises(UpstreamRejected, match=f"error {code}"):
+        dz.track_by_isrc("USHP10300002")
+    assert dz.calls == 1 and dz.stats["throttled"] == 0  # not retried
+
+
+def test_an_unreadable_deezer_track_is_replaced_by_its_readable_alternative(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """Written from the review of upstream shapes: a track object not ``readable`` in
+    the region names a readable copy in ``alternative`` (Deezer's documented field); it
+    was read as "no preview"."""
+    only_deezer = Settings(**{**settings.__dict__, "sources": ("deezer",)})
+    mb, _, dz = clients(only_deezer, r)
+    resolver = Resolver(only_deezer, mb, None, deezer=dz)
+    row = {**deezer_row(3020000101, "Static Hearts", 215, readable=False),
+           "isrc": "USHP10300002",
+           "alternative": {**deezer_row(3020000201, "Static Hearts", 215),
+                           "isrc": "USHP10300002"}}
+    upstream.fail_next(1, 200, json.dumps(row).encode(),
+                       path_prefix="/track/isrc:USHP10300002")
+    rec = {**mb_recording("Static Hearts", 215), "isrcs": ["USHP10300002"]}
+    res = resolver.resolve_recording_data(rec)
+    assert res.job is not None and res.job.match_rule == "isrc"
+    assert res.job.source_track_id == "3020000201"
+    assert res.job.preview_url.endswith("/3020000201.mp3")
 
 
 def test_deezer_album_tracks_follow_next(settings: Settings, r: Redis,
