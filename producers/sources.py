@@ -25,9 +25,11 @@ The rules, strongest first (``contract.sources.MATCH_RULES``):
 Two vetoes hold in every rule but ``isrc``: ISRCs on both sides that differ, and a *lone
 remaster* (:func:`lone_remaster`: "Song (2019 Remaster)" in an album that is not itself a
 remaster edition, for a recording whose title does not say remaster) — another version,
-as a best-of's remaster usually is. A remastered edition of the album still matches its
-tracks, as MusicBrainz counts a remaster as the same recording. A song/track search also refuses a
-title whose words are the recording's in another order (:func:`reordered_title`).
+as a best-of's remaster usually is. An album is a remaster edition when its name says so
+or when at least half of its tracks do (:func:`remaster_edition`); such an edition still
+matches its tracks, as MusicBrainz counts a remaster as the same recording. A song/track
+search also refuses a title whose words are the recording's in another order
+(:func:`reordered_title`).
 
 A barcode is trusted only when the album it gives agrees with the release
 (:func:`check_album`): at least half of the release's tracks have a store track at their
@@ -172,6 +174,13 @@ def lone_remaster(recording: Item, track: Item) -> bool:
             and not _says_remaster(track.album))
 
 
+def remaster_edition(tracks: list[StoreTrack]) -> bool:
+    """At least half of an album's tracks say remaster: a remastered edition, whatever
+    its name says ("Rumours (Super Deluxe)" of "Dreams (2004 Remaster)" and the rest), so
+    none of its remasters is a lone one."""
+    return 2 * sum(_says_remaster(t.item.title) for t in tracks) >= max(len(tracks), 1)
+
+
 def reordered_title(recording: Item, track: Item) -> bool:
     """The same title words in another order ("Hollow Violet" for "Violet Hollow"): the
     fuzzy title score calls it equal, but it is another song (often of the same album,
@@ -184,11 +193,12 @@ def _pairs(entries: list[Entry], tracks: list[StoreTrack], skip: set[int],
            used: set[str]) -> list[tuple[int, int, Match]]:
     """In-album text scores of the open entries and free tracks, without the pairs an
     identifier rules out (ISRCs on both sides that differ, a lone remaster)."""
+    edition = remaster_edition(tracks)
     return [(i, j, match_score(e.item, t.item, album=True))
             for i, e in enumerate(entries) if i not in skip
             for j, t in enumerate(tracks) if t.track_id not in used
             and not (e.isrcs and t.isrc and t.isrc not in e.isrcs)
-            and not lone_remaster(e.item, t.item)]
+            and (edition or not lone_remaster(e.item, t.item))]
 
 
 def _position(item: Item) -> tuple[int, int] | None:
@@ -242,13 +252,14 @@ def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
                                f"{m.reason}")
             used.add(j)
     by_pos = _index(tracks, lambda t: _position(t.item))
+    edition = remaster_edition(tracks)
     for i, e in enumerate(entries):
         j = by_pos.get(_position(e.item))  # type: ignore[arg-type]
         if i in out or j is None or j in used:
             continue
         if e.isrcs and tracks[j].isrc and tracks[j].isrc not in e.isrcs:
             continue  # another recording under its own ISRC (a remaster, a live take)
-        if lone_remaster(e.item, tracks[j].item):
+        if not edition and lone_remaster(e.item, tracks[j].item):
             continue
         m = match_score(e.item, tracks[j].item, album=True)
         if m.score >= threshold:

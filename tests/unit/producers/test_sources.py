@@ -140,6 +140,14 @@ def test_remaster_under_its_own_isrc_does_not_match_the_studio_recording() -> No
                                "Midnight Radio (Remastered)"), t.track_id, t.preview_url,
                           t.link) for t in store(isrcs=False)]
     assert set(match_album(entries(), edition, "itunes", THRESHOLD)) == set(range(6))
+    # so is an album whose tracks say remaster, most of them, under a name that does not
+    # ("Rumours (Super Deluxe)": "Dreams (2004 Remaster)", ...; from the review of
+    # upstream shapes: the barcode was trusted and no track matched)
+    deluxe = [StoreTrack(Item(t.item.title + " (2019 Remaster)", ARTIST, (),
+                              t.item.duration_ms, t.item.disc, t.item.track,
+                              "Midnight Radio (Super Deluxe)"), t.track_id, t.preview_url,
+                         t.link) for t in store(isrcs=False)]
+    assert set(match_album(entries(), deluxe, "itunes", THRESHOLD)) == set(range(6))
 
 
 def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
