@@ -19,17 +19,21 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
   album mix"; slowed, sped-up, nightcore), instrumental, demo, edit ("Radio Edit"),
   karaoke, a cappella, re-recorded, piano/orchestral/symphonic arrangements, reprise,
   medley, tribute, and any other named version ("(Taylor's Version)", "(Spanish
-  Version)": its words are the tag). MusicBrainz
-  marks live recordings in the recording's disambiguation ("live, 1977-05-08: ..."),
-  which is read the same way, and a store album whose name says it is live ("… (Live)",
-  "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`). Different
-  version tags multiply the score by :data:`VERSION_PENALTY` (never a confident match).
+  Version)": its words are the tag). MusicBrainz marks versions in the recording's
+  disambiguation ("live, 1977-05-08: ...", "English version"), which is read as a
+  suffix (:func:`parse_disambiguation`), and a store album whose name says it is live
+  ("… (Live)", "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`).
+  Different version tags multiply the score by :data:`VERSION_PENALTY` (never a
+  confident match); so do the same tags whose other words disagree
+  (:func:`details_disagree`: the remixer, a concert's venue or date), while one side
+  naming them alone costs :data:`DETAIL_PREFERENCE`.
   Brackets are round, square, curly, 【】 or 〔〕 (full-width ones too, by NFKC), nested
   ones read inside out; suffixes also follow " / ".
 * A suffix saying where the song comes from ('(From "Frozen")') is ignorable; any other
   bracketed text ("(Part 2)") stays in the title.
 * Titles naming different numbers ("Part I"/"Part II", "No. 40"/"No. 25": each names a
-  number the other does not) are different pieces: the title scores 0.
+  number the other does not) or different movements ("…: I. Allegro" / "…: III.
+  Allegro assai") are different pieces: the title scores 0.
 
 Scoring (:func:`match_score`), each component in 0..1:
 
@@ -78,6 +82,9 @@ EDITED_PREFERENCE = 0.97
 # Justin Bieber)" for "bad guy"): another recording, as MusicBrainz credits a featured
 # artist on the recording that has one. Below the threshold, like a version tag.
 UNCREDITED_FEATURE_PENALTY = 0.6
+# A version suffix naming which one on one side only ("(Remix)" for "(Alesso Remix)"):
+# possibly the same; where the store has both, the one naming the same wins.
+DETAIL_PREFERENCE = 0.97
 DURATION_FULL_S = 3.0
 DURATION_ZERO_S = 15.0
 TOKEN_FUZZ = 0.85
@@ -239,13 +246,18 @@ def version_tags(text: str | None) -> frozenset[str]:
         tags.add("instrumental")
     if re.search(r"\btv (size|edit|version|mix)\b", joined):
         tags.add("edit")
+    if re.search(r"\bradio (version|cut)\b", joined):  # a "Radio Edit" by another name
+        tags.add("edit")
     if re.search(r"\btake \d+\b", joined):  # "(Take 2)": another take of the session
         tags.add("alternate")
     return frozenset(tags)
 
 
+_ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")  # "35th Anniversary Edition"
+
+
 def _ignorable(words: list[str]) -> bool:
-    return all(w in IGNORABLE_WORDS or w.isdigit() for w in words)
+    return all(w in IGNORABLE_WORDS or w.isdigit() or _ORDINAL.fullmatch(w) for w in words)
 
 
 @dataclass(frozen=True)
@@ -253,10 +265,53 @@ class ParsedTitle:
     core: str  # normalised title without ignorable/version suffixes and credits
     tags: frozenset[str]  # version tags ("live", "remix", ...)
     featured: tuple[str, ...]  # normalised featured artist names
+    # The other words of the version suffixes: who remixed, where and when it was live
+    # ("Alesso" of "(Alesso Remix)", "glastonbury 2004" of "(Live at Glastonbury, 2004)").
+    details: frozenset[str] = frozenset()
+    movement: int | None = None  # "…: III. Allegro assai" → 3
 
 
-def _classify(segment: str, tags: set[str], featured: list[str]) -> bool:
-    """True when the segment is consumed (credit, version tag or ignorable)."""
+# Words of a version suffix that say nothing of which version it is.
+_DETAIL_STOP = frozenset({
+    "at", "in", "on", "a", "an", "by", "de", "la", "le", "les", "el", "en", "with", "to",
+    "mix", "mixed", "extended", "cappella", "capella", "off", "backing", "minus", "one",
+    "tv", "size", "take", "record", "recorded", "recording", "cut", "radio",
+})
+
+
+def _details(segment: str) -> set[str]:
+    """The words of a version suffix that name which one it is (see ParsedTitle)."""
+    return {w for w in _words(segment)
+            if w.isdigit() or (w not in VERSION_WORDS and w not in _DETAIL_STOP
+                               and not _ignorable([w]))}
+
+
+def details_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Both sides name which version (a remixer, a venue, a year) and no word agrees:
+    "Alesso" and "Nicky Romero" remix, live at "Woodstock 1994" and "Glastonbury 2004".
+    Words with digits must be equal; others may differ in spelling ("tiesto"/"tiestos")."""
+    if not a or not b:
+        return False
+    return not any(_same_detail(x, y) for x in a for y in b)
+
+
+def _same_detail(x: str, y: str) -> bool:
+    if x.isdigit() and y.isdigit():  # a year may be written short: "Woodstock '94"
+        return x == y or (len(x) == 2 and y.endswith(x)) or (len(y) == 2 and x.endswith(y))
+    if any(c.isdigit() for c in x + y):
+        return x == y
+    return x == y or SequenceMatcher(None, x, y).ratio() >= TOKEN_FUZZ
+
+
+# A movement of a work, as MusicBrainz and the stores print it: "…: III. Allegro assai",
+# "… - 2. Adagio". Its number is what tells the movements of one work apart.
+_MOVEMENT = re.compile(r"(?::\s*|\s[-–—]\s*)([IVX]{1,5}|\d{1,2})\.\s+\w")
+
+
+def _classify(segment: str, tags: set[str], featured: list[str],
+              details: set[str] | None = None) -> bool:
+    """True when the segment is consumed (credit, version tag or ignorable); a version
+    suffix's other words go to ``details``."""
     words = _words(segment)
     if not words:
         return True
@@ -266,6 +321,8 @@ def _classify(segment: str, tags: set[str], featured: list[str]) -> bool:
     found = version_tags(segment)
     if found:
         tags.update(found)
+        if details is not None:
+            details.update(_details(segment))
         return True
     # Where the song comes from ('(From "Frozen")', "(From the Motion Picture …)"):
     # stores add it to a soundtrack's titles; the recording is the same.
@@ -283,11 +340,13 @@ def parse_title(title: str | None) -> ParsedTitle:
     text = unicodedata.normalize("NFKC", title or "").strip()
     tags: set[str] = set()
     featured: list[str] = []
+    details: set[str] = set()
+    movement = _MOVEMENT.search(text)
 
     def _bracket(m: re.Match[str]) -> str:
         if m.start() == 0:  # "(I Can't Get No) Satisfaction": part of the title
             return m.group(0)
-        return " " if _classify(m.group(1), tags, featured) else f" {m.group(1)} "
+        return " " if _classify(m.group(1), tags, featured, details) else f" {m.group(1)} "
 
     # Nested brackets ("(Live (1993))") are read from the inside out.
     while (unwrapped := _BRACKET.sub(_bracket, text)) != text:
@@ -296,14 +355,34 @@ def parse_title(title: str | None) -> ParsedTitle:
     parts = _DASH_SUFFIX.split(text)
     kept = [parts[0]]
     for part in parts[1:]:
-        if not _classify(part, tags, featured):
+        if not _classify(part, tags, featured, details):
             kept.append(part)
     text = " ".join(kept)
     inline = _INLINE_FEAT.split(text, maxsplit=1)
     if len(inline) == 2 and inline[0].strip():
         text = inline[0]
         featured.extend(split_artists(inline[1]))
-    return ParsedTitle(normalize(text), frozenset(tags), tuple(dict.fromkeys(featured)))
+    return ParsedTitle(normalize(text), frozenset(tags), tuple(dict.fromkeys(featured)),
+                       frozenset(details), _numeral(movement.group(1)) if movement else None)
+
+
+def _numeral(text: str) -> int:
+    """"III" → 3, "2" → 2."""
+    if text.isdigit():
+        return int(text)
+    m = _ROMAN.match(text.lower())
+    return 10 * len(m.group(1)) + _ROMAN_VALUES.get(m.group(2), 0) if m else 0
+
+
+def parse_disambiguation(comment: str | None) -> ParsedTitle:
+    """A MusicBrainz disambiguation comment read as a title suffix would be: "live,
+    1977-05-08: Winterland", "English version", "radio edit" name versions; anything else
+    ("the one from the film") names none."""
+    tags: set[str] = set()
+    details: set[str] = set()
+    if comment and comment.strip():
+        _classify(comment, tags, [], details)
+    return ParsedTitle("", frozenset(tags), (), frozenset(details))
 
 
 def _fuzzy_dice(ta: list[str], tb: list[str]) -> float:
@@ -401,7 +480,9 @@ def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
     words = parsed.core.split()
     if not _LIVE_WORDS & set(words) or _LIVE_WORDS & set(parse_title(title).core.split()):
         return frozenset()
-    live = ("unplugged" in words or "in concert" in parsed.core or words[-1] == "live"
+    # "Long Live" (Atreyu, Taylor Swift) is a studio record.
+    last_live = words[-1] == "live" and words[-2:-1] != ["long"]
+    live = ("unplugged" in words or "in concert" in parsed.core or last_live
             or any(w == "live" and after in _LIVE_PREPOSITIONS
                    for w, after in pairwise(words)))
     return frozenset({"live"}) if live else frozenset()
@@ -542,13 +623,16 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     count, and a "Live" album name tags its tracks on both sides.
     """
     rp, tp = parse_title(recording.title), parse_title(track.title)
-    r_tags = rp.tags | version_tags(recording.disambiguation)
+    comment = parse_disambiguation(recording.disambiguation)
+    r_tags = rp.tags | comment.tags
     t_tags = tp.tags
     t_tags |= _album_live(track.album, track.title)
     if album:
         r_tags |= _album_live(recording.album, recording.title)
     title = similarity(rp.core, tp.core)
     numbers = _numbers_disagree(rp.core, tp.core)
+    if rp.movement and tp.movement and rp.movement != tp.movement:
+        numbers = f"movement {rp.movement}≠{tp.movement}"
     if numbers:
         title = 0.0
     artist = artist_similarity(recording, rp.featured, track, tp.featured)
@@ -585,12 +669,26 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if track.edited is not None and track.edited != wants_edited(recording):
         score *= EDITED_PREFERENCE
         reason.append("edited copy" if track.edited else "not the edited copy")
+    factor, said = _versions_agree(r_tags, rp.details | comment.details, t_tags, tp.details)
+    if said:
+        reason.append(said)
+    return Match(round(max(0.0, min(1.0, score * factor)), 4), " ".join(reason))
+
+
+def _versions_agree(r_tags: frozenset[str], r_details: frozenset[str],
+                    t_tags: frozenset[str], t_details: frozenset[str]) -> tuple[float, str]:
+    """The score's factor for the two sides' versions, and what to say of them."""
     if r_tags != t_tags:
-        score *= VERSION_PENALTY
-        reason.append(f"version {_fmt_tags(r_tags)}≠{_fmt_tags(t_tags)}")
-    elif r_tags:
-        reason.append(f"version {_fmt_tags(r_tags)}")
-    return Match(round(max(0.0, min(1.0, score)), 4), " ".join(reason))
+        return VERSION_PENALTY, f"version {_fmt_tags(r_tags)}≠{_fmt_tags(t_tags)}"
+    if not r_tags:
+        return 1.0, ""
+    if details_disagree(r_details, t_details):
+        # The same kind of version by another hand or on another night.
+        return VERSION_PENALTY, (f"version {_fmt_tags(r_tags)} {' '.join(sorted(r_details))}"
+                                 f"≠{' '.join(sorted(t_details))}")
+    # Only one side says which: the track that says the same wins a tie.
+    factor = DETAIL_PREFERENCE if bool(r_details) != bool(t_details) else 1.0
+    return factor, f"version {_fmt_tags(r_tags)}"
 
 
 def album_score(release_title: str, release_artist: str, track_count: int | None,

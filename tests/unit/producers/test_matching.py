@@ -13,10 +13,12 @@ from contract.settings import Settings
 from producers.matching import (
     Item,
     album_score,
+    details_disagree,
     item_from_itunes,
     item_from_mb,
     match_score,
     normalize,
+    parse_disambiguation,
     parse_title,
     split_artists,
     title_numbers,
@@ -147,6 +149,23 @@ PAIRS: list[tuple[str, Item, Item, bool]] = [
     ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Ludwig van Beethoven; Berliner Philharmoniker, Herbert von Karajan", 447, lead=("Ludwig van Beethoven", "Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447), True),
     ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447, lead=("Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker, Herbert von Karajan & Ludwig van Beethoven", 447), True),
     ("artist", R("Symphony No. 5 in C minor, Op. 67: I. Allegro con brio", "Berliner Philharmoniker & Herbert von Karajan", 447, lead=("Berliner Philharmoniker", "Herbert von Karajan")), T("Symphony No. 5 in C Minor, Op. 67: I. Allegro con brio", "Wiener Philharmoniker & Herbert von Karajan", 447), False),
+    # which remix, which night: the words beside the version tag (from the review of
+    # upstream shapes, 4 December 2026, written with the rule)
+    ("version", R("Titanium (Alesso remix)", "David Guetta feat. Sia", 340), T("Titanium (feat. Sia) [Nicky Romero Remix]", "David Guetta", 342), False),
+    ("version", R("Titanium (Alesso remix)", "David Guetta feat. Sia", 340), T("Titanium (feat. Sia) [Alesso Remix]", "David Guetta", 340), True),
+    ("version", R("Undertow", "The Hollow Pines", 262, dis="live, 1994-08-13: Woodstock '94"), T("Undertow (Live at Glastonbury, 2004)", "The Hollow Pines", 263), False),
+    ("version", R("Undertow", "The Hollow Pines", 262, dis="live, 1994-08-13: Woodstock '94"), T("Undertow (Live at Woodstock '94)", "The Hollow Pines", 263), True),
+    # a version named in the disambiguation, as a suffix would name it
+    ("version", R("Nuit blanche", "Zoé Varga", 241, dis="English version"), T("Nuit blanche", "Zoé Varga", 241), False),
+    ("version", R("Nuit blanche", "Zoé Varga", 241, dis="English version"), T("Nuit blanche (English Version)", "Zoé Varga", 241), True),
+    ("version", R("Glass", "The Hollow Pines", 210, dis="radio version"), T("Glass (Radio Edit)", "The Hollow Pines", 210), True),
+    ("version", R("Glass", "The Hollow Pines", 250, dis="radio version"), T("Glass", "The Hollow Pines", 250), False),
+    # movements of one work: the numeral after the colon
+    ("numbers", R("Violin Concerto No. 1 in A Minor, BWV 1041: I. Allegro moderato", "Hilary Hahn", 226), T("Violin Concerto No. 1 in A Minor, BWV 1041: III. Allegro assai", "Hilary Hahn", 220), False),
+    ("numbers", R("Violin Concerto No. 1 in A Minor, BWV 1041: I. Allegro moderato", "Hilary Hahn", 226), T("Violin Concerto No. 1 in A Minor, BWV 1041: I. Allegro Moderato", "Hilary Hahn", 225), True),
+    ("numbers", R("Eine kleine Nachtmusik, K. 525: I. Allegro", "Wiener Philharmoniker", 350), T("Eine kleine Nachtmusik, K. 525 - IV. Rondo: Allegro", "Wiener Philharmoniker", 352), False),
+    # "Long Live" is a studio album
+    ("album", R("Long Live", "Atreyu", 233), T("Long Live", "Atreyu", 233, album="Long Live"), True),
 ]
 
 
@@ -227,6 +246,29 @@ def test_parse_title(title: str, core: str, tags: set[str], featured: tuple[str,
 ])
 def test_title_numbers(title: str, numbers: set[int]) -> None:
     assert title_numbers(title) == numbers
+
+
+def test_version_details_movements_and_comments() -> None:
+    titanium = parse_title("Titanium (feat. Sia) [Nicky Romero Remix]")
+    assert titanium.tags == {"remix"} and titanium.details == {"nicky", "romero"}
+    assert parse_title("Song (Live at Woodstock '94)").details == {"woodstock", "94"}
+    assert parse_title("Song (Extended Mix)").details == frozenset()
+    assert not details_disagree(frozenset({"94"}), frozenset({"1994", "08"}))
+    assert details_disagree(frozenset({"1994"}), frozenset({"2004"}))
+    assert not details_disagree(frozenset({"tiesto"}), frozenset({"tiestos", "big"}))
+    assert not details_disagree(frozenset(), frozenset({"alesso"}))
+    assert parse_title("Concerto No. 1, BWV 1041: III. Allegro assai").movement == 3
+    assert parse_title("Serenade, K. 525 - 2. Romanze").movement == 2
+    assert parse_title("Greatest Hits Vol. 2").movement is None
+    comment = parse_disambiguation("live, 1977-05-08: Barton Hall, Cornell University")
+    assert comment.tags == {"live"} and {"1977", "cornell"} <= comment.details
+    assert parse_disambiguation("English version").tags == {"english version"}
+    assert parse_disambiguation("radio version").tags == {"edit"}
+    for plain in ("album version", "2011 remaster", "the one from the film", None):
+        assert parse_disambiguation(plain).tags == frozenset()
+    assert album_score("Rumours", "Fleetwood Mac", 11, {
+        "collectionName": "Rumours (35th Anniversary Edition)",
+        "artistName": "Fleetwood Mac", "trackCount": 11}).score == 1.0
 
 
 def test_normalisation() -> None:
