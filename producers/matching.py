@@ -675,6 +675,23 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     return Match(round(max(0.0, min(1.0, score * factor)), 4), " ".join(reason))
 
 
+def written_apart(recording: Item, track: Item) -> str:
+    """Why an ISRC hit whose text scores low is no contradiction, or "": the title or the
+    artist is written in another script on each side (nothing to compare), the versions
+    agree, no number or movement differs, and the durations are within 15 s."""
+    rp, tp = parse_title(recording.title), parse_title(track.title)
+    apart = [what for what, a, b in (("title", recording.title, track.title),
+                                     ("artist", recording.artist, track.artist))
+             if other_scripts(a, b)]
+    tags = rp.tags | parse_disambiguation(recording.disambiguation).tags
+    if (not apart or tags != tp.tags | _album_live(track.album, track.title)
+            or _numbers_disagree(rp.core, tp.core)
+            or (rp.movement and tp.movement and rp.movement != tp.movement)
+            or not duration_score(recording.duration_ms, track.duration_ms)):
+        return ""
+    return f"{' and '.join(apart)} in another script"
+
+
 def _versions_agree(r_tags: frozenset[str], r_details: frozenset[str],
                     t_tags: frozenset[str], t_details: frozenset[str]) -> tuple[float, str]:
     """The score's factor for the two sides' versions, and what to say of them."""
@@ -741,11 +758,44 @@ def _credit_string(credit: Any) -> str:
 def _credit_names(credit: Any) -> tuple[str, ...]:
     names: list[str] = []
     for part in _credit_parts(credit):
-        artist = part.get("artist")
-        for name in (part.get("name"), artist.get("name") if isinstance(artist, dict) else None):
+        artist = _obj(part.get("artist"))
+        for name in (part.get("name"), artist.get("name"), _latin_sort_name(part, artist)):
             if isinstance(name, str) and name and name not in names:
                 names.append(name)
     return tuple(names)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _latin_sort_name(part: dict[str, Any], artist: dict[str, Any]) -> str:
+    """The artist's sort name in reading order ("Utada, Hikaru" → "Hikaru Utada") when it
+    is written in Latin letters and the credited name is not: stores outside the
+    artist's country print that spelling (宇多田ヒカル as "Hikaru Utada", Кино as "Kino")."""
+    sort_name = _text(artist.get("sort-name"))
+    credited = _text(part.get("name")) or _text(artist.get("name"))
+    if not sort_name or "LATIN" in scripts(credited) or scripts(sort_name) != {"LATIN"}:
+        return ""
+    last, _, first = sort_name.partition(", ")
+    return f"{first} {last}" if first and "," not in first else sort_name
+
+
+def scripts(text: str | None) -> frozenset[str]:
+    """The scripts of the letters of ``text`` ("LATIN", "CYRILLIC", "CJK", "HIRAGANA"...)."""
+    found = set()
+    for ch in text or "":
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            found.add(name.split(" ")[0] if name else "?")
+    return frozenset(found)
+
+
+def other_scripts(a: str | None, b: str | None) -> bool:
+    """Both have letters and share no script: "Группа крови" and "Gruppa krovi" cannot be
+    compared as text."""
+    sa, sb = scripts(a), scripts(b)
+    return bool(sa and sb and not sa & sb)
 
 
 def _int(value: Any) -> int | None:

@@ -10,7 +10,8 @@ The rules, strongest first (``contract.sources.MATCH_RULES``):
 ``isrc``
     The store track carries one of the recording's ISRCs (Deezer only: iTunes rows have
     no ISRC). Accepted unless title, artist and duration contradict it (score below
-    :data:`ISRC_SANITY`, which a live/remix version tag alone already causes);
+    :data:`ISRC_SANITY`, which a live/remix version tag alone already causes; a title or
+    artist in another script on each side is no contradiction, :func:`isrc_check`);
     confidence 1.
 ``upc+position``
     The release's barcode gave a store album and the track sits at the same disc and
@@ -68,6 +69,7 @@ from producers.matching import (
     normalize,
     parse_title,
     similarity,
+    written_apart,
 )
 from producers.ratelimit import RateLimiter
 
@@ -246,7 +248,7 @@ def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
         j = next((by_isrc[x] for x in e.isrcs if x in by_isrc), None)
         if j is None or j in used:
             continue
-        m = match_score(e.item, tracks[j].item, album=True)
+        m = isrc_check(e.item, tracks[j].item, album=True)
         if m.score >= ISRC_SANITY:
             out[i] = Candidate(source, tracks[j], "isrc", 1.0, f"isrc {tracks[j].isrc} "
                                f"{m.reason}")
@@ -270,10 +272,20 @@ def match_album(entries: list[Entry], tracks: list[StoreTrack], source: str,
 
 def isrc_candidate(entry: Entry, track: StoreTrack, source: str) -> Candidate | Miss:
     """A track found by the recording's ISRC, unless its text contradicts it."""
-    m = match_score(entry.item, track.item)
+    m = isrc_check(entry.item, track.item)
     if m.score < ISRC_SANITY:
         return Miss(m.score, f"isrc {track.isrc}: contradicted ({m.reason})")
     return Candidate(source, track, "isrc", 1.0, f"isrc {track.isrc} {m.reason}")
+
+
+def isrc_check(recording: Item, track: Item, *, album: bool = False) -> Match:
+    """The text match of an ISRC hit: :func:`match_score`, or :data:`ISRC_SANITY` when a
+    title or artist written in another script is all that disagrees
+    (:func:`~producers.matching.written_apart`: "Группа крови" as "Gruppa krovi")."""
+    m = match_score(recording, track, album=album)
+    if m.score < ISRC_SANITY and (apart := written_apart(recording, track)):
+        return Match(ISRC_SANITY, f"{m.reason} ({apart})")
+    return m
 
 
 def best_scored(rows: Iterable[T], score: Callable[[T], Match | None]) -> tuple[Match, T] | None:

@@ -11,7 +11,7 @@ import pytest
 
 from contract.settings import Settings
 from producers.http import UpstreamUnavailable
-from producers.matching import Item, Match, match_score
+from producers.matching import Item, Match, item_from_mb, match_score
 from producers.resolve import Resolver
 from producers.sources import (
     Candidate,
@@ -148,6 +148,31 @@ def test_remaster_under_its_own_isrc_does_not_match_the_studio_recording() -> No
                               "Midnight Radio (Super Deluxe)"), t.track_id, t.preview_url,
                          t.link) for t in store(isrcs=False)]
     assert set(match_album(entries(), deluxe, "itunes", THRESHOLD)) == set(range(6))
+
+
+@pytest.mark.parametrize(("title", "credit", "store_title", "store_artist", "seconds"), [
+    ("Automatic", ("宇多田ヒカル", "Utada, Hikaru"), "Automatic", "Hikaru Utada", 325),
+    ("Группа крови", ("Кино", "Kino"), "Gruppa krovi", "Kino", 286),
+])
+def test_an_isrc_hit_written_in_another_script_is_no_contradiction(
+        title: str, credit: tuple[str, str], store_title: str, store_artist: str,
+        seconds: int) -> None:
+    """From the review of upstream shapes: a Japanese or Russian recording that a store
+    spells in Latin letters scored 0 (artist or title "contradicted") and lost its ISRC
+    match. The sort name gives the artist's Latin spelling; a title in another script is
+    nothing to compare, so the ISRC stands while versions and durations agree."""
+    name, sort_name = credit
+    rec = item_from_mb({"id": "x", "title": title, "length": seconds * 1000,
+                        "artist-credit": [{"name": name, "artist": {
+                            "name": name, "sort-name": sort_name}}]})
+    entry = Entry("x", rec, ("JPTO09800001",))
+    hit = StoreTrack(Item(store_title, store_artist, (), (seconds + 1) * 1000), "1",
+                     "https://cdn.test/1.mp3", None, "JPTO09800001")
+    assert isinstance(isrc_candidate(entry, hit, "deezer"), Candidate)
+    live = replace(hit, item=replace(hit.item, title=f"{store_title} (Live)"))
+    assert isinstance(isrc_candidate(entry, live, "deezer"), Miss)
+    longer = replace(hit, item=replace(hit.item, duration_ms=(seconds + 40) * 1000))
+    assert isinstance(isrc_candidate(entry, longer, "deezer"), Miss)
 
 
 def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
