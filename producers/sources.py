@@ -478,8 +478,14 @@ def deezer_track(row: dict[str, Any], album: str | None = None) -> StoreTrack:
     # still be read, or a live take would pass for the studio recording.
     if isinstance(version, str) and version.strip() and version.strip() not in title:
         title = f"{title} {version.strip()}"
+    # A full track object lists every main artist in ``contributors``; ``artist`` is the
+    # first of them only ("Señorita": Shawn Mendes, not "Shawn Mendes & Camila Cabello").
+    contributors = row.get("contributors")
+    mains = tuple(name for c in (contributors if isinstance(contributors, list) else [])
+                  if _obj(c).get("role") == "Main" and (name := _str(_obj(c).get("name"))))
     item = Item(title=title,
                 artist=_str(_obj(row.get("artist")).get("name")) or "",
+                artists=mains,
                 duration_ms=duration * 1000 if duration else None,
                 disc=_int(row.get("disk_number")), track=_int(row.get("track_position")),
                 album=album or _str(_obj(row.get("album")).get("title")),

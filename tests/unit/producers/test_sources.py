@@ -186,6 +186,23 @@ def test_isrc_hit_contradicted_by_its_text_is_refused() -> None:
     assert isinstance(isrc_candidate(entry, live, "deezer"), Miss)
 
 
+def test_a_deezer_track_object_credits_every_main_contributor() -> None:
+    """From the review of upstream shapes: Deezer's ``artist`` is the first main artist
+    only; a full track object's ``contributors`` name the others."""
+    row = {"id": 1, "readable": True, "title": "Señorita", "duration": 191,
+           "preview": "https://cdnt-preview.dzcdn.net/x.mp3",
+           "artist": {"name": "Shawn Mendes"},
+           "contributors": [{"name": "Shawn Mendes", "role": "Main"},
+                            {"name": "Camila Cabello", "role": "Main"},
+                            {"name": "Someone", "role": "Featured"}, "odd", None]}
+    rec = item_from_mb({"title": "Señorita", "length": 191000, "artist-credit": [
+        {"name": "Shawn Mendes", "joinphrase": " & ", "artist": {"name": "Shawn Mendes"}},
+        {"name": "Camila Cabello", "artist": {"name": "Camila Cabello"}}]})
+    track = deezer_track(row)
+    assert track.item.artists == ("Shawn Mendes", "Camila Cabello")
+    assert match_score(rec, track.item).score >= THRESHOLD
+
+
 def test_store_rows_with_fields_of_another_type_are_read_not_fatal() -> None:
     """Written by the API-layer review: a Deezer row whose ``artist``/``album`` is a bare
     string (documented as objects) raised AttributeError out of the source, which the
