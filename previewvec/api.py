@@ -517,7 +517,13 @@ class ApiState:
             if self._store is None:
                 from contract.store import open_store
 
-                self._store = open_store(self.settings.store, self.settings)
+                # Read only: a folder that does not exist is store_folder_missing (503),
+                # not a new empty folder whose "nothing stored" answers every request.
+                store = open_store(self.settings.store, self.settings, create=False)
+                check = getattr(store, "check", None)
+                if check is not None:  # as Reducer.build probes it: one code per fault
+                    check()
+                self._store = store
             return self._store
 
     def reducer(self) -> Any:
@@ -525,7 +531,9 @@ class ApiState:
             if self._reducer is None:
                 from reducer.reduce import Reducer  # lazy: LanceDB, numpy
 
-                self._reducer = Reducer.build(self.settings)
+                # The index may be made here: the API may start before the reducer
+                # first writes the index it shares (an empty one answers 404).
+                self._reducer = Reducer.build(self.settings, create_store=False)
             return self._reducer
 
 

@@ -484,8 +484,7 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from reducer.reduce import Reducer
 
-    reducer = Reducer.build(settings, create_store=False)
-    _check_store(reducer.store)
+    reducer = Reducer.build(settings, create_store=False)  # probes the store
     n = reducer.reindex(args.batch_size, refit=args.refit)
     reducer.index.wait_for_writes()
     print(f"reindexed {n} records; index holds {reducer.index.count()} vectors")
@@ -520,9 +519,7 @@ def _match_descriptors(match: object) -> dict[str, object]:
 def _reducer(settings: Settings):  # -> Reducer
     from reducer.reduce import Reducer
 
-    reducer = Reducer.build(settings, create_store=False)
-    _check_store(reducer.store)
-    return reducer
+    return Reducer.build(settings, create_store=False, create_index=False)  # probes the store
 
 
 def _not_empty(matches: list, reducer: object) -> list:
@@ -539,10 +536,11 @@ def _similar_to_stored(recording_id: str, k: int, where: dict | None,
     from contract.store import validate_key
     from contract.versions import current_version
 
-    missing = NotFound(f"no stored record for {recording_id!r} in the feature store "
-                       f"({settings.store})")
+    version = current_version(settings)
+    missing = NotFound(f"no stored record for {recording_id!r} of feature version {version} "
+                       f"in the feature store ({settings.store})")
     try:
-        validate_key(record_key(current_version(settings), recording_id))
+        validate_key(record_key(version, recording_id))
     except ValueError:  # an id that can never be stored
         raise missing from None
     reducer = _reducer(settings)

@@ -228,7 +228,7 @@ class Catalog:
         # The reducer owns the normaliser and the index; querying needs no Redis.
         return Reducer.build(dataclasses.replace(self.settings,
                                                  feature_version=self.version),
-                             create_store=False)
+                             create_store=False, create_index=False)
 
     def similar(self, recording_id: str, k: int = 10, **filters: Any) -> list[Neighbour]:
         """The ``k`` nearest stored recordings to a stored one (itself excluded).

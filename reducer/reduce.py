@@ -97,6 +97,7 @@ def similar_filter(*, tempo_min: float | None = None, tempo_max: float | None = 
         where["key"] = key
     if mode:
         where["mode"] = mode
+    normalize_filter(where)  # a value the index refuses (NaN) is refused before any I/O
     return where or None
 
 
@@ -118,14 +119,21 @@ class Reducer:
     _legacy_sets_dropped: bool = False
 
     @classmethod
-    def build(cls, settings: Settings, *, create_store: bool = True) -> Reducer:
+    def build(cls, settings: Settings, *, create_store: bool = True,
+              create_index: bool = True) -> Reducer:
         """The reducer of ``settings``. ``create_store=False`` for queries and reindexing:
         they only read the store, and a mistyped folder is ``store_folder_missing``, not
-        a new empty folder that "holds no records"."""
+        a new empty folder that "holds no records"; ``create_index=False`` for queries:
+        an index not made yet is ``NothingStored``, not made by the query. A store only
+        read is probed first (S3: HEAD the bucket), so its fault is the one reported."""
+        store = open_store(settings.store, settings, create=create_store)
+        check = getattr(store, "check", None)
+        if not create_store and check is not None:
+            check()
         return cls(
             settings=settings,
-            store=open_store(settings.store, settings, create=create_store),
-            index=open_index(settings.index, settings, VECTOR_DIM),
+            store=store,
+            index=open_index(settings.index, settings, VECTOR_DIM, create=create_index),
             runs=Runs.from_url(settings.broker_url),
         )
 

@@ -37,10 +37,11 @@ __all__ = [
 ]
 
 
-def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
+def open_index(url: str, settings: Settings, dim: int, *, create: bool = True) -> VectorIndex:
     """A folder path → :class:`EmbeddedIndex`; ``vectorize://NAME`` → :class:`VectorizeIndex`.
 
-    A malformed URL or missing Vectorize credentials raise :class:`ConfigError`.
+    A malformed URL or missing Vectorize credentials raise :class:`ConfigError`;
+    ``create=False`` (queries): an embedded index not made yet is ``NothingStored``.
     """
     if url.startswith("vectorize://"):
         from reducer.index.vectorize import VectorizeIndex
@@ -65,4 +66,4 @@ def open_index(url: str, settings: Settings, dim: int) -> VectorIndex:
     if not folder.strip():  # "" or "file://" would silently be the current directory
         raise ConfigError(f"index URL {url!r} (PREVIEWVEC_INDEX) names no folder: expected "
                           "a folder, file://FOLDER or vectorize://NAME")
-    return EmbeddedIndex(folder, dim)
+    return EmbeddedIndex(folder, dim, create=create)

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import BTree
 
+from contract.errors import NothingStored
 from reducer.index.base import (
     FILTER_FIELDS,
     MAX_DIMENSIONS,
@@ -149,11 +150,18 @@ def _ids_sql(ids: Sequence[str]) -> str:
 class EmbeddedIndex:
     """LanceDB-backed :class:`~reducer.index.base.VectorIndex` in ``path``."""
 
-    def __init__(self, path: str | Path, dim: int) -> None:
+    def __init__(self, path: str | Path, dim: int, *, create: bool = True) -> None:
+        """``create=False`` for queries: an index that does not exist yet (a mistyped
+        folder, or nothing reduced) is :class:`NothingStored`, and nothing is written."""
         if not 1 <= dim <= MAX_DIMENSIONS:
             raise ValueError(f"dim must be 1..{MAX_DIMENSIONS}")
         self.dim = dim
         self.path = Path(path).expanduser()
+        missing = NothingStored(f"the vector index holds no vectors: there is none at "
+                                f"{self.path} (PREVIEWVEC_INDEX); run `previewvec reduce` "
+                                "first")
+        if not create and not self.path.exists():
+            raise missing
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission: fix PREVIEWVEC_INDEX
@@ -169,6 +177,8 @@ class EmbeddedIndex:
             try:
                 self._table = self._db.open_table(TABLE_NAME)
             except ValueError:  # LanceDB's "table not found"
+                if not create:
+                    raise missing from None
                 # exist_ok: another process may create it between our open and create.
                 self._table = self._db.create_table(TABLE_NAME, schema=self._schema,
                                                     exist_ok=True)

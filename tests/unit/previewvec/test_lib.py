@@ -324,6 +324,8 @@ def test_similar_on_an_index_never_built_is_nothing_stored(tmp_path: Path) -> No
         catalog.similar("rec-0000001", k=2)
     with pytest.raises(NothingStored, match="reduce"):
         catalog.similar_to_vector(vector, k=2)
+    # a query makes no index (a mistyped PREVIEWVEC_INDEX made an empty one)
+    assert not (tmp_path / "index").exists()
     Reducer.build(settings).reindex()
     assert len(catalog.similar("rec-0000001", k=2)) == 2
     assert catalog.similar_to_vector(vector, k=2, tempo_min=500) == []
