@@ -509,22 +509,31 @@ class ApiState:
     resolver_factory: Callable[..., Any]
     tokens: tuple[bytes, ...]
     _store: Any = None
+    _store_checked: bool = False
     _reducer: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Any:
+        """The store, opened to read only: the API never creates its folder. Submissions
+        ask it what is stored (a folder no worker made yet holds nothing)."""
         with self._lock:
             if self._store is None:
                 from contract.store import open_store
 
-                # Read only: a folder that does not exist is store_folder_missing (503),
-                # not a new empty folder whose "nothing stored" answers every request.
-                store = open_store(self.settings.store, self.settings, create=False)
-                check = getattr(store, "check", None)
-                if check is not None:  # as Reducer.build probes it: one code per fault
-                    check()
-                self._store = store
+                self._store = open_store(self.settings.store, self.settings, create=False)
             return self._store
+
+    def checked_store(self) -> Any:
+        """:meth:`store`, probed once (as ``Reducer.build`` probes it) for the endpoints
+        that read records: a folder that does not exist is ``store_folder_missing`` (503),
+        not 404 "no stored record" for every recording."""
+        store = self.store()
+        if not self._store_checked:
+            check = getattr(store, "check", None)
+            if check is not None:
+                check()
+            self._store_checked = True
+        return store
 
     def reducer(self) -> Any:
         with self._lock:
@@ -753,8 +762,28 @@ def _resolver_for(state: ApiState, sub: Submission, run_id: str) -> Any:
                             f"{exc.message}") from None
 
 
+def _check_hosts(state: ApiState, sub: Submission) -> None:
+    """422 for a job whose preview host no worker would fetch (not in
+    ``PREVIEWVEC_ALLOWED_AUDIO_HOSTS``, an IP literal): said now, not accepted and then
+    failed by a worker as ``host_not_allowed``."""
+    if sub.kind != "jobs":
+        return
+    from workers.fetch import HostNotAllowed, HostPolicy
+
+    policy = HostPolicy(state.settings.allowed_audio_hosts)
+    errors: Errors = []
+    for i, job in enumerate(sub.value):
+        try:
+            policy.check_name(job.preview_host, job.preview_url)
+        except HostNotAllowed as exc:
+            errors.append(_field_error(["jobs", i, "preview_url"], exc.message, exc.code))
+    if errors:
+        raise InputError(422, errors)
+
+
 def _accept(state: ApiState, sub: Submission) -> dict[str, Any]:
     """Create the run and hand the submission to the background threads."""
+    _check_hosts(state, sub)
     _check_room(state, sub.queue)
     run_id = new_run_id()
     resolver = _resolver_for(state, sub, run_id)
@@ -854,7 +883,7 @@ def get_recording(state: State, recording_id: str,
     # Outside the try: a store or setting that cannot be used is the server's fault
     # (503), not a recording that is not stored (ConfigError is a ValueError too).
     version = current_version(state.settings)
-    store = state.store()
+    store = state.checked_store()
     try:
         key = record_key(version, recording_id)
         data = store.get(key)

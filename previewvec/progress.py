@@ -12,8 +12,9 @@ BAR_WIDTH = 30
 
 
 RESOLUTION_COUNTERS = ("resolved", "unresolved", "skipped_existing")
-# Deliberate skips (producers.submit.DELIBERATE_SKIPS): shown when a run has any.
-SKIP_COUNTERS = ("skipped_video", "skipped_no_tracks")
+# Deliberate skips (producers.submit.DELIBERATE_SKIPS) and recordings another run had
+# queued (skipped_queued): shown when a run has any, so every skip has its reason.
+SKIP_COUNTERS = ("skipped_video", "skipped_no_tracks", "skipped_queued")
 # Resolution states (run meta "resolution_state", written by producers.submit) in which more
 # jobs may still arrive: a run in one of them is not finished even with nothing queued.
 RESOLVING_STATES = ("pending", "running")

@@ -12,7 +12,8 @@ for each one:
   ready queue to be upserted only if the index lacks it, as a worker would); counted
   ``skipped_existing``;
 - **queued in another run** (``already_queued``: the resolver made no call, a job of it
-  is queued elsewhere, ``pv:pending:<id>``): marked ``skipped`` in this run, not
+  is queued elsewhere, ``pv:pending:<id>``; or a job given as is, from a catalog line or
+  ``POST /v1/jobs``, whose recording is pending there): marked ``skipped`` in this run, not
   published (that run's job computes it); counted ``skipped_queued`` (and in
   ``skipped``). If that job then fails for good, this run does not retry it: a later
   submission resolves it again;
@@ -286,6 +287,11 @@ class _Submission:
             self.runs.succeed(self.run_id, job.recording_id, "skipped", delivered=False)
             self.runs.push_ready_if_absent(key)  # indexed unless its writer died
             self.runs.count(self.run_id, "skipped_existing")
+        elif not self.force and self.runs.pending_run(job.recording_id) not in (
+                None, self.run_id):
+            # A job given as is (a catalog line, POST /v1/jobs, a client's retry) that
+            # another run has queued: the resolver's check never saw it.
+            self._queued_elsewhere(job.recording_id)
         elif job.recording_id in self.pending_ids:
             self.report.in_run += 1  # two releases in flight resolved it at once
         else:

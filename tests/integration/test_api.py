@@ -229,6 +229,23 @@ def test_a_repeated_recording_is_published_once(client: TestClient, app, r: Redi
 # --------------------------------------------------------------------------- runs
 
 
+def test_a_job_from_a_host_no_worker_fetches_is_refused_up_front(client: TestClient,
+                                                                 r: Redis) -> None:
+    """From the data-scientist review: a job whose preview is on a host outside the
+    allowlist (or an address) was accepted (202) and then failed on a worker."""
+    before = r.llen("ondemand")
+    jobs = [{"recording_id": "host-ok", "preview_url": "https://p.scdn.co/ok"},
+            {"recording_id": "host-evil", "preview_url": "https://evil.example/x.mp3"},
+            {"recording_id": "host-local", "preview_url": "http://127.0.0.1/x.mp3"}]
+    resp = post(client, json.dumps({"jobs": jobs}))
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    assert [(d["loc"], d["type"]) for d in detail] == [
+        (["body", "jobs", 1, "preview_url"], "host_not_allowed"),
+        (["body", "jobs", 2, "preview_url"], "host_not_allowed")]
+    assert r.llen("ondemand") == before  # nothing of it was queued
+
+
 def test_jobs_are_accepted_and_published(client: TestClient, app, r: Redis) -> None:
     jobs = [{"recording_id": f"api-job-{i}", "preview_url": f"https://p.scdn.co/{i}",
              "isrc": "us-rc1-76-07839"} for i in range(5)]
@@ -256,7 +273,7 @@ def test_resolved_inputs_run_in_background(client: TestClient, app) -> None:
         run = wait_run(client, app, resp.json()["run_id"])
         assert run["resolution"] == {"resolved": 2, "unresolved": 1, "skipped_existing": 0,
                                      "skipped_video": 0, "skipped_no_tracks": 0,
-                                     "state": "finished"}
+                                     "skipped_queued": 0, "state": "finished"}
         assert run["counts"]["queued"] == 2 and run["counts"]["failed"] == 1
         (failure,) = run["failures"]
         assert failure["code"] == "no_confident_match" and failure["message"] == "title=0.20"

@@ -311,9 +311,12 @@ def test_cli_enqueue_accepts_resolve_output_and_submit_resumes(
     assert "resuming dump at line" in out.err
     per_recording = Counter(m["recording_id"] for m in drain_all(client, "batch"))
     assert max(per_recording.values()) == 1
+    # 0, 1 and 2 (line 0) are still queued by the enqueue above: skipped, not published
+    # twice (skipped_queued), as the real resolver's "queued in another run" check does
     assert len(per_recording) == len([i for line in range(40) for i in tracks(line)
-                                      if i % 7 != 3])
+                                      if i % 7 != 3 and i not in (0, 1, 2)])
     assert runs.status(run_id).meta["resolution_state"] == "finished"
+    assert runs.status(run_id).meta["skipped_queued"] == "3"
 
 
 def test_cli_resolve_writes_enqueueable_lines(
@@ -397,3 +400,22 @@ def test_videos_and_releases_without_recordings_are_skipped_not_failed(env) -> N
         obj = {"recording_id": res.recording_id, "job": None, "error_code": res.error_code}
         assert submit_mod.record_unresolved_line(runs, run_id, n, obj) is False
     assert runs.status(run_id).counts["skipped"] == 2 and dict(runs.failures(run_id)) == {}
+
+
+def test_a_job_given_as_is_that_another_run_has_queued_is_skipped(env) -> None:
+    """From the data-scientist review: the same POST /v1/jobs sent twice (a client's retry
+    after a timeout) queued the recording twice; a job given as is never passed the
+    resolver's "queued in another run" check. Its reason is shown by status."""
+    settings, runs, client = env
+    jobs = [resolution(i).job for i in (0, 1)]
+    first = submit(jobs, settings, queue="ondemand")
+    again = submit(jobs, settings, queue="ondemand")
+    assert (first.queued, again.queued, again.skipped_queued) == (2, 0, 2)
+    assert len(drain_all(client, "ondemand")) == 2
+    status = runs.status(again.run_id)
+    assert status.counts["skipped"] == 2 and status.meta["skipped_queued"] == "2"
+    from previewvec.progress import format_status
+
+    assert "skipped_queued 2" in format_status(status)
+    forced = submit(jobs, settings, queue="ondemand", force=True)  # --force: published
+    assert forced.queued == 2
