@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import ConfigError
@@ -90,6 +91,15 @@ def current_version(settings: Settings) -> str:
     """The version this process writes and reads: ``PREVIEWVEC_FEATURE_VERSION`` when
     pinned (readers need not know the analysis settings), else :func:`derived_version`."""
     return settings.feature_version or derived_version(settings)
+
+
+_VERSION_NAME = re.compile(rf"pv\d+(-[0-9a-f]{{{HASH_CHARS}}})?")
+
+
+def is_version_name(text: str) -> bool:
+    """Whether ``text`` has the shape of a feature version (``pv7``, ``pv7-<10 hex>``);
+    "../x", "pv7/13" or a typo would read as a version with no records."""
+    return bool(_VERSION_NAME.fullmatch(text))
 
 
 def is_our_layout(version: str) -> bool:

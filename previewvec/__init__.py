@@ -17,7 +17,10 @@ from contract import __version__
 
 # The Python API, imported on first use: `previewvec.cli` must not pay for numpy.
 _API = ("Catalog", "Extracted", "Neighbour", "extract", "open")
-__all__ = ["__version__", *_API]
+# The errors the API raises, to catch without knowing where they are defined.
+_ERRORS = ("PreviewvecError", "InvalidQuery", "InputUnreadable", "NotFound", "NothingStored",
+           "StoreFolderMissing")
+__all__ = ["__version__", *_API, *_ERRORS, "ReadCounts", "VersionMismatch"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,9 +28,21 @@ def __getattr__(name: str) -> Any:
         from previewvec import lib
 
         return getattr(lib, name)
+    if name in _ERRORS:
+        from contract import errors
+
+        return getattr(errors, name)
+    if name == "ReadCounts":
+        from previewvec.export import ReadCounts
+
+        return ReadCounts
+    if name == "VersionMismatch":
+        from contract.versions import VersionMismatch
+
+        return VersionMismatch
     raise AttributeError(f"module 'previewvec' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     # The lazy names too: a notebook's tab completion lists what dir() gives.
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *__all__})

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -905,7 +904,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _version(text: str) -> str:
     """An argparse type: the shape of a feature version (``pv7``, ``pv7-<10 hex>``);
     "../x" or a typo read as "no records" before."""
-    if not re.fullmatch(r"pv\d+(-[0-9a-f]{10})?", text):
+    from contract.versions import is_version_name
+
+    if not is_version_name(text):
         raise argparse.ArgumentTypeError(
             f"not a feature version: {text!r} (e.g. pv7, or pv7-<10 hex> for other settings)")
     return text

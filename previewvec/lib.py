@@ -14,6 +14,7 @@ record decoder, the export's Arrow conversion, the reducer's normaliser and inde
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, f
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
-from contract.versions import check_claim, current_version, derived_version
+from contract.versions import check_claim, current_version, derived_version, is_version_name
 from previewvec.faults import MAX_K
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ def _read_file_object(source: Any, max_input_bytes: int) -> bytes:
     if read is None:
         raise TypeError("source must be a path, bytes or a file opened 'rb', "
                         f"not {type(source).__name__}")
+    if isinstance(source, io.TextIOBase):  # its read() would decode audio as text first
+        raise TypeError("source is a file opened as text: open it 'rb'")
     data = read(max_input_bytes + 1)
     if not isinstance(data, bytes | bytearray):
         raise TypeError(f"source is a file opened as text: open it 'rb' "
@@ -130,6 +133,9 @@ class Catalog:
 
     def __init__(self, settings: Settings, *, version: str | None = None) -> None:
         self.settings = settings
+        if version is not None and not is_version_name(version):
+            raise InvalidQuery(f"not a feature version: {version!r} (e.g. pv7, or "
+                               "pv7-<10 hex> for other settings)")
         self.version = version or current_version(settings)
         # A reader: a mistyped folder is an error, not an empty catalog.
         self.store: FeatureStore = open_store(settings.store, settings, create=False)
@@ -310,17 +316,19 @@ def _filter(filters: dict[str, Any]) -> dict[str, Any] | None:
         except (TypeError, ValueError, OverflowError):
             number = math.nan
         if (isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number)
-                or not math.isfinite(number)):
-            raise InvalidQuery(f"{bound} must be a finite number of BPM, not {value!r}")
+                or not math.isfinite(number) or number < 0):
+            raise InvalidQuery(f"{bound} must be a finite number of BPM (0 or more), not "
+                               f"{value!r}")
         filters[bound] = number
     low, high = filters.get("tempo_min"), filters.get("tempo_max")
     if low is not None and high is not None and low > high:
         raise InvalidQuery(f"tempo_min {low:g} is above tempo_max {high:g}: no recording "
                            "can match")
     key, mode = filters.get("key"), filters.get("mode")
-    if key is not None and key not in PITCH_CLASSES:
+    # isinstance first: `in` compares, and pandas' NA refuses to be a truth value.
+    if key is not None and not (isinstance(key, str) and key in PITCH_CLASSES):
         raise InvalidQuery(f"key must be one of {', '.join(PITCH_CLASSES)}, not {key!r}")
-    if mode is not None and mode not in MODES:
+    if mode is not None and not (isinstance(mode, str) and mode in MODES):
         raise InvalidQuery(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     return similar_filter(**filters)
 

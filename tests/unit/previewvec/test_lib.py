@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import previewvec
@@ -285,6 +286,10 @@ def test_records_matrix_and_table_name_each_skipped_record(
     (lambda c: c.similar("rec-0000001", k=3, tempo_max=float("nan")), "tempo_max"),
     (lambda c: c.similar("rec-0000001", k=3, tempo_min=True), "tempo_min"),
     (lambda c: c.similar("rec-0000001", k=3, tempo_min=120, tempo_max=90), "above"),
+    # from the data-scientist review: a silent [] and a pandas TypeError before
+    (lambda c: c.similar("rec-0000001", k=3, tempo_max=-5), "tempo_max"),
+    (lambda c: c.similar("rec-0000001", k=3, key=pd.NA), "key"),
+    (lambda c: c.similar("rec-0000001", k=3, mode=float("nan")), "mode"),
 ])
 def test_an_impossible_k_or_filter_is_an_invalid_query(synthetic_catalog: previewvec.Catalog,
                                                        call, why: str) -> None:
@@ -360,8 +365,20 @@ def test_open_of_a_mistyped_folder_reads_as_an_error_not_an_empty_catalog(
 
 def test_the_api_is_listed_by_dir() -> None:
     """Given the lazily imported API, expect dir(previewvec) to list it (a notebook's
-    tab completion reads dir), as ``__all__`` does."""
+    tab completion reads dir), as ``__all__`` does; the errors it raises are among it."""
     assert set(previewvec.__all__) <= set(dir(previewvec))
+    assert all(getattr(previewvec, name) for name in previewvec.__all__)
+    assert issubclass(previewvec.InvalidQuery, previewvec.PreviewvecError)
+
+
+@pytest.mark.parametrize("version", ["bogus", "pv7/13", "..", "PV7", "pv7-xyz"])
+def test_open_of_a_version_that_cannot_be_is_an_invalid_query(tmp_path: Path,
+                                                              version: str) -> None:
+    """From the data-scientist review: any string was taken and read as an empty catalog
+    (or "pv7/13" as one shard of pv7), where the CLI refuses it."""
+    (tmp_path / "store").mkdir()
+    with pytest.raises(previewvec.InvalidQuery, match="not a feature version"):
+        previewvec.open(tmp_path / "store", version=version)
 
 
 def test_a_corrupt_index_is_a_typed_index_error(tmp_path: Path) -> None:
