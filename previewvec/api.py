@@ -661,7 +661,7 @@ async def _unreadable_record(request: Request, exc: Exception) -> SafeJSONRespon
     # A stored record that cannot be read is the store's fault, not the client's, and no
     # bug either: said as it is (the key, what is wrong), logged without a traceback.
     log.warning("unreadable stored record on %s: %s", request.url.path, exc)
-    return _error(500, str(exc))
+    return _error(500, str(exc), code=getattr(exc, "code", "corrupt_record"))
 
 
 async def _server_fault(request: Request, exc: Exception) -> SafeJSONResponse:
@@ -868,7 +868,26 @@ def get_run(state: State, run_id: str,
 
 # --------------------------------------------------------------------------- features
 
-features = APIRouter(dependencies=_AUTH, tags=["features"])
+def _query_names(dependant: Any) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query(request: Request) -> None:
+    """422 for a query parameter the endpoint does not take (`?tempo=100`, the CLI's
+    `?tempo-min=`): answered as if it were not there, it gave unfiltered results."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
+    if unknown:
+        raise InputError(422, [{"loc": ["query", _safe(name)], "msg": "unknown query parameter",
+                                "type": "extra_forbidden"} for name in unknown])
+
+
+features = APIRouter(dependencies=[*_AUTH, Depends(known_query)], tags=["features"])
 _NO_RECORD = "no stored record for this recording"
 
 

@@ -360,17 +360,23 @@ def test_recordings(client: TestClient, settings: Settings) -> None:
     assert "vector" not in got
     with_vector = client.get("/v1/recordings/stored-1?vector=true", headers=AUTH).json()
     assert len(with_vector["vector"]) == VECTOR_DIM
+    typo = client.get("/v1/recordings/stored-1?vectors=true", headers=AUTH)
+    assert typo.status_code == 422 and typo.json()["detail"][0]["loc"] == ["query", "vectors"]
     # a record under another recording's key is not that recording: said, with the key
     misplaced = open_store(settings.store)
     misplaced.put(record_key(record.feature_version, "stored-2"), encode_record(record))
     resp = client.get("/v1/recordings/stored-2", headers=AUTH)
     assert resp.status_code == 500 and "stored-2" in resp.json()["detail"]
     assert "stored-1" in resp.json()["detail"]
+    assert resp.json()["code"] == "corrupt_record"  # a stable code, as every fault has
 
 
 @pytest.mark.parametrize("query", ["k=0", "k=101", "k=x", "mode=dorian", "key=H",
                                    "tempo_min=nan", "tempo_max=-5", "tempo_min=inf",
-                                   "tempo_min=200&tempo_max=100"])
+                                   "tempo_min=200&tempo_max=100",
+                                   # unknown names (from the data-scientist review: they
+                                   # were ignored and the answer unfiltered)
+                                   "k=2&tempo=100", "tempo-min=100", "k=2&foo=1"])
 def test_similar_bad_query(client: TestClient, query: str) -> None:
     assert client.get(f"/v1/similar/absent?{query}", headers=AUTH).status_code == 422
 
