@@ -41,6 +41,7 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "isrc",
     "artist",
     "title",
+    "release_id",
     "decoder",
     "librosa_version",
     "numpy_version",
@@ -132,6 +133,7 @@ def make_provenance(
     isrc: str | None = None,
     artist: str | None = None,
     title: str | None = None,
+    release_id: str | None = None,
     decoder: str | None = None,
     created_at: str | None = None,
     source_track_id: str | None = None,
@@ -142,9 +144,10 @@ def make_provenance(
 ) -> dict[str, Any]:
     """Provenance with the software versions filled in from the running environment.
 
-    Attribution (``source_track_id``, ``source_url``, ``preview_host``) and match evidence
-    (``match_rule``, ``confidence``) are absent from records written before they existed;
-    readers treat a missing key as ``None``."""
+    Attribution (``source_track_id``, ``source_url``, ``preview_host``), match evidence
+    (``match_rule``, ``confidence``) and the MusicBrainz release the job was resolved
+    from (``release_id``: split train and test sets by album) are absent from records
+    written before they existed; readers treat a missing key as ``None``."""
     return {
         "preview_url": preview_url,
         "audio_sha256": audio_sha256,
@@ -158,6 +161,7 @@ def make_provenance(
         "isrc": isrc,
         "artist": artist,
         "title": title,
+        "release_id": release_id,
         "decoder": decoder if decoder is not None else decoder_version(),
         "librosa_version": _version("librosa"),
         "numpy_version": np.__version__,

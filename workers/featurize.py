@@ -180,6 +180,7 @@ def featurize(job_data: dict[str, Any], ctx: WorkerContext, *, ahead: Ahead | No
             isrc=job.isrc,
             artist=job.artist,
             title=job.title,
+            release_id=job.release_id,
             source_track_id=job.source_track_id,
             source_url=job.source_url,
             preview_host=job.preview_host,

@@ -127,7 +127,8 @@ def clip_url(server: ClipServer, clip: Clip, delay_ms: int = 0) -> str:
 def catalog(server: ClipServer, clips: list[Clip], prefix: str, delay_ms: int = 0) -> list[str]:
     return [
         catalog_line(f"{prefix}-{i:02d}", clip_url(server, clip, delay_ms),
-                     title=f"{clip.style} {clip.tempo_bpm:g} BPM")
+                     title=f"{clip.style} {clip.tempo_bpm:g} BPM",
+                     release_id=f"00000000-0000-4000-8000-{i % 2:012d}")
         for i, clip in enumerate(clips)
     ]
 
@@ -251,6 +252,8 @@ class TestS3Store:
             record = decode_record(objects[key][2])
             assert record.provenance["run_id"] == batch.run_id
             assert record.provenance["preview_url"].startswith("http://127.0.0.1:")
+            # the job's release, kept so that train and test sets can be split by album
+            assert record.provenance["release_id"].startswith("00000000-0000-4000-8000-")
             hashes.add(record.provenance["audio_sha256"])
         assert len(hashes) == N_CLIPS  # every clip distinct
         assert f"catalog/normalizers/{FEATURE_VERSION}.json" in objects
