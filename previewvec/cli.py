@@ -456,13 +456,22 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     runs = Runs.from_url(settings.broker_url)
     report = retry_run(args.run_id, runs, settings, queue=args.queue, everything=args.all)
     print(f"re-enqueued {report.queued} failed jobs of {args.run_id}")
+    if report.unresolved:
+        from producers.submit import resolve_again
+
+        queue = args.queue or runs.status(args.run_id).meta.get("queue", "ondemand")
+        again = resolve_again(report.unresolved, args.run_id, settings, runs, queue=queue)
+        print(f"resolved {len(report.unresolved)} recordings again (their resolution had "
+              f"failed for a transient cause): queued {again.queued}, unresolved "
+              f"{again.unresolved}, skipped {again.skipped}")
     if report.permanent:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(report.permanent.items()))
         print(f"skipped {sum(report.permanent.values())} permanent failures ({codes}); "
               "--all re-runs them too")
     if report.no_job:
         print(f"{report.no_job} failures have no job to re-run (invalid catalog lines, "
-              "unresolved recordings)")
+              "recordings no source matched, releases or searches that failed: submit "
+              "those again)")
     return 0
 
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from celery import Celery
 from kombu import Producer, Queue
@@ -467,6 +467,19 @@ class RetryReport:
     permanent: Counter[str] = field(default_factory=Counter)  # skipped, by code
     no_job: int = 0  # failures with nothing to re-run (invalid lines, unresolved)
     waited_s: float = 0.0
+    # Recordings whose resolution failed for a cause that may be gone (an upstream that
+    # was down): failure ids ("<mbid>", "recording:<mbid>") to resolve again.
+    unresolved: list[str] = field(default_factory=list)
+
+
+def recording_mbid(failure_id: str) -> str | None:
+    """The MusicBrainz recording id a resolution failure is recorded under ("<mbid>", or
+    "recording:<mbid>" for a failed lookup), or None (a release, a line, an ISRC)."""
+    text = failure_id.removeprefix("recording:")
+    try:
+        return str(UUID(text)) if len(text) == 36 else None
+    except ValueError:
+        return None
 
 
 def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None = None,
@@ -477,12 +490,15 @@ def retry_run(run_id: str, runs: Runs, settings: Settings, *, queue: str | None 
         raise UnknownRun(f"no such run: {run_id}")
     report = RetryReport(run_id)
     jobs: list[Job] = []
-    for _, entry in runs.failures(run_id):
+    for failure_id, entry in runs.failures(run_id):
         raw_job = entry.get("job")
-        if not raw_job:
-            report.no_job += 1
-            continue
         code = str(entry.get("code", ""))
+        if not raw_job:
+            if is_transient(code) and recording_mbid(failure_id):
+                report.unresolved.append(failure_id)
+            else:
+                report.no_job += 1
+            continue
         if not everything and not is_transient(code):
             report.permanent[code] += 1
             continue

@@ -412,6 +412,27 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
 INPUT_KINDS = ("release", "isrcs", "query", "new_releases", "dump")
 
 
+def resolve_again(failure_ids: Iterable[str], run_id: str, settings: Settings, runs: Runs,
+                  *, queue: str) -> SubmitReport:
+    """Resolve again, into ``run_id``, the recordings whose resolution failed there for a
+    cause that may be gone (``previewvec retry``; ids from
+    :func:`producers.queue.retry_run`). A lookup's own failure ("recording:<mbid>") is
+    marked skipped once the recording has an answer of its own."""
+    from producers.queue import recording_mbid
+
+    store = _open_store(settings)
+    resolver = build_resolver(settings, store=store, runs=runs, run_id=run_id)
+
+    def resolutions() -> Iterator[Any]:
+        for failure_id in failure_ids:
+            res = resolver.resolve_recording(recording_mbid(failure_id))
+            if res.recording_id != failure_id:
+                runs.succeed(run_id, failure_id, "skipped", delivered=False)
+            yield res
+
+    return submit(resolutions(), settings, queue=queue, run_id=run_id, runs=runs, store=store)
+
+
 def build_resolver(settings: Settings, *, store: Any = None, runs: Runs | None = None,
                    run_id: str | None = None) -> Any:
     """The resolver on ``settings``. Recordings that have a record at the current feature

@@ -298,7 +298,8 @@ def test_retry_reruns_transient_failures_unless_all(redis_url, r, tmp_path: Path
         f"re-enqueued {len(TRANSIENT)} failed jobs of {run_id}",
         f"skipped {len(PERMANENT)} permanent failures ("
         + ", ".join(f"{code} 1" for code in sorted(PERMANENT)) + "); --all re-runs them too",
-        "2 failures have no job to re-run (invalid catalog lines, unresolved recordings)",
+        "2 failures have no job to re-run (invalid catalog lines, recordings no source "
+        "matched, releases or searches that failed: submit those again)",
     ]
     taken = sorted(recording_of(m) for m in r.lrange("batch", 0, -1))
     assert taken == sorted(f"rec-{code}" for code in TRANSIENT)

@@ -419,3 +419,44 @@ def test_a_job_given_as_is_that_another_run_has_queued_is_skipped(env) -> None:
     assert "skipped_queued 2" in format_status(status)
     forced = submit(jobs, settings, queue="ondemand", force=True)  # --force: published
     assert forced.queued == 2
+
+
+class _AgainResolver:
+    """Answers every recording with a job (the upstream is back)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def resolve_recording(self, mbid: str) -> FakeResolution:
+        self.asked.append(mbid)
+        return resolution(int(mbid[-12:]))
+
+
+def test_retry_resolves_again_what_failed_for_a_transient_cause(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """From the data-scientist review: a submission that failed while MusicBrainz was down
+    (upstream_unavailable, no job) could not be retried: `retry` said "no job to re-run"
+    for it, as for an invalid line."""
+    from previewvec import cli
+
+    settings, runs, client = env
+    point_cli_at(monkeypatch, settings, tmp_path)
+    run_id = "run-down"
+    runs.create(run_id, queue="ondemand")
+    runs.fail(run_id, rid(1), "upstream_unavailable", "MusicBrainz: HTTP 503")
+    runs.fail(run_id, f"recording:{rid(2)}", "upstream_unavailable", "timed out")
+    runs.fail(run_id, rid(4), "no_confident_match", "title=0.20")  # permanent: kept
+    runs.fail(run_id, "line:7", "invalid_job", "not JSON")
+    again = _AgainResolver()
+    monkeypatch.setattr(submit_mod, "build_resolver", lambda s, **kw: again)
+    assert cli.main(["retry", run_id]) == 0
+    out = capsys.readouterr().out
+    assert "resolved 2 recordings again" in out and "queued 2" in out
+    assert sorted(again.asked) == [rid(1), rid(2)]
+    assert sorted(m["recording_id"] for m in drain_all(client, "ondemand")) == [rid(1), rid(2)]
+    status = runs.status(run_id)
+    assert status.counts == {"queued": 2, "done": 0, "skipped": 1, "failed": 2}
+    # rid(1) keeps its entry while its job is queued again (as a retried job's does, until
+    # it is done); the lookup's own entry "recording:<rid 2>" is gone, marked skipped
+    assert sorted(dict(runs.failures(run_id))) == sorted([rid(1), rid(4), "line:7"])
