@@ -881,10 +881,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "vector (fixed-size list<float32>), one column per descriptor, the "
                        "computation and provenance; dimension names in the schema metadata. "
                        "Written to a temporary name and renamed when complete.")
-    p.add_argument("out", metavar="OUT.parquet", type=_output_file)
+    p.add_argument("out", metavar="OUT.parquet", type=_parquet_file)
     p.add_argument("--version", default=None, type=_version,
                    help="feature version (default: the one these settings compute)")
-    p.add_argument("--run", default=None, metavar="RUN_ID",
+    p.add_argument("--run", default=None, metavar="RUN_ID", type=_nonblank,
                    help="only the records this run wrote (their provenance run_id)")
     p.add_argument("--threads", type=_count(256, minimum=0), default=None,
                    help="concurrent reads (default: 32 from S3/R2, 0 from a folder)")
@@ -927,6 +927,29 @@ def _output_file(text: str) -> str:
         raise argparse.ArgumentTypeError("an output file is needed, not an empty name")
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text!r} names a folder; give a file name")
+    return text
+
+
+# What `export` would write under a name that promises another format.
+_NOT_PARQUET = (".csv", ".tsv", ".json", ".jsonl", ".npy", ".npz", ".feather", ".arrow",
+                ".xlsx", ".h5", ".pkl")
+
+
+def _parquet_file(text: str) -> str:
+    """An argparse type: :func:`_output_file` not named as another format ("out.csv" was
+    written as Parquet without a word)."""
+    text = _output_file(text)
+    if text.lower().endswith(_NOT_PARQUET):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: export writes Parquet; name it .parquet (pandas and polars read it, "
+            "and write CSV from it)")
+    return text
+
+
+def _nonblank(text: str) -> str:
+    """An argparse type: a value that is not empty ('--run ""' read as no --run)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
     return text
 
 

@@ -169,6 +169,8 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["show", "rec-1", "--version", "PV7"], "not a feature version"),
     (["export", ""], "an output file is needed"),  # "cannot write '': it is a folder"
     (["export", "exports/"], "names a folder"),
+    (["export", "out.csv"], "export writes Parquet"),  # written as Parquet, silently
+    (["export", "out.parquet", "--run", ""], "--run"),  # read as every run
     (["resolve", "--query", "x", "--out", " "], "an output file is needed"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
