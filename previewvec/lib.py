@@ -35,7 +35,13 @@ from contract.layout import FMA_DIM, PITCH_CLASSES, VECTOR_DIM, feature_names, f
 from contract.records import FeatureRecord, decode_stored, record_key
 from contract.settings import Settings
 from contract.store import FeatureStore, open_store
-from contract.versions import check_claim, current_version, derived_version, is_version_name
+from contract.versions import (
+    VersionMismatch,
+    check_claim,
+    current_version,
+    derived_version,
+    is_version_name,
+)
 from previewvec.faults import MAX_K
 
 if TYPE_CHECKING:
@@ -247,15 +253,23 @@ class Catalog:
         matches = self._not_empty(self._reducer.similar(recording_id, k, filter=where))
         return [self._neighbour(m) for m in matches]
 
-    def similar_to_vector(self, vector: np.ndarray, k: int = 10,
+    def similar_to_vector(self, vector: np.ndarray | Extracted, k: int = 10,
                           **filters: Any) -> list[Neighbour]:
-        """Nearest recordings to a raw vector (as :func:`extract` or :meth:`matrix` give
-        it); it is normalised as the index's vectors are. A vector that is not
-        ``VECTOR_DIM`` finite numbers, or ``k`` below 1: :class:`InvalidQuery`."""
+        """Nearest recordings to a raw vector (as :meth:`matrix` gives it, or what
+        :func:`extract` returned: then its feature version must be the catalog's); it is
+        normalised as the index's vectors are. A vector that is not ``VECTOR_DIM`` finite
+        numbers, of another version, or ``k`` below 1: :class:`InvalidQuery`."""
         from reducer.index.base import check_k, check_query_vector
 
         k = check_k(_plain_int(k), MAX_K)  # before the index and the normaliser open
         where = _filter(filters)
+        if isinstance(vector, Extracted):
+            if vector.feature_version != self.version:
+                raise InvalidQuery(
+                    f"the vector was computed as {vector.feature_version}, the catalog holds "
+                    f"{self.version}: not comparable (extract with the settings that wrote "
+                    "the catalog)")
+            vector = vector.vector
         raw = check_query_vector(vector, VECTOR_DIM)
         matches = self._not_empty(self._reducer.similar_to_vector(raw, k, filter=where))
         return [self._neighbour(m) for m in matches]
@@ -265,8 +279,14 @@ class Catalog:
         """Nearest recordings to a clip that need not be stored: extracted with these
         settings, which must compute the index's version."""
         settings = dataclasses.replace(self.settings, feature_version=self.version)
-        check_claim(settings)  # a clip analysed otherwise is not comparable
-        return self.similar_to_vector(extract(source, settings).vector, k, **filters)
+        try:
+            check_claim(settings)  # a clip analysed otherwise is not comparable
+        except VersionMismatch:
+            raise VersionMismatch(
+                f"these settings compute {derived_version(self.settings)}, the catalog "
+                f"holds {self.version}: a clip analysed otherwise is not comparable (use "
+                "the settings that wrote the catalog)") from None
+        return self.similar_to_vector(extract(source, settings), k, **filters)
 
     def _not_empty(self, matches: list[Any]) -> list[Any]:
         """``matches``, unless there are none because nothing was indexed yet: then

@@ -3,6 +3,7 @@ and index built from audio the test encodes, and the API's parts agree with each
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
@@ -132,6 +133,12 @@ def test_similar_by_audio_finds_the_stored_clip_first(catalog_dir: Path) -> None
     assert "song-0" not in [n.recording_id for n in by_id] and len(by_id) == 3
     extracted = previewvec.extract(data)
     assert catalog.similar_to_vector(extracted.vector, k=1)[0].recording_id == "song-0"
+    # what extract returned carries its version: one of other settings is refused (from
+    # the data-scientist review: compared without a word)
+    assert catalog.similar_to_vector(extracted, k=1)[0].recording_id == "song-0"
+    other = dataclasses.replace(extracted, feature_version="pv7-0123456789")
+    with pytest.raises(InvalidQuery, match="pv7-0123456789"):
+        catalog.similar_to_vector(other, k=1)
 
 
 def test_the_cli_similar_audio_answers_like_the_api(catalog_dir: Path) -> None:
