@@ -8,6 +8,7 @@ a publisher depends on cannot drift apart.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -39,9 +40,24 @@ def transport_options() -> dict[str, Any]:
     }
 
 
-def celery_settings() -> dict[str, Any]:
-    """The Celery settings producers and workers must agree on (a fresh dict per call)."""
+def broker_ssl(broker_url: str) -> dict[str, Any] | None:
+    """TLS options for a ``rediss://`` broker: the server's certificate is verified.
+
+    Given ``rediss://`` and no ``ssl_cert_reqs`` in the URL, kombu falls back to
+    ``CERT_NONE`` (a warning in the log), so the Redis password would go over TLS anyone
+    in the path can intercept, while the run-state client (redis-py) verifies. A URL
+    that names ``ssl_cert_reqs`` itself keeps its choice."""
+    if not broker_url.startswith("rediss://") or "ssl_cert_reqs" in broker_url:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def celery_settings(broker_url: str = "") -> dict[str, Any]:
+    """The Celery settings producers and workers must agree on (a fresh dict per call);
+    ``broker_url`` for its TLS options (:func:`broker_ssl`)."""
+    tls = broker_ssl(broker_url)
     return {
+        **({"broker_use_ssl": tls} if tls else {}),
         "task_serializer": SERIALIZER,
         "accept_content": [SERIALIZER],
         "result_serializer": SERIALIZER,

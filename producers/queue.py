@@ -137,7 +137,7 @@ def signals_held() -> Iterator[None]:
 def make_client(settings: Settings) -> Celery:
     """A publishing-only Celery app speaking the workers' contract (JSON only)."""
     client = Celery("previewvec-producer", broker=settings.broker_url)
-    client.conf.update(**celery_settings())
+    client.conf.update(**celery_settings(settings.broker_url))
     return client
 
 

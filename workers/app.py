@@ -51,7 +51,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     # The trade-off is in docs/reliability.md ("Lost workers").
     visibility_s = max(1, settings.visibility_timeout_s)
     sweep_s = max(1, round(heartbeat_interval_s(visibility_s)))
-    contract = broker.celery_settings()
+    contract = broker.celery_settings(settings.broker_url)
     transport_options: dict[str, object] = {
         **contract.pop("broker_transport_options"),  # queue order, priority steps
         "visibility_timeout": visibility_s,

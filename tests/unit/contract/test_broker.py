@@ -50,3 +50,15 @@ def test_workers_register_the_contract_task_name() -> None:
 def test_queue_keys_cover_every_priority_step() -> None:
     assert broker.queue_keys("batch") == ["batch", "batch\x06\x163", "batch\x06\x166",
                                           "batch\x06\x169"]
+
+
+def test_a_tls_broker_verifies_the_server_certificate() -> None:
+    """From the operations review: given rediss:// (the production Secret's form) and no
+    ssl_cert_reqs, kombu fell back to CERT_NONE while redis-py verified."""
+    import ssl
+
+    tls = broker.celery_settings("rediss://:pw@redis.example:6380/0")["broker_use_ssl"]
+    assert tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert "broker_use_ssl" not in broker.celery_settings("redis://127.0.0.1:6379/0")
+    chosen = "rediss://h:6380/0?ssl_cert_reqs=optional"  # the URL's own choice stays
+    assert "broker_use_ssl" not in broker.celery_settings(chosen)
