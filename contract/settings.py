@@ -47,7 +47,22 @@ _POSITIVE = frozenset({
     "analysis_sr", "max_duration_s", "fetch_connect_timeout_s", "fetch_read_timeout_s",
     "fetch_total_timeout_s", "mb_rate_per_s", "itunes_rate_per_min", "deezer_rate_per_s",
     "api_max_body_bytes",
+    # 0 made every task's time limits a fraction of a second (workers/app.py).
+    "visibility_timeout_s",
 })
+
+
+def _check_broker_url(value: object) -> object:
+    """A Redis URL (``redis://``, ``rediss://``, ``unix://``): any other scheme parsed, and
+    then the worker, the reducer and the API each failed with their own traceback."""
+    if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("not a Redis URL: expected redis://HOST:PORT/DB, rediss:// (TLS) "
+                         "or unix://PATH")
+    return value
+
+
+# Checks of one setting's value beyond its type.
+_FIELD_CHECKS: dict[str, Callable[[object], object]] = {"broker_url": _check_broker_url}
 
 
 def _check_number(name: str, value: object) -> object:
@@ -184,8 +199,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             try:
-                values[spec.name] = _check_number(spec.name,
-                                                  _PARSERS[str(spec.type)](raw))
+                value = _check_number(spec.name, _PARSERS[str(spec.type)](raw))
+                values[spec.name] = _FIELD_CHECKS.get(spec.name, lambda v: v)(value)
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
         try:

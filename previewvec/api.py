@@ -65,6 +65,7 @@ from contract.settings import Settings
 from contract.state import (
     RedisConnectionError,
     RedisError,
+    RedisProtocolError,
     RedisTimeoutError,
     Runs,
     new_run_id,
@@ -675,6 +676,7 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Callable[..., Any]], ...] = (
     (RequestValidationError, _validation_error),
     (StarletteHTTPException, _http_error),
     (RedisTimeoutError, _broker_down),
+    (RedisProtocolError, _broker_down),  # another server on the broker's port
     (RedisConnectionError, _broker_down),
     (RedisError, _broker_error),
     (StoreUnavailable, _store_down),

@@ -30,8 +30,11 @@ RedisError = redis.RedisError
 RedisConnectionError = redis.ConnectionError
 RedisTimeoutError = redis.TimeoutError
 RedisAuthenticationError = redis.AuthenticationError
-# Redis cannot be reached (or stopped answering) for longer than the client's retries.
-RedisUnavailable = (RedisConnectionError, RedisTimeoutError)
+# What answers is no Redis (another server on the port: its banner is no RESP reply).
+RedisProtocolError = redis.exceptions.InvalidResponse
+# Redis cannot be reached (or stopped answering) for longer than the client's retries, or
+# what is there is not Redis: no command of ours can run.
+RedisUnavailable = (RedisConnectionError, RedisTimeoutError, RedisProtocolError)
 
 
 def connect(url: str, *, decode: bool = True, retry: bool = True,

@@ -46,6 +46,30 @@ def test_a_redis_that_never_answers_times_out_instead_of_hanging() -> None:
         assert time.monotonic() - started < 30  # a deadline against a hang, not a timing
 
 
+def test_another_server_on_the_port_is_redis_unavailable() -> None:
+    """From the operations review: a server that is not Redis (NATS sends a banner) raised
+    redis-py's InvalidResponse, which every command printed as a traceback (and the API
+    as a 500); it is Redis being unavailable, like a refused connection."""
+    import socket
+    import threading
+
+    from contract.state import RedisUnavailable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+
+        def banner() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b'INFO {"server_id":"not-redis"}\r\n')
+                conn.recv(1024)
+
+        threading.Thread(target=banner, daemon=True).start()
+        with pytest.raises(RedisUnavailable):
+            ping(f"redis://127.0.0.1:{server.getsockname()[1]}/0", timeout_s=2)
+
+
 def test_ping(redis_url: str) -> None:
     assert ping(redis_url, timeout_s=2)
     with pytest.raises(RedisConnectionError):
