@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from contract.store import open_store
+    from contract.store import check_writable, open_store
     from contract.versions import check_claim, register
 
     check_claim(settings)  # a pinned version these settings do not compute: exit 2
@@ -163,7 +163,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # refused credentials, no bucket) is one line and exit 4, not a worker whose every
     # child fails to start.
     with contextlib.suppress(StoreUnavailable):
-        register(open_store(settings.store, settings), settings)
+        store = open_store(settings.store, settings)
+        register(store, settings)
+        check_writable(store)  # read-only: every job would fail for good
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--loglevel", args.loglevel, "--concurrency", str(args.concurrency),

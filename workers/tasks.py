@@ -83,11 +83,13 @@ def _claim_version(settings: Settings) -> None:
     version this worker would write: a pinned ``PREVIEWVEC_FEATURE_VERSION`` they do not
     compute, or a version the store registers with another computation."""
     from contract.errors import PreviewvecError
-    from contract.store import open_store
+    from contract.store import check_writable, open_store
     from contract.versions import VersionMismatch, derived_version, register
 
     try:
-        version = register(open_store(settings.store, settings), settings)
+        store = open_store(settings.store, settings)
+        version = register(store, settings)
+        check_writable(store)  # read-only: every job would fail for good
     except VersionMismatch as exc:
         log.critical("refusing to start: %s", exc.message)
         raise SystemExit(2) from None

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from contract.settings import Settings
 
 __all__ = [
+    "PROBE_PREFIX",
     "ConfigError",
     "FeatureStore",
     "StoreAccessDenied",
@@ -30,10 +31,27 @@ __all__ = [
     "StoreError",
     "StoreFolderMissing",
     "StoreUnavailable",
+    "check_writable",
     "open_store",
     "parse_s3_url",
     "validate_key",
 ]
+
+
+# Where check_writable writes and deletes its probe: no reader lists this prefix.
+PROBE_PREFIX = "probes/"
+
+
+def check_writable(store: FeatureStore) -> None:
+    """Write and delete a probe object: a worker's store must take records. A read-only
+    folder or read-only credentials (as the API may be given) otherwise let a worker
+    start and fail every job for good (``store_error``, ``store_access_denied``)."""
+    import os
+    import uuid
+
+    key = f"{PROBE_PREFIX}write-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    store.put(key, b"")
+    store.delete(key)
 
 
 def open_store(url: str, settings: Settings | None = None, *,

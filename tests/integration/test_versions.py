@@ -83,6 +83,26 @@ def test_a_worker_refuses_a_store_it_can_never_use(pipeline: Pipeline,
     assert "warming the extractor" not in worker.log()
 
 
+def test_a_worker_refuses_a_store_it_cannot_write(pipeline: Pipeline, tmp_path: Path) -> None:
+    """From the operations review: a store the worker can read but not write (a read-only
+    mount, read-only credentials) whose version was registered before let the worker
+    start, and every job then failed for good (store_error). Here the probe's folder is
+    a file, which refuses the write as a read-only mount does (root ignores modes)."""
+    from contract.store import PROBE_PREFIX, open_store
+    from contract.versions import register
+
+    store_dir = tmp_path / "store-ro"
+    settings = Settings(store=str(store_dir))
+    register(open_store(settings.store), settings)  # the version is registered already
+    (store_dir / PROBE_PREFIX.rstrip("/")).write_text("in the way")
+    result = pipeline.cli("worker", env={"PREVIEWVEC_STORE": str(store_dir)})
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot write" in result.stderr
+    worker = pipeline.start_worker("ro-store", extra_env={"PREVIEWVEC_STORE": str(store_dir)})
+    assert worker.proc.wait(timeout=60) == 4
+    assert "refusing to start" in worker.log() and "Traceback" not in worker.log()
+
+
 def test_different_analysis_settings_write_different_versions(tmp_path: Path) -> None:
     """Given the same job featurized by workers at 22.05 and 11.025 kHz, expect two records
     under two versions, each naming the computation that made it, with different vectors.
