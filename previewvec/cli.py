@@ -718,8 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run the main job on embedded defaults with generated songs",
-        description="Generate a small set of songs with known tempo and key, encode them as "
-        "AAC/MP3/OGG/FLAC/WAV, extract their features and print a summary table.",
+        description="The whole path with nothing installed by hand: generate songs with "
+        "known tempo and key, encode them as AAC/MP3/OGG/FLAC/WAV and serve them from "
+        "127.0.0.1; start a private Redis and two worker processes; enqueue, fetch, "
+        "extract, store, reduce into the embedded index; print a summary table and a "
+        "similarity query.",
     )
     p.add_argument("--out", default="data/demo", help="where generated songs go")
     p.add_argument(
@@ -851,13 +854,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Normalise ready records and upsert them into the index "
                        "in batches; once (default) or --follow.")
     p.add_argument("--follow", action="store_true", help="keep running")
-    p.add_argument("--batch-size", type=int, default=None, help="<= 5000")
+    p.add_argument("--batch-size", type=_count(5000), default=None, help="1 to 5000")
     p.set_defaults(handler=cmd_reduce)
 
     p = sub.add_parser("reindex", help="rebuild the vector index from the feature store",
                        description="Upsert every stored record of the current feature "
                        "version; --refit fits the normaliser again first.")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_count(5000), default=None, help="1 to 5000")
     p.add_argument("--refit", action="store_true")
     p.set_defaults(handler=cmd_reindex)
 

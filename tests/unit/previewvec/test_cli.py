@@ -171,6 +171,8 @@ def test_counts_below_one_are_refused_as_arguments(command):
     (["export", "exports/"], "names a folder"),
     (["export", "out.csv"], "export writes Parquet"),  # written as Parquet, silently
     (["export", "out.parquet", "--run", ""], "--run"),  # read as every run
+    (["reindex", "--batch-size", "-1"], "--batch-size"),  # ran, and exited 0
+    (["reduce", "--batch-size", "0"], "--batch-size"),
     (["resolve", "--query", "x", "--out", " "], "an output file is needed"),
 ])
 def test_out_of_range_options_are_refused_as_arguments(command, needle):
