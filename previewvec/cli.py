@@ -153,11 +153,29 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, out_dir=out, renderer=args.renderer)
 
 
+def _check_cache_dir(settings: Settings) -> None:
+    """One line (exit 2) now when ``PREVIEWVEC_CACHE_DIR`` cannot hold the compile cache,
+    instead of Celery's "Unable to load celery application" and four tracebacks: the
+    worker app points numba there as it loads (Flower loads it too)."""
+    import tempfile
+
+    from workers.jitcache import cache_dir_for
+
+    folder = cache_dir_for(settings)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot use the compile cache under {settings.cache_dir} "
+                          f"(PREVIEWVEC_CACHE_DIR): {exc.strerror or exc}") from None
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from contract.store import check_writable, open_store
     from contract.versions import check_claim, register
 
     check_claim(settings)  # a pinned version these settings do not compute: exit 2
+    _check_cache_dir(settings)
     # The store's registry too, when the store answers (each worker re-checks it). A store
     # that is down may come back; one this worker can never use (a folder that is a file,
     # refused credentials, no bucket) is one line and exit 4, not a worker whose every
@@ -220,6 +238,7 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     if args.db and not Path(args.db).expanduser().parent.is_dir():
         raise InputUnreadable(f"cannot keep Flower's state in {args.db!r}: its folder "
                               "does not exist")
+    _check_cache_dir(settings)
     argv = flower_argv(args.port, args.db)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover

@@ -535,6 +535,11 @@ def test_an_unusable_cache_dir_is_one_line(base_env, tmp_path: Path) -> None:
     env = {**base_env, "PREVIEWVEC_CACHE_DIR": "/etc/passwd/cache"}
     expect_fault(env, ["extract", str(clip)], EXIT_USAGE, "PREVIEWVEC_CACHE_DIR",
                  "Not a directory")
+    # worker and flower too (from the operations review: Celery's "Unable to load celery
+    # application" and four tracebacks, exit 2)
+    expect_fault(env, ["worker"], EXIT_USAGE, "PREVIEWVEC_CACHE_DIR", "Not a directory")
+    expect_fault({**env, "FLOWER_BASIC_AUTH": "ops:secret"}, ["flower", "--port", "0"],
+                 EXIT_USAGE, "PREVIEWVEC_CACHE_DIR", "Not a directory")
 
 
 def test_resolve_says_at_once_that_redis_cannot_be_reached(base_env) -> None:
