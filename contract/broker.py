@@ -32,11 +32,20 @@ def queue_keys(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
 
 
+# A broker that accepts connections and never answers (a stopped Redis, the wrong
+# service on the port) held a worker's start for ever, deaf to SIGTERM: kombu sets no
+# socket timeout. Its blocking calls (connect, PING, LPUSH) now give up after this and
+# are retried as a lost connection; BRPOP waits 1 s at a time, well inside it.
+BROKER_SOCKET_TIMEOUT_S = 10.0
+
+
 def transport_options() -> dict[str, Any]:
     """The Redis transport options both sides share (workers add their timing options)."""
     return {
         "queue_order_strategy": "priority",  # BRPOP keys in QUEUES order
         "priority_steps": list(PRIORITY_STEPS),
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
     }
 
 
