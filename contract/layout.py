@@ -23,11 +23,14 @@ from typing import Literal
 # pv7: tempo and beat confidence also leave out silent gaps of 2 s or more inside the clip,
 # are 0 for a steady sound (no onsets, no flux), and a clip at any rate but 44.1 kHz has
 # its rhythm and key analysed on a copy resampled to 44.1 kHz (docs/features.md).
-FEATURE_VERSION = "pv7"
+# pv8: the STFT and the CQT's octave FFTs run in float32, the clip's precision, not float64:
+# values move by float32 rounding, which shows only in the top spectral-contrast band's
+# valley (above the codec's cut-off) (docs/features.md).
+FEATURE_VERSION = "pv8"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with
 # FEATURE_VERSION's; a run re-extracts them into FEATURE_VERSION. pv1 had other names.
-EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4", "pv5", "pv6")
+EARLIER_VERSIONS: tuple[str, ...] = ("pv2", "pv3", "pv4", "pv5", "pv6", "pv7")
 
 # FMA's feature families and their sizes, as in FMA's features.py ``columns()``.
 FMA_FEATURE_SIZES: dict[str, int] = {
@@ -101,7 +104,7 @@ def feature_names() -> tuple[str, ...]:
 
 def is_readable_version(version: str) -> bool:
     """Whether records of ``version`` decode with this layout: ours or an earlier
-    computation of it, bare (``pv7``) or with a settings hash (``pv7-<hash>``)."""
+    computation of it, bare (``pv8``) or with a settings hash (``pv8-<hash>``)."""
     base = version.split("-", 1)[0]
     return base == FEATURE_VERSION or base in EARLIER_VERSIONS
 

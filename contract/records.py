@@ -333,7 +333,7 @@ def decode_record(data: bytes, expect_version: str | None = None) -> FeatureReco
     computation = doc.get("computation")
     if computation is not None and not isinstance(computation, dict):
         raise CorruptRecord("record field 'computation' has the wrong type")
-    # Any computation of this layout decodes (pv7, pv7-<hash>, and earlier ones): which
+    # Any computation of this layout decodes (pv8, pv8-<hash>, and earlier ones): which
     # version a reader wants is the reader's choice (``expect_version``).
     if not is_readable_version(version) or hash_ != names_hash():
         raise IncompatibleRecord(

@@ -5,9 +5,9 @@ settings listed in :data:`VALUE_SETTINGS` (the analysis rate, the duration cap).
 version a process writes and reads is derived from both, so two workers with different
 settings can never write records under the same version:
 
-- settings equal to :data:`BASE_COMPUTATION` → the bare layout version (``pv7``), which is
+- settings equal to :data:`BASE_COMPUTATION` → the bare layout version (``pv8``), which is
   what every record written before versions were derived is;
-- any other values → ``pv7-<10 hex of sha256(the computation)>``.
+- any other values → ``pv8-<10 hex of sha256(the computation)>``.
 
 Each record stores its computation beside the version, and the store keeps one
 ``versions/<version>.json`` per version (:func:`register`): the first worker to claim a
@@ -97,8 +97,8 @@ _VERSION_NAME = re.compile(rf"pv\d+(-[0-9a-f]{{{HASH_CHARS}}})?")
 
 
 def is_version_name(text: str) -> bool:
-    """Whether ``text`` has the shape of a feature version (``pv7``, ``pv7-<10 hex>``);
-    "../x", "pv7/13" or a typo would read as a version with no records."""
+    """Whether ``text`` has the shape of a feature version (``pv8``, ``pv8-<10 hex>``);
+    "../x", "pv8/13" or a typo would read as a version with no records."""
     return bool(_VERSION_NAME.fullmatch(text))
 
 

@@ -935,13 +935,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version(text: str) -> str:
-    """An argparse type: the shape of a feature version (``pv7``, ``pv7-<10 hex>``);
+    """An argparse type: the shape of a feature version (``pv8``, ``pv8-<10 hex>``);
     "../x" or a typo read as "no records" before."""
     from contract.versions import is_version_name
 
     if not is_version_name(text):
         raise argparse.ArgumentTypeError(
-            f"not a feature version: {text!r} (e.g. pv7, or pv7-<10 hex> for other settings)")
+            f"not a feature version: {text!r} (e.g. pv8, or pv8-<10 hex> for other settings)")
     return text
 
 

@@ -140,8 +140,8 @@ class Catalog:
     def __init__(self, settings: Settings, *, version: str | None = None) -> None:
         self.settings = settings
         if version is not None and not is_version_name(version):
-            raise InvalidQuery(f"not a feature version: {version!r} (e.g. pv7, or "
-                               "pv7-<10 hex> for other settings)")
+            raise InvalidQuery(f"not a feature version: {version!r} (e.g. pv8, or "
+                               "pv8-<10 hex> for other settings)")
         self.version = version or current_version(settings)
         # A reader: a mistyped folder is an error, not an empty catalog.
         self.store: FeatureStore = open_store(settings.store, settings, create=False)

@@ -175,35 +175,48 @@ def estimate_tuning(magnitude: np.ndarray, sr: int) -> float:
 
 def stft_magnitude(y: np.ndarray, pad_mode: str = PAD_MODE) -> np.ndarray:
     """|STFT| with FMA's parameters, shape (1025, n_frames): ``np.abs(librosa.stft(y,
-    n_fft=2048, hop_length=512, pad_mode=pad_mode))``, bit for bit
-    (``tests/unit/workers/features/test_spectral.py``).
+    n_fft=2048, hop_length=512, pad_mode=pad_mode))`` to within the rounding of an FFT in
+    ``y``'s precision (see :func:`stft_magnitude_and_power`)."""
+    return stft_magnitude_and_power(y, pad_mode)[0]
 
-    librosa's arithmetic (centred zero-padded frames, the float64 periodic Hann window,
-    float64 FFTs rounded to complex64) and its memory layout (frames contiguous), but in
-    blocks of 64 frames rather than librosa's ~31, with no per-call validation, and with
-    the magnitude taken block by block (no full complex spectrogram in memory).
+
+def stft_magnitude_and_power(y: np.ndarray,
+                             pad_mode: str = PAD_MODE) -> tuple[np.ndarray, np.ndarray]:
+    """|STFT| and |STFT|**2 with FMA's parameters, each shape (1025, n_frames), frames
+    contiguous (librosa's memory layout).
+
+    librosa's frames (centred, ``pad_mode``-padded, the periodic Hann window), but the
+    FFT runs in ``y``'s own precision: for the float32 clips the extractor passes, a
+    float32 FFT, twice as fast as librosa's float64 one (pv8). The magnitudes then differ
+    from librosa's by float32 rounding, ~1e-7 of each frame's peak
+    (``tests/unit/workers/features/test_spectral.py``); only bins ~140 dB below their
+    frame's peak are changed in relative terms, which moves nothing in the FMA block but
+    the contrast valley of its top band (docs/features.md). Frames go through in blocks
+    of 64 (in cache), the power squared from each block as it is made.
     """
     x = np.asarray(y)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"expected a floating-point mono signal, got {x.dtype} {x.shape}")
     padded = np.pad(x, N_FFT // 2, mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
-    window = _hann_window()
-    complex_type = librosa.util.dtype_r2c(x.dtype)
+    window = _hann_window(x.dtype)
     magnitude = np.empty((frames.shape[0], N_FFT // 2 + 1), dtype=x.dtype)
+    power = np.empty_like(magnitude)
     for start in range(0, frames.shape[0], _STFT_BLOCK_FRAMES):
         block = slice(start, start + _STFT_BLOCK_FRAMES)
-        spectrum = scipy.fft.rfft(window * frames[block], axis=1).astype(complex_type)
+        spectrum = scipy.fft.rfft(window * frames[block], axis=1, overwrite_x=True)
         np.abs(spectrum, out=magnitude[block])
-    return magnitude.T
+        np.multiply(magnitude[block], magnitude[block], out=power[block])
+    return magnitude.T, power.T
 
 
-_STFT_BLOCK_FRAMES = 64  # 64 x 2048 float64 frames: 1 MB, stays in cache
+_STFT_BLOCK_FRAMES = 64  # 64 x 2048 frames: 0.5 MB in float32, stays in cache
 
 
-@lru_cache(maxsize=1)
-def _hann_window() -> np.ndarray:
-    window = librosa.filters.get_window("hann", N_FFT, fftbins=True)
+@lru_cache(maxsize=4)
+def _hann_window(dtype: np.dtype) -> np.ndarray:
+    """librosa's periodic Hann window (float64), rounded to ``dtype``."""
+    window = librosa.filters.get_window("hann", N_FFT, fftbins=True).astype(dtype)
     window.flags.writeable = False
     return window
 
@@ -280,13 +293,17 @@ def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
 def _boxcar_stft(y: np.ndarray, n_fft: int, hop_length: int, bins: slice,
                  pad_mode: str) -> np.ndarray:
     """Rows ``bins`` of ``librosa.stft(y, n_fft, hop_length, window="ones",
-    pad_mode=pad_mode)``, shape (bins, n_frames), C-contiguous: the same frames and
-    float64 FFT without librosa's per-call validation and all-ones windowing, keeping only
-    the bins the octave's filters use (about a quarter), ready for the sparse product."""
-    padded = np.pad(np.asarray(y, dtype=np.float64), n_fft // 2, mode=pad_mode)
+    pad_mode=pad_mode)``, shape (bins, n_frames), C-contiguous: the same frames without
+    librosa's per-call validation and all-ones windowing, keeping only the bins the
+    octave's filters use (about a quarter), ready for the sparse product. The FFT runs in
+    ``y``'s precision (float32 for the extractor's clips; librosa: float64), as in
+    :func:`stft_magnitude_and_power`."""
+    x = np.asarray(y)
+    padded = np.pad(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64),
+                    n_fft // 2, mode=pad_mode)
     n_frames = 1 + (padded.size - n_fft) // hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
-    return np.ascontiguousarray(np.fft.rfft(frames, axis=1)[:, bins].T)
+    return np.ascontiguousarray(scipy.fft.rfft(frames, axis=1)[:, bins].T)
 
 
 @dataclass(frozen=True)
@@ -376,8 +393,7 @@ def analysis_step(sr: int, analysis_sr: int) -> int:
 def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectra:
     """One STFT, one tuning estimate and one CQT of ``y`` at its own rate ``sr``; the mel
     spectrogram and the rhythm's mel bands (every ``analysis_step``-th frame) follow."""
-    magnitude = stft_magnitude(y)
-    power = magnitude**2
+    magnitude, power = stft_magnitude_and_power(y)
     tuning = estimate_tuning(magnitude, sr)
     cqt = cqt_magnitude(y, sr, tuning)
     n = min(magnitude.shape[1], cqt.shape[1])
@@ -482,10 +498,11 @@ def _cens_window() -> np.ndarray:
     return window
 
 
-def rms(magnitude: np.ndarray) -> np.ndarray:
-    """librosa 0.5.0's ``rmse(S=magnitude)``: the root mean square over the frequency bins
-    (librosa >= 0.7's ``rms(S=...)`` rescales by Parseval instead, ~1/45 of it)."""
-    return np.sqrt(np.mean(magnitude**2, axis=0, keepdims=True))
+def rms(power: np.ndarray) -> np.ndarray:
+    """librosa 0.5.0's ``rmse(S=magnitude)`` from ``power = magnitude**2``: the root mean
+    square over the frequency bins (librosa >= 0.7's ``rms(S=...)`` rescales by Parseval
+    instead, ~1/45 of it)."""
+    return np.sqrt(np.mean(power, axis=0, keepdims=True))
 
 
 def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
@@ -506,7 +523,7 @@ def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
         "chroma_cens": cens,
         "tonnetz": librosa.feature.tonnetz(chroma=cens),
         "mfcc": librosa.feature.mfcc(S=spectra.mel_db, n_mfcc=20),
-        "rmse": rms(spectra.magnitude),
+        "rmse": rms(spectra.power),
         "zcr": zero_crossing_rate(y, n),
         "spectral_centroid": centroid,
         "spectral_bandwidth": bandwidth,

@@ -234,7 +234,7 @@ def test_another_layout_is_incompatible_not_corrupt(changes: dict[str, Any]) -> 
 
 
 def test_a_record_of_the_previous_computation_pv2_stays_readable_as_pv2() -> None:
-    # pv3 to pv7 changed the values, not the names: pv2 records decode, under their own
+    # pv3 to pv8 changed the values, not the names: pv2 records decode, under their own
     # version.
     record = a_record(feature_version="pv2")
     decoded = decode_record(encode_record(record))
@@ -245,9 +245,9 @@ def test_a_record_of_the_previous_computation_pv2_stays_readable_as_pv2() -> Non
 
 def test_a_reader_that_expects_a_version_refuses_another() -> None:
     data = encode_record(a_record(feature_version="pv2"))
-    with pytest.raises(IncompatibleRecord, match="pv2, not pv7"):
+    with pytest.raises(IncompatibleRecord, match="pv2, not pv8"):
         decode_record(data, FEATURE_VERSION)
-    assert decode_record(encode_record(a_record()), FEATURE_VERSION).feature_version == "pv7"
+    assert decode_record(encode_record(a_record()), FEATURE_VERSION).feature_version == "pv8"
 
 
 def test_error_codes_are_stable() -> None:

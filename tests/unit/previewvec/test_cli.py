@@ -67,7 +67,7 @@ def test_extract_prints_one_json_line_per_input_for_every_format(clips):
     assert [line["input"] for line in lines] == [str(p) for p in paths.values()]
     for line in lines:
         assert line["ok"] is True
-        assert line["feature_version"] == "pv7"
+        assert line["feature_version"] == "pv8"
         assert set(line["descriptors"]) == set(DESCRIPTOR_KEYS)
         assert len(line["vector"]) == VECTOR_DIM
         assert all(np.isfinite(line["vector"]))

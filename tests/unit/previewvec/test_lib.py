@@ -136,8 +136,8 @@ def test_similar_by_audio_finds_the_stored_clip_first(catalog_dir: Path) -> None
     # what extract returned carries its version: one of other settings is refused (from
     # the data-scientist review: compared without a word)
     assert catalog.similar_to_vector(extracted, k=1)[0].recording_id == "song-0"
-    other = dataclasses.replace(extracted, feature_version="pv7-0123456789")
-    with pytest.raises(InvalidQuery, match="pv7-0123456789"):
+    other = dataclasses.replace(extracted, feature_version="pv8-0123456789")
+    with pytest.raises(InvalidQuery, match="pv8-0123456789"):
         catalog.similar_to_vector(other, k=1)
 
 
@@ -378,11 +378,11 @@ def test_the_api_is_listed_by_dir() -> None:
     assert issubclass(previewvec.InvalidQuery, previewvec.PreviewvecError)
 
 
-@pytest.mark.parametrize("version", ["bogus", "pv7/13", "..", "PV7", "pv7-xyz"])
+@pytest.mark.parametrize("version", ["bogus", "pv8/13", "..", "PV8", "pv8-xyz"])
 def test_open_of_a_version_that_cannot_be_is_an_invalid_query(tmp_path: Path,
                                                               version: str) -> None:
     """From the data-scientist review: any string was taken and read as an empty catalog
-    (or "pv7/13" as one shard of pv7), where the CLI refuses it."""
+    (or "pv8/13" as one shard of pv8), where the CLI refuses it."""
     (tmp_path / "store").mkdir()
     with pytest.raises(previewvec.InvalidQuery, match="not a feature version"):
         previewvec.open(tmp_path / "store", version=version)
