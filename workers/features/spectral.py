@@ -234,12 +234,17 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
     except that the filter bases are built once per (rate, tuning) and kept: ``librosa.cqt``
     rebuilds all seven on every call (windowed sinusoids, FFT, sparsification), which was
     about 40 % of its time. Tuning estimates are multiples of 0.01 bin, so a worker soon
-    holds every basis it needs. ``tests/unit/workers/features/test_spectral.py`` checks
-    equality with ``librosa.cqt``.
+    holds every basis it needs. And since a filter basis applied to a DFT is itself a
+    linear map of the frame, each octave's basis is folded into one real (n_fft, 24)
+    matrix (the 12 filters' real and imaginary parts in time) when the plan is built: an
+    octave is then one matrix product of its frames, half the cost of the FFT and the
+    sparse product, the same values to float32 rounding (pv8).
+    ``tests/unit/workers/features/test_spectral.py`` checks equality with ``librosa.cqt``.
     """
     plan = _cqt_plan(sr, float(tuning), float(filter_scale))
-    dtype = librosa.util.dtype_r2c(y.dtype)
     my_y, my_hop = y, HOP_LENGTH
+    if not np.issubdtype(my_y.dtype, np.floating):
+        my_y = my_y.astype(np.float64)
     if plan.downsample == 2:  # librosa's early downsampling (44.1 and 48 kHz)
         my_y, my_hop = halve_rate(my_y), my_hop // 2
     elif plan.downsample > 1:
@@ -247,19 +252,23 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
                                 res_type=CQT_RES_TYPE, scale=True)
         my_hop //= plan.downsample
     responses = []
-    for octave, (basis, n_fft) in enumerate(plan.bases):
-        spectrum = _boxcar_stft(my_y, n_fft, my_hop, plan.bins[octave], pad_mode)
-        responses.append(basis.dot(spectrum.astype(dtype, copy=False)))
-        if octave + 1 < len(plan.bases):
+    for octave, (kernel, n_fft) in enumerate(plan.kernels):
+        frames = _centred_frames(my_y, n_fft, my_hop, pad_mode)
+        responses.append(frames @ kernel)
+        if octave + 1 < len(plan.kernels):
             if my_hop % 2:
                 raise ValueError(f"hop length {HOP_LENGTH} cannot be halved {octave + 1} times")
             my_hop //= 2
             my_y = halve_rate(my_y)
-    n_frames = min(response.shape[1] for response in responses)
-    # Octave responses come top octave first; bins run from C1 upwards.
-    out = np.concatenate([response[:, :n_frames] for response in responses[::-1]])
-    out /= plan.sqrt_lengths[:, np.newaxis]
-    return np.abs(out)
+    n_frames = min(response.shape[0] for response in responses)
+    # Octave responses come top octave first, each (frames, [re x 12, im x 12]); bins
+    # run from C1 upwards.
+    stacked = np.concatenate([response[:n_frames].T for response in responses[::-1]])
+    half = CQT_BINS_PER_OCTAVE
+    stacked = stacked.reshape(len(responses), 2, half, n_frames)
+    out = np.hypot(stacked[:, 0], stacked[:, 1]).reshape(CQT_BINS, n_frames)
+    out /= plan.sqrt_lengths[:, np.newaxis].astype(out.dtype)
+    return out
 
 
 def halve_rate(y: np.ndarray) -> np.ndarray:
@@ -290,28 +299,30 @@ def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
     return int(chosen.size)
 
 
-def _boxcar_stft(y: np.ndarray, n_fft: int, hop_length: int, bins: slice,
-                 pad_mode: str) -> np.ndarray:
-    """Rows ``bins`` of ``librosa.stft(y, n_fft, hop_length, window="ones",
-    pad_mode=pad_mode)``, shape (bins, n_frames), C-contiguous: the same frames without
-    librosa's per-call validation and all-ones windowing, keeping only the bins the
-    octave's filters use (about a quarter), ready for the sparse product. The FFT runs in
-    ``y``'s precision (float32 for the extractor's clips; librosa: float64), as in
-    :func:`stft_magnitude_and_power`."""
-    x = np.asarray(y)
-    padded = np.pad(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64),
-                    n_fft // 2, mode=pad_mode)
+def _centred_frames(y: np.ndarray, n_fft: int, hop_length: int, pad_mode: str) -> np.ndarray:
+    """The frames ``librosa.stft(y, n_fft, hop_length, pad_mode=pad_mode)`` transforms:
+    ``y`` padded by ``n_fft // 2`` on each side, shape (n_frames, n_fft), a strided view."""
+    padded = np.pad(y, n_fft // 2, mode=pad_mode)
     n_frames = 1 + (padded.size - n_fft) // hop_length
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
-    return np.ascontiguousarray(scipy.fft.rfft(frames, axis=1)[:, bins].T)
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
+
+
+def _time_domain_kernel(basis: scipy.sparse.csr_matrix, n_fft: int) -> np.ndarray:
+    """``basis`` (filters over the rfft bins of an ``n_fft`` frame) as a map of the frame
+    itself: ``frame @ kernel`` is ``basis @ rfft(frame)``, real and imaginary parts side
+    by side, shape (n_fft, 2 * filters), float32 (172 kB for the seven octaves of a
+    plan; float64 kernels would double what a worker's cached plans hold)."""
+    impulses = np.fft.rfft(np.eye(n_fft), axis=1)  # row n: the DFT of a unit sample at n
+    kernel = impulses @ basis.toarray().astype(np.complex128).T
+    return np.ascontiguousarray(np.concatenate([kernel.real, kernel.imag], axis=1),
+                                dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class _CqtPlan:
-    bases: tuple[tuple[scipy.sparse.csr_matrix, int], ...]
-    """Per octave, top first: the sparse filter basis over the FFT bins in ``bins`` (the
-    columns of librosa's (12, n_fft // 2 + 1) basis that hold non-zeros) and its n_fft."""
-    bins: tuple[slice, ...]
+    kernels: tuple[tuple[np.ndarray, int], ...]
+    """Per octave, top first: librosa's sparse (12, n_fft // 2 + 1) filter basis folded
+    into a time-domain kernel (:func:`_time_domain_kernel`), and its n_fft."""
     sqrt_lengths: np.ndarray
     """sqrt of each filter's length in samples, shape (84,), for librosa's ``scale=True``."""
     downsample: int
@@ -343,8 +354,7 @@ def _cqt_plan(sr: int, tuning: float, filter_scale: float) -> _CqtPlan:
                 max(0, twos - n_octaves + 1))
     downsample = 2**count
     base_sr = sr / downsample
-    bases = []
-    bins = []
+    kernels = []
     for octave in range(n_octaves):
         octave_bins = slice(CQT_BINS - bpo * (octave + 1), CQT_BINS - bpo * octave)
         my_sr = base_sr / 2**octave
@@ -359,19 +369,11 @@ def _cqt_plan(sr: int, tuning: float, filter_scale: float) -> _CqtPlan:
         fft_basis = scipy.fft.fft(basis, n=n_fft, axis=1)[:, : n_fft // 2 + 1]
         sparse = librosa.util.sparsify_rows(fft_basis, quantile=0.01, dtype=np.complex64)
         sparse.data *= np.sqrt(base_sr / my_sr)
-        # Columns outside the non-zero range contribute nothing: drop them (the product
-        # still sums the same terms in the same order, so the result is unchanged).
-        used = slice(int(sparse.indices.min()), int(sparse.indices.max()) + 1)
-        trimmed = scipy.sparse.csr_matrix(
-            (sparse.data, sparse.indices - used.start, sparse.indptr),
-            shape=(sparse.shape[0], used.stop - used.start),
-        )
-        bases.append((trimmed, n_fft))
-        bins.append(used)
+        kernels.append((_time_domain_kernel(sparse, n_fft), n_fft))
     lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=base_sr, window="hann",
                                                  filter_scale=filter_scale, gamma=0,
                                                  alpha=alpha)
-    return _CqtPlan(tuple(bases), tuple(bins), np.sqrt(lengths), downsample)
+    return _CqtPlan(tuple(kernels), np.sqrt(lengths), downsample)
 
 
 @lru_cache(maxsize=8)
@@ -540,16 +542,27 @@ def true_centroid(fma_centroid: np.ndarray, sr: int) -> np.ndarray:
 
 def fma_block(frames: dict[str, np.ndarray]) -> np.ndarray:
     """The 518 FMA statistics in :func:`fma_names` order, shape (518,)."""
-    order = list(FMA_FEATURE_SIZES)
-    stacked = np.concatenate([frames[name] for name in order], axis=0)
+    stacked = np.concatenate([frames[name] for name in FMA_FEATURE_SIZES], axis=0)
     summary = summarize(stacked)
-    by_name: dict[str, float] = {}
+    # (statistic, row) in summary order, flattened, then put in fma_names order.
+    values = np.stack([summary[statistic] for statistic in FMA_STATISTICS])
+    return values.ravel()[_fma_order()].astype(np.float64)
+
+
+@lru_cache(maxsize=1)
+def _fma_order() -> np.ndarray:
+    """Where each of :func:`fma_names` sits in the flattened (statistic, stacked row)
+    summary of :func:`fma_block`."""
+    position = {}
     row = 0
-    for name in order:
-        size = FMA_FEATURE_SIZES[name]
-        for statistic in FMA_STATISTICS:
-            values = summary[statistic][row : row + size]
-            for i, value in enumerate(values):
-                by_name[f"{name}.{statistic}.{i + 1:02d}"] = float(value)
+    for name, size in FMA_FEATURE_SIZES.items():
+        for s, statistic in enumerate(FMA_STATISTICS):
+            for i in range(size):
+                position[f"{name}.{statistic}.{i + 1:02d}"] = s * _STACKED_ROWS + row + i
         row += size
-    return np.array([by_name[name] for name in fma_names()], dtype=np.float64)
+    order = np.array([position[name] for name in fma_names()], dtype=np.intp)
+    order.flags.writeable = False
+    return order
+
+
+_STACKED_ROWS = sum(FMA_FEATURE_SIZES.values())  # 74 frame-level series
