@@ -439,9 +439,9 @@ def report(args: argparse.Namespace, clips: list[Clip], renderer: str,
             stages[key] = stages.get(key, 0.0) + value / len(runs["previewvec"])
     total = summary["previewvec"]["wall_s_per_clip"]
     stages["other (hashing, Python overhead)"] = max(total - sum(stages.values()), 0.0)
-    out("Where previewvec spends its time (wall, mean per clip; `extract.fma` is the 518 "
-        "statistics from the shared spectra, `extract.spectra` the one STFT + tuning + CQT "
-        "+ mel):")
+    out("Where previewvec spends its time (wall, mean per clip; `extract.spectra` is the "
+        "one STFT and its tuning estimate, `extract.fma` the mel spectrogram, the CQT and "
+        "the 518 statistics, `extract.rhythm` includes danceability):")
     out("")
     out("| stage | ms / clip | share |")
     out("|---|---:|---:|")

@@ -103,6 +103,11 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     if sr < MIN_NATIVE_SR:
         y, channels, sr = _upsampled(y, channels, sr)
     duration_s = y.size / sr
+    # Loudness and danceability first, while the decoder's output is still in cache.
+    lufs = loudness.integrated_loudness(y, sr, channels, channel_weights)
+    watch.lap("loudness")
+    dance = rhythm.danceability(y, sr)
+    watch.lap("rhythm")
     spectra = spectral.compute_spectra(y, sr, analysis_sr)
     watch.lap("spectra")
     frames = spectral.fma_frames(y, spectra)
@@ -116,12 +121,10 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     rate = timing.analysis_sr
     envelope = rhythm.onset_envelope(timing.analysis_mel_db, rate)
     beat = rhythm.analyze_rhythm(timing.analysis_mel_db, envelope, rate, duration_s)
-    dance = rhythm.danceability(y, sr)
     watch.lap("rhythm")
     key = tonal.estimate_key(timing.analysis_cqt, rate)
     key_sin, key_cos = tonal.fifths_position(key.tonic, key.mode)
     watch.lap("tonal")
-    lufs = loudness.integrated_loudness(y, sr, channels, channel_weights)
     centroid = spectral.true_centroid(frames["spectral_centroid"], sr)
     energy = loudness.energy_score(lufs, beat.onset_rate, centroid)
     watch.lap("loudness")

@@ -20,6 +20,7 @@ today's librosa (docs/features.md lists each difference):
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -78,26 +79,35 @@ class Spectra:
     The rhythm and key features analyse at ``analysis_sr`` (``sr / step``, 22 050 Hz for a
     44.1 kHz clip): they read every ``step``-th frame of these spectra, whose centres are
     512 samples apart at ``analysis_sr``, as frames of a ``analysis_sr`` signal would be.
-    The mel spectrograms are computed on first use: a clip not at 44.1 kHz takes its FMA
-    block from one ``Spectra`` and its rhythm from another (see the extractor), and each
-    needs only its own.
+    The CQT and the mel spectrograms are computed on first use: a clip not at 44.1 kHz
+    takes its FMA block from one ``Spectra`` and its rhythm from another (see the
+    extractor), and each needs only its own; and the FMA statistics that read the STFT
+    run before the CQT evicts its 20 MB from the cache (:func:`fma_frames`).
 
     Attributes
     ----------
     magnitude : np.ndarray, shape (1 + N_FFT // 2, n_frames)
     power : np.ndarray, shape (1 + N_FFT // 2, n_frames)
-    cqt : np.ndarray, shape (84, n_frames), CQT magnitude from C1
     tuning : float, estimated deviation from A440 in fractions of a bin (the CQT's)
     sr : int
     step : int, frames per analysis frame
+    signal : np.ndarray, the clip itself (the CQT's input)
     """
 
     magnitude: np.ndarray
     power: np.ndarray
-    cqt: np.ndarray
     tuning: float
     sr: int
     step: int
+    signal: np.ndarray
+
+    @cached_property
+    def cqt(self) -> np.ndarray:
+        """Shape (84, n_frames): the CQT magnitude from C1, its frames the STFT's."""
+        cqt = cqt_magnitude(self.signal, self.sr, self.tuning)
+        if cqt.shape[1] < self.n_frames:  # cqt_frame_count is the CQT's own arithmetic
+            raise AssertionError(f"CQT has {cqt.shape[1]} frames, expected {self.n_frames}")
+        return cqt[:, : self.n_frames]
 
     @cached_property
     def mel_power(self) -> np.ndarray:
@@ -397,10 +407,24 @@ def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectr
     spectrogram and the rhythm's mel bands (every ``analysis_step``-th frame) follow."""
     magnitude, power = stft_magnitude_and_power(y)
     tuning = estimate_tuning(magnitude, sr)
-    cqt = cqt_magnitude(y, sr, tuning)
-    n = min(magnitude.shape[1], cqt.shape[1])
-    magnitude, power, cqt = magnitude[:, :n], power[:, :n], cqt[:, :n]
-    return Spectra(magnitude, power, cqt, tuning, sr, analysis_step(sr, analysis_sr))
+    n = min(magnitude.shape[1], cqt_frame_count(y.shape[-1], sr, tuning))
+    return Spectra(magnitude[:, :n], power[:, :n], tuning, sr, analysis_step(sr, analysis_sr),
+                   y)
+
+
+def cqt_frame_count(n_samples: int, sr: int, tuning: float = 0.0) -> int:
+    """How many frames :func:`cqt_magnitude` gives for ``n_samples`` at ``sr``: the
+    fewest of any octave (1 + its length // its hop, after the halvings)."""
+    plan = _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE)
+    length, hop = n_samples, HOP_LENGTH
+    if plan.downsample > 1:
+        length, hop = math.ceil(length / plan.downsample), hop // plan.downsample
+    frames = []
+    for octave in range(len(plan.kernels)):
+        frames.append(1 + length // hop)
+        if octave + 1 < len(plan.kernels):
+            length, hop = math.ceil(length / 2), hop // 2
+    return min(frames)
 
 
 def chroma_stft(power: np.ndarray, sr: int, tuning: float) -> np.ndarray:
@@ -511,19 +535,13 @@ def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
     """Frame-level series of every FMA feature family, each shape (size, n_frames), as
     FMA's calls compute them on ``y`` at its own rate (``spectra.sr``)."""
     n = spectra.n_frames
-    raw_chroma = librosa.feature.chroma_cqt(
-        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12, norm=None
-    )
-    cens = chroma_cens(raw_chroma)
+    # The STFT's readers first, while it is in cache; the CQT (computed on first use) last.
     # chroma_stft(S=|STFT|**2) without sr: its own tuning estimate (piptrack on the power
     # spectrum) and its filters both on a 22 050 Hz frequency axis.
     chroma_tuning = estimate_tuning(spectra.power, FMA_ASSUMED_SR)
     centroid, bandwidth, rolloff = spectral_shape(spectra.magnitude, FMA_ASSUMED_SR)
     frames = {
         "chroma_stft": chroma_stft(spectra.power, FMA_ASSUMED_SR, chroma_tuning),
-        "chroma_cqt": librosa.util.normalize(raw_chroma, norm=np.inf, axis=0),
-        "chroma_cens": cens,
-        "tonnetz": librosa.feature.tonnetz(chroma=cens),
         "mfcc": librosa.feature.mfcc(S=spectra.mel_db, n_mfcc=20),
         "rmse": rms(spectra.power),
         "zcr": zero_crossing_rate(y, n),
@@ -532,6 +550,13 @@ def fma_frames(y: np.ndarray, spectra: Spectra) -> dict[str, np.ndarray]:
         "spectral_contrast": spectral_contrast(spectra.magnitude, FMA_ASSUMED_SR),
         "spectral_rolloff": rolloff,
     }
+    raw_chroma = librosa.feature.chroma_cqt(
+        C=spectra.cqt, n_chroma=12, n_octaves=7, bins_per_octave=12, norm=None
+    )
+    cens = chroma_cens(raw_chroma)
+    frames["chroma_cqt"] = librosa.util.normalize(raw_chroma, norm=np.inf, axis=0)
+    frames["chroma_cens"] = cens
+    frames["tonnetz"] = librosa.feature.tonnetz(chroma=cens)
     return {name: series[:, :n] for name, series in frames.items()}
 
 

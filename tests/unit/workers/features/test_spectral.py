@@ -15,6 +15,7 @@ from workers.features.spectral import (
     HOP_LENGTH,
     N_FFT,
     chroma_stft,
+    compute_spectra,
     cqt_magnitude,
     estimate_tuning,
     halve_rate,
@@ -255,3 +256,20 @@ def test_running_median_equals_scipys_median_filter(signal, mode, width):
             continue  # numpy and scipy extend differently once the pad exceeds the signal
         expected = ndimage.median_filter(frames, size=(1, width), mode=mode)
         np.testing.assert_array_equal(running_median(frames, width, mode=mode), expected)
+
+
+@pytest.mark.parametrize("sr", [11025, 22050, 44100, 48000, 96000])
+def test_cqt_frame_count_is_the_cqts_own(sr):
+    # The STFT is cut to this count before the CQT exists (it is computed on first use).
+    rng = np.random.default_rng(sr)
+    for n in (sr * 5, sr * 5 + 1, sr * 5 + 255, sr * 5 + 256, sr * 5 + 511, 77_777):
+        y = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        assert spectral.cqt_frame_count(n, sr) == cqt_magnitude(y, sr, 0.0).shape[1], n
+
+
+def test_spectra_frames_agree_and_the_cqt_waits_until_read(signal):
+    spectra = compute_spectra(signal, SR)
+    assert "cqt" not in spectra.__dict__
+    assert spectra.cqt.shape == (84, spectra.n_frames) == (84, spectra.power.shape[1])
+    np.testing.assert_array_equal(spectra.cqt,
+                                  cqt_magnitude(signal, SR, spectra.tuning)[:, :spectra.n_frames])
