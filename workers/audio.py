@@ -443,10 +443,12 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
 
 
 # Float sample formats PyAV can hand over without conversion. Planar frames with many
-# channels go through swresample instead: PyAV's AudioFrame.planes reads past the 8
-# inline data pointers of a planar frame with more than 8 channels (segfault).
+# channels go through swresample instead: PyAV's AudioFrame.planes counts planes until a
+# null pointer past the 8 inline data pointers, so it segfaults on a planar frame with
+# more than 8 channels and sees a 9th plane in one with exactly 8 (a 7.1 AAC stream was
+# undecodable: "frame has 9 planes; expected 8").
 _DIRECT_FORMATS = frozenset({"flt", "fltp"})
-_MAX_DIRECT_CHANNELS = 8
+_MAX_DIRECT_CHANNELS = 7
 # Float values a segment's buffer starts with at most (16 MB), before it has to grow.
 _INITIAL_BUFFER_VALUES = 1 << 22
 

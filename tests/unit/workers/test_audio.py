@@ -213,6 +213,19 @@ def test_eight_channel_source_decodes() -> None:
     assert audio.n_samples == 6 * ANALYSIS_SR
 
 
+def test_eight_channel_planar_aac_decodes() -> None:
+    # Regression: PyAV saw 9 planes in an 8-channel planar (fltp) AAC frame, and the 7.1
+    # stream was undecodable; 8 planar channels now go through swresample, as more do.
+    x = _music(6.0, sr=48_000)
+    channels = np.concatenate([x * (1.0 - 0.1 * c) for c in range(4)])
+    audio = decode_audio(encode_audio(channels, 48_000, "m4a"), sr=None)
+    assert (audio.codec, audio.source_channels) == ("aac", 8)
+    assert audio.channels is not None and audio.channels.shape == (8, audio.n_samples)
+    assert audio.channel_weights == (1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41, 1.41)  # 7.1
+    np.testing.assert_allclose(audio.samples, audio.channels.mean(axis=0), atol=1e-6)
+    assert np.corrcoef(audio.channels[0], audio.channels[6])[0, 1] > 0.95  # both left
+
+
 def test_8k_mono_wav_is_upsampled() -> None:
     sr = 8_000
     x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(6 * sr) / sr)
