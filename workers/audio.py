@@ -147,7 +147,8 @@ def decode_audio(
     duration_s = n / sr
     if n < round(min_duration_s * sr):
         raise TooShort(
-            f"decoded {duration_s:.2f} s of audio; at least {min_duration_s:.2f} s is required"
+            f"decoded {_seconds_below(duration_s, min_duration_s)} s of audio; at least "
+            f"{min_duration_s:.2f} s is required"
         )
     _check_mix_not_cancelled(mat, levels)
     peak, mean_square = levels.peak, levels.mean_square
@@ -212,11 +213,11 @@ def _check_mix_not_cancelled(mat: np.ndarray, levels: SignalLevels) -> None:
         return
     # Each channel's power by BLAS dot products: float32 sums are precise far beyond what
     # a 20 dB threshold needs, and a float64 copy of every sample cost ~2 ms per clip.
-    mean_power = sum(float(np.dot(row, row)) for row in mat) / mat.size
-    # Samples beyond ~1e17 overflow the float32 sums: not a level, refused by the
-    # extractor (invalid_signal), never "cancelled".
-    if (not math.isfinite(mean_power) or mean_power < SILENCE_RMS**2
-            or levels.mean_square >= _CANCELLED_MIX_POWER_RATIO * mean_power):
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean_power = sum(float(np.dot(row, row)) for row in mat) / mat.size
+    if not math.isfinite(mean_power):  # samples beyond ~1e17 overflow float32 sums
+        mean_power = float(np.einsum("ij,ij->", mat, mat, dtype=np.float64)) / mat.size
+    if mean_power < SILENCE_RMS**2 or levels.mean_square >= _CANCELLED_MIX_POWER_RATIO * mean_power:
         return
     raise Silent(
         f"the channels cancel out in the mono mix (polarity-inverted copies): channels at "
@@ -613,6 +614,16 @@ def _decode_with_libsndfile(data: bytes, sr: int | None, max_duration_s: float) 
         codec=codec,
         container=container,
     )
+
+
+def _seconds_below(duration_s: float, limit_s: float) -> str:
+    """``duration_s`` to 2 decimals, or to as many as it takes not to read as ``limit_s``
+    ("decoded 5.00 s; at least 5.00 s is required" for 4.9998 s)."""
+    for decimals in (2, 3, 4, 5, 6):
+        shown = f"{duration_s:.{decimals}f}"
+        if shown != f"{limit_s:.{decimals}f}":
+            return shown
+    return repr(duration_s)
 
 
 def _dbfs(x: float) -> float:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
+from typing import Any
 
 import librosa
 import numpy as np
@@ -72,6 +74,26 @@ PAD_MODE = "reflect"
 CENS_WINDOW = 41 + 2
 
 
+class _computed_once:
+    """``functools.cached_property`` without its lock: Python 3.11's holds one lock per
+    property for every instance, so two threads analysing two clips would compute their
+    CQTs one after the other. Two threads reading one instance's value at once may both
+    compute it (the same array, deterministically); the first stored is kept."""
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        cache = instance.__dict__
+        if self.name not in cache:
+            cache.setdefault(self.name, self.compute(instance))
+        return cache[self.name]
+
+
 @dataclass(frozen=True)
 class Spectra:
     """Intermediates shared by every feature family, all at the clip's own rate ``sr``.
@@ -101,7 +123,7 @@ class Spectra:
     step: int
     signal: np.ndarray
 
-    @cached_property
+    @_computed_once
     def cqt(self) -> np.ndarray:
         """Shape (84, n_frames): the CQT magnitude from C1, its frames the STFT's."""
         cqt = cqt_magnitude(self.signal, self.sr, self.tuning)
@@ -109,18 +131,18 @@ class Spectra:
             raise AssertionError(f"CQT has {cqt.shape[1]} frames, expected {self.n_frames}")
         return cqt[:, : self.n_frames]
 
-    @cached_property
+    @_computed_once
     def mel_power(self) -> np.ndarray:
         """Shape (128, n_frames), up to ``sr / 2`` (FMA's MFCCs)."""
         # power.T: the STFT's frame-major layout (no transposed copy, see the kernel).
         return sparse_frames_product(mel_basis(self.sr), self.power.T)
 
-    @cached_property
+    @_computed_once
     def mel_db(self) -> np.ndarray:
         """``librosa.power_to_db(mel_power)``."""
         return librosa.power_to_db(self.mel_power)
 
-    @cached_property
+    @_computed_once
     def analysis_mel_db(self) -> np.ndarray:
         """Shape (128, ceil(n_frames / step)): mel power in dB up to ``analysis_sr / 2`` of
         every ``step``-th frame (the rhythm features' bands)."""
@@ -251,10 +273,10 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
     sparse product, the same values to float32 rounding (pv8).
     ``tests/unit/workers/features/test_spectral.py`` checks equality with ``librosa.cqt``.
     """
-    plan = _cqt_plan(sr, float(tuning), float(filter_scale))
     my_y, my_hop = y, HOP_LENGTH
-    if not np.issubdtype(my_y.dtype, np.floating):
+    if my_y.dtype not in (np.float32, np.float64):
         my_y = my_y.astype(np.float64)
+    plan = _cqt_plan(sr, float(tuning), float(filter_scale), my_y.dtype.name)
     if plan.downsample == 2:  # librosa's early downsampling (44.1 and 48 kHz)
         my_y, my_hop = halve_rate(my_y), my_hop // 2
     elif plan.downsample > 1:
@@ -263,7 +285,16 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
         my_hop //= plan.downsample
     responses = []
     for octave, (kernel, n_fft) in enumerate(plan.kernels):
-        frames = _centred_frames(my_y, n_fft, my_hop, pad_mode)
+        # The filters pass no DC (no basis touches FFT bin 0), so with reflected edges the
+        # octave's mean adds nothing to a response, except rounding: in a sum over the
+        # frame's samples a constant far above the music (a biased converter) would swamp
+        # the music's bins, which FFT bins kept it out of. Taken out first. (Zero-padded
+        # edges would turn the mean into a step there: left as they are.)
+        if pad_mode == "reflect":
+            my_y_centred = my_y - np.asarray(np.mean(my_y, dtype=np.float64), my_y.dtype)
+        else:
+            my_y_centred = my_y
+        frames = _centred_frames(my_y_centred, n_fft, my_hop, pad_mode)
         responses.append(frames @ kernel)
         if octave + 1 < len(plan.kernels):
             if my_hop % 2:
@@ -299,13 +330,13 @@ def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
 
     ``librosa.pitch_tuning`` returns a left edge of its 0.01-bin histogram (100 values from
     -0.5 to 0.49). Bases for tunings within ``max_abs_tuning`` (most recordings are within
-    10 cents of A440) are built here, ~10 ms of CPU each; any other tuning is built by the
+    10 cents of A440) are built here, ~20 ms of CPU each; any other tuning is built by the
     first clip that needs it and cached from then on. Returns how many bases were built.
     """
     edges = np.linspace(-0.5, 0.5, int(np.ceil(1.0 / TUNING_RESOLUTION)) + 1)[:-1]
     chosen = edges[np.abs(edges) <= max_abs_tuning + 1e-9]
     for tuning in chosen:
-        _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE)
+        _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE, "float32")
     return int(chosen.size)
 
 
@@ -317,15 +348,16 @@ def _centred_frames(y: np.ndarray, n_fft: int, hop_length: int, pad_mode: str) -
     return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
 
 
-def _time_domain_kernel(basis: scipy.sparse.csr_matrix, n_fft: int) -> np.ndarray:
+def _time_domain_kernel(basis: scipy.sparse.csr_matrix, n_fft: int,
+                        dtype: str) -> np.ndarray:
     """``basis`` (filters over the rfft bins of an ``n_fft`` frame) as a map of the frame
     itself: ``frame @ kernel`` is ``basis @ rfft(frame)``, real and imaginary parts side
-    by side, shape (n_fft, 2 * filters), float32 (172 kB for the seven octaves of a
-    plan; float64 kernels would double what a worker's cached plans hold)."""
+    by side, shape (n_fft, 2 * filters), in the signal's precision ``dtype`` (float32:
+    172 kB for the seven octaves of a 44.1 kHz plan)."""
     impulses = np.fft.rfft(np.eye(n_fft), axis=1)  # row n: the DFT of a unit sample at n
     kernel = impulses @ basis.toarray().astype(np.complex128).T
     return np.ascontiguousarray(np.concatenate([kernel.real, kernel.imag], axis=1),
-                                dtype=np.float32)
+                                dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -339,8 +371,9 @@ class _CqtPlan:
 
 
 @lru_cache(maxsize=256)
-def _cqt_plan(sr: int, tuning: float, filter_scale: float) -> _CqtPlan:
-    """The filter bases ``librosa.vqt`` builds for ``librosa.cqt``'s parameters, built once."""
+def _cqt_plan(sr: int, tuning: float, filter_scale: float, dtype: str) -> _CqtPlan:
+    """The filter bases ``librosa.vqt`` builds for ``librosa.cqt``'s parameters, built once,
+    as time-domain kernels in ``dtype`` (the signal's)."""
     bpo, n_octaves = CQT_BINS_PER_OCTAVE, CQT_BINS // CQT_BINS_PER_OCTAVE
     fmin = librosa.note_to_hz("C1") * 2.0 ** (tuning / bpo)
     freqs = librosa.interval_frequencies(n_bins=CQT_BINS, fmin=fmin, intervals="equal",
@@ -379,7 +412,9 @@ def _cqt_plan(sr: int, tuning: float, filter_scale: float) -> _CqtPlan:
         fft_basis = scipy.fft.fft(basis, n=n_fft, axis=1)[:, : n_fft // 2 + 1]
         sparse = librosa.util.sparsify_rows(fft_basis, quantile=0.01, dtype=np.complex64)
         sparse.data *= np.sqrt(base_sr / my_sr)
-        kernels.append((_time_domain_kernel(sparse, n_fft), n_fft))
+        if sparse.indices.size and sparse.indices.min() == 0:
+            raise ValueError("a CQT filter reaches FFT bin 0 (DC)")  # see cqt_magnitude
+        kernels.append((_time_domain_kernel(sparse, n_fft, dtype), n_fft))
     lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=base_sr, window="hann",
                                                  filter_scale=filter_scale, gamma=0,
                                                  alpha=alpha)
@@ -405,17 +440,43 @@ def analysis_step(sr: int, analysis_sr: int) -> int:
 def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectra:
     """One STFT, one tuning estimate and one CQT of ``y`` at its own rate ``sr``; the mel
     spectrogram and the rhythm's mel bands (every ``analysis_step``-th frame) follow."""
-    magnitude, power = stft_magnitude_and_power(y)
+    magnitude, power = stft_magnitude_and_power(
+        y.astype(np.float64) if dc_dominates(y) else y)
+    if magnitude.dtype != y.dtype:  # the features downstream read the clip's precision
+        magnitude, power = magnitude.astype(y.dtype), power.astype(y.dtype)
     tuning = estimate_tuning(magnitude, sr)
     n = min(magnitude.shape[1], cqt_frame_count(y.shape[-1], sr, tuning))
     return Spectra(magnitude[:, :n], power[:, :n], tuning, sr, analysis_step(sr, analysis_sr),
                    y)
 
 
+# A float32 FFT's rounding sits ~1e-7 below each frame's whole energy, DC included. When a
+# constant offset carries more than a tenth of the clip's power (a broken converter, a
+# float file with a bias), that floor rises towards the music's quiet bins, and spectral
+# contrast and bandwidth move by several per cent from FMA's float64 values: such clips
+# get a float64 STFT (twice its FFT cost, for them only). The CQT takes the offset out
+# instead (see cqt_magnitude).
+DC_POWER_SHARE_FOR_FLOAT64 = 0.1
+
+
+def dc_dominates(y: np.ndarray) -> bool:
+    """Whether ``y``'s mean carries more than :data:`DC_POWER_SHARE_FOR_FLOAT64` of its
+    power, relative to the rest (mean² > share × AC mean square)."""
+    if y.dtype == np.float64 or y.size == 0:
+        return False
+    # numpy's pairwise float32 sum and BLAS's dot: ample precision for a threshold.
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(np.sum(y)) / y.size
+        mean_square = float(np.dot(y, y)) / y.size
+    if not (math.isfinite(mean) and math.isfinite(mean_square)):
+        return True  # samples too large for float32 sums: float64 everywhere
+    return mean * mean > DC_POWER_SHARE_FOR_FLOAT64 * max(mean_square - mean * mean, 0.0)
+
+
 def cqt_frame_count(n_samples: int, sr: int, tuning: float = 0.0) -> int:
     """How many frames :func:`cqt_magnitude` gives for ``n_samples`` at ``sr``: the
     fewest of any octave (1 + its length // its hop, after the halvings)."""
-    plan = _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE)
+    plan = _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE, "float32")
     length, hop = n_samples, HOP_LENGTH
     if plan.downsample > 1:
         length, hop = math.ceil(length / plan.downsample), hop // plan.downsample

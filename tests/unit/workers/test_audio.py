@@ -362,6 +362,12 @@ def test_too_short_reports_both_durations() -> None:
     assert "2.00 s" in info.value.message and "5.00 s" in info.value.message
 
 
+def test_too_short_by_a_few_samples_does_not_read_as_the_limit() -> None:
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(5 * SR - 5) / SR)
+    with pytest.raises(TooShort, match=r"decoded 4\.999\d s of audio; at least 5\.00 s"):
+        decode_audio(encode_audio(x, SR, "wav"), sr=SR)
+
+
 def test_a_file_with_no_samples_is_too_short_like_one_with_few() -> None:
     # A header alone is well formed, not broken: the same code as a few samples.
     nothing, little = np.zeros((2, 0), dtype=np.float32), _music(0.5)

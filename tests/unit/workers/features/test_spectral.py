@@ -273,3 +273,13 @@ def test_spectra_frames_agree_and_the_cqt_waits_until_read(signal):
     assert spectra.cqt.shape == (84, spectra.n_frames) == (84, spectra.power.shape[1])
     np.testing.assert_array_equal(spectra.cqt,
                                   cqt_magnitude(signal, SR, spectra.tuning)[:, :spectra.n_frames])
+
+
+def test_spectra_values_are_computed_once_per_instance_without_a_shared_lock(signal):
+    # functools.cached_property (Python 3.11) holds one lock for all instances: two threads
+    # analysing two clips would compute their CQTs in turn. Ours keeps no lock.
+    assert not hasattr(spectral._computed_once, "lock")
+    spectra = compute_spectra(signal, SR)
+    first = spectra.mel_power
+    assert spectra.mel_power is first and spectra.__dict__["mel_power"] is first
+    assert isinstance(type(spectra).__dict__["cqt"], spectral._computed_once)

@@ -34,6 +34,7 @@ from testkit.songs.score import generate_song
 from workers.analysis import analyze
 from workers.audio import decode_audio
 from workers.features import spectral
+from workers.features.extractor import extract_features
 
 CLIP_S = 10.0
 # (seed, tonic, mode, tempo, drums, style, native rate, format): different keys, modes,
@@ -170,3 +171,20 @@ def test_the_omitted_sr_reads_frequencies_on_a_22050_hz_axis(clips):
     true = spectral.true_centroid(np.array([centroid]), 44100)[0]
     assert true == pytest.approx(2 * centroid)
     assert 200 < centroid < 11025 / 2
+
+
+@pytest.mark.parametrize(("offset", "level"), [(0.5, 0.01), (0.3, 0.001)])
+def test_a_large_dc_offset_keeps_fmas_values(offset, level):
+    """A constant far above the music (a biased converter): a float32 FFT's rounding,
+    relative to the whole frame, would reach the music's quiet bins. The STFT runs in
+    float64 for such a clip and the CQT takes the constant out (no filter passes DC)."""
+    score = generate_song(7, tonic=3, mode="major", tempo_bpm=118.0, drums=True,
+                          duration_s=CLIP_S, style="pop")
+    music = render(score, 44100, "synth").mean(axis=0)
+    y = (level * music + offset).astype(np.float32)
+    assert spectral.dc_dominates(y) and not spectral.dc_dominates(music.astype(np.float32))
+    ours = extract_features(y, 44100).vector[:FMA_DIM].astype(np.float64)
+    fma = fma_reference(y, 44100)
+    assert _within(ours, fma, 0.01).all(), NAMES[~_within(ours, fma, 0.01)]
+    assert _within(ours, fma, EXACT_RTOL).mean() >= 0.99
+
