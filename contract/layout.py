@@ -23,9 +23,9 @@ from typing import Literal
 # pv7: tempo and beat confidence also leave out silent gaps of 2 s or more inside the clip,
 # are 0 for a steady sound (no onsets, no flux), and a clip at any rate but 44.1 kHz has
 # its rhythm and key analysed on a copy resampled to 44.1 kHz (docs/features.md).
-# pv8: the STFT and the CQT's octave FFTs run in float32, the clip's precision, not float64:
-# values move by float32 rounding, which shows only in the top spectral-contrast band's
-# valley (above the codec's cut-off) (docs/features.md).
+# pv8: the STFT and the CQT run in float32, the clip's precision, not float64 (a clip with a
+# large DC offset: a float64 STFT): values move by float32 rounding, which shows in
+# spectral contrast's valleys, the bins near the FFT's noise floor (docs/features.md).
 FEATURE_VERSION = "pv8"
 # Earlier computations of this same layout (same names and order, other values): their
 # records stay readable (``decode_record``) under their own version, never mixed with
