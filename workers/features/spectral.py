@@ -114,6 +114,7 @@ class Spectra:
     sr : int
     step : int, frames per analysis frame
     signal : np.ndarray, the clip itself (the CQT's input)
+    dc_offset : bool, whether a DC offset dominates the clip (:func:`dc_dominates`)
     """
 
     magnitude: np.ndarray
@@ -122,11 +123,12 @@ class Spectra:
     sr: int
     step: int
     signal: np.ndarray
+    dc_offset: bool = False
 
     @_computed_once
     def cqt(self) -> np.ndarray:
         """Shape (84, n_frames): the CQT magnitude from C1, its frames the STFT's."""
-        cqt = cqt_magnitude(self.signal, self.sr, self.tuning)
+        cqt = cqt_magnitude(self.signal, self.sr, self.tuning, remove_dc=self.dc_offset)
         if cqt.shape[1] < self.n_frames:  # cqt_frame_count is the CQT's own arithmetic
             raise AssertionError(f"CQT has {cqt.shape[1]} frames, expected {self.n_frames}")
         return cqt[:, : self.n_frames]
@@ -255,7 +257,7 @@ def _hann_window(dtype: np.dtype) -> np.ndarray:
 
 def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
                   filter_scale: float = FMA_CQT_FILTER_SCALE,
-                  pad_mode: str = PAD_MODE) -> np.ndarray:
+                  pad_mode: str = PAD_MODE, remove_dc: bool = False) -> np.ndarray:
     """|CQT|, 84 bins from C1, shape (84, n_frames): ``np.abs(librosa.cqt(y, sr=sr,
     hop_length=512, n_bins=84, bins_per_octave=12, tuning=tuning,
     filter_scale=filter_scale, pad_mode=pad_mode))``; the defaults give librosa 0.5's CQT
@@ -288,9 +290,9 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
         # The filters pass no DC (no basis touches FFT bin 0), so with reflected edges the
         # octave's mean adds nothing to a response, except rounding: in a sum over the
         # frame's samples a constant far above the music (a biased converter) would swamp
-        # the music's bins, which FFT bins kept it out of. Taken out first. (Zero-padded
-        # edges would turn the mean into a step there: left as they are.)
-        if pad_mode == "reflect":
+        # the music's bins, which FFT bins kept it out of. ``remove_dc`` takes it out
+        # first. (Zero-padded edges would turn the mean into a step there: left alone.)
+        if remove_dc and pad_mode == "reflect":
             my_y_centred = my_y - np.asarray(np.mean(my_y, dtype=np.float64), my_y.dtype)
         else:
             my_y_centred = my_y
@@ -440,22 +442,22 @@ def analysis_step(sr: int, analysis_sr: int) -> int:
 def compute_spectra(y: np.ndarray, sr: int, analysis_sr: int = 22_050) -> Spectra:
     """One STFT, one tuning estimate and one CQT of ``y`` at its own rate ``sr``; the mel
     spectrogram and the rhythm's mel bands (every ``analysis_step``-th frame) follow."""
-    magnitude, power = stft_magnitude_and_power(
-        y.astype(np.float64) if dc_dominates(y) else y)
+    dc_offset = dc_dominates(y)
+    magnitude, power = stft_magnitude_and_power(y.astype(np.float64) if dc_offset else y)
     if magnitude.dtype != y.dtype:  # the features downstream read the clip's precision
         magnitude, power = magnitude.astype(y.dtype), power.astype(y.dtype)
     tuning = estimate_tuning(magnitude, sr)
     n = min(magnitude.shape[1], cqt_frame_count(y.shape[-1], sr, tuning))
     return Spectra(magnitude[:, :n], power[:, :n], tuning, sr, analysis_step(sr, analysis_sr),
-                   y)
+                   y, dc_offset)
 
 
 # A float32 FFT's rounding sits ~1e-7 below each frame's whole energy, DC included. When a
 # constant offset carries more than a tenth of the clip's power (a broken converter, a
 # float file with a bias), that floor rises towards the music's quiet bins, and spectral
 # contrast and bandwidth move by several per cent from FMA's float64 values: such clips
-# get a float64 STFT (twice its FFT cost, for them only). The CQT takes the offset out
-# instead (see cqt_magnitude).
+# get a float64 STFT (twice its FFT cost, for them only), and their CQT takes the offset
+# out (``cqt_magnitude(remove_dc=True)``).
 DC_POWER_SHARE_FOR_FLOAT64 = 0.1
 
 
