@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from contract.errors import InvalidSignal
+from contract.errors import InvalidSignal, TooShort
 from contract.layout import DESCRIPTOR_DIMENSIONS, FEATURE_VERSION, PITCH_CLASSES, VECTOR_DIM
 from workers.features import kernels, loudness, rhythm, spectral, tonal
 
@@ -41,6 +41,10 @@ class _Stopwatch:
 # written at integer scale (±32767) or garbage. Their spectra overflow float32 further
 # on (1e18 raised an untyped error from librosa); refused up front, as invalid_signal.
 MAX_SAMPLE_MAGNITUDE = 1_000.0
+# The shortest signal every feature is defined on: BS.1770 needs one 400 ms block, the
+# DFA two segment lengths of 310 ms and more, the rhythm a few beats. The decoder's own
+# floor (PREVIEWVEC_MIN_DURATION_S, 5 s) is above it unless an operator lowers it.
+MIN_ANALYSIS_S = 1.0
 MIN_NATIVE_SR = 11_025
 UPSAMPLED_SR = 22_050
 
@@ -94,6 +98,9 @@ def extract_features(y: np.ndarray, sr: int, *, channels: np.ndarray | None = No
     """
     if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y)):
         raise InvalidSignal("signal must be a non-empty finite mono array")
+    if y.size < MIN_ANALYSIS_S * sr:
+        raise TooShort(f"{y.size / sr:.3f} s of audio; the features need at least "
+                       f"{MIN_ANALYSIS_S:.2f} s")
     peak = float(np.max(np.abs(y)))
     if peak > MAX_SAMPLE_MAGNITUDE:
         raise InvalidSignal(

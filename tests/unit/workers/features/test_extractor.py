@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from contract.errors import InvalidSignal
+from contract.errors import InvalidSignal, TooShort
 from contract.layout import DESCRIPTOR_KEYS, VECTOR_DIM, feature_names
 from tests.unit.workers.features.signals import SR, chord_song, click_track
 from workers.features.extractor import extract_features
@@ -78,3 +78,17 @@ def test_samples_far_beyond_full_scale_are_invalid_not_a_crash():
     for scale in (32_767.0, 1e18):
         with pytest.raises(InvalidSignal, match="above full scale"):
             extract_features(y * np.float32(scale), SR)
+
+
+@pytest.mark.parametrize("sr", [8000, 22050, 44100, 96000])
+def test_a_signal_under_a_second_is_too_short_not_an_internal_error(sr):
+    # The decoder's floor is 5 s, but PREVIEWVEC_MIN_DURATION_S may lower it: below one
+    # second BS.1770 has no block and the DFA no two time-scales (a ValueError before).
+    t = np.arange(int(0.5 * sr)) / sr
+    y = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with pytest.raises(TooShort) as info:
+        extract_features(y, sr)
+    assert info.value.code == "too_short" and "1.00 s" in info.value.message
+    one_second = np.resize(y, sr)
+    assert np.isfinite(extract_features(one_second, sr).vector).all()
+
