@@ -179,7 +179,7 @@ def warm_up(analysis_sr: int = 22_050, sr: int = PREVIEW_SR) -> float:
     compilation and filter caches are paid before the first real clip. Returns the
     seconds it took."""
     started = time.perf_counter()
-    spectral.prepare_cqt(sr)
+    spectral.prepare_filter_banks(sr)
     t = np.arange(int(6 * sr)) / sr
     rng = np.random.default_rng(0)
     tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))

@@ -297,7 +297,10 @@ def cqt_magnitude(y: np.ndarray, sr: int, tuning: float, *,
         else:
             my_y_centred = my_y
         frames = _centred_frames(my_y_centred, n_fft, my_hop, pad_mode)
-        responses.append(frames @ kernel)
+        # Below the top octave the frames overlap (hop < n_fft), which BLAS cannot take
+        # as a strided matrix: numpy's own copy for matmul costs twice this one (the
+        # same product, bit for bit).
+        responses.append(np.ascontiguousarray(frames) @ kernel)
         if octave + 1 < len(plan.kernels):
             if my_hop % 2:
                 raise ValueError(f"hop length {HOP_LENGTH} cannot be halved {octave + 1} times")
@@ -327,18 +330,22 @@ def halve_rate(y: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=y.dtype)
 
 
-def prepare_cqt(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
-    """Build the CQT filter bases for the common tunings ahead of the first clip.
+def prepare_filter_banks(sr: int, max_abs_tuning: float = PREPARED_TUNING_RANGE) -> int:
+    """Build the CQT filter bases and chroma filter banks for the common tunings ahead of
+    the first clip.
 
     ``librosa.pitch_tuning`` returns a left edge of its 0.01-bin histogram (100 values from
-    -0.5 to 0.49). Bases for tunings within ``max_abs_tuning`` (most recordings are within
-    10 cents of A440) are built here, ~20 ms of CPU each; any other tuning is built by the
-    first clip that needs it and cached from then on. Returns how many bases were built.
+    -0.5 to 0.49). Banks for tunings within ``max_abs_tuning`` (most recordings are within
+    10 cents of A440) are built here, ~20 ms of CPU per CQT basis and ~1 ms per chroma
+    bank (``chroma_stft`` reads its bins on FMA's 22 050 Hz axis whatever ``sr``); any
+    other tuning is built by the first clip that needs it and cached from then on.
+    Returns how many tunings were prepared.
     """
     edges = np.linspace(-0.5, 0.5, int(np.ceil(1.0 / TUNING_RESOLUTION)) + 1)[:-1]
     chosen = edges[np.abs(edges) <= max_abs_tuning + 1e-9]
     for tuning in chosen:
         _cqt_plan(sr, float(tuning), FMA_CQT_FILTER_SCALE, "float32")
+        _chroma_filters(FMA_ASSUMED_SR, float(tuning))
     return int(chosen.size)
 
 

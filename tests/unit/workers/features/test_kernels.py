@@ -187,3 +187,12 @@ def test_sparse_frames_product_equals_scipys_product(stereo_clip, sr, fmax, step
     np.testing.assert_array_equal(ours, expected)
     with pytest.raises(ValueError, match="float32"):
         sparse_frames_product(basis, power.T.astype(np.float64))
+
+
+@pytest.mark.parametrize("n_frames", [1, 3, 4, 5, 7, 8, 9])
+def test_sparse_frames_product_any_frame_count(n_frames):
+    # Frames go four at a time, then one by one: every count, bit for bit scipy's product.
+    power = np.random.default_rng(n_frames).random((n_frames, 1025), dtype=np.float32)
+    basis = mel_basis(22050, None)
+    expected = basis @ np.ascontiguousarray(power.T)
+    np.testing.assert_array_equal(sparse_frames_product(basis, power), expected)
