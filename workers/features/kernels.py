@@ -110,8 +110,30 @@ def _spectral_moments_and_rolloff(
     total = np.zeros(n_frames)
     first = np.zeros(n_frames)
     second = np.zeros(n_frames)
+    threshold = np.zeros(n_frames, dtype=np.float32)
     rolloff = np.zeros(n_frames, dtype=np.int64)
-    for t in range(n_frames):
+    # Two frames per pass: each sum is a serial chain of additions (in bin order, as the
+    # library adds), and two frames' independent chains side by side fill each other's
+    # waits (the same values).
+    for t in range(0, n_frames - 1, 2):
+        running_a = running_b = np.float32(0.0)
+        a0 = a1 = a2 = b0 = b1 = b2 = 0.0
+        for k in range(n_bins):
+            value_a, value_b = frames[t, k], frames[t + 1, k]
+            running_a += value_a
+            running_b += value_b
+            wide_a, wide_b = np.float64(value_a), np.float64(value_b)
+            a0 += wide_a
+            b0 += wide_b
+            a1 += freq[k] * wide_a
+            b1 += freq[k] * wide_b
+            a2 += freq_squared[k] * wide_a
+            b2 += freq_squared[k] * wide_b
+        total[t], first[t], second[t] = a0, a1, a2
+        total[t + 1], first[t + 1], second[t + 1] = b0, b1, b2
+        threshold[t], threshold[t + 1] = running_a * fraction, running_b * fraction
+    if n_frames % 2:
+        t = n_frames - 1
         running = np.float32(0.0)
         m0 = m1 = m2 = 0.0
         for k in range(n_bins):
@@ -122,11 +144,28 @@ def _spectral_moments_and_rolloff(
             m1 += freq[k] * wide
             m2 += freq_squared[k] * wide
         total[t], first[t], second[t] = m0, m1, m2
-        threshold = running * fraction
+        threshold[t] = running * fraction
+    # The rolloff: the first bin where the float32 running sum (np.cumsum's) reaches the
+    # threshold, two frames per pass for the same reason.
+    for t in range(0, n_frames - 1, 2):
+        running_a = running_b = np.float32(0.0)
+        found_a = found_b = -1
+        for k in range(n_bins):
+            running_a += frames[t, k]
+            running_b += frames[t + 1, k]
+            if found_a < 0 and running_a >= threshold[t]:
+                found_a = k
+            if found_b < 0 and running_b >= threshold[t + 1]:
+                found_b = k
+            if found_a >= 0 and found_b >= 0:
+                break
+        rolloff[t], rolloff[t + 1] = max(found_a, 0), max(found_b, 0)
+    if n_frames % 2:
+        t = n_frames - 1
         running = np.float32(0.0)
         for k in range(n_bins):
             running += frames[t, k]
-            if running >= threshold:
+            if running >= threshold[t]:
                 rolloff[t] = k
                 break
     return total, first, second, rolloff

@@ -80,6 +80,18 @@ def test_filtered_segment_energy_rejects_bad_arguments(stereo_clip):
         filtered_segment_energy(stereo_clip, sos * 2, np.array([0, 10]))
 
 
+@pytest.mark.parametrize("n_frames", [1, 2, 3, 6, 7])
+def test_moments_and_rolloff_any_frame_count(stereo_clip, n_frames):
+    # Frames go two at a time, then the odd one: every count gives librosa's rolloff.
+    magnitude = np.ascontiguousarray(stft_magnitude(stereo_clip[0])[:, 10:10 + n_frames])
+    freq = librosa.fft_frequencies(sr=SR, n_fft=2048)
+    total, first, _, bins = spectral_moments_and_rolloff(magnitude, freq)
+    expected = librosa.feature.spectral_rolloff(S=magnitude, sr=SR)
+    np.testing.assert_array_equal(freq[bins], expected[0])
+    np.testing.assert_allclose(first / total, freq @ magnitude / magnitude.sum(axis=0),
+                               rtol=1e-6)
+
+
 def test_moments_and_rolloff_are_librosas(stereo_clip):
     y = stereo_clip.mean(axis=0)
     magnitude = stft_magnitude(y)
