@@ -116,7 +116,16 @@ def test_moments_and_rolloff_are_librosas(stereo_clip):
         spectral_moments_and_rolloff(magnitude, freq[:-1])
 
 
-@pytest.mark.parametrize("width", [1, 3, 9, 17])
+@pytest.mark.parametrize("width", [3, 5, 7, 11, 13, 15, 17, 19])
+def test_median_network_is_a_median_on_every_binary_input(width):
+    # The 0-1 principle: a compare-exchange network that selects the median of every
+    # 0/1 input selects it of every input. All 2**width windows, one per row.
+    bits = (np.arange(2**width)[:, np.newaxis] >> np.arange(width)) & 1
+    ours = sliding_median(bits.astype(np.float32), width)
+    np.testing.assert_array_equal(ours[:, 0], bits.sum(axis=1) > width // 2)
+
+
+@pytest.mark.parametrize("width", [1, 3, 5, 9, 15, 17, 31, 33])
 def test_sliding_median_equals_numpys_median(stereo_clip, width):
     rng = np.random.default_rng(width)
     smooth = stft_magnitude(stereo_clip[0])[:40]
