@@ -104,6 +104,36 @@ def filtered_segment_energy(x: np.ndarray, sos: np.ndarray, edges: np.ndarray) -
 
 
 @numba.njit(cache=True, nogil=True)
+def _rolloff_bins(frames: np.ndarray, threshold: np.ndarray) -> np.ndarray:  # pragma: no cover
+    n_frames, n_bins = frames.shape
+    rolloff = np.zeros(n_frames, dtype=np.int64)
+    # The first bin where the float32 running sum (np.cumsum's) reaches the frame's
+    # threshold; two frames per pass, as the moments below, for the same reason.
+    for t in range(0, n_frames - 1, 2):
+        running_a = running_b = np.float32(0.0)
+        found_a = found_b = -1
+        for k in range(n_bins):
+            running_a += frames[t, k]
+            running_b += frames[t + 1, k]
+            if found_a < 0 and running_a >= threshold[t]:
+                found_a = k
+            if found_b < 0 and running_b >= threshold[t + 1]:
+                found_b = k
+            if found_a >= 0 and found_b >= 0:
+                break
+        rolloff[t], rolloff[t + 1] = max(found_a, 0), max(found_b, 0)
+    if n_frames % 2:
+        t = n_frames - 1
+        running = np.float32(0.0)
+        for k in range(n_bins):
+            running += frames[t, k]
+            if running >= threshold[t]:
+                rolloff[t] = k
+                break
+    return rolloff
+
+
+@numba.njit(cache=True, nogil=True)
 def _spectral_moments_and_rolloff(
     frames: np.ndarray, freq: np.ndarray, freq_squared: np.ndarray, fraction: np.float32
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -112,7 +142,6 @@ def _spectral_moments_and_rolloff(
     first = np.zeros(n_frames)
     second = np.zeros(n_frames)
     threshold = np.zeros(n_frames, dtype=np.float32)
-    rolloff = np.zeros(n_frames, dtype=np.int64)
     # Two frames per pass: each sum is a serial chain of additions (in bin order, as the
     # library adds), and two frames' independent chains side by side fill each other's
     # waits (the same values).
@@ -146,30 +175,7 @@ def _spectral_moments_and_rolloff(
             m2 += freq_squared[k] * wide
         total[t], first[t], second[t] = m0, m1, m2
         threshold[t] = running * fraction
-    # The rolloff: the first bin where the float32 running sum (np.cumsum's) reaches the
-    # threshold, two frames per pass for the same reason.
-    for t in range(0, n_frames - 1, 2):
-        running_a = running_b = np.float32(0.0)
-        found_a = found_b = -1
-        for k in range(n_bins):
-            running_a += frames[t, k]
-            running_b += frames[t + 1, k]
-            if found_a < 0 and running_a >= threshold[t]:
-                found_a = k
-            if found_b < 0 and running_b >= threshold[t + 1]:
-                found_b = k
-            if found_a >= 0 and found_b >= 0:
-                break
-        rolloff[t], rolloff[t + 1] = max(found_a, 0), max(found_b, 0)
-    if n_frames % 2:
-        t = n_frames - 1
-        running = np.float32(0.0)
-        for k in range(n_bins):
-            running += frames[t, k]
-            if running >= threshold[t]:
-                rolloff[t] = k
-                break
-    return total, first, second, rolloff
+    return total, first, second, _rolloff_bins(frames, threshold)
 
 
 def spectral_moments_and_rolloff(
