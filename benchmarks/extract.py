@@ -187,9 +187,10 @@ def measure(clips: list[Clip]) -> dict[str, list[Run]]:
     """Warm every method on the first clip, then time each on every clip.
 
     previewvec is first warmed as a worker process warms itself at start
-    (``extractor.warm_up()``: numba's kernels, the CQT bases of common tunings; its cost is
-    the cold-start figure). The order of the methods rotates from clip to clip so that
-    none always runs right after another (cache state, CPU frequency).
+    (``extractor.warm_up()``: numba's kernels, the CQT bases and chroma banks of common
+    tunings; its cost is the cold-start figure). The order of the methods rotates from
+    clip to clip so that none always runs right after another (cache state, CPU
+    frequency).
     """
     warm_up()
     for name in FUNCTIONS:
