@@ -309,9 +309,10 @@ def _sliding_median_network(
 
 
 # Windows up to this width take a selection network (70 compare-exchanges for 17, 4x
-# faster than the sorted window); wider ones the sorted window, whose cost grows as the
-# width, not as a network's width * log(width)**2.
-MAX_NETWORK_WIDTH = 31
+# faster than the sorted window; 126 for 23); wider ones the sorted window, whose cost
+# grows as the width, not as a network's width * log(width)**2. The tests check every
+# network up to this width on all 2**width 0/1 inputs.
+MAX_NETWORK_WIDTH = 23
 
 
 @lru_cache(maxsize=16)
@@ -370,8 +371,9 @@ def sliding_median(padded: np.ndarray, width: int) -> np.ndarray:
     """Median of each run of ``width`` (odd) consecutive values along the rows of ``padded``.
 
     Equal to ``np.median(sliding_window_view(padded, width, axis=1), axis=-1)``: for an odd
-    width the median is one of the window's values, so no rounding is involved. Rows must
-    be finite (NaN never compares equal to itself). Width 9 (the key's harmonic filter)
+    width the median is one of the window's values, so no rounding is involved (but -0.0
+    and 0.0 compare equal, and a window holding both may give either). Rows must be
+    finite (NaN never compares equal to itself). Width 9 (the key's harmonic filter)
     runs a vectorised median-of-nine exchange network, other widths up to
     :data:`MAX_NETWORK_WIDTH` a generated one (:func:`median_network`), wider ones a
     sorted window.
