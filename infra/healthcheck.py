@@ -6,10 +6,15 @@ Without an argument the role is read from the container's command line (PID 1 is
 ``tini -- <command>``). Exit 0 healthy, 1 unhealthy; one line of explanation on stdout.
 
 - worker: the Celery node ``celery@<hostname>`` answers a broadcast ping (the same check
-  as ``celery -A workers.app inspect ping -d celery@$HOSTNAME``);
+  as ``celery -A workers.app inspect ping -d celery@$HOSTNAME``); while the broker itself
+  does not answer, healthy: the worker reconnects by itself, and a liveness probe that
+  failed then would restart every worker of the deployment for an outage of Redis;
 - flower: ``GET /healthcheck`` returns ``OK``;
 - api: ``GET /healthz`` (the broker is reachable) returns 200 on ``--port`` (default 8000);
-- reducer and anything else: the broker (PREVIEWVEC_BROKER_URL) answers PING.
+- reducer: ``reduce --follow`` touched its heartbeat within ``STALE_AFTER_S``
+  (reducer/liveness.py; the loop waits out outages itself, so the services are not
+  asked); a one-shot ``reduce`` is healthy while it runs;
+- anything else: the broker (PREVIEWVEC_BROKER_URL) answers PING.
 """
 
 from __future__ import annotations
@@ -65,13 +70,34 @@ def check_worker(argv: list[str]) -> tuple[bool, str]:
     # A bare Celery client on the same broker: a broadcast ping needs nothing of
     # workers.app, whose import (numba, the cache set-up) costs seconds of CPU per check.
     from celery import Celery
+    from redis.exceptions import RedisError
 
     from contract.settings import Settings
+    from contract.state import ping
 
-    app = Celery("healthcheck", broker=Settings.from_env().broker_url)
+    broker_url = Settings.from_env().broker_url
     node = option(argv, "--hostname", "celery@%h").replace("%h", socket.gethostname())
+    try:
+        ping(broker_url, timeout_s=TIMEOUT_S / 2)
+    except RedisError as exc:  # down, slow or refusing us: not this worker's fault
+        return True, f"{node}: broker unreachable ({exc}); the worker reconnects by itself"
+    app = Celery("healthcheck", broker=broker_url)
     replies = app.control.ping(destination=[node], timeout=TIMEOUT_S / 2)
     return bool(replies), f"{node}: {replies or 'no reply'}"
+
+
+def check_reducer(argv: list[str]) -> tuple[bool, str]:
+    from contract.settings import Settings
+    from reducer.liveness import STALE_AFTER_S, heartbeat_age_s, heartbeat_path
+
+    if "--follow" not in argv:
+        return True, "one-shot reduce: no follow loop to watch"
+    path = heartbeat_path(Settings.from_env())
+    age = heartbeat_age_s(path)
+    if age is None:
+        return False, f"no heartbeat at {path}"
+    return age <= STALE_AFTER_S, f"follow loop last beat {age:.0f} s ago (stale after " \
+                                 f"{STALE_AFTER_S:.0f} s)"
 
 
 def check_flower(argv: list[str]) -> tuple[bool, str]:
@@ -94,7 +120,7 @@ def check_broker(argv: list[str]) -> tuple[bool, str]:
 
 
 CHECKS = {"worker": check_worker, "flower": check_flower, "api": check_api,
-          "reducer": check_broker, "broker": check_broker}
+          "reducer": check_reducer, "broker": check_broker}
 
 
 def main(args: list[str]) -> int:

@@ -497,11 +497,17 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
+    from reducer.liveness import Heartbeat, heartbeat_path
     from reducer.reduce import Reducer
 
+    # The container's liveness check reads this heartbeat (reducer/liveness.py): beat
+    # before the index and store open, which may take a while, and on every pass after.
+    heartbeat = Heartbeat(heartbeat_path(settings)) if args.follow else None
+    if heartbeat is not None:
+        heartbeat.beat()
     reducer = Reducer.build(settings)
     if args.follow:  # waits out store and index outages itself
-        reducer.follow(args.batch_size)
+        reducer.follow(args.batch_size, heartbeat=heartbeat)
         return 0
     _check_store(reducer.store)
     n = reducer.drain(args.batch_size)

@@ -54,6 +54,7 @@ from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
 from reducer.index.base import check_k, check_query_vector, normalize_filter
+from reducer.liveness import Heartbeat
 from reducer.normalize import (
     Normalizer,
     indexed_marker_key,
@@ -373,18 +374,21 @@ class Reducer:
             total += n
 
     def follow(self, batch_size: int | None = None, idle_sleep_s: float = 1.0,
-               stop_after_s: float | None = None) -> None:
+               stop_after_s: float | None = None, heartbeat: Heartbeat | None = None) -> None:
         """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty.
 
         An index, store or Redis outage that outlasts the clients' own retries does not end
         the loop: the batch stays queued (nothing was trimmed) and is tried again after a
         full-jitter pause (:mod:`contract.retry`) whose ceiling doubles from 1 s up to
-        ``OUTAGE_BACKOFF_CAP_S`` while the failures last.
+        ``OUTAGE_BACKOFF_CAP_S`` while the failures last. ``heartbeat`` is touched on every
+        pass, outages included (:mod:`reducer.liveness`).
         """
         started = time.monotonic()
         failures = 0
         housekept_at: float | None = None
         while stop_after_s is None or time.monotonic() - started < stop_after_s:
+            if heartbeat is not None:
+                heartbeat.beat()
             try:
                 if housekept_at is None or time.monotonic() - housekept_at >= \
                         HOUSEKEEPING_EVERY_S:

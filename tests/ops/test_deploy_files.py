@@ -471,8 +471,12 @@ def test_k8s_worker_deployment() -> None:
     assert pod["terminationGracePeriodSeconds"] > TASK_TIME_LIMIT_S + 30
     (worker,) = pod["containers"]
     assert worker["args"][:2] == ["previewvec", "worker"]
-    probe = " ".join(worker["livenessProbe"]["exec"]["command"])
-    assert "celery -A workers.app inspect ping" in probe and 'celery@$HOSTNAME' in probe
+    # Started: this node answers a broadcast ping. Alive: the same, but a broker that
+    # does not answer restarts nothing (infra/healthcheck.py; tests/ops/test_healthcheck.py).
+    startup = " ".join(worker["startupProbe"]["exec"]["command"])
+    assert "celery -A workers.app inspect ping" in startup and 'celery@$HOSTNAME' in startup
+    assert worker["livenessProbe"]["exec"]["command"] == [
+        "python", "/opt/previewvec/healthcheck.py", "worker"]
     assert worker["livenessProbe"]["timeoutSeconds"] >= 10
     limits, requests = worker["resources"]["limits"], worker["resources"]["requests"]
     # One CPU per pool child, at least two children per process (a whole main process
