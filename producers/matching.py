@@ -1,11 +1,12 @@
 """Matching MusicBrainz recordings to store tracks (pure: no I/O).
 
 Normalisation (:func:`normalize`): NFKD + strip combining marks ("Zoé" → "zoe"),
-case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" → "dont"), other punctuation
-→ space, whitespace collapsed; letters and digits of every script are kept ("Кино" →
-"кино", "東京事変" stays); a name of symbols only keeps them ("!!!"). Artists also lose a
-leading "the", read "!"/"$" inside a word as letters ("P!nk", "Ke$ha"), and names that
-differ only in spacing are equal ("R.E.M." / "REM", "AC/DC" / "ACDC").
+case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" →
+"dont"), other punctuation → space, whitespace collapsed; letters and digits of every
+script are kept ("Кино" → "кино", "東京事変" stays); a name of symbols only keeps them
+("!!!"). Artists also lose a leading "the", read "!"/"$" inside a word as letters
+("P!nk", "Ke$ha"), and names that differ only in spacing are equal ("R.E.M." / "REM",
+"AC/DC" / "ACDC").
 
 Titles (:func:`parse_title`) are split into a core, *version tags* and featured artists:
 
@@ -44,7 +45,10 @@ Scoring (:func:`match_score`), each component in 0..1:
   "Earth" alone is not "Earth, Wind & Fire": a MusicBrainz credit names its artists
   whole, :attr:`Item.lead`), 0.9 when a credit of two or more artists is all credited
   on the other side, which names more (the composer beside the performers), and 0.7 ×
-  any credited artist vs any (a shared *featured* artist alone is weak evidence);
+  any credited artist vs any (a shared *featured* artist alone is weak evidence). A
+  MusicBrainz credit whose names have no Latin letters is compared a second time with
+  each such name replaced by its sort name's Latin spelling, as its lead credit
+  (宇多田ヒカル as "Hikaru Utada", Кино as "Kino"), the better counting;
 * duration: |Δ| ≤ 3 s → 1, decaying linearly to 0 at 15 s; beyond 15 s the whole score is
   also multiplied by 0.85 (a 9-minute extended mix is not the 4-minute single); unknown
   on either side → left out of the weighted mean (neutral);
@@ -64,7 +68,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from itertools import pairwise
 from typing import Any
@@ -448,6 +452,11 @@ class Item:
     # A store's flag for an edited ("clean") copy of an explicit recording: True, False,
     # or None where the store does not say.
     edited: bool | None = None
+    # The credit and its lead artists spelt in Latin letters, where a credited name has
+    # none and its MusicBrainz sort name does ("Hikaru Utada" for 宇多田ヒカル); empty
+    # otherwise. Stores abroad print that spelling, so it is compared as the credit is.
+    latin_artist: str = ""
+    latin_lead: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -519,8 +528,23 @@ def name_similarity(a: str, b: str) -> float:
     return similarity(a, b)
 
 
+def _spellings(item: Item) -> tuple[Item, ...]:
+    """``item``, and ``item`` with its credit in Latin letters if it has that spelling."""
+    if not item.latin_artist:
+        return (item,)
+    return item, replace(item, artist=item.latin_artist, lead=item.latin_lead)
+
+
 def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
                       trk_feat: Iterable[str]) -> float:
+    """0..1 agreement of the credits (module docstring); a credit with a Latin spelling
+    (:attr:`Item.latin_artist`) is compared in both, the better counting."""
+    return max(_artist_similarity(r, rec_feat, t, trk_feat)
+               for r in _spellings(rec) for t in _spellings(trk))
+
+
+def _artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
+                       trk_feat: Iterable[str]) -> float:
     r_full, r_lead, r_parts = _artist_sets(rec, rec_feat)
     t_full, t_lead, t_parts = _artist_sets(trk, trk_feat)
     best = name_similarity(r_full, t_full)
@@ -709,15 +733,16 @@ def _versions_agree(r_tags: frozenset[str], r_details: frozenset[str],
 
 
 def album_score(release_title: str, release_artist: str, track_count: int | None,
-                collection: dict[str, Any]) -> Match:
-    """How confidently an iTunes collection row is the MusicBrainz release."""
+                collection: dict[str, Any], *, latin_artist: str = "") -> Match:
+    """How confidently an iTunes collection row is the MusicBrainz release;
+    ``latin_artist``: the release's credit in Latin letters (:func:`latin_credit`)."""
     rp = parse_title(release_title)
     cp = parse_title(collection.get("collectionName") or "")
     title = similarity(rp.core, cp.core)
-    artist = max(similarity(normalize_artist(release_artist),
-                            normalize_artist(collection.get("artistName"))),
-                 artist_similarity(Item("", release_artist), (),
-                                   Item("", collection.get("artistName") or ""), ()))
+    store_artist = collection.get("artistName") or ""
+    artist = max(max(similarity(normalize_artist(name), normalize_artist(store_artist)),
+                     artist_similarity(Item("", name), (), Item("", store_artist), ()))
+                 for name in (release_artist, latin_artist) if name)
     total = 0.5 * title + 0.35 * artist
     weight = 0.85
     reason = [f"title={title:.2f}", f"artist={artist:.2f}"]
@@ -753,6 +778,20 @@ def _credit_parts(credit: Any) -> list[dict[str, Any]]:
 def _credit_string(credit: Any) -> str:
     return "".join(f"{_text(p.get('name'))}{_text(p.get('joinphrase'))}"
                    for p in _credit_parts(credit)).strip()
+
+
+def latin_credit(credit: Any) -> str:
+    """The credit as printed with each name written without Latin letters replaced by
+    its sort name's Latin spelling ("宇多田ヒカル" → "Hikaru Utada"); "" when no name
+    is replaced."""
+    latin = "".join(f"{_latin_name(p)}{_text(p.get('joinphrase'))}"
+                    for p in _credit_parts(credit)).strip()
+    return latin if latin != _credit_string(credit) else ""
+
+
+def _latin_name(part: dict[str, Any]) -> str:
+    """A credited name, in Latin letters where it has none and its sort name has."""
+    return _latin_sort_name(part, _obj(part.get("artist"))) or _text(part.get("name"))
 
 
 def _credit_names(credit: Any) -> tuple[str, ...]:
@@ -821,11 +860,14 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
                                release_credit) if _credit_parts(c)), [])
     names = _credit_names(credit) + _credit_names(recording.get("artist-credit"))
     lead: list[str] = []
+    latin_lead: list[str] = []
     for part in _credit_parts(credit):
         if _text(part.get("name")):
             lead.append(part["name"])
+            latin_lead.append(_latin_name(part))
         if _FEAT_JOIN.search(_text(part.get("joinphrase"))):
             break  # the rest of the credit is featured
+    latin_artist = latin_credit(credit)
     return Item(
         title=_text(track.get("title")) or _text(recording.get("title")),
         artist=_credit_string(credit),
@@ -836,6 +878,8 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
         album=_text(album) or None,
         disambiguation=_text(recording.get("disambiguation")) or None,
         lead=tuple(lead),
+        latin_artist=latin_artist,
+        latin_lead=tuple(latin_lead) if latin_artist else (),
     )
 
 

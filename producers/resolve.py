@@ -104,7 +104,7 @@ from producers import dumps
 from producers.deezer import DeezerClient
 from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
-from producers.matching import item_from_mb
+from producers.matching import item_from_mb, latin_credit
 from producers.musicbrainz import (
     MusicBrainzClient,
     artist_credit_names,
@@ -519,7 +519,8 @@ class Resolver:
         names = artist_credit_names(release.get("artist-credit"))
         artist = artist_credit_string(release.get("artist-credit"))
         query = ReleaseQuery(_barcode(release), release.get("title") or "", artist,
-                             names[0] if names else artist, tracklist.audio_tracks)
+                             names[0] if names else artist, tracklist.audio_tracks,
+                             latin_credit(release.get("artist-credit")))
         state = _Cascade(entries, wanted)
         if query.barcode:
             for src, bound in self._ordered():

@@ -144,6 +144,7 @@ class ReleaseQuery:
     artist: str  # the credit as printed
     search_artist: str  # the main artist's name, for text search
     total_tracks: int
+    latin_artist: str = ""  # the credit in Latin letters (matching.latin_credit), if other
 
 
 class PreviewSource(Protocol):
@@ -287,8 +288,12 @@ def isrc_candidate(entry: Entry, track: StoreTrack, source: str) -> Candidate | 
 def isrc_check(recording: Item, track: Item, *, album: bool = False) -> Match:
     """The text match of an ISRC hit: :func:`match_score`, or :data:`ISRC_SANITY` when a
     title or artist written in another script is all that disagrees
-    (:func:`~producers.matching.written_apart`: "Группа крови" as "Gruppa krovi")."""
-    m = match_score(recording, track, album=album)
+    (:func:`~producers.matching.written_apart`: "Группа крови" as "Gruppa krovi").
+
+    The credit is read as written, not in its Latin spelling (:attr:`Item.latin_artist`):
+    a credit in another script is excused by ``written_apart`` here, and only while the
+    durations agree, so an ISRC on a track 40 s longer stays a contradiction."""
+    m = match_score(replace(recording, latin_artist="", latin_lead=()), track, album=album)
     if m.score < ISRC_SANITY and (apart := written_apart(recording, track)):
         return Match(ISRC_SANITY, f"{m.reason} ({apart})")
     return m
@@ -438,7 +443,8 @@ class ITunesSource(_StoreSource):
                                     entity="album", limit=self.album_search_limit)
         best = best_scored(albums, lambda row: None if row.get(
             "wrapperType", "collection") != "collection" or not row.get("collectionId")
-            else album_score(query.title, query.artist, query.total_tracks, row))
+            else album_score(query.title, query.artist, query.total_tracks, row,
+                             latin_artist=query.latin_artist))
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
         tracks = [self._track(r)
@@ -457,8 +463,11 @@ class ITunesSource(_StoreSource):
         return self._fetchable(itunes_track(row))
 
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
-        """One song search; the best candidate by :func:`match_score`."""
-        main = entry.item.artists[0] if entry.item.artists else entry.item.artist
+        """One song search; the best candidate by :func:`match_score`. A main artist
+        written without Latin letters is searched for in its Latin spelling, which the
+        storefronts outside its country print ("Hikaru Utada", not 宇多田ヒカル)."""
+        item = entry.item
+        main = (item.latin_lead or item.artists or (item.artist,))[0]
         rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
                                   limit=self.song_search_limit)
 
@@ -546,7 +555,8 @@ class DeezerSource(_StoreSource):
             as_collection = {"collectionName": _str(row.get("title")),
                              "artistName": _str(_obj(row.get("artist")).get("name")),
                              "trackCount": row.get("nb_tracks")}
-            return album_score(query.title, query.artist, query.total_tracks, as_collection)
+            return album_score(query.title, query.artist, query.total_tracks, as_collection,
+                               latin_artist=query.latin_artist)
 
         best = best_scored(rows, score)
         if best is None or best[0].score < self.threshold:

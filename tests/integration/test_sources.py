@@ -429,6 +429,23 @@ def test_an_allowed_preview_wins_over_a_copy_on_another_host_in_one_search(
     assert resolver.calls["itunes"] == 1
 
 
+def test_an_artist_without_latin_letters_is_searched_and_matched_in_its_latin_spelling(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """From the resolution audit: 宇多田ヒカル (sort name "Utada, Hikaru") was searched
+    for as written and the store's "Hikaru Utada" scored artist=0.70: no match."""
+    mb, it, _ = clients(settings, r)
+    rec = {**mb_recording("First Love", 257), "artist-credit": [
+        {"name": "宇多田ヒカル", "joinphrase": "",
+         "artist": {"name": "宇多田ヒカル", "sort-name": "Utada, Hikaru"}}]}
+    row = {**itunes_song(1550009001, "First Love", 257), "artistName": "Hikaru Utada"}
+    upstream.fail_next(1, 200, itunes_answer(row), path_prefix="/search")
+    res = Resolver(settings, mb, it).resolve_recording_data(rec)
+    assert res.job is not None and res.job.source_track_id == "1550009001"
+    assert res.job.artist == "宇多田ヒカル"  # the job names the credit as MusicBrainz has it
+    (query,) = [q.query["term"] for q in upstream.requests_to("/search")]
+    assert query == "Hikaru Utada First Love"
+
+
 @pytest.mark.parametrize("preview", [False, True], ids=["no-preview", "dead-preview"])
 def test_deezer_unreadable_row_loses_to_its_readable_duplicate(
         settings: Settings, r: Redis, upstream: UpstreamServer, preview: bool) -> None:

@@ -330,6 +330,44 @@ def test_a_structured_credit_names_its_lead_artists_whole(
             >= THRESHOLD) == same
 
 
+@pytest.mark.parametrize(("credit", "store", "same"), [
+    # From the resolution audit: a credit without Latin letters scored artist=0.70
+    # against the store's Latin spelling; its sort name's spelling is its lead credit.
+    ([("宇多田ヒカル", "Utada, Hikaru", "")], "Hikaru Utada", True),
+    ([("Кино", "Kino", "")], "Kino", True),
+    ([("아이브", "IVE", "")], "IVE", True),
+    ([("竹内まりや", "Takeuchi, Mariya", "")], "Mariya Takeuchi", True),
+    ([("宇多田ヒカル", "Utada, Hikaru", " & "), ("Skrillex", "Skrillex", "")],
+     "Hikaru Utada & Skrillex", True),
+    ([("宇多田ヒカル", "Utada, Hikaru", " feat. "), ("Skrillex", "Skrillex", "")],
+     "Hikaru Utada", True),
+    # unchanged: the same script on both sides, Latin credits, and other artists
+    ([("宇多田ヒカル", "Utada, Hikaru", "")], "宇多田ヒカル", True),
+    ([("宇多田ヒカル", "Utada, Hikaru", "")], "Hikaru Nakamura", False),
+    ([("Кино", "Kino", "")], "Kino Kid", False),
+    ([("宇多田ヒカル", "Utada, Hikaru", " & "), ("Skrillex", "Skrillex", "")],
+     "Hikaru Utada", False),  # one of two lead artists
+])
+def test_a_credit_without_latin_letters_goes_by_its_sort_names_latin_spelling(
+        credit: list[tuple[str, str, str]], store: str, same: bool) -> None:
+    parts = [{"name": n, "joinphrase": j, "artist": {"name": n, "sort-name": sort}}
+             for n, sort, j in credit]
+    rec = item_from_mb({"id": "x", "title": "First Love", "length": 257_000,
+                        "artist-credit": parts})
+    assert (match_score(rec, Item("First Love", store, duration_ms=257_000)).score
+            >= THRESHOLD) == same
+    latin = item_from_mb({"artist-credit": [
+        {"name": "Zoé Varga", "artist": {"name": "Zoé Varga", "sort-name": "Varga, Zoé"}}]})
+    assert (latin.latin_artist, latin.latin_lead) == ("", ())  # a Latin name is kept
+
+
+def test_album_score_reads_the_release_credit_in_latin_letters() -> None:
+    coll = {"collectionName": "Fantôme", "artistName": "Hikaru Utada", "trackCount": 11}
+    assert album_score("Fantôme", "宇多田ヒカル", 11, coll).score < THRESHOLD
+    assert album_score("Fantôme", "宇多田ヒカル", 11, coll,
+                       latin_artist="Hikaru Utada").score == 1.0
+
+
 @pytest.mark.parametrize("recording", [
     {"id": "x", "title": "Song", "artist-credit": "Various"},
     {"id": "x", "title": "Song", "artist-credit": ["Various", None, 3]},
