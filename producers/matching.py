@@ -1,7 +1,8 @@
 """Matching MusicBrainz recordings to store tracks (pure: no I/O).
 
 Normalisation (:func:`normalize`): NFKD + strip combining marks ("Zoé" → "zoe"),
-case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" →
+case-folding, letters NFKD keeps whole spelt out ("ß" → "ss", "ø" → "o", "æ" → "ae",
+"ł" → "l", "ð" → "d", "þ" → "th"), "&"/"+" → "and", apostrophes dropped ("Don't" →
 "dont"), other punctuation → space, whitespace collapsed; letters and digits of every
 script are kept ("Кино" → "кино", "東京事変" stays); a name of symbols only keeps them
 ("!!!"). Artists also lose a leading "the", read "!"/"$" inside a word as letters
@@ -181,7 +182,8 @@ def _words_only(text: str) -> str:
 def _folded(text: str) -> str:
     text = strip_accents(text).casefold()
     text = text.replace("ß", "ss").replace("ø", "o").replace("æ", "ae").replace("œ", "oe")
-    text = text.replace("ł", "l").replace("đ", "d")
+    # Letters NFKD leaves whole, folded as stores abroad write them ("Daði" → "Dadi").
+    text = text.replace("ł", "l").replace("đ", "d").replace("ð", "d").replace("þ", "th")
     text = re.sub(r"\s*[&+]\s*", " and ", text)
     return _APOSTROPHES.sub("", text)
 

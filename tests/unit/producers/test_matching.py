@@ -361,6 +361,12 @@ def test_a_credit_without_latin_letters_goes_by_its_sort_names_latin_spelling(
     assert (latin.latin_artist, latin.latin_lead) == ("", ())  # a Latin name is kept
 
 
+def test_names_fold_letters_that_nfkd_keeps_whole() -> None:
+    assert normalize("Daði Freyr") == normalize("Dadi Freyr") == "dadi freyr"
+    assert normalize("Þórunn Antonía") == "thorunn antonia"
+    assert normalize("Straße Ærø Łódź") == "strasse aero lodz"
+
+
 def test_album_score_reads_the_release_credit_in_latin_letters() -> None:
     coll = {"collectionName": "Fantôme", "artistName": "Hikaru Utada", "trackCount": 11}
     assert album_score("Fantôme", "宇多田ヒカル", 11, coll).score < THRESHOLD
