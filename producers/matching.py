@@ -24,7 +24,8 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
   Version)": its words are the tag). MusicBrainz marks versions in the recording's
   disambiguation ("live, 1977-05-08: ...", "English version"), which is read as a
   suffix (:func:`parse_disambiguation`), and a store album whose name says it is live
-  ("… (Live)", "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`).
+  ("… (Live)", "Live at …", "Unplugged"; not "Learn to Live") tags all its tracks live
+  (:func:`_album_live`), unless the recording's own release has that name.
   Different version tags multiply the score by :data:`VERSION_PENALTY` (never a
   confident match); so do the same tags whose other words disagree
   (:func:`details_disagree`: the remixer, a concert's venue or date), while one side
@@ -474,6 +475,12 @@ _LIVE_WORDS = frozenset({"live", "unplugged", "concert"})
 _LIVE_PREPOSITIONS = frozenset({
     "at", "in", "from", "on", "a", "au", "aus", "en", "im", "auf", "dal", "da", "del",
 })
+# A last word "Live" after these is the verb, not a concert: "Learn to Live", "Born to
+# Live", "Long Live", "We Live", "You Must Live".
+_LIVE_AS_VERB_AFTER = frozenset({
+    "to", "long", "i", "we", "you", "they", "he", "she", "will", "shall", "must", "can",
+    "could", "would", "should", "may", "might", "dont", "never", "let", "lets",
+})
 
 
 def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
@@ -481,8 +488,9 @@ def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
 
     A live/unplugged suffix always does ("Électrique nuit (Live à l'Olympia)", "Hits -
     Live"). In the name itself: "Unplugged" or "in concert" anywhere, "Live at/in/from …",
-    or a last word "Live" -- unless the track's ``title`` has that word too: a single is
-    named after its song ("Live While We're Young - Single")."""
+    or a last word "Live" that is no verb ("Learn to Live", "Long Live") -- unless the
+    track's ``title`` has that word too: a single is named after its song ("Live While
+    We're Young - Single")."""
     if not album:
         return frozenset()
     parsed = parse_title(album)
@@ -491,8 +499,7 @@ def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
     words = parsed.core.split()
     if not _LIVE_WORDS & set(words) or _LIVE_WORDS & set(parse_title(title).core.split()):
         return frozenset()
-    # "Long Live" (Atreyu, Taylor Swift) is a studio record.
-    last_live = words[-1] == "live" and words[-2:-1] != ["long"]
+    last_live = words[-1] == "live" and not _LIVE_AS_VERB_AFTER & set(words[-2:-1])
     live = ("unplugged" in words or "in concert" in parsed.core or last_live
             or any(w == "live" and after in _LIVE_PREPOSITIONS
                    for w, after in pairwise(words)))
@@ -650,11 +657,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     """
     rp, tp = parse_title(recording.title), parse_title(track.title)
     comment = parse_disambiguation(recording.disambiguation)
-    r_tags = rp.tags | comment.tags
-    t_tags = tp.tags
-    t_tags |= _album_live(track.album, track.title)
-    if album:
-        r_tags |= _album_live(recording.album, recording.title)
+    r_tags, t_tags = _album_tags(recording, rp.tags | comment.tags, track, tp.tags, album)
     title = similarity(rp.core, tp.core)
     numbers = _numbers_disagree(rp.core, tp.core)
     if rp.movement and tp.movement and rp.movement != tp.movement:
@@ -699,6 +702,28 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if said:
         reason.append(said)
     return Match(round(max(0.0, min(1.0, score * factor)), 4), " ".join(reason))
+
+
+def _album_tags(recording: Item, r_tags: frozenset[str], track: Item,
+                t_tags: frozenset[str], album: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """Both sides' version tags with what their album names say (:func:`_album_live`):
+    the store's always, the recording's in an album comparison. When the recording's own
+    release has the store album's name, the name tells nothing ("Live in Colour" is a
+    studio album, whose recordings MusicBrainz does not call live)."""
+    if same_album(recording.album, track.album):
+        return r_tags, t_tags
+    if album:
+        r_tags |= _album_live(recording.album, recording.title)
+    return r_tags, t_tags | _album_live(track.album, track.title)
+
+
+def same_album(a: str | None, b: str | None) -> bool:
+    """Two album names that are the same once their ignorable suffixes are dropped
+    ("Learn to Live" and "Learn to Live (Deluxe Edition)")."""
+    if not a or not b:
+        return False
+    pa, pb = parse_title(a), parse_title(b)
+    return bool(pa.core) and pa.core == pb.core and pa.tags == pb.tags
 
 
 def written_apart(recording: Item, track: Item) -> str:

@@ -374,6 +374,32 @@ def test_album_score_reads_the_release_credit_in_latin_letters() -> None:
                        latin_artist="Hikaru Utada").score == 1.0
 
 
+@pytest.mark.parametrize(("store_album", "mb_album", "same"), [
+    # From the resolution audit: studio albums named "... Live" tagged every track live.
+    ("Learn to Live", "Album", True),  # "Live" the verb
+    ("Born to Live", None, True),
+    ("We Live", None, True),
+    ("Live in Colour", "Live in Colour", True),  # the recording's own release
+    ("Live on Mars (Deluxe Edition)", "Live on Mars", True),
+    ("Learn to Live", "Learn to Live", True),
+    # still concert albums when the recording's release is another
+    ("Live in Colour", "Album", False),
+    ("Live at the Fonda", "Hurry Up, We're Dreaming", False),
+    ("Queen Live", None, False),
+    ("Hurry Up, We're Dreaming - Live", "Hurry Up, We're Dreaming", False),
+])
+def test_an_album_named_live_is_a_concert_unless_the_recordings_release_has_that_name(
+        store_album: str, mb_album: str | None, same: bool) -> None:
+    rec = R("Alright", "Darius Rucker", 209, album=mb_album)
+    trk = T("Alright", "Darius Rucker", 209, album=store_album)
+    assert (match_score(rec, trk).score >= THRESHOLD) == same
+    # in an album comparison too: both sides' album names are read
+    positioned = match_score(R("Alright", "Darius Rucker", 209, album=mb_album, track=2),
+                             T("Alright", "Darius Rucker", 209, album=store_album, track=2),
+                             album=True)
+    assert (positioned.score >= THRESHOLD) == same
+
+
 @pytest.mark.parametrize("recording", [
     {"id": "x", "title": "Song", "artist-credit": "Various"},
     {"id": "x", "title": "Song", "artist-credit": ["Various", None, 3]},
