@@ -32,8 +32,12 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
   naming them alone costs :data:`DETAIL_PREFERENCE`.
   Brackets are round, square, curly, 【】 or 〔〕 (full-width ones too, by NFKC), nested
   ones read inside out; suffixes also follow " / ".
-* A suffix saying where the song comes from ('(From "Frozen")') is ignorable; any other
-  bracketed text ("(Part 2)") stays in the title.
+* Reworkings sold under the song's title are versions too: "(8D Audio)", "(Lofi)",
+  "(Techno)", "(Phonk)", "(Jersey Club)", "(Speed Up)", "(Stripped)", "(Cover)".
+* A suffix saying where the song comes from ('(From "Frozen")', "(Love Theme from …)")
+  or who produced it ("(Prod. by …)") is ignorable; any other bracketed text ("(Part
+  2)") stays in the title, and when the other title has none of its words ("(Spotify
+  Sessions)" on one side only) the score is multiplied by :data:`LONE_SUFFIX_PENALTY`.
 * Titles naming different numbers ("Part I"/"Part II", "No. 40"/"No. 25": each names a
   number the other does not) or different movements ("…: I. Allegro" / "…: III.
   Allegro assai") are different pieces: the title scores 0.
@@ -88,6 +92,10 @@ EDITED_PREFERENCE = 0.97
 # Justin Bieber)" for "bad guy"): another recording, as MusicBrainz credits a featured
 # artist on the recording that has one. Below the threshold, like a version tag.
 UNCREDITED_FEATURE_PENALTY = 0.6
+# A bracketed or dashed suffix on one side only that is neither ignorable nor a known
+# version ("(Stripped)", "(Spotify Sessions)"): a store names a version so, and the fuzzy
+# title score of a long title barely notices a short suffix. Below the threshold too.
+LONE_SUFFIX_PENALTY = 0.6
 # A version suffix naming which one on one side only ("(Remix)" for "(Alesso Remix)"):
 # possibly the same; where the store has both, the one naming the same wins.
 DETAIL_PREFERENCE = 0.97
@@ -115,6 +123,10 @@ VERSION_WORDS: dict[str, str] = {
     # Club and DJ reworkings that do not say "remix"; alternate takes of a session.
     "rework": "remix", "bootleg": "remix", "refix": "remix", "mashup": "remix", "vip": "remix",
     "alternate": "alternate", "alt": "alternate",
+    # Reworkings that stores sell under the song's title: genre and effect edits ("(8D
+    # Audio)", "(Lofi)", "(Techno)", "(Phonk)", "(Speed Up)"), stripped-down takes, covers.
+    "8d": "remix", "lofi": "remix", "techno": "remix", "hardstyle": "remix",
+    "phonk": "remix", "speed": "remix", "stripped": "stripped", "cover": "cover",
 }
 _MIX_NEUTRAL = {"mono", "stereo", "original", "album", "single"}
 IGNORABLE_WORDS = frozenset({
@@ -257,6 +269,8 @@ def version_tags(text: str | None) -> frozenset[str]:
         tags.add("edit")
     if re.search(r"\btake \d+\b", joined):  # "(Take 2)": another take of the session
         tags.add("alternate")
+    if re.search(r"\b(lo fi|jersey club)\b", joined):
+        tags.add("remix")
     return frozenset(tags)
 
 
@@ -276,6 +290,9 @@ class ParsedTitle:
     # ("Alesso" of "(Alesso Remix)", "glastonbury 2004" of "(Live at Glastonbury, 2004)").
     details: frozenset[str] = frozenset()
     movement: int | None = None  # "…: III. Allegro assai" → 3
+    # Suffixes neither ignorable nor a version, kept in ``core`` ("part 2", "stripped
+    # sessions"): normalised, for :func:`lone_suffixes`.
+    extras: tuple[str, ...] = ()
 
 
 # Words of a version suffix that say nothing of which version it is.
@@ -315,6 +332,9 @@ def _same_detail(x: str, y: str) -> bool:
 _MOVEMENT = re.compile(r"(?::\s*|\s[-–—]\s*)([IVX]{1,5}|\d{1,2})\.\s+\w")
 
 
+_SOURCE_NOTE = frozenset({"music", "theme", "love", "main", "title", "end", "song", "songs"})
+
+
 def _classify(segment: str, tags: set[str], featured: list[str],
               details: set[str] | None = None) -> bool:
     """True when the segment is consumed (credit, version tag or ignorable); a version
@@ -331,9 +351,11 @@ def _classify(segment: str, tags: set[str], featured: list[str],
         if details is not None:
             details.update(_details(segment))
         return True
-    # Where the song comes from ('(From "Frozen")', "(From the Motion Picture …)"):
-    # stores add it to a soundtrack's titles; the recording is the same.
-    if words[0] == "from" or _ignorable(words):
+    # Where the song comes from ('(From "Frozen")', "(Music from the Motion Picture …)",
+    # "(Love Theme from …)") or who produced it ("(Prod. by …)"): stores add it to a
+    # soundtrack's or a rap single's titles; the recording is the same.
+    if (words[0] in ("from", "prod", "produced") or _ignorable(words)
+            or ("from" in words[1:3] and _SOURCE_NOTE.issuperset(words[:words.index("from")]))):
         return True
     if _VERSION_NOUNS & set(words):
         named = [w for w in words if w not in _VERSION_NOUNS and not _ignorable([w])]
@@ -348,12 +370,16 @@ def parse_title(title: str | None) -> ParsedTitle:
     tags: set[str] = set()
     featured: list[str] = []
     details: set[str] = set()
+    extras: list[str] = []
     movement = _MOVEMENT.search(text)
 
     def _bracket(m: re.Match[str]) -> str:
         if m.start() == 0:  # "(I Can't Get No) Satisfaction": part of the title
             return m.group(0)
-        return " " if _classify(m.group(1), tags, featured, details) else f" {m.group(1)} "
+        if _classify(m.group(1), tags, featured, details):
+            return " "
+        extras.append(m.group(1))
+        return f" {m.group(1)} "
 
     # Nested brackets ("(Live (1993))") are read from the inside out.
     while (unwrapped := _BRACKET.sub(_bracket, text)) != text:
@@ -364,13 +390,24 @@ def parse_title(title: str | None) -> ParsedTitle:
     for part in parts[1:]:
         if not _classify(part, tags, featured, details):
             kept.append(part)
+            extras.append(part)
     text = " ".join(kept)
     inline = _INLINE_FEAT.split(text, maxsplit=1)
     if len(inline) == 2 and inline[0].strip():
         text = inline[0]
         featured.extend(split_artists(inline[1]))
     return ParsedTitle(normalize(text), frozenset(tags), tuple(dict.fromkeys(featured)),
-                       frozenset(details), _numeral(movement.group(1)) if movement else None)
+                       frozenset(details), _numeral(movement.group(1)) if movement else None,
+                       tuple(x for x in dict.fromkeys(map(normalize, extras)) if x))
+
+
+def lone_suffixes(parsed: ParsedTitle, other_core: str) -> list[str]:
+    """The suffixes of ``parsed`` kept in its title (:attr:`ParsedTitle.extras`) of which
+    the other title has no word: "(Stripped)", "(Spotify Sessions)" on one side only. A
+    store adds such a suffix to tell a version apart, while "(Part 2)" for "Pt. 2" shares
+    its number with the other side."""
+    other = set(other_core.split())
+    return [x for x in parsed.extras if not set(x.split()) & other]
 
 
 def _numeral(text: str) -> int:
@@ -666,6 +703,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
         title = 0.0
     artist = artist_similarity(recording, rp.featured, track, tp.featured)
     uncredited = uncredited_features(recording, rp.featured, tp.featured)
+    lone = lone_suffixes(rp, tp.core) + lone_suffixes(tp, rp.core)
     dur = duration_score(recording.duration_ms, track.duration_ms)
 
     total, weight = W_TITLE * title + W_ARTIST * artist, W_TITLE + W_ARTIST
@@ -695,6 +733,9 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if uncredited:
         score *= UNCREDITED_FEATURE_PENALTY
         reason.append(f"feat. {', '.join(uncredited)} not credited")
+    if lone:
+        score *= LONE_SUFFIX_PENALTY
+        reason.append(f"suffix ({'), ('.join(lone)}) on one side only")
     if track.edited is not None and track.edited != wants_edited(recording):
         score *= EDITED_PREFERENCE
         reason.append("edited copy" if track.edited else "not the edited copy")

@@ -446,6 +446,21 @@ def test_an_artist_without_latin_letters_is_searched_and_matched_in_its_latin_sp
     assert query == "Hikaru Utada First Love"
 
 
+def test_a_song_search_answering_only_other_versions_matches_none(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """From the resolution audit: with the studio track missing from the answer,
+    "(Stripped)", "(Lofi)" or "(Spotify Sessions)" scored 0.79-0.93 on artist and
+    duration and became the studio recording's job."""
+    mb, it, _ = clients(settings, r)
+    rows = [itunes_song(1550009001 + n, f"Static Hearts ({suffix})", 215)
+            for n, suffix in enumerate(["Stripped", "Lofi", "8D Audio", "Techno", "Phonk",
+                                        "Spotify Sessions", "Spotify Singles", "Cover"])]
+    upstream.fail_next(1, 200, itunes_answer(*rows), path_prefix="/search")
+    res = Resolver(settings, mb, it).resolve_recording_data(mb_recording("Static Hearts", 215))
+    assert res.job is None and res.error_code == "no_confident_match"
+    assert res.score < settings.match_threshold
+
+
 @pytest.mark.parametrize("preview", [False, True], ids=["no-preview", "dead-preview"])
 def test_deezer_unreadable_row_loses_to_its_readable_duplicate(
         settings: Settings, r: Redis, upstream: UpstreamServer, preview: bool) -> None:
