@@ -136,6 +136,8 @@ IGNORABLE_WORDS = frozenset({
     "anniversary", "reissue", "special", "legacy", "collectors", "collector", "super",
     "th", "st", "nd", "rd", "the", "of", "and", "from", "for", "itunes", "hd", "bit",
     "re", "newly", "mix", "mixed", "year",
+    # "(Dirty)", "(Dirty Version)": the explicit copy, as "(Explicit)".
+    "dirty",
     # "(Main Version)", "(Full Version)", "(Vocal Version)": the song as released.
     "main", "full", "vocal",
     # "(Original Motion Picture Soundtrack)", "(Soundtrack Version)", "(OST)": where it
@@ -277,6 +279,12 @@ def version_tags(text: str | None) -> frozenset[str]:
 _ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")  # "35th Anniversary Edition"
 
 
+def _bonus_note(words: list[str]) -> bool:
+    """A regional edition's note on where the track sits ("(Japanese Bonus Track)",
+    "(UK Bonus Track)", "(Hidden Track)"): the same recording, whatever the region."""
+    return words[-2:] in (["bonus", "track"], ["hidden", "track"]) or words == ["bonus"]
+
+
 def _ignorable(words: list[str]) -> bool:
     return all(w in IGNORABLE_WORDS or w.isdigit() or _ORDINAL.fullmatch(w) for w in words)
 
@@ -354,7 +362,7 @@ def _classify(segment: str, tags: set[str], featured: list[str],
     # Where the song comes from ('(From "Frozen")', "(Music from the Motion Picture …)",
     # "(Love Theme from …)") or who produced it ("(Prod. by …)"): stores add it to a
     # soundtrack's or a rap single's titles; the recording is the same.
-    if (words[0] in ("from", "prod", "produced") or _ignorable(words)
+    if (words[0] in ("from", "prod", "produced") or _ignorable(words) or _bonus_note(words)
             or ("from" in words[1:3] and _SOURCE_NOTE.issuperset(words[:words.index("from")]))):
         return True
     if _VERSION_NOUNS & set(words):
