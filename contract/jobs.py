@@ -135,7 +135,8 @@ def _recording_id(value: object) -> str:
     return text
 
 
-def _preview_url(value: object) -> str:
+def check_preview_url(value: object) -> str:
+    """``value`` if it is a valid ``preview_url``; else raises :class:`InvalidJob`."""
     return _url("preview_url", value)
 
 
@@ -241,7 +242,7 @@ class Job:
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {
             "recording_id": _recording_id(self.recording_id),
-            "preview_url": _preview_url(self.preview_url),
+            "preview_url": check_preview_url(self.preview_url),
         }
         if self.isrc is not None:
             checked["isrc"] = _isrc(self.isrc)

@@ -19,7 +19,7 @@ MATCH_RULES: tuple[str, ...] = ("isrc", "upc+position", "search+fuzzy")
 @dataclass(frozen=True)
 class SourceSpec:
     name: str
-    # Preview CDN hosts (a host matches exactly or as a subdomain: see workers/fetch.py).
+    # Preview CDN hosts (a host matches exactly or as a subdomain: see contract/hosts.py).
     cdn_hosts: tuple[str, ...]
     # Link back to the track on the store, from its track id (attribution).
     link_template: str

@@ -1,11 +1,13 @@
 """Matching MusicBrainz recordings to store tracks (pure: no I/O).
 
 Normalisation (:func:`normalize`): NFKD + strip combining marks ("Zoé" → "zoe"),
-case-folding, "&"/"+" → "and", apostrophes dropped ("Don't" → "dont"), other punctuation
-→ space, whitespace collapsed; letters and digits of every script are kept ("Кино" →
-"кино", "東京事変" stays); a name of symbols only keeps them ("!!!"). Artists also lose a
-leading "the", read "!"/"$" inside a word as letters ("P!nk", "Ke$ha"), and names that
-differ only in spacing are equal ("R.E.M." / "REM", "AC/DC" / "ACDC").
+case-folding, letters NFKD keeps whole spelt out ("ß" → "ss", "ø" → "o", "æ" → "ae",
+"ł" → "l", "ð" → "d", "þ" → "th"), "&"/"+" → "and", apostrophes dropped ("Don't" →
+"dont"), other punctuation → space, whitespace collapsed; letters and digits of every
+script are kept ("Кино" → "кино", "東京事変" stays); a name of symbols only keeps them
+("!!!"). Artists also lose a leading "the", read "!"/"$" inside a word as letters
+("P!nk", "Ke$ha"), and names that differ only in spacing are equal ("R.E.M." / "REM",
+"AC/DC" / "ACDC").
 
 Titles (:func:`parse_title`) are split into a core, *version tags* and featured artists:
 
@@ -22,15 +24,20 @@ Titles (:func:`parse_title`) are split into a core, *version tags* and featured 
   Version)": its words are the tag). MusicBrainz marks versions in the recording's
   disambiguation ("live, 1977-05-08: ...", "English version"), which is read as a
   suffix (:func:`parse_disambiguation`), and a store album whose name says it is live
-  ("… (Live)", "Live at …", "Unplugged") tags all its tracks live (:func:`_album_live`).
+  ("… (Live)", "Live at …", "Unplugged"; not "Learn to Live") tags all its tracks live
+  (:func:`_album_live`), unless the recording's own release has that name.
   Different version tags multiply the score by :data:`VERSION_PENALTY` (never a
   confident match); so do the same tags whose other words disagree
   (:func:`details_disagree`: the remixer, a concert's venue or date), while one side
   naming them alone costs :data:`DETAIL_PREFERENCE`.
   Brackets are round, square, curly, 【】 or 〔〕 (full-width ones too, by NFKC), nested
   ones read inside out; suffixes also follow " / ".
-* A suffix saying where the song comes from ('(From "Frozen")') is ignorable; any other
-  bracketed text ("(Part 2)") stays in the title.
+* Reworkings sold under the song's title are versions too: "(8D Audio)", "(Lofi)",
+  "(Techno)", "(Phonk)", "(Jersey Club)", "(Speed Up)", "(Stripped)", "(Cover)".
+* A suffix saying where the song comes from ('(From "Frozen")', "(Love Theme from …)")
+  or who produced it ("(Prod. by …)") is ignorable; any other bracketed text ("(Part
+  2)") stays in the title, and when the other title has none of its words ("(Spotify
+  Sessions)" on one side only) the score is multiplied by :data:`LONE_SUFFIX_PENALTY`.
 * Titles naming different numbers ("Part I"/"Part II", "No. 40"/"No. 25": each names a
   number the other does not) or different movements ("…: I. Allegro" / "…: III.
   Allegro assai") are different pieces: the title scores 0.
@@ -44,7 +51,10 @@ Scoring (:func:`match_score`), each component in 0..1:
   "Earth" alone is not "Earth, Wind & Fire": a MusicBrainz credit names its artists
   whole, :attr:`Item.lead`), 0.9 when a credit of two or more artists is all credited
   on the other side, which names more (the composer beside the performers), and 0.7 ×
-  any credited artist vs any (a shared *featured* artist alone is weak evidence);
+  any credited artist vs any (a shared *featured* artist alone is weak evidence). A
+  MusicBrainz credit whose names have no Latin letters is compared a second time with
+  each such name replaced by its sort name's Latin spelling, as its lead credit
+  (宇多田ヒカル as "Hikaru Utada", Кино as "Kino"), the better counting;
 * duration: |Δ| ≤ 3 s → 1, decaying linearly to 0 at 15 s; beyond 15 s the whole score is
   also multiplied by 0.85 (a 9-minute extended mix is not the 4-minute single); unknown
   on either side → left out of the weighted mean (neutral);
@@ -64,7 +74,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from itertools import pairwise
 from typing import Any
@@ -82,6 +92,10 @@ EDITED_PREFERENCE = 0.97
 # Justin Bieber)" for "bad guy"): another recording, as MusicBrainz credits a featured
 # artist on the recording that has one. Below the threshold, like a version tag.
 UNCREDITED_FEATURE_PENALTY = 0.6
+# A bracketed or dashed suffix on one side only that is neither ignorable nor a known
+# version ("(Stripped)", "(Spotify Sessions)"): a store names a version so, and the fuzzy
+# title score of a long title barely notices a short suffix. Below the threshold too.
+LONE_SUFFIX_PENALTY = 0.6
 # A version suffix naming which one on one side only ("(Remix)" for "(Alesso Remix)"):
 # possibly the same; where the store has both, the one naming the same wins.
 DETAIL_PREFERENCE = 0.97
@@ -109,6 +123,10 @@ VERSION_WORDS: dict[str, str] = {
     # Club and DJ reworkings that do not say "remix"; alternate takes of a session.
     "rework": "remix", "bootleg": "remix", "refix": "remix", "mashup": "remix", "vip": "remix",
     "alternate": "alternate", "alt": "alternate",
+    # Reworkings that stores sell under the song's title: genre and effect edits ("(8D
+    # Audio)", "(Lofi)", "(Techno)", "(Phonk)", "(Speed Up)"), stripped-down takes, covers.
+    "8d": "remix", "lofi": "remix", "techno": "remix", "hardstyle": "remix",
+    "phonk": "remix", "speed": "remix", "stripped": "stripped", "cover": "cover",
 }
 _MIX_NEUTRAL = {"mono", "stereo", "original", "album", "single"}
 IGNORABLE_WORDS = frozenset({
@@ -118,6 +136,8 @@ IGNORABLE_WORDS = frozenset({
     "anniversary", "reissue", "special", "legacy", "collectors", "collector", "super",
     "th", "st", "nd", "rd", "the", "of", "and", "from", "for", "itunes", "hd", "bit",
     "re", "newly", "mix", "mixed", "year",
+    # "(Dirty)", "(Dirty Version)": the explicit copy, as "(Explicit)".
+    "dirty",
     # "(Main Version)", "(Full Version)", "(Vocal Version)": the song as released.
     "main", "full", "vocal",
     # "(Original Motion Picture Soundtrack)", "(Soundtrack Version)", "(OST)": where it
@@ -177,7 +197,8 @@ def _words_only(text: str) -> str:
 def _folded(text: str) -> str:
     text = strip_accents(text).casefold()
     text = text.replace("ß", "ss").replace("ø", "o").replace("æ", "ae").replace("œ", "oe")
-    text = text.replace("ł", "l").replace("đ", "d")
+    # Letters NFKD leaves whole, folded as stores abroad write them ("Daði" → "Dadi").
+    text = text.replace("ł", "l").replace("đ", "d").replace("ð", "d").replace("þ", "th")
     text = re.sub(r"\s*[&+]\s*", " and ", text)
     return _APOSTROPHES.sub("", text)
 
@@ -250,10 +271,18 @@ def version_tags(text: str | None) -> frozenset[str]:
         tags.add("edit")
     if re.search(r"\btake \d+\b", joined):  # "(Take 2)": another take of the session
         tags.add("alternate")
+    if re.search(r"\b(lo fi|jersey club)\b", joined):
+        tags.add("remix")
     return frozenset(tags)
 
 
 _ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")  # "35th Anniversary Edition"
+
+
+def _bonus_note(words: list[str]) -> bool:
+    """A regional edition's note on where the track sits ("(Japanese Bonus Track)",
+    "(UK Bonus Track)", "(Hidden Track)"): the same recording, whatever the region."""
+    return words[-2:] in (["bonus", "track"], ["hidden", "track"]) or words == ["bonus"]
 
 
 def _ignorable(words: list[str]) -> bool:
@@ -269,6 +298,9 @@ class ParsedTitle:
     # ("Alesso" of "(Alesso Remix)", "glastonbury 2004" of "(Live at Glastonbury, 2004)").
     details: frozenset[str] = frozenset()
     movement: int | None = None  # "…: III. Allegro assai" → 3
+    # Suffixes neither ignorable nor a version, kept in ``core`` ("part 2", "stripped
+    # sessions"): normalised, for :func:`lone_suffixes`.
+    extras: tuple[str, ...] = ()
 
 
 # Words of a version suffix that say nothing of which version it is.
@@ -308,6 +340,9 @@ def _same_detail(x: str, y: str) -> bool:
 _MOVEMENT = re.compile(r"(?::\s*|\s[-–—]\s*)([IVX]{1,5}|\d{1,2})\.\s+\w")
 
 
+_SOURCE_NOTE = frozenset({"music", "theme", "love", "main", "title", "end", "song", "songs"})
+
+
 def _classify(segment: str, tags: set[str], featured: list[str],
               details: set[str] | None = None) -> bool:
     """True when the segment is consumed (credit, version tag or ignorable); a version
@@ -324,9 +359,11 @@ def _classify(segment: str, tags: set[str], featured: list[str],
         if details is not None:
             details.update(_details(segment))
         return True
-    # Where the song comes from ('(From "Frozen")', "(From the Motion Picture …)"):
-    # stores add it to a soundtrack's titles; the recording is the same.
-    if words[0] == "from" or _ignorable(words):
+    # Where the song comes from ('(From "Frozen")', "(Music from the Motion Picture …)",
+    # "(Love Theme from …)") or who produced it ("(Prod. by …)"): stores add it to a
+    # soundtrack's or a rap single's titles; the recording is the same.
+    if (words[0] in ("from", "prod", "produced") or _ignorable(words) or _bonus_note(words)
+            or ("from" in words[1:3] and _SOURCE_NOTE.issuperset(words[:words.index("from")]))):
         return True
     if _VERSION_NOUNS & set(words):
         named = [w for w in words if w not in _VERSION_NOUNS and not _ignorable([w])]
@@ -341,12 +378,16 @@ def parse_title(title: str | None) -> ParsedTitle:
     tags: set[str] = set()
     featured: list[str] = []
     details: set[str] = set()
+    extras: list[str] = []
     movement = _MOVEMENT.search(text)
 
     def _bracket(m: re.Match[str]) -> str:
         if m.start() == 0:  # "(I Can't Get No) Satisfaction": part of the title
             return m.group(0)
-        return " " if _classify(m.group(1), tags, featured, details) else f" {m.group(1)} "
+        if _classify(m.group(1), tags, featured, details):
+            return " "
+        extras.append(m.group(1))
+        return f" {m.group(1)} "
 
     # Nested brackets ("(Live (1993))") are read from the inside out.
     while (unwrapped := _BRACKET.sub(_bracket, text)) != text:
@@ -357,13 +398,24 @@ def parse_title(title: str | None) -> ParsedTitle:
     for part in parts[1:]:
         if not _classify(part, tags, featured, details):
             kept.append(part)
+            extras.append(part)
     text = " ".join(kept)
     inline = _INLINE_FEAT.split(text, maxsplit=1)
     if len(inline) == 2 and inline[0].strip():
         text = inline[0]
         featured.extend(split_artists(inline[1]))
     return ParsedTitle(normalize(text), frozenset(tags), tuple(dict.fromkeys(featured)),
-                       frozenset(details), _numeral(movement.group(1)) if movement else None)
+                       frozenset(details), _numeral(movement.group(1)) if movement else None,
+                       tuple(x for x in dict.fromkeys(map(normalize, extras)) if x))
+
+
+def lone_suffixes(parsed: ParsedTitle, other_core: str) -> list[str]:
+    """The suffixes of ``parsed`` kept in its title (:attr:`ParsedTitle.extras`) of which
+    the other title has no word: "(Stripped)", "(Spotify Sessions)" on one side only. A
+    store adds such a suffix to tell a version apart, while "(Part 2)" for "Pt. 2" shares
+    its number with the other side."""
+    other = set(other_core.split())
+    return [x for x in parsed.extras if not set(x.split()) & other]
 
 
 def _numeral(text: str) -> int:
@@ -448,6 +500,11 @@ class Item:
     # A store's flag for an edited ("clean") copy of an explicit recording: True, False,
     # or None where the store does not say.
     edited: bool | None = None
+    # The credit and its lead artists spelt in Latin letters, where a credited name has
+    # none and its MusicBrainz sort name does ("Hikaru Utada" for 宇多田ヒカル); empty
+    # otherwise. Stores abroad print that spelling, so it is compared as the credit is.
+    latin_artist: str = ""
+    latin_lead: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -463,6 +520,12 @@ _LIVE_WORDS = frozenset({"live", "unplugged", "concert"})
 _LIVE_PREPOSITIONS = frozenset({
     "at", "in", "from", "on", "a", "au", "aus", "en", "im", "auf", "dal", "da", "del",
 })
+# A last word "Live" after these is the verb, not a concert: "Learn to Live", "Born to
+# Live", "Long Live", "We Live", "You Must Live".
+_LIVE_AS_VERB_AFTER = frozenset({
+    "to", "long", "i", "we", "you", "they", "he", "she", "will", "shall", "must", "can",
+    "could", "would", "should", "may", "might", "dont", "never", "let", "lets",
+})
 
 
 def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
@@ -470,8 +533,9 @@ def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
 
     A live/unplugged suffix always does ("Électrique nuit (Live à l'Olympia)", "Hits -
     Live"). In the name itself: "Unplugged" or "in concert" anywhere, "Live at/in/from …",
-    or a last word "Live" -- unless the track's ``title`` has that word too: a single is
-    named after its song ("Live While We're Young - Single")."""
+    or a last word "Live" that is no verb ("Learn to Live", "Long Live") -- unless the
+    track's ``title`` has that word too: a single is named after its song ("Live While
+    We're Young - Single")."""
     if not album:
         return frozenset()
     parsed = parse_title(album)
@@ -480,8 +544,7 @@ def _album_live(album: str | None, title: str | None = None) -> frozenset[str]:
     words = parsed.core.split()
     if not _LIVE_WORDS & set(words) or _LIVE_WORDS & set(parse_title(title).core.split()):
         return frozenset()
-    # "Long Live" (Atreyu, Taylor Swift) is a studio record.
-    last_live = words[-1] == "live" and words[-2:-1] != ["long"]
+    last_live = words[-1] == "live" and not _LIVE_AS_VERB_AFTER & set(words[-2:-1])
     live = ("unplugged" in words or "in concert" in parsed.core or last_live
             or any(w == "live" and after in _LIVE_PREPOSITIONS
                    for w, after in pairwise(words)))
@@ -519,8 +582,23 @@ def name_similarity(a: str, b: str) -> float:
     return similarity(a, b)
 
 
+def _spellings(item: Item) -> tuple[Item, ...]:
+    """``item``, and ``item`` with its credit in Latin letters if it has that spelling."""
+    if not item.latin_artist:
+        return (item,)
+    return item, replace(item, artist=item.latin_artist, lead=item.latin_lead)
+
+
 def artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
                       trk_feat: Iterable[str]) -> float:
+    """0..1 agreement of the credits (module docstring); a credit with a Latin spelling
+    (:attr:`Item.latin_artist`) is compared in both, the better counting."""
+    return max(_artist_similarity(r, rec_feat, t, trk_feat)
+               for r in _spellings(rec) for t in _spellings(trk))
+
+
+def _artist_similarity(rec: Item, rec_feat: Iterable[str], trk: Item,
+                       trk_feat: Iterable[str]) -> float:
     r_full, r_lead, r_parts = _artist_sets(rec, rec_feat)
     t_full, t_lead, t_parts = _artist_sets(trk, trk_feat)
     best = name_similarity(r_full, t_full)
@@ -624,11 +702,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     """
     rp, tp = parse_title(recording.title), parse_title(track.title)
     comment = parse_disambiguation(recording.disambiguation)
-    r_tags = rp.tags | comment.tags
-    t_tags = tp.tags
-    t_tags |= _album_live(track.album, track.title)
-    if album:
-        r_tags |= _album_live(recording.album, recording.title)
+    r_tags, t_tags = _album_tags(recording, rp.tags | comment.tags, track, tp.tags, album)
     title = similarity(rp.core, tp.core)
     numbers = _numbers_disagree(rp.core, tp.core)
     if rp.movement and tp.movement and rp.movement != tp.movement:
@@ -637,6 +711,7 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
         title = 0.0
     artist = artist_similarity(recording, rp.featured, track, tp.featured)
     uncredited = uncredited_features(recording, rp.featured, tp.featured)
+    lone = lone_suffixes(rp, tp.core) + lone_suffixes(tp, rp.core)
     dur = duration_score(recording.duration_ms, track.duration_ms)
 
     total, weight = W_TITLE * title + W_ARTIST * artist, W_TITLE + W_ARTIST
@@ -666,6 +741,9 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if uncredited:
         score *= UNCREDITED_FEATURE_PENALTY
         reason.append(f"feat. {', '.join(uncredited)} not credited")
+    if lone:
+        score *= LONE_SUFFIX_PENALTY
+        reason.append(f"suffix ({'), ('.join(lone)}) on one side only")
     if track.edited is not None and track.edited != wants_edited(recording):
         score *= EDITED_PREFERENCE
         reason.append("edited copy" if track.edited else "not the edited copy")
@@ -673,6 +751,28 @@ def match_score(recording: Item, track: Item, *, album: bool = False) -> Match:
     if said:
         reason.append(said)
     return Match(round(max(0.0, min(1.0, score * factor)), 4), " ".join(reason))
+
+
+def _album_tags(recording: Item, r_tags: frozenset[str], track: Item,
+                t_tags: frozenset[str], album: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """Both sides' version tags with what their album names say (:func:`_album_live`):
+    the store's always, the recording's in an album comparison. When the recording's own
+    release has the store album's name, the name tells nothing ("Live in Colour" is a
+    studio album, whose recordings MusicBrainz does not call live)."""
+    if same_album(recording.album, track.album):
+        return r_tags, t_tags
+    if album:
+        r_tags |= _album_live(recording.album, recording.title)
+    return r_tags, t_tags | _album_live(track.album, track.title)
+
+
+def same_album(a: str | None, b: str | None) -> bool:
+    """Two album names that are the same once their ignorable suffixes are dropped
+    ("Learn to Live" and "Learn to Live (Deluxe Edition)")."""
+    if not a or not b:
+        return False
+    pa, pb = parse_title(a), parse_title(b)
+    return bool(pa.core) and pa.core == pb.core and pa.tags == pb.tags
 
 
 def written_apart(recording: Item, track: Item) -> str:
@@ -709,15 +809,16 @@ def _versions_agree(r_tags: frozenset[str], r_details: frozenset[str],
 
 
 def album_score(release_title: str, release_artist: str, track_count: int | None,
-                collection: dict[str, Any]) -> Match:
-    """How confidently an iTunes collection row is the MusicBrainz release."""
+                collection: dict[str, Any], *, latin_artist: str = "") -> Match:
+    """How confidently an iTunes collection row is the MusicBrainz release;
+    ``latin_artist``: the release's credit in Latin letters (:func:`latin_credit`)."""
     rp = parse_title(release_title)
     cp = parse_title(collection.get("collectionName") or "")
     title = similarity(rp.core, cp.core)
-    artist = max(similarity(normalize_artist(release_artist),
-                            normalize_artist(collection.get("artistName"))),
-                 artist_similarity(Item("", release_artist), (),
-                                   Item("", collection.get("artistName") or ""), ()))
+    store_artist = collection.get("artistName") or ""
+    artist = max(max(similarity(normalize_artist(name), normalize_artist(store_artist)),
+                     artist_similarity(Item("", name), (), Item("", store_artist), ()))
+                 for name in (release_artist, latin_artist) if name)
     total = 0.5 * title + 0.35 * artist
     weight = 0.85
     reason = [f"title={title:.2f}", f"artist={artist:.2f}"]
@@ -753,6 +854,20 @@ def _credit_parts(credit: Any) -> list[dict[str, Any]]:
 def _credit_string(credit: Any) -> str:
     return "".join(f"{_text(p.get('name'))}{_text(p.get('joinphrase'))}"
                    for p in _credit_parts(credit)).strip()
+
+
+def latin_credit(credit: Any) -> str:
+    """The credit as printed with each name written without Latin letters replaced by
+    its sort name's Latin spelling ("宇多田ヒカル" → "Hikaru Utada"); "" when no name
+    is replaced."""
+    latin = "".join(f"{_latin_name(p)}{_text(p.get('joinphrase'))}"
+                    for p in _credit_parts(credit)).strip()
+    return latin if latin != _credit_string(credit) else ""
+
+
+def _latin_name(part: dict[str, Any]) -> str:
+    """A credited name, in Latin letters where it has none and its sort name has."""
+    return _latin_sort_name(part, _obj(part.get("artist"))) or _text(part.get("name"))
 
 
 def _credit_names(credit: Any) -> tuple[str, ...]:
@@ -821,11 +936,14 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
                                release_credit) if _credit_parts(c)), [])
     names = _credit_names(credit) + _credit_names(recording.get("artist-credit"))
     lead: list[str] = []
+    latin_lead: list[str] = []
     for part in _credit_parts(credit):
         if _text(part.get("name")):
             lead.append(part["name"])
+            latin_lead.append(_latin_name(part))
         if _FEAT_JOIN.search(_text(part.get("joinphrase"))):
             break  # the rest of the credit is featured
+    latin_artist = latin_credit(credit)
     return Item(
         title=_text(track.get("title")) or _text(recording.get("title")),
         artist=_credit_string(credit),
@@ -836,6 +954,8 @@ def item_from_mb(recording: dict[str, Any], *, track: dict[str, Any] | None = No
         album=_text(album) or None,
         disambiguation=_text(recording.get("disambiguation")) or None,
         lead=tuple(lead),
+        latin_artist=latin_artist,
+        latin_lead=tuple(latin_lead) if latin_artist else (),
     )
 
 

@@ -39,9 +39,11 @@ Every input recording yields one :class:`Resolution`: a :class:`~contract.jobs.J
 
 * ``no_confident_match`` — best candidate scored below ``settings.match_threshold``
   (``score``/``reason`` describe that best candidate, if any);
-* ``no_preview`` — matched, but no source has the track with a preview URL (a match
-  without one leaves the track open: the later steps and sources are still asked, and
-  the first such match is the answer only when none of them has a match with one);
+* ``no_preview`` — matched, but no source has the track with a preview URL that a
+  worker would fetch (one on a host outside ``settings.allowed_audio_hosts``, or not an
+  http(s) URL, counts as none: producers/sources.py). A match without one leaves the
+  track open: the later steps and sources are still asked, and the first such match is
+  the answer only when none of them has a match with one;
 * ``already_stored`` — the recording has a record (no call made for it);
 * ``already_queued`` — a job of the recording is queued in another run (no call);
 * ``already_in_run`` — this run has it queued, done, skipped or failed for good already,
@@ -102,7 +104,7 @@ from producers import dumps
 from producers.deezer import DeezerClient
 from producers.http import UpstreamRejected, UpstreamUnavailable
 from producers.itunes import ITunesClient, RedisResponseCache
-from producers.matching import item_from_mb
+from producers.matching import item_from_mb, latin_credit
 from producers.musicbrainz import (
     MusicBrainzClient,
     artist_credit_names,
@@ -323,10 +325,12 @@ class Resolver:
         built: dict[str, PreviewSource] = {}
         if itunes is not None:
             built["itunes"] = ITunesSource(itunes, self.threshold,
+                                           audio_hosts=settings.allowed_audio_hosts,
                                            album_search_limit=album_search_limit,
                                            song_search_limit=song_search_limit)
         if deezer is not None:
-            built["deezer"] = DeezerSource(deezer, self.threshold)
+            built["deezer"] = DeezerSource(deezer, self.threshold,
+                                           audio_hosts=settings.allowed_audio_hosts)
         self.sources: list[PreviewSource] = [built[n] for n in settings.sources if n in built]
         self.stats = {"barcode_untrusted": 0, "releases_skipped": 0, "recordings_known": 0}
 
@@ -396,8 +400,10 @@ class Resolver:
         track = cand.track
         reason = "; ".join([*notes, cand.reason])  # the match evidence last
         if not track.preview_url:
+            why = (f"store track's preview refused: {track.refused}" if track.refused
+                   else "store track has no preview")
             return Resolution(entry.recording_id, None, cand.confidence,
-                              reason + " (store track has no preview)", "no_preview")
+                              f"{reason} ({why})", "no_preview")
         item = entry.item
         try:
             job = Job(recording_id=entry.recording_id, preview_url=track.preview_url,
@@ -513,7 +519,8 @@ class Resolver:
         names = artist_credit_names(release.get("artist-credit"))
         artist = artist_credit_string(release.get("artist-credit"))
         query = ReleaseQuery(_barcode(release), release.get("title") or "", artist,
-                             names[0] if names else artist, tracklist.audio_tracks)
+                             names[0] if names else artist, tracklist.audio_tracks,
+                             latin_credit(release.get("artist-credit")))
         state = _Cascade(entries, wanted)
         if query.barcode:
             for src, bound in self._ordered():

@@ -45,15 +45,19 @@ with a preview wins over one without: in a search (:func:`best_track`) and in an
 is taken whenever it reaches the threshold, however much better a preview-less one
 scores; a track without one is returned only when no track with one reaches the
 threshold (``producers/resolve.py`` then asks the other steps and sources for it).
+A preview URL that no worker would fetch (a host outside ``settings.allowed_audio_hosts``,
+a relative or ``javascript:`` URL: :meth:`contract.hosts.AllowedHosts.refusal`, the rule
+the workers apply) is no preview: the track reads as one without (``refused`` says why).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+from contract.hosts import AllowedHosts
 from contract.jobs import parse_isrc
 from contract.sources import link_back
 from producers.deezer import DeezerClient
@@ -102,6 +106,8 @@ class StoreTrack:
     preview_url: str | None
     link: str | None
     isrc: str | None = None
+    # Why the store's preview URL was dropped (no worker would fetch it), if it was.
+    refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class ReleaseQuery:
     artist: str  # the credit as printed
     search_artist: str  # the main artist's name, for text search
     total_tracks: int
+    latin_artist: str = ""  # the credit in Latin letters (matching.latin_credit), if other
 
 
 class PreviewSource(Protocol):
@@ -281,8 +288,12 @@ def isrc_candidate(entry: Entry, track: StoreTrack, source: str) -> Candidate | 
 def isrc_check(recording: Item, track: Item, *, album: bool = False) -> Match:
     """The text match of an ISRC hit: :func:`match_score`, or :data:`ISRC_SANITY` when a
     title or artist written in another script is all that disagrees
-    (:func:`~producers.matching.written_apart`: "Группа крови" as "Gruppa krovi")."""
-    m = match_score(recording, track, album=album)
+    (:func:`~producers.matching.written_apart`: "Группа крови" as "Gruppa krovi").
+
+    The credit is read as written, not in its Latin spelling (:attr:`Item.latin_artist`):
+    a credit in another script is excused by ``written_apart`` here, and only while the
+    durations agree, so an ISRC on a track 40 s longer stays a contradiction."""
+    m = match_score(replace(recording, latin_artist="", latin_lead=()), track, album=album)
     if m.score < ISRC_SANITY and (apart := written_apart(recording, track)):
         return Match(ISRC_SANITY, f"{m.reason} ({apart})")
     return m
@@ -328,14 +339,24 @@ def assign_previewed(pairs: list[tuple[int, int, Match]], tracks: list[StoreTrac
 
 
 class _StoreSource:
-    """What every store source shares: one client (with its rate limiter) and a threshold."""
+    """What every store source shares: one client (with its rate limiter), a threshold
+    and the hosts workers fetch previews from."""
 
     name: str
 
-    def __init__(self, client: ITunesClient | DeezerClient, threshold: float) -> None:
+    def __init__(self, client: ITunesClient | DeezerClient, threshold: float, *,
+                 audio_hosts: Iterable[str]) -> None:
         self.client = client
         self.limiter = client.limiter
         self.threshold = threshold
+        self.audio_hosts = AllowedHosts(audio_hosts)
+
+    def _fetchable(self, track: StoreTrack) -> StoreTrack:
+        """``track``, without its preview URL when no worker would fetch it: a job for it
+        would only fail as ``host_not_allowed`` or ``invalid_job``, while another copy,
+        step or source may have the track with a preview that plays."""
+        why = self.audio_hosts.refusal(track.preview_url) if track.preview_url else ""
+        return replace(track, preview_url=None, refused=why) if why else track
 
     @property
     def calls(self) -> int:
@@ -402,9 +423,9 @@ class ITunesSource(_StoreSource):
     name = "itunes"
     client: ITunesClient
 
-    def __init__(self, client: ITunesClient, threshold: float, *,
+    def __init__(self, client: ITunesClient, threshold: float, *, audio_hosts: Iterable[str],
                  album_search_limit: int = 10, song_search_limit: int = 10) -> None:
-        super().__init__(client, threshold)
+        super().__init__(client, threshold, audio_hosts=audio_hosts)
         self.album_search_limit = album_search_limit
         self.song_search_limit = song_search_limit
 
@@ -413,7 +434,7 @@ class ITunesSource(_StoreSource):
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.lookup_upc(query.barcode)
-        tracks = None if found.collection is None else [itunes_track(r) for r in found.tracks]
+        tracks = None if found.collection is None else [self._track(r) for r in found.tracks]
         return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
@@ -422,10 +443,11 @@ class ITunesSource(_StoreSource):
                                     entity="album", limit=self.album_search_limit)
         best = best_scored(albums, lambda row: None if row.get(
             "wrapperType", "collection") != "collection" or not row.get("collectionId")
-            else album_score(query.title, query.artist, query.total_tracks, row))
+            else album_score(query.title, query.artist, query.total_tracks, row,
+                             latin_artist=query.latin_artist))
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
-        tracks = [itunes_track(r)
+        tracks = [self._track(r)
                   for r in self.client.lookup_collection(best[1]["collectionId"]).tracks]
         pairs = _pairs(entries, tracks, set(), set())
         note = f" album={best[0].score:.2f}"
@@ -437,13 +459,19 @@ class ITunesSource(_StoreSource):
     def recording_by_isrc(self, entry: Entry) -> Candidate | Miss | None:
         return None  # the iTunes Search API has no ISRC lookup
 
+    def _track(self, row: dict[str, Any]) -> StoreTrack:
+        return self._fetchable(itunes_track(row))
+
     def recording_by_search(self, entry: Entry) -> Candidate | Miss:
-        """One song search; the best candidate by :func:`match_score`."""
-        main = entry.item.artists[0] if entry.item.artists else entry.item.artist
+        """One song search; the best candidate by :func:`match_score`. A main artist
+        written without Latin letters is searched for in its Latin spelling, which the
+        storefronts outside its country print ("Hikaru Utada", not 宇多田ヒカル)."""
+        item = entry.item
+        main = (item.latin_lead or item.artists or (item.artist,))[0]
         rows = self.client.search(f"{main} {entry.item.title}".strip(), entity="song",
                                   limit=self.song_search_limit)
 
-        songs = [itunes_track(row) for row in rows
+        songs = [self._track(row) for row in rows
                  if row.get("wrapperType", "track") == "track"
                  and row.get("kind", "song") == "song"]
 
@@ -503,13 +531,16 @@ class DeezerSource(_StoreSource):
     name = "deezer"
     client: DeezerClient
 
+    def _track(self, row: dict[str, Any], album: str | None = None) -> StoreTrack:
+        return self._fetchable(deezer_track(row, album))
+
     def release_by_barcode(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
         """Two calls: ``/album/upc:…`` then ``/album/<id>/tracks`` (which carry ISRCs)."""
         if not query.barcode:
             return ReleaseAnswer()
         found = self.client.album_by_upc(query.barcode)
         tracks = None if found is None else [
-            deezer_track(r, _str(found.album.get("title"))) for r in found.tracks]
+            self._track(r, _str(found.album.get("title"))) for r in found.tracks]
         return self._barcode_answer(query.barcode, entries, tracks)
 
     def release_by_search(self, query: ReleaseQuery, entries: list[Entry]) -> ReleaseAnswer:
@@ -524,12 +555,13 @@ class DeezerSource(_StoreSource):
             as_collection = {"collectionName": _str(row.get("title")),
                              "artistName": _str(_obj(row.get("artist")).get("name")),
                              "trackCount": row.get("nb_tracks")}
-            return album_score(query.title, query.artist, query.total_tracks, as_collection)
+            return album_score(query.title, query.artist, query.total_tracks, as_collection,
+                               latin_artist=query.latin_artist)
 
         best = best_scored(rows, score)
         if best is None or best[0].score < self.threshold:
             return ReleaseAnswer()
-        tracks = [deezer_track(r, _str(best[1].get("title")))
+        tracks = [self._track(r, _str(best[1].get("title")))
                   for r in self.client.album_tracks(best[1]["id"])]
         matched = match_album(entries, tracks, self.name, self.threshold)
         matched = {i: c for i, c in matched.items() if c.rule == "isrc"}
@@ -549,7 +581,7 @@ class DeezerSource(_StoreSource):
             row = self.client.track_by_isrc(isrc)
             if row is None:
                 continue
-            track = deezer_track(row)
+            track = self._track(row)
             if track.isrc and track.isrc not in entry.isrcs:
                 # Another recording's track (Deezer may answer a substitute): its ISRC
                 # says it is not this one, so it is no ISRC match.
@@ -575,5 +607,5 @@ class DeezerSource(_StoreSource):
                 return None
             return match_score(entry.item, track.item)
 
-        return self._best_of_search([deezer_track(row) for row in rows], score,
+        return self._best_of_search([self._track(row) for row in rows], score,
                                     "deezer track search")

@@ -5,7 +5,8 @@
 
 * **Scheme and host.** http/https only; the host must equal an entry of
   ``settings.allowed_audio_hosts`` or be a subdomain of one on a dot boundary
-  (case-insensitive, IDNA/UTS 46 A-labels, trailing dot ignored). URLs with credentials,
+  (case-insensitive, IDNA/UTS 46 A-labels, trailing dot ignored: :mod:`contract.hosts`,
+  the rule producers check before they make a job). URLs with credentials,
   whitespace, control characters or backslashes are refused (parser disagreements about
   those are the classic filter bypass).
 * **Addresses.** The host is resolved and *every* address must be public: private,
@@ -62,14 +63,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
-import idna
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -86,6 +85,7 @@ from urllib3.util.response import assert_header_parsing
 
 from contract import __version__
 from contract.errors import PreviewvecError, TooLarge
+from contract.hosts import AllowedHosts, normalize_host
 from contract.retry import Backoff, parse_retry_after, retrying
 from contract.settings import Settings
 
@@ -100,7 +100,6 @@ FETCH_ERROR_CODES: tuple[str, ...] = ("fetch_failed", "host_not_allowed", "too_l
 """Fixed codes; ``http_<status>`` codes come on top."""
 
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
-_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _DIGITS = re.compile(r"[0-9]+")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: embeds an IPv4 address
 
@@ -185,28 +184,6 @@ def is_retryable(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- host policy
 
 
-def normalize_host(host: str) -> str:
-    """Canonical host for matching: IP literals in standard form; names lower-case IDNA
-    A-labels without a trailing dot. Raises ``ValueError`` for anything else."""
-    name = host.strip()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        pass
-    name = name.rstrip(".")
-    if not name.isascii():
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise ValueError(f"invalid host name {host!r}: {exc}") from None
-    name = name.lower()
-    if len(name) > 253 or not _HOSTNAME.fullmatch(name):
-        raise ValueError(f"invalid host name {host!r}")
-    return name
-
-
 def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True only for globally routable unicast addresses (see the module docstring)."""
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
@@ -229,11 +206,9 @@ def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Addre
     )
 
 
-class HostPolicy:
-    """The allowlist, normalised once; decides names and resolved addresses."""
-
-    def __init__(self, allowed_hosts: Iterable[str]) -> None:
-        self.allowed: tuple[str, ...] = tuple(normalize_host(h) for h in allowed_hosts)
+class HostPolicy(AllowedHosts):
+    """The allowlist (:class:`contract.hosts.AllowedHosts`, the rule producers check
+    too); decides names and resolved addresses."""
 
     def check_name(self, host: str, url: str) -> bool:
         """Raise :class:`HostNotAllowed` unless allowed; return whether listed exactly."""
@@ -241,13 +216,10 @@ class HostPolicy:
             name = normalize_host(host)
         except ValueError as exc:
             raise HostNotAllowed(str(exc), url=url) from None
-        if name in self.allowed:
-            return True
-        if not _is_ip(name) and any(
-            name.endswith("." + entry) for entry in self.allowed if not _is_ip(entry)
-        ):
-            return False
-        raise HostNotAllowed(f"host {name!r} is not in allowed_audio_hosts", url=url)
+        listing = self.listing(name)
+        if not listing:
+            raise HostNotAllowed(f"host {name!r} is not in allowed_audio_hosts", url=url)
+        return listing == "exact"
 
     def resolve(self, host: str, port: int, dns_host: str | None = None) -> list[Any]:
         """Check the name, resolve it once and check every address; return getaddrinfo
@@ -265,14 +237,6 @@ class HostPolicy:
                         f"host {host!r} resolves to non-public address {address}", url=where
                     )
         return infos
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_url(url: str, policy: HostPolicy) -> None:

@@ -380,6 +380,87 @@ def test_itunes_song_search_takes_the_duplicate_with_a_preview(
     assert resolver.calls["itunes"] == 1
 
 
+@pytest.mark.parametrize("preview_url", [
+    "https://evil.example.com/itunes-assets/mzaf_1.plus.aac.p.m4a",
+    "https://audio-ssl.itunes.apple.com.evil.example/itunes-assets/mzaf_1.plus.aac.p.m4a",
+    "https://127.0.0.1:8080/itunes-assets/mzaf_1.plus.aac.p.m4a",
+    "javascript:alert(1)",
+    "/itunes-assets/mzaf_1.plus.aac.p.m4a",
+], ids=["other-host", "lookalike-host", "ip-literal", "javascript", "relative"])
+def test_a_preview_no_worker_would_fetch_is_no_preview_and_the_next_source_is_asked(
+        settings: Settings, r: Redis, upstream: UpstreamServer, preview_url: str) -> None:
+    """From the resolution audit: an iTunes previewUrl on a host outside
+    ``allowed_audio_hosts`` became a job at confidence 1 that every worker then failed as
+    ``host_not_allowed`` (and a ``javascript:`` or relative one ended the search as
+    ``invalid_job``), while Deezer had the track. Given such a preview, expect it read
+    as none: Deezer's track is the job; with Deezer empty, ``no_preview`` saying why."""
+    mb, it, dz = clients(settings, r)
+    row = {**itunes_song(1550009001, "Static Hearts", 215), "previewUrl": preview_url}
+    upstream.fail_next(1, 200, itunes_answer(row), path_prefix="/search")
+    upstream.fail_next(1, 200, deezer_answer(deezer_row(3020009002, "Static Hearts", 215)),
+                       path_prefix="/search/track")
+    res = Resolver(settings, mb, it, deezer=dz).resolve_recording_data(
+        mb_recording("Static Hearts", 215))
+    assert res.job is not None and res.job.source == "deezer"
+    assert res.job.preview_url.startswith("https://cdnt-preview.dzcdn.net/")
+
+    r.flushdb()  # the answer caches
+    upstream.fail_next(1, 200, itunes_answer(row), path_prefix="/search")
+    upstream.fail_next(1, 200, deezer_answer(), path_prefix="/search/track")
+    alone = Resolver(settings, mb, it, deezer=dz).resolve_recording_data(
+        mb_recording("Static Hearts", 215))
+    assert alone.job is None and alone.error_code == "no_preview"
+    assert "store track's preview refused: " in alone.reason
+
+
+def test_an_allowed_preview_wins_over_a_copy_on_another_host_in_one_search(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """A subdomain of an allowed host is allowed, as the workers allow it; a copy on
+    another host listed first is passed over, with one call."""
+    mb, it, _ = clients(settings, r)
+    evil = {**itunes_song(1550009001, "Static Hearts", 215),
+            "previewUrl": "https://cdn.evil.example/mzaf_1550009001.plus.aac.p.m4a"}
+    sub = {**itunes_song(1550009002, "Static Hearts", 215),
+           "previewUrl": "https://is5-ssl.mzstatic.com/mzaf_1550009002.plus.aac.p.m4a"}
+    upstream.fail_next(1, 200, itunes_answer(evil, sub), path_prefix="/search")
+    resolver = Resolver(settings, mb, it)
+    res = resolver.resolve_recording_data(mb_recording("Static Hearts", 215))
+    assert res.job is not None and res.job.source_track_id == "1550009002"
+    assert resolver.calls["itunes"] == 1
+
+
+def test_an_artist_without_latin_letters_is_searched_and_matched_in_its_latin_spelling(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """From the resolution audit: 宇多田ヒカル (sort name "Utada, Hikaru") was searched
+    for as written and the store's "Hikaru Utada" scored artist=0.70: no match."""
+    mb, it, _ = clients(settings, r)
+    rec = {**mb_recording("First Love", 257), "artist-credit": [
+        {"name": "宇多田ヒカル", "joinphrase": "",
+         "artist": {"name": "宇多田ヒカル", "sort-name": "Utada, Hikaru"}}]}
+    row = {**itunes_song(1550009001, "First Love", 257), "artistName": "Hikaru Utada"}
+    upstream.fail_next(1, 200, itunes_answer(row), path_prefix="/search")
+    res = Resolver(settings, mb, it).resolve_recording_data(rec)
+    assert res.job is not None and res.job.source_track_id == "1550009001"
+    assert res.job.artist == "宇多田ヒカル"  # the job names the credit as MusicBrainz has it
+    (query,) = [q.query["term"] for q in upstream.requests_to("/search")]
+    assert query == "Hikaru Utada First Love"
+
+
+def test_a_song_search_answering_only_other_versions_matches_none(
+        settings: Settings, r: Redis, upstream: UpstreamServer) -> None:
+    """From the resolution audit: with the studio track missing from the answer,
+    "(Stripped)", "(Lofi)" or "(Spotify Sessions)" scored 0.79-0.93 on artist and
+    duration and became the studio recording's job."""
+    mb, it, _ = clients(settings, r)
+    rows = [itunes_song(1550009001 + n, f"Static Hearts ({suffix})", 215)
+            for n, suffix in enumerate(["Stripped", "Lofi", "8D Audio", "Techno", "Phonk",
+                                        "Spotify Sessions", "Spotify Singles", "Cover"])]
+    upstream.fail_next(1, 200, itunes_answer(*rows), path_prefix="/search")
+    res = Resolver(settings, mb, it).resolve_recording_data(mb_recording("Static Hearts", 215))
+    assert res.job is None and res.error_code == "no_confident_match"
+    assert res.score < settings.match_threshold
+
+
 @pytest.mark.parametrize("preview", [False, True], ids=["no-preview", "dead-preview"])
 def test_deezer_unreadable_row_loses_to_its_readable_duplicate(
         settings: Settings, r: Redis, upstream: UpstreamServer, preview: bool) -> None:
