@@ -505,7 +505,10 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
     heartbeat = Heartbeat(heartbeat_path(settings)) if args.follow else None
     if heartbeat is not None:
         heartbeat.beat()
-    reducer = Reducer.build(settings)
+    # Never creates the store: a reducer on a mistyped folder would read every queued
+    # record as missing. One-shot: store_folder_missing (after the index's own faults,
+    # found opening it); --follow waits for the folder.
+    reducer = Reducer.build(settings, create_store=False, probe_store=False)
     if args.follow:  # waits out store and index outages itself
         reducer.follow(args.batch_size, heartbeat=heartbeat)
         return 0

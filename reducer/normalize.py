@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from contract.records import CorruptRecord
+
 T = TypeVar("T")
 
 MIN_STD = 1e-9
@@ -90,10 +92,22 @@ class Normalizer:
 
     @classmethod
     def from_json(cls, data: bytes) -> Normalizer:
-        doc = json.loads(data)
-        return cls(doc["feature_version"], np.asarray(doc["mean"]), np.asarray(doc["std"]),
-                   int(doc["fitted_on"]), int(doc.get("catalog_size") or 0),
-                   str(doc.get("fitted_at") or ""))
+        """The normaliser stored as :meth:`to_json` wrote it; :class:`CorruptRecord` for
+        bytes that are not one (truncated, hand-edited, another file's)."""
+        try:
+            doc = json.loads(data)
+            mean = np.asarray(doc["mean"], dtype=np.float64)
+            std = np.asarray(doc["std"], dtype=np.float64)
+            normalizer = cls(str(doc["feature_version"]), mean, std, int(doc["fitted_on"]),
+                             int(doc.get("catalog_size") or 0), str(doc.get("fitted_at") or ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptRecord(f"the stored normaliser is not valid JSON of one "
+                                f"({type(exc).__name__}: {exc})") from None
+        if mean.ndim != 1 or mean.shape != std.shape or not (
+                np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise CorruptRecord(f"the stored normaliser's mean and std are not two finite "
+                                f"vectors of one length ({mean.shape}, {std.shape})")
+        return normalizer
 
 
 def needs_refit(normalizer: Normalizer, catalog_size: int, growth: float) -> bool:

@@ -13,7 +13,6 @@ to counts and failures, and expires) and prunes expired ones from ``pv:runs``.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -49,7 +48,7 @@ from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exp
     Runs,
     parse_ready_entry,
 )
-from contract.store import FeatureStore, StoreUnavailable, open_store
+from contract.store import FeatureStore, StoreFolderMissing, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
 from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
@@ -121,15 +120,18 @@ class Reducer:
 
     @classmethod
     def build(cls, settings: Settings, *, create_store: bool = True,
-              create_index: bool = True) -> Reducer:
-        """The reducer of ``settings``. ``create_store=False`` for queries and reindexing:
-        they only read the store, and a mistyped folder is ``store_folder_missing``, not
-        a new empty folder that "holds no records"; ``create_index=False`` for queries:
-        an index not made yet is ``NothingStored``, not made by the query. A store only
-        read is probed first (S3: HEAD the bucket), so its fault is the one reported."""
+              create_index: bool = True, probe_store: bool = True) -> Reducer:
+        """The reducer of ``settings``. ``create_store=False`` for queries, reindexing and
+        reducing: they only read the store, and a mistyped folder is
+        ``store_folder_missing``, not a new empty folder that "holds no records" (a
+        reducer reading one dropped every queued record as missing); ``create_index=False``
+        for queries: an index not made yet is ``NothingStored``, not made by the query. A
+        store only read is probed first (S3: HEAD the bucket), so its fault is the one
+        reported; ``probe_store=False`` leaves that to the first read (``reduce --follow``
+        waits for a store that is not there yet)."""
         store = open_store(settings.store, settings, create=create_store)
         check = getattr(store, "check", None)
-        if not create_store and check is not None:
+        if not create_store and probe_store and check is not None:
             check()
         return cls(
             settings=settings,
@@ -147,18 +149,27 @@ class Reducer:
     def normalizer(self, *, refit: bool = False, fit_missing: bool = True) -> Normalizer:
         """The stored normaliser (reloaded every ``NORMALIZER_RELOAD_S``), fitted from a
         sample of stored records the first time it is needed or when ``refit``;
-        ``fit_missing=False``: FileNotFoundError when none is stored."""
+        ``fit_missing=False``: FileNotFoundError when none is stored, and
+        :class:`CorruptRecord` when the stored one cannot be read; otherwise an unreadable
+        one is fitted anew (it is derived data, and the reducer must not stop on it)."""
         fresh = time.monotonic() - self._normalizer_loaded_at < NORMALIZER_RELOAD_S
         if self._normalizer is not None and not refit and fresh:
             return self._normalizer
         if not refit:
-            with contextlib.suppress(FileNotFoundError):
-                self._normalizer = Normalizer.from_json(self.store.get(
-                    normalizer_key(self.version)))
+            key = normalizer_key(self.version)
+            try:
+                self._normalizer = Normalizer.from_json(self.store.get(key))
+            except FileNotFoundError:
+                if not fit_missing:
+                    raise FileNotFoundError(key) from None
+            except CorruptRecord as exc:
+                if not fit_missing:
+                    raise CorruptRecord(f"{key}: {exc.message}; `previewvec reindex --refit` "
+                                        "fits a new one") from None
+                log.error("%s: %s; fitting a new one", key, exc.message)
+            else:
                 self._normalizer_loaded_at = time.monotonic()
                 return self._normalizer
-            if not fit_missing:
-                raise FileNotFoundError(normalizer_key(self.version))
         return self._fit()
 
     def _fit(self) -> Normalizer:
@@ -283,7 +294,12 @@ class Reducer:
                 try:
                     record = decode_stored(key, self.store.get(key), self.version)
                 except FileNotFoundError:
-                    log.warning("ready record %s is missing from the store; skipped", key)
+                    # Parked, not dropped: a record queued as written cannot just vanish
+                    # (a store swapped or restored under the reducer); `pv:ready:dead` keeps
+                    # its key for `previewvec reindex` or an operator to look at.
+                    log.error("ready record %s is missing from the store; parked in %s",
+                              key, DEAD_LETTER_QUEUE)
+                    self.runs.park(key)
                     continue
                 except (CorruptRecord, IncompatibleRecord) as exc:
                     # Parked, not dropped: one bad record must not stall the queue, and
@@ -395,7 +411,10 @@ class Reducer:
                     housekept_at = time.monotonic()
                     self.housekeeping()
                 consumed = self.reduce_once(batch_size)
-            except (IndexUnavailable, StoreUnavailable, *RedisUnavailable) as exc:
+            except (IndexUnavailable, StoreUnavailable, StoreFolderMissing,
+                    *RedisUnavailable) as exc:
+                # A store folder that is not there (a volume not mounted yet, a typo) is
+                # waited for like an outage and said in every warning: nothing is trimmed.
                 failures += 1
                 pause_s = OUTAGE_BACKOFF.delay(failures)
                 log.warning("reduce failed (%s: %s); batch stays queued, retry in %.1f s",

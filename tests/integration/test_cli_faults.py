@@ -61,6 +61,9 @@ def base_env(redis_url: str, moto_endpoint: str, tmp_path: Path) -> dict[str, st
            if k not in AWS_VARS and not k.startswith("PREVIEWVEC_")}
     if "PREVIEWVEC_CACHE_DIR" in os.environ:  # the warmed numba cache
         env["PREVIEWVEC_CACHE_DIR"] = os.environ["PREVIEWVEC_CACHE_DIR"]
+    # The store folder exists, as once a worker wrote to it (readers and the reducer never
+    # create it): the faults under test are the other settings'.
+    (tmp_path / "store").mkdir()
     env.update({
         "PREVIEWVEC_BROKER_URL": redis_url,
         "PREVIEWVEC_STORE": str(tmp_path / "store"),
@@ -227,9 +230,10 @@ def test_store_readers_of_a_missing_folder(base_env, tmp_path) -> None:
 def test_store_folder_unusable(base_env) -> None:
     # A regular file where a folder should be (also fails as root, unlike a chmod).
     env = {**base_env, "PREVIEWVEC_STORE": "/etc/passwd/store"}
-    expect_fault(env, ["reduce"], EXIT_STORE, "cannot create store folder")
-    # reindex and similar only read: the folder is missing, never made
-    expect_fault(env, ["reindex"], EXIT_STORE, "no feature store at /etc/passwd/store")
+    # reduce, reindex and similar only read: the folder is missing, never made (a reducer
+    # that made it read every queued record as vanished)
+    for command in (["reduce"], ["reindex"]):
+        expect_fault(env, command, EXIT_STORE, "no feature store at /etc/passwd/store")
 
 
 def test_a_mistyped_store_folder_is_missing_not_made_by_a_reader(base_env) -> None:
@@ -261,7 +265,7 @@ def test_vectorize_unreachable(base_env) -> None:
 
 
 def test_empty_store(base_env) -> None:
-    Path(base_env["PREVIEWVEC_STORE"]).mkdir()  # a store the workers made, nothing in it
+    assert Path(base_env["PREVIEWVEC_STORE"]).is_dir()  # a store the workers made, empty
     expect_fault(base_env, ["reindex"], EXIT_NOT_FOUND, "holds no records")
     expect_fault(base_env, ["similar", "never-stored"], EXIT_NOT_FOUND,
                  "no stored record for 'never-stored'")
@@ -409,7 +413,7 @@ def test_a_failed_resolve_leaves_the_output_file_as_it_was(base_env, tmp_path: P
     expect_fault(env, ["resolve", "--dump", str(tmp_path / "missing"), "--out", str(out)],
                  EXIT_INPUT_FILE, "cannot read dump")
     assert out.read_text() == '{"recording_id": "kept"}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous.jsonl", "store"]
 
 
 def test_a_reader_that_goes_away_is_no_error(base_env, tmp_path: Path) -> None:

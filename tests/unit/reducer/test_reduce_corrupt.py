@@ -17,7 +17,7 @@ from contract.records import encode_record
 from contract.settings import Settings
 from contract.store.local import LocalStore
 from reducer.index.embedded import EmbeddedIndex
-from reducer.normalize import normalizer_key, reservoir_sample
+from reducer.normalize import Normalizer, normalizer_key, reservoir_sample
 from reducer.reduce import Reducer
 from testkit.records import synthetic_record
 
@@ -103,3 +103,29 @@ def test_a_record_under_another_recordings_key_is_skipped_not_indexed_twice(
     assert reducer.index.count() == 60
     assert any(keys[60] in r.getMessage() and "rec-0000003" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"mean": [1, 2]}', b"[]",
+                                    b'{"feature_version": "pv8", "mean": [0.0, 1.0], '
+                                    b'"std": [1.0], "fitted_on": 10}'])
+def test_an_unreadable_stored_normaliser_is_fitted_anew_by_the_reducer_and_named_to_a_query(
+        reducer: Reducer, damage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    from contract.records import CorruptRecord
+
+    store_records(reducer.store, 80)
+    assert reducer.reindex() == 80
+    key = normalizer_key(FEATURE_VERSION)
+    good = reducer.store.get(key)
+    reducer.store.put(key, damage)
+    reducer._normalizer = None
+    # A query only reads: a typed error naming the file and the fix, never a traceback.
+    with pytest.raises(CorruptRecord, match=r"normalizers/.*reindex --refit"):
+        reducer.similar("rec-0000001", 3)
+    # The reducer's own path fits a new one (derived data) and carries on.
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.reindex() == 80
+    assert any("fitting a new one" in r.getMessage() for r in caplog.records)
+    # The same seeded sample: the same normaliser (its version hashes mean and std).
+    assert Normalizer.from_json(reducer.store.get(key)).version == \
+        Normalizer.from_json(good).version
+    assert len(reducer.similar("rec-0000001", 3)) == 3
