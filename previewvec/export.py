@@ -15,10 +15,13 @@ target folder and renamed when complete: an interrupted export leaves no file be
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +203,7 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
     counts = ReadCounts()
     rows = 0
     tmp: Path | None = None
+    held: int | None = None
     try:
         # Named before it exists, so that the ``finally`` below removes it whatever instant
         # an interrupt lands at (Ctrl-C, or SIGTERM/SIGHUP, which the CLI turns into
@@ -208,7 +212,11 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
         # block it (pyarrow's, BLAS's), and Python raises it in this one at once.
         tmp = temporary_path(target)
         with _writing(out):
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            held = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Held locked until the end (closed below): a later export of ``out`` tells
+            # this live temporary file from one a killed export left.
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove_stale_temporaries(target)
         schema = record_schema(version)
         # snappy (Parquet's default): zstd took 4x the CPU per row for ~nothing, float32
         # features being close to incompressible.
@@ -246,7 +254,46 @@ def export_parquet(store: FeatureStore, out: str | os.PathLike[str], *, version:
             # a file never made fails with EROFS, which would hide the error that matters.
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        if held is not None:
+            os.close(held)
     return ExportReport(rows=rows, skipped=counts.skipped, path=target)
+
+
+# A temporary file younger than this is never taken for a killed export's: it may be one
+# created an instant ago whose writer has not locked it yet.
+STALE_TEMPORARY_S = 60.0
+
+
+def remove_stale_temporaries(target: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files earlier exports of ``target`` left (:func:`temporary_path`
+    names) that no process holds: an export killed outright (SIGKILL, the OOM killer)
+    cannot remove its own, and each would stay, hidden, as large as that export got.
+    A file a running export holds (its lock) or made in the last
+    :data:`STALE_TEMPORARY_S` is left alone. Returns the removed paths."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{12}}\.tmp")
+    removed = []
+    clock = time.time() if now is None else now
+    try:
+        candidates = [p for p in target.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if clock - os.fstat(fd).st_mtime < STALE_TEMPORARY_S:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: an export holds it
+            path.unlink()
+            removed.append(path)
+            log.info("removed %s, left by an export that was killed", path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def output_path(out: str | os.PathLike[str]) -> Path:

@@ -278,3 +278,43 @@ def test_batches_are_bounded_and_streamed(store: LocalStore) -> None:
     sizes = [b.num_rows for b in iter_batches(iter_records(store, FEATURE_VERSION),
                                               FEATURE_VERSION, rows=500)]
     assert sizes == [500] * (N // 500) + [N % 500]
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next_export(
+        store: LocalStore, tmp_path: Path) -> None:
+    """Given the temporary files of exports of ``out``: one a killed process held (SIGKILL:
+    no cleanup ran), one a live export holds, one made an instant ago, and another
+    target's, expect the next export of ``out`` to remove only the killed one's."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from previewvec.export import STALE_TEMPORARY_S, temporary_path
+
+    out = tmp_path / "out.parquet"
+    killed, live, young = (temporary_path(out) for _ in range(3))
+    other = temporary_path(tmp_path / "other.parquet")
+    holder = ("import fcntl, os, sys, time\n"
+              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", holder, str(killed)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "held\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    live_fd = os.open(live, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(live_fd, fcntl.LOCK_EX)
+    for path in (young, other):
+        path.write_bytes(b"partial")
+    old = time.time() - STALE_TEMPORARY_S - 60
+    for path in (killed, live, other):
+        os.utime(path, (old, old))
+    try:
+        export_parquet(store, out, version=FEATURE_VERSION)
+        assert not killed.exists()
+        assert live.exists() and young.exists() and other.exists()
+        assert pq.read_table(out).num_rows == N
+    finally:
+        os.close(live_fd)
