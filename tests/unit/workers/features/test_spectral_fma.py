@@ -177,7 +177,15 @@ def test_the_omitted_sr_reads_frequencies_on_a_22050_hz_axis(clips):
 def test_a_large_dc_offset_keeps_fmas_values(offset, level):
     """A constant far above the music (a biased converter): a float32 FFT's rounding,
     relative to the whole frame, would reach the music's quiet bins. The STFT runs in
-    float64 for such a clip and the CQT takes the constant out (no filter passes DC)."""
+    float64 for such a clip and the CQT takes the constant out (no filter passes DC).
+
+    "Exact" here allows, beside ``EXACT_RTOL``, the reference's own numerical spread: FMA's
+    float32 calls on music 60 dB under a constant are themselves that uncertain. With the
+    music at 0.001 under 0.3, the same calls on the float64 copy of the clip move 2.9 % of
+    the dimensions by more than 0.1 % (chroma_stft's skew and kurtosis: up to 8.5 %), and
+    the float32 FFT's rounding that sets them differs between CPUs: on a CPU without
+    AVX-512, 6 of 518 dimensions were 0.10-0.25 % from the float32 reference, each within
+    the reference's own float32-to-float64 spread (all 518 within 1 %)."""
     score = generate_song(7, tonic=3, mode="major", tempo_bpm=118.0, drums=True,
                           duration_s=CLIP_S, style="pop")
     music = render(score, 44100, "synth").mean(axis=0)
@@ -186,5 +194,7 @@ def test_a_large_dc_offset_keeps_fmas_values(offset, level):
     ours = extract_features(y, 44100).vector[:FMA_DIM].astype(np.float64)
     fma = fma_reference(y, 44100)
     assert _within(ours, fma, 0.01).all(), NAMES[~_within(ours, fma, 0.01)]
-    assert _within(ours, fma, EXACT_RTOL).mean() >= 0.99
+    spread = np.abs(fma - fma_reference(y.astype(np.float64), 44100))
+    exact = _within(ours, fma, EXACT_RTOL) | (np.abs(ours - fma) <= spread)
+    assert exact.mean() >= 0.99, NAMES[~exact]
 
