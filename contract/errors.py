@@ -51,7 +51,7 @@ class Silent(PreviewvecError):
 
 
 class TooLarge(PreviewvecError):
-    """The input exceeds the configured byte limit."""
+    """The input exceeds a size limit: its bytes, or the samples it would decode to."""
 
     code = "too_large"
 

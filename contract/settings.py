@@ -108,10 +108,14 @@ class Settings:
     store: str = "./data/store"  # a folder, or s3://bucket/prefix
     index: str = "./data/index"  # a folder (embedded LanceDB), or vectorize://<index-name>
     # Preview fetching: only these hosts (suffix match on a dot boundary); private,
-    # loopback and link-local addresses are refused unless their host is listed here.
+    # loopback and link-local addresses are refused unless the host is an IP literal
+    # listed here, ``localhost`` listed here (loopback only), or in private_audio_hosts.
     # Empty: the preview CDNs of the enabled ``sources`` (contract/sources.py), so a
     # source's CDN is allowed only while that source is.
     allowed_audio_hosts: tuple[str, ...] = ()
+    # Allowed names (exact match) that may resolve to private addresses: a media server
+    # inside the cluster or a compose network. Listing one here does not allow it.
+    private_audio_hosts: tuple[str, ...] = ()
     fetch_connect_timeout_s: float = 5.0
     fetch_read_timeout_s: float = 10.0
     fetch_total_timeout_s: float = 15.0  # inside the task's 20 s soft time limit

@@ -37,7 +37,7 @@ VALUE_SETTINGS: tuple[str, ...] = ("analysis_sr", "max_duration_s")
 # clip is analysed, not what its vector is).
 NEUTRAL_SETTINGS: frozenset[str] = frozenset({
     "min_duration_s", "max_input_bytes", "cache_dir", "feature_version",
-    "broker_url", "store", "index", "allowed_audio_hosts",
+    "broker_url", "store", "index", "allowed_audio_hosts", "private_audio_hosts",
     "fetch_connect_timeout_s", "fetch_read_timeout_s", "fetch_total_timeout_s",
     "fetch_max_bytes", "fetch_max_redirects", "fetch_retries",
     "vectorize_account_id", "vectorize_api_token", "vectorize_base_url",

@@ -343,10 +343,29 @@ MAX_SOURCE_SR = 400_000
 MAX_NATIVE_SR = 192_000
 
 
+# Decoded float32 values one clip may hold: 30 s of 7.1 at 192 kHz (46 M values, 184 MB).
+# Decoding memory and time grow with channels x source rate x duration, and neither the
+# byte caps nor the rate range bound the product: a 6 MB WavPack of 40 channels (39 of
+# them silent) at 384 kHz decoded to 1.8 GB (3.7 GB peak, 25 s). A run of frames whose
+# product would exceed this is refused at its first frame.
+MAX_DECODED_VALUES = 8 * 192_000 * 30
+
+
 def _check_source_rate(rate: int) -> None:
     if not MIN_SOURCE_SR <= rate <= MAX_SOURCE_SR:
         raise Undecodable(f"the stream's sample rate is {rate} Hz, outside "
                           f"{MIN_SOURCE_SR} Hz to {MAX_SOURCE_SR // 1000} kHz")
+
+
+def _check_decoded_size(n_channels: int, rate: int, max_duration_s: float) -> None:
+    """Raise :class:`TooLarge` if ``max_duration_s`` of ``n_channels`` at ``rate`` would
+    exceed :data:`MAX_DECODED_VALUES`."""
+    values = n_channels * rate * max_duration_s
+    if values > MAX_DECODED_VALUES:
+        raise TooLarge(
+            f"{n_channels} channels at {rate} Hz: {max_duration_s:g} s would decode to "
+            f"{values / 1e6:.0f} M samples; the limit is {MAX_DECODED_VALUES / 1e6:.0f} M "
+            f"(30 s of 7.1 at 192 kHz)")
 
 
 class _Runs:
@@ -388,6 +407,12 @@ class _Runs:
             # the new input onto the original output layout.
             self.end_segment()
         if self.segment is None:
+            # Every run, not just the first: a chained stream may switch to a higher rate
+            # or more channels. Decoding costs the frame's channels, the buffer the
+            # output layout's.
+            n_out = av.AudioLayout(self.out_layout).nb_channels
+            _check_decoded_size(max(frame.layout.nb_channels, n_out), rate,
+                                self.max_duration_s)
             still_needed = max(self.target - self.total, 0.0) * rate / self.sr
             self.segment = _Segment(frame, self.out_layout, math.ceil(still_needed) + 4 * 4096)
         self.segment.add(frame)

@@ -220,7 +220,7 @@ def _fetch(job: Job, ctx: WorkerContext, ahead: Ahead | None, timings: dict[str,
                 and ctx.refresher.refreshable(job)):
             raise PrefetchFailed(code, message)
         budget = _FetchBudget(ctx.settings)  # the refresh and the new fetch share one
-        fresh = ctx.refresher.refresh(job)
+        fresh = ctx.refresher.refresh(job, budget_s=budget.left_s())
         if fresh is None or budget.left_s() <= 0:
             raise PrefetchFailed(code, message)
         job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream
@@ -262,8 +262,9 @@ def _stamp(outcome: Outcome, start: tuple[float, float, float], done: float) -> 
 
 class _FetchBudget:
     """What is left of one ``fetch_total_timeout_s`` for a job's fetches and refresh:
-    an expired preview's refresh and second fetch must not start a second budget, which
-    would overrun the task's soft time limit (the 15 s budget sits inside its 20 s)."""
+    an expired preview's refresh (its rate-limit wait and API call) and second fetch
+    must not start a second budget, which would overrun the task's soft time limit (the
+    15 s budget sits inside its 20 s)."""
 
     def __init__(self, settings: Settings) -> None:
         self.deadline = _clock() + settings.fetch_total_timeout_s
@@ -278,16 +279,17 @@ def _clock() -> float:
 
 def _fetch_now(job: Job, ctx: WorkerContext) -> tuple[Job, FetchResult]:
     """Fetch the preview; an expired one (403/410 from a source whose URLs expire) is
-    re-resolved ONCE through its source and fetched again, all inside one fetch budget.
+    re-resolved ONCE through its source and fetched again, all inside one fetch budget
+    (none left: the refresh is skipped and the job fails with the CDN's status).
     Returns the job as fetched."""
     budget = _FetchBudget(ctx.settings)
     try:
         return job, fetch_preview(job.preview_url, ctx.settings, session=ctx.session)
     except HTTPStatusError as exc:
         if (exc.status not in EXPIRED_STATUSES or ctx.refresher is None
-                or not ctx.refresher.refreshable(job)):
+                or not ctx.refresher.refreshable(job) or budget.left_s() <= 0):
             raise
-        fresh = ctx.refresher.refresh(job)
+        fresh = ctx.refresher.refresh(job, budget_s=budget.left_s())
         if fresh is None or budget.left_s() <= 0:
             raise
     job = replace(job, preview_url=fresh)  # validated again: the URL came from upstream

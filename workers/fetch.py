@@ -12,9 +12,13 @@
 * **Addresses.** The host is resolved and *every* address must be public: private,
   loopback, link-local (169.254.169.254 included), multicast, reserved, unspecified,
   shared (100.64/10), site-local, Teredo, and IPv4-mapped / 6to4 / NAT64 forms of those
-  are refused. A host listed *exactly* in the allowlist is exempt (tests list
-  ``127.0.0.1``); a suffix match is not. Matching is by name, so ``localhost`` is refused
-  unless ``localhost`` itself is listed, whatever it resolves to.
+  are refused. Exempt are only hosts an operator explicitly meant to be private: an IP
+  literal listed exactly (tests list ``127.0.0.1``), a name listed exactly in
+  ``settings.private_audio_hosts`` (an in-cluster media server), and ``localhost``
+  listed exactly, which may resolve to loopback addresses only. Listing a *name* in the
+  allowlist does not exempt it: a production CDN name that DNS points at 127.0.0.1 or
+  169.254.169.254 is refused. Matching is by name, so ``localhost`` is refused unless
+  ``localhost`` itself is listed, whatever it resolves to.
 * **DNS pinning.** Resolution and the address check happen inside the connection's
   ``_new_conn`` (urllib3's only socket factory), which connects to exactly the addresses
   it checked: there is no second lookup a rebinding DNS server could answer differently.
@@ -63,6 +67,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
@@ -85,7 +90,7 @@ from urllib3.util.response import assert_header_parsing
 
 from contract import __version__
 from contract.errors import PreviewvecError, TooLarge
-from contract.hosts import AllowedHosts, normalize_host
+from contract.hosts import AllowedHosts, is_ip, normalize_host
 from contract.retry import Backoff, parse_retry_after, retrying
 from contract.settings import Settings
 
@@ -208,7 +213,19 @@ def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Addre
 
 class HostPolicy(AllowedHosts):
     """The allowlist (:class:`contract.hosts.AllowedHosts`, the rule producers check
-    too); decides names and resolved addresses."""
+    too); decides names and resolved addresses.
+
+    ``private_hosts``: names (matched exactly) that may resolve to non-public addresses
+    when they are allowed; see "Addresses" in the module docstring.
+    """
+
+    def __init__(self, allowed_hosts: Iterable[str], private_hosts: Iterable[str] = ()) -> None:
+        super().__init__(allowed_hosts)
+        self.private: frozenset[str] = frozenset(normalize_host(h) for h in private_hosts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostPolicy:
+        return cls(settings.allowed_audio_hosts, settings.private_audio_hosts)
 
     def check_name(self, host: str, url: str) -> bool:
         """Raise :class:`HostNotAllowed` unless allowed; return whether listed exactly."""
@@ -226,17 +243,29 @@ class HostPolicy(AllowedHosts):
         entries to connect to. Raises :class:`HostNotAllowed` or ``socket.gaierror``."""
         where = f"//{host}:{port}"
         exact = self.check_name(host, where)
+        name = normalize_host(host)  # check_name has parsed it
         lookup = (dns_host or host).strip("[]")  # as urllib3 does for IPv6 literals
         infos = _getaddrinfo(lookup, port, allowed_gai_family(), socket.SOCK_STREAM)
-        if not exact:
-            for info in infos:
-                address = str(info[4][0])
-                # Refuse if *any* answer is non-public: a mixed answer is an attack signal.
-                if not is_public_address(address):
-                    raise HostNotAllowed(
-                        f"host {host!r} resolves to non-public address {address}", url=where
-                    )
+        if exact and (is_ip(name) or name in self.private):
+            return infos  # the operator listed this very address, or named it private
+        loopback_only = exact and name == "localhost"
+        for info in infos:
+            address = str(info[4][0])
+            if loopback_only and _is_loopback(address):
+                continue
+            # Refuse if *any* answer is non-public: a mixed answer is an attack signal.
+            if not is_public_address(address):
+                raise HostNotAllowed(
+                    f"host {host!r} resolves to non-public address {address}", url=where
+                )
         return infos
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _check_url(url: str, policy: HostPolicy) -> None:
@@ -455,7 +484,7 @@ def make_session(settings: Settings) -> requests.Session:
 
     Build one per worker process and pass it to :func:`fetch_preview`.
     """
-    policy = HostPolicy(settings.allowed_audio_hosts)
+    policy = HostPolicy.from_settings(settings)
     session = _PreviewSession()
     session.trust_env = False  # no proxies, .netrc credentials or CA overrides from env
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # stateless fetches
@@ -480,8 +509,9 @@ def _check_session(session: requests.Session, policy: HostPolicy) -> None:
         adapter = session.adapters.get(prefix)
         if not isinstance(adapter, _PinnedAdapter) or len(session.adapters) != 2:
             raise TypeError("session must come from workers.fetch.make_session()")
-        if adapter.policy.allowed != policy.allowed:
-            raise ValueError("session was made with different allowed_audio_hosts")
+        if (adapter.policy.allowed, adapter.policy.private) != (policy.allowed, policy.private):
+            raise ValueError("session was made with different allowed_audio_hosts or "
+                             "private_audio_hosts")
 
 
 # --------------------------------------------------------------------------- fetching
@@ -513,7 +543,7 @@ def fetch_preview(
     same job, so that the two stay inside one budget). Raises :class:`FetchError`
     subclasses only.
     """
-    policy = HostPolicy(settings.allowed_audio_hosts)
+    policy = HostPolicy.from_settings(settings)
     _check_url(url, policy)  # refuse bad URLs before building anything
     own_session = session is None
     if session is None:

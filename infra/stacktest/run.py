@@ -339,6 +339,7 @@ def env_file(workdir: Path, clips: int) -> Path:
         "PREVIEWVEC_STORE=s3://previewvec-stacktest/features",
         "PREVIEWVEC_INDEX=/app/data/index",
         "PREVIEWVEC_ALLOWED_AUDIO_HOSTS=media",
+        "PREVIEWVEC_PRIVATE_AUDIO_HOSTS=media",  # a compose service: a private address
         # A killed worker's job comes back after ~20 s instead of ~45 s. (The task time
         # limits scale with it: hard limit 12.5 s, room for a slow, busy machine.)
         "PREVIEWVEC_VISIBILITY_TIMEOUT_S=20",

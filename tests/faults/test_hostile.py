@@ -43,7 +43,7 @@ from contract.settings import Settings
 from producers.queue import TASK_NAME, make_client
 from tests.faults.hostile_server import Behaviour, HostileServer
 from tests.harness.pipeline import Pipeline, worker_cache_dir
-from tests.media import mp4_video
+from tests.media import many_channel_wavpack, mp4_video
 from workers.app import MAX_MEMORY_PER_CHILD_KB
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -328,6 +328,10 @@ def build_cases(media: Media) -> list[Case]:
              _body(encode_audio(media.song_8k, 8_000, "wav"), "audio/wav"), served_ext="wav"),
         Case("96k-6ch", "96 kHz 6-channel FLAC", "done",
              _body(encode_audio(six, 96_000, "flac"), "audio/flac"), served_ext="flac"),
+        # 1.2 MB that would decode to 370 MB of float32 (30 s of it: 1.8 GB).
+        Case("40ch-384k", "6 s of 40-channel 384 kHz WavPack (one tone, 39 silent)",
+             "too_large", _body(many_channel_wavpack(40, 384_000, 6.0), "audio/x-wavpack"),
+             served_ext="wv"),
         # --- malformed jobs (published raw, past the producer's validation) -----------
         Case("job-scheme-file", "preview_url file:///etc/passwd", "invalid_job",
              job=job_with(recording_id="job-scheme-file", preview_url="file:///etc/passwd")),

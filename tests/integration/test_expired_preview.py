@@ -18,8 +18,10 @@ from contract.layout import FEATURE_VERSION
 from contract.records import decode_record, record_key
 from contract.settings import Settings
 from contract.state import Runs, new_run_id
+from tests.faults.hostile_server import Behaviour, HostileServer
 from tests.harness.pipeline import ClipServer, make_clips
 from workers.featurize import WorkerContext, featurize
+from workers.refresh import MAX_BODY_BYTES
 
 TRACK_ID = "3020000102"
 
@@ -37,8 +39,8 @@ def server() -> Iterator[ClipServer]:
 
 def context(server: ClipServer, redis_url: str, tmp_path: Path, **changes) -> WorkerContext:
     settings = Settings(broker_url=redis_url, store=str(tmp_path / "store"),
-                        allowed_audio_hosts=("127.0.0.1",), deezer_url=server.url("/api"),
-                        **changes)
+                        allowed_audio_hosts=("127.0.0.1",),
+                        **{"deezer_url": server.url("/api"), **changes})
     return WorkerContext.build(settings)
 
 
@@ -124,3 +126,40 @@ def test_a_track_no_longer_playable_in_the_region_is_not_fetched(
     assert outcome.status == "failed" and outcome.error_code == "http_410"
     hits = server.hits - before
     assert hits[f"/api/track/{TRACK_ID}"] == 1 and hits["/fresh.m4a"] == 0
+
+
+_JSON = "application/json"
+
+
+# A deadline against hangs, not a performance assertion: the drips last 30 s, so a
+# refresh outside the 2 s budget never finishes in time.
+@pytest.mark.timeout(25, func_only=True)
+@pytest.mark.parametrize("behaviour", [
+    Behaviour("gzip_bomb", content_type=_JSON),  # 10 MB of gzip inflating to gigabytes
+    Behaviour("drip_body", content_type=_JSON, interval_s=0.2),  # for 30 s
+    Behaviour("drip_headers", interval_s=0.2),  # slowloris, for 30 s
+    Behaviour("endless_chunked", body=b" ", content_type=_JSON),
+    Behaviour("body", body=b'{"preview": "' + b" " * MAX_BODY_BYTES + b'"}',
+              content_type=_JSON),
+], ids=lambda b: b.kind)
+def test_a_hostile_source_api_costs_the_job_its_fetch_budget_at_most(
+        server: ClipServer, redis_url: str, tmp_path: Path, behaviour: Behaviour) -> None:
+    """Given an expired preview whose source API sends a gzip bomb, drips its headers or
+    body, or sends more than MAX_BODY_BYTES, expect the refresh abandoned inside the
+    job's 2 s fetch budget (a second budget, or none, would outlast the task's time
+    limit: drips run 30 s) and the job failed with the CDN's own status."""
+    with HostileServer() as api:
+        api.add(f"/api/track/{TRACK_ID}", behaviour)
+        ctx = context(server, redis_url, tmp_path, deezer_url=api.url("/api"),
+                      fetch_total_timeout_s=2.0)
+        before = server.hits.copy()
+
+        outcome = featurize(job(server, "/gone.m4a", f"exp-{behaviour.kind}",
+                                new_run_id()), ctx)
+
+        assert (outcome.status, outcome.error_code) == ("failed", "http_410"), outcome
+        assert api.hits(f"/api/track/{TRACK_ID}") == 1  # one call, no retry
+        # Asked for uncompressed JSON: a compressed answer is refused, never inflated.
+        assert ctx.refresher is not None
+        assert ctx.refresher.session.headers["Accept-Encoding"] == "identity"
+        assert (server.hits - before)["/fresh.m4a"] == 0

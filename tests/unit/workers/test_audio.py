@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from contract.errors import PreviewvecError, Silent, TooShort, Undecodable
+from contract.errors import PreviewvecError, Silent, TooLarge, TooShort, Undecodable
 from testkit.encode import encode_audio
-from tests.media import mp4_video, ogg_with_repeated_headers
+from tests.media import many_channel_wavpack, mp4_video, ogg_with_repeated_headers
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
 
 SR = 44100
@@ -256,6 +256,57 @@ def test_a_384k_source_is_analysed_at_192k_and_absurd_rates_are_undecodable() ->
                 continue
             with pytest.raises(Undecodable, match=f"sample rate is {rate} Hz"):
                 decode_audio(data, sr=None)
+
+
+def test_channels_times_rate_beyond_7_1_at_192k_is_too_large_at_the_first_frame() -> None:
+    """Given 40 channels at 384 kHz (a few hundred KB of WavPack per second, 39 channels
+    silent), expect too_large before decoding: 30 s of it decoded to 1.8 GB of float32.
+    The limit is on channels x rate x max_duration_s, so the file's own length does not
+    matter, and a longer max_duration_s lowers what passes."""
+    with pytest.raises(TooLarge, match="40 channels at 384000 Hz"):
+        decode_audio(many_channel_wavpack(40, 384_000, 1.0), sr=None)
+    with pytest.raises(TooLarge, match="8 channels at 384000 Hz"):
+        decode_audio(_float_wav(np.zeros((8, 384)), 384_000), sr=None)
+    at_the_limit = many_channel_wavpack(8, 192_000, 0.5)
+    with pytest.raises(TooLarge, match="60 s would decode"):
+        decode_audio(at_the_limit, sr=None, max_duration_s=60.0, min_duration_s=0.0)
+
+
+def test_7_1_at_192k_and_many_channels_at_48k_still_decode() -> None:
+    """At the limit, not over it: 8 channels at 192 kHz keep their channels for loudness;
+    32 channels at 48 kHz (as many values per second) are analysed as their mono mix."""
+    seven_one = decode_audio(many_channel_wavpack(8, 192_000, 6.0, amplitude=0.3), sr=None)
+    assert (seven_one.source_channels, seven_one.sr) == (8, 192_000)
+    assert seven_one.channels is not None and seven_one.channels.shape == (8, 6 * 192_000)
+    many = decode_audio(many_channel_wavpack(32, 48_000, 6.0, amplitude=0.3))
+    assert (many.source_channels, many.channels, many.n_samples) == (32, None, 6 * ANALYSIS_SR)
+    # The tone is in one channel of 32: the mix is it at 1/32 of its amplitude.
+    rms = float(np.sqrt(np.mean(many.samples.astype(np.float64) ** 2)))
+    assert rms == pytest.approx(0.3 / 32 / np.sqrt(2), rel=0.02)
+
+
+def test_a_run_switching_to_more_channels_or_a_higher_rate_is_checked_too() -> None:
+    """A chained stream's later run is checked as its first was: by the larger of its
+    own channels and the output layout's (the buffer holds the latter) at its rate."""
+    import av
+
+    from workers.audio import _Runs
+
+    def frame(n_channels: int, rate: int) -> av.AudioFrame:
+        layout = {1: "mono", 2: "stereo"}.get(n_channels, f"{n_channels} channels")
+        out = av.AudioFrame.from_ndarray(np.zeros((1, 1024 * n_channels), np.float32),
+                                         format="flt", layout=layout)
+        out.sample_rate = rate
+        return out
+
+    for first, then in (((2, 48_000), (40, 384_000)), ((8, 48_000), (1, 384_000))):
+        runs = _Runs(None, 30.0)
+        runs.add(frame(*first))
+        with pytest.raises(TooLarge):
+            runs.add(frame(*then))
+    runs = _Runs(None, 30.0)
+    runs.add(frame(2, 48_000))
+    runs.add(frame(1, 192_000))  # mapped onto stereo: 2 x 192 kHz, well inside
 
 
 def test_a_wav_declaring_no_channels_is_undecodable_not_without_audio() -> None:

@@ -24,6 +24,7 @@ import requests
 
 from contract import __version__
 from contract.errors import PreviewvecError, TooLarge
+from contract.hosts import is_ip
 from contract.settings import Settings
 from tests.local_http import serve_in_background, stop_server
 from workers import fetch
@@ -509,13 +510,68 @@ def test_exactly_listed_name_pins_to_checked_address(
     server: _Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # cdn.test does not exist: the request can only work by connecting to the address the
-    # policy resolved, while Host (and SNI, for https) keep the name.
+    # policy resolved, while Host (and SNI, for https) keep the name. (It resolves to
+    # 127.0.0.1, which a listed name may only do when it is also named private.)
     seen = _fake_dns(monkeypatch, {"cdn.test": ["127.0.0.1"]})
     result = fetch_preview(
-        server.url("/echo-host", host="cdn.test"), _settings(allowed_audio_hosts=("cdn.test",))
+        server.url("/echo-host", host="cdn.test"),
+        _settings(allowed_audio_hosts=("cdn.test",), private_audio_hosts=("cdn.test",)),
     )
     assert result.data == f"cdn.test:{server.port}".encode()
     assert seen == ["cdn.test"]  # exactly one lookup: nothing for a rebinding DNS to swap
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [["169.254.169.254"], ["10.0.0.1"], ["127.0.0.1"], ["8.8.8.8", "10.0.0.1"], ["::1"]],
+)
+def test_exactly_listed_name_resolving_to_private_address_is_refused(
+    server: _Server, monkeypatch: pytest.MonkeyPatch, addresses: list[str]
+) -> None:
+    """Given the production allowlist (every CDN name listed exactly) and DNS pointing
+    those names at private addresses, expect every one refused before any connection:
+    listing a name says where previews come from, not that it may be internal."""
+    production = Settings()
+    names = [h for h in production.allowed_audio_hosts if not is_ip(h)]
+    assert "audio-ssl.itunes.apple.com" in names and "dzcdn.net" in names
+    seen = _fake_dns(monkeypatch, {name: addresses for name in names})
+    path = _unique("audio")
+    for name in names:
+        with pytest.raises(HostNotAllowed, match="non-public address"):
+            fetch_preview(f"http://{name}:{server.port}{path}", production)
+    assert seen == names  # each resolved once, never retried
+    assert server.hits(path) == 0  # nothing reached the server
+
+
+def test_private_audio_hosts_exempts_only_that_exact_allowed_name(
+    server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given media.internal named private (an in-cluster media server), expect it fetched
+    from 127.0.0.1; its subdomains, and the name when it is not allowed, still refused."""
+    _fake_dns(monkeypatch, {"media.internal": ["127.0.0.1"], "a.media.internal": ["127.0.0.1"]})
+    settings = _settings(allowed_audio_hosts=("media.internal",),
+                         private_audio_hosts=("media.internal",))
+    assert fetch_preview(server.url("/audio", host="media.internal"), settings).data == AUDIO
+    with pytest.raises(HostNotAllowed, match="non-public address"):
+        fetch_preview(server.url("/audio", host="a.media.internal"), settings)
+    with pytest.raises(HostNotAllowed, match="not in allowed_audio_hosts"):
+        fetch_preview(server.url("/audio", host="media.internal"),
+                      _settings(private_audio_hosts=("media.internal",)))
+
+
+def test_listed_localhost_may_resolve_to_loopback_only(
+    server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = _settings(allowed_audio_hosts=("localhost",))
+    _fake_dns(monkeypatch, {"localhost": ["169.254.169.254"]})
+    with pytest.raises(HostNotAllowed, match=r"non-public address 169\.254\.169\.254"):
+        fetch_preview(server.url("/audio", host="localhost"), listed)
+
+
+def test_session_made_with_other_private_hosts_is_refused(server: _Server) -> None:
+    other = make_session(_settings(private_audio_hosts=("media.internal",)))
+    with pytest.raises(ValueError, match="private_audio_hosts"):
+        fetch_preview(server.url("/audio"), _settings(), session=other)
 
 
 @pytest.mark.parametrize(
@@ -822,7 +878,8 @@ def test_https_pinned_address_keeps_sni_and_certificate_name(
 ) -> None:
     srv, cert, sni = tls_server
     _fake_dns(monkeypatch, {"cdn.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
-    settings = _settings(allowed_audio_hosts=("cdn.test", "other.test"))
+    settings = _settings(allowed_audio_hosts=("cdn.test", "other.test"),
+                         private_audio_hosts=("cdn.test", "other.test"))
     session = make_session(settings)
     session.verify = str(cert)  # trust the self-signed test certificate only
     url = f"https://cdn.test:{srv.port}/echo-host"
