@@ -343,12 +343,14 @@ MAX_SOURCE_SR = 400_000
 MAX_NATIVE_SR = 192_000
 
 
-# Decoded float32 values one clip may hold: 30 s of 7.1 at 192 kHz (46 M values, 184 MB).
-# Decoding memory and time grow with channels x source rate x duration, and neither the
-# byte caps nor the rate range bound the product: a 6 MB WavPack of 40 channels (39 of
-# them silent) at 384 kHz decoded to 1.8 GB (3.7 GB peak, 25 s). A run of frames whose
-# product would exceed this is refused at its first frame.
-MAX_DECODED_VALUES = 8 * 192_000 * 30
+# Decoded float32 values per second of audio a clip may carry: 7.1 at 192 kHz (or 32
+# channels at 48 kHz). Decoding memory and time grow with channels x source rate x
+# duration, and neither the byte caps nor the rate range bound the product: a 6 MB
+# WavPack of 40 channels (39 of them silent) at 384 kHz decoded to 1.8 GB (3.7 GB peak,
+# 25 s). The duration is the operator's cap (PREVIEWVEC_MAX_DURATION_S): at its default
+# 30 s this bounds a clip's decoded samples at 46 M (184 MB). A run of frames over this
+# rate is refused at its first frame.
+MAX_VALUES_PER_SECOND = 8 * 192_000
 
 
 def _check_source_rate(rate: int) -> None:
@@ -357,15 +359,14 @@ def _check_source_rate(rate: int) -> None:
                           f"{MIN_SOURCE_SR} Hz to {MAX_SOURCE_SR // 1000} kHz")
 
 
-def _check_decoded_size(n_channels: int, rate: int, max_duration_s: float) -> None:
-    """Raise :class:`TooLarge` if ``max_duration_s`` of ``n_channels`` at ``rate`` would
-    exceed :data:`MAX_DECODED_VALUES`."""
-    values = n_channels * rate * max_duration_s
-    if values > MAX_DECODED_VALUES:
+def _check_decoded_rate(n_channels: int, rate: int) -> None:
+    """Raise :class:`TooLarge` if ``n_channels`` at ``rate`` exceed
+    :data:`MAX_VALUES_PER_SECOND`."""
+    if n_channels * rate > MAX_VALUES_PER_SECOND:
         raise TooLarge(
-            f"{n_channels} channels at {rate} Hz: {max_duration_s:g} s would decode to "
-            f"{values / 1e6:.0f} M samples; the limit is {MAX_DECODED_VALUES / 1e6:.0f} M "
-            f"(30 s of 7.1 at 192 kHz)")
+            f"{n_channels} channels at {rate} Hz decode to {n_channels * rate / 1e6:.2f} M "
+            f"samples per second; the limit is {MAX_VALUES_PER_SECOND / 1e6:.3f} M (7.1 at "
+            "192 kHz)")
 
 
 class _Runs:
@@ -411,8 +412,7 @@ class _Runs:
             # or more channels. Decoding costs the frame's channels, the buffer the
             # output layout's.
             n_out = av.AudioLayout(self.out_layout).nb_channels
-            _check_decoded_size(max(frame.layout.nb_channels, n_out), rate,
-                                self.max_duration_s)
+            _check_decoded_rate(max(frame.layout.nb_channels, n_out), rate)
             still_needed = max(self.target - self.total, 0.0) * rate / self.sr
             self.segment = _Segment(frame, self.out_layout, math.ceil(still_needed) + 4 * 4096)
         self.segment.add(frame)
