@@ -454,10 +454,16 @@ class Reducer:
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):
         """Neighbours of a stored recording (itself excluded), best first."""
         check_k(k)  # before asking the index for k + 1: k = 0 would ask for one
+        # An index with a top-k cap (Vectorize: 100) is asked for at most that: at the cap
+        # the answer holds k - 1 neighbours when the recording itself is among them.
+        cap = getattr(self.index, "max_k", None)
+        if cap is not None:
+            check_k(k, cap)
         key = record_key(self.version, recording_id)
         record = decode_stored(key, self.store.get(key), self.version)
         own = vector_id(recording_id)
-        return [m for m in self.similar_to_vector(record.vector_array(), k + 1,
+        ask = k + 1 if cap is None else min(k + 1, cap)
+        return [m for m in self.similar_to_vector(record.vector_array(), ask,
                                                   filter=filter) if m.id != own][:k]
 
     def similar_to_vector(self, raw: np.ndarray, k: int = 10, *,

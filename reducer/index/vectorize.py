@@ -11,12 +11,14 @@ The API token is sent as ``Authorization: Bearer`` and never logged or put in er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -64,6 +66,49 @@ class IndexInfo:
     processed_up_to_datetime: str | None
 
 
+@contextlib.contextmanager
+def _expected_shape(op: str) -> Iterator[None]:
+    """A ``success: true`` answer whose ``result`` is not shaped as documented (a proxy's,
+    a changed API) is :class:`IndexUnavailable` with a short reason, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IndexUnavailable(f"Vectorize {op} answered in an unexpected shape "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"expected a non-empty string, got {value!r:.40}")
+    return value
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r:.40}")
+    return value
+
+
 class _Transient(Exception):
     """A failed attempt worth another: network error, 429, 5xx or a non-JSON answer."""
 
@@ -88,6 +133,8 @@ def _api_errors(response: requests.Response) -> str:
 
 class VectorizeIndex:
     """Client for one Vectorize index (thread-safe for concurrent calls)."""
+
+    max_k = MAX_TOPK  # the API's topK cap: Reducer.similar asks for no more
 
     def __init__(
         self,
@@ -147,8 +194,10 @@ class VectorizeIndex:
         json_body: Any = None,
         data: bytes | None = None,
         content_type: str = "application/json",
+        deadline: float | None = None,
     ) -> Any:
-        """One API call with retries on 429/5xx/network errors; returns ``result``."""
+        """One API call with retries on 429/5xx/network errors; returns ``result``. With
+        ``deadline`` (a ``time.monotonic()`` value) no attempt or pause runs past it."""
         url = f"{self._base}/{op}"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         body = data
@@ -161,12 +210,17 @@ class VectorizeIndex:
             attempts=self.max_attempts,
             retryable=lambda exc: isinstance(exc, _Transient),
             retry_after=lambda exc: getattr(exc, "retry_after_s", None),
+            deadline=deadline,
             before_sleep=lambda state: self._log_retry(op, state),
         )
         try:
             for try_ in tries:
                 with try_:
-                    return self._attempt(method, op, url, body, headers)
+                    timeout = self._timeout
+                    if deadline is not None:
+                        left = max(deadline - time.monotonic(), 0.001)
+                        timeout = (min(timeout[0], left), min(timeout[1], left))
+                    return self._attempt(method, op, url, body, headers, timeout)
         except _Transient as exc:
             raise IndexUnavailable(
                 f"Vectorize {op} failed after {self.max_attempts} attempts: {exc.problem}"
@@ -174,12 +228,13 @@ class VectorizeIndex:
         raise AssertionError("unreachable: tenacity returns or raises")
 
     def _attempt(
-        self, method: str, op: str, url: str, body: bytes | None, headers: dict[str, str]
+        self, method: str, op: str, url: str, body: bytes | None, headers: dict[str, str],
+        timeout: tuple[float, float],
     ) -> Any:
         """One try: ``result``, or :class:`_Transient` / :class:`IndexRejected`."""
         try:
             response = self._session.request(
-                method, url, data=body, headers=headers, timeout=self._timeout
+                method, url, data=body, headers=headers, timeout=timeout
             )
         except (
             requests.ConnectionError,
@@ -321,14 +376,14 @@ class VectorizeIndex:
         if conditions:
             body["filter"] = filter
         result = self._request("POST", "query", json_body=body) or {}
-        matches = result.get("matches") or []
+        with _expected_shape("query"):
+            matches = [Match(_text(m["id"]), _finite(m["score"]),
+                             _mapping(m.get("metadata") or {})) for m in _list(
+                                 _mapping(result).get("matches") or [])]
         if k > MAX_TOPK_WITH_METADATA and matches:
-            fetched = {item.id: item.metadata for item in self.get([m["id"] for m in matches])}
-            for match in matches:
-                match["metadata"] = fetched.get(match["id"], {})
-        return [
-            Match(str(m["id"]), float(m["score"]), dict(m.get("metadata") or {})) for m in matches
-        ]
+            fetched = {item.id: item.metadata for item in self.get([m.id for m in matches])}
+            matches = [Match(m.id, m.score, fetched.get(m.id, {})) for m in matches]
+        return matches
 
     def get(self, ids: Sequence[str]) -> list[IndexItem]:
         """``get_by_ids`` in batches; order as asked, unknown ids skipped."""
@@ -338,12 +393,14 @@ class VectorizeIndex:
         for start in range(0, len(unique), GET_BATCH):
             chunk = unique[start : start + GET_BATCH]
             result = self._request("POST", "get_by_ids", json_body={"ids": chunk}) or []
-            for vec in result:
-                found[vec["id"]] = IndexItem(
-                    vec["id"],
-                    np.asarray(vec.get("values") or [], dtype=np.float32),
-                    dict(vec.get("metadata") or {}),
-                )
+            with _expected_shape("get_by_ids"):
+                for vec in _list(result):
+                    item_id = _text(_mapping(vec)["id"])
+                    found[item_id] = IndexItem(
+                        item_id,
+                        np.asarray(_list(vec.get("values") or []), dtype=np.float32),
+                        _mapping(vec.get("metadata") or {}),
+                    )
         return [found[i] for i in wanted if i in found]
 
     def contains(self, ids: Sequence[str]) -> set[str]:
@@ -365,13 +422,19 @@ class VectorizeIndex:
 
     def info(self) -> IndexInfo:
         """Index dimensions, vector count and the last processed mutation."""
-        result = self._request("GET", "info") or {}
-        return IndexInfo(
-            dimensions=int(result.get("dimensions") or 0),
-            vector_count=int(result.get("vectorCount") or 0),
-            processed_up_to_mutation=result.get("processedUpToMutation"),
-            processed_up_to_datetime=result.get("processedUpToDatetime"),
-        )
+        return self._info()
+
+    def _info(self, deadline: float | None = None) -> IndexInfo:
+        result = self._request("GET", "info", deadline=deadline) or {}
+        with _expected_shape("info"):
+            info = _mapping(result)
+            mutation, when = info.get("processedUpToMutation"), info.get("processedUpToDatetime")
+            return IndexInfo(
+                dimensions=_count(info.get("dimensions")),
+                vector_count=_count(info.get("vectorCount")),
+                processed_up_to_mutation=None if mutation is None else _text(mutation),
+                processed_up_to_datetime=None if when is None else _text(when),
+            )
 
     def count(self) -> int:
         """``vectorCount`` from info: writes not yet processed are not counted."""
@@ -397,8 +460,12 @@ class VectorizeIndex:
                 done = {mutation_id}
         deadline = time.monotonic() + timeout_s
         while True:
-            if self.info().processed_up_to_mutation in done:
-                return
+            try:  # each poll's own retries end at the deadline too
+                if self._info(deadline).processed_up_to_mutation in done:
+                    return
+            except IndexUnavailable:
+                if time.monotonic() < deadline:
+                    raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise IndexUnavailable(

@@ -129,3 +129,17 @@ def test_an_unreadable_stored_normaliser_is_fitted_anew_by_the_reducer_and_named
     assert Normalizer.from_json(reducer.store.get(key)).version == \
         Normalizer.from_json(good).version
     assert len(reducer.similar("rec-0000001", 3)) == 3
+
+
+def test_similar_asks_an_index_with_a_top_k_cap_for_no_more(reducer: Reducer) -> None:
+    """An index that answers at most ``max_k`` (Vectorize: 100) is asked for at most that,
+    not k + 1: k at the cap answers; above it, InvalidQuery names the cap."""
+    from contract.errors import InvalidQuery
+
+    store_records(reducer.store, 80)
+    reducer.reindex()
+    reducer.index.max_k = 5  # type: ignore[attr-defined]
+    matches = reducer.similar("rec-0000001", 5)
+    assert 4 <= len(matches) <= 5 and all(m.id for m in matches)
+    with pytest.raises(InvalidQuery, match="at most 5"):
+        reducer.similar("rec-0000001", 6)
