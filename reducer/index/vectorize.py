@@ -243,7 +243,7 @@ class VectorizeIndex:
         ) as exc:
             raise _Transient(type(exc).__name__) from None
         status = response.status_code
-        if status == 429 or status >= 500:
+        if status in (408, 429) or status >= 500:  # 408: the request timed out, try again
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Transient(f"HTTP {status}", retry_after)
         if status >= 400:

@@ -123,3 +123,26 @@ def test_the_wait_for_a_write_keeps_its_bound_when_each_poll_is_slow(server: str
 
 def test_the_query_cap_is_the_clients_max_k() -> None:
     assert VectorizeIndex.max_k == MAX_TOPK == 100
+
+
+def test_a_408_is_retried_as_transient(server: str) -> None:
+    """HTTP 408 (request timeout, e.g. from a proxy) is worth another attempt: after
+    every attempt it is index_unavailable, not a permanent index_rejected."""
+
+    class Timeout408(CannedVectorize):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.served.append(self.path)
+            self.send_response(408)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+    httpd = start_server(Timeout408)
+    try:
+        with pytest.raises(IndexUnavailable, match="HTTP 408"):
+            client(f"http://127.0.0.1:{httpd.server_address[1]}/client/v4").count()
+    finally:
+        stop_server(httpd)
+    assert len(CannedVectorize.served) == 2  # max_attempts
