@@ -216,6 +216,12 @@ class S3Store:
                     page = next(iterator)
                 except StopIteration:
                     return
+            if page.get("IsTruncated") and not page.get("NextContinuationToken"):
+                # botocore's paginator ends quietly there: a listing that says "more" but
+                # gives no way on would pass for the whole catalog (a reindex, an export
+                # missing records). A broken S3-compatible server; say so, retryably.
+                raise StoreUnavailable(f"S3 listing of {prefix or '/'} says it is truncated "
+                                       "but gives no continuation token")
             for item in page.get("Contents", ()):
                 key = item["Key"][strip:]
                 # Objects no store key can name (a console "folder" marker ending in "/",

@@ -285,3 +285,39 @@ def test_s3_throttling_is_store_unavailable(aws_test_env: str, monkeypatch) -> N
             impatient.exists("features/pv1/00/x.json")
     finally:
         stop_server(server)
+
+
+class _TruncatedListingHandler(http.server.BaseHTTPRequestHandler):
+    """A ListObjectsV2 answer that says IsTruncated but gives no continuation token (a
+    broken S3-compatible server): botocore's paginator would stop there quietly."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+            b"<Name>bucket</Name><Prefix>features/</Prefix><KeyCount>1</KeyCount>"
+            b"<MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+            b"<Contents><Key>features/pv1/00/a.json</Key><Size>2</Size></Contents>"
+            b"</ListBucketResult>"
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_listing_truncated_with_no_way_on_is_store_unavailable(
+        aws_test_env: str, monkeypatch) -> None:
+    server = start_server(_TruncatedListingHandler)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_port}")
+        store = S3Store("bucket", max_retries=0, connect_timeout=1, read_timeout=2)
+        with pytest.raises(StoreUnavailable, match="no continuation token"):
+            list(store.iter_keys("features/"))
+    finally:
+        stop_server(server)
