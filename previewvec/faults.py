@@ -12,25 +12,17 @@ import re
 # at 100): LanceDB takes k as a C long, and a larger one was an OverflowError.
 MAX_K = 10_000
 
-# Redis answering but refusing commands for an operational reason: out of memory
-# (maxmemory, noeviction), a read-only replica after a failover, an ACL without the
-# permission, a master or cluster that is down, a slot being migrated (class names of
-# redis.exceptions). Plain ResponseErrors say some too: a failed RDB save (MISCONF: often
-# a full disk) stops writes; a /N database number the server does not have.
-_REDIS_REFUSALS = ("OutOfMemoryError", "ReadOnlyError", "NoPermissionError",
-                   "MasterDownError", "ClusterDownError", "TryAgainError")
-_REDIS_REFUSAL_TEXT = ("MISCONF", "DB index is out of range")
 _URL_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
 
 
 def redis_refusal(exc: BaseException) -> bool:
-    """Whether ``exc`` is Redis refusing commands for an operational reason (not a bug)."""
-    import redis  # lazily: the CLI imports this module for every command
+    """Whether ``exc`` is Redis refusing commands for an operational reason (not a bug);
+    the one classification, shared with the workers and the reducer, is
+    :func:`contract.state.redis_refusal`."""
+    # Lazily: the CLI imports this module for every command, redis only some need.
+    from contract.state.connection import redis_refusal as refusal
 
-    if not isinstance(exc, redis.ResponseError):
-        return False
-    return (type(exc).__name__ in _REDIS_REFUSALS
-            or any(text in str(exc) for text in _REDIS_REFUSAL_TEXT))
+    return refusal(exc)
 
 
 def shown_url(url: str) -> str:

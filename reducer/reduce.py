@@ -44,9 +44,9 @@ from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exp
     LOCK_KEY,
     Housekeeping,
     RedisError,
-    RedisUnavailable,
     Runs,
     parse_ready_entry,
+    redis_outage,
 )
 from contract.store import FeatureStore, StoreFolderMissing, StoreUnavailable, open_store
 from contract.store.bulk import read_many
@@ -393,11 +393,12 @@ class Reducer:
                stop_after_s: float | None = None, heartbeat: Heartbeat | None = None) -> None:
         """Reduce forever (or until ``stop_after_s``), sleeping while the queue is empty.
 
-        An index, store or Redis outage that outlasts the clients' own retries does not end
-        the loop: the batch stays queued (nothing was trimmed) and is tried again after a
-        full-jitter pause (:mod:`contract.retry`) whose ceiling doubles from 1 s up to
-        ``OUTAGE_BACKOFF_CAP_S`` while the failures last. ``heartbeat`` is touched on every
-        pass, outages included (:mod:`reducer.liveness`).
+        An index, store or Redis outage that outlasts the clients' own retries, or Redis
+        refusing commands (:func:`contract.state.redis_refusal`: at its maxmemory,
+        MISCONF), does not end the loop: the batch stays queued (nothing was trimmed) and
+        is tried again after a full-jitter pause (:mod:`contract.retry`) whose ceiling
+        doubles from 1 s up to ``OUTAGE_BACKOFF_CAP_S`` while the failures last.
+        ``heartbeat`` is touched on every pass, outages included (:mod:`reducer.liveness`).
         """
         started = time.monotonic()
         failures = 0
@@ -411,10 +412,13 @@ class Reducer:
                     housekept_at = time.monotonic()
                     self.housekeeping()
                 consumed = self.reduce_once(batch_size)
-            except (IndexUnavailable, StoreUnavailable, StoreFolderMissing,
-                    *RedisUnavailable) as exc:
-                # A store folder that is not there (a volume not mounted yet, a typo) is
-                # waited for like an outage and said in every warning: nothing is trimmed.
+            except (IndexUnavailable, StoreUnavailable, StoreFolderMissing, RedisError) as exc:
+                # Redis away, or refusing commands (at its maxmemory, MISCONF, a replica
+                # after a failover): both pass; any other error reply is a bug. A store
+                # folder that is not there (a volume not mounted yet, a typo) is waited for
+                # like an outage and said in every warning: nothing is trimmed.
+                if isinstance(exc, RedisError) and not redis_outage(exc):
+                    raise
                 failures += 1
                 pause_s = OUTAGE_BACKOFF.delay(failures)
                 log.warning("reduce failed (%s: %s); batch stays queued, retry in %.1f s",

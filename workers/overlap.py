@@ -18,8 +18,9 @@ already holds the jobs Celery reserved for its children, does that waiting in th
   before the write leaves the message unacknowledged, to be redelivered (then skipped,
   since the record exists, or done again). Store outages are retried here with the task's
   backoff (``workers/tasks.py``), then recorded as ``store_unavailable``, as in a child.
-  A run state (Redis) that stays away longer than its client's own retries is retried
-  the same way, then recorded as ``state_unavailable`` (before, as ``internal_error``).
+  A run state (Redis) that stays away longer than its client's own retries, or refuses
+  commands (at its maxmemory, MISCONF), is retried the same way, then recorded as
+  ``state_unavailable`` (before, as ``internal_error``).
 
 Children reach the main process over a Unix socket named after its pid
 (:func:`socket_path`); without it (the feature off, the main process gone) a child does
@@ -57,7 +58,6 @@ from contract.errors import PreviewvecError
 from contract.jobs import InvalidJob, Job
 from contract.records import record_key
 from contract.settings import Settings
-from contract.state import RedisUnavailable
 from contract.store import StoreUnavailable
 from workers import crashes
 
@@ -386,7 +386,7 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
     ``state_unavailable``). Returns the outcome with the timings behind the child, or
     None (left unacknowledged, to be redelivered) if the worker stopped meanwhile."""
     from workers.featurize import Outcome, account, store
-    from workers.tasks import STORE_BACKOFF, STORE_RETRIES, outage, record_failure
+    from workers.tasks import STORE_BACKOFF, STORE_RETRIES, is_outage, outage, record_failure
 
     t0 = time.perf_counter()
     for attempt in range(STORE_RETRIES + 1):
@@ -394,7 +394,16 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
             store(ctx, key, data, outcome)
             account(ctx, outcome, job)
             break
-        except (StoreUnavailable, *RedisUnavailable) as exc:  # Redis: after ~30 s of retries
+        except Exception as exc:
+            if not is_outage(exc):
+                if isinstance(exc, PreviewvecError):  # a permanent store error
+                    failed = record_failure(job, exc.code, exc.message, runs=ctx.runs)
+                else:
+                    log.exception("unexpected failure writing %s", key)
+                    failed = record_failure(job, "internal_error",
+                                            f"{type(exc).__name__}: {exc}", runs=ctx.runs)
+                return Outcome(**{**outcome.__dict__, **failed})
+            # The store, or Redis away (after its client's ~30 s of retries) or refusing.
             code, message = outage(exc)
             if attempt == STORE_RETRIES:
                 failed = record_failure(job, code, message, runs=ctx.runs)
@@ -402,13 +411,6 @@ def _write_record(ctx: WorkerContext, key: str, data: bytes, outcome: Outcome,
             log.warning("%s writing %s (%s); retry %d", code, key, exc, attempt + 1)
             if stopping.wait(STORE_BACKOFF.delay(attempt + 1)):
                 return None
-        except PreviewvecError as exc:  # a permanent store error
-            return Outcome(**{**outcome.__dict__,
-                              **record_failure(job, exc.code, exc.message, runs=ctx.runs)})
-        except Exception as exc:
-            log.exception("unexpected failure writing %s", key)
-            return Outcome(**{**outcome.__dict__, **record_failure(
-                job, "internal_error", f"{type(exc).__name__}: {exc}", runs=ctx.runs)})
     for stage in ("store", "account"):
         outcome.overlapped_s[stage] = outcome.timings_s.get(stage, 0.0)
     outcome.overlapped_s["behind"] = time.perf_counter() - t0

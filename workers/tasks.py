@@ -2,7 +2,8 @@
 
 Every way a job can end is accounted for in its run: the stage records typed failures
 itself; here, store outages are retried with backoff and then recorded as
-``store_unavailable``, a time limit as ``timeout``, a permanent store error as
+``store_unavailable`` (run-state outages and refusals, as ``state_unavailable``), a time
+limit as ``timeout``, a permanent store error as
 ``store_error``, anything unexpected as ``internal_error`` and a job that keeps killing
 its worker as ``worker_crashed`` (workers/crashes.py) — so no job stays "queued" forever
 or is redelivered forever, and no exception kills the worker.
@@ -20,7 +21,7 @@ from contract.broker import TASK_NAME
 from contract.errors import STATE_UNAVAILABLE, PreviewvecError
 from contract.retry import Backoff
 from contract.settings import Settings
-from contract.state import RedisUnavailable, Runs
+from contract.state import Runs, redis_outage, redis_refusal
 from contract.store import StoreUnavailable
 from workers import crashes, heap
 from workers.app import app
@@ -138,15 +139,21 @@ def _trim_heap(**_: Any) -> None:
         _trim(0)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether a job meeting ``exc`` is retried through it (:func:`outage`)."""
+    return isinstance(exc, StoreUnavailable) or redis_outage(exc)
+
+
 def outage(exc: Exception) -> tuple[str, str]:
     """(code, message) of an outage a job is retried through: the store
     (``store_unavailable``) or the run state, Redis, away past its client's ~30 s of
-    retries (``state_unavailable``: no failure of the job, as before it was recorded as
+    retries or refusing commands (at its maxmemory, MISCONF, a read-only replica:
+    ``state_unavailable``; no failure of the job, as before it was recorded as
     ``internal_error``)."""
     if isinstance(exc, StoreUnavailable):
         return exc.code, exc.message
-    return STATE_UNAVAILABLE, (f"the run state (Redis) did not answer: "
-                               f"{type(exc).__name__}: {exc}")
+    what = "refused the command" if redis_refusal(exc) else "did not answer"
+    return STATE_UNAVAILABLE, f"the run state (Redis) {what}: {type(exc).__name__}: {exc}"
 
 
 def record_failure(job: Any, code: str, message: str, *, runs: Runs | None = None,
@@ -237,23 +244,23 @@ def _featurize(self: Any, job: dict[str, Any]) -> dict[str, Any]:
         # (workers/overlap.py); whatever it did not do, the stage does here.
         return featurize(job, context(), ahead=line.take(self.request.id),
                          write_behind=line.writer(self.request.id)).to_dict()
-    except (StoreUnavailable, *RedisUnavailable) as exc:
-        # Retried with a countdown (while the broker itself is down even the retry
-        # cannot be published: the unacknowledged message comes back after the
-        # visibility timeout), then recorded.
-        code, message = outage(exc)
-        if self.request.retries >= STORE_RETRIES:
-            return record_failure(job, code, message)
-        delay = STORE_BACKOFF.delay(self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
     except SoftTimeLimitExceeded:
         return record_failure(
             job,
             "timeout",
             f"the job exceeded its {app.conf.task_soft_time_limit} s time limit",
         )
-    except PreviewvecError as exc:  # e.g. a permanent store error (store_error)
-        return record_failure(job, exc.code, exc.message)
     except Exception as exc:
+        if is_outage(exc):
+            # Retried with a countdown (while the broker itself is down or refusing even
+            # the retry cannot be published: the unacknowledged message comes back after
+            # the visibility timeout), then recorded.
+            code, message = outage(exc)
+            if self.request.retries >= STORE_RETRIES:
+                return record_failure(job, code, message)
+            delay = STORE_BACKOFF.delay(self.request.retries + 1)
+            raise self.retry(exc=exc, countdown=delay, max_retries=STORE_RETRIES) from None
+        if isinstance(exc, PreviewvecError):  # e.g. a permanent store error (store_error)
+            return record_failure(job, exc.code, exc.message)
         log.exception("unexpected failure featurizing %r", job)
         return record_failure(job, "internal_error", f"{type(exc).__name__}: {exc}")

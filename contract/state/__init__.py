@@ -46,6 +46,8 @@ from contract.state.connection import (
     RedisUnavailable,
     connect,
     ping,
+    redis_outage,
+    redis_refusal,
 )
 from contract.state.crashes import CRASH_COUNT_TTL_S, CrashCount
 from contract.state.keys import (
@@ -97,4 +99,6 @@ __all__ = [
     "new_run_id",
     "parse_ready_entry",
     "ping",
+    "redis_outage",
+    "redis_refusal",
 ]

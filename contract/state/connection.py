@@ -36,6 +36,29 @@ RedisProtocolError = redis.exceptions.InvalidResponse
 # what is there is not Redis: no command of ours can run.
 RedisUnavailable = (RedisConnectionError, RedisTimeoutError, RedisProtocolError)
 
+# Redis answering but refusing commands for an operational reason: out of memory
+# (maxmemory, noeviction), a read-only replica after a failover, an ACL without the
+# permission, a master or cluster that is down, a slot being migrated (class names of
+# redis.exceptions). Plain ResponseErrors say some too: a failed RDB save (MISCONF: often
+# a full disk) stops writes; a /N database number the server does not have.
+_REDIS_REFUSALS = ("OutOfMemoryError", "ReadOnlyError", "NoPermissionError",
+                   "MasterDownError", "ClusterDownError", "TryAgainError")
+_REDIS_REFUSAL_TEXT = ("MISCONF", "DB index is out of range")
+
+
+def redis_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing commands for an operational reason (not a bug)."""
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    return (type(exc).__name__ in _REDIS_REFUSALS
+            or any(text in str(exc) for text in _REDIS_REFUSAL_TEXT))
+
+
+def redis_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis away (:data:`RedisUnavailable`) or refusing commands
+    (:func:`redis_refusal`): no fault of the caller, worth waiting out and retrying."""
+    return isinstance(exc, RedisUnavailable) or redis_refusal(exc)
+
 
 def connect(url: str, *, decode: bool = True, retry: bool = True,
             connect_timeout_s: float | None = None, timeout_s: float | None = None,

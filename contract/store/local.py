@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from contract.store.base import StoreError, StoreFolderMissing, validate_key
+from contract.store.base import StoreError, StoreFolderMissing, StoreUnavailable, validate_key
 
 _TMP_SUFFIX = ".tmp"
+# A full disk or a used-up quota: space may come back (a cleanup, a bigger volume), so the
+# write is retried and `previewvec retry` re-runs it. EACCES, EROFS and the rest stay
+# permanent: they need someone to change the folder.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _write_error(what: str, exc: OSError) -> StoreError:
+    """The store error of a failed write (``what``: "cannot write KEY"): transient
+    (:class:`StoreUnavailable`) for a full disk or quota, else permanent."""
+    kind = StoreUnavailable if exc.errno in _NO_SPACE else StoreError
+    return kind(f"{what}: {exc}")
 
 
 class LocalStore:
@@ -32,7 +44,7 @@ class LocalStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+            raise _write_error(f"cannot create store folder {self.root}", exc) from exc
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -71,14 +83,16 @@ class LocalStore:
         """Write atomically: a temp file in the same folder, fsync, ``os.replace``.
 
         Same folder so the rename never crosses filesystems (which would not be atomic);
-        concurrent writers of one key each rename a complete file, the last one wins.
+        concurrent writers of one key each rename a complete file, the last one wins. A
+        full disk (ENOSPC, EDQUOT) is :class:`StoreUnavailable` (retried), any other
+        failure :class:`StoreError`; either way no temp file is left behind.
         """
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         except OSError as exc:
-            raise StoreError(f"cannot write {key}: {exc}") from exc
+            raise _write_error(f"cannot write {key}", exc) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -90,7 +104,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             if isinstance(exc, OSError):
-                raise StoreError(f"cannot write {key}: {exc}") from exc
+                raise _write_error(f"cannot write {key}", exc) from exc
             raise
         self._fsync_dir(path.parent)
 

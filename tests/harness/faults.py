@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +40,22 @@ from tests.harness.pipeline import (
 from tests.local_http import start_server, stop_server
 
 RECORD_PREFIX = f"features/{FEATURE_VERSION}/"
+
+
+# --------------------------------------------------------------------------- Redis refusing
+
+
+@contextlib.contextmanager
+def redis_out_of_memory(client: object) -> Iterator[None]:
+    """Redis (reached through ``client``) at its maxmemory, policy noeviction: it refuses
+    every command that may grow memory, and every command queued in a MULTI, with
+    ``-OOM`` (redis-py's OutOfMemoryError), until the block ends."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", "0")
 
 
 # --------------------------------------------------------------------------- crashing analysis

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.server
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -179,6 +182,76 @@ def test_local_writes_are_atomic_under_concurrency(tmp_path: Path) -> None:
     leftovers = [p.name for p in (tmp_path / "store").rglob("*") if p.name.startswith(".")]
     assert leftovers == []
     assert list(store.iter_keys()) == [key]
+
+
+@pytest.mark.parametrize(("failing", "code", "transient"), [
+    ("fsync", errno.ENOSPC, True),  # the data did not fit
+    ("replace", errno.EDQUOT, True),  # a quota used up
+    ("mkstemp", errno.ENOSPC, True),  # not even an inode for the temp file
+    ("fsync", errno.EIO, False),
+    ("replace", errno.EACCES, False),  # someone must change the folder: permanent
+    ("mkstemp", errno.EROFS, False),
+])
+def test_a_full_disk_is_transient_and_leaves_no_temp_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, code: int,
+        transient: bool) -> None:
+    """Given a write failing with ENOSPC or EDQUOT (the audit: a full disk was a permanent
+    ``store_error`` that `previewvec retry` never re-ran), expect StoreUnavailable, which
+    the task retries and `retry` re-runs; other errors stay StoreError. Either way the
+    earlier value is intact and no temp file is left."""
+    import os
+    import tempfile
+
+    store = LocalStore(tmp_path / "store")
+    key = "features/pv1/aa/full.json"
+    store.put(key, b"before")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    module = tempfile if failing == "mkstemp" else os
+    monkeypatch.setattr(module, failing, fail)
+    with pytest.raises(StoreError, match=os.strerror(code)) as raised:
+        store.put(key, b"after")
+    monkeypatch.undo()
+
+    assert isinstance(raised.value, StoreUnavailable) == transient
+    assert raised.value.code == ("store_unavailable" if transient else "store_error")
+    assert store.get(key) == b"before"
+    assert [p.name for p in (tmp_path / "store").rglob(".*")] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="mounting a tmpfs needs root")
+def test_a_store_on_a_real_full_disk_is_unavailable_until_space_returns(
+        tmp_path: Path) -> None:
+    """Given the store on a 1 MB tmpfs filled by another file, expect a record write to be
+    StoreUnavailable with nothing half-written, and to succeed once the space is freed."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        filler = folder / "filler"
+        # Unbuffered: written until the disk is full, nothing left to flush on close.
+        with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+            fh.write(b"\0" * (shutil.disk_usage(folder).free + 4096))
+        store = LocalStore(folder / "store")
+        key = "features/pv1/aa/full.json"
+        with pytest.raises(StoreUnavailable, match="No space left on device"):
+            store.put(key, b"x" * 200_000)
+        assert not store.exists(key)
+        assert [p.name for p in folder.rglob(".*")] == []
+        filler.unlink()
+        store.put(key, b"x" * 200_000)
+        assert store.get(key) == b"x" * 200_000
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_open_store_dispatches(tmp_path: Path, aws_test_env: str) -> None:

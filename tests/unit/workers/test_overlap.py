@@ -1,7 +1,7 @@
 """workers/overlap.py without a worker: the hand-off framing, the switch, the fallbacks;
-writing behind when the run state (Redis) stays away (retried like a store outage, then
-``state_unavailable``, no longer ``internal_error``), and a write given up (never
-acknowledged, no longer kept visible)."""
+writing behind when the run state (Redis) stays away or refuses commands (retried like a
+store outage, then ``state_unavailable``, no longer ``internal_error``), and a write given
+up (never acknowledged, no longer kept visible)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import requests
 from contract.records import record_key
 from contract.retry import Backoff
 from contract.settings import Settings
-from contract.state import Runs
+from contract.state import Runs, connect
 from contract.store import open_store
 from previewvec.localredis import LocalRedis
+from tests.harness.faults import redis_out_of_memory
 from workers import overlap
 from workers.featurize import Outcome, WorkerContext
 
@@ -141,6 +142,48 @@ def test_a_run_state_back_within_the_retries_finishes_the_job(
     assert ctx.store.exists(key)
     status = Runs.from_url(server.url).status(RUN)
     assert status.counts.get("done") == 1 and not status.counts.get("queued")
+
+
+def test_a_run_state_out_of_memory_is_retried_and_the_record_reaches_the_ready_list(
+        ctx: WorkerContext, server: LocalRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given Redis at its maxmemory while a record is written behind (the audit: the
+    stored record was recorded as failed ``internal_error``, its key never pushed), expect
+    the refusal retried like an outage and, once memory is freed, the job done and its
+    key on the ready list for the reducer."""
+    raw = connect(server.url)
+    refusals = []
+
+    class FreedAfterFirstWait:
+        waits = 0
+
+        def delay(self, attempt: int) -> float:
+            self.waits += 1
+            if self.waits == 1:
+                raw.config_set("maxmemory", "0")
+            return 0.01
+
+    monkeypatch.setattr("workers.tasks.STORE_BACKOFF", FreedAfterFirstWait())
+    monkeypatch.setattr(overlap.log, "warning", lambda *args: refusals.append(args))
+    with redis_out_of_memory(raw):
+        final, key = write(ctx)
+
+    assert final is not None and final.status == "done", final
+    assert [args[1] for args in refusals] == ["state_unavailable"]
+    assert Runs.from_url(server.url).peek_ready(10) == [key]
+    status = Runs.from_url(server.url).status(RUN)
+    assert status.counts.get("done") == 1 and not status.counts.get("failed")
+
+
+def test_a_run_state_refusing_through_every_retry_is_recorded_as_state_unavailable(
+        ctx: WorkerContext, server: LocalRedis) -> None:
+    with redis_out_of_memory(connect(server.url)):
+        final, key = write(ctx)
+
+    assert final is not None
+    assert (final.status, final.error_code) == ("failed", "state_unavailable")
+    assert "the run state (Redis) refused the command: OutOfMemoryError" in (
+        final.error_message or "")
+    assert ctx.store.exists(key)  # the record itself was written: a retry skips it
 
 
 def bare_overlap() -> overlap.Overlap:

@@ -4,9 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 import workers.tasks as tasks
 from contract.errors import PreviewvecError
+from contract.state import RedisConnectionError
 
 
 class FakeRuns:
@@ -27,6 +29,8 @@ class PermanentStoreError(PreviewvecError):
         (SoftTimeLimitExceeded(), "timeout"),
         (PermanentStoreError("bucket gone"), "store_error"),
         (RuntimeError("boom"), "internal_error"),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+         "internal_error"),  # an error reply of our own making is a bug, not an outage
     ],
 )
 def test_unexpected_endings_are_recorded_failures(monkeypatch, raised, code):
@@ -43,21 +47,27 @@ def test_unexpected_endings_are_recorded_failures(monkeypatch, raised, code):
     assert runs.failures == [("run1", "r1", code)]
 
 
-def test_a_run_state_outage_is_retried_then_recorded_as_state_unavailable(monkeypatch):
-    """Redis away past its client's retries is no failure of the job (before: it was
-    recorded as internal_error at once); after the store's retry budget it is recorded."""
-    from contract.state import RedisConnectionError
-
+@pytest.mark.parametrize("raised", [
+    RedisConnectionError("Error 111 connecting to 127.0.0.1:6379."),
+    OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently "
+                  "unable to persist to disk."),
+    ReadOnlyError("You can't write against a read only replica."),
+])
+def test_a_run_state_outage_is_retried_then_recorded_as_state_unavailable(monkeypatch, raised):
+    """Redis away past its client's retries, or refusing commands (maxmemory, a failed
+    save, a replica), is no failure of the job (before: it was recorded as internal_error
+    at once); after the store's retry budget it is recorded."""
     runs = FakeRuns()
     monkeypatch.setattr(tasks, "_context", SimpleNamespace(runs=runs))
 
     def redis_away(job, ctx):
-        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        raise raised
 
     monkeypatch.setattr("workers.featurize.featurize", redis_away)
     job = {"recording_id": "r1", "preview_url": "https://x.test/a.m4a", "run_id": "run1"}
     # Called directly (no worker), Celery's retry raises the exception it would retry on.
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(type(raised)):
         tasks.featurize_task.run(job)
     assert runs.failures == []
 

@@ -92,3 +92,37 @@ def test_a_database_that_is_no_number_is_refused(path: str) -> None:
 @pytest.mark.parametrize("path", ["", "/", "/7"])
 def test_a_numbered_or_absent_database_is_accepted(path: str) -> None:
     connect(f"redis://127.0.0.1:{free_port()}{path}", retry=False)
+
+
+def test_a_redis_at_its_maxmemory_refuses_and_is_an_outage(redis_url: str, raw: Redis) -> None:
+    """Given Redis at its maxmemory (noeviction), expect its refusals of a command, of a
+    MULTI transaction (as kombu acknowledges) and of a script to be classified as
+    refusals and outages (waited out, not bugs); an error reply of our own making and a
+    lost connection as neither refusal, the latter still an outage."""
+    from redis.exceptions import ResponseError
+
+    from contract.state import redis_outage, redis_refusal
+    from tests.harness.faults import redis_out_of_memory
+
+    raw.set("pv:test:string", "x")
+    refused = []
+    with redis_out_of_memory(raw):
+        for command in (lambda: raw.lpush("pv:test:list", "x"),
+                        lambda: raw.pipeline().zrem("pv:test:z", "a").hdel("pv:test:h", "a")
+                        .execute(),
+                        lambda: raw.eval("return redis.call('SET', KEYS[1], 'y')", 1,
+                                         "pv:test:other")):
+            with pytest.raises(ResponseError) as caught:
+                command()
+            refused.append(caught.value)
+        assert raw.get("pv:test:string") == "x"  # reads still answer
+    assert [type(e).__name__ for e in refused] == ["OutOfMemoryError"] * 3
+    assert all(redis_refusal(e) and redis_outage(e) for e in refused)
+
+    with pytest.raises(ResponseError) as wrong_type:
+        raw.lpush("pv:test:string", "x")  # WRONGTYPE: a bug, not an outage
+    misconf = ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's "
+                            "currently unable to persist to disk.")
+    lost = RedisConnectionError("Connection closed by server.")
+    assert [redis_refusal(e) for e in (wrong_type.value, misconf, lost)] == [False, True, False]
+    assert [redis_outage(e) for e in (wrong_type.value, misconf, lost)] == [False, True, True]
