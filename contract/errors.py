@@ -158,6 +158,14 @@ class VectorIndexError(PreviewvecError):
     code = "index_error"
 
 
+class IndexUnreadable(VectorIndexError):
+    """The embedded index's files cannot be read (overwritten, truncated, missing).
+
+    Its native library may keep worker threads that print a Rust panic when the process
+    tears down, so a command ending on this error should end at once after saying so.
+    """
+
+
 class IndexRejected(VectorIndexError):
     """The backend refused the request (4xx other than 429); retrying will not help."""
 

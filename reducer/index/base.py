@@ -25,6 +25,7 @@ from contract.errors import (  # noqa: F401
     ConfigError,
     IndexRejected,
     IndexUnavailable,
+    IndexUnreadable,
     InvalidQuery,
     VectorIndexError,
 )

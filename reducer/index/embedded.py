@@ -35,6 +35,7 @@ from reducer.index.base import (
     Condition,
     IndexItem,
     IndexRejected,
+    IndexUnreadable,
     Match,
     VectorIndexError,
     check_id,
@@ -66,7 +67,7 @@ _T = TypeVar("_T")
 
 @contextlib.contextmanager
 def _lance_faults(path: Path) -> Iterator[None]:
-    """LanceDB failing to read the folder at ``path`` as a :class:`VectorIndexError`;
+    """LanceDB failing to read the folder at ``path`` as :class:`IndexUnreadable`;
     any other error (a bug) keeps its type and traceback."""
     try:
         yield
@@ -74,7 +75,7 @@ def _lance_faults(path: Path) -> Iterator[None]:
         if not _LANCE_ERROR.search(str(exc)):
             raise
         reason = _RUST_LOCATION.sub("", " ".join(str(exc).split()))
-        raise VectorIndexError(f"cannot read the vector index {path}: {reason}; move the "
+        raise IndexUnreadable(f"cannot read the vector index {path}: {reason}; move the "
                                "folder away and run `previewvec reindex`") from exc
 
 
