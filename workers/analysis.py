@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
     Raises the typed errors of :mod:`contract.errors`; never returns NaN.
     """
     started = time.perf_counter()
+    if not isinstance(source, bytes | bytearray | memoryview) and not _is_regular(source):
+        # A pipe or device can be read once: hold its bytes (bounded), to decode and hash.
+        with open(source, "rb") as handle:
+            source = handle.read(settings.max_input_bytes + 1)
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         digest = hashlib.sha256(data).hexdigest()
@@ -52,6 +57,10 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
         **{f"extract.{k}": v for k, v in features.timings_s.items()},
     }
     return Analysis(features=features, audio=audio, audio_sha256=digest, timings_s=timings)
+
+
+def _is_regular(path: str | os.PathLike[str]) -> bool:
+    return stat.S_ISREG(os.stat(path).st_mode)
 
 
 def _file_sha256(path: str) -> str:

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -94,8 +95,9 @@ def decode_audio(
     ``sr=None`` keeps the source's own rate (that of its first decoded frame), as
     ``librosa.load(path, sr=None)`` does: no resampling unless the rate changes mid-stream.
 
-    ``source`` is encoded bytes, or a path that is size-checked and then read into memory.
-    Decoding stops once ``max_duration_s`` of output exists.
+    ``source`` is encoded bytes (at most ``max_input_bytes``), or a path: a regular file is
+    read as it is decoded, whatever its size; a pipe or device is read into memory up to
+    ``max_input_bytes``. Decoding stops once ``max_duration_s`` of output exists.
 
     Raises
     ------
@@ -108,29 +110,8 @@ def decode_audio(
         raise ValueError(f"sr must be a positive int or None, got {sr!r}")
     if not (0 < max_duration_s < math.inf and min_duration_s >= 0 and max_input_bytes > 0):
         raise ValueError("max_duration_s, max_input_bytes must be positive; min_duration_s >= 0")
-    data = _read_source(source, max_input_bytes)
-
-    try:
-        container = av.open(
-            io.BytesIO(data),
-            mode="r",
-            metadata_errors="replace",
-            # No protocol at all for nested opens: playlist-like demuxers (ffconcat, HLS,
-            # MOV external references) must not read files or URLs named in the bytes.
-            container_options={"protocol_whitelist": "none"},
-        )
-    except _AV_ERRORS as exc:
-        raw = _decode_with_libsndfile(data, None if sr is None else int(sr), max_duration_s)
-        if raw is None:
-            raise Undecodable(
-                f"not a recognised audio/video file ({_describe(exc)})") from None
-    else:
-        try:
-            with container:
-                raw = _decode_stream(container, None if sr is None else int(sr),
-                                     max_duration_s)
-        except _AV_ERRORS as exc:
-            raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
+    with _open_source(source, max_input_bytes) as data:
+        raw = _decode(data, None if sr is None else int(sr), max_duration_s)
 
     sr, target = raw.sr, raw.target
     mat, truncated = raw.mat[:, :target], raw.total > target
@@ -256,33 +237,68 @@ def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
                  for name in names)
 
 
-def _read_source(
+@contextlib.contextmanager
+def _open_source(
     source: bytes | bytearray | memoryview | str | os.PathLike[str], max_input_bytes: int
-) -> bytes:
+) -> Iterator[bytes | BinaryIO]:
+    """The encoded input: bytes, or a regular file opened for reading.
+
+    Bytes (a fetched preview, an upload) are held whole, so ``max_input_bytes`` caps them.
+    A regular file is read as it is decoded, and decoding stops at ``max_duration_s``: a
+    whole-album FLAC costs no more memory than a preview, so its size is not capped. What
+    is not a regular file (a pipe, a device) is read into memory, bounded by the cap.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         size = memoryview(source).nbytes
         if size == 0:
             raise EmptyInput("input has 0 bytes")
         if size > max_input_bytes:
             raise TooLarge(f"input has {size} bytes; the limit is {max_input_bytes}")
-        return bytes(source)
+        yield bytes(source)
+        return
     if not isinstance(source, str | os.PathLike):
         raise TypeError(f"source must be bytes or a path, got {type(source).__name__}")
     path = os.fspath(source)
-    st = os.stat(path)
-    if stat.S_ISREG(st.st_mode):
-        if st.st_size == 0:
-            raise EmptyInput(f"{path}: file has 0 bytes")
-        if st.st_size > max_input_bytes:
-            raise TooLarge(f"{path}: file has {st.st_size} bytes; the limit is {max_input_bytes}")
     with open(path, "rb") as fh:
-        # Bounded read: a growing file or a device must not be slurped whole.
+        st = os.fstat(fh.fileno())  # the file opened, not whatever the name points at now
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                raise EmptyInput(f"{path}: file has 0 bytes")
+            yield fh
+            return
+        # Bounded read: a growing pipe or a device must not be slurped whole.
         data = fh.read(max_input_bytes + 1)
     if not data:
         raise EmptyInput(f"{path}: file has 0 bytes")
     if len(data) > max_input_bytes:
-        raise TooLarge(f"{path}: file has more than {max_input_bytes} bytes")
-    return data
+        raise TooLarge(f"{path}: more than {max_input_bytes} bytes (not a regular file)")
+    yield data
+
+
+def _decode(data: bytes | BinaryIO, sr: int | None, max_duration_s: float) -> _Raw:
+    """FFmpeg's decoding of ``data``, else libsndfile's; :class:`Undecodable` if neither."""
+    try:
+        container = av.open(
+            io.BytesIO(data) if isinstance(data, bytes) else data,
+            mode="r",
+            metadata_errors="replace",
+            # No protocol at all for nested opens: playlist-like demuxers (ffconcat, HLS,
+            # MOV external references) must not read files or URLs named in the bytes.
+            container_options={"protocol_whitelist": "none"},
+        )
+    except _AV_ERRORS as exc:
+        if not isinstance(data, bytes):
+            data.seek(0)
+        raw = _decode_with_libsndfile(data, sr, max_duration_s)
+        if raw is None:
+            raise Undecodable(
+                f"not a recognised audio/video file ({_describe(exc)})") from None
+        return raw
+    try:
+        with container:
+            return _decode_stream(container, sr, max_duration_s)
+    except _AV_ERRORS as exc:
+        raise Undecodable(f"cannot decode audio ({_describe(exc)})") from None
 
 
 def _audio_stream(container: av.container.InputContainer) -> tuple[av.AudioStream, str]:
@@ -601,16 +617,17 @@ _LIBSNDFILE_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError)
 
 
-def _decode_with_libsndfile(data: bytes, sr: int | None, max_duration_s: float) -> _Raw | None:
+def _decode_with_libsndfile(data: bytes | BinaryIO, sr: int | None,
+                            max_duration_s: float) -> _Raw | None:
     """libsndfile's decoding of what FFmpeg would not open, or None if it cannot either.
 
     FFmpeg's Ogg demuxer refuses some valid Vorbis files at header parsing (three of the
     17 in Debian's hyperrogue-music repeat their identification header mid-stream, with
     a negative granule position) that libsndfile plays; it also reads a few formats
-    FFmpeg lacks (MAT5, HTK, SDS). Tried only after FFmpeg, on the same bounded bytes.
+    FFmpeg lacks (MAT5, HTK, SDS). Tried only after FFmpeg, on the same input.
     """
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+        with soundfile.SoundFile(io.BytesIO(data) if isinstance(data, bytes) else data) as sound:
             rate, n_channels = int(sound.samplerate), int(sound.channels)
             if rate <= 0 or n_channels <= 0:
                 return None

@@ -1,7 +1,10 @@
 """In-memory decoding with PyAV: round trips, odd sources, caps and every typed error."""
 
+import contextlib
 import io
+import os
 import struct
+import threading
 from pathlib import Path
 
 import librosa
@@ -380,13 +383,43 @@ def test_empty_input(tmp_path: Path) -> None:
 
 
 def test_too_large_is_refused_before_decoding(encoded: dict[str, bytes], tmp_path: Path) -> None:
+    """Bytes are held whole, so the cap is theirs; so is what a pipe delivers."""
     data = encoded["mp3"]
-    path = tmp_path / "big.mp3"
-    path.write_bytes(data)
     limit = len(data) - 1
     assert _code(data, max_input_bytes=limit) == "too_large"
-    assert _code(path, max_input_bytes=limit) == "too_large"
     assert decode_audio(data, max_input_bytes=len(data)).n_samples > 0
+    fifo = tmp_path / "clip.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError):  # the reader may stop at its cap
+            fifo.write_bytes(data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert _code(fifo, max_input_bytes=limit) == "too_large"
+    finally:
+        writer.join(timeout=10)
+
+
+def test_a_regular_file_is_decoded_whatever_its_size(tmp_path: Path) -> None:
+    """Given a 3-minute 16-bit stereo WAV (32 MB) and a cap far below it, expect its first
+    30 s, as from a preview: a file is read as it is decoded, and decoding stops at
+    max_duration_s (a whole-track FLAC or WAV library was `too_large` before)."""
+    sr = 44100
+    t = np.arange(180 * sr) / sr
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    path = tmp_path / "track.wav"
+    soundfile.write(path, np.stack([tone, tone], axis=1), sr, subtype="PCM_16")
+    assert path.stat().st_size > 30_000_000
+    audio = decode_audio(path, sr=None, max_input_bytes=1_000_000)
+    assert audio.duration_s == 30.0 and audio.truncated and audio.source_sr == sr
+    first = io.BytesIO()  # the same file cut at 31 s, decoded from bytes
+    soundfile.write(first, soundfile.read(path, frames=31 * sr, dtype="int16")[0], sr,
+                    format="WAV", subtype="PCM_16")
+    head = decode_audio(first.getvalue(), sr=None)
+    np.testing.assert_array_equal(audio.samples, head.samples)
 
 
 @pytest.mark.parametrize(
