@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
 
     settings = settings or Settings.from_env()
     if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
-        source = _read_file_object(source, settings.max_input_bytes)
+        source = _file_object_source(source, settings.max_input_bytes)
     warm_jit_cache(settings)  # ConfigError when PREVIEWVEC_CACHE_DIR cannot hold it
     try:
         result = analyze(source, settings)
@@ -118,15 +118,21 @@ def extract(source: AudioSource, settings: Settings | None = None) -> Extracted:
                      feature_version=derived_version(settings))
 
 
-def _read_file_object(source: Any, max_input_bytes: int) -> bytes:
-    """The bytes of a file object opened ``rb``: one byte past the limit at most, so that
-    the decoder answers ``too_large`` without the whole of a huge file being read."""
+def _file_object_source(source: Any, max_input_bytes: int) -> bytes | BinaryIO:
+    """A file object opened ``rb`` as the decoder takes it: one on a regular file as it is
+    (read from its start as it is decoded, whatever its size, as a path), any other
+    (a pipe, a socket, an in-memory buffer) as its bytes, one byte past the limit at most,
+    so that the decoder answers ``too_large`` without the whole of it being read."""
+    from workers.audio import is_regular_file
+
     read = getattr(source, "read", None)
     if read is None:
         raise TypeError("source must be a path, bytes or a file opened 'rb', "
                         f"not {type(source).__name__}")
     if isinstance(source, io.TextIOBase):  # its read() would decode audio as text first
         raise TypeError("source is a file opened as text: open it 'rb'")
+    if is_regular_file(source):
+        return cast(BinaryIO, source)
     data = read(max_input_bytes + 1)
     if not isinstance(data, bytes | bytearray):
         raise TypeError(f"source is a file opened as text: open it 'rb' "

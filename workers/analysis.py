@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from contract.settings import Settings
-from workers.audio import DecodedAudio, decode_audio
+from workers.audio import AudioSource, DecodedAudio, decode_audio, is_regular_file
 from workers.features.extractor import Features, extract_features
 
 
@@ -23,32 +23,36 @@ class Analysis:
     timings_s: dict[str, float]
 
 
-def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analysis:
-    """Decode ``source`` (bytes or a path) and extract its features.
+def analyze(source: AudioSource, settings: Settings) -> Analysis:
+    """Decode ``source`` (bytes, a path, or a file opened ``rb``) and extract its features.
 
     Raises the typed errors of :mod:`contract.errors`; never returns NaN.
     """
     started = time.perf_counter()
-    if not isinstance(source, bytes | bytearray | memoryview) and not _is_regular(source):
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as handle:  # one open: what is decoded is what is hashed
+            return _analyze(handle, settings, started)
+    return _analyze(source, settings, started)
+
+
+def _analyze(source: bytes | bytearray | memoryview | BinaryIO, settings: Settings,
+             started: float) -> Analysis:
+    if not isinstance(source, bytes | bytearray | memoryview) and not is_regular_file(source):
         # A pipe or device can be read once: hold its bytes (bounded), to decode and hash.
-        with open(source, "rb") as handle:
-            source = handle.read(settings.max_input_bytes + 1)
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-        digest = hashlib.sha256(data).hexdigest()
-    else:
-        data = source  # type: ignore[assignment]
-        digest = ""
+        source = source.read(settings.max_input_bytes + 1)
     audio = decode_audio(
-        data,
+        source,
         sr=None,  # the clip's own rate: the FMA block is computed at it, as FMA did
         max_duration_s=settings.max_duration_s,
         min_duration_s=settings.min_duration_s,
         max_input_bytes=settings.max_input_bytes,
     )
     decoded = time.perf_counter()
-    if not digest:
-        digest = _file_sha256(os.fspath(source))  # type: ignore[arg-type]
+    if isinstance(source, bytes | bytearray | memoryview):
+        digest = hashlib.sha256(source).hexdigest()
+    else:
+        source.seek(0)
+        digest = hashlib.file_digest(source, "sha256").hexdigest()
     features = extract_features(audio.samples, audio.sr, channels=audio.channels,
                                 analysis_sr=settings.analysis_sr,
                                 channel_weights=audio.channel_weights)
@@ -57,15 +61,3 @@ def analyze(source: bytes | str | os.PathLike[str], settings: Settings) -> Analy
         **{f"extract.{k}": v for k, v in features.timings_s.items()},
     }
     return Analysis(features=features, audio=audio, audio_sha256=digest, timings_s=timings)
-
-
-def _is_regular(path: str | os.PathLike[str]) -> bool:
-    return stat.S_ISREG(os.stat(path).st_mode)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

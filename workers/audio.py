@@ -82,8 +82,12 @@ class DecodedAudio:
         return int(self.samples.shape[0])
 
 
+AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
+"""Encoded audio: its bytes, a path, or a file object opened ``rb``."""
+
+
 def decode_audio(
-    source: bytes | bytearray | memoryview | str | os.PathLike[str],
+    source: AudioSource,
     *,
     sr: int | None = 22050,
     max_duration_s: float = 30.0,
@@ -95,16 +99,17 @@ def decode_audio(
     ``sr=None`` keeps the source's own rate (that of its first decoded frame), as
     ``librosa.load(path, sr=None)`` does: no resampling unless the rate changes mid-stream.
 
-    ``source`` is encoded bytes (at most ``max_input_bytes``), or a path: a regular file is
-    read as it is decoded, whatever its size; a pipe or device is read into memory up to
-    ``max_input_bytes``. Decoding stops once ``max_duration_s`` of output exists.
+    ``source`` is encoded bytes (at most ``max_input_bytes``), a path, or a file opened
+    ``rb``: a regular file is read from its start as it is decoded, whatever its size; a
+    pipe or device is read into memory up to ``max_input_bytes``. Decoding stops once
+    ``max_duration_s`` of output exists.
 
     Raises
     ------
     EmptyInput, TooLarge, Undecodable, NoAudioStream, TooShort, Silent
         For the input's faults (see :mod:`contract.errors`).
     OSError
-        Only when a *path* cannot be stat'ed or read (the CLI reports ``unreadable``).
+        Only when a *path* or file cannot be opened or read (the CLI reports ``unreadable``).
     """
     if sr is not None and (not isinstance(sr, int | np.integer) or sr <= 0):
         raise ValueError(f"sr must be a positive int or None, got {sr!r}")
@@ -237,11 +242,18 @@ def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
                  for name in names)
 
 
+def is_regular_file(handle: object) -> bool:
+    """True for a file object opened on a regular file (seekable, of a known size)."""
+    try:
+        return (callable(getattr(handle, "seek", None))
+                and stat.S_ISREG(os.fstat(handle.fileno()).st_mode))  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 @contextlib.contextmanager
-def _open_source(
-    source: bytes | bytearray | memoryview | str | os.PathLike[str], max_input_bytes: int
-) -> Iterator[bytes | BinaryIO]:
-    """The encoded input: bytes, or a regular file opened for reading.
+def _open_source(source: AudioSource, max_input_bytes: int) -> Iterator[bytes | BinaryIO]:
+    """The encoded input: bytes, or a regular file positioned at its start.
 
     Bytes (a fetched preview, an upload) are held whole, so ``max_input_bytes`` caps them.
     A regular file is read as it is decoded, and decoding stops at ``max_duration_s``: a
@@ -256,23 +268,31 @@ def _open_source(
             raise TooLarge(f"input has {size} bytes; the limit is {max_input_bytes}")
         yield bytes(source)
         return
-    if not isinstance(source, str | os.PathLike):
-        raise TypeError(f"source must be bytes or a path, got {type(source).__name__}")
-    path = os.fspath(source)
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())  # the file opened, not whatever the name points at now
-        if stat.S_ISREG(st.st_mode):
-            if st.st_size == 0:
-                raise EmptyInput(f"{path}: file has 0 bytes")
-            yield fh
-            return
-        # Bounded read: a growing pipe or a device must not be slurped whole.
-        data = fh.read(max_input_bytes + 1)
+    if isinstance(source, str | os.PathLike):
+        # The file opened is the file read, whatever the name points at later.
+        with open(os.fspath(source), "rb") as fh, _open_source(fh, max_input_bytes) as data:
+            yield data
+        return
+    if not callable(getattr(source, "read", None)):
+        raise TypeError(f"source must be bytes, a path or a file opened 'rb', "
+                        f"got {type(source).__name__}")
+    name = str(getattr(source, "name", "input"))
+    if is_regular_file(source):
+        source.seek(0)
+        if not source.read(1):
+            raise EmptyInput(f"{name}: file has 0 bytes")
+        source.seek(0)
+        yield source
+        return
+    # Bounded read: a growing pipe or a device must not be slurped whole.
+    data = source.read(max_input_bytes + 1)
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError("source is a file opened as text: open it 'rb'")
     if not data:
-        raise EmptyInput(f"{path}: file has 0 bytes")
+        raise EmptyInput(f"{name}: file has 0 bytes")
     if len(data) > max_input_bytes:
-        raise TooLarge(f"{path}: more than {max_input_bytes} bytes (not a regular file)")
-    yield data
+        raise TooLarge(f"{name}: more than {max_input_bytes} bytes (not a regular file)")
+    yield bytes(data)
 
 
 def _decode(data: bytes | BinaryIO, sr: int | None, max_duration_s: float) -> _Raw:

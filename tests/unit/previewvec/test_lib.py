@@ -4,6 +4,7 @@ and index built from audio the test encodes, and the API's parts agree with each
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 import previewvec
-from contract.errors import InputUnreadable, InvalidQuery, NotFound, Undecodable
+from contract.errors import InputUnreadable, InvalidQuery, NotFound, TooLarge, Undecodable
 from contract.records import FeatureRecord, encode_record, make_provenance
 from contract.settings import Settings
 from reducer.reduce import Reducer
@@ -179,6 +180,24 @@ def test_extract_takes_an_open_file_as_its_bytes(catalog_dir: Path) -> None:
             assert np.array_equal(previewvec.extract(source).vector, expected)
     with path.open("r", encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
         previewvec.extract(text)  # type: ignore[arg-type]
+
+
+def test_extract_reads_a_file_as_it_decodes_but_caps_bytes(catalog_dir: Path) -> None:
+    """Given PREVIEWVEC_MAX_INPUT_BYTES below the clip's size, expect its path and a file
+    opened ``rb`` on it (even one already read into) to give the same vector as before,
+    as a whole-track FLAC would; its bytes, or an in-memory buffer of them, are
+    ``too_large``: those are held whole."""
+    path = catalog_dir / "song.m4a"
+    data = path.read_bytes()
+    expected = previewvec.extract(path).vector
+    small = dataclasses.replace(Settings.from_env(), max_input_bytes=len(data) // 2)
+    assert np.array_equal(previewvec.extract(path, small).vector, expected)
+    with path.open("rb") as handle:
+        handle.read(1000)  # decoded from its start all the same
+        assert np.array_equal(previewvec.extract(handle, small).vector, expected)
+    for source in (data, io.BytesIO(data)):
+        with pytest.raises(TooLarge):
+            previewvec.extract(source, small)
 
 
 @pytest.mark.parametrize("name", ["missing.m4a", "."])
