@@ -450,7 +450,12 @@ class _Runs:
             n_out = av.AudioLayout(self.out_layout).nb_channels
             _check_decoded_rate(max(frame.layout.nb_channels, n_out), rate)
             still_needed = max(self.target - self.total, 0.0) * rate / self.sr
-            self.segment = _Segment(frame, self.out_layout, math.ceil(still_needed) + 4 * 4096)
+            # At the output rate nothing past the target is used, so only that is kept
+            # (and handed out without a copy); a run to resample keeps all of what it
+            # decodes, for the resampler's edges.
+            keep = math.ceil(still_needed) if rate == self.sr else None
+            self.segment = _Segment(frame, self.out_layout,
+                                    math.ceil(still_needed) + 4 * 4096, keep)
         self.segment.add(frame)
         self.total += n * self.sr / rate
 
@@ -525,7 +530,8 @@ class _Segment:
     decoding the AAC itself.
     """
 
-    def __init__(self, first: av.AudioFrame, out_layout: str, expected_samples: int) -> None:
+    def __init__(self, first: av.AudioFrame, out_layout: str, expected_samples: int,
+                 keep: int | None = None) -> None:
         self.key = (first.format.name, first.layout.name, first.sample_rate)
         self.rate = first.sample_rate
         self.n_channels = av.AudioLayout(out_layout).nb_channels
@@ -544,12 +550,15 @@ class _Segment:
         self.values_per_sample = 1 if planar else self.n_channels
         # Sized for the expected length, but never more than the buffer cap up front: a
         # header may claim any rate; only decoded samples make the arrays grow.
-        capacity = max(1, min(expected_samples, _INITIAL_BUFFER_VALUES // self.n_channels))
+        self.keep = keep  # samples to keep at most (None: all)
+        wanted = expected_samples if keep is None else keep
+        capacity = max(1, min(wanted, _INITIAL_BUFFER_VALUES // self.n_channels))
         self.buffer = np.empty(
             (self.n_channels if planar else 1, capacity * self.values_per_sample), np.float32
         )
         self.views = [memoryview(row).cast("B") for row in self.buffer]
-        self.length = 0
+        self.length = 0  # samples kept
+        self.seen = 0  # samples decoded: more than kept once `keep` is reached
         self.resampled_length = 0
 
     def accepts(self, frame: av.AudioFrame) -> bool:
@@ -570,19 +579,26 @@ class _Segment:
         planes = frame.planes
         if len(planes) != len(self.views):
             raise ValueError(f"frame has {len(planes)} planes; expected {len(self.views)}")
+        n = frame.samples
+        self.seen += n
+        if self.keep is not None:
+            n = min(n, self.keep - self.length)
+            if n <= 0:
+                return
         width = 4 * self.values_per_sample  # bytes per sample and plane
-        start, end = self.length * width, (self.length + frame.samples) * width
+        start, end = self.length * width, (self.length + n) * width
         if end > len(self.views[0]):
             self._grow(end // 4)
         for view, plane in zip(self.views, planes, strict=True):
             # Raises ValueError if the plane holds fewer bytes than the frame claims.
             view[start:end] = memoryview(plane)[: end - start]
-        self.length += frame.samples
+        self.length += n
 
     def _grow(self, values: int) -> None:
         used = self.length * self.values_per_sample
         rows, size = self.buffer.shape
-        grown = np.empty((rows, max(2 * size, values)), dtype=np.float32)
+        size = 2 * size if self.keep is None else min(2 * size, self.keep * self.values_per_sample)
+        grown = np.empty((rows, max(size, values)), dtype=np.float32)
         grown[:, :used] = self.buffer[:, :used]
         self.views = []
         self.buffer = grown
@@ -604,11 +620,17 @@ class _Segment:
                     self._copy(out)
         channels = self.channels()
         self.views = []  # the arrays may now be handed out
-        if self.rate != sr and self.length > 0:
+        if self.rate == sr:
+            self.resampled_length = self.seen
+            if self.values_per_sample == 1 and self.length == self.buffer.shape[1] <= limit:
+                return self.buffer  # planar, exactly the samples kept: no copy
+        else:
             # soxr "HQ" is librosa's default resampler (res_type="soxr_hq"); one call per
             # channel.
-            channels = [soxr.resample(channel, self.rate, sr, "HQ") for channel in channels]
-        self.resampled_length = channels[0].shape[0]
+            if self.length > 0:
+                channels = [soxr.resample(channel, self.rate, sr, "HQ")
+                            for channel in channels]
+            self.resampled_length = channels[0].shape[0]
         # Only what can be used is stacked: the result is then C-contiguous as it is.
         return np.stack([channel[:limit] for channel in channels])
 
