@@ -276,6 +276,8 @@ def _open_source(source: AudioSource, max_input_bytes: int) -> Iterator[bytes | 
     if not callable(getattr(source, "read", None)):
         raise TypeError(f"source must be bytes, a path or a file opened 'rb', "
                         f"got {type(source).__name__}")
+    if isinstance(source, io.TextIOBase):
+        raise TypeError("source is a file opened as text: open it 'rb'")
     name = str(getattr(source, "name", "input"))
     if is_regular_file(source):
         source.seek(0)
