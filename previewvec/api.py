@@ -779,6 +779,8 @@ def _check_hosts(state: ApiState, sub: Submission) -> None:
             policy.check_name(job.preview_host, job.preview_url)
         except HostNotAllowed as exc:
             errors.append(_field_error(["jobs", i, "preview_url"], exc.message, exc.code))
+            if len(errors) == MAX_ERRORS:  # as parse_submission: a bounded answer
+                break
     if errors:
         raise InputError(422, errors)
 

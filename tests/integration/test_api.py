@@ -246,6 +246,22 @@ def test_a_job_from_a_host_no_worker_fetches_is_refused_up_front(client: TestCli
     assert r.llen("ondemand") == before  # nothing of it was queued
 
 
+def test_host_errors_are_capped_like_other_field_errors(client: TestClient) -> None:
+    """Given many jobs on a host no worker fetches, expect at most MAX_ERRORS field errors
+    in the 422, as for every other field error: each job's error was listed, so 10 000
+    such jobs (a 700 KB body) got a 1.5 MB answer."""
+    from previewvec.api import MAX_ERRORS
+
+    jobs = [{"recording_id": f"cap-{i}", "preview_url": f"https://evil.example/{i}"}
+            for i in range(MAX_ERRORS + 30)]
+    resp = post(client, json.dumps({"jobs": jobs}))
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    assert len(detail) == MAX_ERRORS
+    assert detail[0]["loc"] == ["body", "jobs", 0, "preview_url"]
+    assert all(d["type"] == "host_not_allowed" for d in detail)
+
+
 def test_jobs_are_accepted_and_published(client: TestClient, app, r: Redis) -> None:
     jobs = [{"recording_id": f"api-job-{i}", "preview_url": f"https://p.scdn.co/{i}",
              "isrc": "us-rc1-76-07839"} for i in range(5)]
