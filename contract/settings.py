@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -13,6 +15,12 @@ from kombu.utils.url import maybe_sanitize_url
 from contract.sources import audio_hosts, check_sources
 
 ENV_PREFIX = "PREVIEWVEC_"
+# Variables under the prefix that are not settings: the test harness's, CI's, and the
+# benchmarks' soundfont. Any other unknown name is most likely a typo, and is warned about.
+_NOT_SETTINGS = ("PREVIEWVEC_TEST_", "PREVIEWVEC_CI_", "PREVIEWVEC_SOUNDFONT")
+
+log = logging.getLogger(__name__)
+_warned_unknown: set[str] = set()  # once per process, however often settings are read
 
 
 def _default_cache_dir() -> Path:
@@ -207,6 +215,7 @@ class Settings:
                 values[spec.name] = _FIELD_CHECKS.get(spec.name, lambda v: v)(value)
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
+        _warn_unknown(env, {ENV_PREFIX + spec.name.upper() for spec in fields(cls)})
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:  # a check across fields (__post_init__)
@@ -215,3 +224,16 @@ class Settings:
     @property
     def numba_cache_dir(self) -> Path:
         return self.cache_dir / "numba"
+
+
+def _warn_unknown(env: Mapping[str, str], known: set[str]) -> None:
+    """Warn (once per name) about ``PREVIEWVEC_*`` variables that are no setting: a
+    misspelt name (``PREVIEWVEC_MB_URL``) would otherwise be ignored without a word."""
+    for name in sorted(env):
+        if (not name.startswith(ENV_PREFIX) or name in known or name in _warned_unknown
+                or name.startswith(_NOT_SETTINGS)):
+            continue
+        _warned_unknown.add(name)
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        log.warning("%s is not a previewvec setting and is ignored%s", name,
+                    f" (did you mean {close[0]}?)" if close else "")
