@@ -115,11 +115,25 @@ class SafeJSONResponse(JSONResponse):
                           separators=(",", ":")).encode("ascii")
 
 
+# The code of an error that has no more specific one: every error body carries a stable
+# machine-readable ``code`` beside its ``detail``.
+STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
+    409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid_request", 429: "too_many_requests", 500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _status_code(status: int) -> str:
+    return STATUS_CODES.get(status, f"http_{status}")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None, *,
            code: str | None = None) -> SafeJSONResponse:
-    body = {"detail": _safe(message)}
-    if code is not None:  # a stable machine-readable code (contract/errors.py)
-        body["code"] = code
+    # A stable machine-readable code (contract/errors.py), else the status's own.
+    body = {"detail": _safe(message), "code": code or _status_code(status)}
     return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -581,7 +595,8 @@ _AUTH = [Depends(require_token)]
 async def _input_error(_: Request, exc: InputError) -> SafeJSONResponse:
     if isinstance(exc.errors, str):
         return _error(exc.status, exc.errors)
-    return SafeJSONResponse({"detail": exc.errors}, status_code=exc.status)
+    return SafeJSONResponse({"detail": exc.errors, "code": _status_code(exc.status)},
+                            status_code=exc.status)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
@@ -589,7 +604,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> SafeJSON
     detail = [{"loc": [x if isinstance(x, int) else _safe(x) for x in e.get("loc", ())],
                "msg": _safe(e.get("msg", "")), "type": _safe(e.get("type", ""))}
               for e in exc.errors()[:MAX_ERRORS]]
-    return SafeJSONResponse({"detail": detail}, status_code=422)
+    return SafeJSONResponse({"detail": detail, "code": _status_code(422)}, status_code=422)
 
 
 class CodedHTTPException(HTTPException):
@@ -648,7 +663,8 @@ async def _typed_error(request: Request, exc: Exception) -> SafeJSONResponse:
         return _error(404, exc.message, code=exc.code)
     if isinstance(exc, InvalidQuery):
         return SafeJSONResponse({"detail": [{"loc": ["query"], "msg": _safe(exc.message),
-                                             "type": exc.code}]}, status_code=422)
+                                             "type": exc.code}],
+                                 "code": _status_code(422)}, status_code=422)
     for family, status, told, retry in _TYPED_FAULTS:
         if isinstance(exc, family):
             log.warning("%s on %s %s: %s", exc.code, request.method, request.url.path,

@@ -181,6 +181,28 @@ def test_malformed_input(client: TestClient, body: bytes, status: int) -> None:
     resp = post(client, body)
     assert resp.status_code == status, resp.text
     assert "detail" in resp.json()
+    assert resp.json()["code"] == {400: "bad_request", 422: "invalid_request"}[status]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status", "code"), [
+    ("get", "/v1/runs/x", {}, None, 401, "unauthorized"),
+    ("get", "/v1/runs/no-such-run", AUTH, None, 404, "not_found"),
+    ("get", "/v1/nowhere", AUTH, None, 404, "not_found"),
+    ("delete", "/v1/jobs", AUTH, None, 405, "method_not_allowed"),
+    ("post", "/v1/jobs", AUTH, b"{", 400, "bad_request"),
+    ("post", "/v1/jobs", AUTH, b'{"query": 5}', 422, "invalid_request"),
+    ("post", "/v1/jobs", AUTH, b"x" * (MAX_BODY + 1), 413, "too_large"),
+    ("get", "/v1/similar/x?k=0", AUTH, None, 422, "invalid_request"),
+])
+def test_every_error_carries_a_stable_code(client: TestClient, method: str, path: str,
+                                           headers: dict, body: bytes | None, status: int,
+                                           code: str) -> None:
+    """Given each kind of refused request, expect a JSON body with ``detail`` and a
+    stable ``code`` (401, 404, 405, 400, 413 and 422 had a ``detail`` only)."""
+    resp = client.request(method, path, content=body,
+                          headers={"Content-Type": "application/json", **headers})
+    assert resp.status_code == status, resp.text
+    assert resp.json()["code"] == code and resp.json()["detail"]
 
 
 def test_invalid_job_field_errors(client: TestClient) -> None:
