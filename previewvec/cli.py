@@ -98,22 +98,38 @@ def _check_store(store: object) -> None:
         check()
 
 
+def _valid_unicode(text: str) -> str:
+    """``text`` as valid Unicode, for a JSON line: the bytes of a file name that are not
+    UTF-8 (``sys.argv`` holds them as lone surrogates) shown as ``\\xNN``. Written as they
+    were, they failed the whole batch with a UnicodeEncodeError under a strict UTF-8
+    stdout, or made a line that is not UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name's byte gives
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _extract_one(path: str, settings: Settings) -> dict[str, object]:
     from contract.versions import derived_version
     from workers.analysis import analyze
 
+    shown = _valid_unicode(path)
     try:
         result = analyze(path, settings)
     except PreviewvecError as exc:
-        return {"input": path, "ok": False, "error": exc.to_dict()}
+        error = exc.to_dict()
+        return {"input": shown, "ok": False,
+                "error": {**error, "message": _valid_unicode(str(error["message"]))}}
     except OSError as exc:
-        return {"input": path, "ok": False, "error": {"code": "unreadable", "message": str(exc)}}
+        return {"input": shown, "ok": False,
+                "error": {"code": "unreadable", "message": _valid_unicode(str(exc))}}
     except Exception as exc:  # a bug must not end the batch: this file fails, the rest run
-        return {"input": path, "ok": False, "error": {
-            "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+        return {"input": shown, "ok": False, "error": {
+            "code": "internal_error",
+            "message": _valid_unicode(f"{type(exc).__name__}: {exc}")}}
     features = result.features
     return {
-        "input": path,
+        "input": shown,
         "ok": True,
         "feature_version": derived_version(settings),  # what these settings computed
         "descriptors": features.descriptors,

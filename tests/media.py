@@ -56,6 +56,22 @@ def many_channel_wavpack(n_channels: int, sr: int, seconds: float, *,
     return buf.getvalue()
 
 
+def ogg_opus(x: np.ndarray, sr: int = 48000) -> bytes:
+    """An Ogg Opus file of float samples ``x`` (shape (channels, n), at most 2 channels).
+    Two such files one after the other are a chained Ogg stream, as stream rips are."""
+    layout = {1: "mono", 2: "stereo"}[x.shape[0]]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=sr, layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(x.T, dtype=np.float32).reshape(1, -1), format="flt",
+            layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = sr, 0, Fraction(1, sr)
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
 # --- Ogg pages (RFC 3533): CRC-32 with polynomial 0x04C11DB7, unreflected, initial 0 ----
 def _ogg_crc_table() -> list[int]:
     table = []

@@ -132,16 +132,23 @@ def decode_audio(
     n = samples.shape[0]
     duration_s = n / sr
     if n < round(min_duration_s * sr):
+        # A file that holds more but stopped decoding (a damaged region, a chained stream
+        # FFmpeg cannot follow) says so: "decoded 2.95 s" alone reads as a short file.
+        stopped = f" (decoding stopped at an error: {raw.stopped_by})" if raw.stopped_by else ""
         raise TooShort(
-            f"decoded {_seconds_below(duration_s, min_duration_s)} s of audio; at least "
-            f"{min_duration_s:.2f} s is required"
+            f"decoded {_seconds_below(duration_s, min_duration_s)} s of audio{stopped}; at "
+            f"least {min_duration_s:.2f} s is required"
         )
     _check_mix_not_cancelled(mat, levels)
     peak, mean_square = levels.peak, levels.mean_square
     rms = math.sqrt(mean_square)
+    # Only the first max_duration_s are read: a track that goes on past a silent start
+    # is not a silent file, and its error must not read as one.
+    silent = (f"the first {max_duration_s:g} s of audio (all that is analysed; the file goes "
+              "on) are" if truncated else "audio is")
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
         raise Silent(
-            f"audio is digitally silent (peak {_dbfs(peak):.1f} dBFS, RMS {_dbfs(rms):.1f} dBFS)"
+            f"{silent} digitally silent (peak {_dbfs(peak):.1f} dBFS, RMS {_dbfs(rms):.1f} dBFS)"
         )
     # A constant (DC) level is inaudible and carries no features: judged around its mean,
     # it is silence too. The AC RMS comes from the same pass's sums.
@@ -224,6 +231,8 @@ class _Raw:
     container: str
     layout: str = ""
     """The channel layout's name if the source named its channels (else "")."""
+    stopped_by: str = ""
+    """The error decoding ended on, if it ended on one before the stream's end or the cap."""
 
 
 def _loudness_weights(layout: str, n_channels: int) -> tuple[float, ...]:
@@ -477,10 +486,13 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
     stream, codec = _audio_stream(container)
     runs = _Runs(sr, max_duration_s)
     errors: list[BaseException] = []
+    errors_before_last_frames = 0  # errors after the last decoded frames ended decoding
     try:
         for frames in _packet_frames(container, stream, errors):
             for frame in frames:
                 runs.add(frame)
+            if frames:
+                errors_before_last_frames = len(errors)
             if runs.enough:
                 break
     except _AV_ERRORS as exc:
@@ -508,6 +520,8 @@ def _decode_stream(container: av.container.InputContainer, sr: int | None,
         codec=codec,
         container=container.format.name,
         layout=runs.named_layout,
+        stopped_by=(_describe(errors[-1])
+                    if not runs.enough and len(errors) > errors_before_last_frames else ""),
     )
 
 

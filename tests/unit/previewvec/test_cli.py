@@ -97,6 +97,27 @@ def test_bad_inputs_get_their_codes_and_the_rest_still_run(clips):
     assert "Traceback" not in result.stderr
 
 
+def test_file_names_that_are_not_utf8_are_shown_escaped_in_valid_json_lines(clips):
+    # A Latin-1 name (an old archive, a Samba share): sys.argv holds its byte as a lone
+    # surrogate, which a strict UTF-8 stdout (en_US.UTF-8) could not write: the batch
+    # ended in a traceback at that line, the inputs after it never ran.
+    folder, paths = clips
+    latin1 = os.fsencode(folder) + b"/caf\xe9.wav"
+    with open(latin1, "wb") as out:
+        out.write(paths["wav"].read_bytes())
+    inputs = [latin1, os.fsencode(folder) + b"/gon\xe9.mp3", os.fsencode(paths["m4a"])]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    result = subprocess.run([sys.executable, "-m", "previewvec.cli", "extract", *inputs],
+                            capture_output=True, timeout=300, env=env)
+    assert result.returncode == 1, result.stderr
+    assert b"Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+    assert [line["input"] for line in lines] == [
+        f"{folder}/caf\\xe9.wav", f"{folder}/gon\\xe9.mp3", str(paths["m4a"])]
+    assert [line["ok"] for line in lines] == [True, False, True]
+    assert lines[1]["error"]["code"] == "unreadable"
+
+
 def test_features_lists_every_dimension_in_order():
     result = run_cli("features")
     assert result.returncode == 0

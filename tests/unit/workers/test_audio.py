@@ -14,7 +14,7 @@ import soundfile
 
 from contract.errors import PreviewvecError, Silent, TooLarge, TooShort, Undecodable
 from testkit.encode import encode_audio
-from tests.media import many_channel_wavpack, mp4_video, ogg_with_repeated_headers
+from tests.media import many_channel_wavpack, mp4_video, ogg_opus, ogg_with_repeated_headers
 from workers.audio import SUPPORTED_FORMATS, DecodedAudio, decode_audio
 
 SR = 44100
@@ -473,6 +473,35 @@ def test_silence(music: np.ndarray) -> None:
     assert _code(_float_wav(click, SR)) == "silent"
     # A phase-inverted pair cancels in the mono analysis signal.
     assert _code(_float_wav(np.stack([music[0], -music[0]]), SR)) == "silent"
+
+
+def test_a_silent_first_30_s_of_a_longer_file_is_not_called_a_silent_file(
+        music: np.ndarray) -> None:
+    # Only the first 30 s are read: a track that starts with 31 s of digital silence is
+    # `silent`, and the message says it is those 30 s, not the file.
+    late = np.concatenate([np.zeros((2, 31 * SR), np.float32), music], axis=1)
+    with pytest.raises(Silent) as info:
+        decode_audio(encode_audio(late, SR, "flac"), sr=None)
+    assert info.value.message.startswith("the first 30 s of audio (all that is analysed; "
+                                         "the file goes on) are digitally silent")
+    with pytest.raises(Silent, match=r"^audio is digitally silent \(peak"):
+        decode_audio(encode_audio(np.zeros((2, 6 * SR)), SR, "flac"), sr=None)
+
+
+def test_too_short_says_when_decoding_stopped_at_an_error(music: np.ndarray) -> None:
+    # A chained Ogg Opus stream whose second link changes the channel count: FFmpeg's
+    # demuxer stops there ("not yet implemented"). 3 s decode of a file of 11 s; the
+    # message must not read as if the file were that short.
+    mono = librosa.resample(music[0, : 3 * SR], orig_sr=SR, target_sr=48000)
+    stereo = librosa.resample(music, orig_sr=SR, target_sr=48000)
+    chained = ogg_opus(mono[np.newaxis]) + ogg_opus(stereo)
+    with pytest.raises(TooShort) as info:
+        decode_audio(chained, sr=None)
+    assert "decoded 3.00 s of audio (decoding stopped at an error: " in info.value.message
+    assert info.value.message.endswith("; at least 5.00 s is required")
+    # A file that is short ends at its end: no error is named.
+    with pytest.raises(TooShort, match=r"^decoded 3\.00 s of audio; at least"):
+        decode_audio(ogg_opus(mono[np.newaxis]), sr=None)
 
 
 @pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
