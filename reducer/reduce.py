@@ -51,8 +51,15 @@ from contract.state import (  # noqa: F401 - LOCK_KEY, DEAD_LETTER_QUEUE: re-exp
 from contract.store import FeatureStore, StoreFolderMissing, StoreUnavailable, open_store
 from contract.store.bulk import read_many
 from contract.versions import current_version
-from reducer.index import IndexItem, IndexUnavailable, Match, VectorIndex, open_index
-from reducer.index.base import check_k, check_query_vector, normalize_filter
+from reducer.index import (
+    IndexItem,
+    IndexUnavailable,
+    InvalidIndexItem,
+    Match,
+    VectorIndex,
+    open_index,
+)
+from reducer.index.base import check_items, check_k, check_query_vector, normalize_filter
 from reducer.liveness import Heartbeat
 from reducer.normalize import (
     Normalizer,
@@ -290,6 +297,7 @@ class Reducer:
             if not keys:
                 return 0
             records: dict[str, FeatureRecord] = {}
+            record_keys: dict[str, str] = {}  # recording id → the key it was read from
             for key in self._to_upsert(keys):
                 try:
                     record = decode_stored(key, self.store.get(key), self.version)
@@ -310,11 +318,19 @@ class Reducer:
                     self.runs.park(key)
                     continue
                 records[record.recording_id] = record
+                record_keys[record.recording_id] = key
             if records:
                 # Before the upsert: a refit re-normalises what the index holds, and this
                 # batch is then normalised by the normaliser the index is wholly built with.
                 self.maintain_normalizer()
-                self.index.upsert(self.items_for(list(records.values())))
+                for record, exc in self._upsert_indexable(list(records.values())):
+                    # Parked like a corrupt record: a record the index refuses (a
+                    # descriptor of the wrong type, metadata over the index's limit)
+                    # would otherwise fail its whole batch on every pass, for good.
+                    key = record_keys[record.recording_id]
+                    log.error("stored record %s: %s; cannot be indexed (%s), parked in %s",
+                              key, exc.message, exc.code, DEAD_LETTER_QUEUE)
+                    self.runs.park(key)
             if not self.runs.trim_ready_if_owner(token, keys):
                 log.warning("reducer lock expired during a batch; its entries stay queued "
                             "(upserting them again is harmless)")
@@ -451,8 +467,37 @@ class Reducer:
         return total
 
     def _upsert(self, records: list[FeatureRecord], normalizer: Normalizer) -> int:
-        self.index.upsert(self.items_for(records, normalizer))
-        return len(records)
+        refused = self._upsert_indexable(records, normalizer)
+        for record, exc in refused:
+            log.error("stored record %s: %s; skipped, not indexed (%s)", record.key,
+                      exc.message, exc.code)
+        return len(records) - len(refused)
+
+    def _upsert_indexable(self, records: list[FeatureRecord],
+                          normalizer: Normalizer | None = None,
+                          ) -> list[tuple[FeatureRecord, InvalidIndexItem]]:
+        """Upsert ``records``, but those whose items the index refuses (:class:`InvalidIndexItem`:
+        a record decodes with a descriptor of the wrong type, or metadata over the index's
+        limit), which are returned with the reason. The index checks every item before it
+        writes anything, so the batch is checked item by item only when it was refused."""
+        items = self.items_for(records, normalizer)
+        try:
+            self.index.upsert(items)
+            return []
+        except InvalidIndexItem:
+            pass
+        refused: list[tuple[FeatureRecord, InvalidIndexItem]] = []
+        accepted: list[IndexItem] = []
+        for record, item in zip(records, items, strict=True):
+            try:
+                check_items([item], VECTOR_DIM)
+            except InvalidIndexItem as exc:
+                refused.append((record, exc))
+                continue
+            accepted.append(item)
+        if accepted:
+            self.index.upsert(accepted)
+        return refused
 
     # --- queries ------------------------------------------------------------------------
     def similar(self, recording_id: str, k: int = 10, *, filter: dict | None = None):

@@ -143,3 +143,58 @@ def test_similar_asks_an_index_with_a_top_k_cap_for_no_more(reducer: Reducer) ->
     assert 4 <= len(matches) <= 5 and all(m.id for m in matches)
     with pytest.raises(InvalidQuery, match="at most 5"):
         reducer.similar("rec-0000001", 6)
+
+
+def refused_records(store: LocalStore) -> list[str]:
+    """Records 0-9, two of which decode but make items the index refuses: record 3 with a
+    tempo that is text, record 6 with a title over the index's metadata limit."""
+    keys = []
+    for i in range(10):
+        record = synthetic_record(i)
+        if i == 3:
+            record.descriptors["tempo_bpm"] = "fast"
+        if i == 6:
+            record.provenance["title"] = "T" * 20_000
+        store.put(record.key, encode_record(record))
+        keys.append(record.key)
+    return keys
+
+
+def test_a_record_the_index_refuses_is_skipped_and_named_by_a_reindex(
+        reducer: Reducer, caplog: pytest.LogCaptureFixture) -> None:
+    """Given 10 records, two of which the index refuses (InvalidIndexItem), expect a
+    reindex of the 8 others with each refused key logged, not a reindex that fails whole
+    (exit 5, as if the index were down) and indexes nothing."""
+    keys = refused_records(reducer.store)
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.reindex() == 8
+    assert reducer.index.count() == 8
+    for bad in (keys[3], keys[6]):
+        assert any(bad in r.getMessage() and "invalid_index_item" in r.getMessage()
+                   for r in caplog.records)
+
+
+def test_a_ready_record_the_index_refuses_is_parked_not_a_stuck_queue(
+        tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Given the same 10 records queued ready (real Redis), expect one reduce pass to index
+    the 8 others, park the two refused keys in the dead-letter queue and empty the ready
+    queue; before, the whole batch failed on every pass and stayed queued for good."""
+    from contract.state import DEAD_LETTER_QUEUE, Runs, connect
+
+    connect(redis_url).flushdb()
+    settings = Settings(store=str(tmp_path / "store"), index=str(tmp_path / "index"),
+                        broker_url=redis_url)
+    runs = Runs.from_url(redis_url, retry=False)
+    reducer = Reducer(settings=settings, store=LocalStore(settings.store),
+                      index=EmbeddedIndex(settings.index, VECTOR_DIM), runs=runs)
+    keys = refused_records(reducer.store)
+    for key in keys:
+        runs.push_ready(key)
+    with caplog.at_level(logging.ERROR, logger="reducer.reduce"):
+        assert reducer.drain() == 10
+    assert reducer.index.count() == 8
+    assert runs.ready_depth() == 0
+    assert sorted(connect(redis_url).lrange(DEAD_LETTER_QUEUE, 0, -1)) == \
+        sorted([keys[3], keys[6]])
+    assert any(keys[3] in r.getMessage() and "parked" in r.getMessage()
+               for r in caplog.records)
