@@ -184,3 +184,23 @@ def test_a_repeated_key_is_an_invalid_line(env, tmp_path: Path, line: str) -> No
     assert (report.queued, report.invalid) == (1, 1)
     assert "duplicate key" in dict(runs.failures(report.run_id))["line:2"]["message"]
     assert [j["recording_id"] for j in published(client)] == ["c"]
+
+
+def test_a_resolve_output_line_with_an_error_code_of_another_type_is_recorded(
+        env, tmp_path: Path) -> None:
+    """Found by the input audit: a ``{"job": null, ...}`` line whose ``error_code`` is a
+    list or an object ended ``enqueue`` in a TypeError traceback (unhashable type) at that
+    line. It is an unresolved line like any other."""
+    settings, runs, client = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join([
+        '{"job": null, "recording_id": "x", "error_code": ["no_tracks"]}',
+        '{"job": null, "recording_id": "y", "error_code": {"a": 1}, "match_reason": 5}',
+        job("c"),
+    ]) + "\n")
+    report = enqueue(catalog, settings, runs)
+    assert (report.queued, report.invalid, report.unresolved) == (1, 0, 2)
+    failures = dict(runs.failures(report.run_id))
+    assert failures["x"]["code"] == failures["y"]["code"] == "no_confident_match"
+    assert failures["y"]["message"] == "not resolvable"
+    assert [j["recording_id"] for j in published(client)] == ["c"]
