@@ -186,6 +186,42 @@ def test_a_repeated_key_is_an_invalid_line(env, tmp_path: Path, line: str) -> No
     assert [j["recording_id"] for j in published(client)] == ["c"]
 
 
+def test_the_same_catalog_enqueued_twice_publishes_each_job_once(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the input audit: the README says a job whose recording another run has
+    queued ("the same catalog enqueued twice") is skipped and counted ``skipped_queued``,
+    but a second ``enqueue`` of a finished catalog (or of the file grown since, which hashes
+    to another cursor) published every job again. Now skipped; ``--force`` (or a line's
+    own ``force``) queues it again."""
+    from previewvec import cli
+
+    settings, runs, client = env
+    point_cli_at(monkeypatch, settings, tmp_path)
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n" + job("b") + "\n")
+    assert cli.main(["enqueue", str(catalog)]) == 0
+    first = capsys.readouterr().out.strip()
+    # the operator adds a line and enqueues the file again
+    catalog.write_text(catalog.read_text() + job("c") + "\n"
+                       + json.dumps({**json.loads(job("d")), "force": True}) + "\n")
+    runs.mark_many_queued("other-run", ["d"])  # d is queued elsewhere too, but forced
+    assert cli.main(["enqueue", str(catalog)]) == 0
+    out = capsys.readouterr()
+    second = out.out.strip()
+    assert second != first
+    assert out.err.splitlines()[-1] == (
+        "queued 2, invalid lines 0, skipped (queued in another run) 2")
+    assert sorted(j["recording_id"] for j in published(client)) == ["a", "b", "c", "d"]
+    status = runs.status(second)
+    assert (status.counts["queued"], status.counts["skipped"]) == (2, 2)
+    assert status.meta["skipped_queued"] == "2" and status.meta["submitted"] == "2"
+    assert runs.pending_run("a") == first  # still the first run's job
+    assert cli.main(["enqueue", str(catalog), "--force"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "queued 4, invalid lines 0"
+    assert len(published(client)) == 8
+
+
 def test_a_resolve_output_line_with_an_error_code_of_another_type_is_recorded(
         env, tmp_path: Path) -> None:
     """Found by the input audit: a ``{"job": null, ...}`` line whose ``error_code`` is a
