@@ -288,6 +288,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
                           f"{plan.run_id} (--restart starts over)") from None
     extra = f", unresolved {report.unresolved}" if report.unresolved else ""
     extra += f", duplicates {report.duplicates}" if report.duplicates else ""
+    extra += (f", skipped (queued in another run) {report.skipped_queued}"
+              if report.skipped_queued else "")
     print(f"queued {report.queued}, invalid lines {report.invalid}{extra}", file=sys.stderr)
     return 0
 

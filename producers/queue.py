@@ -150,6 +150,7 @@ class EnqueueReport:
     resumed_after: int = 0  # catalog lines a resumed enqueue skipped (published before)
     unresolved: int = 0  # `previewvec resolve` lines without a job
     duplicates: int = 0  # lines repeating an earlier line's job (published once)
+    skipped_queued: int = 0  # jobs another run has queued: marked skipped, not published
 
 
 def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: str = "batch",
@@ -173,7 +174,7 @@ def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: 
     report = publish(once_per_recording(parse_catalog(lines), duplicates.append), runs,
                      settings, run_id=run_id, queue=queue, force=force,
                      high_water=settings.queue_high_water, poll_s=poll_s,
-                     cursor_name=cursor_name, guard=guard)
+                     cursor_name=cursor_name, guard=guard, skip_queued_elsewhere=True)
     report.duplicates = len(duplicates)
     return report
 
@@ -518,8 +519,14 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
             run_id: str, queue: str = "batch", force: bool = False,
             high_water: int | None = None, poll_s: float = BACKPRESSURE_POLL_S,
             cursor_name: str | None = None,
-            guard: Callable[[], None] | None = None) -> EnqueueReport:
+            guard: Callable[[], None] | None = None,
+            skip_queued_elsewhere: bool = False) -> EnqueueReport:
     """Mark the valid jobs queued in the run, then publish them, a chunk at a time.
+
+    With ``skip_queued_elsewhere`` (catalogs), a job (without ``force``) whose recording
+    another run has queued is marked skipped in this run and counted ``skipped_queued``
+    instead, as :func:`producers.submit.submit` does for jobs given as is: the same
+    catalog enqueued twice publishes each job once.
 
     With ``high_water``, each chunk waits until the queue holds at most that many messages
     and is at most that large (:func:`chunk_size`). With ``cursor_name``, each chunk's last
@@ -562,6 +569,8 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
             if guard is not None:
                 guard()
             with signals_held():
+                if jobs and skip_queued_elsewhere:
+                    jobs = _skip_queued_elsewhere(jobs, runs, run_id, report)
                 if jobs:
                     # Queued before published: a worker can finish a job within
                     # milliseconds, and a "queued" written after its "done" would count it
@@ -576,6 +585,21 @@ def publish(items: Iterable[CatalogLine | Job], runs: Runs, settings: Settings, 
                 runs.chunk_published(run_id, len(jobs), cursor_name=cursor_name,
                                      line=last_line)
     return report
+
+
+def _skip_queued_elsewhere(jobs: list[Job], runs: Runs, run_id: str,
+                           report: EnqueueReport) -> list[Job]:
+    """``jobs`` less those whose recording another run has queued (one round trip to
+    know), which are marked skipped in ``run_id``. A job of this run (a chunk published
+    again after a hard kill) is published again: its message may never have gone out."""
+    handled = runs.handled(run_id, [job.recording_id for job in jobs if not job.force])
+    elsewhere = [job for job in jobs if handled.get(job.recording_id) == "queued"]
+    for job in elsewhere:
+        runs.succeed(run_id, job.recording_id, "skipped", delivered=False)
+    if elsewhere:
+        runs.count(run_id, "skipped_queued", len(elsewhere))
+        report.skipped_queued += len(elsewhere)
+    return [job for job in jobs if handled.get(job.recording_id) != "queued"]
 
 
 def _publish_task(client: Celery, producer: Producer, queue: Queue, job: dict[str, Any], *,

@@ -395,7 +395,7 @@ def record_unresolved_line(runs: Runs, run_id: str, line_no: int, obj: dict[str,
     rid = obj.get("recording_id")
     recording_id = rid[:200] if isinstance(rid, str) and rid else f"line:{line_no}"
     code = obj.get("error_code")
-    if code in DELIBERATE_SKIPS:
+    if isinstance(code, str) and code in DELIBERATE_SKIPS:  # a list or object: no code
         skip_deliberately(runs, run_id, recording_id, code)
         return False
     reason = obj.get("match_reason")

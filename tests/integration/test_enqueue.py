@@ -184,3 +184,59 @@ def test_a_repeated_key_is_an_invalid_line(env, tmp_path: Path, line: str) -> No
     assert (report.queued, report.invalid) == (1, 1)
     assert "duplicate key" in dict(runs.failures(report.run_id))["line:2"]["message"]
     assert [j["recording_id"] for j in published(client)] == ["c"]
+
+
+def test_the_same_catalog_enqueued_twice_publishes_each_job_once(
+        env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the input audit: the README says a job whose recording another run has
+    queued ("the same catalog enqueued twice") is skipped and counted ``skipped_queued``,
+    but a second ``enqueue`` of a finished catalog (or of the file grown since, which hashes
+    to another cursor) published every job again. Now skipped; ``--force`` (or a line's
+    own ``force``) queues it again."""
+    from previewvec import cli
+
+    settings, runs, client = env
+    point_cli_at(monkeypatch, settings, tmp_path)
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(job("a") + "\n" + job("b") + "\n")
+    assert cli.main(["enqueue", str(catalog)]) == 0
+    first = capsys.readouterr().out.strip()
+    # the operator adds a line and enqueues the file again
+    catalog.write_text(catalog.read_text() + job("c") + "\n"
+                       + json.dumps({**json.loads(job("d")), "force": True}) + "\n")
+    runs.mark_many_queued("other-run", ["d"])  # d is queued elsewhere too, but forced
+    assert cli.main(["enqueue", str(catalog)]) == 0
+    out = capsys.readouterr()
+    second = out.out.strip()
+    assert second != first
+    assert out.err.splitlines()[-1] == (
+        "queued 2, invalid lines 0, skipped (queued in another run) 2")
+    assert sorted(j["recording_id"] for j in published(client)) == ["a", "b", "c", "d"]
+    status = runs.status(second)
+    assert (status.counts["queued"], status.counts["skipped"]) == (2, 2)
+    assert status.meta["skipped_queued"] == "2" and status.meta["submitted"] == "2"
+    assert runs.pending_run("a") == first  # still the first run's job
+    assert cli.main(["enqueue", str(catalog), "--force"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "queued 4, invalid lines 0"
+    assert len(published(client)) == 8
+
+
+def test_a_resolve_output_line_with_an_error_code_of_another_type_is_recorded(
+        env, tmp_path: Path) -> None:
+    """Found by the input audit: a ``{"job": null, ...}`` line whose ``error_code`` is a
+    list or an object ended ``enqueue`` in a TypeError traceback (unhashable type) at that
+    line. It is an unresolved line like any other."""
+    settings, runs, client = env
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join([
+        '{"job": null, "recording_id": "x", "error_code": ["no_tracks"]}',
+        '{"job": null, "recording_id": "y", "error_code": {"a": 1}, "match_reason": 5}',
+        job("c"),
+    ]) + "\n")
+    report = enqueue(catalog, settings, runs)
+    assert (report.queued, report.invalid, report.unresolved) == (1, 0, 2)
+    failures = dict(runs.failures(report.run_id))
+    assert failures["x"]["code"] == failures["y"]["code"] == "no_confident_match"
+    assert failures["y"]["message"] == "not resolvable"
+    assert [j["recording_id"] for j in published(client)] == ["c"]
