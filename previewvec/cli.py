@@ -815,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", choices=("batch", "ondemand"), default="batch")
     p.add_argument("--force", action="store_true", help="recompute even if a record exists")
     p.add_argument("--restart", action="store_true",
-                   help="forget an interrupted enqueue of this catalog and start a new run")
+                   help="forget an interrupted enqueue of this catalog and start a new run "
+                   "that publishes every job again (even those an earlier run queued)")
     p.set_defaults(handler=cmd_enqueue)
 
     for name, help_, description in (

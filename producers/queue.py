@@ -157,14 +157,17 @@ def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: 
                     force: bool = False, run_id: str | None = None, source: str = "",
                     cursor_name: str | None = None, runs: Runs | None = None,
                     poll_s: float = BACKPRESSURE_POLL_S,
-                    guard: Callable[[], None] | None = None) -> EnqueueReport:
+                    guard: Callable[[], None] | None = None,
+                    skip_queued_elsewhere: bool = True) -> EnqueueReport:
     """Validate each catalog line, record invalid lines as failures of the run, publish
     the valid ones with backpressure. Returns the run id and counts.
 
     An existing ``run_id`` is continued (its meta kept). With ``cursor_name`` the last
     published line is recorded after every chunk (see :func:`enqueue_file`). A recording
     repeated is published once (:func:`once_per_recording`). ``guard`` is called before
-    each chunk is published (:func:`publish`).
+    each chunk is published (:func:`publish`). A job another run has queued is skipped
+    unless ``skip_queued_elsewhere`` is false (an enqueue started over: see
+    :class:`EnqueuePlan`).
     """
     runs = runs or Runs.from_url(settings.broker_url)
     run_id = run_id or new_run_id()
@@ -174,7 +177,8 @@ def enqueue_catalog(lines: Iterable[str | bytes], settings: Settings, *, queue: 
     report = publish(once_per_recording(parse_catalog(lines), duplicates.append), runs,
                      settings, run_id=run_id, queue=queue, force=force,
                      high_water=settings.queue_high_water, poll_s=poll_s,
-                     cursor_name=cursor_name, guard=guard, skip_queued_elsewhere=True)
+                     cursor_name=cursor_name, guard=guard,
+                     skip_queued_elsewhere=skip_queued_elsewhere)
     report.duplicates = len(duplicates)
     return report
 
@@ -321,6 +325,10 @@ class EnqueuePlan:
     cursor_name: str
     resume_after: int  # catalog lines already published (0: from the start)
     lease: CursorLease | None = field(default=None, repr=False)  # released by enqueue_file
+    # `--restart`: the operator starts over, so what earlier runs claim to have queued is
+    # published again (their messages may be gone: a purged queue); a worker skips a
+    # job whose record is stored, so a job still queued costs a lookup, not a vector.
+    restarted: bool = False
 
 
 def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = False,
@@ -348,7 +356,7 @@ def plan_enqueue(path: str | os.PathLike[str], runs: Runs, *, restart: bool = Fa
         raise AlreadyRunning("other enqueues of this catalog keep starting: try again")
     if restart or before[0] is None:
         runs.clear_cursor(name)  # forgotten, or a cursor whose run is gone (expired)
-        return EnqueuePlan(run_id, name, 0, lease)
+        return EnqueuePlan(run_id, name, 0, lease, restarted=restart)
     return EnqueuePlan(run_id, name, before[1], lease)
 
 
@@ -394,7 +402,8 @@ def enqueue_file(path: str | os.PathLike[str], plan: EnqueuePlan, settings: Sett
                                      queue=queue, force=force, run_id=plan.run_id,
                                      source=os.path.basename(os.fspath(path)),
                                      cursor_name=plan.cursor_name, runs=runs, poll_s=poll_s,
-                                     guard=plan.lease.check if plan.lease else None)
+                                     guard=plan.lease.check if plan.lease else None,
+                                     skip_queued_elsewhere=not plan.restarted)
         runs.clear_cursor(plan.cursor_name)
         runs.set_producing(plan.run_id, False)
     finally:
