@@ -140,6 +140,24 @@ def numba_cache_warmed(cache_dir: Path, timeout_s: float = 400.0) -> Iterator[No
             warm.wait()
 
 
+@dataclass(frozen=True)
+class Assets:
+    """Clips to serve, and the numba cache every worker shares."""
+
+    clips: list[Clip]
+    cache_dir: Path  # PREVIEWVEC_CACHE_DIR of every worker: numba's cache is below it
+
+
+def prepare_assets(request: Any, tmp_path_factory: Any, n_clips: int, *,
+                   duration_s: float = 10.0) -> Assets:
+    """``n_clips`` rendered clips, and the extractor compiled into the shared cache while
+    they render (:func:`worker_cache_location`)."""
+    cache_dir = worker_cache_location(request, tmp_path_factory)
+    with numba_cache_warmed(cache_dir):
+        clips = make_clips(n_clips, duration_s=duration_s)
+    return Assets(clips, cache_dir)
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -528,6 +546,18 @@ class Pipeline:
         for worker in self.workers:
             worker.stop()
         self.redis.cleanup()
+
+
+@contextlib.contextmanager
+def running_clip_server(clips: Iterable[Clip] = ()) -> Iterator[ClipServer]:
+    """A :class:`ClipServer` serving ``clips`` (more can be added), stopped on exit."""
+    server = ClipServer().start()
+    try:
+        for clip in clips:
+            server.add_clip(clip)
+        yield server
+    finally:
+        server.stop()
 
 
 def catalog_line(recording_id: str, url: str, **extra: Any) -> str:

@@ -28,7 +28,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,13 @@ from contract.records import record_key
 from contract.settings import Settings
 from tests.harness.faults import CRASH_MARKER, CRASHING_APP, FaultPipeline
 from tests.harness.pipeline import (
+    Assets,
     Clip,
     ClipServer,
     Pipeline,
     catalog_line,
-    make_clips,
-    numba_cache_warmed,
-    worker_cache_location,
+    prepare_assets,
+    running_clip_server,
 )
 from workers.app import TASK_TIME_LIMIT_S
 from workers.deliveries import heartbeat_interval_s
@@ -58,26 +57,16 @@ SWEEP_S = heartbeat_interval_s(VISIBILITY_S)
 LOST_JOB_VISIBILITY_S = 10
 
 
-@dataclass(frozen=True)
-class Assets:
-    clips: list[Clip]
-    cache_dir: Path
-
-
 @pytest.fixture(scope="module")
 def assets(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Assets]:
-    cache_dir = worker_cache_location(request, tmp_path_factory)
-    with numba_cache_warmed(cache_dir):  # compiles (once per cache) while the clips render
-        clips = make_clips(6, duration_s=6.0)
-    yield Assets(clips, cache_dir)
+           tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    return prepare_assets(request, tmp_path_factory, 6, duration_s=6.0)
 
 
 @pytest.fixture
 def clip_server() -> Iterator[ClipServer]:
-    server = ClipServer().start()
-    yield server
-    server.stop()
+    with running_clip_server() as server:
+        yield server
 
 
 def serve_batch(server: ClipServer, clips: list[Clip], prefix: str, n: int,

@@ -33,15 +33,15 @@ from contract.settings import Settings
 from contract.state import RunStatus
 from tests.harness.pipeline import (
     FETCH_MAX_BYTES,
+    Assets,
     Clip,
     ClipServer,
     Pipeline,
     WorkerProcess,
     catalog_line,
-    make_clips,
-    numba_cache_warmed,
     parse_status_line,
-    worker_cache_location,
+    prepare_assets,
+    running_clip_server,
 )
 from workers.app import HARD_LIMIT_SHARE, TASK_TIME_LIMIT_S
 
@@ -64,35 +64,24 @@ HTML_PAGE = (b"<!doctype html><html><head><title>Preview unavailable</title></he
 # --------------------------------------------------------------------------- fixtures
 
 
-@dataclass(frozen=True)
-class Assets:
-    clips: list[Clip]
-    cache_dir: Path  # PREVIEWVEC_CACHE_DIR of every worker: numba's cache is below it
-
-
 @pytest.fixture(scope="session")
 def assets(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Assets]:
+           tmp_path_factory: pytest.TempPathFactory) -> Assets:
     """≥ 20 distinct clips in five formats, and a numba cache compiled once.
 
     The cache lives in pytest's cache folder (``.pytest_cache``) so later sessions skip
     the ~60 s compilation too; numba re-compiles by itself when the source changes.
     ``PREVIEWVEC_TEST_CACHE_DIR`` overrides the location.
     """
-    cache_dir = worker_cache_location(request, tmp_path_factory)
-    with numba_cache_warmed(cache_dir):  # compiles while the clips render
-        clips = make_clips(N_CLIPS)
-    assert len({c.data for c in clips}) == N_CLIPS
-    yield Assets(clips, cache_dir)
+    assets = prepare_assets(request, tmp_path_factory, N_CLIPS)
+    assert len({c.data for c in assets.clips}) == N_CLIPS
+    return assets
 
 
 @pytest.fixture(scope="session")
 def clip_server(assets: Assets) -> Iterator[ClipServer]:
-    server = ClipServer().start()
-    for clip in assets.clips:
-        server.add_clip(clip)
-    yield server
-    server.stop()
+    with running_clip_server(assets.clips) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

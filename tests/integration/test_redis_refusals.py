@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,11 @@ from contract.layout import FEATURE_VERSION
 from contract.records import record_key
 from tests.harness.faults import FaultPipeline, lance_ids, redis_out_of_memory
 from tests.harness.pipeline import (
-    Clip,
+    Assets,
     ClipServer,
     catalog_line,
-    make_clips,
-    numba_cache_warmed,
-    worker_cache_location,
+    prepare_assets,
+    running_clip_server,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -39,26 +37,16 @@ JOBS = 40  # more than the prefetching worker reserves: both workers get jobs
 DELAY_MS = 1000  # per preview, so that jobs are in flight when Redis fills up
 
 
-@dataclass(frozen=True)
-class Assets:
-    clips: list[Clip]
-    cache_dir: Path
-
-
 @pytest.fixture(scope="module")
 def assets(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Assets]:
-    cache_dir = worker_cache_location(request, tmp_path_factory)
-    with numba_cache_warmed(cache_dir):
-        clips = make_clips(4, duration_s=6.0)
-    yield Assets(clips, cache_dir)
+           tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    return prepare_assets(request, tmp_path_factory, 4, duration_s=6.0)
 
 
 @pytest.fixture
 def clip_server() -> Iterator[ClipServer]:
-    server = ClipServer().start()
-    yield server
-    server.stop()
+    with running_clip_server() as server:
+        yield server
 
 
 @pytest.mark.timeout(480)
